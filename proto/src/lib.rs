@@ -1,0 +1,25 @@
+//! Generated protobuf and gRPC code for Lantern, and nothing else.
+//!
+//! - [`inference`]: the Open Inference Protocol v2 (`inference.GRPCInferenceService`) with Triton's
+//!   repository extension, wire-compatible with tritonclient and the KServe SDK.
+//! - [`lantern::v1`]: Lantern's `ModelService` (per-version status, serving config, reload).
+//!
+//! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
+
+#![allow(missing_docs, clippy::all)]
+
+/// Open Inference Protocol v2 messages and the `GRPCInferenceService` client and server.
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+/// Lantern's own APIs.
+pub mod lantern {
+    /// Version 1 of Lantern's APIs.
+    pub mod v1 {
+        tonic::include_proto!("lantern.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every proto in this crate, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));

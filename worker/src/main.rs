@@ -1,0 +1,197 @@
+//! `lantern-worker`: serve model versions, publish a version, or create a fresh MLP to publish.
+
+mod telemetry;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lantern_worker::model::mlp;
+use lantern_worker::repository::{self, MANIFEST_FILE, PublishRequest, Repository};
+use lantern_worker::serve::batcher::BatchSettings;
+use lantern_worker::serve::config::VersionPolicy;
+use lantern_worker::serve::server::{self, ServerOptions};
+use lantern_worker::serve::versions::ServeSettings;
+
+#[derive(Parser, Debug)]
+#[command(name = "lantern-worker", version, about = "Lantern's data plane: serve, publish and create model versions")]
+struct Args {
+    /// Log filter, `tracing_subscriber::EnvFilter` syntax.
+    #[arg(long, env = "LANTERN_LOG", default_value = "info", global = true)]
+    log: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "LANTERN_LOG_JSON", global = true)]
+    log_json: bool,
+    /// Export traces over OTLP/gRPC to this endpoint.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    otlp_endpoint: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve every model version in a repository over gRPC and HTTP on one port.
+    Serve(ServeArgs),
+    /// Publish a directory (model files plus manifest.json) as the next version of a model.
+    Publish(PublishArgs),
+    /// Write a freshly initialised MLP (weights and manifest) into a directory, ready to publish.
+    InitMlp(InitMlpArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Model repository root: `<root>/<model>/<version>/`.
+    #[arg(long, env = "LANTERN_REPOSITORY")]
+    repository: PathBuf,
+    /// Address for gRPC and HTTP.
+    #[arg(long, env = "LANTERN_LISTEN", default_value = "127.0.0.1:8500")]
+    listen: SocketAddr,
+    /// Serve only these models (repeat or comma-separate); default: every model in the repository.
+    #[arg(long = "model", env = "LANTERN_MODELS", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Version policy until the operator pushes a config: latest[:N], all, specific:V1,V2.
+    #[arg(long, env = "LANTERN_VERSION_POLICY", default_value = "latest:1")]
+    version_policy: VersionPolicy,
+    /// Repository rescan interval, in milliseconds.
+    #[arg(long, env = "LANTERN_POLL_INTERVAL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
+    poll_interval_ms: u64,
+    /// Most rows per batch; larger requests are refused.
+    #[arg(long, env = "LANTERN_MAX_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_batch_size: u64,
+    /// Longest a batch waits for more rows, in microseconds (0: take what is queued).
+    #[arg(long, env = "LANTERN_BATCH_DELAY_US", default_value_t = 0)]
+    batch_delay_us: u64,
+    /// Requests that may wait per version before RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LANTERN_QUEUE_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    queue_capacity: u64,
+    /// Largest gRPC message or HTTP body, in bytes.
+    #[arg(long, env = "LANTERN_MAX_MESSAGE_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
+    max_message_bytes: u64,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "LANTERN_SHUTDOWN_GRACE_S", default_value_t = 30)]
+    shutdown_grace_s: u64,
+    /// First retry delay after a failed load, in milliseconds; doubles per failure up to 60 s.
+    #[arg(long, env = "LANTERN_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    retry_base_ms: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct PublishArgs {
+    /// Model repository root.
+    #[arg(long, env = "LANTERN_REPOSITORY")]
+    repository: PathBuf,
+    /// Model name.
+    #[arg(long, env = "LANTERN_MODEL")]
+    model: String,
+    /// Directory with the model files and a manifest.json.
+    #[arg(long)]
+    source: PathBuf,
+    /// Version number; default: one more than the highest existing.
+    #[arg(long)]
+    version: Option<u64>,
+    /// Eval metric to record, `name=value` (repeatable).
+    #[arg(long = "metric", value_parser = parse_metric)]
+    metrics: Vec<(String, f64)>,
+}
+
+#[derive(clap::Args, Debug)]
+struct InitMlpArgs {
+    /// Directory to write `model.safetensors` and `manifest.json` into (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Layer widths including input and output, e.g. 4,16,3.
+    #[arg(long, value_delimiter = ',', required = true)]
+    layers: Vec<usize>,
+    #[arg(long, value_enum, default_value = "relu")]
+    activation: mlp::Activation,
+    /// Seed for the initial weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn parse_metric(text: &str) -> Result<(String, f64), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("expected name=value, got {text:?}"))?;
+    let value: f64 = value.parse().map_err(|_| format!("metric {name:?}: {value:?} is not a number"))?;
+    Ok((name.to_owned(), value))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::Serve(serve) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async {
+                let _telemetry = telemetry::init(&args.log, args.log_json, args.otlp_endpoint.as_deref())?;
+                run_serve(serve).await
+            })
+        }
+        Command::Publish(publish) => {
+            let request = PublishRequest {
+                root: &publish.repository,
+                model: &publish.model,
+                source: &publish.source,
+                version: publish.version,
+                metrics: &publish.metrics,
+            };
+            let version = repository::publish(&request)?;
+            println!("published {} version {version} in {}", publish.model, publish.repository.display());
+            Ok(())
+        }
+        Command::InitMlp(init) => init_mlp(&init),
+    }
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    for model in &args.models {
+        repository::validate_model_name(model)?;
+    }
+    let settings = ServeSettings {
+        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        batch: BatchSettings {
+            max_batch_size: args.max_batch_size as usize,
+            max_delay: Duration::from_micros(args.batch_delay_us),
+            queue_capacity: args.queue_capacity as usize,
+        },
+        models: args.models.iter().cloned().collect::<BTreeSet<_>>(),
+        policy: args.version_policy,
+        retry_base: Duration::from_millis(args.retry_base_ms),
+        ..ServeSettings::default()
+    };
+    let options = ServerOptions {
+        listen: args.listen,
+        max_message_bytes: args.max_message_bytes as usize,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
+    };
+    let server = server::start(Repository::new(&args.repository), settings, options).await?;
+    println!("lantern-worker listening on {}", server.local_addr());
+    shutdown_signal().await?;
+    server.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+    }
+    Ok(())
+}
+
+fn init_mlp(args: &InitMlpArgs) -> anyhow::Result<()> {
+    let config = mlp::Config { layers: args.layers.clone(), activation: args.activation };
+    let manifest = config.manifest_spec();
+    config.check_signature(&manifest).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let weights = config.random_weights(args.seed)?;
+    candle_core::safetensors::save(&weights, args.out.join(mlp::WEIGHTS_FILE)).context("writing the weights")?;
+    std::fs::write(args.out.join(MANIFEST_FILE), manifest.to_json()).context("writing the manifest")?;
+    println!("wrote an MLP {:?} to {}", args.layers, args.out.display());
+    Ok(())
+}

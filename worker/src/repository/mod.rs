@@ -1,0 +1,194 @@
+//! The model repository on disk: `<root>/<model>/<version>/` where `<version>` is a positive
+//! integer and the directory holds a [`Manifest`] listing every file with its sha256.
+//!
+//! Readers ([`Repository`]) ignore dot-directories (publishes in progress) and versions without a
+//! manifest, and verify every digest before a version is handed to a model loader. Writers go
+//! through [`publish`], which makes a version visible atomically.
+
+pub mod manifest;
+mod publish;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use manifest::{Architecture, FileEntry, Format, MANIFEST_FILE, Manifest, Task, TensorSpec};
+pub use publish::{PublishRequest, publish};
+
+use crate::error::{Error, Result};
+
+/// A version's manifest with the bytes of every file, each verified against its digest.
+#[derive(Debug)]
+pub struct VerifiedVersion {
+    pub manifest: Manifest,
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Read access to a model repository root.
+#[derive(Clone, Debug)]
+pub struct Repository {
+    root: PathBuf,
+}
+
+impl Repository {
+    /// A repository rooted at `root` (which need not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Model names: every visible directory under the root.
+    pub fn models(&self) -> Result<BTreeSet<String>> {
+        Ok(visible_dirs(&self.root)?.into_iter().filter(|name| validate_model_name(name).is_ok()).collect())
+    }
+
+    /// The published versions of `model`: integer-named, visible directories holding a manifest.
+    /// A model directory that does not exist has no versions.
+    pub fn versions(&self, model: &str) -> Result<BTreeSet<u64>> {
+        let dir = self.root.join(model);
+        if !dir.exists() {
+            return Ok(BTreeSet::new());
+        }
+        Ok(visible_dirs(&dir)?
+            .into_iter()
+            .filter_map(|name| parse_version(&name))
+            .filter(|v| dir.join(v.to_string()).join(MANIFEST_FILE).is_file())
+            .collect())
+    }
+
+    /// The directory of one version.
+    pub fn version_dir(&self, model: &str, version: u64) -> PathBuf {
+        self.root.join(model).join(version.to_string())
+    }
+
+    /// Reads a version's manifest and every file it lists, verifying sizes and digests.
+    pub fn read_verified(&self, model: &str, version: u64) -> Result<VerifiedVersion> {
+        let dir = self.version_dir(model, version);
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let bytes =
+            std::fs::read(&manifest_path).map_err(|e| Error::io(format!("reading {}", manifest_path.display()), e))?;
+        let manifest = Manifest::from_json(&bytes, &manifest_path)?;
+        if manifest.files.is_empty() {
+            return Err(Error::Manifest { path: manifest_path, reason: "the manifest lists no files".into() });
+        }
+        let mut files = BTreeMap::new();
+        for entry in &manifest.files {
+            let path = dir.join(&entry.path);
+            let data = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            check_file(entry, &data).map_err(|reason| Error::Load { model: model.into(), version, reason })?;
+            files.insert(entry.path.clone(), data);
+        }
+        Ok(VerifiedVersion { manifest, files })
+    }
+}
+
+/// Checks a file's bytes against its manifest entry.
+fn check_file(entry: &FileEntry, data: &[u8]) -> std::result::Result<(), String> {
+    if data.len() as u64 != entry.size {
+        return Err(format!(
+            "{} is {} bytes, the manifest says {} (partial copy?)",
+            entry.path,
+            data.len(),
+            entry.size
+        ));
+    }
+    let digest = hex::encode(Sha256::digest(data));
+    if digest != entry.sha256 {
+        return Err(format!(
+            "digest mismatch for {}: manifest says sha256 {}, file has {}",
+            entry.path, entry.sha256, digest
+        ));
+    }
+    Ok(())
+}
+
+/// A model name: letters, digits, `-`, `_`, `.`; not starting with `.`; at most 128 bytes.
+pub fn validate_model_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("invalid model name {name:?}: use letters, digits, '-', '_' and '.'")))
+    }
+}
+
+/// A version directory name: a positive integer without sign or leading zeros.
+fn parse_version(name: &str) -> Option<u64> {
+    if name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok().filter(|&v| v > 0)
+}
+
+fn visible_dirs(dir: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        if !name.starts_with('.') && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_names_are_positive_integers() {
+        assert_eq!(parse_version("7"), Some(7));
+        assert_eq!(parse_version("12"), Some(12));
+        for name in ["0", "007", "-1", "1a", "", ".3", "latest"] {
+            assert_eq!(parse_version(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn model_names_are_restricted() {
+        assert!(validate_model_name("iris-mlp_v2.1").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            assert!(validate_model_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scan_ignores_dot_dirs_and_versions_without_manifest() {
+        let root = tempfile::tempdir().unwrap();
+        let model = root.path().join("m");
+        for dir in ["1", "2", ".3.tmp", "4", "notaversion"] {
+            std::fs::create_dir_all(model.join(dir)).unwrap();
+        }
+        for dir in ["1", "4", ".3.tmp", "notaversion"] {
+            std::fs::write(model.join(dir).join(MANIFEST_FILE), "{}").unwrap();
+        }
+        std::fs::create_dir_all(root.path().join(".staging")).unwrap();
+        let repo = Repository::new(root.path());
+        assert_eq!(repo.versions("m").unwrap(), BTreeSet::from([1, 4]));
+        assert_eq!(repo.models().unwrap(), BTreeSet::from(["m".to_string()]));
+        assert!(repo.versions("absent").unwrap().is_empty());
+    }
+
+    #[test]
+    fn file_checks_catch_truncation_and_corruption() {
+        let data = b"weights";
+        let entry = FileEntry { path: "w".into(), size: 7, sha256: hex::encode(Sha256::digest(data)) };
+        assert!(check_file(&entry, data).is_ok());
+        assert!(check_file(&entry, b"weight").unwrap_err().contains("partial"));
+        assert!(check_file(&entry, b"WEIGHTS").unwrap_err().contains("digest mismatch"));
+    }
+}

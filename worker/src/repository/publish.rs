@@ -1,0 +1,244 @@
+//! Atomic publishing of a model version: files are copied into a dot-directory beside the
+//! versions (which readers ignore), hashed while copying, fsynced with the manifest, then renamed
+//! into place in one step. A reader sees either no version or a complete, verifiable one.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{CWD, RenameFlags};
+use sha2::{Digest, Sha256};
+
+use super::{FileEntry, MANIFEST_FILE, Manifest, validate_model_name};
+use crate::error::{Error, Result};
+
+/// What to publish and where.
+#[derive(Clone, Debug)]
+pub struct PublishRequest<'a> {
+    /// Repository root.
+    pub root: &'a Path,
+    /// Model name (the directory under the root).
+    pub model: &'a str,
+    /// A directory holding the model's files and a `manifest.json` without (or with stale)
+    /// `files`; every other file in it, recursively, becomes part of the version.
+    pub source: &'a Path,
+    /// The version number to publish as; `None` takes one more than the highest existing.
+    pub version: Option<u64>,
+    /// Eval metrics to record in the manifest, over any the source manifest has.
+    pub metrics: &'a [(String, f64)],
+}
+
+/// Publishes `request.source` as a new version and returns its number. Fails without touching the
+/// repository's visible state if anything goes wrong, including when the version already exists.
+pub fn publish(request: &PublishRequest<'_>) -> Result<u64> {
+    validate_model_name(request.model)?;
+    let source_manifest = request.source.join(MANIFEST_FILE);
+    let bytes =
+        std::fs::read(&source_manifest).map_err(|e| Error::io(format!("reading {}", source_manifest.display()), e))?;
+    let mut manifest = Manifest::from_json(&bytes, &source_manifest)?;
+    manifest.metrics.extend(request.metrics.iter().cloned());
+    let sources = list_files(request.source)?;
+    if sources.is_empty() {
+        return Err(Error::invalid(format!("{} holds no model files besides the manifest", request.source.display())));
+    }
+
+    let model_dir = request.root.join(request.model);
+    std::fs::create_dir_all(&model_dir).map_err(|e| Error::io(format!("creating {}", model_dir.display()), e))?;
+    let staging = model_dir.join(format!(".publish-{}-{}", std::process::id(), unique_suffix()));
+    let result = stage(&staging, request.source, &sources, manifest)
+        .and_then(|()| commit(&staging, &model_dir, request.version));
+    if result.is_err() {
+        // Best effort: a leftover dot-directory is invisible to readers anyway.
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// Copies every source file into `staging`, writes the manifest and makes it all durable.
+fn stage(staging: &Path, source: &Path, files: &[PathBuf], mut manifest: Manifest) -> Result<()> {
+    std::fs::create_dir(staging).map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
+    manifest.files.clear();
+    for relative in files {
+        let target = staging.join(relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        let (size, sha256) = copy_hashed(&source.join(relative), &target)?;
+        let path = relative
+            .to_str()
+            .ok_or_else(|| Error::invalid(format!("file name {} is not UTF-8", relative.display())))?;
+        manifest.files.push(FileEntry { path: path.to_owned(), size, sha256 });
+    }
+    write_durably(&staging.join(MANIFEST_FILE), &manifest.to_json())?;
+    for dir in files.iter().filter_map(|f| f.parent()).chain([Path::new("")]) {
+        sync_dir(&staging.join(dir))?;
+    }
+    Ok(())
+}
+
+/// Renames the staged directory to its version number. `RENAME_NOREPLACE` makes a concurrent
+/// publisher of the same number fail instead of overwriting; with no explicit version the next
+/// number is tried.
+fn commit(staging: &Path, model_dir: &Path, explicit: Option<u64>) -> Result<u64> {
+    let mut version = match explicit {
+        Some(0) => return Err(Error::invalid("version numbers start at 1")),
+        Some(v) => v,
+        None => highest_version(model_dir)? + 1,
+    };
+    loop {
+        let target = model_dir.join(version.to_string());
+        match rustix::fs::renameat_with(CWD, staging, CWD, &target, RenameFlags::NOREPLACE) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) if explicit.is_none() => version += 1,
+            Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => {
+                return Err(Error::invalid(format!("version {version} already exists in {}", model_dir.display())));
+            }
+            Err(e) => {
+                return Err(Error::io(format!("renaming {} to {}", staging.display(), target.display()), e.into()));
+            }
+        }
+    }
+    sync_dir(model_dir)?;
+    Ok(version)
+}
+
+/// The highest integer-named entry under `model_dir`, with or without a manifest, so a
+/// half-copied directory is never overwritten.
+fn highest_version(model_dir: &Path) -> Result<u64> {
+    let entries = std::fs::read_dir(model_dir).map_err(|e| Error::io(format!("listing {}", model_dir.display()), e))?;
+    Ok(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<u64>().ok()).max().unwrap_or(0))
+}
+
+/// Every regular file under `dir` (relative paths, sorted), except the manifest and dot-files.
+fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let absolute = dir.join(&relative);
+        let entries =
+            std::fs::read_dir(&absolute).map_err(|e| Error::io(format!("listing {}", absolute.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(format!("listing {}", absolute.display()), e))?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') || (relative.as_os_str().is_empty() && name == MANIFEST_FILE) {
+                continue;
+            }
+            let path = relative.join(&name);
+            let kind = entry.file_type().map_err(|e| Error::io(format!("inspecting {}", path.display()), e))?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn copy_hashed(from: &Path, to: &Path) -> Result<(u64, String)> {
+    let mut input = File::open(from).map_err(|e| Error::io(format!("opening {}", from.display()), e))?;
+    let mut output = File::create_new(to).map_err(|e| Error::io(format!("creating {}", to.display()), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = input.read(&mut buf).map_err(|e| Error::io(format!("reading {}", from.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        output.write_all(&buf[..n]).map_err(|e| Error::io(format!("writing {}", to.display()), e))?;
+        size += n as u64;
+    }
+    output.sync_all().map_err(|e| Error::io(format!("syncing {}", to.display()), e))?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = File::create_new(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    file.write_all(bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    file.sync_all().map_err(|e| Error::io(format!("syncing {}", path.display()), e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
+}
+
+fn unique_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::Repository;
+
+    fn source_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = serde_json::json!({
+            "format": "safetensors", "architecture": "mlp", "task": "tensor",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 2]}],
+            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 1]}]
+        });
+        std::fs::write(dir.path().join(MANIFEST_FILE), manifest.to_string()).unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), b"weights").unwrap();
+        std::fs::create_dir(dir.path().join("extra")).unwrap();
+        std::fs::write(dir.path().join("extra/vocab.txt"), b"a b c").unwrap();
+        dir
+    }
+
+    fn request<'a>(root: &'a Path, source: &'a Path, version: Option<u64>) -> PublishRequest<'a> {
+        PublishRequest { root, model: "m", source, version, metrics: &[] }
+    }
+
+    #[test]
+    fn published_versions_are_numbered_and_verifiable() {
+        let root = tempfile::tempdir().unwrap();
+        let source = source_dir();
+        assert_eq!(publish(&request(root.path(), source.path(), None)).unwrap(), 1);
+        assert_eq!(publish(&request(root.path(), source.path(), None)).unwrap(), 2);
+        let repo = Repository::new(root.path());
+        let verified = repo.read_verified("m", 2).unwrap();
+        assert_eq!(verified.files["model.safetensors"], b"weights");
+        assert_eq!(verified.files["extra/vocab.txt"], b"a b c");
+        let leftovers: Vec<_> = std::fs::read_dir(root.path().join("m"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "staging directories left behind");
+    }
+
+    #[test]
+    fn an_existing_version_is_never_overwritten() {
+        let root = tempfile::tempdir().unwrap();
+        let source = source_dir();
+        publish(&request(root.path(), source.path(), Some(5))).unwrap();
+        let err = publish(&request(root.path(), source.path(), Some(5))).unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        // A half-copied directory (no manifest) still reserves its number.
+        std::fs::create_dir(root.path().join("m/6")).unwrap();
+        assert_eq!(publish(&request(root.path(), source.path(), None)).unwrap(), 7);
+    }
+
+    #[test]
+    fn metrics_are_recorded_in_the_manifest() {
+        let root = tempfile::tempdir().unwrap();
+        let source = source_dir();
+        let metrics = [("loss".to_string(), 0.25)];
+        let req = PublishRequest { metrics: &metrics, ..request(root.path(), source.path(), None) };
+        let version = publish(&req).unwrap();
+        let verified = Repository::new(root.path()).read_verified("m", version).unwrap();
+        assert_eq!(verified.manifest.metrics["loss"], 0.25);
+    }
+
+    #[test]
+    fn a_source_without_manifest_is_rejected_and_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let source = tempfile::tempdir().unwrap();
+        std::fs::write(source.path().join("w"), b"x").unwrap();
+        let err = publish(&request(root.path(), source.path(), None)).unwrap_err();
+        assert!(err.to_string().contains("manifest.json"), "{err}");
+        assert!(!root.path().join("m").exists());
+    }
+}

@@ -1,0 +1,160 @@
+//! Prometheus metrics of the serving path, labelled by model and version so a canary and its
+//! stable version compare directly. Exposed as text at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Model name used in labels for requests naming a model this worker does not serve, so callers
+/// cannot grow the label set.
+pub const UNKNOWN_MODEL: &str = "_unknown";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    model: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    version: String,
+    code: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~26 s.
+    Histogram::new(exponential_buckets(50e-6, 2.0, 20))
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 12))
+}
+
+fn load_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+/// Every serving metric, registered once per process.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<VersionLabels>,
+    queue_duration: HistogramFamily<VersionLabels>,
+    batch_size: HistogramFamily<VersionLabels>,
+    load_duration: HistogramFamily<VersionLabels>,
+    load_failures: Family<VersionLabels, Counter>,
+    loaded_versions: Family<ModelLabels, Gauge>,
+}
+
+/// The per-version handles the batching thread records into.
+#[derive(Clone, Debug)]
+pub struct VersionMetrics {
+    pub queue_duration: Histogram,
+    pub batch_size: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `lantern` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lantern");
+        let requests = Family::default();
+        let request_duration = HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let queue_duration = HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let batch_size = HistogramFamily::new_with_constructor(batch_histogram as fn() -> Histogram);
+        let load_duration = HistogramFamily::new_with_constructor(load_histogram as fn() -> Histogram);
+        let load_failures = Family::default();
+        let loaded_versions = Family::default();
+        registry.register("requests", "Inference requests by model, version and gRPC status code", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Inference request latency inside the worker, from routing to response",
+            request_duration.clone(),
+        );
+        registry.register(
+            "queue_duration_seconds",
+            "Time a request waited in its version's batch queue",
+            queue_duration.clone(),
+        );
+        registry.register("batch_size_rows", "Rows per executed batch", batch_size.clone());
+        registry.register(
+            "model_load_duration_seconds",
+            "Time to verify and load a model version",
+            load_duration.clone(),
+        );
+        registry.register("model_load_failures", "Failed model version loads", load_failures.clone());
+        registry.register("loaded_versions", "Model versions currently available", loaded_versions.clone());
+        Self {
+            registry,
+            requests,
+            request_duration,
+            queue_duration,
+            batch_size,
+            load_duration,
+            load_failures,
+            loaded_versions,
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail; this is a bug");
+        out
+    }
+
+    /// Handles for one version's batching thread.
+    pub fn version(&self, model: &str, version: u64) -> VersionMetrics {
+        let labels = version_labels(model, Some(version));
+        VersionMetrics {
+            queue_duration: self.queue_duration.get_or_create(&labels).clone(),
+            batch_size: self.batch_size.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Records one finished request. `version` is `None` when routing failed.
+    pub fn observe_request(&self, model: &str, version: Option<u64>, code: &'static str, seconds: f64) {
+        let labels = version_labels(model, version);
+        self.requests
+            .get_or_create(&RequestLabels { model: labels.model.clone(), version: labels.version.clone(), code })
+            .inc();
+        if version.is_some() {
+            self.request_duration.get_or_create(&labels).observe(seconds);
+        }
+    }
+
+    /// Records a load attempt.
+    pub fn observe_load(&self, model: &str, version: u64, seconds: f64, ok: bool) {
+        let labels = version_labels(model, Some(version));
+        self.load_duration.get_or_create(&labels).observe(seconds);
+        if !ok {
+            self.load_failures.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Sets how many versions of `model` are available.
+    pub fn set_loaded_versions(&self, model: &str, count: usize) {
+        self.loaded_versions.get_or_create(&ModelLabels { model: model.to_owned() }).set(count as i64);
+    }
+}
+
+fn version_labels(model: &str, version: Option<u64>) -> VersionLabels {
+    VersionLabels { model: model.to_owned(), version: version.map(|v| v.to_string()).unwrap_or_default() }
+}

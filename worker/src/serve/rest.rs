@@ -1,0 +1,278 @@
+//! The Open Inference Protocol v2 REST API under `/v2/...`, and `/metrics`. Same semantics and
+//! error table as the gRPC service; errors are `{"error": "..."}` with the mapped HTTP status.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::metrics::Metrics;
+use super::routing::Target;
+use super::signature::InferRequest;
+use super::status;
+use super::versions::ModelManager;
+use super::{ROUTING_KEY_HEADER, SERVER_EXTENSIONS, SERVER_NAME};
+use crate::error::{Error, Result};
+use crate::repository::TensorSpec;
+use crate::tensor::{DataType, Tensor, Values};
+
+#[derive(Clone)]
+struct AppState {
+    manager: ModelManager,
+    metrics: Arc<Metrics>,
+}
+
+/// The REST routes over `manager`.
+pub fn router(manager: ModelManager, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(version_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(version_ready))
+        .route("/v2/models/{model}/infer", post(model_infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(version_infer))
+        .route("/metrics", get(metrics_text))
+        .with_state(AppState { manager, metrics })
+}
+
+/// An error answered as `{"error": "..."}` with the status from the shared table.
+struct ApiError(StatusCode, String);
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        Self(status::http_status(status::grpc_code(&err)), err.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            rejection.status()
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        Self(code, format!("invalid request body: {}", rejection.body_text()))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+async fn server_ready(State(app): State<AppState>) -> Response {
+    let ready = app.manager.server_ready();
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(json!({"ready": ready}))).into_response()
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({"name": SERVER_NAME, "version": env!("CARGO_PKG_VERSION"), "extensions": SERVER_EXTENSIONS}))
+}
+
+async fn model_metadata(State(app): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+    metadata(&app, model, "")
+}
+
+async fn version_metadata(
+    State(app): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    metadata(&app, model, &version)
+}
+
+fn metadata(app: &AppState, model: String, version: &str) -> ApiResult<Json<Value>> {
+    let metadata = app.manager.metadata(&model, &Target::parse(version)?)?;
+    let spec = |s: &TensorSpec| json!({"name": s.name, "datatype": s.datatype, "shape": s.shape});
+    Ok(Json(json!({
+        "name": model,
+        "versions": metadata.versions.iter().map(u64::to_string).collect::<Vec<_>>(),
+        "platform": super::platform(&metadata.manifest),
+        "inputs": metadata.manifest.inputs.iter().map(spec).collect::<Vec<_>>(),
+        "outputs": metadata.manifest.outputs.iter().map(spec).collect::<Vec<_>>(),
+    })))
+}
+
+async fn model_ready(State(app): State<AppState>, Path(model): Path<String>) -> ApiResult<Response> {
+    ready(&app, model, "")
+}
+
+async fn version_ready(
+    State(app): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    ready(&app, model, &version)
+}
+
+fn ready(app: &AppState, model: String, version: &str) -> ApiResult<Response> {
+    let ready = app.manager.is_ready(&model, &Target::parse(version)?)?;
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((code, Json(json!({"name": model, "ready": ready}))).into_response())
+}
+
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.encode()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonInferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<JsonTensor>,
+    #[serde(default)]
+    outputs: Vec<JsonRequestedOutput>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct JsonTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    data: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonRequestedOutput {
+    name: String,
+}
+
+async fn model_infer(
+    State(app): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: std::result::Result<Json<JsonInferRequest>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    infer(&app, model, "", &headers, body?.0).await
+}
+
+async fn version_infer(
+    State(app): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: std::result::Result<Json<JsonInferRequest>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    infer(&app, model, &version, &headers, body?.0).await
+}
+
+async fn infer(
+    app: &AppState,
+    model: String,
+    version: &str,
+    headers: &HeaderMap,
+    body: JsonInferRequest,
+) -> ApiResult<Json<Value>> {
+    let target = Target::parse(version)?;
+    let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
+    let inputs = body.inputs.into_iter().map(tensor_from_json).collect::<Result<_>>()?;
+    let request = InferRequest { inputs, outputs: body.outputs.into_iter().map(|o| o.name).collect() };
+    let response = app.manager.infer(&model, &target, routing_key, request).await?;
+    let outputs: Vec<JsonTensor> = response.outputs.into_iter().map(tensor_to_json).collect();
+    let mut answer = json!({"model_name": model, "model_version": response.version.to_string(), "outputs": outputs});
+    if let Some(id) = body.id {
+        answer["id"] = id.into();
+    }
+    Ok(Json(answer))
+}
+
+/// Parses a JSON tensor; `data` may be flat or nested row-major.
+fn tensor_from_json(tensor: JsonTensor) -> Result<Tensor> {
+    let name = tensor.name;
+    let datatype: DataType = tensor
+        .datatype
+        .parse()
+        .map_err(|_| Error::invalid(format!("input {name:?} has unknown datatype {:?}", tensor.datatype)))?;
+    let mut flat = Vec::new();
+    flatten(&tensor.data, &mut flat);
+    let bad = |v: &Value| Error::invalid(format!("input {name:?}: {v} is not a valid {datatype} value"));
+    let ints = |min: i64, max: i64| -> Result<Values> {
+        flat.iter()
+            .map(|v| v.as_i64().filter(|x| (min..=max).contains(x)).ok_or_else(|| bad(v)))
+            .collect::<Result<_>>()
+            .map(Values::Int)
+    };
+    let uints = |max: u64| -> Result<Values> {
+        flat.iter()
+            .map(|v| v.as_u64().filter(|&x| x <= max).ok_or_else(|| bad(v)))
+            .collect::<Result<_>>()
+            .map(Values::UInt)
+    };
+    let values = match datatype {
+        DataType::Bool => Values::Bool(flat.iter().map(|v| v.as_bool().ok_or_else(|| bad(v))).collect::<Result<_>>()?),
+        DataType::I8 => ints(i8::MIN.into(), i8::MAX.into())?,
+        DataType::I16 => ints(i16::MIN.into(), i16::MAX.into())?,
+        DataType::I32 => ints(i32::MIN.into(), i32::MAX.into())?,
+        DataType::I64 => ints(i64::MIN, i64::MAX)?,
+        DataType::U8 => uints(u8::MAX.into())?,
+        DataType::U16 => uints(u16::MAX.into())?,
+        DataType::U32 => uints(u32::MAX.into())?,
+        DataType::U64 => uints(u64::MAX)?,
+        // JSON numbers are decimal text: FP32 (and FP16/BF16) take the nearest value.
+        DataType::F16 | DataType::BF16 | DataType::F32 => {
+            Values::F32(flat.iter().map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(v))).collect::<Result<_>>()?)
+        }
+        DataType::F64 => Values::F64(flat.iter().map(|v| v.as_f64().ok_or_else(|| bad(v))).collect::<Result<_>>()?),
+        DataType::Bytes => Values::Bytes(
+            flat.iter()
+                .map(|v| v.as_str().map(|s| s.as_bytes().to_vec()).ok_or_else(|| bad(v)))
+                .collect::<Result<_>>()?,
+        ),
+    };
+    Tensor::new(name, datatype, tensor.shape, values)
+}
+
+fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|item| flatten(item, out)),
+        other => out.push(other),
+    }
+}
+
+fn tensor_to_json(tensor: Tensor) -> JsonTensor {
+    let data = match tensor.values {
+        Values::Bool(v) => json!(v),
+        Values::Int(v) => json!(v),
+        Values::UInt(v) => json!(v),
+        Values::F32(v) => json!(v),
+        Values::F64(v) => json!(v),
+        Values::Bytes(v) => json!(v.iter().map(|b| String::from_utf8_lossy(b)).collect::<Vec<_>>()),
+    };
+    JsonTensor { name: tensor.name, shape: tensor.shape, datatype: tensor.datatype.as_str().into(), data }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(datatype: &str, shape: Vec<i64>, data: Value) -> Result<Tensor> {
+        tensor_from_json(JsonTensor { name: "x".into(), shape, datatype: datatype.into(), data })
+    }
+
+    #[test]
+    fn nested_and_flat_data_parse_alike() {
+        let nested = parse("FP32", vec![2, 2], json!([[1, 2], [3, 4.5]])).unwrap();
+        let flat = parse("FP32", vec![2, 2], json!([1, 2, 3, 4.5])).unwrap();
+        assert_eq!(nested, flat);
+        assert_eq!(flat.values, Values::F32(vec![1.0, 2.0, 3.0, 4.5]));
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_or_range_are_refused() {
+        assert!(parse("INT8", vec![1], json!([200])).unwrap_err().to_string().contains("200"));
+        assert!(parse("FP32", vec![1], json!(["a"])).unwrap_err().to_string().contains("FP32"));
+        assert!(parse("BOOL", vec![1], json!([1])).is_err());
+        assert!(parse("FP32", vec![3], json!([1, 2])).unwrap_err().to_string().contains("3 elements"));
+        assert_eq!(parse("BYTES", vec![1], json!(["hi"])).unwrap().values, Values::Bytes(vec![b"hi".to_vec()]));
+    }
+}

@@ -1,0 +1,641 @@
+//! The version manager: owns every model's versions and their lifecycle
+//! (START → LOADING → AVAILABLE → UNLOADING → END, or FAILED with a reason), and answers which
+//! loaded version serves a request.
+//!
+//! A reconcile pass ([`ModelManager::reconcile`]) rescans the repository, asks
+//! [`super::policy`] what should be loaded and what may go, starts loads in the background and
+//! drains versions that leave. It runs every poll interval, after every finished load, and on
+//! demand ([`ModelManager::reconcile_now`]). Failed loads are retried with exponential backoff
+//! while older versions keep serving. A request holds an `Arc` of the version it was routed to,
+//! so it finishes there even if the version is unloaded meanwhile; the version's memory goes
+//! when its last request does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use tokio::sync::{Notify, oneshot, watch};
+
+use super::batcher::{BatchSettings, Batcher, VersionId};
+use super::config::{ServingConfig, VersionPolicy};
+use super::metrics::{Metrics, UNKNOWN_MODEL};
+use super::routing::{self, Target, VersionView};
+use super::signature::{self, InferRequest};
+use super::{policy, status};
+use crate::error::{Error, Result};
+use crate::model;
+use crate::repository::{Manifest, Repository};
+use crate::tensor::Tensor;
+
+/// How the manager behaves; filled from the `serve` flags.
+#[derive(Clone, Debug)]
+pub struct ServeSettings {
+    /// How often the repository is rescanned.
+    pub poll_interval: Duration,
+    /// Batching knobs applied to every version.
+    pub batch: BatchSettings,
+    /// Serve only these models; empty serves every model in the repository.
+    pub models: BTreeSet<String>,
+    /// The version policy of a model until `SetServingConfig` replaces it.
+    pub policy: VersionPolicy,
+    /// First retry delay after a failed load; doubles per failure.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// How long `RepositoryModelLoad` waits for a version to become available.
+    pub load_timeout: Duration,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(2),
+            batch: BatchSettings::default(),
+            models: BTreeSet::new(),
+            policy: VersionPolicy::default(),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            load_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The lifecycle state of one version, as TensorFlow Serving names them (plus FAILED).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionState {
+    Start,
+    Loading,
+    Available,
+    Unloading,
+    End,
+    Failed,
+}
+
+/// What the manager reports about one version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VersionStatus {
+    pub version: u64,
+    pub state: VersionState,
+    /// Why the last load failed; empty unless FAILED.
+    pub reason: String,
+    pub failed_attempts: u32,
+    /// Labels naming this version.
+    pub labels: Vec<String>,
+    /// Share of unlabelled traffic, in percent.
+    pub traffic_percent: f64,
+}
+
+/// What the manager reports about one model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelStatus {
+    pub model: String,
+    /// Whether the model is served (false after `RepositoryModelUnload`).
+    pub enabled: bool,
+    pub versions: Vec<VersionStatus>,
+}
+
+/// The answer to an inference request, with the version that produced it.
+#[derive(Debug)]
+pub struct InferResponse {
+    pub version: u64,
+    pub outputs: Vec<Tensor>,
+}
+
+/// Metadata of the version a request would be routed to.
+#[derive(Debug)]
+pub struct ModelMetadata {
+    pub version: u64,
+    /// Every available version.
+    pub versions: Vec<u64>,
+    pub manifest: Manifest,
+}
+
+/// A version in memory: its manifest and the batcher that owns its model.
+#[derive(Debug)]
+struct LoadedVersion {
+    version: u64,
+    manifest: Manifest,
+    batcher: Batcher,
+    out_width: usize,
+}
+
+#[derive(Debug)]
+struct VersionEntry {
+    state: VersionState,
+    reason: String,
+    failed_attempts: u32,
+    retry_at: Option<Instant>,
+    loaded: Option<Arc<LoadedVersion>>,
+    drained: Option<oneshot::Receiver<()>>,
+}
+
+impl VersionEntry {
+    fn new() -> Self {
+        Self {
+            state: VersionState::Start,
+            reason: String::new(),
+            failed_attempts: 0,
+            retry_at: None,
+            loaded: None,
+            drained: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ModelState {
+    config: ServingConfig,
+    enabled: bool,
+    versions: BTreeMap<u64, VersionEntry>,
+}
+
+enum Action {
+    Load(u64),
+    Drain(u64, Option<oneshot::Receiver<()>>),
+}
+
+impl ModelState {
+    /// Brings this model's entries in line with the disk and the config; returns the work to do.
+    fn plan(&mut self, on_disk: &BTreeSet<u64>, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let desired = if self.enabled { policy::desired_versions(&self.config, on_disk) } else { BTreeSet::new() };
+        for &version in &desired {
+            let entry = self.versions.entry(version).or_insert_with(VersionEntry::new);
+            let due = match entry.state {
+                VersionState::Start | VersionState::End => true,
+                VersionState::Failed => entry.retry_at.is_none_or(|at| at <= now),
+                VersionState::Loading | VersionState::Available | VersionState::Unloading => false,
+            };
+            if due {
+                entry.state = VersionState::Loading;
+                actions.push(Action::Load(version));
+            }
+        }
+        let available: BTreeSet<u64> = self.available().collect();
+        let leaving = if self.enabled { policy::versions_to_unload(&desired, &available) } else { available };
+        for version in leaving {
+            let entry = self.versions.get_mut(&version).expect("available versions have entries; this is a bug");
+            entry.state = VersionState::Unloading;
+            entry.loaded = None;
+            actions.push(Action::Drain(version, entry.drained.take()));
+        }
+        self.versions.retain(|v, entry| {
+            desired.contains(v)
+                || matches!(entry.state, VersionState::Loading | VersionState::Available | VersionState::Unloading)
+                || (on_disk.contains(v) && matches!(entry.state, VersionState::End | VersionState::Failed))
+        });
+        actions
+    }
+
+    fn available(&self) -> impl DoubleEndedIterator<Item = u64> + '_ {
+        self.versions.iter().filter(|(_, e)| e.state == VersionState::Available).map(|(&v, _)| v)
+    }
+
+    fn loaded(&self, version: u64) -> Arc<LoadedVersion> {
+        self.versions
+            .get(&version)
+            .and_then(|e| e.loaded.clone())
+            .expect("routing returns only available versions, which are loaded; this is a bug")
+    }
+}
+
+impl VersionView for ModelState {
+    fn is_available(&self, version: u64) -> bool {
+        self.versions.get(&version).is_some_and(|e| e.state == VersionState::Available)
+    }
+
+    fn newest_available(&self) -> Option<u64> {
+        self.available().next_back()
+    }
+
+    fn unavailable_reason(&self, version: u64) -> Option<String> {
+        let entry = self.versions.get(&version)?;
+        Some(match entry.state {
+            VersionState::Failed => format!("FAILED after {} attempts: {}", entry.failed_attempts, entry.reason),
+            state => format!("{state:?}").to_uppercase(),
+        })
+    }
+}
+
+/// Shared handle to the version manager.
+#[derive(Clone)]
+pub struct ModelManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    repo: Repository,
+    settings: ServeSettings,
+    models: RwLock<BTreeMap<String, ModelState>>,
+    wake: Notify,
+    changed: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl ModelManager {
+    /// A manager over `repo`. Nothing is loaded until the first [`reconcile`](Self::reconcile).
+    pub fn new(repo: Repository, settings: ServeSettings, metrics: Arc<Metrics>) -> Self {
+        let (changed, _) = watch::channel(0);
+        let inner = Inner { repo, settings, models: RwLock::default(), wake: Notify::new(), changed, metrics };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Runs reconcile passes until the task is aborted: every poll interval and on demand.
+    pub fn spawn_reconciler(&self) -> tokio::task::JoinHandle<()> {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            loop {
+                manager.reconcile().await;
+                tokio::select! {
+                    () = tokio::time::sleep(manager.inner.settings.poll_interval) => {}
+                    () = manager.inner.wake.notified() => {}
+                }
+            }
+        })
+    }
+
+    /// Asks the reconciler for a pass now.
+    pub fn reconcile_now(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// A receiver that changes whenever any version changes state.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// One reconcile pass: scan the repository, then load and drain per policy.
+    pub async fn reconcile(&self) {
+        let inner = self.inner.clone();
+        let scanned = tokio::task::spawn_blocking(move || inner.scan()).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "repository scan panicked");
+            BTreeMap::new()
+        });
+        let now = Instant::now();
+        let mut work = Vec::new();
+        {
+            let mut models = self.inner.write();
+            for (name, on_disk) in scanned {
+                let on_disk = match on_disk {
+                    Ok(versions) => versions,
+                    Err(error) => {
+                        tracing::warn!(model = %name, %error, "cannot scan model directory; keeping current versions");
+                        continue;
+                    }
+                };
+                let state = models.entry(name.clone()).or_insert_with(|| ModelState {
+                    config: ServingConfig::with_policy(self.inner.settings.policy.clone()),
+                    enabled: true,
+                    versions: BTreeMap::new(),
+                });
+                work.extend(state.plan(&on_disk, now).into_iter().map(|action| (name.clone(), action)));
+                self.inner.metrics.set_loaded_versions(&name, state.available().count());
+            }
+        }
+        self.execute(work);
+        self.inner.notify_changed();
+    }
+
+    fn execute(&self, work: Vec<(String, Action)>) {
+        for (model, action) in work {
+            match action {
+                Action::Load(version) => self.spawn_load(model, version),
+                Action::Drain(version, drained) => {
+                    tracing::info!(model = %model, version, "unloading: draining in-flight requests");
+                    let manager = self.clone();
+                    tokio::spawn(async move {
+                        if let Some(drained) = drained {
+                            let _ = drained.await;
+                        }
+                        manager.finish_drain(&model, version);
+                    });
+                }
+            }
+        }
+    }
+
+    fn spawn_load(&self, model: String, version: u64) {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            tracing::info!(model = %model, version, "loading");
+            let started = Instant::now();
+            let inner = manager.inner.clone();
+            let name = model.clone();
+            let result =
+                tokio::task::spawn_blocking(move || inner.load_version(&name, version)).await.unwrap_or_else(|e| {
+                    Err(Error::Load { model: model.clone(), version, reason: format!("loader panicked: {e}") })
+                });
+            manager.finish_load(&model, version, result, started.elapsed());
+        });
+    }
+
+    fn finish_load(
+        &self,
+        model: &str,
+        version: u64,
+        result: Result<(LoadedVersion, oneshot::Receiver<()>)>,
+        took: Duration,
+    ) {
+        self.inner.metrics.observe_load(model, version, took.as_secs_f64(), result.is_ok());
+        {
+            let mut models = self.inner.write();
+            let Some(entry) = models.get_mut(model).and_then(|m| m.versions.get_mut(&version)) else {
+                return;
+            };
+            match result {
+                Ok((loaded, drained)) => {
+                    tracing::info!(model = %model, version, seconds = took.as_secs_f64(), "available");
+                    *entry = VersionEntry {
+                        state: VersionState::Available,
+                        loaded: Some(Arc::new(loaded)),
+                        drained: Some(drained),
+                        ..VersionEntry::new()
+                    };
+                }
+                Err(error) => {
+                    entry.failed_attempts += 1;
+                    let delay = self.inner.retry_delay(entry.failed_attempts);
+                    tracing::warn!(model = %model, version, %error, retry_in_seconds = delay.as_secs_f64(), "load failed");
+                    entry.state = VersionState::Failed;
+                    entry.reason = error.to_string();
+                    entry.retry_at = Some(Instant::now() + delay);
+                }
+            }
+        }
+        self.inner.notify_changed();
+        // A new version may let an old one go, or a failure may need its retry scheduled.
+        self.reconcile_now();
+    }
+
+    fn finish_drain(&self, model: &str, version: u64) {
+        {
+            let mut models = self.inner.write();
+            if let Some(entry) = models.get_mut(model).and_then(|m| m.versions.get_mut(&version))
+                && entry.state == VersionState::Unloading
+            {
+                entry.state = VersionState::End;
+                tracing::info!(model = %model, version, "unloaded");
+            }
+        }
+        self.inner.notify_changed();
+    }
+
+    /// Routes and runs one inference request, recording its metrics.
+    pub async fn infer(
+        &self,
+        model: &str,
+        target: &Target,
+        routing_key: Option<&str>,
+        request: InferRequest,
+    ) -> Result<InferResponse> {
+        let started = Instant::now();
+        let routed = self.resolve(model, target, routing_key);
+        let version = routed.as_ref().ok().map(|loaded| loaded.version);
+        let result = match routed {
+            Ok(loaded) => run(&loaded, request).await,
+            Err(e) => Err(e),
+        };
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => status::grpc_code(e),
+        };
+        let label = if matches!(result, Err(Error::ModelNotFound { .. })) { UNKNOWN_MODEL } else { model };
+        self.inner.metrics.observe_request(label, version, status::code_name(code), started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// The metadata of the version `target` routes to (the newest available for no target).
+    pub fn metadata(&self, model: &str, target: &Target) -> Result<ModelMetadata> {
+        let models = self.inner.read();
+        let state = models.get(model).ok_or_else(|| Error::ModelNotFound { model: model.to_owned() })?;
+        // Metadata describes what a plain request would see, without spending a random draw.
+        let target = match target {
+            Target::Default => state.newest_available().map_or(Target::Default, Target::Version),
+            other => other.clone(),
+        };
+        let loaded = Self::route_in(model, state, &target, None)?;
+        Ok(ModelMetadata {
+            version: loaded.version,
+            versions: state.available().collect(),
+            manifest: loaded.manifest.clone(),
+        })
+    }
+
+    /// Whether `target` of `model` can take requests now. Unknown models and versions are errors.
+    pub fn is_ready(&self, model: &str, target: &Target) -> Result<bool> {
+        match self.metadata(model, target) {
+            Ok(_) => Ok(true),
+            Err(Error::Unavailable { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ready when some model serves, and every served model with versions has one available.
+    pub fn server_ready(&self) -> bool {
+        let models = self.inner.read();
+        let mut serving = models.values().filter(|m| m.enabled && !m.versions.is_empty()).peekable();
+        serving.peek().is_some() && serving.all(|m| m.newest_available().is_some())
+    }
+
+    /// Status of one model, or of every model when `model` is `None`.
+    pub fn status(&self, model: Option<&str>) -> Result<Vec<ModelStatus>> {
+        let models = self.inner.read();
+        let describe = |name: &str, state: &ModelState| {
+            let shares = routing::traffic_shares(&state.config, state);
+            let versions = state
+                .versions
+                .iter()
+                .map(|(&version, entry)| VersionStatus {
+                    version,
+                    state: entry.state,
+                    reason: entry.reason.clone(),
+                    failed_attempts: entry.failed_attempts,
+                    labels: state
+                        .config
+                        .labels
+                        .iter()
+                        .filter(|&(_, &v)| v == version)
+                        .map(|(l, _)| l.clone())
+                        .collect(),
+                    traffic_percent: shares.get(&version).copied().unwrap_or(0.0),
+                })
+                .collect();
+            ModelStatus { model: name.to_owned(), enabled: state.enabled, versions }
+        };
+        match model {
+            Some(name) => {
+                let state = models.get(name).ok_or_else(|| Error::ModelNotFound { model: name.to_owned() })?;
+                Ok(vec![describe(name, state)])
+            }
+            None => Ok(models.iter().map(|(name, state)| describe(name, state)).collect()),
+        }
+    }
+
+    /// Replaces a model's serving config. Routing follows at once; loads happen in the background.
+    pub fn set_config(&self, model: &str, config: ServingConfig) -> Result<()> {
+        config.validate()?;
+        crate::repository::validate_model_name(model)?;
+        self.check_served(model)?;
+        {
+            let mut models = self.inner.write();
+            let state = models.entry(model.to_owned()).or_insert_with(|| ModelState {
+                config: ServingConfig::default(),
+                enabled: true,
+                versions: BTreeMap::new(),
+            });
+            tracing::info!(model, ?config, "serving config replaced");
+            state.config = config;
+        }
+        self.reconcile_now();
+        Ok(())
+    }
+
+    /// A model's serving config.
+    pub fn config(&self, model: &str) -> Result<ServingConfig> {
+        let models = self.inner.read();
+        models.get(model).map(|m| m.config.clone()).ok_or_else(|| Error::ModelNotFound { model: model.to_owned() })
+    }
+
+    /// Serves `model` again (after an unload) and waits until a version is available, or every
+    /// wanted version has failed, or the load timeout passes.
+    pub async fn load_model(&self, model: &str) -> Result<()> {
+        self.check_served(model)?;
+        if let Some(state) = self.inner.write().get_mut(model) {
+            state.enabled = true;
+        }
+        let mut changes = self.subscribe();
+        self.reconcile().await;
+        let wait = async {
+            loop {
+                {
+                    let models = self.inner.read();
+                    let state = models.get(model).ok_or_else(|| Error::ModelNotFound { model: model.to_owned() })?;
+                    if state.newest_available().is_some() {
+                        return Ok(());
+                    }
+                    if state.versions.is_empty() {
+                        return Err(Error::Unavailable {
+                            model: model.to_owned(),
+                            reason: "no version is published".into(),
+                        });
+                    }
+                    if state.versions.values().all(|e| e.state == VersionState::Failed) {
+                        let reasons: Vec<String> =
+                            state.versions.iter().map(|(v, e)| format!("version {v}: {}", e.reason)).collect();
+                        return Err(Error::Unavailable { model: model.to_owned(), reason: reasons.join("; ") });
+                    }
+                }
+                if changes.changed().await.is_err() {
+                    return Err(Error::Shutdown("the version manager stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(self.inner.settings.load_timeout, wait).await.unwrap_or_else(|_| {
+            Err(Error::Unavailable { model: model.to_owned(), reason: "still loading after the load timeout".into() })
+        })
+    }
+
+    /// Stops serving `model`: new requests are refused; in-flight ones finish, then memory goes.
+    pub fn unload_model(&self, model: &str) -> Result<()> {
+        let work: Vec<(String, Action)> = {
+            let mut models = self.inner.write();
+            let state = models.get_mut(model).ok_or_else(|| Error::ModelNotFound { model: model.to_owned() })?;
+            state.enabled = false;
+            state.plan(&BTreeSet::new(), Instant::now()).into_iter().map(|a| (model.to_owned(), a)).collect()
+        };
+        self.execute(work);
+        self.inner.notify_changed();
+        Ok(())
+    }
+
+    fn check_served(&self, model: &str) -> Result<()> {
+        let only = &self.inner.settings.models;
+        if only.is_empty() || only.contains(model) {
+            Ok(())
+        } else {
+            Err(Error::ModelNotFound { model: model.to_owned() })
+        }
+    }
+
+    fn resolve(&self, model: &str, target: &Target, routing_key: Option<&str>) -> Result<Arc<LoadedVersion>> {
+        let models = self.inner.read();
+        let state = models.get(model).ok_or_else(|| Error::ModelNotFound { model: model.to_owned() })?;
+        Self::route_in(model, state, target, routing_key)
+    }
+
+    fn route_in(
+        model: &str,
+        state: &ModelState,
+        target: &Target,
+        routing_key: Option<&str>,
+    ) -> Result<Arc<LoadedVersion>> {
+        if !state.enabled {
+            return Err(Error::Unavailable {
+                model: model.to_owned(),
+                reason: "the model is unloaded; RepositoryModelLoad serves it again".into(),
+            });
+        }
+        let version = routing::route(model, target, &state.config, state, routing_key, rand::random())?;
+        Ok(state.loaded(version))
+    }
+}
+
+/// Runs a request on the version it was routed to.
+async fn run(loaded: &LoadedVersion, request: InferRequest) -> Result<InferResponse> {
+    let rows = signature::prepare(&loaded.manifest, &request)?;
+    let output = loaded.batcher.submit(rows.rows, rows.values).await?;
+    let spec = &loaded.manifest.outputs[0];
+    let tensor = Tensor::f32(spec.name.clone(), vec![rows.rows as i64, loaded.out_width as i64], output);
+    Ok(InferResponse { version: loaded.version, outputs: signature::select_outputs(&request.outputs, vec![tensor]) })
+}
+
+impl Inner {
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, ModelState>> {
+        self.models.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, ModelState>> {
+        self.models.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn notify_changed(&self) {
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    fn retry_delay(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+        self.settings.retry_base.saturating_mul(factor).min(self.settings.retry_max)
+    }
+
+    /// The versions on disk of every model to serve: the configured ones, or every model in the
+    /// repository plus any that got a config before their first version.
+    fn scan(&self) -> BTreeMap<String, Result<BTreeSet<u64>>> {
+        let mut names = self.settings.models.clone();
+        if names.is_empty() {
+            match self.repo.models() {
+                Ok(found) => names = found,
+                Err(error) => tracing::warn!(%error, "cannot list the model repository"),
+            }
+            names.extend(self.read().keys().cloned());
+        }
+        names.into_iter().map(|name| (name.clone(), self.repo.versions(&name))).collect()
+    }
+
+    /// Reads, verifies and loads one version, and starts its batcher.
+    fn load_version(&self, model: &str, version: u64) -> Result<(LoadedVersion, oneshot::Receiver<()>)> {
+        let verified = self.repo.read_verified(model, version)?;
+        let fail = |reason: String| Error::Load { model: model.to_owned(), version, reason };
+        let manifest = verified.manifest.clone();
+        let in_width = signature::row_width(&manifest.inputs[0])
+            .ok_or_else(|| fail("the input needs fixed dimensions after the batch dimension".into()))?;
+        let out_width = signature::row_width(&manifest.outputs[0])
+            .ok_or_else(|| fail("the output needs fixed dimensions after the batch dimension".into()))?;
+        let tensor_model = model::load(model, version, &verified, &Device::Cpu)?;
+        drop(verified);
+        let id = VersionId { model: model.to_owned(), version };
+        let metrics = self.metrics.version(model, version);
+        let (batcher, drained) = Batcher::spawn(id, tensor_model, self.settings.batch, in_width, metrics)?;
+        Ok((LoadedVersion { version, manifest, batcher, out_width }, drained))
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the serving core against a real server on 127.0.0.1 with real tonic and
+//! HTTP clients and real model files.
+
+mod bad_input;
+mod fixtures;
+mod hot_reload;
+mod lifecycle;
+mod rest;
+mod routing;

@@ -1,0 +1,119 @@
+//! The REST form of the protocol and `/metrics`, over real HTTP.
+
+use lantern_proto::lantern::v1::VersionState;
+use serde_json::{Value, json};
+
+use crate::fixtures::{Harness, IN, infer_request, output_values};
+
+async fn serving_harness() -> Harness {
+    let harness = Harness::start().await;
+    harness.publish("m", 1);
+    harness.wait_for("m", 1, VersionState::Available).await;
+    harness
+}
+
+#[tokio::test]
+async fn rest_inference_matches_grpc() {
+    let harness = serving_harness().await;
+    let http = reqwest::Client::new();
+    let grpc = harness.grpc().await.model_infer(infer_request("m", "", 2)).await.unwrap().into_inner();
+    let values: Vec<f32> = (0..2 * IN).map(|i| i as f32 / 10.0).collect();
+    let body = json!({"id": "r1", "inputs": [{"name": "input", "shape": [2, IN], "datatype": "FP32", "data": values}]});
+    let response = http.post(format!("{}/v2/models/m/infer", harness.url())).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["id"], "r1");
+    assert_eq!(answer["model_version"], "1");
+    assert_eq!(answer["outputs"][0]["shape"], json!([2, 3]));
+    let rest_values: Vec<f32> = serde_json::from_value(answer["outputs"][0]["data"].clone()).unwrap();
+    assert_eq!(rest_values, output_values(&grpc));
+
+    let versioned =
+        http.post(format!("{}/v2/models/m/versions/1/infer", harness.url())).json(&body).send().await.unwrap();
+    assert_eq!(versioned.status(), 200);
+}
+
+#[tokio::test]
+async fn rest_errors_carry_status_and_message() {
+    let harness = serving_harness().await;
+    let http = reqwest::Client::new();
+    let url = harness.url();
+    let good_input = json!({"name": "input", "shape": [1, IN], "datatype": "FP32", "data": [0, 0, 0, 0]});
+    let cases = [
+        (format!("{url}/v2/models/nope/infer"), json!({"inputs": [good_input]}), 404, "nope"),
+        (format!("{url}/v2/models/m/versions/7/infer"), json!({"inputs": [good_input]}), 404, "7"),
+        (
+            format!("{url}/v2/models/m/infer"),
+            json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [0, 0, 0]}]}),
+            400,
+            "shape",
+        ),
+        (format!("{url}/v2/models/m/infer"), json!({"inputs": "nope"}), 400, "invalid request body"),
+    ];
+    for (endpoint, body, status, needle) in cases {
+        let response = http.post(&endpoint).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), status, "{endpoint}");
+        let answer: Value = response.json().await.unwrap();
+        assert!(answer["error"].as_str().unwrap().contains(needle), "{answer}");
+    }
+    let not_json = http
+        .post(format!("{url}/v2/models/m/infer"))
+        .body("{")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 400);
+    let huge = vec![0u8; 2 << 20];
+    let too_big = http
+        .post(format!("{url}/v2/models/m/infer"))
+        .body(huge)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), 413);
+    // Still serving.
+    let ok = http.post(format!("{url}/v2/models/m/infer")).json(&json!({"inputs": [good_input]})).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn rest_health_and_metadata() {
+    let harness = serving_harness().await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", harness.url())).send();
+    assert_eq!(get("/v2/health/live").await.unwrap().status(), 200);
+    assert_eq!(get("/v2/health/ready").await.unwrap().status(), 200);
+    assert_eq!(get("/v2/models/m/ready").await.unwrap().status(), 200);
+    assert_eq!(get("/v2/models/m/versions/2/ready").await.unwrap().status(), 404);
+    let server: Value = get("/v2").await.unwrap().json().await.unwrap();
+    assert_eq!(server["name"], "lantern");
+    let metadata: Value = get("/v2/models/m").await.unwrap().json().await.unwrap();
+    assert_eq!(metadata["versions"], json!(["1"]));
+    assert_eq!(metadata["inputs"][0]["datatype"], "FP32");
+}
+
+#[tokio::test]
+async fn metrics_are_labelled_by_model_version_and_code() {
+    let harness = serving_harness().await;
+    let mut client = harness.grpc().await;
+    client.model_infer(infer_request("m", "", 1)).await.unwrap();
+    client.model_infer(infer_request("m", "", 1)).await.unwrap();
+    client.model_infer(infer_request("m", "8", 1)).await.unwrap_err();
+    client.model_infer(infer_request("secret-name", "", 1)).await.unwrap_err();
+    let text = reqwest::get(format!("{}/metrics", harness.url())).await.unwrap().text().await.unwrap();
+    for needle in [
+        r#"lantern_requests_total{model="m",version="1",code="OK"} 2"#,
+        r#"lantern_requests_total{model="m",version="",code="NOT_FOUND"} 1"#,
+        r#"lantern_requests_total{model="_unknown",version="",code="NOT_FOUND"} 1"#,
+        r#"lantern_request_duration_seconds_count{model="m",version="1"} 2"#,
+        r#"lantern_queue_duration_seconds_count{model="m",version="1"} 2"#,
+        r#"lantern_batch_size_rows_count{model="m",version="1"}"#,
+        r#"lantern_model_load_duration_seconds_count{model="m",version="1"} 1"#,
+        r#"lantern_loaded_versions{model="m"} 1"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    assert!(!text.contains("secret-name"), "an unknown model name leaked into labels");
+}
