@@ -5,5 +5,6 @@ mod bad_input;
 mod fixtures;
 mod hot_reload;
 mod lifecycle;
+mod python_client;
 mod rest;
 mod routing;

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond cargo, idempotently, into the git-ignored .cache/:
+# - .cache/python/site: tritonclient[grpc] (with grpcio and numpy), the stock Open Inference
+#   Protocol client, so a test proves wire compatibility with clients users already run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+site=.cache/python/site
+stamp=$site/.lantern-installed-v1
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+python=$(command -v python3 || command -v python)
+rm -rf "$site"
+mkdir -p "$site"
+"$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$site" 'tritonclient[grpc]>=2.40'
+touch "$stamp"
+echo "installed tritonclient into $site"
