@@ -30,7 +30,11 @@ async fn tritonclient_talks_to_the_worker_unchanged() {
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "tritonclient check failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "tritonclient check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // The Python client saw exactly what a Rust client sees.
     let from_python: Vec<f32> = stdout.split_whitespace().map(|v| v.parse().unwrap()).collect();

@@ -1,0 +1,396 @@
+//! `bench`: serving figures for the README and issue notes. Run in release:
+//! `cargo run --release -p lantern-worker --bin bench`.
+//!
+//! 1. ModelInfer on a small MLP at several concurrencies, beside a bare tonic service that answers
+//!    the same request with a canned response of the same size (the floor for gRPC on this
+//!    machine): requests/s, p50, p99.
+//! 2. Version swaps under load: failed requests, time from `publish` to the first request served
+//!    by the new version, and resident memory before and after.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use lantern_proto::inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use lantern_proto::inference::model_infer_request::InferInputTensor;
+use lantern_proto::inference::{self as pb, InferTensorContents};
+use lantern_worker::model::mlp::{self, Activation};
+use lantern_worker::repository::{self, MANIFEST_FILE, PublishRequest, Repository};
+use lantern_worker::serve::server::{self, RunningServer, ServerOptions};
+use lantern_worker::serve::versions::{ServeSettings, VersionState};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+#[derive(Parser, Debug)]
+#[command(about = "Prints Lantern serving figures")]
+struct Args {
+    /// Seconds of load per measurement.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Concurrency levels to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// Version swaps under load.
+    #[arg(long, default_value_t = 20)]
+    swaps: usize,
+    /// Hidden width of the MLP used for swaps (bigger shows memory behaviour better).
+    #[arg(long, default_value_t = 2048)]
+    swap_width: usize,
+}
+
+const SMALL_MLP: [usize; 3] = [16, 64, 8];
+const CONNECTIONS: usize = 4;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        throughput(&args).await?;
+        swaps(&args).await
+    })
+}
+
+async fn throughput(args: &Args) -> anyhow::Result<()> {
+    let repo = tempfile::tempdir()?;
+    publish_mlp(repo.path(), "bench", 1, &SMALL_MLP)?;
+    let lantern = start(repo.path(), Duration::from_secs(2)).await?;
+    wait_available(&lantern, "bench", 1).await?;
+    let request = infer_request("bench", 1, SMALL_MLP[0]);
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", lantern.local_addr())).await?;
+    let canned = client.model_infer(request.clone()).await?.into_inner();
+    let echo = start_echo(canned.clone()).await?;
+
+    println!(
+        "ModelInfer, MLP {SMALL_MLP:?}, 1 row FP32 typed: request {} B, response {} B; {CONNECTIONS} connections; {} s per point",
+        prost::Message::encoded_len(&request),
+        prost::Message::encoded_len(&canned),
+        args.seconds
+    );
+    println!(
+        "{:>11} | {:>27} | {:>27} | {:>13} {:>11}",
+        "concurrency", "tonic echo: req/s p50 p99", "lantern: req/s p50 p99", "rps ratio", "p50 ratio"
+    );
+    for &concurrency in &args.concurrency {
+        let duration = Duration::from_secs(args.seconds);
+        let base = load(echo, &request, concurrency, duration).await?;
+        let ours = load(lantern.local_addr(), &request, concurrency, duration).await?;
+        println!(
+            "{concurrency:>11} | {} | {} | {:>13.2} {:>11.2}",
+            base.row(),
+            ours.row(),
+            ours.rps / base.rps,
+            ours.p50.as_secs_f64() / base.p50.as_secs_f64()
+        );
+        anyhow::ensure!(
+            base.failed + ours.failed == 0,
+            "failed requests: echo {} lantern {}",
+            base.failed,
+            ours.failed
+        );
+    }
+    lantern.shutdown().await?;
+    Ok(())
+}
+
+struct Stats {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    failed: u64,
+}
+
+impl Stats {
+    fn row(&self) -> String {
+        format!("{:>9.0} {:>7.0}µs {:>7.0}µs", self.rps, micros(self.p50), micros(self.p99))
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs `concurrency` closed-loop clients over a few shared connections for `duration`.
+async fn load(
+    addr: SocketAddr,
+    request: &pb::ModelInferRequest,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Stats> {
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS.min(concurrency) {
+        channels.push(Channel::from_shared(format!("http://{addr}"))?.connect().await?);
+    }
+    // Warm up every connection.
+    for channel in &channels {
+        GrpcInferenceServiceClient::new(channel.clone()).model_infer(request.clone()).await?;
+    }
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let mut client = GrpcInferenceServiceClient::new(channels[i % channels.len()].clone());
+            let request = request.clone();
+            let failed = failed.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    match client.model_infer(request.clone()).await {
+                        Ok(_) => latencies.push(sent.elapsed()),
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok(Stats {
+        rps: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+        failed: failed.load(Ordering::Relaxed),
+    })
+}
+
+async fn swaps(args: &Args) -> anyhow::Result<()> {
+    let layers = [256, args.swap_width, args.swap_width, 256];
+    let repo = tempfile::tempdir()?;
+    publish_mlp(repo.path(), "swap", 1, &layers)?;
+    let version_bytes = std::fs::metadata(repo.path().join("swap/1").join(mlp::WEIGHTS_FILE))?.len();
+    let poll = Duration::from_millis(500);
+    let lantern = start(repo.path(), poll).await?;
+    wait_available(&lantern, "swap", 1).await?;
+
+    let addr = lantern.local_addr();
+    let request = infer_request("swap", 1, layers[0]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let served = Arc::new(AtomicU64::new(0));
+    let first_seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = GrpcInferenceServiceClient::new(channel.clone());
+            let (request, stop, failed, served, first_seen) =
+                (request.clone(), stop.clone(), failed.clone(), served.clone(), first_seen.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match client.model_infer(request.clone()).await {
+                        Ok(response) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                            let version = response.into_inner().model_version;
+                            first_seen.lock().unwrap().entry(version).or_insert_with(Instant::now);
+                        }
+                        Err(status) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("request failed: {status}");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_one_version = resident_bytes()?;
+
+    let mut to_first_served = Vec::new();
+    for swap in 0..args.swaps {
+        let version = swap as u64 + 2;
+        publish_mlp(repo.path(), "swap", version, &layers)?;
+        let published = Instant::now();
+        let seen = loop {
+            if let Some(&at) = first_seen.lock().unwrap().get(&version.to_string()) {
+                break at;
+            }
+            anyhow::ensure!(published.elapsed() < Duration::from_secs(60), "version {version} never served");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        to_first_served.push(seen.saturating_duration_since(published));
+        wait_state(&lantern, "swap", version - 1, VersionState::End).await?;
+        // Old version directories go away as they would with retention; their memory must too.
+        std::fs::remove_dir_all(repo.path().join("swap").join((version - 1).to_string()))?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = resident_bytes()?;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await?;
+    }
+    lantern.shutdown().await?;
+
+    let mean = to_first_served.iter().sum::<Duration>() / to_first_served.len().max(1) as u32;
+    let max = to_first_served.iter().max().copied().unwrap_or_default();
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!();
+    println!(
+        "{} version swaps under load (8 clients), MLP {layers:?} ({:.1} MiB of weights), poll interval {} ms",
+        args.swaps,
+        mb(version_bytes),
+        poll.as_millis()
+    );
+    println!("  requests served: {}, failed: {}", served.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!(
+        "  publish → first request served by the new version: mean {:.0} ms, max {:.0} ms",
+        mean.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+    println!(
+        "  resident memory: {:.1} MiB with one version loaded, {:.1} MiB after the swaps ({:+.1} MiB, {:+.0}% of one version)",
+        mb(rss_one_version),
+        mb(rss_after),
+        (rss_after as f64 - rss_one_version as f64) / (1 << 20) as f64,
+        100.0 * (rss_after as f64 - rss_one_version as f64) / version_bytes as f64
+    );
+    Ok(())
+}
+
+async fn start(repo: &Path, poll_interval: Duration) -> anyhow::Result<RunningServer> {
+    let settings = ServeSettings { poll_interval, ..ServeSettings::default() };
+    let options = ServerOptions {
+        listen: "127.0.0.1:0".parse()?,
+        max_message_bytes: 64 << 20,
+        shutdown_grace: Duration::from_secs(5),
+    };
+    Ok(server::start(Repository::new(repo), settings, options).await?)
+}
+
+async fn wait_available(server: &RunningServer, model: &str, version: u64) -> anyhow::Result<()> {
+    wait_state(server, model, version, VersionState::Available).await
+}
+
+async fn wait_state(server: &RunningServer, model: &str, version: u64, state: VersionState) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = server.manager().status(Some(model))?;
+        let current = status[0].versions.iter().find(|v| v.version == version).map(|v| (v.state, v.reason.clone()));
+        if current.as_ref().is_some_and(|(s, _)| *s == state) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{model} v{version} did not reach {state:?}: {current:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn publish_mlp(root: &Path, model: &str, seed: u64, layers: &[usize]) -> anyhow::Result<u64> {
+    let source = tempfile::tempdir()?;
+    let config = mlp::Config { layers: layers.to_vec(), activation: Activation::Relu };
+    candle_core::safetensors::save(&config.random_weights(seed)?, source.path().join(mlp::WEIGHTS_FILE))?;
+    std::fs::write(source.path().join(MANIFEST_FILE), config.manifest_spec().to_json())?;
+    Ok(repository::publish(&PublishRequest { root, model, source: source.path(), version: None, metrics: &[] })?)
+}
+
+fn infer_request(model: &str, rows: usize, width: usize) -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: model.into(),
+        id: "bench".into(),
+        inputs: vec![InferInputTensor {
+            name: mlp::INPUT.into(),
+            datatype: "FP32".into(),
+            shape: vec![rows as i64, width as i64],
+            parameters: Default::default(),
+            contents: Some(InferTensorContents {
+                fp32_contents: (0..rows * width).map(|i| (i % 7) as f32 / 7.0).collect(),
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    }
+}
+
+fn resident_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
+    let kib: u64 = line.split_whitespace().nth(1).context("malformed VmRSS")?.parse()?;
+    Ok(kib * 1024)
+}
+
+/// The floor: a tonic server that answers ModelInfer with a canned response of the same size.
+struct Echo {
+    response: pb::ModelInferResponse,
+}
+
+async fn start_echo(response: pb::ModelInferResponse) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(GrpcInferenceServiceServer::new(Echo { response }))
+            .serve_with_incoming(incoming),
+    );
+    Ok(addr)
+}
+
+fn unimplemented<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("the echo service only answers ModelInfer"))
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Echo {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        unimplemented()
+    }
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        unimplemented()
+    }
+    async fn model_ready(&self, _: Request<pb::ModelReadyRequest>) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        unimplemented()
+    }
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        unimplemented()
+    }
+    async fn model_metadata(
+        &self,
+        _: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        unimplemented()
+    }
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let id = request.into_inner().id;
+        Ok(Response::new(pb::ModelInferResponse { id, ..self.response.clone() }))
+    }
+    async fn repository_index(
+        &self,
+        _: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        unimplemented()
+    }
+    async fn repository_model_load(
+        &self,
+        _: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        unimplemented()
+    }
+    async fn repository_model_unload(
+        &self,
+        _: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        unimplemented()
+    }
+}
