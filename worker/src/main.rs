@@ -1,5 +1,6 @@
 //! `lantern-worker`: serve model versions, publish a version, or create a fresh MLP to publish.
 
+mod compute_threads;
 mod telemetry;
 
 use std::collections::BTreeSet;
@@ -16,6 +17,12 @@ use lantern_worker::serve::config::VersionPolicy;
 use lantern_worker::serve::server::{self, ServerOptions};
 use lantern_worker::serve::versions::ServeSettings;
 
+/// mimalloc returns freed pages to the OS promptly; glibc's malloc keeps the memory of unloaded
+/// model versions (its mmap threshold grows with every large free), so RSS would climb with
+/// each hot reload.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "lantern-worker", version, about = "Lantern's data plane: serve, publish and create model versions")]
 struct Args {
@@ -28,6 +35,9 @@ struct Args {
     /// Export traces over OTLP/gRPC to this endpoint.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     otlp_endpoint: Option<String>,
+    /// Threads for model computation; default: the CPUs this process may use (cgroup-aware).
+    #[arg(long, env = "LANTERN_COMPUTE_THREADS", global = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    compute_threads: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,6 +131,7 @@ fn parse_metric(text: &str) -> Result<(String, f64), String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    compute_threads::pin(args.compute_threads.map_or_else(compute_threads::default_threads, |n| n as usize));
     match args.command {
         Command::Serve(serve) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -22,10 +22,21 @@ use lantern_proto::inference::model_infer_request::InferInputTensor;
 use lantern_proto::inference::{self as pb, InferTensorContents};
 use lantern_worker::model::mlp::{self, Activation};
 use lantern_worker::repository::{self, MANIFEST_FILE, PublishRequest, Repository};
+use lantern_worker::serve::oip;
+use lantern_worker::serve::routing::Target;
 use lantern_worker::serve::server::{self, RunningServer, ServerOptions};
 use lantern_worker::serve::versions::{ServeSettings, VersionState};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+
+#[path = "../compute_threads.rs"]
+mod compute_threads;
+
+/// mimalloc returns freed pages to the OS promptly; glibc's malloc keeps the memory of unloaded
+/// model versions (its mmap threshold grows with every large free), so RSS would climb with
+/// each hot reload.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
 #[command(about = "Prints Lantern serving figures")]
@@ -36,6 +47,9 @@ struct Args {
     /// Concurrency levels to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     concurrency: Vec<usize>,
+    /// Alternating echo/lantern rounds per point; the medians are printed.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Version swaps under load.
     #[arg(long, default_value_t = 20)]
     swaps: usize,
@@ -49,6 +63,7 @@ const CONNECTIONS: usize = 4;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    compute_threads::pin(compute_threads::default_threads());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         throughput(&args).await?;
@@ -67,9 +82,10 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
     let echo = start_echo(canned.clone()).await?;
 
     println!(
-        "ModelInfer, MLP {SMALL_MLP:?}, 1 row FP32 typed: request {} B, response {} B; {CONNECTIONS} connections; {} s per point",
+        "ModelInfer, MLP {SMALL_MLP:?}, 1 row FP32 typed: request {} B, response {} B; {CONNECTIONS} connections; median of {} rounds of {} s",
         prost::Message::encoded_len(&request),
         prost::Message::encoded_len(&canned),
+        args.rounds,
         args.seconds
     );
     println!(
@@ -78,8 +94,13 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
     );
     for &concurrency in &args.concurrency {
         let duration = Duration::from_secs(args.seconds);
-        let base = load(echo, &request, concurrency, duration).await?;
-        let ours = load(lantern.local_addr(), &request, concurrency, duration).await?;
+        let (mut base, mut ours) = (Vec::new(), Vec::new());
+        // Alternate the two servers so drift on a shared machine hits both alike.
+        for _ in 0..args.rounds.max(1) {
+            base.push(load(echo, &request, concurrency, duration).await?);
+            ours.push(load(lantern.local_addr(), &request, concurrency, duration).await?);
+        }
+        let (base, ours) = (Stats::median(base), Stats::median(ours));
         println!(
             "{concurrency:>11} | {} | {} | {:>13.2} {:>11.2}",
             base.row(),
@@ -94,7 +115,30 @@ async fn throughput(args: &Args) -> anyhow::Result<()> {
             ours.failed
         );
     }
+    core_latency(&lantern, &request).await?;
     lantern.shutdown().await?;
+    Ok(())
+}
+
+/// Latency of the serving core alone (routing, validation, batching, the forward pass), without
+/// gRPC: the part of the gap to the echo floor that is not protocol.
+async fn core_latency(lantern: &RunningServer, request: &pb::ModelInferRequest) -> anyhow::Result<()> {
+    let manager = lantern.manager();
+    let target = Target::Default;
+    let mut latencies = Vec::new();
+    for _ in 0..20_000 {
+        let infer = oip::request_from_proto(request.clone())?;
+        let sent = Instant::now();
+        manager.infer("bench", &target, None, infer).await?;
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort();
+    let pick = |q: f64| latencies[(latencies.len() as f64 * q) as usize];
+    println!(
+        "in-process ModelManager::infer, concurrency 1 (no network): p50 {:.0}µs p99 {:.0}µs",
+        micros(pick(0.5)),
+        micros(pick(0.99))
+    );
     Ok(())
 }
 
@@ -106,6 +150,20 @@ struct Stats {
 }
 
 impl Stats {
+    /// Per-field medians of several runs; failures add up.
+    fn median(runs: Vec<Stats>) -> Stats {
+        fn mid<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+            values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN in measurements"));
+            values[values.len() / 2]
+        }
+        Stats {
+            rps: mid(runs.iter().map(|r| r.rps).collect()),
+            p50: mid(runs.iter().map(|r| r.p50).collect()),
+            p99: mid(runs.iter().map(|r| r.p99).collect()),
+            failed: runs.iter().map(|r| r.failed).sum(),
+        }
+    }
+
     fn row(&self) -> String {
         format!("{:>9.0} {:>7.0}µs {:>7.0}µs", self.rps, micros(self.p50), micros(self.p99))
     }
