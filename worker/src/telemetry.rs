@@ -38,6 +38,8 @@ pub fn init(filter: &str, json: bool, otlp_endpoint: Option<&str>) -> anyhow::Re
             anyhow::Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
         })
         .transpose()?;
+    // Continue the callers' traces from W3C `traceparent` headers (see `serve::server`).
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("lantern-worker")));
     let (text, json_layer) = if json {
         (None, Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)))

@@ -14,6 +14,8 @@ use lantern_proto::lantern::v1::model_service_server::ModelServiceServer;
 use tokio::sync::oneshot;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::metrics::Metrics;
 use super::model_service::ModelServiceImpl;
@@ -70,7 +72,10 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
                 .max_encoding_message_size(limit),
         )
         .into_axum_router();
-    let app = rest::router(manager.clone(), metrics).merge(grpc).layer(DefaultBodyLimit::max(limit));
+    let app = rest::router(manager.clone(), metrics)
+        .merge(grpc)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(trace_request));
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -129,6 +134,36 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(());
         self.task.await.map_err(|e| Error::Shutdown(format!("server task failed: {e}")))?
+    }
+}
+
+/// Opens a server span per request (gRPC and HTTP alike) that continues the caller's trace when
+/// the request carries W3C `traceparent`/`tracestate` headers.
+async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(request.headers()))
+    });
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %request.uri().path(),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+    );
+    if let Err(error) = span.set_parent(parent) {
+        tracing::debug!(%error, "cannot continue the caller's trace");
+    }
+    next.run(request).instrument(span).await
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }
 

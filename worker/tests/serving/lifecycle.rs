@@ -1,7 +1,8 @@
 //! Graceful shutdown, the Triton repository extension, and the real binary.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -10,6 +11,9 @@ use lantern_proto::inference::{
 };
 use lantern_proto::lantern::v1::VersionState;
 use lantern_worker::serve::batcher::BatchSettings;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use tonic::Code;
 
 use crate::fixtures::{Harness, IN, OUT, fast_settings, infer_request, local_options, publish_mlp};
@@ -100,16 +104,7 @@ fn the_binary_publishes_serves_and_exits_cleanly_on_sigterm() {
     assert!(published.status.success(), "{}", String::from_utf8_lossy(&published.stderr));
     assert!(String::from_utf8_lossy(&published.stdout).contains("version 1"));
 
-    let mut child = Command::new(binary)
-        .args(["serve", "--listen", "127.0.0.1:0", "--repository"])
-        .arg(repo.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let (mut child, addr) = spawn_worker(repo.path(), &[]);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -126,8 +121,92 @@ fn the_binary_publishes_serves_and_exits_cleanly_on_sigterm() {
             }
         }
     });
+    let exit = terminate(&mut child);
+    assert!(exit.success(), "exit status {exit}");
+}
+
+/// Starts `lantern-worker serve` on an ephemeral port; returns the process and its address.
+fn spawn_worker(repo: &std::path::Path, env: &[(&str, String)]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lantern-worker"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--poll-interval-ms", "100", "--repository"])
+        .arg(repo)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (child, addr)
+}
+
+/// Sends SIGTERM and waits for the exit.
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "exit status {exit}");
+    child.wait().unwrap()
+}
+
+/// Collects every span exported to it over OTLP/gRPC.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans = request.into_inner().resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
+        self.spans.lock().unwrap().extend(spans);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[test]
+fn traces_reach_the_otlp_collector_and_continue_the_callers_trace() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let collector = Collector::default();
+    let collector_addr = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector.clone()))
+                .serve_with_incoming(incoming),
+        );
+        addr
+    });
+    let repo = tempfile::tempdir().unwrap();
+    publish_mlp(repo.path(), "m", 1, &[IN, 8, OUT]);
+    let (mut child, addr) =
+        spawn_worker(repo.path(), &[("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))]);
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    runtime.block_on(async {
+        let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut request = tonic::Request::new(infer_request("m", "", 1));
+            let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+            request.metadata_mut().insert("traceparent", traceparent.parse().unwrap());
+            match client.model_infer(request).await {
+                Ok(_) => break,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "never served: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Shutdown flushes the batch exporter.
+    assert!(terminate(&mut child).success());
+
+    let spans = collector.spans.lock().unwrap().clone();
+    let ours: Vec<&Span> = spans.iter().filter(|s| hex::encode(&s.trace_id) == trace_id).collect();
+    let names: Vec<&str> = ours.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"/inference.GRPCInferenceService/ModelInfer"), "spans in the caller's trace: {names:?}");
+    assert!(names.contains(&"model_infer"), "spans in the caller's trace: {names:?}");
 }
