@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::routing::Target;
 use super::signature::InferRequest;
-use super::versions::{ModelManager, ModelMetadata, VersionState};
+use super::versions::{ModelManager, ModelMetadata};
 use super::{ROUTING_KEY_HEADER, ROUTING_KEY_PARAMETER, SERVER_EXTENSIONS, SERVER_NAME};
 use crate::error::{Error, Result};
 use crate::repository::TensorSpec;
@@ -93,26 +93,17 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::RepositoryIndexRequest>,
     ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
-        let ready_only = request.into_inner().ready;
-        let mut models = Vec::new();
-        for model in self.manager.status(None)? {
-            for v in &model.versions {
-                let state = match (model.enabled, v.state) {
-                    (true, VersionState::Available) => "READY",
-                    (true, VersionState::Start | VersionState::Loading) => "LOADING",
-                    (_, VersionState::Unloading) => "UNLOADING",
-                    _ => "UNAVAILABLE",
-                };
-                if !ready_only || state == "READY" {
-                    models.push(ModelIndex {
-                        name: model.model.clone(),
-                        version: v.version.to_string(),
-                        state: state.into(),
-                        reason: v.reason.clone(),
-                    });
-                }
-            }
-        }
+        let models = self
+            .manager
+            .repository_index(request.into_inner().ready)
+            .into_iter()
+            .map(|entry| ModelIndex {
+                name: entry.model,
+                version: entry.version.to_string(),
+                state: entry.state.into(),
+                reason: entry.reason,
+            })
+            .collect();
         Ok(Response::new(pb::RepositoryIndexResponse { models }))
     }
 

@@ -40,6 +40,9 @@ pub fn router(manager: ModelManager, metrics: Arc<Metrics>) -> Router {
         .route("/v2/models/{model}/versions/{version}/ready", get(version_ready))
         .route("/v2/models/{model}/infer", post(model_infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(version_infer))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route("/v2/repository/models/{model}/unload", post(repository_unload))
         .route("/metrics", get(metrics_text))
         .with_state(AppState { manager, metrics })
 }
@@ -120,6 +123,39 @@ fn ready(app: &AppState, model: String, version: &str) -> ApiResult<Response> {
     let ready = app.manager.is_ready(&model, &Target::parse(version)?)?;
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok((code, Json(json!({"name": model, "ready": ready}))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(State(app): State<AppState>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+    // The body is optional: an empty POST lists everything.
+    let request: IndexRequest = if body.is_empty() {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))?
+    };
+    let rows: Vec<Value> = app
+        .manager
+        .repository_index(request.ready)
+        .into_iter()
+        .map(|e| json!({"name": e.model, "version": e.version.to_string(), "state": e.state, "reason": e.reason}))
+        .collect();
+    Ok(Json(Value::Array(rows)))
+}
+
+async fn repository_load(State(app): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+    app.manager.load_model(&model).await?;
+    Ok(Json(json!({})))
+}
+
+async fn repository_unload(State(app): State<AppState>, Path(model): Path<String>) -> ApiResult<Json<Value>> {
+    app.manager.unload_model(&model)?;
+    Ok(Json(json!({})))
 }
 
 async fn metrics_text(State(app): State<AppState>) -> Response {

@@ -95,6 +95,16 @@ pub struct ModelStatus {
     pub versions: Vec<VersionStatus>,
 }
 
+/// One row of the repository index (Triton's repository extension).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub model: String,
+    pub version: u64,
+    /// `READY`, `LOADING`, `UNLOADING` or `UNAVAILABLE`, as Triton names them.
+    pub state: &'static str,
+    pub reason: String,
+}
+
 /// The answer to an inference request, with the version that produced it.
 #[derive(Debug)]
 pub struct InferResponse {
@@ -470,6 +480,27 @@ impl ModelManager {
             }
             None => Ok(models.iter().map(|(name, state)| describe(name, state)).collect()),
         }
+    }
+
+    /// Every tracked version of every model, in Triton's state vocabulary; `ready_only` keeps the
+    /// READY ones.
+    pub fn repository_index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let models = self.inner.read();
+        let mut index = Vec::new();
+        for (name, model) in models.iter() {
+            for (&version, entry) in &model.versions {
+                let state = match (model.enabled, entry.state) {
+                    (true, VersionState::Available) => "READY",
+                    (true, VersionState::Start | VersionState::Loading) => "LOADING",
+                    (_, VersionState::Unloading) => "UNLOADING",
+                    _ => "UNAVAILABLE",
+                };
+                if !ready_only || state == "READY" {
+                    index.push(IndexEntry { model: name.clone(), version, state, reason: entry.reason.clone() });
+                }
+            }
+        }
+        index
     }
 
     /// Replaces a model's serving config. Routing follows at once; loads happen in the background.

@@ -121,13 +121,26 @@ impl Harness {
 
 /// Writes an MLP into a fresh source directory and publishes it as the next version.
 pub fn publish_mlp(root: &Path, model: &str, seed: u64, layers: &[usize]) -> u64 {
+    publish_edited(root, model, seed, None, layers, |_| {})
+}
+
+/// Like [`publish_mlp`], letting `edit` change the source directory before it is published.
+pub fn publish_edited(
+    root: &Path,
+    model: &str,
+    seed: u64,
+    version: Option<u64>,
+    layers: &[usize],
+    edit: impl FnOnce(&Path),
+) -> u64 {
     let source = tempfile::tempdir().unwrap();
     write_mlp(source.path(), seed, layers);
-    repository::publish(&PublishRequest { root, model, source: source.path(), version: None, metrics: &[] }).unwrap()
+    edit(source.path());
+    repository::publish(&PublishRequest { root, model, source: source.path(), version, metrics: &[] }).unwrap()
 }
 
 /// Writes an MLP's weights and manifest into `dir`.
-pub fn write_mlp(dir: &Path, seed: u64, layers: &[usize]) {
+fn write_mlp(dir: &Path, seed: u64, layers: &[usize]) {
     let config = mlp::Config { layers: layers.to_vec(), activation: Activation::Relu };
     let weights = config.random_weights(seed).unwrap();
     candle_core::safetensors::save(&weights, dir.join(mlp::WEIGHTS_FILE)).unwrap();

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use lantern_proto::lantern::v1::VersionState;
 
-use crate::fixtures::{Harness, infer_request, output_values};
+use crate::fixtures::{Harness, IN, OUT, infer_request, output_values, publish_edited};
+
+const LAYERS: [usize; 3] = [IN, 8, OUT];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_version_goes_live_under_concurrent_load_without_failed_requests() {
@@ -57,18 +59,8 @@ async fn corrupt_new_version_reports_failed_and_the_old_one_keeps_serving() {
 
     // Publish v2 with good files, then flip bytes in its weights: the digest no longer matches.
     let weights = harness.version_dir("m", 2).join("model.safetensors");
-    let source = tempfile::tempdir().unwrap();
-    crate::fixtures::write_mlp(source.path(), 2, &[crate::fixtures::IN, 8, crate::fixtures::OUT]);
     let staged = harness.repo.path().join(".hold");
-    std::fs::create_dir(&staged).unwrap();
-    lantern_worker::repository::publish(&lantern_worker::repository::PublishRequest {
-        root: &staged,
-        model: "m",
-        source: source.path(),
-        version: Some(2),
-        metrics: &[],
-    })
-    .unwrap();
+    publish_edited(&staged, "m", 2, Some(2), &LAYERS, |_| {});
     let good = std::fs::read(staged.join("m/2/model.safetensors")).unwrap();
     let mut bad = good.clone();
     let last = bad.len() - 1;
@@ -101,17 +93,9 @@ async fn weights_that_do_not_parse_fail_the_version_with_a_reason() {
     let harness = Harness::start().await;
     harness.publish("m", 1);
     harness.wait_for("m", 1, VersionState::Available).await;
-    let source = tempfile::tempdir().unwrap();
-    crate::fixtures::write_mlp(source.path(), 2, &[crate::fixtures::IN, 8, crate::fixtures::OUT]);
-    std::fs::write(source.path().join("model.safetensors"), b"this is not safetensors").unwrap();
-    lantern_worker::repository::publish(&lantern_worker::repository::PublishRequest {
-        root: harness.repo.path(),
-        model: "m",
-        source: source.path(),
-        version: None,
-        metrics: &[],
-    })
-    .unwrap();
+    publish_edited(harness.repo.path(), "m", 2, None, &LAYERS, |source| {
+        std::fs::write(source.join("model.safetensors"), b"this is not safetensors").unwrap();
+    });
     harness.server.manager().reconcile_now();
     let failed = harness.wait_for("m", 2, VersionState::Failed).await;
     assert!(failed.reason.contains("not valid safetensors"), "{}", failed.reason);
@@ -168,4 +152,23 @@ async fn a_deleted_version_directory_is_unloaded_cleanly() {
     harness.server.manager().reconcile().await;
     harness.server.manager().reconcile().await;
     assert_eq!(client.model_infer(infer_request("m", "", 1)).await.unwrap().into_inner().model_version, "2");
+}
+
+#[tokio::test]
+async fn reload_picks_up_a_new_version_without_waiting_for_the_poll() {
+    let mut settings = crate::fixtures::fast_settings();
+    settings.poll_interval = std::time::Duration::from_secs(3600);
+    let harness = Harness::start_with(settings, crate::fixtures::local_options(), |root| {
+        crate::fixtures::publish_mlp(root, "m", 1, &LAYERS);
+    })
+    .await;
+    harness.wait_for("m", 1, VersionState::Available).await;
+    // Let the rescan that follows every finished load happen before publishing.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    crate::fixtures::publish_mlp(harness.repo.path(), "m", 2, &LAYERS);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(harness.version_status("m", 2).await.is_none(), "version 2 was found without a poll or reload");
+
+    harness.models().await.reload(lantern_proto::lantern::v1::ReloadRequest {}).await.unwrap();
+    harness.wait_for("m", 2, VersionState::Available).await;
 }

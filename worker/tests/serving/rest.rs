@@ -117,3 +117,32 @@ async fn metrics_are_labelled_by_model_version_and_code() {
     }
     assert!(!text.contains("secret-name"), "an unknown model name leaked into labels");
 }
+
+#[tokio::test]
+async fn rest_repository_extension_indexes_unloads_and_loads() {
+    let harness = serving_harness().await;
+    let http = reqwest::Client::new();
+    let url = harness.url();
+    let index: Value = http.post(format!("{url}/v2/repository/index")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(index, json!([{"name": "m", "version": "1", "state": "READY", "reason": ""}]));
+
+    let unloaded = http.post(format!("{url}/v2/repository/models/m/unload")).send().await.unwrap();
+    assert_eq!(unloaded.status(), 200);
+    let ready: Value = http
+        .post(format!("{url}/v2/repository/index"))
+        .json(&json!({"ready": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready, json!([]));
+    assert_eq!(http.get(format!("{url}/v2/models/m/ready")).send().await.unwrap().status(), 503);
+
+    let loaded = http.post(format!("{url}/v2/repository/models/m/load")).send().await.unwrap();
+    assert_eq!(loaded.status(), 200);
+    assert_eq!(http.get(format!("{url}/v2/models/m/ready")).send().await.unwrap().status(), 200);
+    let missing = http.post(format!("{url}/v2/repository/models/ghost/load")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
