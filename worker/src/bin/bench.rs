@@ -231,6 +231,7 @@ async fn swaps(args: &Args) -> anyhow::Result<()> {
     let repo = tempfile::tempdir()?;
     publish_mlp(repo.path(), "swap", 1, &layers)?;
     let version_bytes = std::fs::metadata(repo.path().join("swap/1").join(mlp::WEIGHTS_FILE))?.len();
+    let load_time = time_one_load(repo.path(), "swap", 1)?;
     let poll = Duration::from_millis(500);
     let lantern = start(repo.path(), poll).await?;
     wait_available(&lantern, "swap", 1).await?;
@@ -304,9 +305,10 @@ async fn swaps(args: &Args) -> anyhow::Result<()> {
     );
     println!("  requests served: {}, failed: {}", served.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
-        "  publish → first request served by the new version: mean {:.0} ms, max {:.0} ms",
+        "  publish → first request served by the new version: mean {:.0} ms, max {:.0} ms (goal: poll interval + load time = {:.0} ms)",
         mean.as_secs_f64() * 1e3,
-        max.as_secs_f64() * 1e3
+        max.as_secs_f64() * 1e3,
+        (poll + load_time).as_secs_f64() * 1e3
     );
     println!(
         "  resident memory: {:.1} MiB with one version loaded, {:.1} MiB after the swaps ({:+.1} MiB, {:+.0}% of one version)",
@@ -316,6 +318,14 @@ async fn swaps(args: &Args) -> anyhow::Result<()> {
         100.0 * (rss_after as f64 - rss_one_version as f64) / version_bytes as f64
     );
     Ok(())
+}
+
+/// How long verifying and loading one version takes, measured outside the server.
+fn time_one_load(root: &Path, model: &str, version: u64) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let verified = Repository::new(root).read_verified(model, version)?;
+    let _model = lantern_worker::model::load(model, version, &verified, &candle_core::Device::Cpu)?;
+    Ok(started.elapsed())
 }
 
 async fn start(repo: &Path, poll_interval: Duration) -> anyhow::Result<RunningServer> {

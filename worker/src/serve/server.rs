@@ -53,14 +53,20 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
     let metrics = Arc::new(Metrics::new());
     let manager = ModelManager::new(repository, settings, metrics.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(lantern_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Shutdown(format!("building the reflection service: {e}")))?;
+    // Both reflection versions: grpcurl and older tools still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lantern_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| Error::Shutdown(format!("building the reflection service: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let limit = options.max_message_bytes;
     let grpc = tonic::service::Routes::new(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             GrpcInferenceServiceServer::new(InferenceService::new(manager.clone()))
                 .max_decoding_message_size(limit)

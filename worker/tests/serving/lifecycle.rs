@@ -210,3 +210,47 @@ fn traces_reach_the_otlp_collector_and_continue_the_callers_trace() {
     assert!(names.contains(&"/inference.GRPCInferenceService/ModelInfer"), "spans in the caller's trace: {names:?}");
     assert!(names.contains(&"model_infer"), "spans in the caller's trace: {names:?}");
 }
+
+#[tokio::test]
+async fn grpc_health_follows_readiness_and_reflection_lists_the_services() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let harness = Harness::start().await;
+    let channel = tonic::transport::Channel::from_shared(harness.url()).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = |response: tonic::Response<tonic_health::pb::HealthCheckResponse>| response.into_inner().status;
+    let check = || HealthCheckRequest { service: String::new() };
+    assert_eq!(status(health.check(check()).await.unwrap()), ServingStatus::NotServing as i32, "nothing to serve yet");
+
+    harness.publish("m", 1);
+    harness.wait_for("m", 1, VersionState::Available).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status(health.check(check()).await.unwrap()) != ServingStatus::Serving as i32 {
+        assert!(tokio::time::Instant::now() < deadline, "health never turned SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("reflection did not list services");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["inference.GRPCInferenceService", "lantern.v1.ModelService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == service), "{service} missing from {names:?}");
+    }
+}

@@ -1,4 +1,5 @@
-//! The REST form of the protocol and `/metrics`, over real HTTP.
+//! The REST form of the protocol and `/metrics` (including what batching records there), over
+//! real HTTP.
 
 use lantern_proto::lantern::v1::VersionState;
 use serde_json::{Value, json};
@@ -145,4 +146,30 @@ async fn rest_repository_extension_indexes_unloads_and_loads() {
     assert_eq!(http.get(format!("{url}/v2/models/m/ready")).send().await.unwrap().status(), 200);
     let missing = http.post(format!("{url}/v2/repository/models/ghost/load")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_one_batch() {
+    use lantern_worker::serve::batcher::BatchSettings;
+
+    let mut settings = crate::fixtures::fast_settings();
+    // A generous delay: requests arriving within it are run in one forward pass.
+    settings.batch =
+        BatchSettings { max_batch_size: 64, max_delay: std::time::Duration::from_millis(500), queue_capacity: 64 };
+    let harness = Harness::start_with(settings, crate::fixtures::local_options(), |root| {
+        crate::fixtures::publish_mlp(root, "m", 1, &[IN, 8, 3]);
+    })
+    .await;
+    harness.wait_for("m", 1, VersionState::Available).await;
+    let client = harness.grpc().await;
+    let calls = (0..8).map(|_| {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.model_infer(infer_request("m", "", 2)).await.unwrap() })
+    });
+    for call in futures::future::join_all(calls).await {
+        assert_eq!(call.unwrap().into_inner().outputs[0].shape, vec![2, 3]);
+    }
+    let text = reqwest::get(format!("{}/metrics", harness.url())).await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"lantern_batch_size_rows_count{model="m",version="1"} 1"#), "{text}");
+    assert!(text.contains(r#"lantern_batch_size_rows_sum{model="m",version="1"} 16.0"#), "{text}");
 }
