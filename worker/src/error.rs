@@ -56,6 +56,10 @@ pub enum Error {
     /// The server is shutting down or a worker task vanished.
     #[error("{0}")]
     Shutdown(String),
+
+    /// The server could not be assembled.
+    #[error("starting the server: {0}")]
+    Startup(String),
 }
 
 impl Error {

@@ -60,7 +60,7 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_error =
-        |e: tonic_reflection::server::Error| Error::Shutdown(format!("building the reflection service: {e}"));
+        |e: tonic_reflection::server::Error| Error::Startup(format!("building the reflection service: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let limit = options.max_message_bytes;

@@ -13,7 +13,11 @@ pub fn grpc_code(err: &Error) -> Code {
         Error::Unavailable { .. } | Error::Shutdown(_) => Code::Unavailable,
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::QueueFull { .. } => Code::ResourceExhausted,
-        Error::Manifest { .. } | Error::Io { .. } | Error::Load { .. } | Error::Inference { .. } => Code::Internal,
+        Error::Manifest { .. }
+        | Error::Io { .. }
+        | Error::Load { .. }
+        | Error::Inference { .. }
+        | Error::Startup(_) => Code::Internal,
     }
 }
 
