@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond cargo, idempotently, into the git-ignored .cache/:
+# - .cache/models: the real models (scripts/fetch-test-models.sh);
 # - .cache/python/site: tritonclient[grpc] (with grpcio and numpy), the stock Open Inference
 #   Protocol client, so a test proves wire compatibility with clients users already run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+scripts/fetch-test-models.sh
 
 site=.cache/python/site
 stamp=$site/.lantern-installed-v1
