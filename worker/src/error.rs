@@ -49,6 +49,10 @@ pub enum Error {
     #[error("model {model:?} version {version}: {reason}")]
     Load { model: String, version: u64, reason: String },
 
+    /// A tokenizer or chat template that cannot be built from a model's files.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
     /// A model failed while running a batch.
     #[error("model {model:?} version {version}: inference failed: {reason}")]
     Inference { model: String, version: u64, reason: String },

@@ -6,6 +6,8 @@
 //! - [`model`]: candle model implementations (one module per architecture).
 //! - [`serve`]: version manager, batching, protocols; [`serve::server::start`] runs it all.
 //! - [`tensor`]: protocol-neutral tensors and datatype conversions.
+//! - [`llm`]: language-model building blocks: tokenizers (from `tokenizer.json` or GGUF metadata)
+//!   and chat templates.
 //!
 //! Decisions worth knowing:
 //! - A version is loaded only after every file's sha256 matches its manifest; a failed load is
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod llm;
 pub mod model;
 pub mod repository;
 pub mod serve;

@@ -1,0 +1,167 @@
+//! Text ↔ token ids for language models: from a `tokenizer.json` (the `tokenizers` crate's own
+//! format), or rebuilt from a GGUF file's metadata when the file carries no `tokenizer.json` (the
+//! SmolLM2 GGUF is such a case).
+//!
+//! From GGUF, byte-level BPE (`tokenizer.ggml.model = gpt2`) is rebuilt from the vocabulary,
+//! merges and token types; control and user-defined tokens become special tokens that always match
+//! whole. The pre-tokenizer follows `tokenizer.ggml.pre` as llama.cpp does: `smollm` splits every
+//! digit before the GPT-2 regex; `gpt2` and `default` use the GPT-2 regex alone. No space is added
+//! before the first word (`add_space_prefix` is honoured only when true).
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+use crate::error::{Error, Result};
+
+/// GGUF token type of control tokens (`<|im_start|>`, `<|endoftext|>`).
+const TOKEN_TYPE_CONTROL: i32 = 3;
+/// GGUF token type of user-defined tokens.
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+
+/// A model's tokenizer and the ids that matter to generation.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<u32>,
+    eos: Vec<u32>,
+    add_bos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokenizer {
+    /// Parses a `tokenizer.json`. `eos` names the end-of-sequence tokens to stop on.
+    pub fn from_json(bytes: &[u8], eos: &[&str]) -> Result<Self> {
+        let inner =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| invalid_tokenizer(format!("tokenizer.json: {e}")))?;
+        let eos = eos.iter().filter_map(|t| inner.token_to_id(t)).collect();
+        Ok(Self { inner, bos: None, eos, add_bos: false })
+    }
+
+    /// Rebuilds the tokenizer described by a GGUF file's metadata.
+    pub fn from_gguf(metadata: &HashMap<String, gguf_file::Value>) -> Result<Self> {
+        let string = |key: &str| metadata.get(key).and_then(|v| v.to_string().ok()).map(String::as_str);
+        let id = |key: &str| metadata.get(key).and_then(|v| v.to_u32().ok());
+        let flag = |key: &str| metadata.get(key).and_then(|v| v.to_bool().ok());
+        match string("tokenizer.ggml.model") {
+            Some("gpt2") => {}
+            Some(other) => {
+                return Err(invalid_tokenizer(format!(
+                    "GGUF tokenizer model {other:?} is not supported (only gpt2 byte-level BPE)"
+                )));
+            }
+            None => return Err(invalid_tokenizer("the GGUF file has no tokenizer.ggml.model".into())),
+        }
+        let tokens = string_array(metadata, "tokenizer.ggml.tokens")?;
+        let merges = string_array(metadata, "tokenizer.ggml.merges")?
+            .iter()
+            .map(|merge| {
+                merge
+                    .split_once(' ')
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .ok_or_else(|| invalid_tokenizer(format!("malformed merge {merge:?}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let token_types = match metadata.get("tokenizer.ggml.token_type") {
+            Some(value) => value
+                .to_vec()
+                .and_then(|types| types.iter().map(gguf_file::Value::to_i32).collect::<candle_core::Result<Vec<_>>>())
+                .map_err(|e| invalid_tokenizer(format!("tokenizer.ggml.token_type: {e}")))?,
+            None => vec![1; tokens.len()],
+        };
+        if token_types.len() != tokens.len() {
+            return Err(invalid_tokenizer(format!("{} token types for {} tokens", token_types.len(), tokens.len())));
+        }
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, &t)| (t.clone(), i as u32)).collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| invalid_tokenizer(format!("building the BPE model: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let byte_level = ByteLevel::new(flag("tokenizer.ggml.add_space_prefix").unwrap_or(false), false, true);
+        let pre_tokenizer: PreTokenizerWrapper = match string("tokenizer.ggml.pre").unwrap_or("default") {
+            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+            "gpt2" | "default" => byte_level.into(),
+            other => return Err(invalid_tokenizer(format!("GGUF pre-tokenizer {other:?} is not supported"))),
+        };
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_decoder(Some(ByteLevel::default()));
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&token_types)
+            .filter(|&(_, &kind)| kind == TOKEN_TYPE_CONTROL || kind == TOKEN_TYPE_USER_DEFINED)
+            .map(|(token, _)| AddedToken::from(token.to_string(), true))
+            .collect();
+        inner.add_special_tokens(&special);
+        Ok(Self {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+            add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(false),
+        })
+    }
+
+    /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`) are recognised;
+    /// the BOS token is prepended when the model asks for it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| Error::invalid(format!("cannot tokenize the input: {e}")))?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        if self.add_bos
+            && let Some(bos) = self.bos
+        {
+            ids.push(bos);
+        }
+        ids.extend_from_slice(encoding.get_ids());
+        Ok(ids)
+    }
+
+    /// The text of `ids`; special tokens are kept when `skip_special` is false.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| Error::invalid(format!("cannot decode token ids: {e}")))
+    }
+
+    /// The id of a token, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Tokens that end a sequence.
+    pub fn eos(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// Vocabulary size, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+fn string_array<'a>(metadata: &'a HashMap<String, gguf_file::Value>, key: &str) -> Result<Vec<&'a String>> {
+    let values = metadata.get(key).ok_or_else(|| invalid_tokenizer(format!("the GGUF file has no {key}")))?;
+    values
+        .to_vec()
+        .and_then(|items| items.iter().map(gguf_file::Value::to_string).collect::<candle_core::Result<Vec<_>>>())
+        .map_err(|e| invalid_tokenizer(format!("{key}: {e}")))
+}
+
+fn invalid_tokenizer(reason: String) -> Error {
+    Error::Tokenizer(reason)
+}
