@@ -49,9 +49,9 @@ pub enum Error {
     #[error("model {model:?} version {version}: {reason}")]
     Load { model: String, version: u64, reason: String },
 
-    /// A tokenizer or chat template that cannot be built from a model's files.
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
+    /// A model's files (weights, tokenizer, chat template) cannot be used.
+    #[error("{0}")]
+    ModelFile(String),
 
     /// A model failed while running a batch.
     #[error("model {model:?} version {version}: inference failed: {reason}")]

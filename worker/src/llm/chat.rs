@@ -43,7 +43,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
         });
-        env.add_template_owned(NAME, source).map_err(|e| Error::Tokenizer(format!("invalid chat template: {e}")))?;
+        env.add_template_owned(NAME, source).map_err(|e| Error::ModelFile(format!("invalid chat template: {e}")))?;
         Ok(Self { env })
     }
 

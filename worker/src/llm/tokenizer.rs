@@ -163,5 +163,5 @@ fn string_array<'a>(metadata: &'a HashMap<String, gguf_file::Value>, key: &str) 
 }
 
 fn invalid_tokenizer(reason: String) -> Error {
-    Error::Tokenizer(reason)
+    Error::ModelFile(format!("tokenizer: {reason}"))
 }

@@ -1,6 +1,8 @@
 //! Model implementations and the loader that turns a verified version into a runnable model.
-//! One file per architecture, candle-transformers style.
+//! One file per architecture, candle-transformers style: [`mlp`] (tensor model, served through
+//! [`load`]) and [`llama`] (language model, batched forward over GGUF weights).
 
+pub mod llama;
 pub mod mlp;
 
 use candle_core::{Device, Tensor};

@@ -17,7 +17,7 @@ pub fn grpc_code(err: &Error) -> Code {
         | Error::Io { .. }
         | Error::Load { .. }
         | Error::Inference { .. }
-        | Error::Tokenizer(_)
+        | Error::ModelFile(_)
         | Error::Startup(_) => Code::Internal,
     }
 }

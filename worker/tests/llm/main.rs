@@ -5,18 +5,24 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
 use lantern_worker::llm::chat::{ChatTemplate, Message};
 use lantern_worker::llm::tokenizer::Tokenizer;
+use lantern_worker::model::llama::{self, Llama, SequenceCache, SequenceStep};
 
-/// The SmolLM2 GGUF's metadata, or `None` (with a loud message) when the models are not fetched.
-fn smollm2_metadata() -> Option<HashMap<String, gguf_file::Value>> {
+/// The SmolLM2 GGUF, or `None` (with a loud message) when the models are not fetched.
+fn smollm2_path() -> Option<PathBuf> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !path.is_file() {
         eprintln!("SKIPPED: {} is missing; run scripts/fetch-test-models.sh (the test command does)", path.display());
         return None;
     }
-    let mut file = std::fs::File::open(&path).unwrap();
+    Some(path)
+}
+
+fn smollm2_metadata() -> Option<HashMap<String, gguf_file::Value>> {
+    let mut file = std::fs::File::open(smollm2_path()?).unwrap();
     Some(gguf_file::Content::read(&mut file).unwrap().metadata)
 }
 
@@ -82,4 +88,83 @@ fn smollm2_chat_template_renders_chatml() {
     let with_system =
         template.render(&[Message::new("system", "Be brief."), Message::new("user", "Hi")], false, "", "").unwrap();
     assert_eq!(with_system, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+}
+
+fn load_llama(path: &std::path::Path) -> Llama {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    Llama::from_gguf(&content, &mut file, &Device::Cpu).unwrap()
+}
+
+fn chat_prompt(tokenizer: &Tokenizer, metadata: &HashMap<String, gguf_file::Value>, question: &str) -> Vec<u32> {
+    let template = ChatTemplate::new(metadata["tokenizer.chat_template"].to_string().unwrap().clone()).unwrap();
+    let text = template.render(&[Message::new("user", question)], true, "", "").unwrap();
+    tokenizer.encode(&text).unwrap()
+}
+
+/// Greedy decoding of each prompt with our batched forward, all prompts in every step.
+fn generate_together(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize) -> Vec<Vec<u32>> {
+    let mut caches = vec![SequenceCache::default(); prompts.len()];
+    let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
+    let mut outputs = vec![Vec::new(); prompts.len()];
+    for _ in 0..new_tokens {
+        let mut steps: Vec<SequenceStep<'_>> =
+            inputs.iter().zip(caches.iter_mut()).map(|(tokens, cache)| SequenceStep { tokens, cache }).collect();
+        let next = llama::argmax(&model.forward(&mut steps).unwrap()).unwrap();
+        for (i, &token) in next.iter().enumerate() {
+            outputs[i].push(token);
+            inputs[i] = vec![token];
+        }
+    }
+    outputs
+}
+
+#[test]
+fn llama_greedy_output_matches_the_candle_reference() {
+    let Some(path) = smollm2_path() else { return };
+    let (tokenizer, metadata) = smollm2().unwrap();
+    let prompt = chat_prompt(&tokenizer, &metadata, "What is the capital of France?");
+    let ours = generate_together(&load_llama(&path), std::slice::from_ref(&prompt), 12).remove(0);
+
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut reference =
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+            .unwrap();
+    let mut expected = Vec::new();
+    let mut input = prompt.clone();
+    let mut position = 0;
+    for _ in 0..12 {
+        let logits = reference
+            .forward(&Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), position)
+            .unwrap();
+        let token = llama::argmax(&logits).unwrap()[0];
+        position += input.len();
+        expected.push(token);
+        input = vec![token];
+    }
+    assert_eq!(
+        ours,
+        expected,
+        "ours {:?} vs reference {:?}",
+        tokenizer.decode(&ours, false),
+        tokenizer.decode(&expected, false)
+    );
+}
+
+#[test]
+fn batched_decoding_matches_each_sequence_alone() {
+    let Some(path) = smollm2_path() else { return };
+    let (tokenizer, metadata) = smollm2().unwrap();
+    let model = load_llama(&path);
+    let prompts = [
+        chat_prompt(&tokenizer, &metadata, "Name a colour."),
+        chat_prompt(&tokenizer, &metadata, "Write one short sentence about the sea and the wind."),
+    ];
+    assert_ne!(prompts[0].len(), prompts[1].len());
+    let together = generate_together(&model, &prompts, 8);
+    for (prompt, batched) in prompts.iter().zip(&together) {
+        let alone = generate_together(&model, std::slice::from_ref(prompt), 8).remove(0);
+        assert_eq!(&alone, batched, "{:?} vs {:?}", tokenizer.decode(&alone, false), tokenizer.decode(batched, false));
+    }
 }
