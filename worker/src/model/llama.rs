@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::{Read, Seek};
 
 use candle_core::quantized::{QMatMul, gguf_file};
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -275,9 +275,4 @@ fn rotary_tables(config: &Config, device: &Device) -> candle_core::Result<(Tenso
         .reshape((config.context_length, 1))?;
     let angles = positions.matmul(&inverse)?;
     Ok((angles.cos()?, angles.sin()?))
-}
-
-/// Greedy choice: the index of the largest logit in each row.
-pub fn argmax(logits: &Tensor) -> candle_core::Result<Vec<u32>> {
-    logits.argmax(D::Minus1)?.to_vec1::<u32>()
 }

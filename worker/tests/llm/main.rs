@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use lantern_worker::llm::chat::{ChatTemplate, Message};
+use lantern_worker::llm::sampling;
 use lantern_worker::llm::tokenizer::Tokenizer;
-use lantern_worker::model::llama::{self, Llama, SequenceCache, SequenceStep};
+use lantern_worker::model::llama::{Llama, SequenceCache, SequenceStep};
 
 /// The SmolLM2 GGUF, or `None` (with a loud message) when the models are not fetched.
 fn smollm2_path() -> Option<PathBuf> {
@@ -102,6 +103,11 @@ fn chat_prompt(tokenizer: &Tokenizer, metadata: &HashMap<String, gguf_file::Valu
     tokenizer.encode(&text).unwrap()
 }
 
+/// The greedy choice for each row of `[rows, vocab]` logits.
+fn greedy(logits: &Tensor) -> Vec<u32> {
+    logits.to_vec2::<f32>().unwrap().iter().map(|row| sampling::argmax(row)).collect()
+}
+
 /// Greedy decoding of each prompt with our batched forward, all prompts in every step.
 fn generate_together(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize) -> Vec<Vec<u32>> {
     let mut caches = vec![SequenceCache::default(); prompts.len()];
@@ -110,7 +116,7 @@ fn generate_together(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize) -> 
     for _ in 0..new_tokens {
         let mut steps: Vec<SequenceStep<'_>> =
             inputs.iter().zip(caches.iter_mut()).map(|(tokens, cache)| SequenceStep { tokens, cache }).collect();
-        let next = llama::argmax(&model.forward(&mut steps).unwrap()).unwrap();
+        let next = greedy(&model.forward(&mut steps).unwrap());
         for (i, &token) in next.iter().enumerate() {
             outputs[i].push(token);
             inputs[i] = vec![token];
@@ -138,7 +144,7 @@ fn llama_greedy_output_matches_the_candle_reference() {
         let logits = reference
             .forward(&Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), position)
             .unwrap();
-        let token = llama::argmax(&logits).unwrap()[0];
+        let token = greedy(&logits)[0];
         position += input.len();
         expected.push(token);
         input = vec![token];
