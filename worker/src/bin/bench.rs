@@ -56,6 +56,19 @@ struct Args {
     /// Hidden width of the MLP used for swaps (bigger shows memory behaviour better).
     #[arg(long, default_value_t = 2048)]
     swap_width: usize,
+    /// Which figures to print.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "serving,swaps,llm")]
+    sections: Vec<Section>,
+    /// GGUF model for the language-model figures (fetched by scripts/fetch-test-models.sh).
+    #[arg(long, default_value = ".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    gguf: std::path::PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    Serving,
+    Swaps,
+    Llm,
 }
 
 const SMALL_MLP: [usize; 3] = [16, 64, 8];
@@ -66,9 +79,67 @@ fn main() -> anyhow::Result<()> {
     compute_threads::pin(compute_threads::default_threads());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        throughput(&args).await?;
-        swaps(&args).await
-    })
+        if args.sections.contains(&Section::Serving) {
+            throughput(&args).await?;
+        }
+        if args.sections.contains(&Section::Swaps) {
+            swaps(&args).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    if args.sections.contains(&Section::Llm) {
+        llm_figures(&args.gguf)?;
+    }
+    Ok(())
+}
+
+/// Prefill and decode throughput of the llama forward pass on a GGUF model, one stream and
+/// several decoded together.
+fn llm_figures(path: &Path) -> anyhow::Result<()> {
+    use candle_core::quantized::gguf_file;
+    use lantern_worker::llm::sampling::argmax;
+    use lantern_worker::model::llama::{Llama, SequenceCache, SequenceStep};
+
+    if !path.is_file() {
+        println!("\nlanguage model: {} is missing; run scripts/fetch-test-models.sh", path.display());
+        return Ok(());
+    }
+    let mut file = std::fs::File::open(path)?;
+    let content = gguf_file::Content::read(&mut file)?;
+    let tokenizer = lantern_worker::llm::tokenizer::Tokenizer::from_gguf(&content.metadata)?;
+    let model = Llama::from_gguf(&content, &mut file, &candle_core::Device::Cpu)?;
+    let text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. ".repeat(40);
+    let prompt: Vec<u32> = tokenizer.encode(&text)?.into_iter().take(256).collect();
+    anyhow::ensure!(prompt.len() == 256, "the prompt text is too short");
+    let greedy = |logits: &candle_core::Tensor| -> anyhow::Result<Vec<u32>> {
+        Ok(logits.to_vec2::<f32>()?.iter().map(|row| argmax(row)).collect())
+    };
+
+    println!("\nllama forward, {} ({} threads)", path.display(), compute_threads::default_threads());
+    let mut cache = SequenceCache::default();
+    let started = Instant::now();
+    model.forward(&mut [SequenceStep { tokens: &prompt, cache: &mut cache }])?;
+    println!("  prefill, 256-token prompt: {:.1} tokens/s", 256.0 / started.elapsed().as_secs_f64());
+
+    for streams in [1usize, 4, 8, 16] {
+        let new_tokens = if streams == 1 { 128 } else { 64 };
+        let mut caches = vec![SequenceCache::default(); streams];
+        let mut inputs: Vec<Vec<u32>> = (0..streams).map(|i| prompt[i..i + 16].to_vec()).collect();
+        let mut steps: Vec<SequenceStep<'_>> =
+            inputs.iter().zip(caches.iter_mut()).map(|(tokens, cache)| SequenceStep { tokens, cache }).collect();
+        let mut next = greedy(&model.forward(&mut steps)?)?;
+        drop(steps);
+        let started = Instant::now();
+        for _ in 0..new_tokens {
+            inputs = next.iter().map(|&t| vec![t]).collect();
+            let mut steps: Vec<SequenceStep<'_>> =
+                inputs.iter().zip(caches.iter_mut()).map(|(tokens, cache)| SequenceStep { tokens, cache }).collect();
+            next = greedy(&model.forward(&mut steps)?)?;
+        }
+        let rate = (streams * new_tokens) as f64 / started.elapsed().as_secs_f64();
+        println!("  decode, {streams:>2} stream(s) x {new_tokens} tokens: {rate:.1} tokens/s in total");
+    }
+    Ok(())
 }
 
 async fn throughput(args: &Args) -> anyhow::Result<()> {
