@@ -11,13 +11,6 @@ use tonic::Code;
 
 use crate::fixtures::{Harness, IN, fast_settings, infer_request, local_options, publish_mlp};
 
-async fn serving_harness() -> Harness {
-    let harness = Harness::start().await;
-    harness.publish("m", 1);
-    harness.wait_for("m", 1, VersionState::Available).await;
-    harness
-}
-
 fn mutated(change: impl FnOnce(&mut ModelInferRequest)) -> ModelInferRequest {
     let mut request = infer_request("m", "", 2);
     change(&mut request);
@@ -31,7 +24,7 @@ fn raw(request: &mut ModelInferRequest) {
 
 #[tokio::test]
 async fn bad_requests_get_precise_codes_and_the_server_keeps_serving() {
-    let harness = serving_harness().await;
+    let harness = Harness::serving_one_version().await;
     let mut client = harness.grpc().await;
     let cases: Vec<(&str, ModelInferRequest, Code, &str)> = vec![
         ("unknown model", infer_request("nope", "", 1), Code::NotFound, "nope"),
@@ -110,7 +103,7 @@ async fn bad_requests_get_precise_codes_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn typed_fp64_and_int_inputs_are_accepted_and_raw_answers_raw() {
-    let harness = serving_harness().await;
+    let harness = Harness::serving_one_version().await;
     let mut client = harness.grpc().await;
     let typed = client.model_infer(infer_request("m", "", 2)).await.unwrap().into_inner();
     let ints = mutated(|r| {
@@ -143,7 +136,7 @@ async fn typed_fp64_and_int_inputs_are_accepted_and_raw_answers_raw() {
 
 #[tokio::test]
 async fn messages_over_the_size_limit_are_refused() {
-    let harness = serving_harness().await;
+    let harness = Harness::serving_one_version().await;
     let mut client = harness.grpc().await;
     let rows = (1 << 20) / (4 * IN) + 1;
     let err = client.model_infer(infer_request("m", "", rows)).await.unwrap_err();
@@ -179,7 +172,7 @@ async fn a_full_queue_answers_resource_exhausted() {
 
 #[tokio::test]
 async fn readiness_and_metadata_report_versions() {
-    let harness = serving_harness().await;
+    let harness = Harness::serving_one_version().await;
     let mut client = harness.grpc().await;
     let ready = |name: &str, version: &str| ModelReadyRequest { name: name.into(), version: version.into() };
     assert!(client.model_ready(ready("m", "")).await.unwrap().into_inner().ready);

@@ -55,6 +55,14 @@ impl Harness {
         Self::start_with(fast_settings(), local_options(), |_| {}).await
     }
 
+    /// A server with version 1 of model `m` published and available.
+    pub async fn serving_one_version() -> Self {
+        let harness = Self::start().await;
+        harness.publish("m", 1);
+        harness.wait_for("m", 1, VersionState::Available).await;
+        harness
+    }
+
     /// A server whose repository `prepare` fills before the server starts.
     pub async fn start_with(settings: ServeSettings, options: ServerOptions, prepare: impl FnOnce(&Path)) -> Self {
         let repo = tempfile::tempdir().unwrap();

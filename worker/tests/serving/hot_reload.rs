@@ -11,9 +11,7 @@ const LAYERS: [usize; 3] = [IN, 8, OUT];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn new_version_goes_live_under_concurrent_load_without_failed_requests() {
-    let harness = Harness::start().await;
-    harness.publish("m", 1);
-    harness.wait_for("m", 1, VersionState::Available).await;
+    let harness = Harness::serving_one_version().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let served_by_v2 = Arc::new(AtomicUsize::new(0));
@@ -53,9 +51,7 @@ async fn new_version_goes_live_under_concurrent_load_without_failed_requests() {
 
 #[tokio::test]
 async fn corrupt_new_version_reports_failed_and_the_old_one_keeps_serving() {
-    let harness = Harness::start().await;
-    harness.publish("m", 1);
-    harness.wait_for("m", 1, VersionState::Available).await;
+    let harness = Harness::serving_one_version().await;
 
     // Publish v2 with good files, then flip bytes in its weights: the digest no longer matches.
     let weights = harness.version_dir("m", 2).join("model.safetensors");
@@ -90,9 +86,7 @@ async fn corrupt_new_version_reports_failed_and_the_old_one_keeps_serving() {
 
 #[tokio::test]
 async fn weights_that_do_not_parse_fail_the_version_with_a_reason() {
-    let harness = Harness::start().await;
-    harness.publish("m", 1);
-    harness.wait_for("m", 1, VersionState::Available).await;
+    let harness = Harness::serving_one_version().await;
     publish_edited(harness.repo.path(), "m", 2, None, &LAYERS, |source| {
         std::fs::write(source.join("model.safetensors"), b"this is not safetensors").unwrap();
     });
@@ -105,9 +99,7 @@ async fn weights_that_do_not_parse_fail_the_version_with_a_reason() {
 
 #[tokio::test]
 async fn malformed_manifest_fails_the_version_and_half_copies_are_ignored() {
-    let harness = Harness::start().await;
-    harness.publish("m", 1);
-    harness.wait_for("m", 1, VersionState::Available).await;
+    let harness = Harness::serving_one_version().await;
 
     // A half-copied directory: weights but no manifest yet.
     let half = harness.version_dir("m", 3);

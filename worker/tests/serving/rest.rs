@@ -6,16 +6,9 @@ use serde_json::{Value, json};
 
 use crate::fixtures::{Harness, IN, infer_request, output_values};
 
-async fn serving_harness() -> Harness {
-    let harness = Harness::start().await;
-    harness.publish("m", 1);
-    harness.wait_for("m", 1, VersionState::Available).await;
-    harness
-}
-
 #[tokio::test]
 async fn rest_inference_matches_grpc() {
-    let harness = serving_harness().await;
+    let harness = Harness::serving_one_version().await;
     let http = reqwest::Client::new();
     let grpc = harness.grpc().await.model_infer(infer_request("m", "", 2)).await.unwrap().into_inner();
     let values: Vec<f32> = (0..2 * IN).map(|i| i as f32 / 10.0).collect();
@@ -36,7 +29,7 @@ async fn rest_inference_matches_grpc() {
 
 #[tokio::test]
 async fn rest_errors_carry_status_and_message() {
-    let harness = serving_harness().await;
+    let harness = Harness::serving_one_version().await;
     let http = reqwest::Client::new();
     let url = harness.url();
     let good_input = json!({"name": "input", "shape": [1, IN], "datatype": "FP32", "data": [0, 0, 0, 0]});
@@ -81,7 +74,7 @@ async fn rest_errors_carry_status_and_message() {
 
 #[tokio::test]
 async fn rest_health_and_metadata() {
-    let harness = serving_harness().await;
+    let harness = Harness::serving_one_version().await;
     let http = reqwest::Client::new();
     let get = |path: &str| http.get(format!("{}{path}", harness.url())).send();
     assert_eq!(get("/v2/health/live").await.unwrap().status(), 200);
@@ -97,7 +90,7 @@ async fn rest_health_and_metadata() {
 
 #[tokio::test]
 async fn metrics_are_labelled_by_model_version_and_code() {
-    let harness = serving_harness().await;
+    let harness = Harness::serving_one_version().await;
     let mut client = harness.grpc().await;
     client.model_infer(infer_request("m", "", 1)).await.unwrap();
     client.model_infer(infer_request("m", "", 1)).await.unwrap();
@@ -121,7 +114,7 @@ async fn metrics_are_labelled_by_model_version_and_code() {
 
 #[tokio::test]
 async fn rest_repository_extension_indexes_unloads_and_loads() {
-    let harness = serving_harness().await;
+    let harness = Harness::serving_one_version().await;
     let http = reqwest::Client::new();
     let url = harness.url();
     let index: Value = http.post(format!("{url}/v2/repository/index")).send().await.unwrap().json().await.unwrap();
