@@ -174,3 +174,15 @@ fn batched_decoding_matches_each_sequence_alone() {
         assert_eq!(&alone, batched, "{:?} vs {:?}", tokenizer.decode(&alone, false), tokenizer.decode(batched, false));
     }
 }
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused_with_both_numbers() {
+    let Some(path) = smollm2_path() else { return };
+    let model = load_llama(&path);
+    let context = model.config().context_length;
+    let tokens = vec![1u32; context + 1];
+    let mut cache = SequenceCache::default();
+    let err = model.forward(&mut [SequenceStep { tokens: &tokens, cache: &mut cache }]).unwrap_err().to_string();
+    assert!(err.contains(&(context + 1).to_string()) && err.contains(&context.to_string()), "{err}");
+    assert!(cache.is_empty(), "a refused step must not touch the cache");
+}
