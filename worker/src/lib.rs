@@ -6,8 +6,9 @@
 //! - [`model`]: candle model implementations (one module per architecture).
 //! - [`serve`]: version manager, batching, protocols; [`serve::server::start`] runs it all.
 //! - [`tensor`]: protocol-neutral tensors and datatype conversions.
-//! - [`llm`]: language-model building blocks: tokenizers (from `tokenizer.json` or GGUF metadata)
-//!   and chat templates.
+//! - [`llm`]: language-model building blocks: tokenizers (from `tokenizer.json` or GGUF metadata),
+//!   chat templates, sampling and stop strings. The llama forward pass is [`model::llama`]; the
+//!   generation engine and its serving are still to come.
 //!
 //! Decisions worth knowing:
 //! - A version is loaded only after every file's sha256 matches its manifest; a failed load is
