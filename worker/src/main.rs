@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lantern_worker::model::mlp;
-use lantern_worker::repository::{self, MANIFEST_FILE, PublishRequest, Repository};
+use lantern_worker::repository::{self, PublishRequest, Repository};
 use lantern_worker::serve::batcher::BatchSettings;
 use lantern_worker::serve::config::VersionPolicy;
 use lantern_worker::serve::server::{self, ServerOptions};
@@ -197,12 +197,7 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 
 fn init_mlp(args: &InitMlpArgs) -> anyhow::Result<()> {
     let config = mlp::Config { layers: args.layers.clone(), activation: args.activation };
-    let manifest = config.manifest_spec();
-    config.check_signature(&manifest).map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let weights = config.random_weights(args.seed)?;
-    candle_core::safetensors::save(&weights, args.out.join(mlp::WEIGHTS_FILE)).context("writing the weights")?;
-    std::fs::write(args.out.join(MANIFEST_FILE), manifest.to_json()).context("writing the manifest")?;
+    config.write_initialised(&args.out, args.seed)?;
     println!("wrote an MLP {:?} to {}", args.layers, args.out.display());
     Ok(())
 }

@@ -21,7 +21,7 @@ use lantern_proto::inference::grpc_inference_service_server::{GrpcInferenceServi
 use lantern_proto::inference::model_infer_request::InferInputTensor;
 use lantern_proto::inference::{self as pb, InferTensorContents};
 use lantern_worker::model::mlp::{self, Activation};
-use lantern_worker::repository::{self, MANIFEST_FILE, PublishRequest, Repository};
+use lantern_worker::repository::{self, PublishRequest, Repository};
 use lantern_worker::serve::oip;
 use lantern_worker::serve::routing::Target;
 use lantern_worker::serve::server::{self, RunningServer, ServerOptions};
@@ -111,8 +111,11 @@ fn llm_figures(path: &Path) -> anyhow::Result<()> {
     let text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. ".repeat(40);
     let prompt: Vec<u32> = tokenizer.encode(&text)?.into_iter().take(256).collect();
     anyhow::ensure!(prompt.len() == 256, "the prompt text is too short");
-    let greedy = |logits: &candle_core::Tensor| -> anyhow::Result<Vec<u32>> {
-        Ok(logits.to_vec2::<f32>()?.iter().map(|row| argmax(row)).collect())
+    // One step for every sequence; returns each sequence's greedy next token.
+    let step = |inputs: &[Vec<u32>], caches: &mut [SequenceCache]| -> anyhow::Result<Vec<u32>> {
+        let mut steps: Vec<SequenceStep<'_>> =
+            inputs.iter().zip(caches.iter_mut()).map(|(tokens, cache)| SequenceStep { tokens, cache }).collect();
+        Ok(model.forward(&mut steps)?.to_vec2::<f32>()?.iter().map(|row| argmax(row)).collect())
     };
 
     println!("\nllama forward, {} ({} threads)", path.display(), compute_threads::default_threads());
@@ -124,17 +127,12 @@ fn llm_figures(path: &Path) -> anyhow::Result<()> {
     for streams in [1usize, 4, 8, 16] {
         let new_tokens = if streams == 1 { 128 } else { 64 };
         let mut caches = vec![SequenceCache::default(); streams];
-        let mut inputs: Vec<Vec<u32>> = (0..streams).map(|i| prompt[i..i + 16].to_vec()).collect();
-        let mut steps: Vec<SequenceStep<'_>> =
-            inputs.iter().zip(caches.iter_mut()).map(|(tokens, cache)| SequenceStep { tokens, cache }).collect();
-        let mut next = greedy(&model.forward(&mut steps)?)?;
-        drop(steps);
+        let prompts: Vec<Vec<u32>> = (0..streams).map(|i| prompt[i..i + 16].to_vec()).collect();
+        let mut next = step(&prompts, &mut caches)?;
         let started = Instant::now();
         for _ in 0..new_tokens {
-            inputs = next.iter().map(|&t| vec![t]).collect();
-            let mut steps: Vec<SequenceStep<'_>> =
-                inputs.iter().zip(caches.iter_mut()).map(|(tokens, cache)| SequenceStep { tokens, cache }).collect();
-            next = greedy(&model.forward(&mut steps)?)?;
+            let inputs: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
+            next = step(&inputs, &mut caches)?;
         }
         let rate = (streams * new_tokens) as f64 / started.elapsed().as_secs_f64();
         println!("  decode, {streams:>2} stream(s) x {new_tokens} tokens: {rate:.1} tokens/s in total");
@@ -429,8 +427,7 @@ async fn wait_state(server: &RunningServer, model: &str, version: u64, state: Ve
 fn publish_mlp(root: &Path, model: &str, seed: u64, layers: &[usize]) -> anyhow::Result<u64> {
     let source = tempfile::tempdir()?;
     let config = mlp::Config { layers: layers.to_vec(), activation: Activation::Relu };
-    candle_core::safetensors::save(&config.random_weights(seed)?, source.path().join(mlp::WEIGHTS_FILE))?;
-    std::fs::write(source.path().join(MANIFEST_FILE), config.manifest_spec().to_json())?;
+    config.write_initialised(source.path(), seed)?;
     Ok(repository::publish(&PublishRequest { root, model, source: source.path(), version: None, metrics: &[] })?)
 }
 

@@ -3,13 +3,15 @@
 //! `model.safetensors`; the config lives in the manifest's `config`.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::repository::{Architecture, Format, Manifest, Task, TensorSpec};
+use crate::error::Error;
+use crate::repository::{Architecture, Format, MANIFEST_FILE, Manifest, Task, TensorSpec};
 use crate::tensor::DataType;
 
 /// The weights file of an MLP version.
@@ -100,6 +102,23 @@ impl Config {
             tensors.insert(format!("layers.{i}.bias"), bias);
         }
         Ok(tensors)
+    }
+}
+
+impl Config {
+    /// Writes a freshly initialised MLP (`model.safetensors` and `manifest.json`) into `dir`,
+    /// creating it: a source directory ready for [`crate::repository::publish`].
+    pub fn write_initialised(&self, dir: &Path, seed: u64) -> Result<(), Error> {
+        let manifest = self.manifest_spec();
+        self.check_signature(&manifest).map_err(Error::invalid)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        self.random_weights(seed)
+            .and_then(|weights| candle_core::safetensors::save(&weights, &weights_path))
+            .map_err(|e| Error::io(format!("writing {}", weights_path.display()), std::io::Error::other(e)))?;
+        let manifest_path = dir.join(MANIFEST_FILE);
+        std::fs::write(&manifest_path, manifest.to_json())
+            .map_err(|e| Error::io(format!("writing {}", manifest_path.display()), e))
     }
 }
 

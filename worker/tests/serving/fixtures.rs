@@ -10,7 +10,7 @@ use lantern_proto::inference::{InferTensorContents, ModelInferRequest, ModelInfe
 use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 use lantern_proto::lantern::v1::{GetModelStatusRequest, VersionState, VersionStatus};
 use lantern_worker::model::mlp::{self, Activation};
-use lantern_worker::repository::{self, MANIFEST_FILE, PublishRequest};
+use lantern_worker::repository::{self, PublishRequest};
 use lantern_worker::serve::batcher::BatchSettings;
 use lantern_worker::serve::server::{self, RunningServer, ServerOptions};
 use lantern_worker::serve::versions::ServeSettings;
@@ -150,9 +150,7 @@ pub fn publish_edited(
 /// Writes an MLP's weights and manifest into `dir`.
 fn write_mlp(dir: &Path, seed: u64, layers: &[usize]) {
     let config = mlp::Config { layers: layers.to_vec(), activation: Activation::Relu };
-    let weights = config.random_weights(seed).unwrap();
-    candle_core::safetensors::save(&weights, dir.join(mlp::WEIGHTS_FILE)).unwrap();
-    std::fs::write(dir.join(MANIFEST_FILE), config.manifest_spec().to_json()).unwrap();
+    config.write_initialised(dir, seed).unwrap();
 }
 
 /// A typed FP32 request with `rows` rows of the test MLP's input.
