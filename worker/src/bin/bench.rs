@@ -97,8 +97,9 @@ fn main() -> anyhow::Result<()> {
 /// several decoded together.
 fn llm_figures(path: &Path) -> anyhow::Result<()> {
     use candle_core::quantized::gguf_file;
+    use lantern_worker::llm::kv_cache::{BlockTable, KvCache};
     use lantern_worker::llm::sampling::argmax;
-    use lantern_worker::model::llama::{Llama, SequenceCache, SequenceStep};
+    use lantern_worker::model::llama::{Llama, SequenceStep};
 
     if !path.is_file() {
         println!("\nlanguage model: {} is missing; run scripts/fetch-test-models.sh", path.display());
@@ -112,21 +113,30 @@ fn llm_figures(path: &Path) -> anyhow::Result<()> {
     let prompt: Vec<u32> = tokenizer.encode(&text)?.into_iter().take(256).collect();
     anyhow::ensure!(prompt.len() == 256, "the prompt text is too short");
     // One step for every sequence; returns each sequence's greedy next token.
-    let step = |inputs: &[Vec<u32>], caches: &mut [SequenceCache]| -> anyhow::Result<Vec<u32>> {
-        let mut steps: Vec<SequenceStep<'_>> =
-            inputs.iter().zip(caches.iter_mut()).map(|(tokens, cache)| SequenceStep { tokens, cache }).collect();
-        Ok(model.forward(&mut steps)?.to_vec2::<f32>()?.iter().map(|row| argmax(row)).collect())
+    let mut cache = KvCache::with_budget(model.kv_shape(), 16, 512 << 20);
+    let mut step = |inputs: &[Vec<u32>], tables: &mut [BlockTable]| -> anyhow::Result<Vec<u32>> {
+        let mut steps = Vec::new();
+        for (tokens, table) in inputs.iter().zip(tables.iter_mut()) {
+            anyhow::ensure!(cache.reserve(table, table.len() + tokens.len()), "the KV cache is full");
+            steps.push(SequenceStep { tokens, table, logits: true });
+        }
+        let next = model.forward(&mut steps, &mut cache)?.to_vec2::<f32>()?.iter().map(|row| argmax(row)).collect();
+        for step in steps {
+            if step.table.len() > 200 {
+                cache.release(step.table);
+            }
+        }
+        Ok(next)
     };
 
     println!("\nllama forward, {} ({} threads)", path.display(), compute_threads::default_threads());
-    let mut cache = SequenceCache::default();
     let started = Instant::now();
-    model.forward(&mut [SequenceStep { tokens: &prompt, cache: &mut cache }])?;
+    step(std::slice::from_ref(&prompt), &mut [BlockTable::default()])?;
     println!("  prefill, 256-token prompt: {:.1} tokens/s", 256.0 / started.elapsed().as_secs_f64());
 
     for streams in [1usize, 4, 8, 16] {
         let new_tokens = if streams == 1 { 128 } else { 64 };
-        let mut caches = vec![SequenceCache::default(); streams];
+        let mut caches: Vec<BlockTable> = (0..streams).map(|_| BlockTable::default()).collect();
         let prompts: Vec<Vec<u32>> = (0..streams).map(|i| prompt[i..i + 16].to_vec()).collect();
         let mut next = step(&prompts, &mut caches)?;
         let started = Instant::now();

@@ -3,6 +3,7 @@
 //! [`sampling`] (next-token choice) and [`stop`] (stop strings over a token stream).
 
 pub mod chat;
+pub mod kv_cache;
 pub mod sampling;
 pub mod stop;
 pub mod tokenizer;

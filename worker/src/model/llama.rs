@@ -15,6 +15,7 @@ use candle_core::quantized::{QMatMul, gguf_file};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{Error, Result};
+use crate::llm::kv_cache::{BlockTable, KvCache, KvShape, QueryRow};
 
 /// Hyper-parameters, as the GGUF metadata states them.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,33 +91,20 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: Tensor,
     output: QMatMul,
-    cos: Tensor,
-    sin: Tensor,
+    /// Rotary tables, `[context, head_dim / 2]` row-major.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
-/// One sequence's keys and values, per layer: `[kv_heads, tokens, head_dim]`.
-#[derive(Clone, Debug, Default)]
-pub struct SequenceCache {
-    layers: Vec<(Tensor, Tensor)>,
-    len: usize,
-}
-
-impl SequenceCache {
-    /// Tokens already in the cache (the position of the next token).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is cached yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// One sequence's share of a step: its new tokens and its cache.
+/// One sequence's share of a step.
 pub struct SequenceStep<'a> {
+    /// The tokens to append to the sequence (a prompt chunk, or the last sampled token).
     pub tokens: &'a [u32],
-    pub cache: &'a mut SequenceCache,
+    /// The sequence's blocks; they must have room for `tokens` ([`KvCache::reserve`]).
+    pub table: &'a mut BlockTable,
+    /// Whether the logits after the last token are wanted (not for a prompt chunk that does not
+    /// end the prompt).
+    pub logits: bool,
 }
 
 impl Llama {
@@ -158,29 +146,53 @@ impl Llama {
         &self.config
     }
 
+    /// The shape of this model's KV cache entries.
+    pub fn kv_shape(&self) -> KvShape {
+        KvShape { layers: self.config.layers, kv_heads: self.config.kv_heads, head_dim: self.config.head_dim }
+    }
+
     /// Runs one step for several sequences: appends each sequence's `tokens` to its cache and
-    /// returns the logits after each sequence's last token, `[sequences, vocab]`.
-    pub fn forward(&self, steps: &mut [SequenceStep<'_>]) -> candle_core::Result<Tensor> {
+    /// returns the logits after the last token of each sequence that asked for them,
+    /// `[asking sequences, vocab]`. Every row is computed independently of the others, so the
+    /// result for a sequence does not depend on what else is in the step. A refused step
+    /// (context exceeded, no room reserved) leaves every cache as it was.
+    pub fn forward(&self, steps: &mut [SequenceStep<'_>], cache: &mut KvCache) -> candle_core::Result<Tensor> {
         let device = self.embeddings.device();
-        let all: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        if steps.iter().any(|s| s.tokens.is_empty()) {
-            candle_core::bail!("every sequence in a step needs at least one token");
-        }
-        for step in steps.iter() {
-            if step.cache.len + step.tokens.len() > self.config.context_length {
-                candle_core::bail!(
-                    "sequence of {} tokens exceeds the context of {}",
-                    step.cache.len + step.tokens.len(),
-                    self.config.context_length
-                );
+        let Config { heads, kv_heads, head_dim, context_length, vocab_size, .. } = self.config;
+        let mut rows = Vec::new();
+        for (sequence, step) in steps.iter().enumerate() {
+            let (start, n) = (step.table.len(), step.tokens.len());
+            if n == 0 {
+                candle_core::bail!("every sequence in a step needs at least one token");
             }
+            if start + n > context_length {
+                candle_core::bail!("sequence of {} tokens exceeds the context of {context_length}", start + n);
+            }
+            if cache.blocks_for(start + n) > step.table.blocks() {
+                candle_core::bail!("no KV blocks reserved for {} tokens", start + n);
+            }
+            rows.extend((start..start + n).map(|position| QueryRow { sequence, position }));
         }
-        let ids = Tensor::new(all.as_slice(), device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?;
+        let all: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let mut x = self.embeddings.index_select(&Tensor::new(all.as_slice(), device)?, 0)?;
+        let kv_row = kv_heads * head_dim;
         for (index, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.config.rms_eps as f32)?;
-            let attention = self.attention(index, layer, &h, steps)?;
-            x = (x + attention)?;
+            let mut q = layer.wq.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut k = layer.wk.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let v = layer.wv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            self.rotate(&mut q, heads, &rows);
+            self.rotate(&mut k, kv_heads, &rows);
+            let mut offset = 0;
+            for step in steps.iter() {
+                let span = offset * kv_row..(offset + step.tokens.len()) * kv_row;
+                cache.write(index, step.table, &k[span.clone()], &v[span]);
+                offset += step.tokens.len();
+            }
+            let tables: Vec<&BlockTable> = steps.iter().map(|s| &*s.table).collect();
+            let attended = cache.attend(index, &tables, &rows, &q, heads);
+            let attended = Tensor::from_vec(attended, (rows.len(), heads * head_dim), device)?;
+            x = (x + layer.wo.forward(&attended)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.config.rms_eps as f32)?;
             let gated = (candle_nn::ops::silu(&layer.w_gate.forward(&h)?)? * layer.w_up.forward(&h)?)?;
             x = (x + layer.w_down.forward(&gated)?)?;
@@ -189,83 +201,38 @@ impl Llama {
         let mut offset = 0;
         for step in steps.iter_mut() {
             offset += step.tokens.len();
-            last_rows.push((offset - 1) as u32);
-            step.cache.len += step.tokens.len();
+            if step.logits {
+                last_rows.push((offset - 1) as u32);
+            }
+            cache.advance(step.table, step.tokens.len());
+        }
+        if last_rows.is_empty() {
+            return Tensor::zeros((0, vocab_size), DType::F32, device);
         }
         let last = x.index_select(&Tensor::new(last_rows.as_slice(), device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.config.rms_eps as f32)?;
         self.output.forward(&last)
     }
 
-    /// Self-attention of layer `index` for every sequence; `h` holds all sequences' tokens.
-    fn attention(
-        &self,
-        index: usize,
-        layer: &Layer,
-        h: &Tensor,
-        steps: &mut [SequenceStep<'_>],
-    ) -> candle_core::Result<Tensor> {
-        let Config { heads, kv_heads, head_dim, .. } = self.config;
-        let group = heads / kv_heads;
-        let q_all = layer.wq.forward(h)?;
-        let k_all = layer.wk.forward(h)?;
-        let v_all = layer.wv.forward(h)?;
-        let mut outputs = Vec::with_capacity(steps.len());
-        let mut start = 0;
-        for step in steps.iter_mut() {
-            let n = step.tokens.len();
-            let position = step.cache.len;
-            let split = |t: &Tensor, count: usize| -> candle_core::Result<Tensor> {
-                t.narrow(0, start, n)?.reshape((n, count, head_dim))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)
-            };
-            let cos = self.cos.narrow(0, position, n)?;
-            let sin = self.sin.narrow(0, position, n)?;
-            let q = candle_nn::rotary_emb::rope_i(&split(&q_all, heads)?, &cos, &sin)?.squeeze(0)?;
-            let k = candle_nn::rotary_emb::rope_i(&split(&k_all, kv_heads)?, &cos, &sin)?.squeeze(0)?;
-            let v = split(&v_all, kv_heads)?.squeeze(0)?;
-            let (k, v) = match step.cache.layers.get(index) {
-                Some((k_cache, v_cache)) => (Tensor::cat(&[k_cache, &k], 1)?, Tensor::cat(&[v_cache, &v], 1)?),
-                None => (k, v),
-            };
-            let total = k.dim(1)?;
-            // Heads sharing a KV head are multiplied together: [kv_heads, group * n, head_dim].
-            let q = q.reshape((kv_heads, group * n, head_dim))?;
-            let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-            let scores = if n > 1 {
-                let mask = causal_mask(n, position, q.device())?;
-                scores.reshape((kv_heads, group, n, total))?.broadcast_add(&mask)?.reshape((
-                    kv_heads,
-                    group * n,
-                    total,
-                ))?
-            } else {
-                scores
-            };
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-            let out =
-                weights.matmul(&v)?.reshape((heads, n, head_dim))?.transpose(0, 1)?.reshape((n, heads * head_dim))?;
-            outputs.push(out);
-            if index < step.cache.layers.len() {
-                step.cache.layers[index] = (k, v);
-            } else {
-                step.cache.layers.push((k, v));
+    /// Applies the interleaved rotary embedding in place to `x`, `[rows, heads * head_dim]`.
+    fn rotate(&self, x: &mut [f32], heads: usize, rows: &[QueryRow]) {
+        let half = self.config.head_dim / 2;
+        for (row, values) in rows.iter().zip(x.chunks_exact_mut(heads * self.config.head_dim)) {
+            let cos = &self.cos[row.position * half..(row.position + 1) * half];
+            let sin = &self.sin[row.position * half..(row.position + 1) * half];
+            for head in values.chunks_exact_mut(self.config.head_dim) {
+                for (pair, (&c, &s)) in head.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
+                    let (a, b) = (pair[0], pair[1]);
+                    pair[0] = a * c - b * s;
+                    pair[1] = a * s + b * c;
+                }
             }
-            start += n;
         }
-        layer.wo.forward(&Tensor::cat(&outputs, 0)?)
     }
 }
 
-/// `[n, position + n]`: 0 where query `i` may see key `j` (`j <= position + i`), −∞ elsewhere.
-fn causal_mask(n: usize, position: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let total = position + n;
-    let values: Vec<f32> =
-        (0..n).flat_map(|i| (0..total).map(move |j| if j <= position + i { 0.0 } else { f32::NEG_INFINITY })).collect();
-    Tensor::from_vec(values, (n, total), device)
-}
-
 /// Cosine and sine tables for every position of the context: `[context, head_dim / 2]`.
-fn rotary_tables(config: &Config, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+fn rotary_tables(config: &Config, device: &Device) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
     let half = config.head_dim / 2;
     let inverse: Vec<f32> =
         (0..half).map(|i| 1.0 / config.rope_theta.powf((2 * i) as f32 / config.head_dim as f32)).collect();
@@ -274,5 +241,5 @@ fn rotary_tables(config: &Config, device: &Device) -> candle_core::Result<(Tenso
         .to_dtype(DType::F32)?
         .reshape((config.context_length, 1))?;
     let angles = positions.matmul(&inverse)?;
-    Ok((angles.cos()?, angles.sin()?))
+    Ok((angles.cos()?.flatten_all()?.to_vec1()?, angles.sin()?.flatten_all()?.to_vec1()?))
 }

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use lantern_worker::llm::chat::{ChatTemplate, Message};
+use lantern_worker::llm::kv_cache::{BlockTable, KvCache};
 use lantern_worker::llm::sampling;
 use lantern_worker::llm::tokenizer::Tokenizer;
-use lantern_worker::model::llama::{Llama, SequenceCache, SequenceStep};
+use lantern_worker::model::llama::{Llama, SequenceStep};
 
 /// The SmolLM2 GGUF, or `None` (with a loud message) when the models are not fetched.
 fn smollm2_path() -> Option<PathBuf> {
@@ -108,18 +109,43 @@ fn greedy(logits: &Tensor) -> Vec<u32> {
     logits.to_vec2::<f32>().unwrap().iter().map(|row| sampling::argmax(row)).collect()
 }
 
-/// Greedy decoding of each prompt with our batched forward, all prompts in every step.
-fn generate_together(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize) -> Vec<Vec<u32>> {
-    let mut caches = vec![SequenceCache::default(); prompts.len()];
-    let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
+/// A cache of 64 MiB for `model`, in 16-token blocks.
+fn cache_for(model: &Llama) -> KvCache {
+    KvCache::with_budget(model.kv_shape(), 16, 64 << 20)
+}
+
+/// Greedy decoding of each prompt with our batched forward, all prompts in every step. Prompts
+/// are fed `chunk` tokens per step; the first token is sampled once a whole prompt is in.
+fn generate_together(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize, chunk: usize) -> Vec<Vec<u32>> {
+    let mut cache = cache_for(model);
+    let mut tables: Vec<BlockTable> = prompts.iter().map(|_| BlockTable::default()).collect();
+    let mut pending: Vec<Vec<u32>> = prompts.to_vec();
     let mut outputs = vec![Vec::new(); prompts.len()];
-    for _ in 0..new_tokens {
-        let mut steps: Vec<SequenceStep<'_>> =
-            inputs.iter().zip(caches.iter_mut()).map(|(tokens, cache)| SequenceStep { tokens, cache }).collect();
-        let next = greedy(&model.forward(&mut steps).unwrap());
-        for (i, &token) in next.iter().enumerate() {
+    while outputs.iter().any(|o| o.len() < new_tokens) {
+        let mut steps = Vec::new();
+        let mut asking = Vec::new();
+        for (i, (input, table)) in pending.iter().zip(tables.iter_mut()).enumerate() {
+            if outputs[i].len() == new_tokens {
+                continue;
+            }
+            let tokens = &input[..input.len().min(chunk)];
+            assert!(cache.reserve(table, table.len() + tokens.len()));
+            let logits = tokens.len() == input.len();
+            if logits {
+                asking.push(i);
+            }
+            steps.push(SequenceStep { tokens, table, logits });
+        }
+        let next = greedy(&model.forward(&mut steps, &mut cache).unwrap());
+        drop(steps);
+        for (i, input) in pending.iter_mut().enumerate() {
+            if outputs[i].len() < new_tokens {
+                input.drain(..input.len().min(chunk));
+            }
+        }
+        for (&i, &token) in asking.iter().zip(&next) {
             outputs[i].push(token);
-            inputs[i] = vec![token];
+            pending[i] = vec![token];
         }
     }
     outputs
@@ -130,7 +156,7 @@ fn llama_greedy_output_matches_the_candle_reference() {
     let Some(path) = smollm2_path() else { return };
     let (tokenizer, metadata) = smollm2().unwrap();
     let prompt = chat_prompt(&tokenizer, &metadata, "What is the capital of France?");
-    let ours = generate_together(&load_llama(&path), std::slice::from_ref(&prompt), 12).remove(0);
+    let ours = generate_together(&load_llama(&path), std::slice::from_ref(&prompt), 12, usize::MAX).remove(0);
 
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
@@ -168,9 +194,10 @@ fn batched_decoding_matches_each_sequence_alone() {
         chat_prompt(&tokenizer, &metadata, "Write one short sentence about the sea and the wind."),
     ];
     assert_ne!(prompts[0].len(), prompts[1].len());
-    let together = generate_together(&model, &prompts, 8);
+    // Together, with the prompts prefilled in 7-token chunks beside the other sequence's decode.
+    let together = generate_together(&model, &prompts, 8, 7);
     for (prompt, batched) in prompts.iter().zip(&together) {
-        let alone = generate_together(&model, std::slice::from_ref(prompt), 8).remove(0);
+        let alone = generate_together(&model, std::slice::from_ref(prompt), 8, usize::MAX).remove(0);
         assert_eq!(&alone, batched, "{:?} vs {:?}", tokenizer.decode(&alone, false), tokenizer.decode(batched, false));
     }
 }
@@ -181,8 +208,10 @@ fn a_prompt_longer_than_the_context_is_refused_with_both_numbers() {
     let model = load_llama(&path);
     let context = model.config().context_length;
     let tokens = vec![1u32; context + 1];
-    let mut cache = SequenceCache::default();
-    let err = model.forward(&mut [SequenceStep { tokens: &tokens, cache: &mut cache }]).unwrap_err().to_string();
+    let mut cache = cache_for(&model);
+    let mut table = BlockTable::default();
+    let step = SequenceStep { tokens: &tokens, table: &mut table, logits: true };
+    let err = model.forward(&mut [step], &mut cache).unwrap_err().to_string();
     assert!(err.contains(&(context + 1).to_string()) && err.contains(&context.to_string()), "{err}");
-    assert!(cache.is_empty(), "a refused step must not touch the cache");
+    assert!(table.is_empty(), "a refused step must not touch the cache");
 }
