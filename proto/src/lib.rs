@@ -2,7 +2,8 @@
 //!
 //! - [`inference`]: the Open Inference Protocol v2 (`inference.GRPCInferenceService`) with Triton's
 //!   repository extension, wire-compatible with tritonclient and the KServe SDK.
-//! - [`lantern::v1`]: Lantern's `ModelService` (per-version status, serving config, reload).
+//! - [`lantern::v1`]: Lantern's `ModelService` (per-version status, serving config, reload) and
+//!   `GenerationService` (streaming text generation).
 //!
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
 

@@ -14,6 +14,7 @@ use lantern_worker::model::mlp;
 use lantern_worker::repository::{self, PublishRequest, Repository};
 use lantern_worker::serve::batcher::BatchSettings;
 use lantern_worker::serve::config::VersionPolicy;
+use lantern_worker::serve::engine::EngineSettings;
 use lantern_worker::serve::server::{self, ServerOptions};
 use lantern_worker::serve::versions::ServeSettings;
 
@@ -84,6 +85,21 @@ struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LANTERN_SHUTDOWN_GRACE_S", default_value_t = 30)]
     shutdown_grace_s: u64,
+    /// KV cache memory per language-model version, in MiB; it bounds the tokens in flight.
+    #[arg(long, env = "LANTERN_KV_CACHE_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    kv_cache_mib: u64,
+    /// Tokens per KV cache block.
+    #[arg(long, env = "LANTERN_KV_BLOCK_TOKENS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    kv_block_tokens: u64,
+    /// Most tokens one generation step feeds; longer prompts are prefilled in chunks of this size.
+    #[arg(long, env = "LANTERN_MAX_STEP_TOKENS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_step_tokens: u64,
+    /// Most sequences generated together per language-model version.
+    #[arg(long, env = "LANTERN_MAX_RUNNING_SEQUENCES", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_running_sequences: u64,
+    /// Generation requests that may wait per version before RESOURCE_EXHAUSTED / 429.
+    #[arg(long, env = "LANTERN_MAX_WAITING_SEQUENCES", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_waiting_sequences: u64,
     /// First retry delay after a failed load, in milliseconds; doubles per failure up to 60 s.
     #[arg(long, env = "LANTERN_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     retry_base_ms: u64,
@@ -97,7 +113,8 @@ struct PublishArgs {
     /// Model name.
     #[arg(long, env = "LANTERN_MODEL")]
     model: String,
-    /// Directory with the model files and a manifest.json.
+    /// Directory with the model files and a manifest.json, or a single .gguf file (published as
+    /// a llama language model).
     #[arg(long)]
     source: PathBuf,
     /// Version number; default: one more than the highest existing.
@@ -170,6 +187,13 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         models: args.models.iter().cloned().collect::<BTreeSet<_>>(),
         policy: args.version_policy,
         retry_base: Duration::from_millis(args.retry_base_ms),
+        engine: EngineSettings {
+            kv_cache_bytes: (args.kv_cache_mib as usize) << 20,
+            block_size: args.kv_block_tokens as usize,
+            max_step_tokens: args.max_step_tokens as usize,
+            max_running: args.max_running_sequences as usize,
+            max_waiting: args.max_waiting_sequences as usize,
+        },
         ..ServeSettings::default()
     };
     let options = ServerOptions {

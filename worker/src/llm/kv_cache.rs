@@ -133,7 +133,7 @@ impl KvCache {
 
     /// Gives every block of `table` back; the table is empty afterwards.
     pub fn release(&mut self, table: &mut BlockTable) {
-        self.free.extend(table.blocks.drain(..));
+        self.free.append(&mut table.blocks);
         table.len = 0;
     }
 

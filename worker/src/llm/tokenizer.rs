@@ -154,6 +154,43 @@ impl Tokenizer {
     }
 }
 
+/// Turns a growing list of generated ids into text deltas. Byte-level tokens can end inside a
+/// UTF-8 character; such bytes are held back until the character is complete, so no delta carries
+/// a replacement character that the full text would not. Only a short window of recent ids is
+/// decoded per token, so the cost does not grow with the output.
+#[derive(Clone, Debug, Default)]
+pub struct TextStream {
+    /// Start of the window decoded for context.
+    prefix: usize,
+    /// Ids before this one have been released as text.
+    read: usize,
+}
+
+impl TextStream {
+    /// The text that `ids` (all generated so far) add to what was already released.
+    pub fn next(&mut self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
+        let (released, full) = self.window(tokenizer, ids)?;
+        if full.len() <= released.len() || full.ends_with('\u{FFFD}') || !full.starts_with(&released) {
+            return Ok(String::new());
+        }
+        self.prefix = self.read;
+        self.read = ids.len();
+        Ok(full[released.len()..].to_owned())
+    }
+
+    /// Whatever is still held back, released when generation ends.
+    pub fn finish(&mut self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
+        let (released, full) = self.window(tokenizer, ids)?;
+        self.prefix = ids.len();
+        self.read = ids.len();
+        Ok(full.get(released.len()..).unwrap_or_default().to_owned())
+    }
+
+    fn window(&self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<(String, String)> {
+        Ok((tokenizer.decode(&ids[self.prefix..self.read], true)?, tokenizer.decode(&ids[self.prefix..], true)?))
+    }
+}
+
 fn string_array<'a>(metadata: &'a HashMap<String, gguf_file::Value>, key: &str) -> Result<Vec<&'a String>> {
     let values = metadata.get(key).ok_or_else(|| invalid_tokenizer(format!("the GGUF file has no {key}")))?;
     values

@@ -1,14 +1,26 @@
-//! Model implementations and the loader that turns a verified version into a runnable model.
-//! One file per architecture, candle-transformers style: [`mlp`] (tensor model, served through
-//! [`load`]) and [`llama`] (language model, batched forward over GGUF weights).
+//! Model implementations and the loader that turns a verified version into a runnable model
+//! ([`load`], by the manifest's architecture, format and task). One file per architecture,
+//! candle-transformers style: [`mlp`] (tensor model) and [`llama`] (language model from GGUF,
+//! batched forward over a paged KV cache).
 
 pub mod llama;
 pub mod mlp;
 
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::llm::codec::TextCodec;
 use crate::repository::{Architecture, Format, Task, VerifiedVersion};
+
+/// Identifies a loaded model version in errors, metrics and thread names.
+#[derive(Clone, Debug)]
+pub struct VersionId {
+    pub model: String,
+    pub version: u64,
+}
 
 /// A model that maps a batch of rows to a batch of rows. Called from one batching thread.
 pub trait TensorModel: Send {
@@ -16,8 +28,14 @@ pub trait TensorModel: Send {
     fn forward(&self, input: &Tensor) -> candle_core::Result<Tensor>;
 }
 
+/// A model ready to serve, by task.
+pub enum LoadedModel {
+    Tensor(Box<dyn TensorModel>),
+    Generate { model: Box<llama::Llama>, codec: Arc<TextCodec> },
+}
+
 /// Builds the model a verified version describes, on `device`. Errors carry the model and version.
-pub fn load(model: &str, version: u64, verified: &VerifiedVersion, device: &Device) -> Result<Box<dyn TensorModel>> {
+pub fn load(model: &str, version: u64, verified: &VerifiedVersion, device: &Device) -> Result<LoadedModel> {
     let manifest = &verified.manifest;
     let fail = |reason: String| Error::Load { model: model.to_owned(), version, reason };
     match (manifest.architecture, manifest.format, manifest.task) {
@@ -33,7 +51,23 @@ pub fn load(model: &str, version: u64, verified: &VerifiedVersion, device: &Devi
                 .map_err(|e| fail(format!("{} is not valid safetensors: {e}", mlp::WEIGHTS_FILE)))?;
             let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
             let mlp = mlp::Mlp::load(vb, &config).map_err(|e| fail(format!("weights do not match the config: {e}")))?;
-            Ok(Box::new(mlp))
+            Ok(LoadedModel::Tensor(Box::new(mlp)))
         }
+        (Architecture::Llama, Format::Gguf, Task::Generate) => {
+            let mut ggufs = verified.files.iter().filter(|(path, _)| path.ends_with(".gguf"));
+            let (path, bytes) = match (ggufs.next(), ggufs.next()) {
+                (Some(file), None) => file,
+                _ => return Err(fail("a GGUF version needs exactly one .gguf file".into())),
+            };
+            let mut reader = std::io::Cursor::new(bytes.as_slice());
+            let content = gguf_file::Content::read(&mut reader).map_err(|e| fail(format!("{path}: {e}")))?;
+            let codec = TextCodec::from_gguf(&content.metadata).map_err(|e| fail(format!("{path}: {e}")))?;
+            let llama =
+                llama::Llama::from_gguf(&content, &mut reader, device).map_err(|e| fail(format!("{path}: {e}")))?;
+            Ok(LoadedModel::Generate { model: Box::new(llama), codec: Arc::new(codec) })
+        }
+        (architecture, format, task) => Err(fail(format!(
+            "no model implementation for architecture {architecture:?} in format {format:?} for task {task:?}"
+        ))),
     }
 }

@@ -18,6 +18,8 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Safetensors,
+    /// llama.cpp's single-file format: weights (often quantized), tokenizer and chat template.
+    Gguf,
 }
 
 /// Which model implementation loads the version.
@@ -26,6 +28,8 @@ pub enum Format {
 pub enum Architecture {
     /// A multi-layer perceptron ([`crate::model::mlp`]).
     Mlp,
+    /// A llama-architecture decoder language model ([`crate::model::llama`]).
+    Llama,
 }
 
 /// What the model does with a request.
@@ -34,6 +38,8 @@ pub enum Architecture {
 pub enum Task {
     /// Tensors in, tensors out, batched along dimension 0.
     Tensor,
+    /// Text in, generated text out (streamed token by token).
+    Generate,
 }
 
 /// One input or output of the model. `-1` in `shape` marks a variable dimension.
@@ -75,7 +81,27 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
+/// Name of the text input of a language model's signature.
+pub const TEXT_INPUT: &str = "text_input";
+/// Name of the text output of a language model's signature.
+pub const TEXT_OUTPUT: &str = "text_output";
+
 impl Manifest {
+    /// The manifest of a llama model in one GGUF file: one text in, one text out.
+    pub fn gguf_language_model() -> Self {
+        let text = |name: &str| TensorSpec { name: name.to_owned(), datatype: DataType::Bytes, shape: vec![1] };
+        Self {
+            format: Format::Gguf,
+            architecture: Architecture::Llama,
+            task: Task::Generate,
+            config: serde_json::Value::Null,
+            inputs: vec![text(TEXT_INPUT)],
+            outputs: vec![text(TEXT_OUTPUT)],
+            metrics: BTreeMap::new(),
+            files: Vec::new(),
+        }
+    }
+
     /// Parses and validates a manifest; `origin` names the file in errors.
     pub fn from_json(bytes: &[u8], origin: &Path) -> Result<Self> {
         let manifest: Self = serde_json::from_slice(bytes)

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-pub use manifest::{Architecture, FileEntry, Format, MANIFEST_FILE, Manifest, Task, TensorSpec};
+pub use manifest::{
+    Architecture, FileEntry, Format, MANIFEST_FILE, Manifest, TEXT_INPUT, TEXT_OUTPUT, Task, TensorSpec,
+};
 pub use publish::{PublishRequest, publish};
 
 use crate::error::{Error, Result};

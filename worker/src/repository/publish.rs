@@ -20,7 +20,8 @@ pub struct PublishRequest<'a> {
     /// Model name (the directory under the root).
     pub model: &'a str,
     /// A directory holding the model's files and a `manifest.json` without (or with stale)
-    /// `files`; every other file in it, recursively, becomes part of the version.
+    /// `files`; every other file in it, recursively, becomes part of the version. Or a single
+    /// `.gguf` file, published as a llama language model with the standard text signature.
     pub source: &'a Path,
     /// The version number to publish as; `None` takes one more than the highest existing.
     pub version: Option<u64>,
@@ -32,26 +33,37 @@ pub struct PublishRequest<'a> {
 /// repository's visible state if anything goes wrong, including when the version already exists.
 pub fn publish(request: &PublishRequest<'_>) -> Result<u64> {
     validate_model_name(request.model)?;
-    let source_manifest = request.source.join(MANIFEST_FILE);
-    let bytes =
-        std::fs::read(&source_manifest).map_err(|e| Error::io(format!("reading {}", source_manifest.display()), e))?;
-    let mut manifest = Manifest::from_json(&bytes, &source_manifest)?;
+    let (source_dir, mut manifest, sources) = read_source(request.source)?;
     manifest.metrics.extend(request.metrics.iter().cloned());
-    let sources = list_files(request.source)?;
-    if sources.is_empty() {
-        return Err(Error::invalid(format!("{} holds no model files besides the manifest", request.source.display())));
-    }
 
     let model_dir = request.root.join(request.model);
     std::fs::create_dir_all(&model_dir).map_err(|e| Error::io(format!("creating {}", model_dir.display()), e))?;
     let staging = model_dir.join(format!(".publish-{}-{}", std::process::id(), unique_suffix()));
-    let result = stage(&staging, request.source, &sources, manifest)
-        .and_then(|()| commit(&staging, &model_dir, request.version));
+    let result =
+        stage(&staging, &source_dir, &sources, manifest).and_then(|()| commit(&staging, &model_dir, request.version));
     if result.is_err() {
         // Best effort: a leftover dot-directory is invisible to readers anyway.
         let _ = std::fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// The directory to copy from, the manifest and the files to publish (relative to the directory).
+fn read_source(source: &Path) -> Result<(PathBuf, Manifest, Vec<PathBuf>)> {
+    if source.is_file() && source.extension().is_some_and(|e| e == "gguf") {
+        let dir = source.parent().map(Path::to_owned).unwrap_or_default();
+        let name = source.file_name().map(PathBuf::from).expect("a file path has a file name; this is a bug");
+        return Ok((dir, Manifest::gguf_language_model(), vec![name]));
+    }
+    let source_manifest = source.join(MANIFEST_FILE);
+    let bytes =
+        std::fs::read(&source_manifest).map_err(|e| Error::io(format!("reading {}", source_manifest.display()), e))?;
+    let manifest = Manifest::from_json(&bytes, &source_manifest)?;
+    let files = list_files(source)?;
+    if files.is_empty() {
+        return Err(Error::invalid(format!("{} holds no model files besides the manifest", source.display())));
+    }
+    Ok((source.to_owned(), manifest, files))
 }
 
 /// Copies every source file into `staging`, writes the manifest and makes it all durable.

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::metrics::VersionMetrics;
 use crate::error::{Error, Result};
-use crate::model::TensorModel;
+use crate::model::{TensorModel, VersionId};
 
 /// Forward passes shorter than this (moving average) may run on the caller's task.
 pub const INLINE_MAX: Duration = Duration::from_micros(200);
@@ -40,13 +40,6 @@ impl Default for BatchSettings {
     fn default() -> Self {
         Self { max_batch_size: 64, max_delay: Duration::ZERO, queue_capacity: 1024 }
     }
-}
-
-/// Identifies the model version in errors and the thread name.
-#[derive(Clone, Debug)]
-pub struct VersionId {
-    pub model: String,
-    pub version: u64,
 }
 
 struct Job {

@@ -45,6 +45,11 @@ fn load_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 20))
 }
 
+fn token_latency_histogram() -> Histogram {
+    // 1 ms … ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
 /// Every serving metric, registered once per process.
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +60,90 @@ pub struct Metrics {
     load_duration: HistogramFamily<VersionLabels>,
     load_failures: Family<VersionLabels, Counter>,
     loaded_versions: Family<ModelLabels, Gauge>,
+    generation: GenerationFamilies,
+}
+
+/// The language-model metrics, one series per model version.
+struct GenerationFamilies {
+    time_to_first_token: HistogramFamily<VersionLabels>,
+    inter_token_latency: HistogramFamily<VersionLabels>,
+    duration: HistogramFamily<VersionLabels>,
+    queue_duration: HistogramFamily<VersionLabels>,
+    running: Family<VersionLabels, Gauge>,
+    waiting: Family<VersionLabels, Gauge>,
+    kv_blocks_used: Family<VersionLabels, Gauge>,
+    kv_blocks_free: Family<VersionLabels, Gauge>,
+    prompt_tokens: Family<VersionLabels, Counter>,
+    generated_tokens: Family<VersionLabels, Counter>,
+    preemptions: Family<VersionLabels, Counter>,
+}
+
+impl GenerationFamilies {
+    fn new(registry: &mut Registry) -> Self {
+        let histogram = || HistogramFamily::new_with_constructor(token_latency_histogram as fn() -> Histogram);
+        let families = Self {
+            time_to_first_token: histogram(),
+            inter_token_latency: histogram(),
+            duration: histogram(),
+            queue_duration: histogram(),
+            running: Family::default(),
+            waiting: Family::default(),
+            kv_blocks_used: Family::default(),
+            kv_blocks_free: Family::default(),
+            prompt_tokens: Family::default(),
+            generated_tokens: Family::default(),
+            preemptions: Family::default(),
+        };
+        let f = &families;
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from a generation request's arrival to its first token",
+            f.time_to_first_token.clone(),
+        );
+        registry.register(
+            "inter_token_latency_seconds",
+            "Time between consecutive tokens of one sequence",
+            f.inter_token_latency.clone(),
+        );
+        registry.register(
+            "generation_duration_seconds",
+            "Time from a generation request's arrival to its last token",
+            f.duration.clone(),
+        );
+        registry.register(
+            "generation_queue_duration_seconds",
+            "Time a generation request waited before its prompt started",
+            f.queue_duration.clone(),
+        );
+        registry.register("running_sequences", "Sequences in the continuous batch", f.running.clone());
+        registry.register("waiting_sequences", "Generation requests waiting to start", f.waiting.clone());
+        registry.register("kv_cache_blocks_used", "KV cache blocks held by sequences", f.kv_blocks_used.clone());
+        registry.register("kv_cache_blocks_free", "KV cache blocks free", f.kv_blocks_free.clone());
+        registry.register("prompt_tokens", "Prompt tokens prefilled", f.prompt_tokens.clone());
+        registry.register("generated_tokens", "Tokens generated", f.generated_tokens.clone());
+        registry.register(
+            "preemptions",
+            "Sequences preempted to free KV blocks (recomputed later)",
+            f.preemptions.clone(),
+        );
+        families
+    }
+}
+
+/// The per-version handles a generation engine records into.
+#[derive(Clone, Debug)]
+pub struct GenerationMetrics {
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub duration: Histogram,
+    pub queue_duration: Histogram,
+    pub running: Gauge,
+    pub waiting: Gauge,
+    pub kv_blocks_used: Gauge,
+    pub kv_blocks_free: Gauge,
+    pub prompt_tokens: Counter,
+    pub generated_tokens: Counter,
+    pub preemptions: Counter,
 }
 
 /// The per-version handles the batching thread records into.
@@ -100,6 +189,7 @@ impl Metrics {
         );
         registry.register("model_load_failures", "Failed model version loads", load_failures.clone());
         registry.register("loaded_versions", "Model versions currently available", loaded_versions.clone());
+        let generation = GenerationFamilies::new(&mut registry);
         Self {
             registry,
             requests,
@@ -109,6 +199,7 @@ impl Metrics {
             load_duration,
             load_failures,
             loaded_versions,
+            generation,
         }
     }
 
@@ -126,6 +217,25 @@ impl Metrics {
         VersionMetrics {
             queue_duration: self.queue_duration.get_or_create(&labels).clone(),
             batch_size: self.batch_size.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Handles for one version's generation engine.
+    pub fn generation(&self, model: &str, version: u64) -> GenerationMetrics {
+        let labels = version_labels(model, Some(version));
+        let f = &self.generation;
+        GenerationMetrics {
+            time_to_first_token: f.time_to_first_token.get_or_create(&labels).clone(),
+            inter_token_latency: f.inter_token_latency.get_or_create(&labels).clone(),
+            duration: f.duration.get_or_create(&labels).clone(),
+            queue_duration: f.queue_duration.get_or_create(&labels).clone(),
+            running: f.running.get_or_create(&labels).clone(),
+            waiting: f.waiting.get_or_create(&labels).clone(),
+            kv_blocks_used: f.kv_blocks_used.get_or_create(&labels).clone(),
+            kv_blocks_free: f.kv_blocks_free.get_or_create(&labels).clone(),
+            prompt_tokens: f.prompt_tokens.get_or_create(&labels).clone(),
+            generated_tokens: f.generated_tokens.get_or_create(&labels).clone(),
+            preemptions: f.preemptions.get_or_create(&labels).clone(),
         }
     }
 

@@ -4,16 +4,21 @@
 //!
 //! Layout:
 //! - decisions, pure and unit-tested: [`config`], [`policy`], [`routing`], [`signature`];
-//! - state and work: [`versions`] (lifecycle, routing, loading) and [`batcher`];
+//! - state and work: [`versions`] (lifecycle, routing, loading), [`batcher`] (tensor models) and
+//!   [`engine`] (continuous batching for language models);
 //! - adapters, translation only: [`oip`], [`model_service`], [`rest`], one error table in
 //!   [`status`];
 //! - wiring: [`server`].
 
 pub mod batcher;
 pub mod config;
+pub mod engine;
+pub mod generation;
+pub mod generation_service;
 pub mod metrics;
 pub mod model_service;
 pub mod oip;
+pub mod openai;
 pub mod policy;
 pub mod rest;
 pub mod routing;

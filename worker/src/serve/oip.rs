@@ -157,7 +157,19 @@ pub fn request_from_proto(request: pb::ModelInferRequest) -> Result<InferRequest
         .enumerate()
         .map(|(i, input)| input_from_proto(input, raw.get(i).map(|b| b.as_ref())))
         .collect::<Result<_>>()?;
-    Ok(InferRequest { inputs, outputs: request.outputs.into_iter().map(|o| o.name).collect() })
+    let parameters = request.parameters.into_iter().filter_map(|(k, v)| Some((k, parameter_value(v)?))).collect();
+    Ok(InferRequest { inputs, outputs: request.outputs.into_iter().map(|o| o.name).collect(), parameters })
+}
+
+/// An OIP parameter as a JSON value, the form request parameters are read in.
+fn parameter_value(parameter: pb::InferParameter) -> Option<serde_json::Value> {
+    Some(match parameter.parameter_choice? {
+        ParameterChoice::BoolParam(v) => v.into(),
+        ParameterChoice::Int64Param(v) => v.into(),
+        ParameterChoice::StringParam(v) => v.into(),
+        ParameterChoice::DoubleParam(v) => v.into(),
+        ParameterChoice::Uint64Param(v) => v.into(),
+    })
 }
 
 fn input_from_proto(input: InferInputTensor, raw: Option<&[u8]>) -> Result<Tensor> {

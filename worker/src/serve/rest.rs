@@ -169,6 +169,8 @@ struct JsonInferRequest {
     inputs: Vec<JsonTensor>,
     #[serde(default)]
     outputs: Vec<JsonRequestedOutput>,
+    #[serde(default)]
+    parameters: std::collections::BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -212,7 +214,8 @@ async fn infer(
     let target = Target::parse(version)?;
     let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
     let inputs = body.inputs.into_iter().map(tensor_from_json).collect::<Result<_>>()?;
-    let request = InferRequest { inputs, outputs: body.outputs.into_iter().map(|o| o.name).collect() };
+    let outputs = body.outputs.into_iter().map(|o| o.name).collect();
+    let request = InferRequest { inputs, outputs, parameters: body.parameters };
     let response = app.manager.infer(&model, &target, routing_key, request).await?;
     let outputs: Vec<JsonTensor> = response.outputs.into_iter().map(tensor_to_json).collect();
     let mut answer = json!({"model_name": model, "model_version": response.version.to_string(), "outputs": outputs});

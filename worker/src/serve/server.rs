@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
 use lantern_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use lantern_proto::lantern::v1::generation_service_server::GenerationServiceServer;
 use lantern_proto::lantern::v1::model_service_server::ModelServiceServer;
 use tokio::sync::oneshot;
 use tonic_health::ServingStatus;
@@ -17,11 +18,12 @@ use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::generation_service::GenerationServiceImpl;
 use super::metrics::Metrics;
 use super::model_service::ModelServiceImpl;
 use super::oip::InferenceService;
-use super::rest;
 use super::versions::{ModelManager, ServeSettings};
+use super::{openai, rest};
 use crate::error::{Error, Result};
 use crate::repository::Repository;
 
@@ -77,8 +79,14 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
+        .add_service(
+            GenerationServiceServer::new(GenerationServiceImpl::new(manager.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
         .into_axum_router();
     let app = rest::router(manager.clone(), metrics)
+        .merge(openai::router(manager.clone()))
         .merge(grpc)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(trace_request));

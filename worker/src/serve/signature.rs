@@ -2,6 +2,8 @@
 //! and turns its input into the `f32` rows a tensor model consumes. Pure: every error is an
 //! `INVALID_ARGUMENT` that names the tensor and what was expected.
 
+use std::collections::BTreeMap;
+
 use crate::error::{Error, Result};
 use crate::repository::{Manifest, TensorSpec};
 use crate::tensor::{DataType, Tensor};
@@ -12,6 +14,8 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// Names of the outputs to return; empty returns all.
     pub outputs: Vec<String>,
+    /// Request parameters (generation options for a language model).
+    pub parameters: BTreeMap<String, serde_json::Value>,
 }
 
 /// The single input of a tensor model, checked and flattened.
@@ -105,7 +109,7 @@ mod tests {
     }
 
     fn request(tensor: Tensor) -> InferRequest {
-        InferRequest { inputs: vec![tensor], outputs: vec![] }
+        InferRequest { inputs: vec![tensor], ..InferRequest::default() }
     }
 
     #[test]

@@ -17,14 +17,17 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use tokio::sync::{Notify, oneshot, watch};
 
-use super::batcher::{BatchSettings, Batcher, VersionId};
+use super::batcher::{BatchSettings, Batcher};
 use super::config::{ServingConfig, VersionPolicy};
+use super::engine::{Engine, EngineSettings};
+use super::generation;
 use super::metrics::{Metrics, UNKNOWN_MODEL};
 use super::routing::{self, Target, VersionView};
 use super::signature::{self, InferRequest};
 use super::{policy, status};
 use crate::error::{Error, Result};
-use crate::model;
+use crate::llm::codec::TextCodec;
+use crate::model::{self, LoadedModel, VersionId};
 use crate::repository::{Manifest, Repository};
 use crate::tensor::Tensor;
 
@@ -45,6 +48,8 @@ pub struct ServeSettings {
     pub retry_max: Duration,
     /// How long `RepositoryModelLoad` waits for a version to become available.
     pub load_timeout: Duration,
+    /// Continuous-batching knobs applied to every language-model version.
+    pub engine: EngineSettings,
 }
 
 impl Default for ServeSettings {
@@ -57,6 +62,7 @@ impl Default for ServeSettings {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             load_timeout: Duration::from_secs(300),
+            engine: EngineSettings::default(),
         }
     }
 }
@@ -121,13 +127,27 @@ pub struct ModelMetadata {
     pub manifest: Manifest,
 }
 
-/// A version in memory: its manifest and the batcher that owns its model.
+/// A version in memory: its manifest and the thread that owns its model.
 #[derive(Debug)]
 struct LoadedVersion {
     version: u64,
     manifest: Manifest,
-    batcher: Batcher,
-    out_width: usize,
+    runtime: Runtime,
+}
+
+/// What runs a version's requests, by task.
+#[derive(Debug)]
+enum Runtime {
+    Tensor { batcher: Batcher, out_width: usize },
+    Generate(LanguageModel),
+}
+
+/// A routed language-model version: its engine and its text interface.
+#[derive(Clone, Debug)]
+pub struct LanguageModel {
+    pub version: u64,
+    pub engine: Engine,
+    pub codec: Arc<TextCodec>,
 }
 
 #[derive(Debug)]
@@ -589,6 +609,31 @@ impl ModelManager {
         }
     }
 
+    /// The language-model version `target` routes to; refuses a model that does not generate.
+    pub fn language_model(&self, model: &str, target: &Target, routing_key: Option<&str>) -> Result<LanguageModel> {
+        let loaded = self.resolve(model, target, routing_key)?;
+        match &loaded.runtime {
+            Runtime::Generate(language_model) => Ok(language_model.clone()),
+            Runtime::Tensor { .. } => Err(Error::invalid(format!(
+                "model {model:?} version {} is a tensor model; it does not generate text",
+                loaded.version
+            ))),
+        }
+    }
+
+    /// Models whose newest available version generates text, with that version.
+    pub fn language_models(&self) -> Vec<(String, u64)> {
+        let models = self.inner.read();
+        models
+            .iter()
+            .filter(|(_, state)| state.enabled)
+            .filter_map(|(name, state)| {
+                let version = state.newest_available()?;
+                matches!(state.loaded(version).runtime, Runtime::Generate(_)).then(|| (name.clone(), version))
+            })
+            .collect()
+    }
+
     fn resolve(&self, model: &str, target: &Target, routing_key: Option<&str>) -> Result<Arc<LoadedVersion>> {
         let models = self.inner.read();
         let state = models.get(model).ok_or_else(|| Error::ModelNotFound { model: model.to_owned() })?;
@@ -614,11 +659,16 @@ impl ModelManager {
 
 /// Runs a request on the version it was routed to.
 async fn run(loaded: &LoadedVersion, request: InferRequest) -> Result<InferResponse> {
-    let rows = signature::prepare(&loaded.manifest, &request)?;
-    let output = loaded.batcher.submit(rows.rows, rows.values).await?;
-    let spec = &loaded.manifest.outputs[0];
-    let tensor = Tensor::f32(spec.name.clone(), vec![rows.rows as i64, loaded.out_width as i64], output);
-    Ok(InferResponse { version: loaded.version, outputs: signature::select_outputs(&request.outputs, vec![tensor]) })
+    let output = match &loaded.runtime {
+        Runtime::Tensor { batcher, out_width } => {
+            let rows = signature::prepare(&loaded.manifest, &request)?;
+            let output = batcher.submit(rows.rows, rows.values).await?;
+            let spec = &loaded.manifest.outputs[0];
+            Tensor::f32(spec.name.clone(), vec![rows.rows as i64, *out_width as i64], output)
+        }
+        Runtime::Generate(language_model) => generation::infer_text(language_model, &loaded.manifest, &request).await?,
+    };
+    Ok(InferResponse { version: loaded.version, outputs: signature::select_outputs(&request.outputs, vec![output]) })
 }
 
 impl Inner {
@@ -653,20 +703,30 @@ impl Inner {
         names.into_iter().map(|name| (name.clone(), self.repo.versions(&name))).collect()
     }
 
-    /// Reads, verifies and loads one version, and starts its batcher.
+    /// Reads, verifies and loads one version, and starts the thread that runs it.
     fn load_version(&self, model: &str, version: u64) -> Result<(LoadedVersion, oneshot::Receiver<()>)> {
         let verified = self.repo.read_verified(model, version)?;
         let fail = |reason: String| Error::Load { model: model.to_owned(), version, reason };
         let manifest = verified.manifest.clone();
-        let in_width = signature::row_width(&manifest.inputs[0])
-            .ok_or_else(|| fail("the input needs fixed dimensions after the batch dimension".into()))?;
-        let out_width = signature::row_width(&manifest.outputs[0])
-            .ok_or_else(|| fail("the output needs fixed dimensions after the batch dimension".into()))?;
-        let tensor_model = model::load(model, version, &verified, &Device::Cpu)?;
+        let loaded = model::load(model, version, &verified, &Device::Cpu)?;
         drop(verified);
         let id = VersionId { model: model.to_owned(), version };
-        let metrics = self.metrics.version(model, version);
-        let (batcher, drained) = Batcher::spawn(id, tensor_model, self.settings.batch, in_width, metrics)?;
-        Ok((LoadedVersion { version, manifest, batcher, out_width }, drained))
+        let (runtime, drained) = match loaded {
+            LoadedModel::Tensor(tensor_model) => {
+                let in_width = signature::row_width(&manifest.inputs[0])
+                    .ok_or_else(|| fail("the input needs fixed dimensions after the batch dimension".into()))?;
+                let out_width = signature::row_width(&manifest.outputs[0])
+                    .ok_or_else(|| fail("the output needs fixed dimensions after the batch dimension".into()))?;
+                let metrics = self.metrics.version(model, version);
+                let (batcher, drained) = Batcher::spawn(id, tensor_model, self.settings.batch, in_width, metrics)?;
+                (Runtime::Tensor { batcher, out_width }, drained)
+            }
+            LoadedModel::Generate { model: llama, codec } => {
+                let metrics = self.metrics.generation(model, version);
+                let (engine, drained) = Engine::spawn(id, *llama, codec.clone(), self.settings.engine, metrics)?;
+                (Runtime::Generate(LanguageModel { version, engine, codec }), drained)
+            }
+        };
+        Ok((LoadedVersion { version, manifest, runtime }, drained))
     }
 }

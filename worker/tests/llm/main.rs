@@ -2,7 +2,6 @@
 //! `scripts/fetch-test-models.sh`, which the test command runs).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -12,16 +11,10 @@ use lantern_worker::llm::sampling;
 use lantern_worker::llm::tokenizer::Tokenizer;
 use lantern_worker::model::llama::{Llama, SequenceStep};
 
-/// The SmolLM2 GGUF, or `None` (with a loud message) when the models are not fetched.
-fn smollm2_path() -> Option<PathBuf> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.is_file() {
-        eprintln!("SKIPPED: {} is missing; run scripts/fetch-test-models.sh (the test command does)", path.display());
-        return None;
-    }
-    Some(path)
-}
+#[path = "../common/models.rs"]
+mod models;
+
+use models::smollm2_path;
 
 fn smollm2_metadata() -> Option<HashMap<String, gguf_file::Value>> {
     let mut file = std::fs::File::open(smollm2_path()?).unwrap();

@@ -5,6 +5,7 @@ mod bad_input;
 mod fixtures;
 mod hot_reload;
 mod lifecycle;
+mod llm;
 mod python_client;
 mod rest;
 mod routing;

@@ -6,6 +6,7 @@
 //!    machine): requests/s, p50, p99.
 //! 2. Version swaps under load: failed requests, time from `publish` to the first request served
 //!    by the new version, and resident memory before and after.
+//! 3. Language-model generation ([`llm`]): prefill, single-stream and aggregate decode, TTFT.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,8 +30,9 @@ use lantern_worker::serve::versions::{ServeSettings, VersionState};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-#[path = "../compute_threads.rs"]
+#[path = "../../compute_threads.rs"]
 mod compute_threads;
+mod llm;
 
 /// mimalloc returns freed pages to the OS promptly; glibc's malloc keeps the memory of unloaded
 /// model versions (its mmap threshold grows with every large free), so RSS would climb with
@@ -85,69 +87,11 @@ fn main() -> anyhow::Result<()> {
         if args.sections.contains(&Section::Swaps) {
             swaps(&args).await?;
         }
+        if args.sections.contains(&Section::Llm) {
+            llm::figures(&args.gguf).await?;
+        }
         anyhow::Ok(())
-    })?;
-    if args.sections.contains(&Section::Llm) {
-        llm_figures(&args.gguf)?;
-    }
-    Ok(())
-}
-
-/// Prefill and decode throughput of the llama forward pass on a GGUF model, one stream and
-/// several decoded together.
-fn llm_figures(path: &Path) -> anyhow::Result<()> {
-    use candle_core::quantized::gguf_file;
-    use lantern_worker::llm::kv_cache::{BlockTable, KvCache};
-    use lantern_worker::llm::sampling::argmax;
-    use lantern_worker::model::llama::{Llama, SequenceStep};
-
-    if !path.is_file() {
-        println!("\nlanguage model: {} is missing; run scripts/fetch-test-models.sh", path.display());
-        return Ok(());
-    }
-    let mut file = std::fs::File::open(path)?;
-    let content = gguf_file::Content::read(&mut file)?;
-    let tokenizer = lantern_worker::llm::tokenizer::Tokenizer::from_gguf(&content.metadata)?;
-    let model = Llama::from_gguf(&content, &mut file, &candle_core::Device::Cpu)?;
-    let text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. ".repeat(40);
-    let prompt: Vec<u32> = tokenizer.encode(&text)?.into_iter().take(256).collect();
-    anyhow::ensure!(prompt.len() == 256, "the prompt text is too short");
-    // One step for every sequence; returns each sequence's greedy next token.
-    let mut cache = KvCache::with_budget(model.kv_shape(), 16, 512 << 20);
-    let mut step = |inputs: &[Vec<u32>], tables: &mut [BlockTable]| -> anyhow::Result<Vec<u32>> {
-        let mut steps = Vec::new();
-        for (tokens, table) in inputs.iter().zip(tables.iter_mut()) {
-            anyhow::ensure!(cache.reserve(table, table.len() + tokens.len()), "the KV cache is full");
-            steps.push(SequenceStep { tokens, table, logits: true });
-        }
-        let next = model.forward(&mut steps, &mut cache)?.to_vec2::<f32>()?.iter().map(|row| argmax(row)).collect();
-        for step in steps {
-            if step.table.len() > 200 {
-                cache.release(step.table);
-            }
-        }
-        Ok(next)
-    };
-
-    println!("\nllama forward, {} ({} threads)", path.display(), compute_threads::default_threads());
-    let started = Instant::now();
-    step(std::slice::from_ref(&prompt), &mut [BlockTable::default()])?;
-    println!("  prefill, 256-token prompt: {:.1} tokens/s", 256.0 / started.elapsed().as_secs_f64());
-
-    for streams in [1usize, 4, 8, 16] {
-        let new_tokens = if streams == 1 { 128 } else { 64 };
-        let mut caches: Vec<BlockTable> = (0..streams).map(|_| BlockTable::default()).collect();
-        let prompts: Vec<Vec<u32>> = (0..streams).map(|i| prompt[i..i + 16].to_vec()).collect();
-        let mut next = step(&prompts, &mut caches)?;
-        let started = Instant::now();
-        for _ in 0..new_tokens {
-            let inputs: Vec<Vec<u32>> = next.iter().map(|&t| vec![t]).collect();
-            next = step(&inputs, &mut caches)?;
-        }
-        let rate = (streams * new_tokens) as f64 / started.elapsed().as_secs_f64();
-        println!("  decode, {streams:>2} stream(s) x {new_tokens} tokens: {rate:.1} tokens/s in total");
-    }
-    Ok(())
+    })
 }
 
 async fn throughput(args: &Args) -> anyhow::Result<()> {

@@ -1,0 +1,154 @@
+//! Language-model figures through a running worker, as a client sees them: gRPC `Generate` on
+//! the published GGUF, greedy. Prefill from the time to first token of a 256-token prompt;
+//! single-stream decode from the gaps between tokens; aggregate output tokens/s and TTFT
+//! percentiles with 4, 8 and 16 streams started together.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::gguf_file;
+use lantern_proto::lantern::v1::generate_request::Input;
+use lantern_proto::lantern::v1::generation_service_client::GenerationServiceClient;
+use lantern_proto::lantern::v1::{self as pb};
+use lantern_worker::llm::codec::TextCodec;
+use lantern_worker::repository::{self, PublishRequest};
+use tonic::transport::Channel;
+
+use super::{compute_threads, start, wait_available};
+
+const MODEL: &str = "llm";
+const PROMPT_TOKENS: usize = 256;
+const SHORT_PROMPT_TOKENS: usize = 16;
+const NEW_TOKENS: u32 = 128;
+
+/// Prints the figures, or says why not when the model is missing.
+pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
+    if !gguf.is_file() {
+        println!("\nlanguage model: {} is missing; run scripts/fetch-test-models.sh", gguf.display());
+        return Ok(());
+    }
+    let prompts = Prompts::new(gguf)?;
+    let repo = tempfile::tempdir()?;
+    repository::publish(&PublishRequest {
+        root: repo.path(),
+        model: MODEL,
+        source: gguf,
+        version: None,
+        metrics: &[],
+    })?;
+    let server = start(repo.path(), Duration::from_secs(2)).await?;
+    wait_available(&server, MODEL, 1).await?;
+    let client = GenerationServiceClient::connect(format!("http://{}", server.local_addr())).await?;
+    println!(
+        "\nlanguage model {} through gRPC Generate, greedy ({} threads)",
+        gguf.display(),
+        compute_threads::default_threads()
+    );
+    generate(&client, prompts.short(0), 4).await?;
+
+    let mut prefill = Vec::new();
+    let mut prompt_tokens = 0;
+    for _ in 0..3 {
+        let run = generate(&client, prompts.long.clone(), 1).await?;
+        prompt_tokens = run.prompt_tokens;
+        prefill.push(run.prompt_tokens as f64 / run.first_token.as_secs_f64());
+    }
+    prefill.sort_by(f64::total_cmp);
+    println!("  prefill, {prompt_tokens}-token prompt: {:.1} tokens/s (median of 3)", prefill[1]);
+
+    let run = generate(&client, prompts.short(0), NEW_TOKENS).await?;
+    let single = (run.tokens - 1) as f64 / (run.total - run.first_token).as_secs_f64();
+    println!("  decode, 1 stream: {single:.1} tokens/s ({} tokens)", run.tokens);
+
+    for streams in [4usize, 8, 16] {
+        let started = Instant::now();
+        let tasks: Vec<_> =
+            (0..streams).map(|i| tokio::spawn(generate_owned(client.clone(), prompts.short(i), NEW_TOKENS))).collect();
+        let mut runs = Vec::with_capacity(streams);
+        for task in tasks {
+            runs.push(task.await??);
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let tokens: usize = runs.iter().map(|r| r.tokens).sum();
+        let mut first: Vec<Duration> = runs.iter().map(|r| r.first_token).collect();
+        first.sort();
+        let percentile = |p: f64| first[((first.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+        println!(
+            "  decode, {streams:>2} streams x {NEW_TOKENS} tokens: {:.1} tokens/s in total ({:.2}x one stream); \
+             TTFT p50 {:.0} ms, p99 {:.0} ms",
+            tokens as f64 / wall,
+            tokens as f64 / wall / single,
+            percentile(0.5),
+            percentile(0.99),
+        );
+    }
+    Ok(())
+}
+
+/// The benchmark's prompts, cut to exact token counts with the model's own tokenizer.
+struct Prompts {
+    codec: TextCodec,
+    ids: Vec<u32>,
+    long: String,
+}
+
+impl Prompts {
+    fn new(gguf: &Path) -> anyhow::Result<Self> {
+        let mut file = std::fs::File::open(gguf)?;
+        let codec = TextCodec::from_gguf(&gguf_file::Content::read(&mut file)?.metadata)?;
+        let text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. ".repeat(40);
+        let ids = codec.encode(&text)?;
+        anyhow::ensure!(ids.len() >= PROMPT_TOKENS + 16 * SHORT_PROMPT_TOKENS, "the prompt text is too short");
+        let long = codec.tokenizer().decode(&ids[..PROMPT_TOKENS], false)?;
+        Ok(Self { codec, ids, long })
+    }
+
+    /// A short prompt, different for each `index`.
+    fn short(&self, index: usize) -> String {
+        let start = index * SHORT_PROMPT_TOKENS + index % 7;
+        self.codec.tokenizer().decode(&self.ids[start..start + SHORT_PROMPT_TOKENS], false).unwrap_or_default()
+    }
+}
+
+/// What one request measured.
+struct Run {
+    prompt_tokens: usize,
+    tokens: usize,
+    first_token: Duration,
+    total: Duration,
+}
+
+async fn generate(client: &GenerationServiceClient<Channel>, prompt: String, max_tokens: u32) -> anyhow::Result<Run> {
+    generate_owned(client.clone(), prompt, max_tokens).await
+}
+
+async fn generate_owned(
+    mut client: GenerationServiceClient<Channel>,
+    prompt: String,
+    max_tokens: u32,
+) -> anyhow::Result<Run> {
+    let request = pb::GenerateRequest {
+        model_name: MODEL.into(),
+        input: Some(Input::Prompt(prompt)),
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let mut stream = client.generate(request).await?.into_inner();
+    let (mut first_token, mut tokens, mut usage) = (None, 0, None);
+    while let Some(message) = stream.message().await? {
+        if !message.token_ids.is_empty() && first_token.is_none() {
+            first_token = Some(started.elapsed());
+        }
+        tokens += message.token_ids.len();
+        usage = message.usage.or(usage);
+    }
+    let usage = usage.ok_or_else(|| anyhow::anyhow!("the stream ended without usage"))?;
+    Ok(Run {
+        prompt_tokens: usage.prompt_tokens as usize,
+        tokens,
+        first_token: first_token.ok_or_else(|| anyhow::anyhow!("no token generated"))?,
+        total: started.elapsed(),
+    })
+}

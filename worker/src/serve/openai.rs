@@ -1,0 +1,431 @@
+//! The OpenAI-compatible HTTP API: `GET /v1/models`, `POST /v1/completions` and
+//! `POST /v1/chat/completions`, answered as one JSON body or, with `"stream": true`, as
+//! Server-Sent Events (`data: {chunk}` lines, then `data: [DONE]`). Translation only; generation
+//! is [`super::generation`].
+//!
+//! `model` is a model name, optionally with a version or label after a colon (`smollm2:3`,
+//! `smollm2:canary`); without one the serving config's split decides, sticky per
+//! `x-lantern-routing-key`. The serving version comes back in the `x-lantern-model-version`
+//! header. Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the
+//! status from the shared table; a full queue is 429 with `Retry-After`.
+
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{Stream, StreamExt, stream};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::ROUTING_KEY_HEADER;
+use super::engine::{Event, Usage};
+use super::generation::{self, Completion, Options, Prompt, Started};
+use super::routing::Target;
+use super::status;
+use super::versions::ModelManager;
+use crate::error::Error;
+use crate::llm::chat::Message;
+
+/// Response header naming the version that served the request.
+pub const MODEL_VERSION_HEADER: &str = "x-lantern-model-version";
+/// Seconds a client is asked to wait after a 429.
+const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// The OpenAI-compatible routes over `manager`.
+pub fn router(manager: ModelManager) -> Router {
+    Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .with_state(manager)
+}
+
+/// An error in OpenAI's shape.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        Self { status: status::http_status(status::grpc_code(&err)), message: err.to_string() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let kind = match self.status {
+            StatusCode::BAD_REQUEST => "invalid_request_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            _ => "server_error",
+        };
+        let body = json!({"error": {"message": self.message, "type": kind, "param": null, "code": null}});
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+async fn list_models(State(manager): State<ModelManager>) -> Json<Value> {
+    let data: Vec<Value> = manager
+        .language_models()
+        .into_iter()
+        .map(|(model, version)| {
+            json!({"id": model, "object": "model", "created": 0, "owned_by": "lantern", "version": version})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// A string or a list of strings (`prompt`, `stop`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(text) => vec![text],
+            Self::Many(texts) => texts,
+        }
+    }
+}
+
+/// The fields both endpoints share. Fields this server does not act on are ignored, as OpenAI
+/// clients send many.
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: String,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    /// vLLM's extension; 0 or -1 disable it.
+    #[serde(default)]
+    top_k: Option<i64>,
+    #[serde(default)]
+    repetition_penalty: Option<f32>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<OneOrMany>,
+    #[serde(default)]
+    n: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    prompt: OneOrMany,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: ChatContent,
+}
+
+/// A message's content: a string, or a list of parts of which only text is understood.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ChatContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: String,
+}
+
+impl ChatMessage {
+    fn into_message(self) -> std::result::Result<Message, Error> {
+        let content = match self.content {
+            ChatContent::Text(text) => text,
+            ChatContent::Parts(parts) => {
+                let mut text = String::new();
+                for part in parts {
+                    if part.kind != "text" {
+                        return Err(Error::invalid(format!("content parts of type {:?} are not supported", part.kind)));
+                    }
+                    text.push_str(&part.text);
+                }
+                text
+            }
+        };
+        Ok(Message::new(self.role, content))
+    }
+}
+
+impl Common {
+    fn options(&self) -> std::result::Result<Options, Error> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(Error::invalid("only n = 1 is supported"));
+        }
+        let top_k = match self.top_k {
+            None | Some(0) | Some(-1) => None,
+            Some(k) if k > 0 => Some(k as u64),
+            Some(k) => return Err(Error::invalid(format!("top_k must be positive, 0 or -1, got {k}"))),
+        };
+        Ok(Options {
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
+        })
+    }
+}
+
+/// Parses a JSON body, answering malformed JSON (and invalid UTF-8) with a 400 that says where.
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| Error::invalid(format!("invalid request body: {e}")).into())
+}
+
+/// `name` or `name:version-or-label`.
+fn parse_model(model: &str) -> std::result::Result<(&str, Target), Error> {
+    match model.split_once(':') {
+        Some((name, version)) => Ok((name, Target::parse(version)?)),
+        None => Ok((model, Target::Default)),
+    }
+}
+
+/// Which endpoint a response belongs to: it decides the object names and the chunk shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Completion,
+    Chat,
+}
+
+async fn completions(State(manager): State<ModelManager>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let request: CompletionRequest = parse_body(&body)?;
+    let prompt = match request.prompt.into_vec().as_mut_slice() {
+        [one] => Prompt::Text(std::mem::take(one)),
+        _ => return Err(Error::invalid("prompt must be one string (batched prompts are not supported)").into()),
+    };
+    respond(&manager, &headers, Kind::Completion, &request.common, prompt).await
+}
+
+async fn chat_completions(State(manager): State<ModelManager>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let request: ChatRequest = parse_body(&body)?;
+    let messages = request.messages.into_iter().map(ChatMessage::into_message).collect::<Result<Vec<_>, _>>()?;
+    respond(&manager, &headers, Kind::Chat, &request.common, Prompt::Chat(messages)).await
+}
+
+async fn respond(
+    manager: &ModelManager,
+    headers: &HeaderMap,
+    kind: Kind,
+    common: &Common,
+    prompt: Prompt,
+) -> ApiResult<Response> {
+    let (model, target) = parse_model(&common.model)?;
+    let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
+    let mut started = generation::start(manager, model, &target, routing_key, prompt, &common.options()?)?;
+    let meta = ChunkMeta::new(kind, common.model.clone());
+    let version = HeaderValue::from(started.version);
+    let mut response = if common.stream {
+        let include_usage = common.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        Sse::new(sse_stream(meta, started, include_usage)).into_response()
+    } else {
+        let completion = generation::collect(&mut started.events).await?;
+        Json(meta.whole(&completion)).into_response()
+    };
+    response.headers_mut().insert(MODEL_VERSION_HEADER, version);
+    Ok(response)
+}
+
+/// What every chunk and body of one response repeats.
+#[derive(Clone, Debug)]
+struct ChunkMeta {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl ChunkMeta {
+    fn new(kind: Kind, model: String) -> Self {
+        let prefix = match kind {
+            Kind::Completion => "cmpl",
+            Kind::Chat => "chatcmpl",
+        };
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        Self { kind, id: format!("{prefix}-{:032x}", rand::random::<u128>()), created, model }
+    }
+
+    /// The non-streaming body.
+    fn whole(&self, completion: &Completion) -> Value {
+        let reason = completion.reason.as_str();
+        let (object, choice) = match self.kind {
+            Kind::Completion => (
+                "text_completion",
+                json!({"index": 0, "text": completion.text, "logprobs": null, "finish_reason": reason}),
+            ),
+            Kind::Chat => (
+                "chat.completion",
+                json!({"index": 0, "message": {"role": "assistant", "content": completion.text}, "logprobs": null, "finish_reason": reason}),
+            ),
+        };
+        json!({
+            "id": self.id, "object": object, "created": self.created, "model": self.model,
+            "choices": [choice], "usage": usage_json(completion.usage),
+        })
+    }
+
+    /// One streamed chunk: a text delta (`Some`) or the role announcement (chat only, `None`),
+    /// with the finish reason on the last one.
+    fn chunk(&self, text: Option<&str>, finish_reason: Option<&str>) -> Value {
+        let (object, choice) = match self.kind {
+            Kind::Completion => (
+                "text_completion",
+                json!({"index": 0, "text": text.unwrap_or_default(), "logprobs": null, "finish_reason": finish_reason}),
+            ),
+            Kind::Chat => {
+                let delta = match (text, finish_reason) {
+                    (None, None) => json!({"role": "assistant", "content": ""}),
+                    (Some(text), _) if !text.is_empty() => json!({"content": text}),
+                    _ => json!({}),
+                };
+                (
+                    "chat.completion.chunk",
+                    json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}),
+                )
+            }
+        };
+        json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]})
+    }
+
+    /// The extra last chunk carrying usage (`stream_options.include_usage`).
+    fn usage_chunk(&self, usage: Usage) -> Value {
+        let object = match self.kind {
+            Kind::Completion => "text_completion",
+            Kind::Chat => "chat.completion.chunk",
+        };
+        json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [], "usage": usage_json(usage)})
+    }
+}
+
+fn usage_json(usage: Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    })
+}
+
+/// The SSE events of one generation. Dropping the stream (the client went away) drops the
+/// engine's channel, which frees the sequence.
+fn sse_stream(
+    meta: ChunkMeta,
+    started: Started,
+    include_usage: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
+    let data = |value: Value| SseEvent::default().data(value.to_string());
+    let opening = (meta.kind == Kind::Chat).then(|| data(meta.chunk(None, None)));
+    let body = UnboundedReceiverStream::new(started.events).flat_map(move |event| {
+        let events: Vec<SseEvent> = match event {
+            Event::Token { text, .. } if text.is_empty() => Vec::new(),
+            Event::Token { text, .. } => vec![data(meta.chunk(Some(&text), None))],
+            Event::Finished { text, reason, usage } => {
+                let mut events = Vec::new();
+                if !text.is_empty() {
+                    events.push(data(meta.chunk(Some(&text), None)));
+                }
+                events.push(data(meta.chunk(None, Some(reason.as_str()))));
+                if include_usage {
+                    events.push(data(meta.usage_chunk(usage)));
+                }
+                events.push(SseEvent::default().data("[DONE]"));
+                events
+            }
+            Event::Failed(error) => {
+                let status = status::http_status(status::grpc_code(&error));
+                vec![data(
+                    json!({"error": {"message": error.to_string(), "type": "server_error", "code": status.as_u16()}}),
+                )]
+            }
+        };
+        stream::iter(events)
+    });
+    stream::iter(opening).chain(body).map(Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_may_carry_a_version_or_a_label() {
+        assert_eq!(parse_model("smollm2").unwrap(), ("smollm2", Target::Default));
+        assert_eq!(parse_model("smollm2:3").unwrap(), ("smollm2", Target::Version(3)));
+        assert_eq!(parse_model("smollm2:canary").unwrap(), ("smollm2", Target::Label("canary".into())));
+    }
+
+    #[test]
+    fn chat_content_parts_are_joined_and_non_text_parts_refused() {
+        let message: ChatMessage = serde_json::from_value(json!({
+            "role": "user", "content": [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "there"}]
+        }))
+        .unwrap();
+        assert_eq!(message.into_message().unwrap().content, "Hello, there");
+        let image: ChatMessage =
+            serde_json::from_value(json!({"role": "user", "content": [{"type": "image_url"}]})).unwrap();
+        assert!(image.into_message().unwrap_err().to_string().contains("image_url"));
+    }
+
+    #[test]
+    fn unsupported_and_invalid_options_are_refused() {
+        let common = |extra: Value| -> Common {
+            let mut body = json!({"model": "m"});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(body).unwrap()
+        };
+        assert!(common(json!({"n": 2})).options().unwrap_err().to_string().contains("n = 1"));
+        assert!(common(json!({"top_k": -5})).options().unwrap_err().to_string().contains("top_k"));
+        let options = common(json!({"max_tokens": 5, "max_completion_tokens": 7, "stop": "x"})).options().unwrap();
+        assert_eq!((options.max_tokens, options.stop), (Some(7), vec!["x".to_owned()]));
+    }
+}

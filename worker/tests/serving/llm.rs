@@ -1,0 +1,353 @@
+//! Language-model serving on the real SmolLM2 GGUF: the OpenAI HTTP API (JSON and SSE), gRPC
+//! `Generate`, OIP `ModelInfer` with BYTES text, hot reload under running streams, and every
+//! bad-input case, each checked for not disturbing the other streams.
+
+use std::time::Duration;
+
+use lantern_proto::lantern::v1::generate_request::Input;
+use lantern_proto::lantern::v1::generation_service_client::GenerationServiceClient;
+use lantern_proto::lantern::v1::{self as pb, VersionState};
+use lantern_worker::llm::chat::Message;
+use lantern_worker::llm::codec::TextCodec;
+use lantern_worker::repository::{self, PublishRequest};
+use lantern_worker::serve::engine::EngineSettings;
+use serde_json::{Value, json};
+use tonic::Code;
+
+use crate::fixtures::{Harness, fast_settings, local_options};
+
+#[path = "../common/models.rs"]
+mod models;
+
+const MODEL: &str = "smollm2";
+
+/// A server with SmolLM2 published as version 1 and available, or `None` when the model is not
+/// fetched. `engine` adjusts the continuous-batching settings.
+async fn serving_smollm2(engine: impl FnOnce(&mut EngineSettings)) -> Option<Harness> {
+    let gguf = models::smollm2_path()?;
+    let mut settings = fast_settings();
+    settings.engine = EngineSettings { kv_cache_bytes: 64 << 20, ..EngineSettings::default() };
+    engine(&mut settings.engine);
+    let harness = Harness::start_with(settings, local_options(), |root| {
+        publish_gguf(root, &gguf);
+    })
+    .await;
+    harness.wait_for(MODEL, 1, VersionState::Available).await;
+    Some(harness)
+}
+
+fn publish_gguf(root: &std::path::Path, gguf: &std::path::Path) -> u64 {
+    repository::publish(&PublishRequest { root, model: MODEL, source: gguf, version: None, metrics: &[] }).unwrap()
+}
+
+fn chat_body(question: &str, max_tokens: u64, stream: bool) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+    })
+}
+
+async fn post(harness: &Harness, path: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new().post(format!("{}{path}", harness.url())).json(body).send().await.unwrap()
+}
+
+/// The `data:` payloads of an SSE response, read as they arrive, until the stream ends.
+async fn sse_events(mut response: reqwest::Response) -> Vec<String> {
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            events.extend(event.lines().filter_map(|line| line.strip_prefix("data: ")).map(str::to_owned));
+        }
+    }
+    events
+}
+
+/// The text of the streamed chat chunks.
+fn chat_text(events: &[String]) -> String {
+    events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
+/// A metric's value for the served version, from `/metrics`.
+async fn metric(harness: &Harness, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", harness.url())).await.unwrap().text().await.unwrap();
+    let prefix = format!("lantern_{name}{{model=\"{MODEL}\",version=\"1\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits (up to 20 s) until a metric satisfies `done`.
+async fn wait_metric(harness: &Harness, name: &str, done: impl Fn(f64) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let value = metric(harness, name).await;
+        if done(value) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} stayed at {value}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Prompt tokens of a one-question chat, counted with the model's own template and tokenizer.
+fn chat_prompt_tokens(question: &str) -> usize {
+    let mut file = std::fs::File::open(models::smollm2_path().unwrap()).unwrap();
+    let metadata = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap().metadata;
+    let codec = TextCodec::from_gguf(&metadata).unwrap();
+    codec.encode_chat(&[Message::new("user", question)]).unwrap().len()
+}
+
+#[tokio::test]
+async fn chat_completion_answers_with_the_chat_template_applied_and_usage() {
+    let Some(harness) = serving_smollm2(|_| {}).await else { return };
+    let response =
+        post(&harness, "/v1/chat/completions", &chat_body("What is the capital of France?", 12, false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-lantern-model-version"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], MODEL);
+    assert!(!body["choices"][0]["message"]["content"].as_str().unwrap().is_empty(), "{body}");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    // ChatML with SmolLM2's default system prompt around the question.
+    let prompt = chat_prompt_tokens("What is the capital of France?") as u64;
+    assert!(prompt > 20, "the system prompt is part of the template");
+    assert_eq!(body["usage"]["prompt_tokens"], prompt, "{body}");
+    let completion = body["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((1..=12).contains(&completion));
+    assert_eq!(body["usage"]["total_tokens"], prompt + completion);
+    let models: Value = reqwest::get(format!("{}/v1/models", harness.url())).await.unwrap().json().await.unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL, "{models}");
+}
+
+#[tokio::test]
+async fn streamed_chat_equals_the_whole_answer_and_concurrent_streams_equal_lone_ones() {
+    let Some(harness) = serving_smollm2(|e| e.max_step_tokens = 24).await else { return };
+    let questions = ["Name three colours.", "Write a sentence about the sea."];
+    let mut alone = Vec::new();
+    for question in questions {
+        let body: Value =
+            post(&harness, "/v1/chat/completions", &chat_body(question, 16, false)).await.json().await.unwrap();
+        alone.push(body["choices"][0]["message"]["content"].as_str().unwrap().to_owned());
+    }
+    // Both at once, streamed: the prompts are prefilled in chunks of 24 tokens beside each other.
+    let streams = questions.map(|q| {
+        let harness_url = harness.url();
+        tokio::spawn(async move {
+            let response = reqwest::Client::new()
+                .post(format!("{harness_url}/v1/chat/completions"))
+                .json(&chat_body(q, 16, true))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            sse_events(response).await
+        })
+    });
+    for (stream, lone) in streams.into_iter().zip(&alone) {
+        let events = stream.await.unwrap();
+        assert_eq!(&chat_text(&events), lone);
+        let first: Value = serde_json::from_str(&events[0]).unwrap();
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["completion_tokens"], 16);
+        let finish: Value = serde_json::from_str(&events[events.len() - 3]).unwrap();
+        assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    }
+}
+
+#[tokio::test]
+async fn grpc_generate_and_oip_bytes_give_the_completions_text() {
+    let Some(harness) = serving_smollm2(|_| {}).await else { return };
+    let prompt = "The three primary colours are";
+    let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 10, "temperature": 0, "stop": ["\n\n"]});
+    let completion: Value = post(&harness, "/v1/completions", &body).await.json().await.unwrap();
+    let expected = completion["choices"][0]["text"].as_str().unwrap().to_owned();
+    assert!(!expected.is_empty());
+
+    let mut client = GenerationServiceClient::connect(harness.url()).await.unwrap();
+    let request = pb::GenerateRequest {
+        model_name: MODEL.into(),
+        input: Some(Input::Prompt(prompt.into())),
+        max_tokens: Some(10),
+        temperature: Some(0.0),
+        stop: vec!["\n\n".into()],
+        ..Default::default()
+    };
+    let mut stream = client.generate(request).await.unwrap().into_inner();
+    let (mut text, mut ids, mut last) = (String::new(), 0, None);
+    while let Some(message) = stream.message().await.unwrap() {
+        assert_eq!(message.model_version, 1);
+        text.push_str(&message.text);
+        ids += message.token_ids.len();
+        last = Some(message);
+    }
+    let last = last.unwrap();
+    assert_eq!(text, expected);
+    assert_eq!(last.usage.unwrap().completion_tokens as usize, ids);
+    assert_ne!(last.finish_reason, pb::FinishReason::Unspecified as i32);
+
+    let infer = json!({
+        "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": [prompt]}],
+        "parameters": {"max_tokens": 10, "temperature": 0, "stop": "\n\n"},
+    });
+    let answer: Value = post(&harness, &format!("/v2/models/{MODEL}/infer"), &infer).await.json().await.unwrap();
+    assert_eq!(answer["outputs"][0]["name"], "text_output", "{answer}");
+    assert_eq!(answer["outputs"][0]["data"][0], expected.as_str());
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_frees_its_kv_blocks_at_once() {
+    let Some(harness) = serving_smollm2(|_| {}).await else { return };
+    let survivor = tokio::spawn({
+        let url = harness.url();
+        async move {
+            let response = reqwest::Client::new().post(format!("{url}/v1/chat/completions")).json(&chat_body(
+                "Count to ten.",
+                24,
+                true,
+            ));
+            sse_events(response.send().await.unwrap()).await
+        }
+    });
+    let leaver = post(&harness, "/v1/chat/completions", &chat_body("Tell me a long story.", 200, true)).await;
+    wait_metric(&harness, "generated_tokens_total", |tokens| tokens >= 4.0).await;
+    assert!(metric(&harness, "kv_cache_blocks_used").await > 0.0);
+    drop(leaver);
+    let events = survivor.await.unwrap();
+    assert_eq!(events.last().unwrap(), "[DONE]", "the other stream is undisturbed");
+    wait_metric(&harness, "kv_cache_blocks_used", |blocks| blocks == 0.0).await;
+    assert_eq!(metric(&harness, "running_sequences").await, 0.0);
+    let generated = metric(&harness, "generated_tokens_total").await;
+    assert!(generated < 24.0 + 200.0, "the cancelled stream stopped generating ({generated} tokens)");
+}
+
+#[tokio::test]
+async fn a_new_version_hot_loads_while_streams_finish_on_theirs() {
+    let Some(harness) = serving_smollm2(|_| {}).await else { return };
+    let mut client = GenerationServiceClient::connect(harness.url()).await.unwrap();
+    let request = pb::GenerateRequest {
+        model_name: MODEL.into(),
+        input: Some(Input::Prompt("Once upon a time".into())),
+        max_tokens: Some(48),
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    let mut old = client.generate(request.clone()).await.unwrap().into_inner();
+    let first = old.message().await.unwrap().unwrap();
+    assert_eq!(first.model_version, 1);
+    publish_gguf(harness.repo.path(), &models::smollm2_path().unwrap());
+    harness.server.manager().reconcile_now();
+    harness.wait_for(MODEL, 2, VersionState::Available).await;
+    let mut new = client.generate(request).await.unwrap().into_inner();
+    assert_eq!(new.message().await.unwrap().unwrap().model_version, 2);
+    let mut tokens = first.token_ids.len();
+    while let Some(message) = old.message().await.unwrap() {
+        assert_eq!(message.model_version, 1);
+        tokens += message.token_ids.len();
+    }
+    assert_eq!(tokens, 48, "the stream on version 1 ran to its end");
+    harness.wait_for(MODEL, 1, VersionState::End).await;
+}
+
+#[tokio::test]
+async fn bad_generation_requests_get_precise_errors_and_streams_keep_going() {
+    let Some(harness) = serving_smollm2(|_| {}).await else { return };
+    let running = tokio::spawn({
+        let url = harness.url();
+        async move {
+            let response = reqwest::Client::new().post(format!("{url}/v1/chat/completions")).json(&chat_body(
+                "Say hello.",
+                24,
+                true,
+            ));
+            sse_events(response.send().await.unwrap()).await
+        }
+    });
+    let long_prompt = "word ".repeat(9000);
+    let cases = [
+        (json!({"model": MODEL, "prompt": long_prompt}), 400, "context is"),
+        (json!({"model": MODEL, "prompt": "Hi", "max_tokens": 9000}), 400, "max_tokens is 9000"),
+        (json!({"model": MODEL, "prompt": "Hi", "temperature": -1}), 400, "temperature"),
+        (json!({"model": MODEL, "prompt": "Hi", "top_p": 1.5}), 400, "top_p"),
+        (json!({"model": MODEL, "prompt": ""}), 400, "prompt is empty"),
+        (json!({"model": "nope", "prompt": "Hi"}), 404, "nope"),
+        (json!({"model": MODEL, "prompt": "Hi", "n": 3}), 400, "n = 1"),
+        (json!({"prompt": "Hi"}), 400, "model"),
+    ];
+    for (body, status, needle) in cases {
+        let response = post(&harness, "/v1/completions", &body).await;
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message:?} should say {needle:?}");
+    }
+    let invalid_utf8 = reqwest::Client::new()
+        .post(format!("{}/v1/completions", harness.url()))
+        .header("content-type", "application/json")
+        .body(b"{\"model\": \"smollm2\", \"prompt\": \"\xff\xfe\"}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid_utf8.status(), 400);
+
+    let mut client = GenerationServiceClient::connect(harness.url()).await.unwrap();
+    let too_long =
+        pb::GenerateRequest { model_name: MODEL.into(), input: Some(Input::Prompt(long_prompt)), ..Default::default() };
+    let status = client.generate(too_long).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("context is"), "{}", status.message());
+    let no_input = pb::GenerateRequest { model_name: MODEL.into(), ..Default::default() };
+    assert_eq!(client.generate(no_input).await.unwrap_err().code(), Code::InvalidArgument);
+
+    let events = running.await.unwrap();
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert!(!chat_text(&events).is_empty());
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_a_retry_hint() {
+    let Some(harness) = serving_smollm2(|e| {
+        e.max_running = 1;
+        e.max_waiting = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut running = post(&harness, "/v1/chat/completions", &chat_body("Tell me a story.", 64, true)).await;
+    running.chunk().await.unwrap().expect("the first request runs");
+    let waiting = tokio::spawn({
+        let url = harness.url();
+        async move {
+            let response =
+                reqwest::Client::new().post(format!("{url}/v1/chat/completions")).json(&chat_body("Hi", 4, false));
+            response.send().await.unwrap().status()
+        }
+    });
+    wait_metric(&harness, "waiting_sequences", |waiting| waiting == 1.0).await;
+    let refused = post(&harness, "/v1/chat/completions", &chat_body("Hi", 4, false)).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let error: Value = refused.json().await.unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("queue full"), "{error}");
+    drop(running);
+    assert_eq!(waiting.await.unwrap(), 200, "the queued request runs once the first one is gone");
+}
