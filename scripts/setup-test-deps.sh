@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond cargo, idempotently, into the git-ignored .cache/:
 # - .cache/models: the real models (scripts/fetch-test-models.sh);
-# - .cache/python/site: tritonclient[grpc] (with grpcio and numpy), the stock Open Inference
-#   Protocol client, so a test proves wire compatibility with clients users already run.
+# - .cache/python/site: the stock clients users already run, so tests prove wire compatibility:
+#   tritonclient[grpc] (Open Inference Protocol, with grpcio and numpy) and openai.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/fetch-test-models.sh
 
 site=.cache/python/site
-stamp=$site/.lantern-installed-v1
+stamp=$site/.lantern-installed-v2
 if [ -f "$stamp" ]; then
   exit 0
 fi
 python=$(command -v python3 || command -v python)
 rm -rf "$site"
 mkdir -p "$site"
-"$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$site" 'tritonclient[grpc]>=2.40'
+"$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$site" 'tritonclient[grpc]>=2.40' 'openai>=1.40'
 touch "$stamp"
-echo "installed tritonclient into $site"
+echo "installed tritonclient and openai into $site"

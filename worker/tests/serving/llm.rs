@@ -19,11 +19,11 @@ use crate::fixtures::{Harness, fast_settings, local_options};
 #[path = "../common/models.rs"]
 mod models;
 
-const MODEL: &str = "smollm2";
+pub const MODEL: &str = "smollm2";
 
 /// A server with SmolLM2 published as version 1 and available, or `None` when the model is not
 /// fetched. `engine` adjusts the continuous-batching settings.
-async fn serving_smollm2(engine: impl FnOnce(&mut EngineSettings)) -> Option<Harness> {
+pub async fn serving_smollm2(engine: impl FnOnce(&mut EngineSettings)) -> Option<Harness> {
     let gguf = models::smollm2_path()?;
     let mut settings = fast_settings();
     settings.engine = EngineSettings { kv_cache_bytes: 64 << 20, ..EngineSettings::default() };
