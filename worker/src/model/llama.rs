@@ -11,9 +11,10 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek};
 
-use candle_core::quantized::{QMatMul, gguf_file};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
 
+use super::quantized::QLinear;
 use crate::error::{Error, Result};
 use crate::llm::kv_cache::{BlockTable, KvCache, KvShape, QueryRow};
 
@@ -74,14 +75,14 @@ fn invalid(reason: String) -> Error {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
+    wo: QLinear,
     ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: QLinear,
+    w_up: QLinear,
+    w_down: QLinear,
 }
 
 /// A loaded llama model.
@@ -90,7 +91,7 @@ pub struct Llama {
     embeddings: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    output: QMatMul,
+    output: QLinear,
     /// Rotary tables, `[context, head_dim / 2]` row-major.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -116,8 +117,7 @@ impl Llama {
         let dense = |qtensor: &candle_core::quantized::QTensor, name: &str| {
             qtensor.dequantize(device).map_err(|e| invalid(format!("tensor {name}: {e}")))
         };
-        let matmul =
-            |qtensor, name: &str| QMatMul::from_qtensor(qtensor).map_err(|e| invalid(format!("tensor {name}: {e}")));
+        let matmul = |qtensor, name: &str| QLinear::new(qtensor).map_err(|e| invalid(format!("tensor {name}: {e}")));
         let token_embd = tensor("token_embd.weight")?;
         let embeddings = dense(&token_embd, "token_embd.weight")?;
         let norm = dense(&tensor("output_norm.weight")?, "output_norm.weight")?;

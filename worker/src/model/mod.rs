@@ -5,6 +5,7 @@
 
 pub mod llama;
 pub mod mlp;
+pub mod quantized;
 
 use std::sync::Arc;
 
