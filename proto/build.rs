@@ -3,8 +3,12 @@
 
 use prost::Message;
 
-const PROTOS: &[&str] =
-    &["inference/grpc_service.proto", "lantern/v1/model_service.proto", "lantern/v1/generation_service.proto"];
+const PROTOS: &[&str] = &[
+    "inference/grpc_service.proto",
+    "lantern/v1/model_service.proto",
+    "lantern/v1/generation_service.proto",
+    "lantern/v1/embedding_service.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

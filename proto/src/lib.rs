@@ -2,8 +2,8 @@
 //!
 //! - [`inference`]: the Open Inference Protocol v2 (`inference.GRPCInferenceService`) with Triton's
 //!   repository extension, wire-compatible with tritonclient and the KServe SDK.
-//! - [`lantern::v1`]: Lantern's `ModelService` (per-version status, serving config, reload) and
-//!   `GenerationService` (streaming text generation).
+//! - [`lantern::v1`]: Lantern's `ModelService` (per-version status, serving config, reload),
+//!   `GenerationService` (streaming text generation) and `EmbeddingService` (sentence embeddings).
 //!
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
 

@@ -44,10 +44,12 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Parses a `tokenizer.json`. `eos` names the end-of-sequence tokens to stop on.
+    /// Parses a `tokenizer.json`. `eos` names the end-of-sequence tokens to stop on. Truncation
+    /// and padding settings in the file are dropped: an input over a limit is refused, not cut.
     pub fn from_json(bytes: &[u8], eos: &[&str]) -> Result<Self> {
-        let inner =
+        let mut inner =
             tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| invalid_tokenizer(format!("tokenizer.json: {e}")))?;
+        inner.with_truncation(None).map_err(|e| invalid_tokenizer(format!("tokenizer.json: {e}")))?.with_padding(None);
         let eos = eos.iter().filter_map(|t| inner.token_to_id(t)).collect();
         Ok(Self { inner, bos: None, eos, add_bos: false })
     }
@@ -131,6 +133,16 @@ impl Tokenizer {
         }
         ids.extend_from_slice(encoding.get_ids());
         Ok(ids)
+    }
+
+    /// Token ids of `text` with the special tokens the tokenizer's post-processor adds (BERT's
+    /// `[CLS]` … `[SEP]`).
+    pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode_fast(text, true)
+            .map_err(|e| Error::invalid(format!("cannot tokenize the input: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// The text of `ids`; special tokens are kept when `skip_special` is false.

@@ -1,8 +1,10 @@
 //! Model implementations and the loader that turns a verified version into a runnable model
 //! ([`load`], by the manifest's architecture, format and task). One file per architecture,
-//! candle-transformers style: [`mlp`] (tensor model) and [`llama`] (language model from GGUF,
-//! batched forward over a paged KV cache).
+//! candle-transformers style: [`mlp`] (tensor model), [`llama`] (language model from GGUF,
+//! batched forward over a paged KV cache, with [`quantized`] linear layers) and [`bert`]
+//! (sentence embeddings from an HF checkpoint).
 
+pub mod bert;
 pub mod llama;
 pub mod mlp;
 pub mod quantized;
@@ -14,6 +16,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::llm::codec::TextCodec;
+use crate::llm::tokenizer::Tokenizer;
 use crate::repository::{Architecture, Format, Task, VerifiedVersion};
 
 /// Identifies a loaded model version in errors, metrics and thread names.
@@ -33,6 +36,7 @@ pub trait TensorModel: Send {
 pub enum LoadedModel {
     Tensor(Box<dyn TensorModel>),
     Generate { model: Box<llama::Llama>, codec: Arc<TextCodec> },
+    Embed(Box<bert::SentenceEncoder>),
 }
 
 /// Builds the model a verified version describes, on `device`. Errors carry the model and version.
@@ -66,6 +70,26 @@ pub fn load(model: &str, version: u64, verified: &VerifiedVersion, device: &Devi
             let llama =
                 llama::Llama::from_gguf(&content, &mut reader, device).map_err(|e| fail(format!("{path}: {e}")))?;
             Ok(LoadedModel::Generate { model: Box::new(llama), codec: Arc::new(codec) })
+        }
+        (Architecture::Bert, Format::Safetensors, Task::Embed) => {
+            let file = |name: &str| verified.files.get(name).ok_or_else(|| fail(format!("the version has no {name}")));
+            let config: bert::Config = serde_json::from_slice(file("config.json")?)
+                .map_err(|e| fail(format!("config.json is not a BERT config: {e}")))?;
+            config.validate().map_err(|e| fail(format!("config.json: {e}")))?;
+            let tensors = candle_core::safetensors::load_buffer(file("model.safetensors")?, device)
+                .map_err(|e| fail(format!("model.safetensors is not valid safetensors: {e}")))?;
+            let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
+            let bert =
+                bert::Bert::load(vb, &config).map_err(|e| fail(format!("weights do not match config.json: {e}")))?;
+            let tokenizer = Tokenizer::from_json(file("tokenizer.json")?, &[])?;
+            // sentence-transformers' own limit when the checkpoint states one.
+            let max_tokens = verified
+                .files
+                .get("sentence_bert_config.json")
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).ok())
+                .and_then(|v| v["max_seq_length"].as_u64())
+                .map_or(config.max_position_embeddings, |n| n as usize);
+            Ok(LoadedModel::Embed(Box::new(bert::SentenceEncoder::new(bert, tokenizer, max_tokens))))
         }
         (architecture, format, task) => Err(fail(format!(
             "no model implementation for architecture {architecture:?} in format {format:?} for task {task:?}"

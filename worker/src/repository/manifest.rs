@@ -30,6 +30,8 @@ pub enum Architecture {
     Mlp,
     /// A llama-architecture decoder language model ([`crate::model::llama`]).
     Llama,
+    /// A BERT encoder producing sentence embeddings ([`crate::model::bert`]).
+    Bert,
 }
 
 /// What the model does with a request.
@@ -40,6 +42,8 @@ pub enum Task {
     Tensor,
     /// Text in, generated text out (streamed token by token).
     Generate,
+    /// Texts in, one unit-length embedding per text out.
+    Embed,
 }
 
 /// One input or output of the model. `-1` in `shape` marks a variable dimension.
@@ -85,18 +89,42 @@ pub struct Manifest {
 pub const TEXT_INPUT: &str = "text_input";
 /// Name of the text output of a language model's signature.
 pub const TEXT_OUTPUT: &str = "text_output";
+/// Name of the output of an embedding model's signature.
+pub const EMBEDDING_OUTPUT: &str = "embedding";
 
 impl Manifest {
     /// The manifest of a llama model in one GGUF file: one text in, one text out.
     pub fn gguf_language_model() -> Self {
         let text = |name: &str| TensorSpec { name: name.to_owned(), datatype: DataType::Bytes, shape: vec![1] };
+        Self::text_model(Format::Gguf, Architecture::Llama, Task::Generate, text(TEXT_INPUT), text(TEXT_OUTPUT))
+    }
+
+    /// The manifest of a BERT sentence encoder in HF layout: texts in, `dimension`-wide FP32
+    /// embeddings out.
+    pub fn bert_embeddings(dimension: usize) -> Self {
+        let input = TensorSpec { name: TEXT_INPUT.to_owned(), datatype: DataType::Bytes, shape: vec![-1] };
+        let output = TensorSpec {
+            name: EMBEDDING_OUTPUT.to_owned(),
+            datatype: DataType::F32,
+            shape: vec![-1, dimension as i64],
+        };
+        Self::text_model(Format::Safetensors, Architecture::Bert, Task::Embed, input, output)
+    }
+
+    fn text_model(
+        format: Format,
+        architecture: Architecture,
+        task: Task,
+        input: TensorSpec,
+        output: TensorSpec,
+    ) -> Self {
         Self {
-            format: Format::Gguf,
-            architecture: Architecture::Llama,
-            task: Task::Generate,
+            format,
+            architecture,
+            task,
             config: serde_json::Value::Null,
-            inputs: vec![text(TEXT_INPUT)],
-            outputs: vec![text(TEXT_OUTPUT)],
+            inputs: vec![input],
+            outputs: vec![output],
             metrics: BTreeMap::new(),
             files: Vec::new(),
         }

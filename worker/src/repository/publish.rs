@@ -20,8 +20,10 @@ pub struct PublishRequest<'a> {
     /// Model name (the directory under the root).
     pub model: &'a str,
     /// A directory holding the model's files and a `manifest.json` without (or with stale)
-    /// `files`; every other file in it, recursively, becomes part of the version. Or a single
-    /// `.gguf` file, published as a llama language model with the standard text signature.
+    /// `files`; every other file in it, recursively, becomes part of the version. Without a
+    /// manifest, an HF checkpoint directory whose `config.json` says `"model_type": "bert"` is
+    /// published as a sentence encoder. Or a single `.gguf` file, published as a llama language
+    /// model with the standard text signature.
     pub source: &'a Path,
     /// The version number to publish as; `None` takes one more than the highest existing.
     pub version: Option<u64>,
@@ -56,14 +58,37 @@ fn read_source(source: &Path) -> Result<(PathBuf, Manifest, Vec<PathBuf>)> {
         return Ok((dir, Manifest::gguf_language_model(), vec![name]));
     }
     let source_manifest = source.join(MANIFEST_FILE);
-    let bytes =
-        std::fs::read(&source_manifest).map_err(|e| Error::io(format!("reading {}", source_manifest.display()), e))?;
-    let manifest = Manifest::from_json(&bytes, &source_manifest)?;
+    let manifest = match std::fs::read(&source_manifest) {
+        Ok(bytes) => Manifest::from_json(&bytes, &source_manifest)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.join(HF_CONFIG).is_file() => {
+            infer_hf_manifest(&source.join(HF_CONFIG))?
+        }
+        Err(e) => return Err(Error::io(format!("reading {}", source_manifest.display()), e)),
+    };
     let files = list_files(source)?;
     if files.is_empty() {
         return Err(Error::invalid(format!("{} holds no model files besides the manifest", source.display())));
     }
     Ok((source.to_owned(), manifest, files))
+}
+
+/// An HF checkpoint's configuration file.
+const HF_CONFIG: &str = "config.json";
+
+/// The manifest of an HF checkpoint without one, from its `config.json`.
+fn infer_hf_manifest(config_path: &Path) -> Result<Manifest> {
+    let bytes = std::fs::read(config_path).map_err(|e| Error::io(format!("reading {}", config_path.display()), e))?;
+    let fail = |reason: String| Error::Manifest { path: config_path.to_owned(), reason };
+    let config: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+    match config["model_type"].as_str() {
+        Some("bert") => {
+            let dimension = config["hidden_size"].as_u64().ok_or_else(|| fail("no hidden_size".into()))?;
+            Ok(Manifest::bert_embeddings(dimension as usize))
+        }
+        other => {
+            Err(fail(format!("model_type {other:?} cannot be published without a manifest.json (known: \"bert\")")))
+        }
+    }
 }
 
 /// Copies every source file into `staging`, writes the manifest and makes it all durable.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::engine::{Event, EventStream, FinishReason, GenerateRequest, Usage};
 use super::routing::Target;
-use super::signature::InferRequest;
+use super::signature::{self, InferRequest};
 use super::versions::{LanguageModel, ModelManager};
 use crate::error::{Error, Result};
 use crate::llm::chat::Message;
@@ -163,20 +163,14 @@ pub async fn collect(events: &mut EventStream) -> Result<Completion> {
 /// OIP `ModelInfer` on a language model: one BYTES `text_input` element (UTF-8) in, the
 /// generated text as one BYTES element out; options come from the request parameters.
 pub async fn infer_text(language_model: &LanguageModel, manifest: &Manifest, request: &InferRequest) -> Result<Tensor> {
-    let input = match request.inputs.as_slice() {
-        [input] if input.name == TEXT_INPUT => input,
-        _ => return Err(Error::invalid(format!("a language model takes exactly one input {TEXT_INPUT:?} (BYTES)"))),
-    };
-    let text = match &input.values {
-        Values::Bytes(items) if items.len() == 1 => String::from_utf8(items[0].clone())
-            .map_err(|e| Error::invalid(format!("input {TEXT_INPUT:?} is not valid UTF-8: {e}")))?,
-        Values::Bytes(items) => {
+    let text = match signature::texts(manifest, request)?.as_mut_slice() {
+        [text] => std::mem::take(text),
+        texts => {
             return Err(Error::invalid(format!(
                 "input {TEXT_INPUT:?} must hold exactly one prompt, got {}",
-                items.len()
+                texts.len()
             )));
         }
-        _ => return Err(Error::invalid(format!("input {TEXT_INPUT:?} must be BYTES, got {}", input.datatype))),
     };
     let options = Options::from_parameters(&request.parameters)?;
     let mut started = submit(language_model, Prompt::Text(text), &options)?;

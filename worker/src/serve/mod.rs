@@ -12,6 +12,8 @@
 
 pub mod batcher;
 pub mod config;
+pub mod embedder;
+pub mod embedding_service;
 pub mod engine;
 pub mod generation;
 pub mod generation_service;

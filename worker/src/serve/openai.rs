@@ -1,7 +1,7 @@
 //! The OpenAI-compatible HTTP API: `GET /v1/models`, `POST /v1/completions` and
 //! `POST /v1/chat/completions`, answered as one JSON body or, with `"stream": true`, as
-//! Server-Sent Events (`data: {chunk}` lines, then `data: [DONE]`). Translation only; generation
-//! is [`super::generation`].
+//! Server-Sent Events (`data: {chunk}` lines, then `data: [DONE]`), and `POST /v1/embeddings`.
+//! Translation only; the work is [`super::generation`] and [`super::embedder`].
 //!
 //! `model` is a model name, optionally with a version or label after a colon (`smollm2:3`,
 //! `smollm2:canary`); without one the serving config's split decides, sticky per
@@ -44,6 +44,7 @@ pub fn router(manager: ModelManager) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
         .with_state(manager)
 }
 
@@ -232,6 +233,65 @@ fn parse_model(model: &str) -> std::result::Result<(&str, Target), Error> {
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    model: String,
+    input: OneOrMany,
+    #[serde(default)]
+    encoding_format: Option<String>,
+}
+
+async fn embeddings(State(manager): State<ModelManager>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let request: EmbeddingsRequest = parse_body(&body)?;
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(
+                Error::invalid(format!("encoding_format must be \"float\" or \"base64\", got {other:?}")).into()
+            );
+        }
+    };
+    let (model, target) = parse_model(&request.model)?;
+    let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
+    let embeddings = manager.embed(model, &target, routing_key, request.input.into_vec()).await?;
+    let data: Vec<Value> = embeddings
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = match base64 {
+                true => Value::String(base64_floats(vector)),
+                false => json!(vector),
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let usage = json!({"prompt_tokens": embeddings.tokens, "total_tokens": embeddings.tokens});
+    let body = json!({"object": "list", "data": data, "model": request.model, "usage": usage});
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(MODEL_VERSION_HEADER, HeaderValue::from(embeddings.version));
+    Ok(response)
+}
+
+/// Little-endian f32 bytes in standard base64, OpenAI's `encoding_format: "base64"`.
+fn base64_floats(values: &[f32]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Which endpoint a response belongs to: it decides the object names and the chunk shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -396,6 +456,13 @@ fn sse_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_embeddings_encode_little_endian_floats() {
+        // 1.0f32 is 00 00 80 3f.
+        assert_eq!(base64_floats(&[1.0]), "AACAPw==");
+        assert_eq!(base64_floats(&[1.0, 1.0]), "AACAPwAAgD8=");
+    }
 
     #[test]
     fn model_names_may_carry_a_version_or_a_label() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
 use lantern_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use lantern_proto::lantern::v1::embedding_service_server::EmbeddingServiceServer;
 use lantern_proto::lantern::v1::generation_service_server::GenerationServiceServer;
 use lantern_proto::lantern::v1::model_service_server::ModelServiceServer;
 use tokio::sync::oneshot;
@@ -18,6 +19,7 @@ use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::embedding_service::EmbeddingServiceImpl;
 use super::generation_service::GenerationServiceImpl;
 use super::metrics::Metrics;
 use super::model_service::ModelServiceImpl;
@@ -81,6 +83,11 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
         )
         .add_service(
             GenerationServiceServer::new(GenerationServiceImpl::new(manager.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            EmbeddingServiceServer::new(EmbeddingServiceImpl::new(manager.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )

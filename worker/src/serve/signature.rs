@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::repository::{Manifest, TensorSpec};
-use crate::tensor::{DataType, Tensor};
+use crate::tensor::{DataType, Tensor, Values};
 
 /// A request in protocol-neutral form.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +59,27 @@ pub fn prepare(manifest: &Manifest, request: &InferRequest) -> Result<Rows> {
         return Err(Error::invalid(format!("input {:?} has no rows", tensor.name)));
     }
     Ok(Rows { rows, values: tensor.to_f32_lossless()? })
+}
+
+/// The UTF-8 texts of a text model's single BYTES input, checked against `manifest`.
+pub fn texts(manifest: &Manifest, request: &InferRequest) -> Result<Vec<String>> {
+    let spec = &manifest.inputs[0];
+    check_requested_outputs(manifest, &request.outputs)?;
+    let tensor = match request.inputs.as_slice() {
+        [tensor] if tensor.name == spec.name => tensor,
+        _ => return Err(Error::invalid(format!("this model takes exactly one input {:?} (BYTES)", spec.name))),
+    };
+    let Values::Bytes(items) = &tensor.values else {
+        return Err(Error::invalid(format!("input {:?} must be BYTES, got {}", spec.name, tensor.datatype)));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            String::from_utf8(bytes.clone())
+                .map_err(|e| Error::invalid(format!("element {i} of input {:?} is not valid UTF-8: {e}", spec.name)))
+        })
+        .collect()
 }
 
 /// Keeps the outputs the request asked for (all when it named none).

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use super::batcher::{BatchSettings, Batcher};
 use super::config::{ServingConfig, VersionPolicy};
+use super::embedder::{Embedder, Embeddings};
 use super::engine::{Engine, EngineSettings};
 use super::generation;
 use super::metrics::{Metrics, UNKNOWN_MODEL};
@@ -140,6 +141,7 @@ struct LoadedVersion {
 enum Runtime {
     Tensor { batcher: Batcher, out_width: usize },
     Generate(LanguageModel),
+    Embed(Embedder),
 }
 
 /// A routed language-model version: its engine and its text interface.
@@ -426,13 +428,15 @@ impl ModelManager {
             Ok(loaded) => run(&loaded, request).await,
             Err(e) => Err(e),
         };
-        let code = match &result {
-            Ok(_) => tonic::Code::Ok,
-            Err(e) => status::grpc_code(e),
-        };
+        self.observe_request(model, version, &result, started);
+        result
+    }
+
+    /// Counts a finished request by model, version and status code.
+    fn observe_request<T>(&self, model: &str, version: Option<u64>, result: &Result<T>, started: Instant) {
+        let code = result.as_ref().err().map_or(tonic::Code::Ok, status::grpc_code);
         let label = if matches!(result, Err(Error::ModelNotFound { .. })) { UNKNOWN_MODEL } else { model };
         self.inner.metrics.observe_request(label, version, status::code_name(code), started.elapsed().as_secs_f64());
-        result
     }
 
     /// The metadata of the version `target` routes to (the newest available for no target).
@@ -614,14 +618,31 @@ impl ModelManager {
         let loaded = self.resolve(model, target, routing_key)?;
         match &loaded.runtime {
             Runtime::Generate(language_model) => Ok(language_model.clone()),
-            Runtime::Tensor { .. } => Err(Error::invalid(format!(
-                "model {model:?} version {} is a tensor model; it does not generate text",
-                loaded.version
-            ))),
+            _ => Err(Error::invalid(format!("model {model:?} version {} does not generate text", loaded.version))),
         }
     }
 
-    /// Models whose newest available version generates text, with that version.
+    /// Embeds `texts` with the version `target` routes to; refuses a model that does not embed.
+    pub async fn embed(
+        &self,
+        model: &str,
+        target: &Target,
+        routing_key: Option<&str>,
+        texts: Vec<String>,
+    ) -> Result<Embeddings> {
+        let started = Instant::now();
+        let result = match self.resolve(model, target, routing_key) {
+            Ok(loaded) => match &loaded.runtime {
+                Runtime::Embed(embedder) => embedder.embed(texts).await,
+                _ => Err(Error::invalid(format!("model {model:?} version {} does not embed text", loaded.version))),
+            },
+            Err(e) => Err(e),
+        };
+        self.observe_request(model, result.as_ref().ok().map(|e| e.version), &result, started);
+        result
+    }
+
+    /// Models whose newest available version generates or embeds text, with that version.
     pub fn language_models(&self) -> Vec<(String, u64)> {
         let models = self.inner.read();
         models
@@ -629,7 +650,8 @@ impl ModelManager {
             .filter(|(_, state)| state.enabled)
             .filter_map(|(name, state)| {
                 let version = state.newest_available()?;
-                matches!(state.loaded(version).runtime, Runtime::Generate(_)).then(|| (name.clone(), version))
+                let runtime = &state.loaded(version).runtime;
+                matches!(runtime, Runtime::Generate(_) | Runtime::Embed(_)).then(|| (name.clone(), version))
             })
             .collect()
     }
@@ -667,6 +689,13 @@ async fn run(loaded: &LoadedVersion, request: InferRequest) -> Result<InferRespo
             Tensor::f32(spec.name.clone(), vec![rows.rows as i64, *out_width as i64], output)
         }
         Runtime::Generate(language_model) => generation::infer_text(language_model, &loaded.manifest, &request).await?,
+        Runtime::Embed(embedder) => {
+            let texts = signature::texts(&loaded.manifest, &request)?;
+            let embeddings = embedder.embed(texts).await?;
+            let rows = embeddings.vectors.len() as i64;
+            let values = embeddings.vectors.concat();
+            Tensor::f32(loaded.manifest.outputs[0].name.clone(), vec![rows, embedder.dimension() as i64], values)
+        }
     };
     Ok(InferResponse { version: loaded.version, outputs: signature::select_outputs(&request.outputs, vec![output]) })
 }
@@ -720,6 +749,10 @@ impl Inner {
                 let metrics = self.metrics.version(model, version);
                 let (batcher, drained) = Batcher::spawn(id, tensor_model, self.settings.batch, in_width, metrics)?;
                 (Runtime::Tensor { batcher, out_width }, drained)
+            }
+            LoadedModel::Embed(encoder) => {
+                let (embedder, drained) = Embedder::new(id, *encoder, self.metrics.version(model, version));
+                (Runtime::Embed(embedder), drained)
             }
             LoadedModel::Generate { model: llama, codec } => {
                 let metrics = self.metrics.generation(model, version);

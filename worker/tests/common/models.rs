@@ -13,3 +13,13 @@ pub fn smollm2_path() -> Option<PathBuf> {
     }
     Some(path)
 }
+
+/// The all-MiniLM-L6-v2 checkpoint directory, or `None` with a loud message when it is not fetched.
+pub fn minilm_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/all-minilm-l6-v2");
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!("SKIPPED: {} is missing; run scripts/fetch-test-models.sh (the test command does)", dir.display());
+        return None;
+    }
+    Some(dir)
+}

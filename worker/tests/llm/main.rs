@@ -1,5 +1,6 @@
-//! Language-model building blocks on the real SmolLM2 GGUF (fetched by
-//! `scripts/fetch-test-models.sh`, which the test command runs).
+//! Language models on the real SmolLM2 GGUF and the real all-MiniLM-L6-v2 checkpoint (fetched by
+//! `scripts/fetch-test-models.sh`, which the test command runs): tokenizers, chat template, the
+//! llama forward and the BERT sentence encoder against candle-transformers' implementations.
 
 use std::collections::HashMap;
 
@@ -9,7 +10,10 @@ use lantern_worker::llm::chat::{ChatTemplate, Message};
 use lantern_worker::llm::kv_cache::{BlockTable, KvCache};
 use lantern_worker::llm::sampling;
 use lantern_worker::llm::tokenizer::Tokenizer;
+use lantern_worker::model::bert::SentenceEncoder;
 use lantern_worker::model::llama::{Llama, SequenceStep};
+use lantern_worker::model::{LoadedModel, load};
+use lantern_worker::repository::{self, PublishRequest, Repository};
 
 #[path = "../common/models.rs"]
 mod models;
@@ -207,4 +211,93 @@ fn a_prompt_longer_than_the_context_is_refused_with_both_numbers() {
     let err = model.forward(&mut [step], &mut cache).unwrap_err().to_string();
     assert!(err.contains(&(context + 1).to_string()) && err.contains(&context.to_string()), "{err}");
     assert!(table.is_empty(), "a refused step must not touch the cache");
+}
+
+/// MiniLM loaded the way the worker loads it: publish the checkpoint, read it back verified.
+fn minilm() -> Option<(SentenceEncoder, candle_transformers::models::bert::BertModel, tokenizers::Tokenizer)> {
+    let dir = models::minilm_dir()?;
+    let repo = tempfile::tempdir().unwrap();
+    let request = PublishRequest { root: repo.path(), model: "minilm", source: &dir, version: None, metrics: &[] };
+    let version = repository::publish(&request).unwrap();
+    let verified = Repository::new(repo.path()).read_verified("minilm", version).unwrap();
+    let LoadedModel::Embed(encoder) = load("minilm", version, &verified, &Device::Cpu).unwrap() else {
+        panic!("a BERT checkpoint loads as an embedding model");
+    };
+    let config: candle_transformers::models::bert::Config =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let vb = reference_weights(&dir.join("model.safetensors"));
+    let reference = candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
+    let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    tokenizer.with_padding(None).with_truncation(None).unwrap();
+    Some((*encoder, reference, tokenizer))
+}
+
+fn reference_weights(path: &std::path::Path) -> candle_nn::VarBuilder<'static> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu)
+}
+
+/// The reference: candle-transformers' BERT, mean pooled over the tokens and normalized.
+fn reference_embedding(
+    model: &candle_transformers::models::bert::BertModel,
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+) -> Vec<f32> {
+    let ids = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+    let ids = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let hidden = model.forward(&ids, &ids.zeros_like().unwrap(), None).unwrap();
+    let pooled = hidden.mean(1).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+    let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt();
+    pooled.iter().map(|v| v / norm).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn minilm_embeddings_match_the_candle_reference_alone_and_batched() {
+    let Some((encoder, reference, tokenizer)) = minilm() else { return };
+    let texts: Vec<String> =
+        ["A man is playing a guitar.", "Short.", "The quick brown fox jumps over the lazy dog again."]
+            .map(String::from)
+            .to_vec();
+    let (batched, tokens) = encoder.encode(&texts).unwrap();
+    assert_eq!(batched.len(), 3);
+    assert_eq!(tokens, texts.iter().map(|t| tokenizer.encode(t.as_str(), true).unwrap().len()).sum::<usize>());
+    for (text, embedding) in texts.iter().zip(&batched) {
+        assert_eq!(embedding.len(), 384);
+        let expected = reference_embedding(&reference, &tokenizer, text);
+        let alone = encoder.encode(std::slice::from_ref(text)).unwrap().0.remove(0);
+        for ((b, a), e) in embedding.iter().zip(&alone).zip(&expected) {
+            assert!((b - e).abs() < 1e-5 && (a - e).abs() < 1e-5, "{text:?}: batched {b}, alone {a}, reference {e}");
+        }
+        assert!((cosine(embedding, embedding) - 1.0).abs() < 1e-5, "unit length");
+    }
+}
+
+#[test]
+fn minilm_places_paraphrases_closer_than_unrelated_sentences() {
+    let Some((encoder, _, _)) = minilm() else { return };
+    let texts: Vec<String> = [
+        "How do I bake bread at home?",
+        "What is a simple recipe for homemade bread?",
+        "The stock market fell sharply on Monday.",
+        "Shares dropped steeply at the start of the week.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (e, _) = encoder.encode(&texts).unwrap();
+    let (bread, markets, across) = (cosine(&e[0], &e[1]), cosine(&e[2], &e[3]), cosine(&e[0], &e[2]));
+    assert!(bread > across + 0.3 && markets > across + 0.3, "bread {bread}, markets {markets}, unrelated {across}");
+}
+
+#[test]
+fn minilm_refuses_empty_and_overlong_inputs_with_the_numbers() {
+    let Some((encoder, _, _)) = minilm() else { return };
+    assert!(encoder.encode(&[]).unwrap_err().to_string().contains("no input"));
+    let empty = encoder.encode(&["fine".into(), String::new()]).unwrap_err().to_string();
+    assert!(empty.contains("input 1 is empty"), "{empty}");
+    let long = encoder.encode(&["word ".repeat(300)]).unwrap_err().to_string();
+    assert!(long.contains("302 tokens") && long.contains("at most 256"), "{long}");
 }

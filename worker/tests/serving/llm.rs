@@ -15,9 +15,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::fixtures::{Harness, fast_settings, local_options};
-
-#[path = "../common/models.rs"]
-mod models;
+use crate::models;
 
 pub const MODEL: &str = "smollm2";
 

@@ -2,10 +2,13 @@
 //! HTTP clients and real model files.
 
 mod bad_input;
+mod embeddings;
 mod fixtures;
 mod hot_reload;
 mod lifecycle;
 mod llm;
+#[path = "../common/models.rs"]
+mod models;
 mod python_client;
 mod rest;
 mod routing;

@@ -1,12 +1,14 @@
 //! Language-model figures through a running worker, as a client sees them: gRPC `Generate` on
 //! the published GGUF, greedy. Prefill from the time to first token of a 256-token prompt;
 //! single-stream decode from the gaps between tokens; aggregate output tokens/s and TTFT
-//! percentiles with 4, 8 and 16 streams started together.
+//! percentiles with 4, 8 and 16 streams started together. Embeddings: gRPC `Embed` with batches
+//! of 32 sentences.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
+use lantern_proto::lantern::v1::embedding_service_client::EmbeddingServiceClient;
 use lantern_proto::lantern::v1::generate_request::Input;
 use lantern_proto::lantern::v1::generation_service_client::GenerationServiceClient;
 use lantern_proto::lantern::v1::{self as pb};
@@ -82,6 +84,49 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
             percentile(0.99),
         );
     }
+    Ok(())
+}
+
+/// Sentences per embedding request.
+const EMBED_BATCH: usize = 32;
+
+/// Prints sentences/s for batches of 32 sentences, or says why not when the model is missing.
+pub async fn embedding_figures(checkpoint: &Path) -> anyhow::Result<()> {
+    if !checkpoint.join("model.safetensors").is_file() {
+        println!("\nembeddings: {} is missing; run scripts/fetch-test-models.sh", checkpoint.display());
+        return Ok(());
+    }
+    let repo = tempfile::tempdir()?;
+    let request = PublishRequest { root: repo.path(), model: "embed", source: checkpoint, version: None, metrics: &[] };
+    repository::publish(&request)?;
+    let server = start(repo.path(), Duration::from_secs(2)).await?;
+    wait_available(&server, "embed", 1).await?;
+    let mut client = EmbeddingServiceClient::connect(format!("http://{}", server.local_addr())).await?;
+    let subjects = ["The cat", "A young engineer", "Our team", "The old bridge", "Every morning the market"];
+    let endings = [
+        "sat quietly by the window.",
+        "shipped the release before the deadline.",
+        "was repaired after the storm.",
+        "opens early and closes late.",
+    ];
+    let sentences: Vec<String> =
+        (0..EMBED_BATCH).map(|i| format!("{} {}", subjects[i % subjects.len()], endings[i % endings.len()])).collect();
+    let request = pb::EmbedRequest { model_name: "embed".into(), texts: sentences, ..Default::default() };
+    client.embed(request.clone()).await?;
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = client.embed(request.clone()).await?.into_inner();
+        anyhow::ensure!(response.embeddings.len() == EMBED_BATCH, "wrong number of embeddings");
+        rates.push(EMBED_BATCH as f64 / started.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "\nembeddings {} through gRPC Embed ({} threads)\n  batch of {EMBED_BATCH} sentences: {:.1} sentences/s (median of 5)",
+        checkpoint.display(),
+        compute_threads::default_threads(),
+        rates[2]
+    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! 2. Version swaps under load: failed requests, time from `publish` to the first request served
 //!    by the new version, and resident memory before and after.
 //! 3. Language-model generation ([`llm`]): prefill, single-stream and aggregate decode, TTFT.
+//! 4. Sentence embeddings ([`llm`]): sentences/s at batch 32.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -59,11 +60,14 @@ struct Args {
     #[arg(long, default_value_t = 2048)]
     swap_width: usize,
     /// Which figures to print.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "serving,swaps,llm")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "serving,swaps,llm,embed")]
     sections: Vec<Section>,
     /// GGUF model for the language-model figures (fetched by scripts/fetch-test-models.sh).
     #[arg(long, default_value = ".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
     gguf: std::path::PathBuf,
+    /// Sentence-embedding checkpoint for the embedding figures (fetched by the same script).
+    #[arg(long, default_value = ".cache/models/all-minilm-l6-v2")]
+    minilm: std::path::PathBuf,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +75,7 @@ enum Section {
     Serving,
     Swaps,
     Llm,
+    Embed,
 }
 
 const SMALL_MLP: [usize; 3] = [16, 64, 8];
@@ -89,6 +94,9 @@ fn main() -> anyhow::Result<()> {
         }
         if args.sections.contains(&Section::Llm) {
             llm::figures(&args.gguf).await?;
+        }
+        if args.sections.contains(&Section::Embed) {
+            llm::embedding_figures(&args.minilm).await?;
         }
         anyhow::Ok(())
     })

@@ -1,0 +1,123 @@
+//! Sentence embeddings served from the real all-MiniLM-L6-v2 checkpoint, published as is (no
+//! manifest): OpenAI `/v1/embeddings` (float and base64), gRPC `Embed`, OIP `ModelInfer` with
+//! BYTES texts, and the bad inputs.
+
+use lantern_proto::lantern::v1::embedding_service_client::EmbeddingServiceClient;
+use lantern_proto::lantern::v1::{self as pb, VersionState};
+use lantern_worker::repository::{self, PublishRequest};
+use serde_json::{Value, json};
+use tonic::Code;
+
+use crate::fixtures::Harness;
+use crate::models;
+
+const MODEL: &str = "minilm";
+
+async fn serving_minilm() -> Option<Harness> {
+    let dir = models::minilm_dir()?;
+    let harness = Harness::start().await;
+    let request = PublishRequest { root: harness.repo.path(), model: MODEL, source: &dir, version: None, metrics: &[] };
+    repository::publish(&request).unwrap();
+    harness.server.manager().reconcile_now();
+    harness.wait_for(MODEL, 1, VersionState::Available).await;
+    Some(harness)
+}
+
+async fn post(harness: &Harness, path: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new().post(format!("{}{path}", harness.url())).json(body).send().await.unwrap()
+}
+
+fn floats(value: &Value) -> Vec<f32> {
+    value.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
+}
+
+fn decode_base64(text: &str) -> Vec<f32> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let mut bytes = Vec::new();
+    for chunk in text.as_bytes().chunks(4) {
+        let n = chunk
+            .iter()
+            .filter(|&&c| c != b'=')
+            .enumerate()
+            .fold(0u32, |n, (i, &c)| n | u32::from(value(c)) << (18 - 6 * i));
+        let real = chunk.iter().filter(|&&c| c != b'=').count() - 1;
+        bytes.extend((0..real).map(|i| (n >> (16 - 8 * i)) as u8));
+    }
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+#[tokio::test]
+async fn the_three_apis_return_the_same_unit_embeddings() {
+    let Some(harness) = serving_minilm().await else { return };
+    let texts = ["A cat sits on the mat.", "Stock prices rose today."];
+    let response = post(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": texts})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-lantern-model-version"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"][1]["index"], 1);
+    let openai: Vec<Vec<f32>> = (0..2).map(|i| floats(&body["data"][i]["embedding"])).collect();
+    assert_eq!(openai[0].len(), 384);
+    let tokens = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(tokens > 10, "{body}");
+    assert_eq!(body["usage"]["total_tokens"], tokens);
+
+    let base64: Value =
+        post(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": texts[0], "encoding_format": "base64"}))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(decode_base64(base64["data"][0]["embedding"].as_str().unwrap()), openai[0]);
+
+    let mut client = EmbeddingServiceClient::connect(harness.url()).await.unwrap();
+    let request =
+        pb::EmbedRequest { model_name: MODEL.into(), texts: texts.map(String::from).to_vec(), ..Default::default() };
+    let grpc = client.embed(request).await.unwrap().into_inner();
+    assert_eq!(grpc.model_version, 1);
+    assert_eq!(u64::from(grpc.prompt_tokens), tokens);
+    for (from_grpc, from_http) in grpc.embeddings.iter().zip(&openai) {
+        assert_eq!(&from_grpc.values, from_http);
+    }
+
+    let infer = json!({"inputs": [{"name": "text_input", "shape": [2], "datatype": "BYTES", "data": texts}]});
+    let answer: Value = post(&harness, &format!("/v2/models/{MODEL}/infer"), &infer).await.json().await.unwrap();
+    assert_eq!(answer["outputs"][0]["name"], "embedding", "{answer}");
+    assert_eq!(answer["outputs"][0]["shape"], json!([2, 384]));
+    assert_eq!(floats(&answer["outputs"][0]["data"])[384..], openai[1][..]);
+}
+
+#[tokio::test]
+async fn bad_embedding_requests_get_precise_errors() {
+    let Some(harness) = serving_minilm().await else { return };
+    let cases = [
+        (json!({"model": MODEL, "input": []}), 400, "no input"),
+        (json!({"model": MODEL, "input": ["fine", ""]}), 400, "input 1 is empty"),
+        (json!({"model": MODEL, "input": "word ".repeat(300)}), 400, "at most 256"),
+        (json!({"model": MODEL, "input": "x", "encoding_format": "int8"}), 400, "encoding_format"),
+        (json!({"model": "nope", "input": "x"}), 404, "nope"),
+        (json!({"model": MODEL}), 400, "input"),
+    ];
+    for (body, status, needle) in cases {
+        let response = post(&harness, "/v1/embeddings", &body).await;
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message:?} should say {needle:?}");
+    }
+    // A generation request to an embedding model is refused, and the model keeps serving.
+    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
+    let refused = post(&harness, "/v1/chat/completions", &chat).await;
+    assert_eq!(refused.status(), 400);
+    let mut client = EmbeddingServiceClient::connect(harness.url()).await.unwrap();
+    let empty = pb::EmbedRequest { model_name: MODEL.into(), ..Default::default() };
+    assert_eq!(client.embed(empty).await.unwrap_err().code(), Code::InvalidArgument);
+    let ok = post(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": "still here"})).await;
+    assert_eq!(ok.status(), 200);
+}
