@@ -1,6 +1,6 @@
 //! How text becomes a language model's input and its output becomes text again: the tokenizer,
 //! the chat template and the special-token strings the template refers to, loaded together from a
-//! model's files ([`TextCodec::from_gguf`]).
+//! model's files ([`TextCodec::from_gguf`], [`TextCodec::from_hf`]).
 
 use std::collections::HashMap;
 
@@ -36,6 +36,35 @@ impl TextCodec {
                 .unwrap_or_default()
         };
         let (bos, eos) = (special("tokenizer.ggml.bos_token_id"), special("tokenizer.ggml.eos_token_id"));
+        Ok(Self { tokenizer, chat, bos, eos })
+    }
+
+    /// The tokenizer and chat template of an HF checkpoint: `tokenizer.json`, and
+    /// `tokenizer_config.json` (chat template, BOS and EOS tokens) when it has one.
+    pub fn from_hf(tokenizer_json: &[u8], tokenizer_config: Option<&[u8]>) -> Result<Self> {
+        let config: serde_json::Value = match tokenizer_config {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|e| Error::ModelFile(format!("tokenizer_config.json is not valid JSON: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        // A token is written either as a string or as {"content": "..."}.
+        let token = |key: &str| -> String {
+            let value = &config[key];
+            value.as_str().or_else(|| value["content"].as_str()).unwrap_or_default().to_owned()
+        };
+        let (bos, eos) = (token("bos_token"), token("eos_token"));
+        let tokenizer = Tokenizer::from_json(tokenizer_json, &[eos.as_str()])?;
+        let chat = match &config["chat_template"] {
+            serde_json::Value::String(source) => Some(ChatTemplate::new(source.clone())?),
+            // Several named templates: the default one.
+            serde_json::Value::Array(templates) => templates
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+                .map(|source| ChatTemplate::new(source.to_owned()))
+                .transpose()?,
+            _ => None,
+        };
         Ok(Self { tokenizer, chat, bos, eos })
     }
 

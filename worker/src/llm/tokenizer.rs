@@ -150,6 +150,11 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).map_err(|e| Error::invalid(format!("cannot decode token ids: {e}")))
     }
 
+    /// The tokenizer in `tokenizer.json` form, for writing a checkpoint in HF layout.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| invalid_tokenizer(format!("serializing: {e}")))
+    }
+
     /// The id of a token, if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

@@ -6,13 +6,16 @@
 //!
 //! GGUF tensor names follow llama.cpp (`token_embd`, `blk.{i}.attn_q`, …, `output_norm`,
 //! `output`, tied to `token_embd` when absent); rotary embeddings are the interleaved form GGUF
-//! llama files are converted for.
+//! llama files are converted for. HF checkpoints ([`Llama::from_hf`]) load into the same
+//! structure.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
 
 use super::quantized::QLinear;
 use crate::error::{Error, Result};
@@ -62,9 +65,58 @@ impl Config {
                 as f64,
             context_length: usize_of("llama.context_length")?,
         };
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
-            return Err(invalid(format!("inconsistent attention shape: {config:?}")));
+        config.check().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let Self { heads, kv_heads, head_dim, .. } = *self;
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || head_dim % 2 != 0 {
+            return Err(format!("inconsistent attention shape: {self:?}"));
         }
+        Ok(())
+    }
+}
+
+/// An HF checkpoint's `config.json` for the llama architecture.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct HfConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f32,
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_rope_theta() -> f32 {
+    10_000.0
+}
+
+impl HfConfig {
+    fn to_config(&self) -> Result<Config> {
+        let heads = self.num_attention_heads;
+        let config = Config {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            layers: self.num_hidden_layers,
+            heads,
+            kv_heads: self.num_key_value_heads.unwrap_or(heads),
+            head_dim: self.head_dim.unwrap_or(self.hidden_size / heads.max(1)),
+            rope_theta: self.rope_theta,
+            rms_eps: self.rms_norm_eps,
+            context_length: self.max_position_embeddings,
+        };
+        config.check().map_err(|reason| Error::ModelFile(format!("llama config.json: {reason}")))?;
         Ok(config)
     }
 }
@@ -139,6 +191,51 @@ impl Llama {
         }
         let (cos, sin) = rotary_tables(&config, device).map_err(|e| invalid(e.to_string()))?;
         Ok(Self { config, embeddings, layers, norm, output, cos, sin })
+    }
+
+    /// Loads an HF checkpoint (`model.layers.{i}.self_attn.q_proj`, …; f32, f16 or bf16, computed
+    /// in f32). HF orders each head's query and key rows for the half-split rotary form; they are
+    /// reordered here to the interleaved form this forward uses (the permutation llama.cpp
+    /// applies when converting to GGUF), so both layouts share one forward pass.
+    pub fn from_hf(vb: VarBuilder<'_>, hf: &HfConfig) -> Result<Self> {
+        let config = hf.to_config()?;
+        let fail = |e: candle_core::Error| Error::ModelFile(format!("llama safetensors: {e}"));
+        let Config { hidden_size, heads, kv_heads, head_dim, .. } = config;
+        let dense = |vb: &VarBuilder<'_>, name: &str, shape: (usize, usize)| vb.get(shape, name).map_err(fail);
+        let interleaved = |w: Tensor, heads: usize| -> Result<Tensor> {
+            let rows = w.dim(0).map_err(fail)?;
+            let permuted = w
+                .reshape((heads, 2, head_dim / 2, hidden_size))
+                .and_then(|w| w.transpose(1, 2))
+                .and_then(|w| w.reshape((rows, hidden_size)));
+            permuted.map_err(fail)
+        };
+        let model = vb.pp("model");
+        let embeddings = dense(&model, "embed_tokens.weight", (hf.vocab_size, hidden_size))?;
+        let norm = model.get(hidden_size, "norm.weight").map_err(fail)?;
+        let output = match hf.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
+            true => embeddings.clone(),
+            false => dense(&vb, "lm_head.weight", (hf.vocab_size, hidden_size))?,
+        };
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let layer = model.pp(format!("layers.{i}"));
+            let linear = |name: &str, shape| dense(&layer, &format!("{name}.weight"), shape);
+            let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+            layers.push(Layer {
+                attn_norm: layer.get(hidden_size, "input_layernorm.weight").map_err(fail)?,
+                wq: QLinear::dense(interleaved(linear("self_attn.q_proj", (q, hidden_size))?, heads)?),
+                wk: QLinear::dense(interleaved(linear("self_attn.k_proj", (kv, hidden_size))?, kv_heads)?),
+                wv: QLinear::dense(linear("self_attn.v_proj", (kv, hidden_size))?),
+                wo: QLinear::dense(linear("self_attn.o_proj", (hidden_size, q))?),
+                ffn_norm: layer.get(hidden_size, "post_attention_layernorm.weight").map_err(fail)?,
+                w_gate: QLinear::dense(linear("mlp.gate_proj", (hf.intermediate_size, hidden_size))?),
+                w_up: QLinear::dense(linear("mlp.up_proj", (hf.intermediate_size, hidden_size))?),
+                w_down: QLinear::dense(linear("mlp.down_proj", (hidden_size, hf.intermediate_size))?),
+            });
+        }
+        let (cos, sin) = rotary_tables(&config, vb.device()).map_err(fail)?;
+        Ok(Self { config, embeddings, layers, norm, output: QLinear::dense(output), cos, sin })
     }
 
     /// The model's hyper-parameters.

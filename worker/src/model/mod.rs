@@ -71,6 +71,19 @@ pub fn load(model: &str, version: u64, verified: &VerifiedVersion, device: &Devi
                 llama::Llama::from_gguf(&content, &mut reader, device).map_err(|e| fail(format!("{path}: {e}")))?;
             Ok(LoadedModel::Generate { model: Box::new(llama), codec: Arc::new(codec) })
         }
+        (Architecture::Llama, Format::Safetensors, Task::Generate) => {
+            let file = |name: &str| verified.files.get(name).ok_or_else(|| fail(format!("the version has no {name}")));
+            let config: llama::HfConfig = serde_json::from_slice(file("config.json")?)
+                .map_err(|e| fail(format!("config.json is not a llama config: {e}")))?;
+            let vb = weights(verified, device).map_err(fail)?;
+            let llama = llama::Llama::from_hf(vb, &config).map_err(|e| fail(e.to_string()))?;
+            let codec = TextCodec::from_hf(
+                file("tokenizer.json")?,
+                verified.files.get("tokenizer_config.json").map(Vec::as_slice),
+            )
+            .map_err(|e| fail(e.to_string()))?;
+            Ok(LoadedModel::Generate { model: Box::new(llama), codec: Arc::new(codec) })
+        }
         (Architecture::Bert, Format::Safetensors, Task::Embed) => {
             let file = |name: &str| verified.files.get(name).ok_or_else(|| fail(format!("the version has no {name}")));
             let config: bert::Config = serde_json::from_slice(file("config.json")?)
@@ -95,4 +108,19 @@ pub fn load(model: &str, version: u64, verified: &VerifiedVersion, device: &Devi
             "no model implementation for architecture {architecture:?} in format {format:?} for task {task:?}"
         ))),
     }
+}
+
+/// Every `.safetensors` file of a version (one, or the shards of a large checkpoint) as one set of
+/// weights, read as f32 whatever the stored type.
+fn weights(verified: &VerifiedVersion, device: &Device) -> std::result::Result<candle_nn::VarBuilder<'static>, String> {
+    let mut tensors = std::collections::HashMap::new();
+    for (path, bytes) in verified.files.iter().filter(|(path, _)| path.ends_with(".safetensors")) {
+        let file = candle_core::safetensors::load_buffer(bytes, device)
+            .map_err(|e| format!("{path} is not valid safetensors: {e}"))?;
+        tensors.extend(file);
+    }
+    if tensors.is_empty() {
+        return Err("the version has no .safetensors file".into());
+    }
+    Ok(candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, device))
 }

@@ -1,5 +1,5 @@
-//! Linear layers over GGUF weights. Q4_1 runs on our own kernel; every other type on candle's
-//! `QMatMul`.
+//! Linear layers over GGUF weights (or dense ones). Q4_1 runs on our own kernel; every other
+//! type on candle's `QMatMul`.
 //!
 //! Why a kernel of our own: candle 0.11's Q4_1 × Q8_1 dot product is scalar and computes each
 //! (input row, weight row) pair on its own, so decoding several sequences together costs as much
@@ -36,6 +36,11 @@ impl QLinear {
             GgmlDType::Q4_1 => Ok(Self::Q4_1(Q4_1Matrix::new(&weights)?)),
             _ => Ok(Self::Other(QMatMul::from_qtensor(weights)?)),
         }
+    }
+
+    /// A linear layer over dense f32 weights `[out, in]`.
+    pub fn dense(weights: Tensor) -> Self {
+        Self::Other(QMatMul::Tensor(weights))
     }
 
     /// `x` is `[rows, in]`; the result `[rows, out]`.

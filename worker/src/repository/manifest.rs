@@ -99,6 +99,11 @@ impl Manifest {
         Self::text_model(Format::Gguf, Architecture::Llama, Task::Generate, text(TEXT_INPUT), text(TEXT_OUTPUT))
     }
 
+    /// The manifest of a llama model in HF layout (`config.json`, safetensors, `tokenizer.json`).
+    pub fn hf_language_model() -> Self {
+        Self { format: Format::Safetensors, ..Self::gguf_language_model() }
+    }
+
     /// The manifest of a BERT sentence encoder in HF layout: texts in, `dimension`-wide FP32
     /// embeddings out.
     pub fn bert_embeddings(dimension: usize) -> Self {

@@ -21,9 +21,9 @@ pub struct PublishRequest<'a> {
     pub model: &'a str,
     /// A directory holding the model's files and a `manifest.json` without (or with stale)
     /// `files`; every other file in it, recursively, becomes part of the version. Without a
-    /// manifest, an HF checkpoint directory whose `config.json` says `"model_type": "bert"` is
-    /// published as a sentence encoder. Or a single `.gguf` file, published as a llama language
-    /// model with the standard text signature.
+    /// manifest, an HF checkpoint directory is published by its `config.json`'s `model_type`:
+    /// `bert` as a sentence encoder, `llama` as a language model. Or a single `.gguf` file,
+    /// published as a llama language model with the standard text signature.
     pub source: &'a Path,
     /// The version number to publish as; `None` takes one more than the highest existing.
     pub version: Option<u64>,
@@ -85,8 +85,9 @@ fn infer_hf_manifest(config_path: &Path) -> Result<Manifest> {
             let dimension = config["hidden_size"].as_u64().ok_or_else(|| fail("no hidden_size".into()))?;
             Ok(Manifest::bert_embeddings(dimension as usize))
         }
+        Some("llama") => Ok(Manifest::hf_language_model()),
         other => {
-            Err(fail(format!("model_type {other:?} cannot be published without a manifest.json (known: \"bert\")")))
+            Err(fail(format!("model_type {other:?} cannot be published without a manifest.json (known: bert, llama)")))
         }
     }
 }

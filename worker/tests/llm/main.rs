@@ -301,3 +301,104 @@ fn minilm_refuses_empty_and_overlong_inputs_with_the_numbers() {
     let long = encoder.encode(&["word ".repeat(300)]).unwrap_err().to_string();
     assert!(long.contains("302 tokens") && long.contains("at most 256"), "{long}");
 }
+
+/// Deterministic values in `[-scale, scale]`.
+fn noise(count: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Writes a small random llama in HF layout, the way Lantern's training publishes one: config,
+/// bf16 safetensors, SmolLM2's tokenizer as `tokenizer.json` and its chat template.
+fn write_hf_llama(dir: &std::path::Path) {
+    let (tokenizer, metadata) = smollm2().unwrap();
+    let (vocab, hidden, inner, layers, heads, kv_heads) = (49152, 64, 128, 2, 4, 2);
+    let head_dim = hidden / heads;
+    let config = serde_json::json!({
+        "model_type": "llama", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inner,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256, "tie_word_embeddings": true,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut seed = 0;
+    let mut tensor = |shape: (usize, usize), scale: f32| {
+        seed += 1;
+        Tensor::from_vec(noise(shape.0 * shape.1, seed, scale), shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(candle_core::DType::BF16)
+            .unwrap()
+    };
+    let mut tensors = HashMap::new();
+    tensors.insert("model.embed_tokens.weight".to_owned(), tensor((vocab, hidden), 1.0));
+    tensors.insert("model.norm.weight".to_owned(), tensor((1, hidden), 1.0).squeeze(0).unwrap());
+    for i in 0..layers {
+        let name = |suffix: &str| format!("model.layers.{i}.{suffix}.weight");
+        for (suffix, shape) in [
+            ("self_attn.q_proj", (heads * head_dim, hidden)),
+            ("self_attn.k_proj", (kv_heads * head_dim, hidden)),
+            ("self_attn.v_proj", (kv_heads * head_dim, hidden)),
+            ("self_attn.o_proj", (hidden, heads * head_dim)),
+            ("mlp.gate_proj", (inner, hidden)),
+            ("mlp.up_proj", (inner, hidden)),
+            ("mlp.down_proj", (hidden, inner)),
+        ] {
+            tensors.insert(name(suffix), tensor(shape, 0.3));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            tensors.insert(name(norm), tensor((1, hidden), 1.0).squeeze(0).unwrap());
+        }
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_json().unwrap()).unwrap();
+    let template = metadata["tokenizer.chat_template"].to_string().unwrap().clone();
+    let tokenizer_config = serde_json::json!({"chat_template": template, "bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}});
+    std::fs::write(dir.join("tokenizer_config.json"), tokenizer_config.to_string()).unwrap();
+}
+
+#[test]
+fn an_hf_llama_checkpoint_generates_like_the_candle_reference() {
+    if smollm2_path().is_none() {
+        return;
+    }
+    let source = tempfile::tempdir().unwrap();
+    write_hf_llama(source.path());
+    let repo = tempfile::tempdir().unwrap();
+    let request =
+        PublishRequest { root: repo.path(), model: "tiny", source: source.path(), version: None, metrics: &[] };
+    let version = repository::publish(&request).unwrap();
+    let verified = Repository::new(repo.path()).read_verified("tiny", version).unwrap();
+    assert_eq!(verified.manifest.architecture, lantern_worker::repository::Architecture::Llama);
+    let LoadedModel::Generate { model, codec } = load("tiny", version, &verified, &Device::Cpu).unwrap() else {
+        panic!("an HF llama checkpoint loads as a language model");
+    };
+    let prompt = codec.encode_chat(&[Message::new("user", "Hello there")]).unwrap();
+    assert_eq!(prompt.first(), codec.tokenizer().token_id("<|im_start|>").as_ref());
+    assert_eq!(codec.tokenizer().eos(), &[codec.tokenizer().token_id("<|im_end|>").unwrap()]);
+    let ours = generate_together(&model, std::slice::from_ref(&prompt), 10, usize::MAX).remove(0);
+
+    use candle_transformers::models::llama as reference;
+    let config: reference::LlamaConfig =
+        serde_json::from_slice(&std::fs::read(source.path().join("config.json")).unwrap()).unwrap();
+    let config = config.into_config(false);
+    let tensors = candle_core::safetensors::load(source.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
+    let llama = reference::Llama::load(vb, &config).unwrap();
+    let mut cache = reference::Cache::new(true, candle_core::DType::F32, &config, &Device::Cpu).unwrap();
+    let (mut input, mut position, mut expected) = (prompt.clone(), 0, Vec::new());
+    for _ in 0..10 {
+        let ids = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits = llama.forward(&ids, position, &mut cache).unwrap();
+        let token = sampling::argmax(&logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap());
+        position += input.len();
+        expected.push(token);
+        input = vec![token];
+    }
+    assert_eq!(ours, expected);
+}

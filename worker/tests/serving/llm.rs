@@ -330,8 +330,9 @@ async fn a_full_queue_answers_429_with_a_retry_hint() {
     else {
         return;
     };
-    let mut running = post(&harness, "/v1/chat/completions", &chat_body("Tell me a story.", 64, true)).await;
-    running.chunk().await.unwrap().expect("the first request runs");
+    let running = post(&harness, "/v1/chat/completions", &chat_body("Tell me a story.", 64, true)).await;
+    // The role chunk comes before admission; the gauge says when the request is running.
+    wait_metric(&harness, "running_sequences", |running| running == 1.0).await;
     let waiting = tokio::spawn({
         let url = harness.url();
         async move {
