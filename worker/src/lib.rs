@@ -19,8 +19,6 @@
 //!   (TF Serving's "never unload the last available version").
 //! - Models run on CPU; the `cuda` path comes with the LLM runtime.
 
-#![forbid(unsafe_code)]
-
 pub mod error;
 pub mod llm;
 pub mod model;
