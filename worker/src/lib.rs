@@ -3,12 +3,14 @@
 //! version, label or weighted split.
 //!
 //! - [`repository`]: the on-disk layout, manifests, digest verification, atomic `publish`.
-//! - [`model`]: candle model implementations (one module per architecture).
-//! - [`serve`]: version manager, batching, protocols; [`serve::server::start`] runs it all.
+//! - [`model`]: candle model implementations (one module per architecture: MLP, llama from GGUF
+//!   or HF checkpoints, BERT sentence embeddings) and the Q4_1 kernel.
+//! - [`serve`]: version manager, batching, the generation engine (continuous batching over a
+//!   paged KV cache), protocols (OIP v2, OpenAI-compatible HTTP, Lantern's gRPC services);
+//!   [`serve::server::start`] runs it all.
 //! - [`tensor`]: protocol-neutral tensors and datatype conversions.
 //! - [`llm`]: language-model building blocks: tokenizers (from `tokenizer.json` or GGUF metadata),
-//!   chat templates, sampling and stop strings. The llama forward pass is [`model::llama`]; the
-//!   generation engine and its serving are still to come.
+//!   chat templates, sampling, stop strings, the paged KV cache and the batching scheduler.
 //!
 //! Decisions worth knowing:
 //! - A version is loaded only after every file's sha256 matches its manifest; a failed load is
@@ -17,7 +19,9 @@
 //!   a rollout's stable version cannot be unloaded under it.
 //! - When every version directory of a model disappears, the newest loaded version keeps serving
 //!   (TF Serving's "never unload the last available version").
-//! - Models run on CPU; the `cuda` path comes with the LLM runtime.
+//! - A language model's greedy output does not depend on what else runs in the batch: every row
+//!   of a step is computed independently, and the Q4_1 kernel is bit-identical to candle's.
+//! - Models run on CPU; a `cuda` path is not built yet.
 
 pub mod error;
 pub mod llm;

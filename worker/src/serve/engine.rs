@@ -88,7 +88,8 @@ pub struct Usage {
 #[derive(Debug)]
 pub enum Event {
     /// A generated token and the text it adds (empty while a character or a possible stop string
-    /// is incomplete).
+    /// is incomplete, and for the end-of-sequence token, which is sent so token ids and usage
+    /// agree).
     Token {
         id: u32,
         text: String,
@@ -431,6 +432,8 @@ impl Loop {
         }
         sequence.last_token = Some(now);
         if self.codec.tokenizer().eos().contains(&token) {
+            // Counted in usage like any generated token; it adds no text.
+            let _ = sequence.events.send(Event::Token { id: token, text: String::new() });
             return Some(FinishReason::Stop);
         }
         let delta = match sequence.text.next(self.codec.tokenizer(), &sequence.tokens[sequence.prompt_len..]) {
