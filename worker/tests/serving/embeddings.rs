@@ -8,7 +8,7 @@ use lantern_worker::repository::{self, PublishRequest};
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::fixtures::Harness;
+use crate::fixtures::{Harness, assert_openai_errors, post_json};
 use crate::models;
 
 const MODEL: &str = "minilm";
@@ -21,10 +21,6 @@ async fn serving_minilm() -> Option<Harness> {
     harness.server.manager().reconcile_now();
     harness.wait_for(MODEL, 1, VersionState::Available).await;
     Some(harness)
-}
-
-async fn post(harness: &Harness, path: &str, body: &Value) -> reqwest::Response {
-    reqwest::Client::new().post(format!("{}{path}", harness.url())).json(body).send().await.unwrap()
 }
 
 fn floats(value: &Value) -> Vec<f32> {
@@ -56,7 +52,7 @@ fn decode_base64(text: &str) -> Vec<f32> {
 async fn the_three_apis_return_the_same_unit_embeddings() {
     let Some(harness) = serving_minilm().await else { return };
     let texts = ["A cat sits on the mat.", "Stock prices rose today."];
-    let response = post(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": texts})).await;
+    let response = post_json(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": texts})).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-lantern-model-version"], "1");
     let body: Value = response.json().await.unwrap();
@@ -69,7 +65,7 @@ async fn the_three_apis_return_the_same_unit_embeddings() {
     assert_eq!(body["usage"]["total_tokens"], tokens);
 
     let base64: Value =
-        post(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": texts[0], "encoding_format": "base64"}))
+        post_json(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": texts[0], "encoding_format": "base64"}))
             .await
             .json()
             .await
@@ -87,7 +83,7 @@ async fn the_three_apis_return_the_same_unit_embeddings() {
     }
 
     let infer = json!({"inputs": [{"name": "text_input", "shape": [2], "datatype": "BYTES", "data": texts}]});
-    let answer: Value = post(&harness, &format!("/v2/models/{MODEL}/infer"), &infer).await.json().await.unwrap();
+    let answer: Value = post_json(&harness, &format!("/v2/models/{MODEL}/infer"), &infer).await.json().await.unwrap();
     assert_eq!(answer["outputs"][0]["name"], "embedding", "{answer}");
     assert_eq!(answer["outputs"][0]["shape"], json!([2, 384]));
     assert_eq!(floats(&answer["outputs"][0]["data"])[384..], openai[1][..]);
@@ -104,20 +100,14 @@ async fn bad_embedding_requests_get_precise_errors() {
         (json!({"model": "nope", "input": "x"}), 404, "nope"),
         (json!({"model": MODEL}), 400, "input"),
     ];
-    for (body, status, needle) in cases {
-        let response = post(&harness, "/v1/embeddings", &body).await;
-        assert_eq!(response.status(), status, "{body}");
-        let error: Value = response.json().await.unwrap();
-        let message = error["error"]["message"].as_str().unwrap();
-        assert!(message.contains(needle), "{message:?} should say {needle:?}");
-    }
+    assert_openai_errors(&harness, "/v1/embeddings", cases.to_vec()).await;
     // A generation request to an embedding model is refused, and the model keeps serving.
     let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
-    let refused = post(&harness, "/v1/chat/completions", &chat).await;
+    let refused = post_json(&harness, "/v1/chat/completions", &chat).await;
     assert_eq!(refused.status(), 400);
     let mut client = EmbeddingServiceClient::connect(harness.url()).await.unwrap();
     let empty = pb::EmbedRequest { model_name: MODEL.into(), ..Default::default() };
     assert_eq!(client.embed(empty).await.unwrap_err().code(), Code::InvalidArgument);
-    let ok = post(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": "still here"})).await;
+    let ok = post_json(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": "still here"})).await;
     assert_eq!(ok.status(), 200);
 }

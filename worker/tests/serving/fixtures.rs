@@ -177,3 +177,20 @@ pub fn infer_request(model: &str, version: &str, rows: usize) -> ModelInferReque
 pub fn output_values(response: &ModelInferResponse) -> Vec<f32> {
     response.outputs[0].contents.as_ref().expect("typed response").fp32_contents.clone()
 }
+
+/// POSTs a JSON body to the harness's HTTP API.
+pub async fn post_json(harness: &Harness, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new().post(format!("{}{path}", harness.url())).json(body).send().await.unwrap()
+}
+
+/// Sends each body to `path` and checks the status and that OpenAI's error message contains the
+/// needle.
+pub async fn assert_openai_errors(harness: &Harness, path: &str, cases: Vec<(serde_json::Value, u16, &str)>) {
+    for (body, status, needle) in cases {
+        let response = post_json(harness, path, &body).await;
+        assert_eq!(response.status(), status, "{body}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message:?} should say {needle:?}");
+    }
+}

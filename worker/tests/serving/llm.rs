@@ -14,7 +14,7 @@ use lantern_worker::serve::engine::EngineSettings;
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::fixtures::{Harness, fast_settings, local_options};
+use crate::fixtures::{Harness, assert_openai_errors, fast_settings, local_options, post_json};
 use crate::models;
 
 pub const MODEL: &str = "smollm2";
@@ -49,10 +49,6 @@ fn chat_body(question: &str, max_tokens: u64, stream: bool) -> Value {
     })
 }
 
-async fn post(harness: &Harness, path: &str, body: &Value) -> reqwest::Response {
-    reqwest::Client::new().post(format!("{}{path}", harness.url())).json(body).send().await.unwrap()
-}
-
 /// The `data:` payloads of an SSE response, read as they arrive, until the stream ends.
 async fn sse_events(mut response: reqwest::Response) -> Vec<String> {
     let mut buffer = String::new();
@@ -65,6 +61,14 @@ async fn sse_events(mut response: reqwest::Response) -> Vec<String> {
         }
     }
     events
+}
+
+/// A greedy chat streamed in the background; resolves to its SSE payloads.
+fn spawn_chat_stream(harness: &Harness, question: &str, max_tokens: u64) -> tokio::task::JoinHandle<Vec<String>> {
+    let request = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", harness.url()))
+        .json(&chat_body(question, max_tokens, true));
+    tokio::spawn(async move { sse_events(request.send().await.unwrap()).await })
 }
 
 /// The text of the streamed chat chunks.
@@ -114,7 +118,7 @@ fn chat_prompt_tokens(question: &str) -> usize {
 async fn chat_completion_answers_with_the_chat_template_applied_and_usage() {
     let Some(harness) = serving_smollm2(|_| {}).await else { return };
     let response =
-        post(&harness, "/v1/chat/completions", &chat_body("What is the capital of France?", 12, false)).await;
+        post_json(&harness, "/v1/chat/completions", &chat_body("What is the capital of France?", 12, false)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-lantern-model-version"], "1");
     let body: Value = response.json().await.unwrap();
@@ -140,7 +144,7 @@ async fn streamed_chat_equals_the_whole_answer_and_concurrent_streams_equal_lone
     let mut alone = Vec::new();
     for question in questions {
         let body: Value =
-            post(&harness, "/v1/chat/completions", &chat_body(question, 16, false)).await.json().await.unwrap();
+            post_json(&harness, "/v1/chat/completions", &chat_body(question, 16, false)).await.json().await.unwrap();
         alone.push(body["choices"][0]["message"]["content"].as_str().unwrap().to_owned());
     }
     // Both at once, streamed: the prompts are prefilled in chunks of 24 tokens beside each other.
@@ -176,7 +180,7 @@ async fn grpc_generate_and_oip_bytes_give_the_completions_text() {
     let Some(harness) = serving_smollm2(|_| {}).await else { return };
     let prompt = "The three primary colours are";
     let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 10, "temperature": 0, "stop": ["\n\n"]});
-    let completion: Value = post(&harness, "/v1/completions", &body).await.json().await.unwrap();
+    let completion: Value = post_json(&harness, "/v1/completions", &body).await.json().await.unwrap();
     let expected = completion["choices"][0]["text"].as_str().unwrap().to_owned();
     assert!(!expected.is_empty());
 
@@ -206,7 +210,7 @@ async fn grpc_generate_and_oip_bytes_give_the_completions_text() {
         "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": [prompt]}],
         "parameters": {"max_tokens": 10, "temperature": 0, "stop": "\n\n"},
     });
-    let answer: Value = post(&harness, &format!("/v2/models/{MODEL}/infer"), &infer).await.json().await.unwrap();
+    let answer: Value = post_json(&harness, &format!("/v2/models/{MODEL}/infer"), &infer).await.json().await.unwrap();
     assert_eq!(answer["outputs"][0]["name"], "text_output", "{answer}");
     assert_eq!(answer["outputs"][0]["data"][0], expected.as_str());
 }
@@ -214,18 +218,8 @@ async fn grpc_generate_and_oip_bytes_give_the_completions_text() {
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_frees_its_kv_blocks_at_once() {
     let Some(harness) = serving_smollm2(|_| {}).await else { return };
-    let survivor = tokio::spawn({
-        let url = harness.url();
-        async move {
-            let response = reqwest::Client::new().post(format!("{url}/v1/chat/completions")).json(&chat_body(
-                "Count to ten.",
-                24,
-                true,
-            ));
-            sse_events(response.send().await.unwrap()).await
-        }
-    });
-    let leaver = post(&harness, "/v1/chat/completions", &chat_body("Tell me a long story.", 200, true)).await;
+    let survivor = spawn_chat_stream(&harness, "Count to ten.", 24);
+    let leaver = post_json(&harness, "/v1/chat/completions", &chat_body("Tell me a long story.", 200, true)).await;
     wait_metric(&harness, "generated_tokens_total", |tokens| tokens >= 4.0).await;
     assert!(metric(&harness, "kv_cache_blocks_used").await > 0.0);
     drop(leaver);
@@ -268,17 +262,7 @@ async fn a_new_version_hot_loads_while_streams_finish_on_theirs() {
 #[tokio::test]
 async fn bad_generation_requests_get_precise_errors_and_streams_keep_going() {
     let Some(harness) = serving_smollm2(|_| {}).await else { return };
-    let running = tokio::spawn({
-        let url = harness.url();
-        async move {
-            let response = reqwest::Client::new().post(format!("{url}/v1/chat/completions")).json(&chat_body(
-                "Say hello.",
-                24,
-                true,
-            ));
-            sse_events(response.send().await.unwrap()).await
-        }
-    });
+    let running = spawn_chat_stream(&harness, "Say hello.", 24);
     let long_prompt = "word ".repeat(9000);
     let cases = [
         (json!({"model": MODEL, "prompt": long_prompt}), 400, "context is"),
@@ -290,13 +274,7 @@ async fn bad_generation_requests_get_precise_errors_and_streams_keep_going() {
         (json!({"model": MODEL, "prompt": "Hi", "n": 3}), 400, "n = 1"),
         (json!({"prompt": "Hi"}), 400, "model"),
     ];
-    for (body, status, needle) in cases {
-        let response = post(&harness, "/v1/completions", &body).await;
-        assert_eq!(response.status(), status, "{body}");
-        let error: Value = response.json().await.unwrap();
-        let message = error["error"]["message"].as_str().unwrap();
-        assert!(message.contains(needle), "{message:?} should say {needle:?}");
-    }
+    assert_openai_errors(&harness, "/v1/completions", cases.to_vec()).await;
     let invalid_utf8 = reqwest::Client::new()
         .post(format!("{}/v1/completions", harness.url()))
         .header("content-type", "application/json")
@@ -330,7 +308,7 @@ async fn a_full_queue_answers_429_with_a_retry_hint() {
     else {
         return;
     };
-    let running = post(&harness, "/v1/chat/completions", &chat_body("Tell me a story.", 64, true)).await;
+    let running = post_json(&harness, "/v1/chat/completions", &chat_body("Tell me a story.", 64, true)).await;
     // The role chunk comes before admission; the gauge says when the request is running.
     wait_metric(&harness, "running_sequences", |running| running == 1.0).await;
     let waiting = tokio::spawn({
@@ -342,7 +320,7 @@ async fn a_full_queue_answers_429_with_a_retry_hint() {
         }
     });
     wait_metric(&harness, "waiting_sequences", |waiting| waiting == 1.0).await;
-    let refused = post(&harness, "/v1/chat/completions", &chat_body("Hi", 4, false)).await;
+    let refused = post_json(&harness, "/v1/chat/completions", &chat_body("Hi", 4, false)).await;
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "1");
     let error: Value = refused.json().await.unwrap();
