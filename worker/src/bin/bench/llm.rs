@@ -46,26 +46,26 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
         gguf.display(),
         compute_threads::default_threads()
     );
-    generate(&client, prompts.short(0), 4).await?;
+    generate(client.clone(), prompts.short(0), 4).await?;
 
     let mut prefill = Vec::new();
     let mut prompt_tokens = 0;
     for _ in 0..3 {
-        let run = generate(&client, prompts.long.clone(), 1).await?;
+        let run = generate(client.clone(), prompts.long.clone(), 1).await?;
         prompt_tokens = run.prompt_tokens;
         prefill.push(run.prompt_tokens as f64 / run.first_token.as_secs_f64());
     }
     prefill.sort_by(f64::total_cmp);
     println!("  prefill, {prompt_tokens}-token prompt: {:.1} tokens/s (median of 3)", prefill[1]);
 
-    let run = generate(&client, prompts.short(0), NEW_TOKENS).await?;
+    let run = generate(client.clone(), prompts.short(0), NEW_TOKENS).await?;
     let single = (run.tokens - 1) as f64 / (run.total - run.first_token).as_secs_f64();
     println!("  decode, 1 stream: {single:.1} tokens/s ({} tokens)", run.tokens);
 
     for streams in [4usize, 8, 16] {
         let started = Instant::now();
         let tasks: Vec<_> =
-            (0..streams).map(|i| tokio::spawn(generate_owned(client.clone(), prompts.short(i), NEW_TOKENS))).collect();
+            (0..streams).map(|i| tokio::spawn(generate(client.clone(), prompts.short(i), NEW_TOKENS))).collect();
         let mut runs = Vec::with_capacity(streams);
         for task in tasks {
             runs.push(task.await??);
@@ -163,11 +163,7 @@ struct Run {
     total: Duration,
 }
 
-async fn generate(client: &GenerationServiceClient<Channel>, prompt: String, max_tokens: u32) -> anyhow::Result<Run> {
-    generate_owned(client.clone(), prompt, max_tokens).await
-}
-
-async fn generate_owned(
+async fn generate(
     mut client: GenerationServiceClient<Channel>,
     prompt: String,
     max_tokens: u32,
