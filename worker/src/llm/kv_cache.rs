@@ -3,11 +3,23 @@
 //! order); blocks are taken as it grows and all given back at once when it finishes, is cancelled
 //! or is preempted, so memory never fragments and the budget is never exceeded.
 //!
+//! Prefix reuse: a full block is named by the [`BlockDigest`] of every token up to its end
+//! ([`block_digests`]), and once written it is published under that name ([`KvCache::publish`]).
+//! A new sequence whose prompt starts with the same tokens attaches those blocks instead of
+//! computing them ([`KvCache::attach`]); blocks are reference-counted, and a sequence only ever
+//! writes past its attached prefix, so sharing needs no copying. Published blocks that no sequence
+//! holds stay cached but count as free: [`KvCache::reserve`] takes plain free blocks first and then
+//! evicts cached ones, least recently released first.
+//!
 //! Attention runs directly over the blocks ([`KvCache::attend`]): no per-step copy of a sequence's
 //! history, and each query row is computed independently of the others in the step, so a sequence
 //! gets bit-identical results whether it runs alone, batched, or prefilled in chunks.
 
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 
 /// The shape of one token's keys (or values) in one layer, and how many layers there are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,11 +36,40 @@ impl KvShape {
     }
 }
 
+/// The name of a full block's contents: a SHA-256 over every token from the start of the sequence
+/// to the end of the block, so equal digests mean equal keys and values.
+pub type BlockDigest = [u8; 32];
+
+/// Appends the digests of the full blocks of `tokens` that `digests` does not name yet.
+pub fn block_digests(digests: &mut Vec<BlockDigest>, tokens: &[u32], block_size: usize) {
+    for block in digests.len()..tokens.len() / block_size {
+        let mut hasher = Sha256::new();
+        if let Some(parent) = digests.last() {
+            hasher.update(parent);
+        }
+        for token in &tokens[block * block_size..(block + 1) * block_size] {
+            hasher.update(token.to_le_bytes());
+        }
+        digests.push(hasher.finalize().into());
+    }
+}
+
+/// How much of a prompt the cache already holds ([`KvCache::lookup`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixHit {
+    /// Leading blocks found.
+    pub blocks: usize,
+    /// Of those, blocks no sequence holds: attaching them takes them out of the free count.
+    pub idle: usize,
+}
+
 /// The blocks of one sequence, in token order, and how many tokens they hold.
 #[derive(Debug, Default)]
 pub struct BlockTable {
     blocks: Vec<u32>,
     len: usize,
+    /// Leading full blocks already offered to the prefix index.
+    published: usize,
 }
 
 impl BlockTable {
@@ -63,8 +104,18 @@ pub struct KvCache {
     /// Per layer: `[blocks, kv_heads, block_size, head_dim]`.
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    /// Blocks holding nothing reusable.
     free: Vec<u32>,
     total: usize,
+    /// Sequences holding each block.
+    holders: Vec<u32>,
+    /// Published blocks by the digest of their contents, and the reverse.
+    published: HashMap<BlockDigest, u32>,
+    digest_of: Vec<Option<BlockDigest>>,
+    /// Published blocks nobody holds, by release order (the oldest is evicted first).
+    idle: BTreeMap<u64, u32>,
+    idle_since: Vec<u64>,
+    releases: u64,
 }
 
 impl std::fmt::Debug for KvCache {
@@ -73,7 +124,8 @@ impl std::fmt::Debug for KvCache {
             .field("shape", &self.shape)
             .field("block_size", &self.block_size)
             .field("blocks", &self.total)
-            .field("free", &self.free.len())
+            .field("free", &self.free_blocks())
+            .field("cached", &self.published.len())
             .finish()
     }
 }
@@ -92,6 +144,12 @@ impl KvCache {
             // Popped from the end: lowest block ids first.
             free: (0..blocks as u32).rev().collect(),
             total: blocks,
+            holders: vec![0; blocks],
+            published: HashMap::new(),
+            digest_of: vec![None; blocks],
+            idle: BTreeMap::new(),
+            idle_since: vec![0; blocks],
+            releases: 0,
         }
     }
 
@@ -104,9 +162,9 @@ impl KvCache {
         self.total
     }
 
-    /// Blocks no sequence holds.
+    /// Blocks no sequence holds, cached ones included.
     pub fn free_blocks(&self) -> usize {
-        self.free.len()
+        self.free.len() + self.idle.len()
     }
 
     /// Tokens the whole cache can hold.
@@ -119,22 +177,97 @@ impl KvCache {
         tokens.div_ceil(self.block_size)
     }
 
-    /// Makes `table` able to hold `tokens` tokens. Takes nothing and returns false when there are
-    /// not enough free blocks.
+    /// Makes `table` able to hold `tokens` tokens, taking plain free blocks first and then the
+    /// least recently released cached ones. Takes nothing and returns false when there are not
+    /// enough free blocks.
     pub fn reserve(&mut self, table: &mut BlockTable, tokens: usize) -> bool {
         let needed = self.blocks_for(tokens).saturating_sub(table.blocks.len());
-        if needed > self.free.len() {
+        if needed > self.free_blocks() {
             return false;
         }
-        let start = self.free.len() - needed;
-        table.blocks.extend(self.free.drain(start..));
+        for _ in 0..needed {
+            let block = match self.free.pop() {
+                Some(block) => block,
+                None => self.evict_oldest(),
+            };
+            self.holders[block as usize] = 1;
+            table.blocks.push(block);
+        }
         true
     }
 
-    /// Gives every block of `table` back; the table is empty afterwards.
+    /// Takes the least recently released cached block out of the prefix index.
+    fn evict_oldest(&mut self) -> u32 {
+        let (_, block) = self.idle.pop_first().expect("reserve counted the cached blocks; this is a bug");
+        if let Some(digest) = self.digest_of[block as usize].take() {
+            self.published.remove(&digest);
+        }
+        block
+    }
+
+    /// Gives every block of `table` back; the table is empty afterwards. Published blocks stay
+    /// cached; the later blocks of a sequence count as released earlier, so under pressure a
+    /// cached prefix is evicted from its end.
     pub fn release(&mut self, table: &mut BlockTable) {
-        self.free.append(&mut table.blocks);
+        for block in table.blocks.drain(..).rev() {
+            let holders = &mut self.holders[block as usize];
+            *holders -= 1;
+            if *holders > 0 {
+                continue;
+            }
+            if self.digest_of[block as usize].is_some() {
+                self.releases += 1;
+                self.idle_since[block as usize] = self.releases;
+                self.idle.insert(self.releases, block);
+            } else {
+                self.free.push(block);
+            }
+        }
         table.len = 0;
+        table.published = 0;
+    }
+
+    /// How many leading blocks named by `digests` are cached.
+    pub fn lookup(&self, digests: &[BlockDigest]) -> PrefixHit {
+        let mut hit = PrefixHit::default();
+        for digest in digests {
+            let Some(&block) = self.published.get(digest) else { break };
+            hit.blocks += 1;
+            hit.idle += usize::from(self.holders[block as usize] == 0);
+        }
+        hit
+    }
+
+    /// Starts the empty `table` with the cached blocks among the leading `digests` and returns
+    /// the tokens they hold. Pass only the digests of blocks whose tokens need no logits.
+    pub fn attach(&mut self, table: &mut BlockTable, digests: &[BlockDigest]) -> usize {
+        debug_assert!(table.blocks.is_empty(), "attach starts a table");
+        for digest in digests {
+            let Some(&block) = self.published.get(digest) else { break };
+            let holders = &mut self.holders[block as usize];
+            if *holders == 0 {
+                self.idle.remove(&self.idle_since[block as usize]);
+            }
+            *holders += 1;
+            table.blocks.push(block);
+        }
+        table.published = table.blocks.len();
+        table.len = table.blocks.len() * self.block_size;
+        table.len
+    }
+
+    /// Offers `table`'s newly full blocks to the prefix index under their `digests` (those of the
+    /// sequence's tokens). A block whose contents are already cached elsewhere stays private.
+    pub fn publish(&mut self, table: &mut BlockTable, digests: &[BlockDigest]) {
+        let full = digests.len().min(table.len / self.block_size);
+        for (index, digest) in digests.iter().enumerate().take(full).skip(table.published) {
+            let block = table.blocks[index];
+            if let Entry::Vacant(entry) = self.published.entry(*digest) {
+                entry.insert(block);
+                self.digest_of[block as usize] = Some(*digest);
+            }
+        }
+        table.published = table.published.max(full);
     }
 
     /// Writes the keys and values of `tokens` new tokens of one layer at the end of `table`'s
@@ -242,6 +375,50 @@ mod tests {
         cache.release(&mut a);
         assert_eq!((a.blocks(), a.len(), cache.free_blocks()), (0, 0, 3));
         assert!(cache.reserve(&mut b, 8));
+    }
+
+    #[test]
+    fn a_published_prefix_is_shared_then_cached_then_evicted_last_block_first() {
+        // Four 2-token blocks.
+        let mut cache = KvCache::with_budget(SHAPE, 2, 32 * 4);
+        let tokens = [1, 2, 3, 4, 5];
+        let mut digests = Vec::new();
+        block_digests(&mut digests, &tokens, 2);
+        assert_eq!(digests.len(), 2, "only full blocks are named");
+        let mut a = BlockTable::default();
+        assert!(cache.reserve(&mut a, 5));
+        cache.advance(&mut a, 5);
+        cache.publish(&mut a, &digests);
+        assert_eq!(cache.lookup(&digests), PrefixHit { blocks: 2, idle: 0 });
+
+        let mut b = BlockTable::default();
+        assert_eq!(cache.attach(&mut b, &digests[..1]), 2, "one shared block of two tokens");
+        assert_eq!(cache.free_blocks(), 1, "sharing takes no block");
+        cache.release(&mut a);
+        assert_eq!(cache.free_blocks(), 3, "a's private tail is free, its second block cached but free");
+        assert_eq!(cache.lookup(&digests), PrefixHit { blocks: 2, idle: 1 });
+
+        // Taking three blocks uses the plain free ones first, then evicts the cached one.
+        let mut c = BlockTable::default();
+        assert!(cache.reserve(&mut c, 4));
+        assert_eq!(cache.lookup(&digests), PrefixHit { blocks: 2, idle: 1 }, "plain free blocks went first");
+        assert!(cache.reserve(&mut c, 6));
+        assert_eq!(cache.lookup(&digests), PrefixHit { blocks: 1, idle: 0 }, "b still holds the first block");
+        cache.release(&mut b);
+        cache.release(&mut c);
+        assert_eq!(cache.lookup(&digests), PrefixHit { blocks: 1, idle: 1 });
+        assert_eq!(cache.free_blocks(), 4);
+    }
+
+    #[test]
+    fn digests_name_the_whole_prefix_not_just_the_block() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        block_digests(&mut a, &[1, 2, 3, 4], 2);
+        block_digests(&mut b, &[9, 9, 3, 4], 2);
+        assert_ne!(a[1], b[1], "same block tokens after a different prefix");
+        let mut grown = a[..1].to_vec();
+        block_digests(&mut grown, &[1, 2, 3, 4, 5], 2);
+        assert_eq!(grown, a, "extending computes only the new blocks");
     }
 
     #[test]

@@ -11,16 +11,18 @@
 //!    makes enough room, so the oldest always progresses; otherwise the sequence sits the step out.
 //! 3. Waiting requests are admitted first-come first-served while there are sequence slots, step
 //!    tokens and free blocks for their whole prompt plus one token; the head of the queue is never
-//!    overtaken.
+//!    overtaken. A request whose prompt prefix is in the cache counts only the blocks it does not
+//!    share with a running sequence.
 
-/// A running sequence as the scheduler sees it.
+/// A sequence as the scheduler sees it, running or waiting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Running {
-    /// Tokens already in the KV cache.
+    /// Tokens already in the KV cache (for a waiting request: its cached prompt prefix).
     pub cached: usize,
     /// Tokens to feed before the next token can be sampled (1 when decoding).
     pub pending: usize,
-    /// KV blocks held.
+    /// KV blocks held (for a waiting request: cached prefix blocks that another sequence holds,
+    /// which cost no free block).
     pub blocks: usize,
 }
 
@@ -46,9 +48,8 @@ pub struct Plan {
     pub admit: Vec<usize>,
 }
 
-/// Plans one step. `running` is oldest first; `waiting` holds each queued request's token count,
-/// front first.
-pub fn plan(running: &[Running], waiting: &[usize], limits: &Limits) -> Plan {
+/// Plans one step. `running` is oldest first; `waiting` is the queue, front first.
+pub fn plan(running: &[Running], waiting: &[Running], limits: &Limits) -> Plan {
     let blocks_for = |tokens: usize| tokens.div_ceil(limits.block_size);
     let mut free = limits.free_blocks;
     let mut tokens_left = limits.max_step_tokens;
@@ -85,12 +86,13 @@ pub fn plan(running: &[Running], waiting: &[usize], limits: &Limits) -> Plan {
     }
     let mut slots = limits.max_running.saturating_sub(running.len() - preempted.iter().filter(|&&p| p).count());
     let mut admit = Vec::new();
-    for &tokens in waiting {
-        if slots == 0 || tokens_left == 0 || blocks_for(tokens + 1) > free {
+    for request in waiting {
+        let whole = blocks_for(request.cached + request.pending + 1).saturating_sub(request.blocks);
+        if slots == 0 || tokens_left == 0 || whole > free {
             break;
         }
-        let chunk = tokens.min(tokens_left);
-        free -= blocks_for(chunk);
+        let chunk = request.pending.min(tokens_left);
+        free -= blocks_for(request.cached + chunk).saturating_sub(request.blocks);
         tokens_left -= chunk;
         slots -= 1;
         admit.push(chunk);
@@ -109,6 +111,10 @@ mod tests {
         Running { cached, pending: 1, blocks: cached.div_ceil(4) }
     }
 
+    fn queued(pending: usize) -> Running {
+        Running { cached: 0, pending, blocks: 0 }
+    }
+
     #[test]
     fn decodes_go_first_and_a_long_prompt_is_fed_in_chunks() {
         let prefill = Running { cached: 0, pending: 40, blocks: 0 };
@@ -119,15 +125,25 @@ mod tests {
 
     #[test]
     fn waiting_requests_join_first_come_first_served_while_room_lasts() {
-        let plan = plan(&[decoding(3)], &[10, 30, 2], &LIMITS);
+        let plan = plan(&[decoding(3)], &[queued(10), queued(30), queued(2)], &LIMITS);
         // 15 step tokens left: the first takes 10, the second its first 5 tokens; the third waits
         // because the step has no tokens left.
         assert_eq!(plan.admit, vec![10, 5]);
         let few_blocks = Limits { free_blocks: 3, ..LIMITS };
-        let plan = super::plan(&[], &[20, 2], &few_blocks);
+        let plan = super::plan(&[], &[queued(20), queued(2)], &few_blocks);
         assert!(plan.admit.is_empty(), "the head needs 6 blocks; the short one behind it must not overtake");
         let one_slot = Limits { max_running: 2, ..LIMITS };
-        assert_eq!(super::plan(&[decoding(3)], &[2, 2], &one_slot).admit, vec![2]);
+        assert_eq!(super::plan(&[decoding(3)], &[queued(2), queued(2)], &one_slot).admit, vec![2]);
+    }
+
+    #[test]
+    fn a_cached_prefix_held_by_another_sequence_costs_no_blocks() {
+        let few_blocks = Limits { free_blocks: 2, ..LIMITS };
+        // 20 prompt tokens need 6 blocks with the first sampled one; 16 are cached in 4 blocks.
+        let shared = Running { cached: 16, pending: 4, blocks: 4 };
+        assert_eq!(plan(&[], &[shared], &few_blocks).admit, vec![4]);
+        let idle = Running { blocks: 0, ..shared };
+        assert!(plan(&[], &[idle], &few_blocks).admit.is_empty(), "idle cached blocks come out of the free ones");
     }
 
     #[test]

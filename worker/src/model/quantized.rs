@@ -5,14 +5,17 @@
 //! (input row, weight row) pair on its own, so decoding several sequences together costs as much
 //! as decoding them one after another. [`Q4_1Matrix`] walks each weight row once per step and
 //! uses it for every input row while it is in L1 (one `vpmaddubsw` per block on AVX2, a
-//! vectorized portable loop elsewhere), and splits the weight rows across threads. The arithmetic is the one ggml defines (input rows quantized
-//! to Q8_1 per 32-value block, exact integer dot products, then per block
-//! `sum · d_w · d_x + m_w · s_x` accumulated in block order), so results are bit-identical to
-//! candle's.
+//! vectorized portable loop elsewhere), and splits the weight rows across threads. The arithmetic
+//! is ggml's: input rows quantized to Q8_1 per 32-value block, exact integer dot products, then
+//! `Σ sum · d_w · d_x + Σ m_w · s_x`. Like ggml's own AVX2 path (and unlike candle's scalar one)
+//! the products accumulate in eight vector lanes summed once per row, so results differ from
+//! candle's by float rounding only; every (weight row, input row) result is computed the same way
+//! whatever else is in the batch, which keeps batched decoding bit-identical to decoding alone.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use half::f16;
+use lanes::Lanes;
 use rayon::prelude::*;
 
 /// Values per quantization block.
@@ -110,22 +113,25 @@ impl Q4_1Matrix {
     }
 
     /// `N` consecutive weight rows from `first` against every quantized input row, written to
-    /// `out` as `[N][input rows]`. The rows' accumulations are independent chains the CPU
-    /// overlaps; each keeps ggml's block order and per-block arithmetic, so results stay exact.
+    /// `out` as `[N][input rows]`. Each (weight row, input row) pair accumulates in its own
+    /// vector lanes plus a scalar chain for the minimum terms, summed once at the end; the `N`
+    /// rows are independent chains the CPU overlaps. Nothing depends on the other input rows,
+    /// so a row's result is the same in any batch.
     fn dot_rows<const N: usize>(&self, first: usize, quantized: &[Q8_1Block], out: &mut [f32]) {
         let blocks_per_row = self.columns / BLOCK;
         let inputs = quantized.len() / blocks_per_row;
         for (input, x_row) in quantized.chunks_exact(blocks_per_row).enumerate() {
-            let mut acc = [0.0f32; N];
+            let mut products = [Lanes::zero(); N];
+            let mut minimums = [0.0f32; N];
             for (b, x) in x_row.iter().enumerate() {
-                for (r, acc) in acc.iter_mut().enumerate() {
+                for r in 0..N {
                     let block = (first + r) * blocks_per_row + b;
-                    let dot = block_dot(&self.nibbles[block], &x.qs) as f32;
-                    *acc += dot * self.scales[block] * x.d + self.minimums[block] * x.s;
+                    products[r] = products[r].add_block(&self.nibbles[block], &x.qs, self.scales[block] * x.d);
+                    minimums[r] = self.minimums[block].mul_add(x.s, minimums[r]);
                 }
             }
-            for (r, &value) in acc.iter().enumerate() {
-                out[r * inputs + input] = value;
+            for r in 0..N {
+                out[r * inputs + input] = products[r].sum() + minimums[r];
             }
         }
     }
@@ -157,50 +163,91 @@ impl Q4_1Matrix {
     }
 }
 
-/// Exact integer dot product of a Q4_1 block's 32 weights (0..=15) with 32 signed values, on
-/// AVX2: one unsigned × signed byte multiply-add for all 32 pairs (`vpmaddubsw`; at most
-/// 15 · 127 · 2 per pair, so no saturation), widened to 8 lanes and summed.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn block_dot(nibbles: &[u8; 16], values: &[i8; BLOCK]) -> i32 {
-    #[allow(unsafe_code)]
-    // SAFETY: this function exists only when the whole build targets AVX2 (the `cfg` above, set by
-    // `-C target-cpu=x86-64-v3` in .cargo/config.toml), so every instruction is available.
-    unsafe {
-        block_dot_avx2(nibbles, values)
-    }
-}
-
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[target_feature(enable = "avx2")]
-fn block_dot_avx2(nibbles: &[u8; 16], values: &[i8; BLOCK]) -> i32 {
+/// Eight f32 partial sums of one (weight row, input row) product. Each block adds its exact
+/// integer products, summed in eight groups of four (weights `4i..4i + 4` of the block's 32 in
+/// nibble order: the low nibbles, then the high ones), times the block's combined scale.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod lanes {
     use std::arch::x86_64::*;
-    let packed: __m128i = bytemuck::cast(*nibbles);
-    let mask = _mm_set1_epi8(0x0F);
-    let low = _mm_and_si128(packed, mask);
-    let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
-    let weights = _mm256_set_m128i(high, low);
-    let pairs = _mm256_maddubs_epi16(weights, bytemuck::cast::<[i8; BLOCK], __m256i>(*values));
-    let lanes = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-    let half = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256::<1>(lanes));
-    let quarter = _mm_add_epi32(half, _mm_unpackhi_epi64(half, half));
-    _mm_cvtsi128_si32(_mm_add_epi32(quarter, _mm_shuffle_epi32::<1>(quarter)))
-}
 
-/// The portable form of the block dot product; the compiler vectorizes it.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn block_dot(nibbles: &[u8; 16], values: &[i8; BLOCK]) -> i32 {
-    let mut weights = [0i8; BLOCK];
-    for j in 0..16 {
-        weights[j] = (nibbles[j] & 0x0F) as i8;
-        weights[j + 16] = (nibbles[j] >> 4) as i8;
-    }
-    let mut lanes = [0i32; 8];
-    for (x, y) in weights.chunks_exact(8).zip(values.chunks_exact(8)) {
-        for (lane, (&p, &q)) in lanes.iter_mut().zip(x.iter().zip(y)) {
-            *lane += i32::from(p) * i32::from(q);
+    use super::BLOCK;
+
+    #[derive(Clone, Copy)]
+    pub struct Lanes(__m256);
+
+    impl Lanes {
+        pub fn zero() -> Self {
+            Self(bytemuck::cast([0.0f32; 8]))
+        }
+
+        pub fn add_block(self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
+            #[allow(unsafe_code)]
+            // SAFETY: this module exists only when the whole build targets AVX2 and FMA (the `cfg`
+            // above, set by `-C target-cpu=x86-64-v3` in .cargo/config.toml), so every
+            // instruction is available.
+            unsafe {
+                Self(add_block(self.0, nibbles, values, scale))
+            }
+        }
+
+        pub fn sum(self) -> f32 {
+            super::pairwise_sum(bytemuck::cast(self.0))
         }
     }
-    lanes.iter().sum()
+
+    /// `vpmaddubsw` multiplies all 32 unsigned weights (at most 15) by the signed values with
+    /// pairwise sums (at most 15 · 127 · 2, so nothing saturates); `vpmaddwd` sums pairs again
+    /// into the eight groups, which are scaled into the accumulator.
+    #[target_feature(enable = "avx2,fma")]
+    fn add_block(acc: __m256, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> __m256 {
+        let packed: __m128i = bytemuck::cast(*nibbles);
+        let mask = _mm_set1_epi8(0x0F);
+        let low = _mm_and_si128(packed, mask);
+        let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
+        let weights = _mm256_set_m128i(high, low);
+        let pairs = _mm256_maddubs_epi16(weights, bytemuck::cast::<[i8; BLOCK], __m256i>(*values));
+        let groups = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(groups), _mm256_set1_ps(scale), acc)
+    }
+}
+
+/// The portable form of the same arithmetic, in the same order; the compiler vectorizes it.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+mod lanes {
+    use super::BLOCK;
+
+    #[derive(Clone, Copy)]
+    pub struct Lanes([f32; 8]);
+
+    impl Lanes {
+        pub fn zero() -> Self {
+            Self([0.0; 8])
+        }
+
+        pub fn add_block(mut self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
+            let mut weights = [0i8; BLOCK];
+            for j in 0..16 {
+                weights[j] = (nibbles[j] & 0x0F) as i8;
+                weights[j + 16] = (nibbles[j] >> 4) as i8;
+            }
+            for (lane, (w, x)) in self.0.iter_mut().zip(weights.chunks_exact(4).zip(values.chunks_exact(4))) {
+                let group: i32 = w.iter().zip(x).map(|(&p, &q)| i32::from(p) * i32::from(q)).sum();
+                *lane = (group as f32).mul_add(scale, *lane);
+            }
+            self
+        }
+
+        pub fn sum(self) -> f32 {
+            super::pairwise_sum(self.0)
+        }
+    }
+}
+
+/// The eight lanes summed as a tree, the order a vector horizontal sum uses.
+fn pairwise_sum(lanes: [f32; 8]) -> f32 {
+    let quads = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+    let pairs = [quads[0] + quads[2], quads[1] + quads[3]];
+    pairs[0] + pairs[1]
 }
 
 /// ggml's `quantize_row_q8_1` for one block, with its rounding: the scale and the sum go through
@@ -232,17 +279,24 @@ mod tests {
     }
 
     #[test]
-    fn the_q4_1_kernel_is_bit_identical_to_candle() {
+    fn the_q4_1_kernel_agrees_with_candle_and_a_row_ignores_its_batch() {
         let (out, width) = (37, 128);
         let weights = Tensor::from_vec(values(out * width, 7), (out, width), &Device::Cpu).unwrap();
         let quantize = || QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
         let ours = QLinear::new(quantize()).unwrap();
         assert!(matches!(ours, QLinear::Q4_1(_)));
         let candle = QMatMul::from_qtensor(quantize()).unwrap();
-        for rows in [1, 3, 8] {
-            let x = Tensor::from_vec(values(rows * width, rows as u32), (rows, width), &Device::Cpu).unwrap();
-            let expected = candle.forward(&x).unwrap().to_vec2::<f32>().unwrap();
-            assert_eq!(ours.forward(&x).unwrap().to_vec2::<f32>().unwrap(), expected, "{rows} rows");
+        let x = Tensor::from_vec(values(8 * width, 3), (8, width), &Device::Cpu).unwrap();
+        let batched = ours.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        // The same integer products; only the order of the float sums differs from candle's.
+        for (got, expected) in
+            batched.iter().flatten().zip(candle.forward(&x).unwrap().to_vec2::<f32>().unwrap().iter().flatten())
+        {
+            assert!((got - expected).abs() <= 1e-4 * expected.abs().max(1.0), "{got} vs {expected}");
+        }
+        for (row, expected) in batched.iter().enumerate() {
+            let alone = ours.forward(&x.narrow(0, row, 1).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(&alone[0], expected, "row {row} alone and in a batch of 8");
         }
     }
 

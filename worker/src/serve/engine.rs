@@ -3,7 +3,10 @@
 //! `RESOURCE_EXHAUSTED`); between steps the thread admits new sequences, drops the ones whose
 //! client went away (their KV blocks are free at once) and asks [`crate::llm::scheduler`] what the
 //! next step feeds. One step runs every sequence together through [`Llama::forward`]; each
-//! sampled token goes straight to its caller's channel as an [`Event`].
+//! sampled token goes straight to its caller's channel as an [`Event`]. Every full block a step
+//! writes is published to the cache's prefix index, so a later prompt that starts with the same
+//! tokens (a shared system prompt, the earlier turns of a chat, a preempted sequence coming back)
+//! skips their prefill; greedy output is the same either way.
 //!
 //! The thread ends when the last [`Engine`] handle is dropped and every accepted sequence has
 //! finished, so streams in flight finish on their version; the `drained` receiver then fires.
@@ -19,7 +22,7 @@ use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use super::metrics::GenerationMetrics;
 use crate::error::{Error, Result};
 use crate::llm::codec::TextCodec;
-use crate::llm::kv_cache::{BlockTable, KvCache};
+use crate::llm::kv_cache::{self, BlockDigest, BlockTable, KvCache};
 use crate::llm::sampling::{Sampler, SamplingParams};
 use crate::llm::scheduler::{self, Limits, Running};
 use crate::llm::stop::StopMatcher;
@@ -81,6 +84,8 @@ impl FinishReason {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: usize,
+    /// Prompt tokens taken from the prefix cache rather than prefilled.
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
 }
 
@@ -238,6 +243,10 @@ struct Sequence {
     prompt_len: usize,
     max_tokens: usize,
     table: BlockTable,
+    /// The digests of the full blocks of `tokens`.
+    digests: Vec<BlockDigest>,
+    /// Prompt tokens attached from the prefix cache when it was last admitted.
+    cached_prompt: usize,
     sampler: Sampler,
     stop: StopMatcher,
     text: TextStream,
@@ -255,6 +264,8 @@ impl Sequence {
             tokens: request.prompt,
             max_tokens: request.max_tokens,
             table: BlockTable::default(),
+            digests: Vec::new(),
+            cached_prompt: 0,
             stop: StopMatcher::new(request.stop),
             text: TextStream::default(),
             events,
@@ -273,7 +284,22 @@ impl Sequence {
     }
 
     fn usage(&self) -> Usage {
-        Usage { prompt_tokens: self.prompt_len, completion_tokens: self.generated() }
+        Usage { prompt_tokens: self.prompt_len, cached_tokens: self.cached_prompt, completion_tokens: self.generated() }
+    }
+
+    /// The leading full blocks that may come from the prefix cache, named in `digests`: the last
+    /// token always runs through the model, since its logits are needed.
+    fn reusable_blocks(&mut self, block_size: usize) -> usize {
+        kv_cache::block_digests(&mut self.digests, &self.tokens, block_size);
+        (self.tokens.len() - 1) / block_size
+    }
+
+    /// How the scheduler sees this queued sequence, given what the cache holds of its prefix.
+    fn queued(&mut self, cache: &KvCache) -> Running {
+        let reusable = self.reusable_blocks(cache.block_size());
+        let hit = cache.lookup(&self.digests[..reusable]);
+        let cached = hit.blocks * cache.block_size();
+        Running { cached, pending: self.tokens.len() - cached, blocks: hit.blocks - hit.idle }
     }
 }
 
@@ -342,7 +368,8 @@ impl Loop {
             .iter()
             .map(|s| Running { cached: s.table.len(), pending: s.pending(), blocks: s.table.blocks() })
             .collect();
-        let queue: Vec<usize> = self.waiting.iter().map(Sequence::pending).collect();
+        let cache = &self.cache;
+        let queue: Vec<Running> = self.waiting.iter_mut().map(|s| s.queued(cache)).collect();
         let limits = Limits {
             block_size: self.cache.block_size(),
             free_blocks: self.cache.free_blocks(),
@@ -359,6 +386,10 @@ impl Loop {
                 self.metrics.queue_duration.observe((now - sequence.enqueued).as_secs_f64());
                 sequence.started = Some(now);
             }
+            let reusable = sequence.reusable_blocks(self.cache.block_size());
+            let cached = self.cache.attach(&mut sequence.table, &sequence.digests[..reusable]);
+            sequence.cached_prompt = cached.min(sequence.prompt_len);
+            self.metrics.prefix_cache_hits.inc_by(sequence.cached_prompt as u64);
             self.running.push(sequence);
             chunks.push(chunk);
         }
@@ -405,6 +436,9 @@ impl Loop {
             Ok(rows) => rows,
             Err(error) => return self.fail_all(error.to_string()),
         };
+        for sequence in &mut self.running {
+            self.cache.publish(&mut sequence.table, &sequence.digests);
+        }
         let mut finished = Vec::new();
         for (index, mut logits) in fed.into_iter().zip(rows) {
             let sequence = &mut self.running[index];
@@ -425,6 +459,7 @@ impl Loop {
         let now = Instant::now();
         let sequence = &mut self.running[index];
         sequence.tokens.push(token);
+        kv_cache::block_digests(&mut sequence.digests, &sequence.tokens, self.cache.block_size());
         self.metrics.generated_tokens.inc();
         match sequence.last_token {
             Some(last) => self.metrics.inter_token_latency.observe((now - last).as_secs_f64()),

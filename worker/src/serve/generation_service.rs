@@ -91,5 +91,9 @@ fn finish_reason_to_proto(reason: FinishReason) -> pb::FinishReason {
 
 fn usage_to_proto(usage: Usage) -> pb::Usage {
     let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    pb::Usage { prompt_tokens: clamp(usage.prompt_tokens), completion_tokens: clamp(usage.completion_tokens) }
+    pb::Usage {
+        prompt_tokens: clamp(usage.prompt_tokens),
+        completion_tokens: clamp(usage.completion_tokens),
+        cached_prompt_tokens: clamp(usage.cached_tokens),
+    }
 }

@@ -76,6 +76,7 @@ struct GenerationFamilies {
     prompt_tokens: Family<VersionLabels, Counter>,
     generated_tokens: Family<VersionLabels, Counter>,
     preemptions: Family<VersionLabels, Counter>,
+    prefix_cache_hits: Family<VersionLabels, Counter>,
 }
 
 impl GenerationFamilies {
@@ -93,6 +94,7 @@ impl GenerationFamilies {
             prompt_tokens: Family::default(),
             generated_tokens: Family::default(),
             preemptions: Family::default(),
+            prefix_cache_hits: Family::default(),
         };
         let f = &families;
         registry.register(
@@ -120,6 +122,11 @@ impl GenerationFamilies {
         registry.register("kv_cache_blocks_used", "KV cache blocks held by sequences", f.kv_blocks_used.clone());
         registry.register("kv_cache_blocks_free", "KV cache blocks free", f.kv_blocks_free.clone());
         registry.register("prompt_tokens", "Prompt tokens prefilled", f.prompt_tokens.clone());
+        registry.register(
+            "prefix_cache_hit_tokens",
+            "Prompt tokens whose keys and values came from the prefix cache instead of a prefill",
+            f.prefix_cache_hits.clone(),
+        );
         registry.register("generated_tokens", "Tokens generated", f.generated_tokens.clone());
         registry.register(
             "preemptions",
@@ -144,6 +151,7 @@ pub struct GenerationMetrics {
     pub prompt_tokens: Counter,
     pub generated_tokens: Counter,
     pub preemptions: Counter,
+    pub prefix_cache_hits: Counter,
 }
 
 /// The per-version handles the batching thread records into.
@@ -236,6 +244,7 @@ impl Metrics {
             prompt_tokens: f.prompt_tokens.get_or_create(&labels).clone(),
             generated_tokens: f.generated_tokens.get_or_create(&labels).clone(),
             preemptions: f.preemptions.get_or_create(&labels).clone(),
+            prefix_cache_hits: f.prefix_cache_hits.get_or_create(&labels).clone(),
         }
     }
 

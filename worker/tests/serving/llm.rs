@@ -176,6 +176,30 @@ async fn streamed_chat_equals_the_whole_answer_and_concurrent_streams_equal_lone
 }
 
 #[tokio::test]
+async fn a_repeated_prompt_prefix_comes_from_the_cache_and_answers_the_same() {
+    let Some(harness) = serving_smollm2(|_| {}).await else { return };
+    let ask = |question: &str| {
+        let body = chat_body(question, 12, false);
+        let harness = &harness;
+        async move { post_json(harness, "/v1/chat/completions", &body).await.json::<Value>().await.unwrap() }
+    };
+    let question = "What is the capital of France?";
+    let first = ask(question).await;
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "a fresh server has nothing cached");
+    let again = ask(question).await;
+    let prompt = chat_prompt_tokens(question);
+    // Every full 16-token block but the one holding the last prompt token, whose logits are needed.
+    let reusable = (prompt - 1) / 16 * 16;
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], reusable, "{again}");
+    assert_eq!(again["choices"][0]["message"], first["choices"][0]["message"], "the cache changes no output");
+    // Another question shares the template's system prompt.
+    let other = ask("Name a large river.").await;
+    let shared = other["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(shared >= 16, "the system prompt's blocks are shared: {other}");
+    assert_eq!(metric(&harness, "prefix_cache_hit_tokens_total").await, (reusable as u64 + shared) as f64);
+}
+
+#[tokio::test]
 async fn grpc_generate_and_oip_bytes_give_the_completions_text() {
     let Some(harness) = serving_smollm2(|_| {}).await else { return };
     let prompt = "The three primary colours are";

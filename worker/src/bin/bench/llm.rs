@@ -1,5 +1,6 @@
 //! Language-model figures through a running worker, as a client sees them: gRPC `Generate` on
-//! the published GGUF, greedy. Prefill from the time to first token of a 256-token prompt;
+//! the published GGUF, greedy. Prefill from the time to first token of a 256-token prompt (and
+//! of the same prompt again, from the prefix cache);
 //! single-stream decode from the gaps between tokens; aggregate output tokens/s and TTFT
 //! percentiles with 4, 8 and 16 streams started together. Embeddings: gRPC `Embed` with batches
 //! of 32 sentences.
@@ -48,15 +49,25 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
     );
     generate(client.clone(), prompts.short(0), 4).await?;
 
+    // Three different prompts: a repeated one would come from the prefix cache.
     let mut prefill = Vec::new();
     let mut prompt_tokens = 0;
-    for _ in 0..3 {
-        let run = generate(client.clone(), prompts.long.clone(), 1).await?;
+    for index in 0..3 {
+        let run = generate(client.clone(), prompts.long(index), 1).await?;
+        anyhow::ensure!(run.cached_tokens == 0, "a prefill prompt was cached");
         prompt_tokens = run.prompt_tokens;
         prefill.push(run.prompt_tokens as f64 / run.first_token.as_secs_f64());
     }
     prefill.sort_by(f64::total_cmp);
     println!("  prefill, {prompt_tokens}-token prompt: {:.1} tokens/s (median of 3)", prefill[1]);
+    let cold = generate(client.clone(), prompts.long(3), 1).await?;
+    let cached = generate(client.clone(), prompts.long(3), 1).await?;
+    println!(
+        "  the same {prompt_tokens}-token prompt again: TTFT {:.0} ms instead of {:.0} ms ({} tokens from the prefix cache)",
+        cached.first_token.as_secs_f64() * 1e3,
+        cold.first_token.as_secs_f64() * 1e3,
+        cached.cached_tokens
+    );
 
     let run = generate(client.clone(), prompts.short(0), NEW_TOKENS).await?;
     let single = (run.tokens - 1) as f64 / (run.total - run.first_token).as_secs_f64();
@@ -134,7 +145,6 @@ pub async fn embedding_figures(checkpoint: &Path) -> anyhow::Result<()> {
 struct Prompts {
     codec: TextCodec,
     ids: Vec<u32>,
-    long: String,
 }
 
 impl Prompts {
@@ -144,8 +154,14 @@ impl Prompts {
         let text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. ".repeat(40);
         let ids = codec.encode(&text)?;
         anyhow::ensure!(ids.len() >= PROMPT_TOKENS + 16 * SHORT_PROMPT_TOKENS, "the prompt text is too short");
-        let long = codec.tokenizer().decode(&ids[..PROMPT_TOKENS], false)?;
-        Ok(Self { codec, ids, long })
+        Ok(Self { codec, ids })
+    }
+
+    /// A prompt of about `PROMPT_TOKENS` tokens, different for each `index` and from every short
+    /// prompt's start (which the warm-up leaves in the prefix cache).
+    fn long(&self, index: usize) -> String {
+        let start = 1 + index;
+        self.codec.tokenizer().decode(&self.ids[start..start + PROMPT_TOKENS], false).unwrap_or_default()
     }
 
     /// A short prompt, different for each `index`.
@@ -158,6 +174,7 @@ impl Prompts {
 /// What one request measured.
 struct Run {
     prompt_tokens: usize,
+    cached_tokens: usize,
     tokens: usize,
     first_token: Duration,
     total: Duration,
@@ -188,6 +205,7 @@ async fn generate(
     let usage = usage.ok_or_else(|| anyhow::anyhow!("the stream ended without usage"))?;
     Ok(Run {
         prompt_tokens: usage.prompt_tokens as usize,
+        cached_tokens: usage.cached_prompt_tokens as usize,
         tokens,
         first_token: first_token.ok_or_else(|| anyhow::anyhow!("no token generated"))?,
         total: started.elapsed(),
