@@ -64,12 +64,25 @@ pub enum Error {
     /// The server could not be assembled.
     #[error("starting the server: {0}")]
     Startup(String),
+
+    /// A training job's configuration cannot be used; `field` is its path in the config file.
+    #[error("training config: {field}: {reason}")]
+    Config { field: String, reason: String },
+
+    /// Training stopped at `step`.
+    #[error("training stopped at step {step}: {reason}")]
+    Training { step: u64, reason: String },
 }
 
 impl Error {
     /// Wraps an I/O error with what was being done and to which path.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io { context: context.into(), source }
+    }
+
+    /// A configuration error naming the field.
+    pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Config { field: field.into(), reason: reason.into() }
     }
 
     /// An invalid-argument error from anything printable.

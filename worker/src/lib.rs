@@ -9,6 +9,8 @@
 //!   paged KV cache), protocols (OIP v2, OpenAI-compatible HTTP, Lantern's gRPC services);
 //!   [`serve::server::start`] runs it all.
 //! - [`tensor`]: protocol-neutral tensors and datatype conversions.
+//! - [`train`]: `lantern-worker train`: data-parallel training whose checkpoints are published
+//!   as versions of the same repository.
 //! - [`llm`]: language-model building blocks: tokenizers (from `tokenizer.json` or GGUF metadata),
 //!   chat templates, sampling, stop strings, the paged KV cache and the batching scheduler.
 //!
@@ -19,8 +21,8 @@
 //!   a rollout's stable version cannot be unloaded under it.
 //! - When every version directory of a model disappears, the newest loaded version keeps serving
 //!   (TF Serving's "never unload the last available version").
-//! - A language model's greedy output does not depend on what else runs in the batch: every row
-//!   of a step is computed independently, and the Q4_1 kernel is bit-identical to candle's.
+//! - A language model's greedy output does not depend on what else runs in the batch or on the
+//!   prefix cache: every row of a step is computed independently, the Q4_1 kernel included.
 //! - Models run on CPU; a `cuda` path is not built yet.
 
 pub mod error;
@@ -29,5 +31,6 @@ pub mod model;
 pub mod repository;
 pub mod serve;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};

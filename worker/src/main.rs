@@ -1,4 +1,5 @@
-//! `lantern-worker`: serve model versions, publish a version, or create a fresh MLP to publish.
+//! `lantern-worker`: serve model versions, train a model into versions, publish a version, or
+//! create a fresh MLP to publish.
 
 mod compute_threads;
 mod telemetry;
@@ -6,6 +7,8 @@ mod telemetry;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,6 +20,7 @@ use lantern_worker::serve::config::VersionPolicy;
 use lantern_worker::serve::engine::EngineSettings;
 use lantern_worker::serve::server::{self, ServerOptions};
 use lantern_worker::serve::versions::ServeSettings;
+use lantern_worker::train::{self, config::JobConfig, trainer};
 
 /// mimalloc returns freed pages to the OS promptly; glibc's malloc keeps the memory of unloaded
 /// model versions (its mmap threshold grows with every large free), so RSS would climb with
@@ -51,6 +55,10 @@ enum Command {
     Publish(PublishArgs),
     /// Write a freshly initialised MLP (weights and manifest) into a directory, ready to publish.
     InitMlp(InitMlpArgs),
+    /// Train a model as the job file describes, publishing every checkpoint as a version. Exits 0
+    /// when done, 75 after saving a state on SIGTERM (retryable), 2 for an invalid job, 1 for a
+    /// failure.
+    Train(TrainArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -140,6 +148,14 @@ struct InitMlpArgs {
     seed: u64,
 }
 
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// The job file (JSON); `LANTERN_RANK`, `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR`,
+    /// `LANTERN_ADDRESS` and `LANTERN_REPOSITORY` override it.
+    #[arg(long, env = "LANTERN_TRAINING_CONFIG")]
+    config: PathBuf,
+}
+
 fn parse_metric(text: &str) -> Result<(String, f64), String> {
     let (name, value) = text.split_once('=').ok_or_else(|| format!("expected name=value, got {text:?}"))?;
     let value: f64 = value.parse().map_err(|_| format!("metric {name:?}: {value:?} is not a number"))?;
@@ -170,6 +186,57 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::InitMlp(init) => init_mlp(&init),
+        Command::Train(train) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let code = runtime.block_on(async {
+                let _telemetry = telemetry::init(&args.log, args.log_json, args.otlp_endpoint.as_deref())?;
+                run_train(train).await
+            })?;
+            std::process::exit(code)
+        }
+    }
+}
+
+/// Trains on a blocking thread while waiting for SIGTERM, which asks the loop to save a state and
+/// stop. Returns the exit code.
+async fn run_train(args: TrainArgs) -> anyhow::Result<i32> {
+    let config = match JobConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("lantern-worker train: {error}");
+            return Ok(train::EXIT_INVALID);
+        }
+    };
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    let mut training = tokio::task::spawn_blocking(move || trainer::train(&config, &flag));
+    let result = tokio::select! {
+        result = &mut training => result,
+        signal = shutdown_signal() => {
+            signal?;
+            interrupt.store(true, Ordering::Relaxed);
+            training.await
+        }
+    };
+    match result.context("the training thread panicked")? {
+        Ok(outcome) => {
+            println!(
+                "trained to step {} (loss {:.4}); published versions {:?}{}",
+                outcome.step,
+                outcome.loss,
+                outcome.published,
+                if outcome.interrupted { "; interrupted, state saved" } else { "" }
+            );
+            Ok(if outcome.interrupted { train::EXIT_RETRYABLE } else { 0 })
+        }
+        Err(error @ lantern_worker::error::Error::Config { .. }) => {
+            eprintln!("lantern-worker train: {error}");
+            Ok(train::EXIT_INVALID)
+        }
+        Err(error) => {
+            eprintln!("lantern-worker train: {error}");
+            Ok(1)
+        }
     }
 }
 

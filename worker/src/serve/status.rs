@@ -11,14 +11,15 @@ pub fn grpc_code(err: &Error) -> Code {
     match err {
         Error::ModelNotFound { .. } | Error::VersionNotFound { .. } | Error::LabelNotFound { .. } => Code::NotFound,
         Error::Unavailable { .. } | Error::Shutdown(_) => Code::Unavailable,
-        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::InvalidArgument(_) | Error::Config { .. } => Code::InvalidArgument,
         Error::QueueFull { .. } => Code::ResourceExhausted,
         Error::Manifest { .. }
         | Error::Io { .. }
         | Error::Load { .. }
         | Error::Inference { .. }
         | Error::ModelFile(_)
-        | Error::Startup(_) => Code::Internal,
+        | Error::Startup(_)
+        | Error::Training { .. } => Code::Internal,
     }
 }
 

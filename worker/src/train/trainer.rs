@@ -1,0 +1,229 @@
+//! The training loop: resume from the newest complete state, then for each step read this rank's
+//! share of the global batch, compute the loss and gradients, average the gradients over the
+//! ranks, clip, and apply AdamW; every `checkpoint.every_steps` steps and at the end, save the
+//! training state and publish the weights as the next model version with the held-out metrics.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::checkpoint::{self, OPTIMIZER_FILE, PARAMS_FILE, Saved};
+use super::config::{DataSpec, JobConfig, ModelSpec};
+use super::data::{self, Batch, Dataset, HeldOut, Order};
+use super::lm::TrainLlama;
+use super::mlp::TrainMlp;
+use super::optim::{self, AdamW};
+use super::params::{Params, model_error};
+use crate::error::{Error, Result};
+use crate::repository::{self, MANIFEST_FILE, Manifest, PublishRequest, Repository};
+
+/// The metric a published version records its training step under.
+pub const STEP_METRIC: &str = "step";
+/// Longest answer generated for an addition problem.
+const ANSWER_TOKENS: usize = 8;
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// Steps completed (all of them unless interrupted).
+    pub step: u64,
+    /// The training loss of the last step.
+    pub loss: f64,
+    /// Versions this run published.
+    pub published: Vec<u64>,
+    /// Stopped early by a termination request, after saving a state.
+    pub interrupted: bool,
+}
+
+/// The model being trained.
+enum Model {
+    Llama(TrainLlama),
+    Mlp(TrainMlp),
+}
+
+impl Model {
+    fn new(config: &JobConfig, dataset: &Dataset) -> Result<Self> {
+        match (&config.model, &config.data) {
+            (ModelSpec::Llama(spec), _) => Ok(Self::Llama(TrainLlama::new(spec, config.seed)?)),
+            (ModelSpec::Mlp(spec), DataSpec::Csv(csv)) => {
+                Ok(Self::Mlp(TrainMlp::new(spec, dataset.features(), csv.classes, config.seed)?))
+            }
+            (ModelSpec::Mlp(_), _) => Err(Error::config("data", "an mlp trains on csv data")),
+        }
+    }
+
+    fn params(&self) -> &Params {
+        match self {
+            Self::Llama(model) => model.params(),
+            Self::Mlp(model) => model.params(),
+        }
+    }
+
+    fn loss(&self, batch: &Batch) -> candle_core::Result<candle_core::Tensor> {
+        match (self, batch) {
+            (Self::Llama(model), Batch::Tokens(windows)) => model.loss(windows),
+            (Self::Mlp(model), Batch::Rows { features, targets }) => model.loss(features, targets),
+            _ => candle_core::bail!("the batch does not suit the model; this is a bug"),
+        }
+    }
+
+    /// Held-out metrics.
+    fn evaluate(&self, held_out: &HeldOut) -> Result<Vec<(String, f64)>> {
+        let scalar = |loss: candle_core::Result<candle_core::Tensor>| -> Result<f64> {
+            loss.and_then(|l| l.to_scalar::<f32>()).map(f64::from).map_err(model_error)
+        };
+        match (self, held_out) {
+            (Self::Llama(model), HeldOut::Addition { problems, windows }) => {
+                let mut right = 0;
+                for &(a, b) in problems {
+                    let prompt = data::bytes_to_tokens(data::addition_prompt(a, b).as_bytes());
+                    let answer = model.greedy(&prompt, ANSWER_TOKENS).map_err(model_error)?;
+                    right += usize::from(answer == data::bytes_to_tokens((a + b).to_string().as_bytes()));
+                }
+                Ok(vec![
+                    ("eval_loss".to_owned(), scalar(model.loss(windows))?),
+                    ("eval_accuracy".to_owned(), right as f64 / problems.len() as f64),
+                ])
+            }
+            (Self::Llama(model), HeldOut::Tokens(windows)) => {
+                Ok(vec![("eval_loss".to_owned(), scalar(model.loss(windows))?)])
+            }
+            (Self::Mlp(model), HeldOut::Rows { features, targets }) => model.evaluate(features, targets),
+            _ => Err(Error::config("data", "the held-out data does not suit the model")),
+        }
+    }
+
+    fn write_checkpoint(&self, dir: &Path) -> Result<()> {
+        match self {
+            Self::Llama(model) => model.write_checkpoint(dir),
+            Self::Mlp(model) => model.write_checkpoint(dir),
+        }
+    }
+}
+
+/// Runs the job to its last step, or until `interrupt` is set (then a state is saved first).
+pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
+    let cluster = &config.cluster;
+    if cluster.world_size > 1 {
+        return Err(Error::config(
+            "cluster.world_size",
+            "training across ranks (the gRPC ring all-reduce) is not built yet; run one rank",
+        ));
+    }
+    let context = match &config.model {
+        ModelSpec::Llama(spec) => spec.context,
+        ModelSpec::Mlp(_) => 0,
+    };
+    let batch_size = config.schedule.global_batch;
+    let dataset = Dataset::load(&config.data, context, batch_size, config.seed)?;
+    let model = Model::new(config, &dataset)?;
+    let mut optimizer = AdamW::new(config.optimizer.clone(), model.params().decay_mask());
+    let mut published = Vec::new();
+    let (mut step, mut loss) = (0, f64::NAN);
+    if let Some(saved) = checkpoint::latest(&config.checkpoint.state_dir)? {
+        model.params().load(&saved.params())?;
+        optimizer.load(&saved.optimizer(), saved.state.step)?;
+        (step, loss) = (saved.state.step, saved.state.loss);
+        tracing::info!(step, dir = %saved.dir.display(), "resuming from a saved training state");
+        // A crash between saving the state and publishing its version: publish it now.
+        published.extend(publish_once(config, &model, &dataset, &saved)?);
+    }
+    let mut order = Order::new(config.seed, dataset.len());
+    let started = Instant::now();
+    let first_step = step;
+    while step < config.schedule.steps {
+        if interrupt.load(Ordering::Relaxed) {
+            tracing::info!(step, "termination requested; saving the training state");
+            checkpoint(config, &model, &optimizer, &dataset, step, loss, &mut published)?;
+            return Ok(Outcome { step, loss, published, interrupted: true });
+        }
+        let batch = dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size));
+        let (mut gradients, step_loss) = gradients(&model, &batch).map_err(|e| stopped(step, e))?;
+        if !step_loss.is_finite() {
+            return Err(Error::Training {
+                step,
+                reason: format!("the loss is {step_loss}; the last saved state and its version are kept"),
+            });
+        }
+        optim::clip(&mut gradients, config.optimizer.grad_clip);
+        let mut values = model.params().read_flat()?;
+        optimizer.update(&mut values, &gradients, optim::learning_rate(&config.optimizer, &config.schedule, step));
+        model.params().write_flat(&values)?;
+        step += 1;
+        loss = step_loss;
+        if step % config.checkpoint.every_steps == 0 || step == config.schedule.steps {
+            let rate = (step - first_step) as f64 / started.elapsed().as_secs_f64();
+            tracing::info!(step, loss, steps_per_second = rate, "checkpoint");
+            checkpoint(config, &model, &optimizer, &dataset, step, loss, &mut published)?;
+        }
+    }
+    Ok(Outcome { step, loss, published, interrupted: false })
+}
+
+/// This rank's gradients (flat) and loss for one batch.
+fn gradients(model: &Model, batch: &Batch) -> candle_core::Result<(Vec<f32>, f64)> {
+    let loss = model.loss(batch)?;
+    let grads = loss.backward()?;
+    let flat = model.params().gradients_flat(&grads).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    Ok((flat, f64::from(loss.to_scalar::<f32>()?)))
+}
+
+fn stopped(step: u64, error: candle_core::Error) -> Error {
+    Error::Training { step, reason: error.to_string() }
+}
+
+/// Saves the training state for `step`, publishes its version, and prunes old states.
+fn checkpoint(
+    config: &JobConfig,
+    model: &Model,
+    optimizer: &AdamW,
+    dataset: &Dataset,
+    step: u64,
+    loss: f64,
+    published: &mut Vec<u64>,
+) -> Result<()> {
+    let saved = checkpoint::save(&config.checkpoint.state_dir, step, loss, |dir| {
+        model.params().save(&dir.join(PARAMS_FILE))?;
+        optimizer.save(&dir.join(OPTIMIZER_FILE))
+    })?;
+    published.extend(publish_once(config, model, dataset, &saved)?);
+    checkpoint::prune(&config.checkpoint.state_dir, config.checkpoint.keep)
+}
+
+/// Publishes the model (holding `saved`'s weights) as the next version, with the training loss,
+/// the held-out metrics and the step, unless a version of that step exists already.
+fn publish_once(config: &JobConfig, model: &Model, dataset: &Dataset, saved: &Saved) -> Result<Option<u64>> {
+    let output = &config.output;
+    if published_steps(&output.repository, &output.model)?.contains_key(&saved.state.step) {
+        return Ok(None);
+    }
+    let mut metrics = vec![(STEP_METRIC.to_owned(), saved.state.step as f64), ("loss".to_owned(), saved.state.loss)];
+    metrics.extend(model.evaluate(&dataset.held_out)?);
+    let staging = tempfile::tempdir().map_err(|e| Error::io("creating a staging directory", e))?;
+    model.write_checkpoint(staging.path())?;
+    let request = PublishRequest {
+        root: &output.repository,
+        model: &output.model,
+        source: staging.path(),
+        version: None,
+        metrics: &metrics,
+    };
+    let version = repository::publish(&request)?;
+    tracing::info!(model = %output.model, version, step = saved.state.step, ?metrics, "published a version");
+    Ok(Some(version))
+}
+
+/// The training step each published version of `model` records, and the version.
+pub fn published_steps(root: &Path, model: &str) -> Result<BTreeMap<u64, u64>> {
+    let repository = Repository::new(root);
+    let mut steps = BTreeMap::new();
+    for version in repository.versions(model)? {
+        let path = repository.version_dir(model, version).join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if let Some(&step) = Manifest::from_json(&bytes, &path)?.metrics.get(STEP_METRIC) {
+            steps.insert(step as u64, version);
+        }
+    }
+    Ok(steps)
+}

@@ -1,0 +1,191 @@
+//! Training end to end on small jobs: the real `lantern-worker train` process (SIGTERM, exit
+//! codes, resume), the versions it publishes served by a real server, a non-finite loss, and job
+//! files that must be refused before any work.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use lantern_worker::repository::Repository;
+use lantern_worker::serve::server::{self, ServerOptions};
+use lantern_worker::serve::versions::ServeSettings;
+use lantern_worker::train::config::{JobConfig, LlamaSpec};
+use lantern_worker::train::lm::TrainLlama;
+use lantern_worker::train::{EXIT_INVALID, EXIT_RETRYABLE, trainer};
+use serde_json::{Value, json};
+
+const MODEL: &str = "adder";
+
+/// A tiny llama learning additions, checkpointing every `every` steps, in `dir`.
+fn addition_job(dir: &Path, steps: u64, every: u64) -> Value {
+    json!({
+        "model": {"llama": {"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 4, "kv_heads": 2, "context": 16}},
+        "data": {"addition": {"max_operand": 20, "train_examples": 2000, "eval_examples": 20}},
+        "schedule": {"steps": steps, "warmup_steps": 5, "global_batch": 8},
+        "checkpoint": {"every_steps": every, "keep": 2, "state_dir": dir.join("state")},
+        "output": {"repository": dir.join("models"), "model": MODEL},
+        "seed": 5,
+    })
+}
+
+fn config_of(job: &Value) -> JobConfig {
+    let config = JobConfig::from_json(job.to_string().as_bytes()).unwrap();
+    config.validate().unwrap();
+    config
+}
+
+fn write_job(dir: &Path, job: &Value) -> PathBuf {
+    let path = dir.join("job.json");
+    std::fs::write(&path, job.to_string()).unwrap();
+    path
+}
+
+fn train_process(job: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lantern-worker"));
+    command.args(["--compute-threads", "1", "train", "--config"]).arg(job).env("RUST_LOG", "warn");
+    command
+}
+
+/// The bytes of a published version's weights.
+fn weights(root: &Path, version: u64) -> Vec<u8> {
+    std::fs::read(Repository::new(root).version_dir(MODEL, version).join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn sigterm_saves_a_state_and_the_restarted_run_ends_as_an_uninterrupted_one() {
+    // Long enough (about 5 s) that the signal, sent once step 100 is published, lands mid-run.
+    let (steps, every) = (1000, 100);
+    let all_steps: Vec<u64> = (1..=steps / every).map(|i| i * every).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference");
+    let whole = trainer::train(&config_of(&addition_job(&reference, steps, every)), &AtomicBool::new(false)).unwrap();
+    assert_eq!((whole.step, whole.published.len(), whole.interrupted), (steps, all_steps.len(), false));
+    let reference_steps = trainer::published_steps(&reference.join("models"), MODEL).unwrap();
+    assert_eq!(reference_steps.keys().copied().collect::<Vec<_>>(), all_steps);
+
+    let resumed = dir.path().join("resumed");
+    std::fs::create_dir_all(&resumed).unwrap();
+    let job = write_job(&resumed, &addition_job(&resumed, steps, every));
+    let mut child = train_process(&job).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while trainer::published_steps(&resumed.join("models"), MODEL).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no version within two minutes");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    assert_eq!(child.wait().unwrap().code(), Some(EXIT_RETRYABLE), "SIGTERM is retryable after saving the state");
+    let interrupted = trainer::published_steps(&resumed.join("models"), MODEL).unwrap();
+    let stopped_at = *interrupted.keys().last().unwrap();
+    assert!(stopped_at < steps, "stopped early, at step {stopped_at}, with a version of that step");
+
+    let restarted = train_process(&job).output().unwrap();
+    assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
+    let steps_published = trainer::published_steps(&resumed.join("models"), MODEL).unwrap();
+    for step in &all_steps {
+        assert!(steps_published.contains_key(step), "no version of step {step}: {steps_published:?}");
+    }
+    let versions = Repository::new(resumed.join("models")).versions(MODEL).unwrap();
+    assert_eq!(steps_published.len(), versions.len(), "one version per step, none twice");
+    assert_eq!(
+        weights(&resumed.join("models"), steps_published[&steps]),
+        weights(&reference.join("models"), reference_steps[&steps]),
+        "resuming from the saved state reproduces the uninterrupted run bit for bit"
+    );
+}
+
+#[tokio::test]
+async fn a_trained_version_is_served_and_answers_as_the_trainer_computes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_of(&addition_job(dir.path(), 60, 30));
+    tokio::task::spawn_blocking(move || trainer::train(&config, &AtomicBool::new(false)).unwrap()).await.unwrap();
+    let root = dir.path().join("models");
+    let settings = ServeSettings { poll_interval: Duration::from_millis(50), ..ServeSettings::default() };
+    let options = ServerOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_message_bytes: 1 << 20,
+        shutdown_grace: Duration::from_secs(5),
+    };
+    let server = server::start(Repository::new(&root), settings, options).await.unwrap();
+    let url = format!("http://{}/v1/completions", server.local_addr());
+    let body = json!({"model": MODEL, "prompt": "7+8=", "max_tokens": 6, "temperature": 0});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer: Value = loop {
+        let response = reqwest::Client::new().post(&url).json(&body).send().await.unwrap();
+        if response.status() == 200 && response.headers()["x-lantern-model-version"] == "2" {
+            break response.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "version 2 never answered: {}", response.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let served = answer["choices"][0]["text"].as_str().unwrap().to_owned();
+
+    // The trainer's own forward over the published weights, greedy, gives the same text.
+    let version_dir = Repository::new(&root).version_dir(MODEL, 2);
+    let spec = LlamaSpec {
+        hidden_size: 32,
+        intermediate_size: 64,
+        layers: 1,
+        heads: 4,
+        kv_heads: Some(2),
+        context: 16,
+        init_from: Some(version_dir),
+    };
+    let model = TrainLlama::new(&spec, 0).unwrap();
+    let tokens = model.greedy(&"7+8=".bytes().map(u32::from).collect::<Vec<_>>(), 6).unwrap();
+    let expected: String = tokens.iter().map(|&t| char::from(t as u8)).collect();
+    assert_eq!(served, expected);
+    server.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_job_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    let job = |steps: u64| {
+        json!({
+            "model": {"mlp": {"hidden": [8], "activation": "tanh"}},
+            "data": {"csv": {"path": csv, "target": "y"}},
+            "schedule": {"steps": steps, "global_batch": 8},
+            "checkpoint": {"every_steps": 10, "state_dir": dir.path().join("state")},
+            "output": {"repository": dir.path().join("models"), "model": "line"},
+        })
+    };
+    let rows =
+        |scale: f32| -> String { (0..40).map(|i| format!("{},{}\n", i as f32 / 40.0, scale * i as f32)).collect() };
+    std::fs::write(&csv, format!("x,y\n{}", rows(0.05))).unwrap();
+    let done = trainer::train(&config_of(&job(10)), &AtomicBool::new(false)).unwrap();
+    assert_eq!((done.step, done.published), (10, vec![1]));
+
+    // Targets so large that the squared error overflows: the job stops at the next step.
+    std::fs::write(&csv, format!("x,y\n{}", rows(1e30))).unwrap();
+    let error = trainer::train(&config_of(&job(20)), &AtomicBool::new(false)).unwrap_err().to_string();
+    assert!(error.contains("step 10") && error.contains("the loss is inf"), "{error}");
+    let steps = trainer::published_steps(&dir.path().join("models"), "line").unwrap();
+    assert_eq!(steps.into_iter().collect::<Vec<_>>(), vec![(10, 1)], "the good version stays, nothing new");
+    let state = lantern_worker::train::checkpoint::latest(&dir.path().join("state")).unwrap().unwrap();
+    assert_eq!(state.state.step, 10);
+}
+
+#[test]
+fn bad_job_files_are_refused_before_any_work_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut unknown = addition_job(dir.path(), 10, 5);
+    unknown["schedule"]["epochs"] = 3.into();
+    let mut missing_data = addition_job(dir.path(), 10, 5);
+    missing_data["data"] = json!({"text": {"paths": [dir.path().join("missing.txt")]}});
+    let mut too_small = addition_job(dir.path(), 10, 5);
+    too_small["data"]["addition"]["train_examples"] = 1.into();
+    for (job, field) in [
+        (unknown, "unknown field `epochs`"),
+        (missing_data, "data.text.paths[0]"),
+        (too_small, "fewer than one global batch"),
+    ] {
+        let output = train_process(&write_job(dir.path(), &job)).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(EXIT_INVALID), "{stderr}");
+        assert!(stderr.contains(field), "{field} not in: {stderr}");
+    }
+    assert!(!dir.path().join("state").exists() && !dir.path().join("models").exists(), "nothing was written");
+}
