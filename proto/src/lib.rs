@@ -3,7 +3,8 @@
 //! - [`inference`]: the Open Inference Protocol v2 (`inference.GRPCInferenceService`) with Triton's
 //!   repository extension, wire-compatible with tritonclient and the KServe SDK.
 //! - [`lantern::v1`]: Lantern's `ModelService` (per-version status, serving config, reload),
-//!   `GenerationService` (streaming text generation) and `EmbeddingService` (sentence embeddings).
+//!   `GenerationService` (streaming text generation), `EmbeddingService` (sentence embeddings)
+//!   and `CollectiveService` (a training job's rendezvous and ring all-reduce).
 //!
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
 

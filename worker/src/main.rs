@@ -2,6 +2,7 @@
 //! create a fresh MLP to publish.
 
 mod compute_threads;
+mod launch;
 mod telemetry;
 
 use std::collections::BTreeSet;
@@ -154,6 +155,9 @@ struct TrainArgs {
     /// `LANTERN_ADDRESS` and `LANTERN_REPOSITORY` override it.
     #[arg(long, env = "LANTERN_TRAINING_CONFIG")]
     config: PathBuf,
+    /// Run the job as this many rank processes on loopback, sharing the compute threads.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    local_ranks: Option<u64>,
 }
 
 fn parse_metric(text: &str) -> Result<(String, f64), String> {
@@ -188,9 +192,13 @@ fn main() -> anyhow::Result<()> {
         Command::InitMlp(init) => init_mlp(&init),
         Command::Train(train) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let threads = args.compute_threads.map_or_else(compute_threads::default_threads, |n| n as usize);
             let code = runtime.block_on(async {
                 let _telemetry = telemetry::init(&args.log, args.log_json, args.otlp_endpoint.as_deref())?;
-                run_train(train).await
+                match train.local_ranks {
+                    Some(ranks) => launch::run(&train.config, ranks as usize, threads).await,
+                    None => run_train(train).await,
+                }
             })?;
             std::process::exit(code)
         }

@@ -198,13 +198,25 @@ pub struct ClusterSpec {
     pub world_size: usize,
     /// Rank 0's collective address, `host:port`.
     pub coordinator: Option<String>,
-    /// The address this rank listens on for its ring neighbour, `host:port`.
+    /// The address this rank listens on for its ring neighbour, `host:port` (default
+    /// `127.0.0.1:0`, a free loopback port).
     pub address: Option<String>,
+    /// The most a rank waits for its neighbour's data in a collective before failing the job.
+    pub timeout_seconds: f64,
+    /// The most a rank waits for every rank to join, retries included.
+    pub rendezvous_timeout_seconds: f64,
 }
 
 impl Default for ClusterSpec {
     fn default() -> Self {
-        Self { rank: 0, world_size: 1, coordinator: None, address: None }
+        Self {
+            rank: 0,
+            world_size: 1,
+            coordinator: None,
+            address: None,
+            timeout_seconds: 60.0,
+            rendezvous_timeout_seconds: 300.0,
+        }
     }
 }
 
@@ -300,6 +312,11 @@ impl JobConfig {
                 format!("rank {} is outside a world of {}", cluster.rank, cluster.world_size),
             ));
         }
+        if cluster.world_size > 1 && cluster.coordinator.is_none() {
+            return Err(Error::config("cluster.coordinator", "a job of several ranks needs rank 0's address"));
+        }
+        positive("cluster.timeout_seconds", cluster.timeout_seconds)?;
+        positive("cluster.rendezvous_timeout_seconds", cluster.rendezvous_timeout_seconds)?;
         if schedule.global_batch == 0 || !schedule.global_batch.is_multiple_of(cluster.world_size) {
             return Err(Error::config(
                 "schedule.global_batch",
@@ -457,6 +474,8 @@ mod tests {
         assert_eq!((config.cluster.rank, config.cluster.world_size), (1, 2));
         assert_eq!(config.cluster.coordinator.as_deref(), Some("10.0.0.1:7070"));
         config.validate().unwrap();
+        config.cluster.coordinator = None;
+        assert!(config.validate().unwrap_err().to_string().contains("cluster.coordinator"));
         let bad = config.apply_env(|name| (name == "LANTERN_RANK").then(|| "one".to_owned()));
         assert!(bad.unwrap_err().to_string().contains("LANTERN_RANK"));
     }
@@ -471,7 +490,7 @@ mod tests {
         assert!(error_of(heads).contains("model.llama.heads"));
         let mut batch = addition_job();
         batch["schedule"]["global_batch"] = 3.into();
-        batch["cluster"] = serde_json::json!({"world_size": 2});
+        batch["cluster"] = serde_json::json!({"world_size": 2, "coordinator": "127.0.0.1:7070"});
         assert!(error_of(batch).contains("schedule.global_batch: 3 must be a positive multiple of the world size 2"));
         let mut text = addition_job();
         text["data"] = serde_json::json!({"text": {"paths": ["/no/such/corpus.txt"]}});

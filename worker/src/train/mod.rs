@@ -9,9 +9,11 @@
 //! - [`optim`]: AdamW, the warm-up + cosine schedule and gradient clipping.
 //! - [`mlp`]: the serving core's MLP, trained as is.
 //! - [`checkpoint`]: training states (weights, moments, step), atomic and verified.
+//! - [`collective`]: rendezvous at rank 0 and the ring all-reduce over gRPC.
 //! - [`trainer`]: the loop, checkpoints and publishing.
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod lm;

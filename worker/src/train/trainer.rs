@@ -1,14 +1,23 @@
-//! The training loop: resume from the newest complete state, then for each step read this rank's
-//! share of the global batch, compute the loss and gradients, average the gradients over the
-//! ranks, clip, and apply AdamW; every `checkpoint.every_steps` steps and at the end, save the
-//! training state and publish the weights as the next model version with the held-out metrics.
+//! The training loop: resume from the newest complete state, join the other ranks, then for each
+//! step read this rank's share of the global batch, compute the loss and gradients, average the
+//! gradients over the ranks, clip, and apply AdamW. Every rank applies the same update to the
+//! same parameters, so they stay identical. Every `checkpoint.every_steps` steps and at the end,
+//! rank 0 saves the training state and publishes the weights as the next model version with the
+//! held-out metrics.
+//!
+//! The loss and a stop flag travel with the gradients, so every rank sees the same mean loss
+//! (and stops together on a non-finite one) and a termination request on any rank stops all of
+//! them after the same step, rank 0 saving the state first.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 use super::checkpoint::{self, OPTIMIZER_FILE, PARAMS_FILE, Saved};
+use super::collective::{Collective, Placement};
 use super::config::{DataSpec, JobConfig, ModelSpec};
 use super::data::{self, Batch, Dataset, HeldOut, Order};
 use super::lm::TrainLlama;
@@ -102,15 +111,11 @@ impl Model {
     }
 }
 
-/// Runs the job to its last step, or until `interrupt` is set (then a state is saved first).
+/// Runs the job to its last step, or until `interrupt` is set on any rank (then rank 0 saves a
+/// state first).
 pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
     let cluster = &config.cluster;
-    if cluster.world_size > 1 {
-        return Err(Error::config(
-            "cluster.world_size",
-            "training across ranks (the gRPC ring all-reduce) is not built yet; run one rank",
-        ));
-    }
+    let lead = cluster.rank == 0;
     let context = match &config.model {
         ModelSpec::Llama(spec) => spec.context,
         ModelSpec::Mlp(_) => 0,
@@ -126,20 +131,35 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
         optimizer.load(&saved.optimizer(), saved.state.step)?;
         (step, loss) = (saved.state.step, saved.state.loss);
         tracing::info!(step, dir = %saved.dir.display(), "resuming from a saved training state");
-        // A crash between saving the state and publishing its version: publish it now.
-        published.extend(publish_once(config, &model, &dataset, &saved)?);
+        if lead {
+            // A crash between saving the state and publishing its version: publish it now.
+            published.extend(publish_once(config, &model, &dataset, &saved)?);
+        }
     }
+    let mut collective = match cluster.world_size {
+        1 => None,
+        _ => Some(Collective::join(placement(config), step)?),
+    };
     let mut order = Order::new(config.seed, dataset.len());
     let started = Instant::now();
     let first_step = step;
     while step < config.schedule.steps {
-        if interrupt.load(Ordering::Relaxed) {
+        let batch = dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size));
+        let (mut gradients, local_loss) = gradients(&model, &batch).map_err(|e| stopped(step, e))?;
+        // The loss and the stop flag ride along, averaged with the gradients.
+        gradients.extend([local_loss as f32, f32::from(u8::from(interrupt.load(Ordering::Relaxed)))]);
+        if let Some(collective) = collective.as_mut() {
+            collective.all_reduce_mean(&mut gradients, step)?;
+        }
+        let stop = gradients.pop().is_some_and(|flag| flag > 0.0);
+        let step_loss = f64::from(gradients.pop().expect("the loss rides with the gradients; this is a bug"));
+        if stop {
             tracing::info!(step, "termination requested; saving the training state");
-            checkpoint(config, &model, &optimizer, &dataset, step, loss, &mut published)?;
+            if lead {
+                checkpoint(config, &model, &optimizer, &dataset, step, loss, &mut published)?;
+            }
             return Ok(Outcome { step, loss, published, interrupted: true });
         }
-        let batch = dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size));
-        let (mut gradients, step_loss) = gradients(&model, &batch).map_err(|e| stopped(step, e))?;
         if !step_loss.is_finite() {
             return Err(Error::Training {
                 step,
@@ -155,10 +175,40 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
         if step % config.checkpoint.every_steps == 0 || step == config.schedule.steps {
             let rate = (step - first_step) as f64 / started.elapsed().as_secs_f64();
             tracing::info!(step, loss, steps_per_second = rate, "checkpoint");
-            checkpoint(config, &model, &optimizer, &dataset, step, loss, &mut published)?;
+            if lead {
+                checkpoint(config, &model, &optimizer, &dataset, step, loss, &mut published)?;
+            }
         }
     }
     Ok(Outcome { step, loss, published, interrupted: false })
+}
+
+/// This rank's place in the ring, from the cluster settings.
+fn placement(config: &JobConfig) -> Placement {
+    let cluster = &config.cluster;
+    Placement {
+        rank: cluster.rank,
+        world_size: cluster.world_size,
+        coordinator: cluster.coordinator.clone().unwrap_or_default(),
+        address: cluster.address.clone().unwrap_or_else(|| "127.0.0.1:0".to_owned()),
+        job: job_identity(config),
+        timeout: Duration::from_secs_f64(cluster.timeout_seconds),
+        rendezvous_timeout: Duration::from_secs_f64(cluster.rendezvous_timeout_seconds),
+    }
+}
+
+/// A digest of everything that must be equal on every rank: model, data, optimizer, schedule,
+/// seed and output model.
+fn job_identity(config: &JobConfig) -> String {
+    let shared = serde_json::json!([
+        config.model,
+        config.data,
+        config.optimizer,
+        config.schedule,
+        config.seed,
+        config.output.model
+    ]);
+    hex::encode(&Sha256::digest(shared.to_string().as_bytes())[..8])
 }
 
 /// This rank's gradients (flat) and loss for one batch.

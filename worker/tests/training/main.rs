@@ -95,6 +95,92 @@ fn sigterm_saves_a_state_and_the_restarted_run_ends_as_an_uninterrupted_one() {
     );
 }
 
+/// A free loopback port for rank 0.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `job` as rank `rank` of `world` with rank 0 on `port`.
+fn as_rank(job: &Value, rank: usize, world: usize, port: u16) -> Value {
+    let mut job = job.clone();
+    job["cluster"] = json!({
+        "rank": rank, "world_size": world, "coordinator": format!("127.0.0.1:{port}"), "timeout_seconds": 10.0,
+    });
+    job
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut tensors: Vec<(String, Vec<f32>)> = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| (name, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+#[test]
+fn two_ranks_end_with_the_parameters_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("alone");
+    trainer::train(&config_of(&addition_job(&alone, 40, 40)), &AtomicBool::new(false)).unwrap();
+    let pair = dir.path().join("pair");
+    let job = addition_job(&pair, 40, 40);
+    let port = free_port();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let config = config_of(&as_rank(&job, rank, 2, port));
+            std::thread::spawn(move || trainer::train(&config, &AtomicBool::new(false)).unwrap())
+        })
+        .collect();
+    let outcomes: Vec<_> = ranks.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(outcomes[0].published, vec![1], "rank 0 publishes");
+    assert!(outcomes[1].published.is_empty(), "rank 1 does not");
+    assert_eq!(outcomes[0].loss, outcomes[1].loss, "both ranks see the same mean loss");
+    let one = tensors(&Repository::new(alone.join("models")).version_dir(MODEL, 1).join("model.safetensors"));
+    let two = tensors(&Repository::new(pair.join("models")).version_dir(MODEL, 1).join("model.safetensors"));
+    for ((name, a), (_, b)) in one.iter().zip(&two) {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{name} differs by {worst}");
+    }
+}
+
+#[test]
+fn a_killed_rank_fails_the_others_and_restarting_all_resumes_without_missing_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (steps, every) = (1000, 100);
+    let job = addition_job(dir.path(), steps, every);
+    let start = |port: u16| -> Vec<std::process::Child> {
+        (0..2)
+            .map(|rank| {
+                let path = dir.path().join(format!("rank{rank}.json"));
+                std::fs::write(&path, as_rank(&job, rank, 2, port).to_string()).unwrap();
+                train_process(&path).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+            })
+            .collect()
+    };
+    let mut ranks = start(free_port());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while trainer::published_steps(&dir.path().join("models"), MODEL).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no version within two minutes");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ranks[1].kill().unwrap();
+    ranks[1].wait().unwrap();
+    let survivor = ranks.remove(0).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&survivor.stderr);
+    assert_eq!(survivor.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("rank 1") && stderr.contains("training stopped at step"), "{stderr}");
+
+    for rank in start(free_port()) {
+        let output = rank.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let published = trainer::published_steps(&dir.path().join("models"), MODEL).unwrap();
+    let expected: Vec<u64> = (1..=steps / every).map(|i| i * every).collect();
+    assert_eq!(published.keys().copied().collect::<Vec<_>>(), expected, "every checkpoint once");
+}
+
 #[tokio::test]
 async fn a_trained_version_is_served_and_answers_as_the_trainer_computes() {
     let dir = tempfile::tempdir().unwrap();

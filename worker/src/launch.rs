@@ -1,0 +1,62 @@
+//! `train --local-ranks N`: one command that runs a data-parallel job as N processes on loopback,
+//! the way the operator runs N pods. Each child is this binary's `train` with the rank's
+//! environment (`LANTERN_RANK`, `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR` on a free loopback
+//! port, `LANTERN_ADDRESS=127.0.0.1:0`) and an equal share of the compute threads. SIGTERM is passed
+//! on to every rank; the exit code is the first failing rank's, else 0.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Runs `ranks` processes of the job in `config` and waits for all of them.
+pub async fn run(config: &Path, ranks: usize, threads: usize) -> anyhow::Result<i32> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .context("finding a free port for rank 0")?
+        .port();
+    let executable = std::env::current_exe().context("locating this executable")?;
+    let threads_per_rank = (threads / ranks).max(1);
+    let mut children: Vec<Child> = Vec::with_capacity(ranks);
+    for rank in 0..ranks {
+        let child = Command::new(&executable)
+            .args(["--compute-threads", &threads_per_rank.to_string(), "train", "--config"])
+            .arg(config)
+            .env("LANTERN_RANK", rank.to_string())
+            .env("LANTERN_WORLD_SIZE", ranks.to_string())
+            .env("LANTERN_COORDINATOR", format!("127.0.0.1:{port}"))
+            .env("LANTERN_ADDRESS", "127.0.0.1:0")
+            .spawn()
+            .with_context(|| format!("starting rank {rank}"))?;
+        children.push(child);
+    }
+    println!("started {ranks} ranks ({threads_per_rank} compute threads each), coordinator 127.0.0.1:{port}");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut codes: Vec<Option<i32>> = vec![None; ranks];
+    let mut forwarded = false;
+    while codes.iter().any(Option::is_none) {
+        tokio::select! {
+            _ = term.recv(), if !forwarded => {
+                forwarded = true;
+                for child in &children {
+                    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        for (rank, child) in children.iter_mut().enumerate() {
+            if codes[rank].is_none()
+                && let Some(status) = child.try_wait().with_context(|| format!("waiting for rank {rank}"))?
+            {
+                let code = status.code().unwrap_or(1);
+                if code != 0 {
+                    eprintln!("rank {rank} exited with code {code}");
+                }
+                codes[rank] = Some(code);
+            }
+        }
+    }
+    Ok(codes.into_iter().flatten().find(|&code| code != 0).unwrap_or(0))
+}
