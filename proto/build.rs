@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "lantern/v1/generation_service.proto",
     "lantern/v1/embedding_service.proto",
     "lantern/v1/collective_service.proto",
+    "lantern/v1/training_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -4,7 +4,8 @@
 //!   repository extension, wire-compatible with tritonclient and the KServe SDK.
 //! - [`lantern::v1`]: Lantern's `ModelService` (per-version status, serving config, reload),
 //!   `GenerationService` (streaming text generation), `EmbeddingService` (sentence embeddings)
-//!   and `CollectiveService` (a training job's rendezvous and ring all-reduce).
+//!   `CollectiveService` (a training job's rendezvous, heartbeats and ring all-reduce) and
+//!   `TrainingService` (a training job's progress).
 //!
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
 

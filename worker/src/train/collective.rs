@@ -13,14 +13,18 @@
 //! dead or hung rank makes every other rank fail with an error naming the rank and the step.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lantern_proto::lantern::v1::collective_service_client::CollectiveServiceClient;
 use lantern_proto::lantern::v1::collective_service_server::{CollectiveService, CollectiveServiceServer};
-use lantern_proto::lantern::v1::{Chunk, ExchangeSummary, JoinRequest, JoinResponse};
+use lantern_proto::lantern::v1::{
+    Chunk, ExchangeSummary, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse,
+};
 use tokio::sync::{Mutex, mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::progress::Progress;
 use crate::error::{Error, Result};
 
 /// Numbers per all-reduce bucket (4 MiB of f32): large models travel as many moderate messages.
@@ -29,6 +33,8 @@ const BUCKET_VALUES: usize = 1 << 20;
 const MAX_MESSAGE_BYTES: usize = 8 << 20;
 /// Chunks buffered towards the right neighbour.
 const OUTBOX_CHUNKS: usize = 8;
+/// How often ranks other than 0 report to rank 0.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where this rank stands and how long to wait for the others.
 #[derive(Clone, Debug)]
@@ -58,12 +64,15 @@ pub struct Collective {
     inbox: mpsc::Receiver<std::result::Result<Chunk, Status>>,
     sent: u64,
     received: u64,
+    /// The step of the last all-reduce, for heartbeats.
+    step: Arc<AtomicU64>,
 }
 
 impl Collective {
     /// Serves this rank's endpoint, joins the job at `step` and opens the stream to the right
-    /// neighbour. Blocks until every rank has joined or the rendezvous timeout passes.
-    pub fn join(placement: Placement, step: u64) -> Result<Self> {
+    /// neighbour. Blocks until every rank has joined or the rendezvous timeout passes. Rank 0
+    /// records the other ranks' heartbeats in `progress`; the others send one every second.
+    pub fn join(placement: Placement, step: u64, progress: Option<Arc<Progress>>) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(format!("collective-{}", placement.rank))
@@ -71,7 +80,7 @@ impl Collective {
             .build()
             .map_err(|e| Error::io("starting the collective's runtime", e))?;
         let (inbox_tx, inbox) = mpsc::channel(OUTBOX_CHUNKS * 2);
-        let addresses = runtime.block_on(rendezvous(&placement, step, inbox_tx))?;
+        let addresses = runtime.block_on(rendezvous(&placement, step, inbox_tx, progress))?;
         let n = placement.world_size;
         let (left, right) =
             (addresses[(placement.rank + n - 1) % n].clone(), addresses[(placement.rank + 1) % n].clone());
@@ -91,12 +100,17 @@ impl Collective {
                 Err(error) => tracing::warn!(%target, %error, "cannot reach the right neighbour"),
             }
         });
+        let current = Arc::new(AtomicU64::new(step));
+        if placement.rank != 0 {
+            runtime.spawn(send_heartbeats(placement.coordinator.clone(), placement.rank, current.clone()));
+        }
         tracing::info!(rank = placement.rank, world_size = n, %left, %right, "joined the ring");
-        Ok(Self { placement, runtime, left, right, outbox, inbox, sent: 0, received: 0 })
+        Ok(Self { placement, runtime, left, right, outbox, inbox, sent: 0, received: 0, step: current })
     }
 
     /// Replaces `values` with their mean over all ranks.
     pub fn all_reduce_mean(&mut self, values: &mut [f32], step: u64) -> Result<()> {
+        self.step.store(step, Ordering::Relaxed);
         let n = self.placement.world_size;
         for bucket in values.chunks_mut(BUCKET_VALUES) {
             let bounds: Vec<usize> = (0..=n).map(|i| i * bucket.len() / n).collect();
@@ -164,11 +178,29 @@ impl Collective {
     }
 }
 
+/// Reports this rank's step to rank 0 every second, for as long as the runtime lives.
+async fn send_heartbeats(coordinator: String, rank: usize, step: Arc<AtomicU64>) {
+    let mut client = None;
+    loop {
+        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        if client.is_none() {
+            client = CollectiveServiceClient::connect(format!("http://{coordinator}")).await.ok();
+        }
+        if let Some(connected) = client.as_mut() {
+            let beat = HeartbeatRequest { rank: rank as u32, step: step.load(Ordering::Relaxed) };
+            if connected.heartbeat(beat).await.is_err() {
+                client = None;
+            }
+        }
+    }
+}
+
 /// Serves this rank's endpoint and joins; returns every rank's address.
 async fn rendezvous(
     placement: &Placement,
     step: u64,
     inbox: mpsc::Sender<std::result::Result<Chunk, Status>>,
+    progress: Option<Arc<Progress>>,
 ) -> Result<Vec<String>> {
     let listen = if placement.rank == 0 { &placement.coordinator } else { &placement.address };
     let listener = tokio::net::TcpListener::bind(listen)
@@ -179,6 +211,7 @@ async fn rendezvous(
         rendezvous: (placement.rank == 0).then(|| Arc::new(Rendezvous::new(placement.world_size))),
         inbox,
         connected: Mutex::new(false),
+        progress,
     };
     let router =
         tonic::service::Routes::new(CollectiveServiceServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
@@ -284,6 +317,8 @@ struct Endpoint {
     inbox: mpsc::Sender<std::result::Result<Chunk, Status>>,
     /// Whether the left neighbour's stream has arrived (only one is accepted).
     connected: Mutex<bool>,
+    /// Rank 0: where heartbeats go.
+    progress: Option<Arc<Progress>>,
 }
 
 #[tonic::async_trait]
@@ -293,6 +328,17 @@ impl CollectiveService for Endpoint {
             self.rendezvous.as_ref().ok_or_else(|| Status::failed_precondition("only rank 0 runs the rendezvous"))?;
         let addresses = rendezvous.join(request.into_inner()).await?;
         Ok(Response::new(JoinResponse { addresses }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> std::result::Result<Response<HeartbeatResponse>, Status> {
+        let progress =
+            self.progress.as_ref().ok_or_else(|| Status::failed_precondition("only rank 0 takes heartbeats"))?;
+        let beat = request.into_inner();
+        progress.heartbeat(beat.rank as usize, beat.step);
+        Ok(Response::new(HeartbeatResponse {}))
     }
 
     async fn exchange(

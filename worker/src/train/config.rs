@@ -1,6 +1,6 @@
 //! A training job's configuration: one JSON file, then the environment the operator sets for each
 //! pod (`LANTERN_RANK`, `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR`, `LANTERN_ADDRESS`,
-//! `LANTERN_REPOSITORY`) over it. [`JobConfig::validate`] checks everything that can be checked
+//! `LANTERN_PROGRESS_ADDRESS`, `LANTERN_REPOSITORY`) over it. [`JobConfig::validate`] checks everything that can be checked
 //! before any work starts; every error names the field it is about.
 
 use std::path::{Path, PathBuf};
@@ -201,6 +201,9 @@ pub struct ClusterSpec {
     /// The address this rank listens on for its ring neighbour, `host:port` (default
     /// `127.0.0.1:0`, a free loopback port).
     pub address: Option<String>,
+    /// Where rank 0 serves `TrainingService` and `/metrics`, `host:port` (default
+    /// `127.0.0.1:0`, a free loopback port, logged at start).
+    pub progress_address: Option<String>,
     /// The most a rank waits for its neighbour's data in a collective before failing the job.
     pub timeout_seconds: f64,
     /// The most a rank waits for every rank to join, retries included.
@@ -214,6 +217,7 @@ impl Default for ClusterSpec {
             world_size: 1,
             coordinator: None,
             address: None,
+            progress_address: None,
             timeout_seconds: 60.0,
             rendezvous_timeout_seconds: 300.0,
         }
@@ -256,6 +260,9 @@ impl JobConfig {
         }
         if let Some(address) = var("LANTERN_ADDRESS") {
             self.cluster.address = Some(address);
+        }
+        if let Some(address) = var("LANTERN_PROGRESS_ADDRESS") {
+            self.cluster.progress_address = Some(address);
         }
         if let Some(repository) = var("LANTERN_REPOSITORY") {
             self.output.repository = repository.into();

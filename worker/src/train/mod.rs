@@ -10,6 +10,7 @@
 //! - [`mlp`]: the serving core's MLP, trained as is.
 //! - [`checkpoint`]: training states (weights, moments, step), atomic and verified.
 //! - [`collective`]: rendezvous at rank 0 and the ring all-reduce over gRPC.
+//! - [`progress`]: rank 0's `TrainingService` and `/metrics`.
 //! - [`trainer`]: the loop, checkpoints and publishing.
 
 pub mod checkpoint;
@@ -20,6 +21,7 @@ pub mod lm;
 pub mod mlp;
 pub mod optim;
 pub mod params;
+pub mod progress;
 pub mod trainer;
 
 /// Exit code of `train` after a termination request was honoured by saving a state: restarting

@@ -11,8 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use lantern_proto::lantern::v1::TrainingPhase;
 
 use sha2::{Digest, Sha256};
 
@@ -24,6 +27,7 @@ use super::lm::TrainLlama;
 use super::mlp::TrainMlp;
 use super::optim::{self, AdamW};
 use super::params::{Params, model_error};
+use super::progress::{Progress, ProgressServer, StepSize};
 use crate::error::{Error, Result};
 use crate::repository::{self, MANIFEST_FILE, Manifest, PublishRequest, Repository};
 
@@ -112,10 +116,40 @@ impl Model {
 }
 
 /// Runs the job to its last step, or until `interrupt` is set on any rank (then rank 0 saves a
-/// state first).
+/// state first). Rank 0 serves its progress meanwhile.
 pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
     let cluster = &config.cluster;
-    let lead = cluster.rank == 0;
+    let progress = (cluster.rank == 0).then(|| {
+        let context = match &config.model {
+            ModelSpec::Llama(spec) => spec.context,
+            ModelSpec::Mlp(_) => 0,
+        };
+        let batch = config.schedule.global_batch;
+        let size = StepSize { examples: batch, tokens: batch * context };
+        Progress::new(&config.output.model, config.schedule.steps, cluster.world_size, size)
+    });
+    let _server = match &progress {
+        Some(progress) => {
+            let listen = cluster.progress_address.as_deref().unwrap_or("127.0.0.1:0");
+            let server = ProgressServer::start(progress.clone(), listen)?;
+            tracing::info!(address = %server.address(), "serving training progress (TrainingService, /metrics)");
+            Some(server)
+        }
+        None => None,
+    };
+    let result = run(config, interrupt, progress.clone());
+    if let Some(progress) = &progress {
+        match &result {
+            Ok(outcome) if !outcome.interrupted => progress.set_phase(TrainingPhase::Succeeded),
+            Ok(_) => {}
+            Err(error) => progress.failed(&error.to_string()),
+        }
+    }
+    result
+}
+
+fn run(config: &JobConfig, interrupt: &AtomicBool, progress: Option<Arc<Progress>>) -> Result<Outcome> {
+    let cluster = &config.cluster;
     let context = match &config.model {
         ModelSpec::Llama(spec) => spec.context,
         ModelSpec::Mlp(_) => 0,
@@ -123,29 +157,28 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
     let batch_size = config.schedule.global_batch;
     let dataset = Dataset::load(&config.data, context, batch_size, config.seed)?;
     let model = Model::new(config, &dataset)?;
-    let mut optimizer = AdamW::new(config.optimizer.clone(), model.params().decay_mask());
-    let mut published = Vec::new();
+    let optimizer = AdamW::new(config.optimizer.clone(), model.params().decay_mask());
+    let mut job = Job { config, model, dataset, optimizer, progress, published: Vec::new() };
     let (mut step, mut loss) = (0, f64::NAN);
     if let Some(saved) = checkpoint::latest(&config.checkpoint.state_dir)? {
-        model.params().load(&saved.params())?;
-        optimizer.load(&saved.optimizer(), saved.state.step)?;
+        job.model.params().load(&saved.params())?;
+        job.optimizer.load(&saved.optimizer(), saved.state.step)?;
         (step, loss) = (saved.state.step, saved.state.loss);
         tracing::info!(step, dir = %saved.dir.display(), "resuming from a saved training state");
-        if lead {
-            // A crash between saving the state and publishing its version: publish it now.
-            published.extend(publish_once(config, &model, &dataset, &saved)?);
-        }
+        // A crash between saving the state and publishing its version: publish it now.
+        job.publish_once(&saved)?;
     }
     let mut collective = match cluster.world_size {
         1 => None,
-        _ => Some(Collective::join(placement(config), step)?),
+        _ => Some(Collective::join(placement(config), step, job.progress.clone())?),
     };
-    let mut order = Order::new(config.seed, dataset.len());
-    let started = Instant::now();
-    let first_step = step;
+    let mut order = Order::new(config.seed, job.dataset.len());
+    if let Some(progress) = &job.progress {
+        progress.training_from(step);
+    }
     while step < config.schedule.steps {
-        let batch = dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size));
-        let (mut gradients, local_loss) = gradients(&model, &batch).map_err(|e| stopped(step, e))?;
+        let batch = job.dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size));
+        let (mut gradients, local_loss) = gradients(&job.model, &batch).map_err(|e| stopped(step, e))?;
         // The loss and the stop flag ride along, averaged with the gradients.
         gradients.extend([local_loss as f32, f32::from(u8::from(interrupt.load(Ordering::Relaxed)))]);
         if let Some(collective) = collective.as_mut() {
@@ -155,10 +188,11 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
         let step_loss = f64::from(gradients.pop().expect("the loss rides with the gradients; this is a bug"));
         if stop {
             tracing::info!(step, "termination requested; saving the training state");
-            if lead {
-                checkpoint(config, &model, &optimizer, &dataset, step, loss, &mut published)?;
+            if let Some(progress) = &job.progress {
+                progress.set_phase(TrainingPhase::Stopping);
             }
-            return Ok(Outcome { step, loss, published, interrupted: true });
+            job.checkpoint(step, loss)?;
+            return Ok(Outcome { step, loss, published: job.published, interrupted: true });
         }
         if !step_loss.is_finite() {
             return Err(Error::Training {
@@ -167,20 +201,20 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
             });
         }
         optim::clip(&mut gradients, config.optimizer.grad_clip);
-        let mut values = model.params().read_flat()?;
-        optimizer.update(&mut values, &gradients, optim::learning_rate(&config.optimizer, &config.schedule, step));
-        model.params().write_flat(&values)?;
+        let mut values = job.model.params().read_flat()?;
+        job.optimizer.update(&mut values, &gradients, optim::learning_rate(&config.optimizer, &config.schedule, step));
+        job.model.params().write_flat(&values)?;
         step += 1;
         loss = step_loss;
+        if let Some(progress) = &job.progress {
+            progress.step_done(step, loss, order.epoch_of(step - 1, batch_size));
+        }
         if step % config.checkpoint.every_steps == 0 || step == config.schedule.steps {
-            let rate = (step - first_step) as f64 / started.elapsed().as_secs_f64();
-            tracing::info!(step, loss, steps_per_second = rate, "checkpoint");
-            if lead {
-                checkpoint(config, &model, &optimizer, &dataset, step, loss, &mut published)?;
-            }
+            tracing::info!(step, loss, "checkpoint");
+            job.checkpoint(step, loss)?;
         }
     }
-    Ok(Outcome { step, loss, published, interrupted: false })
+    Ok(Outcome { step, loss, published: job.published, interrupted: false })
 }
 
 /// This rank's place in the ring, from the cluster settings.
@@ -223,45 +257,59 @@ fn stopped(step: u64, error: candle_core::Error) -> Error {
     Error::Training { step, reason: error.to_string() }
 }
 
-/// Saves the training state for `step`, publishes its version, and prunes old states.
-fn checkpoint(
-    config: &JobConfig,
-    model: &Model,
-    optimizer: &AdamW,
-    dataset: &Dataset,
-    step: u64,
-    loss: f64,
-    published: &mut Vec<u64>,
-) -> Result<()> {
-    let saved = checkpoint::save(&config.checkpoint.state_dir, step, loss, |dir| {
-        model.params().save(&dir.join(PARAMS_FILE))?;
-        optimizer.save(&dir.join(OPTIMIZER_FILE))
-    })?;
-    published.extend(publish_once(config, model, dataset, &saved)?);
-    checkpoint::prune(&config.checkpoint.state_dir, config.checkpoint.keep)
+/// Everything a rank trains with. Only rank 0 (the one with `progress`) writes states and
+/// publishes versions.
+struct Job<'a> {
+    config: &'a JobConfig,
+    model: Model,
+    dataset: Dataset,
+    optimizer: AdamW,
+    progress: Option<Arc<Progress>>,
+    /// Versions this run published.
+    published: Vec<u64>,
 }
 
-/// Publishes the model (holding `saved`'s weights) as the next version, with the training loss,
-/// the held-out metrics and the step, unless a version of that step exists already.
-fn publish_once(config: &JobConfig, model: &Model, dataset: &Dataset, saved: &Saved) -> Result<Option<u64>> {
-    let output = &config.output;
-    if published_steps(&output.repository, &output.model)?.contains_key(&saved.state.step) {
-        return Ok(None);
+impl Job<'_> {
+    /// Saves the training state for `step`, publishes its version, and prunes old states.
+    fn checkpoint(&mut self, step: u64, loss: f64) -> Result<()> {
+        if self.progress.is_none() {
+            return Ok(());
+        }
+        let state_dir = &self.config.checkpoint.state_dir;
+        let saved = checkpoint::save(state_dir, step, loss, |dir| {
+            self.model.params().save(&dir.join(PARAMS_FILE))?;
+            self.optimizer.save(&dir.join(OPTIMIZER_FILE))
+        })?;
+        self.publish_once(&saved)?;
+        checkpoint::prune(state_dir, self.config.checkpoint.keep)
     }
-    let mut metrics = vec![(STEP_METRIC.to_owned(), saved.state.step as f64), ("loss".to_owned(), saved.state.loss)];
-    metrics.extend(model.evaluate(&dataset.held_out)?);
-    let staging = tempfile::tempdir().map_err(|e| Error::io("creating a staging directory", e))?;
-    model.write_checkpoint(staging.path())?;
-    let request = PublishRequest {
-        root: &output.repository,
-        model: &output.model,
-        source: staging.path(),
-        version: None,
-        metrics: &metrics,
-    };
-    let version = repository::publish(&request)?;
-    tracing::info!(model = %output.model, version, step = saved.state.step, ?metrics, "published a version");
-    Ok(Some(version))
+
+    /// Publishes the model (holding `saved`'s weights) as the next version, with the training
+    /// loss, the held-out metrics and the step, unless a version of that step exists already.
+    fn publish_once(&mut self, saved: &Saved) -> Result<()> {
+        let Some(progress) = &self.progress else { return Ok(()) };
+        let output = &self.config.output;
+        if published_steps(&output.repository, &output.model)?.contains_key(&saved.state.step) {
+            return Ok(());
+        }
+        let mut metrics =
+            vec![(STEP_METRIC.to_owned(), saved.state.step as f64), ("loss".to_owned(), saved.state.loss)];
+        metrics.extend(self.model.evaluate(&self.dataset.held_out)?);
+        let staging = tempfile::tempdir().map_err(|e| Error::io("creating a staging directory", e))?;
+        self.model.write_checkpoint(staging.path())?;
+        let request = PublishRequest {
+            root: &output.repository,
+            model: &output.model,
+            source: staging.path(),
+            version: None,
+            metrics: &metrics,
+        };
+        let version = repository::publish(&request)?;
+        tracing::info!(model = %output.model, version, step = saved.state.step, ?metrics, "published a version");
+        progress.published(version, &metrics);
+        self.published.push(version);
+        Ok(())
+    }
 }
 
 /// The training step each published version of `model` records, and the version.

@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use lantern_proto::lantern::v1::training_service_client::TrainingServiceClient;
+use lantern_proto::lantern::v1::{GetProgressRequest, TrainingPhase, TrainingProgress};
 use lantern_worker::repository::Repository;
 use lantern_worker::serve::server::{self, ServerOptions};
 use lantern_worker::serve::versions::ServeSettings;
@@ -103,10 +105,34 @@ fn free_port() -> u16 {
 /// `job` as rank `rank` of `world` with rank 0 on `port`.
 fn as_rank(job: &Value, rank: usize, world: usize, port: u16) -> Value {
     let mut job = job.clone();
-    job["cluster"] = json!({
+    let cluster = json!({
         "rank": rank, "world_size": world, "coordinator": format!("127.0.0.1:{port}"), "timeout_seconds": 10.0,
     });
+    match job["cluster"].as_object_mut() {
+        Some(existing) => existing.extend(cluster.as_object().unwrap().clone()),
+        None => job["cluster"] = cluster,
+    }
     job
+}
+
+/// Rank 0's progress, read until `done` holds (up to 30 s).
+fn watch_progress(address: &str, done: impl Fn(&TrainingProgress) -> bool) -> TrainingProgress {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut client) = TrainingServiceClient::connect(format!("http://{address}")).await
+                && let Ok(progress) = client.get_progress(GetProgressRequest {}).await
+            {
+                let progress = progress.into_inner();
+                if done(&progress) {
+                    return progress;
+                }
+            }
+            assert!(Instant::now() < deadline, "the progress never got there");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
 }
 
 fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
@@ -149,7 +175,9 @@ fn two_ranks_end_with_the_parameters_of_one() {
 fn a_killed_rank_fails_the_others_and_restarting_all_resumes_without_missing_versions() {
     let dir = tempfile::tempdir().unwrap();
     let (steps, every) = (1000, 100);
-    let job = addition_job(dir.path(), steps, every);
+    let progress_address = format!("127.0.0.1:{}", free_port());
+    let mut job = addition_job(dir.path(), steps, every);
+    job["cluster"] = json!({"progress_address": progress_address});
     let start = |port: u16| -> Vec<std::process::Child> {
         (0..2)
             .map(|rank| {
@@ -160,11 +188,16 @@ fn a_killed_rank_fails_the_others_and_restarting_all_resumes_without_missing_ver
             .collect()
     };
     let mut ranks = start(free_port());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while trainer::published_steps(&dir.path().join("models"), MODEL).unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "no version within two minutes");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // Rank 0's progress: training, both ranks beating, a version out.
+    let progress =
+        watch_progress(&progress_address, |p| p.last_published_version >= 1 && p.ranks[1].age_seconds >= 0.0);
+    assert_eq!((progress.phase(), progress.total_steps), (TrainingPhase::Training, steps));
+    assert!(progress.examples_per_second > 0.0 && progress.eta_seconds > 0.0, "{progress:?}");
+    assert!(progress.last_published_metrics.contains_key("eval_accuracy"), "{progress:?}");
+    let metrics = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        reqwest::get(format!("http://{progress_address}/metrics")).await.unwrap().text().await.unwrap()
+    });
+    assert!(metrics.contains("lantern_training_step{model=\"adder\"}"), "{metrics}");
     ranks[1].kill().unwrap();
     ranks[1].wait().unwrap();
     let survivor = ranks.remove(0).wait_with_output().unwrap();
