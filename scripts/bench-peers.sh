@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The peers the LLM and embedding figures are measured against, on the same model files and
-# thread count:
+# The peers the LLM, embedding and training figures are measured against, on the same models
+# and thread count:
 # - llama.cpp through llama-cpp-python, built from PyPI's source package with native CPU flags
 #   (the build takes about 11 minutes on 2 cores), on SmolLM2's GGUF;
 # - PyTorch with transformers' BertModel, both from PyPI (PyPI's torch wheel pulls CUDA libraries,
-#   about 5.6 GB, unused on the CPU), on all-MiniLM-L6-v2.
+#   about 5.6 GB, unused on the CPU), on all-MiniLM-L6-v2;
+# - PyTorch training the same byte-level llama with the same step as `bench --sections train`.
 # Each is installed once into the git-ignored .cache/peers. Run this right after
-# `cargo run --release -p lantern-worker --bin bench -- --sections llm,embed` so both sides'
-# figures come from one sitting.
+# `target/release/bench --sections llm,embed,train` so both sides' figures come from one
+# sitting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,3 +35,4 @@ PYTHONPATH=.cache/peers/llama-cpp python3 scripts/peers/llama_cpp_bench.py \
 install_peer torch 'torch==2.15.0' 'transformers==5.23.0'
 PYTHONPATH=.cache/peers/torch HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error \
   python3 scripts/peers/minilm_torch_bench.py .cache/models/all-minilm-l6-v2 "$threads"
+PYTHONPATH=.cache/peers/torch python3 scripts/peers/train_torch_bench.py "$threads"

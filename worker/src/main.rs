@@ -229,9 +229,12 @@ async fn run_train(args: TrainArgs) -> anyhow::Result<i32> {
     match result.context("the training thread panicked")? {
         Ok(outcome) => {
             println!(
-                "trained to step {} (loss {:.4}); published versions {:?}{}",
+                "trained to step {} (loss {:.4}): {} steps in {:.2} s ({:.2} steps/s); published versions {:?}{}",
                 outcome.step,
                 outcome.loss,
+                outcome.trained_steps,
+                outcome.seconds,
+                outcome.trained_steps as f64 / outcome.seconds.max(f64::EPSILON),
                 outcome.published,
                 if outcome.interrupted { "; interrupted, state saved" } else { "" }
             );

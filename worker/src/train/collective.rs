@@ -31,6 +31,8 @@ use crate::error::{Error, Result};
 const BUCKET_VALUES: usize = 1 << 20;
 /// Largest gRPC message: one segment of a bucket plus framing.
 const MAX_MESSAGE_BYTES: usize = 8 << 20;
+/// HTTP/2 flow-control window of the stream to the right neighbour: a whole segment in flight.
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 /// Chunks buffered towards the right neighbour.
 const OUTBOX_CHUNKS: usize = 8;
 /// How often ranks other than 0 report to rank 0.
@@ -88,7 +90,16 @@ impl Collective {
         let target = format!("http://{right}");
         runtime.spawn(async move {
             let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
-            match CollectiveServiceClient::connect(target.clone()).await {
+            let endpoint = tonic::transport::Endpoint::from_shared(target.clone()).map(|e| {
+                e.tcp_nodelay(true)
+                    .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+                    .initial_connection_window_size(Some(STREAM_WINDOW_BYTES))
+            });
+            let connected = match endpoint {
+                Ok(endpoint) => endpoint.connect().await.map(CollectiveServiceClient::new),
+                Err(error) => Err(error),
+            };
+            match connected {
                 Ok(client) => {
                     let mut client = client.max_encoding_message_size(MAX_MESSAGE_BYTES);
                     // A failure shows at the next send; at the end of a job the neighbour may
@@ -216,6 +227,10 @@ async fn rendezvous(
     let router =
         tonic::service::Routes::new(CollectiveServiceServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
             .into_axum_router();
+    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall every flow-control window.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {
             tracing::error!(%error, "the collective endpoint stopped");

@@ -215,7 +215,8 @@ pub struct ProgressServer {
 }
 
 impl ProgressServer {
-    /// Serves `TrainingService` and `/metrics` on `listen` (port 0 picks a free port).
+    /// Serves `TrainingService` (with server reflection, for grpcurl) and `/metrics` on `listen`
+    /// (port 0 picks a free port).
     pub fn start(progress: Arc<Progress>, listen: &str) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -228,7 +229,12 @@ impl ProgressServer {
             .map_err(|e| Error::io(format!("binding the progress endpoint {listen}"), e))?;
         let address = listener.local_addr().map_err(|e| Error::io("reading the progress endpoint's address", e))?;
         let metrics = progress.clone();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lantern_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Startup(format!("building the reflection service: {e}")))?;
         let router = tonic::service::Routes::new(TrainingServiceServer::new(Service(progress)))
+            .add_service(reflection)
             .into_axum_router()
             .route("/metrics", axum::routing::get(move || async move { metrics.encode_metrics() }));
         runtime.spawn(async move {

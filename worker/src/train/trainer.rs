@@ -47,6 +47,10 @@ pub struct Outcome {
     pub published: Vec<u64>,
     /// Stopped early by a termination request, after saving a state.
     pub interrupted: bool,
+    /// Steps trained by this run and the seconds they took (startup, resuming and rendezvous
+    /// excluded; checkpoints included).
+    pub trained_steps: u64,
+    pub seconds: f64,
 }
 
 /// The model being trained.
@@ -176,6 +180,15 @@ fn run(config: &JobConfig, interrupt: &AtomicBool, progress: Option<Arc<Progress
     if let Some(progress) = &job.progress {
         progress.training_from(step);
     }
+    let (started, first_step) = (std::time::Instant::now(), step);
+    let outcome = |step: u64, loss: f64, published: Vec<u64>, interrupted: bool| Outcome {
+        step,
+        loss,
+        published,
+        interrupted,
+        trained_steps: step - first_step,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     while step < config.schedule.steps {
         let batch = job.dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size));
         let (mut gradients, local_loss) = gradients(&job.model, &batch).map_err(|e| stopped(step, e))?;
@@ -192,7 +205,7 @@ fn run(config: &JobConfig, interrupt: &AtomicBool, progress: Option<Arc<Progress
                 progress.set_phase(TrainingPhase::Stopping);
             }
             job.checkpoint(step, loss)?;
-            return Ok(Outcome { step, loss, published: job.published, interrupted: true });
+            return Ok(outcome(step, loss, job.published, true));
         }
         if !step_loss.is_finite() {
             return Err(Error::Training {
@@ -214,7 +227,7 @@ fn run(config: &JobConfig, interrupt: &AtomicBool, progress: Option<Arc<Progress
             job.checkpoint(step, loss)?;
         }
     }
-    Ok(Outcome { step, loss, published: job.published, interrupted: false })
+    Ok(outcome(step, loss, job.published, false))
 }
 
 /// This rank's place in the ring, from the cluster settings.

@@ -1,5 +1,5 @@
-//! `bench`: serving figures for the README and issue notes. Run in release:
-//! `cargo run --release -p lantern-worker --bin bench`.
+//! `bench`: serving and training figures for the README and issue notes. Run in release:
+//! `cargo build --release -p lantern-worker && target/release/bench`.
 //!
 //! 1. ModelInfer on a small MLP at several concurrencies, beside a bare tonic service that answers
 //!    the same request with a canned response of the same size (the floor for gRPC on this
@@ -8,6 +8,8 @@
 //!    by the new version, and resident memory before and after.
 //! 3. Language-model generation ([`llm`]): prefill, single-stream and aggregate decode, TTFT.
 //! 4. Sentence embeddings ([`llm`]): sentences/s at batch 32.
+//! 5. Training ([`train`]): tokens/s with 1 rank × 2 threads and 2 ranks × 1 thread, all-reduce
+//!    bandwidth, checkpoint times. Needs the release `lantern-worker` binary beside this one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +36,7 @@ use tonic::{Request, Response, Status};
 #[path = "../../compute_threads.rs"]
 mod compute_threads;
 mod llm;
+mod train;
 
 /// mimalloc returns freed pages to the OS promptly; glibc's malloc keeps the memory of unloaded
 /// model versions (its mmap threshold grows with every large free), so RSS would climb with
@@ -60,7 +63,7 @@ struct Args {
     #[arg(long, default_value_t = 2048)]
     swap_width: usize,
     /// Which figures to print.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "serving,swaps,llm,embed")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "serving,swaps,llm,embed,train")]
     sections: Vec<Section>,
     /// GGUF model for the language-model figures (fetched by scripts/fetch-test-models.sh).
     #[arg(long, default_value = ".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
@@ -76,6 +79,7 @@ enum Section {
     Swaps,
     Llm,
     Embed,
+    Train,
 }
 
 const SMALL_MLP: [usize; 3] = [16, 64, 8];
@@ -97,6 +101,9 @@ fn main() -> anyhow::Result<()> {
         }
         if args.sections.contains(&Section::Embed) {
             llm::embedding_figures(&args.minilm).await?;
+        }
+        if args.sections.contains(&Section::Train) {
+            tokio::task::block_in_place(train::figures)?;
         }
         anyhow::Ok(())
     })
