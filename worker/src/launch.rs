@@ -41,7 +41,7 @@ pub async fn run(config: &Path, ranks: usize, threads: usize) -> anyhow::Result<
             _ = term.recv(), if !forwarded => {
                 forwarded = true;
                 for child in &children {
-                    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(child), rustix::process::Signal::TERM);
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}

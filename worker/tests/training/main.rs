@@ -75,8 +75,7 @@ fn sigterm_saves_a_state_and_the_restarted_run_ends_as_an_uninterrupted_one() {
         assert!(Instant::now() < deadline, "no version within two minutes");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(EXIT_RETRYABLE), "SIGTERM is retryable after saving the state");
     let interrupted = trainer::published_steps(&resumed.join("models"), MODEL).unwrap();
     let stopped_at = *interrupted.keys().last().unwrap();
