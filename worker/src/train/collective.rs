@@ -267,7 +267,8 @@ async fn rendezvous(
             }
             Err(error) => error.to_string(),
         };
-        if Instant::now() + delay > deadline {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
             return Err(fail(format!(
                 "the coordinator {} did not complete the rendezvous of {} ranks after {attempts} attempts in {} s: {last_error}",
                 placement.coordinator,
@@ -275,7 +276,7 @@ async fn rendezvous(
                 placement.rendezvous_timeout.as_secs_f64()
             )));
         }
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(delay.min(remaining)).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
 }

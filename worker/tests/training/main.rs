@@ -213,6 +213,17 @@ fn a_killed_rank_fails_the_others_and_restarting_all_resumes_without_missing_ver
     assert_eq!(published.keys().copied().collect::<Vec<_>>(), expected, "every checkpoint once");
 }
 
+#[test]
+fn an_unreachable_coordinator_is_retried_then_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = as_rank(&addition_job(dir.path(), 10, 5), 1, 2, free_port());
+    job["cluster"]["rendezvous_timeout_seconds"] = 1.5.into();
+    let started = Instant::now();
+    let error = trainer::train(&config_of(&job), &AtomicBool::new(false)).unwrap_err().to_string();
+    assert!(error.contains("did not complete the rendezvous of 2 ranks") && error.contains("attempts"), "{error}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "it retried for the rendezvous timeout");
+}
+
 #[tokio::test]
 async fn a_trained_version_is_served_and_answers_as_the_trainer_computes() {
     let dir = tempfile::tempdir().unwrap();
