@@ -30,7 +30,11 @@ use lantern_worker::train::{self, config::JobConfig, trainer};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "lantern-worker", version, about = "Lantern's data plane: train, serve, publish and create model versions")]
+#[command(
+    name = "lantern-worker",
+    version,
+    about = "Lantern's data plane: train, serve, publish and create model versions"
+)]
 struct Args {
     /// Log filter, `tracing_subscriber::EnvFilter` syntax.
     #[arg(long, env = "LANTERN_LOG", default_value = "info", global = true)]
