@@ -124,12 +124,8 @@ impl Model {
 pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
     let cluster = &config.cluster;
     let progress = (cluster.rank == 0).then(|| {
-        let context = match &config.model {
-            ModelSpec::Llama(spec) => spec.context,
-            ModelSpec::Mlp(_) => 0,
-        };
         let batch = config.schedule.global_batch;
-        let size = StepSize { examples: batch, tokens: batch * context };
+        let size = StepSize { examples: batch, tokens: batch * sequence_length(config) };
         Progress::new(&config.output.model, config.schedule.steps, cluster.world_size, size)
     });
     let _server = match &progress {
@@ -154,12 +150,8 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
 
 fn run(config: &JobConfig, interrupt: &AtomicBool, progress: Option<Arc<Progress>>) -> Result<Outcome> {
     let cluster = &config.cluster;
-    let context = match &config.model {
-        ModelSpec::Llama(spec) => spec.context,
-        ModelSpec::Mlp(_) => 0,
-    };
     let batch_size = config.schedule.global_batch;
-    let dataset = Dataset::load(&config.data, context, batch_size, config.seed)?;
+    let dataset = Dataset::load(&config.data, sequence_length(config), batch_size, config.seed)?;
     let model = Model::new(config, &dataset)?;
     let optimizer = AdamW::new(config.optimizer.clone(), model.params().decay_mask());
     let mut job = Job { config, model, dataset, optimizer, progress, published: Vec::new() };
@@ -228,6 +220,14 @@ fn run(config: &JobConfig, interrupt: &AtomicBool, progress: Option<Arc<Progress
         }
     }
     Ok(outcome(step, loss, job.published, false))
+}
+
+/// Tokens per training sequence (0 for tabular data).
+fn sequence_length(config: &JobConfig) -> usize {
+    match &config.model {
+        ModelSpec::Llama(spec) => spec.context,
+        ModelSpec::Mlp(_) => 0,
+    }
 }
 
 /// This rank's place in the ring, from the cluster settings.
