@@ -31,7 +31,12 @@ pub async fn run(config: &Path, ranks: usize, threads: usize) -> anyhow::Result<
             .with_context(|| format!("starting rank {rank}"))?;
         children.push(child);
     }
-    println!("started {ranks} ranks ({threads_per_rank} compute threads each), coordinator 127.0.0.1:{port}");
+    let pids: Vec<String> =
+        children.iter().enumerate().map(|(rank, c)| format!("rank {rank} pid {}", c.id())).collect();
+    println!(
+        "started {ranks} ranks ({threads_per_rank} compute threads each; {}), coordinator 127.0.0.1:{port}",
+        pids.join(", ")
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut codes: Vec<Option<i32>> = vec![None; ranks];
@@ -50,13 +55,27 @@ pub async fn run(config: &Path, ranks: usize, threads: usize) -> anyhow::Result<
             if codes[rank].is_none()
                 && let Some(status) = child.try_wait().with_context(|| format!("waiting for rank {rank}"))?
             {
-                let code = status.code().unwrap_or(1);
-                if code != 0 {
-                    eprintln!("rank {rank} exited with code {code}");
-                }
-                codes[rank] = Some(code);
+                codes[rank] = Some(exit_code(rank, status));
             }
         }
     }
     Ok(codes.into_iter().flatten().find(|&code| code != 0).unwrap_or(0))
+}
+
+/// A rank's exit code, said when it is not 0; a rank killed by a signal counts as 128 + the
+/// signal's number, as a shell reports it.
+fn exit_code(rank: usize, status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => 0,
+        (Some(code), _) => {
+            eprintln!("rank {rank} exited with code {code}");
+            code
+        }
+        (None, signal) => {
+            let signal = signal.unwrap_or(0);
+            eprintln!("rank {rank} was killed by signal {signal}");
+            128 + signal
+        }
+    }
 }

@@ -64,6 +64,9 @@ enum Command {
     /// when done, 75 after saving a state on SIGTERM (retryable), 2 for an invalid job, 1 for a
     /// failure.
     Train(TrainArgs),
+    /// Print a training job's progress from rank 0's `TrainingService`; with `--watch`, once a
+    /// second until the job ends, waiting through restarts.
+    Progress(ProgressArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -155,13 +158,24 @@ struct InitMlpArgs {
 
 #[derive(clap::Args, Debug)]
 struct TrainArgs {
-    /// The job file (JSON); `LANTERN_RANK`, `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR`,
-    /// `LANTERN_ADDRESS` and `LANTERN_REPOSITORY` override it.
+    /// The job file (JSON, or YAML if it ends in .yaml or .yml); `LANTERN_RANK`,
+    /// `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR`, `LANTERN_ADDRESS`, `LANTERN_PROGRESS_ADDRESS`
+    /// and `LANTERN_REPOSITORY` override it.
     #[arg(long, env = "LANTERN_TRAINING_CONFIG")]
     config: PathBuf,
     /// Run the job as this many rank processes on loopback, sharing the compute threads.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     local_ranks: Option<u64>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ProgressArgs {
+    /// Rank 0's progress address (`cluster.progress_address`, `LANTERN_PROGRESS_ADDRESS`).
+    #[arg(long, env = "LANTERN_PROGRESS_ADDRESS")]
+    address: String,
+    /// Keep printing every second until the job succeeds or fails.
+    #[arg(long)]
+    watch: bool,
 }
 
 fn parse_metric(text: &str) -> Result<(String, f64), String> {
@@ -206,6 +220,53 @@ fn main() -> anyhow::Result<()> {
             })?;
             std::process::exit(code)
         }
+        Command::Progress(progress) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            std::process::exit(runtime.block_on(show_progress(progress))?)
+        }
+    }
+}
+
+/// Prints rank 0's progress; returns 0 unless the job failed (or, without `--watch`, cannot be
+/// reached). Rank 0 stops serving as it exits, so a watch that saw the last step ends when rank 0
+/// goes away.
+async fn show_progress(args: ProgressArgs) -> anyhow::Result<i32> {
+    use lantern_proto::lantern::v1::training_service_client::TrainingServiceClient;
+    use lantern_proto::lantern::v1::{GetProgressRequest, TrainingPhase};
+
+    let url = format!("http://{}", args.address);
+    let (mut unreachable_said, mut finished) = (false, false);
+    loop {
+        let answer = match TrainingServiceClient::connect(url.clone()).await {
+            Ok(mut client) => client.get_progress(GetProgressRequest {}).await.map_err(|s| s.message().to_owned()),
+            Err(error) => Err(error.to_string()),
+        };
+        match answer {
+            Ok(progress) => {
+                let progress = progress.into_inner();
+                println!("{}", train::progress::describe(&progress));
+                unreachable_said = false;
+                finished = progress.step == progress.total_steps;
+                match progress.phase() {
+                    TrainingPhase::Succeeded => return Ok(0),
+                    TrainingPhase::Failed => return Ok(1),
+                    _ if !args.watch => return Ok(0),
+                    _ => {}
+                }
+            }
+            Err(error) if !args.watch => anyhow::bail!("rank 0 at {} cannot be reached: {error}", args.address),
+            Err(_) if finished => {
+                println!("rank 0 has exited after the last step");
+                return Ok(0);
+            }
+            Err(error) => {
+                if !unreachable_said {
+                    println!("waiting for rank 0 at {} ({error})", args.address);
+                    unreachable_said = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

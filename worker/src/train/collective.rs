@@ -9,7 +9,7 @@
 //! [`Collective::all_reduce_mean`] averages a buffer across ranks with a ring all-reduce in buckets
 //! of `BUCKET_VALUES` numbers: a reduce-scatter (n − 1 rounds, each rank adding the segment its
 //! left neighbour sends) then an all-gather (n − 1 rounds passing the finished segments on). Every
-//! rank ends with the same numbers. Each receive waits at most the job's collective timeout, so a
+//! rank ends with the same numbers. Each receive waits at most the timeout the caller gives, so a
 //! dead or hung rank makes every other rank fail with an error naming the rank and the step.
 
 use std::sync::Arc;
@@ -50,8 +50,6 @@ pub struct Placement {
     pub address: String,
     /// Identifies the job's configuration; all ranks must send the same.
     pub job: String,
-    /// The most one collective receive waits.
-    pub timeout: Duration,
     /// The most the rendezvous waits, retries included.
     pub rendezvous_timeout: Duration,
 }
@@ -119,8 +117,9 @@ impl Collective {
         Ok(Self { placement, runtime, left, right, outbox, inbox, sent: 0, received: 0, step: current })
     }
 
-    /// Replaces `values` with their mean over all ranks.
-    pub fn all_reduce_mean(&mut self, values: &mut [f32], step: u64) -> Result<()> {
+    /// Replaces `values` with their mean over all ranks, waiting at most `timeout` for each piece
+    /// from the left neighbour.
+    pub fn all_reduce_mean(&mut self, values: &mut [f32], step: u64, timeout: Duration) -> Result<()> {
         self.step.store(step, Ordering::Relaxed);
         let n = self.placement.world_size;
         for bucket in values.chunks_mut(BUCKET_VALUES) {
@@ -129,14 +128,14 @@ impl Collective {
             let rank = self.placement.rank;
             for round in 0..n - 1 {
                 self.send(&bucket[segment((rank + n - round) % n)], step)?;
-                let incoming = self.receive(step)?;
+                let incoming = self.receive(step, timeout)?;
                 for (value, add) in bucket[segment((rank + n - round - 1) % n)].iter_mut().zip(incoming) {
                     *value += add;
                 }
             }
             for round in 0..n - 1 {
                 self.send(&bucket[segment((rank + 1 + n - round) % n)], step)?;
-                let incoming = self.receive(step)?;
+                let incoming = self.receive(step, timeout)?;
                 bucket[segment((rank + n - round) % n)].copy_from_slice(&incoming);
             }
         }
@@ -155,10 +154,9 @@ impl Collective {
         })
     }
 
-    fn receive(&mut self, step: u64) -> Result<Vec<f32>> {
+    fn receive(&mut self, step: u64, timeout: Duration) -> Result<Vec<f32>> {
         let left = self.neighbour(self.placement.world_size - 1);
         let fail = |reason: String| Error::Training { step, reason };
-        let timeout = self.placement.timeout;
         let waited = self.runtime.block_on(async { tokio::time::timeout(timeout, self.inbox.recv()).await });
         let chunk = match waited {
             Err(_) => {

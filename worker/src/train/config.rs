@@ -1,4 +1,4 @@
-//! A training job's configuration: one JSON file, then the environment the operator sets for each
+//! A training job's configuration: one JSON or YAML file, then the environment the operator sets for each
 //! pod (`LANTERN_RANK`, `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR`, `LANTERN_ADDRESS`,
 //! `LANTERN_PROGRESS_ADDRESS`, `LANTERN_REPOSITORY`) over it. [`JobConfig::validate`] checks everything that can be checked
 //! before any work starts; every error names the field it is about.
@@ -55,6 +55,19 @@ pub struct LlamaSpec {
     /// weights; its `config.json` must match the sizes above.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// The number format matrix products run in; weights, norms, softmax and the loss stay f32.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// Compute precision of a llama's matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bfloat16 products over f32 master weights: f32's range, so no loss scaling is needed.
+    Bf16,
 }
 
 impl LlamaSpec {
@@ -175,10 +188,18 @@ pub struct CheckpointSpec {
     /// Where training states go (optimizer moments, step, weights). Every rank reads it on start,
     /// so ranks on different machines need it on shared storage.
     pub state_dir: PathBuf,
+    /// The most rank 0 may take to save, evaluate and publish a checkpoint: the other ranks wait
+    /// this much longer than `cluster.timeout_seconds` in the step after one.
+    #[serde(default = "default_checkpoint_timeout")]
+    pub timeout_seconds: f64,
 }
 
 fn default_keep() -> usize {
     3
+}
+
+fn default_checkpoint_timeout() -> f64 {
+    600.0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -208,6 +229,9 @@ pub struct ClusterSpec {
     pub timeout_seconds: f64,
     /// The most a rank waits for every rank to join, retries included.
     pub rendezvous_timeout_seconds: f64,
+    /// How long rank 0 keeps answering progress requests after the job succeeds, so that
+    /// pollers see its final state.
+    pub progress_linger_seconds: f64,
 }
 
 impl Default for ClusterSpec {
@@ -220,15 +244,18 @@ impl Default for ClusterSpec {
             progress_address: None,
             timeout_seconds: 60.0,
             rendezvous_timeout_seconds: 300.0,
+            progress_linger_seconds: 2.0,
         }
     }
 }
 
 impl JobConfig {
-    /// Reads `path`, applies the environment and validates.
+    /// Reads `path` (YAML when it ends in `.yaml` or `.yml`, JSON otherwise), applies the
+    /// environment and validates.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let mut config = Self::from_json(&bytes)?;
+        let yaml = path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
+        let mut config = if yaml { Self::from_yaml(&bytes)? } else { Self::from_json(&bytes)? };
         config.apply_env(|name| std::env::var(name).ok())?;
         config.validate()?;
         Ok(config)
@@ -237,6 +264,11 @@ impl JobConfig {
     /// Parses the file's JSON; an unknown or missing field is named with its line and column.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
         serde_json::from_slice(bytes).map_err(|e| Error::config("(file)", e.to_string()))
+    }
+
+    /// Parses the file's YAML; an unknown or missing field is named with its line and column.
+    pub fn from_yaml(bytes: &[u8]) -> Result<Self> {
+        serde_saphyr::from_slice(bytes).map_err(|e| Error::config("(file)", e.to_string()))
     }
 
     /// Overrides the cluster placement and the repository from environment variables read by
@@ -324,6 +356,8 @@ impl JobConfig {
         }
         positive("cluster.timeout_seconds", cluster.timeout_seconds)?;
         positive("cluster.rendezvous_timeout_seconds", cluster.rendezvous_timeout_seconds)?;
+        non_negative("cluster.progress_linger_seconds", cluster.progress_linger_seconds)?;
+        non_negative("checkpoint.timeout_seconds", self.checkpoint.timeout_seconds)?;
         if schedule.global_batch == 0 || !schedule.global_batch.is_multiple_of(cluster.world_size) {
             return Err(Error::config(
                 "schedule.global_batch",
@@ -485,6 +519,20 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("cluster.coordinator"));
         let bad = config.apply_env(|name| (name == "LANTERN_RANK").then(|| "one".to_owned()));
         assert!(bad.unwrap_err().to_string().contains("LANTERN_RANK"));
+    }
+
+    #[test]
+    fn yaml_reads_as_json_does_and_its_errors_say_where() {
+        let yaml = "model:\n  llama: {hidden_size: 32, intermediate_size: 64, layers: 1, heads: 2, context: 16}\n\
+                    data:\n  addition: {max_operand: 9, train_examples: 100, eval_examples: 10}\n\
+                    schedule: {steps: 10, global_batch: 4}\n\
+                    checkpoint: {every_steps: 5, state_dir: /tmp/state}\n\
+                    output: {repository: /tmp/models, model: adder}\n";
+        let from_yaml = JobConfig::from_yaml(yaml.as_bytes()).unwrap();
+        assert_eq!(from_yaml, JobConfig::from_json(addition_job().to_string().as_bytes()).unwrap());
+        let unknown = yaml.replace("steps: 10,", "steps: 10, epochs: 2,");
+        let error = JobConfig::from_yaml(unknown.as_bytes()).unwrap_err().to_string();
+        assert!(error.contains("unknown field `epochs`") && error.contains("line 5 column 23"), "{error}");
     }
 
     #[test]

@@ -3,12 +3,17 @@
 //! the output. Tensor names are HF's (`model.layers.{i}.self_attn.q_proj.weight`, …), so a
 //! checkpoint written by [`TrainLlama::write_checkpoint`] is an HF llama checkpoint that the
 //! serving side ([`crate::model::llama::Llama::from_hf`]) loads unchanged, tokenizer included.
+//!
+//! With [`Precision::Bf16`] every matrix product (projections, attention scores and mixing, the
+//! output layer) casts its operands to bfloat16 and its result back; the weights, the residual
+//! stream, the norms, the softmax and the loss stay f32, and the gradients reach the f32 weights
+//! through the casts.
 
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 
-use super::config::LlamaSpec;
+use super::config::{LlamaSpec, Precision};
 use super::data::{END_OF_TEXT, VOCAB_SIZE};
 use super::params::{Initializer, Params, model_error};
 use crate::error::{Error, Result};
@@ -44,6 +49,8 @@ pub struct TrainLlama {
     sin: Tensor,
     /// `[context, context]`: 0 on and below the diagonal, −∞ above.
     mask: Tensor,
+    /// The format matrix products run in.
+    compute: DType,
 }
 
 impl TrainLlama {
@@ -74,7 +81,11 @@ impl TrainLlama {
         let norm = params.add("model.norm.weight", ones(hidden)?)?;
         let (cos, sin) = rotary_tables(spec.context, head_dim).map_err(model_error)?;
         let mask = causal_mask(spec.context).map_err(model_error)?;
-        let model = Self { spec: spec.clone(), params, embed, layers, norm, cos, sin, mask };
+        let compute = match spec.precision {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        };
+        let model = Self { spec: spec.clone(), params, embed, layers, norm, cos, sin, mask, compute };
         if let Some(dir) = &spec.init_from {
             model.check_hf_config(dir)?;
             model.params.load(&dir.join(WEIGHTS_FILE))?;
@@ -98,11 +109,24 @@ impl TrainLlama {
                 self.attention(layer, &rms_norm(&h, &layer.attn_norm)?, batch, length, (&cos, &sin), &mask)?;
             h = (h + attended)?;
             let x = rms_norm(&h, &layer.mlp_norm)?;
-            let gated = (linear(&x, &layer.gate)?.silu()? * linear(&x, &layer.up)?)?;
-            h = (h + linear(&gated, &layer.down)?)?;
+            let gated = (self.linear(&x, &layer.gate)?.silu()? * self.linear(&x, &layer.up)?)?;
+            h = (h + self.linear(&gated, &layer.down)?)?;
         }
         debug_assert_eq!(h.dims(), &[batch * length, hidden]);
-        linear(&rms_norm(&h, &self.norm)?, &self.embed)
+        self.linear(&rms_norm(&h, &self.norm)?, &self.embed)
+    }
+
+    /// `a · b` in the compute format, as f32.
+    fn matmul(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        match self.compute {
+            DType::F32 => a.matmul(b),
+            compute => a.to_dtype(compute)?.matmul(&b.to_dtype(compute)?)?.to_dtype(DType::F32),
+        }
+    }
+
+    /// `x · wᵀ` for `x` `[rows, in]` and `w` `[out, in]`.
+    fn linear(&self, x: &Tensor, w: &Var) -> candle_core::Result<Tensor> {
+        self.matmul(x, &w.as_tensor().t()?)
     }
 
     /// Mean next-token cross-entropy over token windows of equal length.
@@ -145,13 +169,13 @@ impl TrainLlama {
         let (heads, kv_heads) = (self.spec.heads, self.spec.kv_heads());
         let head_dim = self.spec.hidden_size / heads;
         let split = |t: Tensor, n: usize| t.reshape((batch, length, n, head_dim))?.transpose(1, 2)?.contiguous();
-        let q = rotate(&split(linear(x, &layer.q)?, heads)?, cos, sin)?;
-        let k = repeat_kv(rotate(&split(linear(x, &layer.k)?, kv_heads)?, cos, sin)?, heads / kv_heads)?;
-        let v = repeat_kv(split(linear(x, &layer.v)?, kv_heads)?, heads / kv_heads)?;
-        let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?.broadcast_add(mask)?;
+        let q = rotate(&split(self.linear(x, &layer.q)?, heads)?, cos, sin)?;
+        let k = repeat_kv(rotate(&split(self.linear(x, &layer.k)?, kv_heads)?, cos, sin)?, heads / kv_heads)?;
+        let v = repeat_kv(split(self.linear(x, &layer.v)?, kv_heads)?, heads / kv_heads)?;
+        let scores = (self.matmul(&q, &k.t()?)? / (head_dim as f64).sqrt())?.broadcast_add(mask)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let context = weights.matmul(&v)?.transpose(1, 2)?.reshape((batch * length, heads * head_dim))?;
-        linear(&context, &layer.o)
+        let context = self.matmul(&weights, &v)?.transpose(1, 2)?.reshape((batch * length, heads * head_dim))?;
+        self.linear(&context, &layer.o)
     }
 
     /// Writes an HF llama checkpoint: `config.json`, `model.safetensors`, and the byte-level
@@ -215,11 +239,6 @@ impl TrainLlama {
 
 const HF_CONFIG: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
-
-/// `x · wᵀ` for `x` `[rows, in]` and `w` `[out, in]`.
-fn linear(x: &Tensor, w: &Var) -> candle_core::Result<Tensor> {
-    x.matmul(&w.as_tensor().t()?)
-}
 
 fn rms_norm(x: &Tensor, weight: &Var) -> candle_core::Result<Tensor> {
     let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + RMS_NORM_EPS)?.sqrt()?.recip()?;
@@ -315,7 +334,23 @@ mod tests {
             kv_heads: Some(2),
             context: 12,
             init_from: None,
+            precision: Precision::F32,
         }
+    }
+
+    /// Plain gradient descent on one fixed batch; the loss before and after.
+    fn descend(model: &TrainLlama, steps: usize) -> (f32, f32) {
+        let windows = vec![(0..13).map(|i| (i * 7 % 256) as u32).collect::<Vec<_>>(); 2];
+        let first = model.loss(&windows).unwrap().to_scalar::<f32>().unwrap();
+        for _ in 0..steps {
+            let loss = model.loss(&windows).unwrap();
+            let grads = loss.backward().unwrap();
+            let mut values = model.params().read_flat().unwrap();
+            let g = model.params().gradients_flat(&grads).unwrap();
+            values.iter_mut().zip(&g).for_each(|(p, g)| *p -= 0.5 * g);
+            model.params().write_flat(&values).unwrap();
+        }
+        (first, model.loss(&windows).unwrap().to_scalar::<f32>().unwrap())
     }
 
     #[test]
@@ -342,19 +377,28 @@ mod tests {
 
     #[test]
     fn gradient_steps_lower_the_loss_on_a_fixed_batch() {
-        let model = TrainLlama::new(&tiny(), 2).unwrap();
-        let windows = vec![(0..13).map(|i| (i * 7 % 256) as u32).collect::<Vec<_>>(); 2];
-        let first = model.loss(&windows).unwrap().to_scalar::<f32>().unwrap();
+        let (first, last) = descend(&TrainLlama::new(&tiny(), 2).unwrap(), 20);
         assert!((first - (VOCAB_SIZE as f32).ln()).abs() < 0.1, "near uniform at the start: {first}");
-        for _ in 0..20 {
+        assert!(last < first - 1.0, "{first} -> {last}");
+    }
+
+    #[test]
+    fn bf16_products_give_the_f32_gradients_to_within_bf16_rounding() {
+        let windows = vec![(0..13).map(|i| (i * 7 % 256) as u32).collect::<Vec<_>>(); 2];
+        let gradients = |precision: Precision| {
+            let model = TrainLlama::new(&LlamaSpec { precision, ..tiny() }, 2).unwrap();
             let loss = model.loss(&windows).unwrap();
             let grads = loss.backward().unwrap();
-            let mut values = model.params().read_flat().unwrap();
-            let g = model.params().gradients_flat(&grads).unwrap();
-            values.iter_mut().zip(&g).for_each(|(p, g)| *p -= 0.5 * g);
-            model.params().write_flat(&values).unwrap();
-        }
-        let last = model.loss(&windows).unwrap().to_scalar::<f32>().unwrap();
-        assert!(last < first - 1.0, "{first} -> {last}");
+            (loss.to_scalar::<f32>().unwrap(), model.params().gradients_flat(&grads).unwrap())
+        };
+        let ((f32_loss, exact), (bf16_loss, rounded)) = (gradients(Precision::F32), gradients(Precision::Bf16));
+        assert!((bf16_loss - f32_loss).abs() < 1e-2, "{bf16_loss} vs {f32_loss}");
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let difference: Vec<f32> = exact.iter().zip(&rounded).map(|(a, b)| a - b).collect();
+        let relative = norm(&difference) / norm(&exact);
+        assert!(relative < 0.03, "bf16 gradients differ from f32 by {relative} (relative L2)");
+        let (first, last) =
+            descend(&TrainLlama::new(&LlamaSpec { precision: Precision::Bf16, ..tiny() }, 2).unwrap(), 20);
+        assert!(last < first - 1.0, "bf16 training lowers the loss too: {first} -> {last}");
     }
 }

@@ -250,6 +250,42 @@ impl ProgressServer {
     }
 }
 
+/// One line for a person watching the job, e.g. `training step 420/1000 epoch 6 loss 1.1421 |
+/// 1550 examples/s 24800 tokens/s ETA 12 s | version 4 eval_accuracy=0.05 | rank 1 at 419, 0.3 s
+/// ago`.
+pub fn describe(progress: &TrainingProgress) -> String {
+    let phase = progress.phase().as_str_name().trim_start_matches("TRAINING_PHASE_").to_lowercase();
+    let mut line = format!(
+        "{phase} step {}/{} epoch {} loss {:.4}",
+        progress.step, progress.total_steps, progress.epoch, progress.loss
+    );
+    if progress.examples_per_second > 0.0 {
+        line += &format!(" | {:.0} examples/s", progress.examples_per_second);
+        if progress.tokens_per_second > 0.0 {
+            line += &format!(" {:.0} tokens/s", progress.tokens_per_second);
+        }
+        line += &format!(" ETA {:.0} s", progress.eta_seconds);
+    }
+    if progress.last_published_version > 0 {
+        let mut metrics: Vec<_> = progress.last_published_metrics.iter().collect();
+        metrics.sort_by(|a, b| a.0.cmp(b.0));
+        line += &format!(" | version {}", progress.last_published_version);
+        for (name, value) in metrics {
+            line += &format!(" {name}={value:.4}");
+        }
+    }
+    for rank in progress.ranks.iter().filter(|r| r.rank > 0) {
+        line += &match rank.age_seconds < 0.0 {
+            true => format!(" | rank {} not heard from", rank.rank),
+            false => format!(" | rank {} at {}, {:.1} s ago", rank.rank, rank.step, rank.age_seconds),
+        };
+    }
+    if !progress.failure.is_empty() {
+        line += &format!(" | {}", progress.failure);
+    }
+    line
+}
+
 struct Service(Arc<Progress>);
 
 #[tonic::async_trait]
@@ -288,5 +324,19 @@ mod tests {
         let text = progress.encode_metrics();
         assert!(text.contains("lantern_training_step{model=\"adder\"} 12"), "{text}");
         assert!(text.contains("lantern_training_published_version{model=\"adder\"} 3"), "{text}");
+    }
+
+    #[test]
+    fn a_progress_line_says_where_the_job_is() {
+        let progress = Progress::new("adder", 100, 2, StepSize { examples: 8, tokens: 128 });
+        assert_eq!(describe(&progress.snapshot()), "starting step 0/100 epoch 0 loss NaN | rank 1 not heard from");
+        progress.training_from(0);
+        progress.step_done(40, 1.25, 2);
+        progress.published(3, &[("step".to_owned(), 40.0), ("eval_accuracy".to_owned(), 0.5)]);
+        progress.heartbeat(1, 39);
+        let line = describe(&progress.snapshot());
+        assert!(line.starts_with("training step 40/100 epoch 2 loss 1.2500 | "), "{line}");
+        assert!(line.contains(" examples/s ") && line.contains(" tokens/s ETA "), "{line}");
+        assert!(line.contains(" | version 3 eval_accuracy=0.5000 step=40.0000 | rank 1 at 39, 0.0 s ago"), "{line}");
     }
 }

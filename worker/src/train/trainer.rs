@@ -140,7 +140,11 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
     let result = run(config, interrupt, progress.clone());
     if let Some(progress) = &progress {
         match &result {
-            Ok(outcome) if !outcome.interrupted => progress.set_phase(TrainingPhase::Succeeded),
+            Ok(outcome) if !outcome.interrupted => {
+                progress.set_phase(TrainingPhase::Succeeded);
+                // Rank 0 stops serving as it returns: give pollers a moment to see the end.
+                std::thread::sleep(Duration::from_secs_f64(cluster.progress_linger_seconds));
+            }
             Ok(_) => {}
             Err(error) => progress.failed(&error.to_string()),
         }
@@ -187,7 +191,7 @@ fn run(config: &JobConfig, interrupt: &AtomicBool, progress: Option<Arc<Progress
         // The loss and the stop flag ride along, averaged with the gradients.
         gradients.extend([local_loss as f32, f32::from(u8::from(interrupt.load(Ordering::Relaxed)))]);
         if let Some(collective) = collective.as_mut() {
-            collective.all_reduce_mean(&mut gradients, step)?;
+            collective.all_reduce_mean(&mut gradients, step, collective_timeout(config, step))?;
         }
         let stop = gradients.pop().is_some_and(|flag| flag > 0.0);
         let step_loss = f64::from(gradients.pop().expect("the loss rides with the gradients; this is a bug"));
@@ -230,6 +234,18 @@ fn sequence_length(config: &JobConfig) -> usize {
     }
 }
 
+/// How long a rank waits for its neighbour in the all-reduce of `step`. Right after a checkpoint
+/// rank 0 has been saving, evaluating and publishing while the others went on to this step, so
+/// they wait for that as well.
+fn collective_timeout(config: &JobConfig, step: u64) -> Duration {
+    let after_checkpoint = step > 0 && step.is_multiple_of(config.checkpoint.every_steps);
+    let seconds = match after_checkpoint {
+        true => config.cluster.timeout_seconds + config.checkpoint.timeout_seconds,
+        false => config.cluster.timeout_seconds,
+    };
+    Duration::from_secs_f64(seconds)
+}
+
 /// This rank's place in the ring, from the cluster settings.
 fn placement(config: &JobConfig) -> Placement {
     let cluster = &config.cluster;
@@ -239,7 +255,6 @@ fn placement(config: &JobConfig) -> Placement {
         coordinator: cluster.coordinator.clone().unwrap_or_default(),
         address: cluster.address.clone().unwrap_or_else(|| "127.0.0.1:0".to_owned()),
         job: job_identity(config),
-        timeout: Duration::from_secs_f64(cluster.timeout_seconds),
         rendezvous_timeout: Duration::from_secs_f64(cluster.rendezvous_timeout_seconds),
     }
 }
@@ -337,4 +352,28 @@ pub fn published_steps(root: &Path, model: &str) -> Result<BTreeMap<u64, u64>> {
         }
     }
     Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_step_after_a_checkpoint_waits_for_rank_0_to_publish() {
+        let mut config = JobConfig::from_json(
+            serde_json::json!({
+                "model": {"mlp": {"hidden": [4], "activation": "tanh"}},
+                "data": {"csv": {"path": "/rows.csv", "target": "y"}},
+                "schedule": {"steps": 100, "global_batch": 4},
+                "checkpoint": {"every_steps": 10, "state_dir": "/state", "timeout_seconds": 300},
+                "output": {"repository": "/models", "model": "m"},
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        config.cluster.timeout_seconds = 5.0;
+        let waits: Vec<u64> = [0, 9, 10, 11, 20].map(|step| collective_timeout(&config, step).as_secs()).to_vec();
+        assert_eq!(waits, vec![5, 5, 305, 5, 305]);
+    }
 }

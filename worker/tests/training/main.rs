@@ -1,6 +1,7 @@
 //! Training end to end on small jobs: the real `lantern-worker train` process (SIGTERM, exit
-//! codes, resume), the versions it publishes served by a real server, a non-finite loss, and job
-//! files that must be refused before any work.
+//! codes, resume, a full disk), the versions it publishes served by a real server, held-out
+//! accuracy rising as it trains, a non-finite loss, and job files that must be refused before any
+//! work.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use lantern_proto::lantern::v1::training_service_client::TrainingServiceClient;
 use lantern_proto::lantern::v1::{GetProgressRequest, TrainingPhase, TrainingProgress};
-use lantern_worker::repository::Repository;
+use lantern_worker::repository::{MANIFEST_FILE, Manifest, Repository};
 use lantern_worker::serve::server::{self, ServerOptions};
 use lantern_worker::serve::versions::ServeSettings;
-use lantern_worker::train::config::{JobConfig, LlamaSpec};
+use lantern_worker::train::config::{JobConfig, LlamaSpec, Precision};
 use lantern_worker::train::lm::TrainLlama;
 use lantern_worker::train::{EXIT_INVALID, EXIT_RETRYABLE, trainer};
 use serde_json::{Value, json};
@@ -260,12 +261,74 @@ async fn a_trained_version_is_served_and_answers_as_the_trainer_computes() {
         kv_heads: Some(2),
         context: 16,
         init_from: Some(version_dir),
+        precision: Precision::F32,
     };
     let model = TrainLlama::new(&spec, 0).unwrap();
     let tokens = model.greedy(&"7+8=".bytes().map(u32::from).collect::<Vec<_>>(), 6).unwrap();
     let expected: String = tokens.iter().map(|&t| char::from(t as u8)).collect();
     assert_eq!(served, expected);
     server.shutdown().await.unwrap();
+}
+
+#[test]
+fn held_out_accuracy_rises_across_the_published_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = json!({
+        "model": {"llama": {"hidden_size": 48, "intermediate_size": 128, "layers": 2, "heads": 4, "context": 16}},
+        "data": {"addition": {"max_operand": 9, "train_examples": 2000, "eval_examples": 20}},
+        "optimizer": {"learning_rate": 0.01, "min_learning_rate": 0.001},
+        "schedule": {"steps": 600, "warmup_steps": 20, "global_batch": 32},
+        "checkpoint": {"every_steps": 100, "state_dir": dir.path().join("state")},
+        "output": {"repository": dir.path().join("models"), "model": MODEL},
+        "seed": 1,
+    });
+    trainer::train(&config_of(&job), &AtomicBool::new(false)).unwrap();
+    let repository = Repository::new(dir.path().join("models"));
+    let accuracy: Vec<f64> = repository
+        .versions(MODEL)
+        .unwrap()
+        .into_iter()
+        .map(|version| {
+            let path = repository.version_dir(MODEL, version).join(MANIFEST_FILE);
+            Manifest::from_json(&std::fs::read(&path).unwrap(), &path).unwrap().metrics["eval_accuracy"]
+        })
+        .collect();
+    assert_eq!(accuracy.len(), 6, "a version every 100 steps");
+    let (first, last) = (accuracy[0], accuracy[accuracy.len() - 1]);
+    // The 20 held-out sums never appear in training: the model has to add, not recall.
+    assert!(last >= 0.4 && last >= first + 0.3, "held-out accuracy by version: {accuracy:?}");
+}
+
+#[test]
+fn a_full_disk_during_a_checkpoint_leaves_the_last_state_and_version_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = train_process(&write_job(dir.path(), &addition_job(dir.path(), 10, 10))).output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    // The optimizer state (about 140 KB) cannot be written under a 100 KiB file-size limit: the
+    // write fails with EFBIG, as a full disk fails with ENOSPC, and the job stops at step 20.
+    let job = write_job(dir.path(), &addition_job(dir.path(), 20, 10));
+    let mut limited = Command::new("bash");
+    limited
+        .args(["-c", "trap '' XFSZ; ulimit -f 100; exec \"$0\" --compute-threads 1 train --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_lantern-worker"))
+        .arg(&job);
+    let failed = limited.output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("File too large"), "{stderr}");
+    let listing = |path: PathBuf| -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(path).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listing(dir.path().join("state")), vec!["step-0000000010"], "no partial state");
+    assert_eq!(listing(dir.path().join("models").join(MODEL)), vec!["1"], "no partial version");
+
+    let retried = train_process(&job).output().unwrap();
+    assert!(retried.status.success(), "{}", String::from_utf8_lossy(&retried.stderr));
+    let steps = trainer::published_steps(&dir.path().join("models"), MODEL).unwrap();
+    assert_eq!(steps.into_iter().collect::<Vec<_>>(), vec![(10, 1), (20, 2)], "resumed from step 10");
 }
 
 #[test]

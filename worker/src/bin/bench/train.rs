@@ -11,7 +11,7 @@ use anyhow::Context;
 use lantern_worker::repository::{self, PublishRequest};
 use lantern_worker::train::checkpoint;
 use lantern_worker::train::collective::{Collective, Placement};
-use lantern_worker::train::config::{LlamaSpec, OptimizerSpec};
+use lantern_worker::train::config::{LlamaSpec, OptimizerSpec, Precision};
 use lantern_worker::train::lm::TrainLlama;
 use lantern_worker::train::optim::AdamW;
 use serde_json::json;
@@ -34,6 +34,7 @@ fn spec() -> LlamaSpec {
         kv_heads: None,
         context: CONTEXT,
         init_from: None,
+        precision: Precision::F32,
     }
 }
 
@@ -112,7 +113,6 @@ fn all_reduce(megabytes: usize) -> anyhow::Result<(f64, f64)> {
                 coordinator: format!("127.0.0.1:{port}"),
                 address: "127.0.0.1:0".to_owned(),
                 job: "bench".to_owned(),
-                timeout: Duration::from_secs(60),
                 rendezvous_timeout: Duration::from_secs(30),
             };
             std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
@@ -121,7 +121,7 @@ fn all_reduce(megabytes: usize) -> anyhow::Result<(f64, f64)> {
                 let mut times = Vec::new();
                 for step in 0..6 {
                     let started = Instant::now();
-                    collective.all_reduce_mean(&mut buffer, step)?;
+                    collective.all_reduce_mean(&mut buffer, step, Duration::from_secs(60))?;
                     times.push(started.elapsed().as_secs_f64());
                 }
                 Ok(times)
