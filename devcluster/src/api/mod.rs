@@ -1,0 +1,461 @@
+//! The HTTP API: discovery, then every resource path (`/api/v1/...`, `/apis/{group}/{version}/...`)
+//! routed to get, list, watch, create, update, patch and delete over the store.
+
+mod discovery;
+pub mod objects;
+mod openapi;
+mod patch;
+mod table;
+mod watch;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::resources::{Registry, ResourceType};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::status::{self, ApiError, ApiResult};
+use crate::store::{ObjectKey, Store, StoreError, resource_version};
+
+/// What every handler shares.
+pub struct Cluster {
+    pub store: Store,
+    pub registry: Registry,
+}
+
+impl Cluster {
+    /// A cluster with the built-in kinds and the namespaces every cluster has.
+    pub fn new() -> Arc<Self> {
+        let cluster = Arc::new(Self { store: Store::new(), registry: Registry::new() });
+        let namespaces = cluster.registry.find("", "v1", "namespaces").expect("namespaces are built in");
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let body = json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}});
+            let mut object = objects::prepare_create(&namespaces, None, body, &objects::now())
+                .expect("the built-in namespaces are valid");
+            object["status"] = json!({"phase": "Active"});
+            let key = ObjectKey { resource: namespaces.key(), namespace: String::new(), name: name.to_owned() };
+            let _ = cluster.store.write(&key, with_type(&namespaces, object), None);
+        }
+        cluster
+    }
+}
+
+pub fn router(cluster: Arc<Cluster>) -> Router {
+    Router::new()
+        .route("/version", get(|| async { Json(discovery::version()) }))
+        .route("/api", get(|| async { Json(discovery::core_versions()) }))
+        .route("/apis", get(|State(c): State<Arc<Cluster>>| async move { Json(discovery::groups(&c.registry)) }))
+        .route("/openapi/v3", get(|State(c): State<Arc<Cluster>>| async move { Json(openapi::root(&c.registry)) }))
+        .route("/openapi/v3/{*path}", get(openapi_document))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .fallback(resource_request)
+        .with_state(cluster)
+}
+
+async fn openapi_document(State(cluster): State<Arc<Cluster>>, uri: Uri) -> Response {
+    let path = uri.path().trim_start_matches("/openapi/v3/");
+    match openapi::document(&cluster.registry, path) {
+        Some(document) => Json(document).into_response(),
+        None => ApiError::no_route(uri.path()).into_response(),
+    }
+}
+
+/// A request for a resource or an object: which type, namespace, name and subresource.
+#[derive(Debug)]
+struct Target {
+    rtype: ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+impl Target {
+    fn key(&self) -> ObjectKey {
+        ObjectKey {
+            resource: self.rtype.key(),
+            namespace: self.namespace.clone().unwrap_or_default(),
+            name: self.name.clone().unwrap_or_default(),
+        }
+    }
+
+    fn not_found(&self) -> ApiError {
+        ApiError::not_found(&self.rtype.group, &self.rtype.plural, self.name.as_deref().unwrap_or_default())
+    }
+}
+
+/// The query parameters the API reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Params {
+    label_selector: Option<String>,
+    field_selector: Option<String>,
+    resource_version: Option<String>,
+    watch: Option<String>,
+    allow_watch_bookmarks: Option<bool>,
+    send_initial_events: Option<bool>,
+    timeout_seconds: Option<u64>,
+    dry_run: Option<String>,
+    field_manager: Option<String>,
+    propagation_policy: Option<String>,
+    include_object: Option<String>,
+}
+
+/// Either discovery under a group-version or a resource path.
+async fn resource_request(
+    State(cluster): State<Arc<Cluster>>,
+    method: Method,
+    uri: Uri,
+    Query(params): Query<Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle(&cluster, &method, &uri, &params, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn handle(
+    cluster: &Arc<Cluster>,
+    method: &Method,
+    uri: &Uri,
+    params: &Params,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", group] => {
+            return discovery::group(&cluster.registry, group)
+                .map(|g| Json(g).into_response())
+                .ok_or_else(|| ApiError::no_route(uri.path()));
+        }
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Err(ApiError::no_route(uri.path())),
+    };
+    if rest.is_empty() {
+        return discovery::resources(&cluster.registry, group, version)
+            .map(|r| Json(r).into_response())
+            .ok_or_else(|| ApiError::no_route(uri.path()));
+    }
+    let target = resolve(&cluster.registry, group, version, rest).ok_or_else(|| ApiError::no_route(uri.path()))?;
+    let watching = params.watch.as_deref().is_some_and(|w| w == "true" || w == "1");
+    match (method.clone(), &target.name, watching) {
+        (Method::GET, None, true) => watch::serve(cluster.clone(), &target.rtype, target.namespace.clone(), params),
+        (Method::GET, None, false) => {
+            let listed = list(cluster, &target, params)?;
+            match as_table(headers) {
+                true => {
+                    let items = listed["items"].as_array().cloned().unwrap_or_default();
+                    let revision = listed["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+                    Ok(Json(table::render(
+                        &target.rtype,
+                        &items,
+                        revision,
+                        params.include_object.as_deref(),
+                        jiff::Timestamp::now(),
+                    ))
+                    .into_response())
+                }
+                false => Ok(Json(listed).into_response()),
+            }
+        }
+        (Method::GET, Some(_), _) => {
+            let object = get_object(cluster, &target)?;
+            match as_table(headers) && target.subresource.is_none() {
+                true => {
+                    let revision = object["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
+                    let rendered = table::render(
+                        &target.rtype,
+                        &[object],
+                        &revision,
+                        params.include_object.as_deref(),
+                        jiff::Timestamp::now(),
+                    );
+                    Ok(Json(rendered).into_response())
+                }
+                false => Ok(Json(object).into_response()),
+            }
+        }
+        (Method::POST, None, _) => create(cluster, &target, parse_body(headers, &body)?, params)
+            .map(|o| (StatusCode::CREATED, Json(o)).into_response()),
+        (Method::PUT, Some(_), _) => {
+            update(cluster, &target, parse_body(headers, &body)?, params).map(|o| Json(o).into_response())
+        }
+        (Method::PATCH, Some(_), _) => {
+            patch::apply(cluster, &target, headers, &body, params).map(|o| Json(o).into_response())
+        }
+        (Method::DELETE, Some(_), _) => delete(cluster, &target, &body, params),
+        (Method::DELETE, None, _) => delete_collection(cluster, &target, params).map(|l| Json(l).into_response()),
+        (method, _, _) => Err(ApiError::method_not_allowed(format!("{method} is not supported on {}", uri.path()))),
+    }
+}
+
+/// Maps the path after the group-version to a target. `namespaces/{ns}/{plural}/...` is a
+/// namespaced resource; `namespaces/{name}[/{sub}]` is the namespace object itself.
+fn resolve(registry: &Registry, group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let owned = |s: &&str| Some((*s).to_owned());
+    if let ["namespaces", namespace, plural, tail @ ..] = rest
+        && let Some(rtype) = registry.find(group, version, plural).filter(|t| t.namespaced)
+    {
+        return match tail {
+            [] => Some(Target { rtype, namespace: owned(namespace), name: None, subresource: None }),
+            [name] => Some(Target { rtype, namespace: owned(namespace), name: owned(name), subresource: None }),
+            [name, sub] => {
+                Some(Target { rtype, namespace: owned(namespace), name: owned(name), subresource: owned(sub) })
+            }
+            _ => None,
+        };
+    }
+    let (plural, tail) = rest.split_first()?;
+    let rtype = registry.find(group, version, plural)?;
+    match (tail, rtype.namespaced) {
+        ([], _) => Some(Target { rtype, namespace: None, name: None, subresource: None }),
+        ([name], false) => Some(Target { rtype, namespace: None, name: owned(name), subresource: None }),
+        ([name, sub], false) => Some(Target { rtype, namespace: None, name: owned(name), subresource: owned(sub) }),
+        _ => None,
+    }
+}
+
+/// Whether the client asks for server-side printing.
+fn as_table(headers: &HeaderMap) -> bool {
+    headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(table::wanted)
+}
+
+/// A JSON or YAML request body.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
+    let content_type =
+        headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    match media {
+        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_saphyr::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}"))),
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+/// Sets the apiVersion and kind the type is served as.
+fn with_type(rtype: &ResourceType, mut object: Value) -> Value {
+    object["apiVersion"] = Value::String(rtype.api_version());
+    object["kind"] = Value::String(rtype.kind.clone());
+    object
+}
+
+fn dry_run(params: &Params) -> bool {
+    params.dry_run.as_deref() == Some("All")
+}
+
+fn get_object(cluster: &Cluster, target: &Target) -> ApiResult<Value> {
+    let object = cluster.store.get(&target.key()).ok_or_else(|| target.not_found())?;
+    match target.subresource.as_deref() {
+        None | Some("status") => Ok(with_type(&target.rtype, object)),
+        Some(other) => Err(ApiError::no_route(&format!("{}/{other}", target.rtype.plural))),
+    }
+}
+
+fn selectors(params: &Params) -> ApiResult<(LabelSelector, FieldSelector)> {
+    let labels =
+        LabelSelector::parse(params.label_selector.as_deref().unwrap_or_default()).map_err(ApiError::bad_request)?;
+    let fields =
+        FieldSelector::parse(params.field_selector.as_deref().unwrap_or_default()).map_err(ApiError::bad_request)?;
+    Ok((labels, fields))
+}
+
+fn list(cluster: &Cluster, target: &Target, params: &Params) -> ApiResult<Value> {
+    let (labels, fields) = selectors(params)?;
+    let (objects, revision) = cluster.store.list(&target.rtype.key(), target.namespace.as_deref());
+    let items: Vec<Value> = objects
+        .into_iter()
+        .map(|(_, object)| with_type(&target.rtype, object))
+        .filter(|o| labels.matches(o) && fields.matches(o))
+        .collect();
+    Ok(json!({
+        "kind": format!("{}List", target.rtype.kind),
+        "apiVersion": target.rtype.api_version(),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": items,
+    }))
+}
+
+/// Maps a store refusal to the API's error for `target`.
+fn store_error(target: &Target, name: &str, error: StoreError) -> ApiError {
+    let rtype = &target.rtype;
+    match error {
+        StoreError::NotFound => ApiError::not_found(&rtype.group, &rtype.plural, name),
+        StoreError::AlreadyExists => ApiError::already_exists(&rtype.group, &rtype.plural, name),
+        StoreError::Conflict { .. } => ApiError::conflict(
+            &rtype.group,
+            &rtype.plural,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ),
+    }
+}
+
+/// The namespace of a namespaced write must exist and not be terminating.
+fn check_namespace(cluster: &Cluster, target: &Target) -> ApiResult<()> {
+    let Some(namespace) = target.namespace.as_deref() else { return Ok(()) };
+    let key = ObjectKey {
+        resource: crate::store::ResourceKey::new("", "namespaces"),
+        namespace: String::new(),
+        name: namespace.to_owned(),
+    };
+    match cluster.store.get(&key) {
+        None => Err(ApiError::not_found("", "namespaces", namespace)),
+        Some(ns) if ns["status"]["phase"] == "Terminating" => Err(ApiError::forbidden(format!(
+            "unable to create new content in namespace {namespace} because it is being terminated"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+fn create(cluster: &Cluster, target: &Target, body: Value, params: &Params) -> ApiResult<Value> {
+    if target.subresource.is_some() {
+        return Err(ApiError::method_not_allowed("create is not supported on a subresource"));
+    }
+    check_namespace(cluster, target)?;
+    let mut object = objects::prepare_create(&target.rtype, target.namespace.as_deref(), body, &objects::now())?;
+    if target.rtype.plural == "namespaces" {
+        object["status"] = json!({"phase": "Active"});
+    }
+    let object = with_type(&target.rtype, object);
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let key = ObjectKey { name: name.clone(), ..target.key() };
+    if dry_run(params) {
+        return match cluster.store.get(&key) {
+            Some(_) => Err(store_error(target, &name, StoreError::AlreadyExists)),
+            None => Ok(object),
+        };
+    }
+    cluster.store.write(&key, object, None).map_err(|e| store_error(target, &name, e))
+}
+
+/// Replaces the object (or its status) with `body`, checking the body's resourceVersion when it
+/// has one. Removing the last finalizer of an object being deleted deletes it.
+fn update(cluster: &Cluster, target: &Target, body: Value, params: &Params) -> ApiResult<Value> {
+    let status_only = match target.subresource.as_deref() {
+        None => false,
+        Some("status") if target.rtype.status => true,
+        Some(other) => return Err(ApiError::no_route(&format!("{}/{other}", target.rtype.plural))),
+    };
+    let name = target.name.clone().unwrap_or_default();
+    let stored = cluster.store.get(&target.key()).ok_or_else(|| target.not_found())?;
+    let expected = match body["metadata"]["resourceVersion"].as_str() {
+        Some(rv) if !rv.is_empty() => {
+            Some(rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?)
+        }
+        _ => None,
+    };
+    if let Some(rv) = expected
+        && rv != resource_version(&stored)
+    {
+        return Err(store_error(target, &name, StoreError::Conflict { stored: resource_version(&stored) }));
+    }
+    let updated = with_type(&target.rtype, objects::prepare_update(&target.rtype, &stored, body, status_only)?);
+    if dry_run(params) {
+        return Ok(updated);
+    }
+    store_update(cluster, target, updated, Some(resource_version(&stored)))
+}
+
+/// Writes an updated object, or removes it when it is being deleted and no finalizer is left.
+fn store_update(cluster: &Cluster, target: &Target, updated: Value, expect: Option<u64>) -> ApiResult<Value> {
+    let name = target.name.clone().unwrap_or_default();
+    if !updated["metadata"]["deletionTimestamp"].is_null() && objects::finalizers(&updated).is_empty() {
+        return cluster.store.remove(&target.key(), expect).map_err(|e| store_error(target, &name, e));
+    }
+    cluster.store.write(&target.key(), updated, Some(expect)).map_err(|e| store_error(target, &name, e))
+}
+
+/// Deletes at once, or marks the object deleted while finalizers remain (the response is then
+/// the object).
+fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> ApiResult<Response> {
+    if target.subresource.is_some() {
+        return Err(ApiError::method_not_allowed("delete is not supported on a subresource"));
+    }
+    let options: Value = match body.is_empty() {
+        true => json!({}),
+        false => {
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        }
+    };
+    let name = target.name.clone().unwrap_or_default();
+    let stored = cluster.store.get(&target.key()).ok_or_else(|| target.not_found())?;
+    if let Some(uid) = options["preconditions"]["uid"].as_str()
+        && stored["metadata"]["uid"] != uid
+    {
+        return Err(ApiError::conflict(
+            &target.rtype.group,
+            &target.rtype.plural,
+            &name,
+            "the UID in the precondition does not match",
+        ));
+    }
+    let policy = options["propagationPolicy"].as_str().map(str::to_owned).or_else(|| params.propagation_policy.clone());
+    let mut finalizers = objects::finalizers(&stored);
+    match policy.as_deref() {
+        Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
+            finalizers.push("foregroundDeletion".into())
+        }
+        Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => finalizers.push("orphan".into()),
+        _ => {}
+    }
+    if dry_run(params) {
+        return Ok(Json(with_type(&target.rtype, stored)).into_response());
+    }
+    if finalizers.is_empty() {
+        let removed = cluster.store.remove(&target.key(), None).map_err(|e| store_error(target, &name, e))?;
+        let uid = removed["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+        return Ok(match target.rtype.group.as_str() {
+            // Custom resources answer with the deleted object, built-ins with a Status.
+            "" | "coordination.k8s.io" | "apiextensions.k8s.io" => {
+                Json(status::success(&target.rtype.group, &target.rtype.plural, &name, &uid)).into_response()
+            }
+            _ => Json(with_type(&target.rtype, removed)).into_response(),
+        });
+    }
+    let mut marked = stored.clone();
+    if marked["metadata"]["deletionTimestamp"].is_null() {
+        marked["metadata"]["deletionTimestamp"] = Value::String(objects::now());
+        marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    }
+    marked["metadata"]["finalizers"] = json!(finalizers);
+    let written = cluster
+        .store
+        .write(&target.key(), marked, Some(Some(resource_version(&stored))))
+        .map_err(|e| store_error(target, &name, e))?;
+    Ok((StatusCode::OK, Json(with_type(&target.rtype, written))).into_response())
+}
+
+fn delete_collection(cluster: &Cluster, target: &Target, params: &Params) -> ApiResult<Value> {
+    let listed = list(cluster, target, params)?;
+    let mut deleted = Vec::new();
+    for item in listed["items"].as_array().cloned().unwrap_or_default() {
+        let name = item["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let namespace = item["metadata"]["namespace"].as_str().map(str::to_owned);
+        let one = Target { rtype: target.rtype.clone(), namespace, name: Some(name), subresource: None };
+        match delete(cluster, &one, &[], params) {
+            Ok(_) => deleted.push(item),
+            Err(error) if error.code == StatusCode::NOT_FOUND => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(json!({
+        "kind": format!("{}List", target.rtype.kind),
+        "apiVersion": target.rtype.api_version(),
+        "metadata": {"resourceVersion": cluster.store.revision().to_string()},
+        "items": deleted,
+    }))
+}

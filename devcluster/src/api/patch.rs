@@ -1,0 +1,326 @@
+//! PATCH: JSON merge patch (RFC 7386), JSON patch (RFC 6902), strategic merge patch (lists of
+//! objects merged by their key, as the built-in kinds declare), and server-side apply (create
+//! when missing, otherwise merge the applied configuration the strategic way).
+
+use axum::body::Bytes;
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+use super::{Cluster, Params, Target, objects, parse_body, with_type};
+use crate::status::{ApiError, ApiResult};
+use crate::store::resource_version;
+
+/// The kinds of patch, by content type.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum PatchType {
+    Merge,
+    Json,
+    Strategic,
+    Apply,
+}
+
+fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
+    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    match content_type.split(';').next().unwrap_or_default().trim() {
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchType::Apply),
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+/// Applies the request's patch to the target object and stores the result.
+pub fn apply(
+    cluster: &Cluster,
+    target: &Target,
+    headers: &HeaderMap,
+    body: &Bytes,
+    params: &Params,
+) -> ApiResult<Value> {
+    let kind = patch_type(headers)?;
+    let status_only = match target.subresource.as_deref() {
+        None => false,
+        Some("status") if target.rtype.status => true,
+        Some(other) => return Err(ApiError::no_route(&format!("{}/{other}", target.rtype.plural))),
+    };
+    let Some(stored) = cluster.store.get(&target.key()) else {
+        if kind == PatchType::Apply && !status_only {
+            let applied = parse_apply(body)?;
+            let created =
+                objects::prepare_create(&target.rtype, target.namespace.as_deref(), applied.clone(), &objects::now())?;
+            let mut created = with_type(&target.rtype, created);
+            record_manager(&mut created, &applied, params, "Apply");
+            if super::dry_run(params) {
+                return Ok(created);
+            }
+            super::check_namespace(cluster, target)?;
+            return cluster
+                .store
+                .write(&target.key(), created, None)
+                .map_err(|e| super::store_error(target, target.name.as_deref().unwrap_or_default(), e));
+        }
+        return Err(target.not_found());
+    };
+    let builtin = matches!(target.rtype.group.as_str(), "" | "coordination.k8s.io" | "apiextensions.k8s.io");
+    let patched = match kind {
+        PatchType::Merge => {
+            let patch: Value = parse_body(&HeaderMap::new(), body)?;
+            let mut object = stored.clone();
+            json_patch::merge(&mut object, &patch);
+            object
+        }
+        PatchType::Json => {
+            let patch: json_patch::Patch = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("the JSON patch is malformed: {e}")))?;
+            let mut object = stored.clone();
+            json_patch::patch(&mut object, &patch)
+                .map_err(|e| ApiError::unprocessable(format!("the JSON patch could not be applied: {e}")))?;
+            object
+        }
+        PatchType::Strategic if !builtin => {
+            return Err(ApiError::unsupported_media_type(
+                "application/strategic-merge-patch+json (strategic merge patch is not supported for custom resources)",
+            ));
+        }
+        PatchType::Strategic => {
+            let patch: Value = parse_body(&HeaderMap::new(), body)?;
+            strategic_merge(&stored, &patch)
+        }
+        PatchType::Apply => {
+            let applied = parse_apply(body)?;
+            let mut merged = strategic_merge(&stored, &applied);
+            record_manager(&mut merged, &applied, params, "Apply");
+            merged
+        }
+    };
+    // A patch may not change these; the stored resourceVersion is checked only when the patch
+    // names one.
+    let expected = match patched["metadata"]["resourceVersion"].as_str() {
+        Some(rv) if rv != stored["metadata"]["resourceVersion"].as_str().unwrap_or_default() => {
+            return Err(super::store_error(
+                target,
+                target.name.as_deref().unwrap_or_default(),
+                crate::store::StoreError::Conflict { stored: resource_version(&stored) },
+            ));
+        }
+        _ => resource_version(&stored),
+    };
+    let updated = with_type(&target.rtype, objects::prepare_update(&target.rtype, &stored, patched, status_only)?);
+    if super::dry_run(params) {
+        return Ok(updated);
+    }
+    super::store_update(cluster, target, updated, Some(expected))
+}
+
+fn parse_apply(body: &[u8]) -> ApiResult<Value> {
+    let value: Value = serde_saphyr::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the applied configuration is not valid YAML or JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the applied configuration is not an object"));
+    }
+    Ok(value)
+}
+
+/// Records `manager` in `metadata.managedFields` as owning the fields of `applied` (one entry per
+/// manager and operation, replacing its previous one).
+fn record_manager(object: &mut Value, applied: &Value, params: &Params, operation: &str) {
+    let manager = params.field_manager.clone().unwrap_or_else(|| "unknown".to_owned());
+    let entry = serde_json::json!({
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": object["apiVersion"].clone(),
+        "time": objects::now(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields_v1(applied, None),
+    });
+    let mut managed: Vec<Value> = object["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+    managed.retain(|m| !(m["manager"] == manager && m["operation"] == operation));
+    managed.push(entry);
+    object["metadata"]["managedFields"] = Value::Array(managed);
+}
+
+/// The set of fields `value` sets, in the `FieldsV1` form: `{"f:data": {".": {}, "f:a": {}}}`.
+/// Elements of keyed lists are `k:{"name":"c"}`; other lists are owned whole. Identity and
+/// server-owned metadata are left out, as the apiserver does.
+pub fn fields_v1(value: &Value, field: Option<&str>) -> Value {
+    let mut set = Map::new();
+    match value {
+        Value::Object(map) => {
+            for (name, child) in map {
+                let top = field.is_none();
+                let skipped = top && matches!(name.as_str(), "apiVersion" | "kind")
+                    || field == Some("metadata")
+                        && matches!(
+                            name.as_str(),
+                            "name"
+                                | "namespace"
+                                | "uid"
+                                | "resourceVersion"
+                                | "generation"
+                                | "creationTimestamp"
+                                | "managedFields"
+                        );
+                if skipped {
+                    continue;
+                }
+                set.insert(format!("f:{name}"), fields_v1(child, Some(name)));
+            }
+            if field.is_some_and(|f| f != "metadata") && !set.is_empty() {
+                set.insert(".".into(), Value::Object(Map::new()));
+            }
+        }
+        Value::Array(items) => {
+            if let Some(key) = field.and_then(merge_key) {
+                for item in items {
+                    if let Some(id) = item.get(key) {
+                        let mut element = fields_v1(item, Some(""));
+                        element[".".to_owned()] = Value::Object(Map::new());
+                        set.insert(format!("k:{}", serde_json::json!({key: id})), element);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Value::Object(set)
+}
+
+/// The key that identifies an element of a list field of the built-in kinds, by the field's name.
+fn merge_key(field: &str) -> Option<&'static str> {
+    match field {
+        "containers" | "initContainers" | "env" | "volumes" | "imagePullSecrets" | "ephemeralContainers" => {
+            Some("name")
+        }
+        "ports" => Some("containerPort"),
+        "volumeMounts" => Some("mountPath"),
+        "conditions" => Some("type"),
+        "ownerReferences" => Some("uid"),
+        "tolerations" => Some("key"),
+        _ => None,
+    }
+}
+
+/// A strategic merge of `patch` into `original`: maps merge key by key, `null` deletes, lists of
+/// objects with a merge key merge element by element (an element `{"$patch": "delete", key: …}`
+/// removes one), `$patch: replace` replaces, and other lists are replaced whole.
+pub fn strategic_merge(original: &Value, patch: &Value) -> Value {
+    merge_value(original, patch, None)
+}
+
+fn merge_value(original: &Value, patch: &Value, field: Option<&str>) -> Value {
+    match (original, patch) {
+        (Value::Object(original), Value::Object(patch)) => Value::Object(merge_map(original, patch)),
+        (Value::Array(original), Value::Array(patch)) => match field.and_then(merge_key) {
+            Some(key) => Value::Array(merge_list(original, patch, key)),
+            None => Value::Array(patch.iter().filter(|v| !is_directive(v)).cloned().collect()),
+        },
+        (_, patch) => strip_directives(patch),
+    }
+}
+
+fn merge_map(original: &Map<String, Value>, patch: &Map<String, Value>) -> Map<String, Value> {
+    if patch.get("$patch").and_then(Value::as_str) == Some("replace") {
+        return strip_directives(&Value::Object(patch.clone())).as_object().cloned().unwrap_or_default();
+    }
+    let mut merged = original.clone();
+    for (name, value) in patch {
+        if name.starts_with('$') {
+            continue;
+        }
+        match (value, merged.get(name)) {
+            (Value::Null, _) => {
+                merged.remove(name);
+            }
+            (value, Some(existing)) => {
+                let value = merge_value(existing, value, Some(name));
+                merged.insert(name.clone(), value);
+            }
+            (value, None) => {
+                merged.insert(name.clone(), strip_directives(value));
+            }
+        }
+    }
+    merged
+}
+
+fn merge_list(original: &[Value], patch: &[Value], key: &str) -> Vec<Value> {
+    let mut merged: Vec<Value> = original.to_vec();
+    for element in patch {
+        let Some(id) = element.get(key) else {
+            merged.push(strip_directives(element));
+            continue;
+        };
+        let position = merged.iter().position(|e| e.get(key) == Some(id));
+        let delete = element.get("$patch").and_then(Value::as_str) == Some("delete");
+        match (position, delete) {
+            (Some(i), true) => {
+                merged.remove(i);
+            }
+            (None, true) => {}
+            (Some(i), false) => merged[i] = merge_value(&merged[i], element, None),
+            (None, false) => merged.push(strip_directives(element)),
+        }
+    }
+    merged
+}
+
+fn is_directive(value: &Value) -> bool {
+    value.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with('$')))
+}
+
+fn strip_directives(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), strip_directives(v))).collect(),
+        ),
+        Value::Array(list) => Value::Array(list.iter().map(strip_directives).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strategic_merge_merges_containers_by_name_and_replaces_plain_lists() {
+        let pod = json!({"spec": {"containers": [
+            {"name": "a", "image": "one", "args": ["x"]},
+            {"name": "b", "image": "two"},
+        ]}, "metadata": {"labels": {"keep": "1", "drop": "2"}}});
+        let patch = json!({
+            "spec": {"containers": [
+                {"name": "a", "image": "three", "args": ["y", "z"]},
+                {"name": "b", "$patch": "delete"},
+                {"name": "c", "image": "four"},
+            ]},
+            "metadata": {"labels": {"drop": null, "new": "3"}},
+        });
+        let merged = strategic_merge(&pod, &patch);
+        assert_eq!(
+            merged["spec"]["containers"],
+            json!([{"name": "a", "image": "three", "args": ["y", "z"]}, {"name": "c", "image": "four"}])
+        );
+        assert_eq!(merged["metadata"]["labels"], json!({"keep": "1", "new": "3"}));
+        let replaced = strategic_merge(&pod, &json!({"spec": {"$patch": "replace", "containers": []}}));
+        assert_eq!(replaced["spec"], json!({"containers": []}));
+    }
+
+    #[test]
+    fn applied_fields_are_written_as_fields_v1() {
+        let applied = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "main", "image": "worker"}]},
+        });
+        assert_eq!(
+            fields_v1(&applied, None),
+            json!({
+                "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                "f:spec": {".": {}, "f:containers": {"k:{\"name\":\"main\"}": {".": {}, "f:image": {}, "f:name": {}}}},
+            })
+        );
+    }
+}

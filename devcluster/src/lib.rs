@@ -1,0 +1,113 @@
+//! `lantern-devcluster`: a single-process subset of the Kubernetes API for one machine, so the
+//! operator, real `kubectl` and kube-rs clients run against something real in development, the
+//! quickstart and CI. Production is a real cluster.
+//!
+//! - [`store`]: objects as JSON, one revision counter, watch history.
+//! - [`resources`]: the built-in kinds and the CRDs applied, as discovery and routing see them.
+//! - [`api`]: the HTTP API (discovery, CRUD, list, watch, patch, delete).
+//! - [`selector`], [`status`]: label and field selectors; errors as `Status` objects.
+//!
+//! [`DevCluster::start`] serves it on a loopback port and writes a kubeconfig; tests take a
+//! [`kube::Client`]-ready config from it and stop it when done.
+
+pub mod api;
+pub mod resources;
+pub mod selector;
+pub mod status;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+/// Where and how to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Holds the kubeconfig (and, later, pod logs and volumes).
+    pub state_dir: PathBuf,
+    /// A loopback address; port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+/// A running devcluster.
+pub struct DevCluster {
+    address: SocketAddr,
+    kubeconfig: PathBuf,
+    cluster: Arc<api::Cluster>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl DevCluster {
+    /// Serves the API on `options.listen` and writes `kubeconfig` under the state directory.
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            options.listen.ip().is_loopback(),
+            "the devcluster serves loopback addresses only, not {}",
+            options.listen
+        );
+        std::fs::create_dir_all(&options.state_dir)
+            .with_context(|| format!("creating the state directory {}", options.state_dir.display()))?;
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .with_context(|| format!("binding {}", options.listen))?;
+        let address = listener.local_addr().context("reading the bound address")?;
+        let cluster = api::Cluster::new();
+        let router = api::router(cluster.clone());
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let serving = axum::serve(listener, router).with_graceful_shutdown(async {
+                let _ = stop.await;
+            });
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "the devcluster API stopped");
+            }
+        });
+        let kubeconfig = options.state_dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(address))
+            .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        Ok(Self { address, kubeconfig, cluster, shutdown: Some(shutdown), server })
+    }
+
+    /// The API's address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The kubeconfig file pointing at this cluster.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The in-process state, for tests that look behind the API.
+    pub fn cluster(&self) -> &Arc<api::Cluster> {
+        &self.cluster
+    }
+
+    /// Stops serving: open watches end, and the call returns once the server has stopped.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.server.abort();
+        let _ = (&mut self.server).await;
+        Ok(())
+    }
+}
+
+/// A kubeconfig with one cluster, user and context, all named `lantern-devcluster`.
+pub fn kubeconfig_yaml(address: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lantern-devcluster\n  cluster:\n    server: http://{address}\n\
+         users:\n- name: lantern-devcluster\n  user: {{}}\n\
+         contexts:\n- name: lantern-devcluster\n  context:\n    cluster: lantern-devcluster\n    user: lantern-devcluster\n    namespace: default\n\
+         current-context: lantern-devcluster\n"
+    )
+}

@@ -1,0 +1,167 @@
+//! The devcluster through kube-rs, as the operator will use it: CRUD, selectors, optimistic
+//! concurrency, patches, the status subresource, finalizers, and watches that resume.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::{Client, Config};
+use lantern_devcluster::{DevCluster, Options};
+use serde_json::json;
+
+async fn start() -> (DevCluster, Client, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let options = Options { state_dir: state.path().to_owned(), listen: "127.0.0.1:0".parse().unwrap() };
+    let cluster = DevCluster::start(options).await.unwrap();
+    let config = Config::new(cluster.url().parse().unwrap());
+    let client = Client::try_from(config).unwrap();
+    (cluster, client, state)
+}
+
+fn config_map(name: &str, labels: &[(&str, &str)], data: &[(&str, &str)]) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {
+            "name": name,
+            "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        },
+        "data": data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+    }))
+    .unwrap()
+}
+
+fn error_code(error: kube::Error) -> (u16, String) {
+    match error {
+        kube::Error::Api(status) => (status.code, status.reason),
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn objects_are_created_listed_updated_and_deleted_as_on_a_real_cluster() {
+    let (cluster, client, _state) = start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let created =
+        maps.create(&PostParams::default(), &config_map("a", &[("app", "web")], &[("k", "1")])).await.unwrap();
+    let metadata = &created.metadata;
+    assert!(metadata.uid.is_some() && metadata.creation_timestamp.is_some() && metadata.resource_version.is_some());
+    maps.create(&PostParams::default(), &config_map("b", &[("app", "db")], &[])).await.unwrap();
+    let duplicate = maps.create(&PostParams::default(), &config_map("a", &[], &[])).await.unwrap_err();
+    assert_eq!(error_code(duplicate), (409, "AlreadyExists".to_owned()));
+
+    let web = maps.list(&ListParams::default().labels("app=web")).await.unwrap();
+    assert_eq!(web.items.iter().map(|m| m.metadata.name.clone().unwrap()).collect::<Vec<_>>(), vec!["a"]);
+    let by_name = maps.list(&ListParams::default().fields("metadata.name=b")).await.unwrap();
+    assert_eq!(by_name.items.len(), 1);
+    let everywhere: Api<ConfigMap> = Api::all(client.clone());
+    assert_eq!(everywhere.list(&ListParams::default()).await.unwrap().items.len(), 2);
+
+    // Optimistic concurrency: a replace from a stale read is refused.
+    let mut stale = created.clone();
+    let mut fresh = maps.get("a").await.unwrap();
+    fresh.data.as_mut().unwrap().insert("k".into(), "2".into());
+    maps.replace("a", &PostParams::default(), &fresh).await.unwrap();
+    stale.data.as_mut().unwrap().insert("k".into(), "3".into());
+    assert_eq!(error_code(maps.replace("a", &PostParams::default(), &stale).await.unwrap_err()).0, 409);
+
+    let patched =
+        maps.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"extra": "x"}}))).await.unwrap();
+    assert_eq!(patched.data.unwrap().get("extra").map(String::as_str), Some("x"));
+    let json_patch: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "remove", "path": "/data/extra"}])).unwrap();
+    let patched = maps.patch("a", &PatchParams::default(), &Patch::<()>::Json(json_patch)).await.unwrap();
+    assert!(!patched.data.unwrap().contains_key("extra"));
+
+    maps.delete("a", &DeleteParams::default()).await.unwrap();
+    assert_eq!(error_code(maps.get("a").await.unwrap_err()), (404, "NotFound".to_owned()));
+    let nowhere: Api<ConfigMap> = Api::namespaced(client.clone(), "missing");
+    assert_eq!(
+        error_code(nowhere.create(&PostParams::default(), &config_map("x", &[], &[])).await.unwrap_err()).0,
+        404
+    );
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn status_is_a_separate_subresource_and_finalizers_hold_deletion() {
+    let (cluster, client, _state) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "finalizers": ["lantern.dev/test"]},
+        "spec": {"containers": [{"name": "main", "image": "worker"}]},
+        "status": {"phase": "Running"},
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    assert!(created.status.is_none(), "a create does not set the status");
+    let status = json!({"status": {"phase": "Running", "podIP": "127.1.0.5"}});
+    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let spec_patch = json!({"metadata": {"labels": {"a": "b"}}, "status": {"phase": "Failed"}});
+    let after = pods.patch("p", &PatchParams::default(), &Patch::Merge(&spec_patch)).await.unwrap();
+    assert_eq!(after.status.unwrap().phase.as_deref(), Some("Running"), "the main resource cannot write status");
+
+    pods.delete("p", &DeleteParams::default()).await.unwrap();
+    let held = pods.get("p").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some(), "the finalizer holds it");
+    pods.patch("p", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    assert_eq!(error_code(pods.get("p").await.unwrap_err()).0, 404, "gone once the last finalizer is");
+
+    let namespaces: Api<Namespace> = Api::all(client);
+    let names: Vec<String> = namespaces
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert!(names.contains(&"default".to_owned()) && names.contains(&"kube-system".to_owned()), "{names:?}");
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_watch_resumes_from_a_resource_version_and_follows_selectors() {
+    let (cluster, client, _state) = start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let first = maps.create(&PostParams::default(), &config_map("one", &[("app", "web")], &[])).await.unwrap();
+    let resume_from = first.metadata.resource_version.unwrap();
+    // Made while nobody watches: a resumed watch replays them.
+    maps.create(&PostParams::default(), &config_map("two", &[("app", "web")], &[])).await.unwrap();
+    maps.create(&PostParams::default(), &config_map("other", &[("app", "db")], &[])).await.unwrap();
+
+    let params = WatchParams::default().labels("app=web").timeout(10);
+    let mut events = maps.watch(&params, &resume_from).await.unwrap().boxed();
+    let mut next = async || match events.try_next().await.unwrap().unwrap() {
+        WatchEvent::Added(m) => ("ADDED", m.metadata.name.unwrap()),
+        WatchEvent::Modified(m) => ("MODIFIED", m.metadata.name.unwrap()),
+        WatchEvent::Deleted(m) => ("DELETED", m.metadata.name.unwrap()),
+        other => panic!("unexpected event {other:?}"),
+    };
+    assert_eq!(next().await, ("ADDED", "two".to_owned()), "replayed");
+    maps.patch("one", &PatchParams::default(), &Patch::Merge(json!({"data": {"a": "1"}}))).await.unwrap();
+    assert_eq!(next().await, ("MODIFIED", "one".to_owned()));
+    // Leaving the selector reads as a deletion; entering it as an addition.
+    maps.patch("two", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "db"}}})))
+        .await
+        .unwrap();
+    assert_eq!(next().await, ("DELETED", "two".to_owned()));
+    maps.patch("other", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}})))
+        .await
+        .unwrap();
+    assert_eq!(next().await, ("ADDED", "other".to_owned()));
+    maps.delete("one", &DeleteParams::default()).await.unwrap();
+    assert_eq!(next().await, ("DELETED", "one".to_owned()));
+
+    // kube-runtime's watcher (list, then watch) sees the same world.
+    let stream = kube::runtime::watcher(maps.clone(), kube::runtime::watcher::Config::default());
+    let mut objects = Box::pin(kube::runtime::WatchStreamExt::applied_objects(stream));
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(objects.try_next().await.unwrap().unwrap().metadata.name.unwrap());
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["other", "two"]);
+    maps.create(&PostParams::default(), &config_map("three", &[], &[])).await.unwrap();
+    assert_eq!(objects.try_next().await.unwrap().unwrap().metadata.name.unwrap(), "three");
+    cluster.stop().await.unwrap();
+}

@@ -1,0 +1,75 @@
+//! The real `kubectl` against the devcluster: discovery, `apply -f` (client-side and
+//! server-side), `get` as a table and as YAML, `delete`, and the errors it prints.
+
+use std::path::Path;
+
+use lantern_devcluster::{DevCluster, Options};
+
+/// Runs kubectl with the cluster's kubeconfig; returns (success, stdout, stderr).
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new("kubectl");
+    command.arg("--kubeconfig").arg(kubeconfig).args(args);
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("kubectl is installed");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn start() -> (DevCluster, tempfile::TempDir) {
+    let state = tempfile::tempdir().unwrap();
+    let options = Options { state_dir: state.path().to_owned(), listen: "127.0.0.1:0".parse().unwrap() };
+    (DevCluster::start(options).await.unwrap(), state)
+}
+
+const CONFIG_MAP: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  labels: {app: demo}
+data:
+  mode: fast
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_get_and_delete_work_as_on_a_real_cluster() {
+    let (cluster, state) = start().await;
+    let kubeconfig = cluster.kubeconfig().to_owned();
+    let manifest = state.path().join("settings.yaml");
+    std::fs::write(&manifest, CONFIG_MAP).unwrap();
+    let file = manifest.to_str().unwrap();
+
+    let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", file]).await;
+    assert!(ok && out.contains("configmap/settings created"), "{out}{err}");
+    std::fs::write(&manifest, CONFIG_MAP.replace("mode: fast", "mode: slow\n  extra: \"1\"")).unwrap();
+    let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", file]).await;
+    assert!(ok && out.contains("configmap/settings configured"), "{out}{err}");
+
+    let (ok, out, _) = kubectl(&kubeconfig, &["get", "configmaps"]).await;
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert!(ok && header == ["NAME", "DATA", "AGE"], "{out}");
+    assert!(out.lines().nth(1).unwrap().starts_with("settings   2 "), "{out}");
+    let (ok, out, _) = kubectl(&kubeconfig, &["get", "configmap", "settings", "-o", "yaml"]).await;
+    assert!(
+        ok && out.contains("mode: slow") && out.contains("kubectl.kubernetes.io/last-applied-configuration"),
+        "{out}"
+    );
+    let (_, out, _) = kubectl(&kubeconfig, &["get", "configmaps", "-l", "app=other", "-o", "name"]).await;
+    assert!(out.trim().is_empty(), "the selector matches nothing: {out}");
+
+    // Server-side apply records the manager's fields.
+    let (ok, out, err) =
+        kubectl(&kubeconfig, &["apply", "--server-side", "--field-manager", "lantern-test", "-f", file]).await;
+    assert!(ok && out.contains("serverside-applied"), "{out}{err}");
+    let (_, out, _) = kubectl(&kubeconfig, &["get", "cm", "settings", "-o", "yaml", "--show-managed-fields"]).await;
+    assert!(out.contains("manager: lantern-test") && out.contains("f:mode: {}"), "{out}");
+
+    let (ok, out, _) = kubectl(&kubeconfig, &["delete", "-f", file]).await;
+    assert!(ok && out.contains("configmap \"settings\" deleted"), "{out}");
+    let (ok, _, err) = kubectl(&kubeconfig, &["get", "configmap", "settings"]).await;
+    assert!(!ok && err.contains("configmaps \"settings\" not found"), "{err}");
+    let (ok, _, err) = kubectl(&kubeconfig, &["get", "frobs"]).await;
+    assert!(!ok && err.contains("the server doesn't have a resource type \"frobs\""), "{err}");
+    cluster.stop().await.unwrap();
+}
