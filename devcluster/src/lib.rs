@@ -4,6 +4,7 @@
 //!
 //! - [`store`]: objects as JSON, one revision counter, watch history.
 //! - [`resources`]: the built-in kinds and the CRDs applied, as discovery and routing see them.
+//! - [`crd`]: what a CustomResourceDefinition serves, and its accepted status.
 //! - [`api`]: the HTTP API (discovery, CRUD, list, watch, patch, delete).
 //! - [`selector`], [`status`]: label and field selectors; errors as `Status` objects.
 //!
@@ -11,6 +12,7 @@
 //! [`kube::Client`]-ready config from it and stop it when done.
 
 pub mod api;
+pub mod crd;
 pub mod resources;
 pub mod selector;
 pub mod status;

@@ -165,3 +165,57 @@ async fn a_watch_resumes_from_a_resource_version_and_follows_selectors() {
     assert_eq!(objects.try_next().await.unwrap().unwrap().metadata.name.unwrap(), "three");
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_applied_crd_is_established_and_serves_its_resource_until_deleted() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+
+    let (cluster, client, _state) = start().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "widgets.example.dev"},
+        "spec": {
+            "group": "example.dev",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                "subresources": {"status": {}},
+            }],
+        },
+    }))
+    .unwrap();
+    let created = crds.create(&PostParams::default(), &crd).await.unwrap();
+    let conditions = created.status.unwrap().conditions.unwrap();
+    assert!(conditions.iter().any(|c| c.type_ == "Established" && c.status == "True"), "{conditions:?}");
+
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    assert!(discovery.has_group("example.dev"), "discovery lists the new group");
+    let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.dev", "v1", "Widget"), "widgets");
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let mut widget = DynamicObject::new("w", &resource);
+    widget.data = json!({"spec": {"size": 3}, "status": {"ready": true}});
+    let stored = widgets.create(&PostParams::default(), &widget).await.unwrap();
+    assert!(stored.data.get("status").is_none(), "status is a subresource: a create drops it");
+    widgets
+        .patch_status("w", &PatchParams::default(), &Patch::Merge(json!({"status": {"ready": true}})))
+        .await
+        .unwrap();
+    let resized =
+        widgets.patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 4}}))).await.unwrap();
+    assert_eq!((resized.metadata.generation, resized.data["status"]["ready"].as_bool()), (Some(2), Some(true)));
+
+    let invalid: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "gadgets.example.dev"},
+        "spec": {"group": "example.dev", "names": {"plural": "gadgets", "kind": "Gadget"}, "scope": "Everywhere", "versions": []},
+    }))
+    .unwrap();
+    let (code, reason) = error_code(crds.create(&PostParams::default(), &invalid).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+
+    crds.delete("widgets.example.dev", &DeleteParams::default()).await.unwrap();
+    assert_eq!(error_code(widgets.get("w").await.unwrap_err()).0, 404, "the resource went with its CRD");
+    cluster.stop().await.unwrap();
+}

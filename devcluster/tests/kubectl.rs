@@ -73,3 +73,49 @@ async fn apply_get_and_delete_work_as_on_a_real_cluster() {
     assert!(!ok && err.contains("the server doesn't have a resource type \"frobs\""), "{err}");
     cluster.stop().await.unwrap();
 }
+
+const CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.dev
+spec:
+  group: example.dev
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+";
+
+const WIDGET: &str = "apiVersion: example.dev/v1
+kind: Widget
+metadata:
+  name: small
+spec:
+  size: 2
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crd_applied_with_kubectl_serves_its_kind_with_printer_columns() {
+    let (cluster, state) = start().await;
+    let kubeconfig = cluster.kubeconfig().to_owned();
+    let (crd, widget) = (state.path().join("crd.yaml"), state.path().join("widget.yaml"));
+    std::fs::write(&crd, CRD).unwrap();
+    std::fs::write(&widget, WIDGET).unwrap();
+    let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", crd.to_str().unwrap()]).await;
+    assert!(ok && out.contains("widgets.example.dev created"), "{out}{err}");
+    let established = ["wait", "--for", "condition=Established", "crd/widgets.example.dev", "--timeout", "10s"];
+    let (ok, out, err) = kubectl(&kubeconfig, &established).await;
+    assert!(ok && out.contains("condition met"), "{out}{err}");
+    let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", widget.to_str().unwrap()]).await;
+    assert!(ok && out.contains("widget.example.dev/small created"), "{out}{err}");
+    let (ok, out, _) = kubectl(&kubeconfig, &["get", "wd"]).await;
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert!(ok && rows[0] == ["NAME", "SIZE", "AGE"] && rows[1][..2] == ["small", "2"], "{out}");
+    cluster.stop().await.unwrap();
+}

@@ -325,12 +325,18 @@ fn create(cluster: &Cluster, target: &Target, body: Value, params: &Params) -> A
     if target.subresource.is_some() {
         return Err(ApiError::method_not_allowed("create is not supported on a subresource"));
     }
+    let object = objects::prepare_create(&target.rtype, target.namespace.as_deref(), body, &objects::now())?;
+    insert(cluster, target, with_type(&target.rtype, object), params)
+}
+
+/// Stores a new object made by [`objects::prepare_create`]: its namespace must be live, a CRD is
+/// admitted and then served, and a dry run stops short of the store.
+fn insert(cluster: &Cluster, target: &Target, mut object: Value, params: &Params) -> ApiResult<Value> {
     check_namespace(cluster, target)?;
-    let mut object = objects::prepare_create(&target.rtype, target.namespace.as_deref(), body, &objects::now())?;
     if target.rtype.plural == "namespaces" {
         object["status"] = json!({"phase": "Active"});
     }
-    let object = with_type(&target.rtype, object);
+    let served = admit_crd(target, &mut object)?;
     let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     let key = ObjectKey { name: name.clone(), ..target.key() };
     if dry_run(params) {
@@ -339,7 +345,54 @@ fn create(cluster: &Cluster, target: &Target, body: Value, params: &Params) -> A
             None => Ok(object),
         };
     }
-    cluster.store.write(&key, object, None).map_err(|e| store_error(target, &name, e))
+    let written = cluster.store.write(&key, object, None).map_err(|e| store_error(target, &name, e))?;
+    serve_crd(cluster, &written, served);
+    Ok(written)
+}
+
+fn is_crd(rtype: &ResourceType) -> bool {
+    rtype.group == "apiextensions.k8s.io" && rtype.plural == "customresourcedefinitions"
+}
+
+/// A CRD about to be stored: checked (422 naming each bad field), and given the status of an
+/// accepted one. Returns what it will serve; nothing for other kinds.
+fn admit_crd(target: &Target, object: &mut Value) -> ApiResult<Option<Vec<ResourceType>>> {
+    if !is_crd(&target.rtype) {
+        return Ok(None);
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let types = crate::crd::resource_types(object)
+        .map_err(|causes| ApiError::invalid(&target.rtype.group, &target.rtype.kind, &name, causes))?;
+    object["status"] = crate::crd::accepted_status(object, &objects::now());
+    Ok(Some(types))
+}
+
+/// The resource a CRD defines, as the store keys its objects.
+fn crd_resource(crd: &Value) -> crate::store::ResourceKey {
+    let spec = &crd["spec"];
+    crate::store::ResourceKey::new(
+        spec["group"].as_str().unwrap_or_default(),
+        spec["names"]["plural"].as_str().unwrap_or_default(),
+    )
+}
+
+/// Starts serving what a stored CRD defines.
+fn serve_crd(cluster: &Cluster, crd: &Value, served: Option<Vec<ResourceType>>) {
+    if let Some(types) = served {
+        cluster.registry.replace(&crd_resource(crd), types);
+    }
+}
+
+/// Stops serving a removed CRD's resource and deletes its objects, as the apiserver does.
+fn retire_crd(cluster: &Cluster, target: &Target, crd: &Value) {
+    if !is_crd(&target.rtype) {
+        return;
+    }
+    let resource = crd_resource(crd);
+    cluster.registry.replace(&resource, Vec::new());
+    for (key, _) in cluster.store.list(&resource, None).0 {
+        let _ = cluster.store.remove(&key, None);
+    }
 }
 
 /// Replaces the object (or its status) with `body`, checking the body's resourceVersion when it
@@ -371,12 +424,18 @@ fn update(cluster: &Cluster, target: &Target, body: Value, params: &Params) -> A
 }
 
 /// Writes an updated object, or removes it when it is being deleted and no finalizer is left.
-fn store_update(cluster: &Cluster, target: &Target, updated: Value, expect: Option<u64>) -> ApiResult<Value> {
+fn store_update(cluster: &Cluster, target: &Target, mut updated: Value, expect: Option<u64>) -> ApiResult<Value> {
     let name = target.name.clone().unwrap_or_default();
     if !updated["metadata"]["deletionTimestamp"].is_null() && objects::finalizers(&updated).is_empty() {
-        return cluster.store.remove(&target.key(), expect).map_err(|e| store_error(target, &name, e));
+        let removed = cluster.store.remove(&target.key(), expect).map_err(|e| store_error(target, &name, e))?;
+        retire_crd(cluster, target, &removed);
+        return Ok(removed);
     }
-    cluster.store.write(&target.key(), updated, Some(expect)).map_err(|e| store_error(target, &name, e))
+    let served = admit_crd(target, &mut updated)?;
+    let written =
+        cluster.store.write(&target.key(), updated, Some(expect)).map_err(|e| store_error(target, &name, e))?;
+    serve_crd(cluster, &written, served);
+    Ok(written)
 }
 
 /// Deletes at once, or marks the object deleted while finalizers remain (the response is then
@@ -417,6 +476,7 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
     }
     if finalizers.is_empty() {
         let removed = cluster.store.remove(&target.key(), None).map_err(|e| store_error(target, &name, e))?;
+        retire_crd(cluster, target, &removed);
         let uid = removed["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
         return Ok(match target.rtype.group.as_str() {
             // Custom resources answer with the deleted object, built-ins with a Status.

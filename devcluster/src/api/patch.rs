@@ -51,14 +51,7 @@ pub fn apply(
                 objects::prepare_create(&target.rtype, target.namespace.as_deref(), applied.clone(), &objects::now())?;
             let mut created = with_type(&target.rtype, created);
             record_manager(&mut created, &applied, params, "Apply");
-            if super::dry_run(params) {
-                return Ok(created);
-            }
-            super::check_namespace(cluster, target)?;
-            return cluster
-                .store
-                .write(&target.key(), created, None)
-                .map_err(|e| super::store_error(target, target.name.as_deref().unwrap_or_default(), e));
+            return super::insert(cluster, target, created, params);
         }
         return Err(target.not_found());
     };
