@@ -5,6 +5,7 @@
 //! - [`store`]: objects as JSON, one revision counter, watch history.
 //! - [`resources`]: the built-in kinds and the CRDs applied, as discovery and routing see them.
 //! - [`crd`]: what a CustomResourceDefinition serves, and its accepted status.
+//! - [`schema`]: a CRD's structural schema applied to its objects (prune, default, validate).
 //! - [`api`]: the HTTP API (discovery, CRUD, list, watch, patch, delete).
 //! - [`selector`], [`status`]: label and field selectors; errors as `Status` objects.
 //!
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod crd;
 pub mod resources;
+pub mod schema;
 pub mod selector;
 pub mod status;
 pub mod store;

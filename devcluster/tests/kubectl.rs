@@ -87,7 +87,16 @@ spec:
     served: true
     storage: true
     schema:
-      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1}
+              colour: {type: string, default: grey}
+          status: {type: object, x-kubernetes-preserve-unknown-fields: true}
     additionalPrinterColumns:
     - {name: Size, type: integer, jsonPath: .spec.size}
 ";
@@ -117,5 +126,21 @@ async fn a_crd_applied_with_kubectl_serves_its_kind_with_printer_columns() {
     let (ok, out, _) = kubectl(&kubeconfig, &["get", "wd"]).await;
     let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
     assert!(ok && rows[0] == ["NAME", "SIZE", "AGE"] && rows[1][..2] == ["small", "2"], "{out}");
+    let (_, out, _) = kubectl(&kubeconfig, &["get", "widget", "small", "-o", "jsonpath={.spec.colour}"]).await;
+    assert_eq!(out, "grey", "the schema's default is filled in");
+
+    // The schema is enforced: kubectl asks for strict field validation.
+    for (spec, error) in [
+        ("size: 2\n  shape: round", "strict decoding error: unknown field \"spec.shape\""),
+        (
+            "size: 0",
+            "The Widget \"small\" is invalid: spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1",
+        ),
+        ("colour: red", "spec.size: Required value"),
+    ] {
+        std::fs::write(&widget, WIDGET.replace("size: 2", spec)).unwrap();
+        let (ok, _, err) = kubectl(&kubeconfig, &["apply", "-f", widget.to_str().unwrap()]).await;
+        assert!(!ok && err.contains(error), "{spec}: {err}");
+    }
     cluster.stop().await.unwrap();
 }

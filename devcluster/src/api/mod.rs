@@ -107,6 +107,7 @@ pub struct Params {
     field_manager: Option<String>,
     propagation_policy: Option<String>,
     include_object: Option<String>,
+    field_validation: Option<String>,
 }
 
 /// Either discovery under a group-version or a resource path.
@@ -336,6 +337,7 @@ fn insert(cluster: &Cluster, target: &Target, mut object: Value, params: &Params
     if target.rtype.plural == "namespaces" {
         object["status"] = json!({"phase": "Active"});
     }
+    conform(target, &mut object, params)?;
     let served = admit_crd(target, &mut object)?;
     let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     let key = ObjectKey { name: name.clone(), ..target.key() };
@@ -348,6 +350,28 @@ fn insert(cluster: &Cluster, target: &Target, mut object: Value, params: &Params
     let written = cluster.store.write(&key, object, None).map_err(|e| store_error(target, &name, e))?;
     serve_crd(cluster, &written, served);
     Ok(written)
+}
+
+/// Applies a custom resource's schema: unknown fields pruned (refused with
+/// `fieldValidation=Strict`, 400), defaults filled, violations refused (422, a cause per field).
+fn conform(target: &Target, object: &mut Value, params: &Params) -> ApiResult<()> {
+    let Some(schema) = &target.rtype.schema else { return Ok(()) };
+    let findings = crate::schema::apply(schema, object);
+    // As the apiserver decodes before it validates, strictness speaks first.
+    if params.field_validation.as_deref() == Some("Strict") && !findings.unknown.is_empty() {
+        let fields: Vec<String> = findings.unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{}\" cannot be handled as a {kind}: strict decoding error: {}",
+            target.rtype.version,
+            fields.join(", "),
+            kind = target.rtype.kind,
+        )));
+    }
+    if !findings.causes.is_empty() {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        return Err(ApiError::invalid(&target.rtype.group, &target.rtype.kind, name, findings.causes));
+    }
+    Ok(())
 }
 
 fn is_crd(rtype: &ResourceType) -> bool {
@@ -420,17 +444,24 @@ fn update(cluster: &Cluster, target: &Target, body: Value, params: &Params) -> A
     if dry_run(params) {
         return Ok(updated);
     }
-    store_update(cluster, target, updated, Some(resource_version(&stored)))
+    store_update(cluster, target, updated, Some(resource_version(&stored)), params)
 }
 
 /// Writes an updated object, or removes it when it is being deleted and no finalizer is left.
-fn store_update(cluster: &Cluster, target: &Target, mut updated: Value, expect: Option<u64>) -> ApiResult<Value> {
+fn store_update(
+    cluster: &Cluster,
+    target: &Target,
+    mut updated: Value,
+    expect: Option<u64>,
+    params: &Params,
+) -> ApiResult<Value> {
     let name = target.name.clone().unwrap_or_default();
     if !updated["metadata"]["deletionTimestamp"].is_null() && objects::finalizers(&updated).is_empty() {
         let removed = cluster.store.remove(&target.key(), expect).map_err(|e| store_error(target, &name, e))?;
         retire_crd(cluster, target, &removed);
         return Ok(removed);
     }
+    conform(target, &mut updated, params)?;
     let served = admit_crd(target, &mut updated)?;
     let written =
         cluster.store.write(&target.key(), updated, Some(expect)).map_err(|e| store_error(target, &name, e))?;

@@ -103,7 +103,7 @@ pub fn apply(
     if super::dry_run(params) {
         return Ok(updated);
     }
-    super::store_update(cluster, target, updated, Some(expected))
+    super::store_update(cluster, target, updated, Some(expected), params)
 }
 
 fn parse_apply(body: &[u8]) -> ApiResult<Value> {
