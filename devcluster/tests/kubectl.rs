@@ -97,6 +97,9 @@ spec:
               size: {type: integer, minimum: 1}
               colour: {type: string, default: grey}
           status: {type: object, x-kubernetes-preserve-unknown-fields: true}
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.size, statusReplicasPath: .status.size}
     additionalPrinterColumns:
     - {name: Size, type: integer, jsonPath: .spec.size}
 ";
@@ -128,6 +131,12 @@ async fn a_crd_applied_with_kubectl_serves_its_kind_with_printer_columns() {
     assert!(ok && rows[0] == ["NAME", "SIZE", "AGE"] && rows[1][..2] == ["small", "2"], "{out}");
     let (_, out, _) = kubectl(&kubeconfig, &["get", "widget", "small", "-o", "jsonpath={.spec.colour}"]).await;
     assert_eq!(out, "grey", "the schema's default is filled in");
+
+    // The scale subresource writes the declared path.
+    let (ok, out, err) = kubectl(&kubeconfig, &["scale", "widget/small", "--replicas", "5"]).await;
+    assert!(ok && out.contains("widget.example.dev/small scaled"), "{out}{err}");
+    let (_, out, _) = kubectl(&kubeconfig, &["get", "widget", "small", "-o", "jsonpath={.spec.size}"]).await;
+    assert_eq!(out, "5");
 
     // The schema is enforced: kubectl asks for strict field validation.
     for (spec, error) in [

@@ -5,6 +5,7 @@ mod discovery;
 pub mod objects;
 mod openapi;
 mod patch;
+mod scale;
 mod table;
 mod watch;
 
@@ -150,6 +151,9 @@ async fn handle(
             .ok_or_else(|| ApiError::no_route(uri.path()));
     }
     let target = resolve(&cluster.registry, group, version, rest).ok_or_else(|| ApiError::no_route(uri.path()))?;
+    if target.subresource.as_deref() == Some("scale") && target.name.is_some() {
+        return scale::serve(cluster, &target, method, headers, &body, params);
+    }
     let watching = params.watch.as_deref().is_some_and(|w| w == "true" || w == "1");
     match (method.clone(), &target.name, watching) {
         (Method::GET, None, true) => watch::serve(cluster.clone(), &target.rtype, target.namespace.clone(), params),

@@ -56,37 +56,7 @@ pub fn apply(
         return Err(target.not_found());
     };
     let builtin = matches!(target.rtype.group.as_str(), "" | "coordination.k8s.io" | "apiextensions.k8s.io");
-    let patched = match kind {
-        PatchType::Merge => {
-            let patch: Value = parse_body(&HeaderMap::new(), body)?;
-            let mut object = stored.clone();
-            json_patch::merge(&mut object, &patch);
-            object
-        }
-        PatchType::Json => {
-            let patch: json_patch::Patch = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("the JSON patch is malformed: {e}")))?;
-            let mut object = stored.clone();
-            json_patch::patch(&mut object, &patch)
-                .map_err(|e| ApiError::unprocessable(format!("the JSON patch could not be applied: {e}")))?;
-            object
-        }
-        PatchType::Strategic if !builtin => {
-            return Err(ApiError::unsupported_media_type(
-                "application/strategic-merge-patch+json (strategic merge patch is not supported for custom resources)",
-            ));
-        }
-        PatchType::Strategic => {
-            let patch: Value = parse_body(&HeaderMap::new(), body)?;
-            strategic_merge(&stored, &patch)
-        }
-        PatchType::Apply => {
-            let applied = parse_apply(body)?;
-            let mut merged = strategic_merge(&stored, &applied);
-            record_manager(&mut merged, &applied, params, "Apply");
-            merged
-        }
-    };
+    let patched = patched(kind, &stored, body, builtin, params)?;
     // A patch may not change these; the stored resourceVersion is checked only when the patch
     // names one.
     let expected = match patched["metadata"]["resourceVersion"].as_str() {
@@ -104,6 +74,43 @@ pub fn apply(
         return Ok(updated);
     }
     super::store_update(cluster, target, updated, Some(expected), params)
+}
+
+/// `original` with the request's patch applied. Strategic merge is refused where `strategic` is
+/// false (custom resources); server-side apply merges the applied configuration the strategic
+/// way and records its manager.
+fn patched(kind: PatchType, original: &Value, body: &[u8], strategic: bool, params: &Params) -> ApiResult<Value> {
+    match kind {
+        PatchType::Merge => {
+            let patch: Value = parse_body(&HeaderMap::new(), body)?;
+            let mut object = original.clone();
+            json_patch::merge(&mut object, &patch);
+            Ok(object)
+        }
+        PatchType::Json => {
+            let patch: json_patch::Patch = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("the JSON patch is malformed: {e}")))?;
+            let mut object = original.clone();
+            json_patch::patch(&mut object, &patch)
+                .map_err(|e| ApiError::unprocessable(format!("the JSON patch could not be applied: {e}")))?;
+            Ok(object)
+        }
+        PatchType::Strategic if !strategic => Err(ApiError::unsupported_media_type(
+            "application/strategic-merge-patch+json (strategic merge patch is not supported for custom resources)",
+        )),
+        PatchType::Strategic => Ok(strategic_merge(original, &parse_body(&HeaderMap::new(), body)?)),
+        PatchType::Apply => {
+            let applied = parse_apply(body)?;
+            let mut merged = strategic_merge(original, &applied);
+            record_manager(&mut merged, &applied, params, "Apply");
+            Ok(merged)
+        }
+    }
+}
+
+/// A PATCH of a `scale` subresource: the request's patch applied to the current Scale.
+pub fn patch_scale(headers: &HeaderMap, scale: &Value, body: &[u8], params: &Params) -> ApiResult<Value> {
+    patched(patch_type(headers)?, scale, body, true, params)
 }
 
 fn parse_apply(body: &[u8]) -> ApiResult<Value> {
