@@ -42,6 +42,7 @@ pub struct DevCluster {
     cluster: Arc<api::Cluster>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
+    collector: tokio::task::JoinHandle<()>,
 }
 
 impl DevCluster {
@@ -59,6 +60,7 @@ impl DevCluster {
             .with_context(|| format!("binding {}", options.listen))?;
         let address = listener.local_addr().context("reading the bound address")?;
         let cluster = api::Cluster::new();
+        let collector = tokio::spawn(api::gc::run(Arc::downgrade(&cluster)));
         let router = api::router(cluster.clone());
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -72,7 +74,7 @@ impl DevCluster {
         let kubeconfig = options.state_dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(address))
             .with_context(|| format!("writing {}", kubeconfig.display()))?;
-        Ok(Self { address, kubeconfig, cluster, shutdown: Some(shutdown), server })
+        Ok(Self { address, kubeconfig, cluster, shutdown: Some(shutdown), server, collector })
     }
 
     /// The API's address.
@@ -101,6 +103,7 @@ impl DevCluster {
             let _ = shutdown.send(());
         }
         self.server.abort();
+        self.collector.abort();
         let _ = (&mut self.server).await;
         Ok(())
     }

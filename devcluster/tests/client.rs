@@ -219,3 +219,61 @@ async fn an_applied_crd_is_established_and_serves_its_resource_until_deleted() {
     assert_eq!(error_code(widgets.get("w").await.unwrap_err()).0, 404, "the resource went with its CRD");
     cluster.stop().await.unwrap();
 }
+
+/// Polls `check` for up to 5 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within 5 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn owners_take_their_dependents_with_them_as_the_propagation_policy_says() {
+    let (cluster, client, _state) = start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let family = async |name: &str| {
+        let parent = maps.create(&PostParams::default(), &config_map(name, &[], &[])).await.unwrap();
+        let mut child = config_map(&format!("{name}-child"), &[], &[]);
+        child.metadata.owner_references = Some(vec![
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ConfigMap", "name": name,
+                "uid": parent.metadata.uid.unwrap(), "blockOwnerDeletion": true,
+            }))
+            .unwrap(),
+        ]);
+        maps.create(&PostParams::default(), &child).await.unwrap();
+    };
+    let gone = async |name: &str| maps.get_opt(name).await.unwrap().is_none();
+
+    family("background").await;
+    maps.delete("background", &DeleteParams::background()).await.unwrap();
+    eventually("the child follows its owner", async || gone("background-child").await).await;
+
+    family("orphan").await;
+    maps.delete("orphan", &DeleteParams::orphan()).await.unwrap();
+    eventually("the orphaning owner goes", async || gone("orphan").await).await;
+    let orphan = maps.get("orphan-child").await.unwrap();
+    assert!(orphan.metadata.owner_references.unwrap_or_default().is_empty(), "the child stays, unowned");
+
+    family("foreground").await;
+    maps.delete("foreground", &DeleteParams::foreground()).await.unwrap();
+    eventually("the owner goes after its child", async || gone("foreground").await && gone("foreground-child").await)
+        .await;
+
+    // A deleted namespace is emptied, then removed.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap())
+        .await
+        .unwrap();
+    let team: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
+    team.create(&PostParams::default(), &config_map("inside", &[], &[])).await.unwrap();
+    namespaces.delete("team", &DeleteParams::default()).await.unwrap();
+    eventually("the namespace and its content go", async || {
+        namespaces.get_opt("team").await.unwrap().is_none() && team.get_opt("inside").await.unwrap().is_none()
+    })
+    .await;
+    cluster.stop().await.unwrap();
+}

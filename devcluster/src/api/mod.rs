@@ -2,6 +2,7 @@
 //! routed to get, list, watch, create, update, patch and delete over the store.
 
 mod discovery;
+pub mod gc;
 pub mod objects;
 mod openapi;
 mod patch;
@@ -509,7 +510,8 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
     if dry_run(params) {
         return Ok(Json(with_type(&target.rtype, stored)).into_response());
     }
-    if finalizers.is_empty() {
+    let namespace = target.rtype.group.is_empty() && target.rtype.plural == "namespaces";
+    if finalizers.is_empty() && !namespace {
         let removed = cluster.store.remove(&target.key(), None).map_err(|e| store_error(target, &name, e))?;
         retire_crd(cluster, target, &removed);
         let uid = removed["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
@@ -527,6 +529,10 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
         marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
     }
     marked["metadata"]["finalizers"] = json!(finalizers);
+    if namespace {
+        // The namespace controller (in the garbage collector) empties it, then removes it.
+        marked["status"]["phase"] = json!("Terminating");
+    }
     let written = cluster
         .store
         .write(&target.key(), marked, Some(Some(resource_version(&stored))))
