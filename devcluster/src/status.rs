@@ -95,6 +95,24 @@ impl ApiError {
         )
     }
 
+    /// 409 for a server-side apply that would change fields other appliers own.
+    pub fn apply_conflicts(conflicts: &[(String, String)]) -> Self {
+        let listed: Vec<String> =
+            conflicts.iter().map(|(manager, field)| format!("conflict with \"{manager}\": {field}")).collect();
+        let noun = if conflicts.len() == 1 { "conflict" } else { "conflicts" };
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|(manager, field)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{manager}\""), "field": field}))
+            .collect();
+        let mut error = Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("Apply failed with {} {noun}: {}", conflicts.len(), listed.join("\n")),
+        );
+        error.details = Some(json!({"causes": causes}));
+        error
+    }
+
     /// `Kind.group "name" is invalid: [field: message, …]`, 422.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
         let listed: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();

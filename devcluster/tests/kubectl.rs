@@ -1,5 +1,6 @@
 //! The real `kubectl` against the devcluster: discovery, `apply -f` (client-side and
-//! server-side), `get` as a table and as YAML, `delete`, and the errors it prints.
+//! server-side, with conflicts between appliers), `get` as a table and as YAML, `delete`, CRDs
+//! with `wait`, `scale` and schema errors, and the errors it prints.
 
 use std::path::Path;
 
@@ -64,6 +65,15 @@ async fn apply_get_and_delete_work_as_on_a_real_cluster() {
     assert!(ok && out.contains("serverside-applied"), "{out}{err}");
     let (_, out, _) = kubectl(&kubeconfig, &["get", "cm", "settings", "-o", "yaml", "--show-managed-fields"]).await;
     assert!(out.contains("manager: lantern-test") && out.contains("f:mode: {}"), "{out}");
+    // Another applier changing a field lantern-test owns conflicts, until it forces.
+    std::fs::write(&manifest, CONFIG_MAP.replace("mode: fast", "mode: turbo\n  extra: \"1\"")).unwrap();
+    let other = ["apply", "--server-side", "--field-manager", "someone-else", "-f", file];
+    let (ok, _, err) = kubectl(&kubeconfig, &other).await;
+    assert!(!ok && err.contains("conflict with \"lantern-test\": .data.mode"), "{err}");
+    let (ok, out, err) = kubectl(&kubeconfig, &[&other[..], &["--force-conflicts"]].concat()).await;
+    assert!(ok && out.contains("serverside-applied"), "{out}{err}");
+    let (_, out, _) = kubectl(&kubeconfig, &["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]).await;
+    assert_eq!(out, "turbo");
 
     let (ok, out, _) = kubectl(&kubeconfig, &["delete", "-f", file]).await;
     assert!(ok && out.contains("configmap \"settings\" deleted"), "{out}");

@@ -5,6 +5,7 @@ mod discovery;
 pub mod gc;
 pub mod objects;
 mod openapi;
+mod ownership;
 mod patch;
 mod scale;
 mod table;
@@ -110,6 +111,7 @@ pub struct Params {
     propagation_policy: Option<String>,
     include_object: Option<String>,
     field_validation: Option<String>,
+    force: Option<bool>,
 }
 
 /// Either discovery under a group-version or a resource path.

@@ -101,7 +101,15 @@ fn patched(kind: PatchType, original: &Value, body: &[u8], strategic: bool, para
         PatchType::Strategic => Ok(strategic_merge(original, &parse_body(&HeaderMap::new(), body)?)),
         PatchType::Apply => {
             let applied = parse_apply(body)?;
+            let manager = params.field_manager.as_deref().unwrap_or("unknown");
+            let conflicts = super::ownership::conflicts(original, &applied, manager);
+            if !conflicts.is_empty() && params.force != Some(true) {
+                let shown: Vec<(String, String)> =
+                    conflicts.iter().map(|(owner, path)| (owner.clone(), super::ownership::display(path))).collect();
+                return Err(ApiError::apply_conflicts(&shown));
+            }
             let mut merged = strategic_merge(original, &applied);
+            super::ownership::take_over(&mut merged, &conflicts);
             record_manager(&mut merged, &applied, params, "Apply");
             Ok(merged)
         }
