@@ -104,7 +104,7 @@ spec:
             type: object
             required: [size]
             properties:
-              size: {type: integer, minimum: 1}
+              size: {type: integer, minimum: 1, description: How many parts the widget has.}
               colour: {type: string, default: grey}
           status: {type: object, x-kubernetes-preserve-unknown-fields: true}
     subresources:
@@ -141,6 +141,9 @@ async fn a_crd_applied_with_kubectl_serves_its_kind_with_printer_columns() {
     assert!(ok && rows[0] == ["NAME", "SIZE", "AGE"] && rows[1][..2] == ["small", "2"], "{out}");
     let (_, out, _) = kubectl(&kubeconfig, &["get", "widget", "small", "-o", "jsonpath={.spec.colour}"]).await;
     assert_eq!(out, "grey", "the schema's default is filled in");
+
+    let (ok, out, err) = kubectl(&kubeconfig, &["explain", "widgets.spec.size"]).await;
+    assert!(ok && out.contains("How many parts the widget has."), "explain reads the schema: {out}{err}");
 
     // The scale subresource writes the declared path.
     let (ok, out, err) = kubectl(&kubeconfig, &["scale", "widget/small", "--replicas", "5"]).await;
