@@ -6,10 +6,12 @@ use std::path::Path;
 
 use lantern_devcluster::{DevCluster, Options};
 
-/// Runs kubectl with the cluster's kubeconfig; returns (success, stdout, stderr).
+/// Runs kubectl with the cluster's kubeconfig and a discovery cache of its own (a port reused by
+/// a later cluster must not find this one's resources cached); returns (success, stdout, stderr).
 async fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let cache = kubeconfig.with_file_name("kubectl-cache");
     let mut command = std::process::Command::new("kubectl");
-    command.arg("--kubeconfig").arg(kubeconfig).args(args);
+    command.arg("--kubeconfig").arg(kubeconfig).arg("--cache-dir").arg(cache).args(args);
     let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("kubectl is installed");
     (
         output.status.success(),
