@@ -106,6 +106,7 @@ pub fn resource_types(crd: &Value) -> Result<Vec<ResourceType>, Vec<Cause>> {
                 schema: Some(version["schema"]["openAPIV3Schema"].clone()),
                 columns,
                 storage: version["storage"] == true,
+                builtin: false,
             }
         })
         .collect();

@@ -52,6 +52,8 @@ pub struct ResourceType {
     pub columns: Vec<PrinterColumn>,
     /// Whether this version is the one objects are stored as (a CRD's storage version).
     pub storage: bool,
+    /// A kind of Kubernetes itself, not one a CRD defines.
+    pub builtin: bool,
 }
 
 impl ResourceType {
@@ -164,6 +166,7 @@ fn builtin_type(group: &str, version: &str, builtin: &Builtin) -> ResourceType {
         schema: None,
         columns: Vec::new(),
         storage: true,
+        builtin: true,
     }
 }
 

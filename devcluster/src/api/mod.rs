@@ -517,12 +517,10 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
         let removed = cluster.store.remove(&target.key(), None).map_err(|e| store_error(target, &name, e))?;
         retire_crd(cluster, target, &removed);
         let uid = removed["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
-        return Ok(match target.rtype.group.as_str() {
-            // Custom resources answer with the deleted object, built-ins with a Status.
-            "" | "coordination.k8s.io" | "apiextensions.k8s.io" => {
-                Json(status::success(&target.rtype.group, &target.rtype.plural, &name, &uid)).into_response()
-            }
-            _ => Json(with_type(&target.rtype, removed)).into_response(),
+        // Custom resources answer with the deleted object, built-ins with a Status.
+        return Ok(match target.rtype.builtin {
+            true => Json(status::success(&target.rtype.group, &target.rtype.plural, &name, &uid)).into_response(),
+            false => Json(with_type(&target.rtype, removed)).into_response(),
         });
     }
     let mut marked = stored.clone();

@@ -217,11 +217,7 @@ pub fn uid() -> String {
 
 /// Now, as metadata timestamps are written (RFC 3339, whole seconds, UTC).
 pub fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .unwrap_or_else(|_| jiff::Timestamp::now())
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// The object's finalizers.

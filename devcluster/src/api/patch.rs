@@ -55,8 +55,7 @@ pub fn apply(
         }
         return Err(target.not_found());
     };
-    let builtin = matches!(target.rtype.group.as_str(), "" | "coordination.k8s.io" | "apiextensions.k8s.io");
-    let patched = patched(kind, &stored, body, builtin, params)?;
+    let patched = patched(kind, &stored, body, target.rtype.builtin, params)?;
     // A patch may not change these; the stored resourceVersion is checked only when the patch
     // names one.
     let expected = match patched["metadata"]["resourceVersion"].as_str() {
