@@ -39,7 +39,6 @@ pub struct Options {
 pub struct DevCluster {
     address: SocketAddr,
     kubeconfig: PathBuf,
-    cluster: Arc<api::Cluster>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
     collector: tokio::task::JoinHandle<()>,
@@ -74,12 +73,7 @@ impl DevCluster {
         let kubeconfig = options.state_dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(address))
             .with_context(|| format!("writing {}", kubeconfig.display()))?;
-        Ok(Self { address, kubeconfig, cluster, shutdown: Some(shutdown), server, collector })
-    }
-
-    /// The API's address.
-    pub fn address(&self) -> SocketAddr {
-        self.address
+        Ok(Self { address, kubeconfig, shutdown: Some(shutdown), server, collector })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -90,11 +84,6 @@ impl DevCluster {
     /// The kubeconfig file pointing at this cluster.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
-    }
-
-    /// The in-process state, for tests that look behind the API.
-    pub fn cluster(&self) -> &Arc<api::Cluster> {
-        &self.cluster
     }
 
     /// Stops serving: open watches end, and the call returns once the server has stopped.

@@ -69,14 +69,6 @@ impl ResourceType {
         }
     }
 
-    /// `pods` or `trainingjobs.lantern.dev`, as messages name resources.
-    pub fn qualified(&self) -> String {
-        match self.group.as_str() {
-            "" => self.plural.clone(),
-            group => format!("{}.{group}", self.plural),
-        }
-    }
-
     /// The entry in a group-version's `APIResourceList`, and its subresources'.
     pub fn discovery(&self) -> Vec<Value> {
         let mut verbs = vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
@@ -197,11 +189,6 @@ impl Registry {
     /// The type served at `group`/`version` under `plural`.
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
         self.read().iter().find(|t| t.group == group && t.version == version && t.plural == plural).cloned()
-    }
-
-    /// The type of `apiVersion` + `kind`.
-    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
-        self.read().iter().find(|t| t.api_version() == api_version && t.kind == kind).cloned()
     }
 
     /// Every type, in registration order.

@@ -76,6 +76,24 @@ pub enum StoreError {
     },
 }
 
+/// What a write requires of the key it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing there: a create.
+    Absent,
+    /// Something there, whatever its version.
+    Present,
+    /// Something there at this resourceVersion (optimistic concurrency).
+    Version(u64),
+}
+
+impl Expect {
+    /// `Version` when a version is known, else `Present`.
+    pub fn existing(version: Option<u64>) -> Self {
+        version.map_or(Self::Present, Self::Version)
+    }
+}
+
 /// The changes kept for watches to resume from; older resourceVersions get 410 Gone.
 const HISTORY: usize = 10_000;
 /// Changes a slow watcher may fall behind by before it is cut off (and relists).
@@ -143,25 +161,24 @@ impl Store {
         (objects, inner.revision)
     }
 
-    /// Writes `object` at `key`. `expect`: `None` creates (the key must be free); `Some(None)`
-    /// overwrites whatever is there (the key must exist); `Some(Some(rv))` overwrites only if the
-    /// stored resourceVersion is `rv`. The object's `metadata.resourceVersion` is set to the new
-    /// revision, which is returned with the stored object.
-    pub fn write(&self, key: &ObjectKey, mut object: Value, expect: Option<Option<u64>>) -> Result<Value, StoreError> {
+    /// Writes `object` at `key` if what is stored there meets `expect`. The object's
+    /// `metadata.resourceVersion` is set to the new revision, which is returned with the stored
+    /// object.
+    pub fn write(&self, key: &ObjectKey, mut object: Value, expect: Expect) -> Result<Value, StoreError> {
         let mut inner = self.inner();
         let previous = inner.objects.get(key).cloned();
         let kind = match (previous.as_ref(), expect) {
-            (Some(_), None) => return Err(StoreError::AlreadyExists),
-            (None, None) => ChangeKind::Added,
-            (None, Some(_)) => return Err(StoreError::NotFound),
-            (Some(stored), Some(Some(rv))) => {
+            (Some(_), Expect::Absent) => return Err(StoreError::AlreadyExists),
+            (None, Expect::Absent) => ChangeKind::Added,
+            (None, _) => return Err(StoreError::NotFound),
+            (Some(stored), Expect::Version(rv)) => {
                 let stored = resource_version(stored);
                 if stored != rv {
                     return Err(StoreError::Conflict { stored });
                 }
                 ChangeKind::Modified
             }
-            (Some(_), Some(None)) => ChangeKind::Modified,
+            (Some(_), Expect::Present) => ChangeKind::Modified,
         };
         inner.revision += 1;
         let revision = inner.revision;
@@ -233,14 +250,14 @@ mod tests {
     #[test]
     fn writes_are_versioned_and_checked() {
         let store = Store::new();
-        let created = store.write(&key("a", "x"), json!({"metadata": {"name": "x"}}), None).unwrap();
+        let created = store.write(&key("a", "x"), json!({"metadata": {"name": "x"}}), Expect::Absent).unwrap();
         let rv = resource_version(&created);
-        assert_eq!(store.write(&key("a", "x"), json!({}), None), Err(StoreError::AlreadyExists));
-        assert_eq!(store.write(&key("a", "y"), json!({}), Some(None)), Err(StoreError::NotFound));
-        let updated = store.write(&key("a", "x"), json!({"metadata": {"name": "x"}}), Some(Some(rv))).unwrap();
+        assert_eq!(store.write(&key("a", "x"), json!({}), Expect::Absent), Err(StoreError::AlreadyExists));
+        assert_eq!(store.write(&key("a", "y"), json!({}), Expect::Present), Err(StoreError::NotFound));
+        let updated = store.write(&key("a", "x"), json!({"metadata": {"name": "x"}}), Expect::Version(rv)).unwrap();
         assert!(resource_version(&updated) > rv);
         assert_eq!(
-            store.write(&key("a", "x"), json!({}), Some(Some(rv))),
+            store.write(&key("a", "x"), json!({}), Expect::Version(rv)),
             Err(StoreError::Conflict { stored: resource_version(&updated) })
         );
         assert_eq!(store.remove(&key("a", "x"), Some(rv)), Err(StoreError::Conflict { stored: rv + 1 }));
@@ -252,10 +269,10 @@ mod tests {
     fn lists_stay_within_their_resource_and_namespace() {
         let store = Store::new();
         for (ns, name) in [("a", "1"), ("a", "2"), ("b", "1")] {
-            store.write(&key(ns, name), json!({"metadata": {}}), None).unwrap();
+            store.write(&key(ns, name), json!({"metadata": {}}), Expect::Absent).unwrap();
         }
         let other = ObjectKey { resource: ResourceKey::new("", "secrets"), namespace: "a".into(), name: "s".into() };
-        store.write(&other, json!({"metadata": {}}), None).unwrap();
+        store.write(&other, json!({"metadata": {}}), Expect::Absent).unwrap();
         let resource = ResourceKey::new("", "configmaps");
         assert_eq!(store.list(&resource, Some("a")).0.len(), 2);
         assert_eq!(store.list(&resource, None).0.len(), 3);
@@ -265,8 +282,8 @@ mod tests {
     #[test]
     fn a_watch_replays_what_it_missed_then_follows() {
         let store = Store::new();
-        let first = resource_version(&store.write(&key("a", "1"), json!({"metadata": {}}), None).unwrap());
-        store.write(&key("a", "2"), json!({"metadata": {}}), None).unwrap();
+        let first = resource_version(&store.write(&key("a", "1"), json!({"metadata": {}}), Expect::Absent).unwrap());
+        store.write(&key("a", "2"), json!({"metadata": {}}), Expect::Absent).unwrap();
         let (start, mut receiver) = store.watch(first);
         let WatchStart::Replay(replay) = start else { panic!("the history has it") };
         assert_eq!(replay.iter().map(|c| c.key.name.as_str()).collect::<Vec<_>>(), vec!["2"]);
@@ -279,7 +296,7 @@ mod tests {
     fn a_watch_from_before_the_history_is_too_old() {
         let store = Store::new();
         for i in 0..HISTORY + 5 {
-            store.write(&key("a", &i.to_string()), json!({"metadata": {}}), None).unwrap();
+            store.write(&key("a", &i.to_string()), json!({"metadata": {}}), Expect::Absent).unwrap();
         }
         assert!(matches!(store.watch(2).0, WatchStart::TooOld { .. }));
         assert!(matches!(store.watch(store.revision() - 3).0, WatchStart::Replay(r) if r.len() == 3));

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::resources::{Registry, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{self, ApiError, ApiResult};
-use crate::store::{ObjectKey, Store, StoreError, resource_version};
+use crate::store::{Expect, ObjectKey, Store, StoreError, resource_version};
 
 /// What every handler shares.
 pub struct Cluster {
@@ -44,7 +44,7 @@ impl Cluster {
                 .expect("the built-in namespaces are valid");
             object["status"] = json!({"phase": "Active"});
             let key = ObjectKey { resource: namespaces.key(), namespace: String::new(), name: name.to_owned() };
-            let _ = cluster.store.write(&key, with_type(&namespaces, object), None);
+            let _ = cluster.store.write(&key, with_type(&namespaces, object), Expect::Absent);
         }
         cluster
     }
@@ -354,7 +354,7 @@ fn insert(cluster: &Cluster, target: &Target, mut object: Value, params: &Params
             None => Ok(object),
         };
     }
-    let written = cluster.store.write(&key, object, None).map_err(|e| store_error(target, &name, e))?;
+    let written = cluster.store.write(&key, object, Expect::Absent).map_err(|e| store_error(target, &name, e))?;
     serve_crd(cluster, &written, served);
     Ok(written)
 }
@@ -470,8 +470,10 @@ fn store_update(
     }
     conform(target, &mut updated, params)?;
     let served = admit_crd(target, &mut updated)?;
-    let written =
-        cluster.store.write(&target.key(), updated, Some(expect)).map_err(|e| store_error(target, &name, e))?;
+    let written = cluster
+        .store
+        .write(&target.key(), updated, Expect::existing(expect))
+        .map_err(|e| store_error(target, &name, e))?;
     serve_crd(cluster, &written, served);
     Ok(written)
 }
@@ -535,7 +537,7 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
     }
     let written = cluster
         .store
-        .write(&target.key(), marked, Some(Some(resource_version(&stored))))
+        .write(&target.key(), marked, Expect::Version(resource_version(&stored)))
         .map_err(|e| store_error(target, &name, e))?;
     Ok((StatusCode::OK, Json(with_type(&target.rtype, written))).into_response())
 }
