@@ -39,8 +39,7 @@ fn rss_mib() -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let state = tempfile::tempdir()?;
-    let cluster =
-        DevCluster::start(Options { state_dir: state.path().to_owned(), listen: "127.0.0.1:0".parse()? }).await?;
+    let cluster = DevCluster::start(Options::new(state.path())).await?;
     let client = kube::Client::try_from(kube::Config::new(cluster.url().parse()?))?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let before = rss_mib();

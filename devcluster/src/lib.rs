@@ -8,12 +8,19 @@
 //! - [`schema`]: a CRD's structural schema applied to its objects (prune, default, validate).
 //! - [`api`]: the HTTP API (discovery, CRUD, list, watch, patch, delete).
 //! - [`selector`], [`status`]: label and field selectors; errors as `Status` objects.
+//! - [`kubelet`]: pods run as local processes, each pod on a loopback IP of its own.
+//! - [`network`]: Services' endpoints and the proxy behind their cluster IPs.
+//! - [`controllers`]: the level-triggered sweeps (garbage collection, namespaces, endpoints,
+//!   claims).
 //!
 //! [`DevCluster::start`] serves it on a loopback port and writes a kubeconfig; tests take a
 //! [`kube::Client`]-ready config from it and stop it when done.
 
 pub mod api;
+pub mod controllers;
 pub mod crd;
+pub mod kubelet;
+pub mod network;
 pub mod resources;
 pub mod schema;
 pub mod selector;
@@ -29,10 +36,29 @@ use anyhow::Context;
 /// Where and how to run.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Holds the kubeconfig (and, later, pod logs and volumes).
+    /// Holds the kubeconfig, pods' logs and volumes, and claims' directories.
     pub state_dir: PathBuf,
     /// A loopback address; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// How pods run: the image map and CrashLoopBackOff.
+    pub kubelet: kubelet::Config,
+}
+
+impl Options {
+    /// A free loopback port, no images, the kubelet's usual back-off.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kubelet: kubelet::Config::default(),
+        }
+    }
+
+    /// Runs `image` as `executable`.
+    pub fn image(mut self, image: &str, executable: impl Into<PathBuf>) -> Self {
+        self.kubelet.images.insert(image.to_owned(), executable.into());
+        self
+    }
 }
 
 /// A running devcluster.
@@ -41,7 +67,9 @@ pub struct DevCluster {
     kubeconfig: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
-    collector: tokio::task::JoinHandle<()>,
+    controllers: tokio::task::JoinHandle<()>,
+    proxy: tokio::task::JoinHandle<()>,
+    kubelet: Option<kubelet::Kubelet>,
 }
 
 impl DevCluster {
@@ -58,8 +86,10 @@ impl DevCluster {
             .await
             .with_context(|| format!("binding {}", options.listen))?;
         let address = listener.local_addr().context("reading the bound address")?;
-        let cluster = api::Cluster::new();
-        let collector = tokio::spawn(api::gc::run(Arc::downgrade(&cluster)));
+        let cluster = api::Cluster::new(options.state_dir.clone());
+        let controllers = tokio::spawn(controllers::run(Arc::downgrade(&cluster)));
+        let proxy = tokio::spawn(network::proxy::run(Arc::downgrade(&cluster)));
+        let kubelet = kubelet::Kubelet::start(cluster.clone(), options.kubelet.clone(), options.state_dir.clone());
         let router = api::router(cluster.clone());
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -73,7 +103,7 @@ impl DevCluster {
         let kubeconfig = options.state_dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(address))
             .with_context(|| format!("writing {}", kubeconfig.display()))?;
-        Ok(Self { address, kubeconfig, shutdown: Some(shutdown), server, collector })
+        Ok(Self { address, kubeconfig, shutdown: Some(shutdown), server, controllers, proxy, kubelet: Some(kubelet) })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -86,13 +116,18 @@ impl DevCluster {
         &self.kubeconfig
     }
 
-    /// Stops serving: open watches end, and the call returns once the server has stopped.
+    /// Stops the pods' processes (SIGTERM, then SIGKILL after 2 s) and then serving: open
+    /// watches end, and the call returns once the server has stopped.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(kubelet) = self.kubelet.take() {
+            kubelet.stop().await;
+        }
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
         self.server.abort();
-        self.collector.abort();
+        self.controllers.abort();
+        self.proxy.abort();
         let _ = (&mut self.server).await;
         Ok(())
     }

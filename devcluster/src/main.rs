@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use lantern_devcluster::{DevCluster, Options};
+use lantern_devcluster::{DevCluster, Options, kubelet};
 
 #[derive(Parser, Debug)]
 #[command(name = "lantern-devcluster", version, about = "A single-process Kubernetes API subset for one machine")]
@@ -23,6 +23,13 @@ enum Command {
         /// Loopback address for the API; port 0 picks a free one.
         #[arg(long, env = "LANTERN_DEVCLUSTER_LISTEN", default_value = "127.0.0.1:6443")]
         listen: SocketAddr,
+        /// IMAGE=EXECUTABLE: containers of this image run this executable (repeatable). An image
+        /// matches exactly or by its repository, tag left off.
+        #[arg(long = "image", value_parser = kubelet::parse_image)]
+        images: Vec<(String, PathBuf)>,
+        /// The first CrashLoopBackOff delay, doubling to 300 s.
+        #[arg(long, default_value_t = 10.0)]
+        back_off_seconds: f64,
     },
 }
 
@@ -32,8 +39,11 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let Command::Up { state_dir, listen } = Args::parse().command;
-    let cluster = DevCluster::start(Options { state_dir, listen }).await?;
+    let Command::Up { state_dir, listen, images, back_off_seconds } = Args::parse().command;
+    let mut options = Options { listen, ..Options::new(state_dir) };
+    options.kubelet.images.extend(images);
+    options.kubelet.back_off = std::time::Duration::try_from_secs_f64(back_off_seconds)?;
+    let cluster = DevCluster::start(options).await?;
     eprintln!("lantern-devcluster: serving {} (kubeconfig {})", cluster.url(), cluster.kubeconfig().display());
     print!("{}", std::fs::read_to_string(cluster.kubeconfig())?);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

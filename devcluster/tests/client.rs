@@ -12,7 +12,7 @@ use serde_json::json;
 
 async fn start() -> (DevCluster, Client, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
-    let options = Options { state_dir: state.path().to_owned(), listen: "127.0.0.1:0".parse().unwrap() };
+    let options = Options::new(state.path());
     let cluster = DevCluster::start(options).await.unwrap();
     let config = Config::new(cluster.url().parse().unwrap());
     let client = Client::try_from(config).unwrap();

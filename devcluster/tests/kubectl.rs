@@ -22,7 +22,7 @@ async fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
 
 async fn start() -> (DevCluster, tempfile::TempDir) {
     let state = tempfile::tempdir().unwrap();
-    let options = Options { state_dir: state.path().to_owned(), listen: "127.0.0.1:0".parse().unwrap() };
+    let options = Options::new(state.path());
     (DevCluster::start(options).await.unwrap(), state)
 }
 

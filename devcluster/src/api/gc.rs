@@ -1,5 +1,5 @@
-//! The garbage collector and the namespace controller, level-triggered: after every burst of
-//! changes (and every second) one sweep over all objects
+//! The garbage collector and the namespace controller, one level-triggered sweep over all
+//! objects (run by [`crate::controllers`]) that
 //! - deletes an object whose owners (`ownerReferences`) are all gone, and drops references to
 //!   owners that are gone while another remains (background propagation);
 //! - for an owner being deleted with the `orphan` finalizer, removes its references from the
@@ -9,38 +9,11 @@
 //! - empties a terminating namespace, then removes it.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::{Cluster, Params, Target, delete, store_update};
 use crate::store::{ObjectKey, ResourceKey, resource_version};
-
-/// How long a sweep waits for a burst of changes to settle.
-const SETTLE: Duration = Duration::from_millis(20);
-/// A sweep at least this often, for anything a failed write left behind.
-const RESYNC: Duration = Duration::from_secs(1);
-/// Sweeps in a row after one burst; each is one level of a chain of owners.
-const MAX_SWEEPS: usize = 64;
-
-/// Sweeps until the cluster is dropped.
-pub async fn run(cluster: std::sync::Weak<Cluster>) {
-    let Some(strong) = cluster.upgrade() else { return };
-    let (_, mut changes) = strong.store.watch(strong.store.revision());
-    drop(strong);
-    loop {
-        let _ = tokio::time::timeout(RESYNC, changes.recv()).await;
-        tokio::time::sleep(SETTLE).await;
-        while changes.try_recv().is_ok() {}
-        let Some(cluster) = cluster.upgrade() else { return };
-        // Each sweep's writes are changes too; sweep until nothing is left to do.
-        for _ in 0..MAX_SWEEPS {
-            if !sweep(&cluster) {
-                break;
-            }
-        }
-    }
-}
 
 /// One pass; returns whether it changed anything.
 pub fn sweep(cluster: &Cluster) -> bool {

@@ -1,8 +1,10 @@
 //! The HTTP API: discovery, then every resource path (`/api/v1/...`, `/apis/{group}/{version}/...`)
 //! routed to get, list, watch, create, update, patch and delete over the store.
 
+mod defaults;
 mod discovery;
 pub mod gc;
+mod logs;
 pub mod objects;
 mod openapi;
 mod ownership;
@@ -11,7 +13,8 @@ mod scale;
 mod table;
 mod watch;
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -31,12 +34,17 @@ use crate::store::{Expect, ObjectKey, Store, StoreError, resource_version};
 pub struct Cluster {
     pub store: Store,
     pub registry: Registry,
+    /// Where the kubelet keeps pods' directories (and so their logs).
+    pub state_dir: PathBuf,
+    /// Held while a Service's cluster IP is chosen and stored, so that no two get the same.
+    service_ips: Mutex<()>,
 }
 
 impl Cluster {
     /// A cluster with the built-in kinds and the namespaces every cluster has.
-    pub fn new() -> Arc<Self> {
-        let cluster = Arc::new(Self { store: Store::new(), registry: Registry::new() });
+    pub fn new(state_dir: PathBuf) -> Arc<Self> {
+        let cluster =
+            Arc::new(Self { store: Store::new(), registry: Registry::new(), state_dir, service_ips: Mutex::new(()) });
         let namespaces = cluster.registry.find("", "v1", "namespaces").expect("namespaces are built in");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let body = json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}});
@@ -112,6 +120,12 @@ pub struct Params {
     include_object: Option<String>,
     field_validation: Option<String>,
     force: Option<bool>,
+    grace_period_seconds: Option<u64>,
+    container: Option<String>,
+    previous: Option<bool>,
+    follow: Option<bool>,
+    tail_lines: Option<i64>,
+    limit_bytes: Option<u64>,
 }
 
 /// Either discovery under a group-version or a resource path.
@@ -177,6 +191,9 @@ async fn handle(
                 }
                 false => Ok(Json(listed).into_response()),
             }
+        }
+        (Method::GET, Some(_), _) if target.subresource.as_deref() == Some("log") && target.rtype.log => {
+            logs::serve(cluster, &target, params)
         }
         (Method::GET, Some(_), _) => {
             let object = get_object(cluster, &target)?;
@@ -344,6 +361,10 @@ fn insert(cluster: &Cluster, target: &Target, mut object: Value, params: &Params
     if target.rtype.plural == "namespaces" {
         object["status"] = json!({"phase": "Active"});
     }
+    // A Service's cluster IP is chosen and stored under one lock.
+    let _choosing = (target.rtype.builtin && target.rtype.plural == "services")
+        .then(|| cluster.service_ips.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    builtin_defaults(cluster, target, &mut object, None)?;
     conform(target, &mut object, params)?;
     let served = admit_crd(target, &mut object)?;
     let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
@@ -357,6 +378,30 @@ fn insert(cluster: &Cluster, target: &Target, mut object: Value, params: &Params
     let written = cluster.store.write(&key, object, Expect::Absent).map_err(|e| store_error(target, &name, e))?;
     serve_crd(cluster, &written, served);
     Ok(written)
+}
+
+/// The apiserver's defaults for built-in kinds (see [`defaults`]).
+fn builtin_defaults(cluster: &Cluster, target: &Target, object: &mut Value, stored: Option<&Value>) -> ApiResult<()> {
+    if !target.rtype.builtin {
+        return Ok(());
+    }
+    match target.rtype.plural.as_str() {
+        "secrets" => defaults::secret(object),
+        "services" => {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let used = cluster
+                .store
+                .list(&target.rtype.key(), None)
+                .0
+                .into_iter()
+                .filter_map(|(_, s)| s["spec"]["clusterIP"].as_str().map(str::to_owned))
+                .collect();
+            defaults::service(object, stored, &used)
+                .map_err(|causes| ApiError::invalid("", "Service", &name, causes))?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Applies a custom resource's schema: unknown fields pruned (refused with
@@ -468,6 +513,8 @@ fn store_update(
         retire_crd(cluster, target, &removed);
         return Ok(removed);
     }
+    let stored = cluster.store.get(&target.key());
+    builtin_defaults(cluster, target, &mut updated, stored.as_ref())?;
     conform(target, &mut updated, params)?;
     let served = admit_crd(target, &mut updated)?;
     let written = cluster
@@ -515,7 +562,8 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
         return Ok(Json(with_type(&target.rtype, stored)).into_response());
     }
     let namespace = target.rtype.group.is_empty() && target.rtype.plural == "namespaces";
-    if finalizers.is_empty() && !namespace {
+    let grace = pod_grace(target, &stored, &options, params);
+    if finalizers.is_empty() && !namespace && grace.is_none() {
         let removed = cluster.store.remove(&target.key(), None).map_err(|e| store_error(target, &name, e))?;
         retire_crd(cluster, target, &removed);
         let uid = removed["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
@@ -526,9 +574,12 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
         });
     }
     let mut marked = stored.clone();
-    if marked["metadata"]["deletionTimestamp"].is_null() {
-        marked["metadata"]["deletionTimestamp"] = Value::String(objects::now());
-        marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+    let grace = grace.unwrap_or(0);
+    let shorter = marked["metadata"]["deletionGracePeriodSeconds"].as_u64().is_some_and(|g| grace < g);
+    if marked["metadata"]["deletionTimestamp"].is_null() || shorter {
+        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace as i64);
+        marked["metadata"]["deletionTimestamp"] = Value::String(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
     }
     marked["metadata"]["finalizers"] = json!(finalizers);
     if namespace {
@@ -540,6 +591,22 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
         .write(&target.key(), marked, Expect::Version(resource_version(&stored)))
         .map_err(|e| store_error(target, &name, e))?;
     Ok((StatusCode::OK, Json(with_type(&target.rtype, written))).into_response())
+}
+
+/// The grace period of a pod the kubelet runs: the delete's own, else the pod's
+/// `terminationGracePeriodSeconds` (30 by default). `None` (removed at once) for anything else,
+/// for a pod not yet on the node, and for a grace period of 0.
+fn pod_grace(target: &Target, stored: &Value, options: &Value, params: &Params) -> Option<u64> {
+    let pod = target.rtype.builtin && target.rtype.plural == "pods";
+    if !pod || stored["spec"]["nodeName"].as_str().is_none_or(str::is_empty) {
+        return None;
+    }
+    let grace = options["gracePeriodSeconds"]
+        .as_u64()
+        .or(params.grace_period_seconds)
+        .or(stored["spec"]["terminationGracePeriodSeconds"].as_u64())
+        .unwrap_or(30);
+    (grace > 0).then_some(grace)
 }
 
 fn delete_collection(cluster: &Cluster, target: &Target, params: &Params) -> ApiResult<Value> {
