@@ -15,10 +15,12 @@ const WATCHES: usize = 50;
 const CHANGES: usize = 100;
 const LISTS: usize = 20;
 
+/// A pod bound to a node that is not the devcluster's, so that the kubelet leaves it alone and
+/// the figures are the API's.
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app": "bench"}},
-        "spec": {"containers": [{"name": "main", "image": "lantern-worker", "args": ["serve"]}]},
+        "spec": {"nodeName": "elsewhere", "containers": [{"name": "main", "image": "lantern-worker", "args": ["serve"]}]},
     }))
     .expect("a valid pod")
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Client, Config};
 use lantern_devcluster::{DevCluster, Options};
@@ -85,26 +85,31 @@ async fn objects_are_created_listed_updated_and_deleted_as_on_a_real_cluster() {
 #[tokio::test]
 async fn status_is_a_separate_subresource_and_finalizers_hold_deletion() {
     let (cluster, client, _state) = start().await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p", "finalizers": ["lantern.dev/test"]},
-        "spec": {"containers": [{"name": "main", "image": "worker"}]},
-        "status": {"phase": "Running"},
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "s", "finalizers": ["lantern.dev/test"]},
+        "spec": {"ports": [{"port": 8000}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.9"}]}},
     }))
     .unwrap();
-    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let created = services.create(&PostParams::default(), &service).await.unwrap();
     assert!(created.status.is_none(), "a create does not set the status");
-    let status = json!({"status": {"phase": "Running", "podIP": "127.1.0.5"}});
-    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
-    let spec_patch = json!({"metadata": {"labels": {"a": "b"}}, "status": {"phase": "Failed"}});
-    let after = pods.patch("p", &PatchParams::default(), &Patch::Merge(&spec_patch)).await.unwrap();
-    assert_eq!(after.status.unwrap().phase.as_deref(), Some("Running"), "the main resource cannot write status");
+    let ingress = |s: Service| s.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).map(|i| i[0].ip.clone());
+    let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.5"}]}}});
+    services.patch_status("s", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let spec_patch =
+        json!({"metadata": {"labels": {"a": "b"}}, "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.6"}]}}});
+    let after = services.patch("s", &PatchParams::default(), &Patch::Merge(&spec_patch)).await.unwrap();
+    assert_eq!(ingress(after), Some(Some("127.0.0.5".to_owned())), "the main resource cannot write status");
 
-    pods.delete("p", &DeleteParams::default()).await.unwrap();
-    let held = pods.get("p").await.unwrap();
+    services.delete("s", &DeleteParams::default()).await.unwrap();
+    let held = services.get("s").await.unwrap();
     assert!(held.metadata.deletion_timestamp.is_some(), "the finalizer holds it");
-    pods.patch("p", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
-    assert_eq!(error_code(pods.get("p").await.unwrap_err()).0, 404, "gone once the last finalizer is");
+    services
+        .patch("s", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    assert_eq!(error_code(services.get("s").await.unwrap_err()).0, 404, "gone once the last finalizer is");
 
     let namespaces: Api<Namespace> = Api::all(client);
     let names: Vec<String> = namespaces

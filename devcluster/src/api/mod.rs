@@ -595,10 +595,11 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
 
 /// The grace period of a pod the kubelet runs: the delete's own, else the pod's
 /// `terminationGracePeriodSeconds` (30 by default). `None` (removed at once) for anything else,
-/// for a pod not yet on the node, and for a grace period of 0.
+/// for a pod not on the node (not yet, or bound to a node that does not exist here), and for a
+/// grace period of 0.
 fn pod_grace(target: &Target, stored: &Value, options: &Value, params: &Params) -> Option<u64> {
     let pod = target.rtype.builtin && target.rtype.plural == "pods";
-    if !pod || stored["spec"]["nodeName"].as_str().is_none_or(str::is_empty) {
+    if !pod || stored["spec"]["nodeName"] != crate::kubelet::NODE_NAME {
         return None;
     }
     let grace = options["gracePeriodSeconds"]

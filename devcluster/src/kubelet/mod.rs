@@ -213,6 +213,10 @@ fn dispatch(context: &Arc<Context>, tasks: &mut HashMap<String, PodTask>, ips: &
         }
     }
     let (Some(pod), Some(uid)) = (current, uid) else { return };
+    // A pod bound to another node is not this kubelet's to run.
+    if pod["spec"]["nodeName"].as_str().is_some_and(|node| !node.is_empty() && node != NODE_NAME) {
+        return;
+    }
     if let Some(task) = tasks.get(&uid) {
         let _ = task.updates.send(Some(pod));
         return;
