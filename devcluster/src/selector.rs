@@ -98,12 +98,26 @@ fn label_key(key: &str) -> Result<String, String> {
     }
 }
 
-/// A parsed field selector over `metadata.name` and `metadata.namespace` (plus
-/// `status.phase` and `spec.nodeName` for pods, as kubectl and controllers ask).
+/// A parsed field selector over `metadata.name` and `metadata.namespace`, plus the fields the
+/// apiserver indexes that kubectl and controllers ask for: pods' `status.phase` and
+/// `spec.nodeName`, events' `involvedObject.*`, `reason` and `type`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
-const FIELDS: &[&str] = &["metadata.name", "metadata.namespace", "status.phase", "spec.nodeName"];
+const FIELDS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "status.phase",
+    "spec.nodeName",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "type",
+];
 
 impl FieldSelector {
     pub fn parse(text: &str) -> Result<Self, String> {

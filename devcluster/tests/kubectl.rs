@@ -168,3 +168,81 @@ async fn a_crd_applied_with_kubectl_serves_its_kind_with_printer_columns() {
     }
     cluster.stop().await.unwrap();
 }
+
+const PODS: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: greeter
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: shell
+    args: [-c, 'echo hello from $(POD_NAME); touch /tmp/ready-$(POD_NAME); trap \"exit 0\" TERM; while true; do sleep 0.05; done']
+    env:
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    readinessProbe:
+      exec: {command: [sh, -c, 'test -f /tmp/ready-greeter']}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: crasher
+spec:
+  containers:
+  - name: main
+    image: shell
+    args: [-c, 'echo attempt; exit 2']
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_run_and_kubectl_waits_for_them_reads_their_logs_and_deletes_them() {
+    let state = tempfile::tempdir().unwrap();
+    let mut options = Options::new(state.path()).image("shell", "/bin/sh");
+    options.kubelet.back_off = std::time::Duration::from_millis(200);
+    let cluster = DevCluster::start(options).await.unwrap();
+    let kubeconfig = cluster.kubeconfig().to_owned();
+    let manifest = state.path().join("pods.yaml");
+    std::fs::write(&manifest, PODS).unwrap();
+
+    let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]).await;
+    assert!(ok && out.contains("pod/greeter created") && out.contains("pod/crasher created"), "{out}{err}");
+    let (ok, out, err) = kubectl(&kubeconfig, &["wait", "--for=condition=Ready", "pod/greeter", "--timeout=30s"]).await;
+    assert!(ok && out.contains("pod/greeter condition met"), "{out}{err}");
+    let (ok, out, err) = kubectl(&kubeconfig, &["logs", "greeter"]).await;
+    assert!(ok && out == "hello from greeter\n", "{out}{err}");
+    // Following ends when the container does; here it is cut by a timeout while it runs.
+    let (_, out, err) = kubectl(&kubeconfig, &["logs", "-f", "greeter", "--request-timeout=3s"]).await;
+    assert!(out.starts_with("hello from greeter"), "{out}{err}");
+
+    // The crasher backs off; `get` says so, and --previous reads the run before.
+    let mut status = String::new();
+    for _ in 0..200 {
+        let (_, out, _) = kubectl(&kubeconfig, &["get", "pod", "crasher", "--no-headers"]).await;
+        status = out;
+        if status.contains("CrashLoopBackOff") && status.split_whitespace().nth(3).is_none_or(|r| r != "0") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let columns: Vec<&str> = status.split_whitespace().collect();
+    assert_eq!(columns[..3], ["crasher", "0/1", "CrashLoopBackOff"], "{status}");
+    let (ok, out, err) = kubectl(&kubeconfig, &["logs", "crasher", "--previous"]).await;
+    assert!(ok && out == "attempt\n", "{out}{err}");
+    let (ok, out, _) = kubectl(&kubeconfig, &["get", "pods", "-o", "wide"]).await;
+    assert!(ok && out.contains("127.1.0.") && out.contains("devcluster"), "{out}");
+    let (ok, out, _) =
+        kubectl(&kubeconfig, &["get", "events", "--field-selector", "involvedObject.name=crasher"]).await;
+    assert!(ok && out.contains("BackOff"), "{out}");
+
+    // `delete` returns once the pod is gone, after its container has stopped.
+    let (ok, out, err) = kubectl(&kubeconfig, &["delete", "pod", "greeter", "crasher"]).await;
+    assert!(ok && out.contains("pod \"greeter\" deleted"), "{out}{err}");
+    let (_, out, _) = kubectl(&kubeconfig, &["get", "pods", "-o", "name"]).await;
+    assert!(out.trim().is_empty(), "{out}");
+    let (ok, _, err) = kubectl(&kubeconfig, &["logs", "greeter"]).await;
+    assert!(!ok && err.contains("pods \"greeter\" not found"), "{err}");
+    cluster.stop().await.unwrap();
+}

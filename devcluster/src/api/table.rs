@@ -87,7 +87,23 @@ fn columns(rtype: &ResourceType) -> Vec<PrinterColumn> {
             vec![column("Type", "string", ".type", 0), column("Data", "integer", "#data-count", 0), age.clone()]
         }
         ("", "namespaces") => vec![column("Status", "string", ".status.phase", 0), age.clone()],
-        ("", "persistentvolumeclaims") => vec![column("Status", "string", ".status.phase", 0), age.clone()],
+        ("", "persistentvolumeclaims") => vec![
+            column("Status", "string", ".status.phase", 0),
+            column("Volume", "string", ".spec.volumeName", 0),
+            column("Capacity", "string", ".status.capacity.storage", 0),
+            age.clone(),
+        ],
+        ("", "endpoints") => vec![column("Endpoints", "string", "#endpoints", 0), age.clone()],
+        // Events lead with when they were last seen, and have no Name column.
+        ("", "events") => {
+            return vec![
+                column("Last Seen", "date", ".lastTimestamp", 0),
+                column("Type", "string", ".type", 0),
+                column("Reason", "string", ".reason", 0),
+                column("Object", "string", "#involved-object", 0),
+                column("Message", "string", ".message", 0),
+            ];
+        }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             vec![column("Created At", "date", ".metadata.creationTimestamp", 0)]
         }
@@ -126,6 +142,22 @@ fn cell(rtype: &ResourceType, column: &PrinterColumn, object: &Value, now: jiff:
             return json!(count);
         }
         "#external-ips" => return json!("<none>"),
+        "#involved-object" => {
+            let involved = &object["involvedObject"];
+            let kind = involved["kind"].as_str().unwrap_or_default().to_lowercase();
+            return json!(format!("{kind}/{}", involved["name"].as_str().unwrap_or_default()));
+        }
+        "#endpoints" => {
+            let mut addresses = Vec::new();
+            for subset in object["subsets"].as_array().into_iter().flatten() {
+                for address in subset["addresses"].as_array().into_iter().flatten() {
+                    for port in subset["ports"].as_array().into_iter().flatten() {
+                        addresses.push(format!("{}:{}", address["ip"].as_str().unwrap_or_default(), port["port"]));
+                    }
+                }
+            }
+            return json!(if addresses.is_empty() { "<none>".to_owned() } else { addresses.join(",") });
+        }
         "#ports" => {
             let ports: Vec<String> = object["spec"]["ports"]
                 .as_array()
@@ -156,10 +188,22 @@ fn cell(rtype: &ResourceType, column: &PrinterColumn, object: &Value, now: jiff:
     }
 }
 
-/// The pod's STATUS column: a waiting or terminated container's reason, else the phase.
+/// The pod's STATUS column: `Init:` and the progress or trouble of its init containers while
+/// they run, else a waiting or terminated container's reason, else the phase.
 fn pod_status(pod: &Value) -> String {
     if !pod["metadata"]["deletionTimestamp"].is_null() {
         return "Terminating".to_owned();
+    }
+    let init = pod["status"]["initContainerStatuses"].as_array().cloned().unwrap_or_default();
+    let completed = |s: &Value| s["state"]["terminated"]["exitCode"] == 0;
+    if let Some(pending) = init.iter().find(|s| !completed(s)) {
+        let done = init.iter().filter(|s| completed(s)).count();
+        return match (pending["state"]["waiting"]["reason"].as_str(), pending["state"]["terminated"]["reason"].as_str())
+        {
+            (Some(reason), _) if reason != "PodInitializing" => format!("Init:{reason}"),
+            (_, Some(reason)) => format!("Init:{reason}"),
+            _ => format!("Init:{done}/{}", init.len()),
+        };
     }
     for status in pod["status"]["containerStatuses"].as_array().into_iter().flatten() {
         for state in ["waiting", "terminated"] {
