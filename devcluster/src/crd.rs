@@ -15,6 +15,25 @@ fn required(field: &str) -> Cause {
     Cause { reason: "FieldValueRequired", message: "Required value".into(), field: field.to_owned() }
 }
 
+/// A cause for every CEL rule in `schema` (and the schemas under it) that does not compile.
+fn rule_errors(schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    for (index, rule) in schema["x-kubernetes-validations"].as_array().into_iter().flatten().enumerate() {
+        let source = rule["rule"].as_str().unwrap_or_default();
+        let field = format!("{path}.x-kubernetes-validations[{index}].rule");
+        if let Some(error) = crate::cel::compile_error(source) {
+            causes.push(invalid(&field, format!("Invalid value: {source:?}: {error}")));
+        }
+    }
+    for (name, property) in schema["properties"].as_object().into_iter().flatten() {
+        rule_errors(property, &format!("{path}.properties[{name}]"), causes);
+    }
+    for nested in ["items", "additionalProperties"] {
+        if schema[nested].is_object() {
+            rule_errors(&schema[nested], &format!("{path}.{nested}"), causes);
+        }
+    }
+}
+
 /// The resource types `crd` serves, most preferred version first, or why it is invalid.
 pub fn resource_types(crd: &Value) -> Result<Vec<ResourceType>, Vec<Cause>> {
     let spec = &crd["spec"];
@@ -59,8 +78,10 @@ pub fn resource_types(crd: &Value) -> Result<Vec<ResourceType>, Vec<Cause>> {
         causes.push(invalid("spec.versions", "Invalid value: must have exactly one version marked as storage version"));
     }
     for (index, version) in versions.iter().enumerate() {
-        if version["schema"]["openAPIV3Schema"].is_null() {
-            causes.push(required(&format!("spec.versions[{index}].schema.openAPIV3Schema")));
+        let path = format!("spec.versions[{index}].schema.openAPIV3Schema");
+        match &version["schema"]["openAPIV3Schema"] {
+            Value::Null => causes.push(required(&path)),
+            schema => rule_errors(schema, &path, &mut causes),
         }
     }
     if !causes.is_empty() {
@@ -192,6 +213,19 @@ mod tests {
         bad["spec"]["versions"][1]["storage"] = false.into();
         let fields: Vec<String> = resource_types(&bad).unwrap_err().into_iter().map(|c| c.field).collect();
         assert_eq!(fields, vec!["metadata.name", "spec.scope", "spec.versions"]);
+    }
+
+    #[test]
+    fn a_cel_rule_that_does_not_compile_is_refused() {
+        let mut bad = crd();
+        bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+            serde_json::json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.size >"}]});
+        let causes = resource_types(&bad).unwrap_err();
+        assert_eq!(
+            causes[0].field,
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule"
+        );
+        assert!(causes[0].message.contains("compilation failed"), "{}", causes[0].message);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - [`store`]: objects as JSON, one revision counter, watch history.
 //! - [`resources`]: the built-in kinds and the CRDs applied, as discovery and routing see them.
 //! - [`crd`]: what a CustomResourceDefinition serves, and its accepted status.
-//! - [`schema`]: a CRD's structural schema applied to its objects (prune, default, validate).
+//! - [`schema`]: a CRD's structural schema applied to its objects (prune, default, validate),
+//!   with its CEL rules ([`cel`]).
 //! - [`api`]: the HTTP API (discovery, CRUD, list, watch, patch, delete).
 //! - [`selector`], [`status`]: label and field selectors; errors as `Status` objects.
 //! - [`kubelet`]: pods run as local processes, each pod on a loopback IP of its own.
@@ -17,6 +18,7 @@
 //! [`kube::Client`]-ready config from it and stop it when done.
 
 pub mod api;
+pub mod cel;
 pub mod controllers;
 pub mod crd;
 pub mod kubelet;

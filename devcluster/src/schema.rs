@@ -1,7 +1,8 @@
 //! A CRD's structural schema applied to an object, in the apiserver's order: unknown fields are
 //! pruned (and reported, for `fieldValidation`), defaults are filled in, then the object is
 //! validated: types, `required`, `enum`, numeric bounds, string lengths and patterns, item
-//! counts, `nullable`, `x-kubernetes-int-or-string` and `x-kubernetes-preserve-unknown-fields`.
+//! counts, `nullable`, `x-kubernetes-int-or-string` and `x-kubernetes-preserve-unknown-fields`,
+//! and then the CEL rules of `x-kubernetes-validations` ([`crate::cel`]) on values that passed.
 
 use serde_json::{Map, Value};
 
@@ -16,8 +17,9 @@ pub struct Findings {
     pub causes: Vec<Cause>,
 }
 
-/// Prunes, defaults and validates `object` (a whole custom resource) against `schema`.
-pub fn apply(schema: &Value, object: &mut Value) -> Findings {
+/// Prunes, defaults and validates `object` (a whole custom resource) against `schema`; `old` is
+/// the stored object on an update, for transition rules.
+pub fn apply(schema: &Value, object: &mut Value, old: Option<&Value>) -> Findings {
     let mut findings = Findings::default();
     if let Some(fields) = object.as_object_mut() {
         // apiVersion, kind and metadata are the server's, whatever the schema says.
@@ -29,7 +31,13 @@ pub fn apply(schema: &Value, object: &mut Value) -> Findings {
                     serde_json::json!({"type": field_type(field), "x-kubernetes-preserve-unknown-fields": true});
             }
         }
-        walk_object(&root, fields, "", &mut findings);
+        walk_object(&root, fields, old, "", &mut findings);
+    }
+    let rules = schema["x-kubernetes-validations"].as_array();
+    if findings.causes.is_empty()
+        && let Some(rules) = rules
+    {
+        findings.causes.extend(crate::cel::check(rules, object, old, ""));
     }
     findings
 }
@@ -46,7 +54,13 @@ fn preserves_unknown(schema: &Value) -> bool {
     schema["x-kubernetes-preserve-unknown-fields"] == true
 }
 
-fn walk_object(schema: &Value, fields: &mut Map<String, Value>, path: &str, findings: &mut Findings) {
+fn walk_object(
+    schema: &Value,
+    fields: &mut Map<String, Value>,
+    old: Option<&Value>,
+    path: &str,
+    findings: &mut Findings,
+) {
     let properties = schema["properties"].as_object();
     let additional = schema.get("additionalProperties").filter(|a| a.is_object());
     // Prune.
@@ -80,12 +94,23 @@ fn walk_object(schema: &Value, fields: &mut Map<String, Value>, path: &str, find
     for (name, value) in fields.iter_mut() {
         let child = properties.and_then(|p| p.get(name)).or(additional);
         if let Some(child) = child {
-            walk(child, value, &join(path, name), findings);
+            walk(child, value, old.and_then(|o| o.get(name)), &join(path, name), findings);
         }
     }
 }
 
-fn walk(schema: &Value, value: &mut Value, path: &str, findings: &mut Findings) {
+/// Validates one value, then (when it and everything under it passed) its CEL rules.
+fn walk(schema: &Value, value: &mut Value, old: Option<&Value>, path: &str, findings: &mut Findings) {
+    let before = findings.causes.len();
+    check(schema, value, old, path, findings);
+    if findings.causes.len() == before
+        && let Some(rules) = schema["x-kubernetes-validations"].as_array()
+    {
+        findings.causes.extend(crate::cel::check(rules, value, old, path));
+    }
+}
+
+fn check(schema: &Value, value: &mut Value, old: Option<&Value>, path: &str, findings: &mut Findings) {
     if value.is_null() {
         if schema["nullable"] != true && !preserves_unknown(schema) {
             let expected = schema["type"].as_str().unwrap_or("object");
@@ -110,7 +135,7 @@ fn walk(schema: &Value, value: &mut Value, path: &str, findings: &mut Findings) 
         return;
     }
     match (schema["type"].as_str(), value) {
-        (Some("object") | None, Value::Object(fields)) => walk_object(schema, fields, path, findings),
+        (Some("object") | None, Value::Object(fields)) => walk_object(schema, fields, old, path, findings),
         (Some("array"), Value::Array(items)) => {
             count_bounds(
                 schema,
@@ -123,7 +148,8 @@ fn walk(schema: &Value, value: &mut Value, path: &str, findings: &mut Findings) 
             );
             if let Some(item_schema) = schema.get("items") {
                 for (index, item) in items.iter_mut().enumerate() {
-                    walk(item_schema, item, &format!("{path}[{index}]"), findings);
+                    // Items have no old value: lists are not correlated (no listType=map here).
+                    walk(item_schema, item, None, &format!("{path}[{index}]"), findings);
                 }
             }
         }
@@ -254,7 +280,7 @@ mod tests {
             "apiVersion": "example.dev/v1", "kind": "Widget", "metadata": {"name": "w", "labels": {"a": "b"}},
             "spec": {"model": "adder", "colour": "red", "labels": {"x": "y"}, "extra": {"anything": [1]}, "port": "http"},
         });
-        let findings = apply(&schema(), &mut object);
+        let findings = apply(&schema(), &mut object, None);
         assert_eq!(findings, Findings { unknown: vec!["spec.colour".into()], causes: vec![] });
         assert_eq!(object["spec"]["replicas"], 1);
         assert_eq!(object["spec"]["mode"], "serve");
@@ -267,7 +293,7 @@ mod tests {
         let mut object = json!({"spec": {
             "replicas": 0, "mode": "play", "labels": {"x": 1}, "args": ["a", "b", "c"], "port": 1.5,
         }, "status": {"phase": 3}});
-        let causes = apply(&schema(), &mut object).causes;
+        let causes = apply(&schema(), &mut object, None).causes;
         let fields: Vec<(&str, &str)> = causes.iter().map(|c| (c.field.as_str(), c.reason)).collect();
         assert_eq!(
             fields,
@@ -284,7 +310,7 @@ mod tests {
         let replicas = causes.iter().find(|c| c.field == "spec.replicas").unwrap();
         assert_eq!(replicas.message, "Invalid value: 0: spec.replicas in body should be greater than or equal to 1");
         let mut bad_name = json!({"spec": {"model": "Adder"}});
-        let pattern = apply(&schema(), &mut bad_name).causes;
+        let pattern = apply(&schema(), &mut bad_name, None).causes;
         assert!(pattern[0].message.contains("should match '^[a-z][a-z0-9-]*$'"), "{pattern:?}");
     }
 }

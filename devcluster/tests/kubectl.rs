@@ -1,6 +1,7 @@
 //! The real `kubectl` against the devcluster: discovery, `apply -f` (client-side and
 //! server-side, with conflicts between appliers), `get` as a table and as YAML, `delete`, CRDs
-//! with `wait`, `scale` and schema errors, and the errors it prints.
+//! with `wait`, `scale`, schema and CEL errors, pods with `logs`, `wait` and `delete`, and the
+//! errors it prints.
 
 use std::path::Path;
 
@@ -105,9 +106,14 @@ spec:
           spec:
             type: object
             required: [size]
+            x-kubernetes-validations:
+            - {rule: \"self.colour != 'red' || self.size <= 3\", message: red widgets have at most 3 parts}
             properties:
               size: {type: integer, minimum: 1, description: How many parts the widget has.}
               colour: {type: string, default: grey}
+              material:
+                type: string
+                x-kubernetes-validations: [{rule: self == oldSelf, message: material is immutable}]
           status: {type: object, x-kubernetes-preserve-unknown-fields: true}
     subresources:
       status: {}
@@ -165,6 +171,20 @@ async fn a_crd_applied_with_kubectl_serves_its_kind_with_printer_columns() {
         std::fs::write(&widget, WIDGET.replace("size: 2", spec)).unwrap();
         let (ok, _, err) = kubectl(&kubeconfig, &["apply", "-f", widget.to_str().unwrap()]).await;
         assert!(!ok && err.contains(error), "{spec}: {err}");
+    }
+
+    // CEL rules: across fields, and a transition rule that holds only once there is an old value.
+    for (spec, error) in [
+        ("size: 4\n  colour: red", Some("spec: Invalid value: \"object\": red widgets have at most 3 parts")),
+        ("size: 2\n  material: wood", None),
+        ("size: 2\n  material: steel", Some("spec.material: Invalid value: \"string\": material is immutable")),
+    ] {
+        std::fs::write(&widget, WIDGET.replace("size: 2", spec)).unwrap();
+        let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", widget.to_str().unwrap()]).await;
+        match error {
+            Some(error) => assert!(!ok && err.contains(error), "{spec}: {err}"),
+            None => assert!(ok, "{spec}: {out}{err}"),
+        }
     }
     cluster.stop().await.unwrap();
 }

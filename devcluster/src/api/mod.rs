@@ -365,7 +365,7 @@ fn insert(cluster: &Cluster, target: &Target, mut object: Value, params: &Params
     let _choosing = (target.rtype.builtin && target.rtype.plural == "services")
         .then(|| cluster.service_ips.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     builtin_defaults(cluster, target, &mut object, None)?;
-    conform(target, &mut object, params)?;
+    conform(target, &mut object, None, params)?;
     let served = admit_crd(target, &mut object)?;
     let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
     let key = ObjectKey { name: name.clone(), ..target.key() };
@@ -405,10 +405,11 @@ fn builtin_defaults(cluster: &Cluster, target: &Target, object: &mut Value, stor
 }
 
 /// Applies a custom resource's schema: unknown fields pruned (refused with
-/// `fieldValidation=Strict`, 400), defaults filled, violations refused (422, a cause per field).
-fn conform(target: &Target, object: &mut Value, params: &Params) -> ApiResult<()> {
+/// `fieldValidation=Strict`, 400), defaults filled, violations (CEL rules too, with `stored` as
+/// `oldSelf` on an update) refused (422, a cause per field).
+fn conform(target: &Target, object: &mut Value, stored: Option<&Value>, params: &Params) -> ApiResult<()> {
     let Some(schema) = &target.rtype.schema else { return Ok(()) };
-    let findings = crate::schema::apply(schema, object);
+    let findings = crate::schema::apply(schema, object, stored);
     // As the apiserver decodes before it validates, strictness speaks first.
     if params.field_validation.as_deref() == Some("Strict") && !findings.unknown.is_empty() {
         let fields: Vec<String> = findings.unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
@@ -515,7 +516,7 @@ fn store_update(
     }
     let stored = cluster.store.get(&target.key());
     builtin_defaults(cluster, target, &mut updated, stored.as_ref())?;
-    conform(target, &mut updated, params)?;
+    conform(target, &mut updated, stored.as_ref(), params)?;
     let served = admit_crd(target, &mut updated)?;
     let written = cluster
         .store
