@@ -187,7 +187,7 @@ async fn an_applied_crd_is_established_and_serves_its_resource_until_deleted() {
             "versions": [{
                 "name": "v1", "served": true, "storage": true,
                 "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
-                "subresources": {"status": {}},
+                "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.size", "statusReplicasPath": ".status.size"}},
             }],
         },
     }))
@@ -212,6 +212,13 @@ async fn an_applied_crd_is_established_and_serves_its_resource_until_deleted() {
         widgets.patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 4}}))).await.unwrap();
     assert_eq!((resized.metadata.generation, resized.data["status"]["ready"].as_bool()), (Some(2), Some(true)));
 
+    // The scale subresource, as an autoscaler reads and writes it.
+    let scale = widgets.get_scale("w").await.unwrap();
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(4));
+    let scaled = json!({"spec": {"replicas": 6}});
+    widgets.patch_scale("w", &PatchParams::default(), &Patch::Merge(&scaled)).await.unwrap();
+    assert_eq!(widgets.get("w").await.unwrap().data["spec"]["size"], 6);
+
     let invalid: CustomResourceDefinition = serde_json::from_value(json!({
         "metadata": {"name": "gadgets.example.dev"},
         "spec": {"group": "example.dev", "names": {"plural": "gadgets", "kind": "Gadget"}, "scope": "Everywhere", "versions": []},
@@ -222,6 +229,23 @@ async fn an_applied_crd_is_established_and_serves_its_resource_until_deleted() {
 
     crds.delete("widgets.example.dev", &DeleteParams::default()).await.unwrap();
     assert_eq!(error_code(widgets.get("w").await.unwrap_err()).0, 404, "the resource went with its CRD");
+    cluster.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn server_side_apply_tracks_which_applier_owns_which_field() {
+    let (cluster, client, _state) = start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    let apply = |mode: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"mode": mode}});
+    maps.patch("c", &PatchParams::apply("operator"), &Patch::Apply(apply("fast"))).await.unwrap();
+    let conflict = maps.patch("c", &PatchParams::apply("someone"), &Patch::Apply(apply("slow"))).await.unwrap_err();
+    assert_eq!(error_code(conflict), (409, "Conflict".to_owned()));
+    // The same value is no conflict; forcing takes the field over.
+    maps.patch("c", &PatchParams::apply("someone"), &Patch::Apply(apply("fast"))).await.unwrap();
+    let forced = maps.patch("c", &PatchParams::apply("someone").force(), &Patch::Apply(apply("slow"))).await.unwrap();
+    assert_eq!(forced.data.unwrap()["mode"], "slow");
+    let back = maps.patch("c", &PatchParams::apply("operator"), &Patch::Apply(apply("fast"))).await.unwrap_err();
+    assert_eq!(error_code(back).0, 409, "the operator no longer owns the field");
     cluster.stop().await.unwrap();
 }
 

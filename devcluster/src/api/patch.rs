@@ -171,7 +171,13 @@ pub fn fields_v1(value: &Value, field: Option<&str>) -> Value {
                 if skipped {
                     continue;
                 }
-                set.insert(format!("f:{name}"), fields_v1(child, Some(name)));
+                let child_set = fields_v1(child, Some(name));
+                // An object whose every field is the server's (`metadata: {name: x}`) owns nothing.
+                let only_server_fields = child.as_object().is_some_and(|o| !o.is_empty())
+                    && child_set.as_object().is_some_and(Map::is_empty);
+                if !only_server_fields {
+                    set.insert(format!("f:{name}"), child_set);
+                }
             }
             if field.is_some_and(|f| f != "metadata") && !set.is_empty() {
                 set.insert(".".into(), Value::Object(Map::new()));
