@@ -67,6 +67,7 @@ impl Options {
 pub struct DevCluster {
     address: SocketAddr,
     kubeconfig: PathBuf,
+    networks: network::Networks,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
     controllers: tokio::task::JoinHandle<()>,
@@ -88,10 +89,12 @@ impl DevCluster {
             .await
             .with_context(|| format!("binding {}", options.listen))?;
         let address = listener.local_addr().context("reading the bound address")?;
-        let cluster = api::Cluster::new(options.state_dir.clone());
+        let networks = network::claim()?;
+        let cluster = api::Cluster::new(options.state_dir.clone(), networks.services);
         let controllers = tokio::spawn(controllers::run(Arc::downgrade(&cluster)));
         let proxy = tokio::spawn(network::proxy::run(Arc::downgrade(&cluster)));
-        let kubelet = kubelet::Kubelet::start(cluster.clone(), options.kubelet.clone(), options.state_dir.clone());
+        let kubelet =
+            kubelet::Kubelet::start(cluster.clone(), options.kubelet.clone(), options.state_dir.clone(), networks.pods);
         let router = api::router(cluster.clone());
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -105,12 +108,31 @@ impl DevCluster {
         let kubeconfig = options.state_dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(address))
             .with_context(|| format!("writing {}", kubeconfig.display()))?;
-        Ok(Self { address, kubeconfig, shutdown: Some(shutdown), server, controllers, proxy, kubelet: Some(kubelet) })
+        Ok(Self {
+            address,
+            kubeconfig,
+            networks,
+            shutdown: Some(shutdown),
+            server,
+            controllers,
+            proxy,
+            kubelet: Some(kubelet),
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// Where pod IPs come from (127.1.0.0/16 for the first devcluster on a machine).
+    pub fn pod_range(&self) -> network::Range {
+        self.networks.pods
+    }
+
+    /// Where Services' cluster IPs come from (127.2.0.0/16 for the first).
+    pub fn service_range(&self) -> network::Range {
+        self.networks.services
     }
 
     /// The kubeconfig file pointing at this cluster.

@@ -44,7 +44,13 @@ async fn main() -> anyhow::Result<()> {
     options.kubelet.images.extend(images);
     options.kubelet.back_off = std::time::Duration::try_from_secs_f64(back_off_seconds)?;
     let cluster = DevCluster::start(options).await?;
-    eprintln!("lantern-devcluster: serving {} (kubeconfig {})", cluster.url(), cluster.kubeconfig().display());
+    eprintln!(
+        "lantern-devcluster: serving {} (kubeconfig {}); pods on {}, services on {}",
+        cluster.url(),
+        cluster.kubeconfig().display(),
+        cluster.pod_range(),
+        cluster.service_range()
+    );
     print!("{}", std::fs::read_to_string(cluster.kubeconfig())?);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

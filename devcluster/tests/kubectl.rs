@@ -252,7 +252,8 @@ async fn pods_run_and_kubectl_waits_for_them_reads_their_logs_and_deletes_them()
     let (ok, out, err) = kubectl(&kubeconfig, &["logs", "crasher", "--previous"]).await;
     assert!(ok && out == "attempt\n", "{out}{err}");
     let (ok, out, _) = kubectl(&kubeconfig, &["get", "pods", "-o", "wide"]).await;
-    assert!(ok && out.contains("127.1.0.") && out.contains("devcluster"), "{out}");
+    let pod_ips = format!("127.{}.0.", cluster.pod_range().0);
+    assert!(ok && out.contains(&pod_ips) && out.contains("devcluster"), "{out}");
     let (ok, out, _) =
         kubectl(&kubeconfig, &["get", "events", "--field-selector", "involvedObject.name=crasher"]).await;
     assert!(ok && out.contains("BackOff"), "{out}");

@@ -1,6 +1,6 @@
 //! What the apiserver fills in for built-in kinds on every write: a Service's type, ports and
-//! cluster IP (chosen from 127.2.0.0/16, loopback addresses the service proxy listens on, and
-//! immutable once set), and a Secret's `stringData` folded into `data`.
+//! cluster IP (chosen from the devcluster's service range, loopback addresses the service proxy
+//! listens on, and immutable once set), and a Secret's `stringData` folded into `data`.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -8,13 +8,8 @@ use std::net::Ipv4Addr;
 use base64::Engine;
 use serde_json::{Value, json};
 
+use crate::network::Range;
 use crate::status::Cause;
-
-/// Cluster IPs: 127.2.0.1 to 127.2.255.254.
-const FIRST_SERVICE_IP: u32 = u32::from_be_bytes([127, 2, 0, 1]);
-const LAST_SERVICE_IP: u32 = u32::from_be_bytes([127, 2, 255, 254]);
-/// The range as error messages name it.
-pub const SERVICE_RANGE: &str = "127.2.0.0/16";
 
 /// Defaults a Secret: `stringData` becomes base64 `data` (winning over the same key there),
 /// and the type is `Opaque` when unset.
@@ -31,9 +26,14 @@ pub fn secret(object: &mut Value) {
 }
 
 /// Defaults and checks a Service. On create (`stored` is `None`) a missing cluster IP is chosen
-/// among those not in `used`; `None` makes it headless. On update the stored IP stays, and
-/// changing it is refused.
-pub fn service(object: &mut Value, stored: Option<&Value>, used: &HashSet<String>) -> Result<(), Vec<Cause>> {
+/// in `range` among those not in `used`; `None` makes it headless. On update the stored IP
+/// stays, and changing it is refused.
+pub fn service(
+    object: &mut Value,
+    stored: Option<&Value>,
+    range: Range,
+    used: &HashSet<String>,
+) -> Result<(), Vec<Cause>> {
     let mut causes = Vec::new();
     let spec = &mut object["spec"];
     for (field, default) in [("type", "ClusterIP"), ("sessionAffinity", "None"), ("internalTrafficPolicy", "Cluster")] {
@@ -69,19 +69,19 @@ pub fn service(object: &mut Value, stored: Option<&Value>, used: &HashSet<String
             asked
         }
         None if asked == "None" => asked,
-        None if asked.is_empty() => match free_ip(used) {
+        None if asked.is_empty() => match free_ip(range, used) {
             Some(ip) => ip,
             None => {
                 causes.push(Cause {
                     reason: "FieldValueInvalid",
-                    message: format!("Internal error: no cluster IP is free in {SERVICE_RANGE}"),
+                    message: format!("Internal error: no cluster IP is free in {range}"),
                     field: "spec.clusterIP".into(),
                 });
                 asked
             }
         },
         None => {
-            if let Err(message) = check_ip(&asked, used) {
+            if let Err(message) = check_ip(&asked, range, used) {
                 causes.push(Cause { reason: "FieldValueInvalid", message, field: "spec.clusterIP".into() });
             }
             asked
@@ -97,15 +97,15 @@ pub fn service(object: &mut Value, stored: Option<&Value>, used: &HashSet<String
     }
 }
 
-fn free_ip(used: &HashSet<String>) -> Option<String> {
-    (FIRST_SERVICE_IP..=LAST_SERVICE_IP).map(|ip| Ipv4Addr::from(ip).to_string()).find(|ip| !used.contains(ip))
+fn free_ip(range: Range, used: &HashSet<String>) -> Option<String> {
+    range.addresses().map(|ip| ip.to_string()).find(|ip| !used.contains(ip))
 }
 
-fn check_ip(asked: &str, used: &HashSet<String>) -> Result<(), String> {
+fn check_ip(asked: &str, range: Range, used: &HashSet<String>) -> Result<(), String> {
     let ip: Ipv4Addr = asked.parse().map_err(|_| format!("Invalid value: {asked:?}: must be a valid IP address"))?;
-    if !(FIRST_SERVICE_IP..=LAST_SERVICE_IP).contains(&u32::from(ip)) {
+    if !range.contains(ip) {
         return Err(format!(
-            "Invalid value: {asked:?}: failed to allocate IP {asked}: the provided IP ({asked}) is not in the valid range. The range of valid IPs is {SERVICE_RANGE}"
+            "Invalid value: {asked:?}: failed to allocate IP {asked}: the provided IP ({asked}) is not in the valid range. The range of valid IPs is {range}"
         ));
     }
     match used.contains(asked) {
@@ -124,23 +124,23 @@ mod tests {
     fn services_get_a_free_cluster_ip_that_then_stays() {
         let used: HashSet<String> = ["127.2.0.1".to_owned()].into();
         let mut created = json!({"spec": {"ports": [{"port": 8000}]}});
-        service(&mut created, None, &used).unwrap();
+        service(&mut created, None, Range(2), &used).unwrap();
         assert_eq!(created["spec"]["clusterIP"], "127.2.0.2");
         assert_eq!(created["spec"]["ports"][0], json!({"port": 8000, "protocol": "TCP", "targetPort": 8000}));
 
         let mut update = json!({"spec": {"ports": [{"port": 8000}]}});
-        service(&mut update, Some(&created), &used).unwrap();
+        service(&mut update, Some(&created), Range(2), &used).unwrap();
         assert_eq!(update["spec"]["clusterIP"], "127.2.0.2");
         let mut moved = json!({"spec": {"clusterIP": "127.2.0.9"}});
-        assert_eq!(service(&mut moved, Some(&created), &used).unwrap_err()[0].field, "spec.clusterIP");
+        assert_eq!(service(&mut moved, Some(&created), Range(2), &used).unwrap_err()[0].field, "spec.clusterIP");
 
         let mut headless = json!({"spec": {"clusterIP": "None"}});
-        service(&mut headless, None, &used).unwrap();
+        service(&mut headless, None, Range(2), &used).unwrap();
         assert_eq!(headless["spec"]["clusterIP"], "None");
         let mut taken = json!({"spec": {"clusterIP": "127.2.0.1"}});
-        assert!(service(&mut taken, None, &used).unwrap_err()[0].message.contains("already allocated"));
+        assert!(service(&mut taken, None, Range(2), &used).unwrap_err()[0].message.contains("already allocated"));
         let mut outside = json!({"spec": {"clusterIP": "10.0.0.1", "ports": [{"port": 0}]}});
-        let causes = service(&mut outside, None, &used).unwrap_err();
+        let causes = service(&mut outside, None, Range(2), &used).unwrap_err();
         assert_eq!(causes.len(), 2);
         assert!(causes[1].message.contains("The range of valid IPs is 127.2.0.0/16"));
     }

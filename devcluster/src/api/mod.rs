@@ -36,15 +36,22 @@ pub struct Cluster {
     pub registry: Registry,
     /// Where the kubelet keeps pods' directories (and so their logs).
     pub state_dir: PathBuf,
+    /// Where Services' cluster IPs come from.
+    pub service_range: crate::network::Range,
     /// Held while a Service's cluster IP is chosen and stored, so that no two get the same.
     service_ips: Mutex<()>,
 }
 
 impl Cluster {
     /// A cluster with the built-in kinds and the namespaces every cluster has.
-    pub fn new(state_dir: PathBuf) -> Arc<Self> {
-        let cluster =
-            Arc::new(Self { store: Store::new(), registry: Registry::new(), state_dir, service_ips: Mutex::new(()) });
+    pub fn new(state_dir: PathBuf, service_range: crate::network::Range) -> Arc<Self> {
+        let cluster = Arc::new(Self {
+            store: Store::new(),
+            registry: Registry::new(),
+            state_dir,
+            service_range,
+            service_ips: Mutex::new(()),
+        });
         let namespaces = cluster.registry.find("", "v1", "namespaces").expect("namespaces are built in");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let body = json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}});
@@ -396,7 +403,7 @@ fn builtin_defaults(cluster: &Cluster, target: &Target, object: &mut Value, stor
                 .into_iter()
                 .filter_map(|(_, s)| s["spec"]["clusterIP"].as_str().map(str::to_owned))
                 .collect();
-            defaults::service(object, stored, &used)
+            defaults::service(object, stored, cluster.service_range, &used)
                 .map_err(|causes| ApiError::invalid("", "Service", &name, causes))?;
         }
         _ => {}

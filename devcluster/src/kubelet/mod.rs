@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::api::Cluster;
+use crate::network::Range;
 use crate::store::{ChangeKind, Expect, ObjectKey, ResourceKey, resource_version};
 
 /// The one node's name, as pods' `spec.nodeName` says.
@@ -92,9 +93,12 @@ pub fn claims_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("claims")
 }
 
-/// Pod IPs: 127.1.0.1 to 127.1.255.254, each held by one pod at a time.
-#[derive(Clone, Default)]
-struct IpPool(Arc<Mutex<BTreeSet<u32>>>);
+/// Pod IPs from the devcluster's pod range, each held by one pod at a time.
+#[derive(Clone)]
+struct IpPool {
+    range: Range,
+    used: Arc<Mutex<BTreeSet<Ipv4Addr>>>,
+}
 
 /// A pod's IP, returned to the pool when dropped.
 struct IpLease {
@@ -103,14 +107,15 @@ struct IpLease {
 }
 
 impl IpPool {
-    const FIRST: u32 = u32::from_be_bytes([127, 1, 0, 1]);
-    const LAST: u32 = u32::from_be_bytes([127, 1, 255, 254]);
+    fn new(range: Range) -> Self {
+        Self { range, used: Arc::default() }
+    }
 
     fn lease(&self) -> Option<IpLease> {
-        let mut used = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let free = (Self::FIRST..=Self::LAST).find(|ip| !used.contains(ip))?;
+        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let free = self.range.addresses().find(|ip| !used.contains(ip))?;
         used.insert(free);
-        Some(IpLease { address: Ipv4Addr::from(free), pool: Some(self.clone()) })
+        Some(IpLease { address: free, pool: Some(self.clone()) })
     }
 }
 
@@ -124,7 +129,7 @@ impl IpLease {
 impl Drop for IpLease {
     fn drop(&mut self) {
         if let Some(pool) = &self.pool {
-            pool.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&u32::from(self.address));
+            pool.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.address);
         }
     }
 }
@@ -134,6 +139,8 @@ struct Context {
     cluster: Arc<Cluster>,
     config: Config,
     state_dir: PathBuf,
+    /// Where pod IPs come from.
+    pods: Range,
     /// True once the kubelet is stopping: pods end without being deleted.
     stopping: watch::Receiver<bool>,
 }
@@ -152,9 +159,10 @@ struct PodTask {
 }
 
 impl Kubelet {
-    pub fn start(cluster: Arc<Cluster>, config: Config, state_dir: PathBuf) -> Self {
+    /// Runs the cluster's pods, with IPs from `pods`.
+    pub fn start(cluster: Arc<Cluster>, config: Config, state_dir: PathBuf, pods: Range) -> Self {
         let (stop, stopping) = watch::channel(false);
-        let context = Arc::new(Context { cluster, config, state_dir, stopping });
+        let context = Arc::new(Context { cluster, config, state_dir, pods, stopping });
         Self { stop, task: tokio::spawn(follow(context)) }
     }
 
@@ -173,7 +181,7 @@ async fn follow(context: Arc<Context>) {
     let (_, mut changes) = store.watch(store.revision());
     let mut stopping = context.stopping.clone();
     let mut tasks: HashMap<String, PodTask> = HashMap::new();
-    let ips = IpPool::default();
+    let ips = IpPool::new(context.pods);
     for (key, _) in store.list(&pods, None).0 {
         dispatch(&context, &mut tasks, &ips, &key);
     }
@@ -277,11 +285,11 @@ mod tests {
 
     #[test]
     fn pod_ips_are_unique_while_held() {
-        let pool = IpPool::default();
+        let pool = IpPool::new(Range(5));
         let first = pool.lease().unwrap();
         let second = pool.lease().unwrap();
-        assert_eq!((first.address, second.address), (Ipv4Addr::new(127, 1, 0, 1), Ipv4Addr::new(127, 1, 0, 2)));
+        assert_eq!((first.address, second.address), (Ipv4Addr::new(127, 5, 0, 1), Ipv4Addr::new(127, 5, 0, 2)));
         drop(first);
-        assert_eq!(pool.lease().unwrap().address, Ipv4Addr::new(127, 1, 0, 1));
+        assert_eq!(pool.lease().unwrap().address, Ipv4Addr::new(127, 5, 0, 1));
     }
 }
