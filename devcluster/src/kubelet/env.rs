@@ -226,21 +226,32 @@ pub fn parse_quantity(quantity: &str) -> Result<f64, String> {
     number.parse::<f64>().map(|n| n * scale).map_err(|_| format!("invalid quantity {quantity:?}"))
 }
 
+/// One fixed source for tests: its plural, its name and its data.
+#[cfg(test)]
+pub type FixedSource = (&'static str, &'static str, Vec<(&'static str, &'static str)>);
+
+/// Sources for tests.
+#[cfg(test)]
+pub struct Fixed(pub Vec<FixedSource>);
+
+#[cfg(test)]
+impl Sources for Fixed {
+    fn data(&self, plural: &str, name: &str) -> Option<Vec<(String, String)>> {
+        let (_, _, data) = self.0.iter().find(|(p, n, _)| *p == plural && *n == name)?;
+        Some(data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    struct Fixed;
-
-    impl Sources for Fixed {
-        fn data(&self, plural: &str, name: &str) -> Option<Vec<(String, String)>> {
-            match (plural, name) {
-                ("configmaps", "settings") => Some(vec![("MODE".into(), "fast".into()), ("level".into(), "3".into())]),
-                ("secrets", "token") => Some(vec![("value".into(), "s3cret".into())]),
-                _ => None,
-            }
-        }
+    fn fixed() -> Fixed {
+        Fixed(vec![
+            ("configmaps", "settings", vec![("MODE", "fast"), ("level", "3")]),
+            ("secrets", "token", vec![("value", "s3cret")]),
+        ])
     }
 
     fn pod() -> Value {
@@ -277,7 +288,7 @@ mod tests {
         let services = service_vars(&[
             json!({"metadata": {"name": "web"}, "spec": {"clusterIP": "127.2.0.3", "ports": [{"name": "http", "port": 80}]}}),
         ]);
-        let vars = resolve(&pod(), &container, services, &Fixed).unwrap();
+        let vars = resolve(&pod(), &container, services, &fixed()).unwrap();
         assert_eq!(vars.get("POD"), Some("p"));
         assert_eq!(vars.get("APP"), Some("web"));
         assert_eq!(vars.get("ADDRESS"), Some("127.1.0.7:8000 in fast mode for 127.2.0.3"));
@@ -293,13 +304,13 @@ mod tests {
     fn missing_sources_say_what_is_missing() {
         let missing_map = json!({"envFrom": [{"configMapRef": {"name": "absent"}}]});
         assert_eq!(
-            resolve(&pod(), &missing_map, Vars::default(), &Fixed),
+            resolve(&pod(), &missing_map, Vars::default(), &fixed()),
             Err("configmap \"absent\" not found".into())
         );
         let missing_key =
             json!({"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "token", "key": "nope"}}}]});
         assert_eq!(
-            resolve(&pod(), &missing_key, Vars::default(), &Fixed),
+            resolve(&pod(), &missing_key, Vars::default(), &fixed()),
             Err("couldn't find key nope in secret token".into())
         );
         assert!(field(&pod(), "spec.containers").is_err());

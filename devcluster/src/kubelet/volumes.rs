@@ -167,19 +167,15 @@ pub fn rewrite(text: &str, mounts: &[(String, PathBuf)]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::env::Fixed;
     use super::*;
     use serde_json::json;
 
-    struct Fixed;
-
-    impl Sources for Fixed {
-        fn data(&self, plural: &str, name: &str) -> Option<Vec<(String, String)>> {
-            match (plural, name) {
-                ("configmaps", "conf") => Some(vec![("a.yaml".into(), "x: 1".into()), ("b".into(), "2".into())]),
-                ("persistentvolumeclaims", "models") => Some(Vec::new()),
-                _ => None,
-            }
-        }
+    fn fixed() -> Fixed {
+        Fixed(vec![
+            ("configmaps", "conf", vec![("a.yaml", "x: 1"), ("b", "2")]),
+            ("persistentvolumeclaims", "models", vec![]),
+        ])
     }
 
     #[test]
@@ -201,7 +197,7 @@ mod tests {
             {"name": "conf", "configMap": {"name": "conf", "items": [{"key": "a.yaml", "path": "sub/a.yaml"}]}},
             {"name": "repo", "persistentVolumeClaim": {"claimName": "models"}},
         ]}});
-        let volumes = prepare(&pod, &layout, &Fixed).unwrap();
+        let volumes = prepare(&pod, &layout, &fixed()).unwrap();
         assert_eq!(volumes[2].1, dir.path().join("claims/ns/models"));
         assert_eq!(std::fs::read_to_string(volumes[1].1.join("sub/a.yaml")).unwrap(), "x: 1");
         assert!(!volumes[1].1.join("b").exists());
@@ -211,8 +207,8 @@ mod tests {
         assert!(mounts[0].1.is_dir());
 
         let missing = json!({"metadata": {"namespace": "ns"}, "spec": {"volumes": [{"name": "x", "secret": {"secretName": "gone"}}]}});
-        assert_eq!(prepare(&missing, &layout, &Fixed), Err("secret \"gone\" not found".to_owned()));
+        assert_eq!(prepare(&missing, &layout, &fixed()), Err("secret \"gone\" not found".to_owned()));
         let unclaimed = json!({"metadata": {"namespace": "ns"}, "spec": {"volumes": [{"name": "x", "persistentVolumeClaim": {"claimName": "other"}}]}});
-        assert_eq!(prepare(&unclaimed, &layout, &Fixed), Err("persistentvolumeclaim \"other\" not found".to_owned()));
+        assert_eq!(prepare(&unclaimed, &layout, &fixed()), Err("persistentvolumeclaim \"other\" not found".to_owned()));
     }
 }
