@@ -1,0 +1,23 @@
+//! `crdgen [DIR]`: writes each CustomResourceDefinition as YAML into DIR (default `crds/`), or
+//! with `-` prints them all to stdout.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use lantern_operator::crd;
+
+fn main() -> anyhow::Result<()> {
+    let target = std::env::args().nth(1).unwrap_or_else(|| "crds".to_owned());
+    for (file, definition) in crd::definitions() {
+        let yaml = crd::to_yaml(&definition)?;
+        if target == "-" {
+            print!("---\n{yaml}");
+            continue;
+        }
+        let path = PathBuf::from(&target).join(file);
+        std::fs::create_dir_all(&target).with_context(|| format!("creating {target}"))?;
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! `InferenceService`: worker pods serving a model's versions over gRPC and HTTP. A new version
+//! is hot-loaded into the running pods and goes out as a canary, promoted or rolled back by the
+//! operator on the workers' per-version metrics.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{PodOverrides, Repository};
+
+/// Which model to serve, from where, on how many pods, and how new versions roll out.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[kube(
+    group = "lantern.dev",
+    version = "v1alpha1",
+    kind = "InferenceService",
+    namespaced,
+    status = "InferenceServiceStatus",
+    derive = "PartialEq",
+    shortname = "isvc",
+    category = "lantern",
+    doc = "Worker pods serving a model's versions; new versions are hot-loaded and rolled out as canaries.",
+    scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas", label_selector_path = ".status.selector"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Stable", type_ = "integer", json_path = ".status.stableVersion"),
+    printcolumn(name = "Canary", type_ = "integer", json_path = ".status.canaryVersion"),
+    printcolumn(name = "Traffic", type_ = "integer", json_path = ".status.canaryPercent", description = "percent of requests on the canary"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.spec.model == oldSelf.spec.model").message("spec.model is immutable")
+)]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.replicas >= self.minReplicas").message("replicas must be at least minReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.maxReplicas) || self.replicas <= self.maxReplicas").message("replicas must be at most maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceServiceSpec {
+    /// The model's name in the repository (and the name clients ask for).
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"))]
+    pub model: String,
+    /// Where its versions come from.
+    pub source: Source,
+    /// Which versions become candidates: the newest (`latest`, default) or listed ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_policy: Option<VersionPolicy>,
+    /// Serving pods.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: u32,
+    /// Bounds for an autoscaler that writes `replicas` through the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: Option<u32>,
+    /// Each pod's resources (`cpu`, `memory`, `nvidia.com/gpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The worker image, instead of the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Scheduling settings passed to every pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodOverrides>,
+    /// Dynamic batching of tensor requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Batching>,
+    /// Limits of the LLM engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<Generation>,
+    /// How a new version goes out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Exactly one of a repository claim or a TrainingJob whose output is served.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.repository) != has(self.trainingJobRef)").message("set exactly one of source.repository and source.trainingJobRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Repository>,
+    /// A TrainingJob in the same namespace: its repository, and each new checkpoint a candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_job_ref: Option<TrainingJobRef>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct TrainingJobRef {
+    pub name: String,
+}
+
+/// Exactly one of `latest` and `specific`.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.latest) != has(self.specific)").message("set exactly one of versionPolicy.latest and versionPolicy.specific"))]
+pub struct VersionPolicy {
+    /// The newest version is the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<bool>,
+    /// Only these versions, the highest the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub specific: Option<Vec<u64>>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Batching {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_batch_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_delay_micros: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub queue_capacity: Option<u32>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Generation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub kv_cache_mib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub max_running_sequences: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_waiting_sequences: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_step_tokens: Option<u32>,
+}
+
+/// How a new version replaces the stable one, and the manual overrides.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.steps) || self.steps.all(s, s >= 1 && s <= 100)").message("every step is a percentage from 1 to 100"))]
+#[x_kube(validation = Rule::new("!has(self.steps) || size(self.steps) == 0 || self.steps[size(self.steps) - 1] == 100").message("the last step must be 100"))]
+#[x_kube(validation = Rule::new("!has(self.steps) || self.steps.all(s, self.steps.filter(t, t == s).size() == 1)").message("steps must not repeat"))]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// `Canary` (default): traffic moves in `steps`, each gated by the analysis; `Immediate`:
+    /// the new version takes all traffic once it is loaded everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Percent of requests on the canary at each step, ending at 100 (default 10, 50, 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20))]
+    pub steps: Option<Vec<u32>>,
+    /// How long each step runs before its analysis decides (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub step_seconds: Option<u64>,
+    /// What a step must show to go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+    /// Serve exactly this version, with no rollout, until unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub pin: Option<u64>,
+    /// Promote this canary version now, skipping the remaining steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub promote: Option<u64>,
+    /// Roll this canary version back now (it is not tried again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub abort: Option<u64>,
+}
+
+#[derive(JsonSchema, Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Strategy {
+    Canary,
+    Immediate,
+}
+
+/// The gates of each canary step, read from the workers' per-version metrics.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// The canary's error rate must stay at or below this (default 0.05).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_error_rate: Option<f64>,
+    /// The canary's p99 latency over the stable version's must stay at or below this (default 1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0))]
+    pub max_latency_ratio: Option<f64>,
+    /// Requests the canary must have served in a step before it is judged (default 20); fewer
+    /// and the step waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_requests: Option<u64>,
+    /// For versions a TrainingJob published: an evaluation metric of the manifest that must not
+    /// be worse than the stable version's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_metric: Option<EvalMetric>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EvalMetric {
+    /// e.g. `eval_accuracy` or `eval_loss`.
+    pub name: String,
+    /// Whether higher is better (`eval_accuracy`) or lower (`eval_loss`, the default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub higher_is_better: Option<bool>,
+}
+
+/// What the operator last saw of the service.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceServiceStatus {
+    /// Where clients connect: gRPC and HTTP on one port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `Ready`, `ModelsReady`, `RolloutProgressing`, with reasons such as `ModelLoadFailed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods, and pods whose worker serves the stable version.
+    #[serde(default)]
+    pub replicas: u32,
+    #[serde(default)]
+    pub ready_replicas: u32,
+    /// The pods' label selector, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_version: Option<u64>,
+    /// Percent of requests on the canary.
+    #[serde(default)]
+    pub canary_percent: u32,
+    /// The rollout in progress or last finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Versions rolled back; they are not tried again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_versions: Vec<u64>,
+    /// Each version's state across the pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionStatus>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    pub version: u64,
+    /// `Progressing`, `Promoted` or `RolledBack`.
+    pub phase: String,
+    /// The step running (an index into the steps).
+    pub step: u32,
+    pub step_started: Time,
+    /// Why the rollout is where it is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Each judged step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analyses: Vec<AnalysisResult>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisResult {
+    pub step: u32,
+    pub requests: u64,
+    pub error_rate: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ratio: Option<f64>,
+    pub passed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionStatus {
+    pub version: u64,
+    /// Pods where it is loaded and serving, loading, or failed.
+    pub available: u32,
+    pub loading: u32,
+    pub failed: u32,
+    /// The last load error a pod reported.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}

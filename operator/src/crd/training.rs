@@ -1,0 +1,363 @@
+//! `TrainingJob`: a model trained data-parallel by `replicas` worker pods, each checkpoint
+//! published as a numbered version of `output.model` in the model repository.
+//!
+//! The training sections (`model`, `data`, `optimizer`, `schedule`, `seed`) are the worker's
+//! job file in Kubernetes' camelCase; the operator renders them into the file each rank reads.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{PodOverrides, Repository};
+
+/// What to train, on which data, and where its versions go.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[kube(
+    group = "lantern.dev",
+    version = "v1alpha1",
+    kind = "TrainingJob",
+    namespaced,
+    status = "TrainingJobStatus",
+    derive = "PartialEq",
+    shortname = "tj",
+    category = "lantern",
+    doc = "A model trained data-parallel by worker pods; every checkpoint is published as a numbered model version.",
+    printcolumn(name = "State", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Step", type_ = "integer", json_path = ".status.progress.step"),
+    printcolumn(name = "Loss", type_ = "number", json_path = ".status.progress.loss"),
+    printcolumn(name = "Versions", type_ = "integer", json_path = ".status.publishedVersions"),
+    printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.spec.output.model == oldSelf.spec.output.model").message("spec.output.model is immutable"),
+    validation = Rule::new("self.spec.replicas == oldSelf.spec.replicas || (has(self.spec.runPolicy) && has(self.spec.runPolicy.suspend) && self.spec.runPolicy.suspend)").message("spec.replicas can only change while the job is suspended")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingJobSpec {
+    /// The architecture and size of the model.
+    pub model: ModelSpec,
+    /// The examples it learns from.
+    pub data: DataSpec,
+    /// AdamW settings; the worker's defaults where unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerSpec>,
+    /// How long to train and in what batches.
+    pub schedule: ScheduleSpec,
+    /// Seeds the initial weights and the data order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Ranks, one pod each; gradients are averaged across them.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub replicas: u32,
+    /// Each rank's resources (`cpu`, `memory`, `nvidia.com/gpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The worker image, instead of the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Scheduling settings passed to every rank's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodOverrides>,
+    /// Where the versions are published.
+    pub output: OutputSpec,
+    /// How often to checkpoint and how many to keep.
+    pub checkpoint: CheckpointSpec,
+    /// Restarts, deadlines, suspension and clean-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_policy: Option<RunPolicy>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Exactly one architecture.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.llama) != has(self.mlp)").message("set exactly one of model.llama and model.mlp"))]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llama: Option<LlamaSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp: Option<MlpSpec>,
+}
+
+/// A llama-architecture decoder over bytes (vocabulary: the 256 bytes and an end-of-text token).
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("self.hiddenSize % self.heads == 0").message("hiddenSize must be a multiple of heads"))]
+#[x_kube(validation = Rule::new("!has(self.kvHeads) || self.heads % self.kvHeads == 0").message("heads must be a multiple of kvHeads"))]
+#[serde(rename_all = "camelCase")]
+pub struct LlamaSpec {
+    #[schemars(range(min = 1))]
+    pub hidden_size: u32,
+    #[schemars(range(min = 1))]
+    pub intermediate_size: u32,
+    #[schemars(range(min = 1))]
+    pub layers: u32,
+    #[schemars(range(min = 1))]
+    pub heads: u32,
+    /// Key/value heads (grouped-query attention); `heads` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub kv_heads: Option<u32>,
+    /// Tokens per training sequence, and the served model's context length.
+    #[schemars(range(min = 2))]
+    pub context: u32,
+    /// Start from a published version of a model in the same repository (its sizes must match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<VersionRef>,
+    /// The number format of the matrix products: `f32` (default) or `bf16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+}
+
+/// A published version of a model.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct VersionRef {
+    pub model: String,
+    #[schemars(range(min = 1))]
+    pub version: u64,
+}
+
+#[derive(JsonSchema, Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+/// A multi-layer perceptron for tabular data; input and output widths come from the data.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct MlpSpec {
+    #[schemars(length(min = 1))]
+    pub hidden: Vec<u32>,
+    pub activation: Activation,
+}
+
+#[derive(JsonSchema, Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Relu,
+    Gelu,
+    Tanh,
+    Sigmoid,
+}
+
+/// Exactly one source of examples.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.addition), has(self.text), has(self.csv)].filter(x, x).size() == 1").message("set exactly one of data.addition, data.text and data.csv"))]
+pub struct DataSpec {
+    /// Built in: integer additions written as text (`17+25=42`), for the language model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addition: Option<AdditionSpec>,
+    /// Text files for the language model, read as bytes (paths inside the worker's pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSpec>,
+    /// A CSV file with a header for the MLP: every column but the target is a feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<CsvSpec>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdditionSpec {
+    /// Operands are drawn from 0 to this.
+    #[schemars(range(min = 1))]
+    pub max_operand: u32,
+    #[schemars(range(min = 1))]
+    pub train_examples: u64,
+    /// Held-out problems evaluated at each checkpoint (their accuracy is `eval_accuracy`).
+    #[schemars(range(min = 1))]
+    pub eval_examples: u64,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TextSpec {
+    #[schemars(length(min = 1))]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub eval_fraction: Option<f64>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CsvSpec {
+    pub path: String,
+    pub target: String,
+    /// Classes of the target (classification); unset for regression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub eval_fraction: Option<f64>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.learningRate) || !has(self.minLearningRate) || self.minLearningRate <= self.learningRate").message("minLearningRate must not exceed learningRate"))]
+#[serde(rename_all = "camelCase")]
+pub struct OptimizerSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub learning_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub min_learning_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.warmupSteps) || self.warmupSteps < self.steps").message("warmupSteps must be fewer than steps"))]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSpec {
+    #[schemars(range(min = 1))]
+    pub steps: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<u64>,
+    /// Examples per step across all ranks (a multiple of `replicas`).
+    #[schemars(range(min = 1))]
+    pub global_batch: u32,
+}
+
+/// The model repository and the model's name in it.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct OutputSpec {
+    /// The name versions are published under.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"))]
+    pub model: String,
+    pub repository: Repository,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSpec {
+    /// A checkpoint (and a published version) every this many steps, and at the end.
+    #[schemars(range(min = 1))]
+    pub every_steps: u64,
+    /// Training states kept for resuming (published versions are all kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep: Option<u32>,
+    /// How long the other ranks wait for rank 0 to save, evaluate and publish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// Restarts, deadlines, suspension and clean-up, as the Kubeflow training operator's runPolicy.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPolicy {
+    /// Gang restarts allowed before the job fails (3 when unset); every restart counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_restarts: Option<u32>,
+    /// The job fails once it has run this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<u64>,
+    /// The job fails if its ranks are not all running this long after their pods were made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub startup_deadline_seconds: Option<u64>,
+    /// The job is deleted this long after it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<u64>,
+    /// Which pods are deleted once the job finished: `Running` (default), `All` or `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_pod_policy: Option<CleanPodPolicy>,
+    /// Stops the ranks (deleting their pods); unsetting it resumes from the last checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+}
+
+#[derive(JsonSchema, Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum CleanPodPolicy {
+    None,
+    Running,
+    All,
+}
+
+/// What the operator last saw of the job.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingJobStatus {
+    /// `Created`, `Running`, `Restarting`, `Succeeded`, `Failed` or `Suspended`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The same, as conditions with stable reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Each rank's pod and its state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<RankStatus>,
+    /// Gang restarts so far.
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Rank 0's latest progress report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Versions published so far.
+    #[serde(default)]
+    pub published_versions: u32,
+    /// Every published checkpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RankStatus {
+    pub rank: u32,
+    pub pod: String,
+    /// The pod's phase, or why its container waits.
+    pub state: String,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub step: u64,
+    pub total_steps: u64,
+    pub loss: f64,
+    pub tokens_per_second: f64,
+    /// Seconds to the last step at the current rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
+    pub updated: Time,
+}
+
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    pub version: u64,
+    pub step: u64,
+    /// The manifest's evaluation metrics (`eval_loss`, `eval_accuracy`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// The manifest's sha256.
+    pub digest: String,
+}

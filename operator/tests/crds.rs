@@ -1,0 +1,143 @@
+//! The CRDs: the YAML in `crds/` is what `crdgen` writes from the Rust types (regenerate with
+//! `cargo run -p lantern-operator --bin crdgen`), and applied with the real kubectl to the
+//! devcluster they serve the examples and refuse bad manifests with the schema's and CEL rules'
+//! messages.
+
+use std::path::{Path, PathBuf};
+
+use lantern_devcluster::{DevCluster, Options};
+use lantern_operator::crd;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the operator is in the workspace").to_owned()
+}
+
+#[test]
+fn the_checked_in_crds_are_what_crdgen_writes() {
+    for (file, definition) in crd::definitions() {
+        let path = workspace().join("crds").join(file);
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == crd::to_yaml(&definition).unwrap(),
+            "{} is out of date: run `cargo run -p lantern-operator --bin crdgen`",
+            path.display()
+        );
+    }
+}
+
+/// kubectl with the cluster's kubeconfig; (success, stdout, stderr).
+async fn kubectl(cluster: &DevCluster, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let kubeconfig = cluster.kubeconfig().to_owned();
+    let mut command = std::process::Command::new("kubectl");
+    command.arg("--kubeconfig").arg(&kubeconfig).arg("--cache-dir").arg(kubeconfig.with_file_name("cache")).args(args);
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let input = stdin.unwrap_or_default().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().expect("kubectl is installed");
+        child.stdin.take().expect("piped").write_all(input.as_bytes()).expect("kubectl reads its input");
+        child.wait_with_output().expect("kubectl ran")
+    })
+    .await
+    .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+const JOB: &str = "apiVersion: lantern.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: tiny}
+spec:
+  model:
+    llama: {hiddenSize: 48, intermediateSize: 128, layers: 2, heads: 4, context: 16}
+  data:
+    addition: {maxOperand: 9, trainExamples: 200, evalExamples: 20}
+  schedule: {steps: 100, globalBatch: 8}
+  checkpoint: {everySteps: 50}
+  output: {model: tiny, repository: {claimName: models}}
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_messages() {
+    let state = tempfile::tempdir().unwrap();
+    let cluster = DevCluster::start(Options::new(state.path())).await.unwrap();
+    let crds = workspace().join("crds");
+    let (ok, out, err) = kubectl(&cluster, &["apply", "-f", crds.to_str().unwrap()], None).await;
+    assert!(ok, "{out}{err}");
+    let established = ["wait", "--for=condition=Established", "crd", "--all", "--timeout=10s"];
+    assert!(kubectl(&cluster, &established, None).await.0);
+    for example in ["examples/training/adder-job.yaml", "examples/serving/adder.yaml"] {
+        let path = workspace().join(example);
+        let (ok, out, err) = kubectl(&cluster, &["apply", "-f", path.to_str().unwrap()], None).await;
+        assert!(ok, "{example}: {out}{err}");
+    }
+    let (ok, out, _) = kubectl(&cluster, &["get", "lantern"], None).await;
+    assert!(
+        ok && out.contains("trainingjob.lantern.dev/adder") && out.contains("inferenceservice.lantern.dev/adder"),
+        "{out}"
+    );
+    let (_, out, _) = kubectl(&cluster, &["get", "tj", "adder", "-o", "jsonpath={.spec.replicas}"], None).await;
+    assert_eq!(out, "2");
+
+    let cases = [
+        (
+            JOB.replace("heads: 4", "heads: 5"),
+            "spec.model.llama: Invalid value: \"object\": hiddenSize must be a multiple of heads",
+        ),
+        (
+            JOB.replace("  data:", "    mlp: {hidden: [8], activation: relu}\n  data:"),
+            "spec.model: Invalid value: \"object\": set exactly one of model.llama and model.mlp",
+        ),
+        (JOB.replace("{steps: 100,", "{steps: 100, warmupSteps: 100,"), "warmupSteps must be fewer than steps"),
+        (JOB.replace("everySteps: 50", "everySteps: 0"), "spec.checkpoint.everySteps: Invalid value: 0"),
+        (JOB.replace("model: tiny,", "model: Tiny_Model!,"), "spec.output.model: Invalid value: \"Tiny_Model!\""),
+        (JOB.replace("  schedule:", "  schedul:"), "unknown field \"spec.schedul\""),
+    ];
+    for (manifest, message) in &cases {
+        let (ok, _, err) = kubectl(&cluster, &["apply", "-f", "-"], Some(manifest)).await;
+        assert!(!ok && err.contains(message), "expected {message:?}, got: {err}");
+    }
+    let (ok, out, err) = kubectl(&cluster, &["apply", "-f", "-"], Some(JOB)).await;
+    assert!(ok, "{out}{err}");
+    let renamed = JOB.replace("model: tiny,", "model: other,");
+    let (ok, _, err) = kubectl(&cluster, &["apply", "-f", "-"], Some(&renamed)).await;
+    assert!(!ok && err.contains("spec.output.model is immutable"), "{err}");
+
+    let service = "apiVersion: lantern.dev/v1alpha1
+kind: InferenceService
+metadata: {name: svc}
+spec:
+  model: tiny
+  source: {repository: {claimName: models}}
+  replicas: 2
+";
+    let service_cases = [
+        (
+            service.replace("replicas: 2", "replicas: 2\n  minReplicas: 3\n  maxReplicas: 2"),
+            "minReplicas must not exceed maxReplicas",
+        ),
+        (service.replace("replicas: 2", "replicas: 2\n  rollout: {steps: [10, 50]}"), "the last step must be 100"),
+        (
+            service.replace("replicas: 2", "replicas: 2\n  rollout: {steps: [0, 100]}"),
+            "every step is a percentage from 1 to 100",
+        ),
+        (
+            service.replace("source: {repository: {claimName: models}}", "source: {}"),
+            "set exactly one of source.repository and source.trainingJobRef",
+        ),
+    ];
+    for (manifest, message) in &service_cases {
+        let (ok, _, err) = kubectl(&cluster, &["apply", "-f", "-"], Some(manifest)).await;
+        assert!(!ok && err.contains(message), "expected {message:?}, got: {err}");
+    }
+    // The scale subresource, as an autoscaler uses it.
+    assert!(kubectl(&cluster, &["apply", "-f", "-"], Some(service)).await.0);
+    let (ok, out, err) = kubectl(&cluster, &["scale", "isvc/svc", "--replicas=3"], None).await;
+    assert!(ok, "{out}{err}");
+    let (_, out, _) = kubectl(&cluster, &["get", "isvc", "svc", "-o", "jsonpath={.spec.replicas}"], None).await;
+    assert_eq!(out, "3");
+    cluster.stop().await.unwrap();
+}
