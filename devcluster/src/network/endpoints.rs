@@ -1,7 +1,8 @@
 //! The endpoints controller: every Service with a selector gets an Endpoints object of its name
-//! listing the IPs of the pods it selects — ready ones under `addresses`, the others under
-//! `notReadyAddresses` — with the Service's ports resolved against each pod's container ports
-//! (a named `targetPort` can differ between pods, which then fall in different subsets).
+//! listing the IPs of the pods it selects — ready ones (all, with `publishNotReadyAddresses`)
+//! under `addresses`, the others under `notReadyAddresses` — with the Service's ports resolved
+//! against each pod's container ports (a named `targetPort` can differ between pods, which then
+//! fall in different subsets).
 //! Endpoints whose Service is gone are deleted.
 
 use std::collections::{BTreeMap, HashSet};
@@ -63,11 +64,12 @@ pub fn subsets(service: &Value, pods: &[&Value]) -> Vec<Value> {
                 Some(endpoint)
             })
             .collect();
-        let ready = pod["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let ready = service["spec"]["publishNotReadyAddresses"] == true
+            || pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
         let metadata = &pod["metadata"];
         let address = json!({
             "ip": ip,

@@ -1,0 +1,231 @@
+//! The objects a TrainingJob owns, as pure functions of the job: the ConfigMap with its job file,
+//! the coordinator Service in front of rank 0, and one pod per rank and attempt.
+//!
+//! Ranks find rank 0 through the coordinator Service's environment variables
+//! (`$(ADDER_COORDINATOR_SERVICE_HOST)`), which every cluster sets for a Service that exists
+//! before the pod; no cluster DNS is needed. Each rank listens on its own pod IP.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+use serde_json::{Value, json};
+
+use super::job_file::{self, REPOSITORY_MOUNT};
+use crate::crd::TrainingJob;
+
+/// The collective (rendezvous and all-reduce) port every rank listens on.
+pub const COLLECTIVE_PORT: u16 = 7070;
+/// Rank 0's progress port, which the operator polls.
+pub const PROGRESS_PORT: u16 = 7071;
+/// Where the job file is mounted.
+const CONFIG_DIR: &str = "/etc/lantern";
+
+pub const JOB_LABEL: &str = "lantern.dev/training-job";
+pub const RANK_LABEL: &str = "lantern.dev/rank";
+pub const ATTEMPT_LABEL: &str = "lantern.dev/attempt";
+
+fn name(job: &TrainingJob) -> &str {
+    job.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// The controller reference that makes the job own (and garbage-collect) an object.
+fn owner(job: &TrainingJob) -> Option<OwnerReference> {
+    job.controller_owner_ref(&())
+}
+
+fn metadata(job: &TrainingJob, object_name: String, labels: BTreeMap<String, String>) -> Value {
+    json!({
+        "name": object_name,
+        "namespace": job.metadata.namespace,
+        "labels": labels,
+        "ownerReferences": owner(job).into_iter().collect::<Vec<_>>(),
+    })
+}
+
+fn job_labels(job: &TrainingJob) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "lantern-worker".to_owned()),
+        ("app.kubernetes.io/managed-by".to_owned(), "lantern-operator".to_owned()),
+        (JOB_LABEL.to_owned(), name(job).to_owned()),
+    ])
+}
+
+pub fn config_map_name(job: &TrainingJob) -> String {
+    format!("{}-job", name(job))
+}
+
+pub fn coordinator_name(job: &TrainingJob) -> String {
+    format!("{}-coordinator", name(job))
+}
+
+/// The pod of `rank` in gang attempt `attempt` (0 for the first run, one more per restart).
+pub fn pod_name(job: &TrainingJob, attempt: u32, rank: u32) -> String {
+    format!("{}-{attempt}-rank-{rank}", name(job))
+}
+
+/// The ConfigMap holding `job.json`.
+pub fn config_map(job: &TrainingJob) -> ConfigMap {
+    let file = serde_json::to_string_pretty(&job_file::render(job)).unwrap_or_default();
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": metadata(job, config_map_name(job), job_labels(job)),
+        "data": {"job.json": file},
+    }))
+    .expect("a ConfigMap built from known fields")
+}
+
+/// The Service in front of rank 0's collective and progress ports.
+pub fn coordinator_service(job: &TrainingJob) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": metadata(job, coordinator_name(job), job_labels(job)),
+        "spec": {
+            "selector": {JOB_LABEL: name(job), RANK_LABEL: "0"},
+            "ports": [
+                {"name": "collective", "port": COLLECTIVE_PORT, "targetPort": COLLECTIVE_PORT},
+                {"name": "progress", "port": PROGRESS_PORT, "targetPort": PROGRESS_PORT},
+            ],
+            // Ranks may connect before rank 0 reports ready.
+            "publishNotReadyAddresses": true,
+        },
+    }))
+    .expect("a Service built from known fields")
+}
+
+/// The environment variable prefix a Service's variables get: `adder-coordinator` →
+/// `ADDER_COORDINATOR`.
+fn service_env_prefix(service: &str) -> String {
+    service.to_uppercase().replace(['-', '.'], "_")
+}
+
+/// One rank's pod for gang attempt `attempt`, running `image` (the job's own image when set).
+pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod {
+    let spec = &job.spec;
+    let mut labels = job_labels(job);
+    labels.insert(RANK_LABEL.to_owned(), rank.to_string());
+    labels.insert(ATTEMPT_LABEL.to_owned(), attempt.to_string());
+    let coordinator = service_env_prefix(&coordinator_name(job));
+    let mut env = vec![
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": "LANTERN_RANK", "value": rank.to_string()}),
+        json!({"name": "LANTERN_WORLD_SIZE", "value": spec.replicas.to_string()}),
+        json!({"name": "LANTERN_ADDRESS", "value": format!("$(POD_IP):{COLLECTIVE_PORT}")}),
+        json!({"name": "LANTERN_COORDINATOR", "value": format!("$({coordinator}_SERVICE_HOST):{COLLECTIVE_PORT}")}),
+    ];
+    if rank == 0 {
+        env.push(json!({"name": "LANTERN_PROGRESS_ADDRESS", "value": format!("$(POD_IP):{PROGRESS_PORT}")}));
+    }
+    let repository = &spec.output.repository;
+    let mut repository_mount = json!({"name": "repository", "mountPath": REPOSITORY_MOUNT});
+    if let Some(sub_path) = &repository.sub_path {
+        repository_mount["subPath"] = json!(sub_path);
+    }
+    let mut container = json!({
+        "name": "worker",
+        "image": spec.image.as_deref().unwrap_or(image),
+        "args": ["train", "--config", format!("{CONFIG_DIR}/job.json")],
+        "env": env,
+        "ports": [
+            {"name": "collective", "containerPort": COLLECTIVE_PORT},
+            {"name": "progress", "containerPort": PROGRESS_PORT},
+        ],
+        "volumeMounts": [repository_mount, {"name": "job", "mountPath": CONFIG_DIR, "readOnly": true}],
+        "securityContext": {
+            "runAsNonRoot": true,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    });
+    if let Some(resources) = &spec.resources {
+        container["resources"] = json!(resources);
+    }
+    let mut pod_spec = json!({
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [
+            {"name": "repository", "persistentVolumeClaim": {"claimName": repository.claim_name}},
+            {"name": "job", "configMap": {"name": config_map_name(job)}},
+        ],
+    });
+    if let Some(template) = &spec.template {
+        let overrides = serde_json::to_value(template).unwrap_or_default();
+        for (field, value) in overrides.as_object().into_iter().flatten() {
+            pod_spec[field] = value.clone();
+        }
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": metadata(job, pod_name(job, attempt, rank), labels),
+        "spec": pod_spec,
+    }))
+    .expect("a Pod built from known fields")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> TrainingJob {
+        serde_json::from_value(json!({
+            "apiVersion": "lantern.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "adder", "namespace": "ml", "uid": "u-1"},
+            "spec": {
+                "model": {"llama": {"hiddenSize": 48, "intermediateSize": 128, "layers": 2, "heads": 4, "context": 16}},
+                "data": {"addition": {"maxOperand": 9, "trainExamples": 2000, "evalExamples": 20}},
+                "schedule": {"steps": 1000, "globalBatch": 32},
+                "replicas": 2,
+                "checkpoint": {"everySteps": 100},
+                "output": {"model": "adder", "repository": {"claimName": "models", "subPath": "team-a"}},
+                "template": {"nodeSelector": {"pool": "cpu"}, "serviceAccountName": "trainer"},
+                "resources": {"limits": {"cpu": "2"}},
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_rank_knows_its_place_and_finds_rank_zero_through_the_service() {
+        let pod = serde_json::to_value(rank_pod(&job(), 1, 0, "ghcr.io/lantern-dev/worker:0.1")).unwrap();
+        assert_eq!(pod["metadata"]["name"], "adder-1-rank-0");
+        assert_eq!(pod["metadata"]["labels"][RANK_LABEL], "0");
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["controller"], true);
+        let container = &pod["spec"]["containers"][0];
+        let env: BTreeMap<String, String> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
+            .collect();
+        assert_eq!(env["LANTERN_WORLD_SIZE"], "2");
+        assert_eq!(env["LANTERN_COORDINATOR"], "$(ADDER_COORDINATOR_SERVICE_HOST):7070");
+        assert_eq!(env["LANTERN_PROGRESS_ADDRESS"], "$(POD_IP):7071");
+        assert_eq!(container["volumeMounts"][0]["subPath"], "team-a");
+        assert_eq!(container["resources"]["limits"]["cpu"], "2");
+        assert_eq!(pod["spec"]["nodeSelector"]["pool"], "cpu");
+        assert_eq!(pod["spec"]["serviceAccountName"], "trainer");
+        assert_eq!(pod["spec"]["restartPolicy"], "Never");
+
+        let other = serde_json::to_value(rank_pod(&job(), 1, 1, "img")).unwrap();
+        let names: Vec<&str> = other["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        assert!(!names.contains(&"LANTERN_PROGRESS_ADDRESS"), "only rank 0 serves progress");
+    }
+
+    #[test]
+    fn the_service_selects_rank_zero_and_the_config_map_holds_the_job_file() {
+        let service = serde_json::to_value(coordinator_service(&job())).unwrap();
+        assert_eq!(service["metadata"]["name"], "adder-coordinator");
+        assert_eq!(service["spec"]["selector"], json!({JOB_LABEL: "adder", RANK_LABEL: "0"}));
+        let map = config_map(&job());
+        let file: Value = serde_json::from_str(&map.data.unwrap()["job.json"]).unwrap();
+        assert_eq!(file["output"]["model"], "adder");
+    }
+}
