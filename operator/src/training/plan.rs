@@ -1,0 +1,454 @@
+//! What a TrainingJob needs next, decided from the job and its pods alone (a pure function, so
+//! that every rule is a unit test): which rank pods to create or delete, whether the gang
+//! restarts, and the phase with its reason.
+//!
+//! - Ranks run in gang attempts (pod label `lantern.dev/attempt`). Any rank failing ends the
+//!   attempt: all its pods are deleted and, once they are gone, the next attempt starts (resuming
+//!   from the last checkpoint) while restarts stay within `runPolicy.maxRestarts`; then the job
+//!   fails. Waiting for the old pods keeps two rank 0s from writing one state directory.
+//! - Suspending deletes the pods; resuming starts a new attempt that does not count as a restart.
+//! - `activeDeadlineSeconds` (from the start) and `startupDeadlineSeconds` (from an attempt's
+//!   pods' creation until all run) fail the job.
+//! - Once finished, pods are cleaned up as `cleanPodPolicy` says, and the job is deleted
+//!   `ttlSecondsAfterFinished` after it finished.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+
+use super::objects::{ATTEMPT_LABEL, RANK_LABEL};
+use crate::crd::TrainingJob;
+use crate::crd::training::CleanPodPolicy;
+
+/// Gang restarts allowed when `runPolicy.maxRestarts` is unset.
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+
+/// The job's phase, as `status.phase` and the condition of the same name say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Created,
+    Running,
+    Restarting,
+    Succeeded,
+    Failed,
+    Suspended,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "Created",
+            Self::Running => "Running",
+            Self::Restarting => "Restarting",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::Suspended => "Suspended",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Created, Self::Running, Self::Restarting, Self::Succeeded, Self::Failed, Self::Suspended]
+            .into_iter()
+            .find(|p| p.as_str() == text)
+    }
+
+    pub fn finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+/// What the controller does next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub phase: Phase,
+    /// A stable CamelCase reason, and a sentence for people.
+    pub reason: &'static str,
+    pub message: String,
+    /// The gang attempt the pods belong to, and restarts counted so far.
+    pub attempt: u32,
+    pub restarts: u32,
+    /// Ranks to create pods for, in the current attempt.
+    pub create: Vec<u32>,
+    /// Pods to delete, by name.
+    pub delete: Vec<String>,
+    /// Delete the job itself (its TTL after finishing has passed).
+    pub delete_job: bool,
+    /// Reconcile again after this long at the latest (a deadline or the TTL).
+    pub requeue: Option<Duration>,
+}
+
+/// A rank pod as the plan sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RankPod {
+    pub name: String,
+    pub attempt: u32,
+    pub rank: u32,
+    pub state: PodState,
+    pub created: Option<Timestamp>,
+    pub terminating: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PodState {
+    /// Not running yet; the reason a container waits, when it says one.
+    Pending(Option<String>),
+    Running,
+    Succeeded,
+    /// Ended with this exit code (or failed before running), and why.
+    Failed(String),
+}
+
+impl RankPod {
+    /// Reads a pod the job owns; `None` for one without rank and attempt labels.
+    pub fn from_pod(pod: &Pod) -> Option<Self> {
+        let labels = pod.metadata.labels.as_ref()?;
+        let attempt = labels.get(ATTEMPT_LABEL)?.parse().ok()?;
+        let rank = labels.get(RANK_LABEL)?.parse().ok()?;
+        let status = pod.status.as_ref();
+        let container = status.and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
+        let terminated = container.and_then(|c| c.state.as_ref()).and_then(|s| s.terminated.as_ref());
+        let waiting = container.and_then(|c| c.state.as_ref()).and_then(|s| s.waiting.as_ref());
+        let state = match (status.and_then(|s| s.phase.as_deref()), terminated) {
+            (Some("Succeeded"), _) => PodState::Succeeded,
+            (_, Some(t)) if t.exit_code == 0 => PodState::Succeeded,
+            (_, Some(t)) => {
+                let reason = t.reason.clone().unwrap_or_else(|| "Error".to_owned());
+                PodState::Failed(format!("exit code {} ({reason})", t.exit_code))
+            }
+            (Some("Failed"), None) => {
+                PodState::Failed(status.and_then(|s| s.message.clone()).unwrap_or_else(|| "the pod failed".to_owned()))
+            }
+            (Some("Running"), None) => PodState::Running,
+            _ => PodState::Pending(waiting.and_then(|w| w.reason.clone())),
+        };
+        Some(Self {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            attempt,
+            rank,
+            state,
+            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+        })
+    }
+}
+
+/// What the job's status already says.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recorded {
+    pub phase: Option<Phase>,
+    pub attempt: u32,
+    pub restarts: u32,
+    pub start_time: Option<Timestamp>,
+    pub completion_time: Option<Timestamp>,
+}
+
+pub fn plan(job: &TrainingJob, recorded: &Recorded, pods: &[RankPod], now: Timestamp) -> Plan {
+    let spec = &job.spec;
+    let policy = spec.run_policy.clone().unwrap_or_default();
+    let mut plan = Plan {
+        phase: recorded.phase.unwrap_or(Phase::Created),
+        reason: "JobCreated",
+        message: String::new(),
+        attempt: recorded.attempt,
+        restarts: recorded.restarts,
+        create: Vec::new(),
+        delete: Vec::new(),
+        delete_job: false,
+        requeue: None,
+    };
+
+    // Finished: clean up, then wait out the TTL.
+    if let Some(phase) = recorded.phase.filter(|p| p.finished()) {
+        plan.reason = if phase == Phase::Succeeded { "JobSucceeded" } else { "JobFailed" };
+        plan.delete =
+            live_names(pods.iter().filter(|p| match policy.clean_pod_policy.unwrap_or(CleanPodPolicy::Running) {
+                CleanPodPolicy::All => true,
+                CleanPodPolicy::Running => matches!(p.state, PodState::Running | PodState::Pending(_)),
+                CleanPodPolicy::None => false,
+            }))
+            .collect();
+        if let (Some(ttl), Some(done)) = (policy.ttl_seconds_after_finished, recorded.completion_time) {
+            let left = seconds_left(done, ttl, now);
+            plan.delete_job = left.is_zero();
+            plan.requeue = (!left.is_zero()).then_some(left);
+        }
+        return plan;
+    }
+
+    // Pods of earlier attempts go first; nothing new starts until they are gone.
+    let stale: Vec<&RankPod> = pods.iter().filter(|p| p.attempt != recorded.attempt).collect();
+    plan.delete.extend(live_names(stale.iter().copied()));
+    let current: Vec<&RankPod> =
+        pods.iter().filter(|p| p.attempt == recorded.attempt && p.rank < spec.replicas).collect();
+    // Ranks beyond `replicas` (it shrank while suspended) go.
+    plan.delete.extend(live_names(pods.iter().filter(|p| p.attempt == recorded.attempt && p.rank >= spec.replicas)));
+
+    if policy.suspend.unwrap_or(false) {
+        plan.delete.extend(live_names(current.iter().copied()));
+        plan.phase = Phase::Suspended;
+        plan.reason = "JobSuspended";
+        plan.message = "the job is suspended; its ranks are stopped".to_owned();
+        return plan;
+    }
+    if recorded.phase == Some(Phase::Suspended) {
+        // Resuming: a new attempt, not a restart.
+        plan.attempt += 1;
+        plan.phase = Phase::Restarting;
+        plan.reason = "JobResumed";
+        plan.message = "resuming from the last checkpoint".to_owned();
+        plan.delete.extend(live_names(current.iter().copied()));
+        return plan;
+    }
+
+    if let (Some(deadline), Some(start)) = (policy.active_deadline_seconds, recorded.start_time) {
+        let left = seconds_left(start, deadline, now);
+        if left.is_zero() {
+            return fail(
+                plan,
+                "DeadlineExceeded",
+                format!("the job ran longer than activeDeadlineSeconds ({deadline})"),
+            );
+        }
+        plan.requeue = Some(left);
+    }
+
+    if let Some((rank, what)) = failure(recorded, spec.replicas, &current) {
+        let max = policy.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS);
+        let what = format!("rank {rank} {what}");
+        if recorded.restarts >= max {
+            // The failed pods stay for their logs; the ranks still running stop.
+            let running =
+                current.iter().copied().filter(|p| matches!(p.state, PodState::Running | PodState::Pending(_)));
+            plan.delete.extend(live_names(running));
+            return fail(plan, "MaxRestartsExceeded", format!("{what}; all {max} restarts are used"));
+        }
+        plan.delete.extend(live_names(current.iter().copied()));
+        plan.attempt += 1;
+        plan.restarts += 1;
+        plan.phase = Phase::Restarting;
+        plan.reason = "RankFailed";
+        plan.message = format!("{what}; restarting every rank from the last checkpoint ({} of {max})", plan.restarts);
+        return plan;
+    }
+
+    if !current.is_empty()
+        && current.len() as u32 == spec.replicas
+        && current.iter().all(|p| p.state == PodState::Succeeded)
+    {
+        plan.phase = Phase::Succeeded;
+        plan.reason = "JobSucceeded";
+        plan.message = format!("all {} ranks finished", spec.replicas);
+        return plan;
+    }
+
+    if !stale.is_empty() {
+        plan.phase = Phase::Restarting;
+        plan.reason = "Restarting";
+        plan.message = format!("waiting for {} pod(s) of an earlier attempt to stop", stale.len());
+        return plan;
+    }
+
+    plan.create = (0..spec.replicas).filter(|rank| !current.iter().any(|p| p.rank == *rank)).collect();
+    let running = current.iter().filter(|p| p.state == PodState::Running).count() as u32;
+    if running == spec.replicas {
+        plan.phase = Phase::Running;
+        plan.reason = "JobRunning";
+        plan.message = format!("all {running} ranks are running");
+        return plan;
+    }
+    if let Some(deadline) = policy.startup_deadline_seconds
+        && let Some(first) = current.iter().filter_map(|p| p.created).min()
+    {
+        let left = seconds_left(first, deadline, now);
+        if left.is_zero() {
+            plan.delete.extend(live_names(current.iter().copied()));
+            plan.create.clear();
+            let message =
+                format!("only {running} of {} ranks ran within startupDeadlineSeconds ({deadline})", spec.replicas);
+            return fail(plan, "StartupDeadlineExceeded", message);
+        }
+        plan.requeue = Some(plan.requeue.map_or(left, |r| r.min(left)));
+    }
+    (plan.phase, plan.reason) = match recorded.phase {
+        Some(Phase::Restarting) => (Phase::Restarting, "Restarting"),
+        _ => (Phase::Created, "JobCreated"),
+    };
+    let waiting: Vec<String> = current
+        .iter()
+        .filter_map(|p| match &p.state {
+            PodState::Pending(Some(reason)) => Some(format!("rank {}: {reason}", p.rank)),
+            _ => None,
+        })
+        .collect();
+    plan.message = match waiting.is_empty() {
+        true => format!("{running} of {} ranks are running", spec.replicas),
+        false => format!("{running} of {} ranks are running; {}", spec.replicas, waiting.join(", ")),
+    };
+    plan
+}
+
+/// The rank that ended the current attempt, and how: a pod that failed, or, once the gang
+/// ran, a rank whose pod is gone or being deleted.
+fn failure(recorded: &Recorded, replicas: u32, current: &[&RankPod]) -> Option<(u32, String)> {
+    if let Some(failed) = current.iter().find(|p| matches!(p.state, PodState::Failed(_))) {
+        let PodState::Failed(why) = &failed.state else { unreachable!("matched above") };
+        return Some((failed.rank, format!("({}) failed: {why}", failed.name)));
+    }
+    if recorded.phase != Some(Phase::Running) {
+        return None;
+    }
+    (0..replicas).find_map(|rank| match current.iter().find(|p| p.rank == rank) {
+        None => Some((rank, "is gone: its pod was deleted".to_owned())),
+        Some(pod) if pod.terminating && pod.state != PodState::Succeeded => {
+            Some((rank, format!("({}) is being deleted", pod.name)))
+        }
+        Some(_) => None,
+    })
+}
+
+/// The names of the pods not already being deleted.
+fn live_names<'a>(pods: impl Iterator<Item = &'a RankPod>) -> impl Iterator<Item = String> {
+    pods.filter(|p| !p.terminating).map(|p| p.name.clone())
+}
+
+fn fail(mut plan: Plan, reason: &'static str, message: String) -> Plan {
+    plan.phase = Phase::Failed;
+    plan.reason = reason;
+    plan.message = message;
+    plan.create.clear();
+    plan
+}
+
+/// Time left until `seconds` after `since` (zero once passed).
+fn seconds_left(since: Timestamp, seconds: u64, now: Timestamp) -> Duration {
+    let end = since.as_second().saturating_add(seconds as i64);
+    Duration::from_secs(end.saturating_sub(now.as_second()).max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(policy: serde_json::Value) -> TrainingJob {
+        serde_json::from_value(json!({
+            "apiVersion": "lantern.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "adder", "namespace": "ml", "uid": "u-1"},
+            "spec": {
+                "model": {"llama": {"hiddenSize": 48, "intermediateSize": 128, "layers": 2, "heads": 4, "context": 16}},
+                "data": {"addition": {"maxOperand": 9, "trainExamples": 2000, "evalExamples": 20}},
+                "schedule": {"steps": 1000, "globalBatch": 32},
+                "replicas": 2,
+                "checkpoint": {"everySteps": 100},
+                "output": {"model": "adder", "repository": {"claimName": "models"}},
+                "runPolicy": policy,
+            },
+        }))
+        .unwrap()
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-22T12:00:00Z".parse().unwrap()
+    }
+
+    fn pod(attempt: u32, rank: u32, state: PodState) -> RankPod {
+        RankPod {
+            name: format!("adder-{attempt}-rank-{rank}"),
+            attempt,
+            rank,
+            state,
+            created: Some(now() - jiff::SignedDuration::from_secs(30)),
+            terminating: false,
+        }
+    }
+
+    fn recorded(phase: Phase, attempt: u32, restarts: u32) -> Recorded {
+        Recorded { phase: Some(phase), attempt, restarts, start_time: Some(now()), completion_time: None }
+    }
+
+    #[test]
+    fn a_new_job_creates_every_rank_then_runs() {
+        let fresh = plan(&job(json!({})), &Recorded::default(), &[], now());
+        assert_eq!((fresh.phase, fresh.create.clone()), (Phase::Created, vec![0, 1]));
+        let half = plan(&job(json!({})), &Recorded::default(), &[pod(0, 0, PodState::Running)], now());
+        assert_eq!(half.create, vec![1]);
+        let waiting = [pod(0, 0, PodState::Running), pod(0, 1, PodState::Pending(Some("ErrImagePull".into())))];
+        assert!(plan(&job(json!({})), &Recorded::default(), &waiting, now()).message.contains("rank 1: ErrImagePull"));
+        let all = [pod(0, 0, PodState::Running), pod(0, 1, PodState::Running)];
+        let running = plan(&job(json!({})), &recorded(Phase::Created, 0, 0), &all, now());
+        assert_eq!((running.phase, running.create.len(), running.delete.len()), (Phase::Running, 0, 0));
+    }
+
+    #[test]
+    fn one_rank_failing_restarts_the_whole_gang_within_the_budget() {
+        let pods = [pod(0, 0, PodState::Running), pod(0, 1, PodState::Failed("exit code 137 (Error)".into()))];
+        let restart = plan(&job(json!({"maxRestarts": 2})), &recorded(Phase::Running, 0, 0), &pods, now());
+        assert_eq!((restart.phase, restart.attempt, restart.restarts), (Phase::Restarting, 1, 1));
+        assert_eq!(restart.delete, vec!["adder-0-rank-0", "adder-0-rank-1"]);
+        assert!(restart.create.is_empty(), "the new attempt waits for the old pods");
+        assert!(restart.message.contains("rank 1 (adder-0-rank-1) failed: exit code 137"), "{}", restart.message);
+
+        // The old pods are stopping: wait; once gone, the new attempt's ranks are created.
+        let mut stopping = pods.clone();
+        stopping.iter_mut().for_each(|p| p.terminating = true);
+        let waiting = plan(&job(json!({"maxRestarts": 2})), &recorded(Phase::Restarting, 1, 1), &stopping, now());
+        assert_eq!((waiting.phase, waiting.create.len(), waiting.delete.len()), (Phase::Restarting, 0, 0));
+        let next = plan(&job(json!({"maxRestarts": 2})), &recorded(Phase::Restarting, 1, 1), &[], now());
+        assert_eq!((next.phase, next.create.clone()), (Phase::Restarting, vec![0, 1]));
+
+        let exhausted = plan(
+            &job(json!({"maxRestarts": 2})),
+            &recorded(Phase::Running, 2, 2),
+            &[pod(2, 0, PodState::Failed("exit code 1 (Error)".into())), pod(2, 1, PodState::Running)],
+            now(),
+        );
+        assert_eq!((exhausted.phase, exhausted.reason), (Phase::Failed, "MaxRestartsExceeded"));
+        assert_eq!(exhausted.delete, vec!["adder-2-rank-1"], "the running rank is stopped");
+    }
+
+    #[test]
+    fn a_rank_deleted_while_the_gang_runs_restarts_it() {
+        let left = [pod(0, 0, PodState::Running)];
+        let restart = plan(&job(json!({})), &recorded(Phase::Running, 0, 0), &left, now());
+        assert_eq!((restart.phase, restart.restarts), (Phase::Restarting, 1));
+        assert!(restart.message.starts_with("rank 1 is gone"), "{}", restart.message);
+    }
+
+    #[test]
+    fn all_ranks_finishing_is_success_and_cleanup_follows_the_policy() {
+        let done = [pod(0, 0, PodState::Succeeded), pod(0, 1, PodState::Succeeded)];
+        let succeeded = plan(&job(json!({})), &recorded(Phase::Running, 0, 0), &done, now());
+        assert_eq!(succeeded.phase, Phase::Succeeded);
+        let mut finished = recorded(Phase::Succeeded, 0, 0);
+        finished.completion_time = Some(now() - jiff::SignedDuration::from_secs(50));
+        let kept = plan(&job(json!({"ttlSecondsAfterFinished": 60})), &finished, &done, now());
+        assert_eq!((kept.delete.len(), kept.delete_job, kept.requeue), (0, false, Some(Duration::from_secs(10))));
+        let all = plan(&job(json!({"cleanPodPolicy": "All", "ttlSecondsAfterFinished": 30})), &finished, &done, now());
+        assert_eq!((all.delete.len(), all.delete_job), (2, true));
+    }
+
+    #[test]
+    fn suspension_stops_the_ranks_and_resuming_is_not_a_restart() {
+        let pods = [pod(1, 0, PodState::Running), pod(1, 1, PodState::Running)];
+        let suspended = plan(&job(json!({"suspend": true})), &recorded(Phase::Running, 1, 1), &pods, now());
+        assert_eq!((suspended.phase, suspended.delete.len()), (Phase::Suspended, 2));
+        let resumed = plan(&job(json!({"suspend": false})), &recorded(Phase::Suspended, 1, 1), &[], now());
+        assert_eq!((resumed.phase, resumed.attempt, resumed.restarts), (Phase::Restarting, 2, 1));
+    }
+
+    #[test]
+    fn deadlines_fail_the_job() {
+        let mut started = recorded(Phase::Running, 0, 0);
+        started.start_time = Some(now() - jiff::SignedDuration::from_secs(100));
+        let pods = [pod(0, 0, PodState::Running), pod(0, 1, PodState::Running)];
+        let late = plan(&job(json!({"activeDeadlineSeconds": 60})), &started, &pods, now());
+        assert_eq!((late.phase, late.reason), (Phase::Failed, "DeadlineExceeded"));
+        let ok = plan(&job(json!({"activeDeadlineSeconds": 160})), &started, &pods, now());
+        assert_eq!((ok.phase, ok.requeue), (Phase::Running, Some(Duration::from_secs(60))));
+
+        let stuck = [pod(0, 0, PodState::Running), pod(0, 1, PodState::Pending(Some("ImagePullBackOff".into())))];
+        let slow = plan(&job(json!({"startupDeadlineSeconds": 20})), &recorded(Phase::Created, 0, 0), &stuck, now());
+        assert_eq!((slow.phase, slow.reason, slow.delete.len()), (Phase::Failed, "StartupDeadlineExceeded", 2));
+    }
+}
