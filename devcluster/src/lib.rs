@@ -140,6 +140,31 @@ impl DevCluster {
         &self.kubeconfig
     }
 
+    /// Runs the real `kubectl` against this cluster (with a discovery cache of its own, so that a
+    /// later cluster on the same port is not mistaken for this one), feeding it `stdin`.
+    pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Kubectl> {
+        use std::io::Write;
+        let mut command = std::process::Command::new("kubectl");
+        command
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.kubeconfig.with_file_name("kubectl-cache"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let input = stdin.unwrap_or_default().to_owned();
+        let output = tokio::task::spawn_blocking(move || -> anyhow::Result<std::process::Output> {
+            let mut child = command.spawn().context("running kubectl (is it installed?)")?;
+            child.stdin.take().context("kubectl's stdin")?.write_all(input.as_bytes())?;
+            Ok(child.wait_with_output()?)
+        })
+        .await??;
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        Ok(Kubectl { ok: output.status.success(), stdout: text(&output.stdout), stderr: text(&output.stderr) })
+    }
+
     /// Stops the pods' processes (SIGTERM, then SIGKILL after 2 s) and then serving: open
     /// watches end, and the call returns once the server has stopped.
     pub async fn stop(mut self) -> anyhow::Result<()> {
@@ -155,6 +180,14 @@ impl DevCluster {
         let _ = (&mut self.server).await;
         Ok(())
     }
+}
+
+/// What a kubectl run printed, and whether it succeeded.
+#[derive(Clone, Debug)]
+pub struct Kubectl {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// A kubeconfig with one cluster, user and context, all named `lantern-devcluster`.

@@ -3,22 +3,12 @@
 //! with `wait`, `scale`, schema and CEL errors, pods with `logs`, `wait` and `delete`, and the
 //! errors it prints.
 
-use std::path::Path;
-
 use lantern_devcluster::{DevCluster, Options};
 
-/// Runs kubectl with the cluster's kubeconfig and a discovery cache of its own (a port reused by
-/// a later cluster must not find this one's resources cached); returns (success, stdout, stderr).
-async fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let cache = kubeconfig.with_file_name("kubectl-cache");
-    let mut command = std::process::Command::new("kubectl");
-    command.arg("--kubeconfig").arg(kubeconfig).arg("--cache-dir").arg(cache).args(args);
-    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("kubectl is installed");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+/// Runs kubectl against the cluster; (success, stdout, stderr).
+async fn kubectl(cluster: &DevCluster, args: &[&str]) -> (bool, String, String) {
+    let run = cluster.kubectl(args, None).await.expect("kubectl runs");
+    (run.ok, run.stdout, run.stderr)
 }
 
 async fn start() -> (DevCluster, tempfile::TempDir) {
@@ -39,50 +29,49 @@ data:
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_get_and_delete_work_as_on_a_real_cluster() {
     let (cluster, state) = start().await;
-    let kubeconfig = cluster.kubeconfig().to_owned();
     let manifest = state.path().join("settings.yaml");
     std::fs::write(&manifest, CONFIG_MAP).unwrap();
     let file = manifest.to_str().unwrap();
 
-    let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", file]).await;
+    let (ok, out, err) = kubectl(&cluster, &["apply", "-f", file]).await;
     assert!(ok && out.contains("configmap/settings created"), "{out}{err}");
     std::fs::write(&manifest, CONFIG_MAP.replace("mode: fast", "mode: slow\n  extra: \"1\"")).unwrap();
-    let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", file]).await;
+    let (ok, out, err) = kubectl(&cluster, &["apply", "-f", file]).await;
     assert!(ok && out.contains("configmap/settings configured"), "{out}{err}");
 
-    let (ok, out, _) = kubectl(&kubeconfig, &["get", "configmaps"]).await;
+    let (ok, out, _) = kubectl(&cluster, &["get", "configmaps"]).await;
     let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
     assert!(ok && header == ["NAME", "DATA", "AGE"], "{out}");
     assert!(out.lines().nth(1).unwrap().starts_with("settings   2 "), "{out}");
-    let (ok, out, _) = kubectl(&kubeconfig, &["get", "configmap", "settings", "-o", "yaml"]).await;
+    let (ok, out, _) = kubectl(&cluster, &["get", "configmap", "settings", "-o", "yaml"]).await;
     assert!(
         ok && out.contains("mode: slow") && out.contains("kubectl.kubernetes.io/last-applied-configuration"),
         "{out}"
     );
-    let (_, out, _) = kubectl(&kubeconfig, &["get", "configmaps", "-l", "app=other", "-o", "name"]).await;
+    let (_, out, _) = kubectl(&cluster, &["get", "configmaps", "-l", "app=other", "-o", "name"]).await;
     assert!(out.trim().is_empty(), "the selector matches nothing: {out}");
 
     // Server-side apply records the manager's fields.
     let (ok, out, err) =
-        kubectl(&kubeconfig, &["apply", "--server-side", "--field-manager", "lantern-test", "-f", file]).await;
+        kubectl(&cluster, &["apply", "--server-side", "--field-manager", "lantern-test", "-f", file]).await;
     assert!(ok && out.contains("serverside-applied"), "{out}{err}");
-    let (_, out, _) = kubectl(&kubeconfig, &["get", "cm", "settings", "-o", "yaml", "--show-managed-fields"]).await;
+    let (_, out, _) = kubectl(&cluster, &["get", "cm", "settings", "-o", "yaml", "--show-managed-fields"]).await;
     assert!(out.contains("manager: lantern-test") && out.contains("f:mode: {}"), "{out}");
     // Another applier changing a field lantern-test owns conflicts, until it forces.
     std::fs::write(&manifest, CONFIG_MAP.replace("mode: fast", "mode: turbo\n  extra: \"1\"")).unwrap();
     let other = ["apply", "--server-side", "--field-manager", "someone-else", "-f", file];
-    let (ok, _, err) = kubectl(&kubeconfig, &other).await;
+    let (ok, _, err) = kubectl(&cluster, &other).await;
     assert!(!ok && err.contains("conflict with \"lantern-test\": .data.mode"), "{err}");
-    let (ok, out, err) = kubectl(&kubeconfig, &[&other[..], &["--force-conflicts"]].concat()).await;
+    let (ok, out, err) = kubectl(&cluster, &[&other[..], &["--force-conflicts"]].concat()).await;
     assert!(ok && out.contains("serverside-applied"), "{out}{err}");
-    let (_, out, _) = kubectl(&kubeconfig, &["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]).await;
+    let (_, out, _) = kubectl(&cluster, &["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]).await;
     assert_eq!(out, "turbo");
 
-    let (ok, out, _) = kubectl(&kubeconfig, &["delete", "-f", file]).await;
+    let (ok, out, _) = kubectl(&cluster, &["delete", "-f", file]).await;
     assert!(ok && out.contains("configmap \"settings\" deleted"), "{out}");
-    let (ok, _, err) = kubectl(&kubeconfig, &["get", "configmap", "settings"]).await;
+    let (ok, _, err) = kubectl(&cluster, &["get", "configmap", "settings"]).await;
     assert!(!ok && err.contains("configmaps \"settings\" not found"), "{err}");
-    let (ok, _, err) = kubectl(&kubeconfig, &["get", "frobs"]).await;
+    let (ok, _, err) = kubectl(&cluster, &["get", "frobs"]).await;
     assert!(!ok && err.contains("the server doesn't have a resource type \"frobs\""), "{err}");
     cluster.stop().await.unwrap();
 }
@@ -133,30 +122,29 @@ spec:
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crd_applied_with_kubectl_serves_its_kind_with_printer_columns() {
     let (cluster, state) = start().await;
-    let kubeconfig = cluster.kubeconfig().to_owned();
     let (crd, widget) = (state.path().join("crd.yaml"), state.path().join("widget.yaml"));
     std::fs::write(&crd, CRD).unwrap();
     std::fs::write(&widget, WIDGET).unwrap();
-    let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", crd.to_str().unwrap()]).await;
+    let (ok, out, err) = kubectl(&cluster, &["apply", "-f", crd.to_str().unwrap()]).await;
     assert!(ok && out.contains("widgets.example.dev created"), "{out}{err}");
     let established = ["wait", "--for", "condition=Established", "crd/widgets.example.dev", "--timeout", "10s"];
-    let (ok, out, err) = kubectl(&kubeconfig, &established).await;
+    let (ok, out, err) = kubectl(&cluster, &established).await;
     assert!(ok && out.contains("condition met"), "{out}{err}");
-    let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", widget.to_str().unwrap()]).await;
+    let (ok, out, err) = kubectl(&cluster, &["apply", "-f", widget.to_str().unwrap()]).await;
     assert!(ok && out.contains("widget.example.dev/small created"), "{out}{err}");
-    let (ok, out, _) = kubectl(&kubeconfig, &["get", "wd"]).await;
+    let (ok, out, _) = kubectl(&cluster, &["get", "wd"]).await;
     let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
     assert!(ok && rows[0] == ["NAME", "SIZE", "AGE"] && rows[1][..2] == ["small", "2"], "{out}");
-    let (_, out, _) = kubectl(&kubeconfig, &["get", "widget", "small", "-o", "jsonpath={.spec.colour}"]).await;
+    let (_, out, _) = kubectl(&cluster, &["get", "widget", "small", "-o", "jsonpath={.spec.colour}"]).await;
     assert_eq!(out, "grey", "the schema's default is filled in");
 
-    let (ok, out, err) = kubectl(&kubeconfig, &["explain", "widgets.spec.size"]).await;
+    let (ok, out, err) = kubectl(&cluster, &["explain", "widgets.spec.size"]).await;
     assert!(ok && out.contains("How many parts the widget has."), "explain reads the schema: {out}{err}");
 
     // The scale subresource writes the declared path.
-    let (ok, out, err) = kubectl(&kubeconfig, &["scale", "widget/small", "--replicas", "5"]).await;
+    let (ok, out, err) = kubectl(&cluster, &["scale", "widget/small", "--replicas", "5"]).await;
     assert!(ok && out.contains("widget.example.dev/small scaled"), "{out}{err}");
-    let (_, out, _) = kubectl(&kubeconfig, &["get", "widget", "small", "-o", "jsonpath={.spec.size}"]).await;
+    let (_, out, _) = kubectl(&cluster, &["get", "widget", "small", "-o", "jsonpath={.spec.size}"]).await;
     assert_eq!(out, "5");
 
     // The schema is enforced: kubectl asks for strict field validation.
@@ -169,7 +157,7 @@ async fn a_crd_applied_with_kubectl_serves_its_kind_with_printer_columns() {
         ("colour: red", "spec.size: Required value"),
     ] {
         std::fs::write(&widget, WIDGET.replace("size: 2", spec)).unwrap();
-        let (ok, _, err) = kubectl(&kubeconfig, &["apply", "-f", widget.to_str().unwrap()]).await;
+        let (ok, _, err) = kubectl(&cluster, &["apply", "-f", widget.to_str().unwrap()]).await;
         assert!(!ok && err.contains(error), "{spec}: {err}");
     }
 
@@ -180,7 +168,7 @@ async fn a_crd_applied_with_kubectl_serves_its_kind_with_printer_columns() {
         ("size: 2\n  material: steel", Some("spec.material: Invalid value: \"string\": material is immutable")),
     ] {
         std::fs::write(&widget, WIDGET.replace("size: 2", spec)).unwrap();
-        let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", widget.to_str().unwrap()]).await;
+        let (ok, out, err) = kubectl(&cluster, &["apply", "-f", widget.to_str().unwrap()]).await;
         match error {
             Some(error) => assert!(!ok && err.contains(error), "{spec}: {err}"),
             None => assert!(ok, "{spec}: {out}{err}"),
@@ -223,24 +211,23 @@ async fn pods_run_and_kubectl_waits_for_them_reads_their_logs_and_deletes_them()
     let mut options = Options::new(state.path()).image("shell", "/bin/sh");
     options.kubelet.back_off = std::time::Duration::from_millis(200);
     let cluster = DevCluster::start(options).await.unwrap();
-    let kubeconfig = cluster.kubeconfig().to_owned();
     let manifest = state.path().join("pods.yaml");
     std::fs::write(&manifest, PODS).unwrap();
 
-    let (ok, out, err) = kubectl(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]).await;
+    let (ok, out, err) = kubectl(&cluster, &["apply", "-f", manifest.to_str().unwrap()]).await;
     assert!(ok && out.contains("pod/greeter created") && out.contains("pod/crasher created"), "{out}{err}");
-    let (ok, out, err) = kubectl(&kubeconfig, &["wait", "--for=condition=Ready", "pod/greeter", "--timeout=30s"]).await;
+    let (ok, out, err) = kubectl(&cluster, &["wait", "--for=condition=Ready", "pod/greeter", "--timeout=30s"]).await;
     assert!(ok && out.contains("pod/greeter condition met"), "{out}{err}");
-    let (ok, out, err) = kubectl(&kubeconfig, &["logs", "greeter"]).await;
+    let (ok, out, err) = kubectl(&cluster, &["logs", "greeter"]).await;
     assert!(ok && out == "hello from greeter\n", "{out}{err}");
     // Following ends when the container does; here it is cut by a timeout while it runs.
-    let (_, out, err) = kubectl(&kubeconfig, &["logs", "-f", "greeter", "--request-timeout=3s"]).await;
+    let (_, out, err) = kubectl(&cluster, &["logs", "-f", "greeter", "--request-timeout=3s"]).await;
     assert!(out.starts_with("hello from greeter"), "{out}{err}");
 
     // The crasher backs off; `get` says so, and --previous reads the run before.
     let mut status = String::new();
     for _ in 0..200 {
-        let (_, out, _) = kubectl(&kubeconfig, &["get", "pod", "crasher", "--no-headers"]).await;
+        let (_, out, _) = kubectl(&cluster, &["get", "pod", "crasher", "--no-headers"]).await;
         status = out;
         if status.contains("CrashLoopBackOff") && status.split_whitespace().nth(3).is_none_or(|r| r != "0") {
             break;
@@ -249,21 +236,20 @@ async fn pods_run_and_kubectl_waits_for_them_reads_their_logs_and_deletes_them()
     }
     let columns: Vec<&str> = status.split_whitespace().collect();
     assert_eq!(columns[..3], ["crasher", "0/1", "CrashLoopBackOff"], "{status}");
-    let (ok, out, err) = kubectl(&kubeconfig, &["logs", "crasher", "--previous"]).await;
+    let (ok, out, err) = kubectl(&cluster, &["logs", "crasher", "--previous"]).await;
     assert!(ok && out == "attempt\n", "{out}{err}");
-    let (ok, out, _) = kubectl(&kubeconfig, &["get", "pods", "-o", "wide"]).await;
+    let (ok, out, _) = kubectl(&cluster, &["get", "pods", "-o", "wide"]).await;
     let pod_ips = format!("127.{}.0.", cluster.pod_range().0);
     assert!(ok && out.contains(&pod_ips) && out.contains("devcluster"), "{out}");
-    let (ok, out, _) =
-        kubectl(&kubeconfig, &["get", "events", "--field-selector", "involvedObject.name=crasher"]).await;
+    let (ok, out, _) = kubectl(&cluster, &["get", "events", "--field-selector", "involvedObject.name=crasher"]).await;
     assert!(ok && out.contains("BackOff"), "{out}");
 
     // `delete` returns once the pod is gone, after its container has stopped.
-    let (ok, out, err) = kubectl(&kubeconfig, &["delete", "pod", "greeter", "crasher"]).await;
+    let (ok, out, err) = kubectl(&cluster, &["delete", "pod", "greeter", "crasher"]).await;
     assert!(ok && out.contains("pod \"greeter\" deleted"), "{out}{err}");
-    let (_, out, _) = kubectl(&kubeconfig, &["get", "pods", "-o", "name"]).await;
+    let (_, out, _) = kubectl(&cluster, &["get", "pods", "-o", "name"]).await;
     assert!(out.trim().is_empty(), "{out}");
-    let (ok, _, err) = kubectl(&kubeconfig, &["logs", "greeter"]).await;
+    let (ok, _, err) = kubectl(&cluster, &["logs", "greeter"]).await;
     assert!(!ok && err.contains("pods \"greeter\" not found"), "{err}");
     cluster.stop().await.unwrap();
 }

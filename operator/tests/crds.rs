@@ -25,26 +25,10 @@ fn the_checked_in_crds_are_what_crdgen_writes() {
     }
 }
 
-/// kubectl with the cluster's kubeconfig; (success, stdout, stderr).
+/// kubectl against the cluster; (success, stdout, stderr).
 async fn kubectl(cluster: &DevCluster, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    use std::io::Write;
-    let kubeconfig = cluster.kubeconfig().to_owned();
-    let mut command = std::process::Command::new("kubectl");
-    command.arg("--kubeconfig").arg(&kubeconfig).arg("--cache-dir").arg(kubeconfig.with_file_name("cache")).args(args);
-    command
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let input = stdin.unwrap_or_default().to_owned();
-    let output = tokio::task::spawn_blocking(move || {
-        let mut child = command.spawn().expect("kubectl is installed");
-        child.stdin.take().expect("piped").write_all(input.as_bytes()).expect("kubectl reads its input");
-        child.wait_with_output().expect("kubectl ran")
-    })
-    .await
-    .unwrap();
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    (output.status.success(), text(&output.stdout), text(&output.stderr))
+    let run = cluster.kubectl(args, stdin).await.expect("kubectl runs");
+    (run.ok, run.stdout, run.stderr)
 }
 
 const JOB: &str = "apiVersion: lantern.dev/v1alpha1

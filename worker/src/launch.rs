@@ -1,7 +1,8 @@
 //! `train --local-ranks N`: one command that runs a data-parallel job as N processes on loopback,
 //! the way the operator runs N pods. Each child is this binary's `train` with the rank's
 //! environment (`LANTERN_RANK`, `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR` on a free loopback
-//! port, `LANTERN_ADDRESS=127.0.0.1:0`) and an equal share of the compute threads. SIGTERM is passed
+//! port, `LANTERN_ADDRESS`: the coordinator's for rank 0, a free loopback port for the others)
+//! and an equal share of the compute threads. SIGTERM is passed
 //! on to every rank; the exit code is the first failing rank's, else 0.
 
 use std::path::Path;
@@ -19,14 +20,16 @@ pub async fn run(config: &Path, ranks: usize, threads: usize) -> anyhow::Result<
     let executable = std::env::current_exe().context("locating this executable")?;
     let threads_per_rank = (threads / ranks).max(1);
     let mut children: Vec<Child> = Vec::with_capacity(ranks);
+    let coordinator = format!("127.0.0.1:{port}");
     for rank in 0..ranks {
+        let address = if rank == 0 { coordinator.as_str() } else { "127.0.0.1:0" };
         let child = Command::new(&executable)
             .args(["--compute-threads", &threads_per_rank.to_string(), "train", "--config"])
             .arg(config)
             .env("LANTERN_RANK", rank.to_string())
             .env("LANTERN_WORLD_SIZE", ranks.to_string())
-            .env("LANTERN_COORDINATOR", format!("127.0.0.1:{port}"))
-            .env("LANTERN_ADDRESS", "127.0.0.1:0")
+            .env("LANTERN_COORDINATOR", &coordinator)
+            .env("LANTERN_ADDRESS", address)
             .spawn()
             .with_context(|| format!("starting rank {rank}"))?;
         children.push(child);

@@ -313,6 +313,10 @@ pub struct TrainingJobStatus {
     /// Gang restarts so far.
     #[serde(default)]
     pub restarts: u32,
+    /// The gang attempt running (0 first; one more per restart and per resume); its pods carry
+    /// it in the `lantern.dev/attempt` label.
+    #[serde(default)]
+    pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -342,11 +346,14 @@ pub struct RankStatus {
 pub struct Progress {
     pub step: u64,
     pub total_steps: u64,
-    pub loss: f64,
+    /// The last step's mean training loss, once there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
     pub tokens_per_second: f64,
     /// Seconds to the last step at the current rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<u64>,
+    /// When the step last moved.
     pub updated: Time,
 }
 
@@ -358,6 +365,7 @@ pub struct Checkpoint {
     /// The manifest's evaluation metrics (`eval_loss`, `eval_accuracy`, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
-    /// The manifest's sha256.
-    pub digest: String,
+    /// The manifest's sha256, when rank 0 reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }

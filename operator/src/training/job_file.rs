@@ -1,7 +1,8 @@
 //! The worker's job file for a TrainingJob: the training sections of the spec with their keys
 //! turned from Kubernetes' camelCase into the file's snake_case, plus where checkpoints and
-//! versions go inside the pod. Each rank's identity (rank, world size, addresses) comes from its
-//! environment, not from this file, so all ranks share one ConfigMap.
+//! versions go. Each rank's identity (rank, world size, addresses) and the repository's mount
+//! come from its environment, not from this file, so all ranks share one ConfigMap; the state
+//! directory and `initFrom` are written relative to the repository, which the worker resolves.
 
 use serde_json::{Map, Value, json};
 
@@ -10,10 +11,10 @@ use crate::crd::TrainingJob;
 /// Where a rank's pod mounts the model repository claim.
 pub const REPOSITORY_MOUNT: &str = "/var/lib/lantern/models";
 
-/// The training state directory inside the repository: a dot-directory, which servers of the
-/// repository ignore. It outlives the pods, so every gang restart resumes from it.
+/// The training state directory, relative to the repository: a dot-directory, which servers of
+/// the repository ignore. It outlives the pods, so every gang restart resumes from it.
 pub fn state_dir(namespace: &str, job: &str) -> String {
-    format!("{REPOSITORY_MOUNT}/.lantern-training/{namespace}/{job}")
+    format!(".lantern-training/{namespace}/{job}")
 }
 
 /// The job file (JSON) the ranks of `job` read.
@@ -23,7 +24,7 @@ pub fn render(job: &TrainingJob) -> Value {
     let name = job.metadata.name.as_deref().unwrap_or_default();
     let mut model = snake_keys(serde_json::to_value(&spec.model).unwrap_or_default());
     if let Some(init) = spec.model.llama.as_ref().and_then(|l| l.init_from.as_ref()) {
-        model["llama"]["init_from"] = json!(format!("{REPOSITORY_MOUNT}/{}/{}", init.model, init.version));
+        model["llama"]["init_from"] = json!(format!("{}/{}", init.model, init.version));
     }
     let mut file = json!({
         "model": model,
@@ -105,11 +106,11 @@ mod tests {
     fn the_spec_becomes_the_workers_job_file() {
         let file = render(&job(adder()));
         assert_eq!(file["model"]["llama"]["hidden_size"], 48);
-        assert_eq!(file["model"]["llama"]["init_from"], "/var/lib/lantern/models/base/3");
+        assert_eq!(file["model"]["llama"]["init_from"], "base/3");
         assert_eq!(file["data"]["addition"]["train_examples"], 2000);
         assert_eq!(file["optimizer"]["min_learning_rate"], 0.001);
         assert_eq!(file["schedule"]["global_batch"], 32);
-        assert_eq!(file["checkpoint"]["state_dir"], "/var/lib/lantern/models/.lantern-training/ml/adder");
+        assert_eq!(file["checkpoint"]["state_dir"], ".lantern-training/ml/adder");
         assert_eq!(file["output"], json!({"repository": "/var/lib/lantern/models", "model": "adder"}));
     }
 

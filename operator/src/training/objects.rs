@@ -113,6 +113,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
         json!({"name": "LANTERN_WORLD_SIZE", "value": spec.replicas.to_string()}),
         json!({"name": "LANTERN_ADDRESS", "value": format!("$(POD_IP):{COLLECTIVE_PORT}")}),
         json!({"name": "LANTERN_COORDINATOR", "value": format!("$({coordinator}_SERVICE_HOST):{COLLECTIVE_PORT}")}),
+        json!({"name": "LANTERN_REPOSITORY", "value": REPOSITORY_MOUNT}),
     ];
     if rank == 0 {
         env.push(json!({"name": "LANTERN_PROGRESS_ADDRESS", "value": format!("$(POD_IP):{PROGRESS_PORT}")}));

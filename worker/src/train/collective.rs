@@ -45,9 +45,10 @@ pub struct Placement {
     pub world_size: usize,
     /// Rank 0's address, `host:port`.
     pub coordinator: String,
-    /// This rank's listening address; port 0 picks a free port (rank 0 listens on the coordinator
-    /// address).
-    pub address: String,
+    /// This rank's listening address; port 0 picks a free port. Unset, rank 0 listens on the
+    /// coordinator address (ranks on one machine) and the others on a free loopback port. On a
+    /// cluster, where the coordinator is a Service in front of rank 0, every rank sets its own.
+    pub address: Option<String>,
     /// Identifies the job's configuration; all ranks must send the same.
     pub job: String,
     /// The most the rendezvous waits, retries included.
@@ -211,7 +212,11 @@ async fn rendezvous(
     inbox: mpsc::Sender<std::result::Result<Chunk, Status>>,
     progress: Option<Arc<Progress>>,
 ) -> Result<Vec<String>> {
-    let listen = if placement.rank == 0 { &placement.coordinator } else { &placement.address };
+    let listen = match (&placement.address, placement.rank) {
+        (Some(address), _) => address.as_str(),
+        (None, 0) => placement.coordinator.as_str(),
+        (None, _) => "127.0.0.1:0",
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::io(format!("binding the collective endpoint {listen}"), e))?;

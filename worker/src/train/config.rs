@@ -257,8 +257,24 @@ impl JobConfig {
         let yaml = path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml");
         let mut config = if yaml { Self::from_yaml(&bytes)? } else { Self::from_json(&bytes)? };
         config.apply_env(|name| std::env::var(name).ok())?;
+        config.anchor_to_repository();
         config.validate()?;
         Ok(config)
+    }
+
+    /// Resolves a relative `checkpoint.state_dir` and `model.llama.init_from` inside
+    /// `output.repository`, so one job file works wherever the repository is mounted (the
+    /// operator writes them so, and sets the repository per pod).
+    pub fn anchor_to_repository(&mut self) {
+        let repository = self.output.repository.clone();
+        if self.checkpoint.state_dir.is_relative() {
+            self.checkpoint.state_dir = repository.join(&self.checkpoint.state_dir);
+        }
+        if let ModelSpec::Llama(spec) = &mut self.model
+            && let Some(init) = spec.init_from.as_mut().filter(|p| p.is_relative())
+        {
+            *init = repository.join(&*init);
+        }
     }
 
     /// Parses the file's JSON; an unknown or missing field is named with its line and column.
@@ -519,6 +535,19 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("cluster.coordinator"));
         let bad = config.apply_env(|name| (name == "LANTERN_RANK").then(|| "one".to_owned()));
         assert!(bad.unwrap_err().to_string().contains("LANTERN_RANK"));
+    }
+
+    #[test]
+    fn relative_state_and_init_paths_are_inside_the_repository() {
+        let mut job = addition_job();
+        job["checkpoint"]["state_dir"] = ".lantern-training/ml/adder".into();
+        job["model"]["llama"]["init_from"] = "base/3".into();
+        let mut config = JobConfig::from_json(job.to_string().as_bytes()).unwrap();
+        config.apply_env(|name| (name == "LANTERN_REPOSITORY").then(|| "/mnt/models".to_owned())).unwrap();
+        config.anchor_to_repository();
+        assert_eq!(config.checkpoint.state_dir, Path::new("/mnt/models/.lantern-training/ml/adder"));
+        let ModelSpec::Llama(spec) = &config.model else { panic!("a llama job") };
+        assert_eq!(spec.init_from.as_deref(), Some(Path::new("/mnt/models/base/3")));
     }
 
     #[test]

@@ -253,7 +253,7 @@ fn placement(config: &JobConfig) -> Placement {
         rank: cluster.rank,
         world_size: cluster.world_size,
         coordinator: cluster.coordinator.clone().unwrap_or_default(),
-        address: cluster.address.clone().unwrap_or_else(|| "127.0.0.1:0".to_owned()),
+        address: cluster.address.clone(),
         job: job_identity(config),
         rendezvous_timeout: Duration::from_secs_f64(cluster.rendezvous_timeout_seconds),
     }

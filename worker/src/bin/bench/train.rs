@@ -111,7 +111,7 @@ fn all_reduce(megabytes: usize) -> anyhow::Result<(f64, f64)> {
                 rank,
                 world_size: 2,
                 coordinator: format!("127.0.0.1:{port}"),
-                address: "127.0.0.1:0".to_owned(),
+                address: None,
                 job: "bench".to_owned(),
                 rendezvous_timeout: Duration::from_secs(30),
             };

@@ -1,0 +1,98 @@
+//! `lantern-e2e`: what the end-to-end suites share. [`Stack::start`] brings up the devcluster
+//! (its kubelet running the worker image as the built `lantern-worker`), applies the CRDs, and
+//! starts the built `lantern-operator` as a process against it, the way a user's cluster runs
+//! them. The suites then drive it with the real kubectl.
+//!
+//! The binaries come from the same target directory as the test (`cargo nextest run
+//! --workspace` builds them); a missing one is a clear error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use lantern_devcluster::{DevCluster, Kubectl, Options};
+
+/// The worker image the operator runs by default, mapped to the built `lantern-worker`.
+pub const WORKER_IMAGE: &str = "ghcr.io/lantern-dev/worker:0.1.0";
+
+/// A binary built beside this test executable (`target/<profile>/<name>`).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let test = std::env::current_exe().context("locating the test executable")?;
+    let profile_dir = test.parent().and_then(Path::parent).context("the test executable's target directory")?;
+    let path = profile_dir.join(name);
+    anyhow::ensure!(path.is_file(), "{} is not built; run `cargo build --workspace --bins` first", path.display());
+    Ok(path)
+}
+
+/// The workspace's root (for `crds/` and `examples/`).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e is in the workspace").to_owned()
+}
+
+/// The devcluster with the CRDs applied and the operator running.
+pub struct Stack {
+    pub cluster: DevCluster,
+    operator: tokio::process::Child,
+    pub state: tempfile::TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> anyhow::Result<Self> {
+        let state = tempfile::tempdir().context("creating the state directory")?;
+        let mut options = Options::new(state.path()).image(WORKER_IMAGE, binary("lantern-worker")?);
+        options.kubelet.back_off = Duration::from_secs(1);
+        let cluster = DevCluster::start(options).await?;
+        let crds = workspace().join("crds");
+        let applied = cluster.kubectl(&["apply", "-f", crds.to_str().context("a UTF-8 path")?], None).await?;
+        anyhow::ensure!(applied.ok, "applying the CRDs: {}{}", applied.stdout, applied.stderr);
+        let log = std::fs::File::create(state.path().join("operator.log"))?;
+        let operator = tokio::process::Command::new(binary("lantern-operator")?)
+            .arg("--worker-image")
+            .arg(WORKER_IMAGE)
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("LANTERN_LOG", "lantern_operator=debug,info")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting lantern-operator")?;
+        Ok(Self { cluster, operator, state })
+    }
+
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Kubectl> {
+        self.cluster.kubectl(args, None).await
+    }
+
+    pub async fn apply(&self, manifest: &str) -> anyhow::Result<Kubectl> {
+        self.cluster.kubectl(&["apply", "-f", "-"], Some(manifest)).await
+    }
+
+    /// A field of an object, as `kubectl get -o jsonpath` prints it.
+    pub async fn field(&self, object: &str, path: &str) -> anyhow::Result<String> {
+        let run = self.kubectl(&["get", object, "-o", &format!("jsonpath={{{path}}}")]).await?;
+        anyhow::ensure!(run.ok, "kubectl get {object}: {}", run.stderr);
+        Ok(run.stdout)
+    }
+
+    /// The object as JSON.
+    pub async fn json(&self, object: &str) -> anyhow::Result<serde_json::Value> {
+        let run = self.kubectl(&["get", object, "-o", "json"]).await?;
+        anyhow::ensure!(run.ok, "kubectl get {object}: {}", run.stderr);
+        Ok(serde_json::from_str(&run.stdout)?)
+    }
+
+    /// The operator's log so far (for failure messages).
+    pub fn operator_log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("operator.log")).unwrap_or_default()
+    }
+
+    /// Stops the operator (SIGTERM) and the devcluster with its pods.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.operator.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+            // Already gone is fine.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.operator.wait()).await;
+        self.cluster.stop().await
+    }
+}

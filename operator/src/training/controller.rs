@@ -1,0 +1,199 @@
+//! The TrainingJob controller: for each job, applies its ConfigMap and coordinator Service,
+//! creates and deletes rank pods as [`plan`](super::plan) says, polls rank 0's progress, and
+//! writes the status. Everything it decides from is in the cluster (the job's status and its
+//! pods), so an operator restarted mid-training carries on where the last one stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use lantern_proto::lantern::v1::training_service_client::TrainingServiceClient;
+use lantern_proto::lantern::v1::{GetProgressRequest, TrainingProgress};
+
+use super::objects::{self, JOB_LABEL, PROGRESS_PORT};
+use super::plan::{self, Phase, Plan, RankPod, Recorded};
+use super::status;
+use crate::crd::TrainingJob;
+
+/// The field manager of everything the operator applies.
+pub const MANAGER: &str = "lantern-operator";
+/// How often a running job's progress is polled.
+const POLL: Duration = Duration::from_secs(2);
+/// How long rank 0 has to answer a progress poll.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    /// The worker image for jobs that name none.
+    pub worker_image: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(context: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = context.client.clone();
+    let owned = watcher::Config::default().labels(JOB_LABEL);
+    Controller::new(Api::<TrainingJob>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Pod>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((job, _)) => tracing::debug!(job = %job.name, "reconciled"),
+                Err(error) => tracing::warn!(%error, "reconciling a TrainingJob"),
+            }
+        })
+        .await;
+}
+
+fn error_policy(job: Arc<TrainingJob>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(job = %job.name_any(), %error, "will retry");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn recorded(job: &TrainingJob) -> Recorded {
+    let status = job.status.clone().unwrap_or_default();
+    Recorded {
+        phase: status.phase.as_deref().and_then(Phase::parse),
+        attempt: status.attempt,
+        restarts: status.restarts,
+        start_time: status.start_time.map(|t| t.0),
+        completion_time: status.completion_time.map(|t| t.0),
+    }
+}
+
+async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Action, Error> {
+    let client = &context.client;
+    let namespace = job.namespace().unwrap_or_else(|| "default".to_owned());
+    let name = job.name_any();
+    let apply = PatchParams::apply(MANAGER).force();
+    let recorded = recorded(&job);
+    if !recorded.phase.is_some_and(Phase::finished) {
+        let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        let map = objects::config_map(&job);
+        maps.patch(&objects::config_map_name(&job), &apply, &Patch::Apply(&map))
+            .await
+            .map_err(kube_error("applying the job's ConfigMap"))?;
+        let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+        let service = objects::coordinator_service(&job);
+        services
+            .patch(&objects::coordinator_name(&job), &apply, &Patch::Apply(&service))
+            .await
+            .map_err(kube_error("applying the coordinator Service"))?;
+    }
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("{JOB_LABEL}={name}")))
+        .await
+        .map_err(kube_error("listing the job's pods"))?;
+    let ranks: Vec<RankPod> = listed.items.iter().filter_map(RankPod::from_pod).collect();
+    let now = Timestamp::now();
+    let plan = plan::plan(&job, &recorded, &ranks, now);
+
+    for pod in &plan.delete {
+        match pods.delete(pod, &DeleteParams::default()).await {
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Ok(_) => {}
+            Err(error) => return Err(kube_error(format!("deleting pod {pod}"))(error)),
+        }
+    }
+    for rank in &plan.create {
+        let pod = objects::rank_pod(&job, plan.attempt, *rank, &context.worker_image);
+        pods.patch(&objects::pod_name(&job, plan.attempt, *rank), &apply, &Patch::Apply(&pod))
+            .await
+            .map_err(kube_error(format!("creating rank {rank}'s pod")))?;
+    }
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+    if plan.delete_job {
+        jobs.delete(&name, &DeleteParams::background()).await.map_err(kube_error("deleting the finished job"))?;
+        return Ok(Action::await_change());
+    }
+
+    let report = match plan.phase {
+        Phase::Running | Phase::Succeeded => progress(&listed.items, plan.attempt).await,
+        _ => None,
+    };
+    let next = status::next(&job, &plan, &ranks, report.as_ref(), now);
+    if job.status.as_ref() != Some(&next) {
+        if recorded.phase != Some(plan.phase) {
+            announce(client, &job, &plan).await;
+        }
+        let patch = status::merge_patch(job.status.as_ref(), &next);
+        jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_error("writing the job's status"))?;
+    }
+    let wait = match plan.phase {
+        Phase::Running | Phase::Created | Phase::Restarting => Some(POLL),
+        _ => None,
+    };
+    Ok(match wait.into_iter().chain(plan.requeue).min() {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+/// Rank 0's progress report, when its pod runs and answers in time.
+async fn progress(pods: &[Pod], attempt: u32) -> Option<TrainingProgress> {
+    let rank0 = pods.iter().find(|p| RankPod::from_pod(p).is_some_and(|r| r.rank == 0 && r.attempt == attempt))?;
+    let ip = rank0.status.as_ref()?.pod_ip.clone()?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{ip}:{PROGRESS_PORT}"))
+        .ok()?
+        .connect_timeout(PROGRESS_TIMEOUT)
+        .timeout(PROGRESS_TIMEOUT);
+    let channel = endpoint.connect().await.ok()?;
+    let response = TrainingServiceClient::new(channel).get_progress(GetProgressRequest {}).await.ok()?;
+    Some(response.into_inner())
+}
+
+/// Records an Event for a phase change (warning for failures and restarts).
+async fn announce(client: &Client, job: &TrainingJob, plan: &Plan) {
+    let namespace = job.namespace().unwrap_or_else(|| "default".to_owned());
+    let warning = matches!(plan.phase, Phase::Failed | Phase::Restarting);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
+    let reference: ObjectReference = job.object_ref(&());
+    let event = Event {
+        metadata: kube::api::ObjectMeta {
+            generate_name: Some(format!("{}.", job.name_any())),
+            namespace: Some(namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: reference,
+        reason: Some(plan.reason.to_owned()),
+        message: Some(plan.message.clone()),
+        type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        reporting_component: Some(MANAGER.to_owned()),
+        source: Some(k8s_openapi::api::core::v1::EventSource { component: Some(MANAGER.to_owned()), host: None }),
+        ..Default::default()
+    };
+    let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
+    if let Err(error) = events.create(&PostParams::default(), &event).await {
+        tracing::warn!(%error, "recording an event");
+    }
+}

@@ -1,0 +1,227 @@
+//! A TrainingJob's next status, from its plan, its pods and rank 0's progress report (pure).
+//!
+//! Conditions follow the Kubeflow training operator's: `Created` once the job was seen, then the
+//! condition of the current phase (`Running`, `Restarting`, `Succeeded`, `Failed`,
+//! `Suspended`) true with the plan's reason and message, and every other phase's condition that
+//! was set before turned false. A condition's `lastTransitionTime` moves only when its status
+//! changes.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use lantern_proto::lantern::v1::TrainingProgress;
+
+use super::plan::{Phase, Plan, PodState, RankPod};
+use crate::crd::TrainingJob;
+use crate::crd::training::{Checkpoint, Progress, RankStatus, TrainingJobStatus};
+
+const PHASES: [Phase; 5] = [Phase::Running, Phase::Restarting, Phase::Succeeded, Phase::Failed, Phase::Suspended];
+
+/// The status after `plan`; `report` is rank 0's progress when it answered.
+pub fn next(
+    job: &TrainingJob,
+    plan: &Plan,
+    pods: &[RankPod],
+    report: Option<&TrainingProgress>,
+    now: Timestamp,
+) -> TrainingJobStatus {
+    let previous = job.status.clone().unwrap_or_default();
+    let generation = job.metadata.generation;
+    let mut conditions = Vec::new();
+    let created_message = format!("TrainingJob {} was created", job.metadata.name.as_deref().unwrap_or_default());
+    conditions.push(condition(&previous.conditions, "Created", true, "JobCreated", &created_message, generation, now));
+    for phase in PHASES {
+        let current = phase == plan.phase;
+        let existed = previous.conditions.iter().any(|c| c.type_ == phase.as_str());
+        if current {
+            conditions.push(condition(
+                &previous.conditions,
+                phase.as_str(),
+                true,
+                plan.reason,
+                &plan.message,
+                generation,
+                now,
+            ));
+        } else if existed {
+            conditions.push(condition(&previous.conditions, phase.as_str(), false, plan.reason, "", generation, now));
+        }
+    }
+    let mut ranks: Vec<RankStatus> = pods
+        .iter()
+        .filter(|p| p.attempt == plan.attempt)
+        .map(|p| RankStatus {
+            rank: p.rank,
+            pod: p.name.clone(),
+            state: match &p.state {
+                PodState::Pending(Some(reason)) => reason.clone(),
+                PodState::Pending(None) => "Pending".to_owned(),
+                PodState::Running => "Running".to_owned(),
+                PodState::Succeeded => "Succeeded".to_owned(),
+                PodState::Failed(why) => format!("Failed: {why}"),
+            },
+        })
+        .collect();
+    ranks.sort_by_key(|r| r.rank);
+    let start_time = previous.start_time.clone().or_else(|| (plan.phase == Phase::Running).then_some(Time(now)));
+    let completion_time = previous.completion_time.clone().or_else(|| plan.phase.finished().then_some(Time(now)));
+    let mut checkpoints = previous.checkpoints.clone();
+    let mut progress = previous.progress.clone();
+    if let Some(report) = report {
+        let moved = progress.as_ref().is_none_or(|p| p.step != report.step);
+        let updated = match (moved, &progress) {
+            (false, Some(p)) => p.updated.clone(),
+            _ => Time(now),
+        };
+        let finite = |x: f64| x.is_finite().then_some(x);
+        progress = Some(Progress {
+            step: report.step,
+            total_steps: report.total_steps,
+            loss: finite(report.loss),
+            tokens_per_second: finite(report.tokens_per_second).unwrap_or(0.0),
+            eta_seconds: finite(report.eta_seconds).filter(|s| *s >= 0.0).map(|s| s as u64),
+            updated,
+        });
+        let version = report.last_published_version;
+        if version > 0 && !checkpoints.iter().any(|c| c.version == version) {
+            let every = job.spec.checkpoint.every_steps.max(1);
+            checkpoints.push(Checkpoint {
+                version,
+                step: report.step.min(report.total_steps) / every * every,
+                metrics: report.last_published_metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                digest: None,
+            });
+        }
+    }
+    TrainingJobStatus {
+        phase: Some(plan.phase.as_str().to_owned()),
+        conditions,
+        observed_generation: generation,
+        ranks,
+        restarts: plan.restarts,
+        attempt: plan.attempt,
+        start_time,
+        completion_time,
+        progress,
+        published_versions: checkpoints.len() as u32,
+        checkpoints,
+    }
+}
+
+/// The JSON merge patch that turns the stored status into `next`: a field `next` no longer has
+/// is set to null (a merge patch leaves omitted fields as they were).
+pub fn merge_patch(previous: Option<&TrainingJobStatus>, next: &TrainingJobStatus) -> serde_json::Value {
+    let mut status = serde_json::to_value(next).unwrap_or_default();
+    let before = previous.map(serde_json::to_value).and_then(Result::ok).unwrap_or_default();
+    if let (Some(fields), Some(old)) = (status.as_object_mut(), before.as_object()) {
+        for key in old.keys() {
+            fields.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::json!({"status": status})
+}
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let before = previous.iter().find(|c| c.type_ == type_);
+    let since = match before {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    let reason = match (before, status.as_str()) {
+        // A condition turning false keeps the reason it had.
+        (Some(c), "False") => c.reason.clone(),
+        _ => reason.to_owned(),
+    };
+    Condition {
+        type_: type_.to_owned(),
+        status,
+        reason,
+        message: message.to_owned(),
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::training::plan::{self, Recorded};
+    use serde_json::json;
+
+    fn job() -> TrainingJob {
+        serde_json::from_value(json!({
+            "apiVersion": "lantern.dev/v1alpha1", "kind": "TrainingJob",
+            "metadata": {"name": "adder", "namespace": "ml", "uid": "u-1", "generation": 3},
+            "spec": {
+                "model": {"llama": {"hiddenSize": 48, "intermediateSize": 128, "layers": 2, "heads": 4, "context": 16}},
+                "data": {"addition": {"maxOperand": 9, "trainExamples": 2000, "evalExamples": 20}},
+                "schedule": {"steps": 1000, "globalBatch": 32},
+                "replicas": 1,
+                "checkpoint": {"everySteps": 100},
+                "output": {"model": "adder", "repository": {"claimName": "models"}},
+            },
+        }))
+        .unwrap()
+    }
+
+    fn running() -> RankPod {
+        RankPod {
+            name: "adder-0-rank-0".into(),
+            attempt: 0,
+            rank: 0,
+            state: PodState::Running,
+            created: None,
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn conditions_follow_the_phase_and_keep_their_transition_times() {
+        let t0: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let t1 = t0 + jiff::SignedDuration::from_secs(60);
+        let mut job = job();
+        let recorded = Recorded { phase: Some(Phase::Created), ..Recorded::default() };
+        let plan = plan::plan(&job, &recorded, &[running()], t0);
+        let mut report = TrainingProgress {
+            step: 250,
+            total_steps: 1000,
+            loss: 1.5,
+            last_published_version: 2,
+            ..Default::default()
+        };
+        report.last_published_metrics.insert("eval_accuracy".into(), 0.4);
+        let first = next(&job, &plan, &[running()], Some(&report), t0);
+        assert_eq!(first.phase.as_deref(), Some("Running"));
+        assert_eq!(first.observed_generation, Some(3));
+        let types: Vec<(&str, &str)> = first.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
+        assert_eq!(types, [("Created", "True"), ("Running", "True")]);
+        assert_eq!(first.checkpoints[0].step, 200);
+        assert_eq!(first.checkpoints[0].metrics["eval_accuracy"], 0.4);
+        assert_eq!(first.start_time, Some(Time(t0)));
+
+        job.status = Some(first);
+        let mut failed_pod = running();
+        failed_pod.state = PodState::Failed("exit code 1 (Error)".into());
+        let recorded = Recorded { phase: Some(Phase::Running), ..Recorded::default() };
+        let plan = plan::plan(&job, &recorded, &[failed_pod.clone()], t1);
+        let second = next(&job, &plan, &[failed_pod], None, t1);
+        let running = second.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+        assert_eq!((running.status.as_str(), running.reason.as_str()), ("False", "JobRunning"));
+        let restarting = second.conditions.iter().find(|c| c.type_ == "Restarting").unwrap();
+        assert_eq!((restarting.status.as_str(), restarting.reason.as_str()), ("True", "RankFailed"));
+        assert_eq!(second.conditions[0].last_transition_time, Time(t0), "Created did not change");
+        assert_eq!((second.restarts, second.attempt, second.published_versions), (1, 1, 1));
+        assert!(second.ranks.is_empty(), "the new attempt has no pods yet");
+        let patch = merge_patch(job.status.as_ref(), &second);
+        assert_eq!(patch["status"]["ranks"], serde_json::Value::Null, "cleared, not left as it was");
+        assert!(patch["status"].as_object().unwrap().contains_key("ranks"));
+    }
+}
