@@ -79,15 +79,6 @@ fn snake_case(key: &str) -> String {
 mod tests {
     use super::*;
 
-    fn job(spec: Value) -> TrainingJob {
-        serde_json::from_value(json!({
-            "apiVersion": "lantern.dev/v1alpha1", "kind": "TrainingJob",
-            "metadata": {"name": "adder", "namespace": "ml"},
-            "spec": spec,
-        }))
-        .unwrap()
-    }
-
     fn adder() -> Value {
         json!({
             "model": {"llama": {"hiddenSize": 48, "intermediateSize": 128, "layers": 2, "heads": 4, "context": 16,
@@ -104,7 +95,7 @@ mod tests {
 
     #[test]
     fn the_spec_becomes_the_workers_job_file() {
-        let file = render(&job(adder()));
+        let file = render(&crate::training::test_job(adder()));
         assert_eq!(file["model"]["llama"]["hidden_size"], 48);
         assert_eq!(file["model"]["llama"]["init_from"], "base/3");
         assert_eq!(file["data"]["addition"]["train_examples"], 2000);
@@ -122,7 +113,7 @@ mod tests {
         mlp["data"] =
             json!({"csv": {"path": "/data/iris.csv", "target": "species", "classes": 3, "evalFraction": 0.2}});
         for spec in [adder(), mlp] {
-            let file = render(&job(spec));
+            let file = render(&crate::training::test_job(spec));
             let parsed = JobConfig::from_json(file.to_string().as_bytes());
             assert!(parsed.is_ok(), "{file}: {parsed:?}");
         }

@@ -170,21 +170,11 @@ mod tests {
     use super::*;
 
     fn job() -> TrainingJob {
-        serde_json::from_value(json!({
-            "apiVersion": "lantern.dev/v1alpha1", "kind": "TrainingJob",
-            "metadata": {"name": "adder", "namespace": "ml", "uid": "u-1"},
-            "spec": {
-                "model": {"llama": {"hiddenSize": 48, "intermediateSize": 128, "layers": 2, "heads": 4, "context": 16}},
-                "data": {"addition": {"maxOperand": 9, "trainExamples": 2000, "evalExamples": 20}},
-                "schedule": {"steps": 1000, "globalBatch": 32},
-                "replicas": 2,
-                "checkpoint": {"everySteps": 100},
-                "output": {"model": "adder", "repository": {"claimName": "models", "subPath": "team-a"}},
-                "template": {"nodeSelector": {"pool": "cpu"}, "serviceAccountName": "trainer"},
-                "resources": {"limits": {"cpu": "2"}},
-            },
+        crate::training::test_job(json!({
+            "output": {"model": "adder", "repository": {"claimName": "models", "subPath": "team-a"}},
+            "template": {"nodeSelector": {"pool": "cpu"}, "serviceAccountName": "trainer"},
+            "resources": {"limits": {"cpu": "2"}},
         }))
-        .unwrap()
     }
 
     #[test]
