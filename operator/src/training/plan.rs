@@ -291,9 +291,12 @@ pub fn plan(job: &TrainingJob, recorded: &Recorded, pods: &[RankPod], now: Times
 /// The rank that ended the current attempt, and how: a pod that failed, or, once the gang
 /// ran, a rank whose pod is gone or being deleted.
 fn failure(recorded: &Recorded, replicas: u32, current: &[&RankPod]) -> Option<(u32, String)> {
-    if let Some(failed) = current.iter().find(|p| matches!(p.state, PodState::Failed(_))) {
-        let PodState::Failed(why) = &failed.state else { unreachable!("matched above") };
-        return Some((failed.rank, format!("({}) failed: {why}", failed.name)));
+    let failed = current.iter().find_map(|p| match &p.state {
+        PodState::Failed(why) => Some((p.rank, format!("({}) failed: {why}", p.name))),
+        _ => None,
+    });
+    if failed.is_some() {
+        return failed;
     }
     if recorded.phase != Some(Phase::Running) {
         return None;
