@@ -81,6 +81,104 @@ impl Stack {
         Ok(serde_json::from_str(&run.stdout)?)
     }
 
+    /// Polls (every 250 ms, up to `limit`) until `done` holds of the object's JSON, and returns
+    /// it; fails with the last status seen, the pods and the operator's log.
+    pub async fn wait_for(
+        &self,
+        object: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = std::time::Instant::now();
+        let mut last = serde_json::Value::Null;
+        while start.elapsed() < limit {
+            if let Ok(object) = self.json(object).await {
+                if done(&object) {
+                    return object;
+                }
+                last = object;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let pods = self.kubectl(&["get", "pods", "-o", "wide"]).await.map(|k| k.stdout).unwrap_or_default();
+        panic!(
+            "{object}: {what} did not happen within {limit:?}\nlast seen: {}\npods:\n{pods}\noperator log:\n{}",
+            serde_json::to_string_pretty(&last["status"]).unwrap_or_default(),
+            self.operator_log()
+        );
+    }
+
+    /// The directory of PersistentVolumeClaim `claim` in namespace `default`.
+    pub fn claim_dir(&self, claim: &str) -> PathBuf {
+        self.state.path().join("claims/default").join(claim)
+    }
+
+    /// Publishes a fresh MLP (`layers` wide, weights from `seed`) as the next version of `model`
+    /// in claim `claim`, with the lantern-worker CLI as a user would, recording `metrics`
+    /// (`name=value`) in its manifest. Returns the version.
+    pub async fn publish_mlp(
+        &self,
+        claim: &str,
+        model: &str,
+        layers: &str,
+        seed: u64,
+        metrics: &[&str],
+    ) -> anyhow::Result<u64> {
+        let source = tempfile::tempdir()?;
+        let worker = binary("lantern-worker")?;
+        let run = |args: Vec<String>| {
+            let worker = worker.clone();
+            async move {
+                let output = tokio::process::Command::new(&worker).args(&args).output().await?;
+                anyhow::ensure!(
+                    output.status.success(),
+                    "lantern-worker {args:?}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                anyhow::Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+            }
+        };
+        let out = source.path().to_string_lossy().into_owned();
+        run(vec![
+            "init-mlp".into(),
+            "--out".into(),
+            out.clone(),
+            "--layers".into(),
+            layers.into(),
+            "--seed".into(),
+            seed.to_string(),
+        ])
+        .await?;
+        let repository = self.claim_dir(claim);
+        std::fs::create_dir_all(&repository)?;
+        let mut args = vec![
+            "publish".into(),
+            "--repository".into(),
+            repository.to_string_lossy().into_owned(),
+            "--model".into(),
+            model.into(),
+            "--source".into(),
+            out,
+        ];
+        for metric in metrics {
+            args.extend(["--metric".to_owned(), (*metric).to_owned()]);
+        }
+        run(args).await?;
+        let versions = std::fs::read_dir(repository.join(model))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max();
+        versions.context("the published version is not in the repository")
+    }
+
+    /// `host:port` of a Service's first port on its cluster IP (the devcluster proxies it).
+    pub async fn service_address(&self, service: &str) -> anyhow::Result<String> {
+        let object = self.json(&format!("service/{service}")).await?;
+        let ip = object["spec"]["clusterIP"].as_str().context("the Service has no cluster IP")?;
+        let port = object["spec"]["ports"][0]["port"].as_u64().context("the Service has no port")?;
+        Ok(format!("{ip}:{port}"))
+    }
+
     /// The operator's log so far (for failure messages).
     pub fn operator_log(&self) -> String {
         std::fs::read_to_string(self.state.path().join("operator.log")).unwrap_or_default()

@@ -1,7 +1,7 @@
 //! TrainingJobs end to end: the operator runs the ranks as worker pods on the devcluster; they
 //! train, publish versions into the claim, and the job's status follows.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lantern_e2e::Stack;
 
@@ -29,33 +29,6 @@ spec:
     repository: {claimName: models}
 ";
 
-/// Polls until `done` holds of the job's JSON, or fails with the last state and the operator's log.
-async fn wait_for(
-    stack: &Stack,
-    object: &str,
-    what: &str,
-    limit: Duration,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let start = Instant::now();
-    let mut last = serde_json::Value::Null;
-    while start.elapsed() < limit {
-        if let Ok(object) = stack.json(object).await {
-            if done(&object) {
-                return object;
-            }
-            last = object;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let pods = stack.kubectl(&["get", "pods", "-o", "wide"]).await.map(|k| k.stdout).unwrap_or_default();
-    panic!(
-        "{object}: {what} did not happen within {limit:?}\nlast seen: {}\npods:\n{pods}\noperator log:\n{}",
-        serde_json::to_string_pretty(&last["status"]).unwrap_or_default(),
-        stack.operator_log()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_two_rank_job_trains_publishes_versions_and_succeeds() {
     let stack = Stack::start().await.unwrap();
@@ -63,12 +36,13 @@ async fn a_two_rank_job_trains_publishes_versions_and_succeeds() {
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
 
     let running =
-        wait_for(&stack, "tj/tiny", "Running", Duration::from_secs(60), |j| j["status"]["phase"] == "Running").await;
+        stack.wait_for("tj/tiny", "Running", Duration::from_secs(60), |j| j["status"]["phase"] == "Running").await;
     assert_eq!(running["status"]["ranks"].as_array().map(Vec::len), Some(2));
-    let done = wait_for(&stack, "tj/tiny", "Succeeded", Duration::from_secs(240), |j| {
-        matches!(j["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-    })
-    .await;
+    let done = stack
+        .wait_for("tj/tiny", "Succeeded", Duration::from_secs(240), |j| {
+            matches!(j["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+        .await;
     let status = &done["status"];
     assert_eq!(status["phase"], "Succeeded", "{status:#}\n{}", stack.operator_log());
     assert_eq!(status["restarts"], 0);

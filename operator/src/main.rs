@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use lantern_operator::training::controller::{self, Context};
+use futures::FutureExt;
+use lantern_operator::context::Context;
+use lantern_operator::{serving, training};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,8 +32,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let client = kube::Client::try_default().await?;
     let context = Arc::new(Context { client, worker_image: args.worker_image });
-    tracing::info!("lantern-operator: reconciling TrainingJobs");
-    controller::run(context, shutdown()).await;
+    tracing::info!("lantern-operator: reconciling TrainingJobs and InferenceServices");
+    let shutdown = shutdown().boxed().shared();
+    tokio::join!(
+        training::controller::run(context.clone(), shutdown.clone()),
+        serving::controller::run(context, shutdown),
+    );
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! The CRDs: the YAML in `crds/` is what `crdgen` writes from the Rust types (regenerate with
+//! The CRDs: the YAML in `crds/` and in the Helm chart is what `crdgen` writes from the Rust types (regenerate with
 //! `cargo run -p lantern-operator --bin crdgen`), and applied with the real kubectl to the
 //! devcluster they serve the examples and refuse bad manifests with the schema's and CEL rules'
 //! messages.
@@ -13,15 +13,17 @@ fn workspace() -> PathBuf {
 }
 
 #[test]
-fn the_checked_in_crds_are_what_crdgen_writes() {
-    for (file, definition) in crd::definitions() {
-        let path = workspace().join("crds").join(file);
-        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            checked_in == crd::to_yaml(&definition).unwrap(),
-            "{} is out of date: run `cargo run -p lantern-operator --bin crdgen`",
-            path.display()
-        );
+fn the_checked_in_crds_and_the_charts_are_what_crdgen_writes() {
+    for directory in crd::DIRECTORIES {
+        for (file, definition) in crd::definitions() {
+            let path = workspace().join(directory).join(file);
+            let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                checked_in == crd::to_yaml(&definition).unwrap(),
+                "{} is out of date: run `cargo run -p lantern-operator --bin crdgen`",
+                path.display()
+            );
+        }
     }
 }
 

@@ -257,11 +257,22 @@ pub struct InferenceServiceStatus {
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     pub version: u64,
-    /// `Progressing`, `Promoted` or `RolledBack`.
+    /// `Loading` (the canary is loading on the pods, no traffic yet), `Progressing` (a step
+    /// runs), then `Promoted`, `RolledBack` or `Aborted` (superseded by a pin or a newer rollout).
     pub phase: String,
     /// The step running (an index into the steps).
     pub step: u32,
     pub step_started: Time,
+    /// The canary's request and error counts, summed over the pods, when the step started; the
+    /// step's analysis counts what came after.
+    #[serde(default)]
+    pub step_start_requests: u64,
+    #[serde(default)]
+    pub step_start_errors: u64,
+    /// Why it ended, in one word: `Promoted`, `ModelLoadFailed`, `EvalMetricRegressed`,
+    /// `AnalysisFailed`, `Aborted`, `Pinned`, `Superseded`, `NoLongerCandidate`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
     /// Why the rollout is where it is.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,

@@ -39,7 +39,11 @@ pub struct PodOverrides {
     pub priority_class_name: Option<String>,
 }
 
-/// Every CRD the operator serves, by file name under `crds/`.
+/// Where the generated CRDs are checked in, relative to the workspace: `crds/`, and the Helm
+/// chart's `crds/` (Helm installs those before the templates).
+pub const DIRECTORIES: [&str; 2] = ["crds", "charts/lantern/crds"];
+
+/// Every CRD the operator serves, by file name under each of [`DIRECTORIES`].
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("trainingjobs.lantern.dev.yaml", TrainingJob::crd()),

@@ -8,47 +8,24 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use lantern_proto::lantern::v1::training_service_client::TrainingServiceClient;
 use lantern_proto::lantern::v1::{GetProgressRequest, TrainingProgress};
 
 use super::objects::{self, JOB_LABEL, PROGRESS_PORT};
 use super::plan::{self, Phase, Plan, RankPod, Recorded};
 use super::status;
+use crate::context::{Context, Error, MANAGER, kube_error, record_event};
 use crate::crd::TrainingJob;
 
-/// The field manager of everything the operator applies.
-pub const MANAGER: &str = "lantern-operator";
 /// How often a running job's progress is polled.
 const POLL: Duration = Duration::from_secs(2);
 /// How long rank 0 has to answer a progress poll.
 const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What every reconcile shares.
-pub struct Context {
-    pub client: Client,
-    /// The worker image for jobs that name none.
-    pub worker_image: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{action}: {source}")]
-    Kube {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
-}
-
-fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-    let action = action.into();
-    move |source| Error::Kube { action, source }
-}
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(context: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
@@ -141,7 +118,7 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
         if recorded.phase != Some(plan.phase) {
             announce(client, &job, &plan).await;
         }
-        let patch = status::merge_patch(job.status.as_ref(), &next);
+        let patch = crate::status::merge_patch(job.status.as_ref(), &next);
         jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(kube_error("writing the job's status"))?;
@@ -171,29 +148,6 @@ async fn progress(pods: &[Pod], attempt: u32) -> Option<TrainingProgress> {
 
 /// Records an Event for a phase change (warning for failures and restarts).
 async fn announce(client: &Client, job: &TrainingJob, plan: &Plan) {
-    let namespace = job.namespace().unwrap_or_else(|| "default".to_owned());
     let warning = matches!(plan.phase, Phase::Failed | Phase::Restarting);
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
-    let reference: ObjectReference = job.object_ref(&());
-    let event = Event {
-        metadata: kube::api::ObjectMeta {
-            generate_name: Some(format!("{}.", job.name_any())),
-            namespace: Some(namespace.clone()),
-            ..Default::default()
-        },
-        involved_object: reference,
-        reason: Some(plan.reason.to_owned()),
-        message: Some(plan.message.clone()),
-        type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
-        first_timestamp: Some(now.clone()),
-        last_timestamp: Some(now),
-        count: Some(1),
-        reporting_component: Some(MANAGER.to_owned()),
-        source: Some(k8s_openapi::api::core::v1::EventSource { component: Some(MANAGER.to_owned()), host: None }),
-        ..Default::default()
-    };
-    let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
-    if let Err(error) = events.create(&PostParams::default(), &event).await {
-        tracing::warn!(%error, "recording an event");
-    }
+    record_event(client, job, plan.reason, &plan.message, warning).await;
 }

@@ -7,9 +7,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::crd::TrainingJob;
-
-/// Where a rank's pod mounts the model repository claim.
-pub const REPOSITORY_MOUNT: &str = "/var/lib/lantern/models";
+use crate::objects::REPOSITORY_MOUNT;
 
 /// The training state directory, relative to the repository: a dot-directory, which servers of
 /// the repository ignore. It outlives the pods, so every gang restart resumes from it.

@@ -8,12 +8,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::Resource;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::job_file::{self, REPOSITORY_MOUNT};
+use super::job_file;
 use crate::crd::TrainingJob;
+use crate::objects::{self, REPOSITORY_MOUNT, owned_metadata};
 
 /// The collective (rendezvous and all-reduce) port every rank listens on.
 pub const COLLECTIVE_PORT: u16 = 7070;
@@ -30,26 +29,8 @@ fn name(job: &TrainingJob) -> &str {
     job.metadata.name.as_deref().unwrap_or_default()
 }
 
-/// The controller reference that makes the job own (and garbage-collect) an object.
-fn owner(job: &TrainingJob) -> Option<OwnerReference> {
-    job.controller_owner_ref(&())
-}
-
-fn metadata(job: &TrainingJob, object_name: String, labels: BTreeMap<String, String>) -> Value {
-    json!({
-        "name": object_name,
-        "namespace": job.metadata.namespace,
-        "labels": labels,
-        "ownerReferences": owner(job).into_iter().collect::<Vec<_>>(),
-    })
-}
-
 fn job_labels(job: &TrainingJob) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "lantern-worker".to_owned()),
-        ("app.kubernetes.io/managed-by".to_owned(), "lantern-operator".to_owned()),
-        (JOB_LABEL.to_owned(), name(job).to_owned()),
-    ])
+    objects::worker_labels(JOB_LABEL, name(job))
 }
 
 pub fn config_map_name(job: &TrainingJob) -> String {
@@ -70,7 +51,7 @@ pub fn config_map(job: &TrainingJob) -> ConfigMap {
     let file = serde_json::to_string_pretty(&job_file::render(job)).unwrap_or_default();
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": metadata(job, config_map_name(job), job_labels(job)),
+        "metadata": owned_metadata(job, config_map_name(job), job_labels(job)),
         "data": {"job.json": file},
     }))
     .expect("a ConfigMap built from known fields")
@@ -80,7 +61,7 @@ pub fn config_map(job: &TrainingJob) -> ConfigMap {
 pub fn coordinator_service(job: &TrainingJob) -> Service {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": metadata(job, coordinator_name(job), job_labels(job)),
+        "metadata": owned_metadata(job, coordinator_name(job), job_labels(job)),
         "spec": {
             "selector": {JOB_LABEL: name(job), RANK_LABEL: "0"},
             "ports": [
@@ -118,11 +99,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
     if rank == 0 {
         env.push(json!({"name": "LANTERN_PROGRESS_ADDRESS", "value": format!("$(POD_IP):{PROGRESS_PORT}")}));
     }
-    let repository = &spec.output.repository;
-    let mut repository_mount = json!({"name": "repository", "mountPath": REPOSITORY_MOUNT});
-    if let Some(sub_path) = &repository.sub_path {
-        repository_mount["subPath"] = json!(sub_path);
-    }
+    let (repository_volume, repository_mount) = objects::repository_volume(&spec.output.repository);
     let mut container = json!({
         "name": "worker",
         "image": spec.image.as_deref().unwrap_or(image),
@@ -133,12 +110,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
             {"name": "progress", "containerPort": PROGRESS_PORT},
         ],
         "volumeMounts": [repository_mount, {"name": "job", "mountPath": CONFIG_DIR, "readOnly": true}],
-        "securityContext": {
-            "runAsNonRoot": true,
-            "readOnlyRootFilesystem": true,
-            "allowPrivilegeEscalation": false,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": objects::worker_security_context(),
     });
     if let Some(resources) = &spec.resources {
         container["resources"] = json!(resources);
@@ -146,20 +118,12 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
     let mut pod_spec = json!({
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": [
-            {"name": "repository", "persistentVolumeClaim": {"claimName": repository.claim_name}},
-            {"name": "job", "configMap": {"name": config_map_name(job)}},
-        ],
+        "volumes": [repository_volume, {"name": "job", "configMap": {"name": config_map_name(job)}}],
     });
-    if let Some(template) = &spec.template {
-        let overrides = serde_json::to_value(template).unwrap_or_default();
-        for (field, value) in overrides.as_object().into_iter().flatten() {
-            pod_spec[field] = value.clone();
-        }
-    }
+    objects::apply_overrides(&mut pod_spec, spec.template.as_ref());
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": metadata(job, pod_name(job, attempt, rank), labels),
+        "metadata": owned_metadata(job, pod_name(job, attempt, rank), labels),
         "spec": pod_spec,
     }))
     .expect("a Pod built from known fields")
@@ -216,7 +180,7 @@ mod tests {
         assert_eq!(service["metadata"]["name"], "adder-coordinator");
         assert_eq!(service["spec"]["selector"], json!({JOB_LABEL: "adder", RANK_LABEL: "0"}));
         let map = config_map(&job());
-        let file: Value = serde_json::from_str(&map.data.unwrap()["job.json"]).unwrap();
+        let file: serde_json::Value = serde_json::from_str(&map.data.unwrap()["job.json"]).unwrap();
         assert_eq!(file["output"]["model"], "adder");
     }
 }

@@ -7,12 +7,13 @@
 //! changes.
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use lantern_proto::lantern::v1::TrainingProgress;
 
 use super::plan::{Phase, Plan, PodState, RankPod};
 use crate::crd::TrainingJob;
 use crate::crd::training::{Checkpoint, Progress, RankStatus, TrainingJobStatus};
+use crate::status::condition;
 
 const PHASES: [Phase; 5] = [Phase::Running, Phase::Restarting, Phase::Succeeded, Phase::Failed, Phase::Suspended];
 
@@ -31,7 +32,7 @@ pub fn next(
     conditions.push(condition(&previous.conditions, "Created", true, "JobCreated", &created_message, generation, now));
     for phase in PHASES {
         let current = phase == plan.phase;
-        let existed = previous.conditions.iter().any(|c| c.type_ == phase.as_str());
+        let existing = previous.conditions.iter().find(|c| c.type_ == phase.as_str());
         if current {
             conditions.push(condition(
                 &previous.conditions,
@@ -42,8 +43,17 @@ pub fn next(
                 generation,
                 now,
             ));
-        } else if existed {
-            conditions.push(condition(&previous.conditions, phase.as_str(), false, plan.reason, "", generation, now));
+        } else if let Some(existing) = existing {
+            // A phase's condition turning false keeps the reason it had.
+            conditions.push(condition(
+                &previous.conditions,
+                phase.as_str(),
+                false,
+                &existing.reason,
+                "",
+                generation,
+                now,
+            ));
         }
     }
     let mut ranks: Vec<RankStatus> = pods
@@ -107,52 +117,10 @@ pub fn next(
     }
 }
 
-/// The JSON merge patch that turns the stored status into `next`: a field `next` no longer has
-/// is set to null (a merge patch leaves omitted fields as they were).
-pub fn merge_patch(previous: Option<&TrainingJobStatus>, next: &TrainingJobStatus) -> serde_json::Value {
-    let mut status = serde_json::to_value(next).unwrap_or_default();
-    let before = previous.map(serde_json::to_value).and_then(Result::ok).unwrap_or_default();
-    if let (Some(fields), Some(old)) = (status.as_object_mut(), before.as_object()) {
-        for key in old.keys() {
-            fields.entry(key.clone()).or_insert(serde_json::Value::Null);
-        }
-    }
-    serde_json::json!({"status": status})
-}
-
-fn condition(
-    previous: &[Condition],
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Condition {
-    let status = if status { "True" } else { "False" }.to_owned();
-    let before = previous.iter().find(|c| c.type_ == type_);
-    let since = match before {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(now),
-    };
-    let reason = match (before, status.as_str()) {
-        // A condition turning false keeps the reason it had.
-        (Some(c), "False") => c.reason.clone(),
-        _ => reason.to_owned(),
-    };
-    Condition {
-        type_: type_.to_owned(),
-        status,
-        reason,
-        message: message.to_owned(),
-        last_transition_time: since,
-        observed_generation: generation,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::merge_patch;
     use crate::training::plan::{self, Recorded};
     use serde_json::json;
 

@@ -492,7 +492,9 @@ impl Loop {
     /// Sends the last held-back text and the usage, and frees the sequence's blocks.
     fn finish(&mut self, mut sequence: Sequence, reason: FinishReason) {
         self.cache.release(&mut sequence.table);
-        self.metrics.duration.observe(sequence.enqueued.elapsed().as_secs_f64());
+        let seconds = sequence.enqueued.elapsed().as_secs_f64();
+        self.metrics.duration.observe(seconds);
+        self.metrics.requests.record(tonic::Code::Ok, seconds);
         let generated = &sequence.tokens[sequence.prompt_len..];
         let generated = match generated.last() {
             Some(last) if self.codec.tokenizer().eos().contains(last) => &generated[..generated.len() - 1],
@@ -519,6 +521,7 @@ impl Loop {
                 reason: reason.clone(),
             };
             let _ = sequence.events.send(Event::Failed(error));
+            self.metrics.requests.record(tonic::Code::Internal, sequence.enqueued.elapsed().as_secs_f64());
         }
     }
 

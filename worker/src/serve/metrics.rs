@@ -1,12 +1,18 @@
 //! Prometheus metrics of the serving path, labelled by model and version so a canary and its
 //! stable version compare directly. Exposed as text at `/metrics`.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tonic::Code;
+
+use super::request_stats::{Counters, RequestStats};
+use super::status;
 
 /// Model name used in labels for requests naming a model this worker does not serve, so callers
 /// cannot grow the label set.
@@ -61,6 +67,7 @@ pub struct Metrics {
     load_failures: Family<VersionLabels, Counter>,
     loaded_versions: Family<ModelLabels, Gauge>,
     generation: GenerationFamilies,
+    stats: RequestStats,
 }
 
 /// The language-model metrics, one series per model version.
@@ -152,6 +159,8 @@ pub struct GenerationMetrics {
     pub generated_tokens: Counter,
     pub preemptions: Counter,
     pub prefix_cache_hits: Counter,
+    /// Finished generations and their outcome, for canary analysis.
+    pub requests: Arc<Counters>,
 }
 
 /// The per-version handles the batching thread records into.
@@ -208,6 +217,7 @@ impl Metrics {
             load_failures,
             loaded_versions,
             generation,
+            stats: RequestStats::default(),
         }
     }
 
@@ -245,18 +255,30 @@ impl Metrics {
             generated_tokens: f.generated_tokens.get_or_create(&labels).clone(),
             preemptions: f.preemptions.get_or_create(&labels).clone(),
             prefix_cache_hits: f.prefix_cache_hits.get_or_create(&labels).clone(),
+            requests: self.stats.counters(model, version),
         }
     }
 
     /// Records one finished request. `version` is `None` when routing failed.
-    pub fn observe_request(&self, model: &str, version: Option<u64>, code: &'static str, seconds: f64) {
+    pub fn observe_request(&self, model: &str, version: Option<u64>, code: Code, seconds: f64) {
         let labels = version_labels(model, version);
+        let code_label = status::code_name(code);
         self.requests
-            .get_or_create(&RequestLabels { model: labels.model.clone(), version: labels.version.clone(), code })
+            .get_or_create(&RequestLabels {
+                model: labels.model.clone(),
+                version: labels.version.clone(),
+                code: code_label,
+            })
             .inc();
-        if version.is_some() {
+        if let Some(version) = version {
             self.request_duration.get_or_create(&labels).observe(seconds);
+            self.stats.record(model, version, code, seconds);
         }
+    }
+
+    /// The per-version counters the operator's canary analysis reads.
+    pub fn request_stats(&self) -> &RequestStats {
+        &self.stats
     }
 
     /// Records a load attempt.

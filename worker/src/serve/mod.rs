@@ -5,7 +5,8 @@
 //! Layout:
 //! - decisions, pure and unit-tested: [`config`], [`policy`], [`routing`], [`signature`];
 //! - state and work: [`versions`] (lifecycle, routing, loading), [`batcher`] (tensor models) and
-//!   [`engine`] (continuous batching for language models);
+//!   [`engine`] (continuous batching for language models), [`request_stats`] (what each version
+//!   served, for canary analysis);
 //! - adapters, translation only: [`oip`], [`model_service`], [`rest`], one error table in
 //!   [`status`];
 //! - wiring: [`server`].
@@ -22,6 +23,7 @@ pub mod model_service;
 pub mod oip;
 pub mod openai;
 pub mod policy;
+pub mod request_stats;
 pub mod rest;
 pub mod routing;
 pub mod server;

@@ -7,6 +7,7 @@ use lantern_proto::lantern::v1::{self as pb};
 use tonic::{Request, Response, Status};
 
 use super::config::{ServingConfig, VersionPolicy};
+use super::request_stats;
 use super::versions::{self, ModelManager};
 use crate::error::Result;
 
@@ -102,9 +103,16 @@ fn status_to_proto(status: versions::ModelStatus) -> pb::ModelStatus {
             failed_attempts: v.failed_attempts,
             labels: v.labels,
             traffic_percent: v.traffic_percent,
+            metrics: v.metrics.into_iter().collect(),
+            requests: Some(pb::RequestStats {
+                total: v.requests.requests,
+                errors: v.requests.errors,
+                latency_bounds: request_stats::latency_bounds(),
+                latency_counts: v.requests.latency_counts,
+            }),
         })
         .collect();
-    pb::ModelStatus { model: status.model, versions }
+    pb::ModelStatus { model: status.model, versions, on_disk: status.on_disk }
 }
 
 fn state_to_proto(enabled: bool, state: versions::VersionState) -> pb::VersionState {

@@ -25,7 +25,7 @@ use super::generation;
 use super::metrics::{Metrics, UNKNOWN_MODEL};
 use super::routing::{self, Target, VersionView};
 use super::signature::{self, InferRequest};
-use super::{policy, status};
+use super::{policy, request_stats, status};
 use crate::error::{Error, Result};
 use crate::llm::codec::TextCodec;
 use crate::model::{self, LoadedModel, VersionId};
@@ -91,6 +91,10 @@ pub struct VersionStatus {
     pub labels: Vec<String>,
     /// Share of unlabelled traffic, in percent.
     pub traffic_percent: f64,
+    /// The manifest's evaluation metrics, once the version is loaded.
+    pub metrics: BTreeMap<String, f64>,
+    /// What the version has served on this pod.
+    pub requests: request_stats::Snapshot,
 }
 
 /// What the manager reports about one model.
@@ -100,6 +104,8 @@ pub struct ModelStatus {
     /// Whether the model is served (false after `RepositoryModelUnload`).
     pub enabled: bool,
     pub versions: Vec<VersionStatus>,
+    /// Every committed version in the repository, served or not.
+    pub on_disk: Vec<u64>,
 }
 
 /// One row of the repository index (Triton's repository extension).
@@ -180,6 +186,8 @@ struct ModelState {
     config: ServingConfig,
     enabled: bool,
     versions: BTreeMap<u64, VersionEntry>,
+    /// The committed versions the last scan found.
+    on_disk: BTreeSet<u64>,
 }
 
 enum Action {
@@ -320,8 +328,10 @@ impl ModelManager {
                     config: ServingConfig::with_policy(self.inner.settings.policy.clone()),
                     enabled: true,
                     versions: BTreeMap::new(),
+                    on_disk: BTreeSet::new(),
                 });
                 work.extend(state.plan(&on_disk, now).into_iter().map(|action| (name.clone(), action)));
+                state.on_disk = on_disk;
                 self.inner.metrics.set_loaded_versions(&name, state.available().count());
             }
         }
@@ -407,6 +417,7 @@ impl ModelManager {
                 && entry.state == VersionState::Unloading
             {
                 entry.state = VersionState::End;
+                self.inner.metrics.request_stats().forget(model, version);
                 tracing::info!(model = %model, version, "unloaded");
             }
         }
@@ -436,7 +447,7 @@ impl ModelManager {
     fn observe_request<T>(&self, model: &str, version: Option<u64>, result: &Result<T>, started: Instant) {
         let code = result.as_ref().err().map_or(tonic::Code::Ok, status::grpc_code);
         let label = if matches!(result, Err(Error::ModelNotFound { .. })) { UNKNOWN_MODEL } else { model };
-        self.inner.metrics.observe_request(label, version, status::code_name(code), started.elapsed().as_secs_f64());
+        self.inner.metrics.observe_request(label, version, code, started.elapsed().as_secs_f64());
     }
 
     /// The metadata of the version `target` routes to (the newest available for no target).
@@ -493,9 +504,16 @@ impl ModelManager {
                         .map(|(l, _)| l.clone())
                         .collect(),
                     traffic_percent: shares.get(&version).copied().unwrap_or(0.0),
+                    metrics: entry.loaded.as_ref().map(|l| l.manifest.metrics.clone()).unwrap_or_default(),
+                    requests: self.inner.metrics.request_stats().snapshot(name, version),
                 })
                 .collect();
-            ModelStatus { model: name.to_owned(), enabled: state.enabled, versions }
+            ModelStatus {
+                model: name.to_owned(),
+                enabled: state.enabled,
+                versions,
+                on_disk: state.on_disk.iter().copied().collect(),
+            }
         };
         match model {
             Some(name) => {
@@ -528,6 +546,7 @@ impl ModelManager {
     }
 
     /// Replaces a model's serving config. Routing follows at once; loads happen in the background.
+    /// The config it already has is a no-op, so the operator may push it on every pass.
     pub fn set_config(&self, model: &str, config: ServingConfig) -> Result<()> {
         config.validate()?;
         crate::repository::validate_model_name(model)?;
@@ -538,7 +557,11 @@ impl ModelManager {
                 config: ServingConfig::default(),
                 enabled: true,
                 versions: BTreeMap::new(),
+                on_disk: BTreeSet::new(),
             });
+            if state.config == config {
+                return Ok(());
+            }
             tracing::info!(model, ?config, "serving config replaced");
             state.config = config;
         }
@@ -631,14 +654,16 @@ impl ModelManager {
         texts: Vec<String>,
     ) -> Result<Embeddings> {
         let started = Instant::now();
-        let result = match self.resolve(model, target, routing_key) {
+        let routed = self.resolve(model, target, routing_key);
+        let version = routed.as_ref().ok().map(|loaded| loaded.version);
+        let result = match routed {
             Ok(loaded) => match &loaded.runtime {
                 Runtime::Embed(embedder) => embedder.embed(texts).await,
                 _ => Err(Error::invalid(format!("model {model:?} version {} does not embed text", loaded.version))),
             },
             Err(e) => Err(e),
         };
-        self.observe_request(model, result.as_ref().ok().map(|e| e.version), &result, started);
+        self.observe_request(model, version, &result, started);
         result
     }
 

@@ -129,22 +129,24 @@ impl Harness {
 
 /// Writes an MLP into a fresh source directory and publishes it as the next version.
 pub fn publish_mlp(root: &Path, model: &str, seed: u64, layers: &[usize]) -> u64 {
-    publish_edited(root, model, seed, None, layers, |_| {})
+    publish_edited(root, model, seed, None, layers, &[], |_| {})
 }
 
-/// Like [`publish_mlp`], letting `edit` change the source directory before it is published.
+/// Like [`publish_mlp`], with the manifest's evaluation `metrics`, letting `edit` change the
+/// source directory before it is published.
 pub fn publish_edited(
     root: &Path,
     model: &str,
     seed: u64,
     version: Option<u64>,
     layers: &[usize],
+    metrics: &[(String, f64)],
     edit: impl FnOnce(&Path),
 ) -> u64 {
     let source = tempfile::tempdir().unwrap();
     write_mlp(source.path(), seed, layers);
     edit(source.path());
-    repository::publish(&PublishRequest { root, model, source: source.path(), version, metrics: &[] }).unwrap()
+    repository::publish(&PublishRequest { root, model, source: source.path(), version, metrics }).unwrap()
 }
 
 /// Writes an MLP's weights and manifest into `dir`.

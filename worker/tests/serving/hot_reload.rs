@@ -56,7 +56,7 @@ async fn corrupt_new_version_reports_failed_and_the_old_one_keeps_serving() {
     // Publish v2 with good files, then flip bytes in its weights: the digest no longer matches.
     let weights = harness.version_dir("m", 2).join("model.safetensors");
     let staged = harness.repo.path().join(".hold");
-    publish_edited(&staged, "m", 2, Some(2), &LAYERS, |_| {});
+    publish_edited(&staged, "m", 2, Some(2), &LAYERS, &[], |_| {});
     let good = std::fs::read(staged.join("m/2/model.safetensors")).unwrap();
     let mut bad = good.clone();
     let last = bad.len() - 1;
@@ -87,7 +87,7 @@ async fn corrupt_new_version_reports_failed_and_the_old_one_keeps_serving() {
 #[tokio::test]
 async fn weights_that_do_not_parse_fail_the_version_with_a_reason() {
     let harness = Harness::serving_one_version().await;
-    publish_edited(harness.repo.path(), "m", 2, None, &LAYERS, |source| {
+    publish_edited(harness.repo.path(), "m", 2, None, &LAYERS, &[], |source| {
         std::fs::write(source.join("model.safetensors"), b"this is not safetensors").unwrap();
     });
     harness.server.manager().reconcile_now();

@@ -135,6 +135,10 @@ async fn chat_completion_answers_with_the_chat_template_applied_and_usage() {
     assert_eq!(body["usage"]["total_tokens"], prompt + completion);
     let models: Value = reqwest::get(format!("{}/v1/models", harness.url())).await.unwrap().json().await.unwrap();
     assert_eq!(models["data"][0]["id"], MODEL, "{models}");
+    // The finished generation counts for the version, as the operator's canary analysis reads it.
+    let status = harness.version_status(MODEL, 1).await.unwrap();
+    let requests = status.requests.expect("request stats");
+    assert_eq!((requests.total, requests.errors), (1, 0));
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Labels, weighted splits and sticky routing keys, end to end.
+//! Labels, weighted splits and sticky routing keys, end to end, and the per-version status the
+//! operator routes by.
 
 use std::collections::HashMap;
 
@@ -6,10 +7,10 @@ use lantern_proto::inference::InferParameter;
 use lantern_proto::inference::infer_parameter::ParameterChoice;
 use lantern_proto::lantern::v1::version_policy::{All, Policy};
 use lantern_proto::lantern::v1::{
-    GetServingConfigRequest, ServingConfig, SetServingConfigRequest, VersionPolicy, VersionState,
+    GetModelStatusRequest, GetServingConfigRequest, ServingConfig, SetServingConfigRequest, VersionPolicy, VersionState,
 };
 
-use crate::fixtures::{Harness, infer_request};
+use crate::fixtures::{Harness, IN, OUT, infer_request, publish_edited};
 
 async fn canary_harness(stable: u32, canary: u32) -> Harness {
     let harness = Harness::start().await;
@@ -137,4 +138,34 @@ async fn invalid_serving_configs_are_refused_and_change_nothing() {
         harness.grpc().await.model_infer(infer_request("m", "", 1)).await.unwrap().into_inner().model_version,
         "1"
     );
+}
+
+#[tokio::test]
+async fn model_status_reports_what_canary_analysis_reads() {
+    let harness = Harness::start().await;
+    let metrics = [("eval_loss".to_string(), 0.25)];
+    harness.publish("m", 1);
+    publish_edited(harness.repo.path(), "m", 2, None, &[IN, 8, OUT], &metrics, |_| {});
+    harness.server.manager().reconcile_now();
+    let loaded = harness.wait_for("m", 2, VersionState::Available).await;
+    assert_eq!(loaded.metrics, metrics.into_iter().collect());
+
+    let mut client = harness.grpc().await;
+    for _ in 0..5 {
+        client.model_infer(infer_request("m", "2", 1)).await.unwrap();
+    }
+    // A caller error does not count against the version.
+    let mut wrong_width = infer_request("m", "2", 1);
+    wrong_width.inputs[0].shape = vec![1, 3];
+    let err = client.model_infer(wrong_width).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let response = harness.models().await.get_model_status(GetModelStatusRequest { model: "m".into() }).await;
+    let model = response.unwrap().into_inner().models.remove(0);
+    assert_eq!(model.on_disk, vec![1, 2], "every committed version, served or not");
+    let stats = model.versions.iter().find(|v| v.version == 2).unwrap().requests.clone().expect("request stats");
+    assert_eq!((stats.total, stats.errors), (5, 0));
+    assert_eq!(stats.latency_counts.iter().sum::<u64>(), 5);
+    assert_eq!(stats.latency_counts.len(), stats.latency_bounds.len() + 1);
+    assert!(stats.latency_bounds.windows(2).all(|w| w[0] < w[1]), "bounds ascend: {:?}", stats.latency_bounds);
 }

@@ -1,0 +1,197 @@
+//! InferenceServices end to end: the operator runs worker pods on the devcluster behind a
+//! Service; clients reach them over gRPC and HTTP; new versions go out as canaries under live
+//! traffic and are promoted, or rolled back when they fail their gates or cannot load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use lantern_e2e::Stack;
+use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use lantern_proto::inference::model_infer_request::InferInputTensor;
+use lantern_proto::inference::{InferTensorContents, ModelInferRequest};
+
+const CLAIM: &str = "apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: models}
+spec:
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 1Gi}}
+";
+
+const SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
+kind: InferenceService
+metadata: {name: adder}
+spec:
+  model: adder
+  source:
+    repository: {claimName: models}
+  replicas: 2
+  rollout:
+    steps: [50, 100]
+    stepSeconds: 2
+    analysis:
+      minRequests: 5
+      maxLatencyRatio: 100
+      evalMetric: {name: eval_loss}
+";
+
+const LAYERS: &str = "2,8,1";
+
+fn request() -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: "adder".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 2],
+            contents: Some(InferTensorContents { fp32_contents: vec![1.0, 2.0], ..Default::default() }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Requests sent without pause through the Service, counting the ones that failed.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Traffic {
+    fn start(address: String) -> Self {
+        let (stop, sent, failed) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (stopping, counting, failing) = (stop.clone(), sent.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut client = GrpcInferenceServiceClient::connect(format!("http://{address}")).await.unwrap();
+            while !stopping.load(Ordering::Relaxed) {
+                counting.fetch_add(1, Ordering::Relaxed);
+                if let Err(status) = client.model_infer(request()).await {
+                    failing.fetch_add(1, Ordering::Relaxed);
+                    errors.push(status.to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            errors
+        });
+        Self { stop, sent, failed, task }
+    }
+
+    /// Stops, returning (sent, failed, the first errors).
+    async fn stop(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut errors = self.task.await.unwrap();
+        errors.truncate(5);
+        (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), errors)
+    }
+}
+
+fn condition<'a>(service: &'a serde_json::Value, type_: &str) -> (&'a str, &'a str, &'a str) {
+    let found = service["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == type_));
+    let field = |name: &str| found.and_then(|c| c[name].as_str()).unwrap_or_default();
+    (field("status"), field("reason"), field("message"))
+}
+
+fn rollout_ended(service: &serde_json::Value, version: u64) -> bool {
+    let rollout = &service["status"]["rollout"];
+    rollout["version"] == version && matches!(rollout["phase"].as_str(), Some("Promoted" | "RolledBack" | "Aborted"))
+}
+
+/// Publishes a version whose weights file is damaged after its checksum was recorded: staged
+/// in another directory, then moved in whole, as a half-broken copy job would leave it.
+async fn publish_corrupt(stack: &Stack, version: u64) {
+    stack.publish_mlp("staging", "adder", LAYERS, 9, &["eval_loss=0.1"]).await.unwrap();
+    let staged = stack.claim_dir("staging").join("adder/1");
+    std::fs::write(staged.join("model.safetensors"), b"not the weights the manifest promises").unwrap();
+    std::fs::rename(&staged, stack.claim_dir("models").join(format!("adder/{version}"))).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_are_served_canaried_promoted_and_rolled_back() {
+    let stack = Stack::start().await.unwrap();
+    assert!(stack.apply(CLAIM).await.unwrap().ok);
+    assert_eq!(stack.publish_mlp("models", "adder", LAYERS, 1, &["eval_loss=0.5"]).await.unwrap(), 1);
+    let applied = stack.apply(SERVICE).await.unwrap();
+    assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
+
+    let ready =
+        stack.wait_for("isvc/adder", "Ready", Duration::from_secs(90), |s| condition(s, "Ready").0 == "True").await;
+    assert_eq!(ready["status"]["stableVersion"], 1);
+    assert_eq!(ready["status"]["readyReplicas"], 2);
+    assert_eq!(ready["status"]["url"], "http://adder.default.svc:8500");
+
+    // gRPC and HTTP through the Service.
+    let address = stack.service_address("adder").await.unwrap();
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{address}")).await.unwrap();
+    let response = client.model_infer(request()).await.unwrap().into_inner();
+    assert_eq!((response.model_version.as_str(), response.outputs[0].shape.as_slice()), ("1", &[1, 1][..]));
+    let body =
+        serde_json::json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]});
+    let http = reqwest::Client::new().post(format!("http://{address}/v2/models/adder/infer")).json(&body).send().await;
+    let http = http.unwrap();
+    assert_eq!(http.status(), 200);
+    assert_eq!(http.json::<serde_json::Value>().await.unwrap()["model_version"], "1");
+
+    // A better version goes out as a canary under traffic and is promoted, losing no request.
+    let traffic = Traffic::start(address.clone());
+    stack.publish_mlp("models", "adder", LAYERS, 2, &["eval_loss=0.4"]).await.unwrap();
+    let canary = stack
+        .wait_for("isvc/adder", "a canary step", Duration::from_secs(60), |s| s["status"]["canaryPercent"] == 50)
+        .await;
+    assert_eq!(canary["status"]["canaryVersion"], 2);
+    assert_eq!(condition(&canary, "RolloutProgressing").0, "True");
+    let promoted =
+        stack.wait_for("isvc/adder", "the promotion", Duration::from_secs(60), |s| rollout_ended(s, 2)).await;
+    let (sent, failed, errors) = traffic.stop().await;
+    assert_eq!(promoted["status"]["rollout"]["phase"], "Promoted", "{:#}", promoted["status"]);
+    assert_eq!(promoted["status"]["stableVersion"], 2);
+    assert_eq!(promoted["status"]["rollout"]["analyses"].as_array().map(Vec::len), Some(2));
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed during the rollout: {errors:?}");
+    let response = client.model_infer(request()).await.unwrap().into_inner();
+    assert_eq!(response.model_version, "2");
+
+    // A version whose held-out loss is worse is rolled back before it gets traffic.
+    stack.publish_mlp("models", "adder", LAYERS, 3, &["eval_loss=0.9"]).await.unwrap();
+    let regressed =
+        stack.wait_for("isvc/adder", "the rollback", Duration::from_secs(60), |s| rollout_ended(s, 3)).await;
+    let status = &regressed["status"];
+    assert_eq!(
+        (status["rollout"]["phase"].as_str(), status["rollout"]["reason"].as_str()),
+        (Some("RolledBack"), Some("EvalMetricRegressed"))
+    );
+    assert_eq!(status["rejectedVersions"], serde_json::json!([3]));
+    assert_eq!(
+        condition(&regressed, "RolloutProgressing"),
+        ("False", "EvalMetricRegressed", status["rollout"]["message"].as_str().unwrap())
+    );
+
+    // A corrupt version fails to load; the stable version keeps serving and the status says why.
+    publish_corrupt(&stack, 4).await;
+    let corrupt = stack.wait_for("isvc/adder", "the rollback", Duration::from_secs(60), |s| rollout_ended(s, 4)).await;
+    let (_, reason, message) = condition(&corrupt, "RolloutProgressing");
+    assert_eq!(reason, "ModelLoadFailed", "{:#}", corrupt["status"]);
+    assert!(message.contains("failed to load"), "{message}");
+    assert_eq!(corrupt["status"]["stableVersion"], 2);
+    assert_eq!(condition(&corrupt, "Ready").0, "True");
+    assert_eq!(client.model_infer(request()).await.unwrap().into_inner().model_version, "2");
+
+    let events = stack.kubectl(&["get", "events", "--field-selector", "involvedObject.name=adder"]).await.unwrap();
+    for reason in ["RolloutStarted", "TrafficShifted", "Promoted", "RolledBack"] {
+        assert!(events.stdout.contains(reason), "no {reason} event:\n{}", events.stdout);
+    }
+
+    // Deleting the service deletes its pods and Service.
+    assert!(stack.kubectl(&["delete", "isvc", "adder"]).await.unwrap().ok);
+    stack
+        .wait_for("pods", "the pods' deletion", Duration::from_secs(60), |pods| {
+            pods["items"].as_array().is_some_and(|items| {
+                items.iter().all(|p| p["metadata"]["labels"]["lantern.dev/inference-service"] != "adder")
+            })
+        })
+        .await;
+    stack.stop().await.unwrap();
+}

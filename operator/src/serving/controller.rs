@@ -1,0 +1,201 @@
+//! The InferenceService controller. Each pass:
+//! 1. finds the model repository (the spec's claim, or the referenced TrainingJob's output);
+//! 2. applies the Service;
+//! 3. asks every running pod's worker for the model's status (`ModelService.GetModelStatus`);
+//! 4. lets [`rollout`](super::rollout) decide the stable version, the canary and the split, and
+//!    pushes that serving config to every worker (a worker ignores a config it already has);
+//! 5. creates and deletes pods as [`pods`](super::pods) says;
+//! 6. writes the status and records the rollout's Events.
+//!
+//! The decision reads only the status and the workers, so a restarted operator resumes a
+//! rollout where it stood. New versions on disk are seen by polling the workers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::join_all;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
+use lantern_proto::lantern::v1::{
+    GetModelStatusRequest, ModelStatus, ServingConfig, SetServingConfigRequest, VersionState,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use super::fleet::Fleet;
+use super::objects::{self, SERVICE_LABEL, SERVING_PORT};
+use super::pods::{self, ServingPod};
+use super::rollout::{self, Decision};
+use super::status::{self, Observed};
+use crate::context::{Context, Error, MANAGER, kube_error, record_event};
+use crate::crd::{InferenceService, Repository, TrainingJob};
+
+/// How often a settled service is looked at again (new versions on disk are found this way).
+const POLL: Duration = Duration::from_secs(3);
+/// How long a worker has to answer.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(context: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = context.client.clone();
+    let owned = watcher::Config::default().labels(SERVICE_LABEL);
+    Controller::new(Api::<InferenceService>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Pod>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((service, _)) => tracing::debug!(service = %service.name, "reconciled"),
+                Err(error) => tracing::warn!(%error, "reconciling an InferenceService"),
+            }
+        })
+        .await;
+}
+
+fn error_policy(service: Arc<InferenceService>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(service = %service.name_any(), %error, "will retry");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The repository the service's versions come from, or why there is none.
+async fn repository(client: &Client, service: &InferenceService, namespace: &str) -> Result<Repository, String> {
+    let source = &service.spec.source;
+    if let Some(repository) = &source.repository {
+        return Ok(repository.clone());
+    }
+    let Some(reference) = &source.training_job_ref else {
+        return Err("the source names neither a repository nor a TrainingJob".to_owned());
+    };
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), namespace);
+    match jobs.get_opt(&reference.name).await {
+        Ok(Some(job)) => Ok(job.spec.output.repository),
+        Ok(None) => Err(format!("TrainingJob {namespace}/{} not found", reference.name)),
+        Err(error) => Err(format!("reading TrainingJob {namespace}/{}: {error}", reference.name)),
+    }
+}
+
+async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Result<Action, Error> {
+    let client = &context.client;
+    let namespace = service.namespace().unwrap_or_else(|| "default".to_owned());
+    let name = service.name_any();
+    let apply = PatchParams::apply(MANAGER).force();
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    services
+        .patch(&name, &apply, &Patch::Apply(&objects::service(&service)))
+        .await
+        .map_err(kube_error("applying the Service"))?;
+
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let listed = pod_api
+        .list(&ListParams::default().labels(&objects::selector(&service)))
+        .await
+        .map_err(kube_error("listing the service's pods"))?;
+    let pods: Vec<ServingPod> = listed.items.iter().filter_map(ServingPod::from_pod).collect();
+    let answering: Vec<&ServingPod> = pods.iter().filter(|p| !p.terminating && p.ip.is_some()).collect();
+    let reports = join_all(answering.iter().map(|pod| model_status(pod, &service.spec.model))).await;
+    let fleet = Fleet::from_reports(&reports.iter().flatten().cloned().collect::<Vec<_>>());
+
+    let previous = service.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let decision = rollout::decide(&service.spec, &previous, &fleet, now);
+    if let Some(config) = decision.serving_config() {
+        let pushes = answering.iter().map(|pod| push_config(pod, &service.spec.model, config.clone()));
+        for (pod, result) in answering.iter().zip(join_all(pushes).await) {
+            if let Err(error) = result {
+                tracing::warn!(service = %name, pod = %pod.name, %error, "pushing the serving config");
+            }
+        }
+    }
+
+    let source = repository(client, &service, &namespace).await;
+    let mut replicas = 0;
+    if let Ok(repository) = &source {
+        let revision = objects::revision(&service, repository, &context.worker_image);
+        let plan = pods::plan(service.spec.replicas, &revision, &pods);
+        for pod in &plan.delete {
+            match pod_api.delete(pod, &DeleteParams::default()).await {
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Ok(_) => {}
+                Err(error) => return Err(kube_error(format!("deleting pod {pod}"))(error)),
+            }
+        }
+        let policy = initial_policy(&decision);
+        for index in &plan.create {
+            let pod = objects::pod(&service, repository, &context.worker_image, &revision, *index, &policy);
+            pod_api
+                .patch(&objects::pod_name(&service, &revision, *index), &apply, &Patch::Apply(&pod))
+                .await
+                .map_err(kube_error(format!("creating pod {index} of revision {revision}")))?;
+        }
+        replicas = pods.iter().filter(|p| !p.terminating && p.revision == revision).count() as u32;
+    }
+
+    let serving = answering
+        .iter()
+        .zip(&reports)
+        .filter(|(pod, report)| pod.ready && report.as_ref().zip(decision.stable).is_some_and(|(r, v)| serves(r, v)))
+        .count() as u32;
+    let observed = Observed { replicas, serving, fleet, source_error: source.err() };
+    let next = status::next(&service, &decision, &observed, now);
+    for event in &decision.events {
+        record_event(client, service.as_ref(), event.reason, &event.message, event.warning).await;
+    }
+    if service.status.as_ref() != Some(&next) {
+        let patch = crate::status::merge_patch(service.status.as_ref(), &next);
+        let api: Api<InferenceService> = Api::namespaced(client.clone(), &namespace);
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_error("writing the service's status"))?;
+    }
+    Ok(Action::requeue(decision.requeue.unwrap_or(POLL).min(POLL)))
+}
+
+/// The worker's `--version-policy` for a new pod: what the others serve now, until the next
+/// push.
+fn initial_policy(decision: &Decision) -> String {
+    let versions: Vec<String> = decision.stable.iter().chain(&decision.canary).map(u64::to_string).collect();
+    if versions.is_empty() { "latest:1".to_owned() } else { format!("specific:{}", versions.join(",")) }
+}
+
+fn serves(report: &ModelStatus, version: u64) -> bool {
+    report.versions.iter().any(|v| v.version == version && v.state == VersionState::Available as i32)
+}
+
+async fn worker(pod: &ServingPod) -> Option<ModelServiceClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{}:{SERVING_PORT}", pod.ip.as_deref()?))
+        .ok()?
+        .connect_timeout(WORKER_TIMEOUT)
+        .timeout(WORKER_TIMEOUT);
+    Some(ModelServiceClient::new(endpoint.connect().await.ok()?))
+}
+
+/// The pod's view of `model`, if its worker answers in time. A worker that has not scanned the
+/// repository yet answers NOT_FOUND, which counts as no answer.
+async fn model_status(pod: &ServingPod, model: &str) -> Option<ModelStatus> {
+    let Some(mut client) = worker(pod).await else {
+        tracing::debug!(pod = %pod.name, "worker not reachable");
+        return None;
+    };
+    match client.get_model_status(GetModelStatusRequest { model: model.to_owned() }).await {
+        Ok(response) => response.into_inner().models.into_iter().next(),
+        Err(status) => {
+            tracing::debug!(pod = %pod.name, %status, "no model status");
+            None
+        }
+    }
+}
+
+async fn push_config(pod: &ServingPod, model: &str, config: ServingConfig) -> Result<(), String> {
+    let mut client = worker(pod).await.ok_or_else(|| format!("cannot reach {}", pod.name))?;
+    client
+        .set_serving_config(SetServingConfigRequest { model: model.to_owned(), config: Some(config) })
+        .await
+        .map(|_| ())
+        .map_err(|status| format!("{}: {}", status.code(), status.message()))
+}

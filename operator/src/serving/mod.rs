@@ -1,0 +1,30 @@
+//! The InferenceService controller ([`controller`]) and its pure pieces: the objects a service
+//! owns ([`objects`]), which pods to create and delete ([`pods`]), the workers' reports folded
+//! per version ([`fleet`]), the rollout state machine ([`rollout`]) and the next status
+//! ([`status`]).
+
+pub mod controller;
+pub mod fleet;
+pub mod objects;
+pub mod pods;
+pub mod rollout;
+pub mod status;
+
+/// The `adder` service of the unit tests, in namespace `ml`, serving from claim `models`;
+/// `spec`'s fields replace the base spec's.
+#[cfg(test)]
+pub(crate) fn test_service(spec: serde_json::Value) -> crate::crd::InferenceService {
+    let mut base = serde_json::json!({
+        "model": "adder",
+        "source": {"repository": {"claimName": "models"}},
+    });
+    for (field, value) in spec.as_object().into_iter().flatten() {
+        base[field] = value.clone();
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "lantern.dev/v1alpha1", "kind": "InferenceService",
+        "metadata": {"name": "adder", "namespace": "ml", "uid": "u-2", "generation": 2},
+        "spec": base,
+    }))
+    .expect("a valid InferenceService")
+}
