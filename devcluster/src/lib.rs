@@ -77,7 +77,10 @@ pub struct DevCluster {
 
 impl DevCluster {
     /// Serves the API on `options.listen` and writes `kubeconfig` under the state directory.
-    pub async fn start(options: Options) -> anyhow::Result<Self> {
+    pub async fn start(mut options: Options) -> anyhow::Result<Self> {
+        // Pods run in their own working directories, so every path handed to them is absolute.
+        options.state_dir = std::path::absolute(&options.state_dir)
+            .with_context(|| format!("resolving the state directory {}", options.state_dir.display()))?;
         anyhow::ensure!(
             options.listen.ip().is_loopback(),
             "the devcluster serves loopback addresses only, not {}",

@@ -36,6 +36,21 @@ pub struct Stack {
     pub state: tempfile::TempDir,
 }
 
+/// Starts `lantern-operator` against `cluster`, appending to `operator.log` in `state`.
+fn start_operator(cluster: &DevCluster, state: &Path) -> anyhow::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(state.join("operator.log"))?;
+    tokio::process::Command::new(binary("lantern-operator")?)
+        .arg("--worker-image")
+        .arg(WORKER_IMAGE)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("LANTERN_LOG", "lantern_operator=debug,info")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting lantern-operator")
+}
+
 impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
         let state = tempfile::tempdir().context("creating the state directory")?;
@@ -45,18 +60,16 @@ impl Stack {
         let crds = workspace().join("crds");
         let applied = cluster.kubectl(&["apply", "-f", crds.to_str().context("a UTF-8 path")?], None).await?;
         anyhow::ensure!(applied.ok, "applying the CRDs: {}{}", applied.stdout, applied.stderr);
-        let log = std::fs::File::create(state.path().join("operator.log"))?;
-        let operator = tokio::process::Command::new(binary("lantern-operator")?)
-            .arg("--worker-image")
-            .arg(WORKER_IMAGE)
-            .env("KUBECONFIG", cluster.kubeconfig())
-            .env("LANTERN_LOG", "lantern_operator=debug,info")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting lantern-operator")?;
+        let operator = start_operator(&cluster, state.path())?;
         Ok(Self { cluster, operator, state })
+    }
+
+    /// Kills the operator (SIGKILL: no chance to tidy up) and starts a new one, as a crash and a
+    /// Deployment's restart would.
+    pub async fn restart_operator(&mut self) -> anyhow::Result<()> {
+        self.operator.kill().await.context("killing lantern-operator")?;
+        self.operator = start_operator(&self.cluster, self.state.path())?;
+        Ok(())
     }
 
     pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Kubectl> {

@@ -1,6 +1,7 @@
 //! InferenceServices end to end: the operator runs worker pods on the devcluster behind a
 //! Service; clients reach them over gRPC and HTTP; new versions go out as canaries under live
-//! traffic and are promoted, or rolled back when they fail their gates or cannot load.
+//! traffic and are promoted (across an operator crash), or rolled back when they fail their
+//! gates or cannot load.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -112,7 +113,7 @@ async fn publish_corrupt(stack: &Stack, version: u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn versions_are_served_canaried_promoted_and_rolled_back() {
-    let stack = Stack::start().await.unwrap();
+    let mut stack = Stack::start().await.unwrap();
     assert!(stack.apply(CLAIM).await.unwrap().ok);
     assert_eq!(stack.publish_mlp("models", "adder", LAYERS, 1, &["eval_loss=0.5"]).await.unwrap(), 1);
     let applied = stack.apply(SERVICE).await.unwrap();
@@ -144,6 +145,8 @@ async fn versions_are_served_canaried_promoted_and_rolled_back() {
         .await;
     assert_eq!(canary["status"]["canaryVersion"], 2);
     assert_eq!(condition(&canary, "RolloutProgressing").0, "True");
+    // The operator dies mid-rollout; its successor carries on from the status.
+    stack.restart_operator().await.unwrap();
     let promoted =
         stack.wait_for("isvc/adder", "the promotion", Duration::from_secs(60), |s| rollout_ended(s, 2)).await;
     let (sent, failed, errors) = traffic.stop().await;

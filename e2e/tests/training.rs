@@ -73,3 +73,59 @@ async fn a_two_rank_job_trains_publishes_versions_and_succeeds() {
     assert!(events.stdout.contains("JobSucceeded"), "{}", events.stdout);
     stack.stop().await.unwrap();
 }
+
+const LONG_JOB: &str = "apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: models}
+spec:
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: lantern.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: long}
+spec:
+  replicas: 2
+  model:
+    llama: {hiddenSize: 16, intermediateSize: 32, layers: 1, heads: 2, context: 16}
+  data:
+    addition: {maxOperand: 9, trainExamples: 200, evalExamples: 10}
+  schedule: {steps: 1000, globalBatch: 8}
+  seed: 1
+  checkpoint: {everySteps: 50}
+  runPolicy: {maxRestarts: 2}
+  output:
+    model: long
+    repository: {claimName: models}
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_rank_restarts_the_gang_which_resumes_from_its_checkpoint_and_succeeds() {
+    let stack = Stack::start().await.unwrap();
+    let applied = stack.apply(LONG_JOB).await.unwrap();
+    assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
+    stack
+        .wait_for("tj/long", "a checkpoint", Duration::from_secs(120), |j| {
+            j["status"]["checkpoints"].as_array().is_some_and(|c| !c.is_empty())
+        })
+        .await;
+    // SIGKILL rank 1's process: its pod fails (restartPolicy Never), and the whole gang restarts.
+    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", "_long-0-rank-1_"]).status().unwrap();
+    assert!(killed.success(), "rank 1's process was not found");
+
+    let done = stack
+        .wait_for("tj/long", "the end", Duration::from_secs(300), |j| {
+            matches!(j["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+        .await;
+    let status = &done["status"];
+    assert_eq!(status["phase"], "Succeeded", "{status:#}\n{}", stack.operator_log());
+    assert_eq!((status["restarts"].as_u64(), status["attempt"].as_u64()), (Some(1), Some(1)), "{status:#}");
+    // The new gang resumed from the checkpoint: the published steps only go forward.
+    let steps: Vec<u64> =
+        status["checkpoints"].as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "steps went back after the restart: {steps:?}");
+    let events = stack.kubectl(&["get", "events", "--field-selector", "involvedObject.name=long"]).await.unwrap();
+    assert!(events.stdout.contains("RankFailed"), "{}", events.stdout);
+    stack.stop().await.unwrap();
+}

@@ -251,10 +251,15 @@ pub fn plan(job: &TrainingJob, recorded: &Recorded, pods: &[RankPod], now: Times
 
     plan.create = (0..spec.replicas).filter(|rank| !current.iter().any(|p| p.rank == *rank)).collect();
     let running = current.iter().filter(|p| p.state == PodState::Running).count() as u32;
-    if running == spec.replicas {
+    // Ranks end one by one: a rank that finished while the others still run is still Running.
+    let finished = current.iter().filter(|p| p.state == PodState::Succeeded).count() as u32;
+    if running > 0 && running + finished == spec.replicas {
         plan.phase = Phase::Running;
         plan.reason = "JobRunning";
-        plan.message = format!("all {running} ranks are running");
+        plan.message = match finished {
+            0 => format!("all {running} ranks are running"),
+            _ => format!("{finished} of {} ranks finished, {running} running", spec.replicas),
+        };
         return plan;
     }
     if let Some(deadline) = policy.startup_deadline_seconds
@@ -368,6 +373,11 @@ mod tests {
         let all = [pod(0, 0, PodState::Running), pod(0, 1, PodState::Running)];
         let running = plan(&job(json!({})), &recorded(Phase::Created, 0, 0), &all, now());
         assert_eq!((running.phase, running.create.len(), running.delete.len()), (Phase::Running, 0, 0));
+        // Ranks finish one by one; the job is still running until the last one does.
+        let ending = [pod(0, 0, PodState::Running), pod(0, 1, PodState::Succeeded)];
+        let ending = plan(&job(json!({})), &recorded(Phase::Running, 0, 0), &ending, now());
+        assert_eq!((ending.phase, ending.create.len()), (Phase::Running, 0));
+        assert_eq!(ending.message, "1 of 2 ranks finished, 1 running");
     }
 
     #[test]

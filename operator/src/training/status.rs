@@ -93,10 +93,16 @@ pub fn next(
         });
         let version = report.last_published_version;
         if version > 0 && !checkpoints.iter().any(|c| c.version == version) {
+            // The worker records the version's step as its `step` metric; a report without one
+            // (an older worker) gives the checkpoint at or before the current step.
             let every = job.spec.checkpoint.every_steps.max(1);
+            let step = match report.last_published_metrics.get("step") {
+                Some(&step) if step >= 0.0 => step as u64,
+                _ => report.step.min(report.total_steps) / every * every,
+            };
             checkpoints.push(Checkpoint {
                 version,
-                step: report.step.min(report.total_steps) / every * every,
+                step,
                 metrics: report.last_published_metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 digest: None,
             });
@@ -154,12 +160,14 @@ mod tests {
             ..Default::default()
         };
         report.last_published_metrics.insert("eval_accuracy".into(), 0.4);
+        // The version was published at step 100; the report comes later, at 250.
+        report.last_published_metrics.insert("step".into(), 100.0);
         let first = next(&job, &plan, &[running()], Some(&report), t0);
         assert_eq!(first.phase.as_deref(), Some("Running"));
         assert_eq!(first.observed_generation, Some(3));
         let types: Vec<(&str, &str)> = first.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
         assert_eq!(types, [("Created", "True"), ("Running", "True")]);
-        assert_eq!(first.checkpoints[0].step, 200);
+        assert_eq!(first.checkpoints[0].step, 100);
         assert_eq!(first.checkpoints[0].metrics["eval_accuracy"], 0.4);
         assert_eq!(first.start_time, Some(Time(t0)));
 
