@@ -180,6 +180,11 @@ impl Store {
             }
             (Some(_), Expect::Present) => ChangeKind::Modified,
         };
+        // As the apiserver does, a write that changes nothing is no write: no new
+        // resourceVersion, no watch event.
+        if let Some(stored) = previous.as_ref().filter(|stored| same_but_bookkeeping(stored, &object)) {
+            return Ok(stored.clone());
+        }
         inner.revision += 1;
         let revision = inner.revision;
         object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
@@ -233,6 +238,24 @@ impl Store {
     }
 }
 
+/// Whether two versions of an object differ only in what every write restamps: the
+/// resourceVersion and the managed fields' times.
+fn same_but_bookkeeping(stored: &Value, written: &Value) -> bool {
+    let strip = |object: &Value| {
+        let mut object = object.clone();
+        if let Some(metadata) = object["metadata"].as_object_mut() {
+            metadata.remove("resourceVersion");
+            for entry in metadata.get_mut("managedFields").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(entry) = entry.as_object_mut() {
+                    entry.remove("time");
+                }
+            }
+        }
+        object
+    };
+    strip(stored) == strip(written)
+}
+
 /// An object's `metadata.resourceVersion` as a number (0 when missing or malformed).
 pub fn resource_version(object: &Value) -> u64 {
     object["metadata"]["resourceVersion"].as_str().and_then(|rv| rv.parse().ok()).unwrap_or(0)
@@ -248,13 +271,30 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_changes_nothing_is_no_write() {
+        let store = Store::new();
+        let object =
+            json!({"metadata": {"name": "s", "managedFields": [{"manager": "m", "time": "1"}]}, "spec": {"a": 1}});
+        let first = store.write(&key("a", "s"), object.clone(), Expect::Absent).unwrap();
+        let mut again = object.clone();
+        again["metadata"]["managedFields"][0]["time"] = json!("2");
+        let same = store.write(&key("a", "s"), again, Expect::Present).unwrap();
+        assert_eq!(same, first, "same resourceVersion, same object");
+        let mut changed = object;
+        changed["spec"]["a"] = json!(2);
+        let next = store.write(&key("a", "s"), changed, Expect::Present).unwrap();
+        assert_ne!(next["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
+    }
+
+    #[test]
     fn writes_are_versioned_and_checked() {
         let store = Store::new();
         let created = store.write(&key("a", "x"), json!({"metadata": {"name": "x"}}), Expect::Absent).unwrap();
         let rv = resource_version(&created);
         assert_eq!(store.write(&key("a", "x"), json!({}), Expect::Absent), Err(StoreError::AlreadyExists));
         assert_eq!(store.write(&key("a", "y"), json!({}), Expect::Present), Err(StoreError::NotFound));
-        let updated = store.write(&key("a", "x"), json!({"metadata": {"name": "x"}}), Expect::Version(rv)).unwrap();
+        let changed = json!({"metadata": {"name": "x"}, "spec": {"replicas": 2}});
+        let updated = store.write(&key("a", "x"), changed, Expect::Version(rv)).unwrap();
         assert!(resource_version(&updated) > rv);
         assert_eq!(
             store.write(&key("a", "x"), json!({}), Expect::Version(rv)),

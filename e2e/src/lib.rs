@@ -12,6 +12,15 @@ use std::time::Duration;
 use anyhow::Context;
 use lantern_devcluster::{DevCluster, Kubectl, Options};
 
+/// The PersistentVolumeClaim `models` the suites publish into and serve from.
+pub const MODELS_CLAIM: &str = "apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: models}
+spec:
+  accessModes: [ReadWriteMany]
+  resources: {requests: {storage: 1Gi}}
+";
+
 /// The worker image the operator runs by default, mapped to the built `lantern-worker`.
 pub const WORKER_IMAGE: &str = "ghcr.io/lantern-dev/worker:0.1.0";
 
@@ -62,6 +71,11 @@ impl Stack {
         anyhow::ensure!(applied.ok, "applying the CRDs: {}{}", applied.stdout, applied.stderr);
         let operator = start_operator(&cluster, state.path())?;
         Ok(Self { cluster, operator, state })
+    }
+
+    /// The operator process's id (for its memory in the benchmark).
+    pub fn operator_pid(&self) -> Option<u32> {
+        self.operator.id()
     }
 
     /// Kills the operator (SIGKILL: no chance to tidy up) and starts a new one, as a crash and a

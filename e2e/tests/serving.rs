@@ -7,18 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use lantern_e2e::Stack;
+use lantern_e2e::{MODELS_CLAIM, Stack};
 use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use lantern_proto::inference::model_infer_request::InferInputTensor;
 use lantern_proto::inference::{InferTensorContents, ModelInferRequest};
-
-const CLAIM: &str = "apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: models}
-spec:
-  accessModes: [ReadWriteMany]
-  resources: {requests: {storage: 1Gi}}
-";
 
 const SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
 kind: InferenceService
@@ -114,7 +106,7 @@ async fn publish_corrupt(stack: &Stack, version: u64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn versions_are_served_canaried_promoted_and_rolled_back() {
     let mut stack = Stack::start().await.unwrap();
-    assert!(stack.apply(CLAIM).await.unwrap().ok);
+    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
     assert_eq!(stack.publish_mlp("models", "adder", LAYERS, 1, &["eval_loss=0.5"]).await.unwrap(), 1);
     let applied = stack.apply(SERVICE).await.unwrap();
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
@@ -186,6 +178,9 @@ async fn versions_are_served_canaried_promoted_and_rolled_back() {
     for reason in ["RolloutStarted", "TrafficShifted", "Promoted", "RolledBack"] {
         assert!(events.stdout.contains(reason), "no {reason} event:\n{}", events.stdout);
     }
+    // Each transition is recorded once, though the operator restarted and re-reads its status.
+    assert_eq!(events.stdout.matches("version 2 promoted").count(), 1, "{}", events.stdout);
+    assert_eq!(events.stdout.matches("version 3 rolled back").count(), 1, "{}", events.stdout);
 
     // Deleting the service deletes its pods and Service.
     assert!(stack.kubectl(&["delete", "isvc", "adder"]).await.unwrap().ok);

@@ -3,36 +3,37 @@
 
 use std::time::Duration;
 
-use lantern_e2e::Stack;
+use lantern_e2e::{MODELS_CLAIM, Stack};
 
-const JOB: &str = "apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: models}
-spec:
-  accessModes: [ReadWriteMany]
-  resources: {requests: {storage: 1Gi}}
----
+/// A two-rank TrainingJob `name` of a tiny llama on the addition task, with the claim
+/// `models` it publishes into: `steps` steps, a version every `every`, up to 2 gang restarts.
+fn job(name: &str, steps: u32, every: u32) -> String {
+    format!(
+        "{MODELS_CLAIM}---
 apiVersion: lantern.dev/v1alpha1
 kind: TrainingJob
-metadata: {name: tiny}
+metadata: {{name: {name}}}
 spec:
   replicas: 2
   model:
-    llama: {hiddenSize: 16, intermediateSize: 32, layers: 1, heads: 2, context: 16}
+    llama: {{hiddenSize: 16, intermediateSize: 32, layers: 1, heads: 2, context: 16}}
   data:
-    addition: {maxOperand: 9, trainExamples: 200, evalExamples: 10}
-  schedule: {steps: 40, globalBatch: 8}
+    addition: {{maxOperand: 9, trainExamples: 200, evalExamples: 10}}
+  schedule: {{steps: {steps}, globalBatch: 8}}
   seed: 1
-  checkpoint: {everySteps: 20}
+  checkpoint: {{everySteps: {every}}}
+  runPolicy: {{maxRestarts: 2}}
   output:
-    model: tiny
-    repository: {claimName: models}
-";
+    model: {name}
+    repository: {{claimName: models}}
+"
+    )
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_two_rank_job_trains_publishes_versions_and_succeeds() {
     let stack = Stack::start().await.unwrap();
-    let applied = stack.apply(JOB).await.unwrap();
+    let applied = stack.apply(&job("tiny", 40, 20)).await.unwrap();
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
 
     let running =
@@ -74,35 +75,10 @@ async fn a_two_rank_job_trains_publishes_versions_and_succeeds() {
     stack.stop().await.unwrap();
 }
 
-const LONG_JOB: &str = "apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {name: models}
-spec:
-  accessModes: [ReadWriteMany]
-  resources: {requests: {storage: 1Gi}}
----
-apiVersion: lantern.dev/v1alpha1
-kind: TrainingJob
-metadata: {name: long}
-spec:
-  replicas: 2
-  model:
-    llama: {hiddenSize: 16, intermediateSize: 32, layers: 1, heads: 2, context: 16}
-  data:
-    addition: {maxOperand: 9, trainExamples: 200, evalExamples: 10}
-  schedule: {steps: 1000, globalBatch: 8}
-  seed: 1
-  checkpoint: {everySteps: 50}
-  runPolicy: {maxRestarts: 2}
-  output:
-    model: long
-    repository: {claimName: models}
-";
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_rank_restarts_the_gang_which_resumes_from_its_checkpoint_and_succeeds() {
     let stack = Stack::start().await.unwrap();
-    let applied = stack.apply(LONG_JOB).await.unwrap();
+    let applied = stack.apply(&job("long", 1000, 50)).await.unwrap();
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
     stack
         .wait_for("tj/long", "a checkpoint", Duration::from_secs(120), |j| {

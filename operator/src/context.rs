@@ -1,11 +1,21 @@
-//! What every reconcile shares: the client, the operator's settings, the error type, and the
-//! Events it records on the objects it manages.
+//! What every controller shares: the client, the operator's settings, the error type, the
+//! Events it records on the objects it manages, and the loop that runs a controller.
 
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 
 /// The field manager of everything the operator applies, and the source of its Events.
 pub const MANAGER: &str = "lantern-operator";
@@ -15,6 +25,43 @@ pub struct Context {
     pub client: Client,
     /// The worker image for jobs and services that name none.
     pub worker_image: String,
+    written: Mutex<HashMap<String, String>>,
+}
+
+impl Context {
+    pub fn new(client: Client, worker_image: String) -> Self {
+        Self { client, worker_image, written: Mutex::new(HashMap::new()) }
+    }
+
+    /// `object` as the reconcile should see it. The controller's cache may still hold the copy
+    /// from before this operator's last status write; deciding on that copy would take the last
+    /// step again (and record its Events twice). So when the operator has written an object
+    /// whose cached copy is not that write, it reads the object anew.
+    pub async fn latest<K>(&self, api: &Api<K>, object: Arc<K>) -> Result<Arc<K>, Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    {
+        let key = written_key(object.as_ref());
+        let wrote = self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        match wrote {
+            Some(version) if object.resource_version().as_deref() != Some(version.as_str()) => {
+                let fresh = api.get(&object.name_any()).await.map_err(kube_error("reading the object anew"))?;
+                Ok(Arc::new(fresh))
+            }
+            _ => Ok(object),
+        }
+    }
+
+    /// Remembers the version of `object` that a status write of the operator produced.
+    pub fn wrote<K: Resource<DynamicType = ()>>(&self, object: &K) {
+        if let Some(version) = object.resource_version() {
+            self.written.lock().unwrap_or_else(|p| p.into_inner()).insert(written_key(object), version);
+        }
+    }
+}
+
+fn written_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +72,40 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+}
+
+/// Runs the controller of kind `K` until `shutdown` resolves: `reconcile` on every change to a
+/// `K` or to the pods and Services labelled `owner_label` that it owns, and when it asks to be
+/// requeued; a failed reconcile is retried after 5 s.
+pub async fn run_controller<K, R, F>(
+    context: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    owner_label: &str,
+    reconcile: R,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    R: FnMut(Arc<K>, Arc<Context>) -> F,
+    F: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let client = context.client.clone();
+    let owned = watcher::Config::default().labels(owner_label);
+    Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Pod>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy::<K>, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(kind = %K::kind(&()), object = %object.name, "reconciled"),
+                Err(error) => tracing::warn!(kind = %K::kind(&()), %error, "reconciling"),
+            }
+        })
+        .await;
+}
+
+fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(kind = %K::kind(&()), object = %object.name_any(), %error, "will retry");
+    Action::requeue(Duration::from_secs(5))
 }
 
 /// Wraps a Kubernetes API error with what the operator was doing.

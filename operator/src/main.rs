@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let client = kube::Client::try_default().await?;
-    let context = Arc::new(Context { client, worker_image: args.worker_image });
+    let context = Arc::new(Context::new(client, args.worker_image));
     tracing::info!("lantern-operator: reconciling TrainingJobs and InferenceServices");
     let shutdown = shutdown().boxed().shared();
     tokio::join!(

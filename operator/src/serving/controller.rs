@@ -13,13 +13,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::join_all;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 use lantern_proto::lantern::v1::{
@@ -32,35 +30,19 @@ use super::objects::{self, SERVICE_LABEL, SERVING_PORT};
 use super::pods::{self, ServingPod};
 use super::rollout::{self, Decision};
 use super::status::{self, Observed};
-use crate::context::{Context, Error, MANAGER, kube_error, record_event};
+use crate::context::{Context, Error, MANAGER, kube_error, record_event, run_controller};
 use crate::crd::{InferenceService, Repository, TrainingJob};
 
 /// How often a settled service is looked at again (new versions on disk are found this way).
 const POLL: Duration = Duration::from_secs(3);
+/// How often a service without pods is looked at again (a resync, in case a watch missed something).
+const IDLE: Duration = Duration::from_secs(300);
 /// How long a worker has to answer.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(context: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let client = context.client.clone();
-    let owned = watcher::Config::default().labels(SERVICE_LABEL);
-    Controller::new(Api::<InferenceService>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client), owned)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                Ok((service, _)) => tracing::debug!(service = %service.name, "reconciled"),
-                Err(error) => tracing::warn!(%error, "reconciling an InferenceService"),
-            }
-        })
-        .await;
-}
-
-fn error_policy(service: Arc<InferenceService>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(service = %service.name_any(), %error, "will retry");
-    Action::requeue(Duration::from_secs(5))
+    run_controller::<InferenceService, _, _>(context, shutdown, SERVICE_LABEL, reconcile).await;
 }
 
 /// The repository the service's versions come from, or why there is none.
@@ -83,6 +65,8 @@ async fn repository(client: &Client, service: &InferenceService, namespace: &str
 async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Result<Action, Error> {
     let client = &context.client;
     let namespace = service.namespace().unwrap_or_else(|| "default".to_owned());
+    let api: Api<InferenceService> = Api::namespaced(client.clone(), &namespace);
+    let service = context.latest(&api, service).await?;
     let name = service.name_any();
     let apply = PatchParams::apply(MANAGER).force();
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
@@ -148,12 +132,16 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     }
     if service.status.as_ref() != Some(&next) {
         let patch = crate::status::merge_patch(service.status.as_ref(), &next);
-        let api: Api<InferenceService> = Api::namespaced(client.clone(), &namespace);
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        let written = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(kube_error("writing the service's status"))?;
+        context.wrote(&written);
     }
-    Ok(Action::requeue(decision.requeue.unwrap_or(POLL).min(POLL)))
+    // Workers are polled for new versions; with no pods there is nothing to poll, and any
+    // change to the service or its pods wakes the controller anyway.
+    let poll = if pods.is_empty() { IDLE } else { POLL };
+    Ok(Action::requeue(decision.requeue.unwrap_or(poll).min(poll)))
 }
 
 /// The worker's `--version-policy` for a new pod: what the others serve now, until the next

@@ -6,12 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 use lantern_proto::lantern::v1::training_service_client::TrainingServiceClient;
 use lantern_proto::lantern::v1::{GetProgressRequest, TrainingProgress};
@@ -19,7 +17,7 @@ use lantern_proto::lantern::v1::{GetProgressRequest, TrainingProgress};
 use super::objects::{self, JOB_LABEL, PROGRESS_PORT};
 use super::plan::{self, Phase, Plan, RankPod, Recorded};
 use super::status;
-use crate::context::{Context, Error, MANAGER, kube_error, record_event};
+use crate::context::{Context, Error, MANAGER, kube_error, record_event, run_controller};
 use crate::crd::TrainingJob;
 
 /// How often a running job's progress is polled.
@@ -29,25 +27,7 @@ const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(context: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let client = context.client.clone();
-    let owned = watcher::Config::default().labels(JOB_LABEL);
-    Controller::new(Api::<TrainingJob>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client), owned)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                Ok((job, _)) => tracing::debug!(job = %job.name, "reconciled"),
-                Err(error) => tracing::warn!(%error, "reconciling a TrainingJob"),
-            }
-        })
-        .await;
-}
-
-fn error_policy(job: Arc<TrainingJob>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(job = %job.name_any(), %error, "will retry");
-    Action::requeue(Duration::from_secs(5))
+    run_controller::<TrainingJob, _, _>(context, shutdown, JOB_LABEL, reconcile).await;
 }
 
 fn recorded(job: &TrainingJob) -> Recorded {
@@ -64,6 +44,8 @@ fn recorded(job: &TrainingJob) -> Recorded {
 async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Action, Error> {
     let client = &context.client;
     let namespace = job.namespace().unwrap_or_else(|| "default".to_owned());
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+    let job = context.latest(&jobs, job).await?;
     let name = job.name_any();
     let apply = PatchParams::apply(MANAGER).force();
     let recorded = recorded(&job);
@@ -103,7 +85,6 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
             .await
             .map_err(kube_error(format!("creating rank {rank}'s pod")))?;
     }
-    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
     if plan.delete_job {
         jobs.delete(&name, &DeleteParams::background()).await.map_err(kube_error("deleting the finished job"))?;
         return Ok(Action::await_change());
@@ -119,9 +100,11 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
             announce(client, &job, &plan).await;
         }
         let patch = crate::status::merge_patch(job.status.as_ref(), &next);
-        jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        let written = jobs
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(kube_error("writing the job's status"))?;
+        context.wrote(&written);
     }
     let wait = match plan.phase {
         Phase::Running | Phase::Created | Phase::Restarting => Some(POLL),
