@@ -15,3 +15,24 @@ pub mod objects;
 pub mod serving;
 pub mod status;
 pub mod training;
+
+/// A `kind` object `adder` in namespace `ml` (with `uid` and `generation`) for the unit tests:
+/// `spec` is `base` with `overrides`' fields replacing its own.
+#[cfg(test)]
+pub(crate) fn test_object<K: serde::de::DeserializeOwned>(
+    kind: &str,
+    uid: &str,
+    generation: i64,
+    mut base: serde_json::Value,
+    overrides: serde_json::Value,
+) -> K {
+    for (field, value) in overrides.as_object().into_iter().flatten() {
+        base[field] = value.clone();
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "lantern.dev/v1alpha1", "kind": kind,
+        "metadata": {"name": "adder", "namespace": "ml", "uid": uid, "generation": generation},
+        "spec": base,
+    }))
+    .unwrap_or_else(|e| panic!("a valid {kind}: {e}"))
+}

@@ -14,17 +14,9 @@ pub mod status;
 /// `spec`'s fields replace the base spec's.
 #[cfg(test)]
 pub(crate) fn test_service(spec: serde_json::Value) -> crate::crd::InferenceService {
-    let mut base = serde_json::json!({
+    let base = serde_json::json!({
         "model": "adder",
         "source": {"repository": {"claimName": "models"}},
     });
-    for (field, value) in spec.as_object().into_iter().flatten() {
-        base[field] = value.clone();
-    }
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "lantern.dev/v1alpha1", "kind": "InferenceService",
-        "metadata": {"name": "adder", "namespace": "ml", "uid": "u-2", "generation": 2},
-        "spec": base,
-    }))
-    .expect("a valid InferenceService")
+    crate::test_object("InferenceService", "u-2", 2, base, spec)
 }

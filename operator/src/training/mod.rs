@@ -12,7 +12,7 @@ pub mod status;
 /// two ranks; `spec`'s fields replace the base spec's.
 #[cfg(test)]
 pub(crate) fn test_job(spec: serde_json::Value) -> crate::crd::TrainingJob {
-    let mut base = serde_json::json!({
+    let base = serde_json::json!({
         "model": {"llama": {"hiddenSize": 48, "intermediateSize": 128, "layers": 2, "heads": 4, "context": 16}},
         "data": {"addition": {"maxOperand": 9, "trainExamples": 2000, "evalExamples": 20}},
         "schedule": {"steps": 1000, "globalBatch": 32},
@@ -20,13 +20,5 @@ pub(crate) fn test_job(spec: serde_json::Value) -> crate::crd::TrainingJob {
         "checkpoint": {"everySteps": 100},
         "output": {"model": "adder", "repository": {"claimName": "models"}},
     });
-    for (field, value) in spec.as_object().into_iter().flatten() {
-        base[field] = value.clone();
-    }
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "lantern.dev/v1alpha1", "kind": "TrainingJob",
-        "metadata": {"name": "adder", "namespace": "ml", "uid": "u-1", "generation": 3},
-        "spec": base,
-    }))
-    .expect("a valid TrainingJob")
+    crate::test_object("TrainingJob", "u-1", 3, base, spec)
 }
