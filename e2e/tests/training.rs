@@ -86,8 +86,7 @@ async fn a_killed_rank_restarts_the_gang_which_resumes_from_its_checkpoint_and_s
         })
         .await;
     // SIGKILL rank 1's process: its pod fails (restartPolicy Never), and the whole gang restarts.
-    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", "_long-0-rank-1_"]).status().unwrap();
-    assert!(killed.success(), "rank 1's process was not found");
+    assert_eq!(kill_processes_whose_command_contains("_long-0-rank-1_"), 1, "rank 1's process was not found");
 
     let done = stack
         .wait_for("tj/long", "the end", Duration::from_secs(300), |j| {
@@ -104,4 +103,21 @@ async fn a_killed_rank_restarts_the_gang_which_resumes_from_its_checkpoint_and_s
     let events = stack.kubectl(&["get", "events", "--field-selector", "involvedObject.name=long"]).await.unwrap();
     assert!(events.stdout.contains("RankFailed"), "{}", events.stdout);
     stack.stop().await.unwrap();
+}
+
+/// SIGKILLs every process whose command line contains `needle` (a pod's directory names its
+/// pod), as `pkill -KILL -f` would; returns how many.
+fn kill_processes_whose_command_contains(needle: &str) -> usize {
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(command) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if String::from_utf8_lossy(&command).contains(needle)
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+            && rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
 }
