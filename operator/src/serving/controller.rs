@@ -82,15 +82,24 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         .map_err(kube_error("listing the service's pods"))?;
     let pods: Vec<ServingPod> = listed.items.iter().filter_map(ServingPod::from_pod).collect();
     let answering: Vec<&ServingPod> = pods.iter().filter(|p| !p.terminating && p.ip.is_some()).collect();
-    let reports = join_all(answering.iter().map(|pod| model_status(pod, &service.spec.model))).await;
+    // One connection per pod and pass, for the status and the push alike.
+    let workers = join_all(answering.iter().map(|pod| worker(pod))).await;
+    let asks =
+        answering.iter().zip(&workers).map(|(pod, client)| model_status(pod, client.clone(), &service.spec.model));
+    let reports = join_all(asks).await;
     let fleet = Fleet::from_reports(&reports.iter().flatten().cloned().collect::<Vec<_>>());
 
     let previous = service.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     let decision = rollout::decide(&service.spec, &previous, &fleet, now);
     if let Some(config) = decision.serving_config() {
-        let pushes = answering.iter().map(|pod| push_config(pod, &service.spec.model, config.clone()));
-        for (pod, result) in answering.iter().zip(join_all(pushes).await) {
+        let reachable = answering.iter().zip(&workers).filter_map(|(pod, client)| Some((pod, client.clone()?)));
+        let model = &service.spec.model;
+        let pushes = reachable.map(|(pod, client)| {
+            let config = config.clone();
+            async move { (pod, push_config(client, model, config).await) }
+        });
+        for (pod, result) in join_all(pushes).await {
             if let Err(error) = result {
                 tracing::warn!(service = %name, pod = %pod.name, %error, "pushing the serving config");
             }
@@ -165,8 +174,12 @@ async fn worker(pod: &ServingPod) -> Option<ModelServiceClient<Channel>> {
 
 /// The pod's view of `model`, if its worker answers in time. A worker that has not scanned the
 /// repository yet answers NOT_FOUND, which counts as no answer.
-async fn model_status(pod: &ServingPod, model: &str) -> Option<ModelStatus> {
-    let Some(mut client) = worker(pod).await else {
+async fn model_status(
+    pod: &ServingPod,
+    client: Option<ModelServiceClient<Channel>>,
+    model: &str,
+) -> Option<ModelStatus> {
+    let Some(mut client) = client else {
         tracing::debug!(pod = %pod.name, "worker not reachable");
         return None;
     };
@@ -179,8 +192,11 @@ async fn model_status(pod: &ServingPod, model: &str) -> Option<ModelStatus> {
     }
 }
 
-async fn push_config(pod: &ServingPod, model: &str, config: ServingConfig) -> Result<(), String> {
-    let mut client = worker(pod).await.ok_or_else(|| format!("cannot reach {}", pod.name))?;
+async fn push_config(
+    mut client: ModelServiceClient<Channel>,
+    model: &str,
+    config: ServingConfig,
+) -> Result<(), String> {
     client
         .set_serving_config(SetServingConfigRequest { model: model.to_owned(), config: Some(config) })
         .await
