@@ -38,7 +38,7 @@ kubectl apply -f crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=30s >/dev/null
 
 echo "==> starting lantern-operator (logs: $state/operator.log)"
-"$bin/lantern-operator" --worker-image "$image" >"$state/operator.log" 2>&1 &
+"$bin/lantern-operator" --worker-image "$image" --metrics-address 127.0.0.1:0 >"$state/operator.log" 2>&1 &
 pids+=($!)
 
 echo "==> kubectl apply -f examples/training/adder-job.yaml -f examples/serving/adder.yaml"

@@ -173,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
         many as f64 / all.as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    if let Some(mib) = stack.operator_pid().and_then(resident_mib) {
+    if let Some(mib) = stack.operator.pid().and_then(resident_mib) {
         println!("operator resident memory with {} InferenceServices: {mib:.1} MiB", many + REPEATS);
     }
     stack.stop().await

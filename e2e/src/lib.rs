@@ -41,27 +41,98 @@ pub fn workspace() -> PathBuf {
 /// The devcluster with the CRDs applied and the operator running.
 pub struct Stack {
     pub cluster: DevCluster,
-    operator: tokio::process::Child,
+    pub operator: Operator,
     pub state: tempfile::TempDir,
 }
 
-/// Starts `lantern-operator` against `cluster`, appending to `operator.log` in `state`.
-fn start_operator(cluster: &DevCluster, state: &Path) -> anyhow::Result<tokio::process::Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(state.join("operator.log"))?;
-    tokio::process::Command::new(binary("lantern-operator")?)
-        .arg("--worker-image")
-        .arg(WORKER_IMAGE)
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .env("LANTERN_LOG", "lantern_operator=debug,info")
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting lantern-operator")
+/// The identity the suites' operator holds the leader Lease under: a restarted operator keeps
+/// it, as a restarted container keeps its pod's name.
+pub const OPERATOR_IDENTITY: &str = "lantern-operator-e2e";
+
+/// A running `lantern-operator` process, logging to its own file.
+pub struct Operator {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `lantern-operator` against `cluster` as `identity`, with `env` added, appending
+    /// to `{identity}.log` in `state`. Its metrics endpoint takes any free port (see
+    /// [`Operator::metrics_address`]).
+    pub fn start(cluster: &DevCluster, state: &Path, identity: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let log = state.join(format!("{identity}.log"));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let child = tokio::process::Command::new(binary("lantern-operator")?)
+            .args(["--worker-image", WORKER_IMAGE, "--metrics-address", "127.0.0.1:0", "--identity", identity])
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("LANTERN_LOG", "lantern_operator=debug,info")
+            .envs(env.iter().copied())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting lantern-operator")?;
+        Ok(Self { child, log })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Everything it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Where its latest run serves `/metrics` (from its log; waits up to 10 s for the line).
+    pub async fn metrics_address(&self) -> anyhow::Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            let announced = log.lines().rev().find(|l| l.contains("serving /metrics"));
+            if let Some(address) =
+                announced.and_then(|l| l.split("address=").nth(1)).and_then(|a| a.split_whitespace().next())
+            {
+                return Ok(address.to_owned());
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the operator never served metrics:\n{log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 20 s) for the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+            // Already gone is fine.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .context("the operator did not stop within 20 s of SIGTERM")?
+            .context("waiting for the operator")
+    }
+
+    /// Waits (up to `within`) for it to exit on its own.
+    pub async fn exited(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .with_context(|| format!("the operator still runs after {within:?}"))?
+            .context("waiting for the operator")
+    }
+
+    /// SIGKILL: no chance to tidy up.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("killing lantern-operator")
+    }
 }
 
 impl Stack {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`Stack::start`], with `env` added to the operator's environment.
+    pub async fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let state = tempfile::tempdir().context("creating the state directory")?;
         let mut options = Options::new(state.path()).image(WORKER_IMAGE, binary("lantern-worker")?);
         options.kubelet.back_off = Duration::from_secs(1);
@@ -69,20 +140,15 @@ impl Stack {
         let crds = workspace().join("crds");
         let applied = cluster.kubectl(&["apply", "-f", crds.to_str().context("a UTF-8 path")?], None).await?;
         anyhow::ensure!(applied.ok, "applying the CRDs: {}{}", applied.stdout, applied.stderr);
-        let operator = start_operator(&cluster, state.path())?;
+        let operator = Operator::start(&cluster, state.path(), OPERATOR_IDENTITY, env)?;
         Ok(Self { cluster, operator, state })
-    }
-
-    /// The operator process's id (for its memory in the benchmark).
-    pub fn operator_pid(&self) -> Option<u32> {
-        self.operator.id()
     }
 
     /// Kills the operator (SIGKILL: no chance to tidy up) and starts a new one, as a crash and a
     /// Deployment's restart would.
     pub async fn restart_operator(&mut self) -> anyhow::Result<()> {
-        self.operator.kill().await.context("killing lantern-operator")?;
-        self.operator = start_operator(&self.cluster, self.state.path())?;
+        self.operator.kill().await?;
+        self.operator = Operator::start(&self.cluster, self.state.path(), OPERATOR_IDENTITY, &[])?;
         Ok(())
     }
 
@@ -208,16 +274,13 @@ impl Stack {
 
     /// The operator's log so far (for failure messages).
     pub fn operator_log(&self) -> String {
-        std::fs::read_to_string(self.state.path().join("operator.log")).unwrap_or_default()
+        self.operator.log()
     }
 
     /// Stops the operator (SIGTERM) and the devcluster with its pods.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(pid) = self.operator.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
-            // Already gone is fine.
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.operator.wait()).await;
+        // An operator that has already exited is fine.
+        let _ = self.operator.terminate().await;
         self.cluster.stop().await
     }
 }

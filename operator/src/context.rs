@@ -1,11 +1,12 @@
-//! What every controller shares: the client, the operator's settings, the error type, the
-//! Events it records on the objects it manages, and the loop that runs a controller.
+//! What every controller shares: the client, the operator's settings and metrics, the error
+//! type, the Events it records on the objects it manages, and the loop that runs a controller
+//! (each reconcile timed, counted and traced as a span).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -16,6 +17,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
 
 /// The field manager of everything the operator applies, and the source of its Events.
 pub const MANAGER: &str = "lantern-operator";
@@ -25,12 +29,13 @@ pub struct Context {
     pub client: Client,
     /// The worker image for jobs and services that name none.
     pub worker_image: String,
+    pub metrics: Arc<Metrics>,
     written: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
     pub fn new(client: Client, worker_image: String) -> Self {
-        Self { client, worker_image, written: Mutex::new(HashMap::new()) }
+        Self { client, worker_image, metrics: Arc::default(), written: Mutex::new(HashMap::new()) }
     }
 
     /// `object` as the reconcile should see it. The controller's cache may still hold the copy
@@ -72,16 +77,20 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("{identity} lost the leader Lease (now held by {holder})")]
+    LostLease { identity: String, holder: String },
 }
 
 /// Runs the controller of kind `K` until `shutdown` resolves: `reconcile` on every change to a
 /// `K` or to the pods and Services labelled `owner_label` that it owns, and when it asks to be
-/// requeued; a failed reconcile is retried after 5 s.
+/// requeued; a failed reconcile is retried after 5 s. Each reconcile is a `reconcile` span (so
+/// it is exported as a trace, and the workers it calls join it) and is counted and timed in
+/// [`Metrics`].
 pub async fn run_controller<K, R, F>(
     context: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
     owner_label: &str,
-    reconcile: R,
+    mut reconcile: R,
 ) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     R: FnMut(Arc<K>, Arc<Context>) -> F,
@@ -89,11 +98,28 @@ pub async fn run_controller<K, R, F>(
 {
     let client = context.client.clone();
     let owned = watcher::Config::default().labels(owner_label);
+    let observed = move |object: Arc<K>, context: Arc<Context>| {
+        let kind = kind_name::<K>();
+        let span = tracing::info_span!(
+            "reconcile",
+            otel.name = %format!("reconcile {kind}"),
+            k8s.namespace = %object.namespace().unwrap_or_default(),
+            k8s.name = %object.name_any(),
+        );
+        let timer = ReconcileTimer { metrics: context.metrics.clone(), kind, started: Instant::now(), success: false };
+        let work = reconcile(object, context);
+        async move {
+            let result = work.await;
+            timer.finish(result.is_ok());
+            result
+        }
+        .instrument(span)
+    };
     Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Pod>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client), owned)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy::<K>, context)
+        .run(observed, error_policy::<K>, context)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(kind = %K::kind(&()), object = %object.name, "reconciled"),
@@ -101,6 +127,28 @@ pub async fn run_controller<K, R, F>(
             }
         })
         .await;
+}
+
+/// Counts and times one reconcile when dropped, so that a reconcile cancelled by shutdown counts
+/// too (as an error).
+struct ReconcileTimer {
+    metrics: Arc<Metrics>,
+    kind: &'static str,
+    started: Instant,
+    success: bool,
+}
+
+impl ReconcileTimer {
+    fn finish(mut self, success: bool) {
+        self.success = success;
+    }
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.metrics.observe_reconcile(self.kind, self.success, seconds);
+    }
 }
 
 fn error_policy<K: Resource<DynamicType = ()>>(object: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
@@ -114,8 +162,27 @@ pub fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Erro
     move |source| Error::Kube { action, source }
 }
 
-/// Records a core/v1 Event on `object`; a failure to record is logged, never fatal.
-pub async fn record_event<K>(client: &Client, object: &K, reason: &str, message: &str, warning: bool)
+/// `K`'s kind as a metric label.
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        std::borrow::Cow::Owned(_) => "unknown",
+    }
+}
+
+impl Context {
+    /// Records a core/v1 Event on `object` and counts it; a failure to record is logged, never
+    /// fatal.
+    pub async fn record_event<K>(&self, object: &K, reason: &str, message: &str, warning: bool)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        self.metrics.observe_event(kind_name::<K>(), reason);
+        create_event(&self.client, object, reason, message, warning).await;
+    }
+}
+
+async fn create_event<K>(client: &Client, object: &K, reason: &str, message: &str, warning: bool)
 where
     K: Resource<DynamicType = ()>,
 {

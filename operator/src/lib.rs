@@ -5,12 +5,16 @@
 //!   progress and status.
 //! - [`serving`]: the InferenceService controller: worker pods and their Service, serving config
 //!   pushed to every pod, and the canary rollout decided on the workers' per-version metrics.
-//! - [`context`]: what every reconcile shares (client, settings, errors, Events).
+//! - [`context`]: what every reconcile shares (client, settings, metrics, errors, Events).
+//! - [`leader`]: leader election on a Lease, so that one of several replicas reconciles.
+//! - [`metrics`]: the operator's Prometheus metrics and its `/metrics`, `/healthz`, `/readyz`.
 //! - [`objects`]: what every pod and Service the operator makes shares; [`status`]: conditions
 //!   and status patches.
 
 pub mod context;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
 pub mod objects;
 pub mod serving;
 pub mod status;

@@ -1,12 +1,17 @@
 //! `lantern-operator`: runs the controllers against the cluster in `KUBECONFIG` (or the one it
-//! runs in) until SIGTERM or Ctrl-C.
+//! runs in) until SIGTERM or Ctrl-C, as the leader among its replicas (a Lease) unless told
+//! otherwise, with its metrics and health endpoints on `--metrics-address`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{ArgAction, Parser};
 use futures::FutureExt;
 use lantern_operator::context::Context;
-use lantern_operator::{serving, training};
+use lantern_operator::leader::Election;
+use lantern_operator::{metrics, serving, training};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,24 +26,79 @@ struct Args {
     /// Log filter (`info`, `lantern_operator=debug`, …).
     #[arg(long, env = "LANTERN_LOG", default_value = "info")]
     log: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "LANTERN_LOG_JSON")]
+    log_json: bool,
+    /// Export a trace per reconcile over OTLP/gRPC to this endpoint.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (port 0: any free port, logged).
+    #[arg(long, env = "LANTERN_METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
+    metrics_address: SocketAddr,
+    /// Reconcile only while holding the leader Lease (`--leader-elect=false`: always).
+    #[arg(long, env = "LANTERN_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
+    leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, env = "LANTERN_LEASE_NAME", default_value = "lantern-operator")]
+    lease_name: String,
+    /// The Lease's namespace; default: the client's (the pod's namespace in a cluster).
+    #[arg(long, env = "LANTERN_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long a leader's Lease stays valid without renewal.
+    #[arg(long, env = "LANTERN_LEASE_DURATION_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_duration_seconds: u64,
+    /// This replica's name in the Lease; default: the host name and process id. Give the pod's
+    /// name, so that a restarted container takes its Lease back at once.
+    #[arg(long, env = "LANTERN_IDENTITY")]
+    identity: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
-        .with_writer(std::io::stderr)
-        .init();
+    let _telemetry =
+        lantern_telemetry::init("lantern-operator", &args.log, args.log_json, args.otlp_endpoint.as_deref())?;
     let client = kube::Client::try_default().await?;
-    let context = Arc::new(Context::new(client, args.worker_image));
-    tracing::info!("lantern-operator: reconciling TrainingJobs and InferenceServices");
+    let context = Arc::new(Context::new(client.clone(), args.worker_image.clone()));
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("binding the metrics address {}", args.metrics_address))?;
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let shutdown = shutdown().boxed().shared();
-    tokio::join!(
-        training::controller::run(context.clone(), shutdown.clone()),
-        serving::controller::run(context, shutdown),
-    );
+    let server = tokio::spawn(metrics::serve(listener, context.metrics.clone(), shutdown.clone()));
+
+    let controllers = {
+        let (context, shutdown) = (context.clone(), shutdown.clone());
+        async move {
+            tracing::info!("reconciling TrainingJobs and InferenceServices");
+            tokio::join!(
+                training::controller::run(context.clone(), shutdown.clone()),
+                serving::controller::run(context, shutdown),
+            );
+        }
+    };
+    if args.leader_elect {
+        let namespace = args.lease_namespace.clone().unwrap_or_else(|| client.default_namespace().to_owned());
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        let duration = Duration::from_secs(args.lease_duration_seconds);
+        let election = Election::new(client, &namespace, &args.lease_name, &identity, duration);
+        election.lead(&context.metrics, shutdown.clone(), controllers).await?;
+    } else {
+        context.metrics.set_ready();
+        controllers.await;
+    }
+    server.await.context("the metrics server task")?.context("serving metrics")?;
     Ok(())
+}
+
+/// `host_pid`: unique among the replicas of a Deployment (each pod has its own host name).
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "lantern-operator".to_owned());
+    format!("{host}_{}", std::process::id())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

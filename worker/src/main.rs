@@ -3,7 +3,6 @@
 
 mod compute_threads;
 mod launch;
-mod telemetry;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -191,7 +190,8 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(serve) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
-                let _telemetry = telemetry::init(&args.log, args.log_json, args.otlp_endpoint.as_deref())?;
+                let _telemetry =
+                    lantern_telemetry::init("lantern-worker", &args.log, args.log_json, args.otlp_endpoint.as_deref())?;
                 run_serve(serve).await
             })
         }
@@ -212,7 +212,8 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let threads = args.compute_threads.map_or_else(compute_threads::default_threads, |n| n as usize);
             let code = runtime.block_on(async {
-                let _telemetry = telemetry::init(&args.log, args.log_json, args.otlp_endpoint.as_deref())?;
+                let _telemetry =
+                    lantern_telemetry::init("lantern-worker", &args.log, args.log_json, args.otlp_endpoint.as_deref())?;
                 match train.local_ranks {
                     Some(ranks) => launch::run(&train.config, ranks as usize, threads).await,
                     None => run_train(train).await,

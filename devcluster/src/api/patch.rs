@@ -184,7 +184,7 @@ pub fn fields_v1(value: &Value, field: Option<&str>) -> Value {
             }
         }
         Value::Array(items) => {
-            if let Some(key) = field.and_then(merge_key) {
+            if let Some(key) = field.and_then(|f| merge_key(f, items)) {
                 for item in items {
                     if let Some(id) = item.get(key) {
                         let mut element = fields_v1(item, Some(""));
@@ -199,13 +199,15 @@ pub fn fields_v1(value: &Value, field: Option<&str>) -> Value {
     Value::Object(set)
 }
 
-/// The key that identifies an element of a list field of the built-in kinds, by the field's name.
-fn merge_key(field: &str) -> Option<&'static str> {
+/// The key that identifies an element of a list field of the built-in kinds, by the field's name
+/// (and, for `ports`, whose elements are a container's or a Service's, by what they hold).
+fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     match field {
         "containers" | "initContainers" | "env" | "volumes" | "imagePullSecrets" | "ephemeralContainers" => {
             Some("name")
         }
-        "ports" => Some("containerPort"),
+        "ports" if items.iter().any(|port| port.get("containerPort").is_some()) => Some("containerPort"),
+        "ports" => Some("port"),
         "volumeMounts" => Some("mountPath"),
         "conditions" => Some("type"),
         "ownerReferences" => Some("uid"),
@@ -224,7 +226,7 @@ pub fn strategic_merge(original: &Value, patch: &Value) -> Value {
 fn merge_value(original: &Value, patch: &Value, field: Option<&str>) -> Value {
     match (original, patch) {
         (Value::Object(original), Value::Object(patch)) => Value::Object(merge_map(original, patch)),
-        (Value::Array(original), Value::Array(patch)) => match field.and_then(merge_key) {
+        (Value::Array(original), Value::Array(patch)) => match field.and_then(|f| merge_key(f, patch)) {
             Some(key) => Value::Array(merge_list(original, patch, key)),
             None => Value::Array(patch.iter().filter(|v| !is_directive(v)).cloned().collect()),
         },
@@ -319,6 +321,23 @@ mod tests {
         assert_eq!(merged["metadata"]["labels"], json!({"keep": "1", "new": "3"}));
         let replaced = strategic_merge(&pod, &json!({"spec": {"$patch": "replace", "containers": []}}));
         assert_eq!(replaced["spec"], json!({"containers": []}));
+    }
+
+    #[test]
+    fn service_ports_merge_by_port_and_container_ports_by_container_port() {
+        let port = json!({"name": "serving", "port": 8500, "protocol": "TCP", "targetPort": 8500});
+        let service = json!({"spec": {"ports": [port.clone()]}});
+        let again = strategic_merge(&service, &json!({"spec": {"ports": [{"name": "serving", "port": 8500}]}}));
+        assert_eq!(again["spec"]["ports"], json!([port]), "re-applying a port changes nothing");
+        let added = strategic_merge(&service, &json!({"spec": {"ports": [{"name": "metrics", "port": 9090}]}}));
+        assert_eq!(added["spec"]["ports"].as_array().map(Vec::len), Some(2));
+
+        let container = json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "name": "a"}]}]});
+        let renamed = strategic_merge(
+            &container,
+            &json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "name": "b"}]}]}),
+        );
+        assert_eq!(renamed["containers"][0]["ports"], json!([{"containerPort": 80, "name": "b"}]));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 use lantern_proto::lantern::v1::{
     GetModelStatusRequest, ModelStatus, ServingConfig, SetServingConfigRequest, VersionState,
 };
+use lantern_telemetry::with_trace_context;
 use tonic::transport::{Channel, Endpoint};
 
 use super::fleet::Fleet;
@@ -30,7 +31,7 @@ use super::objects::{self, SERVICE_LABEL, SERVING_PORT};
 use super::pods::{self, ServingPod};
 use super::rollout::{self, Decision};
 use super::status::{self, Observed};
-use crate::context::{Context, Error, MANAGER, kube_error, record_event, run_controller};
+use crate::context::{Context, Error, MANAGER, kube_error, run_controller};
 use crate::crd::{InferenceService, Repository, TrainingJob};
 
 /// How often a settled service is looked at again (new versions on disk are found this way).
@@ -137,7 +138,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     let observed = Observed { replicas, serving, fleet, source_error: source.err() };
     let next = status::next(&service, &decision, &observed, now);
     for event in &decision.events {
-        record_event(client, service.as_ref(), event.reason, &event.message, event.warning).await;
+        context.record_event(service.as_ref(), event.reason, &event.message, event.warning).await;
     }
     if service.status.as_ref() != Some(&next) {
         let patch = crate::status::merge_patch(service.status.as_ref(), &next);
@@ -183,7 +184,8 @@ async fn model_status(
         tracing::debug!(pod = %pod.name, "worker not reachable");
         return None;
     };
-    match client.get_model_status(GetModelStatusRequest { model: model.to_owned() }).await {
+    let request = with_trace_context(tonic::Request::new(GetModelStatusRequest { model: model.to_owned() }));
+    match client.get_model_status(request).await {
         Ok(response) => response.into_inner().models.into_iter().next(),
         Err(status) => {
             tracing::debug!(pod = %pod.name, %status, "no model status");
@@ -197,8 +199,9 @@ async fn push_config(
     model: &str,
     config: ServingConfig,
 ) -> Result<(), String> {
+    let request = SetServingConfigRequest { model: model.to_owned(), config: Some(config) };
     client
-        .set_serving_config(SetServingConfigRequest { model: model.to_owned(), config: Some(config) })
+        .set_serving_config(with_trace_context(tonic::Request::new(request)))
         .await
         .map(|_| ())
         .map_err(|status| format!("{}: {}", status.code(), status.message()))

@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Client, ResourceExt};
 use lantern_proto::lantern::v1::training_service_client::TrainingServiceClient;
 use lantern_proto::lantern::v1::{GetProgressRequest, TrainingProgress};
 
 use super::objects::{self, JOB_LABEL, PROGRESS_PORT};
 use super::plan::{self, Phase, Plan, RankPod, Recorded};
 use super::status;
-use crate::context::{Context, Error, MANAGER, kube_error, record_event, run_controller};
+use crate::context::{Context, Error, MANAGER, kube_error, run_controller};
 use crate::crd::TrainingJob;
 
 /// How often a running job's progress is polled.
@@ -97,7 +97,7 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
     let next = status::next(&job, &plan, &ranks, report.as_ref(), now);
     if job.status.as_ref() != Some(&next) {
         if recorded.phase != Some(plan.phase) {
-            announce(client, &job, &plan).await;
+            announce(&context, &job, &plan).await;
         }
         let patch = crate::status::merge_patch(job.status.as_ref(), &next);
         let written = jobs
@@ -125,12 +125,13 @@ async fn progress(pods: &[Pod], attempt: u32) -> Option<TrainingProgress> {
         .connect_timeout(PROGRESS_TIMEOUT)
         .timeout(PROGRESS_TIMEOUT);
     let channel = endpoint.connect().await.ok()?;
-    let response = TrainingServiceClient::new(channel).get_progress(GetProgressRequest {}).await.ok()?;
+    let request = lantern_telemetry::with_trace_context(tonic::Request::new(GetProgressRequest {}));
+    let response = TrainingServiceClient::new(channel).get_progress(request).await.ok()?;
     Some(response.into_inner())
 }
 
 /// Records an Event for a phase change (warning for failures and restarts).
-async fn announce(client: &Client, job: &TrainingJob, plan: &Plan) {
+async fn announce(context: &Context, job: &TrainingJob, plan: &Plan) {
     let warning = matches!(plan.phase, Phase::Failed | Phase::Restarting);
-    record_event(client, job, plan.reason, &plan.message, warning).await;
+    context.record_event(job, plan.reason, &plan.message, warning).await;
 }

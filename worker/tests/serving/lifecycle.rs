@@ -2,7 +2,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -10,10 +9,8 @@ use lantern_proto::inference::{
     RepositoryIndexRequest, RepositoryModelLoadRequest, RepositoryModelUnloadRequest, ServerReadyRequest,
 };
 use lantern_proto::lantern::v1::VersionState;
+use lantern_telemetry::collector::{Collector, Span};
 use lantern_worker::serve::batcher::BatchSettings;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::trace::v1::Span;
 use tonic::Code;
 
 use crate::fixtures::{Harness, IN, OUT, fast_settings, infer_request, local_options, publish_mlp};
@@ -148,43 +145,13 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
-/// Collects every span exported to it over OTLP/gRPC.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans = request.into_inner().resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
-        self.spans.lock().unwrap().extend(spans);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
 #[test]
 fn traces_reach_the_otlp_collector_and_continue_the_callers_trace() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let collector = Collector::default();
-    let collector_addr = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(collector.clone()))
-                .serve_with_incoming(incoming),
-        );
-        addr
-    });
+    let (collector, endpoint) = runtime.block_on(Collector::start()).unwrap();
     let repo = tempfile::tempdir().unwrap();
     publish_mlp(repo.path(), "m", 1, &[IN, 8, OUT]);
-    let (mut child, addr) =
-        spawn_worker(repo.path(), &[("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))]);
+    let (mut child, addr) = spawn_worker(repo.path(), &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]);
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     runtime.block_on(async {
@@ -204,7 +171,7 @@ fn traces_reach_the_otlp_collector_and_continue_the_callers_trace() {
     // Shutdown flushes the batch exporter.
     assert!(terminate(&mut child).success());
 
-    let spans = collector.spans.lock().unwrap().clone();
+    let spans = collector.spans();
     let ours: Vec<&Span> = spans.iter().filter(|s| hex::encode(&s.trace_id) == trace_id).collect();
     let names: Vec<&str> = ours.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"/inference.GRPCInferenceService/ModelInfer"), "spans in the caller's trace: {names:?}");
