@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond cargo, idempotently, into the git-ignored .cache/:
 # - .cache/models: the real models (scripts/fetch-test-models.sh);
+# - .cache/tools/helm: helm, for the chart test (scripts/fetch-helm.sh);
 # - .cache/python/site: the stock clients users already run, so tests prove wire compatibility:
 #   tritonclient[grpc] (Open Inference Protocol, with grpcio and numpy) and openai.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/fetch-test-models.sh
+scripts/fetch-helm.sh
 
 site=.cache/python/site
 stamp=$site/.lantern-installed-v2

@@ -1,7 +1,8 @@
 //! The level-triggered controllers inside the devcluster: after every burst of changes (and
 //! every second) each sweep runs over the whole store, again and again while any of them still
 //! changes something — garbage collection and namespaces ([`crate::api::gc`]), endpoints
-//! ([`crate::network::endpoints`]) and claim binding ([`crate::kubelet::bind_claims`]).
+//! ([`crate::network::endpoints`]), claim binding ([`crate::kubelet::bind_claims`]) and
+//! Deployments ([`crate::deployments`]).
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -18,7 +19,8 @@ const MAX_SWEEPS: usize = 64;
 /// One sweep: looks at everything, returns whether it changed anything.
 type Sweep = fn(&Cluster) -> bool;
 
-const SWEEPS: [Sweep; 3] = [crate::api::gc::sweep, crate::network::endpoints::sweep, crate::kubelet::bind_claims];
+const SWEEPS: [Sweep; 4] =
+    [crate::api::gc::sweep, crate::network::endpoints::sweep, crate::kubelet::bind_claims, crate::deployments::sweep];
 
 /// Sweeps until the cluster is dropped.
 pub async fn run(cluster: Weak<Cluster>) {

@@ -11,8 +11,9 @@
 //! - [`selector`], [`status`]: label and field selectors; errors as `Status` objects.
 //! - [`kubelet`]: pods run as local processes, each pod on a loopback IP of its own.
 //! - [`network`]: Services' endpoints and the proxy behind their cluster IPs.
+//! - [`deployments`]: Deployments keep their pods (no ReplicaSets), rolling or recreating.
 //! - [`controllers`]: the level-triggered sweeps (garbage collection, namespaces, endpoints,
-//!   claims).
+//!   claims, Deployments).
 //!
 //! [`DevCluster::start`] serves it on a loopback port and writes a kubeconfig; tests take a
 //! [`kube::Client`]-ready config from it and stop it when done.
@@ -21,6 +22,7 @@ pub mod api;
 pub mod cel;
 pub mod controllers;
 pub mod crd;
+pub mod deployments;
 pub mod kubelet;
 pub mod network;
 pub mod resources;
@@ -108,7 +110,7 @@ impl DevCluster {
                 tracing::error!(%error, "the devcluster API stopped");
             }
         });
-        let kubeconfig = options.state_dir.join("kubeconfig");
+        let kubeconfig = kubeconfig_path(&options.state_dir);
         std::fs::write(&kubeconfig, kubeconfig_yaml(address))
             .with_context(|| format!("writing {}", kubeconfig.display()))?;
         Ok(Self {
@@ -191,6 +193,11 @@ pub struct Kubectl {
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// Where the kubeconfig is written in a state directory (pods get it as `KUBECONFIG`).
+pub fn kubeconfig_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("kubeconfig")
 }
 
 /// A kubeconfig with one cluster, user and context, all named `lantern-devcluster`.

@@ -127,6 +127,19 @@ const BUILTINS: &[(&str, &str, Builtin)] = &[
     ("", "v1", ("serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], false)),
     ("", "v1", ("persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", true, &["pvc"], true)),
     ("coordination.k8s.io", "v1", ("leases", "lease", "Lease", true, &[], false)),
+    ("apps", "v1", ("deployments", "deployment", "Deployment", true, &["deploy"], true)),
+    // Served (clients that follow Deployments look them up) but not used: the Deployment
+    // controller owns its pods directly.
+    ("apps", "v1", ("replicasets", "replicaset", "ReplicaSet", true, &["rs"], true)),
+    // Stored for the charts that install them; the devcluster does not authorize requests.
+    ("rbac.authorization.k8s.io", "v1", ("clusterroles", "clusterrole", "ClusterRole", false, &[], false)),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        ("clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, &[], false),
+    ),
+    ("rbac.authorization.k8s.io", "v1", ("roles", "role", "Role", true, &[], false)),
+    ("rbac.authorization.k8s.io", "v1", ("rolebindings", "rolebinding", "RoleBinding", true, &[], false)),
     (
         "apiextensions.k8s.io",
         "v1",
@@ -151,7 +164,11 @@ fn builtin_type(group: &str, version: &str, builtin: &Builtin) -> ResourceType {
         kind: kind.to_owned(),
         namespaced,
         short_names: short_names.iter().map(|s| s.to_string()).collect(),
-        categories: if matches!(plural, "pods" | "services") { vec!["all".to_owned()] } else { Vec::new() },
+        categories: if matches!(plural, "pods" | "services" | "deployments") {
+            vec!["all".to_owned()]
+        } else {
+            Vec::new()
+        },
         status,
         scale: None,
         log: plural == "pods",

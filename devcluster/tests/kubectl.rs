@@ -253,3 +253,70 @@ async fn pods_run_and_kubectl_waits_for_them_reads_their_logs_and_deletes_them()
     assert!(!ok && err.contains("pods \"greeter\" not found"), "{err}");
     cluster.stop().await.unwrap();
 }
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: web
+          image: shell
+          args: [-c, 'echo release $RELEASE; exec sleep 600']
+          env: [{name: RELEASE, value: one}]
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deployments_roll_out_with_kubectl_and_imperative_creates_work() {
+    let state = tempfile::tempdir().unwrap();
+    let options = Options::new(state.path()).image("shell", "/bin/sh");
+    let cluster = DevCluster::start(options).await.unwrap();
+    let manifest = state.path().join("web.yaml");
+    std::fs::write(&manifest, DEPLOYMENT).unwrap();
+    let file = manifest.to_str().unwrap();
+
+    let (ok, out, err) = kubectl(&cluster, &["apply", "-f", file]).await;
+    assert!(ok && out.contains("deployment.apps/web created"), "{out}{err}");
+    let (ok, out, err) = kubectl(&cluster, &["rollout", "status", "deployment/web", "--timeout=30s"]).await;
+    assert!(ok && out.contains("successfully rolled out"), "{out}{err}");
+    let pods = |out: &str| out.lines().map(str::to_owned).collect::<Vec<_>>();
+    let (_, first, _) = kubectl(&cluster, &["get", "pods", "-l", "app=web", "-o", "name"]).await;
+    assert_eq!(pods(&first).len(), 2, "{first}");
+
+    // A changed template replaces every pod, new ones first.
+    std::fs::write(&manifest, DEPLOYMENT.replace("value: one", "value: two")).unwrap();
+    let (ok, out, err) = kubectl(&cluster, &["apply", "-f", file]).await;
+    assert!(ok && out.contains("deployment.apps/web configured"), "{out}{err}");
+    let (ok, out, err) = kubectl(&cluster, &["rollout", "status", "deployment/web", "--timeout=60s"]).await;
+    assert!(ok && out.contains("successfully rolled out"), "{out}{err}");
+    let mut second = String::new();
+    for _ in 0..100 {
+        second = kubectl(&cluster, &["get", "pods", "-l", "app=web", "-o", "name"]).await.1;
+        if pods(&second).len() == 2 && pods(&second).iter().all(|p| !pods(&first).contains(p)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(pods(&second).iter().all(|p| !pods(&first).contains(p)), "old pods remain: {first} / {second}");
+    let new_pod = pods(&second)[0].clone();
+    let (_, log, _) = kubectl(&cluster, &["logs", &new_pod]).await;
+    assert_eq!(log, "release two\n");
+
+    // kubectl's generators send protobuf for ConfigMaps and Secrets; those are understood.
+    let (ok, out, err) = kubectl(&cluster, &["create", "configmap", "flags", "--from-literal=mode=fast"]).await;
+    assert!(ok && out.contains("configmap/flags created"), "{out}{err}");
+    let (ok, out, err) =
+        kubectl(&cluster, &["create", "secret", "generic", "token", "--from-literal=key=s3cret"]).await;
+    assert!(ok && out.contains("secret/token created"), "{out}{err}");
+    let (_, out, _) = kubectl(&cluster, &["get", "secret", "token", "-o", "jsonpath={.data.key}"]).await;
+    assert_eq!(out, "czNjcmV0");
+    let (ok, _, err) = kubectl(&cluster, &["delete", "deployment", "web"]).await;
+    assert!(ok, "{err}");
+    cluster.stop().await.unwrap();
+}

@@ -92,7 +92,7 @@ fn resident_mib(pid: u32) -> Option<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let stack = Stack::start().await?;
+    let mut stack = Stack::start().await?;
     anyhow::ensure!(stack.apply(MODELS_CLAIM).await?.ok, "applying the claim");
     stack.publish_mlp("models", "bench", "4,16,3", 1, &[]).await?;
     stack.publish_mlp("models", "bench", "4,16,3", 2, &[]).await?;
@@ -173,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
         many as f64 / all.as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    if let Some(mib) = stack.operator.pid().and_then(resident_mib) {
+    if let Some(mib) = stack.operator().pid().and_then(resident_mib) {
         println!("operator resident memory with {} InferenceServices: {mib:.1} MiB", many + REPEATS);
     }
     stack.stop().await

@@ -1,7 +1,9 @@
 //! `lantern-e2e`: what the end-to-end suites share. [`Stack::start`] brings up the devcluster
 //! (its kubelet running the worker image as the built `lantern-worker`), applies the CRDs, and
 //! starts the built `lantern-operator` as a process against it, the way a user's cluster runs
-//! them. The suites then drive it with the real kubectl.
+//! them. The suites then drive it with the real kubectl. [`Stack::bare`] is the devcluster
+//! alone (the operator image mapped to the built `lantern-operator`), for installing the Helm
+//! chart; [`Operator`] starts more operator processes (leader election).
 //!
 //! The binaries come from the same target directory as the test (`cargo nextest run
 //! --workspace` builds them); a missing one is a clear error.
@@ -38,12 +40,15 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e is in the workspace").to_owned()
 }
 
-/// The devcluster with the CRDs applied and the operator running.
+/// The devcluster, with the CRDs applied and the operator running unless started bare.
 pub struct Stack {
     pub cluster: DevCluster,
-    pub operator: Operator,
+    operator: Option<Operator>,
     pub state: tempfile::TempDir,
 }
+
+/// The operator image, mapped to the built `lantern-operator` (the chart's default image).
+pub const OPERATOR_IMAGE: &str = "ghcr.io/lantern-dev/operator";
 
 /// The identity the suites' operator holds the leader Lease under: a restarted operator keeps
 /// it, as a restarted container keeps its pod's name.
@@ -133,22 +138,36 @@ impl Stack {
 
     /// As [`Stack::start`], with `env` added to the operator's environment.
     pub async fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut stack = Self::bare().await?;
+        let crds = workspace().join("crds");
+        let applied = stack.kubectl(&["apply", "-f", crds.to_str().context("a UTF-8 path")?]).await?;
+        anyhow::ensure!(applied.ok, "applying the CRDs: {}{}", applied.stdout, applied.stderr);
+        stack.operator = Some(Operator::start(&stack.cluster, stack.state.path(), OPERATOR_IDENTITY, env)?);
+        Ok(stack)
+    }
+
+    /// The devcluster alone, its kubelet running the worker and operator images as the built
+    /// binaries: nothing applied, no operator started (for installing the chart).
+    pub async fn bare() -> anyhow::Result<Self> {
         let state = tempfile::tempdir().context("creating the state directory")?;
-        let mut options = Options::new(state.path()).image(WORKER_IMAGE, binary("lantern-worker")?);
+        let mut options = Options::new(state.path())
+            .image(WORKER_IMAGE, binary("lantern-worker")?)
+            .image(OPERATOR_IMAGE, binary("lantern-operator")?);
         options.kubelet.back_off = Duration::from_secs(1);
         let cluster = DevCluster::start(options).await?;
-        let crds = workspace().join("crds");
-        let applied = cluster.kubectl(&["apply", "-f", crds.to_str().context("a UTF-8 path")?], None).await?;
-        anyhow::ensure!(applied.ok, "applying the CRDs: {}{}", applied.stdout, applied.stderr);
-        let operator = Operator::start(&cluster, state.path(), OPERATOR_IDENTITY, env)?;
-        Ok(Self { cluster, operator, state })
+        Ok(Self { cluster, operator: None, state })
+    }
+
+    /// The operator process [`Stack::start`] runs.
+    pub fn operator(&mut self) -> &mut Operator {
+        self.operator.as_mut().expect("a Stack started bare has no operator process; this is a bug")
     }
 
     /// Kills the operator (SIGKILL: no chance to tidy up) and starts a new one, as a crash and a
     /// Deployment's restart would.
     pub async fn restart_operator(&mut self) -> anyhow::Result<()> {
-        self.operator.kill().await?;
-        self.operator = Operator::start(&self.cluster, self.state.path(), OPERATOR_IDENTITY, &[])?;
+        self.operator().kill().await?;
+        self.operator = Some(Operator::start(&self.cluster, self.state.path(), OPERATOR_IDENTITY, &[])?);
         Ok(())
     }
 
@@ -274,13 +293,15 @@ impl Stack {
 
     /// The operator's log so far (for failure messages).
     pub fn operator_log(&self) -> String {
-        self.operator.log()
+        self.operator.as_ref().map(Operator::log).unwrap_or_default()
     }
 
     /// Stops the operator (SIGTERM) and the devcluster with its pods.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        // An operator that has already exited is fine.
-        let _ = self.operator.terminate().await;
+        if let Some(operator) = self.operator.as_mut() {
+            // An operator that has already exited is fine.
+            let _ = operator.terminate().await;
+        }
         self.cluster.stop().await
     }
 }

@@ -66,7 +66,7 @@ async fn one_replica_leads_a_standby_takes_over_and_a_leader_that_loses_its_leas
     assert_eq!(stack.field("service/idle", ".metadata.generation").await.unwrap(), "1");
 
     // The leader reconciled and says so; the standby waits, ready, and has reconciled nothing.
-    let (code, leader_metrics) = scrape(&stack.operator, "/metrics").await;
+    let (code, leader_metrics) = scrape(stack.operator(), "/metrics").await;
     assert_eq!(code, 200);
     assert_eq!(metric(&leader_metrics, "lantern_operator_leader"), Some(1.0), "{leader_metrics}");
     let reconciled = r#"lantern_operator_reconciles_total{kind="InferenceService",result="success"}"#;
@@ -80,7 +80,7 @@ async fn one_replica_leads_a_standby_takes_over_and_a_leader_that_loses_its_leas
 
     // SIGTERM: the leader stops, releases the Lease, and the standby takes over well before the
     // Lease would have expired; then it reconciles a change.
-    assert!(stack.operator.terminate().await.unwrap().success(), "{}", stack.operator_log());
+    assert!(stack.operator().terminate().await.unwrap().success(), "{}", stack.operator_log());
     assert!(stack.operator_log().contains("released the leader Lease"), "{}", stack.operator_log());
     wait_for_holder(&stack, "standby").await;
     let patch = r#"{"spec":{"rollout":{"stepSeconds":5}}}"#;

@@ -95,7 +95,8 @@ fn target_of(cluster: &Cluster, key: &ObjectKey) -> Option<Target> {
     Some(Target { rtype, namespace, name: Some(key.name.clone()), subresource: None })
 }
 
-fn delete_object(cluster: &Cluster, key: &ObjectKey, policy: &str) -> bool {
+/// Deletes the object at `key` as an API client would (a pod on the node gracefully).
+pub fn delete_object(cluster: &Cluster, key: &ObjectKey, policy: &str) -> bool {
     let Some(target) = target_of(cluster, key) else { return false };
     let options = json!({"propagationPolicy": policy}).to_string();
     delete(cluster, &target, options.as_bytes(), &Params::default()).is_ok()

@@ -9,6 +9,7 @@ pub mod objects;
 mod openapi;
 mod ownership;
 mod patch;
+mod protobuf;
 mod scale;
 mod table;
 mod watch;
@@ -145,8 +146,14 @@ async fn resource_request(
     body: Bytes,
 ) -> Response {
     match handle(&cluster, &method, &uri, &params, &headers, body).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+        Ok(response) => {
+            tracing::debug!(%method, %uri, status = %response.status(), "request");
+            response
+        }
+        Err(error) => {
+            tracing::debug!(%method, %uri, status = %error.code, message = %error.message, "request refused");
+            error.into_response()
+        }
     }
 }
 
@@ -264,7 +271,7 @@ fn as_table(headers: &HeaderMap) -> bool {
     headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(table::wanted)
 }
 
-/// A JSON or YAML request body.
+/// A JSON, YAML or (for ConfigMaps and Secrets) protobuf request body.
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let content_type =
         headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
@@ -274,6 +281,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_saphyr::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}"))),
+        protobuf::MEDIA_TYPE => protobuf::decode(body),
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
@@ -541,6 +549,7 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
     }
     let options: Value = match body.is_empty() {
         true => json!({}),
+        false if protobuf::is_protobuf(body) => protobuf::decode(body)?,
         false => {
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
         }

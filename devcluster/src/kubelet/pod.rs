@@ -298,6 +298,13 @@ impl Shared<'_> {
         if let Ok(home) = std::env::var("HOME") {
             environment.push(("HOME".into(), home));
         }
+        // In place of a mounted service-account token (the API is plain HTTP, which in-cluster
+        // clients refuse), the devcluster's kubeconfig: kubectl, client-go and kube-rs read it
+        // before trying in-cluster configuration.
+        if self.pod["spec"]["automountServiceAccountToken"] != false {
+            let kubeconfig = crate::kubeconfig_path(&self.context.state_dir);
+            environment.push(("KUBECONFIG".into(), kubeconfig.to_string_lossy().into_owned()));
+        }
         for (name, value) in vars.iter() {
             environment.retain(|(n, _)| n != name);
             environment.push((name.to_owned(), volumes::rewrite(value, &mounts)));
