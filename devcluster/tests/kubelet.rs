@@ -83,6 +83,14 @@ async fn containers_restart_as_their_policy_says_and_report_why_they_stopped() {
     create(&pods, shell_pod("succeeds", "OnFailure", "exit 0")).await;
     create(&pods, shell_pod("crashes", "Always", "echo run; exit 1")).await;
     create(&pods, shell_pod("killed", "Never", "kill -9 $$$$")).await;
+    // Termination messages: the file at terminationMessagePath, or the log's end on failure.
+    create(&pods, shell_pod("reports", "Never", "echo trained to step 40 > /dev/termination-log")).await;
+    let mut custom = shell_pod("reports-elsewhere", "Never", "echo done > /tmp/why");
+    custom["spec"]["containers"][0]["terminationMessagePath"] = json!("/tmp/why");
+    create(&pods, custom).await;
+    let mut falls_back = shell_pod("falls-back", "Never", "echo step 1; echo out of memory >&2; exit 2");
+    falls_back["spec"]["containers"][0]["terminationMessagePolicy"] = json!("FallbackToLogsOnError");
+    create(&pods, falls_back).await;
     // Fails once, then succeeds: the mark survives the restart in an emptyDir volume.
     let mut retries = shell_pod("retries", "OnFailure", "test -f $(MARK) || { touch $(MARK); exit 4; }");
     retries["spec"]["volumes"] = json!([{"name": "scratch", "emptyDir": {}}]);
@@ -117,6 +125,13 @@ async fn containers_restart_as_their_policy_says_and_report_why_they_stopped() {
     assert_eq!(container(&crashing)["state"]["waiting"]["reason"], "CrashLoopBackOff");
     assert_eq!(container(&crashing)["lastState"]["terminated"]["exitCode"], 1);
     assert_eq!(logs(&pods, "crashes", true).await, "run\n", "--previous reads the run before");
+
+    let reported = wait_for(&pods, "reports", "Succeeded", phase_is("Succeeded")).await;
+    assert_eq!(container(&reported)["state"]["terminated"]["message"], "trained to step 40\n");
+    let elsewhere = wait_for(&pods, "reports-elsewhere", "Succeeded", phase_is("Succeeded")).await;
+    assert_eq!(container(&elsewhere)["state"]["terminated"]["message"], "done\n");
+    let fell_back = wait_for(&pods, "falls-back", "Failed", phase_is("Failed")).await;
+    assert_eq!(container(&fell_back)["state"]["terminated"]["message"], "step 1\nout of memory");
 
     let killed = wait_for(&pods, "killed", "Failed", phase_is("Failed")).await;
     assert_eq!(container(&killed)["state"]["terminated"]["exitCode"], 137);

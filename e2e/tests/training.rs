@@ -30,6 +30,11 @@ spec:
     )
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_two_rank_job_trains_publishes_versions_and_succeeds() {
     let stack = Stack::start().await.unwrap();
@@ -67,6 +72,21 @@ async fn a_two_rank_job_trains_publishes_versions_and_succeeds() {
         .filter(|name| !name.starts_with('.'))
         .collect();
     assert!(versions.contains(&"1".to_owned()) && versions.contains(&"2".to_owned()), "{versions:?}");
+    // Every version is in the status, the last one too (from rank 0's termination message, as
+    // the process had gone by the next poll), each with its manifest's digest.
+    let checkpoints: Vec<(u64, u64)> = status["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["version"].as_u64().unwrap(), c["step"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(checkpoints, [(1, 20), (2, 40)], "{status:#}");
+    for (checkpoint, version) in status["checkpoints"].as_array().unwrap().iter().zip(["1", "2"]) {
+        let manifest = std::fs::read(repository.join(version).join("manifest.json")).unwrap();
+        let digest = format!("sha256:{}", sha256_hex(&manifest));
+        assert_eq!(checkpoint["digest"], digest.as_str(), "version {version}");
+    }
+    assert_eq!(status["progress"]["step"], 40);
     // The finished pods stay (cleanPodPolicy Running deletes only running ones) with their logs.
     let logs = stack.kubectl(&["logs", "tiny-0-rank-0"]).await.unwrap();
     assert!(logs.ok, "{}", logs.stderr);

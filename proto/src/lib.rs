@@ -7,7 +7,8 @@
 //!   `CollectiveService` (a training job's rendezvous, heartbeats and ring all-reduce) and
 //!   `TrainingService` (a training job's progress).
 //!
-//! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
+//! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection; [`TERMINATION_PREFIX`] marks a
+//! `TrainingProgress` in a pod's termination message.
 
 #![allow(missing_docs, clippy::all)]
 
@@ -26,3 +27,7 @@ pub mod lantern {
 
 /// Encoded `FileDescriptorSet` of every proto in this crate, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
+
+/// How a training rank's termination message starts: the rest is a `lantern.v1.TrainingProgress`
+/// in standard base64 protobuf (the worker writes it, the operator reads it from the pod status).
+pub const TERMINATION_PREFIX: &str = "lantern.v1.TrainingProgress:";

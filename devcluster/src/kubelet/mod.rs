@@ -88,6 +88,11 @@ pub fn log_path(pod_dir: &Path, container: &str, restart: u64) -> PathBuf {
     pod_dir.join("logs").join(container).join(format!("{restart}.log"))
 }
 
+/// The file a container's `terminationMessagePath` stands for.
+pub fn termination_path(pod_dir: &Path, container: &str) -> PathBuf {
+    pod_dir.join("termination").join(container)
+}
+
 /// Where PersistentVolumeClaims' directories live.
 pub fn claims_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("claims")

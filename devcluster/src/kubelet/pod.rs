@@ -118,6 +118,11 @@ impl Terminated {
     }
 }
 
+/// Where the container writes its termination message (`/dev/termination-log` by default).
+fn termination_message_path(spec: &Value) -> &str {
+    spec["terminationMessagePath"].as_str().filter(|p| !p.is_empty()).unwrap_or("/dev/termination-log")
+}
+
 fn container_id(pid: i32) -> String {
     format!("devcluster://{pid}")
 }
@@ -278,7 +283,12 @@ impl Shared<'_> {
             false => env::service_vars(&services),
         };
         let vars = env::resolve(self.pod, &container.spec, base, &sources)?;
-        let mounts = volumes::mounts(&container.spec, self.volumes)?;
+        let mut mounts = volumes::mounts(&container.spec, self.volumes)?;
+        // The termination message file, fresh for each run, at the path the container expects.
+        let termination = super::termination_path(self.dir, &container.name);
+        volumes::create_file(&termination)?;
+        mounts.push((termination_message_path(&container.spec).to_owned(), termination));
+        mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         let words = |field: &str| -> Vec<String> {
             let list = container.spec[field].as_array().cloned().unwrap_or_default();
             list.iter()
@@ -444,7 +454,7 @@ impl Container {
             code,
             signal: exit.signal,
             reason: if code == 0 { "Completed" } else { "Error" }.to_owned(),
-            message: String::new(),
+            message: self.termination_message(shared, code),
             started,
             finished: objects::now(),
             pid: self.process.as_ref().and_then(Process::pid),
@@ -458,6 +468,26 @@ impl Container {
             self.back_offs = 0;
         }
         self.finish(shared, terminated, now);
+    }
+
+    /// What the run left at its `terminationMessagePath` (at most 4096 bytes), or with
+    /// `terminationMessagePolicy: FallbackToLogsOnError` and a failure, the end of its log (the
+    /// last 80 lines, at most 2048 bytes), as the kubelet reports it.
+    fn termination_message(&self, shared: &Shared<'_>, code: i32) -> String {
+        let written = std::fs::read(super::termination_path(shared.dir, &self.name)).unwrap_or_default();
+        let message = String::from_utf8_lossy(&written[..written.len().min(4096)]).into_owned();
+        let fallback = self.spec["terminationMessagePolicy"] == "FallbackToLogsOnError";
+        if !message.trim().is_empty() || !fallback || code == 0 {
+            return message;
+        }
+        let log =
+            std::fs::read(super::log_path(shared.dir, &self.name, self.runs.saturating_sub(1))).unwrap_or_default();
+        let text = String::from_utf8_lossy(&log);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        let start = tail.len().saturating_sub(2048);
+        let start = (start..tail.len()).find(|&i| tail.is_char_boundary(i)).unwrap_or(tail.len());
+        tail[start..].to_owned()
     }
 
     /// After a run: back off and restart, or stay terminated.

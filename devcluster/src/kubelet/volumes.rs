@@ -70,6 +70,14 @@ fn create(dir: &Path) -> Result<PathBuf, String> {
     Ok(dir.to_owned())
 }
 
+/// An empty file at `path` (its directory made), replacing what was there.
+pub fn create_file(path: &Path) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        create(dir)?;
+    }
+    std::fs::write(path, b"").map_err(|e| format!("creating {}: {e}", path.display()))
+}
+
 fn host_path(path: &Path, kind: &str) -> Result<PathBuf, String> {
     match kind {
         "DirectoryOrCreate" => create(path),

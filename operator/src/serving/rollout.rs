@@ -330,7 +330,8 @@ impl Decision {
         let judged = analyze(settings, rollout, &view.requests, &fleet.version(stable).requests);
         match judged {
             Verdict::Wait(missing) => {
-                rollout.message = format!("step {}: waiting for {missing} more requests to the canary", step + 1);
+                let requests = if missing == 1 { "request" } else { "requests" };
+                rollout.message = format!("step {}: waiting for {missing} more {requests} to the canary", step + 1);
                 self.requeue = Some(POLL);
             }
             Verdict::Judged(result) if !result.passed => {

@@ -90,10 +90,13 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
         return Ok(Action::await_change());
     }
 
-    let report = match plan.phase {
+    let polled = match plan.phase {
         Phase::Running | Phase::Succeeded => progress(&listed.items, plan.attempt).await,
         _ => None,
     };
+    // Once rank 0 has exited, its termination message holds the final progress.
+    let report = polled
+        .or_else(|| ranks.iter().find(|r| r.rank == 0 && r.attempt == plan.attempt).and_then(|r| r.report.clone()));
     let next = status::next(&job, &plan, &ranks, report.as_ref(), now);
     if job.status.as_ref() != Some(&next) {
         if recorded.phase != Some(plan.phase) {

@@ -82,6 +82,9 @@ fn service_env_prefix(service: &str) -> String {
 }
 
 /// One rank's pod for gang attempt `attempt`, running `image` (the job's own image when set).
+/// Where a rank writes its termination message.
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
 pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod {
     let spec = &job.spec;
     let mut labels = job_labels(job);
@@ -95,6 +98,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
         json!({"name": "LANTERN_ADDRESS", "value": format!("$(POD_IP):{COLLECTIVE_PORT}")}),
         json!({"name": "LANTERN_COORDINATOR", "value": format!("$({coordinator}_SERVICE_HOST):{COLLECTIVE_PORT}")}),
         json!({"name": "LANTERN_REPOSITORY", "value": REPOSITORY_MOUNT}),
+        json!({"name": "LANTERN_TERMINATION_LOG", "value": TERMINATION_LOG}),
     ];
     if rank == 0 {
         env.push(json!({"name": "LANTERN_PROGRESS_ADDRESS", "value": format!("$(POD_IP):{PROGRESS_PORT}")}));
@@ -110,6 +114,10 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
             {"name": "progress", "containerPort": PROGRESS_PORT},
         ],
         "volumeMounts": [repository_mount, {"name": "job", "mountPath": CONFIG_DIR, "readOnly": true}],
+        // Rank 0 leaves its final progress there (the last checkpoint, which no poll may have
+        // seen); a rank that fails without writing one leaves the end of its log.
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": objects::worker_security_context(),
     });
     if let Some(resources) = &spec.resources {

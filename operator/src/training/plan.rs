@@ -14,8 +14,12 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
+use lantern_proto::TERMINATION_PREFIX;
+use lantern_proto::lantern::v1::TrainingProgress;
+use prost::Message as _;
 
 use super::objects::{ATTEMPT_LABEL, RANK_LABEL};
 use crate::crd::TrainingJob;
@@ -87,6 +91,8 @@ pub struct RankPod {
     pub state: PodState,
     pub created: Option<Timestamp>,
     pub terminating: bool,
+    /// The progress the rank left in its termination message as it exited (rank 0 writes one).
+    pub report: Option<TrainingProgress>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -109,12 +115,14 @@ impl RankPod {
         let container = status.and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first());
         let terminated = container.and_then(|c| c.state.as_ref()).and_then(|s| s.terminated.as_ref());
         let waiting = container.and_then(|c| c.state.as_ref()).and_then(|s| s.waiting.as_ref());
+        let (report, said) = termination(terminated.and_then(|t| t.message.as_deref()).unwrap_or_default());
         let state = match (status.and_then(|s| s.phase.as_deref()), terminated) {
             (Some("Succeeded"), _) => PodState::Succeeded,
             (_, Some(t)) if t.exit_code == 0 => PodState::Succeeded,
             (_, Some(t)) => {
                 let reason = t.reason.clone().unwrap_or_else(|| "Error".to_owned());
-                PodState::Failed(format!("exit code {} ({reason})", t.exit_code))
+                let why = said.map(|s| format!(": {s}")).unwrap_or_default();
+                PodState::Failed(format!("exit code {} ({reason}){why}", t.exit_code))
             }
             (Some("Failed"), None) => {
                 PodState::Failed(status.and_then(|s| s.message.clone()).unwrap_or_else(|| "the pod failed".to_owned()))
@@ -129,8 +137,24 @@ impl RankPod {
             state,
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             terminating: pod.metadata.deletion_timestamp.is_some(),
+            report,
         })
     }
+}
+
+/// A termination message read: the rank's final progress when it wrote one, and what it says
+/// went wrong (the progress's failure, or the last line of the log the kubelet fell back to).
+fn termination(message: &str) -> (Option<TrainingProgress>, Option<String>) {
+    let report = message.strip_prefix(TERMINATION_PREFIX).and_then(|encoded| {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+        TrainingProgress::decode(bytes.as_slice()).ok()
+    });
+    let said = match &report {
+        Some(report) => Some(report.failure.clone()),
+        None => message.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned),
+    };
+    let said = said.filter(|s| !s.is_empty()).map(|s| s.chars().take(300).collect());
+    (report, said)
 }
 
 /// What the job's status already says.
@@ -355,6 +379,7 @@ mod tests {
             state,
             created: Some(now() - jiff::SignedDuration::from_secs(30)),
             terminating: false,
+            report: None,
         }
     }
 
@@ -450,5 +475,38 @@ mod tests {
         let stuck = [pod(0, 0, PodState::Running), pod(0, 1, PodState::Pending(Some("ImagePullBackOff".into())))];
         let slow = plan(&job(json!({"startupDeadlineSeconds": 20})), &recorded(Phase::Created, 0, 0), &stuck, now());
         assert_eq!((slow.phase, slow.reason, slow.delete.len()), (Phase::Failed, "StartupDeadlineExceeded", 2));
+    }
+
+    #[test]
+    fn a_rank_s_termination_message_gives_its_final_progress_or_why_it_failed() {
+        use lantern_proto::lantern::v1::PublishedVersion;
+        let progress = TrainingProgress {
+            step: 300,
+            published: vec![PublishedVersion { version: 3, ..Default::default() }],
+            ..Default::default()
+        };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(progress.encode_to_vec());
+        let pod = |exit_code: i32, message: String| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "adder-0-rank-0", "labels": {ATTEMPT_LABEL: "0", RANK_LABEL: "0"}},
+                "status": {"phase": if exit_code == 0 { "Succeeded" } else { "Failed" }, "containerStatuses": [{
+                    "name": "worker", "image": "w", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message}},
+                }]},
+            }))
+            .unwrap()
+        };
+        let finished = RankPod::from_pod(&pod(0, format!("{TERMINATION_PREFIX}{encoded}"))).unwrap();
+        assert_eq!(finished.state, PodState::Succeeded);
+        assert_eq!(finished.report.map(|r| (r.step, r.published.len())), Some((300, 1)));
+
+        let failed = TrainingProgress { failure: "the loss is not finite at step 7".into(), ..progress };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(failed.encode_to_vec());
+        let stopped = RankPod::from_pod(&pod(1, format!("{TERMINATION_PREFIX}{encoded}"))).unwrap();
+        assert_eq!(stopped.state, PodState::Failed("exit code 1 (Error): the loss is not finite at step 7".into()));
+
+        let crashed = RankPod::from_pod(&pod(1, "loading\nrank 1 failed: out of memory\n".into())).unwrap();
+        assert_eq!(crashed.state, PodState::Failed("exit code 1 (Error): rank 1 failed: out of memory".into()));
+        assert!(crashed.report.is_none());
     }
 }

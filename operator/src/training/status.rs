@@ -8,7 +8,7 @@
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use lantern_proto::lantern::v1::TrainingProgress;
+use lantern_proto::lantern::v1::{PublishedVersion, TrainingProgress};
 
 use super::plan::{Phase, Plan, PodState, RankPod};
 use crate::crd::TrainingJob;
@@ -91,22 +91,25 @@ pub fn next(
             eta_seconds: finite(report.eta_seconds).filter(|s| *s >= 0.0).map(|s| s as u64),
             updated,
         });
-        let version = report.last_published_version;
-        if version > 0 && !checkpoints.iter().any(|c| c.version == version) {
+        for published in published_versions(report) {
+            if checkpoints.iter().any(|c| c.version == published.version) {
+                continue;
+            }
             // The worker records the version's step as its `step` metric; a report without one
             // (an older worker) gives the checkpoint at or before the current step.
             let every = job.spec.checkpoint.every_steps.max(1);
-            let step = match report.last_published_metrics.get("step") {
+            let step = match published.metrics.get("step") {
                 Some(&step) if step >= 0.0 => step as u64,
                 _ => report.step.min(report.total_steps) / every * every,
             };
             checkpoints.push(Checkpoint {
-                version,
+                version: published.version,
                 step,
-                metrics: report.last_published_metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                digest: None,
+                metrics: published.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                digest: (!published.digest.is_empty()).then(|| published.digest.clone()),
             });
         }
+        checkpoints.sort_by_key(|c| c.version);
     }
     TrainingJobStatus {
         phase: Some(plan.phase.as_str().to_owned()),
@@ -121,6 +124,20 @@ pub fn next(
         published_versions: checkpoints.len() as u32,
         checkpoints,
     }
+}
+
+/// Every version a report names: its list of published versions, or for a worker that sends
+/// none, the last one.
+fn published_versions(report: &TrainingProgress) -> Vec<PublishedVersion> {
+    if !report.published.is_empty() {
+        return report.published.clone();
+    }
+    let last = PublishedVersion {
+        version: report.last_published_version,
+        metrics: report.last_published_metrics.clone(),
+        digest: String::new(),
+    };
+    if last.version > 0 { vec![last] } else { Vec::new() }
 }
 
 #[cfg(test)]
@@ -142,6 +159,7 @@ mod tests {
             state: PodState::Running,
             created: None,
             terminating: false,
+            report: None,
         }
     }
 
@@ -187,5 +205,32 @@ mod tests {
         let patch = merge_patch(job.status.as_ref(), &second);
         assert_eq!(patch["status"]["ranks"], serde_json::Value::Null, "cleared, not left as it was");
         assert!(patch["status"].as_object().unwrap().contains_key("ranks"));
+    }
+
+    #[test]
+    fn every_published_version_is_recorded_once_with_its_digest_even_between_polls() {
+        let t0: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let mut job = job();
+        let recorded = Recorded { phase: Some(Phase::Running), ..Recorded::default() };
+        let plan = plan::plan(&job, &recorded, &[running()], t0);
+        let version = |version: u64, step: f64| PublishedVersion {
+            version,
+            metrics: [("step".to_owned(), step)].into(),
+            digest: format!("sha256:{version:02}"),
+        };
+        let report = TrainingProgress {
+            step: 300,
+            total_steps: 300,
+            published: vec![version(1, 100.0), version(2, 200.0)],
+            ..Default::default()
+        };
+        job.status = Some(next(&job, &plan, &[running()], Some(&report), t0));
+        // The final report (rank 0's termination message) also names version 3.
+        let last = TrainingProgress { published: vec![version(2, 200.0), version(3, 300.0)], ..report };
+        let status = next(&job, &plan, &[running()], Some(&last), t0);
+        let recorded: Vec<(u64, u64, Option<&str>)> =
+            status.checkpoints.iter().map(|c| (c.version, c.step, c.digest.as_deref())).collect();
+        assert_eq!(recorded, [(1, 100, Some("sha256:01")), (2, 200, Some("sha256:02")), (3, 300, Some("sha256:03"))]);
+        assert_eq!(status.published_versions, 3);
     }
 }

@@ -1,6 +1,6 @@
 //! A training job's configuration: one JSON or YAML file, then the environment the operator sets for each
 //! pod (`LANTERN_RANK`, `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR`, `LANTERN_ADDRESS`,
-//! `LANTERN_PROGRESS_ADDRESS`, `LANTERN_REPOSITORY`) over it. [`JobConfig::validate`] checks everything that can be checked
+//! `LANTERN_PROGRESS_ADDRESS`, `LANTERN_TERMINATION_LOG`, `LANTERN_REPOSITORY`) over it. [`JobConfig::validate`] checks everything that can be checked
 //! before any work starts; every error names the field it is about.
 
 use std::path::{Path, PathBuf};
@@ -232,6 +232,9 @@ pub struct ClusterSpec {
     /// How long rank 0 keeps answering progress requests after the job succeeds, so that
     /// pollers see its final state.
     pub progress_linger_seconds: f64,
+    /// Where rank 0 writes its final progress as it exits (a pod's `terminationMessagePath`),
+    /// so that the operator learns of the last checkpoint after the process has gone.
+    pub termination_log: Option<PathBuf>,
 }
 
 impl Default for ClusterSpec {
@@ -245,6 +248,7 @@ impl Default for ClusterSpec {
             timeout_seconds: 60.0,
             rendezvous_timeout_seconds: 300.0,
             progress_linger_seconds: 2.0,
+            termination_log: None,
         }
     }
 }
@@ -311,6 +315,9 @@ impl JobConfig {
         }
         if let Some(address) = var("LANTERN_PROGRESS_ADDRESS") {
             self.cluster.progress_address = Some(address);
+        }
+        if let Some(path) = var("LANTERN_TERMINATION_LOG") {
+            self.cluster.termination_log = Some(path.into());
         }
         if let Some(repository) = var("LANTERN_REPOSITORY") {
             self.output.repository = repository.into();

@@ -1,21 +1,30 @@
 //! Rank 0's account of the job, served over gRPC (`lantern.v1.TrainingService/GetProgress`) and as
 //! Prometheus text at `/metrics` on the progress address: phase, step, epoch, mean loss,
-//! throughput, ETA, the last published version with its metrics, and every rank's heartbeat.
+//! throughput, ETA, every published version with its metrics and digest, and every rank's
+//! heartbeat. The final state is also rank 0's termination message.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use base64::Engine as _;
+use lantern_proto::TERMINATION_PREFIX;
 use lantern_proto::lantern::v1::training_service_server::{TrainingService, TrainingServiceServer};
-use lantern_proto::lantern::v1::{GetProgressRequest, RankHeartbeat, TrainingPhase, TrainingProgress};
+use lantern_proto::lantern::v1::{
+    GetProgressRequest, PublishedVersion, RankHeartbeat, TrainingPhase, TrainingProgress,
+};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Kubernetes keeps at most this much of a termination message.
+const TERMINATION_LIMIT: usize = 4096;
 
 /// What a step feeds through the model across all ranks.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +52,7 @@ struct State {
     timing: Option<(Instant, u64)>,
     last_version: u64,
     last_metrics: HashMap<String, f64>,
+    published: Vec<PublishedVersion>,
     failure: String,
     heartbeats: Vec<Option<(Instant, u64)>>,
 }
@@ -100,6 +110,7 @@ impl Progress {
             timing: None,
             last_version: 0,
             last_metrics: HashMap::new(),
+            published: Vec::new(),
             failure: String::new(),
             heartbeats: vec![None; world_size],
         };
@@ -134,10 +145,12 @@ impl Progress {
         self.gauges.tokens_per_second.set(tokens);
     }
 
-    pub fn published(&self, version: u64, metrics: &[(String, f64)]) {
+    pub fn published(&self, version: u64, metrics: &[(String, f64)], digest: &str) {
         let mut state = self.state();
         state.last_version = version;
         state.last_metrics = metrics.iter().cloned().collect();
+        let metrics = state.last_metrics.clone();
+        state.published.push(PublishedVersion { version, metrics, digest: digest.to_owned() });
         self.gauges.published_version.set(version as i64);
     }
 
@@ -186,6 +199,25 @@ impl Progress {
             last_published_metrics: state.last_metrics.clone(),
             ranks,
             failure: state.failure.clone(),
+            published: state.published.clone(),
+        }
+    }
+
+    /// The final progress as a pod's termination message: `lantern.v1.TrainingProgress:` and the
+    /// message in base64 protobuf, within Kubernetes' 4096-byte limit (the oldest published
+    /// versions are left out when there are too many; the operator saw those while polling).
+    pub fn termination_message(&self) -> String {
+        let mut snapshot = self.snapshot();
+        snapshot.ranks.clear();
+        loop {
+            let message = format!(
+                "{TERMINATION_PREFIX}{}",
+                base64::engine::general_purpose::STANDARD.encode(snapshot.encode_to_vec())
+            );
+            if message.len() <= TERMINATION_LIMIT || snapshot.published.is_empty() {
+                return message;
+            }
+            snapshot.published.remove(0);
         }
     }
 
@@ -309,7 +341,7 @@ mod tests {
         progress.training_from(10);
         std::thread::sleep(std::time::Duration::from_millis(20));
         progress.step_done(12, 1.5, 0);
-        progress.published(3, &[("eval_accuracy".to_owned(), 0.5)]);
+        progress.published(3, &[("eval_accuracy".to_owned(), 0.5)], "sha256:ab");
         let snapshot = progress.snapshot();
         assert_eq!((snapshot.step, snapshot.total_steps, snapshot.loss), (12, 100, 1.5));
         assert!(
@@ -332,11 +364,37 @@ mod tests {
         assert_eq!(describe(&progress.snapshot()), "starting step 0/100 epoch 0 loss NaN | rank 1 not heard from");
         progress.training_from(0);
         progress.step_done(40, 1.25, 2);
-        progress.published(3, &[("step".to_owned(), 40.0), ("eval_accuracy".to_owned(), 0.5)]);
+        progress.published(3, &[("step".to_owned(), 40.0), ("eval_accuracy".to_owned(), 0.5)], "sha256:ab");
         progress.heartbeat(1, 39);
         let line = describe(&progress.snapshot());
         assert!(line.starts_with("training step 40/100 epoch 2 loss 1.2500 | "), "{line}");
         assert!(line.contains(" examples/s ") && line.contains(" tokens/s ETA "), "{line}");
         assert!(line.contains(" | version 3 eval_accuracy=0.5000 step=40.0000 | rank 1 at 39, 0.0 s ago"), "{line}");
+    }
+
+    #[test]
+    fn the_termination_message_carries_every_version_that_fits_in_4096_bytes() {
+        let progress = Progress::new("adder", 1000, 1, StepSize { examples: 8, tokens: 128 });
+        progress.published(1, &[("step".to_owned(), 100.0)], "sha256:01");
+        let message = progress.termination_message();
+        let encoded = message.strip_prefix(TERMINATION_PREFIX).expect("the prefix");
+        let decoded =
+            TrainingProgress::decode(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap().as_slice())
+                .unwrap();
+        assert_eq!(decoded.published.len(), 1);
+        assert_eq!((decoded.published[0].version, decoded.published[0].digest.as_str()), (1, "sha256:01"));
+        assert_eq!(decoded.published[0].metrics["step"], 100.0);
+
+        for version in 2..=200 {
+            progress.published(version, &[("step".to_owned(), 100.0 * version as f64)], &"f".repeat(71));
+        }
+        let message = progress.termination_message();
+        assert!(message.len() <= 4096, "{} bytes", message.len());
+        let encoded = message.strip_prefix(TERMINATION_PREFIX).unwrap();
+        let decoded =
+            TrainingProgress::decode(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap().as_slice())
+                .unwrap();
+        assert_eq!(decoded.published.last().map(|p| p.version), Some(200), "the newest versions are kept");
+        assert!(decoded.published.len() > 10);
     }
 }

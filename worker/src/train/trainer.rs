@@ -140,13 +140,18 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
     let result = run(config, interrupt, progress.clone());
     if let Some(progress) = &progress {
         match &result {
-            Ok(outcome) if !outcome.interrupted => {
-                progress.set_phase(TrainingPhase::Succeeded);
-                // Rank 0 stops serving as it returns: give pollers a moment to see the end.
-                std::thread::sleep(Duration::from_secs_f64(cluster.progress_linger_seconds));
-            }
+            Ok(outcome) if !outcome.interrupted => progress.set_phase(TrainingPhase::Succeeded),
             Ok(_) => {}
             Err(error) => progress.failed(&error.to_string()),
+        }
+        if let Some(path) = &cluster.termination_log
+            && let Err(error) = std::fs::write(path, progress.termination_message())
+        {
+            tracing::warn!(path = %path.display(), %error, "writing the termination message");
+        }
+        if matches!(&result, Ok(outcome) if !outcome.interrupted) {
+            // Rank 0 stops serving as it returns: give pollers a moment to see the end.
+            std::thread::sleep(Duration::from_secs_f64(cluster.progress_linger_seconds));
         }
     }
     result
@@ -333,11 +338,20 @@ impl Job<'_> {
             metrics: &metrics,
         };
         let version = repository::publish(&request)?;
-        tracing::info!(model = %output.model, version, step = saved.state.step, ?metrics, "published a version");
-        progress.published(version, &metrics);
+        let digest = manifest_digest(&output.repository, &output.model, version)?;
+        tracing::info!(model = %output.model, version, step = saved.state.step, ?metrics, %digest, "published a version");
+        progress.published(version, &metrics, &digest);
         self.published.push(version);
         Ok(())
     }
+}
+
+/// `sha256:` of a published version's manifest, which pins every file of the version by its own
+/// digest.
+fn manifest_digest(root: &Path, model: &str, version: u64) -> Result<String> {
+    let path = root.join(model).join(version.to_string()).join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(&bytes))))
 }
 
 /// The training step each published version of `model` records, and the version.
