@@ -306,3 +306,27 @@ async fn owners_take_their_dependents_with_them_as_the_propagation_policy_says()
     .await;
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_patches_without_a_resource_version_all_land() {
+    let (cluster, client, _state) = start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    maps.create(&PostParams::default(), &config_map("shared", &[], &[])).await.unwrap();
+    // Writers patch the same object at once; the apiserver re-applies a patch that lost a race
+    // to the newer object instead of refusing it, and so does the devcluster.
+    let writers = (0..4).map(|writer| {
+        let maps = maps.clone();
+        tokio::spawn(async move {
+            for key in 0..25 {
+                let patch = json!({"data": {format!("w{writer}-{key}"): "x"}});
+                maps.patch("shared", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+            }
+        })
+    });
+    for writer in futures::future::join_all(writers).await {
+        writer.unwrap();
+    }
+    let shared = maps.get("shared").await.unwrap();
+    assert_eq!(shared.data.unwrap_or_default().len(), 100);
+    cluster.stop().await.unwrap();
+}

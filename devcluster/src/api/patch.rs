@@ -3,7 +3,7 @@
 //! when missing, otherwise merge the applied configuration the strategic way).
 
 use axum::body::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
 use super::{Cluster, Params, Target, objects, parse_body, with_type};
@@ -30,7 +30,9 @@ fn patch_type(headers: &HeaderMap) -> ApiResult<PatchType> {
     }
 }
 
-/// Applies the request's patch to the target object and stores the result.
+/// Applies the request's patch to the target object and stores the result. As the apiserver's
+/// guaranteed update does, a patch that names no resourceVersion is applied again to the newer
+/// object when another write lands between its read and its write, rather than refused.
 pub fn apply(
     cluster: &Cluster,
     target: &Target,
@@ -38,6 +40,30 @@ pub fn apply(
     body: &Bytes,
     params: &Params,
 ) -> ApiResult<Value> {
+    const ATTEMPTS: usize = 8;
+    let mut attempt = 1;
+    loop {
+        match apply_once(cluster, target, headers, body, params)? {
+            Written::Done(object) => return Ok(object),
+            Written::Raced(_) if attempt < ATTEMPTS => attempt += 1,
+            Written::Raced(error) => return Err(error),
+        }
+    }
+}
+
+enum Written {
+    Done(Value),
+    /// Another write changed the object after this patch read it.
+    Raced(ApiError),
+}
+
+fn apply_once(
+    cluster: &Cluster,
+    target: &Target,
+    headers: &HeaderMap,
+    body: &Bytes,
+    params: &Params,
+) -> ApiResult<Written> {
     let kind = patch_type(headers)?;
     let status_only = match target.subresource.as_deref() {
         None => false,
@@ -51,7 +77,7 @@ pub fn apply(
                 objects::prepare_create(&target.rtype, target.namespace.as_deref(), applied.clone(), &objects::now())?;
             let mut created = with_type(&target.rtype, created);
             record_manager(&mut created, &applied, params, "Apply");
-            return super::insert(cluster, target, created, params);
+            return super::insert(cluster, target, created, params).map(Written::Done);
         }
         return Err(target.not_found());
     };
@@ -70,9 +96,13 @@ pub fn apply(
     };
     let updated = with_type(&target.rtype, objects::prepare_update(&target.rtype, &stored, patched, status_only)?);
     if super::dry_run(params) {
-        return Ok(updated);
+        return Ok(Written::Done(updated));
     }
-    super::store_update(cluster, target, updated, Some(expected), params)
+    match super::store_update(cluster, target, updated, Some(expected), params) {
+        // A patch naming an older resourceVersion than the newer object fails above on retry.
+        Err(error) if error.code == StatusCode::CONFLICT => Ok(Written::Raced(error)),
+        written => written.map(Written::Done),
+    }
 }
 
 /// `original` with the request's patch applied. Strategic merge is refused where `strategic` is
