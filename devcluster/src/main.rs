@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let Command::Up { state_dir, listen, images, back_off_seconds } = Args::parse().command;
     let mut options = Options { listen, ..Options::new(state_dir) };
