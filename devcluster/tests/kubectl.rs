@@ -285,6 +285,9 @@ async fn deployments_roll_out_with_kubectl_and_imperative_creates_work() {
     assert!(ok && out.contains("deployment.apps/web created"), "{out}{err}");
     let (ok, out, err) = kubectl(&cluster, &["rollout", "status", "deployment/web", "--timeout=30s"]).await;
     assert!(ok && out.contains("successfully rolled out"), "{out}{err}");
+    let (_, table, _) = kubectl(&cluster, &["get", "deployment", "web", "--no-headers"]).await;
+    let columns: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(columns[..4], ["web", "2/2", "2", "2"], "{table}");
     let pods = |out: &str| out.lines().map(str::to_owned).collect::<Vec<_>>();
     let (_, first, _) = kubectl(&cluster, &["get", "pods", "-l", "app=web", "-o", "name"]).await;
     assert_eq!(pods(&first).len(), 2, "{first}");

@@ -94,6 +94,12 @@ fn columns(rtype: &ResourceType) -> Vec<PrinterColumn> {
             age.clone(),
         ],
         ("", "endpoints") => vec![column("Endpoints", "string", "#endpoints", 0), age.clone()],
+        ("apps", "deployments") => vec![
+            column("Ready", "string", "#deployment-ready", 0),
+            column("Up-to-date", "integer", "#updated", 0),
+            column("Available", "integer", "#available", 0),
+            age.clone(),
+        ],
         // Events lead with when they were last seen, and have no Name column.
         ("", "events") => {
             return vec![
@@ -128,6 +134,13 @@ fn cell(rtype: &ResourceType, column: &PrinterColumn, object: &Value, now: jiff:
             return json!(format!("{ready}/{total}"));
         }
         "#pod-status" => return json!(pod_status(object)),
+        "#deployment-ready" => {
+            let ready = object["status"]["readyReplicas"].as_u64().unwrap_or(0);
+            let wanted = object["spec"]["replicas"].as_u64().unwrap_or(1);
+            return json!(format!("{ready}/{wanted}"));
+        }
+        "#updated" => return json!(object["status"]["updatedReplicas"].as_u64().unwrap_or(0)),
+        "#available" => return json!(object["status"]["availableReplicas"].as_u64().unwrap_or(0)),
         "#restarts" => {
             let statuses = object["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
             let restarts: i64 = statuses.iter().filter_map(|s| s["restartCount"].as_i64()).sum();
