@@ -3,7 +3,7 @@
 //! (round-robin), trying the next one when a backend refuses. A Service with no ready endpoint
 //! accepts and closes. Headless Services (`clusterIP: None`) get no listener.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -22,15 +22,20 @@ const RESYNC: Duration = Duration::from_secs(1);
 /// Frontend (cluster IP and port) → the ready backends, from Services and their Endpoints.
 pub fn routes(services: &[Value], endpoints: &[Value]) -> BTreeMap<SocketAddr, Vec<SocketAddr>> {
     let mut routes = BTreeMap::new();
+    // Endpoints by namespace and name: a lookup per Service, not a scan (thousands of each).
+    let key = |object: &Value| {
+        let metadata = &object["metadata"];
+        (
+            metadata["namespace"].as_str().unwrap_or_default().to_owned(),
+            metadata["name"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let by_name: HashMap<(String, String), &Value> = endpoints.iter().map(|e| (key(e), e)).collect();
     for service in services {
         let Ok(ip) = service["spec"]["clusterIP"].as_str().unwrap_or_default().parse::<std::net::IpAddr>() else {
             continue;
         };
-        let same = |e: &&Value| {
-            e["metadata"]["name"] == service["metadata"]["name"]
-                && e["metadata"]["namespace"] == service["metadata"]["namespace"]
-        };
-        let subsets = endpoints.iter().find(same).and_then(|e| e["subsets"].as_array()).cloned().unwrap_or_default();
+        let subsets = by_name.get(&key(service)).and_then(|e| e["subsets"].as_array()).cloned().unwrap_or_default();
         for port in service["spec"]["ports"].as_array().into_iter().flatten() {
             if port["protocol"].as_str().unwrap_or("TCP") != "TCP" {
                 continue;
