@@ -59,9 +59,10 @@ pub fn sweep(cluster: &Cluster) -> bool {
             changed |= create_pod(cluster, &key, &deployment, &hash);
         }
         if deployment["status"] != plan.status {
-            let mut updated = deployment.clone();
+            let expect = Expect::Version(resource_version(&deployment));
+            let mut updated = deployment;
             updated["status"] = plan.status;
-            changed |= store.write(&key, updated.clone(), Expect::Version(resource_version(&deployment))).is_ok();
+            changed |= store.write(&key, updated, expect).is_ok();
         }
     }
     changed
@@ -140,17 +141,15 @@ fn plan(deployment: &Value, owned: &[&Value], hash: &str) -> Plan {
 /// `(maxSurge, maxUnavailable)` as pod counts: integers as given, percentages of `desired`
 /// (surge rounded up, unavailable down); at least one of them is positive.
 fn rolling_limits(rolling: &Value, desired: usize) -> (usize, usize) {
-    let count = |value: &Value, round_up: bool| match value {
-        Value::Number(n) => n.as_u64().unwrap_or(0) as usize,
-        Value::String(text) => {
-            let percent: usize = text.trim_end_matches('%').parse().unwrap_or(25);
-            let scaled = desired * percent;
-            if round_up { scaled.div_ceil(100) } else { scaled / 100 }
-        }
-        _ => {
-            let scaled = desired * 25;
-            if round_up { scaled.div_ceil(100) } else { scaled / 100 }
-        }
+    let count = |value: &Value, round_up: bool| {
+        let percent: usize = match value {
+            Value::Number(n) => return n.as_u64().unwrap_or(0) as usize,
+            Value::String(text) => text.trim_end_matches('%').parse().unwrap_or(25),
+            // Unset: Kubernetes' default, 25%.
+            _ => 25,
+        };
+        let scaled = desired * percent;
+        if round_up { scaled.div_ceil(100) } else { scaled / 100 }
     };
     let surge = count(&rolling["maxSurge"], true);
     let unavailable = count(&rolling["maxUnavailable"], false);
