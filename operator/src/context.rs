@@ -19,23 +19,40 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use crate::crd::Device;
 use crate::metrics::Metrics;
 
 /// The field manager of everything the operator applies, and the source of its Events.
 pub const MANAGER: &str = "lantern-operator";
 
+/// The worker images for jobs and services that name none, by device.
+#[derive(Clone, Debug)]
+pub struct WorkerImages {
+    pub cpu: String,
+    /// Built with the worker's `cuda` feature (`docker/worker-cuda.Dockerfile`).
+    pub cuda: String,
+}
+
+impl WorkerImages {
+    pub fn for_device(&self, device: Option<Device>) -> &str {
+        match device.unwrap_or_default() {
+            Device::Cpu => &self.cpu,
+            Device::Cuda => &self.cuda,
+        }
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    /// The worker image for jobs and services that name none.
-    pub worker_image: String,
+    pub images: WorkerImages,
     pub metrics: Arc<Metrics>,
     written: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
-    pub fn new(client: Client, worker_image: String) -> Self {
-        Self { client, worker_image, metrics: Arc::default(), written: Mutex::new(HashMap::new()) }
+    pub fn new(client: Client, images: WorkerImages) -> Self {
+        Self { client, images, metrics: Arc::default(), written: Mutex::new(HashMap::new()) }
     }
 
     /// `object` as the reconcile should see it. The controller's cache may still hold the copy

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
 use futures::FutureExt;
-use lantern_operator::context::Context;
+use lantern_operator::context::{Context, WorkerImages};
 use lantern_operator::leader::Election;
 use lantern_operator::{metrics, serving, training};
 
@@ -23,6 +23,9 @@ struct Args {
     /// The worker image for jobs and services that name none.
     #[arg(long, env = "LANTERN_WORKER_IMAGE", default_value = "ghcr.io/lantern-dev/worker:0.1.0")]
     worker_image: String,
+    /// The CUDA worker image for jobs and services with `device: cuda` that name no image.
+    #[arg(long, env = "LANTERN_WORKER_CUDA_IMAGE", default_value = "ghcr.io/lantern-dev/worker:0.1.0-cuda")]
+    worker_cuda_image: String,
     /// Log filter (`info`, `lantern_operator=debug`, …).
     #[arg(long, env = "LANTERN_LOG", default_value = "info")]
     log: String,
@@ -60,7 +63,8 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry =
         lantern_telemetry::init("lantern-operator", &args.log, args.log_json, args.otlp_endpoint.as_deref())?;
     let client = kube::Client::try_default().await?;
-    let context = Arc::new(Context::new(client.clone(), args.worker_image.clone()));
+    let images = WorkerImages { cpu: args.worker_image.clone(), cuda: args.worker_cuda_image.clone() };
+    let context = Arc::new(Context::new(client.clone(), images));
 
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use kube::Resource;
 use serde_json::{Value, json};
 
-use crate::crd::{PodOverrides, Repository};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+
+use crate::crd::{Device, PodOverrides, Repository};
 
 /// Where worker pods mount the model repository.
 pub const REPOSITORY_MOUNT: &str = "/var/lib/lantern/models";
@@ -57,11 +59,71 @@ pub fn worker_security_context() -> Value {
     })
 }
 
+/// The resource name of NVIDIA's device plugin.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// Gives the worker `container` its `resources` and puts it on `device`: `LANTERN_DEVICE` for
+/// the worker and, for CUDA, one GPU in the limits unless `resources` names a count (extended
+/// resources are asked for as limits; the scheduler takes the request from them).
+pub fn place_on_device(container: &mut Value, resources: Option<&ResourceRequirements>, device: Device) {
+    let mut resources = resources.cloned().unwrap_or_default();
+    if device == Device::Cuda {
+        let named = |list: &Option<BTreeMap<String, _>>| list.as_ref().is_some_and(|l| l.contains_key(GPU_RESOURCE));
+        if !named(&resources.limits) && !named(&resources.requests) {
+            let one = k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".to_owned());
+            resources.limits.get_or_insert_default().insert(GPU_RESOURCE.to_owned(), one);
+        }
+        if let Some(env) = container["env"].as_array_mut() {
+            env.push(json!({"name": "LANTERN_DEVICE", "value": "cuda"}));
+        }
+    }
+    if resources != ResourceRequirements::default() {
+        container["resources"] = json!(resources);
+    }
+}
+
 /// Copies the user's scheduling overrides into a pod spec.
 pub fn apply_overrides(pod_spec: &mut Value, overrides: Option<&PodOverrides>) {
     let Some(overrides) = overrides else { return };
     let overrides = serde_json::to_value(overrides).unwrap_or_default();
     for (field, value) in overrides.as_object().into_iter().flatten() {
         pod_spec[field] = value.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(resources: Value, device: Device) -> Value {
+        let mut container = json!({"name": "worker", "env": [{"name": "LANTERN_RANK", "value": "0"}]});
+        let resources: Option<ResourceRequirements> = serde_json::from_value(resources).unwrap();
+        place_on_device(&mut container, resources.as_ref(), device);
+        container
+    }
+
+    #[test]
+    fn a_cuda_worker_gets_one_gpu_and_says_so_to_the_worker() {
+        let container = placed(json!({"limits": {"cpu": "4"}}), Device::Cuda);
+        assert_eq!(container["resources"]["limits"], json!({"cpu": "4", "nvidia.com/gpu": "1"}));
+        assert_eq!(container["env"][1], json!({"name": "LANTERN_DEVICE", "value": "cuda"}));
+        let none_given = placed(Value::Null, Device::Cuda);
+        assert_eq!(none_given["resources"], json!({"limits": {"nvidia.com/gpu": "1"}}));
+    }
+
+    #[test]
+    fn a_gpu_count_the_user_names_is_kept() {
+        let limits = placed(json!({"limits": {"nvidia.com/gpu": "2"}}), Device::Cuda);
+        assert_eq!(limits["resources"]["limits"], json!({"nvidia.com/gpu": "2"}));
+        let requests = placed(json!({"requests": {"nvidia.com/gpu": "1"}}), Device::Cuda);
+        assert_eq!(requests["resources"], json!({"requests": {"nvidia.com/gpu": "1"}}));
+    }
+
+    #[test]
+    fn a_cpu_worker_keeps_its_resources_and_environment() {
+        let container = placed(json!({"limits": {"cpu": "2"}}), Device::Cpu);
+        assert_eq!(container["resources"], json!({"limits": {"cpu": "2"}}));
+        assert_eq!(container["env"].as_array().unwrap().len(), 1);
+        assert!(placed(Value::Null, Device::Cpu).get("resources").is_none());
     }
 }

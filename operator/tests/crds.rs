@@ -114,6 +114,10 @@ spec:
             service.replace("source: {repository: {claimName: models}}", "source: {}"),
             "set exactly one of source.repository and source.trainingJobRef",
         ),
+        (
+            service.replace("replicas: 2", "replicas: 2\n  device: gpu"),
+            "spec.device: Unsupported value: \"gpu\": supported values: \"cpu\", \"cuda\"",
+        ),
     ];
     for (manifest, message) in &service_cases {
         let (ok, _, err) = kubectl(&cluster, &["apply", "-f", "-"], Some(manifest)).await;

@@ -61,6 +61,10 @@ pub enum Error {
     #[error("{0}")]
     Shutdown(String),
 
+    /// The device models should run on cannot be used.
+    #[error("device {device}: {reason}")]
+    Device { device: String, reason: String },
+
     /// The server could not be assembled.
     #[error("starting the server: {0}")]
     Startup(String),

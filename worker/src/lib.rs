@@ -3,6 +3,7 @@
 //! version, label or weighted split.
 //!
 //! - [`repository`]: the on-disk layout, manifests, digest verification, atomic `publish`.
+//! - [`device`]: where models run (`cpu`, or `cuda` with the `cuda` feature).
 //! - [`model`]: candle model implementations (one module per architecture: MLP, llama from GGUF
 //!   or HF checkpoints, BERT sentence embeddings) and the Q4_1 kernel.
 //! - [`serve`]: version manager, batching, the generation engine (continuous batching over a
@@ -23,8 +24,10 @@
 //!   (TF Serving's "never unload the last available version").
 //! - A language model's greedy output does not depend on what else runs in the batch or on the
 //!   prefix cache: every row of a step is computed independently, the Q4_1 kernel included.
-//! - Models run on CPU; a `cuda` path is not built yet.
+//! - Models run on the CPU, or on an NVIDIA GPU (`--device cuda`) in a build with the `cuda`
+//!   feature; the paged KV cache and gradient averaging stay in host memory either way.
 
+pub mod device;
 pub mod error;
 pub mod llm;
 pub mod model;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lantern_worker::device::DeviceSpec;
 use lantern_worker::model::mlp;
 use lantern_worker::repository::{self, PublishRequest, Repository};
 use lantern_worker::serve::batcher::BatchSettings;
@@ -118,6 +119,10 @@ struct ServeArgs {
     /// First retry delay after a failed load, in milliseconds; doubles per failure up to 60 s.
     #[arg(long, env = "LANTERN_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     retry_base_ms: u64,
+    /// Where models run: `cpu`, `cuda` (the first visible GPU) or `cuda:N`; CUDA needs a build
+    /// with the `cuda` feature.
+    #[arg(long, env = "LANTERN_DEVICE", default_value = "cpu")]
+    device: DeviceSpec,
 }
 
 #[derive(clap::Args, Debug)]
@@ -321,6 +326,8 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     for model in &args.models {
         repository::validate_model_name(model)?;
     }
+    let device = args.device.open()?;
+    tracing::info!(device = %args.device, "opened the device models run on");
     let settings = ServeSettings {
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         batch: BatchSettings {
@@ -338,6 +345,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             max_running: args.max_running_sequences as usize,
             max_waiting: args.max_waiting_sequences as usize,
         },
+        device,
         ..ServeSettings::default()
     };
     let options = ServerOptions {

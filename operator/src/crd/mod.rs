@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use inference::{InferenceService, InferenceServiceSpec, InferenceServiceStatus};
@@ -23,6 +24,15 @@ pub struct Repository {
     pub claim_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_path: Option<String>,
+}
+
+/// The processor a worker runs its models on.
+#[derive(JsonSchema, Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
 }
 
 /// Scheduling settings passed to the pods the operator makes.

@@ -12,7 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{PodOverrides, Repository};
+use super::{Device, PodOverrides, Repository};
 
 /// What to train, on which data, and where its versions go.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -57,6 +57,10 @@ pub struct TrainingJobSpec {
     /// Each rank's resources (`cpu`, `memory`, `nvidia.com/gpu`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// `cpu` (default), or `cuda`: the pod's NVIDIA GPU, with the CUDA worker image and one
+    /// `nvidia.com/gpu` in its limits unless `resources` names a count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Device>,
     /// The worker image, instead of the operator's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,

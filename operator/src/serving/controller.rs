@@ -110,7 +110,8 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     let source = repository(client, &service, &namespace).await;
     let mut replicas = 0;
     if let Ok(repository) = &source {
-        let revision = objects::revision(&service, repository, &context.worker_image);
+        let image = context.images.for_device(service.spec.device);
+        let revision = objects::revision(&service, repository, image);
         let plan = pods::plan(service.spec.replicas, &revision, &pods);
         for pod in &plan.delete {
             match pod_api.delete(pod, &DeleteParams::default()).await {
@@ -121,7 +122,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         }
         let policy = initial_policy(&decision);
         for index in &plan.create {
-            let pod = objects::pod(&service, repository, &context.worker_image, &revision, *index, &policy);
+            let pod = objects::pod(&service, repository, image, &revision, *index, &policy);
             pod_api
                 .patch(&objects::pod_name(&service, &revision, *index), &apply, &Patch::Apply(&pod))
                 .await

@@ -2,7 +2,7 @@
 //! to, and the worker pods behind it.
 //!
 //! Pods belong to a *revision*: a hash of everything that needs a new process to change (image,
-//! resources, batching and generation limits, scheduling, the repository). Changing versions,
+//! resources, device, batching and generation limits, scheduling, the repository). Changing versions,
 //! labels or the traffic split changes no pod; it is pushed to the running workers.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde_json::json;
 
-use crate::crd::{InferenceService, Repository};
+use crate::crd::{Device, InferenceService, Repository};
 use crate::objects::{self, REPOSITORY_MOUNT, owned_metadata};
 
 /// The one port of every worker, for gRPC and HTTP alike.
@@ -44,7 +44,7 @@ pub fn url(service: &InferenceService) -> String {
 /// models from `repository`: 10 hex digits of a stable hash (FNV-1a) of the runtime settings.
 pub fn revision(service: &InferenceService, repository: &Repository, image: &str) -> String {
     let spec = &service.spec;
-    let runtime = json!({
+    let mut runtime = json!({
         "image": spec.image.as_deref().unwrap_or(image),
         "model": spec.model,
         "repository": repository,
@@ -53,6 +53,10 @@ pub fn revision(service: &InferenceService, repository: &Repository, image: &str
         "generation": spec.generation,
         "template": spec.template,
     });
+    // Only off the default, so that services from before the field keep their pods.
+    if let Some(device) = spec.device.filter(|device| *device != Device::default()) {
+        runtime["device"] = json!(device);
+    }
     let hash = runtime
         .to_string()
         .bytes()
@@ -127,9 +131,7 @@ pub fn pod(
         "livenessProbe": {"httpGet": http_get("/v2/health/live".to_owned()), "periodSeconds": 10, "failureThreshold": 3},
         "securityContext": objects::worker_security_context(),
     });
-    if let Some(resources) = &spec.resources {
-        container["resources"] = json!(resources);
-    }
+    objects::place_on_device(&mut container, spec.resources.as_ref(), spec.device.unwrap_or_default());
     let mut pod_spec = json!({
         "containers": [container],
         "volumes": [repository_volume],
@@ -197,9 +199,11 @@ mod tests {
             json!({"image": "worker:2"}),
             json!({"batching": {"maxBatchSize": 8}}),
             json!({"resources": {"limits": {"cpu": "4"}}}),
+            json!({"device": "cuda"}),
         ] {
             assert_ne!(revision_of(&base), revision_of(&test_service(change.clone())), "{change}");
         }
+        assert_eq!(revision_of(&base), revision_of(&test_service(json!({"device": "cpu"}))), "the default device");
         assert_ne!(revision_of(&base), revision(&base, &repository(), "worker:2"), "the operator's default image");
     }
 

@@ -80,7 +80,7 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
         }
     }
     for rank in &plan.create {
-        let pod = objects::rank_pod(&job, plan.attempt, *rank, &context.worker_image);
+        let pod = objects::rank_pod(&job, plan.attempt, *rank, context.images.for_device(job.spec.device));
         pods.patch(&objects::pod_name(&job, plan.attempt, *rank), &apply, &Patch::Apply(&pod))
             .await
             .map_err(kube_error(format!("creating rank {rank}'s pod")))?;

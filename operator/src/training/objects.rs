@@ -120,9 +120,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": objects::worker_security_context(),
     });
-    if let Some(resources) = &spec.resources {
-        container["resources"] = json!(resources);
-    }
+    objects::place_on_device(&mut container, spec.resources.as_ref(), spec.device.unwrap_or_default());
     let mut pod_spec = json!({
         "restartPolicy": "Never",
         "containers": [container],

@@ -144,8 +144,9 @@ impl Mlp {
 }
 
 impl super::TensorModel for Mlp {
+    /// `input` may live on the host: it is copied to the weights' device first.
     fn forward(&self, input: &Tensor) -> candle_core::Result<Tensor> {
-        let mut x = input.to_dtype(DType::F32)?;
+        let mut x = input.to_device(self.layers[0].weight().device())?.to_dtype(DType::F32)?;
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x)?;

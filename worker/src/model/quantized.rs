@@ -1,5 +1,5 @@
-//! Linear layers over GGUF weights (or dense ones). Q4_1 runs on our own kernel; every other
-//! type on candle's `QMatMul`.
+//! Linear layers over GGUF weights (or dense ones). Q4_1 on the CPU runs on our own kernel; every
+//! other type, and every type on a GPU, on candle's `QMatMul`.
 //!
 //! Why a kernel of our own: candle 0.11's Q4_1 × Q8_1 dot product is scalar and computes each
 //! (input row, weight row) pair on its own, so decoding several sequences together costs as much
@@ -35,10 +35,11 @@ pub enum QLinear {
 }
 
 impl QLinear {
-    /// Chooses the implementation for `weights`' type.
+    /// Chooses the implementation for `weights`' type and device: our kernel for Q4_1 on the
+    /// CPU, candle's everywhere else (its CUDA kernels on a GPU).
     pub fn new(weights: QTensor) -> candle_core::Result<Self> {
         match weights.dtype() {
-            GgmlDType::Q4_1 => Ok(Self::Q4_1(Q4_1Matrix::new(&weights)?)),
+            GgmlDType::Q4_1 if weights.device().is_cpu() => Ok(Self::Q4_1(Q4_1Matrix::new(&weights)?)),
             _ => Ok(Self::Other(QMatMul::from_qtensor(weights)?)),
         }
     }

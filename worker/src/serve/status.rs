@@ -19,6 +19,7 @@ pub fn grpc_code(err: &Error) -> Code {
         | Error::Inference { .. }
         | Error::ModelFile(_)
         | Error::Startup(_)
+        | Error::Device { .. }
         | Error::Training { .. } => Code::Internal,
     }
 }

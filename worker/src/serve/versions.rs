@@ -51,6 +51,8 @@ pub struct ServeSettings {
     pub load_timeout: Duration,
     /// Continuous-batching knobs applied to every language-model version.
     pub engine: EngineSettings,
+    /// Where every version's model runs (opened once, by [`crate::device::DeviceSpec::open`]).
+    pub device: Device,
 }
 
 impl Default for ServeSettings {
@@ -64,6 +66,7 @@ impl Default for ServeSettings {
             retry_max: Duration::from_secs(60),
             load_timeout: Duration::from_secs(300),
             engine: EngineSettings::default(),
+            device: Device::Cpu,
         }
     }
 }
@@ -762,7 +765,7 @@ impl Inner {
         let verified = self.repo.read_verified(model, version)?;
         let fail = |reason: String| Error::Load { model: model.to_owned(), version, reason };
         let manifest = verified.manifest.clone();
-        let loaded = model::load(model, version, &verified, &Device::Cpu)?;
+        let loaded = model::load(model, version, &verified, &self.settings.device)?;
         drop(verified);
         let id = VersionId { model: model.to_owned(), version };
         let (runtime, drained) = match loaded {

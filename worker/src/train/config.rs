@@ -1,12 +1,14 @@
-//! A training job's configuration: one JSON or YAML file, then the environment the operator sets for each
-//! pod (`LANTERN_RANK`, `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR`, `LANTERN_ADDRESS`,
-//! `LANTERN_PROGRESS_ADDRESS`, `LANTERN_TERMINATION_LOG`, `LANTERN_REPOSITORY`) over it. [`JobConfig::validate`] checks everything that can be checked
-//! before any work starts; every error names the field it is about.
+//! A training job's configuration: one JSON or YAML file, then the environment the operator sets
+//! for each pod (`LANTERN_RANK`, `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR`, `LANTERN_ADDRESS`,
+//! `LANTERN_PROGRESS_ADDRESS`, `LANTERN_TERMINATION_LOG`, `LANTERN_DEVICE`, `LANTERN_REPOSITORY`)
+//! over it. [`JobConfig::validate`] checks everything that can be checked before any work starts;
+//! every error names the field it is about.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::model::mlp::Activation;
 
@@ -235,6 +237,8 @@ pub struct ClusterSpec {
     /// Where rank 0 writes its final progress as it exits (a pod's `terminationMessagePath`),
     /// so that the operator learns of the last checkpoint after the process has gone.
     pub termination_log: Option<PathBuf>,
+    /// Where this rank trains: `cpu` (default), `cuda` or `cuda:N`.
+    pub device: DeviceSpec,
 }
 
 impl Default for ClusterSpec {
@@ -249,6 +253,7 @@ impl Default for ClusterSpec {
             rendezvous_timeout_seconds: 300.0,
             progress_linger_seconds: 2.0,
             termination_log: None,
+            device: DeviceSpec::Cpu,
         }
     }
 }
@@ -318,6 +323,9 @@ impl JobConfig {
         }
         if let Some(path) = var("LANTERN_TERMINATION_LOG") {
             self.cluster.termination_log = Some(path.into());
+        }
+        if let Some(device) = var("LANTERN_DEVICE") {
+            self.cluster.device = device.parse().map_err(|reason| Error::config("LANTERN_DEVICE", reason))?;
         }
         if let Some(repository) = var("LANTERN_REPOSITORY") {
             self.output.repository = repository.into();
@@ -532,16 +540,23 @@ mod tests {
             "LANTERN_RANK" => Some("1".to_owned()),
             "LANTERN_WORLD_SIZE" => Some("2".to_owned()),
             "LANTERN_COORDINATOR" => Some("10.0.0.1:7070".to_owned()),
+            "LANTERN_DEVICE" => Some("cuda:1".to_owned()),
             _ => None,
         };
         config.apply_env(env).unwrap();
         assert_eq!((config.cluster.rank, config.cluster.world_size), (1, 2));
+        assert_eq!(config.cluster.device, DeviceSpec::Cuda(1));
         assert_eq!(config.cluster.coordinator.as_deref(), Some("10.0.0.1:7070"));
         config.validate().unwrap();
         config.cluster.coordinator = None;
         assert!(config.validate().unwrap_err().to_string().contains("cluster.coordinator"));
         let bad = config.apply_env(|name| (name == "LANTERN_RANK").then(|| "one".to_owned()));
         assert!(bad.unwrap_err().to_string().contains("LANTERN_RANK"));
+        let bad = config.apply_env(|name| (name == "LANTERN_DEVICE").then(|| "tpu".to_owned()));
+        assert_eq!(
+            bad.unwrap_err().to_string(),
+            "training config: LANTERN_DEVICE: unknown device \"tpu\": expected cpu, cuda or cuda:N"
+        );
     }
 
     #[test]

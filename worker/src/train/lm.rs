@@ -54,14 +54,14 @@ pub struct TrainLlama {
 }
 
 impl TrainLlama {
-    /// Fresh weights from `seed`, or the checkpoint in `spec.init_from`.
-    pub fn new(spec: &LlamaSpec, seed: u64) -> Result<Self> {
+    /// Fresh weights from `seed`, or the checkpoint in `spec.init_from`, on `device`.
+    pub fn new(spec: &LlamaSpec, seed: u64, device: &Device) -> Result<Self> {
         let mut init = Initializer::new(seed);
         let (hidden, inner, head_dim) = (spec.hidden_size, spec.intermediate_size, spec.hidden_size / spec.heads);
         let kv = spec.kv_heads() * head_dim;
         let residual_std = INIT_STD / (2.0 * spec.layers as f64).sqrt();
-        let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu).map_err(model_error);
-        let mut params = Params::default();
+        let ones = |n: usize| Tensor::ones(n, DType::F32, device).map_err(model_error);
+        let mut params = Params::on(device);
         let embed = params.add("model.embed_tokens.weight", init.normal((VOCAB_SIZE, hidden), INIT_STD)?)?;
         let mut layers = Vec::with_capacity(spec.layers);
         for i in 0..spec.layers {
@@ -79,8 +79,8 @@ impl TrainLlama {
             });
         }
         let norm = params.add("model.norm.weight", ones(hidden)?)?;
-        let (cos, sin) = rotary_tables(spec.context, head_dim).map_err(model_error)?;
-        let mask = causal_mask(spec.context).map_err(model_error)?;
+        let (cos, sin) = rotary_tables(spec.context, head_dim, device).map_err(model_error)?;
+        let mask = causal_mask(spec.context, device).map_err(model_error)?;
         let compute = match spec.precision {
             Precision::F32 => DType::F32,
             Precision::Bf16 => DType::BF16,
@@ -134,8 +134,9 @@ impl TrainLlama {
         let length = windows[0].len() - 1;
         let inputs: Vec<u32> = windows.iter().flat_map(|w| w[..length].iter().copied()).collect();
         let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].iter().copied()).collect();
-        let inputs = Tensor::from_vec(inputs, (windows.len(), length), &Device::Cpu)?;
-        let targets = Tensor::from_vec(targets, windows.len() * length, &Device::Cpu)?;
+        let device = self.params.device();
+        let inputs = Tensor::from_vec(inputs, (windows.len(), length), device)?;
+        let targets = Tensor::from_vec(targets, windows.len() * length, device)?;
         candle_nn::loss::cross_entropy(&self.logits(&inputs)?, &targets)
     }
 
@@ -145,7 +146,7 @@ impl TrainLlama {
         let mut tokens = prompt.to_vec();
         let mut generated = Vec::new();
         while generated.len() < max_tokens && tokens.len() < self.spec.context {
-            let ids = Tensor::new(tokens.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+            let ids = Tensor::new(tokens.as_slice(), self.params.device())?.unsqueeze(0)?;
             let logits = self.logits(&ids)?.get(tokens.len() - 1)?.to_vec1::<f32>()?;
             let next = crate::llm::sampling::argmax(&logits);
             if next == END_OF_TEXT {
@@ -266,7 +267,7 @@ fn repeat_kv(x: Tensor, group: usize) -> candle_core::Result<Tensor> {
     ))
 }
 
-fn rotary_tables(context: usize, head_dim: usize) -> candle_core::Result<(Tensor, Tensor)> {
+fn rotary_tables(context: usize, head_dim: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
     let mut cos = Vec::with_capacity(context * head_dim);
     let mut sin = Vec::with_capacity(context * head_dim);
@@ -278,17 +279,14 @@ fn rotary_tables(context: usize, head_dim: usize) -> candle_core::Result<(Tensor
             sin.extend(angles.iter().map(|a| a.sin() as f32));
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (context, head_dim), &Device::Cpu)?,
-        Tensor::from_vec(sin, (context, head_dim), &Device::Cpu)?,
-    ))
+    Ok((Tensor::from_vec(cos, (context, head_dim), device)?, Tensor::from_vec(sin, (context, head_dim), device)?))
 }
 
-fn causal_mask(context: usize) -> candle_core::Result<Tensor> {
+fn causal_mask(context: usize, device: &Device) -> candle_core::Result<Tensor> {
     let mask: Vec<f32> = (0..context)
         .flat_map(|row| (0..context).map(move |column| if column > row { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
-    Tensor::from_vec(mask, (context, context), &Device::Cpu)
+    Tensor::from_vec(mask, (context, context), device)
 }
 
 /// A byte-level `tokenizer.json`: the 256 bytes (as GPT-2's byte-to-character table writes them)
@@ -366,7 +364,7 @@ mod tests {
 
     #[test]
     fn a_position_sees_only_the_past() {
-        let model = TrainLlama::new(&tiny(), 1).unwrap();
+        let model = TrainLlama::new(&tiny(), 1, &Device::Cpu).unwrap();
         let ids = Tensor::new(&[[5u32, 6, 7, 8]], &Device::Cpu).unwrap();
         let whole = model.logits(&ids).unwrap().to_vec2::<f32>().unwrap();
         let changed = Tensor::new(&[[5u32, 6, 7, 99]], &Device::Cpu).unwrap();
@@ -377,7 +375,7 @@ mod tests {
 
     #[test]
     fn gradient_steps_lower_the_loss_on_a_fixed_batch() {
-        let (first, last) = descend(&TrainLlama::new(&tiny(), 2).unwrap(), 20);
+        let (first, last) = descend(&TrainLlama::new(&tiny(), 2, &Device::Cpu).unwrap(), 20);
         assert!((first - (VOCAB_SIZE as f32).ln()).abs() < 0.1, "near uniform at the start: {first}");
         assert!(last < first - 1.0, "{first} -> {last}");
     }
@@ -386,7 +384,7 @@ mod tests {
     fn bf16_products_give_the_f32_gradients_to_within_bf16_rounding() {
         let windows = vec![(0..13).map(|i| (i * 7 % 256) as u32).collect::<Vec<_>>(); 2];
         let gradients = |precision: Precision| {
-            let model = TrainLlama::new(&LlamaSpec { precision, ..tiny() }, 2).unwrap();
+            let model = TrainLlama::new(&LlamaSpec { precision, ..tiny() }, 2, &Device::Cpu).unwrap();
             let loss = model.loss(&windows).unwrap();
             let grads = loss.backward().unwrap();
             (loss.to_scalar::<f32>().unwrap(), model.params().gradients_flat(&grads).unwrap())
@@ -397,8 +395,10 @@ mod tests {
         let difference: Vec<f32> = exact.iter().zip(&rounded).map(|(a, b)| a - b).collect();
         let relative = norm(&difference) / norm(&exact);
         assert!(relative < 0.03, "bf16 gradients differ from f32 by {relative} (relative L2)");
-        let (first, last) =
-            descend(&TrainLlama::new(&LlamaSpec { precision: Precision::Bf16, ..tiny() }, 2).unwrap(), 20);
+        let (first, last) = descend(
+            &TrainLlama::new(&LlamaSpec { precision: Precision::Bf16, ..tiny() }, 2, &Device::Cpu).unwrap(),
+            20,
+        );
         assert!(last < first - 1.0, "bf16 training lowers the loss too: {first} -> {last}");
     }
 }

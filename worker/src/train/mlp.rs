@@ -23,13 +23,13 @@ pub struct TrainMlp {
 }
 
 impl TrainMlp {
-    /// `features` inputs; `classes` outputs for classification, else one. Weights are
-    /// initialised as the serving core's `init-mlp` does, from `seed`.
-    pub fn new(spec: &MlpSpec, features: usize, classes: Option<usize>, seed: u64) -> Result<Self> {
+    /// `features` inputs; `classes` outputs for classification, else one, on `device`. Weights
+    /// are initialised as the serving core's `init-mlp` does, from `seed`.
+    pub fn new(spec: &MlpSpec, features: usize, classes: Option<usize>, seed: u64, device: &Device) -> Result<Self> {
         let layers = [vec![features], spec.hidden.clone(), vec![classes.unwrap_or(1)]].concat();
         let config = mlp::Config { layers, activation: spec.activation };
         let initial = config.random_weights(seed).map_err(model_error)?;
-        let mut params = Params::default();
+        let mut params = Params::on(device);
         let mut tensors = HashMap::new();
         for i in 0..config.layers.len() - 1 {
             for kind in ["weight", "bias"] {
@@ -39,8 +39,7 @@ impl TrainMlp {
             }
         }
         // The layers hold the variables' own tensors, so updates reach them.
-        let mlp =
-            Mlp::load(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config).map_err(model_error)?;
+        let mlp = Mlp::load(VarBuilder::from_tensors(tensors, DType::F32, device), &config).map_err(model_error)?;
         Ok(Self { config, classes, params, mlp })
     }
 
@@ -50,18 +49,20 @@ impl TrainMlp {
 
     /// The mean loss over `rows` and their `targets`.
     pub fn loss(&self, rows: &[Vec<f32>], targets: &[f32]) -> candle_core::Result<Tensor> {
-        let width = self.config.in_features();
-        let input = Tensor::from_vec(rows.concat(), (rows.len(), width), &Device::Cpu)?;
-        let output = self.mlp.forward(&input)?;
+        let device = self.params.device();
+        let output = self.mlp.forward(&self.input(rows)?)?;
         match self.classes {
             Some(_) => {
                 let classes: Vec<u32> = targets.iter().map(|&t| t as u32).collect();
-                candle_nn::loss::cross_entropy(&output, &Tensor::from_vec(classes, targets.len(), &Device::Cpu)?)
+                candle_nn::loss::cross_entropy(&output, &Tensor::from_vec(classes, targets.len(), device)?)
             }
-            None => {
-                candle_nn::loss::mse(&output.squeeze(1)?, &Tensor::from_slice(targets, targets.len(), &Device::Cpu)?)
-            }
+            None => candle_nn::loss::mse(&output.squeeze(1)?, &Tensor::from_slice(targets, targets.len(), device)?),
         }
+    }
+
+    /// `rows` as one `[rows, features]` tensor on the parameters' device.
+    fn input(&self, rows: &[Vec<f32>]) -> candle_core::Result<Tensor> {
+        Tensor::from_vec(rows.concat(), (rows.len(), self.config.in_features()), self.params.device())
     }
 
     /// Held-out loss, and accuracy for classification.
@@ -69,10 +70,10 @@ impl TrainMlp {
         let loss = self.loss(rows, targets).and_then(|l| l.to_scalar::<f32>()).map_err(model_error)?;
         let mut metrics = vec![("eval_loss".to_owned(), f64::from(loss))];
         if self.classes.is_some() {
-            let width = self.config.in_features();
-            let input = Tensor::from_vec(rows.concat(), (rows.len(), width), &Device::Cpu).map_err(model_error)?;
-            let predicted =
-                self.mlp.forward(&input).and_then(|o| o.argmax(1)?.to_vec1::<u32>()).map_err(model_error)?;
+            let predicted = self
+                .input(rows)
+                .and_then(|input| self.mlp.forward(&input)?.argmax(1)?.to_vec1::<u32>())
+                .map_err(model_error)?;
             let right = predicted.iter().zip(targets).filter(|&(&p, &t)| p as f32 == t).count();
             metrics.push(("eval_accuracy".to_owned(), right as f64 / targets.len() as f64));
         }
@@ -96,7 +97,7 @@ mod tests {
     #[test]
     fn training_updates_reach_the_serving_layers_and_learn_a_line() {
         let spec = MlpSpec { hidden: vec![8], activation: Activation::Tanh };
-        let model = TrainMlp::new(&spec, 1, None, 3).unwrap();
+        let model = TrainMlp::new(&spec, 1, None, 3, &Device::Cpu).unwrap();
         let rows: Vec<Vec<f32>> = (0..16).map(|i| vec![i as f32 / 8.0 - 1.0]).collect();
         let targets: Vec<f32> = rows.iter().map(|r| 0.5 * r[0] + 0.2).collect();
         let first = model.loss(&rows, &targets).unwrap().to_scalar::<f32>().unwrap();

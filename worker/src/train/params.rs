@@ -11,16 +11,27 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 
-/// Named variables in registration order.
-#[derive(Debug, Default)]
+/// Named variables in registration order, all on one device.
+#[derive(Debug)]
 pub struct Params {
+    device: Device,
     entries: Vec<(String, Var)>,
 }
 
 impl Params {
-    /// Registers `tensor` as the variable `name` and returns it.
+    /// No variables yet; those added will live on `device`.
+    pub fn on(device: &Device) -> Self {
+        Self { device: device.clone(), entries: Vec::new() }
+    }
+
+    /// Where the variables live.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Registers `tensor` (copied to the parameters' device) as the variable `name` and returns it.
     pub fn add(&mut self, name: impl Into<String>, tensor: Tensor) -> Result<Var> {
-        let var = Var::from_tensor(&tensor).map_err(model_error)?;
+        let var = tensor.to_device(&self.device).and_then(|t| Var::from_tensor(&t)).map_err(model_error)?;
         self.entries.push((name.into(), var.clone()));
         Ok(var)
     }
@@ -99,7 +110,7 @@ impl Params {
                     var.dims()
                 )));
             }
-            tensor.to_dtype(DType::F32).and_then(|t| var.set(&t)).map_err(model_error)?;
+            tensor.to_dtype(DType::F32).and_then(|t| var.set(&t.to_device(&self.device)?)).map_err(model_error)?;
         }
         Ok(())
     }
@@ -142,7 +153,7 @@ mod tests {
 
     #[test]
     fn flat_values_round_trip_and_decay_skips_vectors() {
-        let mut params = Params::default();
+        let mut params = Params::on(&Device::Cpu);
         params.add("w", Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap()).unwrap();
         params.add("b", Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap()).unwrap();
         assert_eq!(params.len(), 8);

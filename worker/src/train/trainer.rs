@@ -60,11 +60,13 @@ enum Model {
 }
 
 impl Model {
+    /// The model `config` describes, on the rank's device.
     fn new(config: &JobConfig, dataset: &Dataset) -> Result<Self> {
+        let device = config.cluster.device.open()?;
         match (&config.model, &config.data) {
-            (ModelSpec::Llama(spec), _) => Ok(Self::Llama(TrainLlama::new(spec, config.seed)?)),
+            (ModelSpec::Llama(spec), _) => Ok(Self::Llama(TrainLlama::new(spec, config.seed, &device)?)),
             (ModelSpec::Mlp(spec), DataSpec::Csv(csv)) => {
-                Ok(Self::Mlp(TrainMlp::new(spec, dataset.features(), csv.classes, config.seed)?))
+                Ok(Self::Mlp(TrainMlp::new(spec, dataset.features(), csv.classes, config.seed, &device)?))
             }
             (ModelSpec::Mlp(_), _) => Err(Error::config("data", "an mlp trains on csv data")),
         }

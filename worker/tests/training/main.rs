@@ -263,7 +263,7 @@ async fn a_trained_version_is_served_and_answers_as_the_trainer_computes() {
         init_from: Some(version_dir),
         precision: Precision::F32,
     };
-    let model = TrainLlama::new(&spec, 0).unwrap();
+    let model = TrainLlama::new(&spec, 0, &candle_core::Device::Cpu).unwrap();
     let tokens = model.greedy(&"7+8=".bytes().map(u32::from).collect::<Vec<_>>(), 6).unwrap();
     let expected: String = tokens.iter().map(|&t| char::from(t as u8)).collect();
     assert_eq!(served, expected);

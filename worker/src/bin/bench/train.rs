@@ -41,7 +41,7 @@ fn spec() -> LlamaSpec {
 pub fn figures() -> anyhow::Result<()> {
     let worker = std::env::current_exe()?.with_file_name("lantern-worker");
     anyhow::ensure!(worker.is_file(), "{} is missing: cargo build --release -p lantern-worker", worker.display());
-    let params = TrainLlama::new(&spec(), 0)?.params().len();
+    let params = TrainLlama::new(&spec(), 0, &candle_core::Device::Cpu)?.params().len();
     println!(
         "\ntraining: llama {LAYERS} layers x {HIDDEN} wide ({:.2} M parameters), {BATCH} sequences x {CONTEXT} tokens per step, {STEPS} steps",
         params as f64 / 1e6
@@ -142,7 +142,7 @@ fn all_reduce(megabytes: usize) -> anyhow::Result<(f64, f64)> {
 /// Seconds to save the benchmark model's training state, and to write and publish its version.
 fn checkpoint_times() -> anyhow::Result<(f64, f64)> {
     let dir = tempfile::tempdir()?;
-    let model = TrainLlama::new(&spec(), 0)?;
+    let model = TrainLlama::new(&spec(), 0, &candle_core::Device::Cpu)?;
     let optimizer = AdamW::new(OptimizerSpec::default(), model.params().decay_mask());
     let started = Instant::now();
     checkpoint::save(&dir.path().join("state"), 1, 0.0, |staging| {
