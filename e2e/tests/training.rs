@@ -115,7 +115,12 @@ async fn a_killed_rank_restarts_the_gang_which_resumes_from_its_checkpoint_and_s
         .await;
     let status = &done["status"];
     assert_eq!(status["phase"], "Succeeded", "{status:#}\n{}", stack.operator_log());
-    assert_eq!((status["restarts"].as_u64(), status["attempt"].as_u64()), (Some(1), Some(1)), "{status:#}");
+    assert_eq!(
+        (status["restarts"].as_u64(), status["attempt"].as_u64()),
+        (Some(1), Some(1)),
+        "{status:#}\n{}",
+        stack.operator_log()
+    );
     // The new gang resumed from the checkpoint: the published steps only go forward.
     let steps: Vec<u64> =
         status["checkpoints"].as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect();

@@ -8,6 +8,7 @@ use kube::Resource;
 use serde_json::{Value, json};
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::crd::{Device, PodOverrides, Repository};
 
@@ -63,16 +64,15 @@ pub fn worker_security_context() -> Value {
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
 /// Gives the worker `container` its `resources` and puts it on `device`: `LANTERN_DEVICE` for
-/// the worker and, for CUDA, one GPU in the limits unless `resources` names a count (extended
-/// resources are asked for as limits; the scheduler takes the request from them).
+/// the worker and, for CUDA, GPUs in the limits: the count `resources` names (as a limit or a
+/// request), else one. Kubernetes takes extended resources as limits and refuses a request
+/// without one.
 pub fn place_on_device(container: &mut Value, resources: Option<&ResourceRequirements>, device: Device) {
     let mut resources = resources.cloned().unwrap_or_default();
     if device == Device::Cuda {
-        let named = |list: &Option<BTreeMap<String, _>>| list.as_ref().is_some_and(|l| l.contains_key(GPU_RESOURCE));
-        if !named(&resources.limits) && !named(&resources.requests) {
-            let one = k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".to_owned());
-            resources.limits.get_or_insert_default().insert(GPU_RESOURCE.to_owned(), one);
-        }
+        let requested = resources.requests.as_ref().and_then(|requests| requests.get(GPU_RESOURCE)).cloned();
+        let count = requested.unwrap_or_else(|| Quantity("1".to_owned()));
+        resources.limits.get_or_insert_default().entry(GPU_RESOURCE.to_owned()).or_insert(count);
         if let Some(env) = container["env"].as_array_mut() {
             env.push(json!({"name": "LANTERN_DEVICE", "value": "cuda"}));
         }
@@ -115,8 +115,11 @@ mod tests {
     fn a_gpu_count_the_user_names_is_kept() {
         let limits = placed(json!({"limits": {"nvidia.com/gpu": "2"}}), Device::Cuda);
         assert_eq!(limits["resources"]["limits"], json!({"nvidia.com/gpu": "2"}));
-        let requests = placed(json!({"requests": {"nvidia.com/gpu": "1"}}), Device::Cuda);
-        assert_eq!(requests["resources"], json!({"requests": {"nvidia.com/gpu": "1"}}));
+        let requests = placed(json!({"requests": {"nvidia.com/gpu": "2"}}), Device::Cuda);
+        assert_eq!(
+            requests["resources"],
+            json!({"limits": {"nvidia.com/gpu": "2"}, "requests": {"nvidia.com/gpu": "2"}})
+        );
     }
 
     #[test]
