@@ -140,6 +140,9 @@ const BUILTINS: &[(&str, &str, Builtin)] = &[
     ),
     ("rbac.authorization.k8s.io", "v1", ("roles", "role", "Role", true, &[], false)),
     ("rbac.authorization.k8s.io", "v1", ("rolebindings", "rolebinding", "RoleBinding", true, &[], false)),
+    // Stored for the operator, which writes one per InferenceService and TrainingJob; the
+    // devcluster's proxy does not enforce them (every pod is a process on one host).
+    ("networking.k8s.io", "v1", ("networkpolicies", "networkpolicy", "NetworkPolicy", true, &["netpol"], false)),
     (
         "apiextensions.k8s.io",
         "v1",

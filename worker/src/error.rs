@@ -33,6 +33,10 @@ pub enum Error {
     #[error("model {model:?} version {version}: queue full ({capacity} requests waiting)")]
     QueueFull { model: String, version: u64, capacity: usize },
 
+    /// A request would take more of a bounded resource than is left (configs, connections).
+    #[error("{0}")]
+    LimitExceeded(String),
+
     /// A manifest or serving config that cannot be used.
     #[error("{path}: {reason}", path = path.display())]
     Manifest { path: PathBuf, reason: String },

@@ -16,8 +16,10 @@ use clap::{Parser, Subcommand};
 use lantern_worker::device::DeviceSpec;
 use lantern_worker::model::mlp;
 use lantern_worker::repository::{self, PublishRequest, Repository};
+use lantern_worker::serve::auth::Credentials;
 use lantern_worker::serve::batcher::BatchSettings;
 use lantern_worker::serve::config::VersionPolicy;
+use lantern_worker::serve::connections::ConnectionLimits;
 use lantern_worker::serve::engine::EngineSettings;
 use lantern_worker::serve::server::{self, ServerOptions};
 use lantern_worker::serve::versions::ServeSettings;
@@ -98,6 +100,30 @@ struct ServeArgs {
     /// Largest gRPC message or HTTP body, in bytes.
     #[arg(long, env = "LANTERN_MAX_MESSAGE_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
     max_message_bytes: u64,
+    /// Largest body of the OpenAI API (`/v1`), in bytes.
+    #[arg(long, env = "LANTERN_MAX_TEXT_BODY_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
+    max_text_body_bytes: u64,
+    /// Connections served at once (lowered to half the file-descriptor limit if that is less);
+    /// more are answered only on the health endpoints.
+    #[arg(long, env = "LANTERN_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Seconds a client has to send a request's headers (HTTP/1.1).
+    #[arg(long, env = "LANTERN_HEADER_TIMEOUT_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_s: u64,
+    /// Seconds a client has, after the headers, to send a request's whole body.
+    #[arg(long, env = "LANTERN_BODY_TIMEOUT_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_s: u64,
+    /// Seconds after which a connection with nothing in flight and no traffic is closed.
+    #[arg(long, env = "LANTERN_IDLE_TIMEOUT_S", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_s: u64,
+    /// File holding the token management calls (ModelService, repository load/unload/index)
+    /// must carry as `authorization: Bearer <token>`; without it they are open.
+    #[arg(long, env = "LANTERN_MANAGEMENT_TOKEN_FILE")]
+    management_token_file: Option<PathBuf>,
+    /// File of API keys, one per line, inference calls must carry as
+    /// `authorization: Bearer <key>`; without it inference is open.
+    #[arg(long, env = "LANTERN_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LANTERN_SHUTDOWN_GRACE_S", default_value_t = 30)]
     shutdown_grace_s: u64,
@@ -348,10 +374,22 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         device,
         ..ServeSettings::default()
     };
+    let descriptor_limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let connections = ConnectionLimits {
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        header_timeout: Duration::from_secs(args.header_timeout_s),
+        body_timeout: Duration::from_secs(args.body_timeout_s),
+        idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        ..ConnectionLimits::default()
+    }
+    .within_descriptor_limit(descriptor_limit);
     let options = ServerOptions {
         listen: args.listen,
         max_message_bytes: args.max_message_bytes as usize,
+        max_text_body_bytes: args.max_text_body_bytes as usize,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
+        connections,
+        credentials: Credentials::from_files(args.management_token_file.as_deref(), args.api_keys_file.as_deref())?,
     };
     let server = server::start(Repository::new(&args.repository), settings, options).await?;
     println!("lantern-worker listening on {}", server.local_addr());

@@ -171,7 +171,8 @@ impl Tensor {
         Self { name: name.into(), datatype: DataType::F32, shape, values: Values::F32(values) }
     }
 
-    /// The elements as `f32`, refusing any value that `f32` cannot hold exactly.
+    /// The elements as `f32`, refusing any value that `f32` cannot hold exactly and any value
+    /// that is not finite (NaN or infinity is never a meaningful model input).
     pub fn to_f32_lossless(&self) -> Result<Vec<f32>> {
         const MAX_EXACT_INT: i64 = 1 << f32::MANTISSA_DIGITS;
         let lossy = |what: String| {
@@ -181,18 +182,28 @@ impl Tensor {
             ))
         };
         match &self.values {
-            Values::F32(v) => Ok(v.clone()),
+            Values::F32(v) => match v.iter().find(|x| !x.is_finite()) {
+                Some(x) => Err(not_finite(&self.name, self.datatype, x)),
+                None => Ok(v.clone()),
+            },
             Values::F64(v) => v
                 .iter()
                 .map(|&x| {
                     let y = x as f32;
-                    if f64::from(y) == x || x.is_nan() { Ok(y) } else { Err(lossy(x.to_string())) }
+                    match x.is_finite() {
+                        false => Err(not_finite(&self.name, self.datatype, &x)),
+                        true if f64::from(y) == x => Ok(y),
+                        true => Err(lossy(x.to_string())),
+                    }
                 })
                 .collect(),
-            Values::Int(v) => v
-                .iter()
-                .map(|&x| if x.abs() <= MAX_EXACT_INT { Ok(x as f32) } else { Err(lossy(x.to_string())) })
-                .collect(),
+            Values::Int(v) => {
+                v.iter()
+                    .map(|&x| {
+                        if x.unsigned_abs() <= MAX_EXACT_INT as u64 { Ok(x as f32) } else { Err(lossy(x.to_string())) }
+                    })
+                    .collect()
+            }
             Values::UInt(v) => v
                 .iter()
                 .map(|&x| if x <= MAX_EXACT_INT as u64 { Ok(x as f32) } else { Err(lossy(x.to_string())) })
@@ -250,16 +261,22 @@ impl Tensor {
     }
 }
 
-/// Decodes raw tensor bytes of `datatype` for the tensor called `name` with `shape`.
+fn not_finite(name: &str, datatype: DataType, value: &dyn fmt::Display) -> Error {
+    Error::invalid(format!("input {name:?}: {datatype} value {value} is not a finite number"))
+}
+
+/// Decodes raw tensor bytes of `datatype` for the tensor called `name` with `shape`. The byte
+/// length is checked against the shape before anything is allocated, so the declared shape can
+/// never size an allocation the bytes do not back.
 pub fn decode_raw(name: &str, datatype: DataType, shape: &[i64], raw: &[u8]) -> Result<Values> {
     let count = element_count(name, shape)?;
     let Some(size) = datatype.element_size() else {
         return decode_raw_bytes(name, count, raw);
     };
-    if raw.len() != count * size {
+    if count.checked_mul(size) != Some(raw.len()) {
+        let needed = count.checked_mul(size).map_or_else(|| "more".to_owned(), |n| n.to_string());
         return Err(Error::invalid(format!(
-            "input {name:?}: {datatype} shape {shape:?} needs {} raw bytes, got {}",
-            count * size,
+            "input {name:?}: {datatype} shape {shape:?} needs {needed} raw bytes, got {}",
             raw.len()
         )));
     }
@@ -283,6 +300,14 @@ pub fn decode_raw(name: &str, datatype: DataType, shape: &[i64], raw: &[u8]) -> 
 }
 
 fn decode_raw_bytes(name: &str, count: usize, mut raw: &[u8]) -> Result<Values> {
+    // Every element takes at least its 4-byte length prefix.
+    if count > raw.len() / 4 {
+        return Err(Error::invalid(format!(
+            "input {name:?}: shape holds {count} BYTES elements but the raw contents are only {} bytes \
+             (each element takes at least 4)",
+            raw.len()
+        )));
+    }
     let mut items = Vec::with_capacity(count);
     while !raw.is_empty() {
         let truncated = || Error::invalid(format!("input {name:?}: BYTES element {} is truncated", items.len()));
@@ -366,10 +391,36 @@ mod tests {
         assert_eq!(ok.to_f32_lossless().unwrap(), vec![3.0, -16777216.0]);
         let big = Tensor::new("i".into(), DataType::I64, vec![1], Values::Int(vec![(1 << 24) + 1])).unwrap();
         assert!(big.to_f32_lossless().is_err());
+        let min = Tensor::new("i".into(), DataType::I64, vec![1], Values::Int(vec![i64::MIN])).unwrap();
+        assert!(min.to_f32_lossless().is_err());
         let fine = Tensor::new("d".into(), DataType::F64, vec![1], Values::F64(vec![0.5])).unwrap();
         assert_eq!(fine.to_f32_lossless().unwrap(), vec![0.5]);
         let tenth = Tensor::new("d".into(), DataType::F64, vec![1], Values::F64(vec![0.1])).unwrap();
         assert!(tenth.to_f32_lossless().unwrap_err().to_string().contains("without loss"));
+    }
+
+    #[test]
+    fn huge_declared_shapes_are_refused_before_anything_is_allocated() {
+        for shape in [vec![1i64 << 43], vec![1 << 61], vec![1 << 60, 4]] {
+            let err = decode_raw("x", DataType::Bytes, &shape, &[]).unwrap_err().to_string();
+            assert!(err.contains("\"x\""), "{err}");
+            let err = decode_raw("x", DataType::F32, &shape, &[0; 8]).unwrap_err().to_string();
+            assert!(err.contains("raw bytes"), "{err}");
+        }
+        assert!(decode_raw("x", DataType::F64, &[i64::MAX, 2], &[]).is_err());
+    }
+
+    #[test]
+    fn values_that_are_not_finite_are_refused() {
+        for values in [Values::F32(vec![1.0, f32::INFINITY]), Values::F32(vec![f32::NAN])] {
+            let t = Tensor::new("x".into(), DataType::F32, vec![values.len() as i64], values).unwrap();
+            assert!(t.to_f32_lossless().unwrap_err().to_string().contains("not a finite"));
+        }
+        let huge = Tensor::new("d".into(), DataType::F64, vec![1], Values::F64(vec![1e300])).unwrap();
+        assert!(huge.to_f32_lossless().is_err());
+        let raw = f16::INFINITY.to_le_bytes();
+        let t = Tensor::new("h".into(), DataType::F16, vec![1], decode_raw("h", DataType::F16, &[1], &raw).unwrap());
+        assert!(t.unwrap().to_f32_lossless().is_err());
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub(crate) mod tests {
         ModelStatus {
             model: "adder".into(),
             on_disk: on_disk.to_vec(),
+            unloaded: false,
             versions: versions
                 .iter()
                 .map(|&(version, state, total, errors, latency)| VersionStatus {

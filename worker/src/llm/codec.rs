@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct TextCodec {
     tokenizer: Tokenizer,
+    longest_token_bytes: usize,
     chat: Option<ChatTemplate>,
     bos: String,
     eos: String,
@@ -36,7 +37,7 @@ impl TextCodec {
                 .unwrap_or_default()
         };
         let (bos, eos) = (special("tokenizer.ggml.bos_token_id"), special("tokenizer.ggml.eos_token_id"));
-        Ok(Self { tokenizer, chat, bos, eos })
+        Ok(Self::new(tokenizer, chat, bos, eos))
     }
 
     /// The tokenizer and chat template of an HF checkpoint: `tokenizer.json`, and
@@ -65,11 +66,21 @@ impl TextCodec {
                 .transpose()?,
             _ => None,
         };
-        Ok(Self { tokenizer, chat, bos, eos })
+        Ok(Self::new(tokenizer, chat, bos, eos))
+    }
+
+    fn new(tokenizer: Tokenizer, chat: Option<ChatTemplate>, bos: String, eos: String) -> Self {
+        let longest_token_bytes = tokenizer.longest_token_bytes();
+        Self { tokenizer, longest_token_bytes, chat, bos, eos }
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The most bytes of text one token spells ([`Tokenizer::longest_token_bytes`]).
+    pub fn longest_token_bytes(&self) -> usize {
+        self.longest_token_bytes
     }
 
     /// Token ids of a plain-text prompt.

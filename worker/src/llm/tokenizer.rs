@@ -165,6 +165,12 @@ impl Tokenizer {
         &self.eos
     }
 
+    /// The most bytes of text one token spells (special tokens included); a bound on the text a
+    /// given number of tokens can hold.
+    pub fn longest_token_bytes(&self) -> usize {
+        self.inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1)
+    }
+
     /// Vocabulary size, special tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

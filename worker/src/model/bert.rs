@@ -197,9 +197,9 @@ impl SentenceEncoder {
         self.bert.config.hidden_size
     }
 
-    /// Unit-length embeddings of `texts` and the number of tokens they took. Refuses an empty list,
-    /// an empty text and a text over the length limit, naming which one.
-    pub fn encode(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize)> {
+    /// Token ids of `texts`, each with the special tokens the model expects. Refuses an empty
+    /// list, an empty text and a text over the length limit, naming which one.
+    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         if texts.is_empty() {
             return Err(Error::invalid("no input text to embed"));
         }
@@ -218,8 +218,18 @@ impl SentenceEncoder {
             }
             sequences.push(ids);
         }
+        Ok(sequences)
+    }
+
+    /// Unit-length embeddings of tokenized sequences, computed as one padded batch.
+    pub fn embed(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.bert.embed(sequences).map_err(|e| Error::ModelFile(format!("bert forward: {e}")))
+    }
+
+    /// Unit-length embeddings of `texts` and the number of tokens they took, as one batch.
+    pub fn encode(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize)> {
+        let sequences = self.tokenize(texts)?;
         let tokens = sequences.iter().map(Vec::len).sum();
-        let embeddings = self.bert.embed(&sequences).map_err(|e| Error::ModelFile(format!("bert forward: {e}")))?;
-        Ok((embeddings, tokens))
+        Ok((self.embed(&sequences)?, tokens))
     }
 }

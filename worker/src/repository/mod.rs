@@ -9,6 +9,8 @@ pub mod manifest;
 mod publish;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -80,13 +82,40 @@ impl Repository {
         }
         let mut files = BTreeMap::new();
         for entry in &manifest.files {
-            let path = dir.join(&entry.path);
-            let data = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let data = read_inside(&dir, &entry.path)?;
             check_file(entry, &data).map_err(|reason| Error::Load { model: model.into(), version, reason })?;
             files.insert(entry.path.clone(), data);
         }
         Ok(VerifiedVersion { manifest, files })
     }
+}
+
+/// Reads `relative` under `dir` without following a symbolic link anywhere on the way, so a
+/// version can never serve bytes from outside its own directory (a link to `/etc/passwd` is a
+/// load failure, not a model file).
+fn read_inside(dir: &Path, relative: &str) -> Result<Vec<u8>> {
+    let path = dir.join(relative);
+    let mut walked = dir.to_owned();
+    for component in Path::new(relative).components() {
+        walked.push(component);
+        let metadata =
+            std::fs::symlink_metadata(&walked).map_err(|e| Error::io(format!("reading {}", walked.display()), e))?;
+        if metadata.file_type().is_symlink() {
+            return Err(Error::ModelFile(format!(
+                "{} is a symbolic link; a version's files must be regular files inside it",
+                walked.display()
+            )));
+        }
+    }
+    // O_NOFOLLOW closes the gap between the check and the open.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(data)
 }
 
 /// Checks a file's bytes against its manifest entry.
@@ -183,6 +212,22 @@ mod tests {
         assert_eq!(repo.versions("m").unwrap(), BTreeSet::from([1, 4]));
         assert_eq!(repo.models().unwrap(), BTreeSet::from(["m".to_string()]));
         assert!(repo.versions("absent").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_version_file_that_is_a_symbolic_link_is_never_read() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("m").join("1");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(root.path().join("secret"), "outside").unwrap();
+        std::os::unix::fs::symlink(root.path().join("secret"), dir.join("w")).unwrap();
+        std::os::unix::fs::symlink(root.path(), dir.join("up")).unwrap();
+        std::fs::write(dir.join("sub").join("ok"), "inside").unwrap();
+        assert_eq!(read_inside(&dir, "sub/ok").unwrap(), b"inside");
+        for link in ["w", "up/secret"] {
+            let err = read_inside(&dir, link).unwrap_err().to_string();
+            assert!(err.contains("symbolic link"), "{link}: {err}");
+        }
     }
 
     #[test]

@@ -40,14 +40,46 @@ pub fn publish(request: &PublishRequest<'_>) -> Result<u64> {
 
     let model_dir = request.root.join(request.model);
     std::fs::create_dir_all(&model_dir).map_err(|e| Error::io(format!("creating {}", model_dir.display()), e))?;
-    let staging = model_dir.join(format!(".publish-{}-{}", std::process::id(), unique_suffix()));
-    let result =
-        stage(&staging, &source_dir, &sources, manifest).and_then(|()| commit(&staging, &model_dir, request.version));
+    remove_dead_staging(&model_dir);
+    let staging = model_dir.join(format!("{STAGING_PREFIX}{}-{}", std::process::id(), unique_suffix()));
+    let result = stage(&staging, &source_dir, &sources, manifest).and_then(|_lock| {
+        // The lock is held until the staging directory is renamed into place.
+        commit(&staging, &model_dir, request.version)
+    });
     if result.is_err() {
         // Best effort: a leftover dot-directory is invisible to readers anyway.
         let _ = std::fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Staging directories are `<model>/.publish-<pid>-<nonce>`.
+const STAGING_PREFIX: &str = ".publish-";
+
+/// Removes the staging directories of publishes that died (killed, even with SIGKILL, or on a
+/// node that went away): a live publish holds an exclusive `flock` on its staging directory for
+/// as long as it runs, and the kernel drops the lock with the process, so a staging directory
+/// whose lock can be taken has no owner left. Best effort: failures only leave invisible
+/// dot-directories behind.
+fn remove_dead_staging(model_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(model_dir) else { return };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        if lock_dir(&path).is_ok() {
+            tracing::info!(path = %path.display(), "removing the staging directory of a publish that died");
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Takes the exclusive lock that marks a staging directory as in use, without waiting.
+fn lock_dir(dir: &Path) -> std::io::Result<File> {
+    let handle = File::open(dir)?;
+    rustix::fs::flock(&handle, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+    Ok(handle)
 }
 
 /// The directory to copy from, the manifest and the files to publish (relative to the directory).
@@ -93,8 +125,10 @@ fn infer_hf_manifest(config_path: &Path) -> Result<Manifest> {
 }
 
 /// Copies every source file into `staging`, writes the manifest and makes it all durable.
-fn stage(staging: &Path, source: &Path, files: &[PathBuf], mut manifest: Manifest) -> Result<()> {
+/// Returns the staging directory's lock, which marks the publish as alive while it is held.
+fn stage(staging: &Path, source: &Path, files: &[PathBuf], mut manifest: Manifest) -> Result<File> {
     std::fs::create_dir(staging).map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
+    let lock = lock_dir(staging).map_err(|e| Error::io(format!("locking {}", staging.display()), e))?;
     manifest.files.clear();
     for relative in files {
         let target = staging.join(relative);
@@ -111,7 +145,7 @@ fn stage(staging: &Path, source: &Path, files: &[PathBuf], mut manifest: Manifes
     for dir in files.iter().filter_map(|f| f.parent()).chain([Path::new("")]) {
         sync_dir(&staging.join(dir))?;
     }
-    Ok(())
+    Ok(lock)
 }
 
 /// Renames the staged directory to its version number. `RENAME_NOREPLACE` makes a concurrent
@@ -163,6 +197,13 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
             }
             let path = relative.join(&name);
             let kind = entry.file_type().map_err(|e| Error::io(format!("inspecting {}", path.display()), e))?;
+            if kind.is_symlink() {
+                return Err(Error::invalid(format!(
+                    "{} is a symbolic link; a version holds regular files only (copy the target in, e.g. \
+                     with `cp -L`, to publish it)",
+                    dir.join(&path).display()
+                )));
+            }
             if kind.is_dir() {
                 pending.push(path);
             } else {
@@ -268,6 +309,32 @@ mod tests {
         let version = publish(&req).unwrap();
         let verified = Repository::new(root.path()).read_verified("m", version).unwrap();
         assert_eq!(verified.manifest.metrics["loss"], 0.25);
+    }
+
+    #[test]
+    fn symbolic_links_in_a_source_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let source = source_dir();
+        std::os::unix::fs::symlink("/etc/passwd", source.path().join("extra/passwd")).unwrap();
+        let err = publish(&request(root.path(), source.path(), None)).unwrap_err().to_string();
+        assert!(err.contains("symbolic link") && err.contains("passwd"), "{err}");
+        assert!(Repository::new(root.path()).versions("m").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_staging_directory_of_a_dead_publish_is_removed_by_the_next_and_a_live_one_is_not() {
+        let root = tempfile::tempdir().unwrap();
+        let model_dir = root.path().join("m");
+        let dead = model_dir.join(".publish-1-dead");
+        let live = model_dir.join(".publish-2-live");
+        std::fs::create_dir_all(dead.join("sub")).unwrap();
+        std::fs::create_dir_all(&live).unwrap();
+        let _held = lock_dir(&live).unwrap();
+        // flock locks belong to the open file description: another open is another owner.
+        assert!(lock_dir(&live).is_err());
+        publish(&request(root.path(), source_dir().path(), None)).unwrap();
+        assert!(!dead.exists(), "the dead publish's staging directory is still there");
+        assert!(live.exists(), "a live publish's staging directory was removed");
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! Runs a version's sentence encoder for the requests routed to it: each request's texts are one
-//! batch, computed on the blocking pool one at a time (the encoder uses every compute thread).
+//! Runs a version's sentence encoder for the requests routed to it, on the blocking pool. A
+//! request's texts are tokenized (and refused) first, then embedded in batches of at most
+//! [`limits::EMBEDDING_BATCH_TEXTS`] texts of similar length, one batch at a time (the encoder
+//! uses every compute thread), so a large request costs one batch's memory, pads little, and lets
+//! other requests' batches run between its own.
 //! The `drained` receiver fires once the last request holding the version is done and the model
 //! is released.
 
@@ -8,6 +11,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::limits;
 use super::metrics::VersionMetrics;
 use crate::error::{Error, Result};
 use crate::model::VersionId;
@@ -69,16 +73,55 @@ impl Embedder {
 
     /// Embeds `texts` (validated by the encoder) off the async runtime.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Embeddings> {
+        limits::check_embedding_texts(texts.len())?;
         let inner = self.inner.clone();
         let enqueued = Instant::now();
-        let (vectors, tokens) = tokio::task::spawn_blocking(move || {
-            let encoder = inner.encoder.lock().unwrap_or_else(PoisonError::into_inner);
-            inner.metrics.queue_duration.observe(enqueued.elapsed().as_secs_f64());
-            inner.metrics.batch_size.observe(texts.len() as f64);
-            encoder.encode(&texts)
+        let failed = |e: tokio::task::JoinError| {
+            Error::Shutdown(format!("embedding task of {:?} failed: {e}", self.inner.id.model))
+        };
+        let sequences = tokio::task::spawn_blocking(move || {
+            inner.encoder.lock().unwrap_or_else(PoisonError::into_inner).tokenize(&texts)
         })
         .await
-        .map_err(|e| Error::Shutdown(format!("embedding task of {:?} failed: {e}", self.inner.id.model)))??;
+        .map_err(failed)??;
+        let tokens = sequences.iter().map(Vec::len).sum();
+        let mut vectors = vec![Vec::new(); sequences.len()];
+        for batch in length_batches(&sequences, limits::EMBEDDING_BATCH_TEXTS) {
+            let inner = self.inner.clone();
+            let rows: Vec<Vec<u32>> = batch.iter().map(|&i| sequences[i].clone()).collect();
+            let embedded = tokio::task::spawn_blocking(move || {
+                let encoder = inner.encoder.lock().unwrap_or_else(PoisonError::into_inner);
+                inner.metrics.queue_duration.observe(enqueued.elapsed().as_secs_f64());
+                inner.metrics.batch_size.observe(rows.len() as f64);
+                encoder.embed(&rows)
+            })
+            .await
+            .map_err(failed)??;
+            for (i, vector) in batch.into_iter().zip(embedded) {
+                vectors[i] = vector;
+            }
+        }
         Ok(Embeddings { version: self.inner.id.version, vectors, tokens })
+    }
+}
+
+/// The indices of `sequences` grouped into batches of at most `size`, shortest first, so each
+/// batch pads its rows to a similar length.
+fn length_batches(sequences: &[Vec<u32>], size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..sequences.len()).collect();
+    order.sort_by_key(|&i| sequences[i].len());
+    order.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_are_batched_by_length_and_every_one_is_in_exactly_one_batch() {
+        let sequences: Vec<Vec<u32>> = [5, 1, 9, 3, 7].iter().map(|&n| vec![0; n]).collect();
+        let batches = length_batches(&sequences, 2);
+        assert_eq!(batches, vec![vec![1, 3], vec![0, 4], vec![2]]);
+        assert_eq!(length_batches(&sequences, 32).len(), 1);
     }
 }

@@ -219,14 +219,16 @@ fn check_fits(request: &GenerateRequest, context: usize, capacity: usize) -> Res
              which must also hold at least one generated token"
         )));
     }
-    if prompt + request.max_tokens > context {
+    // `prompt < context` here, and no sum of request numbers is formed: a `max_tokens` near
+    // `usize::MAX` must be refused, not wrapped into a small number.
+    if request.max_tokens > context - prompt {
         return Err(Error::invalid(format!(
             "max_tokens is {} but the context of {context} tokens leaves {} after the {prompt}-token prompt",
             request.max_tokens,
             context - prompt
         )));
     }
-    if prompt + request.max_tokens > capacity {
+    if prompt > capacity || request.max_tokens > capacity - prompt {
         return Err(Error::invalid(format!(
             "the prompt ({prompt} tokens) plus max_tokens ({}) needs more than the KV cache of \
              {capacity} tokens; lower max_tokens or give the worker a larger --kv-cache-mib",
@@ -553,5 +555,14 @@ mod tests {
         assert!(over.contains("95") && over.contains("leaves 90"), "{over}");
         let cache = check_fits(&request(10, 50), 100, 40).unwrap_err().to_string();
         assert!(cache.contains("KV cache of 40 tokens"), "{cache}");
+    }
+
+    #[test]
+    fn a_max_tokens_near_the_integer_limit_is_refused_not_wrapped() {
+        for max_tokens in [usize::MAX, usize::MAX - 5, usize::MAX / 2 + 1] {
+            let err = check_fits(&request(10, max_tokens), 100, 1000).unwrap_err().to_string();
+            assert!(err.contains("leaves 90"), "{err}");
+        }
+        assert!(check_fits(&request(50, usize::MAX), 100, 40).is_err());
     }
 }

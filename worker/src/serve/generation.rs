@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::engine::{Event, EventStream, FinishReason, GenerateRequest, Usage};
+use super::limits;
 use super::routing::Target;
 use super::signature::{self, InferRequest};
 use super::versions::{LanguageModel, ModelManager};
@@ -103,30 +104,42 @@ pub struct Started {
 }
 
 /// Routes, builds the prompt and submits. Every refusal happens here, before any token is sent.
-pub fn start(
+/// Templating and tokenizing run on the blocking pool, never on the async runtime's threads.
+pub async fn start(
     manager: &ModelManager,
     model: &str,
     target: &Target,
     routing_key: Option<&str>,
     prompt: Prompt,
-    options: &Options,
+    options: Options,
 ) -> Result<Started> {
-    submit(&manager.language_model(model, target, routing_key)?, prompt, options)
+    submit(manager.language_model(model, target, routing_key)?, prompt, options).await
 }
 
-fn submit(language_model: &LanguageModel, prompt: Prompt, options: &Options) -> Result<Started> {
-    let codec = &language_model.codec;
-    let tokens = match prompt {
-        Prompt::Text(text) if text.is_empty() => return Err(Error::invalid("the prompt is empty")),
-        Prompt::Text(text) => codec.encode(&text)?,
-        Prompt::Chat(messages) => codec.encode_chat(&messages)?,
-    };
+async fn submit(language_model: LanguageModel, prompt: Prompt, options: Options) -> Result<Started> {
+    limits::check_stop_strings(&options.stop)?;
     let sampling = options.sampling()?;
     let engine = &language_model.engine;
+    let prompt_bytes = match &prompt {
+        Prompt::Text(text) if text.is_empty() => return Err(Error::invalid("the prompt is empty")),
+        Prompt::Text(text) => text.len(),
+        Prompt::Chat(messages) => {
+            limits::check_chat_messages(messages.len())?;
+            messages.iter().map(|m| m.content.len()).sum()
+        }
+    };
+    limits::check_prompt_bytes(prompt_bytes, engine.context_length(), language_model.codec.longest_token_bytes())?;
+    let codec = language_model.codec.clone();
+    let tokens = tokio::task::spawn_blocking(move || match prompt {
+        Prompt::Text(text) => codec.encode(&text),
+        Prompt::Chat(messages) => codec.encode_chat(&messages),
+    })
+    .await
+    .map_err(|e| Error::Shutdown(format!("tokenizing the prompt failed: {e}")))??;
     let room = engine.context_length().min(engine.capacity_tokens()).saturating_sub(tokens.len()).max(1);
     let max_tokens = options.max_tokens.map_or(room, |n| usize::try_from(n).unwrap_or(usize::MAX));
     let prompt_tokens = tokens.len();
-    let request = GenerateRequest { prompt: tokens, max_tokens, sampling, stop: options.stop.clone() };
+    let request = GenerateRequest { prompt: tokens, max_tokens, sampling, stop: options.stop };
     let events = engine.submit(request)?;
     Ok(Started { version: language_model.version, prompt_tokens, events })
 }
@@ -173,7 +186,7 @@ pub async fn infer_text(language_model: &LanguageModel, manifest: &Manifest, req
         }
     };
     let options = Options::from_parameters(&request.parameters)?;
-    let mut started = submit(language_model, Prompt::Text(text), &options)?;
+    let mut started = submit(language_model.clone(), Prompt::Text(text), options).await?;
     let completion = collect(&mut started.events).await?;
     let name = manifest.outputs[0].name.clone();
     Tensor::new(name, DataType::Bytes, vec![1], Values::Bytes(vec![completion.text.into_bytes()]))

@@ -59,7 +59,8 @@ impl GenerationService for GenerationServiceImpl {
             stop: request.stop,
         };
         let started =
-            generation::start(&self.manager, &request.model_name, &target, routing_key.as_deref(), prompt, &options)?;
+            generation::start(&self.manager, &request.model_name, &target, routing_key.as_deref(), prompt, options)
+                .await?;
         let version = started.version;
         let stream = UnboundedReceiverStream::new(started.events).map(move |event| response_from_event(version, event));
         Ok(Response::new(Box::pin(stream)))

@@ -3,21 +3,26 @@
 //! metrics) that share one port. Entry point: [`server::start`].
 //!
 //! Layout:
-//! - decisions, pure and unit-tested: [`config`], [`policy`], [`routing`], [`signature`];
+//! - decisions, pure and unit-tested: [`config`], [`policy`], [`routing`], [`signature`], and the
+//!   per-request bounds in [`limits`];
 //! - state and work: [`versions`] (lifecycle, routing, loading), [`batcher`] (tensor models) and
 //!   [`engine`] (continuous batching for language models), [`request_stats`] (what each version
 //!   served, for canary analysis);
 //! - adapters, translation only: [`oip`], [`model_service`], [`rest`], one error table in
 //!   [`status`];
+//! - who may call what: [`auth`]; connection limits and timeouts: [`connections`];
 //! - wiring: [`server`].
 
+pub mod auth;
 pub mod batcher;
 pub mod config;
+pub mod connections;
 pub mod embedder;
 pub mod embedding_service;
 pub mod engine;
 pub mod generation;
 pub mod generation_service;
+pub mod limits;
 pub mod metrics;
 pub mod model_service;
 pub mod oip;

@@ -112,7 +112,7 @@ fn status_to_proto(status: versions::ModelStatus) -> pb::ModelStatus {
             }),
         })
         .collect();
-    pb::ModelStatus { model: status.model, versions, on_disk: status.on_disk }
+    pb::ModelStatus { model: status.model, versions, on_disk: status.on_disk, unloaded: !status.enabled }
 }
 
 fn state_to_proto(enabled: bool, state: versions::VersionState) -> pb::VersionState {

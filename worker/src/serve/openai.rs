@@ -13,7 +13,8 @@ use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -39,36 +40,78 @@ pub const MODEL_VERSION_HEADER: &str = "x-lantern-model-version";
 const RETRY_AFTER_SECONDS: u64 = 1;
 
 /// The OpenAI-compatible routes over `manager`.
-pub fn router(manager: ModelManager) -> Router {
+/// Request bodies are bounded by `max_body_bytes`; a larger one is 413 in OpenAI's shape.
+pub fn router(manager: ModelManager, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
+        .route("/v1/models/{model}", get(retrieve_model))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(manager)
 }
 
-/// An error in OpenAI's shape.
+/// The answer to a path under `/v1` that no route serves.
+pub fn not_found(method: &http::Method, path: &str) -> Response {
+    ApiError { status: StatusCode::NOT_FOUND, message: format!("no route for {method} {path}"), param: None }
+        .into_response()
+}
+
+/// A 401 in OpenAI's shape.
+pub fn unauthorized(message: String) -> Response {
+    ApiError { status: StatusCode::UNAUTHORIZED, message, param: None }.into_response()
+}
+
+/// The answer to a `/v1` route called with a method it does not take.
+pub fn method_not_allowed(method: &http::Method, path: &str) -> Response {
+    let message = format!("{path} does not take {method}");
+    ApiError { status: StatusCode::METHOD_NOT_ALLOWED, message, param: None }.into_response()
+}
+
+/// An error in OpenAI's shape; `param` names the request parameter at fault, where one is.
+#[derive(Debug)]
 struct ApiError {
     status: StatusCode,
     message: String,
+    param: Option<String>,
 }
 
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
-        Self { status: status::http_status(status::grpc_code(&err)), message: err.to_string() }
+        Self { status: status::http_status(status::grpc_code(&err)), message: err.to_string(), param: None }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        Self { status: rejection.status(), message: format!("request body: {}", rejection.body_text()), param: None }
+    }
+}
+
+impl ApiError {
+    /// A 400 naming the request parameter this server does not implement.
+    fn unsupported(param: &str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("parameter {param:?} is not supported by this server"),
+            param: Some(param.to_owned()),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let kind = match self.status {
-            StatusCode::BAD_REQUEST => "invalid_request_error",
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::METHOD_NOT_ALLOWED => {
+                "invalid_request_error"
+            }
+            StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             _ => "server_error",
         };
-        let body = json!({"error": {"message": self.message, "type": kind, "param": null, "code": null}});
+        let body = json!({"error": {"message": self.message, "type": kind, "param": self.param, "code": null}});
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
@@ -79,15 +122,23 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = std::result::Result<T, ApiError>;
 
+fn model_object(model: String, version: u64) -> Value {
+    json!({"id": model, "object": "model", "created": 0, "owned_by": "lantern", "version": version})
+}
+
 async fn list_models(State(manager): State<ModelManager>) -> Json<Value> {
-    let data: Vec<Value> = manager
+    let data: Vec<Value> =
+        manager.language_models().into_iter().map(|(model, version)| model_object(model, version)).collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn retrieve_model(State(manager): State<ModelManager>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    manager
         .language_models()
         .into_iter()
-        .map(|(model, version)| {
-            json!({"id": model, "object": "model", "created": 0, "owned_by": "lantern", "version": version})
-        })
-        .collect();
-    Json(json!({"object": "list", "data": data}))
+        .find(|(model, _)| *model == id)
+        .map(|(model, version)| Json(model_object(model, version)))
+        .ok_or_else(|| Error::ModelNotFound { model: id }.into())
 }
 
 /// A string or a list of strings (`prompt`, `stop`).
@@ -107,8 +158,7 @@ impl OneOrMany {
     }
 }
 
-/// The fields both endpoints share. Fields this server does not act on are ignored, as OpenAI
-/// clients send many.
+/// The fields both endpoints share. Any other field is refused ([`refuse_unsupported`]).
 #[derive(Debug, Deserialize)]
 struct Common {
     model: String,
@@ -135,6 +185,33 @@ struct Common {
     stop: Option<OneOrMany>,
     #[serde(default)]
     n: Option<u64>,
+    /// Everything else the request carried.
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
+}
+
+/// Parameters accepted and not acted on, because acting on them changes nothing here: `user`
+/// identifies the caller to OpenAI's abuse monitoring.
+const IGNORED_PARAMETERS: &[&str] = &["user"];
+
+/// Refuses, naming it, any parameter this server does not implement (`logprobs`, `tools`,
+/// `response_format`, penalties, …), unless it asks for what the server does anyway — `null`,
+/// `false`, `0`, or an empty string, list or object, as clients send for defaults — so a
+/// client never gets an answer that silently ignored what it asked for.
+fn refuse_unsupported(other: &serde_json::Map<String, Value>) -> ApiResult<()> {
+    let asks_for_default = |key: &str, value: &Value| match value {
+        Value::Null => true,
+        Value::Bool(b) => !b || key == "parallel_tool_calls",
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty() || (key == "tool_choice" && s == "none"),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty() || (key == "response_format" && o.get("type") == Some(&json!("text"))),
+    };
+    match other.iter().find(|(key, value)| !IGNORED_PARAMETERS.contains(&key.as_str()) && !asks_for_default(key, value))
+    {
+        Some((key, _)) => Err(ApiError::unsupported(key)),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +238,9 @@ struct ChatRequest {
 struct ChatMessage {
     role: String,
     content: ChatContent,
+    /// Fields of a message this server does not implement (`name`, `tool_calls`, …).
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
 }
 
 /// A message's content: a string, or a list of parts of which only text is understood.
@@ -180,14 +260,17 @@ struct ContentPart {
 }
 
 impl ChatMessage {
-    fn into_message(self) -> std::result::Result<Message, Error> {
+    fn into_message(self) -> ApiResult<Message> {
+        refuse_unsupported(&self.other)?;
         let content = match self.content {
             ChatContent::Text(text) => text,
             ChatContent::Parts(parts) => {
                 let mut text = String::new();
                 for part in parts {
                     if part.kind != "text" {
-                        return Err(Error::invalid(format!("content parts of type {:?} are not supported", part.kind)));
+                        return Err(
+                            Error::invalid(format!("content parts of type {:?} are not supported", part.kind)).into()
+                        );
                     }
                     text.push_str(&part.text);
                 }
@@ -199,14 +282,15 @@ impl ChatMessage {
 }
 
 impl Common {
-    fn options(&self) -> std::result::Result<Options, Error> {
+    fn options(&self) -> ApiResult<Options> {
+        refuse_unsupported(&self.other)?;
         if self.n.is_some_and(|n| n != 1) {
-            return Err(Error::invalid("only n = 1 is supported"));
+            return Err(Error::invalid("only n = 1 is supported").into());
         }
         let top_k = match self.top_k {
             None | Some(0) | Some(-1) => None,
             Some(k) if k > 0 => Some(k as u64),
-            Some(k) => return Err(Error::invalid(format!("top_k must be positive, 0 or -1, got {k}"))),
+            Some(k) => return Err(Error::invalid(format!("top_k must be positive, 0 or -1, got {k}")).into()),
         };
         Ok(Options {
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
@@ -220,9 +304,14 @@ impl Common {
     }
 }
 
-/// Parses a JSON body, answering malformed JSON (and invalid UTF-8) with a 400 that says where.
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| Error::invalid(format!("invalid request body: {e}")).into())
+/// Parses a JSON body on the blocking pool (a body of megabytes takes a while, and must not hold
+/// up the runtime's threads), answering malformed JSON and invalid UTF-8 with a 400 that says
+/// where.
+async fn parse_body<T: for<'de> Deserialize<'de> + Send + 'static>(body: Bytes) -> ApiResult<T> {
+    tokio::task::spawn_blocking(move || serde_json::from_slice(&body))
+        .await
+        .map_err(|e| Error::Shutdown(format!("parsing the request body failed: {e}")))?
+        .map_err(|e| Error::invalid(format!("invalid request body: {e}")).into())
 }
 
 /// `name` or `name:version-or-label`.
@@ -239,10 +328,18 @@ struct EmbeddingsRequest {
     input: OneOrMany,
     #[serde(default)]
     encoding_format: Option<String>,
+    /// `dimensions` and anything else this server does not implement.
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
 }
 
-async fn embeddings(State(manager): State<ModelManager>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    let request: EmbeddingsRequest = parse_body(&body)?;
+async fn embeddings(
+    State(manager): State<ModelManager>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: EmbeddingsRequest = parse_body(body?).await?;
+    refuse_unsupported(&request.other)?;
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -299,8 +396,12 @@ enum Kind {
     Chat,
 }
 
-async fn completions(State(manager): State<ModelManager>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    let request: CompletionRequest = parse_body(&body)?;
+async fn completions(
+    State(manager): State<ModelManager>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: CompletionRequest = parse_body(body?).await?;
     let prompt = match request.prompt.into_vec().as_mut_slice() {
         [one] => Prompt::Text(std::mem::take(one)),
         _ => return Err(Error::invalid("prompt must be one string (batched prompts are not supported)").into()),
@@ -308,9 +409,13 @@ async fn completions(State(manager): State<ModelManager>, headers: HeaderMap, bo
     respond(&manager, &headers, Kind::Completion, &request.common, prompt).await
 }
 
-async fn chat_completions(State(manager): State<ModelManager>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    let request: ChatRequest = parse_body(&body)?;
-    let messages = request.messages.into_iter().map(ChatMessage::into_message).collect::<Result<Vec<_>, _>>()?;
+async fn chat_completions(
+    State(manager): State<ModelManager>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let request: ChatRequest = parse_body(body?).await?;
+    let messages = request.messages.into_iter().map(ChatMessage::into_message).collect::<ApiResult<Vec<_>>>()?;
     respond(&manager, &headers, Kind::Chat, &request.common, Prompt::Chat(messages)).await
 }
 
@@ -323,7 +428,7 @@ async fn respond(
 ) -> ApiResult<Response> {
     let (model, target) = parse_model(&common.model)?;
     let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
-    let mut started = generation::start(manager, model, &target, routing_key, prompt, &common.options()?)?;
+    let mut started = generation::start(manager, model, &target, routing_key, prompt, common.options()?).await?;
     let meta = ChunkMeta::new(kind, common.model.clone());
     let version = HeaderValue::from(started.version);
     let mut response = if common.stream {
@@ -481,7 +586,10 @@ mod tests {
         assert_eq!(message.into_message().unwrap().content, "Hello, there");
         let image: ChatMessage =
             serde_json::from_value(json!({"role": "user", "content": [{"type": "image_url"}]})).unwrap();
-        assert!(image.into_message().unwrap_err().to_string().contains("image_url"));
+        assert!(image.into_message().unwrap_err().message.contains("image_url"));
+        let named: ChatMessage =
+            serde_json::from_value(json!({"role": "user", "content": "hi", "name": "ann"})).unwrap();
+        assert_eq!(named.into_message().unwrap_err().param.as_deref(), Some("name"));
     }
 
     #[test]
@@ -491,9 +599,40 @@ mod tests {
             body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             serde_json::from_value(body).unwrap()
         };
-        assert!(common(json!({"n": 2})).options().unwrap_err().to_string().contains("n = 1"));
-        assert!(common(json!({"top_k": -5})).options().unwrap_err().to_string().contains("top_k"));
+        assert!(common(json!({"n": 2})).options().unwrap_err().message.contains("n = 1"));
+        assert!(common(json!({"top_k": -5})).options().unwrap_err().message.contains("top_k"));
         let options = common(json!({"max_tokens": 5, "max_completion_tokens": 7, "stop": "x"})).options().unwrap();
         assert_eq!((options.max_tokens, options.stop), (Some(7), vec!["x".to_owned()]));
+    }
+
+    #[test]
+    fn parameters_the_engine_does_not_implement_are_refused_by_name_unless_they_ask_for_the_default() {
+        let refused = |body: Value| -> Option<String> {
+            let common: Common = serde_json::from_value(body).unwrap();
+            common.options().err().and_then(|e| e.param)
+        };
+        for (param, value) in [
+            ("logprobs", json!(true)),
+            ("top_logprobs", json!(3)),
+            ("echo", json!(true)),
+            ("response_format", json!({"type": "json_object"})),
+            ("tools", json!([{"type": "function"}])),
+            ("tool_choice", json!("auto")),
+            ("logit_bias", json!({"50256": -100})),
+            ("presence_penalty", json!(0.5)),
+            ("frequency_penalty", json!(-1)),
+            ("best_of", json!(2)),
+            ("suffix", json!("end")),
+            ("no_such_thing", json!(1)),
+        ] {
+            assert_eq!(refused(json!({"model": "m", param: value})).as_deref(), Some(param), "{param}");
+        }
+        for defaults in [
+            json!({"model": "m", "logprobs": false, "presence_penalty": 0, "tools": [], "logit_bias": {}}),
+            json!({"model": "m", "frequency_penalty": 0.0, "response_format": null, "user": "ann"}),
+            json!({"model": "m", "response_format": {"type": "text"}, "tool_choice": "none"}),
+        ] {
+            assert_eq!(refused(defaults.clone()), None, "{defaults}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +22,7 @@ use super::{ROUTING_KEY_HEADER, SERVER_EXTENSIONS, SERVER_NAME};
 use crate::error::{Error, Result};
 use crate::repository::TensorSpec;
 use crate::tensor::{DataType, Tensor, Values};
+use half::{bf16, f16};
 
 #[derive(Clone)]
 struct AppState {
@@ -31,8 +33,6 @@ struct AppState {
 /// The REST routes over `manager`.
 pub fn router(manager: ModelManager, metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
-        .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(version_metadata))
@@ -44,7 +44,31 @@ pub fn router(manager: ModelManager, metrics: Arc<Metrics>) -> Router {
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route("/v2/repository/models/{model}/unload", post(repository_unload))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { manager, metrics })
+        .with_state(AppState { manager: manager.clone(), metrics })
+        .merge(health_router(manager))
+}
+
+/// The health routes alone: what a connection beyond the server's cap is still answered.
+pub fn health_router(manager: ModelManager) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
+        .route("/v2/health/ready", get(server_ready))
+        .with_state(manager)
+}
+
+/// An error in this API's shape, `{"error": "..."}`, with `status`.
+pub fn error_response(status: StatusCode, message: String) -> Response {
+    ApiError(status, message).into_response()
+}
+
+/// The answer to a path outside `/v1` that no route serves.
+pub fn not_found(method: &http::Method, path: &str) -> Response {
+    error_response(StatusCode::NOT_FOUND, format!("no route for {method} {path}"))
+}
+
+/// The answer to a route called with a method it does not take.
+pub fn method_not_allowed(method: &http::Method, path: &str) -> Response {
+    error_response(StatusCode::METHOD_NOT_ALLOWED, format!("{path} does not take {method}"))
 }
 
 /// An error answered as `{"error": "..."}` with the status from the shared table.
@@ -56,14 +80,9 @@ impl From<Error> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            rejection.status()
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        Self(code, format!("invalid request body: {}", rejection.body_text()))
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        Self(rejection.status(), format!("request body: {}", rejection.body_text()))
     }
 }
 
@@ -75,8 +94,8 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = std::result::Result<T, ApiError>;
 
-async fn server_ready(State(app): State<AppState>) -> Response {
-    let ready = app.manager.server_ready();
+async fn server_ready(State(manager): State<ModelManager>) -> Response {
+    let ready = manager.server_ready();
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(json!({"ready": ready}))).into_response()
 }
@@ -131,7 +150,11 @@ struct IndexRequest {
     ready: bool,
 }
 
-async fn repository_index(State(app): State<AppState>, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+async fn repository_index(
+    State(app): State<AppState>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let body = body?;
     // The body is optional: an empty POST lists everything.
     let request: IndexRequest = if body.is_empty() {
         IndexRequest::default()
@@ -190,18 +213,31 @@ async fn model_infer(
     State(app): State<AppState>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    body: std::result::Result<Json<JsonInferRequest>, JsonRejection>,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    infer(&app, model, "", &headers, body?.0).await
+    infer(&app, model, "", &headers, body?).await
 }
 
 async fn version_infer(
     State(app): State<AppState>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: std::result::Result<Json<JsonInferRequest>, JsonRejection>,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    infer(&app, model, &version, &headers, body?.0).await
+    infer(&app, model, &version, &headers, body?).await
+}
+
+/// Parses an infer body and its tensors on the blocking pool: a body of many megabytes takes
+/// a while, and must not hold up the runtime's threads (health checks included).
+async fn parse_infer_body(body: Bytes) -> ApiResult<(Option<String>, InferRequest)> {
+    let parsed = tokio::task::spawn_blocking(move || -> ApiResult<_> {
+        let body: JsonInferRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))?;
+        let inputs = body.inputs.into_iter().map(tensor_from_json).collect::<Result<_>>()?;
+        let outputs = body.outputs.into_iter().map(|o| o.name).collect();
+        Ok((body.id, InferRequest { inputs, outputs, parameters: body.parameters }))
+    });
+    parsed.await.map_err(|e| Error::Shutdown(format!("parsing the request body failed: {e}")))?
 }
 
 async fn infer(
@@ -209,17 +245,15 @@ async fn infer(
     model: String,
     version: &str,
     headers: &HeaderMap,
-    body: JsonInferRequest,
+    body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let target = Target::parse(version)?;
     let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
-    let inputs = body.inputs.into_iter().map(tensor_from_json).collect::<Result<_>>()?;
-    let outputs = body.outputs.into_iter().map(|o| o.name).collect();
-    let request = InferRequest { inputs, outputs, parameters: body.parameters };
+    let (id, request) = parse_infer_body(body).await?;
     let response = app.manager.infer(&model, &target, routing_key, request).await?;
     let outputs: Vec<JsonTensor> = response.outputs.into_iter().map(tensor_to_json).collect();
     let mut answer = json!({"model_name": model, "model_version": response.version.to_string(), "outputs": outputs});
-    if let Some(id) = body.id {
+    if let Some(id) = id {
         answer["id"] = id.into();
     }
     Ok(Json(answer))
@@ -257,9 +291,19 @@ fn tensor_from_json(tensor: JsonTensor) -> Result<Tensor> {
         DataType::U16 => uints(u16::MAX.into())?,
         DataType::U32 => uints(u32::MAX.into())?,
         DataType::U64 => uints(u64::MAX)?,
-        // JSON numbers are decimal text: FP32 (and FP16/BF16) take the nearest value.
+        // JSON numbers are decimal text: FP32, FP16 and BF16 take the nearest value of their type;
+        // a number beyond the type's range is refused, not turned into infinity.
         DataType::F16 | DataType::BF16 | DataType::F32 => {
-            Values::F32(flat.iter().map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| bad(v))).collect::<Result<_>>()?)
+            let narrow = |x: f64| match datatype {
+                DataType::F16 => f16::from_f64(x).to_f32(),
+                DataType::BF16 => bf16::from_f64(x).to_f32(),
+                _ => x as f32,
+            };
+            Values::F32(
+                flat.iter()
+                    .map(|v| v.as_f64().map(narrow).filter(|x| x.is_finite()).ok_or_else(|| bad(v)))
+                    .collect::<Result<_>>()?,
+            )
         }
         DataType::F64 => Values::F64(flat.iter().map(|v| v.as_f64().ok_or_else(|| bad(v))).collect::<Result<_>>()?),
         DataType::Bytes => Values::Bytes(
@@ -310,6 +354,12 @@ mod tests {
     fn values_of_the_wrong_type_or_range_are_refused() {
         assert!(parse("INT8", vec![1], json!([200])).unwrap_err().to_string().contains("200"));
         assert!(parse("FP32", vec![1], json!(["a"])).unwrap_err().to_string().contains("FP32"));
+        assert!(parse("FP32", vec![1], json!([1e300])).unwrap_err().to_string().contains("valid FP32"));
+        assert!(parse("FP16", vec![1], json!([70000])).unwrap_err().to_string().contains("FP16"));
+        assert_eq!(
+            parse("FP16", vec![1], json!([0.1])).unwrap().values,
+            Values::F32(vec![f16::from_f64(0.1).to_f32()])
+        );
         assert!(parse("BOOL", vec![1], json!([1])).is_err());
         assert!(parse("FP32", vec![3], json!([1, 2])).unwrap_err().to_string().contains("3 elements"));
         assert_eq!(parse("BYTES", vec![1], json!(["hi"])).unwrap().values, Values::Bytes(vec![b"hi".to_vec()]));

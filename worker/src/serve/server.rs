@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt;
 use lantern_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use lantern_proto::lantern::v1::embedding_service_server::EmbeddingServiceServer;
 use lantern_proto::lantern::v1::generation_service_server::GenerationServiceServer;
@@ -19,6 +18,8 @@ use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::auth::{self, Credentials};
+use super::connections::{self, ConnectionLimits};
 use super::embedding_service::EmbeddingServiceImpl;
 use super::generation_service::GenerationServiceImpl;
 use super::metrics::Metrics;
@@ -34,10 +35,30 @@ use crate::repository::Repository;
 pub struct ServerOptions {
     /// Address to bind; port 0 picks a free one.
     pub listen: SocketAddr,
-    /// Largest request or response message, for gRPC and HTTP bodies alike.
+    /// Largest gRPC message, and largest HTTP body outside `/v1`.
     pub max_message_bytes: usize,
+    /// Largest body of the OpenAI API (`/v1`, JSON text): smaller than a tensor's, since a
+    /// prompt longer than any context is refused anyway.
+    pub max_text_body_bytes: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Connection cap and timeouts.
+    pub connections: ConnectionLimits,
+    /// Who may call management and inference.
+    pub credentials: Credentials,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8500)),
+            max_message_bytes: 64 << 20,
+            max_text_body_bytes: 4 << 20,
+            shutdown_grace: Duration::from_secs(30),
+            connections: ConnectionLimits::default(),
+            credentials: Credentials::default(),
+        }
+    }
 }
 
 /// A running worker server.
@@ -68,7 +89,7 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let limit = options.max_message_bytes;
-    let grpc = tonic::service::Routes::new(health_service)
+    let grpc = tonic::service::Routes::new(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
@@ -92,26 +113,32 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
                 .max_encoding_message_size(limit),
         )
         .into_axum_router();
+    let health_only = rest::health_router(manager.clone())
+        .merge(tonic::service::Routes::new(health_service.clone()).into_axum_router())
+        .fallback(at_capacity);
     let app = rest::router(manager.clone(), metrics)
-        .merge(openai::router(manager.clone()))
+        .merge(openai::router(manager.clone(), options.max_text_body_bytes))
         .merge(grpc)
+        .fallback(unrouted)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(options.credentials.clone()), auth::authorize))
         .layer(axum::middleware::from_fn(trace_request));
+    if !options.credentials.guards_management() {
+        tracing::warn!("management APIs are open to anyone who reaches this port; set --management-token-file");
+    }
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|e| Error::io(format!("binding {}", options.listen), e))?;
     let addr = listener.local_addr().map_err(|e| Error::io("reading the bound address", e))?;
-    let listener = listener.tap_io(|tcp| {
-        // Small request/response messages: Nagle's algorithm would add tens of milliseconds.
-        let _ = tcp.set_nodelay(true);
-    });
 
     manager.reconcile().await;
     let reconciler = manager.spawn_reconciler();
     let health_task = tokio::spawn(follow_readiness(manager.clone(), health.clone()));
     let (stop, stopped) = oneshot::channel::<()>();
     let grace = options.shutdown_grace;
+    let limits = options.connections;
     tracing::info!(%addr, "serving gRPC and HTTP");
     let task = tokio::spawn(async move {
         let (draining_tx, draining_rx) = oneshot::channel::<()>();
@@ -124,11 +151,10 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
             tracing::info!(grace_seconds = grace.as_secs_f64(), "shutting down: draining in-flight requests");
             let _ = draining_tx.send(());
         };
-        let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-        let server = async move { server.await.map_err(|e| Error::io("serving", e)) };
+        let server = connections::serve(listener, app, health_only, limits, signal);
         tokio::pin!(server);
         let outcome = tokio::select! {
-            result = &mut server => result,
+            () = &mut server => Ok(()),
             () = async { let _ = draining_rx.await; tokio::time::sleep(grace).await } => {
                 tracing::warn!("grace period over with requests still in flight; closing");
                 Ok(())
@@ -155,6 +181,36 @@ impl RunningServer {
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(());
         self.task.await.map_err(|e| Error::Shutdown(format!("server task failed: {e}")))?
+    }
+}
+
+/// The answer to a request no route serves: `UNIMPLEMENTED` for gRPC, 404 in the shape of the
+/// API the path belongs to otherwise.
+async fn unrouted(method: http::Method, uri: http::Uri, headers: http::HeaderMap) -> axum::response::Response {
+    let path = uri.path();
+    if auth::is_grpc(&headers) {
+        return tonic::Status::unimplemented(format!("unknown method {path}")).into_http();
+    }
+    match path == "/v1" || path.starts_with("/v1/") {
+        true => openai::not_found(&method, path),
+        false => rest::not_found(&method, path),
+    }
+}
+
+/// The answer to a route called with a method it does not take: 405 in its API's shape.
+async fn wrong_method(method: http::Method, uri: http::Uri) -> axum::response::Response {
+    match uri.path().starts_with("/v1/") {
+        true => openai::method_not_allowed(&method, uri.path()),
+        false => rest::method_not_allowed(&method, uri.path()),
+    }
+}
+
+/// What a connection beyond the cap gets for anything but health.
+async fn at_capacity(headers: http::HeaderMap) -> axum::response::Response {
+    let message = "the server is at its connection limit; retry shortly";
+    match auth::is_grpc(&headers) {
+        true => tonic::Status::unavailable(message).into_http(),
+        false => rest::error_response(http::StatusCode::SERVICE_UNAVAILABLE, message.into()),
     }
 }
 

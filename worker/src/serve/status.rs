@@ -12,7 +12,7 @@ pub fn grpc_code(err: &Error) -> Code {
         Error::ModelNotFound { .. } | Error::VersionNotFound { .. } | Error::LabelNotFound { .. } => Code::NotFound,
         Error::Unavailable { .. } | Error::Shutdown(_) => Code::Unavailable,
         Error::InvalidArgument(_) | Error::Config { .. } => Code::InvalidArgument,
-        Error::QueueFull { .. } => Code::ResourceExhausted,
+        Error::QueueFull { .. } | Error::LimitExceeded(_) => Code::ResourceExhausted,
         Error::Manifest { .. }
         | Error::Io { .. }
         | Error::Load { .. }

@@ -11,6 +11,7 @@
 //! when its last request does.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -403,7 +404,7 @@ impl ModelManager {
                     let delay = self.inner.retry_delay(entry.failed_attempts);
                     tracing::warn!(model = %model, version, %error, retry_in_seconds = delay.as_secs_f64(), "load failed");
                     entry.state = VersionState::Failed;
-                    entry.reason = error.to_string();
+                    entry.reason = client_reason(&error.to_string(), self.inner.repo.root());
                     entry.retry_at = Some(Instant::now() + delay);
                 }
             }
@@ -556,6 +557,15 @@ impl ModelManager {
         self.check_served(model)?;
         {
             let mut models = self.inner.write();
+            if !models.contains_key(model) {
+                let unpublished = models.values().filter(|m| m.on_disk.is_empty() && m.versions.is_empty()).count();
+                if unpublished >= MAX_UNPUBLISHED_CONFIGS {
+                    return Err(Error::LimitExceeded(format!(
+                        "{unpublished} models without a published version already hold a serving config; \
+                         at most {MAX_UNPUBLISHED_CONFIGS} may, so model {model:?} gets none until one is published"
+                    )));
+                }
+            }
             let state = models.entry(model.to_owned()).or_insert_with(|| ModelState {
                 config: ServingConfig::default(),
                 enabled: true,
@@ -707,6 +717,28 @@ impl ModelManager {
     }
 }
 
+/// Serving configs the manager keeps for models with no published version (a config may come
+/// before its model's first version; made-up names must not grow memory without bound).
+pub const MAX_UNPUBLISHED_CONFIGS: usize = 256;
+
+/// A failure reason as clients see it (GetModelStatus, RepositoryIndex, load errors): its first
+/// line only (no backtrace), paths relative to the repository, at most 512 bytes. The log keeps
+/// the whole error.
+pub fn client_reason(reason: &str, repository_root: &Path) -> String {
+    let first_line = reason.lines().next().unwrap_or_default();
+    let root = repository_root.display().to_string();
+    let mut text = match root.is_empty() {
+        true => first_line.to_owned(),
+        false => first_line.replace(&format!("{root}/"), "").replace(&root, "<repository>"),
+    };
+    if text.len() > 512 {
+        let cut = (0..=512).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 /// Runs a request on the version it was routed to.
 async fn run(loaded: &LoadedVersion, request: InferRequest) -> Result<InferResponse> {
     let output = match &loaded.runtime {
@@ -789,5 +821,20 @@ impl Inner {
             }
         };
         Ok((LoadedVersion { version, manifest, runtime }, drained))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_reasons_carry_no_host_paths_backtraces_or_bulk() {
+        let root = Path::new("/srv/models");
+        let reason = "reading /srv/models/m/3/model.safetensors: permission denied\n\nStack backtrace:\n  0: candle";
+        assert_eq!(client_reason(reason, root), "reading m/3/model.safetensors: permission denied");
+        assert_eq!(client_reason("cannot list /srv/models", root), "cannot list <repository>");
+        let long = client_reason(&"é".repeat(1000), root);
+        assert!(long.len() <= 512 + '…'.len_utf8() && long.ends_with('…'), "{}", long.len());
     }
 }

@@ -99,6 +99,8 @@ async fn bad_embedding_requests_get_precise_errors() {
         (json!({"model": MODEL, "input": "x", "encoding_format": "int8"}), 400, "encoding_format"),
         (json!({"model": "nope", "input": "x"}), 404, "nope"),
         (json!({"model": MODEL}), 400, "input"),
+        (json!({"model": MODEL, "input": vec!["x"; 2049]}), 400, "at most 2048"),
+        (json!({"model": MODEL, "input": "x", "dimensions": 64}), 400, "dimensions"),
     ];
     assert_openai_errors(&harness, "/v1/embeddings", cases.to_vec()).await;
     // A generation request to an embedding model is refused, and the model keeps serving.
@@ -110,4 +112,21 @@ async fn bad_embedding_requests_get_precise_errors() {
     assert_eq!(client.embed(empty).await.unwrap_err().code(), Code::InvalidArgument);
     let ok = post_json(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": "still here"})).await;
     assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn a_request_larger_than_one_batch_answers_in_order_as_if_each_text_were_alone() {
+    let Some(harness) = serving_minilm().await else { return };
+    // 40 texts (more than the 32 of one batch) of lengths in no particular order.
+    let texts: Vec<String> = (0..40).map(|i| format!("sentence {i} {}", "word ".repeat((i * 7) % 13))).collect();
+    let body: Value =
+        post_json(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": texts})).await.json().await.unwrap();
+    for (i, text) in texts.iter().enumerate().step_by(9) {
+        assert_eq!(body["data"][i]["index"], i);
+        let alone: Value =
+            post_json(&harness, "/v1/embeddings", &json!({"model": MODEL, "input": text})).await.json().await.unwrap();
+        let (batched, alone) = (floats(&body["data"][i]["embedding"]), floats(&alone["data"][0]["embedding"]));
+        let largest = batched.iter().zip(&alone).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(largest < 1e-4, "text {i} differs by {largest} batched");
+    }
 }

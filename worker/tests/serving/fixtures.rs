@@ -46,6 +46,7 @@ pub fn local_options() -> ServerOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         max_message_bytes: 1 << 20,
         shutdown_grace: Duration::from_secs(10),
+        ..ServerOptions::default()
     }
 }
 

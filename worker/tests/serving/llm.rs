@@ -301,8 +301,33 @@ async fn bad_generation_requests_get_precise_errors_and_streams_keep_going() {
         (json!({"model": "nope", "prompt": "Hi"}), 404, "nope"),
         (json!({"model": MODEL, "prompt": "Hi", "n": 3}), 400, "n = 1"),
         (json!({"prompt": "Hi"}), 400, "model"),
+        // Near the integer limit: refused, not wrapped into a small number (which froze the engine).
+        (json!({"model": MODEL, "prompt": "Once", "max_tokens": u64::MAX}), 400, "leaves"),
+        (json!({"model": MODEL, "prompt": "Once", "max_tokens": u64::MAX - 3}), 400, "leaves"),
+        (json!({"model": MODEL, "prompt": "Hi", "stop": vec!["x"; 1000]}), 400, "at most 16"),
+        (json!({"model": MODEL, "prompt": "Hi", "logprobs": 2}), 400, "\"logprobs\""),
+        (json!({"model": MODEL, "prompt": "Hi", "presence_penalty": 0.5}), 400, "presence_penalty"),
+        (json!({"model": MODEL, "prompt": "x".repeat(5 << 20)}), 413, "length limit"),
     ];
     assert_openai_errors(&harness, "/v1/completions", cases.to_vec()).await;
+    let chat_cases = [
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]}),
+            400,
+            "tools",
+        ),
+        (
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}}),
+            400,
+            "response_format",
+        ),
+        (json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "logprobs": true}), 400, "logprobs"),
+    ];
+    assert_openai_errors(&harness, "/v1/chat/completions", chat_cases.to_vec()).await;
+    let model: Value =
+        reqwest::get(format!("{}/v1/models/{MODEL}", harness.url())).await.unwrap().json().await.unwrap();
+    assert_eq!((model["id"].as_str(), model["object"].as_str()), (Some(MODEL), Some("model")));
+    assert_eq!(reqwest::get(format!("{}/v1/models/nope", harness.url())).await.unwrap().status(), 404);
     let invalid_utf8 = reqwest::Client::new()
         .post(format!("{}/v1/completions", harness.url()))
         .header("content-type", "application/json")

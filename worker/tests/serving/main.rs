@@ -4,6 +4,7 @@
 mod bad_input;
 mod embeddings;
 mod fixtures;
+mod hardening;
 mod hot_reload;
 mod lifecycle;
 mod llm;

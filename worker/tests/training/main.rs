@@ -236,6 +236,7 @@ async fn a_trained_version_is_served_and_answers_as_the_trainer_computes() {
         listen: "127.0.0.1:0".parse().unwrap(),
         max_message_bytes: 1 << 20,
         shutdown_grace: Duration::from_secs(5),
+        ..ServerOptions::default()
     };
     let server = server::start(Repository::new(&root), settings, options).await.unwrap();
     let url = format!("http://{}/v1/completions", server.local_addr());

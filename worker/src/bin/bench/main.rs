@@ -370,8 +370,8 @@ async fn start(repo: &Path, poll_interval: Duration) -> anyhow::Result<RunningSe
     let settings = ServeSettings { poll_interval, ..ServeSettings::default() };
     let options = ServerOptions {
         listen: "127.0.0.1:0".parse()?,
-        max_message_bytes: 64 << 20,
         shutdown_grace: Duration::from_secs(5),
+        ..ServerOptions::default()
     };
     Ok(server::start(Repository::new(repo), settings, options).await?)
 }
