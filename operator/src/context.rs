@@ -47,12 +47,32 @@ pub struct Context {
     pub client: Client,
     pub images: WorkerImages,
     pub metrics: Arc<Metrics>,
+    /// The operator's own namespace (its pods are the only ones NetworkPolicies admit to the
+    /// workers' management and progress ports).
+    pub namespace: String,
+    /// The one namespace watched, for a namespace-scoped install; `None` watches them all.
+    pub watch_namespace: Option<String>,
     written: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
-    pub fn new(client: Client, images: WorkerImages) -> Self {
-        Self { client, images, metrics: Arc::default(), written: Mutex::new(HashMap::new()) }
+    pub fn new(client: Client, images: WorkerImages, namespace: String, watch_namespace: Option<String>) -> Self {
+        Self {
+            client,
+            images,
+            metrics: Arc::default(),
+            namespace,
+            watch_namespace,
+            written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An `Api` over the watched namespace, or every namespace.
+    fn watched<K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>>(&self) -> Api<K> {
+        match &self.watch_namespace {
+            Some(namespace) => Api::namespaced(self.client.clone(), namespace),
+            None => Api::all(self.client.clone()),
+        }
     }
 
     /// `object` as the reconcile should see it. The controller's cache may still hold the copy
@@ -96,6 +116,9 @@ pub enum Error {
     },
     #[error("{identity} lost the leader Lease (now held by {holder})")]
     LostLease { identity: String, holder: String },
+    /// An object the operator needs exists but cannot be used; the message says how to fix it.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Runs the controller of kind `K` until `shutdown` resolves: `reconcile` on every change to a
@@ -109,12 +132,18 @@ pub async fn run_controller<K, R, F>(
     owner_label: &str,
     mut reconcile: R,
 ) where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
     R: FnMut(Arc<K>, Arc<Context>) -> F,
     F: Future<Output = Result<Action, Error>> + Send + 'static,
 {
-    let client = context.client.clone();
     let owned = watcher::Config::default().labels(owner_label);
+    let (objects, pods, services) = (context.watched::<K>(), context.watched::<Pod>(), context.watched::<Service>());
     let observed = move |object: Arc<K>, context: Arc<Context>| {
         let kind = kind_name::<K>();
         let span = tracing::info_span!(
@@ -132,9 +161,9 @@ pub async fn run_controller<K, R, F>(
         }
         .instrument(span)
     };
-    Controller::new(Api::<K>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client), owned)
+    Controller::new(objects, watcher::Config::default())
+        .owns(pods, owned.clone())
+        .owns(services, owned)
         .graceful_shutdown_on(shutdown)
         .run(observed, error_policy::<K>, context)
         .for_each(|result| async move {

@@ -6,6 +6,8 @@
 //! - [`serving`]: the InferenceService controller: worker pods and their Service, serving config
 //!   pushed to every pod, and the canary rollout decided on the workers' per-version metrics.
 //! - [`context`]: what every reconcile shares (client, settings, metrics, errors, Events).
+//! - [`credentials`]: the tokens the operator creates for its workers (a Secret per service and
+//!   per job) and sends on its calls to them.
 //! - [`leader`]: leader election on a Lease, so that one of several replicas reconciles.
 //! - [`metrics`]: the operator's Prometheus metrics and its `/metrics`, `/healthz`, `/readyz`.
 //! - [`objects`]: what every pod and Service the operator makes shares; [`status`]: conditions
@@ -13,6 +15,7 @@
 
 pub mod context;
 pub mod crd;
+pub mod credentials;
 pub mod leader;
 pub mod metrics;
 pub mod objects;

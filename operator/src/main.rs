@@ -44,6 +44,10 @@ struct Args {
     /// The Lease's name.
     #[arg(long, env = "LANTERN_LEASE_NAME", default_value = "lantern-operator")]
     lease_name: String,
+    /// Watch only this namespace (a namespace-scoped install, with a Role there instead of a
+    /// ClusterRole); default: every namespace.
+    #[arg(long, env = "LANTERN_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// The Lease's namespace; default: the client's (the pod's namespace in a cluster).
     #[arg(long, env = "LANTERN_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
@@ -64,7 +68,8 @@ async fn main() -> anyhow::Result<()> {
         lantern_telemetry::init("lantern-operator", &args.log, args.log_json, args.otlp_endpoint.as_deref())?;
     let client = kube::Client::try_default().await?;
     let images = WorkerImages { cpu: args.worker_image.clone(), cuda: args.worker_cuda_image.clone() };
-    let context = Arc::new(Context::new(client.clone(), images));
+    let own_namespace = client.default_namespace().to_owned();
+    let context = Arc::new(Context::new(client.clone(), images, own_namespace, args.watch_namespace.clone()));
 
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await

@@ -49,14 +49,48 @@ pub fn repository_volume(repository: &Repository) -> (Value, Value) {
     (volume, mount)
 }
 
+/// The user and group workers run as (the images' `nonroot`).
+pub const WORKER_UID: u32 = 65532;
+
 /// The worker container's security context: not root, nothing written outside its volumes, no
-/// privileges.
+/// privileges, the runtime's default seccomp profile.
 pub fn worker_security_context() -> Value {
     json!({
         "runAsNonRoot": true,
+        "runAsUser": WORKER_UID,
+        "runAsGroup": WORKER_UID,
         "readOnlyRootFilesystem": true,
         "allowPrivilegeEscalation": false,
         "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// Pod-level hardening of a worker pod: the same user and seccomp profile for every container,
+/// and no service-account token (workers never call the Kubernetes API).
+pub fn harden_pod(pod_spec: &mut Value) {
+    pod_spec["securityContext"] = json!({
+        "runAsNonRoot": true,
+        "runAsUser": WORKER_UID,
+        "runAsGroup": WORKER_UID,
+        "fsGroup": WORKER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    pod_spec["automountServiceAccountToken"] = json!(false);
+}
+
+/// A pod volume holding one key of a Secret as the file `file`, and the container's read-only
+/// mount of it at `directory`.
+pub fn secret_file_volume(volume: &str, secret: &str, key: &str, file: &str, directory: &str) -> (Value, Value) {
+    let volume_json = json!({"name": volume, "secret": {"secretName": secret, "items": [{"key": key, "path": file}]}});
+    (volume_json, json!({"name": volume, "mountPath": directory, "readOnly": true}))
+}
+
+/// The NetworkPolicy peer that is the operator's own pods.
+pub fn operator_peer(operator_namespace: &str) -> Value {
+    json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "lantern-operator"}},
     })
 }
 

@@ -3,6 +3,8 @@
 //! version, label or weighted split.
 //!
 //! - [`repository`]: the on-disk layout, manifests, digest verification, atomic `publish`.
+//! - [`credentials`]: bearer tokens, checked by serving's management and inference APIs and by
+//!   training's collective and progress endpoints, and sent by training's clients.
 //! - [`device`]: where models run (`cpu`, or `cuda` with the `cuda` feature).
 //! - [`model`]: candle model implementations (one module per architecture: MLP, llama from GGUF
 //!   or HF checkpoints, BERT sentence embeddings) and the Q4_1 kernel.
@@ -14,6 +16,9 @@
 //!   as versions of the same repository.
 //! - [`llm`]: language-model building blocks: tokenizers (from `tokenizer.json` or GGUF metadata),
 //!   chat templates, sampling, stop strings, the paged KV cache and the batching scheduler.
+//!
+//! Libraries: `sha2` for digests (tokens included), `base64` for base64, `tokenizers` and
+//! `minijinja` for text; tonic/axum/hyper for the protocols.
 //!
 //! Decisions worth knowing:
 //! - A version is loaded only after every file's sha256 matches its manifest; a failed load is
@@ -27,6 +32,7 @@
 //! - Models run on the CPU, or on an NVIDIA GPU (`--device cuda`) in a build with the `cuda`
 //!   feature; the paged KV cache and gradient averaging stay in host memory either way.
 
+pub mod credentials;
 pub mod device;
 pub mod error;
 pub mod llm;

@@ -57,7 +57,7 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve every model version in a repository over gRPC and HTTP on one port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Publish a directory (model files plus manifest.json) as the next version of a model.
     Publish(PublishArgs),
     /// Write a freshly initialised MLP (weights and manifest) into a directory, ready to publish.
@@ -79,6 +79,10 @@ struct ServeArgs {
     /// Address for gRPC and HTTP.
     #[arg(long, env = "LANTERN_LISTEN", default_value = "127.0.0.1:8500")]
     listen: SocketAddr,
+    /// A second address that alone answers management calls (ModelService, repository
+    /// load/unload/index); without it they are answered on --listen.
+    #[arg(long, env = "LANTERN_MANAGEMENT_LISTEN")]
+    management_listen: Option<SocketAddr>,
     /// Serve only these models (repeat or comma-separate); default: every model in the repository.
     #[arg(long = "model", env = "LANTERN_MODELS", value_delimiter = ',')]
     models: Vec<String>,
@@ -206,6 +210,9 @@ struct ProgressArgs {
     /// Keep printing every second until the job succeeds or fails.
     #[arg(long)]
     watch: bool,
+    /// The job's token file (`cluster.token_file`), for a job that has one.
+    #[arg(long, env = "LANTERN_JOB_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 }
 
 fn parse_metric(text: &str) -> Result<(String, f64), String> {
@@ -223,7 +230,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(async {
                 let _telemetry =
                     lantern_telemetry::init("lantern-worker", &args.log, args.log_json, args.otlp_endpoint.as_deref())?;
-                run_serve(serve).await
+                run_serve(*serve).await
             })
         }
         Command::Publish(publish) => {
@@ -267,10 +274,16 @@ async fn show_progress(args: ProgressArgs) -> anyhow::Result<i32> {
     use lantern_proto::lantern::v1::{GetProgressRequest, TrainingPhase};
 
     let url = format!("http://{}", args.address);
+    let token = args.token_file.as_deref().map(lantern_worker::credentials::read_token_file).transpose()?;
+    let send_token = lantern_worker::credentials::SendToken::new(token.as_deref())?;
     let (mut unreachable_said, mut finished) = (false, false);
     loop {
-        let answer = match TrainingServiceClient::connect(url.clone()).await {
-            Ok(mut client) => client.get_progress(GetProgressRequest {}).await.map_err(|s| s.message().to_owned()),
+        let connected = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await;
+        let answer = match connected {
+            Ok(channel) => TrainingServiceClient::with_interceptor(channel, send_token.clone())
+                .get_progress(GetProgressRequest {})
+                .await
+                .map_err(|s| s.message().to_owned()),
             Err(error) => Err(error.to_string()),
         };
         match answer {
@@ -385,6 +398,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     .within_descriptor_limit(descriptor_limit);
     let options = ServerOptions {
         listen: args.listen,
+        management_listen: args.management_listen,
         max_message_bytes: args.max_message_bytes as usize,
         max_text_body_bytes: args.max_text_body_bytes as usize,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),

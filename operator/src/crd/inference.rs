@@ -78,10 +78,32 @@ pub struct InferenceServiceSpec {
     /// How a new version goes out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// API keys that inference calls must carry (`authorization: Bearer <key>`, an HTTP header
+    /// or gRPC metadata): a Secret in the service's namespace whose `key` holds one key per
+    /// line. Without it inference is open to anyone who reaches the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<SecretKeyRef>,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// One key of a Secret in the object's namespace.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key within it; default `keys`.
+    #[serde(default = "default_keys_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_keys_key() -> String {
+    "keys".to_owned()
 }
 
 /// Exactly one of a repository claim or a TrainingJob whose output is served.

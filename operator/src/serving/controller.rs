@@ -16,23 +16,28 @@ use std::time::Duration;
 use futures::future::join_all;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
+use lantern_proto::inference::RepositoryModelLoadRequest;
+use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 use lantern_proto::lantern::v1::{
     GetModelStatusRequest, ModelStatus, ServingConfig, SetServingConfigRequest, VersionState,
 };
 use lantern_telemetry::with_trace_context;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::fleet::Fleet;
-use super::objects::{self, SERVICE_LABEL, SERVING_PORT};
+use super::objects::{self, MANAGEMENT_PORT, SERVICE_LABEL};
 use super::pods::{self, ServingPod};
 use super::rollout::{self, Decision};
 use super::status::{self, Observed};
 use crate::context::{Context, Error, MANAGER, kube_error, run_controller};
 use crate::crd::{InferenceService, Repository, TrainingJob};
+use crate::credentials::{self, Bearer};
 
 /// How often a settled service is looked at again (new versions on disk are found this way).
 const POLL: Duration = Duration::from_secs(3);
@@ -76,6 +81,13 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         .await
         .map_err(kube_error("applying the Service"))?;
 
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
+    policies
+        .patch(&name, &apply, &Patch::Apply(&objects::network_policy(&service, &context.namespace)))
+        .await
+        .map_err(kube_error("applying the NetworkPolicy"))?;
+    let token = credentials::token(client, &namespace, objects::management_secret(&service)).await?;
+
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let listed = pod_api
         .list(&ListParams::default().labels(&objects::selector(&service)))
@@ -84,10 +96,26 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     let pods: Vec<ServingPod> = listed.items.iter().filter_map(ServingPod::from_pod).collect();
     let answering: Vec<&ServingPod> = pods.iter().filter(|p| !p.terminating && p.ip.is_some()).collect();
     // One connection per pod and pass, for the status and the push alike.
-    let workers = join_all(answering.iter().map(|pod| worker(pod))).await;
+    let workers = join_all(answering.iter().map(|pod| worker(pod, &token))).await;
     let asks =
         answering.iter().zip(&workers).map(|(pod, client)| model_status(pod, client.clone(), &service.spec.model));
     let reports = join_all(asks).await;
+    // A model unloaded behind the operator's back (RepositoryModelUnload by another holder of
+    // the token) is loaded again: the serving config says it is served.
+    let reloads = answering.iter().zip(&workers).zip(&reports).filter_map(|((pod, client), report)| {
+        let unloaded = report.as_ref().is_some_and(|report| report.unloaded);
+        Some((pod, client.clone().filter(|_| unloaded)?))
+    });
+    let model = service.spec.model.as_str();
+    for (pod, result) in join_all(reloads.map(|(pod, client)| async move { (pod, reload(client, model).await) })).await
+    {
+        match result {
+            Ok(()) => {
+                tracing::info!(service = %name, pod = %pod.name, "loaded the model again after an unload the operator did not ask for")
+            }
+            Err(error) => tracing::warn!(service = %name, pod = %pod.name, %error, "loading the unloaded model again"),
+        }
+    }
     let fleet = Fleet::from_reports(&reports.iter().flatten().cloned().collect::<Vec<_>>());
 
     let previous = service.status.clone().unwrap_or_default();
@@ -166,22 +194,33 @@ fn serves(report: &ModelStatus, version: u64) -> bool {
     report.versions.iter().any(|v| v.version == version && v.state == VersionState::Available as i32)
 }
 
-async fn worker(pod: &ServingPod) -> Option<ModelServiceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{}:{SERVING_PORT}", pod.ip.as_deref()?))
+type Management = InterceptedService<Channel, Bearer>;
+
+/// A connection to the pod's management port that sends the token.
+async fn worker(pod: &ServingPod, token: &str) -> Option<Management> {
+    let endpoint = Endpoint::from_shared(format!("http://{}:{MANAGEMENT_PORT}", pod.ip.as_deref()?))
         .ok()?
         .connect_timeout(WORKER_TIMEOUT)
         .timeout(WORKER_TIMEOUT);
-    Some(ModelServiceClient::new(endpoint.connect().await.ok()?))
+    let bearer = Bearer::new(token)?;
+    Some(InterceptedService::new(endpoint.connect().await.ok()?, bearer))
+}
+
+/// Loads `model` again on a worker that unloaded it.
+async fn reload(connection: Management, model: &str) -> Result<(), String> {
+    let mut inference = GrpcInferenceServiceClient::new(connection);
+    let request = RepositoryModelLoadRequest { model_name: model.to_owned(), ..Default::default() };
+    inference
+        .repository_model_load(with_trace_context(tonic::Request::new(request)))
+        .await
+        .map(|_| ())
+        .map_err(|status| format!("{}: {}", status.code(), status.message()))
 }
 
 /// The pod's view of `model`, if its worker answers in time. A worker that has not scanned the
 /// repository yet answers NOT_FOUND, which counts as no answer.
-async fn model_status(
-    pod: &ServingPod,
-    client: Option<ModelServiceClient<Channel>>,
-    model: &str,
-) -> Option<ModelStatus> {
-    let Some(mut client) = client else {
+async fn model_status(pod: &ServingPod, connection: Option<Management>, model: &str) -> Option<ModelStatus> {
+    let Some(mut client) = connection.map(ModelServiceClient::new) else {
         tracing::debug!(pod = %pod.name, "worker not reachable");
         return None;
     };
@@ -195,11 +234,8 @@ async fn model_status(
     }
 }
 
-async fn push_config(
-    mut client: ModelServiceClient<Channel>,
-    model: &str,
-    config: ServingConfig,
-) -> Result<(), String> {
+async fn push_config(connection: Management, model: &str, config: ServingConfig) -> Result<(), String> {
+    let mut client = ModelServiceClient::new(connection);
     let request = SetServingConfigRequest { model: model.to_owned(), config: Some(config) };
     client
         .set_serving_config(with_trace_context(tonic::Request::new(request)))

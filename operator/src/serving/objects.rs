@@ -7,14 +7,22 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 
 use crate::crd::{Device, InferenceService, Repository};
+use crate::credentials::{self, TOKEN_KEY};
 use crate::objects::{self, REPOSITORY_MOUNT, owned_metadata};
 
-/// The one port of every worker, for gRPC and HTTP alike.
+/// The serving port of every worker, for gRPC and HTTP alike.
 pub const SERVING_PORT: u16 = 8500;
+/// The worker's management port (`ModelService`, the repository APIs): the operator's only.
+pub const MANAGEMENT_PORT: u16 = 8501;
+/// Where a worker finds its management token.
+const MANAGEMENT_TOKEN_DIR: &str = "/var/run/lantern/management";
+/// Where a worker finds the API keys.
+const API_KEYS_DIR: &str = "/var/run/lantern/api-keys";
 
 pub const SERVICE_LABEL: &str = "lantern.dev/inference-service";
 pub const REVISION_LABEL: &str = "lantern.dev/revision";
@@ -57,6 +65,9 @@ pub fn revision(service: &InferenceService, repository: &Repository, image: &str
     if let Some(device) = spec.device.filter(|device| *device != Device::default()) {
         runtime["device"] = json!(device);
     }
+    if let Some(keys) = &spec.api_keys {
+        runtime["apiKeys"] = json!(keys);
+    }
     let hash = runtime
         .to_string()
         .bytes()
@@ -81,6 +92,35 @@ pub fn service(service: &InferenceService) -> Service {
     .expect("a Service built from known fields")
 }
 
+/// The Secret holding the token the operator sends on management calls to the service's
+/// workers; created once with a random token, never rewritten.
+pub fn management_secret_name(service: &InferenceService) -> String {
+    format!("{}-management", name(service))
+}
+
+/// The management Secret, with a fresh token (kept only if no such Secret exists yet).
+pub fn management_secret(service: &InferenceService) -> Secret {
+    credentials::token_secret(service, management_secret_name(service), service_labels(service))
+}
+
+/// Who may reach the service's pods: anyone on the serving port, only the operator's pods on
+/// the management port.
+pub fn network_policy(service: &InferenceService, operator_namespace: &str) -> NetworkPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": owned_metadata(service, name(service).to_owned(), service_labels(service)),
+        "spec": {
+            "podSelector": {"matchLabels": {SERVICE_LABEL: name(service)}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"protocol": "TCP", "port": SERVING_PORT}]},
+                {"from": [objects::operator_peer(operator_namespace)], "ports": [{"protocol": "TCP", "port": MANAGEMENT_PORT}]},
+            ],
+        },
+    }))
+    .expect("a NetworkPolicy built from known fields")
+}
+
 /// One worker pod: slot `index` of `revision`, serving the model from `repository` with
 /// `policy` (the worker's `--version-policy`) until the operator pushes its config.
 pub fn pod(
@@ -98,6 +138,8 @@ pub fn pod(
     let mut env = vec![
         json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
         json!({"name": "LANTERN_LISTEN", "value": format!("$(POD_IP):{SERVING_PORT}")}),
+        json!({"name": "LANTERN_MANAGEMENT_LISTEN", "value": format!("$(POD_IP):{MANAGEMENT_PORT}")}),
+        json!({"name": "LANTERN_MANAGEMENT_TOKEN_FILE", "value": format!("{MANAGEMENT_TOKEN_DIR}/{TOKEN_KEY}")}),
         json!({"name": "LANTERN_REPOSITORY", "value": REPOSITORY_MOUNT}),
         json!({"name": "LANTERN_MODELS", "value": spec.model}),
         json!({"name": "LANTERN_VERSION_POLICY", "value": policy}),
@@ -118,14 +160,32 @@ pub fn pod(
     );
     let (repository_volume, mut repository_mount) = objects::repository_volume(repository);
     repository_mount["readOnly"] = json!(true);
+    let (token_volume, token_mount) = objects::secret_file_volume(
+        "management-token",
+        &management_secret_name(service),
+        TOKEN_KEY,
+        TOKEN_KEY,
+        MANAGEMENT_TOKEN_DIR,
+    );
+    let mut volumes = vec![repository_volume, token_volume];
+    let mut mounts = vec![repository_mount, token_mount];
+    if let Some(keys) = &spec.api_keys {
+        let (volume, mount) = objects::secret_file_volume("api-keys", &keys.name, &keys.key, "keys", API_KEYS_DIR);
+        volumes.push(volume);
+        mounts.push(mount);
+        env.push(json!({"name": "LANTERN_API_KEYS_FILE", "value": format!("{API_KEYS_DIR}/keys")}));
+    }
     let http_get = |path: String| json!({"path": path, "port": SERVING_PORT});
     let mut container = json!({
         "name": "worker",
         "image": spec.image.as_deref().unwrap_or(image),
         "args": ["serve"],
         "env": env,
-        "ports": [{"name": "serving", "containerPort": SERVING_PORT}],
-        "volumeMounts": [repository_mount],
+        "ports": [
+            {"name": "serving", "containerPort": SERVING_PORT},
+            {"name": "management", "containerPort": MANAGEMENT_PORT},
+        ],
+        "volumeMounts": mounts,
         // Ready once a version of the model serves: the worker's own per-version state.
         "readinessProbe": {"httpGet": http_get(format!("/v2/models/{}/ready", spec.model)), "periodSeconds": 2},
         "livenessProbe": {"httpGet": http_get("/v2/health/live".to_owned()), "periodSeconds": 10, "failureThreshold": 3},
@@ -134,10 +194,11 @@ pub fn pod(
     objects::place_on_device(&mut container, spec.resources.as_ref(), spec.device.unwrap_or_default());
     let mut pod_spec = json!({
         "containers": [container],
-        "volumes": [repository_volume],
+        "volumes": volumes,
         // The worker drains in-flight requests for up to 30 s after SIGTERM.
         "terminationGracePeriodSeconds": 35,
     });
+    objects::harden_pod(&mut pod_spec);
     objects::apply_overrides(&mut pod_spec, spec.template.as_ref());
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -183,8 +244,46 @@ mod tests {
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/v2/models/adder/ready");
         assert_eq!(container["volumeMounts"][0]["subPath"], "team-a");
         assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(container["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+        assert_eq!(env["LANTERN_MANAGEMENT_LISTEN"], "$(POD_IP):8501");
+        assert_eq!(env["LANTERN_MANAGEMENT_TOKEN_FILE"], "/var/run/lantern/management/token");
+        assert_eq!(pod["spec"]["volumes"][1]["secret"]["secretName"], "adder-management");
+        assert_eq!(container["volumeMounts"][1]["mountPath"], "/var/run/lantern/management");
+        assert!(!env.contains_key("LANTERN_API_KEYS_FILE"), "inference is open without apiKeys");
         assert_eq!(pod["spec"]["nodeSelector"]["pool"], "cpu");
         assert_eq!(container["resources"]["limits"]["cpu"], "2");
+    }
+
+    #[test]
+    fn api_keys_from_a_secret_are_mounted_for_the_worker() {
+        let service = test_service(json!({"apiKeys": {"name": "team-keys"}}));
+        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 0, "latest:1")).unwrap();
+        let volume = &pod["spec"]["volumes"][2];
+        assert_eq!(volume["secret"]["secretName"], "team-keys");
+        assert_eq!(volume["secret"]["items"][0], json!({"key": "keys", "path": "keys"}));
+        let env = &pod["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .contains(&json!({"name": "LANTERN_API_KEYS_FILE", "value": "/var/run/lantern/api-keys/keys"}))
+        );
+    }
+
+    #[test]
+    fn the_network_policy_admits_anyone_to_serving_and_only_the_operator_to_management() {
+        let policy = serde_json::to_value(network_policy(&test_service(json!({})), "lantern-system")).unwrap();
+        assert_eq!(policy["spec"]["podSelector"]["matchLabels"][SERVICE_LABEL], "adder");
+        let ingress = policy["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(ingress[0]["ports"][0]["port"], 8500);
+        assert!(ingress[0].get("from").is_none());
+        assert_eq!(ingress[1]["ports"][0]["port"], 8501);
+        let operator = &ingress[1]["from"][0];
+        assert_eq!(operator["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "lantern-system");
+        assert_eq!(operator["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "lantern-operator");
+        let secret = serde_json::to_value(management_secret(&test_service(json!({})))).unwrap();
+        assert_eq!(secret["metadata"]["name"], "adder-management");
     }
 
     #[test]
@@ -200,6 +299,7 @@ mod tests {
             json!({"batching": {"maxBatchSize": 8}}),
             json!({"resources": {"limits": {"cpu": "4"}}}),
             json!({"device": "cuda"}),
+            json!({"apiKeys": {"name": "keys"}}),
         ] {
             assert_ne!(revision_of(&base), revision_of(&test_service(change.clone())), "{change}");
         }

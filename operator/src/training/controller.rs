@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -19,6 +20,7 @@ use super::plan::{self, Phase, Plan, RankPod, Recorded};
 use super::status;
 use crate::context::{Context, Error, MANAGER, kube_error, run_controller};
 use crate::crd::TrainingJob;
+use crate::credentials::{self, Bearer};
 
 /// How often a running job's progress is polled.
 const POLL: Duration = Duration::from_secs(2);
@@ -61,7 +63,13 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
             .patch(&objects::coordinator_name(&job), &apply, &Patch::Apply(&service))
             .await
             .map_err(kube_error("applying the coordinator Service"))?;
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
+        policies
+            .patch(&name, &apply, &Patch::Apply(&objects::network_policy(&job, &context.namespace)))
+            .await
+            .map_err(kube_error("applying the job's NetworkPolicy"))?;
     }
+    let token = credentials::token(client, &namespace, objects::token_secret(&job)).await?;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let listed = pods
@@ -91,7 +99,7 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
     }
 
     let polled = match plan.phase {
-        Phase::Running | Phase::Succeeded => progress(&listed.items, plan.attempt).await,
+        Phase::Running | Phase::Succeeded => progress(&listed.items, plan.attempt, &token).await,
         _ => None,
     };
     // Once rank 0 has exited, its termination message holds the final progress.
@@ -120,7 +128,7 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
 }
 
 /// Rank 0's progress report, when its pod runs and answers in time.
-async fn progress(pods: &[Pod], attempt: u32) -> Option<TrainingProgress> {
+async fn progress(pods: &[Pod], attempt: u32, token: &str) -> Option<TrainingProgress> {
     let rank0 = pods.iter().find(|p| RankPod::from_pod(p).is_some_and(|r| r.rank == 0 && r.attempt == attempt))?;
     let ip = rank0.status.as_ref()?.pod_ip.clone()?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{ip}:{PROGRESS_PORT}"))
@@ -129,7 +137,8 @@ async fn progress(pods: &[Pod], attempt: u32) -> Option<TrainingProgress> {
         .timeout(PROGRESS_TIMEOUT);
     let channel = endpoint.connect().await.ok()?;
     let request = lantern_telemetry::with_trace_context(tonic::Request::new(GetProgressRequest {}));
-    let response = TrainingServiceClient::new(channel).get_progress(request).await.ok()?;
+    let response =
+        TrainingServiceClient::with_interceptor(channel, Bearer::new(token)?).get_progress(request).await.ok()?;
     Some(response.into_inner())
 }
 

@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 
 use super::job_file;
 use crate::crd::TrainingJob;
+use crate::credentials::{self, TOKEN_KEY};
 use crate::objects::{self, REPOSITORY_MOUNT, owned_metadata};
 
 /// The collective (rendezvous and all-reduce) port every rank listens on.
@@ -20,6 +22,8 @@ pub const COLLECTIVE_PORT: u16 = 7070;
 pub const PROGRESS_PORT: u16 = 7071;
 /// Where the job file is mounted.
 const CONFIG_DIR: &str = "/etc/lantern";
+/// Where every rank finds the job's token.
+const TOKEN_DIR: &str = "/var/run/lantern/job";
 
 pub const JOB_LABEL: &str = "lantern.dev/training-job";
 pub const RANK_LABEL: &str = "lantern.dev/rank";
@@ -44,6 +48,41 @@ pub fn coordinator_name(job: &TrainingJob) -> String {
 /// The pod of `rank` in gang attempt `attempt` (0 for the first run, one more per restart).
 pub fn pod_name(job: &TrainingJob, attempt: u32, rank: u32) -> String {
     format!("{}-{attempt}-rank-{rank}", name(job))
+}
+
+/// The Secret with the job's token, which its ranks' collective endpoints and rank 0's progress
+/// service require of every caller.
+pub fn token_secret_name(job: &TrainingJob) -> String {
+    format!("{}-token", name(job))
+}
+
+/// The job's token Secret, with a fresh token (kept only if no such Secret exists yet).
+pub fn token_secret(job: &TrainingJob) -> Secret {
+    credentials::token_secret(job, token_secret_name(job), job_labels(job))
+}
+
+/// Who may reach the job's pods: its own ranks on the collective port, the operator on rank 0's
+/// progress port, nobody else.
+pub fn network_policy(job: &TrainingJob, operator_namespace: &str) -> NetworkPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": owned_metadata(job, name(job).to_owned(), job_labels(job)),
+        "spec": {
+            "podSelector": {"matchLabels": {JOB_LABEL: name(job)}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {JOB_LABEL: name(job)}}}],
+                    "ports": [{"protocol": "TCP", "port": COLLECTIVE_PORT}],
+                },
+                {
+                    "from": [objects::operator_peer(operator_namespace)],
+                    "ports": [{"protocol": "TCP", "port": PROGRESS_PORT}],
+                },
+            ],
+        },
+    }))
+    .expect("a NetworkPolicy built from known fields")
 }
 
 /// The ConfigMap holding `job.json`.
@@ -99,11 +138,14 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
         json!({"name": "LANTERN_COORDINATOR", "value": format!("$({coordinator}_SERVICE_HOST):{COLLECTIVE_PORT}")}),
         json!({"name": "LANTERN_REPOSITORY", "value": REPOSITORY_MOUNT}),
         json!({"name": "LANTERN_TERMINATION_LOG", "value": TERMINATION_LOG}),
+        json!({"name": "LANTERN_JOB_TOKEN_FILE", "value": format!("{TOKEN_DIR}/{TOKEN_KEY}")}),
     ];
     if rank == 0 {
         env.push(json!({"name": "LANTERN_PROGRESS_ADDRESS", "value": format!("$(POD_IP):{PROGRESS_PORT}")}));
     }
     let (repository_volume, repository_mount) = objects::repository_volume(&spec.output.repository);
+    let (token_volume, token_mount) =
+        objects::secret_file_volume("job-token", &token_secret_name(job), TOKEN_KEY, TOKEN_KEY, TOKEN_DIR);
     let mut container = json!({
         "name": "worker",
         "image": spec.image.as_deref().unwrap_or(image),
@@ -113,7 +155,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
             {"name": "collective", "containerPort": COLLECTIVE_PORT},
             {"name": "progress", "containerPort": PROGRESS_PORT},
         ],
-        "volumeMounts": [repository_mount, {"name": "job", "mountPath": CONFIG_DIR, "readOnly": true}],
+        "volumeMounts": [repository_mount, {"name": "job", "mountPath": CONFIG_DIR, "readOnly": true}, token_mount],
         // Rank 0 leaves its final progress there (the last checkpoint, which no poll may have
         // seen); a rank that fails without writing one leaves the end of its log.
         "terminationMessagePath": TERMINATION_LOG,
@@ -124,8 +166,9 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
     let mut pod_spec = json!({
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": [repository_volume, {"name": "job", "configMap": {"name": config_map_name(job)}}],
+        "volumes": [repository_volume, {"name": "job", "configMap": {"name": config_map_name(job)}}, token_volume],
     });
+    objects::harden_pod(&mut pod_spec);
     objects::apply_overrides(&mut pod_spec, spec.template.as_ref());
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -169,6 +212,10 @@ mod tests {
         assert_eq!(pod["spec"]["nodeSelector"]["pool"], "cpu");
         assert_eq!(pod["spec"]["serviceAccountName"], "trainer");
         assert_eq!(pod["spec"]["restartPolicy"], "Never");
+        assert_eq!(env["LANTERN_JOB_TOKEN_FILE"], "/var/run/lantern/job/token");
+        assert_eq!(pod["spec"]["volumes"][2]["secret"]["secretName"], "adder-token");
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+        assert_eq!(pod["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
 
         let other = serde_json::to_value(rank_pod(&job(), 1, 1, "img")).unwrap();
         let names: Vec<&str> = other["spec"]["containers"][0]["env"]
@@ -178,6 +225,18 @@ mod tests {
             .filter_map(|e| e["name"].as_str())
             .collect();
         assert!(!names.contains(&"LANTERN_PROGRESS_ADDRESS"), "only rank 0 serves progress");
+    }
+
+    #[test]
+    fn the_network_policy_admits_only_the_jobs_ranks_to_the_collective_and_the_operator_to_progress() {
+        let policy = serde_json::to_value(network_policy(&job(), "lantern-system")).unwrap();
+        let ingress = policy["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(ingress.len(), 2);
+        assert_eq!(ingress[0]["ports"][0]["port"], COLLECTIVE_PORT);
+        assert_eq!(ingress[0]["from"][0]["podSelector"]["matchLabels"][JOB_LABEL], "adder");
+        assert_eq!(ingress[1]["ports"][0]["port"], PROGRESS_PORT);
+        assert_eq!(ingress[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "lantern-operator");
+        assert_eq!(serde_json::to_value(token_secret(&job())).unwrap()["metadata"]["name"], "adder-token");
     }
 
     #[test]

@@ -13,8 +13,7 @@
 //!   credentials.
 //!
 //! A refused request gets `UNAUTHENTICATED` (gRPC) or 401 with `WWW-Authenticate: Bearer` in
-//! the shape of its API. Tokens are kept and compared as SHA-256 digests, in time independent
-//! of where they differ.
+//! the shape of its API. Tokens are [`Token`]s: kept as digests, compared in constant time.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,9 +22,9 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use sha2::{Digest, Sha256};
 
 use super::{openai, rest};
+use crate::credentials::{Token, read_token_file};
 use crate::error::{Error, Result};
 
 /// What a request does, as far as credentials go.
@@ -59,46 +58,32 @@ pub fn scope(path: &str) -> Scope {
     }
 }
 
-type Digest32 = [u8; 32];
-
-fn digest(token: &str) -> Digest32 {
-    Sha256::digest(token.as_bytes()).into()
-}
-
 /// The tokens this worker accepts.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
-    management: Option<Digest32>,
-    api_keys: Vec<Digest32>,
+    management: Option<Token>,
+    api_keys: Vec<Token>,
 }
 
 impl Credentials {
     /// Credentials from tokens; no management token leaves management open, no API keys leave
     /// inference open.
     pub fn new(management_token: Option<&str>, api_keys: &[String]) -> Self {
-        Self { management: management_token.map(digest), api_keys: api_keys.iter().map(|k| digest(k)).collect() }
+        Self {
+            management: management_token.map(Token::new),
+            api_keys: api_keys.iter().map(|k| Token::new(k)).collect(),
+        }
     }
 
-    /// Reads the management token (the whole file, surrounding whitespace trimmed) and the API
-    /// keys (one per line; blank lines and `#` comments skipped). An empty file is an error, not
-    /// an open door.
+    /// Reads the management token ([`read_token_file`]) and the API keys (one per line; blank
+    /// lines and `#` comments skipped). An empty file is an error, not an open door.
     pub fn from_files(management_token_file: Option<&Path>, api_keys_file: Option<&Path>) -> Result<Self> {
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))
-        };
-        let management = match management_token_file {
-            Some(path) => {
-                let token = read(path)?.trim().to_owned();
-                if token.is_empty() {
-                    return Err(Error::Startup(format!("the management token file {} is empty", path.display())));
-                }
-                Some(token)
-            }
-            None => None,
-        };
+        let management = management_token_file.map(read_token_file).transpose()?;
         let api_keys: Vec<String> = match api_keys_file {
             Some(path) => {
-                let keys: Vec<String> = read(path)?
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                let keys: Vec<String> = text
                     .lines()
                     .map(str::trim)
                     .filter(|line| !line.is_empty() && !line.starts_with('#'))
@@ -121,29 +106,17 @@ impl Credentials {
 
     /// Whether a request of `scope` carrying `headers` may proceed.
     pub fn allows(&self, scope: Scope, headers: &HeaderMap) -> bool {
-        let presented = bearer(headers).map(digest);
-        let matches = |expected: &Digest32| presented.as_ref().is_some_and(|p| constant_time_eq(p, expected));
+        let presented = |token: &Token| token.presented_in(headers);
         match scope {
             Scope::Open => true,
-            Scope::Management => self.management.as_ref().is_none_or(matches),
+            Scope::Management => self.management.as_ref().is_none_or(presented),
             Scope::Inference => {
                 self.api_keys.is_empty()
-                    || self.api_keys.iter().any(matches)
-                    || self.management.as_ref().is_some_and(matches)
+                    || self.api_keys.iter().any(presented)
+                    || self.management.as_ref().is_some_and(presented)
             }
         }
     }
-}
-
-/// The token of an `authorization: Bearer <token>` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-fn constant_time_eq(a: &Digest32, b: &Digest32) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The middleware: passes allowed requests on, answers the rest `UNAUTHENTICATED` / 401.
@@ -228,15 +201,6 @@ mod tests {
         assert!(keyed.allows(Scope::Inference, &with_token("admin")));
         assert!(!keyed.allows(Scope::Management, &with_token("k1")));
         assert!(keyed.allows(Scope::Open, &HeaderMap::new()));
-    }
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive_and_other_schemes_are_not_tokens() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  admin "));
-        assert_eq!(bearer(&headers), Some("admin"));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic admin"));
-        assert_eq!(bearer(&headers), None);
     }
 
     #[test]

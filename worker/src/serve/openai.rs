@@ -28,6 +28,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use super::ROUTING_KEY_HEADER;
 use super::engine::{Event, Usage};
 use super::generation::{self, Completion, Options, Prompt, Started};
+use super::limits;
 use super::routing::Target;
 use super::status;
 use super::versions::ModelManager;
@@ -71,10 +72,23 @@ pub fn method_not_allowed(method: &http::Method, path: &str) -> Response {
 
 /// An error in OpenAI's shape; `param` names the request parameter at fault, where one is.
 #[derive(Debug)]
-struct ApiError {
+pub struct ApiError {
     status: StatusCode,
     message: String,
     param: Option<String>,
+}
+
+impl ApiError {
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
 }
 
 impl From<Error> for ApiError {
@@ -120,7 +134,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = std::result::Result<T, ApiError>;
+pub type ApiResult<T> = std::result::Result<T, ApiError>;
 
 fn model_object(model: String, version: u64) -> Value {
     json!({"id": model, "object": "model", "created": 0, "owned_by": "lantern", "version": version})
@@ -304,14 +318,81 @@ impl Common {
     }
 }
 
-/// Parses a JSON body on the blocking pool (a body of megabytes takes a while, and must not hold
-/// up the runtime's threads), answering malformed JSON and invalid UTF-8 with a 400 that says
-/// where.
-async fn parse_body<T: for<'de> Deserialize<'de> + Send + 'static>(body: Bytes) -> ApiResult<T> {
-    tokio::task::spawn_blocking(move || serde_json::from_slice(&body))
+/// Parses a JSON body, answering malformed JSON and invalid UTF-8 with a 400 that says where.
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| Error::invalid(format!("invalid request body: {e}")).into())
+}
+
+/// Runs `parse` over a body on the blocking pool: a body of megabytes takes a while, and must
+/// not hold up the runtime's threads.
+async fn off_runtime<T: Send + 'static>(body: Bytes, parse: fn(&[u8]) -> ApiResult<T>) -> ApiResult<T> {
+    tokio::task::spawn_blocking(move || parse(&body))
         .await
         .map_err(|e| Error::Shutdown(format!("parsing the request body failed: {e}")))?
-        .map_err(|e| Error::invalid(format!("invalid request body: {e}")).into())
+}
+
+/// A completions or chat request, parsed and checked: everything but routing and running it.
+#[derive(Debug)]
+pub struct GenerationRequest {
+    pub kind: Kind,
+    /// As sent: a name, optionally with `:version` or `:label`.
+    pub model: String,
+    pub prompt: Prompt,
+    pub options: Options,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl GenerationRequest {
+    fn new(kind: Kind, common: Common, prompt: Prompt) -> ApiResult<Self> {
+        let options = common.options()?;
+        let include_usage = common.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        Ok(Self { kind, model: common.model, prompt, options, stream: common.stream, include_usage })
+    }
+}
+
+/// Parses and checks a `/v1/completions` body.
+pub fn parse_completion(body: &[u8]) -> ApiResult<GenerationRequest> {
+    let request: CompletionRequest = parse_json(body)?;
+    let prompt = match request.prompt.into_vec().as_mut_slice() {
+        [one] => Prompt::Text(std::mem::take(one)),
+        _ => return Err(Error::invalid("prompt must be one string (batched prompts are not supported)").into()),
+    };
+    GenerationRequest::new(Kind::Completion, request.common, prompt)
+}
+
+/// Parses and checks a `/v1/chat/completions` body.
+pub fn parse_chat(body: &[u8]) -> ApiResult<GenerationRequest> {
+    let request: ChatRequest = parse_json(body)?;
+    let messages = request.messages.into_iter().map(ChatMessage::into_message).collect::<ApiResult<Vec<_>>>()?;
+    GenerationRequest::new(Kind::Chat, request.common, Prompt::Chat(messages))
+}
+
+/// An embeddings request, parsed and checked.
+#[derive(Debug)]
+pub struct EmbeddingsCall {
+    pub model: String,
+    pub texts: Vec<String>,
+    /// `encoding_format: "base64"`.
+    pub base64: bool,
+}
+
+/// Parses and checks a `/v1/embeddings` body.
+pub fn parse_embeddings(body: &[u8]) -> ApiResult<EmbeddingsCall> {
+    let request: EmbeddingsRequest = parse_json(body)?;
+    refuse_unsupported(&request.other)?;
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(
+                Error::invalid(format!("encoding_format must be \"float\" or \"base64\", got {other:?}")).into()
+            );
+        }
+    };
+    let texts = request.input.into_vec();
+    limits::check_embedding_texts(texts.len())?;
+    Ok(EmbeddingsCall { model: request.model, texts, base64 })
 }
 
 /// `name` or `name:version-or-label`.
@@ -338,20 +419,11 @@ async fn embeddings(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let request: EmbeddingsRequest = parse_body(body?).await?;
-    refuse_unsupported(&request.other)?;
-    let base64 = match request.encoding_format.as_deref() {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(other) => {
-            return Err(
-                Error::invalid(format!("encoding_format must be \"float\" or \"base64\", got {other:?}")).into()
-            );
-        }
-    };
+    let request = off_runtime(body?, parse_embeddings).await?;
+    let base64 = request.base64;
     let (model, target) = parse_model(&request.model)?;
     let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
-    let embeddings = manager.embed(model, &target, routing_key, request.input.into_vec()).await?;
+    let embeddings = manager.embed(model, &target, routing_key, request.texts).await?;
     let data: Vec<Value> = embeddings
         .vectors
         .iter()
@@ -373,25 +445,14 @@ async fn embeddings(
 
 /// Little-endian f32 bytes in standard base64, OpenAI's `encoding_format: "base64"`.
 fn base64_floats(values: &[f32]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    use base64::Engine as _;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Which endpoint a response belongs to: it decides the object names and the chunk shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Completion,
     Chat,
 }
@@ -401,12 +462,7 @@ async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let request: CompletionRequest = parse_body(body?).await?;
-    let prompt = match request.prompt.into_vec().as_mut_slice() {
-        [one] => Prompt::Text(std::mem::take(one)),
-        _ => return Err(Error::invalid("prompt must be one string (batched prompts are not supported)").into()),
-    };
-    respond(&manager, &headers, Kind::Completion, &request.common, prompt).await
+    respond(&manager, &headers, off_runtime(body?, parse_completion).await?).await
 }
 
 async fn chat_completions(
@@ -414,26 +470,17 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let request: ChatRequest = parse_body(body?).await?;
-    let messages = request.messages.into_iter().map(ChatMessage::into_message).collect::<ApiResult<Vec<_>>>()?;
-    respond(&manager, &headers, Kind::Chat, &request.common, Prompt::Chat(messages)).await
+    respond(&manager, &headers, off_runtime(body?, parse_chat).await?).await
 }
 
-async fn respond(
-    manager: &ModelManager,
-    headers: &HeaderMap,
-    kind: Kind,
-    common: &Common,
-    prompt: Prompt,
-) -> ApiResult<Response> {
-    let (model, target) = parse_model(&common.model)?;
+async fn respond(manager: &ModelManager, headers: &HeaderMap, request: GenerationRequest) -> ApiResult<Response> {
+    let (model, target) = parse_model(&request.model)?;
     let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
-    let mut started = generation::start(manager, model, &target, routing_key, prompt, common.options()?).await?;
-    let meta = ChunkMeta::new(kind, common.model.clone());
+    let mut started = generation::start(manager, model, &target, routing_key, request.prompt, request.options).await?;
+    let meta = ChunkMeta::new(request.kind, request.model.clone());
     let version = HeaderValue::from(started.version);
-    let mut response = if common.stream {
-        let include_usage = common.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        Sse::new(sse_stream(meta, started, include_usage)).into_response()
+    let mut response = if request.stream {
+        Sse::new(sse_stream(meta, started, request.include_usage)).into_response()
     } else {
         let completion = generation::collect(&mut started.events).await?;
         Json(meta.whole(&completion)).into_response()

@@ -227,17 +227,21 @@ async fn version_infer(
     infer(&app, model, &version, &headers, body?).await
 }
 
-/// Parses an infer body and its tensors on the blocking pool: a body of many megabytes takes
-/// a while, and must not hold up the runtime's threads (health checks included).
+/// Decodes a JSON infer body (`{"id", "inputs", "outputs", "parameters"}`) into its `id` and
+/// the protocol-neutral request, every tensor checked against its shape and datatype.
+pub fn decode_infer_body(body: &[u8]) -> Result<(Option<String>, InferRequest)> {
+    let body: JsonInferRequest =
+        serde_json::from_slice(body).map_err(|e| Error::invalid(format!("invalid request body: {e}")))?;
+    let inputs = body.inputs.into_iter().map(tensor_from_json).collect::<Result<_>>()?;
+    let outputs = body.outputs.into_iter().map(|o| o.name).collect();
+    Ok((body.id, InferRequest { inputs, outputs, parameters: body.parameters }))
+}
+
+/// [`decode_infer_body`] on the blocking pool: a body of many megabytes takes a while, and must
+/// not hold up the runtime's threads (health checks included).
 async fn parse_infer_body(body: Bytes) -> ApiResult<(Option<String>, InferRequest)> {
-    let parsed = tokio::task::spawn_blocking(move || -> ApiResult<_> {
-        let body: JsonInferRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))?;
-        let inputs = body.inputs.into_iter().map(tensor_from_json).collect::<Result<_>>()?;
-        let outputs = body.outputs.into_iter().map(|o| o.name).collect();
-        Ok((body.id, InferRequest { inputs, outputs, parameters: body.parameters }))
-    });
-    parsed.await.map_err(|e| Error::Shutdown(format!("parsing the request body failed: {e}")))?
+    let parsed = tokio::task::spawn_blocking(move || decode_infer_body(&body));
+    Ok(parsed.await.map_err(|e| Error::Shutdown(format!("parsing the request body failed: {e}")))??)
 }
 
 async fn infer(

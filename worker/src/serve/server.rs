@@ -35,6 +35,10 @@ use crate::repository::Repository;
 pub struct ServerOptions {
     /// Address to bind; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// A second address for management calls only (`ModelService`, the repository APIs), which
+    /// `listen` then no longer answers, so a NetworkPolicy can admit only the operator to it.
+    /// `None` serves everything on `listen`.
+    pub management_listen: Option<SocketAddr>,
     /// Largest gRPC message, and largest HTTP body outside `/v1`.
     pub max_message_bytes: usize,
     /// Largest body of the OpenAI API (`/v1`, JSON text): smaller than a tensor's, since a
@@ -52,6 +56,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8500)),
+            management_listen: None,
             max_message_bytes: 64 << 20,
             max_text_body_bytes: 4 << 20,
             shutdown_grace: Duration::from_secs(30),
@@ -64,6 +69,7 @@ impl Default for ServerOptions {
 /// A running worker server.
 pub struct RunningServer {
     addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
     manager: ModelManager,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<()>>,
@@ -122,16 +128,29 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
         .fallback(unrouted)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(options.credentials.clone()), auth::authorize))
-        .layer(axum::middleware::from_fn(trace_request));
+        .layer(axum::middleware::from_fn_with_state(Arc::new(options.credentials.clone()), auth::authorize));
+    let confined = |port: Port| {
+        app.clone()
+            .layer(axum::middleware::from_fn_with_state(port, confine))
+            .layer(axum::middleware::from_fn(trace_request))
+    };
     if !options.credentials.guards_management() {
-        tracing::warn!("management APIs are open to anyone who reaches this port; set --management-token-file");
+        tracing::warn!("management APIs are open to anyone who reaches their port; set --management-token-file");
     }
 
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|e| Error::io(format!("binding {}", options.listen), e))?;
-    let addr = listener.local_addr().map_err(|e| Error::io("reading the bound address", e))?;
+    let bind = |address: SocketAddr| async move {
+        let listener =
+            tokio::net::TcpListener::bind(address).await.map_err(|e| Error::io(format!("binding {address}"), e))?;
+        let bound = listener.local_addr().map_err(|e| Error::io("reading the bound address", e))?;
+        Ok::<_, Error>((listener, bound))
+    };
+    let (listener, addr) = bind(options.listen).await?;
+    let management = match options.management_listen {
+        Some(address) => Some(bind(address).await?),
+        None => None,
+    };
+    let management_addr = management.as_ref().map(|(_, bound)| *bound);
+    let public = confined(if management.is_some() { Port::Public } else { Port::All });
 
     manager.reconcile().await;
     let reconciler = manager.spawn_reconciler();
@@ -139,9 +158,11 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
     let (stop, stopped) = oneshot::channel::<()>();
     let grace = options.shutdown_grace;
     let limits = options.connections;
-    tracing::info!(%addr, "serving gRPC and HTTP");
+    tracing::info!(%addr, management = ?management_addr, "serving gRPC and HTTP");
+    let management = management.map(|(listener, _)| (listener, confined(Port::Management), health_only.clone()));
     let task = tokio::spawn(async move {
         let (draining_tx, draining_rx) = oneshot::channel::<()>();
+        let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
         let signal = async move {
             let _ = stopped.await;
             health_task.abort();
@@ -149,9 +170,20 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
                 health.set_service_status(service, ServingStatus::NotServing).await;
             }
             tracing::info!(grace_seconds = grace.as_secs_f64(), "shutting down: draining in-flight requests");
+            let _ = closing_tx.send(true);
             let _ = draining_tx.send(());
         };
-        let server = connections::serve(listener, app, health_only, limits, signal);
+        let management_server = async move {
+            let Some((listener, router, health_only)) = management else { return };
+            let mut closing = closing_rx;
+            let signal = async move {
+                let _ = closing.wait_for(|closing| *closing).await;
+            };
+            connections::serve(listener, router, health_only, limits, signal).await;
+        };
+        let server = async move {
+            tokio::join!(connections::serve(listener, public, health_only, limits, signal), management_server);
+        };
         tokio::pin!(server);
         let outcome = tokio::select! {
             () = &mut server => Ok(()),
@@ -163,13 +195,46 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
         reconciler.abort();
         outcome
     });
-    Ok(RunningServer { addr, manager, stop, task })
+    Ok(RunningServer { addr, management_addr, manager, stop, task })
+}
+
+/// Which calls a listener answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Port {
+    /// The only port: everything.
+    All,
+    /// The serving port beside a management port: all but management.
+    Public,
+    /// The management port: management and health.
+    Management,
+}
+
+/// Answers a call its listener does not serve as a route that does not exist there.
+async fn confine(
+    axum::extract::State(port): axum::extract::State<Port>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let served = match (port, auth::scope(request.uri().path())) {
+        (Port::All, _) | (_, auth::Scope::Open) => true,
+        (Port::Public, scope) => scope == auth::Scope::Inference,
+        (Port::Management, scope) => scope == auth::Scope::Management,
+    };
+    match served {
+        true => next.run(request).await,
+        false => unrouted(request.method().clone(), request.uri().clone(), request.headers().clone()).await,
+    }
 }
 
 impl RunningServer {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound management address, when management has a port of its own.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
     }
 
     /// The version manager behind the server.

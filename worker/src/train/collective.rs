@@ -22,9 +22,12 @@ use lantern_proto::lantern::v1::{
     Chunk, ExchangeSummary, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse,
 };
 use tokio::sync::{Mutex, mpsc, watch};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::progress::Progress;
+use crate::credentials::{self, SendToken, Token};
 use crate::error::{Error, Result};
 
 /// Numbers per all-reduce bucket (4 MiB of f32): large models travel as many moderate messages.
@@ -53,6 +56,21 @@ pub struct Placement {
     pub job: String,
     /// The most the rendezvous waits, retries included.
     pub rendezvous_timeout: Duration,
+    /// The job's token: this rank's endpoint answers only calls carrying it, and sends it.
+    pub token: Option<String>,
+}
+
+/// A client of another rank's collective endpoint, sending the job's token.
+type Client = CollectiveServiceClient<InterceptedService<Channel, SendToken>>;
+
+/// Connects to `address` (`host:port`) as `endpoint` configures the connection.
+async fn connect(
+    address: &str,
+    token: &SendToken,
+    endpoint: impl FnOnce(tonic::transport::Endpoint) -> tonic::transport::Endpoint,
+) -> std::result::Result<Client, tonic::transport::Error> {
+    let channel = endpoint(tonic::transport::Endpoint::from_shared(format!("http://{address}"))?).connect().await?;
+    Ok(CollectiveServiceClient::with_interceptor(channel, token.clone()))
 }
 
 /// This rank's side of the ring.
@@ -86,18 +104,17 @@ impl Collective {
         let (left, right) =
             (addresses[(placement.rank + n - 1) % n].clone(), addresses[(placement.rank + 1) % n].clone());
         let (outbox, outgoing) = mpsc::channel(OUTBOX_CHUNKS);
-        let target = format!("http://{right}");
+        let target = right.clone();
+        let token = send_token(&placement)?;
+        let ring_token = token.clone();
         runtime.spawn(async move {
             let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
-            let endpoint = tonic::transport::Endpoint::from_shared(target.clone()).map(|e| {
+            let connected = connect(&target, &ring_token, |e| {
                 e.tcp_nodelay(true)
                     .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
                     .initial_connection_window_size(Some(STREAM_WINDOW_BYTES))
-            });
-            let connected = match endpoint {
-                Ok(endpoint) => endpoint.connect().await.map(CollectiveServiceClient::new),
-                Err(error) => Err(error),
-            };
+            })
+            .await;
             match connected {
                 Ok(client) => {
                     let mut client = client.max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -112,7 +129,7 @@ impl Collective {
         });
         let current = Arc::new(AtomicU64::new(step));
         if placement.rank != 0 {
-            runtime.spawn(send_heartbeats(placement.coordinator.clone(), placement.rank, current.clone()));
+            runtime.spawn(send_heartbeats(placement.coordinator.clone(), token, placement.rank, current.clone()));
         }
         tracing::info!(rank = placement.rank, world_size = n, %left, %right, "joined the ring");
         Ok(Self { placement, runtime, left, right, outbox, inbox, sent: 0, received: 0, step: current })
@@ -188,13 +205,17 @@ impl Collective {
     }
 }
 
+fn send_token(placement: &Placement) -> Result<SendToken> {
+    SendToken::new(placement.token.as_deref())
+}
+
 /// Reports this rank's step to rank 0 every second, for as long as the runtime lives.
-async fn send_heartbeats(coordinator: String, rank: usize, step: Arc<AtomicU64>) {
+async fn send_heartbeats(coordinator: String, token: SendToken, rank: usize, step: Arc<AtomicU64>) {
     let mut client = None;
     loop {
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;
         if client.is_none() {
-            client = CollectiveServiceClient::connect(format!("http://{coordinator}")).await.ok();
+            client = connect(&coordinator, &token, |e| e).await.ok();
         }
         if let Some(connected) = client.as_mut() {
             let beat = HeartbeatRequest { rank: rank as u32, step: step.load(Ordering::Relaxed) };
@@ -227,9 +248,13 @@ async fn rendezvous(
         connected: Mutex::new(false),
         progress,
     };
-    let router =
+    let mut router =
         tonic::service::Routes::new(CollectiveServiceServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
             .into_axum_router();
+    if let Some(token) = &placement.token {
+        let token = Arc::new(Token::new(token));
+        router = router.layer(axum::middleware::from_fn_with_state(token, credentials::require_token));
+    }
     // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall every flow-control window.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
@@ -252,7 +277,7 @@ async fn rendezvous(
     let mut delay = Duration::from_millis(100);
     loop {
         attempts += 1;
-        let last_error = match CollectiveServiceClient::connect(format!("http://{}", placement.coordinator)).await {
+        let last_error = match connect(&placement.coordinator, &send_token(placement)?, |e| e).await {
             Ok(mut client) => {
                 let mut call = Request::new(request.clone());
                 call.set_timeout(deadline.saturating_duration_since(Instant::now()));

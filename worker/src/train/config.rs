@@ -1,6 +1,7 @@
 //! A training job's configuration: one JSON or YAML file, then the environment the operator sets
 //! for each pod (`LANTERN_RANK`, `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR`, `LANTERN_ADDRESS`,
-//! `LANTERN_PROGRESS_ADDRESS`, `LANTERN_TERMINATION_LOG`, `LANTERN_DEVICE`, `LANTERN_REPOSITORY`)
+//! `LANTERN_PROGRESS_ADDRESS`, `LANTERN_TERMINATION_LOG`, `LANTERN_DEVICE`, `LANTERN_JOB_TOKEN_FILE`,
+//! `LANTERN_REPOSITORY`)
 //! over it. [`JobConfig::validate`] checks everything that can be checked before any work starts;
 //! every error names the field it is about.
 
@@ -239,6 +240,10 @@ pub struct ClusterSpec {
     pub termination_log: Option<PathBuf>,
     /// Where this rank trains: `cpu` (default), `cuda` or `cuda:N`.
     pub device: DeviceSpec,
+    /// A file holding the job's token: every rank's collective endpoint and rank 0's progress
+    /// service then answer only calls that carry it, and every rank sends it. The operator
+    /// creates one per job in a Secret.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for ClusterSpec {
@@ -254,6 +259,7 @@ impl Default for ClusterSpec {
             progress_linger_seconds: 2.0,
             termination_log: None,
             device: DeviceSpec::Cpu,
+            token_file: None,
         }
     }
 }
@@ -327,6 +333,9 @@ impl JobConfig {
         if let Some(device) = var("LANTERN_DEVICE") {
             self.cluster.device = device.parse().map_err(|reason| Error::config("LANTERN_DEVICE", reason))?;
         }
+        if let Some(path) = var("LANTERN_JOB_TOKEN_FILE") {
+            self.cluster.token_file = Some(path.into());
+        }
         if let Some(repository) = var("LANTERN_REPOSITORY") {
             self.output.repository = repository.into();
         }
@@ -384,6 +393,10 @@ impl JobConfig {
         }
         if cluster.world_size > 1 && cluster.coordinator.is_none() {
             return Err(Error::config("cluster.coordinator", "a job of several ranks needs rank 0's address"));
+        }
+        if let Some(path) = &cluster.token_file {
+            crate::credentials::read_token_file(path)
+                .map_err(|e| Error::config("cluster.token_file", e.to_string()))?;
         }
         positive("cluster.timeout_seconds", cluster.timeout_seconds)?;
         positive("cluster.rendezvous_timeout_seconds", cluster.rendezvous_timeout_seconds)?;

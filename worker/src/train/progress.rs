@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
+use crate::credentials::{self, Token};
 use crate::error::{Error, Result};
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -249,7 +250,8 @@ pub struct ProgressServer {
 impl ProgressServer {
     /// Serves `TrainingService` (with server reflection, for grpcurl) and `/metrics` on `listen`
     /// (port 0 picks a free port).
-    pub fn start(progress: Arc<Progress>, listen: &str) -> Result<Self> {
+    /// With a `token`, `TrainingService` answers only calls that carry it.
+    pub fn start(progress: Arc<Progress>, listen: &str, token: Option<&str>) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("training-progress")
@@ -265,10 +267,14 @@ impl ProgressServer {
             .register_encoded_file_descriptor_set(lantern_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| Error::Startup(format!("building the reflection service: {e}")))?;
-        let router = tonic::service::Routes::new(TrainingServiceServer::new(Service(progress)))
+        let mut router = tonic::service::Routes::new(TrainingServiceServer::new(Service(progress)))
             .add_service(reflection)
             .into_axum_router()
             .route("/metrics", axum::routing::get(move || async move { metrics.encode_metrics() }));
+        if let Some(token) = token {
+            let token = Arc::new(Token::new(token));
+            router = router.layer(axum::middleware::from_fn_with_state(token, credentials::require_token));
+        }
         runtime.spawn(async move {
             if let Err(error) = axum::serve(listener, router).await {
                 tracing::error!(%error, "the progress endpoint stopped");

@@ -130,16 +130,17 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
         let size = StepSize { examples: batch, tokens: batch * sequence_length(config) };
         Progress::new(&config.output.model, config.schedule.steps, cluster.world_size, size)
     });
+    let token = cluster.token_file.as_deref().map(crate::credentials::read_token_file).transpose()?;
     let _server = match &progress {
         Some(progress) => {
             let listen = cluster.progress_address.as_deref().unwrap_or("127.0.0.1:0");
-            let server = ProgressServer::start(progress.clone(), listen)?;
+            let server = ProgressServer::start(progress.clone(), listen, token.as_deref())?;
             tracing::info!(address = %server.address(), "serving training progress (TrainingService, /metrics)");
             Some(server)
         }
         None => None,
     };
-    let result = run(config, interrupt, progress.clone());
+    let result = run(config, interrupt, progress.clone(), token);
     if let Some(progress) = &progress {
         match &result {
             Ok(outcome) if !outcome.interrupted => progress.set_phase(TrainingPhase::Succeeded),
@@ -159,7 +160,12 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
     result
 }
 
-fn run(config: &JobConfig, interrupt: &AtomicBool, progress: Option<Arc<Progress>>) -> Result<Outcome> {
+fn run(
+    config: &JobConfig,
+    interrupt: &AtomicBool,
+    progress: Option<Arc<Progress>>,
+    token: Option<String>,
+) -> Result<Outcome> {
     let cluster = &config.cluster;
     let batch_size = config.schedule.global_batch;
     let dataset = Dataset::load(&config.data, sequence_length(config), batch_size, config.seed)?;
@@ -177,7 +183,7 @@ fn run(config: &JobConfig, interrupt: &AtomicBool, progress: Option<Arc<Progress
     }
     let mut collective = match cluster.world_size {
         1 => None,
-        _ => Some(Collective::join(placement(config), step, job.progress.clone())?),
+        _ => Some(Collective::join(placement(config, token), step, job.progress.clone())?),
     };
     let mut order = Order::new(config.seed, job.dataset.len());
     if let Some(progress) = &job.progress {
@@ -254,9 +260,10 @@ fn collective_timeout(config: &JobConfig, step: u64) -> Duration {
 }
 
 /// This rank's place in the ring, from the cluster settings.
-fn placement(config: &JobConfig) -> Placement {
+fn placement(config: &JobConfig, token: Option<String>) -> Placement {
     let cluster = &config.cluster;
     Placement {
+        token,
         rank: cluster.rank,
         world_size: cluster.world_size,
         coordinator: cluster.coordinator.clone().unwrap_or_default(),

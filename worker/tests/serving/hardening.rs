@@ -229,3 +229,33 @@ async fn beyond_the_connection_cap_only_health_answers() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     still_serves(&harness).await;
 }
+
+#[tokio::test]
+async fn with_a_management_port_management_is_answered_there_only() {
+    let harness = serving_with(|options| {
+        options.management_listen = Some("127.0.0.1:0".parse().unwrap());
+        options.credentials = Credentials::new(Some("admin-token"), &[]);
+    })
+    .await;
+    let management = harness.server.management_addr().expect("a management port");
+    let client = reqwest::Client::new();
+    let index = |addr: String| client.post(format!("{addr}/v2/repository/index")).bearer_auth("admin-token").send();
+    assert_eq!(index(harness.url()).await.unwrap().status(), 404);
+    assert_eq!(index(format!("http://{management}")).await.unwrap().status(), 200);
+    let infer = json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP32", "data": [0, 0, 0, 0]}]});
+    let on_management = client.post(format!("http://{management}/v2/models/m/infer")).json(&infer).send().await;
+    assert_eq!(on_management.unwrap().status(), 404);
+    assert_eq!(client.get(format!("http://{management}/v2/health/ready")).send().await.unwrap().status(), 200);
+
+    let mut models = harness.models().await;
+    let err = models.get_model_status(GetModelStatusRequest { model: "m".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{}", err.message());
+    let mut on_port =
+        lantern_proto::lantern::v1::model_service_client::ModelServiceClient::connect(format!("http://{management}"))
+            .await
+            .unwrap();
+    let mut request = tonic::Request::new(GetModelStatusRequest { model: "m".into() });
+    request.metadata_mut().insert("authorization", MetadataValue::from_static("Bearer admin-token"));
+    assert_eq!(on_port.get_model_status(request).await.unwrap().into_inner().models.len(), 1);
+    still_serves(&harness).await;
+}

@@ -172,6 +172,54 @@ fn two_ranks_end_with_the_parameters_of_one() {
 }
 
 #[test]
+fn with_a_job_token_ranks_train_together_and_callers_without_it_are_refused() {
+    use lantern_proto::lantern::v1::HeartbeatRequest;
+    use lantern_proto::lantern::v1::collective_service_client::CollectiveServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "job-s3cret\n").unwrap();
+    let (port, progress_port) = (free_port(), free_port());
+    let mut job = addition_job(dir.path(), 60, 60);
+    job["cluster"] = json!({
+        "token_file": token_file, "progress_address": format!("127.0.0.1:{progress_port}"), "progress_linger_seconds": 5.0,
+    });
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let config = config_of(&as_rank(&job, rank, 2, port));
+            std::thread::spawn(move || trainer::train(&config, &AtomicBool::new(false)).unwrap())
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (with_token, without) = loop {
+            assert!(Instant::now() < deadline, "rank 0's progress never answered");
+            let Ok(mut client) = TrainingServiceClient::connect(format!("http://127.0.0.1:{progress_port}")).await
+            else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let mut request = tonic::Request::new(GetProgressRequest {});
+            request.metadata_mut().insert("authorization", "Bearer job-s3cret".parse().unwrap());
+            if let Ok(progress) = client.get_progress(request).await {
+                break (progress, client.get_progress(GetProgressRequest {}).await);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(with_token.into_inner().total_steps, 60);
+        assert_eq!(without.unwrap_err().code(), tonic::Code::Unauthenticated);
+        // Rank 0's collective endpoint refuses a caller without the token.
+        if let Ok(mut intruder) = CollectiveServiceClient::connect(format!("http://127.0.0.1:{port}")).await {
+            let refused = intruder.heartbeat(HeartbeatRequest { rank: 1, step: 999 }).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        }
+    });
+    let outcomes: Vec<_> = ranks.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(outcomes[0].published, vec![1]);
+}
+
+#[test]
 fn a_killed_rank_fails_the_others_and_restarting_all_resumes_without_missing_versions() {
     let dir = tempfile::tempdir().unwrap();
     let (steps, every) = (1000, 100);

@@ -114,6 +114,7 @@ fn all_reduce(megabytes: usize) -> anyhow::Result<(f64, f64)> {
                 address: None,
                 job: "bench".to_owned(),
                 rendezvous_timeout: Duration::from_secs(30),
+                token: None,
             };
             std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
                 let mut collective = Collective::join(placement, 0, None)?;
