@@ -10,6 +10,8 @@
 //! 4. Sentence embeddings ([`llm`]): sentences/s at batch 32.
 //! 5. Training ([`train`]): tokens/s with 1 rank × 2 threads and 2 ranks × 1 thread, all-reduce
 //!    bandwidth, checkpoint times. Needs the release `lantern-worker` binary beside this one.
+//! 6. The soak ([`soak`], only when asked for: `--sections soak`, 2 × `--soak-seconds`): mixed
+//!    valid load with and without attackers, crashes, peak memory and latency side by side.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +38,7 @@ use tonic::{Request, Response, Status};
 #[path = "../../compute_threads.rs"]
 mod compute_threads;
 mod llm;
+mod soak;
 mod train;
 
 /// mimalloc returns freed pages to the OS promptly; glibc's malloc keeps the memory of unloaded
@@ -71,6 +74,9 @@ struct Args {
     /// Sentence-embedding checkpoint for the embedding figures (fetched by the same script).
     #[arg(long, default_value = ".cache/models/all-minilm-l6-v2")]
     minilm: std::path::PathBuf,
+    /// Seconds of each of the soak's two runs (clean, then with attackers).
+    #[arg(long, default_value_t = 600)]
+    soak_seconds: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +86,7 @@ enum Section {
     Llm,
     Embed,
     Train,
+    Soak,
 }
 
 const SMALL_MLP: [usize; 3] = [16, 64, 8];
@@ -104,6 +111,9 @@ fn main() -> anyhow::Result<()> {
         }
         if args.sections.contains(&Section::Train) {
             tokio::task::block_in_place(train::figures)?;
+        }
+        if args.sections.contains(&Section::Soak) {
+            soak::figures(&args.gguf, &args.minilm, args.soak_seconds).await?;
         }
         anyhow::Ok(())
     })
