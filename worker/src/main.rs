@@ -19,7 +19,7 @@ use lantern_worker::repository::{self, PublishRequest, Repository};
 use lantern_worker::serve::auth::Credentials;
 use lantern_worker::serve::batcher::BatchSettings;
 use lantern_worker::serve::config::VersionPolicy;
-use lantern_worker::serve::connections::ConnectionLimits;
+use lantern_worker::serve::connections::{ConnectionLimits, Tls};
 use lantern_worker::serve::engine::EngineSettings;
 use lantern_worker::serve::server::{self, ServerOptions};
 use lantern_worker::serve::versions::ServeSettings;
@@ -128,6 +128,12 @@ struct ServeArgs {
     /// `authorization: Bearer <key>`; without it inference is open.
     #[arg(long, env = "LANTERN_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS on --listen (a Kubernetes TLS Secret's `tls.crt`).
+    #[arg(long, env = "LANTERN_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key for TLS on --listen (`tls.key`).
+    #[arg(long, env = "LANTERN_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "LANTERN_SHUTDOWN_GRACE_S", default_value_t = 30)]
     shutdown_grace_s: u64,
@@ -404,6 +410,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
         connections,
         credentials: Credentials::from_files(args.management_token_file.as_deref(), args.api_keys_file.as_deref())?,
+        tls: match (&args.tls_cert_file, &args.tls_key_file) {
+            (Some(cert), Some(key)) => Some(Tls::from_pem_files(cert, key)?),
+            _ => None,
+        },
     };
     let server = server::start(Repository::new(&args.repository), settings, options).await?;
     println!("lantern-worker listening on {}", server.local_addr());

@@ -83,6 +83,19 @@ pub struct InferenceServiceSpec {
     /// line. Without it inference is open to anyone who reaches the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<SecretKeyRef>,
+    /// TLS on the serving port: a `kubernetes.io/tls` Secret in the service's namespace
+    /// (`tls.crt`, `tls.key`). Clients then connect with `https://` (HTTP/1.1 or HTTP/2 by ALPN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// Where a service's serving certificate is.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A Secret of type `kubernetes.io/tls`.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 fn one() -> u32 {

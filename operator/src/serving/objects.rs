@@ -21,6 +21,8 @@ pub const SERVING_PORT: u16 = 8500;
 pub const MANAGEMENT_PORT: u16 = 8501;
 /// Where a worker finds its management token.
 const MANAGEMENT_TOKEN_DIR: &str = "/var/run/lantern/management";
+/// Where a worker finds its serving certificate.
+const TLS_DIR: &str = "/var/run/lantern/tls";
 /// Where a worker finds the API keys.
 const API_KEYS_DIR: &str = "/var/run/lantern/api-keys";
 
@@ -45,7 +47,8 @@ pub fn selector(service: &InferenceService) -> String {
 /// Where clients in the cluster connect.
 pub fn url(service: &InferenceService) -> String {
     let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
-    format!("http://{}.{namespace}.svc:{SERVING_PORT}", name(service))
+    let scheme = if service.spec.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{}.{namespace}.svc:{SERVING_PORT}", name(service))
 }
 
 /// The revision of the pods `service` wants, running `image` (the service's own when set) with
@@ -67,6 +70,9 @@ pub fn revision(service: &InferenceService, repository: &Repository, image: &str
     }
     if let Some(keys) = &spec.api_keys {
         runtime["apiKeys"] = json!(keys);
+    }
+    if let Some(tls) = &spec.tls {
+        runtime["tls"] = json!(tls);
     }
     let hash = runtime
         .to_string()
@@ -175,7 +181,14 @@ pub fn pod(
         mounts.push(mount);
         env.push(json!({"name": "LANTERN_API_KEYS_FILE", "value": format!("{API_KEYS_DIR}/keys")}));
     }
-    let http_get = |path: String| json!({"path": path, "port": SERVING_PORT});
+    if let Some(tls) = &spec.tls {
+        volumes.push(json!({"name": "tls", "secret": {"secretName": tls.secret_name}}));
+        mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+        env.push(json!({"name": "LANTERN_TLS_CERT_FILE", "value": format!("{TLS_DIR}/tls.crt")}));
+        env.push(json!({"name": "LANTERN_TLS_KEY_FILE", "value": format!("{TLS_DIR}/tls.key")}));
+    }
+    let scheme = if spec.tls.is_some() { "HTTPS" } else { "HTTP" };
+    let http_get = |path: String| json!({"path": path, "port": SERVING_PORT, "scheme": scheme});
     let mut container = json!({
         "name": "worker",
         "image": spec.image.as_deref().unwrap_or(image),
@@ -242,6 +255,7 @@ mod tests {
         assert_eq!(env["LANTERN_MAX_BATCH_SIZE"], "32");
         assert!(!env.contains_key("LANTERN_KV_CACHE_MIB"), "unset limits keep the worker's defaults");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/v2/models/adder/ready");
+        assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTP");
         assert_eq!(container["volumeMounts"][0]["subPath"], "team-a");
         assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(container["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
@@ -269,6 +283,21 @@ mod tests {
                 .unwrap()
                 .contains(&json!({"name": "LANTERN_API_KEYS_FILE", "value": "/var/run/lantern/api-keys/keys"}))
         );
+    }
+
+    #[test]
+    fn tls_from_a_secret_is_mounted_and_probed_over_https() {
+        let service = test_service(json!({"tls": {"secretName": "adder-cert"}}));
+        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 0, "latest:1")).unwrap();
+        assert_eq!(pod["spec"]["volumes"][2]["secret"]["secretName"], "adder-cert");
+        let container = &pod["spec"]["containers"][0];
+        let env = container["env"].as_array().unwrap();
+        assert!(env.contains(&json!({"name": "LANTERN_TLS_CERT_FILE", "value": "/var/run/lantern/tls/tls.crt"})));
+        assert!(env.contains(&json!({"name": "LANTERN_TLS_KEY_FILE", "value": "/var/run/lantern/tls/tls.key"})));
+        assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+        assert_eq!(url(&service), "https://adder.ml.svc:8500");
+        let revision_of = |service: &InferenceService| revision(service, &repository(), "worker:1");
+        assert_ne!(revision_of(&service), revision_of(&test_service(json!({}))));
     }
 
     #[test]

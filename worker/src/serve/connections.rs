@@ -15,12 +15,18 @@
 //!   second instead of spinning, and the connection cap defaults to half the descriptor limit, so
 //!   the repository scan and model loads always find descriptors.
 //!
-//! hyper-util's connection builder serves HTTP/1.1 and h2c on the same port, as `axum::serve`
-//! does; this loop replaces `axum::serve` because that offers neither limits nor timeouts.
+//! - **TLS** ([`Tls`], optional): the handshake runs in the connection's own task within
+//!   `header_timeout`, with ALPN offering `h2` and `http/1.1`; rustls with the ring provider (the
+//!   crates the operator's Kubernetes client already builds).
+//!
+//! hyper-util's connection builder serves HTTP/1.1 and HTTP/2 (h2c without TLS) on the same
+//! port, as `axum::serve` does; this loop replaces `axum::serve` because that offers neither
+//! limits, timeouts nor TLS.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,9 +41,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tower_service::Service;
+
+use crate::error::{Error, Result};
 
 /// How many connections the server holds and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,14 +91,52 @@ impl ConnectionLimits {
     }
 }
 
+/// A certificate and key to serve TLS with.
+#[derive(Clone)]
+pub struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl Tls {
+    /// Reads a PEM certificate chain and its PEM private key (PKCS#8, PKCS#1 or SEC1), as a
+    /// Kubernetes TLS Secret holds them (`tls.crt`, `tls.key`).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self> {
+        let fail = |what: String| Error::Startup(format!("TLS: {what}"));
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| fail(format!("reading the certificates in {}: {e}", cert.display())))?;
+        if chain.is_empty() {
+            return Err(fail(format!("{} holds no certificate", cert.display())));
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| fail(format!("reading the private key in {}: {e}", key.display())))?;
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| fail(format!("the certificate and key do not fit: {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) })
+    }
+}
+
 /// Serves `app` on `listener` under `limits` until `shutdown` fires; then stops accepting, asks
 /// every connection to finish what it has in flight, and returns when all have closed.
-/// `health` answers connections beyond the cap.
+/// `health` answers connections beyond the cap; with `tls`, every connection is TLS.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     health: Router,
     limits: ConnectionLimits,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let served = Arc::new(Semaphore::new(limits.max_connections));
@@ -124,8 +172,19 @@ pub async fn serve(
             },
         };
         let closing = closing_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(tcp, router, connection_limits, closing).await;
+            match tls {
+                None => serve_connection(tcp, router, connection_limits, closing).await,
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(connection_limits.header_timeout, tls.acceptor.accept(tcp));
+                    match handshake.await {
+                        Ok(Ok(stream)) => serve_connection(stream, router, connection_limits, closing).await,
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -143,14 +202,12 @@ fn is_connection_error(error: &io::Error) -> bool {
 }
 
 /// Serves one connection until it ends, the server closes, or it idles out.
-async fn serve_connection(
-    tcp: TcpStream,
-    router: Router,
-    limits: ConnectionLimits,
-    mut closing: watch::Receiver<bool>,
-) {
+async fn serve_connection<S>(stream: S, router: Router, limits: ConnectionLimits, mut closing: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Tracked { inner: tcp, activity: activity.clone() });
+    let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
     let service = ConnectionService { router, activity: activity.clone(), body_timeout: limits.body_timeout };
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
@@ -298,13 +355,13 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// A TCP stream that records when it last moved bytes.
-struct Tracked {
-    inner: TcpStream,
+/// A stream that records when it last moved bytes.
+struct Tracked<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -315,7 +372,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {

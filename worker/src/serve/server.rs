@@ -19,7 +19,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::auth::{self, Credentials};
-use super::connections::{self, ConnectionLimits};
+use super::connections::{self, ConnectionLimits, Tls};
 use super::embedding_service::EmbeddingServiceImpl;
 use super::generation_service::GenerationServiceImpl;
 use super::metrics::Metrics;
@@ -50,6 +50,8 @@ pub struct ServerOptions {
     pub connections: ConnectionLimits,
     /// Who may call management and inference.
     pub credentials: Credentials,
+    /// TLS on `listen` (the management listener stays plain: only the operator reaches it).
+    pub tls: Option<Tls>,
 }
 
 impl Default for ServerOptions {
@@ -62,6 +64,7 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(30),
             connections: ConnectionLimits::default(),
             credentials: Credentials::default(),
+            tls: None,
         }
     }
 }
@@ -158,6 +161,7 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
     let (stop, stopped) = oneshot::channel::<()>();
     let grace = options.shutdown_grace;
     let limits = options.connections;
+    let tls = options.tls.clone();
     tracing::info!(%addr, management = ?management_addr, "serving gRPC and HTTP");
     let management = management.map(|(listener, _)| (listener, confined(Port::Management), health_only.clone()));
     let task = tokio::spawn(async move {
@@ -179,10 +183,10 @@ pub async fn start(repository: Repository, settings: ServeSettings, options: Ser
             let signal = async move {
                 let _ = closing.wait_for(|closing| *closing).await;
             };
-            connections::serve(listener, router, health_only, limits, signal).await;
+            connections::serve(listener, router, health_only, limits, None, signal).await;
         };
         let server = async move {
-            tokio::join!(connections::serve(listener, public, health_only, limits, signal), management_server);
+            tokio::join!(connections::serve(listener, public, health_only, limits, tls, signal), management_server);
         };
         tokio::pin!(server);
         let outcome = tokio::select! {

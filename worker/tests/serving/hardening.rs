@@ -9,6 +9,7 @@ use lantern_proto::inference::{ModelInferRequest, RepositoryModelUnloadRequest};
 use lantern_proto::lantern::v1::{GetModelStatusRequest, VersionState};
 use lantern_worker::serve::auth::Credentials;
 use lantern_worker::serve::connections::ConnectionLimits;
+use lantern_worker::serve::routing::Target;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,7 +19,8 @@ use tonic::metadata::MetadataValue;
 use crate::fixtures::{Harness, IN, fast_settings, infer_request, local_options, publish_mlp};
 
 /// A server with model `m` v1 published, started with `options` changed by `change`, and
-/// waited on through REST readiness (management may need a token the harness does not send).
+/// waited on through its version manager (management may need a token the harness does not
+/// send, and the port may speak TLS).
 async fn serving_with(change: impl FnOnce(&mut lantern_worker::serve::server::ServerOptions)) -> Harness {
     let mut options = local_options();
     change(&mut options);
@@ -26,10 +28,8 @@ async fn serving_with(change: impl FnOnce(&mut lantern_worker::serve::server::Se
         publish_mlp(root, "m", 1, &[IN, 8, 3]);
     })
     .await;
-    let client = reqwest::Client::new();
     for _ in 0..400 {
-        let ready = client.get(format!("{}/v2/models/m/ready", harness.url())).send().await;
-        if ready.is_ok_and(|r| r.status() == 200) {
+        if harness.server.manager().is_ready("m", &Target::Default).unwrap_or(false) {
             return harness;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -257,5 +257,67 @@ async fn with_a_management_port_management_is_answered_there_only() {
     let mut request = tonic::Request::new(GetModelStatusRequest { model: "m".into() });
     request.metadata_mut().insert("authorization", MetadataValue::from_static("Bearer admin-token"));
     assert_eq!(on_port.get_model_status(request).await.unwrap().into_inner().models.len(), 1);
+    still_serves(&harness).await;
+}
+
+#[tokio::test]
+async fn with_tls_the_serving_port_speaks_https_with_alpn_and_refuses_plain_http() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let tls =
+        lantern_worker::serve::connections::Tls::from_pem_files(&fixtures.join("cert.pem"), &fixtures.join("key.pem"))
+            .unwrap();
+    let harness = serving_with(|options| options.tls = Some(tls)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(fixtures.join("ca.pem")).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    for (alpn, request) in [
+        (b"http/1.1".as_slice(), b"GET /v2/models/m/ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".as_slice()),
+        (b"h2".as_slice(), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice()),
+    ] {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(harness.server.local_addr()).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut stream = connector.connect(name, tcp).await.expect("the handshake succeeds");
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn), "ALPN agreed");
+        stream.write_all(request).await.unwrap();
+        let mut answer = vec![0u8; 64];
+        let n = stream.read(&mut answer).await.unwrap();
+        if alpn == b"http/1.1" {
+            assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"), "{:?}", &answer[..n]);
+        } else {
+            // The server's first HTTP/2 frame is its SETTINGS (type 4).
+            assert_eq!(answer[3], 4, "{:?}", &answer[..n]);
+        }
+    }
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let (answer, _) =
+        exchange(&harness, b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n", Duration::from_secs(10)).await;
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn serving_configs_for_models_with_no_published_version_are_bounded() {
+    use lantern_proto::lantern::v1::{ServingConfig, SetServingConfigRequest};
+    use lantern_worker::serve::versions::MAX_UNPUBLISHED_CONFIGS;
+
+    let harness = Harness::serving_one_version().await;
+    let mut models = harness.models().await;
+    let set = |model: String| SetServingConfigRequest { model, config: Some(ServingConfig::default()) };
+    for i in 0..MAX_UNPUBLISHED_CONFIGS {
+        models.set_serving_config(set(format!("made-up-{i}"))).await.unwrap();
+    }
+    let refused = models.set_serving_config(set("one-too-many".into())).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{}", refused.message());
+    // A model that is published still gets its config.
+    models.set_serving_config(set("m".into())).await.unwrap();
     still_serves(&harness).await;
 }
