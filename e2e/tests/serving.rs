@@ -10,7 +10,11 @@ use std::time::Duration;
 use lantern_e2e::{MODELS_CLAIM, Stack};
 use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use lantern_proto::inference::model_infer_request::InferInputTensor;
-use lantern_proto::inference::{InferTensorContents, ModelInferRequest};
+use lantern_proto::inference::{
+    InferTensorContents, ModelInferRequest, ModelReadyRequest, RepositoryModelUnloadRequest,
+};
+use lantern_proto::lantern::v1::GetModelStatusRequest;
+use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 
 const SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
 kind: InferenceService
@@ -181,6 +185,41 @@ async fn versions_are_served_canaried_promoted_and_rolled_back() {
     // Each transition is recorded once, though the operator restarted and re-reads its status.
     assert_eq!(events.stdout.matches("version 2 promoted").count(), 1, "{}", events.stdout);
     assert_eq!(events.stdout.matches("version 3 rolled back").count(), 1, "{}", events.stdout);
+
+    // Management is not on the serving port; on the management port it needs the token the
+    // operator keeps in its Secret. A model unloaded behind the operator's back is loaded again.
+    let mut on_service = ModelServiceClient::connect(format!("http://{address}")).await.unwrap();
+    let refused = on_service.get_model_status(GetModelStatusRequest { model: "adder".into() }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{}", refused.message());
+    let token = stack
+        .kubectl(&["get", "secret", "adder-management", "-o", "go-template={{.data.token | base64decode}}"])
+        .await
+        .unwrap();
+    assert!(token.ok && token.stdout.len() == 64, "{}{}", token.stdout, token.stderr);
+    let pod_ip = stack.field("pods", ".items[0].status.podIP").await.unwrap();
+    let mut management = GrpcInferenceServiceClient::connect(format!("http://{pod_ip}:8501")).await.unwrap();
+    let unload = || RepositoryModelUnloadRequest { model_name: "adder".into(), ..Default::default() };
+    assert_eq!(management.repository_model_unload(unload()).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let mut with_token = tonic::Request::new(unload());
+    with_token.metadata_mut().insert("authorization", format!("Bearer {}", token.stdout).parse().unwrap());
+    management.repository_model_unload(with_token).await.unwrap();
+    let mut pod = GrpcInferenceServiceClient::connect(format!("http://{pod_ip}:8500")).await.unwrap();
+    let ready = || ModelReadyRequest { name: "adder".into(), version: String::new() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pod.model_ready(ready()).await.map(|r| r.into_inner().ready).unwrap_or(false) {
+        assert!(tokio::time::Instant::now() < deadline, "the unload never took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while !pod.model_ready(ready()).await.map(|r| r.into_inner().ready).unwrap_or(false) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the operator did not load the model again:\n{}",
+            stack.operator_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let policy = stack.json("networkpolicy/adder").await.unwrap();
+    assert_eq!(policy["spec"]["ingress"][1]["ports"][0]["port"], 8501);
 
     // Deleting the service deletes its pods and Service.
     assert!(stack.kubectl(&["delete", "isvc", "adder"]).await.unwrap().ok);
