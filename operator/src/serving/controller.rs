@@ -139,7 +139,8 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     let mut replicas = 0;
     if let Ok(repository) = &source {
         let image = context.images.for_device(service.spec.device);
-        let revision = objects::revision(&service, repository, image);
+        let memory = objects::default_memory_limit(&service, fleet.largest_version_bytes);
+        let revision = objects::revision(&service, repository, image, memory.as_deref());
         let plan = pods::plan(service.spec.replicas, &revision, &pods);
         for pod in &plan.delete {
             match pod_api.delete(pod, &DeleteParams::default()).await {
@@ -150,7 +151,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         }
         let policy = initial_policy(&decision);
         for index in &plan.create {
-            let pod = objects::pod(&service, repository, image, &revision, *index, &policy);
+            let pod = objects::pod(&service, repository, image, &revision, *index, &policy, memory.as_deref());
             pod_api
                 .patch(&objects::pod_name(&service, &revision, *index), &apply, &Patch::Apply(&pod))
                 .await

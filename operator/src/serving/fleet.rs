@@ -78,6 +78,8 @@ pub struct Fleet {
     /// Committed versions in the repository, as any pod saw it.
     pub on_disk: BTreeSet<u64>,
     pub versions: BTreeMap<u64, VersionView>,
+    /// The largest version any pod has loaded, in bytes of files (0 before any has loaded).
+    pub largest_version_bytes: u64,
 }
 
 impl Fleet {
@@ -87,6 +89,7 @@ impl Fleet {
         for report in reports {
             fleet.on_disk.extend(&report.on_disk);
             for version in &report.versions {
+                fleet.largest_version_bytes = fleet.largest_version_bytes.max(version.size_bytes);
                 let view = fleet.versions.entry(version.version).or_default();
                 match VersionState::try_from(version.state) {
                     Ok(VersionState::Available) => view.available += 1,

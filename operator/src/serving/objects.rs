@@ -51,9 +51,24 @@ pub fn url(service: &InferenceService) -> String {
     format!("{scheme}://{}.{namespace}.svc:{SERVING_PORT}", name(service))
 }
 
+/// The memory limit a pod gets when the service's `resources` set none, once a worker has
+/// reported the model's size: room for two versions at once (a canary beside the stable one),
+/// each with its KV cache (`generation.kvCacheMib`, default 256 MiB), and 512 MiB for the runtime,
+/// rounded up to a power of two so that versions of about the same size keep the same pods.
+pub fn default_memory_limit(service: &InferenceService, largest_version_bytes: u64) -> Option<String> {
+    let limits = service.spec.resources.as_ref().and_then(|r| r.limits.as_ref());
+    if largest_version_bytes == 0 || limits.is_some_and(|l| l.contains_key("memory")) {
+        return None;
+    }
+    let kv_mib = service.spec.generation.as_ref().and_then(|g| g.kv_cache_mib).unwrap_or(256);
+    let mib = 2 * largest_version_bytes.div_ceil(1 << 20) + 2 * u64::from(kv_mib) + 512;
+    Some(format!("{}Mi", mib.next_power_of_two()))
+}
+
 /// The revision of the pods `service` wants, running `image` (the service's own when set) with
-/// models from `repository`: 10 hex digits of a stable hash (FNV-1a) of the runtime settings.
-pub fn revision(service: &InferenceService, repository: &Repository, image: &str) -> String {
+/// models from `repository` and the default `memory` limit: 10 hex digits of a stable hash
+/// (FNV-1a) of the runtime settings.
+pub fn revision(service: &InferenceService, repository: &Repository, image: &str, memory: Option<&str>) -> String {
     let spec = &service.spec;
     let mut runtime = json!({
         "image": spec.image.as_deref().unwrap_or(image),
@@ -73,6 +88,9 @@ pub fn revision(service: &InferenceService, repository: &Repository, image: &str
     }
     if let Some(tls) = &spec.tls {
         runtime["tls"] = json!(tls);
+    }
+    if let Some(memory) = memory {
+        runtime["memory"] = json!(memory);
     }
     let hash = runtime
         .to_string()
@@ -128,7 +146,8 @@ pub fn network_policy(service: &InferenceService, operator_namespace: &str) -> N
 }
 
 /// One worker pod: slot `index` of `revision`, serving the model from `repository` with
-/// `policy` (the worker's `--version-policy`) until the operator pushes its config.
+/// `policy` (the worker's `--version-policy`) until the operator pushes its config, with the
+/// default `memory` limit when the spec gives none.
 pub fn pod(
     service: &InferenceService,
     repository: &Repository,
@@ -136,6 +155,7 @@ pub fn pod(
     revision: &str,
     index: u32,
     policy: &str,
+    memory: Option<&str>,
 ) -> Pod {
     let spec = &service.spec;
     let mut labels = service_labels(service);
@@ -205,6 +225,9 @@ pub fn pod(
         "securityContext": objects::worker_security_context(),
     });
     objects::place_on_device(&mut container, spec.resources.as_ref(), spec.device.unwrap_or_default());
+    if let Some(memory) = memory {
+        container["resources"]["limits"]["memory"] = json!(memory);
+    }
     let mut pod_spec = json!({
         "containers": [container],
         "volumes": volumes,
@@ -237,7 +260,7 @@ mod tests {
             "resources": {"limits": {"cpu": "2"}},
             "template": {"nodeSelector": {"pool": "cpu"}},
         }));
-        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 1, "specific:3")).unwrap();
+        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 1, "specific:3", None)).unwrap();
         assert_eq!(pod["metadata"]["name"], "adder-abc-1");
         assert_eq!(pod["metadata"]["labels"][SERVICE_LABEL], "adder");
         assert_eq!(pod["metadata"]["labels"][REVISION_LABEL], "abc");
@@ -273,7 +296,7 @@ mod tests {
     #[test]
     fn api_keys_from_a_secret_are_mounted_for_the_worker() {
         let service = test_service(json!({"apiKeys": {"name": "team-keys"}}));
-        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 0, "latest:1")).unwrap();
+        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 0, "latest:1", None)).unwrap();
         let volume = &pod["spec"]["volumes"][2];
         assert_eq!(volume["secret"]["secretName"], "team-keys");
         assert_eq!(volume["secret"]["items"][0], json!({"key": "keys", "path": "keys"}));
@@ -286,9 +309,25 @@ mod tests {
     }
 
     #[test]
+    fn without_resources_a_pod_gets_a_memory_limit_from_the_model_size_and_kv_budget() {
+        let service = test_service(json!({}));
+        assert_eq!(default_memory_limit(&service, 0), None, "no size reported yet");
+        // 2 x 70 MiB + 2 x 256 MiB + 512 MiB = 1164 MiB, rounded up to 2048 MiB.
+        assert_eq!(default_memory_limit(&service, 70 << 20).as_deref(), Some("2048Mi"));
+        let small_kv = test_service(json!({"generation": {"kvCacheMib": 16}}));
+        assert_eq!(default_memory_limit(&small_kv, 1 << 20).as_deref(), Some("1024Mi"));
+        let given = test_service(json!({"resources": {"limits": {"memory": "3Gi"}}}));
+        assert_eq!(default_memory_limit(&given, 70 << 20), None, "the user's limit stands");
+        let cpu_only = test_service(json!({"resources": {"limits": {"cpu": "2"}}}));
+        let pod =
+            serde_json::to_value(pod(&cpu_only, &repository(), "w", "abc", 0, "latest:1", Some("2048Mi"))).unwrap();
+        assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"], json!({"cpu": "2", "memory": "2048Mi"}));
+    }
+
+    #[test]
     fn tls_from_a_secret_is_mounted_and_probed_over_https() {
         let service = test_service(json!({"tls": {"secretName": "adder-cert"}}));
-        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 0, "latest:1")).unwrap();
+        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 0, "latest:1", None)).unwrap();
         assert_eq!(pod["spec"]["volumes"][2]["secret"]["secretName"], "adder-cert");
         let container = &pod["spec"]["containers"][0];
         let env = container["env"].as_array().unwrap();
@@ -296,7 +335,7 @@ mod tests {
         assert!(env.contains(&json!({"name": "LANTERN_TLS_KEY_FILE", "value": "/var/run/lantern/tls/tls.key"})));
         assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
         assert_eq!(url(&service), "https://adder.ml.svc:8500");
-        let revision_of = |service: &InferenceService| revision(service, &repository(), "worker:1");
+        let revision_of = |service: &InferenceService| revision(service, &repository(), "worker:1", None);
         assert_ne!(revision_of(&service), revision_of(&test_service(json!({}))));
     }
 
@@ -318,7 +357,7 @@ mod tests {
     #[test]
     fn only_runtime_settings_change_the_revision() {
         let base = test_service(json!({}));
-        let revision_of = |service: &InferenceService| revision(service, &repository(), "worker:1");
+        let revision_of = |service: &InferenceService| revision(service, &repository(), "worker:1", None);
         let same =
             test_service(json!({"replicas": 5, "rollout": {"steps": [50, 100]}, "versionPolicy": {"specific": [1]}}));
         assert_eq!(revision_of(&base), revision_of(&same));
@@ -333,7 +372,12 @@ mod tests {
             assert_ne!(revision_of(&base), revision_of(&test_service(change.clone())), "{change}");
         }
         assert_eq!(revision_of(&base), revision_of(&test_service(json!({"device": "cpu"}))), "the default device");
-        assert_ne!(revision_of(&base), revision(&base, &repository(), "worker:2"), "the operator's default image");
+        assert_ne!(
+            revision_of(&base),
+            revision(&base, &repository(), "worker:2", None),
+            "the operator's default image"
+        );
+        assert_ne!(revision_of(&base), revision(&base, &repository(), "worker:1", Some("1024Mi")), "a memory limit");
     }
 
     #[test]

@@ -110,6 +110,7 @@ fn status_to_proto(status: versions::ModelStatus) -> pb::ModelStatus {
                 latency_bounds: request_stats::latency_bounds(),
                 latency_counts: v.requests.latency_counts,
             }),
+            size_bytes: v.size_bytes,
         })
         .collect();
     pb::ModelStatus { model: status.model, versions, on_disk: status.on_disk, unloaded: !status.enabled }

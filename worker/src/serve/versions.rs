@@ -99,6 +99,8 @@ pub struct VersionStatus {
     pub metrics: BTreeMap<String, f64>,
     /// What the version has served on this pod.
     pub requests: request_stats::Snapshot,
+    /// The size of its files, once it is loaded.
+    pub size_bytes: u64,
 }
 
 /// What the manager reports about one model.
@@ -510,6 +512,7 @@ impl ModelManager {
                     traffic_percent: shares.get(&version).copied().unwrap_or(0.0),
                     metrics: entry.loaded.as_ref().map(|l| l.manifest.metrics.clone()).unwrap_or_default(),
                     requests: self.inner.metrics.request_stats().snapshot(name, version),
+                    size_bytes: entry.loaded.as_ref().map_or(0, |l| l.manifest.files.iter().map(|f| f.size).sum()),
                 })
                 .collect();
             ModelStatus {
