@@ -7,7 +7,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use crate::api::Cluster;
+use crate::cluster::Cluster;
 
 /// How long a sweep waits for a burst of changes to settle.
 const SETTLE: Duration = Duration::from_millis(20);

@@ -13,9 +13,12 @@
 //! `minReadySeconds` is not honoured), `unavailableReplicas`, and the `Available` and
 //! `Progressing` conditions.
 
+use std::hash::Hasher;
+
 use serde_json::{Value, json};
 
-use crate::api::{Cluster, objects};
+use crate::cluster::Cluster;
+use crate::objects;
 use crate::store::{Expect, ObjectKey, ResourceKey, resource_version};
 
 /// What one Deployment needs done.
@@ -166,10 +169,9 @@ fn name(pod: &Value) -> String {
 
 /// A short, stable hash of the pod template (FNV-1a), as `pod-template-hash` holds one.
 fn template_hash(template: &Value) -> String {
-    let hash = template
-        .to_string()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
+    let mut hash = fnv::FnvHasher::default();
+    hash.write(template.to_string().as_bytes());
+    let hash = hash.finish();
     format!("{:010x}", hash & 0xff_ffff_ffff)
 }
 

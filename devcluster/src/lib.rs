@@ -7,9 +7,12 @@
 //! - [`crd`]: what a CustomResourceDefinition serves, and its accepted status.
 //! - [`schema`]: a CRD's structural schema applied to its objects (prune, default, validate),
 //!   with its CEL rules ([`cel`]).
+//! - [`cluster`]: the state every part shares (store, kinds, state directory, Service range).
+//! - [`objects`]: what a write does to an object (server-owned metadata, status split, checks).
 //! - [`api`]: the HTTP API (discovery, CRUD, list, watch, patch, delete).
 //! - [`selector`], [`status`]: label and field selectors; errors as `Status` objects.
-//! - [`kubelet`]: pods run as local processes, each pod on a loopback IP of its own.
+//! - [`kubelet`]: pods run as local processes, each pod on a loopback IP of its own, their
+//!   files where [`node`] says.
 //! - [`network`]: Services' endpoints and the proxy behind their cluster IPs.
 //! - [`deployments`]: Deployments keep their pods (no ReplicaSets), rolling or recreating.
 //! - [`controllers`]: the level-triggered sweeps (garbage collection, namespaces, endpoints,
@@ -20,11 +23,14 @@
 
 pub mod api;
 pub mod cel;
+pub mod cluster;
 pub mod controllers;
 pub mod crd;
 pub mod deployments;
 pub mod kubelet;
 pub mod network;
+pub mod node;
+pub mod objects;
 pub mod resources;
 pub mod schema;
 pub mod selector;
@@ -95,7 +101,7 @@ impl DevCluster {
             .with_context(|| format!("binding {}", options.listen))?;
         let address = listener.local_addr().context("reading the bound address")?;
         let networks = network::claim()?;
-        let cluster = api::Cluster::new(options.state_dir.clone(), networks.services);
+        let cluster = cluster::Cluster::new(options.state_dir.clone(), networks.services);
         let controllers = tokio::spawn(controllers::run(Arc::downgrade(&cluster)));
         let proxy = tokio::spawn(network::proxy::run(Arc::downgrade(&cluster)));
         let kubelet =

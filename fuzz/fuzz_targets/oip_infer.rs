@@ -3,7 +3,7 @@
 #![no_main]
 
 use lantern_proto::inference::ModelInferRequest;
-use lantern_worker::serve::oip::request_from_proto;
+use lantern_serve::oip::request_from_proto;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 

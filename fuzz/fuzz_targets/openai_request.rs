@@ -2,7 +2,7 @@
 //! byte picks the endpoint.
 #![no_main]
 
-use lantern_worker::serve::openai::{parse_chat, parse_completion, parse_embeddings};
+use lantern_serve::openai::{parse_chat, parse_completion, parse_embeddings};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

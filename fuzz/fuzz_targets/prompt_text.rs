@@ -5,8 +5,8 @@
 
 use std::sync::OnceLock;
 
-use lantern_worker::llm::chat::Message;
-use lantern_worker::llm::codec::TextCodec;
+use lantern_runtime::llm::chat::Message;
+use lantern_runtime::llm::codec::TextCodec;
 use libfuzzer_sys::fuzz_target;
 
 fn codec() -> &'static TextCodec {

@@ -1,7 +1,7 @@
 //! The OIP REST decoder: any bytes as a `/v2/models/{m}/infer` body.
 #![no_main]
 
-use lantern_worker::serve::rest::decode_infer_body;
+use lantern_serve::rest::decode_infer_body;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,14 +1,12 @@
 //! The tokens the operator holds for its workers: one per InferenceService (its management
 //! calls) and one per TrainingJob (its ranks' collective and rank 0's progress), each in a Secret
 //! the operator creates once, owned by the object, with a random 256-bit token — never rewritten,
-//! so running pods keep the token they mounted — and the gRPC interceptor that sends it.
+//! so running pods keep the token they mounted. `lantern_proto::auth::SendToken` sends it.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::{Client, Resource};
 use serde_json::json;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 
 use crate::context::{Error, kube_error};
 use crate::objects::owned_metadata;
@@ -56,30 +54,12 @@ pub async fn token(client: &Client, namespace: &str, secret: Secret) -> Result<S
     Err(Error::Invalid(format!("Secret {namespace}/{name} could not be read after creating it")))
 }
 
-/// Sends a worker token on every call.
-#[derive(Clone, Debug)]
-pub struct Bearer(MetadataValue<Ascii>);
-
-impl Bearer {
-    /// `None` for a token that cannot travel in a header (the operator's own are hex).
-    pub fn new(token: &str) -> Option<Self> {
-        format!("Bearer {token}").parse().ok().map(Self)
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn each_secret_gets_its_own_random_token_and_the_bearer_sends_it() {
+    fn each_secret_gets_its_own_random_token() {
         let owner = crate::serving::test_service(json!({}));
         let secret = |name: &str| serde_json::to_value(token_secret(&owner, name.into(), Default::default())).unwrap();
         let (a, b) = (secret("a"), secret("b"));
@@ -87,8 +67,5 @@ mod tests {
         assert_eq!(token.len(), 64);
         assert_ne!(token, b["stringData"][TOKEN_KEY].as_str().unwrap());
         assert_eq!(a["metadata"]["ownerReferences"][0]["kind"], "InferenceService");
-        let mut bearer = Bearer::new(token).unwrap();
-        let request = bearer.call(tonic::Request::new(())).unwrap();
-        assert_eq!(request.metadata().get("authorization").unwrap(), &format!("Bearer {token}"));
     }
 }

@@ -26,15 +26,9 @@ struct Args {
     /// The CUDA worker image for jobs and services with `device: cuda` that name no image.
     #[arg(long, env = "LANTERN_WORKER_CUDA_IMAGE", default_value = "ghcr.io/lantern-dev/worker:0.1.0-cuda")]
     worker_cuda_image: String,
-    /// Log filter (`info`, `lantern_operator=debug`, …).
-    #[arg(long, env = "LANTERN_LOG", default_value = "info")]
-    log: String,
-    /// Log as JSON lines.
-    #[arg(long, env = "LANTERN_LOG_JSON")]
-    log_json: bool,
-    /// Export a trace per reconcile over OTLP/gRPC to this endpoint.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    otlp_endpoint: Option<String>,
+    /// Logs, and a trace per reconcile.
+    #[command(flatten)]
+    telemetry: lantern_telemetry::TelemetryArgs,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (port 0: any free port, logged).
     #[arg(long, env = "LANTERN_METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
     metrics_address: SocketAddr,
@@ -64,8 +58,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _telemetry =
-        lantern_telemetry::init("lantern-operator", &args.log, args.log_json, args.otlp_endpoint.as_deref())?;
+    let _telemetry = args.telemetry.init("lantern-operator")?;
     let client = kube::Client::try_default().await?;
     let images = WorkerImages { cpu: args.worker_image.clone(), cuda: args.worker_cuda_image.clone() };
     let own_namespace = client.default_namespace().to_owned();

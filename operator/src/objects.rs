@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use lantern_contract::env;
+
 use crate::crd::{Device, PodOverrides, Repository};
 
 /// Where worker pods mount the model repository.
@@ -108,7 +110,7 @@ pub fn place_on_device(container: &mut Value, resources: Option<&ResourceRequire
         let count = requested.unwrap_or_else(|| Quantity("1".to_owned()));
         resources.limits.get_or_insert_default().entry(GPU_RESOURCE.to_owned()).or_insert(count);
         if let Some(env) = container["env"].as_array_mut() {
-            env.push(json!({"name": "LANTERN_DEVICE", "value": "cuda"}));
+            env.push(json!({"name": env::DEVICE, "value": "cuda"}));
         }
     }
     if resources != ResourceRequirements::default() {

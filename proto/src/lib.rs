@@ -1,4 +1,5 @@
-//! Generated protobuf and gRPC code for Lantern, and nothing else.
+//! Lantern's wire contract: the protobuf and gRPC code generated from its protos, and the bearer
+//! tokens calls carry ([`auth`]).
 //!
 //! - [`inference`]: the Open Inference Protocol v2 (`inference.GRPCInferenceService`) with Triton's
 //!   repository extension, wire-compatible with tritonclient and the KServe SDK.
@@ -10,14 +11,16 @@
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection; [`TERMINATION_PREFIX`] marks a
 //! `TrainingProgress` in a pod's termination message.
 
-#![allow(missing_docs, clippy::all)]
+pub mod auth;
 
 /// Open Inference Protocol v2 messages and the `GRPCInferenceService` client and server.
+#[allow(missing_docs, clippy::all)]
 pub mod inference {
     tonic::include_proto!("inference");
 }
 
 /// Lantern's own APIs.
+#[allow(missing_docs, clippy::all)]
 pub mod lantern {
     /// Version 1 of Lantern's APIs.
     pub mod v1 {

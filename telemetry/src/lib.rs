@@ -3,7 +3,9 @@
 //! configured (`OTEL_EXPORTER_OTLP_ENDPOINT`), with W3C trace context carried on gRPC calls in
 //! both directions.
 //!
-//! - [`init`] installs the subscriber; the returned [`Telemetry`] flushes spans when dropped.
+//! - [`TelemetryArgs`]: the `--log`, `--log-json` and `--otlp-endpoint` flags every binary
+//!   flattens into its own; [`TelemetryArgs::init`] installs the subscriber, and the returned
+//!   [`Telemetry`] flushes spans when dropped.
 //! - [`with_trace_context`] writes the current span's context into an outgoing gRPC request, so the callee's
 //!   spans join the caller's trace.
 //! - `collector` (feature `collector`): a real OTLP collector on loopback, for tests.
@@ -41,6 +43,27 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The logging and tracing flags of every Lantern binary (`#[command(flatten)]` them).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TelemetryArgs {
+    /// Log filter, `tracing_subscriber::EnvFilter` syntax (`info`, `lantern_operator=debug`, …).
+    #[arg(long, env = lantern_contract::env::LOG, default_value = "info", global = true)]
+    pub log: String,
+    /// Log as JSON lines.
+    #[arg(long, env = lantern_contract::env::LOG_JSON, global = true)]
+    pub log_json: bool,
+    /// Export traces over OTLP/gRPC to this endpoint.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TelemetryArgs {
+    /// Installs the global subscriber for the binary `service`.
+    pub fn init(&self, service: &'static str) -> Result<Telemetry> {
+        init(service, &self.log, self.log_json, self.otlp_endpoint.as_deref())
+    }
+}
+
 /// Flushes pending spans when dropped.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -58,7 +81,7 @@ impl Drop for Telemetry {
 
 /// Installs the global subscriber for the binary `service`: `filter` in `RUST_LOG` syntax, JSON
 /// lines when `json`, and span export to `otlp_endpoint` when given.
-pub fn init(service: &'static str, filter: &str, json: bool, otlp_endpoint: Option<&str>) -> Result<Telemetry> {
+fn init(service: &'static str, filter: &str, json: bool, otlp_endpoint: Option<&str>) -> Result<Telemetry> {
     let filter = EnvFilter::try_new(filter).map_err(|source| Error::Filter { filter: filter.to_owned(), source })?;
     let provider = otlp_endpoint
         .map(|endpoint| {

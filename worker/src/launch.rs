@@ -10,6 +10,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::Context;
+use lantern_contract::env;
 
 /// Runs `ranks` processes of the job in `config` and waits for all of them.
 pub async fn run(config: &Path, ranks: usize, threads: usize) -> anyhow::Result<i32> {
@@ -26,10 +27,10 @@ pub async fn run(config: &Path, ranks: usize, threads: usize) -> anyhow::Result<
         let child = Command::new(&executable)
             .args(["--compute-threads", &threads_per_rank.to_string(), "train", "--config"])
             .arg(config)
-            .env("LANTERN_RANK", rank.to_string())
-            .env("LANTERN_WORLD_SIZE", ranks.to_string())
-            .env("LANTERN_COORDINATOR", &coordinator)
-            .env("LANTERN_ADDRESS", address)
+            .env(env::RANK, rank.to_string())
+            .env(env::WORLD_SIZE, ranks.to_string())
+            .env(env::COORDINATOR, &coordinator)
+            .env(env::ADDRESS, address)
             .spawn()
             .with_context(|| format!("starting rank {rank}"))?;
         children.push(child);

@@ -1,7 +1,6 @@
 //! `lantern-worker`: serve model versions, train a model into versions, publish a version, or
 //! create a fresh MLP to publish.
 
-mod compute_threads;
 mod launch;
 
 use std::collections::BTreeSet;
@@ -13,17 +12,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lantern_worker::device::DeviceSpec;
-use lantern_worker::model::mlp;
-use lantern_worker::repository::{self, PublishRequest, Repository};
-use lantern_worker::serve::auth::Credentials;
-use lantern_worker::serve::batcher::BatchSettings;
-use lantern_worker::serve::config::VersionPolicy;
-use lantern_worker::serve::connections::{ConnectionLimits, Tls};
-use lantern_worker::serve::engine::EngineSettings;
-use lantern_worker::serve::server::{self, ServerOptions};
-use lantern_worker::serve::versions::ServeSettings;
-use lantern_worker::train::{self, config::JobConfig, trainer};
+use lantern_contract::env;
+use lantern_runtime::compute_threads;
+use lantern_runtime::device::{self, DeviceSpec};
+use lantern_runtime::model::mlp;
+use lantern_runtime::repository::{self, PublishRequest, Repository};
+use lantern_serve::auth::Credentials;
+use lantern_serve::batcher::BatchSettings;
+use lantern_serve::config::VersionPolicy;
+use lantern_serve::connections::{ConnectionLimits, Tls};
+use lantern_serve::engine::EngineSettings;
+use lantern_serve::server::{self, ServerOptions};
+use lantern_serve::versions::ServeSettings;
+use lantern_train::{self as train, config, trainer};
 
 /// mimalloc returns freed pages to the OS promptly; glibc's malloc keeps the memory of unloaded
 /// model versions (its mmap threshold grows with every large free), so RSS would climb with
@@ -38,17 +39,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Lantern's data plane: train, serve, publish and create model versions"
 )]
 struct Args {
-    /// Log filter, `tracing_subscriber::EnvFilter` syntax.
-    #[arg(long, env = "LANTERN_LOG", default_value = "info", global = true)]
-    log: String,
-    /// Log as JSON lines.
-    #[arg(long, env = "LANTERN_LOG_JSON", global = true)]
-    log_json: bool,
-    /// Export traces over OTLP/gRPC to this endpoint.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
-    otlp_endpoint: Option<String>,
+    #[command(flatten)]
+    telemetry: lantern_telemetry::TelemetryArgs,
     /// Threads for model computation; default: the CPUs this process may use (cgroup-aware).
-    #[arg(long, env = "LANTERN_COMPUTE_THREADS", global = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, env = env::COMPUTE_THREADS, global = true, value_parser = clap::value_parser!(u64).range(1..=1024))]
     compute_threads: Option<u64>,
     #[command(subcommand)]
     command: Command,
@@ -74,100 +68,100 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
     /// Model repository root: `<root>/<model>/<version>/`.
-    #[arg(long, env = "LANTERN_REPOSITORY")]
+    #[arg(long, env = env::REPOSITORY)]
     repository: PathBuf,
     /// Address for gRPC and HTTP.
-    #[arg(long, env = "LANTERN_LISTEN", default_value = "127.0.0.1:8500")]
+    #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:8500")]
     listen: SocketAddr,
     /// A second address that alone answers management calls (ModelService, repository
     /// load/unload/index); without it they are answered on --listen.
-    #[arg(long, env = "LANTERN_MANAGEMENT_LISTEN")]
+    #[arg(long, env = env::MANAGEMENT_LISTEN)]
     management_listen: Option<SocketAddr>,
     /// Serve only these models (repeat or comma-separate); default: every model in the repository.
-    #[arg(long = "model", env = "LANTERN_MODELS", value_delimiter = ',')]
+    #[arg(long = "model", env = env::MODELS, value_delimiter = ',')]
     models: Vec<String>,
     /// Version policy until the operator pushes a config: latest[:N], all, specific:V1,V2.
-    #[arg(long, env = "LANTERN_VERSION_POLICY", default_value = "latest:1")]
+    #[arg(long, env = env::VERSION_POLICY, default_value = "latest:1")]
     version_policy: VersionPolicy,
     /// Repository rescan interval, in milliseconds.
-    #[arg(long, env = "LANTERN_POLL_INTERVAL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
+    #[arg(long, env = env::POLL_INTERVAL_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
     poll_interval_ms: u64,
     /// Most rows per batch; larger requests are refused.
-    #[arg(long, env = "LANTERN_MAX_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(long, env = env::MAX_BATCH_SIZE, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_batch_size: u64,
     /// Longest a batch waits for more rows, in microseconds (0: take what is queued).
-    #[arg(long, env = "LANTERN_BATCH_DELAY_US", default_value_t = 0)]
+    #[arg(long, env = env::BATCH_DELAY_US, default_value_t = 0)]
     batch_delay_us: u64,
     /// Requests that may wait per version before RESOURCE_EXHAUSTED.
-    #[arg(long, env = "LANTERN_QUEUE_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::QUEUE_CAPACITY, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     queue_capacity: u64,
     /// Largest gRPC message or HTTP body, in bytes.
-    #[arg(long, env = "LANTERN_MAX_MESSAGE_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
+    #[arg(long, env = env::MAX_MESSAGE_BYTES, default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
     max_message_bytes: u64,
     /// Largest body of the OpenAI API (`/v1`), in bytes.
-    #[arg(long, env = "LANTERN_MAX_TEXT_BODY_BYTES", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
+    #[arg(long, env = env::MAX_TEXT_BODY_BYTES, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(1024..))]
     max_text_body_bytes: u64,
     /// Connections served at once (lowered to half the file-descriptor limit if that is less);
     /// more are answered only on the health endpoints.
-    #[arg(long, env = "LANTERN_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::MAX_CONNECTIONS, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
     /// Seconds a client has to send a request's headers (HTTP/1.1).
-    #[arg(long, env = "LANTERN_HEADER_TIMEOUT_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::HEADER_TIMEOUT_S, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     header_timeout_s: u64,
     /// Seconds a client has, after the headers, to send a request's whole body.
-    #[arg(long, env = "LANTERN_BODY_TIMEOUT_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::BODY_TIMEOUT_S, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout_s: u64,
     /// Seconds after which a connection with nothing in flight and no traffic is closed.
-    #[arg(long, env = "LANTERN_IDLE_TIMEOUT_S", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::IDLE_TIMEOUT_S, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout_s: u64,
     /// File holding the token management calls (ModelService, repository load/unload/index)
     /// must carry as `authorization: Bearer <token>`; without it they are open.
-    #[arg(long, env = "LANTERN_MANAGEMENT_TOKEN_FILE")]
+    #[arg(long, env = env::MANAGEMENT_TOKEN_FILE)]
     management_token_file: Option<PathBuf>,
     /// File of API keys, one per line, inference calls must carry as
     /// `authorization: Bearer <key>`; without it inference is open.
-    #[arg(long, env = "LANTERN_API_KEYS_FILE")]
+    #[arg(long, env = env::API_KEYS_FILE)]
     api_keys_file: Option<PathBuf>,
     /// PEM certificate chain for TLS on --listen (a Kubernetes TLS Secret's `tls.crt`).
-    #[arg(long, env = "LANTERN_TLS_CERT_FILE", requires = "tls_key_file")]
+    #[arg(long, env = env::TLS_CERT_FILE, requires = "tls_key_file")]
     tls_cert_file: Option<PathBuf>,
     /// PEM private key for TLS on --listen (`tls.key`).
-    #[arg(long, env = "LANTERN_TLS_KEY_FILE", requires = "tls_cert_file")]
+    #[arg(long, env = env::TLS_KEY_FILE, requires = "tls_cert_file")]
     tls_key_file: Option<PathBuf>,
     /// Seconds in-flight requests get to finish after SIGTERM.
-    #[arg(long, env = "LANTERN_SHUTDOWN_GRACE_S", default_value_t = 30)]
+    #[arg(long, env = env::SHUTDOWN_GRACE_S, default_value_t = 30)]
     shutdown_grace_s: u64,
     /// KV cache memory per language-model version, in MiB; it bounds the tokens in flight.
-    #[arg(long, env = "LANTERN_KV_CACHE_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    #[arg(long, env = env::KV_CACHE_MIB, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     kv_cache_mib: u64,
     /// Tokens per KV cache block.
-    #[arg(long, env = "LANTERN_KV_BLOCK_TOKENS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, env = env::KV_BLOCK_TOKENS, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     kv_block_tokens: u64,
     /// Most tokens one generation step feeds; longer prompts are prefilled in chunks of this size.
-    #[arg(long, env = "LANTERN_MAX_STEP_TOKENS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(long, env = env::MAX_STEP_TOKENS, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_step_tokens: u64,
     /// Most sequences generated together per language-model version.
-    #[arg(long, env = "LANTERN_MAX_RUNNING_SEQUENCES", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, env = env::MAX_RUNNING_SEQUENCES, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     max_running_sequences: u64,
     /// Generation requests that may wait per version before RESOURCE_EXHAUSTED / 429.
-    #[arg(long, env = "LANTERN_MAX_WAITING_SEQUENCES", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::MAX_WAITING_SEQUENCES, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     max_waiting_sequences: u64,
     /// First retry delay after a failed load, in milliseconds; doubles per failure up to 60 s.
-    #[arg(long, env = "LANTERN_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = env::RETRY_BASE_MS, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     retry_base_ms: u64,
     /// Where models run: `cpu`, `cuda` (the first visible GPU) or `cuda:N`; CUDA needs a build
     /// with the `cuda` feature.
-    #[arg(long, env = "LANTERN_DEVICE", default_value = "cpu")]
+    #[arg(long, env = env::DEVICE, default_value = "cpu")]
     device: DeviceSpec,
 }
 
 #[derive(clap::Args, Debug)]
 struct PublishArgs {
     /// Model repository root.
-    #[arg(long, env = "LANTERN_REPOSITORY")]
+    #[arg(long, env = env::REPOSITORY)]
     repository: PathBuf,
     /// Model name.
-    #[arg(long, env = "LANTERN_MODEL")]
+    #[arg(long, env = env::MODEL)]
     model: String,
     /// Directory with the model files and a manifest.json, or a single .gguf file (published as
     /// a llama language model).
@@ -201,7 +195,7 @@ struct TrainArgs {
     /// The job file (JSON, or YAML if it ends in .yaml or .yml); `LANTERN_RANK`,
     /// `LANTERN_WORLD_SIZE`, `LANTERN_COORDINATOR`, `LANTERN_ADDRESS`, `LANTERN_PROGRESS_ADDRESS`
     /// and `LANTERN_REPOSITORY` override it.
-    #[arg(long, env = "LANTERN_TRAINING_CONFIG")]
+    #[arg(long, env = env::TRAINING_CONFIG)]
     config: PathBuf,
     /// Run the job as this many rank processes on loopback, sharing the compute threads.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -211,13 +205,13 @@ struct TrainArgs {
 #[derive(clap::Args, Debug)]
 struct ProgressArgs {
     /// Rank 0's progress address (`cluster.progress_address`, `LANTERN_PROGRESS_ADDRESS`).
-    #[arg(long, env = "LANTERN_PROGRESS_ADDRESS")]
+    #[arg(long, env = env::PROGRESS_ADDRESS)]
     address: String,
     /// Keep printing every second until the job succeeds or fails.
     #[arg(long)]
     watch: bool,
     /// The job's token file (`cluster.token_file`), for a job that has one.
-    #[arg(long, env = "LANTERN_JOB_TOKEN_FILE")]
+    #[arg(long, env = env::JOB_TOKEN_FILE)]
     token_file: Option<PathBuf>,
 }
 
@@ -234,8 +228,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(serve) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async {
-                let _telemetry =
-                    lantern_telemetry::init("lantern-worker", &args.log, args.log_json, args.otlp_endpoint.as_deref())?;
+                let _telemetry = args.telemetry.init("lantern-worker")?;
                 run_serve(*serve).await
             })
         }
@@ -256,8 +249,7 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let threads = args.compute_threads.map_or_else(compute_threads::default_threads, |n| n as usize);
             let code = runtime.block_on(async {
-                let _telemetry =
-                    lantern_telemetry::init("lantern-worker", &args.log, args.log_json, args.otlp_endpoint.as_deref())?;
+                let _telemetry = args.telemetry.init("lantern-worker")?;
                 match train.local_ranks {
                     Some(ranks) => launch::run(&train.config, ranks as usize, threads).await,
                     None => run_train(train).await,
@@ -280,8 +272,8 @@ async fn show_progress(args: ProgressArgs) -> anyhow::Result<i32> {
     use lantern_proto::lantern::v1::{GetProgressRequest, TrainingPhase};
 
     let url = format!("http://{}", args.address);
-    let token = args.token_file.as_deref().map(lantern_worker::credentials::read_token_file).transpose()?;
-    let send_token = lantern_worker::credentials::SendToken::new(token.as_deref())?;
+    let token = args.token_file.as_deref().map(lantern_proto::auth::read_token_file).transpose()?;
+    let send_token = lantern_proto::auth::SendToken::new(token.as_deref())?;
     let (mut unreachable_said, mut finished) = (false, false);
     loop {
         let connected = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await;
@@ -324,7 +316,7 @@ async fn show_progress(args: ProgressArgs) -> anyhow::Result<i32> {
 /// Trains on a blocking thread while waiting for SIGTERM, which asks the loop to save a state and
 /// stop. Returns the exit code.
 async fn run_train(args: TrainArgs) -> anyhow::Result<i32> {
-    let config = match JobConfig::load(&args.config) {
+    let config = match config::load(&args.config) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("lantern-worker train: {error}");
@@ -356,7 +348,7 @@ async fn run_train(args: TrainArgs) -> anyhow::Result<i32> {
             );
             Ok(if outcome.interrupted { train::EXIT_RETRYABLE } else { 0 })
         }
-        Err(error @ lantern_worker::error::Error::Config { .. }) => {
+        Err(error @ train::error::Error::Config { .. }) => {
             eprintln!("lantern-worker train: {error}");
             Ok(train::EXIT_INVALID)
         }
@@ -371,7 +363,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     for model in &args.models {
         repository::validate_model_name(model)?;
     }
-    let device = args.device.open()?;
+    let device = device::open(args.device)?;
     tracing::info!(device = %args.device, "opened the device models run on");
     let settings = ServeSettings {
         poll_interval: Duration::from_millis(args.poll_interval_ms),

@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde_json::Value;
 
 use super::{Cluster, Params, Target};
-use crate::kubelet;
+use crate::node;
 use crate::status::{ApiError, ApiResult};
 
 /// How often a followed log is checked for more output.
@@ -32,7 +32,7 @@ pub fn serve(cluster: &Arc<Cluster>, target: &Target, params: &Params) -> ApiRes
         }
         false => restarts,
     };
-    let path = kubelet::log_path(&kubelet::pod_dir(&cluster.state_dir, &pod), &container, run);
+    let path = node::log_path(&node::pod_dir(&cluster.state_dir, &pod), &container, run);
     if !path.exists()
         && let Some(reason) = status["state"]["waiting"]["reason"].as_str()
     {

@@ -5,7 +5,6 @@ mod defaults;
 mod discovery;
 pub mod gc;
 mod logs;
-pub mod objects;
 mod openapi;
 mod ownership;
 mod patch;
@@ -14,8 +13,7 @@ mod scale;
 mod table;
 mod watch;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -26,45 +24,12 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::cluster::Cluster;
+use crate::objects::{self, with_type};
 use crate::resources::{Registry, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::{self, ApiError, ApiResult};
-use crate::store::{Expect, ObjectKey, Store, StoreError, resource_version};
-
-/// What every handler shares.
-pub struct Cluster {
-    pub store: Store,
-    pub registry: Registry,
-    /// Where the kubelet keeps pods' directories (and so their logs).
-    pub state_dir: PathBuf,
-    /// Where Services' cluster IPs come from.
-    pub service_range: crate::network::Range,
-    /// Held while a Service's cluster IP is chosen and stored, so that no two get the same.
-    service_ips: Mutex<()>,
-}
-
-impl Cluster {
-    /// A cluster with the built-in kinds and the namespaces every cluster has.
-    pub fn new(state_dir: PathBuf, service_range: crate::network::Range) -> Arc<Self> {
-        let cluster = Arc::new(Self {
-            store: Store::new(),
-            registry: Registry::new(),
-            state_dir,
-            service_range,
-            service_ips: Mutex::new(()),
-        });
-        let namespaces = cluster.registry.find("", "v1", "namespaces").expect("namespaces are built in");
-        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            let body = json!({"metadata": {"name": name}, "spec": {"finalizers": ["kubernetes"]}});
-            let mut object = objects::prepare_create(&namespaces, None, body, &objects::now())
-                .expect("the built-in namespaces are valid");
-            object["status"] = json!({"phase": "Active"});
-            let key = ObjectKey { resource: namespaces.key(), namespace: String::new(), name: name.to_owned() };
-            let _ = cluster.store.write(&key, with_type(&namespaces, object), Expect::Absent);
-        }
-        cluster
-    }
-}
+use crate::store::{Expect, ObjectKey, StoreError, resource_version};
 
 pub fn router(cluster: Arc<Cluster>) -> Router {
     Router::new()
@@ -284,13 +249,6 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
         protobuf::MEDIA_TYPE => protobuf::decode(body),
         other => Err(ApiError::unsupported_media_type(other)),
     }
-}
-
-/// Sets the apiVersion and kind the type is served as.
-fn with_type(rtype: &ResourceType, mut object: Value) -> Value {
-    object["apiVersion"] = Value::String(rtype.api_version());
-    object["kind"] = Value::String(rtype.kind.clone());
-    object
 }
 
 fn dry_run(params: &Params) -> bool {
@@ -616,7 +574,7 @@ fn delete(cluster: &Cluster, target: &Target, body: &[u8], params: &Params) -> A
 /// grace period of 0.
 fn pod_grace(target: &Target, stored: &Value, options: &Value, params: &Params) -> Option<u64> {
     let pod = target.rtype.builtin && target.rtype.plural == "pods";
-    if !pod || stored["spec"]["nodeName"] != crate::kubelet::NODE_NAME {
+    if !pod || stored["spec"]["nodeName"] != crate::node::NODE_NAME {
         return None;
     }
     let grace = options["gracePeriodSeconds"]

@@ -1,8 +1,10 @@
 //! Server-side apply's field ownership between appliers: each manager's `FieldsV1` set in
 //! `managedFields` names the leaves it applied. Applying a value another manager owns, when it
 //! differs from the stored one, is a conflict; with `force` the applier takes the field over.
+//! [`fields_v1`] writes the set an applied configuration owns; [`merge_key`] names how the
+//! elements of the built-in kinds' lists are identified, for it and for strategic merge.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The leaf paths of a `FieldsV1` set, each a list of keys (`f:data`, `k:{"name":"c"}`).
 pub fn leaves(set: &Value) -> Vec<Vec<String>> {
@@ -57,7 +59,7 @@ pub fn display(path: &[String]) -> String {
 /// The appliers other than `manager` that own a leaf `applied` sets to a value other than the
 /// one `current` holds: (manager, path).
 pub fn conflicts(current: &Value, applied: &Value, manager: &str) -> Vec<(String, Vec<String>)> {
-    let wanted = leaves(&super::patch::fields_v1(applied, None));
+    let wanted = leaves(&fields_v1(applied, None));
     let mut found = Vec::new();
     for entry in current["metadata"]["managedFields"].as_array().into_iter().flatten() {
         let owner = entry["manager"].as_str().unwrap_or_default();
@@ -98,13 +100,82 @@ fn remove_path(set: &mut Value, path: &[String]) {
     }
 }
 
+/// The set of fields `value` sets, in the `FieldsV1` form: `{"f:data": {".": {}, "f:a": {}}}`.
+/// Elements of keyed lists are `k:{"name":"c"}`; other lists are owned whole. Identity and
+/// server-owned metadata are left out, as the apiserver does.
+pub fn fields_v1(value: &Value, field: Option<&str>) -> Value {
+    let mut set = Map::new();
+    match value {
+        Value::Object(map) => {
+            for (name, child) in map {
+                let top = field.is_none();
+                let skipped = top && matches!(name.as_str(), "apiVersion" | "kind")
+                    || field == Some("metadata")
+                        && matches!(
+                            name.as_str(),
+                            "name"
+                                | "namespace"
+                                | "uid"
+                                | "resourceVersion"
+                                | "generation"
+                                | "creationTimestamp"
+                                | "managedFields"
+                        );
+                if skipped {
+                    continue;
+                }
+                let child_set = fields_v1(child, Some(name));
+                // An object whose every field is the server's (`metadata: {name: x}`) owns nothing.
+                let only_server_fields = child.as_object().is_some_and(|o| !o.is_empty())
+                    && child_set.as_object().is_some_and(Map::is_empty);
+                if !only_server_fields {
+                    set.insert(format!("f:{name}"), child_set);
+                }
+            }
+            if field.is_some_and(|f| f != "metadata") && !set.is_empty() {
+                set.insert(".".into(), Value::Object(Map::new()));
+            }
+        }
+        Value::Array(items) => {
+            if let Some(key) = field.and_then(|f| merge_key(f, items)) {
+                for item in items {
+                    if let Some(id) = item.get(key) {
+                        let mut element = fields_v1(item, Some(""));
+                        element[".".to_owned()] = Value::Object(Map::new());
+                        set.insert(format!("k:{}", serde_json::json!({key: id})), element);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Value::Object(set)
+}
+
+/// The key that identifies an element of a list field of the built-in kinds, by the field's name
+/// (and, for `ports`, whose elements are a container's or a Service's, by what they hold).
+pub fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+    match field {
+        "containers" | "initContainers" | "env" | "volumes" | "imagePullSecrets" | "ephemeralContainers" => {
+            Some("name")
+        }
+        "ports" if items.iter().any(|port| port.get("containerPort").is_some()) => Some("containerPort"),
+        "ports" => Some("port"),
+        "volumeMounts" => Some("mountPath"),
+        "conditions" => Some("type"),
+        "ownerReferences" => Some("uid"),
+        "tolerations" => Some("key"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn owned(manager: &str, object: &Value) -> Value {
-        json!({"manager": manager, "operation": "Apply", "fieldsV1": super::super::patch::fields_v1(object, None)})
+        json!({"manager": manager, "operation": "Apply", "fieldsV1": fields_v1(object, None)})
     }
 
     #[test]
@@ -122,5 +193,21 @@ mod tests {
         let left: Vec<String> =
             leaves(&current["metadata"]["managedFields"][0]["fieldsV1"]).iter().map(|p| display(p)).collect();
         assert_eq!(left, vec![".data.a", ".spec.containers[name=\"main\"].name"]);
+    }
+
+    #[test]
+    fn applied_fields_are_written_as_fields_v1() {
+        let applied = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "main", "image": "worker"}]},
+        });
+        assert_eq!(
+            fields_v1(&applied, None),
+            json!({
+                "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                "f:spec": {".": {}, "f:containers": {"k:{\"name\":\"main\"}": {".": {}, "f:image": {}, "f:name": {}}}},
+            })
+        );
     }
 }

@@ -6,7 +6,10 @@ use axum::body::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
-use super::{Cluster, Params, Target, objects, parse_body, with_type};
+use super::ownership::{fields_v1, merge_key};
+use super::{Params, Target, parse_body};
+use crate::cluster::Cluster;
+use crate::objects::{self, with_type};
 use crate::status::{ApiError, ApiResult};
 use crate::store::resource_version;
 
@@ -177,75 +180,6 @@ fn record_manager(object: &mut Value, applied: &Value, params: &Params, operatio
     object["metadata"]["managedFields"] = Value::Array(managed);
 }
 
-/// The set of fields `value` sets, in the `FieldsV1` form: `{"f:data": {".": {}, "f:a": {}}}`.
-/// Elements of keyed lists are `k:{"name":"c"}`; other lists are owned whole. Identity and
-/// server-owned metadata are left out, as the apiserver does.
-pub fn fields_v1(value: &Value, field: Option<&str>) -> Value {
-    let mut set = Map::new();
-    match value {
-        Value::Object(map) => {
-            for (name, child) in map {
-                let top = field.is_none();
-                let skipped = top && matches!(name.as_str(), "apiVersion" | "kind")
-                    || field == Some("metadata")
-                        && matches!(
-                            name.as_str(),
-                            "name"
-                                | "namespace"
-                                | "uid"
-                                | "resourceVersion"
-                                | "generation"
-                                | "creationTimestamp"
-                                | "managedFields"
-                        );
-                if skipped {
-                    continue;
-                }
-                let child_set = fields_v1(child, Some(name));
-                // An object whose every field is the server's (`metadata: {name: x}`) owns nothing.
-                let only_server_fields = child.as_object().is_some_and(|o| !o.is_empty())
-                    && child_set.as_object().is_some_and(Map::is_empty);
-                if !only_server_fields {
-                    set.insert(format!("f:{name}"), child_set);
-                }
-            }
-            if field.is_some_and(|f| f != "metadata") && !set.is_empty() {
-                set.insert(".".into(), Value::Object(Map::new()));
-            }
-        }
-        Value::Array(items) => {
-            if let Some(key) = field.and_then(|f| merge_key(f, items)) {
-                for item in items {
-                    if let Some(id) = item.get(key) {
-                        let mut element = fields_v1(item, Some(""));
-                        element[".".to_owned()] = Value::Object(Map::new());
-                        set.insert(format!("k:{}", serde_json::json!({key: id})), element);
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-    Value::Object(set)
-}
-
-/// The key that identifies an element of a list field of the built-in kinds, by the field's name
-/// (and, for `ports`, whose elements are a container's or a Service's, by what they hold).
-fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
-    match field {
-        "containers" | "initContainers" | "env" | "volumes" | "imagePullSecrets" | "ephemeralContainers" => {
-            Some("name")
-        }
-        "ports" if items.iter().any(|port| port.get("containerPort").is_some()) => Some("containerPort"),
-        "ports" => Some("port"),
-        "volumeMounts" => Some("mountPath"),
-        "conditions" => Some("type"),
-        "ownerReferences" => Some("uid"),
-        "tolerations" => Some("key"),
-        _ => None,
-    }
-}
-
 /// A strategic merge of `patch` into `original`: maps merge key by key, `null` deletes, lists of
 /// objects with a merge key merge element by element (an element `{"$patch": "delete", key: …}`
 /// removes one), `$patch: replace` replaces, and other lists are replaced whole.
@@ -368,21 +302,5 @@ mod tests {
             &json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "name": "b"}]}]}),
         );
         assert_eq!(renamed["containers"][0]["ports"], json!([{"containerPort": 80, "name": "b"}]));
-    }
-
-    #[test]
-    fn applied_fields_are_written_as_fields_v1() {
-        let applied = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "p", "labels": {"app": "web"}},
-            "spec": {"containers": [{"name": "main", "image": "worker"}]},
-        });
-        assert_eq!(
-            fields_v1(&applied, None),
-            json!({
-                "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
-                "f:spec": {".": {}, "f:containers": {"k:{\"name\":\"main\"}": {".": {}, "f:image": {}, "f:name": {}}}},
-            })
-        );
     }
 }

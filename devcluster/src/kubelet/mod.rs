@@ -28,12 +28,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::api::Cluster;
+use crate::cluster::Cluster;
 use crate::network::Range;
+use crate::node::NODE_NAME;
 use crate::store::{ChangeKind, Expect, ObjectKey, ResourceKey, resource_version};
-
-/// The one node's name, as pods' `spec.nodeName` says.
-pub const NODE_NAME: &str = "devcluster";
 
 /// How pods run.
 #[derive(Clone, Debug)]
@@ -74,28 +72,6 @@ pub fn parse_image(argument: &str) -> Result<(String, PathBuf), String> {
         Some((image, path)) if !image.is_empty() && !path.is_empty() => Ok((image.to_owned(), PathBuf::from(path))),
         _ => Err(format!("expected IMAGE=EXECUTABLE, got {argument:?}")),
     }
-}
-
-/// A pod's directory: its volumes and its containers' logs.
-pub fn pod_dir(state_dir: &Path, pod: &Value) -> PathBuf {
-    let metadata = &pod["metadata"];
-    let text = |field: &str| metadata[field].as_str().unwrap_or_default().to_owned();
-    state_dir.join("pods").join(format!("{}_{}_{}", text("namespace"), text("name"), text("uid")))
-}
-
-/// The log of run `restart` (0 for the first) of a container.
-pub fn log_path(pod_dir: &Path, container: &str, restart: u64) -> PathBuf {
-    pod_dir.join("logs").join(container).join(format!("{restart}.log"))
-}
-
-/// The file a container's `terminationMessagePath` stands for.
-pub fn termination_path(pod_dir: &Path, container: &str) -> PathBuf {
-    pod_dir.join("termination").join(container)
-}
-
-/// Where PersistentVolumeClaims' directories live.
-pub fn claims_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("claims")
 }
 
 /// Pod IPs from the devcluster's pod range, each held by one pod at a time.

@@ -18,8 +18,9 @@ use super::env::{self, Sources, Vars};
 use super::lifecycle::{self, Progress};
 use super::probe::{self, Probe, Settings, Verdict};
 use super::process::{Exit, Launch, Process};
-use super::{Context, IpLease, NODE_NAME, volumes};
-use crate::api::objects;
+use super::{Context, IpLease, volumes};
+use crate::node::{self, NODE_NAME};
+use crate::objects;
 use crate::store::{Expect, ObjectKey, ResourceKey, Store, StoreError, resource_version};
 
 /// How often a pod's containers are looked at.
@@ -285,7 +286,7 @@ impl Shared<'_> {
         let vars = env::resolve(self.pod, &container.spec, base, &sources)?;
         let mut mounts = volumes::mounts(&container.spec, self.volumes)?;
         // The termination message file, fresh for each run, at the path the container expects.
-        let termination = super::termination_path(self.dir, &container.name);
+        let termination = node::termination_path(self.dir, &container.name);
         volumes::create_file(&termination)?;
         mounts.push((termination_message_path(&container.spec).to_owned(), termination));
         mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
@@ -393,7 +394,7 @@ impl Container {
                 return;
             }
         };
-        let log = super::log_path(shared.dir, &self.name, self.runs);
+        let log = node::log_path(shared.dir, &self.name, self.runs);
         self.runs += 1;
         self.since = now;
         let started = objects::now();
@@ -474,14 +475,14 @@ impl Container {
     /// `terminationMessagePolicy: FallbackToLogsOnError` and a failure, the end of its log (the
     /// last 80 lines, at most 2048 bytes), as the kubelet reports it.
     fn termination_message(&self, shared: &Shared<'_>, code: i32) -> String {
-        let written = std::fs::read(super::termination_path(shared.dir, &self.name)).unwrap_or_default();
+        let written = std::fs::read(node::termination_path(shared.dir, &self.name)).unwrap_or_default();
         let message = String::from_utf8_lossy(&written[..written.len().min(4096)]).into_owned();
         let fallback = self.spec["terminationMessagePolicy"] == "FallbackToLogsOnError";
         if !message.trim().is_empty() || !fallback || code == 0 {
             return message;
         }
         let log =
-            std::fs::read(super::log_path(shared.dir, &self.name, self.runs.saturating_sub(1))).unwrap_or_default();
+            std::fs::read(node::log_path(shared.dir, &self.name, self.runs.saturating_sub(1))).unwrap_or_default();
         let text = String::from_utf8_lossy(&log);
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(80)..].join("\n");
@@ -592,7 +593,7 @@ struct PodRun {
 
 impl PodRun {
     fn new(context: Arc<Context>, key: ObjectKey, pod: Value, lease: IpLease) -> Self {
-        let dir = super::pod_dir(&context.state_dir, &pod);
+        let dir = node::pod_dir(&context.state_dir, &pod);
         let list = |field: &str| pod["spec"][field].as_array().cloned().unwrap_or_default();
         let (init_specs, specs) = (list("initContainers"), list("containers"));
         let waiting = if init_specs.is_empty() { "ContainerCreating" } else { "PodInitializing" };
@@ -671,8 +672,7 @@ impl PodRun {
             if now < self.volume_retry {
                 return;
             }
-            let layout =
-                volumes::Layout { pod_dir: &self.dir, claims_dir: &super::claims_dir(&self.context.state_dir) };
+            let layout = volumes::Layout { pod_dir: &self.dir, claims_dir: &node::claims_dir(&self.context.state_dir) };
             let namespace = self.key.namespace.clone();
             let sources = StoreSources { store: &self.context.cluster.store, namespace: &namespace };
             match volumes::prepare(&view, &layout, &sources) {

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Value, json};
 
-use crate::api::{Cluster, objects};
+use crate::cluster::Cluster;
+use crate::objects;
 use crate::store::{Expect, ObjectKey, ResourceKey, resource_version};
 
 /// One sweep; returns whether it changed anything.

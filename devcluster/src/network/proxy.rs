@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::api::Cluster;
+use crate::cluster::Cluster;
 use crate::store::ResourceKey;
 
 /// How long a connection to one backend may take before the next is tried.

@@ -292,13 +292,33 @@ pub struct InferenceServiceStatus {
     pub versions: Vec<VersionStatus>,
 }
 
+/// Where a rollout is.
+#[derive(JsonSchema, Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum RolloutPhase {
+    /// The canary is loading on the pods; no traffic yet.
+    Loading,
+    /// A step runs.
+    Progressing,
+    Promoted,
+    RolledBack,
+    /// Superseded by a pin or a newer rollout.
+    Aborted,
+}
+
+impl RolloutPhase {
+    /// Whether the rollout still runs.
+    pub fn running(self) -> bool {
+        matches!(self, Self::Loading | Self::Progressing)
+    }
+}
+
 #[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     pub version: u64,
     /// `Loading` (the canary is loading on the pods, no traffic yet), `Progressing` (a step
     /// runs), then `Promoted`, `RolledBack` or `Aborted` (superseded by a pin or a newer rollout).
-    pub phase: String,
+    pub phase: RolloutPhase,
     /// The step running (an index into the steps).
     pub step: u32,
     pub step_started: Time,

@@ -304,7 +304,7 @@ pub enum CleanPodPolicy {
 pub struct TrainingJobStatus {
     /// `Created`, `Running`, `Restarting`, `Succeeded`, `Failed` or `Suspended`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     /// The same, as conditions with stable reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -334,6 +334,34 @@ pub struct TrainingJobStatus {
     /// Every published checkpoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<Checkpoint>,
+}
+
+/// The job's phase, as `status.phase` and the condition of the same name say it.
+#[derive(JsonSchema, Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Phase {
+    Created,
+    Running,
+    Restarting,
+    Succeeded,
+    Failed,
+    Suspended,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "Created",
+            Self::Running => "Running",
+            Self::Restarting => "Restarting",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::Suspended => "Suspended",
+        }
+    }
+
+    pub fn finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
 }
 
 #[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

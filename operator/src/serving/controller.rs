@@ -37,7 +37,9 @@ use super::rollout::{self, Decision};
 use super::status::{self, Observed};
 use crate::context::{Context, Error, MANAGER, kube_error, run_controller};
 use crate::crd::{InferenceService, Repository, TrainingJob};
-use crate::credentials::{self, Bearer};
+use lantern_proto::auth::SendToken;
+
+use crate::credentials;
 
 /// How often a settled service is looked at again (new versions on disk are found this way).
 const POLL: Duration = Duration::from_secs(3);
@@ -195,7 +197,7 @@ fn serves(report: &ModelStatus, version: u64) -> bool {
     report.versions.iter().any(|v| v.version == version && v.state == VersionState::Available as i32)
 }
 
-type Management = InterceptedService<Channel, Bearer>;
+type Management = InterceptedService<Channel, SendToken>;
 
 /// A connection to the pod's management port that sends the token.
 async fn worker(pod: &ServingPod, token: &str) -> Option<Management> {
@@ -203,7 +205,7 @@ async fn worker(pod: &ServingPod, token: &str) -> Option<Management> {
         .ok()?
         .connect_timeout(WORKER_TIMEOUT)
         .timeout(WORKER_TIMEOUT);
-    let bearer = Bearer::new(token)?;
+    let bearer = SendToken::new(Some(token)).ok()?;
     Some(InterceptedService::new(endpoint.connect().await.ok()?, bearer))
 }
 

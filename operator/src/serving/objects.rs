@@ -6,10 +6,13 @@
 //! labels or the traffic split changes no pod; it is pushed to the running workers.
 
 use std::collections::BTreeMap;
+use std::hash::Hasher;
 
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
+
+use lantern_contract::env;
 
 use crate::crd::{Device, InferenceService, Repository};
 use crate::credentials::{self, TOKEN_KEY};
@@ -92,10 +95,9 @@ pub fn revision(service: &InferenceService, repository: &Repository, image: &str
     if let Some(memory) = memory {
         runtime["memory"] = json!(memory);
     }
-    let hash = runtime
-        .to_string()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
+    let mut hash = fnv::FnvHasher::default();
+    hash.write(runtime.to_string().as_bytes());
+    let hash = hash.finish();
     format!("{:010x}", hash & 0xff_ffff_ffff)
 }
 
@@ -163,23 +165,23 @@ pub fn pod(
     labels.insert(INDEX_LABEL.to_owned(), index.to_string());
     let mut env = vec![
         json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        json!({"name": "LANTERN_LISTEN", "value": format!("$(POD_IP):{SERVING_PORT}")}),
-        json!({"name": "LANTERN_MANAGEMENT_LISTEN", "value": format!("$(POD_IP):{MANAGEMENT_PORT}")}),
-        json!({"name": "LANTERN_MANAGEMENT_TOKEN_FILE", "value": format!("{MANAGEMENT_TOKEN_DIR}/{TOKEN_KEY}")}),
-        json!({"name": "LANTERN_REPOSITORY", "value": REPOSITORY_MOUNT}),
-        json!({"name": "LANTERN_MODELS", "value": spec.model}),
-        json!({"name": "LANTERN_VERSION_POLICY", "value": policy}),
+        json!({"name": env::LISTEN, "value": format!("$(POD_IP):{SERVING_PORT}")}),
+        json!({"name": env::MANAGEMENT_LISTEN, "value": format!("$(POD_IP):{MANAGEMENT_PORT}")}),
+        json!({"name": env::MANAGEMENT_TOKEN_FILE, "value": format!("{MANAGEMENT_TOKEN_DIR}/{TOKEN_KEY}")}),
+        json!({"name": env::REPOSITORY, "value": REPOSITORY_MOUNT}),
+        json!({"name": env::MODELS, "value": spec.model}),
+        json!({"name": env::VERSION_POLICY, "value": policy}),
     ];
     let batching = spec.batching.clone().unwrap_or_default();
     let generation = spec.generation.clone().unwrap_or_default();
     let settings = [
-        ("LANTERN_MAX_BATCH_SIZE", batching.max_batch_size.map(u64::from)),
-        ("LANTERN_BATCH_DELAY_US", batching.batch_delay_micros),
-        ("LANTERN_QUEUE_CAPACITY", batching.queue_capacity.map(u64::from)),
-        ("LANTERN_KV_CACHE_MIB", generation.kv_cache_mib.map(u64::from)),
-        ("LANTERN_MAX_RUNNING_SEQUENCES", generation.max_running_sequences.map(u64::from)),
-        ("LANTERN_MAX_WAITING_SEQUENCES", generation.max_waiting_sequences.map(u64::from)),
-        ("LANTERN_MAX_STEP_TOKENS", generation.max_step_tokens.map(u64::from)),
+        (env::MAX_BATCH_SIZE, batching.max_batch_size.map(u64::from)),
+        (env::BATCH_DELAY_US, batching.batch_delay_micros),
+        (env::QUEUE_CAPACITY, batching.queue_capacity.map(u64::from)),
+        (env::KV_CACHE_MIB, generation.kv_cache_mib.map(u64::from)),
+        (env::MAX_RUNNING_SEQUENCES, generation.max_running_sequences.map(u64::from)),
+        (env::MAX_WAITING_SEQUENCES, generation.max_waiting_sequences.map(u64::from)),
+        (env::MAX_STEP_TOKENS, generation.max_step_tokens.map(u64::from)),
     ];
     env.extend(
         settings.into_iter().filter_map(|(name, value)| Some(json!({"name": name, "value": value?.to_string()}))),
@@ -199,13 +201,13 @@ pub fn pod(
         let (volume, mount) = objects::secret_file_volume("api-keys", &keys.name, &keys.key, "keys", API_KEYS_DIR);
         volumes.push(volume);
         mounts.push(mount);
-        env.push(json!({"name": "LANTERN_API_KEYS_FILE", "value": format!("{API_KEYS_DIR}/keys")}));
+        env.push(json!({"name": env::API_KEYS_FILE, "value": format!("{API_KEYS_DIR}/keys")}));
     }
     if let Some(tls) = &spec.tls {
         volumes.push(json!({"name": "tls", "secret": {"secretName": tls.secret_name}}));
         mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
-        env.push(json!({"name": "LANTERN_TLS_CERT_FILE", "value": format!("{TLS_DIR}/tls.crt")}));
-        env.push(json!({"name": "LANTERN_TLS_KEY_FILE", "value": format!("{TLS_DIR}/tls.key")}));
+        env.push(json!({"name": env::TLS_CERT_FILE, "value": format!("{TLS_DIR}/tls.crt")}));
+        env.push(json!({"name": env::TLS_KEY_FILE, "value": format!("{TLS_DIR}/tls.key")}));
     }
     let scheme = if spec.tls.is_some() { "HTTPS" } else { "HTTP" };
     let http_get = |path: String| json!({"path": path, "port": SERVING_PORT, "scheme": scheme});
@@ -272,10 +274,10 @@ mod tests {
             .iter()
             .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
             .collect();
-        assert_eq!(env["LANTERN_LISTEN"], "$(POD_IP):8500");
-        assert_eq!(env["LANTERN_MODELS"], "adder");
-        assert_eq!(env["LANTERN_VERSION_POLICY"], "specific:3");
-        assert_eq!(env["LANTERN_MAX_BATCH_SIZE"], "32");
+        assert_eq!(env[env::LISTEN], "$(POD_IP):8500");
+        assert_eq!(env[env::MODELS], "adder");
+        assert_eq!(env[env::VERSION_POLICY], "specific:3");
+        assert_eq!(env[env::MAX_BATCH_SIZE], "32");
         assert!(!env.contains_key("LANTERN_KV_CACHE_MIB"), "unset limits keep the worker's defaults");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/v2/models/adder/ready");
         assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTP");
@@ -284,8 +286,8 @@ mod tests {
         assert_eq!(container["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
         assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
         assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
-        assert_eq!(env["LANTERN_MANAGEMENT_LISTEN"], "$(POD_IP):8501");
-        assert_eq!(env["LANTERN_MANAGEMENT_TOKEN_FILE"], "/var/run/lantern/management/token");
+        assert_eq!(env[env::MANAGEMENT_LISTEN], "$(POD_IP):8501");
+        assert_eq!(env[env::MANAGEMENT_TOKEN_FILE], "/var/run/lantern/management/token");
         assert_eq!(pod["spec"]["volumes"][1]["secret"]["secretName"], "adder-management");
         assert_eq!(container["volumeMounts"][1]["mountPath"], "/var/run/lantern/management");
         assert!(!env.contains_key("LANTERN_API_KEYS_FILE"), "inference is open without apiKeys");

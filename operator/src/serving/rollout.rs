@@ -26,7 +26,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use lantern_proto::lantern::v1 as pb;
 
 use super::fleet::{Fleet, Requests};
-use crate::crd::inference::{AnalysisResult, InferenceServiceSpec, InferenceServiceStatus, RolloutStatus, Strategy};
+use crate::crd::inference::{
+    AnalysisResult, InferenceServiceSpec, InferenceServiceStatus, RolloutPhase, RolloutStatus, Strategy,
+};
 
 pub const DEFAULT_STEPS: [u32; 3] = [10, 50, 100];
 pub const DEFAULT_STEP_SECONDS: u64 = 60;
@@ -35,15 +37,6 @@ pub const DEFAULT_MAX_LATENCY_RATIO: f64 = 1.5;
 pub const DEFAULT_MIN_REQUESTS: u64 = 20;
 /// How soon to look again while a canary loads or a step waits for requests.
 const POLL: Duration = Duration::from_secs(1);
-
-/// Rollout phases as status spells them.
-pub mod phase {
-    pub const LOADING: &str = "Loading";
-    pub const PROGRESSING: &str = "Progressing";
-    pub const PROMOTED: &str = "Promoted";
-    pub const ROLLED_BACK: &str = "RolledBack";
-    pub const ABORTED: &str = "Aborted";
-}
 
 /// The spec's rollout settings with their defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
@@ -146,7 +139,7 @@ pub fn decide(
     };
     if let Some(replacement) = target.filter(|&t| t != stable && stable_failed_everywhere(fleet, stable)) {
         decision.end_rollout(
-            phase::ABORTED,
+            RolloutPhase::Aborted,
             "Superseded",
             format!("the stable version {stable} failed on every pod"),
             now,
@@ -165,14 +158,14 @@ pub fn decide(
     match (decision.running_canary(), wanted) {
         (Some(canary), Some(wanted)) if wanted != canary => {
             let message = format!("version {wanted} replaced it");
-            decision.end_rollout(phase::ABORTED, "Superseded", message, now);
+            decision.end_rollout(RolloutPhase::Aborted, "Superseded", message, now);
             decision.start(stable, wanted, now);
         }
         // Only the spec takes a candidate away: a pod that has not rescanned the repository
         // since the version appeared does not.
         (Some(canary), _) if !allowed(&canary) => {
             let message = format!("the version policy no longer allows version {canary}");
-            decision.end_rollout(phase::ABORTED, "NoLongerCandidate", message, now);
+            decision.end_rollout(RolloutPhase::Aborted, "NoLongerCandidate", message, now);
         }
         (Some(canary), _) => decision.advance(&settings, stable, canary, fleet, now),
         (None, Some(wanted)) => decision.start(stable, wanted, now),
@@ -214,7 +207,7 @@ impl Decision {
     /// The canary of a rollout still loading or progressing.
     fn running_canary(&self) -> Option<u64> {
         let rollout = self.rollout.as_ref()?;
-        let running = rollout.phase == phase::LOADING || rollout.phase == phase::PROGRESSING;
+        let running = rollout.phase.running();
         (running && self.canary == Some(rollout.version)).then_some(rollout.version)
     }
 
@@ -231,7 +224,7 @@ impl Decision {
 
     fn pin(&mut self, pinned: u64, now: Timestamp) {
         if self.running_canary().is_some() {
-            self.end_rollout(phase::ABORTED, "Pinned", format!("pinned to version {pinned}"), now);
+            self.end_rollout(RolloutPhase::Aborted, "Pinned", format!("pinned to version {pinned}"), now);
         }
         self.canary = None;
         self.canary_percent = 0;
@@ -244,7 +237,7 @@ impl Decision {
     fn start(&mut self, stable: u64, version: u64, now: Timestamp) {
         self.rollout = Some(RolloutStatus {
             version,
-            phase: phase::LOADING.to_owned(),
+            phase: RolloutPhase::Loading,
             step: 0,
             step_started: Time(now),
             step_start_requests: 0,
@@ -260,9 +253,9 @@ impl Decision {
     }
 
     /// Ends the running rollout without promoting: `phase` is `RolledBack` or `Aborted`.
-    fn end_rollout(&mut self, phase: &str, reason: &str, message: String, now: Timestamp) {
+    fn end_rollout(&mut self, phase: RolloutPhase, reason: &str, message: String, now: Timestamp) {
         if let Some(rollout) = self.rollout.as_mut() {
-            rollout.phase = phase.to_owned();
+            rollout.phase = phase;
             rollout.reason = reason.to_owned();
             rollout.message = message;
             rollout.step_started = Time(now);
@@ -273,14 +266,14 @@ impl Decision {
 
     fn roll_back(&mut self, version: u64, reason: &str, message: String, now: Timestamp) {
         self.event("RolledBack", format!("version {version} rolled back: {message}"), true);
-        self.end_rollout(phase::ROLLED_BACK, reason, message, now);
+        self.end_rollout(RolloutPhase::RolledBack, reason, message, now);
         self.reject(version);
     }
 
     fn promote(&mut self, version: u64, message: String, now: Timestamp) {
         self.event("Promoted", format!("version {version} promoted: {message}"), false);
         if let Some(rollout) = self.rollout.as_mut() {
-            rollout.phase = phase::PROMOTED.to_owned();
+            rollout.phase = RolloutPhase::Promoted;
             rollout.reason = "Promoted".to_owned();
             rollout.message = message;
             rollout.step_started = Time(now);
@@ -304,7 +297,7 @@ impl Decision {
             return self.roll_back(canary, "ModelLoadFailed", message, now);
         }
         let rollout = self.rollout.as_mut().expect("a running canary has a rollout; this is a bug");
-        if rollout.phase == phase::LOADING {
+        if rollout.phase == RolloutPhase::Loading {
             if !fleet.serves_everywhere(canary) {
                 rollout.message =
                     format!("loading version {canary}: serving on {} of {} pods", view.available, fleet.pods);
@@ -354,7 +347,7 @@ impl Decision {
     fn enter_step(&mut self, settings: &Settings, step: usize, canary: &Requests, now: Timestamp) {
         let percent = settings.steps[step];
         let rollout = self.rollout.as_mut().expect("a running canary has a rollout; this is a bug");
-        rollout.phase = phase::PROGRESSING.to_owned();
+        rollout.phase = RolloutPhase::Progressing;
         rollout.step = step as u32;
         rollout.step_started = Time(now);
         rollout.step_start_requests = canary.total;
@@ -491,7 +484,7 @@ mod tests {
         let spec = spec(serde_json::json!({"steps": [10, 100], "stepSeconds": 30, "analysis": {"minRequests": 10}}));
         let loading = decide(&spec, &stable(1), &fleet(&[1, 2], &[(1, Available, 0, 0, [0; 5])]), at(0));
         assert_eq!((loading.canary, loading.canary_percent), (Some(2), 0));
-        assert_eq!(loading.rollout.as_ref().unwrap().phase, phase::LOADING);
+        assert_eq!(loading.rollout.as_ref().unwrap().phase, RolloutPhase::Loading);
         assert_eq!(reasons(&loading), ["RolloutStarted"]);
         let config = loading.serving_config().unwrap();
         assert_eq!(config.labels, [("canary".to_owned(), 2), ("stable".to_owned(), 1)].into());
@@ -510,7 +503,7 @@ mod tests {
         };
         let step1 = decide(&spec, &status(&loading), &served(4, [0, 4, 0, 0, 0]), at(10));
         let rollout = step1.rollout.clone().unwrap();
-        assert_eq!((rollout.phase.as_str(), rollout.step, step1.canary_percent), (phase::PROGRESSING, 0, 10));
+        assert_eq!((rollout.phase, rollout.step, step1.canary_percent), (RolloutPhase::Progressing, 0, 10));
         assert_eq!(rollout.step_start_requests, 8, "two pods' counts, summed");
         assert_eq!(step1.requeue, Some(Duration::from_secs(30)));
         assert_eq!(step1.serving_config().unwrap().traffic, [(1, 90), (2, 10)].into());
@@ -528,7 +521,7 @@ mod tests {
 
         let done = decide(&spec, &status(&step2), &served(100, [0, 100, 0, 0, 0]), at(80));
         assert_eq!((done.stable, done.canary, done.canary_percent), (Some(2), None, 0));
-        assert_eq!(done.rollout.as_ref().unwrap().phase, phase::PROMOTED);
+        assert_eq!(done.rollout.as_ref().unwrap().phase, RolloutPhase::Promoted);
         assert_eq!(reasons(&done), ["Promoted"]);
         let after = decide(&spec, &status(&done), &served(100, [0, 100, 0, 0, 0]), at(90));
         assert_eq!((after.stable, after.canary, after.events.len()), (Some(2), None, 0), "nothing more to do");
@@ -543,7 +536,7 @@ mod tests {
         assert_eq!((failed.stable, failed.canary, failed.canary_percent), (Some(1), None, 0));
         assert_eq!(failed.rejected, [2]);
         let rollout = failed.rollout.clone().unwrap();
-        assert_eq!((rollout.phase.as_str(), rollout.reason.as_str()), (phase::ROLLED_BACK, "AnalysisFailed"));
+        assert_eq!((rollout.phase, rollout.reason.as_str()), (RolloutPhase::RolledBack, "AnalysisFailed"));
         assert!(rollout.message.contains("error rate 10.0% is above 5.0%"), "{}", rollout.message);
         assert!(failed.events[0].warning);
         let again = decide(&spec, &status(&failed), &errors, at(70));
@@ -645,7 +638,7 @@ mod tests {
         let newer = fleet(&[1, 2, 3], &[(1, Available, 0, 0, [0; 5]), (2, Available, 0, 0, [0; 5])]);
         let decision = decide(&spec, &status(&step1), &newer, at(11));
         assert_eq!((decision.canary, decision.canary_percent), (Some(3), 0));
-        assert_eq!(decision.rollout.as_ref().unwrap().phase, phase::LOADING);
+        assert_eq!(decision.rollout.as_ref().unwrap().phase, RolloutPhase::Loading);
         assert!(decision.rejected.is_empty(), "a superseded canary is not rejected");
     }
 

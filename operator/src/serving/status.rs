@@ -17,9 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::fleet::Fleet;
 use super::objects;
-use super::rollout::{Decision, phase};
+use super::rollout::Decision;
 use crate::crd::InferenceService;
-use crate::crd::inference::{InferenceServiceStatus, VersionStatus};
+use crate::crd::inference::{InferenceServiceStatus, RolloutPhase, VersionStatus};
 use crate::status::condition;
 
 /// What the controller saw this pass.
@@ -64,8 +64,8 @@ pub fn next(
         }
     };
     let (rolling, rollout_reason, rollout_message) = match &decision.rollout {
-        Some(r) if r.phase == phase::LOADING => (true, "Loading", r.message.clone()),
-        Some(r) if r.phase == phase::PROGRESSING => (true, "CanaryStep", r.message.clone()),
+        Some(r) if r.phase == RolloutPhase::Loading => (true, "Loading", r.message.clone()),
+        Some(r) if r.phase == RolloutPhase::Progressing => (true, "CanaryStep", r.message.clone()),
         Some(r) => (false, r.reason.as_str(), r.message.clone()),
         None => (false, "NoRollout", String::new()),
     };

@@ -20,7 +20,9 @@ use super::plan::{self, Phase, Plan, RankPod, Recorded};
 use super::status;
 use crate::context::{Context, Error, MANAGER, kube_error, run_controller};
 use crate::crd::TrainingJob;
-use crate::credentials::{self, Bearer};
+use lantern_proto::auth::SendToken;
+
+use crate::credentials;
 
 /// How often a running job's progress is polled.
 const POLL: Duration = Duration::from_secs(2);
@@ -35,7 +37,7 @@ pub async fn run(context: Arc<Context>, shutdown: impl std::future::Future<Outpu
 fn recorded(job: &TrainingJob) -> Recorded {
     let status = job.status.clone().unwrap_or_default();
     Recorded {
-        phase: status.phase.as_deref().and_then(Phase::parse),
+        phase: status.phase,
         attempt: status.attempt,
         restarts: status.restarts,
         start_time: status.start_time.map(|t| t.0),
@@ -53,7 +55,7 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
     let recorded = recorded(&job);
     if !recorded.phase.is_some_and(Phase::finished) {
         let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-        let map = objects::config_map(&job);
+        let map = objects::config_map(&job)?;
         maps.patch(&objects::config_map_name(&job), &apply, &Patch::Apply(&map))
             .await
             .map_err(kube_error("applying the job's ConfigMap"))?;
@@ -137,8 +139,10 @@ async fn progress(pods: &[Pod], attempt: u32, token: &str) -> Option<TrainingPro
         .timeout(PROGRESS_TIMEOUT);
     let channel = endpoint.connect().await.ok()?;
     let request = lantern_telemetry::with_trace_context(tonic::Request::new(GetProgressRequest {}));
-    let response =
-        TrainingServiceClient::with_interceptor(channel, Bearer::new(token)?).get_progress(request).await.ok()?;
+    let response = TrainingServiceClient::with_interceptor(channel, SendToken::new(Some(token)).ok()?)
+        .get_progress(request)
+        .await
+        .ok()?;
     Some(response.into_inner())
 }
 

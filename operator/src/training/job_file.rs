@@ -1,12 +1,19 @@
-//! The worker's job file for a TrainingJob: the training sections of the spec with their keys
-//! turned from Kubernetes' camelCase into the file's snake_case, plus where checkpoints and
-//! versions go. Each rank's identity (rank, world size, addresses) and the repository's mount
-//! come from its environment, not from this file, so all ranks share one ConfigMap; the state
-//! directory and `initFrom` are written relative to the repository, which the worker resolves.
+//! The worker's job file for a TrainingJob: the contract's [`JobConfig`], built as a typed value
+//! from the spec's training sections plus where checkpoints and versions go. Each rank's identity
+//! (rank, world size, addresses) and the repository's mount come from its environment, not from
+//! this file, so all ranks share one ConfigMap; the state directory and `initFrom` are written
+//! relative to the repository, which the worker resolves.
+//!
+//! Every CRD struct is destructured without `..`: a field added to the CRD does not compile until
+//! it reaches the job file (or is named here as the operator's own).
 
-use serde_json::{Map, Value, json};
+use lantern_contract::job::{
+    self, AdditionSpec, CheckpointSpec, ClusterSpec, CsvSpec, DEFAULT_EVAL_FRACTION, DataSpec, JobConfig, LlamaSpec,
+    MlpSpec, ModelSpec, OptimizerSpec, OutputSpec, ScheduleSpec, TextSpec,
+};
 
-use crate::crd::TrainingJob;
+use crate::context::Error;
+use crate::crd::training::{self as crd, TrainingJob};
 use crate::objects::REPOSITORY_MOUNT;
 
 /// The training state directory, relative to the repository: a dot-directory, which servers of
@@ -15,105 +22,247 @@ pub fn state_dir(namespace: &str, job: &str) -> String {
     format!(".lantern-training/{namespace}/{job}")
 }
 
-/// The job file (JSON) the ranks of `job` read.
-pub fn render(job: &TrainingJob) -> Value {
-    let spec = &job.spec;
-    let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
-    let name = job.metadata.name.as_deref().unwrap_or_default();
-    let mut model = snake_keys(serde_json::to_value(&spec.model).unwrap_or_default());
-    if let Some(init) = spec.model.llama.as_ref().and_then(|l| l.init_from.as_ref()) {
-        model["llama"]["init_from"] = json!(format!("{}/{}", init.model, init.version));
+impl TryFrom<&TrainingJob> for JobConfig {
+    type Error = Error;
+
+    /// Fails only for a model or data section with none or several of its kinds set, which the
+    /// CRD's validation rules refuse before the operator sees the object.
+    fn try_from(job: &TrainingJob) -> Result<Self, Error> {
+        let crd::TrainingJobSpec {
+            model,
+            data,
+            optimizer,
+            schedule,
+            seed,
+            output,
+            checkpoint,
+            // The operator's own: pods, their scheduling and their lifecycle.
+            replicas: _,
+            resources: _,
+            device: _,
+            image: _,
+            template: _,
+            run_policy: _,
+        } = &job.spec;
+        let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
+        let name = job.metadata.name.as_deref().unwrap_or_default();
+        let crd::CheckpointSpec { every_steps, keep, timeout_seconds } = checkpoint;
+        let crd::OutputSpec { model: output_model, repository: _ } = output;
+        Ok(JobConfig {
+            model: model_spec(model)?,
+            data: data_spec(data)?,
+            optimizer: optimizer.as_ref().map(optimizer_spec).unwrap_or_default(),
+            schedule: schedule_spec(schedule),
+            checkpoint: CheckpointSpec {
+                every_steps: *every_steps,
+                keep: keep.map_or(CheckpointSpec::DEFAULT_KEEP, size),
+                state_dir: state_dir(namespace, name).into(),
+                timeout_seconds: timeout_seconds.map_or(CheckpointSpec::DEFAULT_TIMEOUT_SECONDS, f64::from),
+            },
+            output: OutputSpec { repository: REPOSITORY_MOUNT.into(), model: output_model.clone() },
+            seed: seed.unwrap_or_default(),
+            cluster: ClusterSpec::default(),
+        })
     }
-    let mut file = json!({
-        "model": model,
-        "data": snake_keys(serde_json::to_value(&spec.data).unwrap_or_default()),
-        "schedule": snake_keys(serde_json::to_value(&spec.schedule).unwrap_or_default()),
-        "checkpoint": {
-            "every_steps": spec.checkpoint.every_steps,
-            "state_dir": state_dir(namespace, name),
-        },
-        "output": {"repository": REPOSITORY_MOUNT, "model": spec.output.model},
-    });
-    if let Some(optimizer) = &spec.optimizer {
-        file["optimizer"] = snake_keys(serde_json::to_value(optimizer).unwrap_or_default());
-    }
-    if let Some(seed) = spec.seed {
-        file["seed"] = json!(seed);
-    }
-    if let Some(keep) = spec.checkpoint.keep {
-        file["checkpoint"]["keep"] = json!(keep);
-    }
-    if let Some(timeout) = spec.checkpoint.timeout_seconds {
-        file["checkpoint"]["timeout_seconds"] = json!(timeout);
-    }
-    file
 }
 
-/// Every object key of `value`, recursively, from camelCase to snake_case.
-fn snake_keys(value: Value) -> Value {
-    match value {
-        Value::Object(fields) => {
-            Value::Object(fields.into_iter().map(|(k, v)| (snake_case(&k), snake_keys(v))).collect::<Map<_, _>>())
+/// A count from the spec as the job file's size type: lossless on the 64-bit targets Lantern
+/// builds for, saturating elsewhere (which the worker's validation then refuses).
+fn size(value: impl Into<u64>) -> usize {
+    usize::try_from(value.into()).unwrap_or(usize::MAX)
+}
+
+fn model_spec(model: &crd::ModelSpec) -> Result<ModelSpec, Error> {
+    let crd::ModelSpec { llama, mlp } = model;
+    match (llama, mlp) {
+        (Some(llama), None) => {
+            let crd::LlamaSpec {
+                hidden_size,
+                intermediate_size,
+                layers,
+                heads,
+                kv_heads,
+                context,
+                init_from,
+                precision,
+            } = llama;
+            Ok(ModelSpec::Llama(LlamaSpec {
+                hidden_size: size(*hidden_size),
+                intermediate_size: size(*intermediate_size),
+                layers: size(*layers),
+                heads: size(*heads),
+                kv_heads: kv_heads.map(size),
+                context: size(*context),
+                init_from: init_from
+                    .as_ref()
+                    .map(|crd::VersionRef { model, version }| format!("{model}/{version}").into()),
+                precision: match precision {
+                    None | Some(crd::Precision::F32) => job::Precision::F32,
+                    Some(crd::Precision::Bf16) => job::Precision::Bf16,
+                },
+            }))
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(snake_keys).collect()),
-        other => other,
+        (None, Some(crd::MlpSpec { hidden, activation })) => Ok(ModelSpec::Mlp(MlpSpec {
+            hidden: hidden.iter().copied().map(size).collect(),
+            activation: match activation {
+                crd::Activation::Relu => job::Activation::Relu,
+                crd::Activation::Gelu => job::Activation::Gelu,
+                crd::Activation::Tanh => job::Activation::Tanh,
+                crd::Activation::Sigmoid => job::Activation::Sigmoid,
+            },
+        })),
+        _ => Err(Error::Invalid("spec.model: set exactly one of model.llama and model.mlp".into())),
     }
 }
 
-fn snake_case(key: &str) -> String {
-    let mut out = String::with_capacity(key.len() + 4);
-    for c in key.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
+fn data_spec(data: &crd::DataSpec) -> Result<DataSpec, Error> {
+    let crd::DataSpec { addition, text, csv } = data;
+    match (addition, text, csv) {
+        (Some(crd::AdditionSpec { max_operand, train_examples, eval_examples }), None, None) => {
+            Ok(DataSpec::Addition(AdditionSpec {
+                max_operand: *max_operand,
+                train_examples: size(*train_examples),
+                eval_examples: size(*eval_examples),
+            }))
         }
+        (None, Some(crd::TextSpec { paths, eval_fraction }), None) => Ok(DataSpec::Text(TextSpec {
+            paths: paths.iter().map(Into::into).collect(),
+            eval_fraction: eval_fraction.unwrap_or(DEFAULT_EVAL_FRACTION),
+        })),
+        (None, None, Some(crd::CsvSpec { path, target, classes, eval_fraction })) => Ok(DataSpec::Csv(CsvSpec {
+            path: path.into(),
+            target: target.clone(),
+            classes: classes.map(size),
+            eval_fraction: eval_fraction.unwrap_or(DEFAULT_EVAL_FRACTION),
+        })),
+        _ => Err(Error::Invalid("spec.data: set exactly one of data.addition, data.text and data.csv".into())),
     }
-    out
+}
+
+fn optimizer_spec(optimizer: &crd::OptimizerSpec) -> OptimizerSpec {
+    let crd::OptimizerSpec { learning_rate, min_learning_rate, beta1, beta2, epsilon, weight_decay, grad_clip } =
+        optimizer;
+    let defaults = OptimizerSpec::default();
+    OptimizerSpec {
+        learning_rate: learning_rate.unwrap_or(defaults.learning_rate),
+        min_learning_rate: min_learning_rate.unwrap_or(defaults.min_learning_rate),
+        beta1: beta1.unwrap_or(defaults.beta1),
+        beta2: beta2.unwrap_or(defaults.beta2),
+        epsilon: epsilon.unwrap_or(defaults.epsilon),
+        weight_decay: weight_decay.unwrap_or(defaults.weight_decay),
+        grad_clip: grad_clip.unwrap_or(defaults.grad_clip),
+    }
+}
+
+fn schedule_spec(schedule: &crd::ScheduleSpec) -> ScheduleSpec {
+    let crd::ScheduleSpec { steps, warmup_steps, global_batch } = schedule;
+    ScheduleSpec { steps: *steps, warmup_steps: warmup_steps.unwrap_or_default(), global_batch: size(*global_batch) }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::{Value, json};
+
     use super::*;
 
-    fn adder() -> Value {
+    /// A spec with every training field set, none to its default.
+    fn every_field() -> Value {
         json!({
-            "model": {"llama": {"hiddenSize": 48, "intermediateSize": 128, "layers": 2, "heads": 4, "context": 16,
-                                "initFrom": {"model": "base", "version": 3}, "precision": "bf16"}},
-            "data": {"addition": {"maxOperand": 9, "trainExamples": 2000, "evalExamples": 20}},
-            "optimizer": {"learningRate": 0.01, "minLearningRate": 0.001},
+            "model": {"llama": {"hiddenSize": 48, "intermediateSize": 128, "layers": 2, "heads": 4, "kvHeads": 2,
+                                "context": 16, "initFrom": {"model": "base", "version": 3}, "precision": "bf16"}},
+            "data": {"text": {"paths": ["/data/a.txt", "/data/b.txt"], "evalFraction": 0.2}},
+            "optimizer": {"learningRate": 0.01, "minLearningRate": 0.001, "beta1": 0.8, "beta2": 0.9,
+                          "epsilon": 1e-6, "weightDecay": 0.05, "gradClip": 2.0},
             "schedule": {"steps": 1000, "warmupSteps": 20, "globalBatch": 32},
-            "seed": 1,
+            "seed": 7,
             "replicas": 2,
-            "checkpoint": {"everySteps": 100, "keep": 2},
+            "checkpoint": {"everySteps": 100, "keep": 2, "timeoutSeconds": 30},
             "output": {"model": "adder", "repository": {"claimName": "models"}},
         })
     }
 
     #[test]
-    fn the_spec_becomes_the_workers_job_file() {
-        let file = render(&crate::training::test_job(adder()));
-        assert_eq!(file["model"]["llama"]["hidden_size"], 48);
-        assert_eq!(file["model"]["llama"]["init_from"], "base/3");
-        assert_eq!(file["data"]["addition"]["train_examples"], 2000);
-        assert_eq!(file["optimizer"]["min_learning_rate"], 0.001);
-        assert_eq!(file["schedule"]["global_batch"], 32);
-        assert_eq!(file["checkpoint"]["state_dir"], ".lantern-training/ml/adder");
-        assert_eq!(file["output"], json!({"repository": "/var/lib/lantern/models", "model": "adder"}));
+    fn every_crd_field_reaches_the_workers_config() {
+        let config = JobConfig::try_from(&crate::training::test_job(every_field())).unwrap();
+        let expected = JobConfig {
+            model: ModelSpec::Llama(LlamaSpec {
+                hidden_size: 48,
+                intermediate_size: 128,
+                layers: 2,
+                heads: 4,
+                kv_heads: Some(2),
+                context: 16,
+                init_from: Some(PathBuf::from("base/3")),
+                precision: job::Precision::Bf16,
+            }),
+            data: DataSpec::Text(TextSpec {
+                paths: vec!["/data/a.txt".into(), "/data/b.txt".into()],
+                eval_fraction: 0.2,
+            }),
+            optimizer: OptimizerSpec {
+                learning_rate: 0.01,
+                min_learning_rate: 0.001,
+                beta1: 0.8,
+                beta2: 0.9,
+                epsilon: 1e-6,
+                weight_decay: 0.05,
+                grad_clip: 2.0,
+            },
+            schedule: ScheduleSpec { steps: 1000, warmup_steps: 20, global_batch: 32 },
+            checkpoint: CheckpointSpec {
+                every_steps: 100,
+                keep: 2,
+                state_dir: ".lantern-training/ml/adder".into(),
+                timeout_seconds: 30.0,
+            },
+            output: OutputSpec { repository: "/var/lib/lantern/models".into(), model: "adder".into() },
+            seed: 7,
+            cluster: ClusterSpec::default(),
+        };
+        assert_eq!(config, expected);
+        let mut mlp = every_field();
+        mlp["model"] = json!({"mlp": {"hidden": [16, 8], "activation": "gelu"}});
+        mlp["data"] =
+            json!({"csv": {"path": "/data/iris.csv", "target": "species", "classes": 3, "evalFraction": 0.25}});
+        let config = JobConfig::try_from(&crate::training::test_job(mlp)).unwrap();
+        assert_eq!(config.model, ModelSpec::Mlp(MlpSpec { hidden: vec![16, 8], activation: job::Activation::Gelu }));
+        assert_eq!(
+            config.data,
+            DataSpec::Csv(CsvSpec {
+                path: "/data/iris.csv".into(),
+                target: "species".into(),
+                classes: Some(3),
+                eval_fraction: 0.25
+            })
+        );
+        let mut addition = every_field();
+        addition["data"] = json!({"addition": {"maxOperand": 9, "trainExamples": 2000, "evalExamples": 20}});
+        let config = JobConfig::try_from(&crate::training::test_job(addition)).unwrap();
+        let expected = AdditionSpec { max_operand: 9, train_examples: 2000, eval_examples: 20 };
+        assert_eq!(config.data, DataSpec::Addition(expected));
     }
 
     #[test]
-    fn the_worker_accepts_the_file() {
-        use lantern_worker::train::config::JobConfig;
-        let mut mlp = adder();
-        mlp["model"] = json!({"mlp": {"hidden": [16, 8], "activation": "gelu"}});
-        mlp["data"] =
-            json!({"csv": {"path": "/data/iris.csv", "target": "species", "classes": 3, "evalFraction": 0.2}});
-        for spec in [adder(), mlp] {
-            let file = render(&crate::training::test_job(spec));
-            let parsed = JobConfig::from_json(file.to_string().as_bytes());
-            assert!(parsed.is_ok(), "{file}: {parsed:?}");
-        }
+    fn unset_fields_get_the_workers_defaults() {
+        let config = JobConfig::try_from(&crate::training::test_job(json!({}))).unwrap();
+        assert_eq!(config.optimizer, OptimizerSpec::default());
+        assert_eq!((config.seed, config.schedule.warmup_steps), (0, 0));
+        assert_eq!(config.checkpoint.keep, CheckpointSpec::DEFAULT_KEEP);
+        assert_eq!(config.checkpoint.timeout_seconds, CheckpointSpec::DEFAULT_TIMEOUT_SECONDS);
+        let ModelSpec::Llama(llama) = &config.model else { panic!("a llama job") };
+        assert_eq!((llama.kv_heads, llama.init_from.as_ref(), llama.precision), (None, None, job::Precision::F32));
+        // The file the ConfigMap holds parses back to the same value.
+        let file = serde_json::to_string(&config).unwrap();
+        assert_eq!(serde_json::from_str::<JobConfig>(&file).unwrap(), config);
+    }
+
+    #[test]
+    fn a_spec_with_two_models_is_refused_with_the_field() {
+        let mut both = every_field();
+        both["model"]["mlp"] = json!({"hidden": [4], "activation": "relu"});
+        let error = JobConfig::try_from(&crate::training::test_job(both)).unwrap_err().to_string();
+        assert_eq!(error, "spec.model: set exactly one of model.llama and model.mlp");
     }
 }

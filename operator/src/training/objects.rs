@@ -11,7 +11,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 
-use super::job_file;
+use lantern_contract::env;
+use lantern_contract::job::JobConfig;
+
+use crate::context::Error;
 use crate::crd::TrainingJob;
 use crate::credentials::{self, TOKEN_KEY};
 use crate::objects::{self, REPOSITORY_MOUNT, owned_metadata};
@@ -85,15 +88,16 @@ pub fn network_policy(job: &TrainingJob, operator_namespace: &str) -> NetworkPol
     .expect("a NetworkPolicy built from known fields")
 }
 
-/// The ConfigMap holding `job.json`.
-pub fn config_map(job: &TrainingJob) -> ConfigMap {
-    let file = serde_json::to_string_pretty(&job_file::render(job)).unwrap_or_default();
-    serde_json::from_value(json!({
+/// The ConfigMap holding `job.json`; fails for a spec the CRD's rules should have refused.
+pub fn config_map(job: &TrainingJob) -> Result<ConfigMap, Error> {
+    let file = serde_json::to_string_pretty(&JobConfig::try_from(job)?)
+        .map_err(|e| Error::Invalid(format!("writing the job file: {e}")))?;
+    Ok(serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": owned_metadata(job, config_map_name(job), job_labels(job)),
         "data": {"job.json": file},
     }))
-    .expect("a ConfigMap built from known fields")
+    .expect("a ConfigMap built from known fields"))
 }
 
 /// The Service in front of rank 0's collective and progress ports.
@@ -132,16 +136,16 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
     let coordinator = service_env_prefix(&coordinator_name(job));
     let mut env = vec![
         json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        json!({"name": "LANTERN_RANK", "value": rank.to_string()}),
-        json!({"name": "LANTERN_WORLD_SIZE", "value": spec.replicas.to_string()}),
-        json!({"name": "LANTERN_ADDRESS", "value": format!("$(POD_IP):{COLLECTIVE_PORT}")}),
-        json!({"name": "LANTERN_COORDINATOR", "value": format!("$({coordinator}_SERVICE_HOST):{COLLECTIVE_PORT}")}),
-        json!({"name": "LANTERN_REPOSITORY", "value": REPOSITORY_MOUNT}),
-        json!({"name": "LANTERN_TERMINATION_LOG", "value": TERMINATION_LOG}),
-        json!({"name": "LANTERN_JOB_TOKEN_FILE", "value": format!("{TOKEN_DIR}/{TOKEN_KEY}")}),
+        json!({"name": env::RANK, "value": rank.to_string()}),
+        json!({"name": env::WORLD_SIZE, "value": spec.replicas.to_string()}),
+        json!({"name": env::ADDRESS, "value": format!("$(POD_IP):{COLLECTIVE_PORT}")}),
+        json!({"name": env::COORDINATOR, "value": format!("$({coordinator}_SERVICE_HOST):{COLLECTIVE_PORT}")}),
+        json!({"name": env::REPOSITORY, "value": REPOSITORY_MOUNT}),
+        json!({"name": env::TERMINATION_LOG, "value": TERMINATION_LOG}),
+        json!({"name": env::JOB_TOKEN_FILE, "value": format!("{TOKEN_DIR}/{TOKEN_KEY}")}),
     ];
     if rank == 0 {
-        env.push(json!({"name": "LANTERN_PROGRESS_ADDRESS", "value": format!("$(POD_IP):{PROGRESS_PORT}")}));
+        env.push(json!({"name": env::PROGRESS_ADDRESS, "value": format!("$(POD_IP):{PROGRESS_PORT}")}));
     }
     let (repository_volume, repository_mount) = objects::repository_volume(&spec.output.repository);
     let (token_volume, token_mount) =
@@ -204,15 +208,15 @@ mod tests {
             .iter()
             .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
             .collect();
-        assert_eq!(env["LANTERN_WORLD_SIZE"], "2");
-        assert_eq!(env["LANTERN_COORDINATOR"], "$(ADDER_COORDINATOR_SERVICE_HOST):7070");
-        assert_eq!(env["LANTERN_PROGRESS_ADDRESS"], "$(POD_IP):7071");
+        assert_eq!(env[env::WORLD_SIZE], "2");
+        assert_eq!(env[env::COORDINATOR], "$(ADDER_COORDINATOR_SERVICE_HOST):7070");
+        assert_eq!(env[env::PROGRESS_ADDRESS], "$(POD_IP):7071");
         assert_eq!(container["volumeMounts"][0]["subPath"], "team-a");
         assert_eq!(container["resources"]["limits"]["cpu"], "2");
         assert_eq!(pod["spec"]["nodeSelector"]["pool"], "cpu");
         assert_eq!(pod["spec"]["serviceAccountName"], "trainer");
         assert_eq!(pod["spec"]["restartPolicy"], "Never");
-        assert_eq!(env["LANTERN_JOB_TOKEN_FILE"], "/var/run/lantern/job/token");
+        assert_eq!(env[env::JOB_TOKEN_FILE], "/var/run/lantern/job/token");
         assert_eq!(pod["spec"]["volumes"][2]["secret"]["secretName"], "adder-token");
         assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
         assert_eq!(pod["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
@@ -244,7 +248,7 @@ mod tests {
         let service = serde_json::to_value(coordinator_service(&job())).unwrap();
         assert_eq!(service["metadata"]["name"], "adder-coordinator");
         assert_eq!(service["spec"]["selector"], json!({JOB_LABEL: "adder", RANK_LABEL: "0"}));
-        let map = config_map(&job());
+        let map = config_map(&job()).unwrap();
         let file: serde_json::Value = serde_json::from_str(&map.data.unwrap()["job.json"]).unwrap();
         assert_eq!(file["output"]["model"], "adder");
     }

@@ -28,39 +28,7 @@ use crate::crd::training::CleanPodPolicy;
 /// Gang restarts allowed when `runPolicy.maxRestarts` is unset.
 pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 
-/// The job's phase, as `status.phase` and the condition of the same name say it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Created,
-    Running,
-    Restarting,
-    Succeeded,
-    Failed,
-    Suspended,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "Created",
-            Self::Running => "Running",
-            Self::Restarting => "Restarting",
-            Self::Succeeded => "Succeeded",
-            Self::Failed => "Failed",
-            Self::Suspended => "Suspended",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Created, Self::Running, Self::Restarting, Self::Succeeded, Self::Failed, Self::Suspended]
-            .into_iter()
-            .find(|p| p.as_str() == text)
-    }
-
-    pub fn finished(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed)
-    }
-}
+pub use crate::crd::training::Phase;
 
 /// What the controller does next.
 #[derive(Clone, Debug, PartialEq)]

@@ -112,7 +112,7 @@ pub fn next(
         checkpoints.sort_by_key(|c| c.version);
     }
     TrainingJobStatus {
-        phase: Some(plan.phase.as_str().to_owned()),
+        phase: Some(plan.phase),
         conditions,
         observed_generation: generation,
         ranks,
@@ -181,7 +181,7 @@ mod tests {
         // The version was published at step 100; the report comes later, at 250.
         report.last_published_metrics.insert("step".into(), 100.0);
         let first = next(&job, &plan, &[running()], Some(&report), t0);
-        assert_eq!(first.phase.as_deref(), Some("Running"));
+        assert_eq!(first.phase, Some(Phase::Running));
         assert_eq!(first.observed_generation, Some(3));
         let types: Vec<(&str, &str)> = first.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();
         assert_eq!(types, [("Created", "True"), ("Running", "True")]);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use lantern_proto::inference::model_infer_request::InferRequestedOutputTensor;
 use lantern_proto::inference::{InferTensorContents, ModelInferRequest, ModelMetadataRequest, ModelReadyRequest};
 use lantern_proto::lantern::v1::VersionState;
-use lantern_worker::serve::batcher::BatchSettings;
+use lantern_serve::batcher::BatchSettings;
 use tonic::Code;
 
 use crate::fixtures::{Harness, IN, fast_settings, infer_request, local_options, publish_mlp};

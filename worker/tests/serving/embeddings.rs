@@ -4,17 +4,16 @@
 
 use lantern_proto::lantern::v1::embedding_service_client::EmbeddingServiceClient;
 use lantern_proto::lantern::v1::{self as pb, VersionState};
-use lantern_worker::repository::{self, PublishRequest};
+use lantern_runtime::repository::{self, PublishRequest};
 use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::fixtures::{Harness, assert_openai_errors, post_json};
-use crate::models;
 
 const MODEL: &str = "minilm";
 
 async fn serving_minilm() -> Option<Harness> {
-    let dir = models::minilm_dir()?;
+    let dir = lantern_runtime::test_models::minilm_dir()?;
     let harness = Harness::start().await;
     let request = PublishRequest { root: harness.repo.path(), model: MODEL, source: &dir, version: None, metrics: &[] };
     repository::publish(&request).unwrap();

@@ -9,11 +9,11 @@ use lantern_proto::inference::model_infer_request::InferInputTensor;
 use lantern_proto::inference::{InferTensorContents, ModelInferRequest, ModelInferResponse};
 use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 use lantern_proto::lantern::v1::{GetModelStatusRequest, VersionState, VersionStatus};
-use lantern_worker::model::mlp::{self, Activation};
-use lantern_worker::repository::{self, PublishRequest};
-use lantern_worker::serve::batcher::BatchSettings;
-use lantern_worker::serve::server::{self, RunningServer, ServerOptions};
-use lantern_worker::serve::versions::ServeSettings;
+use lantern_runtime::model::mlp::{self, Activation};
+use lantern_runtime::repository::{self, PublishRequest};
+use lantern_serve::batcher::BatchSettings;
+use lantern_serve::server::{self, RunningServer, ServerOptions};
+use lantern_serve::versions::ServeSettings;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 use lantern_proto::inference::model_infer_request::InferInputTensor;
 use lantern_proto::inference::{ModelInferRequest, RepositoryModelUnloadRequest};
 use lantern_proto::lantern::v1::{GetModelStatusRequest, VersionState};
-use lantern_worker::serve::auth::Credentials;
-use lantern_worker::serve::connections::ConnectionLimits;
-use lantern_worker::serve::routing::Target;
+use lantern_serve::auth::Credentials;
+use lantern_serve::connections::ConnectionLimits;
+use lantern_serve::routing::Target;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,7 +21,7 @@ use crate::fixtures::{Harness, IN, fast_settings, infer_request, local_options, 
 /// A server with model `m` v1 published, started with `options` changed by `change`, and
 /// waited on through its version manager (management may need a token the harness does not
 /// send, and the port may speak TLS).
-async fn serving_with(change: impl FnOnce(&mut lantern_worker::serve::server::ServerOptions)) -> Harness {
+async fn serving_with(change: impl FnOnce(&mut lantern_serve::server::ServerOptions)) -> Harness {
     let mut options = local_options();
     change(&mut options);
     let harness = Harness::start_with(fast_settings(), options, |root| {
@@ -267,8 +267,7 @@ async fn with_tls_the_serving_port_speaks_https_with_alpn_and_refuses_plain_http
 
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
     let tls =
-        lantern_worker::serve::connections::Tls::from_pem_files(&fixtures.join("cert.pem"), &fixtures.join("key.pem"))
-            .unwrap();
+        lantern_serve::connections::Tls::from_pem_files(&fixtures.join("cert.pem"), &fixtures.join("key.pem")).unwrap();
     let harness = serving_with(|options| options.tls = Some(tls)).await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from_pem_file(fixtures.join("ca.pem")).unwrap()).unwrap();
@@ -307,7 +306,7 @@ async fn with_tls_the_serving_port_speaks_https_with_alpn_and_refuses_plain_http
 #[tokio::test]
 async fn serving_configs_for_models_with_no_published_version_are_bounded() {
     use lantern_proto::lantern::v1::{ServingConfig, SetServingConfigRequest};
-    use lantern_worker::serve::versions::MAX_UNPUBLISHED_CONFIGS;
+    use lantern_serve::versions::MAX_UNPUBLISHED_CONFIGS;
 
     let harness = Harness::serving_one_version().await;
     let mut models = harness.models().await;

@@ -9,8 +9,8 @@ use lantern_proto::inference::{
     RepositoryIndexRequest, RepositoryModelLoadRequest, RepositoryModelUnloadRequest, ServerReadyRequest,
 };
 use lantern_proto::lantern::v1::VersionState;
+use lantern_serve::batcher::BatchSettings;
 use lantern_telemetry::collector::{Collector, Span};
-use lantern_worker::serve::batcher::BatchSettings;
 use tonic::Code;
 
 use crate::fixtures::{Harness, IN, OUT, fast_settings, infer_request, local_options, publish_mlp};

@@ -7,22 +7,21 @@ use std::time::Duration;
 use lantern_proto::lantern::v1::generate_request::Input;
 use lantern_proto::lantern::v1::generation_service_client::GenerationServiceClient;
 use lantern_proto::lantern::v1::{self as pb, VersionState};
-use lantern_worker::llm::chat::Message;
-use lantern_worker::llm::codec::TextCodec;
-use lantern_worker::repository::{self, PublishRequest};
-use lantern_worker::serve::engine::EngineSettings;
+use lantern_runtime::llm::chat::Message;
+use lantern_runtime::llm::codec::TextCodec;
+use lantern_runtime::repository::{self, PublishRequest};
+use lantern_serve::engine::EngineSettings;
 use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::fixtures::{Harness, assert_openai_errors, fast_settings, local_options, post_json};
-use crate::models;
 
 pub const MODEL: &str = "smollm2";
 
 /// A server with SmolLM2 published as version 1 and available, or `None` when the model is not
 /// fetched. `engine` adjusts the continuous-batching settings.
 pub async fn serving_smollm2(engine: impl FnOnce(&mut EngineSettings)) -> Option<Harness> {
-    let gguf = models::smollm2_path()?;
+    let gguf = lantern_runtime::test_models::smollm2_path()?;
     let mut settings = fast_settings();
     settings.engine = EngineSettings { kv_cache_bytes: 64 << 20, ..EngineSettings::default() };
     engine(&mut settings.engine);
@@ -93,6 +92,23 @@ async fn metric(harness: &Harness, name: &str) -> f64 {
         .unwrap()
 }
 
+/// `lantern_requests_total` of the served version with `code`, and the version's request count
+/// in `GetModelStatus` (what the canary gate reads), read together.
+async fn counted(harness: &Harness, code: &str) -> (f64, u64) {
+    let text = reqwest::get(format!("{}/metrics", harness.url())).await.unwrap().text().await.unwrap();
+    let prefix = format!("lantern_requests_total{{model=\"{MODEL}\",version=\"1\",code=\"{code}\"}} ");
+    let total = text.lines().find_map(|line| line.strip_prefix(&prefix)).map_or(0.0, |v| v.parse().unwrap());
+    let status = harness.version_status(MODEL, 1).await.unwrap();
+    (total, status.requests.unwrap_or_default().total)
+}
+
+/// Runs `request` and checks it moved the `code` series and the version's stats by exactly one.
+async fn counts_once<F: std::future::Future<Output = ()>>(harness: &Harness, code: &str, request: F) {
+    let (total, stats) = counted(harness, code).await;
+    request.await;
+    assert_eq!(counted(harness, code).await, (total + 1.0, stats + 1), "{code}");
+}
+
 /// Waits (up to 20 s) until a metric satisfies `done`.
 async fn wait_metric(harness: &Harness, name: &str, done: impl Fn(f64) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -108,7 +124,7 @@ async fn wait_metric(harness: &Harness, name: &str, done: impl Fn(f64) -> bool) 
 
 /// Prompt tokens of a one-question chat, counted with the model's own template and tokenizer.
 fn chat_prompt_tokens(question: &str) -> usize {
-    let mut file = std::fs::File::open(models::smollm2_path().unwrap()).unwrap();
+    let mut file = std::fs::File::open(lantern_runtime::test_models::smollm2_path().unwrap()).unwrap();
     let metadata = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap().metadata;
     let codec = TextCodec::from_gguf(&metadata).unwrap();
     codec.encode_chat(&[Message::new("user", question)]).unwrap().len()
@@ -273,7 +289,7 @@ async fn a_new_version_hot_loads_while_streams_finish_on_theirs() {
     let mut old = client.generate(request.clone()).await.unwrap().into_inner();
     let first = old.message().await.unwrap().unwrap();
     assert_eq!(first.model_version, 1);
-    publish_gguf(harness.repo.path(), &models::smollm2_path().unwrap());
+    publish_gguf(harness.repo.path(), &lantern_runtime::test_models::smollm2_path().unwrap());
     harness.server.manager().reconcile_now();
     harness.wait_for(MODEL, 2, VersionState::Available).await;
     let mut new = client.generate(request).await.unwrap().into_inner();
@@ -352,6 +368,65 @@ async fn bad_generation_requests_get_precise_errors_and_streams_keep_going() {
 }
 
 #[tokio::test]
+async fn every_generation_request_is_counted_once_in_the_metrics_and_the_versions_stats() {
+    let Some(harness) = serving_smollm2(|_| {}).await else { return };
+    counts_once(&harness, "OK", async {
+        let response = post_json(&harness, "/v1/chat/completions", &chat_body("Hi", 3, false)).await;
+        assert_eq!(response.status(), 200);
+    })
+    .await;
+    counts_once(&harness, "OK", async {
+        let events = spawn_chat_stream(&harness, "Hi", 3).await.unwrap();
+        assert_eq!(events.last().unwrap(), "[DONE]");
+    })
+    .await;
+    counts_once(&harness, "OK", async {
+        let request = lantern_proto::inference::ModelInferRequest {
+            model_name: MODEL.into(),
+            inputs: vec![lantern_proto::inference::model_infer_request::InferInputTensor {
+                name: "text_input".into(),
+                datatype: "BYTES".into(),
+                shape: vec![1],
+                contents: Some(lantern_proto::inference::InferTensorContents {
+                    bytes_contents: vec![b"Hello".to_vec()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            parameters: [(
+                "max_tokens".to_owned(),
+                lantern_proto::inference::InferParameter {
+                    parameter_choice: Some(lantern_proto::inference::infer_parameter::ParameterChoice::Int64Param(3)),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        harness.grpc().await.model_infer(request).await.unwrap();
+    })
+    .await;
+    counts_once(&harness, "INVALID_ARGUMENT", async {
+        let long = "word ".repeat(5000);
+        let response = post_json(&harness, "/v1/chat/completions", &chat_body(&long, 3, false)).await;
+        assert_eq!(response.status(), 400);
+    })
+    .await;
+    counts_once(&harness, "CANCELLED", async {
+        let leaver = post_json(&harness, "/v1/chat/completions", &chat_body("Tell me a long story.", 200, true)).await;
+        wait_metric(&harness, "running_sequences", |running| running == 1.0).await;
+        drop(leaver);
+        wait_metric(&harness, "running_sequences", |running| running == 0.0).await;
+        // The server sees the disconnect when it next writes; give it that step.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while counted(&harness, "CANCELLED").await.0 == 0.0 {
+            assert!(tokio::time::Instant::now() < deadline, "the cancelled stream was never counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_full_queue_answers_429_with_a_retry_hint() {
     let Some(harness) = serving_smollm2(|e| {
         e.max_running = 1;
@@ -373,8 +448,10 @@ async fn a_full_queue_answers_429_with_a_retry_hint() {
         }
     });
     wait_metric(&harness, "waiting_sequences", |waiting| waiting == 1.0).await;
+    let (exhausted, stats) = counted(&harness, "RESOURCE_EXHAUSTED").await;
     let refused = post_json(&harness, "/v1/chat/completions", &chat_body("Hi", 4, false)).await;
     assert_eq!(refused.status(), 429);
+    assert_eq!(counted(&harness, "RESOURCE_EXHAUSTED").await, (exhausted + 1.0, stats + 1), "counted once");
     assert_eq!(refused.headers()["retry-after"], "1");
     let error: Value = refused.json().await.unwrap();
     assert!(error["error"]["message"].as_str().unwrap().contains("queue full"), "{error}");

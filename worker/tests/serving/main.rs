@@ -8,8 +8,6 @@ mod hardening;
 mod hot_reload;
 mod lifecycle;
 mod llm;
-#[path = "../common/models.rs"]
-mod models;
 mod python_client;
 mod rest;
 mod routing;

@@ -143,7 +143,7 @@ async fn rest_repository_extension_indexes_unloads_and_loads() {
 
 #[tokio::test]
 async fn concurrent_requests_share_one_batch() {
-    use lantern_worker::serve::batcher::BatchSettings;
+    use lantern_serve::batcher::BatchSettings;
 
     let mut settings = crate::fixtures::fast_settings();
     // A generous delay: requests arriving within it are run in one forward pass.

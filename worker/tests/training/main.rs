@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use lantern_proto::lantern::v1::training_service_client::TrainingServiceClient;
 use lantern_proto::lantern::v1::{GetProgressRequest, TrainingPhase, TrainingProgress};
-use lantern_worker::repository::{MANIFEST_FILE, Manifest, Repository};
-use lantern_worker::serve::server::{self, ServerOptions};
-use lantern_worker::serve::versions::ServeSettings;
-use lantern_worker::train::config::{JobConfig, LlamaSpec, Precision};
-use lantern_worker::train::lm::TrainLlama;
-use lantern_worker::train::{EXIT_INVALID, EXIT_RETRYABLE, trainer};
+use lantern_runtime::repository::{MANIFEST_FILE, Manifest, Repository};
+use lantern_serve::server::{self, ServerOptions};
+use lantern_serve::versions::ServeSettings;
+use lantern_train::config::{self, JobConfig, LlamaSpec, Precision};
+use lantern_train::lm::TrainLlama;
+use lantern_train::{EXIT_INVALID, EXIT_RETRYABLE, trainer};
 use serde_json::{Value, json};
 
 const MODEL: &str = "adder";
@@ -33,8 +33,8 @@ fn addition_job(dir: &Path, steps: u64, every: u64) -> Value {
 }
 
 fn config_of(job: &Value) -> JobConfig {
-    let config = JobConfig::from_json(job.to_string().as_bytes()).unwrap();
-    config.validate().unwrap();
+    let config = config::from_json(job.to_string().as_bytes()).unwrap();
+    config::validate(&config).unwrap();
     config
 }
 
@@ -405,7 +405,7 @@ fn a_non_finite_loss_stops_the_job_and_keeps_the_last_checkpoint() {
     assert!(error.contains("step 10") && error.contains("the loss is inf"), "{error}");
     let steps = trainer::published_steps(&dir.path().join("models"), "line").unwrap();
     assert_eq!(steps.into_iter().collect::<Vec<_>>(), vec![(10, 1)], "the good version stays, nothing new");
-    let state = lantern_worker::train::checkpoint::latest(&dir.path().join("state")).unwrap().unwrap();
+    let state = lantern_train::checkpoint::latest(&dir.path().join("state")).unwrap().unwrap();
     assert_eq!(state.state.step, 10);
 }
 

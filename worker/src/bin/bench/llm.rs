@@ -13,11 +13,13 @@ use lantern_proto::lantern::v1::embedding_service_client::EmbeddingServiceClient
 use lantern_proto::lantern::v1::generate_request::Input;
 use lantern_proto::lantern::v1::generation_service_client::GenerationServiceClient;
 use lantern_proto::lantern::v1::{self as pb};
-use lantern_worker::llm::codec::TextCodec;
-use lantern_worker::repository::{self, PublishRequest};
+use lantern_runtime::llm::codec::TextCodec;
+use lantern_runtime::repository::{self, PublishRequest};
 use tonic::transport::Channel;
 
-use super::{compute_threads, start, wait_available};
+use lantern_runtime::compute_threads;
+
+use super::{start, wait_available};
 
 const MODEL: &str = "llm";
 const PROMPT_TOKENS: usize = 256;

@@ -26,17 +26,16 @@ use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServic
 use lantern_proto::inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use lantern_proto::inference::model_infer_request::InferInputTensor;
 use lantern_proto::inference::{self as pb, InferTensorContents};
-use lantern_worker::model::mlp::{self, Activation};
-use lantern_worker::repository::{self, PublishRequest, Repository};
-use lantern_worker::serve::oip;
-use lantern_worker::serve::routing::Target;
-use lantern_worker::serve::server::{self, RunningServer, ServerOptions};
-use lantern_worker::serve::versions::{ServeSettings, VersionState};
+use lantern_runtime::compute_threads;
+use lantern_runtime::model::mlp::{self, Activation};
+use lantern_runtime::repository::{self, PublishRequest, Repository};
+use lantern_serve::routing::Target;
+use lantern_serve::server::{self, RunningServer, ServerOptions};
+use lantern_serve::versions::{ServeSettings, VersionState};
+use lantern_serve::{dispatch, oip};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-#[path = "../../compute_threads.rs"]
-mod compute_threads;
 mod llm;
 mod soak;
 mod train;
@@ -177,7 +176,7 @@ async fn core_latency(lantern: &RunningServer, request: &pb::ModelInferRequest) 
     for _ in 0..20_000 {
         let infer = oip::request_from_proto(request.clone())?;
         let sent = Instant::now();
-        manager.infer("bench", &target, None, infer).await?;
+        dispatch::infer(manager, "bench", &target, None, infer).await?;
         latencies.push(sent.elapsed());
     }
     latencies.sort();
@@ -372,7 +371,7 @@ async fn swaps(args: &Args) -> anyhow::Result<()> {
 fn time_one_load(root: &Path, model: &str, version: u64) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let verified = Repository::new(root).read_verified(model, version)?;
-    let _model = lantern_worker::model::load(model, version, &verified, &candle_core::Device::Cpu)?;
+    let _model = lantern_runtime::model::load(model, version, &verified, &candle_core::Device::Cpu)?;
     Ok(started.elapsed())
 }
 

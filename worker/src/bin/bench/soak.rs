@@ -28,7 +28,7 @@ use lantern_proto::lantern::v1::embedding_service_client::EmbeddingServiceClient
 use lantern_proto::lantern::v1::generate_request::Input;
 use lantern_proto::lantern::v1::generation_service_client::GenerationServiceClient;
 use lantern_proto::lantern::v1::{self as pb};
-use lantern_worker::repository::{self, PublishRequest};
+use lantern_runtime::repository::{self, PublishRequest};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -8,12 +8,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lantern_worker::repository::{self, PublishRequest};
-use lantern_worker::train::checkpoint;
-use lantern_worker::train::collective::{Collective, Placement};
-use lantern_worker::train::config::{LlamaSpec, OptimizerSpec, Precision};
-use lantern_worker::train::lm::TrainLlama;
-use lantern_worker::train::optim::AdamW;
+use lantern_runtime::repository::{self, PublishRequest};
+use lantern_train::checkpoint;
+use lantern_train::collective::{Collective, Placement};
+use lantern_train::config::{LlamaSpec, OptimizerSpec, Precision};
+use lantern_train::lm::TrainLlama;
+use lantern_train::optim::AdamW;
 use serde_json::json;
 
 /// The benchmark model: a 4-layer, 128-wide byte-level llama, 64-token sequences, 16 per step.

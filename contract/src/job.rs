@@ -1,0 +1,437 @@
+//! The training job file: one JSON or YAML document every rank of a TrainingJob reads, then the
+//! environment the operator sets for each pod ([`crate::env`]: rank, world size, addresses,
+//! device, token, repository) applied over it by [`JobConfig::apply_env`]. The operator writes
+//! the file from the CRD as this type; the worker's training crate parses, validates and runs it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ContractError;
+use crate::device::DeviceSpec;
+use crate::env;
+
+/// The whole job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    pub model: ModelSpec,
+    pub data: DataSpec,
+    #[serde(default)]
+    pub optimizer: OptimizerSpec,
+    pub schedule: ScheduleSpec,
+    pub checkpoint: CheckpointSpec,
+    pub output: OutputSpec,
+    /// Seeds the initial weights and the data order.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub cluster: ClusterSpec,
+}
+
+/// What is trained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSpec {
+    /// A llama-architecture decoder over bytes.
+    Llama(LlamaSpec),
+    /// The serving core's MLP, for tabular data.
+    Mlp(MlpSpec),
+}
+
+/// A llama decoder's size. The vocabulary is the 256 bytes plus an end-of-text token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaSpec {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention); defaults to `heads`.
+    #[serde(default)]
+    pub kv_heads: Option<usize>,
+    /// Tokens per training sequence, and the served model's context length.
+    pub context: usize,
+    /// Continue from this HF-layout checkpoint (a version Lantern published) instead of random
+    /// weights; its `config.json` must match the sizes above.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    /// The number format matrix products run in; weights, norms, softmax and the loss stay f32.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// Compute precision of a llama's matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bfloat16 products over f32 master weights: f32's range, so no loss scaling is needed.
+    Bf16,
+}
+
+impl LlamaSpec {
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads.unwrap_or(self.heads)
+    }
+}
+
+/// An MLP's hidden layers; the input and output widths come from the data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpSpec {
+    pub hidden: Vec<usize>,
+    pub activation: Activation,
+}
+
+/// Where the examples come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSpec {
+    /// Built in: integer additions written as text (`"17+25=42"`), for the language model. The
+    /// held-out problems never appear in training; their exact-answer accuracy shows learning.
+    Addition(AdditionSpec),
+    /// Text files for the language model, read as bytes.
+    Text(TextSpec),
+    /// A CSV file with a header for the MLP: every column but `target` is a feature.
+    Csv(CsvSpec),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdditionSpec {
+    /// Operands are drawn from `0..=max_operand`.
+    pub max_operand: u32,
+    /// Problems in the training stream.
+    pub train_examples: usize,
+    /// Held-out problems evaluated at each checkpoint.
+    pub eval_examples: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSpec {
+    pub paths: Vec<PathBuf>,
+    /// Share of the token windows held out for the eval loss.
+    #[serde(default = "default_eval_fraction")]
+    pub eval_fraction: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSpec {
+    pub path: PathBuf,
+    /// The column to predict.
+    pub target: String,
+    /// Classification into this many classes (the target holds 0..classes); regression when
+    /// absent.
+    #[serde(default)]
+    pub classes: Option<usize>,
+    #[serde(default = "default_eval_fraction")]
+    pub eval_fraction: f64,
+}
+
+/// The share of the data held out for evaluation when the file does not say.
+pub const DEFAULT_EVAL_FRACTION: f64 = 0.1;
+
+fn default_eval_fraction() -> f64 {
+    DEFAULT_EVAL_FRACTION
+}
+
+/// AdamW with decoupled weight decay (on matrices only) and global-norm gradient clipping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSpec {
+    /// Peak learning rate, reached after the warm-up.
+    pub learning_rate: f64,
+    /// Where the cosine decay ends.
+    pub min_learning_rate: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    pub weight_decay: f64,
+    /// Gradients are scaled down to this global L2 norm when above it; 0 turns clipping off.
+    pub grad_clip: f64,
+}
+
+impl Default for OptimizerSpec {
+    fn default() -> Self {
+        Self {
+            learning_rate: 3e-3,
+            min_learning_rate: 3e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// Optimizer steps in the whole job.
+    pub steps: u64,
+    /// Steps of linear warm-up before the cosine decay.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Examples (sequences or rows) per step across all ranks; each rank takes an equal share.
+    pub global_batch: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// A checkpoint every this many steps, and one at the end.
+    pub every_steps: u64,
+    /// Training states kept (the newest ones); published model versions are never removed.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// Where training states go (optimizer moments, step, weights). Every rank reads it on start,
+    /// so ranks on different machines need it on shared storage.
+    pub state_dir: PathBuf,
+    /// The most rank 0 may take to save, evaluate and publish a checkpoint: the other ranks wait
+    /// this much longer than `cluster.timeout_seconds` in the step after one.
+    #[serde(default = "default_checkpoint_timeout")]
+    pub timeout_seconds: f64,
+}
+
+impl CheckpointSpec {
+    /// Training states kept when the file does not say.
+    pub const DEFAULT_KEEP: usize = 3;
+    /// Seconds rank 0 may take over a checkpoint when the file does not say.
+    pub const DEFAULT_TIMEOUT_SECONDS: f64 = 600.0;
+}
+
+fn default_keep() -> usize {
+    CheckpointSpec::DEFAULT_KEEP
+}
+
+fn default_checkpoint_timeout() -> f64 {
+    CheckpointSpec::DEFAULT_TIMEOUT_SECONDS
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// The model repository checkpoints are published to (`LANTERN_REPOSITORY` overrides).
+    pub repository: PathBuf,
+    /// The model name versions are published under.
+    pub model: String,
+}
+
+/// This process's place in the job. The environment overrides the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSpec {
+    pub rank: usize,
+    pub world_size: usize,
+    /// Rank 0's collective address, `host:port`.
+    pub coordinator: Option<String>,
+    /// The address this rank listens on for its ring neighbour, `host:port` (default
+    /// `127.0.0.1:0`, a free loopback port).
+    pub address: Option<String>,
+    /// Where rank 0 serves `TrainingService` and `/metrics`, `host:port` (default
+    /// `127.0.0.1:0`, a free loopback port, logged at start).
+    pub progress_address: Option<String>,
+    /// The most a rank waits for its neighbour's data in a collective before failing the job.
+    pub timeout_seconds: f64,
+    /// The most a rank waits for every rank to join, retries included.
+    pub rendezvous_timeout_seconds: f64,
+    /// How long rank 0 keeps answering progress requests after the job succeeds, so that
+    /// pollers see its final state.
+    pub progress_linger_seconds: f64,
+    /// Where rank 0 writes its final progress as it exits (a pod's `terminationMessagePath`),
+    /// so that the operator learns of the last checkpoint after the process has gone.
+    pub termination_log: Option<PathBuf>,
+    /// Where this rank trains: `cpu` (default), `cuda` or `cuda:N`.
+    pub device: DeviceSpec,
+    /// A file holding the job's token: every rank's collective endpoint and rank 0's progress
+    /// service then answer only calls that carry it, and every rank sends it. The operator
+    /// creates one per job in a Secret.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self {
+            rank: 0,
+            world_size: 1,
+            coordinator: None,
+            address: None,
+            progress_address: None,
+            timeout_seconds: 60.0,
+            rendezvous_timeout_seconds: 300.0,
+            progress_linger_seconds: 2.0,
+            termination_log: None,
+            device: DeviceSpec::Cpu,
+            token_file: None,
+        }
+    }
+}
+
+/// Non-linearity applied after every MLP layer but the last (also recorded in MLP manifests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Relu,
+    Gelu,
+    Tanh,
+    Sigmoid,
+}
+
+impl Activation {
+    pub const ALL: [Self; 4] = [Self::Relu, Self::Gelu, Self::Tanh, Self::Sigmoid];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Relu => "relu",
+            Self::Gelu => "gelu",
+            Self::Tanh => "tanh",
+            Self::Sigmoid => "sigmoid",
+        }
+    }
+}
+
+impl FromStr for Activation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|a| a.name() == text).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|a| a.name()).collect();
+            format!("unknown activation {text:?}: expected one of {}", names.join(", "))
+        })
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl JobConfig {
+    /// Overrides the cluster placement and the repository from the environment variables read
+    /// by `var` (the operator's per-pod settings win over the shared file).
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ContractError> {
+        let number = |name: &str| -> Result<Option<usize>, ContractError> {
+            var(name)
+                .map(|value| {
+                    value.trim().parse().map_err(|_| ContractError::new(name, format!("{value:?} is not a number")))
+                })
+                .transpose()
+        };
+        if let Some(rank) = number(env::RANK)? {
+            self.cluster.rank = rank;
+        }
+        if let Some(world_size) = number(env::WORLD_SIZE)? {
+            self.cluster.world_size = world_size;
+        }
+        if let Some(coordinator) = var(env::COORDINATOR) {
+            self.cluster.coordinator = Some(coordinator);
+        }
+        if let Some(address) = var(env::ADDRESS) {
+            self.cluster.address = Some(address);
+        }
+        if let Some(address) = var(env::PROGRESS_ADDRESS) {
+            self.cluster.progress_address = Some(address);
+        }
+        if let Some(path) = var(env::TERMINATION_LOG) {
+            self.cluster.termination_log = Some(path.into());
+        }
+        if let Some(device) = var(env::DEVICE) {
+            self.cluster.device = device.parse().map_err(|reason| ContractError::new(env::DEVICE, reason))?;
+        }
+        if let Some(path) = var(env::JOB_TOKEN_FILE) {
+            self.cluster.token_file = Some(path.into());
+        }
+        if let Some(repository) = var(env::REPOSITORY) {
+            self.output.repository = repository.into();
+        }
+        Ok(())
+    }
+
+    /// Resolves a relative `checkpoint.state_dir` and `model.llama.init_from` inside
+    /// `output.repository`, so one job file works wherever the repository is mounted (the
+    /// operator writes them so, and sets the repository per pod).
+    pub fn anchor_to_repository(&mut self) {
+        let repository = self.output.repository.clone();
+        if self.checkpoint.state_dir.is_relative() {
+            self.checkpoint.state_dir = repository.join(&self.checkpoint.state_dir);
+        }
+        if let ModelSpec::Llama(spec) = &mut self.model
+            && let Some(init) = spec.init_from.as_mut().filter(|p| p.is_relative())
+        {
+            *init = repository.join(&*init);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn addition_job() -> JobConfig {
+        serde_json::from_value(serde_json::json!({
+            "model": {"llama": {"hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2, "context": 16}},
+            "data": {"addition": {"max_operand": 9, "train_examples": 100, "eval_examples": 10}},
+            "schedule": {"steps": 10, "global_batch": 4},
+            "checkpoint": {"every_steps": 5, "state_dir": "/tmp/state"},
+            "output": {"repository": "/tmp/models", "model": "adder"},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_minimal_job_gets_the_defaults_and_the_environment_wins() {
+        let mut config = addition_job();
+        assert_eq!(config.optimizer, OptimizerSpec::default());
+        assert_eq!((config.cluster.rank, config.cluster.world_size), (0, 1));
+        let vars = |name: &str| match name {
+            env::RANK => Some("1".to_owned()),
+            env::WORLD_SIZE => Some("2".to_owned()),
+            env::COORDINATOR => Some("10.0.0.1:7070".to_owned()),
+            env::DEVICE => Some("cuda:1".to_owned()),
+            _ => None,
+        };
+        config.apply_env(vars).unwrap();
+        assert_eq!((config.cluster.rank, config.cluster.world_size), (1, 2));
+        assert_eq!(config.cluster.device, DeviceSpec::Cuda(1));
+        assert_eq!(config.cluster.coordinator.as_deref(), Some("10.0.0.1:7070"));
+        let bad = config.apply_env(|name| (name == env::RANK).then(|| "one".to_owned()));
+        assert_eq!(bad.unwrap_err().to_string(), "LANTERN_RANK: \"one\" is not a number");
+        let bad = config.apply_env(|name| (name == env::DEVICE).then(|| "tpu".to_owned()));
+        assert_eq!(
+            bad.unwrap_err().to_string(),
+            "LANTERN_DEVICE: unknown device \"tpu\": expected cpu, cuda or cuda:N"
+        );
+    }
+
+    #[test]
+    fn relative_state_and_init_paths_are_inside_the_repository() {
+        let mut config = addition_job();
+        config.checkpoint.state_dir = ".lantern-training/ml/adder".into();
+        let ModelSpec::Llama(spec) = &mut config.model else { panic!("a llama job") };
+        spec.init_from = Some("base/3".into());
+        config.apply_env(|name| (name == env::REPOSITORY).then(|| "/mnt/models".to_owned())).unwrap();
+        config.anchor_to_repository();
+        assert_eq!(config.checkpoint.state_dir, Path::new("/mnt/models/.lantern-training/ml/adder"));
+        let ModelSpec::Llama(spec) = &config.model else { panic!("a llama job") };
+        assert_eq!(spec.init_from.as_deref(), Some(Path::new("/mnt/models/base/3")));
+    }
+
+    #[test]
+    fn activations_parse_by_their_serialized_names() {
+        for activation in Activation::ALL {
+            assert_eq!(activation.name().parse::<Activation>(), Ok(activation));
+            assert_eq!(serde_json::to_value(activation).unwrap(), activation.name());
+        }
+        assert!("swish".parse::<Activation>().unwrap_err().contains("relu, gelu, tanh, sigmoid"));
+    }
+}

@@ -1,0 +1,401 @@
+//! Language models on the real SmolLM2 GGUF and the real all-MiniLM-L6-v2 checkpoint (fetched by
+//! `scripts/fetch-test-models.sh`, which the test command runs): tokenizers, chat template, the
+//! llama forward and the BERT sentence encoder against candle-transformers' implementations.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use lantern_runtime::llm::chat::{ChatTemplate, Message};
+use lantern_runtime::llm::kv_cache::{BlockTable, KvCache};
+use lantern_runtime::llm::sampling;
+use lantern_runtime::llm::tokenizer::Tokenizer;
+use lantern_runtime::model::bert::SentenceEncoder;
+use lantern_runtime::model::llama::{Llama, SequenceStep};
+use lantern_runtime::model::{LoadedModel, load};
+use lantern_runtime::repository::{self, PublishRequest, Repository};
+
+use lantern_runtime::test_models::smollm2_path;
+
+fn smollm2_metadata() -> Option<HashMap<String, gguf_file::Value>> {
+    let mut file = std::fs::File::open(smollm2_path()?).unwrap();
+    Some(gguf_file::Content::read(&mut file).unwrap().metadata)
+}
+
+fn smollm2() -> Option<(Tokenizer, HashMap<String, gguf_file::Value>)> {
+    let metadata = smollm2_metadata()?;
+    Some((Tokenizer::from_gguf(&metadata).unwrap(), metadata))
+}
+
+#[test]
+fn smollm2_tokenizer_round_trips_text() {
+    let Some((tokenizer, _)) = smollm2() else { return };
+    for text in [
+        "Hello, world!",
+        "  leading and trailing spaces  ",
+        "Numbers: 12345 and 3.14159",
+        "Ünïcödé, 中文, emoji 🦀🔥 and tabs\tand\nnewlines",
+        "fn main() { println!(\"{}\", 1 + 2); }",
+        "<|im_start|>user\nHi<|im_end|>",
+    ] {
+        let ids = tokenizer.encode(text).unwrap();
+        assert!(!ids.is_empty());
+        assert_eq!(tokenizer.decode(&ids, false).unwrap(), text, "ids {ids:?}");
+    }
+}
+
+#[test]
+fn smollm2_special_tokens_match_whole_and_nothing_is_prepended() {
+    let Some((tokenizer, _)) = smollm2() else { return };
+    assert_eq!(tokenizer.vocab_size(), 49152);
+    let im_start = tokenizer.token_id("<|im_start|>").unwrap();
+    let im_end = tokenizer.token_id("<|im_end|>").unwrap();
+    assert_eq!((im_start, im_end), (1, 2));
+    assert_eq!(tokenizer.eos(), &[2]);
+    let ids = tokenizer.encode("<|im_start|>user\nHi<|im_end|>").unwrap();
+    assert_eq!(ids.first(), Some(&im_start));
+    assert_eq!(ids.last(), Some(&im_end));
+    // No BOS and no space before the first word (llama.cpp behaviour for this file).
+    let hello = tokenizer.encode("Hello").unwrap();
+    assert_eq!(hello.len(), 1);
+    assert_eq!(tokenizer.decode(&hello, false).unwrap(), "Hello");
+    assert_eq!(tokenizer.decode(&ids, true).unwrap(), "user\nHi");
+}
+
+#[test]
+fn smollm2_splits_every_digit() {
+    let Some((tokenizer, _)) = smollm2() else { return };
+    let ids = tokenizer.encode("12345").unwrap();
+    let pieces: Vec<String> = ids.iter().map(|&id| tokenizer.decode(&[id], false).unwrap()).collect();
+    assert_eq!(pieces, ["1", "2", "3", "4", "5"]);
+}
+
+#[test]
+fn smollm2_chat_template_renders_chatml() {
+    let Some(metadata) = smollm2_metadata() else { return };
+    let source = metadata["tokenizer.chat_template"].to_string().unwrap().clone();
+    let template = ChatTemplate::new(source).unwrap();
+    let text = template.render(&[Message::new("user", "What is 2+2?")], true, "<|im_start|>", "<|im_end|>").unwrap();
+    assert_eq!(
+        text,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let with_system =
+        template.render(&[Message::new("system", "Be brief."), Message::new("user", "Hi")], false, "", "").unwrap();
+    assert_eq!(with_system, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+}
+
+fn load_llama(path: &std::path::Path) -> Llama {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    Llama::from_gguf(&content, &mut file, &Device::Cpu).unwrap()
+}
+
+fn chat_prompt(tokenizer: &Tokenizer, metadata: &HashMap<String, gguf_file::Value>, question: &str) -> Vec<u32> {
+    let template = ChatTemplate::new(metadata["tokenizer.chat_template"].to_string().unwrap().clone()).unwrap();
+    let text = template.render(&[Message::new("user", question)], true, "", "").unwrap();
+    tokenizer.encode(&text).unwrap()
+}
+
+/// The greedy choice for each row of `[rows, vocab]` logits.
+fn greedy(logits: &Tensor) -> Vec<u32> {
+    logits.to_vec2::<f32>().unwrap().iter().map(|row| sampling::argmax(row)).collect()
+}
+
+/// A cache of 64 MiB for `model`, in 16-token blocks.
+fn cache_for(model: &Llama) -> KvCache {
+    KvCache::with_budget(model.kv_shape(), 16, 64 << 20)
+}
+
+/// Greedy decoding of each prompt with our batched forward, all prompts in every step. Prompts
+/// are fed `chunk` tokens per step; the first token is sampled once a whole prompt is in.
+fn generate_together(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize, chunk: usize) -> Vec<Vec<u32>> {
+    let mut cache = cache_for(model);
+    let mut tables: Vec<BlockTable> = prompts.iter().map(|_| BlockTable::default()).collect();
+    let mut pending: Vec<Vec<u32>> = prompts.to_vec();
+    let mut outputs = vec![Vec::new(); prompts.len()];
+    while outputs.iter().any(|o| o.len() < new_tokens) {
+        let mut steps = Vec::new();
+        let mut asking = Vec::new();
+        for (i, (input, table)) in pending.iter().zip(tables.iter_mut()).enumerate() {
+            if outputs[i].len() == new_tokens {
+                continue;
+            }
+            let tokens = &input[..input.len().min(chunk)];
+            assert!(cache.reserve(table, table.len() + tokens.len()));
+            let logits = tokens.len() == input.len();
+            if logits {
+                asking.push(i);
+            }
+            steps.push(SequenceStep { tokens, table, logits });
+        }
+        let next = greedy(&model.forward(&mut steps, &mut cache).unwrap());
+        drop(steps);
+        for (i, input) in pending.iter_mut().enumerate() {
+            if outputs[i].len() < new_tokens {
+                input.drain(..input.len().min(chunk));
+            }
+        }
+        for (&i, &token) in asking.iter().zip(&next) {
+            outputs[i].push(token);
+            pending[i] = vec![token];
+        }
+    }
+    outputs
+}
+
+#[test]
+fn llama_greedy_output_matches_the_candle_reference() {
+    let Some(path) = smollm2_path() else { return };
+    let (tokenizer, metadata) = smollm2().unwrap();
+    let prompt = chat_prompt(&tokenizer, &metadata, "What is the capital of France?");
+    let ours = generate_together(&load_llama(&path), std::slice::from_ref(&prompt), 12, usize::MAX).remove(0);
+
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut reference =
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+            .unwrap();
+    let mut expected = Vec::new();
+    let mut input = prompt.clone();
+    let mut position = 0;
+    for _ in 0..12 {
+        let logits = reference
+            .forward(&Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), position)
+            .unwrap();
+        let token = greedy(&logits)[0];
+        position += input.len();
+        expected.push(token);
+        input = vec![token];
+    }
+    assert_eq!(
+        ours,
+        expected,
+        "ours {:?} vs reference {:?}",
+        tokenizer.decode(&ours, false),
+        tokenizer.decode(&expected, false)
+    );
+}
+
+#[test]
+fn batched_decoding_matches_each_sequence_alone() {
+    let Some(path) = smollm2_path() else { return };
+    let (tokenizer, metadata) = smollm2().unwrap();
+    let model = load_llama(&path);
+    let prompts = [
+        chat_prompt(&tokenizer, &metadata, "Name a colour."),
+        chat_prompt(&tokenizer, &metadata, "Write one short sentence about the sea and the wind."),
+    ];
+    assert_ne!(prompts[0].len(), prompts[1].len());
+    // Together, with the prompts prefilled in 7-token chunks beside the other sequence's decode.
+    let together = generate_together(&model, &prompts, 8, 7);
+    for (prompt, batched) in prompts.iter().zip(&together) {
+        let alone = generate_together(&model, std::slice::from_ref(prompt), 8, usize::MAX).remove(0);
+        assert_eq!(&alone, batched, "{:?} vs {:?}", tokenizer.decode(&alone, false), tokenizer.decode(batched, false));
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused_with_both_numbers() {
+    let Some(path) = smollm2_path() else { return };
+    let model = load_llama(&path);
+    let context = model.config().context_length;
+    let tokens = vec![1u32; context + 1];
+    let mut cache = cache_for(&model);
+    let mut table = BlockTable::default();
+    let step = SequenceStep { tokens: &tokens, table: &mut table, logits: true };
+    let err = model.forward(&mut [step], &mut cache).unwrap_err().to_string();
+    assert!(err.contains(&(context + 1).to_string()) && err.contains(&context.to_string()), "{err}");
+    assert!(table.is_empty(), "a refused step must not touch the cache");
+}
+
+/// MiniLM loaded the way the worker loads it: publish the checkpoint, read it back verified.
+fn minilm() -> Option<(SentenceEncoder, candle_transformers::models::bert::BertModel, tokenizers::Tokenizer)> {
+    let dir = lantern_runtime::test_models::minilm_dir()?;
+    let repo = tempfile::tempdir().unwrap();
+    let request = PublishRequest { root: repo.path(), model: "minilm", source: &dir, version: None, metrics: &[] };
+    let version = repository::publish(&request).unwrap();
+    let verified = Repository::new(repo.path()).read_verified("minilm", version).unwrap();
+    let LoadedModel::Embed(encoder) = load("minilm", version, &verified, &Device::Cpu).unwrap() else {
+        panic!("a BERT checkpoint loads as an embedding model");
+    };
+    let config: candle_transformers::models::bert::Config =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let vb = reference_weights(&dir.join("model.safetensors"));
+    let reference = candle_transformers::models::bert::BertModel::load(vb, &config).unwrap();
+    let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    tokenizer.with_padding(None).with_truncation(None).unwrap();
+    Some((*encoder, reference, tokenizer))
+}
+
+fn reference_weights(path: &std::path::Path) -> candle_nn::VarBuilder<'static> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu)
+}
+
+/// The reference: candle-transformers' BERT, mean pooled over the tokens and normalized.
+fn reference_embedding(
+    model: &candle_transformers::models::bert::BertModel,
+    tokenizer: &tokenizers::Tokenizer,
+    text: &str,
+) -> Vec<f32> {
+    let ids = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+    let ids = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let hidden = model.forward(&ids, &ids.zeros_like().unwrap(), None).unwrap();
+    let pooled = hidden.mean(1).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+    let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt();
+    pooled.iter().map(|v| v / norm).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn minilm_embeddings_match_the_candle_reference_alone_and_batched() {
+    let Some((encoder, reference, tokenizer)) = minilm() else { return };
+    let texts: Vec<String> =
+        ["A man is playing a guitar.", "Short.", "The quick brown fox jumps over the lazy dog again."]
+            .map(String::from)
+            .to_vec();
+    let (batched, tokens) = encoder.encode(&texts).unwrap();
+    assert_eq!(batched.len(), 3);
+    assert_eq!(tokens, texts.iter().map(|t| tokenizer.encode(t.as_str(), true).unwrap().len()).sum::<usize>());
+    for (text, embedding) in texts.iter().zip(&batched) {
+        assert_eq!(embedding.len(), 384);
+        let expected = reference_embedding(&reference, &tokenizer, text);
+        let alone = encoder.encode(std::slice::from_ref(text)).unwrap().0.remove(0);
+        for ((b, a), e) in embedding.iter().zip(&alone).zip(&expected) {
+            assert!((b - e).abs() < 1e-5 && (a - e).abs() < 1e-5, "{text:?}: batched {b}, alone {a}, reference {e}");
+        }
+        assert!((cosine(embedding, embedding) - 1.0).abs() < 1e-5, "unit length");
+    }
+}
+
+#[test]
+fn minilm_places_paraphrases_closer_than_unrelated_sentences() {
+    let Some((encoder, _, _)) = minilm() else { return };
+    let texts: Vec<String> = [
+        "How do I bake bread at home?",
+        "What is a simple recipe for homemade bread?",
+        "The stock market fell sharply on Monday.",
+        "Shares dropped steeply at the start of the week.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (e, _) = encoder.encode(&texts).unwrap();
+    let (bread, markets, across) = (cosine(&e[0], &e[1]), cosine(&e[2], &e[3]), cosine(&e[0], &e[2]));
+    assert!(bread > across + 0.3 && markets > across + 0.3, "bread {bread}, markets {markets}, unrelated {across}");
+}
+
+#[test]
+fn minilm_refuses_empty_and_overlong_inputs_with_the_numbers() {
+    let Some((encoder, _, _)) = minilm() else { return };
+    assert!(encoder.encode(&[]).unwrap_err().to_string().contains("no input"));
+    let empty = encoder.encode(&["fine".into(), String::new()]).unwrap_err().to_string();
+    assert!(empty.contains("input 1 is empty"), "{empty}");
+    let long = encoder.encode(&["word ".repeat(300)]).unwrap_err().to_string();
+    assert!(long.contains("302 tokens") && long.contains("at most 256"), "{long}");
+}
+
+/// Deterministic values in `[-scale, scale]`.
+fn noise(count: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Writes a small random llama in HF layout, the way Lantern's training publishes one: config,
+/// bf16 safetensors, SmolLM2's tokenizer as `tokenizer.json` and its chat template.
+fn write_hf_llama(dir: &std::path::Path) {
+    let (tokenizer, metadata) = smollm2().unwrap();
+    let (vocab, hidden, inner, layers, heads, kv_heads) = (49152, 64, 128, 2, 4, 2);
+    let head_dim = hidden / heads;
+    let config = serde_json::json!({
+        "model_type": "llama", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inner,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256, "tie_word_embeddings": true,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut seed = 0;
+    let mut tensor = |shape: (usize, usize), scale: f32| {
+        seed += 1;
+        Tensor::from_vec(noise(shape.0 * shape.1, seed, scale), shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(candle_core::DType::BF16)
+            .unwrap()
+    };
+    let mut tensors = HashMap::new();
+    tensors.insert("model.embed_tokens.weight".to_owned(), tensor((vocab, hidden), 1.0));
+    tensors.insert("model.norm.weight".to_owned(), tensor((1, hidden), 1.0).squeeze(0).unwrap());
+    for i in 0..layers {
+        let name = |suffix: &str| format!("model.layers.{i}.{suffix}.weight");
+        for (suffix, shape) in [
+            ("self_attn.q_proj", (heads * head_dim, hidden)),
+            ("self_attn.k_proj", (kv_heads * head_dim, hidden)),
+            ("self_attn.v_proj", (kv_heads * head_dim, hidden)),
+            ("self_attn.o_proj", (hidden, heads * head_dim)),
+            ("mlp.gate_proj", (inner, hidden)),
+            ("mlp.up_proj", (inner, hidden)),
+            ("mlp.down_proj", (hidden, inner)),
+        ] {
+            tensors.insert(name(suffix), tensor(shape, 0.3));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            tensors.insert(name(norm), tensor((1, hidden), 1.0).squeeze(0).unwrap());
+        }
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_json().unwrap()).unwrap();
+    let template = metadata["tokenizer.chat_template"].to_string().unwrap().clone();
+    let tokenizer_config = serde_json::json!({"chat_template": template, "bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}});
+    std::fs::write(dir.join("tokenizer_config.json"), tokenizer_config.to_string()).unwrap();
+}
+
+#[test]
+fn an_hf_llama_checkpoint_generates_like_the_candle_reference() {
+    if smollm2_path().is_none() {
+        return;
+    }
+    let source = tempfile::tempdir().unwrap();
+    write_hf_llama(source.path());
+    let repo = tempfile::tempdir().unwrap();
+    let request =
+        PublishRequest { root: repo.path(), model: "tiny", source: source.path(), version: None, metrics: &[] };
+    let version = repository::publish(&request).unwrap();
+    let verified = Repository::new(repo.path()).read_verified("tiny", version).unwrap();
+    assert_eq!(verified.manifest.architecture, lantern_runtime::repository::Architecture::Llama);
+    let LoadedModel::Generate { model, codec } = load("tiny", version, &verified, &Device::Cpu).unwrap() else {
+        panic!("an HF llama checkpoint loads as a language model");
+    };
+    let prompt = codec.encode_chat(&[Message::new("user", "Hello there")]).unwrap();
+    assert_eq!(prompt.first(), codec.tokenizer().token_id("<|im_start|>").as_ref());
+    assert_eq!(codec.tokenizer().eos(), &[codec.tokenizer().token_id("<|im_end|>").unwrap()]);
+    let ours = generate_together(&model, std::slice::from_ref(&prompt), 10, usize::MAX).remove(0);
+
+    use candle_transformers::models::llama as reference;
+    let config: reference::LlamaConfig =
+        serde_json::from_slice(&std::fs::read(source.path().join("config.json")).unwrap()).unwrap();
+    let config = config.into_config(false);
+    let tensors = candle_core::safetensors::load(source.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
+    let llama = reference::Llama::load(vb, &config).unwrap();
+    let mut cache = reference::Cache::new(true, candle_core::DType::F32, &config, &Device::Cpu).unwrap();
+    let (mut input, mut position, mut expected) = (prompt.clone(), 0, Vec::new());
+    for _ in 0..10 {
+        let ids = Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let logits = llama.forward(&ids, position, &mut cache).unwrap();
+        let token = sampling::argmax(&logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap());
+        position += input.len();
+        expected.push(token);
+        input = vec![token];
+    }
+    assert_eq!(ours, expected);
+}

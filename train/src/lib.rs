@@ -1,0 +1,36 @@
+//! Lantern's trainer (`lantern-worker train`): data-parallel training with candle whose
+//! checkpoints are published as model versions of the runtime's repository, which the serving
+//! side loads unchanged. The job file's types are `lantern-contract`'s, shared with the operator.
+//!
+//! - [`config`]: the job file plus the environment, validated before any work starts; errors in
+//!   [`error`].
+//! - [`data`]: token windows (text files, the built-in addition task) and CSV rows, split into
+//!   training and held-out parts, read in an order that depends only on the seed and the step.
+//! - [`lm`]: the trainable llama decoder over bytes and the byte-level tokenizer it ships with.
+//! - [`params`]: named parameters seen as one flat vector by the optimizer.
+//! - [`optim`]: AdamW, the warm-up + cosine schedule and gradient clipping.
+//! - [`mlp`]: the serving core's MLP, trained as is.
+//! - [`checkpoint`]: training states (weights, moments, step), atomic and verified.
+//! - [`collective`]: rendezvous at rank 0 and the ring all-reduce over gRPC.
+//! - [`progress`]: rank 0's `TrainingService` and `/metrics`; [`token`]: the job's token on both
+//!   endpoints.
+//! - [`trainer`]: the loop, checkpoints and publishing.
+
+pub mod checkpoint;
+pub mod collective;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod lm;
+pub mod mlp;
+pub mod optim;
+pub mod params;
+pub mod progress;
+pub mod token;
+pub mod trainer;
+
+/// Exit code of `train` after a termination request was honoured by saving a state: restarting
+/// resumes from it.
+pub const EXIT_RETRYABLE: i32 = 75;
+/// Exit code of `train` for a job that cannot run as configured; restarting will not help.
+pub const EXIT_INVALID: i32 = 2;

@@ -1,0 +1,402 @@
+//! The training loop: resume from the newest complete state, join the other ranks, then for each
+//! step read this rank's share of the global batch, compute the loss and gradients, average the
+//! gradients over the ranks, clip, and apply AdamW. Every rank applies the same update to the
+//! same parameters, so they stay identical. Every `checkpoint.every_steps` steps and at the end,
+//! rank 0 saves the training state and publishes the weights as the next model version with the
+//! held-out metrics.
+//!
+//! The loss and a stop flag travel with the gradients, so every rank sees the same mean loss
+//! (and stops together on a non-finite one) and a termination request on any rank stops all of
+//! them after the same step, rank 0 saving the state first.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lantern_proto::lantern::v1::TrainingPhase;
+
+use sha2::{Digest, Sha256};
+
+use super::checkpoint::{self, OPTIMIZER_FILE, PARAMS_FILE, Saved};
+use super::collective::{Collective, Placement};
+use super::config::{DataSpec, JobConfig, ModelSpec};
+use super::data::{self, Batch, Dataset, HeldOut, Order};
+use super::lm::TrainLlama;
+use super::mlp::TrainMlp;
+use super::optim::{self, AdamW};
+use super::params::{Params, model_error};
+use super::progress::{Progress, ProgressServer, StepSize};
+use crate::error::{Error, Result};
+use lantern_runtime::repository::{self, MANIFEST_FILE, Manifest, PublishRequest, Repository};
+
+/// The metric a published version records its training step under.
+pub const STEP_METRIC: &str = "step";
+/// Longest answer generated for an addition problem.
+const ANSWER_TOKENS: usize = 8;
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// Steps completed (all of them unless interrupted).
+    pub step: u64,
+    /// The training loss of the last step.
+    pub loss: f64,
+    /// Versions this run published.
+    pub published: Vec<u64>,
+    /// Stopped early by a termination request, after saving a state.
+    pub interrupted: bool,
+    /// Steps trained by this run and the seconds they took (startup, resuming and rendezvous
+    /// excluded; checkpoints included).
+    pub trained_steps: u64,
+    pub seconds: f64,
+}
+
+/// The model being trained.
+enum Model {
+    Llama(TrainLlama),
+    Mlp(TrainMlp),
+}
+
+impl Model {
+    /// The model `config` describes, on the rank's device.
+    fn new(config: &JobConfig, dataset: &Dataset) -> Result<Self> {
+        let device = lantern_runtime::device::open(config.cluster.device)?;
+        match (&config.model, &config.data) {
+            (ModelSpec::Llama(spec), _) => Ok(Self::Llama(TrainLlama::new(spec, config.seed, &device)?)),
+            (ModelSpec::Mlp(spec), DataSpec::Csv(csv)) => {
+                Ok(Self::Mlp(TrainMlp::new(spec, dataset.features(), csv.classes, config.seed, &device)?))
+            }
+            (ModelSpec::Mlp(_), _) => Err(Error::config("data", "an mlp trains on csv data")),
+        }
+    }
+
+    fn params(&self) -> &Params {
+        match self {
+            Self::Llama(model) => model.params(),
+            Self::Mlp(model) => model.params(),
+        }
+    }
+
+    fn loss(&self, batch: &Batch) -> candle_core::Result<candle_core::Tensor> {
+        match (self, batch) {
+            (Self::Llama(model), Batch::Tokens(windows)) => model.loss(windows),
+            (Self::Mlp(model), Batch::Rows { features, targets }) => model.loss(features, targets),
+            _ => candle_core::bail!("the batch does not suit the model; this is a bug"),
+        }
+    }
+
+    /// Held-out metrics.
+    fn evaluate(&self, held_out: &HeldOut) -> Result<Vec<(String, f64)>> {
+        let scalar = |loss: candle_core::Result<candle_core::Tensor>| -> Result<f64> {
+            loss.and_then(|l| l.to_scalar::<f32>()).map(f64::from).map_err(model_error)
+        };
+        match (self, held_out) {
+            (Self::Llama(model), HeldOut::Addition { problems, windows }) => {
+                let mut right = 0;
+                for &(a, b) in problems {
+                    let prompt = data::bytes_to_tokens(data::addition_prompt(a, b).as_bytes());
+                    let answer = model.greedy(&prompt, ANSWER_TOKENS).map_err(model_error)?;
+                    right += usize::from(answer == data::bytes_to_tokens((a + b).to_string().as_bytes()));
+                }
+                Ok(vec![
+                    ("eval_loss".to_owned(), scalar(model.loss(windows))?),
+                    ("eval_accuracy".to_owned(), right as f64 / problems.len() as f64),
+                ])
+            }
+            (Self::Llama(model), HeldOut::Tokens(windows)) => {
+                Ok(vec![("eval_loss".to_owned(), scalar(model.loss(windows))?)])
+            }
+            (Self::Mlp(model), HeldOut::Rows { features, targets }) => model.evaluate(features, targets),
+            _ => Err(Error::config("data", "the held-out data does not suit the model")),
+        }
+    }
+
+    fn write_checkpoint(&self, dir: &Path) -> Result<()> {
+        match self {
+            Self::Llama(model) => model.write_checkpoint(dir),
+            Self::Mlp(model) => model.write_checkpoint(dir),
+        }
+    }
+}
+
+/// Runs the job to its last step, or until `interrupt` is set on any rank (then rank 0 saves a
+/// state first). Rank 0 serves its progress meanwhile.
+pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
+    let cluster = &config.cluster;
+    let progress = (cluster.rank == 0).then(|| {
+        let batch = config.schedule.global_batch;
+        let size = StepSize { examples: batch, tokens: batch * sequence_length(config) };
+        Progress::new(&config.output.model, config.schedule.steps, cluster.world_size, size)
+    });
+    let token = cluster.token_file.as_deref().map(lantern_proto::auth::read_token_file).transpose()?;
+    let _server = match &progress {
+        Some(progress) => {
+            let listen = cluster.progress_address.as_deref().unwrap_or("127.0.0.1:0");
+            let server = ProgressServer::start(progress.clone(), listen, token.as_deref())?;
+            tracing::info!(address = %server.address(), "serving training progress (TrainingService, /metrics)");
+            Some(server)
+        }
+        None => None,
+    };
+    let result = run(config, interrupt, progress.clone(), token);
+    if let Some(progress) = &progress {
+        match &result {
+            Ok(outcome) if !outcome.interrupted => progress.set_phase(TrainingPhase::Succeeded),
+            Ok(_) => {}
+            Err(error) => progress.failed(&error.to_string()),
+        }
+        if let Some(path) = &cluster.termination_log
+            && let Err(error) = std::fs::write(path, progress.termination_message())
+        {
+            tracing::warn!(path = %path.display(), %error, "writing the termination message");
+        }
+        if matches!(&result, Ok(outcome) if !outcome.interrupted) {
+            // Rank 0 stops serving as it returns: give pollers a moment to see the end.
+            std::thread::sleep(Duration::from_secs_f64(cluster.progress_linger_seconds));
+        }
+    }
+    result
+}
+
+fn run(
+    config: &JobConfig,
+    interrupt: &AtomicBool,
+    progress: Option<Arc<Progress>>,
+    token: Option<String>,
+) -> Result<Outcome> {
+    let cluster = &config.cluster;
+    let batch_size = config.schedule.global_batch;
+    let dataset = Dataset::load(&config.data, sequence_length(config), batch_size, config.seed)?;
+    let model = Model::new(config, &dataset)?;
+    let optimizer = AdamW::new(config.optimizer.clone(), model.params().decay_mask());
+    let mut job = Job { config, model, dataset, optimizer, progress, published: Vec::new() };
+    let (mut step, mut loss) = (0, f64::NAN);
+    if let Some(saved) = checkpoint::latest(&config.checkpoint.state_dir)? {
+        job.model.params().load(&saved.params())?;
+        job.optimizer.load(&saved.optimizer(), saved.state.step)?;
+        (step, loss) = (saved.state.step, saved.state.loss);
+        tracing::info!(step, dir = %saved.dir.display(), "resuming from a saved training state");
+        // A crash between saving the state and publishing its version: publish it now.
+        job.publish_once(&saved)?;
+    }
+    let mut collective = match cluster.world_size {
+        1 => None,
+        _ => Some(Collective::join(placement(config, token), step, job.progress.clone())?),
+    };
+    let mut order = Order::new(config.seed, job.dataset.len());
+    if let Some(progress) = &job.progress {
+        progress.training_from(step);
+    }
+    let (started, first_step) = (std::time::Instant::now(), step);
+    let outcome = |step: u64, loss: f64, published: Vec<u64>, interrupted: bool| Outcome {
+        step,
+        loss,
+        published,
+        interrupted,
+        trained_steps: step - first_step,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    while step < config.schedule.steps {
+        let batch = job.dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size));
+        let (mut gradients, local_loss) = gradients(&job.model, &batch).map_err(|e| stopped(step, e))?;
+        // The loss and the stop flag ride along, averaged with the gradients.
+        gradients.extend([local_loss as f32, f32::from(u8::from(interrupt.load(Ordering::Relaxed)))]);
+        if let Some(collective) = collective.as_mut() {
+            collective.all_reduce_mean(&mut gradients, step, collective_timeout(config, step))?;
+        }
+        let stop = gradients.pop().is_some_and(|flag| flag > 0.0);
+        let step_loss = f64::from(gradients.pop().expect("the loss rides with the gradients; this is a bug"));
+        if stop {
+            tracing::info!(step, "termination requested; saving the training state");
+            if let Some(progress) = &job.progress {
+                progress.set_phase(TrainingPhase::Stopping);
+            }
+            job.checkpoint(step, loss)?;
+            return Ok(outcome(step, loss, job.published, true));
+        }
+        if !step_loss.is_finite() {
+            return Err(Error::Training {
+                step,
+                reason: format!("the loss is {step_loss}; the last saved state and its version are kept"),
+            });
+        }
+        optim::clip(&mut gradients, config.optimizer.grad_clip);
+        let mut values = job.model.params().read_flat()?;
+        job.optimizer.update(&mut values, &gradients, optim::learning_rate(&config.optimizer, &config.schedule, step));
+        job.model.params().write_flat(&values)?;
+        step += 1;
+        loss = step_loss;
+        if let Some(progress) = &job.progress {
+            progress.step_done(step, loss, order.epoch_of(step - 1, batch_size));
+        }
+        if step % config.checkpoint.every_steps == 0 || step == config.schedule.steps {
+            tracing::info!(step, loss, "checkpoint");
+            job.checkpoint(step, loss)?;
+        }
+    }
+    Ok(outcome(step, loss, job.published, false))
+}
+
+/// Tokens per training sequence (0 for tabular data).
+fn sequence_length(config: &JobConfig) -> usize {
+    match &config.model {
+        ModelSpec::Llama(spec) => spec.context,
+        ModelSpec::Mlp(_) => 0,
+    }
+}
+
+/// How long a rank waits for its neighbour in the all-reduce of `step`. Right after a checkpoint
+/// rank 0 has been saving, evaluating and publishing while the others went on to this step, so
+/// they wait for that as well.
+fn collective_timeout(config: &JobConfig, step: u64) -> Duration {
+    let after_checkpoint = step > 0 && step.is_multiple_of(config.checkpoint.every_steps);
+    let seconds = match after_checkpoint {
+        true => config.cluster.timeout_seconds + config.checkpoint.timeout_seconds,
+        false => config.cluster.timeout_seconds,
+    };
+    Duration::from_secs_f64(seconds)
+}
+
+/// This rank's place in the ring, from the cluster settings.
+fn placement(config: &JobConfig, token: Option<String>) -> Placement {
+    let cluster = &config.cluster;
+    Placement {
+        token,
+        rank: cluster.rank,
+        world_size: cluster.world_size,
+        coordinator: cluster.coordinator.clone().unwrap_or_default(),
+        address: cluster.address.clone(),
+        job: job_identity(config),
+        rendezvous_timeout: Duration::from_secs_f64(cluster.rendezvous_timeout_seconds),
+    }
+}
+
+/// A digest of everything that must be equal on every rank: model, data, optimizer, schedule,
+/// seed and output model.
+fn job_identity(config: &JobConfig) -> String {
+    let shared = serde_json::json!([
+        config.model,
+        config.data,
+        config.optimizer,
+        config.schedule,
+        config.seed,
+        config.output.model
+    ]);
+    hex::encode(&Sha256::digest(shared.to_string().as_bytes())[..8])
+}
+
+/// This rank's gradients (flat) and loss for one batch.
+fn gradients(model: &Model, batch: &Batch) -> candle_core::Result<(Vec<f32>, f64)> {
+    let loss = model.loss(batch)?;
+    let grads = loss.backward()?;
+    let flat = model.params().gradients_flat(&grads).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    Ok((flat, f64::from(loss.to_scalar::<f32>()?)))
+}
+
+fn stopped(step: u64, error: candle_core::Error) -> Error {
+    Error::Training { step, reason: error.to_string() }
+}
+
+/// Everything a rank trains with. Only rank 0 (the one with `progress`) writes states and
+/// publishes versions.
+struct Job<'a> {
+    config: &'a JobConfig,
+    model: Model,
+    dataset: Dataset,
+    optimizer: AdamW,
+    progress: Option<Arc<Progress>>,
+    /// Versions this run published.
+    published: Vec<u64>,
+}
+
+impl Job<'_> {
+    /// Saves the training state for `step`, publishes its version, and prunes old states.
+    fn checkpoint(&mut self, step: u64, loss: f64) -> Result<()> {
+        if self.progress.is_none() {
+            return Ok(());
+        }
+        let state_dir = &self.config.checkpoint.state_dir;
+        let saved = checkpoint::save(state_dir, step, loss, |dir| {
+            self.model.params().save(&dir.join(PARAMS_FILE))?;
+            self.optimizer.save(&dir.join(OPTIMIZER_FILE))
+        })?;
+        self.publish_once(&saved)?;
+        checkpoint::prune(state_dir, self.config.checkpoint.keep)
+    }
+
+    /// Publishes the model (holding `saved`'s weights) as the next version, with the training
+    /// loss, the held-out metrics and the step, unless a version of that step exists already.
+    fn publish_once(&mut self, saved: &Saved) -> Result<()> {
+        let Some(progress) = &self.progress else { return Ok(()) };
+        let output = &self.config.output;
+        if published_steps(&output.repository, &output.model)?.contains_key(&saved.state.step) {
+            return Ok(());
+        }
+        let mut metrics =
+            vec![(STEP_METRIC.to_owned(), saved.state.step as f64), ("loss".to_owned(), saved.state.loss)];
+        metrics.extend(self.model.evaluate(&self.dataset.held_out)?);
+        let staging = tempfile::tempdir().map_err(|e| Error::io("creating a staging directory", e))?;
+        self.model.write_checkpoint(staging.path())?;
+        let request = PublishRequest {
+            root: &output.repository,
+            model: &output.model,
+            source: staging.path(),
+            version: None,
+            metrics: &metrics,
+        };
+        let version = repository::publish(&request)?;
+        let digest = manifest_digest(&output.repository, &output.model, version)?;
+        tracing::info!(model = %output.model, version, step = saved.state.step, ?metrics, %digest, "published a version");
+        progress.published(version, &metrics, &digest);
+        self.published.push(version);
+        Ok(())
+    }
+}
+
+/// `sha256:` of a published version's manifest, which pins every file of the version by its own
+/// digest.
+fn manifest_digest(root: &Path, model: &str, version: u64) -> Result<String> {
+    let path = root.join(model).join(version.to_string()).join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(format!("sha256:{}", hex::encode(Sha256::digest(&bytes))))
+}
+
+/// The training step each published version of `model` records, and the version.
+pub fn published_steps(root: &Path, model: &str) -> Result<BTreeMap<u64, u64>> {
+    let repository = Repository::new(root);
+    let mut steps = BTreeMap::new();
+    for version in repository.versions(model)? {
+        let path = repository.version_dir(model, version).join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if let Some(&step) = Manifest::from_json(&bytes, &path)?.metrics.get(STEP_METRIC) {
+            steps.insert(step as u64, version);
+        }
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_step_after_a_checkpoint_waits_for_rank_0_to_publish() {
+        let mut config = crate::config::from_json(
+            serde_json::json!({
+                "model": {"mlp": {"hidden": [4], "activation": "tanh"}},
+                "data": {"csv": {"path": "/rows.csv", "target": "y"}},
+                "schedule": {"steps": 100, "global_batch": 4},
+                "checkpoint": {"every_steps": 10, "state_dir": "/state", "timeout_seconds": 300},
+                "output": {"repository": "/models", "model": "m"},
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        config.cluster.timeout_seconds = 5.0;
+        let waits: Vec<u64> = [0, 9, 10, 11, 20].map(|step| collective_timeout(&config, step).as_secs()).to_vec();
+        assert_eq!(waits, vec![5, 5, 305, 5, 305]);
+    }
+}
