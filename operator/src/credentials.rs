@@ -3,10 +3,11 @@
 //! the operator creates once, owned by the object, with a random 256-bit token — never rewritten,
 //! so running pods keep the token they mounted. `lantern_proto::auth::SendToken` sends it.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::{Client, Resource};
-use serde_json::json;
 
 use crate::context::{Error, kube_error};
 use crate::objects::owned_metadata;
@@ -18,16 +19,15 @@ pub const TOKEN_KEY: &str = "token";
 pub fn token_secret<K: Resource<DynamicType = ()>>(
     owner: &K,
     name: String,
-    labels: std::collections::BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
 ) -> Secret {
     let token = hex::encode(rand::random::<[u8; 32]>());
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": owned_metadata(owner, name, labels),
-        "type": "Opaque",
-        "stringData": {TOKEN_KEY: token},
-    }))
-    .expect("a Secret built from known fields")
+    Secret {
+        metadata: owned_metadata(owner, name, labels),
+        type_: Some("Opaque".to_owned()),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_owned(), token)])),
+        ..Secret::default()
+    }
 }
 
 /// The token in the Secret `secret` names, creating that Secret the first time. A create that
@@ -56,6 +56,8 @@ pub async fn token(client: &Client, namespace: &str, secret: Secret) -> Result<S
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

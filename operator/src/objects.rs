@@ -1,14 +1,20 @@
 //! What every object the operator makes shares: owner metadata, the model repository volume, the
-//! worker container's hardening and the user's pod overrides. Pure functions to JSON, which
-//! each controller's own `objects` module assembles into typed objects.
+//! worker container's hardening and the user's pod overrides. Pure functions to k8s-openapi's
+//! typed structs, which each controller's own `objects` module assembles into objects: a field
+//! misspelt here does not compile, where a `json!` key would be dropped silently.
 
 use std::collections::BTreeMap;
 
-use kube::Resource;
-use serde_json::{Value, json};
-
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, ServicePort, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
 
 use lantern_contract::env;
 
@@ -22,13 +28,14 @@ pub fn owned_metadata<K: Resource<DynamicType = ()>>(
     owner: &K,
     name: String,
     labels: BTreeMap<String, String>,
-) -> Value {
-    json!({
-        "name": name,
-        "namespace": owner.meta().namespace,
-        "labels": labels,
-        "ownerReferences": owner.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
-    })
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: owner.meta().namespace.clone(),
+        labels: Some(labels),
+        owner_references: Some(owner.controller_owner_ref(&()).into_iter().collect()),
+        ..ObjectMeta::default()
+    }
 }
 
 /// The labels of every worker pod and Service, plus `owner_label` naming the owner.
@@ -40,60 +47,127 @@ pub fn worker_labels(owner_label: &str, owner: &str) -> BTreeMap<String, String>
     ])
 }
 
+/// A label selector matching exactly `labels`.
+pub fn match_labels<const N: usize>(labels: [(&str, &str); N]) -> LabelSelector {
+    let labels = labels.into_iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect();
+    LabelSelector { match_labels: Some(labels), ..LabelSelector::default() }
+}
+
+/// An environment variable with a literal value.
+pub fn env_var(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.to_owned(), value: Some(value.into()), value_from: None }
+}
+
+/// `POD_IP`, the pod's own address, for the variables that name a listen address.
+pub fn pod_ip_var() -> EnvVar {
+    let field = ObjectFieldSelector { field_path: "status.podIP".to_owned(), api_version: None };
+    EnvVar {
+        name: "POD_IP".to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource { field_ref: Some(field), ..EnvVarSource::default() }),
+    }
+}
+
+/// A read-only mount of the volume `volume` at `directory`.
+pub fn read_only_mount(volume: &str, directory: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.to_owned(),
+        mount_path: directory.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// A TCP port, for a NetworkPolicy rule.
+pub fn tcp_port(port: u16) -> NetworkPolicyPort {
+    NetworkPolicyPort { protocol: Some("TCP".to_owned()), port: Some(IntOrString::Int(port.into())), end_port: None }
+}
+
+/// A named port of a worker container.
+pub fn container_port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort { name: Some(name.to_owned()), container_port: port.into(), ..ContainerPort::default() }
+}
+
+/// A named Service port that forwards to the same port of the pods.
+pub fn service_port(name: &str, port: u16) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port: port.into(),
+        target_port: Some(IntOrString::Int(port.into())),
+        ..ServicePort::default()
+    }
+}
+
 /// The pod volume of a model repository claim, and the container's mount of it at
 /// [`REPOSITORY_MOUNT`].
-pub fn repository_volume(repository: &Repository) -> (Value, Value) {
-    let volume = json!({"name": "repository", "persistentVolumeClaim": {"claimName": repository.claim_name}});
-    let mut mount = json!({"name": "repository", "mountPath": REPOSITORY_MOUNT});
-    if let Some(sub_path) = &repository.sub_path {
-        mount["subPath"] = json!(sub_path);
-    }
+pub fn repository_volume(repository: &Repository) -> (Volume, VolumeMount) {
+    let claim = PersistentVolumeClaimVolumeSource { claim_name: repository.claim_name.clone(), read_only: None };
+    let volume = Volume { name: "repository".to_owned(), persistent_volume_claim: Some(claim), ..Volume::default() };
+    let mount = VolumeMount {
+        name: "repository".to_owned(),
+        mount_path: REPOSITORY_MOUNT.to_owned(),
+        sub_path: repository.sub_path.clone(),
+        ..VolumeMount::default()
+    };
     (volume, mount)
 }
 
 /// The user and group workers run as (the images' `nonroot`).
 pub const WORKER_UID: u32 = 65532;
 
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile { type_: "RuntimeDefault".to_owned(), localhost_profile: None }
+}
+
 /// The worker container's security context: not root, nothing written outside its volumes, no
 /// privileges, the runtime's default seccomp profile.
-pub fn worker_security_context() -> Value {
-    json!({
-        "runAsNonRoot": true,
-        "runAsUser": WORKER_UID,
-        "runAsGroup": WORKER_UID,
-        "readOnlyRootFilesystem": true,
-        "allowPrivilegeEscalation": false,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    })
+pub fn worker_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(WORKER_UID.into()),
+        run_as_group: Some(WORKER_UID.into()),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..SecurityContext::default()
+    }
 }
 
 /// Pod-level hardening of a worker pod: the same user and seccomp profile for every container,
 /// and no service-account token (workers never call the Kubernetes API).
-pub fn harden_pod(pod_spec: &mut Value) {
-    pod_spec["securityContext"] = json!({
-        "runAsNonRoot": true,
-        "runAsUser": WORKER_UID,
-        "runAsGroup": WORKER_UID,
-        "fsGroup": WORKER_UID,
-        "seccompProfile": {"type": "RuntimeDefault"},
+pub fn harden_pod(pod_spec: &mut PodSpec) {
+    pod_spec.security_context = Some(PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(WORKER_UID.into()),
+        run_as_group: Some(WORKER_UID.into()),
+        fs_group: Some(WORKER_UID.into()),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..PodSecurityContext::default()
     });
-    pod_spec["automountServiceAccountToken"] = json!(false);
+    pod_spec.automount_service_account_token = Some(false);
 }
 
 /// A pod volume holding one key of a Secret as the file `file`, and the container's read-only
 /// mount of it at `directory`.
-pub fn secret_file_volume(volume: &str, secret: &str, key: &str, file: &str, directory: &str) -> (Value, Value) {
-    let volume_json = json!({"name": volume, "secret": {"secretName": secret, "items": [{"key": key, "path": file}]}});
-    (volume_json, json!({"name": volume, "mountPath": directory, "readOnly": true}))
+pub fn secret_file_volume(volume: &str, secret: &str, key: &str, file: &str, directory: &str) -> (Volume, VolumeMount) {
+    let item = KeyToPath { key: key.to_owned(), path: file.to_owned(), mode: None };
+    let source = SecretVolumeSource {
+        secret_name: Some(secret.to_owned()),
+        items: Some(vec![item]),
+        ..SecretVolumeSource::default()
+    };
+    let volume_spec = Volume { name: volume.to_owned(), secret: Some(source), ..Volume::default() };
+    (volume_spec, read_only_mount(volume, directory))
 }
 
 /// The NetworkPolicy peer that is the operator's own pods.
-pub fn operator_peer(operator_namespace: &str) -> Value {
-    json!({
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}},
-        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "lantern-operator"}},
-    })
+pub fn operator_peer(operator_namespace: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(match_labels([("kubernetes.io/metadata.name", operator_namespace)])),
+        pod_selector: Some(match_labels([("app.kubernetes.io/name", "lantern-operator")])),
+        ip_block: None,
+    }
 }
 
 /// The resource name of NVIDIA's device plugin.
@@ -103,39 +177,50 @@ pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// the worker and, for CUDA, GPUs in the limits: the count `resources` names (as a limit or a
 /// request), else one. Kubernetes takes extended resources as limits and refuses a request
 /// without one.
-pub fn place_on_device(container: &mut Value, resources: Option<&ResourceRequirements>, device: Device) {
+pub fn place_on_device(container: &mut Container, resources: Option<&ResourceRequirements>, device: Device) {
     let mut resources = resources.cloned().unwrap_or_default();
     if device == Device::Cuda {
         let requested = resources.requests.as_ref().and_then(|requests| requests.get(GPU_RESOURCE)).cloned();
         let count = requested.unwrap_or_else(|| Quantity("1".to_owned()));
         resources.limits.get_or_insert_default().entry(GPU_RESOURCE.to_owned()).or_insert(count);
-        if let Some(env) = container["env"].as_array_mut() {
-            env.push(json!({"name": env::DEVICE, "value": "cuda"}));
-        }
+        container.env.get_or_insert_default().push(env_var(env::DEVICE, "cuda"));
     }
     if resources != ResourceRequirements::default() {
-        container["resources"] = json!(resources);
+        container.resources = Some(resources);
     }
 }
 
 /// Copies the user's scheduling overrides into a pod spec.
-pub fn apply_overrides(pod_spec: &mut Value, overrides: Option<&PodOverrides>) {
-    let Some(overrides) = overrides else { return };
-    let overrides = serde_json::to_value(overrides).unwrap_or_default();
-    for (field, value) in overrides.as_object().into_iter().flatten() {
-        pod_spec[field] = value.clone();
+pub fn apply_overrides(pod_spec: &mut PodSpec, overrides: Option<&PodOverrides>) {
+    let Some(PodOverrides { node_selector, tolerations, service_account_name, priority_class_name }) = overrides else {
+        return;
+    };
+    if node_selector.is_some() {
+        pod_spec.node_selector.clone_from(node_selector);
+    }
+    if tolerations.is_some() {
+        pod_spec.tolerations.clone_from(tolerations);
+    }
+    if service_account_name.is_some() {
+        pod_spec.service_account_name.clone_from(service_account_name);
+    }
+    if priority_class_name.is_some() {
+        pod_spec.priority_class_name.clone_from(priority_class_name);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
 
     fn placed(resources: Value, device: Device) -> Value {
-        let mut container = json!({"name": "worker", "env": [{"name": "LANTERN_RANK", "value": "0"}]});
+        let mut container =
+            Container { name: "worker".into(), env: Some(vec![env_var(env::RANK, "0")]), ..Container::default() };
         let resources: Option<ResourceRequirements> = serde_json::from_value(resources).unwrap();
         place_on_device(&mut container, resources.as_ref(), device);
-        container
+        serde_json::to_value(container).unwrap()
     }
 
     #[test]

@@ -8,15 +8,19 @@
 use std::collections::BTreeMap;
 use std::hash::Hasher;
 
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::{
+    Container, HTTPGetAction, Pod, PodSpec, Probe, Secret, SecretVolumeSource, Service, ServiceSpec, Volume,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use lantern_contract::env;
 
 use crate::crd::{Device, InferenceService, Repository};
 use crate::credentials::{self, TOKEN_KEY};
-use crate::objects::{self, REPOSITORY_MOUNT, owned_metadata};
+use crate::objects::{self, REPOSITORY_MOUNT, env_var, match_labels, owned_metadata, tcp_port};
 
 /// The serving port of every worker, for gRPC and HTTP alike.
 pub const SERVING_PORT: u16 = 8500;
@@ -107,15 +111,15 @@ pub fn pod_name(service: &InferenceService, revision: &str, index: u32) -> Strin
 
 /// The Service in front of the ready pods.
 pub fn service(service: &InferenceService) -> Service {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": owned_metadata(service, name(service).to_owned(), service_labels(service)),
-        "spec": {
-            "selector": {SERVICE_LABEL: name(service)},
-            "ports": [{"name": "serving", "port": SERVING_PORT, "targetPort": SERVING_PORT}],
-        },
-    }))
-    .expect("a Service built from known fields")
+    Service {
+        metadata: owned_metadata(service, name(service).to_owned(), service_labels(service)),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(SERVICE_LABEL.to_owned(), name(service).to_owned())])),
+            ports: Some(vec![objects::service_port("serving", SERVING_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
 }
 
 /// The Secret holding the token the operator sends on management calls to the service's
@@ -132,19 +136,21 @@ pub fn management_secret(service: &InferenceService) -> Secret {
 /// Who may reach the service's pods: anyone on the serving port, only the operator's pods on
 /// the management port.
 pub fn network_policy(service: &InferenceService, operator_namespace: &str) -> NetworkPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": owned_metadata(service, name(service).to_owned(), service_labels(service)),
-        "spec": {
-            "podSelector": {"matchLabels": {SERVICE_LABEL: name(service)}},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {"ports": [{"protocol": "TCP", "port": SERVING_PORT}]},
-                {"from": [objects::operator_peer(operator_namespace)], "ports": [{"protocol": "TCP", "port": MANAGEMENT_PORT}]},
-            ],
-        },
-    }))
-    .expect("a NetworkPolicy built from known fields")
+    NetworkPolicy {
+        metadata: owned_metadata(service, name(service).to_owned(), service_labels(service)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(match_labels([(SERVICE_LABEL, name(service))])),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule { from: None, ports: Some(vec![tcp_port(SERVING_PORT)]) },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![objects::operator_peer(operator_namespace)]),
+                    ports: Some(vec![tcp_port(MANAGEMENT_PORT)]),
+                },
+            ]),
+            egress: None,
+        }),
+    }
 }
 
 /// One worker pod: slot `index` of `revision`, serving the model from `repository` with
@@ -164,13 +170,13 @@ pub fn pod(
     labels.insert(REVISION_LABEL.to_owned(), revision.to_owned());
     labels.insert(INDEX_LABEL.to_owned(), index.to_string());
     let mut env = vec![
-        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        json!({"name": env::LISTEN, "value": format!("$(POD_IP):{SERVING_PORT}")}),
-        json!({"name": env::MANAGEMENT_LISTEN, "value": format!("$(POD_IP):{MANAGEMENT_PORT}")}),
-        json!({"name": env::MANAGEMENT_TOKEN_FILE, "value": format!("{MANAGEMENT_TOKEN_DIR}/{TOKEN_KEY}")}),
-        json!({"name": env::REPOSITORY, "value": REPOSITORY_MOUNT}),
-        json!({"name": env::MODELS, "value": spec.model}),
-        json!({"name": env::VERSION_POLICY, "value": policy}),
+        objects::pod_ip_var(),
+        env_var(env::LISTEN, format!("$(POD_IP):{SERVING_PORT}")),
+        env_var(env::MANAGEMENT_LISTEN, format!("$(POD_IP):{MANAGEMENT_PORT}")),
+        env_var(env::MANAGEMENT_TOKEN_FILE, format!("{MANAGEMENT_TOKEN_DIR}/{TOKEN_KEY}")),
+        env_var(env::REPOSITORY, REPOSITORY_MOUNT),
+        env_var(env::MODELS, spec.model.as_str()),
+        env_var(env::VERSION_POLICY, policy),
     ];
     let batching = spec.batching.clone().unwrap_or_default();
     let generation = spec.generation.clone().unwrap_or_default();
@@ -183,11 +189,9 @@ pub fn pod(
         (env::MAX_WAITING_SEQUENCES, generation.max_waiting_sequences.map(u64::from)),
         (env::MAX_STEP_TOKENS, generation.max_step_tokens.map(u64::from)),
     ];
-    env.extend(
-        settings.into_iter().filter_map(|(name, value)| Some(json!({"name": name, "value": value?.to_string()}))),
-    );
+    env.extend(settings.into_iter().filter_map(|(name, value)| Some(env_var(name, value?.to_string()))));
     let (repository_volume, mut repository_mount) = objects::repository_volume(repository);
-    repository_mount["readOnly"] = json!(true);
+    repository_mount.read_only = Some(true);
     let (token_volume, token_mount) = objects::secret_file_volume(
         "management-token",
         &management_secret_name(service),
@@ -201,49 +205,66 @@ pub fn pod(
         let (volume, mount) = objects::secret_file_volume("api-keys", &keys.name, &keys.key, "keys", API_KEYS_DIR);
         volumes.push(volume);
         mounts.push(mount);
-        env.push(json!({"name": env::API_KEYS_FILE, "value": format!("{API_KEYS_DIR}/keys")}));
+        env.push(env_var(env::API_KEYS_FILE, format!("{API_KEYS_DIR}/keys")));
     }
     if let Some(tls) = &spec.tls {
-        volumes.push(json!({"name": "tls", "secret": {"secretName": tls.secret_name}}));
-        mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
-        env.push(json!({"name": env::TLS_CERT_FILE, "value": format!("{TLS_DIR}/tls.crt")}));
-        env.push(json!({"name": env::TLS_KEY_FILE, "value": format!("{TLS_DIR}/tls.key")}));
+        let certificate = SecretVolumeSource { secret_name: Some(tls.secret_name.clone()), ..Default::default() };
+        volumes.push(Volume { name: "tls".to_owned(), secret: Some(certificate), ..Volume::default() });
+        mounts.push(objects::read_only_mount("tls", TLS_DIR));
+        env.push(env_var(env::TLS_CERT_FILE, format!("{TLS_DIR}/tls.crt")));
+        env.push(env_var(env::TLS_KEY_FILE, format!("{TLS_DIR}/tls.key")));
     }
     let scheme = if spec.tls.is_some() { "HTTPS" } else { "HTTP" };
-    let http_get = |path: String| json!({"path": path, "port": SERVING_PORT, "scheme": scheme});
-    let mut container = json!({
-        "name": "worker",
-        "image": spec.image.as_deref().unwrap_or(image),
-        "args": ["serve"],
-        "env": env,
-        "ports": [
-            {"name": "serving", "containerPort": SERVING_PORT},
-            {"name": "management", "containerPort": MANAGEMENT_PORT},
-        ],
-        "volumeMounts": mounts,
+    let http_get = |path: String| HTTPGetAction {
+        path: Some(path),
+        port: IntOrString::Int(SERVING_PORT.into()),
+        scheme: Some(scheme.to_owned()),
+        ..HTTPGetAction::default()
+    };
+    let mut container = Container {
+        name: "worker".to_owned(),
+        image: Some(spec.image.as_deref().unwrap_or(image).to_owned()),
+        args: Some(vec!["serve".to_owned()]),
+        env: Some(env),
+        ports: Some(vec![
+            objects::container_port("serving", SERVING_PORT),
+            objects::container_port("management", MANAGEMENT_PORT),
+        ]),
+        volume_mounts: Some(mounts),
         // Ready once a version of the model serves: the worker's own per-version state.
-        "readinessProbe": {"httpGet": http_get(format!("/v2/models/{}/ready", spec.model)), "periodSeconds": 2},
-        "livenessProbe": {"httpGet": http_get("/v2/health/live".to_owned()), "periodSeconds": 10, "failureThreshold": 3},
-        "securityContext": objects::worker_security_context(),
-    });
+        readiness_probe: Some(Probe {
+            http_get: Some(http_get(format!("/v2/models/{}/ready", spec.model))),
+            period_seconds: Some(2),
+            ..Probe::default()
+        }),
+        liveness_probe: Some(Probe {
+            http_get: Some(http_get("/v2/health/live".to_owned())),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        security_context: Some(objects::worker_security_context()),
+        ..Container::default()
+    };
     objects::place_on_device(&mut container, spec.resources.as_ref(), spec.device.unwrap_or_default());
     if let Some(memory) = memory {
-        container["resources"]["limits"]["memory"] = json!(memory);
+        let resources = container.resources.get_or_insert_default();
+        resources.limits.get_or_insert_default().insert("memory".to_owned(), Quantity(memory.to_owned()));
     }
-    let mut pod_spec = json!({
-        "containers": [container],
-        "volumes": volumes,
+    let mut pod_spec = PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes),
         // The worker drains in-flight requests for up to 30 s after SIGTERM.
-        "terminationGracePeriodSeconds": 35,
-    });
+        termination_grace_period_seconds: Some(35),
+        ..PodSpec::default()
+    };
     objects::harden_pod(&mut pod_spec);
     objects::apply_overrides(&mut pod_spec, spec.template.as_ref());
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": owned_metadata(service, pod_name(service, revision, index), labels),
-        "spec": pod_spec,
-    }))
-    .expect("a Pod built from known fields")
+    Pod {
+        metadata: owned_metadata(service, pod_name(service, revision, index), labels),
+        spec: Some(pod_spec),
+        status: None,
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use serde_json::json;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, Pod, PodSpec, Secret, Service, ServiceSpec, Volume,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec};
 
 use lantern_contract::env;
 use lantern_contract::job::JobConfig;
@@ -17,7 +18,7 @@ use lantern_contract::job::JobConfig;
 use crate::context::Error;
 use crate::crd::TrainingJob;
 use crate::credentials::{self, TOKEN_KEY};
-use crate::objects::{self, REPOSITORY_MOUNT, owned_metadata};
+use crate::objects::{self, REPOSITORY_MOUNT, env_var, match_labels, owned_metadata, tcp_port};
 
 /// The collective (rendezvous and all-reduce) port every rank listens on.
 pub const COLLECTIVE_PORT: u16 = 7070;
@@ -67,55 +68,53 @@ pub fn token_secret(job: &TrainingJob) -> Secret {
 /// Who may reach the job's pods: its own ranks on the collective port, the operator on rank 0's
 /// progress port, nobody else.
 pub fn network_policy(job: &TrainingJob, operator_namespace: &str) -> NetworkPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": owned_metadata(job, name(job).to_owned(), job_labels(job)),
-        "spec": {
-            "podSelector": {"matchLabels": {JOB_LABEL: name(job)}},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": {JOB_LABEL: name(job)}}}],
-                    "ports": [{"protocol": "TCP", "port": COLLECTIVE_PORT}],
+    let ranks = NetworkPolicyPeer { pod_selector: Some(match_labels([(JOB_LABEL, name(job))])), ..Default::default() };
+    NetworkPolicy {
+        metadata: owned_metadata(job, name(job).to_owned(), job_labels(job)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(match_labels([(JOB_LABEL, name(job))])),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule { from: Some(vec![ranks]), ports: Some(vec![tcp_port(COLLECTIVE_PORT)]) },
+                NetworkPolicyIngressRule {
+                    from: Some(vec![objects::operator_peer(operator_namespace)]),
+                    ports: Some(vec![tcp_port(PROGRESS_PORT)]),
                 },
-                {
-                    "from": [objects::operator_peer(operator_namespace)],
-                    "ports": [{"protocol": "TCP", "port": PROGRESS_PORT}],
-                },
-            ],
-        },
-    }))
-    .expect("a NetworkPolicy built from known fields")
+            ]),
+            egress: None,
+        }),
+    }
 }
 
 /// The ConfigMap holding `job.json`; fails for a spec the CRD's rules should have refused.
 pub fn config_map(job: &TrainingJob) -> Result<ConfigMap, Error> {
     let file = serde_json::to_string_pretty(&JobConfig::try_from(job)?)
         .map_err(|e| Error::Invalid(format!("writing the job file: {e}")))?;
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": owned_metadata(job, config_map_name(job), job_labels(job)),
-        "data": {"job.json": file},
-    }))
-    .expect("a ConfigMap built from known fields"))
+    Ok(ConfigMap {
+        metadata: owned_metadata(job, config_map_name(job), job_labels(job)),
+        data: Some(BTreeMap::from([("job.json".to_owned(), file)])),
+        ..ConfigMap::default()
+    })
 }
 
 /// The Service in front of rank 0's collective and progress ports.
 pub fn coordinator_service(job: &TrainingJob) -> Service {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": owned_metadata(job, coordinator_name(job), job_labels(job)),
-        "spec": {
-            "selector": {JOB_LABEL: name(job), RANK_LABEL: "0"},
-            "ports": [
-                {"name": "collective", "port": COLLECTIVE_PORT, "targetPort": COLLECTIVE_PORT},
-                {"name": "progress", "port": PROGRESS_PORT, "targetPort": PROGRESS_PORT},
-            ],
+    let selector =
+        BTreeMap::from([(JOB_LABEL.to_owned(), name(job).to_owned()), (RANK_LABEL.to_owned(), "0".to_owned())]);
+    Service {
+        metadata: owned_metadata(job, coordinator_name(job), job_labels(job)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![
+                objects::service_port("collective", COLLECTIVE_PORT),
+                objects::service_port("progress", PROGRESS_PORT),
+            ]),
             // Ranks may connect before rank 0 reports ready.
-            "publishNotReadyAddresses": true,
-        },
-    }))
-    .expect("a Service built from known fields")
+            publish_not_ready_addresses: Some(true),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
 }
 
 /// The environment variable prefix a Service's variables get: `adder-coordinator` →
@@ -124,10 +123,10 @@ fn service_env_prefix(service: &str) -> String {
     service.to_uppercase().replace(['-', '.'], "_")
 }
 
-/// One rank's pod for gang attempt `attempt`, running `image` (the job's own image when set).
 /// Where a rank writes its termination message.
 const TERMINATION_LOG: &str = "/dev/termination-log";
 
+/// One rank's pod for gang attempt `attempt`, running `image` (the job's own image when set).
 pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod {
     let spec = &job.spec;
     let mut labels = job_labels(job);
@@ -135,55 +134,59 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
     labels.insert(ATTEMPT_LABEL.to_owned(), attempt.to_string());
     let coordinator = service_env_prefix(&coordinator_name(job));
     let mut env = vec![
-        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        json!({"name": env::RANK, "value": rank.to_string()}),
-        json!({"name": env::WORLD_SIZE, "value": spec.replicas.to_string()}),
-        json!({"name": env::ADDRESS, "value": format!("$(POD_IP):{COLLECTIVE_PORT}")}),
-        json!({"name": env::COORDINATOR, "value": format!("$({coordinator}_SERVICE_HOST):{COLLECTIVE_PORT}")}),
-        json!({"name": env::REPOSITORY, "value": REPOSITORY_MOUNT}),
-        json!({"name": env::TERMINATION_LOG, "value": TERMINATION_LOG}),
-        json!({"name": env::JOB_TOKEN_FILE, "value": format!("{TOKEN_DIR}/{TOKEN_KEY}")}),
+        objects::pod_ip_var(),
+        env_var(env::RANK, rank.to_string()),
+        env_var(env::WORLD_SIZE, spec.replicas.to_string()),
+        env_var(env::ADDRESS, format!("$(POD_IP):{COLLECTIVE_PORT}")),
+        env_var(env::COORDINATOR, format!("$({coordinator}_SERVICE_HOST):{COLLECTIVE_PORT}")),
+        env_var(env::REPOSITORY, REPOSITORY_MOUNT),
+        env_var(env::TERMINATION_LOG, TERMINATION_LOG),
+        env_var(env::JOB_TOKEN_FILE, format!("{TOKEN_DIR}/{TOKEN_KEY}")),
     ];
     if rank == 0 {
-        env.push(json!({"name": env::PROGRESS_ADDRESS, "value": format!("$(POD_IP):{PROGRESS_PORT}")}));
+        env.push(env_var(env::PROGRESS_ADDRESS, format!("$(POD_IP):{PROGRESS_PORT}")));
     }
     let (repository_volume, repository_mount) = objects::repository_volume(&spec.output.repository);
     let (token_volume, token_mount) =
         objects::secret_file_volume("job-token", &token_secret_name(job), TOKEN_KEY, TOKEN_KEY, TOKEN_DIR);
-    let mut container = json!({
-        "name": "worker",
-        "image": spec.image.as_deref().unwrap_or(image),
-        "args": ["train", "--config", format!("{CONFIG_DIR}/job.json")],
-        "env": env,
-        "ports": [
-            {"name": "collective", "containerPort": COLLECTIVE_PORT},
-            {"name": "progress", "containerPort": PROGRESS_PORT},
-        ],
-        "volumeMounts": [repository_mount, {"name": "job", "mountPath": CONFIG_DIR, "readOnly": true}, token_mount],
+    let job_file = ConfigMapVolumeSource { name: config_map_name(job), ..ConfigMapVolumeSource::default() };
+    let mut container = Container {
+        name: "worker".to_owned(),
+        image: Some(spec.image.as_deref().unwrap_or(image).to_owned()),
+        args: Some(vec!["train".to_owned(), "--config".to_owned(), format!("{CONFIG_DIR}/job.json")]),
+        env: Some(env),
+        ports: Some(vec![
+            objects::container_port("collective", COLLECTIVE_PORT),
+            objects::container_port("progress", PROGRESS_PORT),
+        ]),
+        volume_mounts: Some(vec![repository_mount, objects::read_only_mount("job", CONFIG_DIR), token_mount]),
         // Rank 0 leaves its final progress there (the last checkpoint, which no poll may have
         // seen); a rank that fails without writing one leaves the end of its log.
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": objects::worker_security_context(),
-    });
+        termination_message_path: Some(TERMINATION_LOG.to_owned()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        security_context: Some(objects::worker_security_context()),
+        ..Container::default()
+    };
     objects::place_on_device(&mut container, spec.resources.as_ref(), spec.device.unwrap_or_default());
-    let mut pod_spec = json!({
-        "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": [repository_volume, {"name": "job", "configMap": {"name": config_map_name(job)}}, token_volume],
-    });
+    let mut pod_spec = PodSpec {
+        restart_policy: Some("Never".to_owned()),
+        containers: vec![container],
+        volumes: Some(vec![
+            repository_volume,
+            Volume { name: "job".to_owned(), config_map: Some(job_file), ..Volume::default() },
+            token_volume,
+        ]),
+        ..PodSpec::default()
+    };
     objects::harden_pod(&mut pod_spec);
     objects::apply_overrides(&mut pod_spec, spec.template.as_ref());
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": owned_metadata(job, pod_name(job, attempt, rank), labels),
-        "spec": pod_spec,
-    }))
-    .expect("a Pod built from known fields")
+    Pod { metadata: owned_metadata(job, pod_name(job, attempt, rank), labels), spec: Some(pod_spec), status: None }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn job() -> TrainingJob {
