@@ -39,6 +39,8 @@ pub enum ModelSpec {
     Llama(LlamaSpec),
     /// The serving core's MLP, for tabular data.
     Mlp(MlpSpec),
+    /// A pretrained llama from the model repository, fine-tuned on JSONL conversations.
+    FineTune(FineTuneSpec),
 }
 
 /// A llama decoder's size. The vocabulary is the 256 bytes plus an end-of-text token.
@@ -79,6 +81,124 @@ impl LlamaSpec {
     }
 }
 
+/// Fine-tuning of a pretrained llama: the architecture, tokenizer and chat template all come from
+/// the base's own files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FineTuneSpec {
+    pub base: BaseSpec,
+    pub method: FineTuneMethod,
+    /// The longest training sequence in tokens, after templating ([`JsonlSpec::overlong`] says
+    /// what happens to a longer one).
+    pub sequence_length: usize,
+    #[serde(default)]
+    pub precision: Precision,
+    /// Under LoRA, also fold the adapters into the base and publish a whole HF checkpoint with
+    /// them, which serving loads as an ordinary llama. Full fine-tuning always publishes one.
+    #[serde(default)]
+    pub merge: bool,
+}
+
+/// The pretrained model a fine-tuning job starts from: a version in a model repository.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSpec {
+    /// The base's repository; defaults to the job's `output.repository`.
+    #[serde(default)]
+    pub repository: Option<PathBuf>,
+    pub model: String,
+    pub version: u64,
+    /// `sha256:<hex>` of the version's `manifest.json` (which pins every file); a base whose
+    /// manifest differs is refused.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// A GGUF file or HF directory in the job's volume, published as `model`/`version` first
+    /// when the repository does not hold that version yet.
+    #[serde(default)]
+    pub import_from: Option<PathBuf>,
+}
+
+impl BaseSpec {
+    /// The repository the base is read from.
+    pub fn repository<'a>(&'a self, output: &'a OutputSpec) -> &'a std::path::Path {
+        self.repository.as_deref().unwrap_or(&output.repository)
+    }
+}
+
+/// How a pretrained base is fine-tuned: every weight (`full`), or the base frozen with LoRA
+/// adapters trained (`lora`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FineTuneMethod {
+    Full,
+    Lora(LoraSpec),
+}
+
+/// Low-rank adaptation (LoRA): each target projection `W` becomes `W + (alpha / rank) · B · A`
+/// with `A` `[rank, in]` and `B` `[out, rank]` trained and `W` frozen. `B` starts at zero, so
+/// training starts from the base's own outputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    pub rank: usize,
+    /// The update's scale is `alpha / rank`; defaults to `rank` (a scale of 1).
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// The projections adapted in every layer, by their HF names.
+    pub targets: Vec<LoraTarget>,
+}
+
+impl LoraSpec {
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha.unwrap_or(self.rank as f64) / self.rank as f64
+    }
+}
+
+/// A llama projection LoRA can adapt, named as HF and PEFT name its module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraTarget {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl LoraTarget {
+    pub const ALL: [Self; 7] =
+        [Self::QProj, Self::KProj, Self::VProj, Self::OProj, Self::GateProj, Self::UpProj, Self::DownProj];
+
+    /// The module's name (`q_proj`), as in PEFT's `target_modules`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::QProj => "q_proj",
+            Self::KProj => "k_proj",
+            Self::VProj => "v_proj",
+            Self::OProj => "o_proj",
+            Self::GateProj => "gate_proj",
+            Self::UpProj => "up_proj",
+            Self::DownProj => "down_proj",
+        }
+    }
+
+    /// The module's path inside a layer (`self_attn.q_proj`).
+    pub fn module(self) -> &'static str {
+        match self {
+            Self::QProj => "self_attn.q_proj",
+            Self::KProj => "self_attn.k_proj",
+            Self::VProj => "self_attn.v_proj",
+            Self::OProj => "self_attn.o_proj",
+            Self::GateProj => "mlp.gate_proj",
+            Self::UpProj => "mlp.up_proj",
+            Self::DownProj => "mlp.down_proj",
+        }
+    }
+}
+
 /// An MLP's hidden layers; the input and output widths come from the data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +218,10 @@ pub enum DataSpec {
     Text(TextSpec),
     /// A CSV file with a header for the MLP: every column but `target` is a feature.
     Csv(CsvSpec),
+    /// JSON Lines for fine-tuning: one example per line, a chat conversation
+    /// (`{"messages": [{"role": "user", "content": …}, …]}`, OpenAI's fine-tuning format) or a
+    /// prompt/completion pair (`{"prompt": …, "completion": …}`).
+    Jsonl(JsonlSpec),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,6 +256,31 @@ pub struct CsvSpec {
     pub classes: Option<usize>,
     #[serde(default = "default_eval_fraction")]
     pub eval_fraction: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSpec {
+    pub path: PathBuf,
+    /// Held-out examples; without it, the last `eval_fraction` of `path`'s examples.
+    #[serde(default)]
+    pub eval_path: Option<PathBuf>,
+    #[serde(default = "default_eval_fraction")]
+    pub eval_fraction: f64,
+    /// What becomes of an example longer than `sequence_length` once templated.
+    #[serde(default)]
+    pub overlong: Overlong,
+}
+
+/// The fate of an example too long to train on: never truncated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlong {
+    /// The job is refused, naming the file and line.
+    #[default]
+    Refuse,
+    /// The example is left out and counted in the log.
+    Skip,
 }
 
 /// The share of the data held out for evaluation when the file does not say.
@@ -355,18 +504,22 @@ impl JobConfig {
         Ok(())
     }
 
-    /// Resolves a relative `checkpoint.state_dir` and `model.llama.init_from` inside
-    /// `output.repository`, so one job file works wherever the repository is mounted (the
-    /// operator writes them so, and sets the repository per pod).
+    /// Resolves a relative `checkpoint.state_dir`, `model.llama.init_from` and
+    /// `model.fine_tune.base.repository` inside `output.repository`, so one job file works
+    /// wherever the repository is mounted (the operator writes them so, and sets the repository
+    /// per pod).
     pub fn anchor_to_repository(&mut self) {
         let repository = self.output.repository.clone();
         if self.checkpoint.state_dir.is_relative() {
             self.checkpoint.state_dir = repository.join(&self.checkpoint.state_dir);
         }
-        if let ModelSpec::Llama(spec) = &mut self.model
-            && let Some(init) = spec.init_from.as_mut().filter(|p| p.is_relative())
-        {
-            *init = repository.join(&*init);
+        let relative = match &mut self.model {
+            ModelSpec::Llama(spec) => spec.init_from.as_mut(),
+            ModelSpec::FineTune(spec) => spec.base.repository.as_mut(),
+            ModelSpec::Mlp(_) => None,
+        };
+        if let Some(path) = relative.filter(|p| p.is_relative()) {
+            *path = repository.join(&*path);
         }
     }
 }

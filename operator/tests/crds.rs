@@ -46,6 +46,14 @@ spec:
   output: {model: tiny, repository: {claimName: models}}
 ";
 
+/// A fine-tuning job on the wrong data (the addition task, not JSON Lines).
+static FINE_TUNE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    JOB.replace(
+        "    llama: {hiddenSize: 48, intermediateSize: 128, layers: 2, heads: 4, context: 16}",
+        "    fineTune:\n      base: {model: smollm2, version: 1}\n      method: {lora: {rank: 8, targets: [q_proj, v_proj]}}\n      sequenceLength: 96",
+    )
+});
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_messages() {
     let state = tempfile::tempdir().unwrap();
@@ -75,8 +83,16 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
         ),
         (
             JOB.replace("  data:", "    mlp: {hidden: [8], activation: relu}\n  data:"),
-            "spec.model: Invalid value: \"object\": set exactly one of model.llama and model.mlp",
+            "spec.model: Invalid value: \"object\": set exactly one of model.llama, model.mlp and model.fineTune",
         ),
+        (JOB.replace("    llama: {", "    fineTune: {base: {model: smollm2, version: 1}, method: {full: {}}, sequenceLength: 96}\n    llama: {"), "set exactly one of model.llama, model.mlp and model.fineTune"),
+        (FINE_TUNE.replace("    addition:", "    jsonl: {path: /data/t.jsonl}\n    addition:"), "set exactly one of data.addition, data.text, data.csv and data.jsonl"),
+        (FINE_TUNE.clone(), "a fineTune model trains on data.jsonl, and only it does"),
+        (FINE_TUNE.replace("method: {lora:", "method: {full: {}, lora:"), "set exactly one of method.lora and method.full"),
+        (FINE_TUNE.replace("[q_proj, v_proj]", "[q_proj, q_proj]"), "lora.targets names a projection twice"),
+        (FINE_TUNE.replace("[q_proj, v_proj]", "[qkv_proj]"), "Unsupported value: \"qkv_proj\""),
+        (FINE_TUNE.replace("version: 1}", "version: 1, digest: md5:abc}"), "spec.model.fineTune.base.digest: Invalid value: \"md5:abc\""),
+        (FINE_TUNE.replace("rank: 8", "rank: 0"), "spec.model.fineTune.method.lora.rank: Invalid value: 0"),
         (JOB.replace("{steps: 100,", "{steps: 100, warmupSteps: 100,"), "warmupSteps must be fewer than steps"),
         (JOB.replace("everySteps: 50", "everySteps: 0"), "spec.checkpoint.everySteps: Invalid value: 0"),
         (JOB.replace("model: tiny,", "model: Tiny_Model!,"), "spec.output.model: Invalid value: \"Tiny_Model!\""),

@@ -399,3 +399,92 @@ fn an_hf_llama_checkpoint_generates_like_the_candle_reference() {
     }
     assert_eq!(ours, expected);
 }
+
+#[test]
+fn a_gguf_llama_reads_densely_as_the_hf_checkpoint_it_was_converted_from() {
+    let Some(path) = smollm2_path() else { return };
+    let repo = tempfile::tempdir().unwrap();
+    let request = PublishRequest { root: repo.path(), model: "smollm2", source: &path, version: None, metrics: &[] };
+    let version = repository::publish(&request).unwrap();
+    let verified = Repository::new(repo.path()).read_verified("smollm2", version).unwrap();
+    let dense = lantern_runtime::model::dense::read(&verified, &Device::Cpu).unwrap();
+    let config = &dense.config;
+    assert_eq!((config.num_hidden_layers, config.hidden_size, config.intermediate_size), (30, 576, 1536));
+    assert_eq!((config.num_attention_heads, config.num_key_value_heads, config.vocab_size), (9, Some(3), 49152));
+    assert!(config.tie_word_embeddings && !dense.tensors.contains_key("lm_head.weight"));
+    assert_eq!(dense.codec.tokenizer().token_id("<|im_end|>"), Some(2));
+
+    // Loaded back through the HF path, which reorders query and key rows for its interleaved
+    // rotary form, the dense weights must predict what the quantized GGUF model predicts (up to
+    // the activation rounding of its quantized products): a query or key row out of place
+    // scrambles attention and the logits with it.
+    let vb = candle_nn::VarBuilder::from_tensors(dense.tensors, candle_core::DType::F32, &Device::Cpu);
+    let from_dense = Llama::from_hf(vb, &dense.config).unwrap();
+    let (tokenizer, metadata) = smollm2().unwrap();
+    let prompt = chat_prompt(&tokenizer, &metadata, "What is the capital of France?");
+    let (quantized, dense) = (last_logits(&load_llama(&path), &prompt), last_logits(&from_dense, &prompt));
+    let cosine = cosine(&quantized, &dense);
+    assert!(cosine > 0.98, "dense and quantized logits agree only to cosine {cosine}");
+    let answer = generate_together(&from_dense, std::slice::from_ref(&prompt), 6, usize::MAX).remove(0);
+    assert!(tokenizer.decode(&answer, false).unwrap().contains("Paris"));
+}
+
+/// The logits after the last token of `prompt`.
+fn last_logits(model: &Llama, prompt: &[u32]) -> Vec<f32> {
+    let mut cache = cache_for(model);
+    let mut table = BlockTable::default();
+    assert!(cache.reserve(&mut table, prompt.len()));
+    let step = SequenceStep { tokens: prompt, table: &mut table, logits: true };
+    model.forward(&mut [step], &mut cache).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+#[test]
+fn only_a_llama_reads_as_a_dense_llama() {
+    let Some(dir) = lantern_runtime::test_models::minilm_dir() else { return };
+    let repo = tempfile::tempdir().unwrap();
+    let request = PublishRequest { root: repo.path(), model: "minilm", source: &dir, version: None, metrics: &[] };
+    let version = repository::publish(&request).unwrap();
+    let verified = Repository::new(repo.path()).read_verified("minilm", version).unwrap();
+    let error = lantern_runtime::model::dense::read(&verified, &Device::Cpu).unwrap_err().to_string();
+    assert!(error.contains("not llama"), "{error}");
+}
+
+#[test]
+fn a_training_conversation_masks_exactly_the_assistant_turns() {
+    let Some(metadata) = smollm2_metadata() else { return };
+    let codec = lantern_runtime::llm::codec::TextCodec::from_gguf(&metadata).unwrap();
+    let messages = [
+        Message::new("system", "Be brief."),
+        Message::new("user", "Hi"),
+        Message::new("assistant", "Hello!"),
+        Message::new("user", "Bye"),
+        Message::new("assistant", "Goodbye."),
+    ];
+    let (tokens, mask) = codec.encode_training_chat(&messages).unwrap();
+    assert_eq!(tokens.len(), mask.len());
+    let tokenizer = codec.tokenizer();
+    let spelled = |keep: bool| {
+        let ids: Vec<u32> = tokens.iter().zip(&mask).filter(|(_, m)| **m == keep).map(|(t, _)| *t).collect();
+        tokenizer.decode(&ids, false).unwrap()
+    };
+    assert_eq!(spelled(true), "Hello!<|im_end|>\nGoodbye.<|im_end|>\n");
+    assert_eq!(
+        spelled(false),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n\
+         <|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn a_gguf_codec_written_as_hf_files_reads_back_the_same() {
+    let Some(metadata) = smollm2_metadata() else { return };
+    let codec = lantern_runtime::llm::codec::TextCodec::from_gguf(&metadata).unwrap();
+    let (tokenizer_json, tokenizer_config) = codec.to_hf().unwrap();
+    let back =
+        lantern_runtime::llm::codec::TextCodec::from_hf(tokenizer_json.as_bytes(), Some(tokenizer_config.as_bytes()))
+            .unwrap();
+    let messages = [Message::new("user", "Ticket for order 4821, please.")];
+    assert_eq!(back.encode_chat(&messages).unwrap(), codec.encode_chat(&messages).unwrap());
+    assert_eq!(back.encode("naïve café 123").unwrap(), codec.encode("naïve café 123").unwrap());
+    assert_eq!(back.tokenizer().eos(), codec.tokenizer().eos());
+}

@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 pub const PARAMS_FILE: &str = "params.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "state.json";
+/// The fine-tuned base's own held-out metrics, measured once before the first step.
+const BASELINE_FILE: &str = "baseline.json";
 const PREFIX: &str = "step-";
 
 /// `state.json`.
@@ -93,6 +95,33 @@ fn write_staged(staging: &Path, step: u64, loss: f64, write_files: impl FnOnce(&
     sync(&path)?;
     sync(staging)?;
     Ok(state)
+}
+
+/// Keeps the base's held-out metrics beside the states (written whole or not at all), so a
+/// resumed run records the same baseline without measuring it again.
+pub fn write_baseline(state_dir: &Path, metrics: &[(String, f64)]) -> Result<()> {
+    std::fs::create_dir_all(state_dir).map_err(|e| Error::io(format!("creating {}", state_dir.display()), e))?;
+    let staging = state_dir.join(format!(".{BASELINE_FILE}.partial-{}", std::process::id()));
+    let json = serde_json::to_vec_pretty(&metrics.iter().cloned().collect::<BTreeMap<_, _>>())
+        .expect("metrics serialize; this is a bug");
+    std::fs::write(&staging, json).map_err(|e| Error::io(format!("writing {}", staging.display()), e))?;
+    sync(&staging)?;
+    let path = state_dir.join(BASELINE_FILE);
+    std::fs::rename(&staging, &path).map_err(|e| Error::io(format!("renaming {} into place", path.display()), e))?;
+    sync(state_dir)
+}
+
+/// The metrics [`write_baseline`] kept; none when it never ran.
+pub fn read_baseline(state_dir: &Path) -> Result<Vec<(String, f64)>> {
+    let path = state_dir.join(BASELINE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let metrics: BTreeMap<String, f64> =
+        serde_json::from_slice(&bytes).map_err(|e| Error::State { path: path.clone(), reason: e.to_string() })?;
+    Ok(metrics.into_iter().collect())
 }
 
 /// The newest complete, uncorrupted state, if any. Dot-directories (unfinished saves) are

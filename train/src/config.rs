@@ -35,6 +35,7 @@ pub fn from_yaml(bytes: &[u8]) -> Result<JobConfig> {
 pub fn validate(config: &JobConfig) -> Result<()> {
     match &config.model {
         ModelSpec::Llama(spec) => validate_llama(spec)?,
+        ModelSpec::FineTune(spec) => validate_fine_tune(spec)?,
         ModelSpec::Mlp(spec) => {
             if spec.hidden.contains(&0) {
                 return Err(Error::config("model.mlp.hidden", "layer widths must be at least 1"));
@@ -42,10 +43,16 @@ pub fn validate(config: &JobConfig) -> Result<()> {
         }
     }
     match (&config.model, &config.data) {
-        (ModelSpec::Llama(_), DataSpec::Addition(_) | DataSpec::Text(_)) | (ModelSpec::Mlp(_), DataSpec::Csv(_)) => {}
-        (ModelSpec::Llama(_), DataSpec::Csv(_)) => {
-            return Err(Error::config("data", "a llama model trains on text or addition data, not csv"));
+        (ModelSpec::Llama(_), DataSpec::Addition(_) | DataSpec::Text(_))
+        | (ModelSpec::FineTune(_), DataSpec::Jsonl(_))
+        | (ModelSpec::Mlp(_), DataSpec::Csv(_)) => {}
+        (ModelSpec::Llama(_), DataSpec::Csv(_) | DataSpec::Jsonl(_)) => {
+            return Err(Error::config(
+                "data",
+                "a llama model trains on text or addition data (fine_tune a base on jsonl data)",
+            ));
         }
+        (ModelSpec::FineTune(_), _) => return Err(Error::config("data", "a fine_tune model trains on jsonl data")),
         (ModelSpec::Mlp(_), _) => return Err(Error::config("data", "an mlp trains on csv data")),
     }
     validate_data(&config.data)?;
@@ -132,6 +139,13 @@ fn validate_data(data: &DataSpec) -> Result<()> {
             }
             fraction("data.text.eval_fraction", spec.eval_fraction)?;
         }
+        DataSpec::Jsonl(spec) => {
+            exists("data.jsonl.path", &spec.path)?;
+            if let Some(path) = &spec.eval_path {
+                exists("data.jsonl.eval_path", path)?;
+            }
+            fraction("data.jsonl.eval_fraction", spec.eval_fraction)?;
+        }
         DataSpec::Csv(spec) => {
             exists("data.csv.path", &spec.path)?;
             fraction("data.csv.eval_fraction", spec.eval_fraction)?;
@@ -172,6 +186,51 @@ fn validate_llama(spec: &LlamaSpec) -> Result<()> {
     }
     if let Some(path) = &spec.init_from {
         exists("model.llama.init_from", &path.join("config.json"))?;
+    }
+    Ok(())
+}
+
+fn validate_fine_tune(spec: &FineTuneSpec) -> Result<()> {
+    let base = &spec.base;
+    lantern_runtime::repository::validate_model_name(&base.model)
+        .map_err(|e| Error::config("model.fine_tune.base.model", e.to_string()))?;
+    if base.version == 0 {
+        return Err(Error::config("model.fine_tune.base.version", "versions start at 1"));
+    }
+    if let Some(digest) = &base.digest {
+        let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::config(
+                "model.fine_tune.base.digest",
+                format!("{digest:?} is not sha256:<64 hex digits>"),
+            ));
+        }
+    }
+    if let Some(path) = &base.import_from
+        && !path.exists()
+    {
+        return Err(Error::config("model.fine_tune.base.import_from", format!("{} does not exist", path.display())));
+    }
+    if spec.sequence_length < 2 {
+        return Err(Error::config("model.fine_tune.sequence_length", "must be at least 2 tokens"));
+    }
+    if let FineTuneMethod::Lora(lora) = &spec.method {
+        if lora.rank == 0 {
+            return Err(Error::config("model.fine_tune.method.lora.rank", "must be at least 1"));
+        }
+        if let Some(alpha) = lora.alpha {
+            positive("model.fine_tune.method.lora.alpha", alpha)?;
+        }
+        if lora.targets.is_empty() {
+            return Err(Error::config("model.fine_tune.method.lora.targets", "names no projection to adapt"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = lora.targets.iter().find(|target| !seen.insert(**target)) {
+            return Err(Error::config(
+                "model.fine_tune.method.lora.targets",
+                format!("{} is named twice", twice.name()),
+            ));
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! Training data: token windows for the language model (from text files or the built-in addition
-//! task) and feature rows for the MLP (from CSV), each split into a training part and a held-out
-//! part, and the order in which ranks read them.
+//! Training data: token sequences for the language model (windows of text files or the built-in
+//! addition task; fine-tuning examples from JSON Lines, [`super::jsonl`]) and feature rows for the
+//! MLP (from CSV), each split into a training part and a held-out part, and the order in which
+//! ranks read them.
 //!
 //! The order is a pure function of the seed and the step ([`Order::batch`]): epoch `e` visits the
 //! training examples in a permutation seeded by `seed` and `e`, and step `s` takes the global
@@ -10,7 +11,10 @@
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use lantern_runtime::llm::codec::TextCodec;
+
 use super::config::{AdditionSpec, CsvSpec, DataSpec, TextSpec};
+use super::jsonl;
 use crate::error::{Error, Result};
 
 /// The end-of-text token: after the 256 byte tokens.
@@ -18,12 +22,43 @@ pub const END_OF_TEXT: u32 = 256;
 /// Tokens in the byte-level vocabulary.
 pub const VOCAB_SIZE: usize = 257;
 
+/// A token sequence and, for each token, whether the loss counts predicting it (the first token,
+/// which nothing predicts, never counts).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sequence {
+    pub tokens: Vec<u32>,
+    pub targets: Vec<bool>,
+}
+
+impl Sequence {
+    /// A window of text: every token after the first is a target.
+    pub fn window(tokens: Vec<u32>) -> Self {
+        let targets = (0..tokens.len()).map(|i| i > 0).collect();
+        Self { tokens, targets }
+    }
+
+    /// Tokens the loss counts.
+    pub fn target_count(&self) -> usize {
+        self.targets.iter().skip(1).filter(|&&target| target).count()
+    }
+}
+
+/// A held-out prompt and the answer it should get.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Question {
+    /// The prompt's tokens, ending where the answer starts.
+    pub prompt: Vec<u32>,
+    pub reference: String,
+    /// The most tokens an answer may take (the reference's, with room to spare).
+    pub max_tokens: usize,
+}
+
 /// The examples one step trains on.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Batch {
-    /// Token windows of `context + 1` tokens: inputs are all but the last, targets all but the
-    /// first.
-    Tokens(Vec<Vec<u32>>),
+    /// Token sequences: each token after the first is predicted from those before it, and the
+    /// loss counts the predictions of its targets.
+    Tokens(Vec<Sequence>),
     /// Feature rows and their targets (a value for regression, a class index for classification).
     Rows { features: Vec<Vec<f32>>, targets: Vec<f32> },
 }
@@ -33,9 +68,12 @@ pub enum Batch {
 pub enum HeldOut {
     /// Addition problems `(a, b)`: exact-answer accuracy of greedy generation, plus the loss on
     /// their token windows.
-    Addition { problems: Vec<(u32, u32)>, windows: Vec<Vec<u32>> },
+    Addition { problems: Vec<(u32, u32)>, windows: Vec<Sequence> },
     /// Token windows: loss.
-    Tokens(Vec<Vec<u32>>),
+    Tokens(Vec<Sequence>),
+    /// Fine-tuning examples: the loss on their answers, and exact-match accuracy of greedy
+    /// answers to their questions.
+    Answers { sequences: Vec<Sequence>, questions: Vec<Question> },
     /// Rows: loss (and accuracy for classification).
     Rows { features: Vec<Vec<f32>>, targets: Vec<f32> },
 }
@@ -49,17 +87,38 @@ pub struct Dataset {
 
 impl Dataset {
     /// Builds the dataset `spec` describes. `context` is the language model's sequence length;
-    /// `global_batch` the examples one step needs, which the training part must hold.
-    pub fn load(spec: &DataSpec, context: usize, global_batch: usize, seed: u64) -> Result<Self> {
-        let dataset = match spec {
-            DataSpec::Addition(spec) => addition(spec, context, seed),
-            DataSpec::Text(spec) => text(spec, context)?,
-            DataSpec::Csv(spec) => csv(spec)?,
+    /// `global_batch` the examples one step needs, which the training part must hold; `codec`
+    /// the fine-tuned base's tokenizer and chat template, which JSON Lines need.
+    pub fn load(
+        spec: &DataSpec,
+        context: usize,
+        global_batch: usize,
+        seed: u64,
+        codec: Option<&TextCodec>,
+    ) -> Result<Self> {
+        let dataset = match (spec, codec) {
+            (DataSpec::Addition(spec), _) => addition(spec, context, seed),
+            (DataSpec::Text(spec), _) => text(spec, context)?,
+            (DataSpec::Csv(spec), _) => csv(spec)?,
+            (DataSpec::Jsonl(spec), Some(codec)) => {
+                let examples = jsonl::load(spec, context, codec)?;
+                Dataset {
+                    train: Batch::Tokens(examples.train),
+                    held_out: HeldOut::Answers { sequences: examples.held_out, questions: examples.questions },
+                }
+            }
+            (DataSpec::Jsonl(_), None) => {
+                return Err(Error::config(
+                    "data.jsonl",
+                    "JSON Lines train a fine_tune model, whose base tokenizes them",
+                ));
+            }
         };
         let (field, examples) = match spec {
             DataSpec::Addition(_) => ("data.addition.train_examples", dataset.len()),
             DataSpec::Text(_) => ("data.text.paths", dataset.len()),
             DataSpec::Csv(_) => ("data.csv.path", dataset.len()),
+            DataSpec::Jsonl(_) => ("data.jsonl.path", dataset.len()),
         };
         if examples < global_batch {
             return Err(Error::config(
@@ -68,6 +127,14 @@ impl Dataset {
             ));
         }
         Ok(dataset)
+    }
+
+    /// Tokens the loss counts in the training examples at `indices` (0 for rows).
+    pub fn target_count(&self, indices: &[usize]) -> usize {
+        match &self.train {
+            Batch::Tokens(sequences) => indices.iter().map(|&i| sequences[i].target_count()).sum(),
+            Batch::Rows { .. } => 0,
+        }
     }
 
     /// Training examples.
@@ -93,7 +160,7 @@ impl Dataset {
     /// The training examples at `indices`.
     pub fn gather(&self, indices: &[usize]) -> Batch {
         match &self.train {
-            Batch::Tokens(windows) => Batch::Tokens(indices.iter().map(|&i| windows[i].clone()).collect()),
+            Batch::Tokens(sequences) => Batch::Tokens(indices.iter().map(|&i| sequences[i].clone()).collect()),
             Batch::Rows { features, targets } => Batch::Rows {
                 features: indices.iter().map(|&i| features[i].clone()).collect(),
                 targets: indices.iter().map(|&i| targets[i]).collect(),
@@ -121,6 +188,11 @@ impl Order {
         let share = global_batch / world;
         let first = step as usize * global_batch + rank * share;
         (first..first + share).map(|global| self.example(global)).collect()
+    }
+
+    /// Every example of `step`'s global batch, all ranks' shares in rank order.
+    pub fn global_batch(&mut self, step: u64, global_batch: usize) -> Vec<usize> {
+        self.batch(step, global_batch, 0, 1)
     }
 
     /// The epoch a step's first example falls in.
@@ -197,22 +269,24 @@ fn text(spec: &TextSpec, context: usize) -> Result<Dataset> {
 }
 
 /// Windows of `context + 1` tokens, each starting where the previous one's inputs end.
-fn windows(tokens: &[u32], context: usize) -> Vec<Vec<u32>> {
+fn windows(tokens: &[u32], context: usize) -> Vec<Sequence> {
     if tokens.len() <= context {
         return Vec::new();
     }
-    (0..(tokens.len() - 1) / context).map(|i| tokens[i * context..i * context + context + 1].to_vec()).collect()
+    (0..(tokens.len() - 1) / context)
+        .map(|i| Sequence::window(tokens[i * context..i * context + context + 1].to_vec()))
+        .collect()
 }
 
 /// [`windows`], or the whole stream padded with end-of-text tokens when it is shorter than one.
-fn windows_or_one(tokens: &[u32], context: usize) -> Vec<Vec<u32>> {
+fn windows_or_one(tokens: &[u32], context: usize) -> Vec<Sequence> {
     let windows = windows(tokens, context);
     if !windows.is_empty() {
         return windows;
     }
     let mut padded = tokens.to_vec();
     padded.resize(context + 1, END_OF_TEXT);
-    vec![padded]
+    vec![Sequence::window(padded)]
 }
 
 /// A CSV file with a header: the target column and every other column as an f32 feature. The
@@ -291,14 +365,17 @@ mod tests {
         let HeldOut::Addition { problems, .. } = &dataset.held_out else { panic!("addition holds out problems") };
         assert_eq!(problems.len(), 15);
         let Batch::Tokens(windows) = &dataset.train else { panic!("addition trains on tokens") };
-        let text: Vec<u8> =
-            windows.iter().flat_map(|w| &w[..16]).map(|&t| if t == END_OF_TEXT { b'|' } else { t as u8 }).collect();
+        let text: Vec<u8> = windows
+            .iter()
+            .flat_map(|w| &w.tokens[..16])
+            .map(|&t| if t == END_OF_TEXT { b'|' } else { t as u8 })
+            .collect();
         let text = String::from_utf8(text).unwrap();
         for &(a, b) in problems {
             assert!(!text.contains(&format!("|{}{}|", addition_prompt(a, b), a + b)), "{a}+{b} leaked");
         }
         assert!(text.contains('+') && text.contains('='));
-        assert!(windows.iter().all(|w| w.len() == 17));
+        assert!(windows.iter().all(|w| w.tokens.len() == 17 && w.target_count() == 16));
         assert_eq!(addition(&spec, 16, 1).held_out, dataset.held_out, "the same seed gives the same split");
     }
 
@@ -326,7 +403,7 @@ mod tests {
         let path = dir.path().join("tiny.txt");
         std::fs::write(&path, "hello world, this is short").unwrap();
         let spec = DataSpec::Text(TextSpec { paths: vec![path], eval_fraction: 0.1 });
-        let error = Dataset::load(&spec, 8, 16, 0).unwrap_err().to_string();
+        let error = Dataset::load(&spec, 8, 16, 0, None).unwrap_err().to_string();
         assert!(error.contains("data.text.paths") && error.contains("fewer than one global batch of 16"), "{error}");
     }
 }

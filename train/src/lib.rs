@@ -6,7 +6,12 @@
 //!   [`error`].
 //! - [`data`]: token windows (text files, the built-in addition task) and CSV rows, split into
 //!   training and held-out parts, read in an order that depends only on the seed and the step.
-//! - [`lm`]: the trainable llama decoder over bytes and the byte-level tokenizer it ships with.
+//! - [`jsonl`]: fine-tuning examples (chat conversations, prompt/completion pairs) from JSON
+//!   Lines, templated and tokenized by the base's own codec, the loss masked to the answers.
+//! - [`lm`]: the trainable llama decoder: from scratch over bytes (with the byte-level tokenizer
+//!   it ships with), or a pretrained base fine-tuned in full or with LoRA adapters.
+//! - [`finetune`]: the base read and verified from the repository, held-out evaluation (loss,
+//!   perplexity, exact-match accuracy of greedy answers) and the versions a fine-tune publishes.
 //! - [`params`]: named parameters seen as one flat vector by the optimizer.
 //! - [`optim`]: AdamW, the warm-up + cosine schedule and gradient clipping.
 //! - [`mlp`]: the serving core's MLP, trained as is.
@@ -21,6 +26,8 @@ pub mod collective;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod finetune;
+pub mod jsonl;
 pub mod lm;
 pub mod mlp;
 pub mod optim;

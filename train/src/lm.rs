@@ -1,49 +1,112 @@
-//! The trainable llama decoder over bytes: RMSNorm, rotary embeddings (the HF "rotate half"
-//! layout), grouped-query causal attention and a SwiGLU MLP, with the embedding matrix tied to
-//! the output. Tensor names are HF's (`model.layers.{i}.self_attn.q_proj.weight`, …), so a
-//! checkpoint written by [`TrainLlama::write_checkpoint`] is an HF llama checkpoint that the
-//! serving side ([`lantern_runtime::model::llama::Llama::from_hf`]) loads unchanged, tokenizer included.
+//! The trainable llama decoder: RMSNorm, rotary embeddings (the HF "rotate half" layout),
+//! grouped-query causal attention and a SwiGLU MLP. Tensor names are HF's
+//! (`model.layers.{i}.self_attn.q_proj.weight`, …), so a checkpoint written by
+//! [`TrainLlama::write_checkpoint`] is an HF llama checkpoint that the serving side
+//! ([`lantern_runtime::model::llama::Llama::from_hf`]) loads unchanged, tokenizer included.
 //!
-//! With [`Precision::Bf16`] every matrix product (projections, attention scores and mixing, the
-//! output layer) casts its operands to bfloat16 and its result back; the weights, the residual
-//! stream, the norms, the softmax and the loss stay f32, and the gradients reach the f32 weights
-//! through the casts.
+//! A model is trained from scratch over bytes ([`TrainLlama::new`], sizes from the job, the
+//! embedding tied to the output), or fine-tuned from a pretrained base
+//! ([`TrainLlama::fine_tune`], the architecture from the base's own config): every weight
+//! trained, or the base frozen with LoRA adapters on the target projections. Under LoRA only the
+//! adapters are parameters: they alone get gradients, optimizer state and a place in the
+//! all-reduce, and they are named as PEFT's `adapter_model.safetensors` names them
+//! (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight`).
+//!
+//! With [`Precision::Bf16`] every matrix product (projections, adapters, attention scores and
+//! mixing, the output layer) casts its operands to bfloat16 and its result back; the weights, the
+//! residual stream, the norms, the softmax and the loss stay f32, and the gradients reach the f32
+//! weights through the casts.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor, Var};
+use lantern_runtime::llm::codec::TextCodec;
+use lantern_runtime::model::dense::DenseLlama;
+use lantern_runtime::model::llama::{Config, HfConfig};
 
-use super::config::{LlamaSpec, Precision};
-use super::data::{END_OF_TEXT, VOCAB_SIZE};
+use super::config::{FineTuneMethod, LlamaSpec, LoraSpec, LoraTarget, Precision};
+use super::data::{Sequence, VOCAB_SIZE};
 use super::params::{Initializer, Params, model_error};
 use crate::error::{Error, Result};
 
 const RMS_NORM_EPS: f64 = 1e-5;
-const ROPE_THETA: f64 = 10_000.0;
+const ROPE_THETA: f32 = 10_000.0;
 /// Standard deviation of the initial weights; residual outputs get it divided by √(2 · layers).
 const INIT_STD: f64 = 0.02;
+/// What fills a sequence shorter than its batch's longest: never a target, never attended to.
+const PADDING: u32 = 0;
 /// The end-of-text token's text in `tokenizer.json`.
 pub const END_OF_TEXT_TOKEN: &str = "<|endoftext|>";
 
+/// A weight the optimizer updates, or one it leaves alone.
+enum Weight {
+    Trained(Var),
+    Frozen(Tensor),
+}
+
+impl Weight {
+    fn tensor(&self) -> &Tensor {
+        match self {
+            Self::Trained(var) => var.as_tensor(),
+            Self::Frozen(tensor) => tensor,
+        }
+    }
+}
+
+/// A projection `x · Wᵀ`, with a LoRA adapter's `scale · (x · Aᵀ) · Bᵀ` added when it has one.
+struct Linear {
+    weight: Weight,
+    adapter: Option<Adapter>,
+}
+
+struct Adapter {
+    /// `[rank, in]`.
+    a: Var,
+    /// `[out, rank]`.
+    b: Var,
+    scale: f64,
+}
+
 struct Layer {
-    attn_norm: Var,
-    q: Var,
-    k: Var,
-    v: Var,
-    o: Var,
-    mlp_norm: Var,
-    gate: Var,
-    up: Var,
-    down: Var,
+    attn_norm: Weight,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    mlp_norm: Weight,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Layer {
+    fn linear(&self, target: LoraTarget) -> &Linear {
+        match target {
+            LoraTarget::QProj => &self.q,
+            LoraTarget::KProj => &self.k,
+            LoraTarget::VProj => &self.v,
+            LoraTarget::OProj => &self.o,
+            LoraTarget::GateProj => &self.gate,
+            LoraTarget::UpProj => &self.up,
+            LoraTarget::DownProj => &self.down,
+        }
+    }
 }
 
 /// The model and its parameters.
 pub struct TrainLlama {
-    spec: LlamaSpec,
+    config: HfConfig,
+    /// The sizes the forward pass reads (head width, key/value heads, rotary θ, RMSNorm ε).
+    shape: Config,
+    /// Tokens per training sequence.
+    context: usize,
     params: Params,
-    embed: Var,
+    embed: Weight,
     layers: Vec<Layer>,
-    norm: Var,
+    norm: Weight,
+    /// `None`: tied to the embeddings.
+    output: Option<Linear>,
     /// `[context, head_dim]` rotary tables, each frequency twice (first half, second half).
     cos: Tensor,
     sin: Tensor,
@@ -51,41 +114,57 @@ pub struct TrainLlama {
     mask: Tensor,
     /// The format matrix products run in.
     compute: DType,
+    /// The tokenizer and chat template: the base's, or the byte-level one.
+    codec: TextCodec,
 }
 
 impl TrainLlama {
-    /// Fresh weights from `seed`, or the checkpoint in `spec.init_from`, on `device`.
+    /// Fresh weights from `seed`, or the checkpoint in `spec.init_from`, on `device`: a byte-level
+    /// model with the embedding tied to the output.
     pub fn new(spec: &LlamaSpec, seed: u64, device: &Device) -> Result<Self> {
+        let config = HfConfig {
+            vocab_size: VOCAB_SIZE,
+            hidden_size: spec.hidden_size,
+            intermediate_size: spec.intermediate_size,
+            num_hidden_layers: spec.layers,
+            num_attention_heads: spec.heads,
+            num_key_value_heads: Some(spec.kv_heads()),
+            head_dim: None,
+            rms_norm_eps: RMS_NORM_EPS,
+            rope_theta: ROPE_THETA,
+            max_position_embeddings: spec.context,
+            tie_word_embeddings: true,
+        };
+        let shape = config.to_config()?;
+        let (hidden, inner) = (spec.hidden_size, spec.intermediate_size);
+        let (q_rows, kv_rows) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
         let mut init = Initializer::new(seed);
-        let (hidden, inner, head_dim) = (spec.hidden_size, spec.intermediate_size, spec.hidden_size / spec.heads);
-        let kv = spec.kv_heads() * head_dim;
         let residual_std = INIT_STD / (2.0 * spec.layers as f64).sqrt();
         let ones = |n: usize| Tensor::ones(n, DType::F32, device).map_err(model_error);
         let mut params = Params::on(device);
-        let embed = params.add("model.embed_tokens.weight", init.normal((VOCAB_SIZE, hidden), INIT_STD)?)?;
+        let embed =
+            Weight::Trained(params.add("model.embed_tokens.weight", init.normal((VOCAB_SIZE, hidden), INIT_STD)?)?);
         let mut layers = Vec::with_capacity(spec.layers);
         for i in 0..spec.layers {
-            let name = |suffix: &str| format!("model.layers.{i}.{suffix}.weight");
+            let mut add = |suffix: &str, tensor: Tensor| {
+                params.add(format!("model.layers.{i}.{suffix}.weight"), tensor).map(Weight::Trained)
+            };
+            let linear = |weight| Linear { weight, adapter: None };
             layers.push(Layer {
-                attn_norm: params.add(name("input_layernorm"), ones(hidden)?)?,
-                q: params.add(name("self_attn.q_proj"), init.normal((hidden, hidden), INIT_STD)?)?,
-                k: params.add(name("self_attn.k_proj"), init.normal((kv, hidden), INIT_STD)?)?,
-                v: params.add(name("self_attn.v_proj"), init.normal((kv, hidden), INIT_STD)?)?,
-                o: params.add(name("self_attn.o_proj"), init.normal((hidden, hidden), residual_std)?)?,
-                mlp_norm: params.add(name("post_attention_layernorm"), ones(hidden)?)?,
-                gate: params.add(name("mlp.gate_proj"), init.normal((inner, hidden), INIT_STD)?)?,
-                up: params.add(name("mlp.up_proj"), init.normal((inner, hidden), INIT_STD)?)?,
-                down: params.add(name("mlp.down_proj"), init.normal((hidden, inner), residual_std)?)?,
+                attn_norm: add("input_layernorm", ones(hidden)?)?,
+                q: linear(add("self_attn.q_proj", init.normal((q_rows, hidden), INIT_STD)?)?),
+                k: linear(add("self_attn.k_proj", init.normal((kv_rows, hidden), INIT_STD)?)?),
+                v: linear(add("self_attn.v_proj", init.normal((kv_rows, hidden), INIT_STD)?)?),
+                o: linear(add("self_attn.o_proj", init.normal((hidden, q_rows), residual_std)?)?),
+                mlp_norm: add("post_attention_layernorm", ones(hidden)?)?,
+                gate: linear(add("mlp.gate_proj", init.normal((inner, hidden), INIT_STD)?)?),
+                up: linear(add("mlp.up_proj", init.normal((inner, hidden), INIT_STD)?)?),
+                down: linear(add("mlp.down_proj", init.normal((hidden, inner), residual_std)?)?),
             });
         }
-        let norm = params.add("model.norm.weight", ones(hidden)?)?;
-        let (cos, sin) = rotary_tables(spec.context, head_dim, device).map_err(model_error)?;
-        let mask = causal_mask(spec.context, device).map_err(model_error)?;
-        let compute = match spec.precision {
-            Precision::F32 => DType::F32,
-            Precision::Bf16 => DType::BF16,
-        };
-        let model = Self { spec: spec.clone(), params, embed, layers, norm, cos, sin, mask, compute };
+        let norm = Weight::Trained(params.add("model.norm.weight", ones(hidden)?)?);
+        let parts = (embed, layers, norm, None);
+        let model = Self::assemble(config, shape, spec.context, spec.precision, params, parts, byte_codec()?)?;
         if let Some(dir) = &spec.init_from {
             model.check_hf_config(dir)?;
             model.params.load(&dir.join(WEIGHTS_FILE))?;
@@ -93,27 +172,114 @@ impl TrainLlama {
         Ok(model)
     }
 
+    /// The pretrained `base` prepared for fine-tuning by `method` over sequences of `context`
+    /// tokens, on `device`; LoRA's `A` matrices are drawn from `seed` (PEFT's default:
+    /// uniform in ±1/√in), its `B` matrices start at zero.
+    pub fn fine_tune(
+        base: DenseLlama,
+        method: &FineTuneMethod,
+        context: usize,
+        precision: Precision,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let DenseLlama { config, tensors, codec } = base;
+        let shape = config.to_config()?;
+        let mut base = BaseWeights { tensors, method, device };
+        let mut init = Initializer::new(seed);
+        let mut params = Params::on(device);
+        let embed = base.weight("model.embed_tokens.weight", &mut params)?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let mut norm =
+                |suffix: &str, params: &mut Params| base.weight(&format!("model.layers.{i}.{suffix}.weight"), params);
+            let attn_norm = norm("input_layernorm", &mut params)?;
+            let mlp_norm = norm("post_attention_layernorm", &mut params)?;
+            let mut linear = |target| base.linear(i, target, &mut init, &mut params);
+            layers.push(Layer {
+                attn_norm,
+                q: linear(LoraTarget::QProj)?,
+                k: linear(LoraTarget::KProj)?,
+                v: linear(LoraTarget::VProj)?,
+                o: linear(LoraTarget::OProj)?,
+                mlp_norm,
+                gate: linear(LoraTarget::GateProj)?,
+                up: linear(LoraTarget::UpProj)?,
+                down: linear(LoraTarget::DownProj)?,
+            });
+        }
+        let norm = base.weight("model.norm.weight", &mut params)?;
+        let output = match config.tie_word_embeddings {
+            true => None,
+            false => Some(Linear { weight: base.weight("lm_head.weight", &mut params)?, adapter: None }),
+        };
+        Self::assemble(config, shape, context, precision, params, (embed, layers, norm, output), codec)
+    }
+
+    fn assemble(
+        config: HfConfig,
+        shape: Config,
+        context: usize,
+        precision: Precision,
+        params: Params,
+        (embed, layers, norm, output): (Weight, Vec<Layer>, Weight, Option<Linear>),
+        codec: TextCodec,
+    ) -> Result<Self> {
+        let device = params.device().clone();
+        let (cos, sin) =
+            rotary_tables(context, shape.head_dim, f64::from(shape.rope_theta), &device).map_err(model_error)?;
+        let mask = causal_mask(context, &device).map_err(model_error)?;
+        let compute = match precision {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        };
+        Ok(Self { config, shape, context, params, embed, layers, norm, output, cos, sin, mask, compute, codec })
+    }
+
     pub fn params(&self) -> &Params {
         &self.params
     }
 
+    /// The architecture, as `config.json` holds it.
+    pub fn config(&self) -> &HfConfig {
+        &self.config
+    }
+
+    /// The model's tokenizer and chat template.
+    pub fn codec(&self) -> &TextCodec {
+        &self.codec
+    }
+
     /// Next-token logits `[batch · length, vocab]` for token ids `[batch, length]`.
     pub fn logits(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.head(&self.hidden(ids)?)
+    }
+
+    /// The residual stream after the last layer, `[batch · length, hidden]`.
+    fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (batch, length) = ids.dims2()?;
-        let hidden = self.spec.hidden_size;
-        let mut h = self.embed.as_tensor().index_select(&ids.flatten_all()?, 0)?;
+        let mut h = self.embed.tensor().index_select(&ids.flatten_all()?, 0)?;
         let (cos, sin) = (self.cos.narrow(0, 0, length)?, self.sin.narrow(0, 0, length)?);
         let mask = self.mask.narrow(0, 0, length)?.narrow(1, 0, length)?;
         for layer in &self.layers {
             let attended =
-                self.attention(layer, &rms_norm(&h, &layer.attn_norm)?, batch, length, (&cos, &sin), &mask)?;
+                self.attention(layer, &self.rms_norm(&h, &layer.attn_norm)?, batch, length, (&cos, &sin), &mask)?;
             h = (h + attended)?;
-            let x = rms_norm(&h, &layer.mlp_norm)?;
+            let x = self.rms_norm(&h, &layer.mlp_norm)?;
             let gated = (self.linear(&x, &layer.gate)?.silu()? * self.linear(&x, &layer.up)?)?;
             h = (h + self.linear(&gated, &layer.down)?)?;
         }
-        debug_assert_eq!(h.dims(), &[batch * length, hidden]);
-        self.linear(&rms_norm(&h, &self.norm)?, &self.embed)
+        debug_assert_eq!(h.dims(), &[batch * length, self.config.hidden_size]);
+        Ok(h)
+    }
+
+    /// Logits for rows of the residual stream: the final norm, then the output layer.
+    fn head(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.rms_norm(h, &self.norm)?;
+        match &self.output {
+            Some(output) => self.linear(&x, output),
+            None => self.matmul(&x, &self.embed.tensor().t()?),
+        }
     }
 
     /// `a · b` in the compute format, as f32.
@@ -124,32 +290,62 @@ impl TrainLlama {
         }
     }
 
-    /// `x · wᵀ` for `x` `[rows, in]` and `w` `[out, in]`.
-    fn linear(&self, x: &Tensor, w: &Var) -> candle_core::Result<Tensor> {
-        self.matmul(x, &w.as_tensor().t()?)
+    /// `x · Wᵀ (+ scale · (x · Aᵀ) · Bᵀ)` for `x` `[rows, in]` and `W` `[out, in]`.
+    fn linear(&self, x: &Tensor, linear: &Linear) -> candle_core::Result<Tensor> {
+        let base = self.matmul(x, &linear.weight.tensor().t()?)?;
+        match &linear.adapter {
+            None => Ok(base),
+            Some(Adapter { a, b, scale }) => {
+                let low = self.matmul(x, &a.as_tensor().t()?)?;
+                base + (self.matmul(&low, &b.as_tensor().t()?)? * *scale)?
+            }
+        }
     }
 
-    /// Mean next-token cross-entropy over token windows of equal length.
-    pub fn loss(&self, windows: &[Vec<u32>]) -> candle_core::Result<Tensor> {
-        let length = windows[0].len() - 1;
-        let inputs: Vec<u32> = windows.iter().flat_map(|w| w[..length].iter().copied()).collect();
-        let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].iter().copied()).collect();
+    fn rms_norm(&self, x: &Tensor, weight: &Weight) -> candle_core::Result<Tensor> {
+        let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.shape.rms_eps)?.sqrt()?.recip()?;
+        x.broadcast_mul(&scale)?.broadcast_mul(weight.tensor())
+    }
+
+    /// `scale` times the summed next-token cross-entropy over the targets of `sequences`
+    /// (right-padded to the longest; causal attention keeps the padding out of every real
+    /// position). Only target positions reach the output layer. With `scale` one over the
+    /// global batch's target count times the world size, the ranks' mean is the global mean.
+    pub fn loss(&self, sequences: &[Sequence], scale: f64) -> candle_core::Result<Tensor> {
+        let length = sequences.iter().map(|s| s.tokens.len()).max().unwrap_or(0).saturating_sub(1);
+        if length == 0 {
+            candle_core::bail!("a training sequence needs at least two tokens");
+        }
+        let mut inputs = Vec::with_capacity(sequences.len() * length);
+        let (mut rows, mut targets) = (Vec::new(), Vec::new());
+        for (index, sequence) in sequences.iter().enumerate() {
+            for position in 0..length {
+                inputs.push(sequence.tokens.get(position).copied().unwrap_or(PADDING));
+                if sequence.targets.get(position + 1) == Some(&true) {
+                    rows.push((index * length + position) as u32);
+                    targets.push(sequence.tokens[position + 1]);
+                }
+            }
+        }
         let device = self.params.device();
-        let inputs = Tensor::from_vec(inputs, (windows.len(), length), device)?;
-        let targets = Tensor::from_vec(targets, windows.len() * length, device)?;
-        candle_nn::loss::cross_entropy(&self.logits(&inputs)?, &targets)
+        let inputs = Tensor::from_vec(inputs, (sequences.len(), length), device)?;
+        let rows = Tensor::from_vec(rows, targets.len(), device)?;
+        let targets = Tensor::from_vec(targets, (rows.dim(0)?, 1), device)?;
+        let logits = self.head(&self.hidden(&inputs)?.index_select(&rows, 0)?)?;
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        log_probs.gather(&targets, 1)?.sum_all()?.neg()? * scale
     }
 
-    /// Greedy continuation of `prompt` until the end-of-text token or `max_tokens` tokens
-    /// (recomputing the whole sequence each token: evaluation prompts are short).
+    /// Greedy continuation of `prompt` until a stop token or `max_tokens` tokens (recomputing
+    /// the whole sequence each token: evaluation prompts are short).
     pub fn greedy(&self, prompt: &[u32], max_tokens: usize) -> candle_core::Result<Vec<u32>> {
         let mut tokens = prompt.to_vec();
         let mut generated = Vec::new();
-        while generated.len() < max_tokens && tokens.len() < self.spec.context {
+        while generated.len() < max_tokens && tokens.len() < self.context {
             let ids = Tensor::new(tokens.as_slice(), self.params.device())?.unsqueeze(0)?;
             let logits = self.logits(&ids)?.get(tokens.len() - 1)?.to_vec1::<f32>()?;
             let next = lantern_runtime::llm::sampling::argmax(&logits);
-            if next == END_OF_TEXT {
+            if self.codec.tokenizer().eos().contains(&next) {
                 break;
             }
             generated.push(next);
@@ -167,8 +363,7 @@ impl TrainLlama {
         (cos, sin): (&Tensor, &Tensor),
         mask: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        let (heads, kv_heads) = (self.spec.heads, self.spec.kv_heads());
-        let head_dim = self.spec.hidden_size / heads;
+        let Config { heads, kv_heads, head_dim, .. } = self.shape;
         let split = |t: Tensor, n: usize| t.reshape((batch, length, n, head_dim))?.transpose(1, 2)?.contiguous();
         let q = rotate(&split(self.linear(x, &layer.q)?, heads)?, cos, sin)?;
         let k = repeat_kv(rotate(&split(self.linear(x, &layer.k)?, kv_heads)?, cos, sin)?, heads / kv_heads)?;
@@ -179,37 +374,76 @@ impl TrainLlama {
         self.linear(&context, &layer.o)
     }
 
-    /// Writes an HF llama checkpoint: `config.json`, `model.safetensors`, and the byte-level
-    /// `tokenizer.json` with a `tokenizer_config.json` naming the end-of-text token.
-    pub fn write_checkpoint(&self, dir: &Path) -> Result<()> {
-        let write = |name: &str, bytes: &[u8]| {
-            std::fs::write(dir.join(name), bytes)
-                .map_err(|e| Error::io(format!("writing {}", dir.join(name).display()), e))
-        };
-        write(HF_CONFIG, self.hf_config().to_string().as_bytes())?;
-        self.params.save(&dir.join(WEIGHTS_FILE))?;
-        write("tokenizer.json", byte_tokenizer_json()?.as_bytes())?;
-        write("tokenizer_config.json", serde_json::json!({ "eos_token": END_OF_TEXT_TOKEN }).to_string().as_bytes())
+    /// The base's weights with every adapter folded in (`W + scale · B · A`), under HF names:
+    /// the tensors of the merged checkpoint.
+    pub fn merged_weights(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut tensors = vec![("model.embed_tokens.weight".to_owned(), self.embed.tensor().clone())];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let name = |suffix: &str| format!("model.layers.{i}.{suffix}.weight");
+            tensors.push((name("input_layernorm"), layer.attn_norm.tensor().clone()));
+            tensors.push((name("post_attention_layernorm"), layer.mlp_norm.tensor().clone()));
+            for target in LoraTarget::ALL {
+                tensors.push((name(target.module()), layer.linear(target).merged()?));
+            }
+        }
+        tensors.push(("model.norm.weight".to_owned(), self.norm.tensor().clone()));
+        if let Some(output) = &self.output {
+            tensors.push(("lm_head.weight".to_owned(), output.merged()?));
+        }
+        Ok(tensors)
     }
 
+    /// Writes the model as an HF llama checkpoint: `config.json`, `model.safetensors` (adapters
+    /// merged into their projections), and the codec's `tokenizer.json` and
+    /// `tokenizer_config.json` (chat template, end-of-sequence token).
+    pub fn write_checkpoint(&self, dir: &Path) -> Result<()> {
+        let (tokenizer, tokenizer_config) = self.codec.to_hf()?;
+        write(dir, HF_CONFIG, self.hf_config().to_string().as_bytes())?;
+        let tensors: HashMap<String, Tensor> = self.merged_weights().map_err(model_error)?.into_iter().collect();
+        let path = dir.join(WEIGHTS_FILE);
+        candle_core::safetensors::save(&tensors, &path)
+            .map_err(|e| Error::candle(format!("writing {}", path.display()), e))?;
+        write(dir, "tokenizer.json", tokenizer.as_bytes())?;
+        write(dir, "tokenizer_config.json", tokenizer_config.as_bytes())
+    }
+
+    /// Writes the LoRA adapters as PEFT writes them: `adapter_model.safetensors` (the trained
+    /// `lora_A` / `lora_B` matrices under PEFT's names) and `adapter_config.json`, naming
+    /// `base` as the model they apply to.
+    pub fn write_adapter(&self, dir: &Path, lora: &LoraSpec, base: &str) -> Result<()> {
+        self.params.save(&dir.join(ADAPTER_WEIGHTS_FILE))?;
+        let targets: Vec<&str> = lora.targets.iter().map(|target| target.name()).collect();
+        let config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base,
+            "r": lora.rank,
+            "lora_alpha": lora.scale() * lora.rank as f64,
+            "lora_dropout": 0.0,
+            "target_modules": targets,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "use_rslora": false,
+            "use_dora": false,
+        });
+        write(dir, ADAPTER_CONFIG_FILE, serde_json::to_string_pretty(&config).unwrap_or_default().as_bytes())
+    }
+
+    /// `config.json`: the architecture, plus what HF's loaders look for beside it.
     fn hf_config(&self) -> serde_json::Value {
-        let spec = &self.spec;
-        serde_json::json!({
+        let mut config = serde_json::to_value(&self.config).unwrap_or_default();
+        let extra = serde_json::json!({
             "model_type": "llama",
             "architectures": ["LlamaForCausalLM"],
-            "vocab_size": VOCAB_SIZE,
-            "hidden_size": spec.hidden_size,
-            "intermediate_size": spec.intermediate_size,
-            "num_hidden_layers": spec.layers,
-            "num_attention_heads": spec.heads,
-            "num_key_value_heads": spec.kv_heads(),
-            "max_position_embeddings": spec.context,
-            "rms_norm_eps": RMS_NORM_EPS,
-            "rope_theta": ROPE_THETA,
-            "tie_word_embeddings": true,
-            "eos_token_id": END_OF_TEXT,
+            "eos_token_id": self.codec.tokenizer().eos().first(),
             "torch_dtype": "float32",
-        })
+        });
+        if let (Some(config), serde_json::Value::Object(extra)) = (config.as_object_mut(), extra) {
+            config.extend(extra);
+        }
+        config
     }
 
     /// Refuses a checkpoint to continue from whose sizes differ from the job's.
@@ -238,12 +472,101 @@ impl TrainLlama {
     }
 }
 
+/// A base's tensors, taken one by one into the model: trained under full fine-tuning, frozen
+/// (with adapters on the targets) under LoRA.
+struct BaseWeights<'a> {
+    tensors: HashMap<String, Tensor>,
+    method: &'a FineTuneMethod,
+    device: &'a Device,
+}
+
+impl BaseWeights<'_> {
+    fn weight(&mut self, name: &str, params: &mut Params) -> Result<Weight> {
+        let tensor = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| Error::config("model.fine_tune.base", format!("the base has no {name}")))?;
+        let tensor = tensor.to_device(self.device).map_err(model_error)?;
+        match self.method {
+            FineTuneMethod::Full => params.add(name, tensor).map(Weight::Trained),
+            FineTuneMethod::Lora(_) => Ok(Weight::Frozen(tensor)),
+        }
+    }
+
+    /// Layer `layer`'s `target` projection, with an adapter when LoRA targets it.
+    fn linear(
+        &mut self,
+        layer: usize,
+        target: LoraTarget,
+        init: &mut Initializer,
+        params: &mut Params,
+    ) -> Result<Linear> {
+        let weight = self.weight(&format!("model.layers.{layer}.{}.weight", target.module()), params)?;
+        let adapter = match self.method {
+            FineTuneMethod::Lora(lora) if lora.targets.contains(&target) => {
+                let prefix = format!("base_model.model.model.layers.{layer}.{}", target.module());
+                Some(Adapter::new(&prefix, weight.tensor(), lora, init, params)?)
+            }
+            _ => None,
+        };
+        Ok(Linear { weight, adapter })
+    }
+}
+
+impl Linear {
+    /// `W + scale · B · A`, or `W` without an adapter.
+    fn merged(&self) -> candle_core::Result<Tensor> {
+        let weight = self.weight.tensor();
+        match &self.adapter {
+            None => Ok(weight.clone()),
+            Some(Adapter { a, b, scale }) => weight + (b.as_tensor().matmul(a.as_tensor())? * *scale)?,
+        }
+    }
+}
+
+impl Adapter {
+    /// An adapter for `weight` `[out, in]`, its matrices registered as `{prefix}.lora_A.weight`
+    /// and `{prefix}.lora_B.weight`.
+    fn new(
+        prefix: &str,
+        weight: &Tensor,
+        lora: &LoraSpec,
+        init: &mut Initializer,
+        params: &mut Params,
+    ) -> Result<Self> {
+        let (out, input) = weight.dims2().map_err(model_error)?;
+        if lora.rank == 0 || lora.rank > out.min(input) {
+            return Err(Error::config(
+                "model.fine_tune.method.lora.rank",
+                format!("{} does not fit {prefix} ({out} × {input}): it must be 1 to {}", lora.rank, out.min(input)),
+            ));
+        }
+        let a = init.uniform((lora.rank, input), 1.0 / (input as f64).sqrt())?;
+        let b = Tensor::zeros((out, lora.rank), DType::F32, &Device::Cpu).map_err(model_error)?;
+        Ok(Self {
+            a: params.add(format!("{prefix}.lora_A.weight"), a)?,
+            b: params.add(format!("{prefix}.lora_B.weight"), b)?,
+            scale: lora.scale(),
+        })
+    }
+}
+
 const HF_CONFIG: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
+/// PEFT's adapter files.
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 
-fn rms_norm(x: &Tensor, weight: &Var) -> candle_core::Result<Tensor> {
-    let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + RMS_NORM_EPS)?.sqrt()?.recip()?;
-    x.broadcast_mul(&scale)?.broadcast_mul(weight.as_tensor())
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// The byte-level codec of a model trained from scratch: [`byte_tokenizer_json`], ending
+/// answers at the end-of-text token, without a chat template.
+fn byte_codec() -> Result<TextCodec> {
+    let config = serde_json::json!({ "eos_token": END_OF_TEXT_TOKEN }).to_string();
+    Ok(TextCodec::from_hf(byte_tokenizer_json()?.as_bytes(), Some(config.as_bytes()))?)
 }
 
 /// HF's rotary embedding on `[batch, heads, length, head_dim]`: `x · cos + rotate_half(x) · sin`.
@@ -267,13 +590,18 @@ fn repeat_kv(x: Tensor, group: usize) -> candle_core::Result<Tensor> {
     ))
 }
 
-fn rotary_tables(context: usize, head_dim: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+fn rotary_tables(
+    context: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
     let mut cos = Vec::with_capacity(context * head_dim);
     let mut sin = Vec::with_capacity(context * head_dim);
     for position in 0..context {
         let angles: Vec<f64> =
-            (0..half).map(|i| position as f64 / ROPE_THETA.powf(2.0 * i as f64 / head_dim as f64)).collect();
+            (0..half).map(|i| position as f64 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect();
         for _ in 0..2 {
             cos.extend(angles.iter().map(|a| a.cos() as f32));
             sin.extend(angles.iter().map(|a| a.sin() as f32));
@@ -336,19 +664,30 @@ mod tests {
         }
     }
 
+    /// Two windows of 13 tokens.
+    fn windows() -> Vec<Sequence> {
+        vec![Sequence::window((0..13).map(|i| (i * 7 % 256) as u32).collect()); 2]
+    }
+
+    /// The mean loss over `sequences`' targets.
+    fn mean_loss(model: &TrainLlama, sequences: &[Sequence]) -> Tensor {
+        let targets: usize = sequences.iter().map(Sequence::target_count).sum();
+        model.loss(sequences, 1.0 / targets as f64).unwrap()
+    }
+
     /// Plain gradient descent on one fixed batch; the loss before and after.
     fn descend(model: &TrainLlama, steps: usize) -> (f32, f32) {
-        let windows = vec![(0..13).map(|i| (i * 7 % 256) as u32).collect::<Vec<_>>(); 2];
-        let first = model.loss(&windows).unwrap().to_scalar::<f32>().unwrap();
+        let windows = windows();
+        let first = mean_loss(model, &windows).to_scalar::<f32>().unwrap();
         for _ in 0..steps {
-            let loss = model.loss(&windows).unwrap();
+            let loss = mean_loss(model, &windows);
             let grads = loss.backward().unwrap();
             let mut values = model.params().read_flat().unwrap();
             let g = model.params().gradients_flat(&grads).unwrap();
             values.iter_mut().zip(&g).for_each(|(p, g)| *p -= 0.5 * g);
             model.params().write_flat(&values).unwrap();
         }
-        (first, model.loss(&windows).unwrap().to_scalar::<f32>().unwrap())
+        (first, mean_loss(model, &windows).to_scalar::<f32>().unwrap())
     }
 
     #[test]
@@ -358,8 +697,8 @@ mod tests {
         let ids = tokenizer.encode(text).unwrap();
         assert_eq!(ids, super::super::data::bytes_to_tokens(text.as_bytes()));
         assert_eq!(tokenizer.decode(&ids, false).unwrap(), text);
-        assert_eq!(tokenizer.eos(), &[END_OF_TEXT]);
-        assert_eq!(tokenizer.encode("1<|endoftext|>").unwrap(), vec![u32::from(b'1'), END_OF_TEXT]);
+        assert_eq!(tokenizer.eos(), &[super::super::data::END_OF_TEXT]);
+        assert_eq!(tokenizer.encode("1<|endoftext|>").unwrap(), vec![u32::from(b'1'), super::super::data::END_OF_TEXT]);
     }
 
     #[test]
@@ -382,10 +721,10 @@ mod tests {
 
     #[test]
     fn bf16_products_give_the_f32_gradients_to_within_bf16_rounding() {
-        let windows = vec![(0..13).map(|i| (i * 7 % 256) as u32).collect::<Vec<_>>(); 2];
+        let windows = windows();
         let gradients = |precision: Precision| {
             let model = TrainLlama::new(&LlamaSpec { precision, ..tiny() }, 2, &Device::Cpu).unwrap();
-            let loss = model.loss(&windows).unwrap();
+            let loss = mean_loss(&model, &windows);
             let grads = loss.backward().unwrap();
             (loss.to_scalar::<f32>().unwrap(), model.params().gradients_flat(&grads).unwrap())
         };
@@ -400,5 +739,93 @@ mod tests {
             20,
         );
         assert!(last < first - 1.0, "bf16 training lowers the loss too: {first} -> {last}");
+    }
+
+    /// A tiny byte-level llama with random weights, as a pretrained base.
+    fn tiny_base(seed: u64) -> DenseLlama {
+        let model = TrainLlama::new(&tiny(), seed, &Device::Cpu).unwrap();
+        DenseLlama {
+            config: model.config.clone(),
+            tensors: model.merged_weights().unwrap().into_iter().collect(),
+            codec: byte_codec().unwrap(),
+        }
+    }
+
+    fn lora(rank: usize, targets: &[LoraTarget]) -> FineTuneMethod {
+        FineTuneMethod::Lora(LoraSpec { rank, alpha: Some(2.0 * rank as f64), targets: targets.to_vec() })
+    }
+
+    fn fine_tuned(method: &FineTuneMethod, seed: u64) -> TrainLlama {
+        TrainLlama::fine_tune(tiny_base(7), method, tiny().context, Precision::F32, seed, &Device::Cpu).unwrap()
+    }
+
+    fn logits(model: &TrainLlama) -> Vec<Vec<f32>> {
+        let ids = Tensor::new(&[[5u32, 6, 7, 8, 200, 3]], &Device::Cpu).unwrap();
+        model.logits(&ids).unwrap().to_vec2::<f32>().unwrap()
+    }
+
+    /// Sets every parameter to seeded values of about `scale`.
+    fn randomize(model: &TrainLlama, seed: u64, scale: f64) {
+        let values = Initializer::new(seed).normal((1, model.params().len()), scale).unwrap();
+        model.params().write_flat(&values.flatten_all().unwrap().to_vec1::<f32>().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn under_lora_only_the_adapters_are_parameters_and_a_zero_b_leaves_the_base_unchanged() {
+        let targets = [LoraTarget::QProj, LoraTarget::VProj, LoraTarget::DownProj];
+        let adapted = fine_tuned(&lora(2, &targets), 1);
+        let names: Vec<&str> = adapted.params().iter().map(|(name, _)| name).collect();
+        assert_eq!(names.len(), tiny().layers * targets.len() * 2);
+        assert_eq!(names[0], "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+        assert_eq!(names[1], "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
+        // q: [16, 16], v: [8, 16], down: [16, 32], rank 2, in both layers.
+        assert_eq!(adapted.params().len(), 2 * 2 * ((16 + 16) + (16 + 8) + (32 + 16)));
+        let full = fine_tuned(&FineTuneMethod::Full, 1);
+        assert_eq!(full.params().len(), TrainLlama::new(&tiny(), 7, &Device::Cpu).unwrap().params().len());
+        assert_eq!(logits(&adapted), logits(&full), "B starts at zero");
+    }
+
+    #[test]
+    fn merged_weights_give_the_logits_of_base_plus_adapter() {
+        let adapted = fine_tuned(&lora(3, &LoraTarget::ALL), 1);
+        randomize(&adapted, 11, 0.2);
+        let merged = DenseLlama { tensors: adapted.merged_weights().unwrap().into_iter().collect(), ..tiny_base(7) };
+        let merged =
+            TrainLlama::fine_tune(merged, &FineTuneMethod::Full, tiny().context, Precision::F32, 1, &Device::Cpu)
+                .unwrap();
+        let (a, b) = (logits(&adapted), logits(&merged));
+        let difference = a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(difference < 1e-4, "merged logits differ by {difference}");
+        assert_ne!(a, logits(&fine_tuned(&FineTuneMethod::Full, 1)), "the adapters changed the model");
+    }
+
+    #[test]
+    fn lora_gradients_equal_finite_differences() {
+        let model = fine_tuned(&lora(2, &[LoraTarget::KProj, LoraTarget::OProj, LoraTarget::UpProj]), 1);
+        randomize(&model, 5, 0.3);
+        // Masked and padded: the second sequence is shorter and predicts only its last 3 tokens.
+        let mut sequences = windows();
+        sequences[1] =
+            Sequence { tokens: vec![9, 8, 7, 6, 5, 4, 3], targets: vec![false, false, false, false, true, true, true] };
+        let loss = |model: &TrainLlama| f64::from(mean_loss(model, &sequences).to_scalar::<f32>().unwrap());
+        let gradients = model.params().gradients_flat(&mean_loss(&model, &sequences).backward().unwrap()).unwrap();
+        let values = model.params().read_flat().unwrap();
+        let step = 1e-2_f32;
+        // Indices spread over every adapter matrix, A and B alike.
+        for index in (0..values.len()).step_by(values.len() / 24) {
+            let mut moved = values.clone();
+            moved[index] += step;
+            model.params().write_flat(&moved).unwrap();
+            let up = loss(&model);
+            moved[index] -= 2.0 * step;
+            model.params().write_flat(&moved).unwrap();
+            let down = loss(&model);
+            let numeric = (up - down) / (2.0 * f64::from(step));
+            let analytic = f64::from(gradients[index]);
+            assert!(
+                (numeric - analytic).abs() <= 2e-3 + 0.02 * analytic.abs(),
+                "parameter {index}: finite difference {numeric}, gradient {analytic}"
+            );
+        }
     }
 }

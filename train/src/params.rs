@@ -126,6 +126,12 @@ impl Initializer {
         Self { rng: rand::rngs::StdRng::seed_from_u64(seed) }
     }
 
+    /// A `[rows, columns]` tensor of values drawn uniformly from `-bound..bound`.
+    pub fn uniform(&mut self, shape: (usize, usize), bound: f64) -> Result<Tensor> {
+        let values = (0..shape.0 * shape.1).map(|_| self.rng.random_range(-bound..bound) as f32).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).map_err(model_error)
+    }
+
     /// A `[rows, columns]` tensor of normal values with standard deviation `std`.
     pub fn normal(&mut self, shape: (usize, usize), std: f64) -> Result<Tensor> {
         let count = shape.0 * shape.1;

@@ -56,6 +56,7 @@ struct State {
     last_version: u64,
     last_metrics: HashMap<String, f64>,
     published: Vec<PublishedVersion>,
+    baseline: HashMap<String, f64>,
     failure: String,
     heartbeats: Vec<Option<(Instant, u64)>>,
 }
@@ -114,6 +115,7 @@ impl Progress {
             last_version: 0,
             last_metrics: HashMap::new(),
             published: Vec::new(),
+            baseline: HashMap::new(),
             failure: String::new(),
             heartbeats: vec![None; world_size],
         };
@@ -155,6 +157,11 @@ impl Progress {
         let metrics = state.last_metrics.clone();
         state.published.push(PublishedVersion { version, metrics, digest: digest.to_owned() });
         self.gauges.published_version.set(version as i64);
+    }
+
+    /// The fine-tuned base's own held-out metrics.
+    pub fn baseline(&self, metrics: &[(String, f64)]) {
+        self.state().baseline = metrics.iter().cloned().collect();
     }
 
     pub fn set_phase(&self, phase: TrainingPhase) {
@@ -203,6 +210,7 @@ impl Progress {
             ranks,
             failure: state.failure.clone(),
             published: state.published.clone(),
+            baseline: state.baseline.clone(),
         }
     }
 

@@ -22,7 +22,8 @@ use sha2::{Digest, Sha256};
 use super::checkpoint::{self, OPTIMIZER_FILE, PARAMS_FILE, Saved};
 use super::collective::{Collective, Placement};
 use super::config::{DataSpec, JobConfig, ModelSpec};
-use super::data::{self, Batch, Dataset, HeldOut, Order};
+use super::data::{self, Batch, Dataset, HeldOut, Order, Sequence};
+use super::finetune::{BASELINE_PREFIX, FineTune};
 use super::lm::TrainLlama;
 use super::mlp::TrainMlp;
 use super::optim::{self, AdamW};
@@ -55,18 +56,32 @@ pub struct Outcome {
 
 /// The model being trained.
 enum Model {
-    Llama(TrainLlama),
+    Llama(Box<TrainLlama>),
+    FineTune(Box<FineTune>),
     Mlp(TrainMlp),
 }
 
 impl Model {
-    /// The model `config` describes, on the rank's device.
-    fn new(config: &JobConfig, dataset: &Dataset) -> Result<Self> {
+    /// The model `config` describes, on the rank's device, and the data it trains on (a
+    /// fine-tuned base's tokenizer and template read the data).
+    fn with_data(config: &JobConfig) -> Result<(Self, Dataset)> {
         let device = lantern_runtime::device::open(config.cluster.device)?;
+        let (batch, seed) = (config.schedule.global_batch, config.seed);
+        let data = |codec| Dataset::load(&config.data, sequence_length(config), batch, seed, codec);
         match (&config.model, &config.data) {
-            (ModelSpec::Llama(spec), _) => Ok(Self::Llama(TrainLlama::new(spec, config.seed, &device)?)),
+            (ModelSpec::Llama(spec), _) => {
+                let dataset = data(None)?;
+                Ok((Self::Llama(Box::new(TrainLlama::new(spec, seed, &device)?)), dataset))
+            }
+            (ModelSpec::FineTune(spec), _) => {
+                let tuned = FineTune::new(spec, &config.output, seed, &device)?;
+                let dataset = data(Some(tuned.model.codec()))?;
+                Ok((Self::FineTune(Box::new(tuned)), dataset))
+            }
             (ModelSpec::Mlp(spec), DataSpec::Csv(csv)) => {
-                Ok(Self::Mlp(TrainMlp::new(spec, dataset.features(), csv.classes, config.seed, &device)?))
+                let dataset = data(None)?;
+                let mlp = TrainMlp::new(spec, dataset.features(), csv.classes, seed, &device)?;
+                Ok((Self::Mlp(mlp), dataset))
             }
             (ModelSpec::Mlp(_), _) => Err(Error::config("data", "an mlp trains on csv data")),
         }
@@ -75,13 +90,19 @@ impl Model {
     fn params(&self) -> &Params {
         match self {
             Self::Llama(model) => model.params(),
+            Self::FineTune(tuned) => tuned.model.params(),
             Self::Mlp(model) => model.params(),
         }
     }
 
-    fn loss(&self, batch: &Batch) -> candle_core::Result<candle_core::Tensor> {
+    /// The loss of this rank's share of a step. A token loss is the sum over the share's
+    /// targets divided by the global batch's `targets` and multiplied by the `world` size, so
+    /// the ranks' mean is the global batch's mean however the targets fall between them.
+    fn loss(&self, batch: &Batch, targets: usize, world: usize) -> candle_core::Result<candle_core::Tensor> {
+        let scale = world as f64 / targets.max(1) as f64;
         match (self, batch) {
-            (Self::Llama(model), Batch::Tokens(windows)) => model.loss(windows),
+            (Self::Llama(model), Batch::Tokens(sequences)) => model.loss(sequences, scale),
+            (Self::FineTune(tuned), Batch::Tokens(sequences)) => tuned.model.loss(sequences, scale),
             (Self::Mlp(model), Batch::Rows { features, targets }) => model.loss(features, targets),
             _ => candle_core::bail!("the batch does not suit the model; this is a bug"),
         }
@@ -89,8 +110,10 @@ impl Model {
 
     /// Held-out metrics.
     fn evaluate(&self, held_out: &HeldOut) -> Result<Vec<(String, f64)>> {
-        let scalar = |loss: candle_core::Result<candle_core::Tensor>| -> Result<f64> {
-            loss.and_then(|l| l.to_scalar::<f32>()).map(f64::from).map_err(model_error)
+        let mean_loss = |model: &TrainLlama, sequences: &[Sequence]| -> Result<f64> {
+            let targets: usize = sequences.iter().map(Sequence::target_count).sum();
+            let loss = model.loss(sequences, 1.0 / targets.max(1) as f64).and_then(|l| l.to_scalar::<f32>());
+            loss.map(f64::from).map_err(model_error)
         };
         match (self, held_out) {
             (Self::Llama(model), HeldOut::Addition { problems, windows }) => {
@@ -101,21 +124,23 @@ impl Model {
                     right += usize::from(answer == data::bytes_to_tokens((a + b).to_string().as_bytes()));
                 }
                 Ok(vec![
-                    ("eval_loss".to_owned(), scalar(model.loss(windows))?),
+                    ("eval_loss".to_owned(), mean_loss(model, windows)?),
                     ("eval_accuracy".to_owned(), right as f64 / problems.len() as f64),
                 ])
             }
             (Self::Llama(model), HeldOut::Tokens(windows)) => {
-                Ok(vec![("eval_loss".to_owned(), scalar(model.loss(windows))?)])
+                Ok(vec![("eval_loss".to_owned(), mean_loss(model, windows)?)])
             }
+            (Self::FineTune(tuned), HeldOut::Answers { sequences, questions }) => tuned.evaluate(sequences, questions),
             (Self::Mlp(model), HeldOut::Rows { features, targets }) => model.evaluate(features, targets),
             _ => Err(Error::config("data", "the held-out data does not suit the model")),
         }
     }
 
-    fn write_checkpoint(&self, dir: &Path) -> Result<()> {
+    fn write_version(&self, dir: &Path) -> Result<()> {
         match self {
             Self::Llama(model) => model.write_checkpoint(dir),
+            Self::FineTune(tuned) => tuned.write_version(dir),
             Self::Mlp(model) => model.write_checkpoint(dir),
         }
     }
@@ -168,18 +193,23 @@ fn run(
 ) -> Result<Outcome> {
     let cluster = &config.cluster;
     let batch_size = config.schedule.global_batch;
-    let dataset = Dataset::load(&config.data, sequence_length(config), batch_size, config.seed)?;
-    let model = Model::new(config, &dataset)?;
+    let (model, dataset) = Model::with_data(config)?;
     let optimizer = AdamW::new(config.optimizer.clone(), model.params().decay_mask());
-    let mut job = Job { config, model, dataset, optimizer, progress, published: Vec::new() };
+    let mut job = Job { config, model, dataset, optimizer, progress, published: Vec::new(), baseline: Vec::new() };
     let (mut step, mut loss) = (0, f64::NAN);
     if let Some(saved) = checkpoint::latest(&config.checkpoint.state_dir)? {
         job.model.params().load(&saved.params())?;
         job.optimizer.load(&saved.optimizer(), saved.state.step)?;
         (step, loss) = (saved.state.step, saved.state.loss);
         tracing::info!(step, dir = %saved.dir.display(), "resuming from a saved training state");
+        job.baseline = checkpoint::read_baseline(&config.checkpoint.state_dir)?;
+        if let Some(progress) = &job.progress {
+            progress.baseline(&job.baseline);
+        }
         // A crash between saving the state and publishing its version: publish it now.
         job.publish_once(&saved)?;
+    } else {
+        job.measure_baseline()?;
     }
     let mut collective = match cluster.world_size {
         1 => None,
@@ -200,7 +230,9 @@ fn run(
     };
     while step < config.schedule.steps {
         let batch = job.dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size));
-        let (mut gradients, local_loss) = gradients(&job.model, &batch).map_err(|e| stopped(step, e))?;
+        let targets = job.dataset.target_count(&order.global_batch(step, batch_size));
+        let (mut gradients, local_loss) =
+            gradients(&job.model, &batch, targets, cluster.world_size).map_err(|e| stopped(step, e))?;
         // The loss and the stop flag ride along, averaged with the gradients.
         gradients.extend([local_loss as f32, f32::from(u8::from(interrupt.load(Ordering::Relaxed)))]);
         if let Some(collective) = collective.as_mut() {
@@ -243,6 +275,7 @@ fn run(
 fn sequence_length(config: &JobConfig) -> usize {
     match &config.model {
         ModelSpec::Llama(spec) => spec.context,
+        ModelSpec::FineTune(spec) => spec.sequence_length,
         ModelSpec::Mlp(_) => 0,
     }
 }
@@ -287,9 +320,10 @@ fn job_identity(config: &JobConfig) -> String {
     hex::encode(&Sha256::digest(shared.to_string().as_bytes())[..8])
 }
 
-/// This rank's gradients (flat) and loss for one batch.
-fn gradients(model: &Model, batch: &Batch) -> candle_core::Result<(Vec<f32>, f64)> {
-    let loss = model.loss(batch)?;
+/// This rank's gradients (flat) and loss for one batch of a step whose global batch holds
+/// `targets` target tokens.
+fn gradients(model: &Model, batch: &Batch, targets: usize, world: usize) -> candle_core::Result<(Vec<f32>, f64)> {
+    let loss = model.loss(batch, targets, world)?;
     let grads = loss.backward()?;
     let flat = model.params().gradients_flat(&grads).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     Ok((flat, f64::from(loss.to_scalar::<f32>()?)))
@@ -309,9 +343,27 @@ struct Job<'a> {
     progress: Option<Arc<Progress>>,
     /// Versions this run published.
     published: Vec<u64>,
+    /// The held-out metrics of the model before any training (only a fine-tuned base's are
+    /// measured), recorded in every version's manifest with [`BASELINE_PREFIX`].
+    baseline: Vec<(String, f64)>,
 }
 
 impl Job<'_> {
+    /// Rank 0 measures a fine-tuned base on the held-out data once, before the first step, and
+    /// keeps the result beside the training states for a resumed run.
+    fn measure_baseline(&mut self) -> Result<()> {
+        if self.progress.is_none() || !matches!(self.model, Model::FineTune(_)) {
+            return Ok(());
+        }
+        tracing::info!("measuring the base on the held-out data");
+        self.baseline = self.model.evaluate(&self.dataset.held_out)?;
+        tracing::info!(metrics = ?self.baseline, "the base's held-out metrics (the baseline)");
+        if let Some(progress) = &self.progress {
+            progress.baseline(&self.baseline);
+        }
+        checkpoint::write_baseline(&self.config.checkpoint.state_dir, &self.baseline)
+    }
+
     /// Saves the training state for `step`, publishes its version, and prunes old states.
     fn checkpoint(&mut self, step: u64, loss: f64) -> Result<()> {
         if self.progress.is_none() {
@@ -337,8 +389,9 @@ impl Job<'_> {
         let mut metrics =
             vec![(STEP_METRIC.to_owned(), saved.state.step as f64), ("loss".to_owned(), saved.state.loss)];
         metrics.extend(self.model.evaluate(&self.dataset.held_out)?);
+        metrics.extend(self.baseline.iter().map(|(name, value)| (format!("{BASELINE_PREFIX}{name}"), *value)));
         let staging = tempfile::tempdir().map_err(|e| Error::io("creating a staging directory", e))?;
-        self.model.write_checkpoint(staging.path())?;
+        self.model.write_version(staging.path())?;
         let request = PublishRequest {
             root: &output.repository,
             model: &output.model,
@@ -347,20 +400,12 @@ impl Job<'_> {
             metrics: &metrics,
         };
         let version = repository::publish(&request)?;
-        let digest = manifest_digest(&output.repository, &output.model, version)?;
+        let digest = Repository::new(&output.repository).manifest_digest(&output.model, version)?;
         tracing::info!(model = %output.model, version, step = saved.state.step, ?metrics, %digest, "published a version");
         progress.published(version, &metrics, &digest);
         self.published.push(version);
         Ok(())
     }
-}
-
-/// `sha256:` of a published version's manifest, which pins every file of the version by its own
-/// digest.
-fn manifest_digest(root: &Path, model: &str, version: u64) -> Result<String> {
-    let path = root.join(model).join(version.to_string()).join(MANIFEST_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    Ok(format!("sha256:{}", hex::encode(Sha256::digest(&bytes))))
 }
 
 /// The training step each published version of `model` records, and the version.

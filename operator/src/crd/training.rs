@@ -32,8 +32,11 @@ use super::{Device, PodOverrides, Repository};
     printcolumn(name = "Loss", type_ = "number", json_path = ".status.progress.loss"),
     printcolumn(name = "Versions", type_ = "integer", json_path = ".status.publishedVersions"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
+    printcolumn(name = "Baseline", type_ = "number", json_path = ".status.baseline.eval_accuracy", description = "the fine-tuned base's held-out accuracy"),
+    printcolumn(name = "Accuracy", type_ = "number", json_path = ".status.checkpoints[-1:].metrics.eval_accuracy", description = "the newest version's held-out accuracy"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.spec.output.model == oldSelf.spec.output.model").message("spec.output.model is immutable"),
+    validation = Rule::new("has(self.spec.model.fineTune) == has(self.spec.data.jsonl)").message("a fineTune model trains on data.jsonl, and only it does"),
     validation = Rule::new("self.spec.replicas == oldSelf.spec.replicas || (has(self.spec.runPolicy) && has(self.spec.runPolicy.suspend) && self.spec.runPolicy.suspend)").message("spec.replicas can only change while the job is suspended")
 )]
 #[serde(rename_all = "camelCase")]
@@ -82,13 +85,90 @@ fn one() -> u32 {
 
 /// Exactly one architecture.
 #[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.llama) != has(self.mlp)").message("set exactly one of model.llama and model.mlp"))]
+#[x_kube(validation = Rule::new("[has(self.llama), has(self.mlp), has(self.fineTune)].filter(x, x).size() == 1").message("set exactly one of model.llama, model.mlp and model.fineTune"))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llama: Option<LlamaSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlp: Option<MlpSpec>,
+    /// A pretrained llama from the repository, fine-tuned on `data.jsonl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTuneSpec>,
+}
+
+/// Fine-tuning of a pretrained llama (a GGUF or HF version); its architecture, tokenizer and
+/// chat template come from the base.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FineTuneSpec {
+    /// The base: a published version in the job's repository.
+    pub base: BaseRef,
+    pub method: FineTuneMethod,
+    /// The longest training example in tokens once templated.
+    #[schemars(range(min = 2, max = 131072))]
+    pub sequence_length: u32,
+    /// The number format of the matrix products: `f32` (default) or `bf16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+    /// Under LoRA, also publish each checkpoint as a whole checkpoint with the adapters merged
+    /// (what an InferenceService serves today). Full fine-tuning always does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<bool>,
+}
+
+/// A published version, optionally pinned by its manifest's digest.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct BaseRef {
+    pub model: String,
+    #[schemars(range(min = 1))]
+    pub version: u64,
+    /// `sha256:<hex>` of the version's manifest.json; a base that differs is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))]
+    pub digest: Option<String>,
+}
+
+/// Exactly one method.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.lora) != has(self.full)").message("set exactly one of method.lora and method.full"))]
+pub struct FineTuneMethod {
+    /// The base frozen, low-rank adapters trained on the target projections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraSpec>,
+    /// Every weight trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<FullSpec>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("self.targets.all(t, self.targets.filter(u, u == t).size() == 1)").message("lora.targets names a projection twice"))]
+pub struct LoraSpec {
+    #[schemars(range(min = 1, max = 4096))]
+    pub rank: u32,
+    /// The update is scaled by `alpha / rank`; `rank` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub alpha: Option<f64>,
+    #[schemars(length(min = 1, max = 7))]
+    pub targets: Vec<LoraTarget>,
+}
+
+/// Full fine-tuning has no settings of its own.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FullSpec {}
+
+/// A llama projection, as HF and PEFT name it.
+#[derive(JsonSchema, Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraTarget {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
 }
 
 /// A llama-architecture decoder over bytes (vocabulary: the 256 bytes and an end-of-text token).
@@ -154,7 +234,7 @@ pub enum Activation {
 
 /// Exactly one source of examples.
 #[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[x_kube(validation = Rule::new("[has(self.addition), has(self.text), has(self.csv)].filter(x, x).size() == 1").message("set exactly one of data.addition, data.text and data.csv"))]
+#[x_kube(validation = Rule::new("[has(self.addition), has(self.text), has(self.csv), has(self.jsonl)].filter(x, x).size() == 1").message("set exactly one of data.addition, data.text, data.csv and data.jsonl"))]
 pub struct DataSpec {
     /// Built in: integer additions written as text (`17+25=42`), for the language model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +245,31 @@ pub struct DataSpec {
     /// A CSV file with a header for the MLP: every column but the target is a feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csv: Option<CsvSpec>,
+    /// JSON Lines for fine-tuning: chat conversations (`{"messages": [...]}`) or
+    /// prompt/completion pairs (paths inside the worker's pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonl: Option<JsonlSpec>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonlSpec {
+    pub path: String,
+    /// Held-out examples; the last `evalFraction` of `path`'s when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 0.5))]
+    pub eval_fraction: Option<f64>,
+    /// An example longer than `sequenceLength`: `Refuse` the job (default) or `Skip` it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlong: Option<Overlong>,
+}
+
+#[derive(JsonSchema, Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Overlong {
+    Refuse,
+    Skip,
 }
 
 #[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -334,6 +439,10 @@ pub struct TrainingJobStatus {
     /// Every published checkpoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<Checkpoint>,
+    /// A fine-tuning job's base measured on the held-out data before the first step
+    /// (`eval_loss`, `eval_accuracy`, …), to compare each checkpoint's metrics with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baseline: BTreeMap<String, f64>,
 }
 
 /// The job's phase, as `status.phase` and the condition of the same name say it.

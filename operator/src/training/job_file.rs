@@ -8,8 +8,9 @@
 //! it reaches the job file (or is named here as the operator's own).
 
 use lantern_contract::job::{
-    self, AdditionSpec, CheckpointSpec, ClusterSpec, CsvSpec, DEFAULT_EVAL_FRACTION, DataSpec, JobConfig, LlamaSpec,
-    MlpSpec, ModelSpec, OptimizerSpec, OutputSpec, ScheduleSpec, TextSpec,
+    self, AdditionSpec, BaseSpec, CheckpointSpec, ClusterSpec, CsvSpec, DEFAULT_EVAL_FRACTION, DataSpec,
+    FineTuneMethod, FineTuneSpec, JobConfig, JsonlSpec, LlamaSpec, LoraSpec, LoraTarget, MlpSpec, ModelSpec,
+    OptimizerSpec, OutputSpec, Overlong, ScheduleSpec, TextSpec,
 };
 
 use crate::context::Error;
@@ -72,10 +73,17 @@ fn size(value: impl Into<u64>) -> usize {
     usize::try_from(value.into()).unwrap_or(usize::MAX)
 }
 
+fn compute_precision(precision: Option<crd::Precision>) -> job::Precision {
+    match precision {
+        None | Some(crd::Precision::F32) => job::Precision::F32,
+        Some(crd::Precision::Bf16) => job::Precision::Bf16,
+    }
+}
+
 fn model_spec(model: &crd::ModelSpec) -> Result<ModelSpec, Error> {
-    let crd::ModelSpec { llama, mlp } = model;
-    match (llama, mlp) {
-        (Some(llama), None) => {
+    let crd::ModelSpec { llama, mlp, fine_tune } = model;
+    match (llama, mlp, fine_tune) {
+        (Some(llama), None, None) => {
             let crd::LlamaSpec {
                 hidden_size,
                 intermediate_size,
@@ -96,13 +104,11 @@ fn model_spec(model: &crd::ModelSpec) -> Result<ModelSpec, Error> {
                 init_from: init_from
                     .as_ref()
                     .map(|crd::VersionRef { model, version }| format!("{model}/{version}").into()),
-                precision: match precision {
-                    None | Some(crd::Precision::F32) => job::Precision::F32,
-                    Some(crd::Precision::Bf16) => job::Precision::Bf16,
-                },
+                precision: compute_precision(*precision),
             }))
         }
-        (None, Some(crd::MlpSpec { hidden, activation })) => Ok(ModelSpec::Mlp(MlpSpec {
+        (None, None, Some(tune)) => Ok(ModelSpec::FineTune(fine_tune_spec(tune)?)),
+        (None, Some(crd::MlpSpec { hidden, activation }), None) => Ok(ModelSpec::Mlp(MlpSpec {
             hidden: hidden.iter().copied().map(size).collect(),
             activation: match activation {
                 crd::Activation::Relu => job::Activation::Relu,
@@ -111,31 +117,84 @@ fn model_spec(model: &crd::ModelSpec) -> Result<ModelSpec, Error> {
                 crd::Activation::Sigmoid => job::Activation::Sigmoid,
             },
         })),
-        _ => Err(Error::Invalid("spec.model: set exactly one of model.llama and model.mlp".into())),
+        _ => Err(Error::Invalid("spec.model: set exactly one of model.llama, model.mlp and model.fineTune".into())),
     }
 }
 
+/// The base is read from the job's own repository (the worker resolves it there).
+fn fine_tune_spec(spec: &crd::FineTuneSpec) -> Result<FineTuneSpec, Error> {
+    let crd::FineTuneSpec { base, method, sequence_length, precision, merge } = spec;
+    let crd::BaseRef { model, version, digest } = base;
+    let crd::FineTuneMethod { lora, full } = method;
+    let method = match (lora, full) {
+        (Some(crd::LoraSpec { rank, alpha, targets }), None) => FineTuneMethod::Lora(LoraSpec {
+            rank: size(*rank),
+            alpha: *alpha,
+            targets: targets
+                .iter()
+                .map(|target| match target {
+                    crd::LoraTarget::QProj => LoraTarget::QProj,
+                    crd::LoraTarget::KProj => LoraTarget::KProj,
+                    crd::LoraTarget::VProj => LoraTarget::VProj,
+                    crd::LoraTarget::OProj => LoraTarget::OProj,
+                    crd::LoraTarget::GateProj => LoraTarget::GateProj,
+                    crd::LoraTarget::UpProj => LoraTarget::UpProj,
+                    crd::LoraTarget::DownProj => LoraTarget::DownProj,
+                })
+                .collect(),
+        }),
+        (None, Some(crd::FullSpec {})) => FineTuneMethod::Full,
+        _ => return Err(Error::Invalid("spec.model.fineTune.method: set exactly one of lora and full".into())),
+    };
+    Ok(FineTuneSpec {
+        base: BaseSpec {
+            repository: None,
+            model: model.clone(),
+            version: *version,
+            digest: digest.clone(),
+            import_from: None,
+        },
+        method,
+        sequence_length: size(*sequence_length),
+        precision: compute_precision(*precision),
+        merge: merge.unwrap_or_default(),
+    })
+}
+
 fn data_spec(data: &crd::DataSpec) -> Result<DataSpec, Error> {
-    let crd::DataSpec { addition, text, csv } = data;
-    match (addition, text, csv) {
-        (Some(crd::AdditionSpec { max_operand, train_examples, eval_examples }), None, None) => {
+    let crd::DataSpec { addition, text, csv, jsonl } = data;
+    match (addition, text, csv, jsonl) {
+        (Some(crd::AdditionSpec { max_operand, train_examples, eval_examples }), None, None, None) => {
             Ok(DataSpec::Addition(AdditionSpec {
                 max_operand: *max_operand,
                 train_examples: size(*train_examples),
                 eval_examples: size(*eval_examples),
             }))
         }
-        (None, Some(crd::TextSpec { paths, eval_fraction }), None) => Ok(DataSpec::Text(TextSpec {
+        (None, Some(crd::TextSpec { paths, eval_fraction }), None, None) => Ok(DataSpec::Text(TextSpec {
             paths: paths.iter().map(Into::into).collect(),
             eval_fraction: eval_fraction.unwrap_or(DEFAULT_EVAL_FRACTION),
         })),
-        (None, None, Some(crd::CsvSpec { path, target, classes, eval_fraction })) => Ok(DataSpec::Csv(CsvSpec {
+        (None, None, Some(crd::CsvSpec { path, target, classes, eval_fraction }), None) => Ok(DataSpec::Csv(CsvSpec {
             path: path.into(),
             target: target.clone(),
             classes: classes.map(size),
             eval_fraction: eval_fraction.unwrap_or(DEFAULT_EVAL_FRACTION),
         })),
-        _ => Err(Error::Invalid("spec.data: set exactly one of data.addition, data.text and data.csv".into())),
+        (None, None, None, Some(crd::JsonlSpec { path, eval_path, eval_fraction, overlong })) => {
+            Ok(DataSpec::Jsonl(JsonlSpec {
+                path: path.into(),
+                eval_path: eval_path.as_ref().map(Into::into),
+                eval_fraction: eval_fraction.unwrap_or(DEFAULT_EVAL_FRACTION),
+                overlong: match overlong {
+                    None | Some(crd::Overlong::Refuse) => Overlong::Refuse,
+                    Some(crd::Overlong::Skip) => Overlong::Skip,
+                },
+            }))
+        }
+        _ => Err(Error::Invalid(
+            "spec.data: set exactly one of data.addition, data.text, data.csv and data.jsonl".into(),
+        )),
     }
 }
 
@@ -263,6 +322,48 @@ mod tests {
         let mut both = every_field();
         both["model"]["mlp"] = json!({"hidden": [4], "activation": "relu"});
         let error = JobConfig::try_from(&crate::training::test_job(both)).unwrap_err().to_string();
-        assert_eq!(error, "spec.model: set exactly one of model.llama and model.mlp");
+        assert_eq!(error, "spec.model: set exactly one of model.llama, model.mlp and model.fineTune");
+    }
+
+    #[test]
+    fn a_fine_tuning_spec_reaches_the_workers_config() {
+        let mut tune = every_field();
+        tune["model"] = json!({"fineTune": {
+            "base": {"model": "smollm2", "version": 1, "digest": format!("sha256:{}", "a".repeat(64))},
+            "method": {"lora": {"rank": 8, "alpha": 16.0, "targets": ["q_proj", "down_proj"]}},
+            "sequenceLength": 96, "precision": "bf16", "merge": true,
+        }});
+        tune["data"] =
+            json!({"jsonl": {"path": "/data/train.jsonl", "evalPath": "/data/eval.jsonl", "overlong": "Skip"}});
+        let config = JobConfig::try_from(&crate::training::test_job(tune.clone())).unwrap();
+        let expected = FineTuneSpec {
+            base: BaseSpec {
+                repository: None,
+                model: "smollm2".into(),
+                version: 1,
+                digest: Some(format!("sha256:{}", "a".repeat(64))),
+                import_from: None,
+            },
+            method: FineTuneMethod::Lora(LoraSpec {
+                rank: 8,
+                alpha: Some(16.0),
+                targets: vec![LoraTarget::QProj, LoraTarget::DownProj],
+            }),
+            sequence_length: 96,
+            precision: job::Precision::Bf16,
+            merge: true,
+        };
+        assert_eq!(config.model, ModelSpec::FineTune(expected));
+        let expected = JsonlSpec {
+            path: "/data/train.jsonl".into(),
+            eval_path: Some("/data/eval.jsonl".into()),
+            eval_fraction: DEFAULT_EVAL_FRACTION,
+            overlong: Overlong::Skip,
+        };
+        assert_eq!(config.data, DataSpec::Jsonl(expected));
+        tune["model"]["fineTune"]["method"] = json!({"full": {}});
+        let config = JobConfig::try_from(&crate::training::test_job(tune)).unwrap();
+        let ModelSpec::FineTune(spec) = &config.model else { panic!("a fine-tuning job") };
+        assert_eq!(spec.method, FineTuneMethod::Full);
     }
 }

@@ -76,12 +76,16 @@ pub fn next(
     let completion_time = previous.completion_time.clone().or_else(|| plan.phase.finished().then_some(Time(now)));
     let mut checkpoints = previous.checkpoints.clone();
     let mut progress = previous.progress.clone();
+    let mut baseline = previous.baseline.clone();
     if let Some(report) = report {
         let moved = progress.as_ref().is_none_or(|p| p.step != report.step);
         let updated = match (moved, &progress) {
             (false, Some(p)) => p.updated.clone(),
             _ => Time(now),
         };
+        if !report.baseline.is_empty() {
+            baseline = report.baseline.iter().map(|(name, value)| (name.clone(), *value)).collect();
+        }
         let finite = |x: f64| x.is_finite().then_some(x);
         progress = Some(Progress {
             step: report.step,
@@ -123,6 +127,7 @@ pub fn next(
         progress,
         published_versions: checkpoints.len() as u32,
         checkpoints,
+        baseline,
     }
 }
 
@@ -180,7 +185,9 @@ mod tests {
         report.last_published_metrics.insert("eval_accuracy".into(), 0.4);
         // The version was published at step 100; the report comes later, at 250.
         report.last_published_metrics.insert("step".into(), 100.0);
+        report.baseline.insert("eval_accuracy".into(), 0.1);
         let first = next(&job, &plan, &[running()], Some(&report), t0);
+        assert_eq!(first.baseline["eval_accuracy"], 0.1, "the base's own score, beside the checkpoints'");
         assert_eq!(first.phase, Some(Phase::Running));
         assert_eq!(first.observed_generation, Some(3));
         let types: Vec<(&str, &str)> = first.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str())).collect();

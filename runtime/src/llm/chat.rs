@@ -24,6 +24,7 @@ impl Message {
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -43,8 +44,14 @@ impl ChatTemplate {
         env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
         });
-        env.add_template_owned(NAME, source).map_err(|e| Error::ModelFile(format!("invalid chat template: {e}")))?;
-        Ok(Self { env })
+        env.add_template_owned(NAME, source.clone())
+            .map_err(|e| Error::ModelFile(format!("invalid chat template: {e}")))?;
+        Ok(Self { env, source })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders `messages`; `add_generation_prompt` appends the assistant's turn opener.

@@ -78,6 +78,17 @@ impl TextCodec {
         &self.tokenizer
     }
 
+    /// The codec as an HF checkpoint's `tokenizer.json` and `tokenizer_config.json` (chat
+    /// template, BOS and EOS tokens), which [`Self::from_hf`] reads back as this codec: how a
+    /// model fine-tuned from a GGUF base keeps its base's text interface.
+    pub fn to_hf(&self) -> Result<(String, String)> {
+        let mut config = serde_json::json!({ "bos_token": self.bos, "eos_token": self.eos });
+        if let Some(chat) = &self.chat {
+            config["chat_template"] = chat.source().into();
+        }
+        Ok((self.tokenizer.to_json()?, config.to_string()))
+    }
+
     /// The most bytes of text one token spells ([`Tokenizer::longest_token_bytes`]).
     pub fn longest_token_bytes(&self) -> usize {
         self.longest_token_bytes
@@ -98,5 +109,35 @@ impl TextCodec {
             return Err(Error::invalid("messages is empty"));
         }
         self.encode(&chat.render(messages, true, &self.bos, &self.eos)?)
+    }
+
+    /// A whole conversation as a fine-tuning example: its token ids as the chat template renders
+    /// it, and for each token whether an assistant turn spells it (what the loss counts). An
+    /// assistant turn is what rendering the conversation up to and including it adds to
+    /// rendering the turns before it with the assistant's turn opener, so the mask holds the
+    /// reply and whatever closes it (`<|im_end|>`), never the opener. Refuses a template under
+    /// which a shorter conversation's tokens are not a prefix of a longer one's.
+    pub fn encode_training_chat(&self, messages: &[Message]) -> Result<(Vec<u32>, Vec<bool>)> {
+        let chat = self.chat.as_ref().ok_or_else(|| Error::invalid("the base model has no chat template"))?;
+        let render = |turns: &[Message], opener: bool| -> Result<Vec<u32>> {
+            if turns.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.encode(&chat.render(turns, opener, &self.bos, &self.eos)?)
+        };
+        let tokens = render(messages, false)?;
+        let mut mask = vec![false; tokens.len()];
+        for (i, message) in messages.iter().enumerate().filter(|(_, m)| m.role == "assistant") {
+            let (before, through) = (render(&messages[..i], true)?, render(&messages[..=i], false)?);
+            let prefix = |shorter: &[u32]| tokens.starts_with(shorter);
+            if !prefix(&before) || !prefix(&through) || through.len() < before.len() {
+                return Err(Error::invalid(format!(
+                    "the chat template does not render message {i} ({:?}) as a continuation of the turns before it",
+                    message.role
+                )));
+            }
+            mask[before.len()..through.len()].fill(true);
+        }
+        Ok((tokens, mask))
     }
 }

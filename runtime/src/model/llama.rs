@@ -15,7 +15,7 @@ use std::io::{Read, Seek};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::quantized::QLinear;
 use crate::error::{Error, Result};
@@ -79,16 +79,16 @@ impl Config {
 }
 
 /// An HF checkpoint's `config.json` for the llama architecture.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 pub struct HfConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_key_value_heads: Option<usize>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
     pub rms_norm_eps: f64,
     #[serde(default = "default_rope_theta")]
@@ -103,7 +103,8 @@ fn default_rope_theta() -> f32 {
 }
 
 impl HfConfig {
-    fn to_config(&self) -> Result<Config> {
+    /// The sizes the forward pass needs, checked for a consistent attention shape.
+    pub fn to_config(&self) -> Result<Config> {
         let heads = self.num_attention_heads;
         let config = Config {
             vocab_size: self.vocab_size,

@@ -76,6 +76,7 @@ impl Config {
             inputs: vec![spec(INPUT, self.in_features())],
             outputs: vec![spec(OUTPUT, self.out_features())],
             metrics: Default::default(),
+            base: None,
             files: Vec::new(),
         }
     }

@@ -2,9 +2,11 @@
 //! ([`load`], by the manifest's architecture, format and task). One file per architecture,
 //! candle-transformers style: [`mlp`] (tensor model), [`llama`] (language model from GGUF,
 //! batched forward over a paged KV cache, with [`quantized`] linear layers) and [`bert`]
-//! (sentence embeddings from an HF checkpoint).
+//! (sentence embeddings from an HF checkpoint). [`dense`] reads a llama version as plain f32
+//! tensors, for fine-tuning.
 
 pub mod bert;
+pub mod dense;
 pub mod llama;
 pub mod mlp;
 pub mod quantized;
@@ -59,12 +61,8 @@ pub fn load(model: &str, version: u64, verified: &VerifiedVersion, device: &Devi
             Ok(LoadedModel::Tensor(Box::new(mlp)))
         }
         (Architecture::Llama, Format::Gguf, Task::Generate) => {
-            let mut ggufs = verified.files.iter().filter(|(path, _)| path.ends_with(".gguf"));
-            let (path, bytes) = match (ggufs.next(), ggufs.next()) {
-                (Some(file), None) => file,
-                _ => return Err(fail("a GGUF version needs exactly one .gguf file".into())),
-            };
-            let mut reader = std::io::Cursor::new(bytes.as_slice());
+            let (path, bytes) = single_gguf(verified).map_err(fail)?;
+            let mut reader = std::io::Cursor::new(bytes);
             let content = gguf_file::Content::read(&mut reader).map_err(|e| fail(format!("{path}: {e}")))?;
             let codec = TextCodec::from_gguf(&content.metadata).map_err(|e| fail(format!("{path}: {e}")))?;
             let llama =
@@ -75,7 +73,8 @@ pub fn load(model: &str, version: u64, verified: &VerifiedVersion, device: &Devi
             let file = |name: &str| verified.files.get(name).ok_or_else(|| fail(format!("the version has no {name}")));
             let config: llama::HfConfig = serde_json::from_slice(file("config.json")?)
                 .map_err(|e| fail(format!("config.json is not a llama config: {e}")))?;
-            let vb = weights(verified, device).map_err(fail)?;
+            let tensors = safetensors(verified, device).map_err(fail)?;
+            let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, device);
             let llama = llama::Llama::from_hf(vb, &config).map_err(|e| fail(e.to_string()))?;
             let codec = TextCodec::from_hf(
                 file("tokenizer.json")?,
@@ -104,15 +103,31 @@ pub fn load(model: &str, version: u64, verified: &VerifiedVersion, device: &Devi
                 .map_or(config.max_position_embeddings, |n| n as usize);
             Ok(LoadedModel::Embed(Box::new(bert::SentenceEncoder::new(bert, tokenizer, max_tokens))))
         }
+        (Architecture::Llama, Format::Lora, _) => Err(fail(format!(
+            "a LoRA adapter of {}; serve a merged version (fine-tune with merge: true)",
+            manifest.base.as_ref().map_or("a base".to_owned(), |b| format!("{} version {}", b.model, b.version))
+        ))),
         (architecture, format, task) => Err(fail(format!(
             "no model implementation for architecture {architecture:?} in format {format:?} for task {task:?}"
         ))),
     }
 }
 
+/// The one `.gguf` file of a version, with its path.
+fn single_gguf(verified: &VerifiedVersion) -> std::result::Result<(&str, &[u8]), String> {
+    let mut ggufs = verified.files.iter().filter(|(path, _)| path.ends_with(".gguf"));
+    match (ggufs.next(), ggufs.next()) {
+        (Some((path, bytes)), None) => Ok((path, bytes)),
+        _ => Err("a GGUF version needs exactly one .gguf file".into()),
+    }
+}
+
 /// Every `.safetensors` file of a version (one, or the shards of a large checkpoint) as one set of
-/// weights, read as f32 whatever the stored type.
-fn weights(verified: &VerifiedVersion, device: &Device) -> std::result::Result<candle_nn::VarBuilder<'static>, String> {
+/// tensors, as stored.
+fn safetensors(
+    verified: &VerifiedVersion,
+    device: &Device,
+) -> std::result::Result<std::collections::HashMap<String, Tensor>, String> {
     let mut tensors = std::collections::HashMap::new();
     for (path, bytes) in verified.files.iter().filter(|(path, _)| path.ends_with(".safetensors")) {
         let file = candle_core::safetensors::load_buffer(bytes, device)
@@ -122,5 +137,5 @@ fn weights(verified: &VerifiedVersion, device: &Device) -> std::result::Result<c
     if tensors.is_empty() {
         return Err("the version has no .safetensors file".into());
     }
-    Ok(candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, device))
+    Ok(tensors)
 }

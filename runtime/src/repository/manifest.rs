@@ -20,6 +20,9 @@ pub enum Format {
     Safetensors,
     /// llama.cpp's single-file format: weights (often quantized), tokenizer and chat template.
     Gguf,
+    /// A LoRA adapter in PEFT's layout (`adapter_model.safetensors`, `adapter_config.json`),
+    /// applied over the version the manifest's `base` names.
+    Lora,
 }
 
 /// Which model implementation loads the version.
@@ -80,9 +83,22 @@ pub struct Manifest {
     /// Evaluation metrics recorded by whoever produced the version (loss, accuracy, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
+    /// The version this one was fine-tuned from (an adapter's base, a merged model's origin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseVersion>,
     /// Every file of the version. Filled in by `publish`; required when loading.
     #[serde(default)]
     pub files: Vec<FileEntry>,
+}
+
+/// A version of another model, pinned by the digest of its manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseVersion {
+    pub model: String,
+    pub version: u64,
+    /// `sha256:<hex>` of the base's `manifest.json`.
+    pub manifest_digest: String,
 }
 
 /// Name of the text input of a language model's signature.
@@ -102,6 +118,11 @@ impl Manifest {
     /// The manifest of a llama model in HF layout (`config.json`, safetensors, `tokenizer.json`).
     pub fn hf_language_model() -> Self {
         Self { format: Format::Safetensors, ..Self::gguf_language_model() }
+    }
+
+    /// The manifest of a LoRA adapter over `base` (a llama language model).
+    pub fn lora_adapter(base: BaseVersion) -> Self {
+        Self { format: Format::Lora, base: Some(base), ..Self::gguf_language_model() }
     }
 
     /// The manifest of a BERT sentence encoder in HF layout: texts in, `dimension`-wide FP32
@@ -131,6 +152,7 @@ impl Manifest {
             inputs: vec![input],
             outputs: vec![output],
             metrics: BTreeMap::new(),
+            base: None,
             files: Vec::new(),
         }
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use manifest::{
-    Architecture, FileEntry, Format, MANIFEST_FILE, Manifest, TEXT_INPUT, TEXT_OUTPUT, Task, TensorSpec,
+    Architecture, BaseVersion, FileEntry, Format, MANIFEST_FILE, Manifest, TEXT_INPUT, TEXT_OUTPUT, Task, TensorSpec,
 };
 pub use publish::{PublishRequest, publish};
 
@@ -26,6 +26,8 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct VerifiedVersion {
     pub manifest: Manifest,
+    /// `sha256:<hex>` of the manifest's bytes as read.
+    pub digest: String,
     pub files: BTreeMap<String, Vec<u8>>,
 }
 
@@ -70,6 +72,14 @@ impl Repository {
         self.root.join(model).join(version.to_string())
     }
 
+    /// `sha256:<hex>` of a version's `manifest.json`, which pins every file of the version by its
+    /// own digest.
+    pub fn manifest_digest(&self, model: &str, version: u64) -> Result<String> {
+        let path = self.version_dir(model, version).join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Ok(manifest_digest(&bytes))
+    }
+
     /// Reads a version's manifest and every file it lists, verifying sizes and digests.
     pub fn read_verified(&self, model: &str, version: u64) -> Result<VerifiedVersion> {
         let dir = self.version_dir(model, version);
@@ -77,6 +87,7 @@ impl Repository {
         let bytes =
             std::fs::read(&manifest_path).map_err(|e| Error::io(format!("reading {}", manifest_path.display()), e))?;
         let manifest = Manifest::from_json(&bytes, &manifest_path)?;
+        let digest = manifest_digest(&bytes);
         if manifest.files.is_empty() {
             return Err(Error::Manifest { path: manifest_path, reason: "the manifest lists no files".into() });
         }
@@ -86,7 +97,7 @@ impl Repository {
             check_file(entry, &data).map_err(|reason| Error::Load { model: model.into(), version, reason })?;
             files.insert(entry.path.clone(), data);
         }
-        Ok(VerifiedVersion { manifest, files })
+        Ok(VerifiedVersion { manifest, digest, files })
     }
 }
 
@@ -116,6 +127,11 @@ fn read_inside(dir: &Path, relative: &str) -> Result<Vec<u8>> {
     let mut data = Vec::new();
     file.read_to_end(&mut data).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     Ok(data)
+}
+
+/// `sha256:<hex>` of a manifest's bytes.
+pub fn manifest_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// Checks a file's bytes against its manifest entry.

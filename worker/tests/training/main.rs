@@ -1,7 +1,9 @@
 //! Training end to end on small jobs: the real `lantern-worker train` process (SIGTERM, exit
 //! codes, resume, a full disk), the versions it publishes served by a real server, held-out
 //! accuracy rising as it trains, a non-finite loss, and job files that must be refused before any
-//! work.
+//! work; fine-tuning pretrained bases in [`finetune`].
+
+mod finetune;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

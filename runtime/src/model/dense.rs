@@ -1,0 +1,199 @@
+//! A llama version as dense f32 tensors under HF names, whatever its files store: GGUF (quantized
+//! weights dequantized) or HF safetensors (f32, f16 or bf16). Fine-tuning starts from this; the
+//! serving side's own loaders ([`super::load`]) keep quantized weights quantized.
+//!
+//! GGUF orders each head's query and key rows for the interleaved rotary form (llama.cpp permutes
+//! them when converting from HF); they are put back in HF's half-split order here, so the tensors
+//! are exactly an HF checkpoint's and a merged fine-tune is written as one.
+
+use std::collections::HashMap;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+
+use super::llama::{Config, HfConfig};
+use crate::error::{Error, Result};
+use crate::llm::codec::TextCodec;
+use crate::repository::{Architecture, Format, VerifiedVersion};
+
+/// A llama's config, weights and text codec (tokenizer and chat template).
+pub struct DenseLlama {
+    pub config: HfConfig,
+    /// `model.embed_tokens.weight`, `model.layers.{i}.self_attn.q_proj.weight`, …, `model.norm.weight`,
+    /// and `lm_head.weight` when the output is not tied to the embeddings.
+    pub tensors: HashMap<String, Tensor>,
+    pub codec: TextCodec,
+}
+
+impl std::fmt::Debug for DenseLlama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenseLlama")
+            .field("config", &self.config)
+            .field("tensors", &self.tensors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a verified llama version as dense tensors on `device`. Refuses another architecture, a
+/// version without a tokenizer, and weights that do not match the config.
+pub fn read(verified: &VerifiedVersion, device: &Device) -> Result<DenseLlama> {
+    let manifest = &verified.manifest;
+    if manifest.architecture != Architecture::Llama {
+        return Err(Error::ModelFile(format!("the architecture is {:?}, not llama", manifest.architecture)));
+    }
+    let dense = match manifest.format {
+        Format::Gguf => from_gguf(verified, device)?,
+        Format::Safetensors => from_hf(verified, device)?,
+        Format::Lora => {
+            return Err(Error::ModelFile("a LoRA adapter, not a whole model: fine-tune its base instead".into()));
+        }
+    };
+    dense.check()?;
+    Ok(dense)
+}
+
+fn from_gguf(verified: &VerifiedVersion, device: &Device) -> Result<DenseLlama> {
+    let (path, bytes) = super::single_gguf(verified).map_err(Error::ModelFile)?;
+    let fail = |reason: String| Error::ModelFile(format!("{path}: {reason}"));
+    let mut reader = std::io::Cursor::new(bytes);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| fail(e.to_string()))?;
+    let codec = TextCodec::from_gguf(&content.metadata).map_err(|e| fail(e.to_string()))?;
+    let config = hf_config(&content).map_err(|e| fail(e.to_string()))?;
+    let Config { heads, kv_heads, .. } = Config::from_gguf(&content.metadata)?;
+    let mut read = |name: &str| {
+        let tensor = content.tensor(&mut reader, name, device).and_then(|q| q.dequantize(device));
+        tensor.map_err(|e| fail(format!("tensor {name}: {e}")))
+    };
+    let mut tensors = HashMap::new();
+    tensors.insert("model.embed_tokens.weight".to_owned(), read("token_embd.weight")?);
+    tensors.insert("model.norm.weight".to_owned(), read("output_norm.weight")?);
+    if !config.tie_word_embeddings {
+        tensors.insert("lm_head.weight".to_owned(), read("output.weight")?);
+    }
+    for i in 0..config.num_hidden_layers {
+        for (gguf, hf) in LAYER_TENSORS {
+            let mut tensor = read(&format!("blk.{i}.{gguf}.weight"))?;
+            if let Some(heads) = match *gguf {
+                "attn_q" => Some(heads),
+                "attn_k" => Some(kv_heads),
+                _ => None,
+            } {
+                tensor = half_split(&tensor, heads).map_err(|e| fail(format!("blk.{i}.{gguf}: {e}")))?;
+            }
+            tensors.insert(format!("model.layers.{i}.{hf}.weight"), tensor);
+        }
+    }
+    Ok(DenseLlama { config, tensors, codec })
+}
+
+/// GGUF's per-layer tensors and their HF names.
+const LAYER_TENSORS: &[(&str, &str)] = &[
+    ("attn_norm", "input_layernorm"),
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_norm", "post_attention_layernorm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+];
+
+/// The HF config a GGUF llama corresponds to: the metadata's sizes, the MLP width from the gate
+/// projection's shape, the output tied when the file has no `output.weight`.
+fn hf_config(content: &gguf_file::Content) -> Result<HfConfig> {
+    let config = Config::from_gguf(&content.metadata)?;
+    let gate = content
+        .tensor_infos
+        .get("blk.0.ffn_gate.weight")
+        .ok_or_else(|| Error::ModelFile("no tensor blk.0.ffn_gate.weight".into()))?;
+    Ok(HfConfig {
+        vocab_size: config.vocab_size,
+        hidden_size: config.hidden_size,
+        intermediate_size: gate.shape.dims()[0],
+        num_hidden_layers: config.layers,
+        num_attention_heads: config.heads,
+        num_key_value_heads: Some(config.kv_heads),
+        head_dim: Some(config.head_dim),
+        rms_norm_eps: config.rms_eps,
+        rope_theta: config.rope_theta,
+        max_position_embeddings: config.context_length,
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+    })
+}
+
+/// Each head's rows from the interleaved order (pairs of rotated dimensions side by side) back
+/// to the half-split order (all first halves, then all second halves).
+fn half_split(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, columns) = w.dims2()?;
+    let head_dim = rows / heads;
+    w.reshape((heads, head_dim / 2, 2, columns))?.transpose(1, 2)?.reshape((rows, columns))
+}
+
+fn from_hf(verified: &VerifiedVersion, device: &Device) -> Result<DenseLlama> {
+    let file =
+        |name: &str| verified.files.get(name).ok_or_else(|| Error::ModelFile(format!("the version has no {name}")));
+    let config: HfConfig = serde_json::from_slice(file("config.json")?)
+        .map_err(|e| Error::ModelFile(format!("config.json is not a llama config: {e}")))?;
+    let codec =
+        TextCodec::from_hf(file("tokenizer.json")?, verified.files.get("tokenizer_config.json").map(Vec::as_slice))?;
+    let mut tensors = super::safetensors(verified, device).map_err(Error::ModelFile)?;
+    for tensor in tensors.values_mut() {
+        *tensor = tensor
+            .to_dtype(candle_core::DType::F32)
+            .map_err(|e| Error::Candle { context: "reading the weights as f32".into(), source: e })?;
+    }
+    if config.tie_word_embeddings {
+        tensors.remove("lm_head.weight");
+    }
+    Ok(DenseLlama { config, tensors, codec })
+}
+
+impl DenseLlama {
+    /// Every tensor the config needs is there with its shape, and the tokenizer covers the
+    /// vocabulary's ids.
+    fn check(&self) -> Result<()> {
+        let c = &self.config;
+        let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
+        let (q, kv) =
+            (c.num_attention_heads * head_dim, c.num_key_value_heads.unwrap_or(c.num_attention_heads) * head_dim);
+        let mut expected = vec![
+            ("model.embed_tokens.weight".to_owned(), vec![c.vocab_size, c.hidden_size]),
+            ("model.norm.weight".to_owned(), vec![c.hidden_size]),
+        ];
+        if !c.tie_word_embeddings {
+            expected.push(("lm_head.weight".to_owned(), vec![c.vocab_size, c.hidden_size]));
+        }
+        for i in 0..c.num_hidden_layers {
+            let name = |suffix: &str| format!("model.layers.{i}.{suffix}.weight");
+            expected.extend([
+                (name("input_layernorm"), vec![c.hidden_size]),
+                (name("self_attn.q_proj"), vec![q, c.hidden_size]),
+                (name("self_attn.k_proj"), vec![kv, c.hidden_size]),
+                (name("self_attn.v_proj"), vec![kv, c.hidden_size]),
+                (name("self_attn.o_proj"), vec![c.hidden_size, q]),
+                (name("post_attention_layernorm"), vec![c.hidden_size]),
+                (name("mlp.gate_proj"), vec![c.intermediate_size, c.hidden_size]),
+                (name("mlp.up_proj"), vec![c.intermediate_size, c.hidden_size]),
+                (name("mlp.down_proj"), vec![c.hidden_size, c.intermediate_size]),
+            ]);
+        }
+        for (name, shape) in expected {
+            match self.tensors.get(&name) {
+                None => return Err(Error::ModelFile(format!("the weights have no {name}"))),
+                Some(tensor) if tensor.dims() != shape.as_slice() => {
+                    return Err(Error::ModelFile(format!("{name} is {:?}, the config needs {shape:?}", tensor.dims())));
+                }
+                Some(_) => {}
+            }
+        }
+        let tokens = self.codec.tokenizer().vocab_size();
+        if tokens > c.vocab_size {
+            return Err(Error::ModelFile(format!(
+                "the tokenizer has {tokens} tokens, the model's vocabulary {}",
+                c.vocab_size
+            )));
+        }
+        Ok(())
+    }
+}
