@@ -4,7 +4,7 @@
 //! the file from the CRD as this type; the worker's training crate parses, validates and runs it.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -499,9 +499,28 @@ impl JobConfig {
             self.cluster.token_file = Some(path.into());
         }
         if let Some(repository) = var(env::REPOSITORY) {
-            self.output.repository = repository.into();
+            let repository = PathBuf::from(repository);
+            let original = std::mem::replace(&mut self.output.repository, repository.clone());
+            self.rebase_data(&original, &repository);
         }
         Ok(())
+    }
+
+    /// Moves every data file the file places under the repository `from` to the same place
+    /// under `to`: data kept in the repository's volume follows the volume wherever a pod sees
+    /// it mounted (the operator writes such paths under its mount point).
+    fn rebase_data(&mut self, from: &Path, to: &Path) {
+        let paths: Vec<&mut PathBuf> = match &mut self.data {
+            DataSpec::Addition(_) => Vec::new(),
+            DataSpec::Text(spec) => spec.paths.iter_mut().collect(),
+            DataSpec::Csv(spec) => vec![&mut spec.path],
+            DataSpec::Jsonl(spec) => std::iter::once(&mut spec.path).chain(spec.eval_path.as_mut()).collect(),
+        };
+        for path in paths {
+            if let Ok(inside) = path.strip_prefix(from) {
+                *path = to.join(inside);
+            }
+        }
     }
 
     /// Resolves a relative `checkpoint.state_dir`, `model.llama.init_from` and
@@ -577,6 +596,22 @@ mod tests {
         assert_eq!(config.checkpoint.state_dir, Path::new("/mnt/models/.lantern-training/ml/adder"));
         let ModelSpec::Llama(spec) = &config.model else { panic!("a llama job") };
         assert_eq!(spec.init_from.as_deref(), Some(Path::new("/mnt/models/base/3")));
+    }
+
+    #[test]
+    fn data_inside_the_repository_follows_it_where_the_environment_mounts_it() {
+        let mut config = addition_job();
+        config.output.repository = "/var/lib/lantern/models".into();
+        config.data = DataSpec::Jsonl(JsonlSpec {
+            path: "/var/lib/lantern/models/.datasets/tickets/train.jsonl".into(),
+            eval_path: Some("/data/eval.jsonl".into()),
+            eval_fraction: DEFAULT_EVAL_FRACTION,
+            overlong: Overlong::Refuse,
+        });
+        config.apply_env(|name| (name == env::REPOSITORY).then(|| "/srv/claims/models".to_owned())).unwrap();
+        let DataSpec::Jsonl(spec) = &config.data else { panic!("jsonl data") };
+        assert_eq!(spec.path, Path::new("/srv/claims/models/.datasets/tickets/train.jsonl"));
+        assert_eq!(spec.eval_path.as_deref(), Some(Path::new("/data/eval.jsonl")), "outside it: as written");
     }
 
     #[test]

@@ -246,7 +246,8 @@ pub struct DataSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csv: Option<CsvSpec>,
     /// JSON Lines for fine-tuning: chat conversations (`{"messages": [...]}`) or
-    /// prompt/completion pairs (paths inside the worker's pod).
+    /// prompt/completion pairs. A relative path is inside the model repository's volume
+    /// (`.datasets/tickets/train.jsonl`), an absolute one inside the worker's pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jsonl: Option<JsonlSpec>,
 }

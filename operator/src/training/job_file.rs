@@ -183,8 +183,8 @@ fn data_spec(data: &crd::DataSpec) -> Result<DataSpec, Error> {
         })),
         (None, None, None, Some(crd::JsonlSpec { path, eval_path, eval_fraction, overlong })) => {
             Ok(DataSpec::Jsonl(JsonlSpec {
-                path: path.into(),
-                eval_path: eval_path.as_ref().map(Into::into),
+                path: in_volume(path),
+                eval_path: eval_path.as_deref().map(in_volume),
                 eval_fraction: eval_fraction.unwrap_or(DEFAULT_EVAL_FRACTION),
                 overlong: match overlong {
                     None | Some(crd::Overlong::Refuse) => Overlong::Refuse,
@@ -196,6 +196,12 @@ fn data_spec(data: &crd::DataSpec) -> Result<DataSpec, Error> {
             "spec.data: set exactly one of data.addition, data.text, data.csv and data.jsonl".into(),
         )),
     }
+}
+
+/// A data path as the pod sees it: a relative one is inside the repository's volume, which the
+/// worker follows to wherever its pod has it mounted.
+fn in_volume(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(REPOSITORY_MOUNT).join(path)
 }
 
 fn optimizer_spec(optimizer: &crd::OptimizerSpec) -> OptimizerSpec {
@@ -334,7 +340,7 @@ mod tests {
             "sequenceLength": 96, "precision": "bf16", "merge": true,
         }});
         tune["data"] =
-            json!({"jsonl": {"path": "/data/train.jsonl", "evalPath": "/data/eval.jsonl", "overlong": "Skip"}});
+            json!({"jsonl": {"path": ".datasets/train.jsonl", "evalPath": "/data/eval.jsonl", "overlong": "Skip"}});
         let config = JobConfig::try_from(&crate::training::test_job(tune.clone())).unwrap();
         let expected = FineTuneSpec {
             base: BaseSpec {
@@ -355,7 +361,7 @@ mod tests {
         };
         assert_eq!(config.model, ModelSpec::FineTune(expected));
         let expected = JsonlSpec {
-            path: "/data/train.jsonl".into(),
+            path: "/var/lib/lantern/models/.datasets/train.jsonl".into(),
             eval_path: Some("/data/eval.jsonl".into()),
             eval_fraction: DEFAULT_EVAL_FRACTION,
             overlong: Overlong::Skip,
