@@ -45,9 +45,8 @@ pub fn generate(model: &Llama, prompts: &[Prompt], stop: &[u32]) -> candle_core:
     while pending.iter().any(Option::is_some) {
         let active: Vec<usize> = (0..prompts.len()).filter(|&i| pending[i].is_some()).collect();
         let mut steps: Vec<SequenceStep<'_>> = Vec::with_capacity(active.len());
-        for (i, (input, table)) in pending.iter().zip(tables.iter_mut()).enumerate() {
+        for (input, table) in pending.iter().zip(tables.iter_mut()) {
             if let Some(tokens) = input {
-                debug_assert!(active.contains(&i));
                 steps.push(SequenceStep { tokens, table, logits: true });
             }
         }

@@ -15,7 +15,7 @@ use lantern_train::lm::{ADAPTER_WEIGHTS_FILE, TrainLlama};
 use lantern_train::{EXIT_INVALID, trainer};
 use serde_json::{Value, json};
 
-use super::{as_rank, config_of, free_port, tensors, train_process, write_job};
+use super::{assert_close, config_of, tensors, train_pair, train_process, write_job};
 
 const TUNED: &str = "tuned";
 
@@ -81,16 +81,7 @@ fn one_and_two_ranks_end_with_the_same_adapter() {
     let alone = dir.path().join("alone");
     trainer::train(&config_of(&tiny_lora_job(&alone, 12, 12)), &AtomicBool::new(false)).unwrap();
     let pair = dir.path().join("pair");
-    let job = tiny_lora_job(&pair, 12, 12);
-    let port = free_port();
-    let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            let config = config_of(&as_rank(&job, rank, 2, port));
-            std::thread::spawn(move || trainer::train(&config, &AtomicBool::new(false)).unwrap())
-        })
-        .collect();
-    let outcomes: Vec<_> = ranks.into_iter().map(|r| r.join().unwrap()).collect();
-    assert_eq!(outcomes[0].loss, outcomes[1].loss, "both ranks see the same mean loss");
+    train_pair(&tiny_lora_job(&pair, 12, 12));
 
     let adapter = manifest(&alone, 1);
     assert_eq!(adapter.format, Format::Lora);
@@ -106,10 +97,7 @@ fn one_and_two_ranks_end_with_the_same_adapter() {
     let two = tensors(&version_dir(&pair, 1).join(ADAPTER_WEIGHTS_FILE));
     assert_eq!(one.len(), 2 * 2 * 3, "A and B for 3 targets in 2 layers");
     assert_eq!(one[0].0, "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight");
-    for ((name, a), (_, b)) in one.iter().zip(&two) {
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(worst < 1e-5, "{name} differs by {worst}");
-    }
+    assert_close(&one, &two);
     let metrics = &manifest(&alone, 1).metrics;
     for name in ["eval_loss", "eval_perplexity", "eval_accuracy", "baseline_eval_loss", "baseline_eval_accuracy"] {
         assert!(metrics.contains_key(name), "{name} missing from {metrics:?}");

@@ -153,21 +153,31 @@ fn two_ranks_end_with_the_parameters_of_one() {
     let alone = dir.path().join("alone");
     trainer::train(&config_of(&addition_job(&alone, 40, 40)), &AtomicBool::new(false)).unwrap();
     let pair = dir.path().join("pair");
-    let job = addition_job(&pair, 40, 40);
+    let outcomes = train_pair(&addition_job(&pair, 40, 40));
+    assert_eq!(outcomes[0].published, vec![1], "rank 0 publishes");
+    assert!(outcomes[1].published.is_empty(), "rank 1 does not");
+    let one = tensors(&Repository::new(alone.join("models")).version_dir(MODEL, 1).join("model.safetensors"));
+    let two = tensors(&Repository::new(pair.join("models")).version_dir(MODEL, 1).join("model.safetensors"));
+    assert_close(&one, &two);
+}
+
+/// Trains `job` as 2 ranks in threads; both must see the same mean loss.
+fn train_pair(job: &Value) -> Vec<trainer::Outcome> {
     let port = free_port();
     let ranks: Vec<_> = (0..2)
         .map(|rank| {
-            let config = config_of(&as_rank(&job, rank, 2, port));
+            let config = config_of(&as_rank(job, rank, 2, port));
             std::thread::spawn(move || trainer::train(&config, &AtomicBool::new(false)).unwrap())
         })
         .collect();
     let outcomes: Vec<_> = ranks.into_iter().map(|r| r.join().unwrap()).collect();
-    assert_eq!(outcomes[0].published, vec![1], "rank 0 publishes");
-    assert!(outcomes[1].published.is_empty(), "rank 1 does not");
     assert_eq!(outcomes[0].loss, outcomes[1].loss, "both ranks see the same mean loss");
-    let one = tensors(&Repository::new(alone.join("models")).version_dir(MODEL, 1).join("model.safetensors"));
-    let two = tensors(&Repository::new(pair.join("models")).version_dir(MODEL, 1).join("model.safetensors"));
-    for ((name, a), (_, b)) in one.iter().zip(&two) {
+    outcomes
+}
+
+/// Every tensor of `one` within 1e-5 of its namesake in `two`.
+fn assert_close(one: &[(String, Vec<f32>)], two: &[(String, Vec<f32>)]) {
+    for ((name, a), (_, b)) in one.iter().zip(two) {
         let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
         assert!(worst < 1e-5, "{name} differs by {worst}");
     }
