@@ -5,9 +5,11 @@
 #   (the build takes about 11 minutes on 2 cores), on SmolLM2's GGUF;
 # - PyTorch with transformers' BertModel, both from PyPI (PyPI's torch wheel pulls CUDA libraries,
 #   about 5.6 GB, unused on the CPU), on all-MiniLM-L6-v2;
-# - PyTorch training the same byte-level llama with the same step as `bench --sections train`.
+# - PyTorch training the same byte-level llama with the same step as `bench --sections train`;
+# - PyTorch + transformers + peft fine-tuning SmolLM2 (read from its GGUF) on the token batches
+#   `bench --sections finetune` wrote, LoRA and full.
 # Each is installed once into the git-ignored .cache/peers. Run this right after
-# `target/release/bench --sections llm,embed,train` so both sides' figures come from one
+# `target/release/bench --sections llm,embed,train,finetune` so both sides' figures come from one
 # sitting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,10 +17,12 @@ cd "$(dirname "$0")/.."
 scripts/fetch-test-models.sh
 threads=${THREADS:-2}
 
-# install_peer NAME REQUIREMENT...: pip-installs the requirements into .cache/peers/NAME once.
+# install_peer NAME REQUIREMENT...: pip-installs the requirements into .cache/peers/NAME once
+# (again when the requirements change).
 install_peer() {
-  local site=.cache/peers/$1 stamp=.cache/peers/$1/.lantern-installed-v1
+  local site=.cache/peers/$1
   shift
+  local stamp=$site/.lantern-installed-$(printf '%s\n' "$@" | sha256sum | cut -c1-12)
   if [ ! -f "$stamp" ]; then
     rm -rf "$site"
     mkdir -p "$site"
@@ -32,7 +36,17 @@ CMAKE_ARGS="-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TES
 PYTHONPATH=.cache/peers/llama-cpp python3 scripts/peers/llama_cpp_bench.py \
   .cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$threads"
 
-install_peer torch 'torch==2.15.0' 'transformers==5.23.0'
+install_peer torch 'torch==2.15.0' 'transformers==5.23.0' 'peft==0.21.2' 'gguf==0.19.0'
 PYTHONPATH=.cache/peers/torch HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error \
   python3 scripts/peers/minilm_torch_bench.py .cache/models/all-minilm-l6-v2 "$threads"
 PYTHONPATH=.cache/peers/torch python3 scripts/peers/train_torch_bench.py "$threads"
+# The fine-tuning peer trains on the batches `bench --sections finetune` wrote.
+if [ -f target/bench/finetune-batches.json ]; then
+  for method in lora full; do
+    PYTHONPATH=.cache/peers/torch HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error \
+      python3 scripts/peers/finetune_torch_bench.py .cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+      target/bench/finetune-batches.json "$threads" "$method"
+  done
+else
+  echo "no target/bench/finetune-batches.json: run target/release/bench --sections finetune first"
+fi

@@ -2,7 +2,8 @@
 sends requests to the service the whole time (a rollout's steps need live traffic), and prints
 what changes, one line each (training progress at most every 10 s). Ends once training has
 succeeded and the service has settled (no rollout loading or progressing), or after the time
-limit. Usage: narrate.py NAME [LIMIT_SECONDS]."""
+limit. Usage: narrate.py NAME [LIMIT_SECONDS] [CHAT_MESSAGE]: the requests are completions of
+'3+4=', or with CHAT_MESSAGE chat completions of that user message."""
 
 import json
 import subprocess
@@ -19,18 +20,26 @@ def kubectl_json(*args):
 
 
 class Traffic(threading.Thread):
-    """Asks the service what 3+4 is, again and again, and remembers the last answer."""
+    """Asks the service what 3+4 is (or `message`, in a chat), again and again, and remembers the
+    last answer."""
 
-    def __init__(self, name):
+    def __init__(self, name, message=None):
         super().__init__(daemon=True)
         self.name_ = name
+        self.message = message
         self.address = None
         self.answer = None
         self.sent = 0
         self.failed = 0
 
     def run(self):
-        body = json.dumps({"model": self.name_, "prompt": "3+4=", "max_tokens": 3, "temperature": 0}).encode()
+        if self.message:
+            path, asked = "/v1/chat/completions", self.message
+            request = {"messages": [{"role": "user", "content": self.message}], "max_tokens": 16}
+        else:
+            path, asked = "/v1/completions", "3+4="
+            request = {"prompt": "3+4=", "max_tokens": 3}
+        body = json.dumps({"model": self.name_, "temperature": 0, **request}).encode()
         while True:
             if self.address is None:
                 service = kubectl_json("get", "service", self.name_)
@@ -39,12 +48,13 @@ class Traffic(threading.Thread):
                 time.sleep(1)
                 continue
             request = urllib.request.Request(
-                f"http://{self.address}/v1/completions", body, {"content-type": "application/json"})
+                f"http://{self.address}{path}", body, {"content-type": "application/json"})
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     version = response.headers.get("x-lantern-model-version", "?")
-                    text = json.load(response)["choices"][0]["text"]
-                    self.answer = f"'3+4=' -> {text.strip()!r} from version {version}"
+                    choice = json.load(response)["choices"][0]
+                    text = choice["message"]["content"] if self.message else choice["text"]
+                    self.answer = f"{asked!r} -> {text.strip()!r} from version {version}"
                     self.sent += 1
             except (urllib.error.URLError, ConnectionError, TimeoutError, KeyError, ValueError):
                 # No ready pod yet, or a pod restarting: the service is not up; try again.
@@ -63,6 +73,9 @@ def describe_job(job):
             line += f", loss {progress['loss']:.3f}"
         if progress.get("etaSeconds") is not None:
             line += f", eta {progress['etaSeconds']} s"
+    baseline = status.get("baseline") or {}
+    if baseline.get("eval_accuracy") is not None:
+        line += f"; the base's eval_accuracy {baseline['eval_accuracy']:.2f}"
     checkpoints = status.get("checkpoints") or []
     if checkpoints:
         last = checkpoints[-1]
@@ -90,8 +103,9 @@ def describe_service(service):
 def main():
     name = sys.argv[1]
     limit = float(sys.argv[2]) if len(sys.argv) > 2 else 900
+    message = sys.argv[3] if len(sys.argv) > 3 else None
     # A few clients at once, so that a canary's small share still sees enough requests.
-    clients = [Traffic(name) for _ in range(4)]
+    clients = [Traffic(name, message) for _ in range(4)]
     for client in clients:
         client.start()
     start = time.time()

@@ -4,18 +4,43 @@
 # operator rolls each new version out as a canary under live traffic, promoting it or rolling
 # it back on what the workers measure. Needs cargo, kubectl and python3.
 #
+# scripts/quickstart.sh --finetune runs the longer variant (about 25 minutes on two cores): the
+# TrainingJob LoRA-tunes SmolLM2-135M-Instruct on the tickets conversations, and the
+# InferenceService rolls its versions out as canaries gated on their held-out eval_accuracy.
+#
 # Everything runs on this machine: the devcluster's API on a loopback port, pods as local
 # processes. State, logs and the model repository stay in .cache/quickstart afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+case "${1:-}" in
+  "") name=adder job=examples/training/adder-job.yaml service=examples/serving/adder.yaml ;;
+  --finetune) name=tickets job=examples/training/finetune-tickets-job.yaml service=examples/serving/tickets.yaml ;;
+  *) echo "usage: scripts/quickstart.sh [--finetune]" >&2; exit 2 ;;
+esac
 state=.cache/quickstart
 image=ghcr.io/lantern-dev/worker:0.1.0
 rm -rf "$state" && mkdir -p "$state"
 
-echo "==> building the devcluster, the operator and the worker (cargo build --workspace --bins)"
-cargo build --quiet --workspace --bins
-bin=$PWD/target/debug
+if [ "$name" = tickets ]; then
+  # Fine-tuning a 135M model wants the optimized build.
+  echo "==> building the devcluster, the operator and the worker (cargo build --release --workspace --bins)"
+  cargo build --quiet --release --workspace --bins
+  bin=$PWD/target/release
+  scripts/fetch-test-models.sh
+  # The claim `models` (the devcluster keeps a claim's files under its state directory) holds
+  # the base as version 1 of smollm2, and the conversations beside the versions.
+  claim=$state/cluster/claims/default/models
+  echo "==> lantern-worker publish --model smollm2 --version 1 (the base) and the tickets data into the claim"
+  "$bin/lantern-worker" publish --repository "$claim" --model smollm2 --version 1 \
+    --source .cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  mkdir -p "$claim/.datasets/tickets"
+  cp examples/training/tickets/train.jsonl examples/training/tickets/eval.jsonl "$claim/.datasets/tickets/"
+else
+  echo "==> building the devcluster, the operator and the worker (cargo build --workspace --bins)"
+  cargo build --quiet --workspace --bins
+  bin=$PWD/target/debug
+fi
 
 pids=()
 cleanup() {
@@ -41,11 +66,15 @@ echo "==> starting lantern-operator (logs: $state/operator.log)"
 "$bin/lantern-operator" --worker-image "$image" --metrics-address 127.0.0.1:0 >"$state/operator.log" 2>&1 &
 pids+=($!)
 
-echo "==> kubectl apply -f examples/training/adder-job.yaml -f examples/serving/adder.yaml"
-kubectl apply -f examples/training/adder-job.yaml -f examples/serving/adder.yaml
+echo "==> kubectl apply -f $job -f $service"
+kubectl apply -f "$job" -f "$service"
 
 echo "==> narrating (training progress, the rollout, and what the model answers; Ctrl-C stops)"
-python3 scripts/narrate.py adder
+if [ "$name" = tickets ]; then
+  python3 scripts/narrate.py tickets 3000 "Order 8123 came in pieces."
+else
+  python3 scripts/narrate.py adder
+fi
 
 echo "==> kubectl get trainingjobs,inferenceservices"
 kubectl get tj,isvc

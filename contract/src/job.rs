@@ -146,6 +146,11 @@ pub struct LoraSpec {
     pub alpha: Option<f64>,
     /// The projections adapted in every layer, by their HF names.
     pub targets: Vec<LoraTarget>,
+    /// The probability that a feature of an adapter's input is zeroed in training (PEFT's
+    /// `lora_dropout`; the survivors are scaled by `1 / (1 − dropout)`). 0 by default; never
+    /// applied in evaluation.
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 impl LoraSpec {

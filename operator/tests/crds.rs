@@ -63,16 +63,22 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
     assert!(ok, "{out}{err}");
     let established = ["wait", "--for=condition=Established", "crd", "--all", "--timeout=10s"];
     assert!(kubectl(&cluster, &established, None).await.0);
-    for example in ["examples/training/adder-job.yaml", "examples/serving/adder.yaml"] {
+    let examples = [
+        "examples/training/adder-job.yaml",
+        "examples/serving/adder.yaml",
+        "examples/training/finetune-tickets-job.yaml",
+        "examples/serving/tickets.yaml",
+    ];
+    for example in examples {
         let path = workspace().join(example);
         let (ok, out, err) = kubectl(&cluster, &["apply", "-f", path.to_str().unwrap()], None).await;
         assert!(ok, "{example}: {out}{err}");
     }
     let (ok, out, _) = kubectl(&cluster, &["get", "lantern"], None).await;
-    assert!(
-        ok && out.contains("trainingjob.lantern.dev/adder") && out.contains("inferenceservice.lantern.dev/adder"),
-        "{out}"
-    );
+    let kinds = ["trainingjob.lantern.dev", "inferenceservice.lantern.dev"];
+    let applied =
+        kinds.iter().all(|kind| ["adder", "tickets"].iter().all(|name| out.contains(&format!("{kind}/{name}"))));
+    assert!(ok && applied, "{out}");
     let (_, out, _) = kubectl(&cluster, &["get", "tj", "adder", "-o", "jsonpath={.spec.replicas}"], None).await;
     assert_eq!(out, "2");
 

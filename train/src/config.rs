@@ -221,6 +221,12 @@ fn validate_fine_tune(spec: &FineTuneSpec) -> Result<()> {
         if let Some(alpha) = lora.alpha {
             positive("model.fine_tune.method.lora.alpha", alpha)?;
         }
+        if !(0.0..1.0).contains(&lora.dropout) {
+            return Err(Error::config(
+                "model.fine_tune.method.lora.dropout",
+                format!("{} is not a probability below 1", lora.dropout),
+            ));
+        }
         if lora.targets.is_empty() {
             return Err(Error::config("model.fine_tune.method.lora.targets", "names no projection to adapt"));
         }

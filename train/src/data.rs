@@ -137,6 +137,15 @@ impl Dataset {
         }
     }
 
+    /// Tokens the model reads in the training examples at `indices`: each sequence's but the
+    /// last, which is only predicted (0 for rows).
+    pub fn token_count(&self, indices: &[usize]) -> usize {
+        match &self.train {
+            Batch::Tokens(sequences) => indices.iter().map(|&i| sequences[i].tokens.len().saturating_sub(1)).sum(),
+            Batch::Rows { .. } => 0,
+        }
+    }
+
     /// Training examples.
     pub fn len(&self) -> usize {
         match &self.train {
@@ -185,9 +194,7 @@ impl Order {
 
     /// The training examples rank `rank` of `world` reads at `step`.
     pub fn batch(&mut self, step: u64, global_batch: usize, rank: usize, world: usize) -> Vec<usize> {
-        let share = global_batch / world;
-        let first = step as usize * global_batch + rank * share;
-        (first..first + share).map(|global| self.example(global)).collect()
+        share(step, global_batch, rank, world).map(|global| self.example(global)).collect()
     }
 
     /// Every example of `step`'s global batch, all ranks' shares in rank order.
@@ -210,6 +217,14 @@ impl Order {
         }
         self.permutation[global % self.examples]
     }
+}
+
+/// The places in the global reading order (epoch after epoch) that rank `rank` of `world` reads
+/// at `step`.
+pub fn share(step: u64, global_batch: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let share = global_batch / world;
+    let first = step as usize * global_batch + rank * share;
+    first..first + share
 }
 
 /// The text of an addition problem up to the answer: `"17+25="`.

@@ -26,7 +26,7 @@ use lantern_runtime::repository::{self, BaseVersion, MANIFEST_FILE, Manifest, Pu
 use super::config::{BaseSpec, FineTuneMethod, FineTuneSpec, OutputSpec};
 use super::data::{Question, Sequence};
 use super::jsonl;
-use super::lm::TrainLlama;
+use super::lm::{Pass, TrainLlama};
 use super::params::model_error;
 use crate::error::{Error, Result};
 
@@ -95,7 +95,8 @@ impl FineTune {
         let targets: usize = sequences.iter().map(Sequence::target_count).sum();
         let mut loss = 0.0;
         for chunk in sequences.chunks(EVAL_CHUNK) {
-            let chunk_loss = self.model.loss(chunk, 1.0 / targets as f64).and_then(|l| l.to_scalar::<f32>());
+            let chunk_loss =
+                self.model.loss(chunk, 1.0 / targets as f64, Pass::Evaluation).and_then(|l| l.to_scalar::<f32>());
             loss += f64::from(chunk_loss.map_err(model_error)?);
         }
         let served = self.served()?;

@@ -24,6 +24,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::model::dense::DenseLlama;
 use lantern_runtime::model::llama::{Config, HfConfig};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::config::{FineTuneMethod, LlamaSpec, LoraSpec, LoraTarget, Precision};
 use super::data::{Sequence, VOCAB_SIZE};
@@ -66,6 +67,28 @@ struct Adapter {
     /// `[out, rank]`.
     b: Var,
     scale: f64,
+    /// The adapter's place in the model (layer, then target), which its dropout masks are drawn
+    /// from.
+    stream: u64,
+}
+
+/// What a forward pass is for: training draws LoRA dropout, evaluation never does.
+#[derive(Clone, Copy, Debug)]
+pub enum Pass<'a> {
+    /// A share of a training batch: `positions[i]` is sequence `i`'s place in the global reading
+    /// order. Its dropout masks are drawn from that place, not from the rank that reads it, so a
+    /// run draws the same masks on any number of ranks and again on resume.
+    Training {
+        positions: &'a [u64],
+    },
+    Evaluation,
+}
+
+/// LoRA dropout over one forward pass.
+struct Dropout<'a> {
+    rate: f64,
+    seed: u64,
+    positions: &'a [u64],
 }
 
 struct Layer {
@@ -116,6 +139,8 @@ pub struct TrainLlama {
     compute: DType,
     /// The tokenizer and chat template: the base's, or the byte-level one.
     codec: TextCodec,
+    /// LoRA's dropout rate (0 without adapters) and the seed its masks are drawn from.
+    dropout: (f64, u64),
 }
 
 impl TrainLlama {
@@ -213,7 +238,12 @@ impl TrainLlama {
             true => None,
             false => Some(Linear { weight: base.weight("lm_head.weight", &mut params)?, adapter: None }),
         };
+        let dropout = match method {
+            FineTuneMethod::Lora(lora) => (lora.dropout, seed),
+            FineTuneMethod::Full => (0.0, seed),
+        };
         Self::assemble(config, shape, context, precision, params, (embed, layers, norm, output), codec)
+            .map(|model| Self { dropout, ..model })
     }
 
     fn assemble(
@@ -233,7 +263,23 @@ impl TrainLlama {
             Precision::F32 => DType::F32,
             Precision::Bf16 => DType::BF16,
         };
-        Ok(Self { config, shape, context, params, embed, layers, norm, output, cos, sin, mask, compute, codec })
+        let dropout = (0.0, 0);
+        Ok(Self {
+            config,
+            shape,
+            context,
+            params,
+            embed,
+            layers,
+            norm,
+            output,
+            cos,
+            sin,
+            mask,
+            compute,
+            codec,
+            dropout,
+        })
     }
 
     pub fn params(&self) -> &Params {
@@ -252,22 +298,21 @@ impl TrainLlama {
 
     /// Next-token logits `[batch · length, vocab]` for token ids `[batch, length]`.
     pub fn logits(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.head(&self.hidden(ids)?)
+        self.head(&self.hidden(ids, None)?)
     }
 
     /// The residual stream after the last layer, `[batch · length, hidden]`.
-    fn hidden(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    fn hidden(&self, ids: &Tensor, dropout: Option<&Dropout<'_>>) -> candle_core::Result<Tensor> {
         let (batch, length) = ids.dims2()?;
         let mut h = self.embed.tensor().index_select(&ids.flatten_all()?, 0)?;
         let (cos, sin) = (self.cos.narrow(0, 0, length)?, self.sin.narrow(0, 0, length)?);
         let mask = self.mask.narrow(0, 0, length)?.narrow(1, 0, length)?;
         for layer in &self.layers {
-            let attended =
-                self.attention(layer, &self.rms_norm(&h, &layer.attn_norm)?, batch, length, (&cos, &sin), &mask)?;
-            h = (h + attended)?;
+            let x = self.rms_norm(&h, &layer.attn_norm)?;
+            h = (h + self.attention(layer, &x, (batch, length), (&cos, &sin), &mask, dropout)?)?;
             let x = self.rms_norm(&h, &layer.mlp_norm)?;
-            let gated = (self.linear(&x, &layer.gate)?.silu()? * self.linear(&x, &layer.up)?)?;
-            h = (h + self.linear(&gated, &layer.down)?)?;
+            let gated = (self.linear(&x, &layer.gate, dropout)?.silu()? * self.linear(&x, &layer.up, dropout)?)?;
+            h = (h + self.linear(&gated, &layer.down, dropout)?)?;
         }
         debug_assert_eq!(h.dims(), &[batch * length, self.config.hidden_size]);
         Ok(h)
@@ -277,7 +322,7 @@ impl TrainLlama {
     fn head(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         let x = self.rms_norm(h, &self.norm)?;
         match &self.output {
-            Some(output) => self.linear(&x, output),
+            Some(output) => self.linear(&x, output, None),
             None => self.matmul(&x, &self.embed.tensor().t()?),
         }
     }
@@ -290,13 +335,17 @@ impl TrainLlama {
         }
     }
 
-    /// `x · Wᵀ (+ scale · (x · Aᵀ) · Bᵀ)` for `x` `[rows, in]` and `W` `[out, in]`.
-    fn linear(&self, x: &Tensor, linear: &Linear) -> candle_core::Result<Tensor> {
+    /// `x · Wᵀ (+ scale · (dropout(x) · Aᵀ) · Bᵀ)` for `x` `[rows, in]` and `W` `[out, in]`.
+    fn linear(&self, x: &Tensor, linear: &Linear, dropout: Option<&Dropout<'_>>) -> candle_core::Result<Tensor> {
         let base = self.matmul(x, &linear.weight.tensor().t()?)?;
         match &linear.adapter {
             None => Ok(base),
-            Some(Adapter { a, b, scale }) => {
-                let low = self.matmul(x, &a.as_tensor().t()?)?;
+            Some(Adapter { a, b, scale, stream }) => {
+                let x = match dropout {
+                    Some(dropout) => (x * dropout.mask(*stream, x.dims2()?, x.device())?)?,
+                    None => x.clone(),
+                };
+                let low = self.matmul(&x, &a.as_tensor().t()?)?;
                 base + (self.matmul(&low, &b.as_tensor().t()?)? * *scale)?
             }
         }
@@ -311,7 +360,7 @@ impl TrainLlama {
     /// (right-padded to the longest; causal attention keeps the padding out of every real
     /// position). Only target positions reach the output layer. With `scale` one over the
     /// global batch's target count times the world size, the ranks' mean is the global mean.
-    pub fn loss(&self, sequences: &[Sequence], scale: f64) -> candle_core::Result<Tensor> {
+    pub fn loss(&self, sequences: &[Sequence], scale: f64, pass: Pass<'_>) -> candle_core::Result<Tensor> {
         let length = sequences.iter().map(|s| s.tokens.len()).max().unwrap_or(0).saturating_sub(1);
         if length == 0 {
             candle_core::bail!("a training sequence needs at least two tokens");
@@ -331,7 +380,20 @@ impl TrainLlama {
         let inputs = Tensor::from_vec(inputs, (sequences.len(), length), device)?;
         let rows = Tensor::from_vec(rows, targets.len(), device)?;
         let targets = Tensor::from_vec(targets, (rows.dim(0)?, 1), device)?;
-        let logits = self.head(&self.hidden(&inputs)?.index_select(&rows, 0)?)?;
+        let dropout = match pass {
+            Pass::Training { positions } if self.dropout.0 > 0.0 => {
+                if positions.len() != sequences.len() {
+                    candle_core::bail!(
+                        "{} sequences with {} positions; this is a bug",
+                        sequences.len(),
+                        positions.len()
+                    );
+                }
+                Some(Dropout { rate: self.dropout.0, seed: self.dropout.1, positions })
+            }
+            _ => None,
+        };
+        let logits = self.head(&self.hidden(&inputs, dropout.as_ref())?.index_select(&rows, 0)?)?;
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         log_probs.gather(&targets, 1)?.sum_all()?.neg()? * scale
     }
@@ -358,20 +420,21 @@ impl TrainLlama {
         &self,
         layer: &Layer,
         x: &Tensor,
-        batch: usize,
-        length: usize,
+        (batch, length): (usize, usize),
         (cos, sin): (&Tensor, &Tensor),
         mask: &Tensor,
+        dropout: Option<&Dropout<'_>>,
     ) -> candle_core::Result<Tensor> {
         let Config { heads, kv_heads, head_dim, .. } = self.shape;
         let split = |t: Tensor, n: usize| t.reshape((batch, length, n, head_dim))?.transpose(1, 2)?.contiguous();
-        let q = rotate(&split(self.linear(x, &layer.q)?, heads)?, cos, sin)?;
-        let k = repeat_kv(rotate(&split(self.linear(x, &layer.k)?, kv_heads)?, cos, sin)?, heads / kv_heads)?;
-        let v = repeat_kv(split(self.linear(x, &layer.v)?, kv_heads)?, heads / kv_heads)?;
+        let project = |linear| self.linear(x, linear, dropout);
+        let q = rotate(&split(project(&layer.q)?, heads)?, cos, sin)?;
+        let k = repeat_kv(rotate(&split(project(&layer.k)?, kv_heads)?, cos, sin)?, heads / kv_heads)?;
+        let v = repeat_kv(split(project(&layer.v)?, kv_heads)?, heads / kv_heads)?;
         let scores = (self.matmul(&q, &k.t()?)? / (head_dim as f64).sqrt())?.broadcast_add(mask)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let context = self.matmul(&weights, &v)?.transpose(1, 2)?.reshape((batch * length, heads * head_dim))?;
-        self.linear(&context, &layer.o)
+        self.linear(&context, &layer.o, dropout)
     }
 
     /// The base's weights with every adapter folded in (`W + scale · B · A`), under HF names:
@@ -419,7 +482,7 @@ impl TrainLlama {
             "base_model_name_or_path": base,
             "r": lora.rank,
             "lora_alpha": lora.scale() * lora.rank as f64,
-            "lora_dropout": 0.0,
+            "lora_dropout": lora.dropout,
             "target_modules": targets,
             "bias": "none",
             "fan_in_fan_out": false,
@@ -505,7 +568,8 @@ impl BaseWeights<'_> {
         let adapter = match self.method {
             FineTuneMethod::Lora(lora) if lora.targets.contains(&target) => {
                 let prefix = format!("base_model.model.model.layers.{layer}.{}", target.module());
-                Some(Adapter::new(&prefix, weight.tensor(), lora, init, params)?)
+                let stream = (layer * LoraTarget::ALL.len() + target as usize) as u64;
+                Some(Adapter::new(&prefix, weight.tensor(), lora, stream, init, params)?)
             }
             _ => None,
         };
@@ -519,7 +583,7 @@ impl Linear {
         let weight = self.weight.tensor();
         match &self.adapter {
             None => Ok(weight.clone()),
-            Some(Adapter { a, b, scale }) => weight + (b.as_tensor().matmul(a.as_tensor())? * *scale)?,
+            Some(Adapter { a, b, scale, .. }) => weight + (b.as_tensor().matmul(a.as_tensor())? * *scale)?,
         }
     }
 }
@@ -531,6 +595,7 @@ impl Adapter {
         prefix: &str,
         weight: &Tensor,
         lora: &LoraSpec,
+        stream: u64,
         init: &mut Initializer,
         params: &mut Params,
     ) -> Result<Self> {
@@ -547,8 +612,37 @@ impl Adapter {
             a: params.add(format!("{prefix}.lora_A.weight"), a)?,
             b: params.add(format!("{prefix}.lora_B.weight"), b)?,
             scale: lora.scale(),
+            stream,
         })
     }
+}
+
+impl Dropout<'_> {
+    /// The mask (0 or `1 / (1 − rate)`) for adapter `stream`'s input `[rows, features]`, whose
+    /// rows are the positions of the pass's sequences in order. Each sequence's rows come from
+    /// a stream of its own, position by position, so the padding after a sequence never shifts
+    /// its mask.
+    fn mask(&self, stream: u64, (rows, features): (usize, usize), device: &Device) -> candle_core::Result<Tensor> {
+        let per_sequence = rows / self.positions.len().max(1);
+        let kept = (1.0 / (1.0 - self.rate)) as f32;
+        let mut mask = Vec::with_capacity(rows * features);
+        for &position in self.positions {
+            let mut rng = StdRng::seed_from_u64(mix(mix(self.seed, position), stream));
+            mask.extend((0..per_sequence * features).map(|_| match rng.random::<f64>() < self.rate {
+                true => 0.0,
+                false => kept,
+            }));
+        }
+        Tensor::from_vec(mask, (rows, features), device)
+    }
+}
+
+/// A well-spread 64-bit value from two (SplitMix64's finalizer over their combination).
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 const HF_CONFIG: &str = "config.json";
@@ -672,7 +766,7 @@ mod tests {
     /// The mean loss over `sequences`' targets.
     fn mean_loss(model: &TrainLlama, sequences: &[Sequence]) -> Tensor {
         let targets: usize = sequences.iter().map(Sequence::target_count).sum();
-        model.loss(sequences, 1.0 / targets as f64).unwrap()
+        model.loss(sequences, 1.0 / targets as f64, Pass::Evaluation).unwrap()
     }
 
     /// Plain gradient descent on one fixed batch; the loss before and after.
@@ -751,8 +845,12 @@ mod tests {
         }
     }
 
+    fn lora_spec(rank: usize, targets: &[LoraTarget]) -> LoraSpec {
+        LoraSpec { rank, alpha: Some(2.0 * rank as f64), targets: targets.to_vec(), dropout: 0.0 }
+    }
+
     fn lora(rank: usize, targets: &[LoraTarget]) -> FineTuneMethod {
-        FineTuneMethod::Lora(LoraSpec { rank, alpha: Some(2.0 * rank as f64), targets: targets.to_vec() })
+        FineTuneMethod::Lora(lora_spec(rank, targets))
     }
 
     fn fine_tuned(method: &FineTuneMethod, seed: u64) -> TrainLlama {
@@ -827,5 +925,29 @@ mod tests {
                 "parameter {index}: finite difference {numeric}, gradient {analytic}"
             );
         }
+    }
+
+    #[test]
+    fn lora_dropout_follows_each_sequences_place_in_the_reading_order_and_spares_evaluation() {
+        let method = FineTuneMethod::Lora(LoraSpec { dropout: 0.3, ..lora_spec(2, &LoraTarget::ALL) });
+        let model = fine_tuned(&method, 1);
+        randomize(&model, 3, 0.3);
+        let mut sequences = windows();
+        sequences[1] = Sequence { tokens: vec![9, 8, 7, 6, 5], targets: vec![false, true, true, true, true] };
+        let loss = |sequences: &[Sequence], pass: Pass<'_>| {
+            model.loss(sequences, 1.0, pass).unwrap().to_scalar::<f32>().unwrap()
+        };
+        let training = |sequences: &[Sequence], positions: &[u64]| loss(sequences, Pass::Training { positions });
+        let evaluated = loss(&sequences, Pass::Evaluation);
+        let together = training(&sequences, &[40, 41]);
+        assert_ne!(together, evaluated, "training drops features");
+        assert_ne!(together, training(&sequences, &[42, 43]), "other places draw other masks");
+        // Apart (as two ranks read them, the short one unpadded), each keeps its masks.
+        let apart = training(&sequences[..1], &[40]) + training(&sequences[1..], &[41]);
+        assert!((together - apart).abs() < 1e-4 * together.abs(), "{together} vs {apart}");
+        let undropped = fine_tuned(&FineTuneMethod::Lora(lora_spec(2, &LoraTarget::ALL)), 1);
+        randomize(&undropped, 3, 0.3);
+        let plain = undropped.loss(&sequences, 1.0, Pass::Training { positions: &[40, 41] }).unwrap();
+        assert_eq!(plain.to_scalar::<f32>().unwrap(), evaluated, "no dropout: training is evaluation");
     }
 }

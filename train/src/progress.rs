@@ -29,17 +29,10 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 /// Kubernetes keeps at most this much of a termination message.
 const TERMINATION_LIMIT: usize = 4096;
 
-/// What a step feeds through the model across all ranks.
-#[derive(Clone, Copy, Debug)]
-pub struct StepSize {
-    pub examples: usize,
-    /// Tokens (0 for tabular data).
-    pub tokens: usize,
-}
-
 /// The shared progress of one job.
 pub struct Progress {
-    size: StepSize,
+    /// Examples per step over all ranks.
+    examples: usize,
     state: Mutex<State>,
     registry: Registry,
     gauges: Gauges,
@@ -53,6 +46,8 @@ struct State {
     loss: f64,
     /// When and at which step this run's training began (for throughput and ETA).
     timing: Option<(Instant, u64)>,
+    /// Tokens the model read (padding excluded) since then.
+    tokens: u64,
     last_version: u64,
     last_metrics: HashMap<String, f64>,
     published: Vec<PublishedVersion>,
@@ -72,8 +67,9 @@ struct Gauges {
 }
 
 impl Progress {
-    /// A job of `total_steps` steps of `size` over `world_size` ranks, for model `model`.
-    pub fn new(model: &str, total_steps: u64, world_size: usize, size: StepSize) -> Arc<Self> {
+    /// A job of `total_steps` steps of `examples` examples over `world_size` ranks, for model
+    /// `model`.
+    pub fn new(model: &str, total_steps: u64, world_size: usize, examples: usize) -> Arc<Self> {
         let labels = [(std::borrow::Cow::Borrowed("model"), std::borrow::Cow::Owned(model.to_owned()))];
         let mut registry = Registry::with_prefix_and_labels("lantern_training", labels.into_iter());
         let gauges = Gauges {
@@ -112,6 +108,7 @@ impl Progress {
             epoch: 0,
             loss: f64::NAN,
             timing: None,
+            tokens: 0,
             last_version: 0,
             last_metrics: HashMap::new(),
             published: Vec::new(),
@@ -119,7 +116,7 @@ impl Progress {
             failure: String::new(),
             heartbeats: vec![None; world_size],
         };
-        Arc::new(Self { size, state: Mutex::new(state), registry, gauges })
+        Arc::new(Self { examples, state: Mutex::new(state), registry, gauges })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -132,12 +129,15 @@ impl Progress {
         state.phase = TrainingPhase::Training;
         state.step = step;
         state.timing = Some((Instant::now(), step));
+        state.tokens = 0;
         self.gauges.step.set(step as i64);
     }
 
-    /// Step `step` finished with mean loss `loss` in `epoch`.
-    pub fn step_done(&self, step: u64, loss: f64, epoch: u64) {
+    /// Step `step` finished with mean loss `loss` in `epoch`, having read `tokens` tokens over
+    /// all ranks (padding excluded; 0 for tabular data).
+    pub fn step_done(&self, step: u64, loss: f64, epoch: u64, tokens: usize) {
         let mut state = self.state();
+        state.tokens += tokens as u64;
         (state.step, state.loss, state.epoch) = (step, loss, epoch);
         if let Some(slot) = state.heartbeats.first_mut() {
             *slot = Some((Instant::now(), step));
@@ -145,7 +145,7 @@ impl Progress {
         self.gauges.step.set(step as i64);
         self.gauges.loss.set(loss);
         self.gauges.epoch.set(epoch as i64);
-        let (examples, tokens, _) = rates(&state, self.size);
+        let (examples, tokens, _) = rates(&state, self.examples);
         self.gauges.examples_per_second.set(examples);
         self.gauges.tokens_per_second.set(tokens);
     }
@@ -183,7 +183,7 @@ impl Progress {
 
     pub fn snapshot(&self) -> TrainingProgress {
         let state = self.state();
-        let (examples_per_second, tokens_per_second, steps_per_second) = rates(&state, self.size);
+        let (examples_per_second, tokens_per_second, steps_per_second) = rates(&state, self.examples);
         let remaining = state.total_steps.saturating_sub(state.step) as f64;
         let eta_seconds = if steps_per_second > 0.0 { remaining / steps_per_second } else { -1.0 };
         let ranks = state
@@ -240,15 +240,16 @@ impl Progress {
     }
 }
 
-/// Examples, tokens and steps per second since this run began training.
-fn rates(state: &State, size: StepSize) -> (f64, f64, f64) {
+/// Examples, tokens and steps per second since this run began training, for steps of
+/// `examples` examples.
+fn rates(state: &State, examples: usize) -> (f64, f64, f64) {
     let Some((since, first_step)) = state.timing else { return (0.0, 0.0, 0.0) };
     let elapsed = since.elapsed().as_secs_f64();
     if elapsed <= 0.0 {
         return (0.0, 0.0, 0.0);
     }
     let steps = state.step.saturating_sub(first_step) as f64 / elapsed;
-    (steps * size.examples as f64, steps * size.tokens as f64, steps)
+    (steps * examples as f64, state.tokens as f64 / elapsed, steps)
 }
 
 /// The progress endpoint: its own small runtime, stopped when dropped.
@@ -352,11 +353,11 @@ mod tests {
 
     #[test]
     fn the_snapshot_follows_the_job_and_counts_heartbeats() {
-        let progress = Progress::new("adder", 100, 2, StepSize { examples: 8, tokens: 128 });
+        let progress = Progress::new("adder", 100, 2, 8);
         assert_eq!(progress.snapshot().phase(), TrainingPhase::Starting);
         progress.training_from(10);
         std::thread::sleep(std::time::Duration::from_millis(20));
-        progress.step_done(12, 1.5, 0);
+        progress.step_done(12, 1.5, 0, 2 * 128);
         progress.published(3, &[("eval_accuracy".to_owned(), 0.5)], "sha256:ab");
         let snapshot = progress.snapshot();
         assert_eq!((snapshot.step, snapshot.total_steps, snapshot.loss), (12, 100, 1.5));
@@ -376,10 +377,10 @@ mod tests {
 
     #[test]
     fn a_progress_line_says_where_the_job_is() {
-        let progress = Progress::new("adder", 100, 2, StepSize { examples: 8, tokens: 128 });
+        let progress = Progress::new("adder", 100, 2, 8);
         assert_eq!(describe(&progress.snapshot()), "starting step 0/100 epoch 0 loss NaN | rank 1 not heard from");
         progress.training_from(0);
-        progress.step_done(40, 1.25, 2);
+        progress.step_done(40, 1.25, 2, 40 * 128);
         progress.published(3, &[("step".to_owned(), 40.0), ("eval_accuracy".to_owned(), 0.5)], "sha256:ab");
         progress.heartbeat(1, 39);
         let line = describe(&progress.snapshot());
@@ -390,7 +391,7 @@ mod tests {
 
     #[test]
     fn the_termination_message_carries_every_version_that_fits_in_4096_bytes() {
-        let progress = Progress::new("adder", 1000, 1, StepSize { examples: 8, tokens: 128 });
+        let progress = Progress::new("adder", 1000, 1, 8);
         progress.published(1, &[("step".to_owned(), 100.0)], "sha256:01");
         let message = progress.termination_message();
         let encoded = message.strip_prefix(TERMINATION_PREFIX).expect("the prefix");

@@ -24,11 +24,11 @@ use super::collective::{Collective, Placement};
 use super::config::{DataSpec, JobConfig, ModelSpec};
 use super::data::{self, Batch, Dataset, HeldOut, Order, Sequence};
 use super::finetune::{BASELINE_PREFIX, FineTune};
-use super::lm::TrainLlama;
+use super::lm::{Pass, TrainLlama};
 use super::mlp::TrainMlp;
 use super::optim::{self, AdamW};
 use super::params::{Params, model_error};
-use super::progress::{Progress, ProgressServer, StepSize};
+use super::progress::{Progress, ProgressServer};
 use crate::error::{Error, Result};
 use lantern_runtime::repository::{self, MANIFEST_FILE, Manifest, PublishRequest, Repository};
 
@@ -48,10 +48,21 @@ pub struct Outcome {
     pub published: Vec<u64>,
     /// Stopped early by a termination request, after saving a state.
     pub interrupted: bool,
-    /// Steps trained by this run and the seconds they took (startup, resuming and rendezvous
-    /// excluded; checkpoints included).
+    /// Steps trained by this run, the tokens they read over all ranks (padding excluded), and
+    /// the seconds they took (startup, resuming and rendezvous excluded; checkpoints included).
     pub trained_steps: u64,
+    pub tokens: u64,
     pub seconds: f64,
+    /// The part of `seconds` rank 0 spent saving, evaluating and publishing checkpoints.
+    pub checkpoint_seconds: f64,
+}
+
+impl Outcome {
+    /// Steps and tokens per second of training, checkpoints excluded.
+    pub fn rates(&self) -> (f64, f64) {
+        let seconds = (self.seconds - self.checkpoint_seconds).max(f64::EPSILON);
+        (self.trained_steps as f64 / seconds, self.tokens as f64 / seconds)
+    }
 }
 
 /// The model being trained.
@@ -98,11 +109,12 @@ impl Model {
     /// The loss of this rank's share of a step. A token loss is the sum over the share's
     /// targets divided by the global batch's `targets` and multiplied by the `world` size, so
     /// the ranks' mean is the global batch's mean however the targets fall between them.
-    fn loss(&self, batch: &Batch, targets: usize, world: usize) -> candle_core::Result<candle_core::Tensor> {
+    fn loss(&self, share: &Share, targets: usize, world: usize) -> candle_core::Result<candle_core::Tensor> {
         let scale = world as f64 / targets.max(1) as f64;
-        match (self, batch) {
-            (Self::Llama(model), Batch::Tokens(sequences)) => model.loss(sequences, scale),
-            (Self::FineTune(tuned), Batch::Tokens(sequences)) => tuned.model.loss(sequences, scale),
+        let pass = Pass::Training { positions: &share.positions };
+        match (self, &share.batch) {
+            (Self::Llama(model), Batch::Tokens(sequences)) => model.loss(sequences, scale, pass),
+            (Self::FineTune(tuned), Batch::Tokens(sequences)) => tuned.model.loss(sequences, scale, pass),
             (Self::Mlp(model), Batch::Rows { features, targets }) => model.loss(features, targets),
             _ => candle_core::bail!("the batch does not suit the model; this is a bug"),
         }
@@ -112,7 +124,8 @@ impl Model {
     fn evaluate(&self, held_out: &HeldOut) -> Result<Vec<(String, f64)>> {
         let mean_loss = |model: &TrainLlama, sequences: &[Sequence]| -> Result<f64> {
             let targets: usize = sequences.iter().map(Sequence::target_count).sum();
-            let loss = model.loss(sequences, 1.0 / targets.max(1) as f64).and_then(|l| l.to_scalar::<f32>());
+            let loss =
+                model.loss(sequences, 1.0 / targets.max(1) as f64, Pass::Evaluation).and_then(|l| l.to_scalar::<f32>());
             loss.map(f64::from).map_err(model_error)
         };
         match (self, held_out) {
@@ -152,8 +165,7 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
     let cluster = &config.cluster;
     let progress = (cluster.rank == 0).then(|| {
         let batch = config.schedule.global_batch;
-        let size = StepSize { examples: batch, tokens: batch * sequence_length(config) };
-        Progress::new(&config.output.model, config.schedule.steps, cluster.world_size, size)
+        Progress::new(&config.output.model, config.schedule.steps, cluster.world_size, batch)
     });
     let token = cluster.token_file.as_deref().map(lantern_proto::auth::read_token_file).transpose()?;
     let _server = match &progress {
@@ -220,19 +232,26 @@ fn run(
         progress.training_from(step);
     }
     let (started, first_step) = (std::time::Instant::now(), step);
-    let outcome = |step: u64, loss: f64, published: Vec<u64>, interrupted: bool| Outcome {
+    let (mut trained_tokens, mut checkpoint_seconds) = (0, 0.0);
+    let outcome = |step: u64, loss: f64, published: Vec<u64>, interrupted: bool, tokens, checkpoint_seconds| Outcome {
         step,
         loss,
         published,
         interrupted,
         trained_steps: step - first_step,
+        tokens,
         seconds: started.elapsed().as_secs_f64(),
+        checkpoint_seconds,
     };
     while step < config.schedule.steps {
-        let batch = job.dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size));
-        let targets = job.dataset.target_count(&order.global_batch(step, batch_size));
+        let share = Share {
+            batch: job.dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size)),
+            positions: data::share(step, batch_size, cluster.rank, cluster.world_size).map(|p| p as u64).collect(),
+        };
+        let global = order.global_batch(step, batch_size);
+        let (targets, tokens) = (job.dataset.target_count(&global), job.dataset.token_count(&global));
         let (mut gradients, local_loss) =
-            gradients(&job.model, &batch, targets, cluster.world_size).map_err(|e| stopped(step, e))?;
+            gradients(&job.model, &share, targets, cluster.world_size).map_err(|e| stopped(step, e))?;
         // The loss and the stop flag ride along, averaged with the gradients.
         gradients.extend([local_loss as f32, f32::from(u8::from(interrupt.load(Ordering::Relaxed)))]);
         if let Some(collective) = collective.as_mut() {
@@ -246,7 +265,7 @@ fn run(
                 progress.set_phase(TrainingPhase::Stopping);
             }
             job.checkpoint(step, loss)?;
-            return Ok(outcome(step, loss, job.published, true));
+            return Ok(outcome(step, loss, job.published, true, trained_tokens, checkpoint_seconds));
         }
         if !step_loss.is_finite() {
             return Err(Error::Training {
@@ -261,14 +280,17 @@ fn run(
         step += 1;
         loss = step_loss;
         if let Some(progress) = &job.progress {
-            progress.step_done(step, loss, order.epoch_of(step - 1, batch_size));
+            progress.step_done(step, loss, order.epoch_of(step - 1, batch_size), tokens);
         }
+        trained_tokens += tokens as u64;
         if step % config.checkpoint.every_steps == 0 || step == config.schedule.steps {
             tracing::info!(step, loss, "checkpoint");
+            let started = std::time::Instant::now();
             job.checkpoint(step, loss)?;
+            checkpoint_seconds += started.elapsed().as_secs_f64();
         }
     }
-    Ok(outcome(step, loss, job.published, false))
+    Ok(outcome(step, loss, job.published, false, trained_tokens, checkpoint_seconds))
 }
 
 /// Tokens per training sequence (0 for tabular data).
@@ -320,10 +342,16 @@ fn job_identity(config: &JobConfig) -> String {
     hex::encode(&Sha256::digest(shared.to_string().as_bytes())[..8])
 }
 
-/// This rank's gradients (flat) and loss for one batch of a step whose global batch holds
+/// This rank's share of a step: its examples and their places in the global reading order.
+struct Share {
+    batch: Batch,
+    positions: Vec<u64>,
+}
+
+/// This rank's gradients (flat) and loss for its share of a step whose global batch holds
 /// `targets` target tokens.
-fn gradients(model: &Model, batch: &Batch, targets: usize, world: usize) -> candle_core::Result<(Vec<f32>, f64)> {
-    let loss = model.loss(batch, targets, world)?;
+fn gradients(model: &Model, share: &Share, targets: usize, world: usize) -> candle_core::Result<(Vec<f32>, f64)> {
+    let loss = model.loss(share, targets, world)?;
     let grads = loss.backward()?;
     let flat = model.params().gradients_flat(&grads).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     Ok((flat, f64::from(loss.to_scalar::<f32>()?)))

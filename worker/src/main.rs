@@ -313,6 +313,14 @@ async fn show_progress(args: ProgressArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// This process's peak resident memory (`VmHWM`) in MiB; 0 where `/proc` does not say.
+fn peak_memory_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib =
+        status.lines().find_map(|line| line.strip_prefix("VmHWM:")?.trim().strip_suffix(" kB")?.parse::<u64>().ok());
+    kib.unwrap_or(0) / 1024
+}
+
 /// Trains on a blocking thread while waiting for SIGTERM, which asks the loop to save a state and
 /// stop. Returns the exit code.
 async fn run_train(args: TrainArgs) -> anyhow::Result<i32> {
@@ -336,13 +344,15 @@ async fn run_train(args: TrainArgs) -> anyhow::Result<i32> {
     };
     match result.context("the training thread panicked")? {
         Ok(outcome) => {
+            let (steps_per_second, tokens_per_second) = outcome.rates();
             println!(
-                "trained to step {} (loss {:.4}): {} steps in {:.2} s ({:.2} steps/s); published versions {:?}{}",
+                "trained to step {} (loss {:.4}): {} steps in {:.2} s, {:.2} s of it checkpoints ({steps_per_second:.3} steps/s, {tokens_per_second:.0} tokens/s between checkpoints); peak memory {} MiB; published versions {:?}{}",
                 outcome.step,
                 outcome.loss,
                 outcome.trained_steps,
                 outcome.seconds,
-                outcome.trained_steps as f64 / outcome.seconds.max(f64::EPSILON),
+                outcome.checkpoint_seconds,
+                peak_memory_mib(),
                 outcome.published,
                 if outcome.interrupted { "; interrupted, state saved" } else { "" }
             );

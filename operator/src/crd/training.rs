@@ -152,6 +152,11 @@ pub struct LoraSpec {
     pub alpha: Option<f64>,
     #[schemars(length(min = 1, max = 7))]
     pub targets: Vec<LoraTarget>,
+    /// The probability that a feature of an adapter's input is zeroed in training (PEFT's
+    /// `lora_dropout`); 0 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 0.99))]
+    pub dropout: Option<f64>,
 }
 
 /// Full fine-tuning has no settings of its own.

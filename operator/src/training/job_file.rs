@@ -127,9 +127,10 @@ fn fine_tune_spec(spec: &crd::FineTuneSpec) -> Result<FineTuneSpec, Error> {
     let crd::BaseRef { model, version, digest } = base;
     let crd::FineTuneMethod { lora, full } = method;
     let method = match (lora, full) {
-        (Some(crd::LoraSpec { rank, alpha, targets }), None) => FineTuneMethod::Lora(LoraSpec {
+        (Some(crd::LoraSpec { rank, alpha, targets, dropout }), None) => FineTuneMethod::Lora(LoraSpec {
             rank: size(*rank),
             alpha: *alpha,
+            dropout: dropout.unwrap_or(0.0),
             targets: targets
                 .iter()
                 .map(|target| match target {
@@ -336,7 +337,7 @@ mod tests {
         let mut tune = every_field();
         tune["model"] = json!({"fineTune": {
             "base": {"model": "smollm2", "version": 1, "digest": format!("sha256:{}", "a".repeat(64))},
-            "method": {"lora": {"rank": 8, "alpha": 16.0, "targets": ["q_proj", "down_proj"]}},
+            "method": {"lora": {"rank": 8, "alpha": 16.0, "targets": ["q_proj", "down_proj"], "dropout": 0.05}},
             "sequenceLength": 96, "precision": "bf16", "merge": true,
         }});
         tune["data"] =
@@ -354,6 +355,7 @@ mod tests {
                 rank: 8,
                 alpha: Some(16.0),
                 targets: vec![LoraTarget::QProj, LoraTarget::DownProj],
+                dropout: 0.05,
             }),
             sequence_length: 96,
             precision: job::Precision::Bf16,

@@ -54,7 +54,7 @@ fn tiny_lora_job(dir: &Path, steps: u64, every: u64) -> Value {
     json!({
         "model": {"fine_tune": {
             "base": {"model": "base", "version": 1},
-            "method": {"lora": {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"]}},
+            "method": {"lora": {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"], "dropout": 0.1}},
             "sequence_length": 32,
         }},
         "data": {"jsonl": {"path": dir.join("train.jsonl"), "eval_path": dir.join("eval.jsonl")}},
@@ -75,6 +75,7 @@ fn manifest(dir: &Path, version: u64) -> Manifest {
     Manifest::from_json(&std::fs::read(&path).unwrap(), &path).unwrap()
 }
 
+/// Dropout included: a sequence's masks follow its place in the reading order, not its rank.
 #[test]
 fn one_and_two_ranks_end_with_the_same_adapter() {
     let dir = tempfile::tempdir().unwrap();
@@ -92,6 +93,7 @@ fn one_and_two_ranks_end_with_the_same_adapter() {
         serde_json::from_slice(&std::fs::read(version_dir(&alone, 1).join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!((peft["peft_type"].as_str(), peft["r"].as_u64()), (Some("LORA"), Some(4)));
     assert_eq!(peft["target_modules"], json!(["q_proj", "v_proj", "down_proj"]));
+    assert_eq!(peft["lora_dropout"].as_f64(), Some(0.1));
 
     let one = tensors(&version_dir(&alone, 1).join(ADAPTER_WEIGHTS_FILE));
     let two = tensors(&version_dir(&pair, 1).join(ADAPTER_WEIGHTS_FILE));
@@ -193,6 +195,7 @@ fn bad_fine_tuning_jobs_are_refused_before_any_training() {
         (with("/model/fine_tune/method/lora/targets", json!(["qkv_proj"])), "unknown variant `qkv_proj`"),
         (with("/model/fine_tune/method/lora/targets", json!([])), "model.fine_tune.method.lora.targets"),
         (with("/model/fine_tune/method/lora/rank", 0.into()), "model.fine_tune.method.lora.rank: must be at least 1"),
+        (with("/model/fine_tune/method/lora/dropout", 1.0.into()), "model.fine_tune.method.lora.dropout: 1 is not"),
         (with("/model/fine_tune/method/lora/rank", 40.into()), "model.fine_tune.method.lora.rank: 40 does not fit"),
         (with("/model/fine_tune/sequence_length", 1000.into()), "beyond the base's context of 64"),
         (with("/data/jsonl/eval_path", json!(empty_eval)), "data.jsonl.eval_path"),

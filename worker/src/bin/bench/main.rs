@@ -10,7 +10,10 @@
 //! 4. Sentence embeddings ([`llm`]): sentences/s at batch 32.
 //! 5. Training ([`train`]): tokens/s with 1 rank × 2 threads and 2 ranks × 1 thread, all-reduce
 //!    bandwidth, checkpoint times. Needs the release `lantern-worker` binary beside this one.
-//! 6. The soak ([`soak`], only when asked for: `--sections soak`, 2 × `--soak-seconds`): mixed
+//! 6. Fine-tuning ([`finetune`], only when asked for: `--sections finetune`, about 10 minutes):
+//!    SmolLM2 with LoRA and in full, tokens/s and peak memory; writes the batches the PyTorch peer
+//!    trains on.
+//! 7. The soak ([`soak`], only when asked for: `--sections soak`, 2 × `--soak-seconds`): mixed
 //!    valid load with and without attackers, crashes, peak memory and latency side by side.
 
 use std::collections::HashMap;
@@ -36,6 +39,7 @@ use lantern_serve::{dispatch, oip};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+mod finetune;
 mod llm;
 mod soak;
 mod train;
@@ -85,6 +89,7 @@ enum Section {
     Llm,
     Embed,
     Train,
+    Finetune,
     Soak,
 }
 
@@ -110,6 +115,9 @@ fn main() -> anyhow::Result<()> {
         }
         if args.sections.contains(&Section::Train) {
             tokio::task::block_in_place(train::figures)?;
+        }
+        if args.sections.contains(&Section::Finetune) {
+            tokio::task::block_in_place(|| finetune::figures(&args.gguf))?;
         }
         if args.sections.contains(&Section::Soak) {
             soak::figures(&args.gguf, &args.minilm, args.soak_seconds).await?;
