@@ -99,6 +99,7 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
         (FINE_TUNE.replace("[q_proj, v_proj]", "[qkv_proj]"), "Unsupported value: \"qkv_proj\""),
         (FINE_TUNE.replace("version: 1}", "version: 1, digest: md5:abc}"), "spec.model.fineTune.base.digest: Invalid value: \"md5:abc\""),
         (FINE_TUNE.replace("rank: 8", "rank: 0"), "spec.model.fineTune.method.lora.rank: Invalid value: 0"),
+        (FINE_TUNE.replace("rank: 8,", "rank: 8, dropout: 1.5,"), "spec.model.fineTune.method.lora.dropout: Invalid value: 1.5"),
         (JOB.replace("{steps: 100,", "{steps: 100, warmupSteps: 100,"), "warmupSteps must be fewer than steps"),
         (JOB.replace("everySteps: 50", "everySteps: 0"), "spec.checkpoint.everySteps: Invalid value: 0"),
         (JOB.replace("model: tiny,", "model: Tiny_Model!,"), "spec.output.model: Invalid value: \"Tiny_Model!\""),

@@ -14,13 +14,17 @@ import os
 import resource
 import sys
 import time
+import warnings
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM
 
 
 def main():
     gguf, batches, threads, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(
