@@ -79,7 +79,7 @@ def describe_job(job):
     checkpoints = status.get("checkpoints") or []
     if checkpoints:
         last = checkpoints[-1]
-        metrics = ", ".join(f"{k} {v:.2f}" for k, v in sorted(last.get("metrics", {}).items()))
+        metrics = ", ".join(f"{k} {v:.2f}" for k, v in sorted(last.get("metrics", {}).items()) if k.startswith("eval_"))
         line += f"; published version {last['version']}" + (f" ({metrics})" if metrics else "")
     return line
 

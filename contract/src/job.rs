@@ -189,19 +189,6 @@ impl LoraTarget {
             Self::DownProj => "down_proj",
         }
     }
-
-    /// The module's path inside a layer (`self_attn.q_proj`).
-    pub fn module(self) -> &'static str {
-        match self {
-            Self::QProj => "self_attn.q_proj",
-            Self::KProj => "self_attn.k_proj",
-            Self::VProj => "self_attn.v_proj",
-            Self::OProj => "self_attn.o_proj",
-            Self::GateProj => "mlp.gate_proj",
-            Self::UpProj => "mlp.up_proj",
-            Self::DownProj => "mlp.down_proj",
-        }
-    }
 }
 
 /// An MLP's hidden layers; the input and output widths come from the data.

@@ -128,7 +128,7 @@ fn generate_together(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize, chu
             if logits {
                 asking.push(i);
             }
-            steps.push(SequenceStep { tokens, table, logits });
+            steps.push(SequenceStep { tokens, table, logits, adapter: None });
         }
         let next = greedy(&model.forward(&mut steps, &mut cache).unwrap());
         drop(steps);
@@ -204,7 +204,7 @@ fn a_prompt_longer_than_the_context_is_refused_with_both_numbers() {
     let tokens = vec![1u32; context + 1];
     let mut cache = cache_for(&model);
     let mut table = BlockTable::default();
-    let step = SequenceStep { tokens: &tokens, table: &mut table, logits: true };
+    let step = SequenceStep { tokens: &tokens, table: &mut table, logits: true, adapter: None };
     let err = model.forward(&mut [step], &mut cache).unwrap_err().to_string();
     assert!(err.contains(&(context + 1).to_string()) && err.contains(&context.to_string()), "{err}");
     assert!(table.is_empty(), "a refused step must not touch the cache");
@@ -434,7 +434,7 @@ fn last_logits(model: &Llama, prompt: &[u32]) -> Vec<f32> {
     let mut cache = cache_for(model);
     let mut table = BlockTable::default();
     assert!(cache.reserve(&mut table, prompt.len()));
-    let step = SequenceStep { tokens: prompt, table: &mut table, logits: true };
+    let step = SequenceStep { tokens: prompt, table: &mut table, logits: true, adapter: None };
     model.forward(&mut [step], &mut cache).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 

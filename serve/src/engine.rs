@@ -426,6 +426,7 @@ impl Loop {
                 tokens: &sequence.tokens[start..start + chunk],
                 table: &mut sequence.table,
                 logits,
+                adapter: None,
             });
         }
         if steps.is_empty() {

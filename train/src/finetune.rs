@@ -103,8 +103,10 @@ impl FineTune {
         let codec = self.model.codec();
         let mut right = 0;
         for chunk in questions.chunks(ANSWER_CHUNK) {
-            let prompts: Vec<Prompt> =
-                chunk.iter().map(|q| Prompt { tokens: q.prompt.clone(), max_tokens: q.max_tokens }).collect();
+            let prompts: Vec<Prompt<'_>> = chunk
+                .iter()
+                .map(|q| Prompt { tokens: q.prompt.clone(), max_tokens: q.max_tokens, adapter: None })
+                .collect();
             let answers = greedy::generate(&served, &prompts, codec.tokenizer().eos()).map_err(model_error)?;
             for (question, answer) in chunk.iter().zip(answers) {
                 let text = codec.tokenizer().decode(&answer, true)?;

@@ -24,9 +24,10 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::model::dense::DenseLlama;
 use lantern_runtime::model::llama::{Config, HfConfig};
+use lantern_runtime::model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, Projection};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::config::{FineTuneMethod, LlamaSpec, LoraSpec, LoraTarget, Precision};
+use super::config::{FineTuneMethod, LlamaSpec, LoraSpec, Precision};
 use super::data::{Sequence, VOCAB_SIZE};
 use super::params::{Initializer, Params, model_error};
 use crate::error::{Error, Result};
@@ -104,15 +105,15 @@ struct Layer {
 }
 
 impl Layer {
-    fn linear(&self, target: LoraTarget) -> &Linear {
-        match target {
-            LoraTarget::QProj => &self.q,
-            LoraTarget::KProj => &self.k,
-            LoraTarget::VProj => &self.v,
-            LoraTarget::OProj => &self.o,
-            LoraTarget::GateProj => &self.gate,
-            LoraTarget::UpProj => &self.up,
-            LoraTarget::DownProj => &self.down,
+    fn linear(&self, projection: Projection) -> &Linear {
+        match projection {
+            Projection::Q => &self.q,
+            Projection::K => &self.k,
+            Projection::V => &self.v,
+            Projection::O => &self.o,
+            Projection::Gate => &self.gate,
+            Projection::Up => &self.up,
+            Projection::Down => &self.down,
         }
     }
 }
@@ -223,14 +224,14 @@ impl TrainLlama {
             let mut linear = |target| base.linear(i, target, &mut init, &mut params);
             layers.push(Layer {
                 attn_norm,
-                q: linear(LoraTarget::QProj)?,
-                k: linear(LoraTarget::KProj)?,
-                v: linear(LoraTarget::VProj)?,
-                o: linear(LoraTarget::OProj)?,
+                q: linear(Projection::Q)?,
+                k: linear(Projection::K)?,
+                v: linear(Projection::V)?,
+                o: linear(Projection::O)?,
                 mlp_norm,
-                gate: linear(LoraTarget::GateProj)?,
-                up: linear(LoraTarget::UpProj)?,
-                down: linear(LoraTarget::DownProj)?,
+                gate: linear(Projection::Gate)?,
+                up: linear(Projection::Up)?,
+                down: linear(Projection::Down)?,
             });
         }
         let norm = base.weight("model.norm.weight", &mut params)?;
@@ -445,8 +446,8 @@ impl TrainLlama {
             let name = |suffix: &str| format!("model.layers.{i}.{suffix}.weight");
             tensors.push((name("input_layernorm"), layer.attn_norm.tensor().clone()));
             tensors.push((name("post_attention_layernorm"), layer.mlp_norm.tensor().clone()));
-            for target in LoraTarget::ALL {
-                tensors.push((name(target.module()), layer.linear(target).merged()?));
+            for projection in Projection::ALL {
+                tensors.push((name(projection.module()), layer.linear(projection).merged()?));
             }
         }
         tensors.push(("model.norm.weight".to_owned(), self.norm.tensor().clone()));
@@ -556,20 +557,18 @@ impl BaseWeights<'_> {
         }
     }
 
-    /// Layer `layer`'s `target` projection, with an adapter when LoRA targets it.
+    /// Layer `layer`'s `projection`, with an adapter when LoRA targets it.
     fn linear(
         &mut self,
         layer: usize,
-        target: LoraTarget,
+        projection: Projection,
         init: &mut Initializer,
         params: &mut Params,
     ) -> Result<Linear> {
-        let weight = self.weight(&format!("model.layers.{layer}.{}.weight", target.module()), params)?;
+        let weight = self.weight(&format!("model.layers.{layer}.{}.weight", projection.module()), params)?;
         let adapter = match self.method {
-            FineTuneMethod::Lora(lora) if lora.targets.contains(&target) => {
-                let prefix = format!("base_model.model.model.layers.{layer}.{}", target.module());
-                let stream = (layer * LoraTarget::ALL.len() + target as usize) as u64;
-                Some(Adapter::new(&prefix, weight.tensor(), lora, stream, init, params)?)
+            FineTuneMethod::Lora(lora) if lora.targets.iter().any(|target| target.name() == projection.name()) => {
+                Some(Adapter::new((layer, projection), weight.tensor(), lora, init, params)?)
             }
             _ => None,
         };
@@ -589,13 +588,12 @@ impl Linear {
 }
 
 impl Adapter {
-    /// An adapter for `weight` `[out, in]`, its matrices registered as `{prefix}.lora_A.weight`
-    /// and `{prefix}.lora_B.weight`.
+    /// An adapter for layer `layer`'s `projection` `weight` `[out, in]`, its matrices registered
+    /// under PEFT's names.
     fn new(
-        prefix: &str,
+        (layer, projection): (usize, Projection),
         weight: &Tensor,
         lora: &LoraSpec,
-        stream: u64,
         init: &mut Initializer,
         params: &mut Params,
     ) -> Result<Self> {
@@ -603,16 +601,21 @@ impl Adapter {
         if lora.rank == 0 || lora.rank > out.min(input) {
             return Err(Error::config(
                 "model.fine_tune.method.lora.rank",
-                format!("{} does not fit {prefix} ({out} × {input}): it must be 1 to {}", lora.rank, out.min(input)),
+                format!(
+                    "{} does not fit layer {layer}'s {} ({out} × {input}): it must be 1 to {}",
+                    lora.rank,
+                    projection.name(),
+                    out.min(input)
+                ),
             ));
         }
         let a = init.uniform((lora.rank, input), 1.0 / (input as f64).sqrt())?;
         let b = Tensor::zeros((out, lora.rank), DType::F32, &Device::Cpu).map_err(model_error)?;
         Ok(Self {
-            a: params.add(format!("{prefix}.lora_A.weight"), a)?,
-            b: params.add(format!("{prefix}.lora_B.weight"), b)?,
+            a: params.add(projection.tensor_name(layer, "lora_A"), a)?,
+            b: params.add(projection.tensor_name(layer, "lora_B"), b)?,
             scale: lora.scale(),
-            stream,
+            stream: (layer * Projection::ALL.len() + projection as usize) as u64,
         })
     }
 }
@@ -647,9 +650,6 @@ fn mix(a: u64, b: u64) -> u64 {
 
 const HF_CONFIG: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";
-/// PEFT's adapter files.
-pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
-pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(name);
@@ -743,6 +743,7 @@ fn byte_char(byte: u8) -> char {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LoraTarget;
     use lantern_runtime::llm::tokenizer::Tokenizer;
 
     fn tiny() -> LlamaSpec {

@@ -8,19 +8,22 @@ use candle_core::Tensor;
 use super::kv_cache::{BlockTable, KvCache};
 use super::sampling;
 use crate::model::llama::{Llama, SequenceStep};
+use crate::model::lora::LoraAdapter;
 
 /// Tokens per KV block.
 const BLOCK_SIZE: usize = 16;
 
-/// A prompt and the most tokens to generate after it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Prompt {
+/// A prompt, the most tokens to generate after it, and the LoRA adapter to answer with (read
+/// against the model; `None`: the bare model).
+#[derive(Clone, Debug)]
+pub struct Prompt<'a> {
     pub tokens: Vec<u32>,
     pub max_tokens: usize,
+    pub adapter: Option<&'a LoraAdapter>,
 }
 
 /// The greedy continuation of every prompt (without the stop token), in order.
-pub fn generate(model: &Llama, prompts: &[Prompt], stop: &[u32]) -> candle_core::Result<Vec<Vec<u32>>> {
+pub fn generate(model: &Llama, prompts: &[Prompt<'_>], stop: &[u32]) -> candle_core::Result<Vec<Vec<u32>>> {
     let context = model.config().context_length;
     if let Some(long) = prompts.iter().find(|p| p.tokens.is_empty() || p.tokens.len() + p.max_tokens > context) {
         candle_core::bail!(
@@ -45,9 +48,9 @@ pub fn generate(model: &Llama, prompts: &[Prompt], stop: &[u32]) -> candle_core:
     while pending.iter().any(Option::is_some) {
         let active: Vec<usize> = (0..prompts.len()).filter(|&i| pending[i].is_some()).collect();
         let mut steps: Vec<SequenceStep<'_>> = Vec::with_capacity(active.len());
-        for (input, table) in pending.iter().zip(tables.iter_mut()) {
+        for ((input, table), prompt) in pending.iter().zip(tables.iter_mut()).zip(prompts) {
             if let Some(tokens) = input {
-                steps.push(SequenceStep { tokens, table, logits: true });
+                steps.push(SequenceStep { tokens, table, logits: true, adapter: prompt.adapter });
             }
         }
         let logits: Tensor = model.forward(&mut steps, &mut cache)?;

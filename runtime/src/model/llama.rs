@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use super::lora::{AdapterRows, LoraAdapter, Projection};
 use super::quantized::QLinear;
 use crate::error::{Error, Result};
 use crate::llm::kv_cache::{BlockTable, KvCache, KvShape, QueryRow};
@@ -159,6 +160,8 @@ pub struct SequenceStep<'a> {
     /// Whether the logits after the last token are wanted (not for a prompt chunk that does not
     /// end the prompt).
     pub logits: bool,
+    /// The LoRA adapter the sequence runs with, read against this model; `None`: the bare model.
+    pub adapter: Option<&'a LoraAdapter>,
 }
 
 impl Llama {
@@ -244,6 +247,20 @@ impl Llama {
         &self.config
     }
 
+    /// The width of the MLP's inner layer.
+    pub fn intermediate_size(&self) -> candle_core::Result<usize> {
+        match self.layers.first() {
+            Some(layer) => Ok(layer.w_gate.shape()?.0),
+            None => Ok(0),
+        }
+    }
+
+    /// Reads the LoRA adapter in `dir` against this model (shapes, targets, layers checked).
+    pub fn read_adapter(&self, dir: &std::path::Path) -> Result<LoraAdapter> {
+        let intermediate = self.intermediate_size().map_err(|e| Error::ModelFile(e.to_string()))?;
+        LoraAdapter::read(dir, &self.config, intermediate, self.embeddings.device())
+    }
+
     /// The shape of this model's KV cache entries.
     pub fn kv_shape(&self) -> KvShape {
         KvShape { layers: self.config.layers, kv_heads: self.config.kv_heads, head_dim: self.config.head_dim }
@@ -252,8 +269,10 @@ impl Llama {
     /// Runs one step for several sequences: appends each sequence's `tokens` to its cache and
     /// returns the logits after the last token of each sequence that asked for them,
     /// `[asking sequences, vocab]`. Every row is computed independently of the others, so the
-    /// result for a sequence does not depend on what else is in the step. A refused step
-    /// (context exceeded, no room reserved) leaves every cache as it was.
+    /// result for a sequence does not depend on what else is in the step — nor on the adapters
+    /// the other sequences use: each projection runs the base over every row, then each
+    /// adapter's low-rank update over its own rows. A refused step (context exceeded, no room
+    /// reserved) leaves every cache as it was.
     pub fn forward(&self, steps: &mut [SequenceStep<'_>], cache: &mut KvCache) -> candle_core::Result<Tensor> {
         let device = self.embeddings.device();
         let Config { heads, kv_heads, head_dim, context_length, vocab_size, .. } = self.config;
@@ -273,12 +292,17 @@ impl Llama {
         }
         let all: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let mut x = self.embeddings.index_select(&Tensor::new(all.as_slice(), device)?, 0)?;
+        let adapters = AdapterRows::new(steps.iter().map(|s| (s.adapter, s.tokens.len())), device)?;
         let kv_row = kv_heads * head_dim;
         for (index, layer) in self.layers.iter().enumerate() {
+            let project = |projection, weights: &QLinear, x: &Tensor| match adapters.is_empty() {
+                true => weights.forward(x),
+                false => adapters.adapt(index, projection, x, weights.forward(x)?),
+            };
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.config.rms_eps as f32)?;
-            let mut q = layer.wq.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
-            let mut k = layer.wk.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
-            let v = layer.wv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut q = project(Projection::Q, &layer.wq, &h)?.flatten_all()?.to_vec1::<f32>()?;
+            let mut k = project(Projection::K, &layer.wk, &h)?.flatten_all()?.to_vec1::<f32>()?;
+            let v = project(Projection::V, &layer.wv, &h)?.flatten_all()?.to_vec1::<f32>()?;
             self.rotate(&mut q, heads, &rows);
             self.rotate(&mut k, kv_heads, &rows);
             let mut offset = 0;
@@ -290,10 +314,11 @@ impl Llama {
             let tables: Vec<&BlockTable> = steps.iter().map(|s| &*s.table).collect();
             let attended = cache.attend(index, &tables, &rows, &q, heads);
             let attended = Tensor::from_vec(attended, (rows.len(), heads * head_dim), device)?;
-            x = (x + layer.wo.forward(&attended)?)?;
+            x = (x + project(Projection::O, &layer.wo, &attended)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.config.rms_eps as f32)?;
-            let gated = (candle_nn::ops::silu(&layer.w_gate.forward(&h)?)? * layer.w_up.forward(&h)?)?;
-            x = (x + layer.w_down.forward(&gated)?)?;
+            let gate = candle_nn::ops::silu(&project(Projection::Gate, &layer.w_gate, &h)?)?;
+            let gated = (gate * project(Projection::Up, &layer.w_up, &h)?)?;
+            x = (x + project(Projection::Down, &layer.w_down, &gated)?)?;
         }
         let mut last_rows = Vec::with_capacity(steps.len());
         let mut offset = 0;

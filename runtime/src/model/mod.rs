@@ -3,11 +3,13 @@
 //! candle-transformers style: [`mlp`] (tensor model), [`llama`] (language model from GGUF,
 //! batched forward over a paged KV cache, with [`quantized`] linear layers) and [`bert`]
 //! (sentence embeddings from an HF checkpoint). [`dense`] reads a llama version as plain f32
-//! tensors, for fine-tuning.
+//! tensors, for fine-tuning; [`lora`] reads PEFT adapters against the llama they adapt and
+//! applies several in one step.
 
 pub mod bert;
 pub mod dense;
 pub mod llama;
+pub mod lora;
 pub mod mlp;
 pub mod quantized;
 

@@ -49,6 +49,15 @@ impl QLinear {
         Self::Other(QMatMul::Tensor(weights))
     }
 
+    /// The weights' `[out, in]`.
+    pub fn shape(&self) -> candle_core::Result<(usize, usize)> {
+        match self {
+            Self::Q4_1(matrix) => Ok((matrix.rows, matrix.columns)),
+            Self::Other(QMatMul::QTensor(weights)) => weights.shape().dims2(),
+            Self::Other(QMatMul::Tensor(weights) | QMatMul::TensorF16(weights)) => weights.dims2(),
+        }
+    }
+
     /// `x` is `[rows, in]`; the result `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {

@@ -1,17 +1,24 @@
 //! Fine-tuning end to end: a tiny pretrained llama published as a base version, LoRA-tuned on 1
 //! and 2 ranks, killed and resumed, its base deleted mid-run; SmolLM2 itself tuned for a few
 //! steps and its merged version served; and every job that must be refused before training.
+//! The adapters it publishes, applied on their base by the serving llama, alone and several in
+//! one step, give the merged versions' logits; an adapter that does not fit is refused.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use lantern_runtime::llm::greedy;
+use lantern_runtime::llm::kv_cache::{BlockTable, KvCache};
+use lantern_runtime::model::LoadedModel;
+use lantern_runtime::model::llama::{Llama, SequenceStep};
+use lantern_runtime::model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LoraAdapter};
 use lantern_runtime::repository::{self, Format, MANIFEST_FILE, Manifest, PublishRequest, Repository};
 use lantern_serve::server::{self, ServerOptions};
 use lantern_serve::versions::ServeSettings;
 use lantern_train::config::{LlamaSpec, Precision};
-use lantern_train::lm::{ADAPTER_WEIGHTS_FILE, TrainLlama};
+use lantern_train::lm::TrainLlama;
 use lantern_train::{EXIT_INVALID, trainer};
 use serde_json::{Value, json};
 
@@ -267,4 +274,121 @@ async fn a_short_smollm2_lora_run_lowers_held_out_loss_and_its_merged_version_an
     let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(!text.is_empty(), "{answer}");
     server.shutdown().await.unwrap();
+}
+
+/// The logits after each prompt's last token, all prompts in one step, each with its adapter.
+fn prefill(model: &Llama, prompts: &[(&[u32], Option<&LoraAdapter>)]) -> Vec<Vec<f32>> {
+    let shape = model.kv_shape();
+    let mut cache = KvCache::with_budget(shape, 16, prompts.len() * 64 * shape.bytes_per_token());
+    let mut tables: Vec<BlockTable> = prompts.iter().map(|_| BlockTable::default()).collect();
+    for ((tokens, _), table) in prompts.iter().zip(&mut tables) {
+        assert!(cache.reserve(table, tokens.len()));
+    }
+    let mut steps: Vec<SequenceStep<'_>> = prompts
+        .iter()
+        .zip(&mut tables)
+        .map(|(&(tokens, adapter), table)| SequenceStep { tokens, table, logits: true, adapter })
+        .collect();
+    model.forward(&mut steps, &mut cache).unwrap().to_vec2().unwrap()
+}
+
+fn llama(root: &Path, model: &str, version: u64) -> Llama {
+    let verified = Repository::new(root).read_verified(model, version).unwrap();
+    match lantern_runtime::model::load(model, version, &verified, &candle_core::Device::Cpu).unwrap() {
+        LoadedModel::Generate { model, .. } => *model,
+        _ => panic!("{model} {version} is not a language model"),
+    }
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn adapters_on_their_base_give_the_merged_logits_alone_and_mixed_in_one_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = tiny_lora_job(dir.path(), 8, 4);
+    job["model"]["fine_tune"]["merge"] = true.into();
+    trainer::train(&config_of(&job), &AtomicBool::new(false)).unwrap();
+    let models = dir.path().join("models");
+    let base = llama(&models, "base", 1);
+    let adapters: Vec<LoraAdapter> =
+        [1, 2].iter().map(|&v| base.read_adapter(&version_dir(dir.path(), v)).unwrap()).collect();
+    assert_eq!((adapters[0].rank(), adapters[0].targets().len()), (4, 3));
+    let merged: Vec<Llama> = [1, 2].iter().map(|&v| llama(&models, TUNED, v)).collect();
+
+    let prompts: [&[u32]; 3] = [&[107, 101, 121, 32, 55, 58], &[107, 101, 121, 32, 49, 50, 58], &[1, 2, 3]];
+    // Alone: base + adapter is the merged checkpoint.
+    for (adapter, merged) in adapters.iter().zip(&merged) {
+        let with = prefill(&base, &[(prompts[0], Some(adapter))]);
+        let expected = prefill(merged, &[(prompts[0], None)]);
+        assert!(max_difference(&with[0], &expected[0]) < 1e-4, "{}", max_difference(&with[0], &expected[0]));
+    }
+    assert!(
+        max_difference(&prefill(&merged[0], &[(prompts[0], None)])[0], &prefill(&base, &[(prompts[0], None)])[0])
+            > 1e-3
+    );
+    // Mixed: two adapters and the bare base in one step, each row as if alone.
+    let mixed =
+        prefill(&base, &[(prompts[0], Some(&adapters[0])), (prompts[1], Some(&adapters[1])), (prompts[2], None)]);
+    let alone = [
+        prefill(&merged[0], &[(prompts[0], None)]),
+        prefill(&merged[1], &[(prompts[1], None)]),
+        prefill(&base, &[(prompts[2], None)]),
+    ];
+    for (row, expected) in mixed.iter().zip(&alone) {
+        assert!(max_difference(row, &expected[0]) < 1e-4, "{}", max_difference(row, &expected[0]));
+    }
+    // Greedy decoding agrees too.
+    let prompt = |adapter| greedy::Prompt { tokens: prompts[0].to_vec(), max_tokens: 6, adapter };
+    let answers = greedy::generate(&base, &[prompt(Some(&adapters[1])), prompt(None)], &[]).unwrap();
+    let merged_answer = greedy::generate(&merged[1], &[prompt(None)], &[]).unwrap();
+    assert_eq!(answers[0], merged_answer[0]);
+}
+
+#[test]
+fn an_adapter_that_does_not_fit_its_base_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    trainer::train(&config_of(&tiny_lora_job(dir.path(), 4, 4)), &AtomicBool::new(false)).unwrap();
+    let base = llama(&dir.path().join("models"), "base", 1);
+    let adapter = version_dir(dir.path(), 1);
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for file in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
+            std::fs::copy(adapter.join(file), to.join(file)).unwrap();
+        }
+        to
+    };
+    let edit_config = |dir: &Path, edit: &dyn Fn(&mut Value)| {
+        let path = dir.join(ADAPTER_CONFIG_FILE);
+        let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut config);
+        std::fs::write(&path, config.to_string()).unwrap();
+    };
+    let truncated = copy("truncated");
+    let weights = std::fs::read(truncated.join(ADAPTER_WEIGHTS_FILE)).unwrap();
+    std::fs::write(truncated.join(ADAPTER_WEIGHTS_FILE), &weights[..weights.len() / 2]).unwrap();
+    let dora = copy("dora");
+    edit_config(&dora, &|c| c["use_dora"] = true.into());
+    let lm_head = copy("lm_head");
+    edit_config(&lm_head, &|c| c["target_modules"] = json!(["q_proj", "lm_head"]));
+    let missing = copy("missing");
+    edit_config(&missing, &|c| c["target_modules"] = json!(["q_proj", "v_proj", "down_proj", "up_proj"]));
+    let rank = copy("rank");
+    edit_config(&rank, &|c| c["r"] = 8.into());
+    let unlisted = copy("unlisted");
+    edit_config(&unlisted, &|c| c["target_modules"] = json!(["q_proj", "v_proj"]));
+    let cases = [
+        (truncated, "adapter_model.safetensors"),
+        (dora, "use_dora is not supported"),
+        (lm_head, "target module \"lm_head\" is not a llama projection"),
+        (missing, "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight is missing"),
+        (rank, "is [4, 32]; the base needs (8, 32)"),
+        (unlisted, "down_proj.lora_A.weight has no place in the base"),
+    ];
+    for (dir, expected) in cases {
+        let error = base.read_adapter(&dir).unwrap_err().to_string();
+        assert!(error.contains(expected), "{expected:?} not in {error}");
+    }
 }
