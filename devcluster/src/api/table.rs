@@ -228,33 +228,73 @@ fn pod_status(pod: &Value) -> String {
     pod["status"]["phase"].as_str().unwrap_or("Pending").to_owned()
 }
 
-/// A JSONPath of the shapes printer columns use: `.a.b`, `.a[0].b`, and
-/// `.a[?(@.type=="Ready")].status`.
+/// A JSONPath of the shapes printer columns use: `.a.b`, `.a[0].b`, `.a[-1:].b` (indices and
+/// slices, negative from the end), and `.a[?(@.type=="Ready")].status`.
 pub fn json_path(object: &Value, path: &str) -> Option<Value> {
-    let mut current = object.clone();
+    // Every value the path reaches so far: a slice reaches several, and what follows it applies
+    // to each.
+    let mut current = vec![object.clone()];
     let mut rest = path.trim().trim_start_matches('{').trim_end_matches('}').trim_start_matches('$');
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix('.') {
             let end = after.find(['.', '[']).unwrap_or(after.len());
-            current = current.get(&after[..end])?.clone();
+            current = current.iter().filter_map(|value| value.get(&after[..end]).cloned()).collect();
             rest = &after[end..];
         } else if let Some(after) = rest.strip_prefix('[') {
             let end = after.find(']')?;
             let index = &after[..end];
             rest = &after[end + 1..];
-            current = match index.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')')) {
-                Some(filter) => {
+            let arrays = current.iter().filter_map(Value::as_array);
+            current = match (index.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')')), index.split_once(':')) {
+                (Some(filter), _) => {
                     let (field, wanted) = filter.split_once("==")?;
                     let wanted = wanted.trim().trim_matches(|c| c == '"' || c == '\'');
-                    current.as_array()?.iter().find(|item| item[field.trim()].as_str() == Some(wanted))?.clone()
+                    arrays
+                        .flat_map(|items| {
+                            items.iter().filter(|item| item[field.trim()].as_str() == Some(wanted)).take(1)
+                        })
+                        .cloned()
+                        .collect()
                 }
-                None => current.get(index.parse::<usize>().ok()?)?.clone(),
+                (None, Some((start, end))) => arrays
+                    .flat_map(|items| slice(items.len(), start, end).map_or(&[][..], |range| &items[range]))
+                    .cloned()
+                    .collect(),
+                (None, None) => {
+                    let at: i64 = index.trim().parse().ok()?;
+                    arrays.filter_map(|items| items.get(position(items.len(), at)?)).cloned().collect()
+                }
             };
         } else {
             return None;
         }
     }
-    Some(current)
+    match current.len() {
+        0 => None,
+        1 => current.pop(),
+        _ => Some(Value::Array(current)),
+    }
+}
+
+/// Where index `at` of a list of `len` falls, counting from the end when negative.
+fn position(len: usize, at: i64) -> Option<usize> {
+    let at = if at < 0 { len as i64 + at } else { at };
+    (0..len as i64).contains(&at).then_some(at as usize)
+}
+
+/// The range a `start:end` slice (either side may be empty or negative) takes of a list of `len`.
+fn slice(len: usize, start: &str, end: &str) -> Option<std::ops::Range<usize>> {
+    let bound = |text: &str, default: usize| -> Option<usize> {
+        match text.trim() {
+            "" => Some(default),
+            text => {
+                let at: i64 = text.parse().ok()?;
+                Some(if at < 0 { (len as i64 + at).max(0) as usize } else { (at as usize).min(len) })
+            }
+        }
+    };
+    let (start, end) = (bound(start, 0)?, bound(end, len)?);
+    Some(start.min(end)..end)
 }
 
 /// An age as kubectl prints it: `45s`, `3m12s`, `25m`, `5h10m`, `3d4h`, `40d`, `2y30d`.
@@ -287,6 +327,11 @@ mod tests {
         assert_eq!(json_path(&object, ".status.conditions[?(@.type==\"Ready\")].status"), Some(json!("True")));
         assert_eq!(json_path(&object, ".spec.items[0].name"), Some(json!("a")));
         assert_eq!(json_path(&object, ".status.missing"), None);
+        let checkpoints = json!({"status": {"checkpoints": [{"metrics": {"a": 0.5}}, {"metrics": {"a": 1.0}}]}});
+        assert_eq!(json_path(&checkpoints, ".status.checkpoints[-1:].metrics.a"), Some(json!(1.0)));
+        assert_eq!(json_path(&checkpoints, ".status.checkpoints[-2].metrics.a"), Some(json!(0.5)));
+        assert_eq!(json_path(&checkpoints, ".status.checkpoints[:].metrics.a"), Some(json!([0.5, 1.0])));
+        assert_eq!(json_path(&json!({"status": {"checkpoints": []}}), ".status.checkpoints[-1:].metrics.a"), None);
     }
 
     #[test]
