@@ -28,7 +28,8 @@ use lantern_runtime::llm::scheduler::{self, Limits, Running};
 use lantern_runtime::llm::stop::StopMatcher;
 use lantern_runtime::llm::tokenizer::TextStream;
 use lantern_runtime::model::VersionId;
-use lantern_runtime::model::llama::{Llama, SequenceStep};
+use lantern_runtime::model::llama::{Config, Llama, SequenceStep};
+use lantern_runtime::model::lora::LoraAdapter;
 
 /// Engine knobs, per model version.
 #[derive(Clone, Copy, Debug)]
@@ -51,10 +52,21 @@ impl Default for EngineSettings {
     }
 }
 
+/// A LoRA adapter read against the engine's model ([`Engine::read_adapter`]), with the identity
+/// its cached KV blocks are kept under (never shared with the bare model or another adapter).
+#[derive(Debug)]
+pub struct ServedAdapter {
+    pub weights: LoraAdapter,
+    /// The adapter version's manifest digest (`sha256:…`).
+    pub identity: String,
+}
+
 /// One generation request, already tokenized and validated by the caller.
 #[derive(Clone, Debug)]
 pub struct GenerateRequest {
     pub prompt: Vec<u32>,
+    /// The adapter the request runs with; `None`: the bare model.
+    pub adapter: Option<Arc<ServedAdapter>>,
     /// Most tokens to generate.
     pub max_tokens: usize,
     pub sampling: SamplingParams,
@@ -120,6 +132,10 @@ struct Shared {
     max_waiting: usize,
     context_length: usize,
     capacity_tokens: usize,
+    /// What adapters are read against: the model's sizes, its MLP width and its device.
+    config: Config,
+    intermediate: usize,
+    device: candle_core::Device,
 }
 
 /// The handle to a version's engine thread; cheap to clone.
@@ -145,6 +161,11 @@ impl Engine {
             max_waiting: settings.max_waiting,
             context_length: model.config().context_length,
             capacity_tokens: cache.capacity_tokens(),
+            config: model.config().clone(),
+            intermediate: model
+                .intermediate_size()
+                .map_err(|e| Error::Shutdown(format!("reading the model's sizes: {e}")))?,
+            device: model.device().clone(),
         });
         let (submissions, inbox) = mpsc::channel();
         let (drained_tx, drained) = oneshot::channel();
@@ -179,6 +200,15 @@ impl Engine {
         self.shared.capacity_tokens
     }
 
+    /// Reads the PEFT adapter in a version's `files` against this engine's model.
+    pub fn read_adapter(
+        &self,
+        files: &std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> lantern_runtime::Result<LoraAdapter> {
+        let Shared { config, intermediate, device, .. } = &*self.shared;
+        LoraAdapter::from_files(files, config, *intermediate, device)
+    }
+
     /// Queues a request (sampling parameters already validated); its events arrive on the
     /// returned stream. Refuses an empty prompt, a request that cannot fit the context or the KV
     /// cache, and a full queue.
@@ -201,6 +231,12 @@ impl Engine {
         })?;
         Ok(stream)
     }
+}
+
+/// The identity of the weights a sequence runs with beyond the model's own (its adapter's), which
+/// its KV blocks are named under.
+fn weights(adapter: &Option<Arc<ServedAdapter>>) -> &[u8] {
+    adapter.as_ref().map_or(&[], |adapter| adapter.identity.as_bytes())
 }
 
 /// Refuses what could never run: an empty prompt, more tokens than the context or than the whole
@@ -247,6 +283,7 @@ struct Sequence {
     table: BlockTable,
     /// The digests of the full blocks of `tokens`.
     digests: Vec<BlockDigest>,
+    adapter: Option<Arc<ServedAdapter>>,
     /// Prompt tokens attached from the prefix cache when it was last admitted.
     cached_prompt: usize,
     sampler: Sampler,
@@ -267,6 +304,7 @@ impl Sequence {
             max_tokens: request.max_tokens,
             table: BlockTable::default(),
             digests: Vec::new(),
+            adapter: request.adapter,
             cached_prompt: 0,
             stop: StopMatcher::new(request.stop),
             text: TextStream::default(),
@@ -292,7 +330,7 @@ impl Sequence {
     /// The leading full blocks that may come from the prefix cache, named in `digests`: the last
     /// token always runs through the model, since its logits are needed.
     fn reusable_blocks(&mut self, block_size: usize) -> usize {
-        kv_cache::block_digests(&mut self.digests, &self.tokens, block_size);
+        kv_cache::block_digests(&mut self.digests, weights(&self.adapter), &self.tokens, block_size);
         (self.tokens.len() - 1) / block_size
     }
 
@@ -426,7 +464,7 @@ impl Loop {
                 tokens: &sequence.tokens[start..start + chunk],
                 table: &mut sequence.table,
                 logits,
-                adapter: None,
+                adapter: sequence.adapter.as_ref().map(|adapter| &adapter.weights),
             });
         }
         if steps.is_empty() {
@@ -462,7 +500,8 @@ impl Loop {
         let now = Instant::now();
         let sequence = &mut self.running[index];
         sequence.tokens.push(token);
-        kv_cache::block_digests(&mut sequence.digests, &sequence.tokens, self.cache.block_size());
+        let block_size = self.cache.block_size();
+        kv_cache::block_digests(&mut sequence.digests, weights(&sequence.adapter), &sequence.tokens, block_size);
         self.metrics.generated_tokens.inc();
         match sequence.last_token {
             Some(last) => self.metrics.inter_token_latency.observe((now - last).as_secs_f64()),
@@ -540,7 +579,13 @@ mod tests {
     use super::*;
 
     fn request(prompt: usize, max_tokens: usize) -> GenerateRequest {
-        GenerateRequest { prompt: vec![7; prompt], max_tokens, sampling: SamplingParams::greedy(), stop: Vec::new() }
+        GenerateRequest {
+            prompt: vec![7; prompt],
+            adapter: None,
+            max_tokens,
+            sampling: SamplingParams::greedy(),
+            stop: Vec::new(),
+        }
     }
 
     #[test]

@@ -183,7 +183,8 @@ pub(crate) async fn submit(language_model: LanguageModel, prompt: Prompt, option
     let room = engine.context_length().min(engine.capacity_tokens()).saturating_sub(tokens.len()).max(1);
     let max_tokens = options.max_tokens.map_or(room, |n| usize::try_from(n).unwrap_or(usize::MAX));
     let prompt_tokens = tokens.len();
-    let request = GenerateRequest { prompt: tokens, max_tokens, sampling, stop: options.stop };
+    let adapter = language_model.adapter.clone();
+    let request = GenerateRequest { prompt: tokens, adapter, max_tokens, sampling, stop: options.stop };
     let events = engine.submit(request)?;
     Ok(Started { version: language_model.version, prompt_tokens, events: Events::new(events) })
 }

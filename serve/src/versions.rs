@@ -21,7 +21,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use super::batcher::{BatchSettings, Batcher};
 use super::config::{ServingConfig, VersionPolicy};
 use super::embedder::Embedder;
-use super::engine::{Engine, EngineSettings};
+use super::engine::{Engine, EngineSettings, ServedAdapter};
 use super::metrics::{Metrics, Outcome};
 use super::routing::{self, Target, VersionView};
 use super::signature;
@@ -29,7 +29,7 @@ use super::{policy, request_stats};
 use crate::error::{Error, Result};
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::model::{self, LoadedModel, VersionId};
-use lantern_runtime::repository::{Manifest, Repository};
+use lantern_runtime::repository::{Format, Manifest, Repository, VerifiedVersion};
 
 /// How the manager behaves; filled from the `serve` flags.
 #[derive(Clone, Debug)]
@@ -137,6 +137,9 @@ pub(crate) struct LoadedVersion {
     pub(crate) version: u64,
     pub(crate) manifest: Manifest,
     pub(crate) runtime: Runtime,
+    /// For a version with no thread of its own (an adapter on its base's engine): dropped with
+    /// the version's last reference, which tells the drain its requests are done.
+    _released: Option<oneshot::Sender<()>>,
 }
 
 /// What runs a version's requests, by task.
@@ -147,12 +150,14 @@ pub(crate) enum Runtime {
     Embed(Embedder),
 }
 
-/// A routed language-model version: its engine and its text interface.
+/// A routed language-model version: its engine and its text interface, and for an adapter
+/// version, the adapter its requests run with on its base's engine.
 #[derive(Clone, Debug)]
 pub struct LanguageModel {
     pub version: u64,
     pub engine: Engine,
     pub codec: Arc<TextCodec>,
+    pub adapter: Option<Arc<ServedAdapter>>,
 }
 
 #[derive(Debug)]
@@ -739,6 +744,9 @@ impl Inner {
         let fail =
             |reason: String| Error::from(lantern_runtime::Error::Load { model: model.to_owned(), version, reason });
         let manifest = verified.manifest.clone();
+        if manifest.format == Format::Lora {
+            return self.load_adapter(model, version, verified);
+        }
         let loaded = model::load(model, version, &verified, &self.settings.device)?;
         drop(verified);
         let id = VersionId { model: model.to_owned(), version };
@@ -759,10 +767,44 @@ impl Inner {
             LoadedModel::Generate { model: llama, codec } => {
                 let metrics = self.metrics.generation(model, version);
                 let (engine, drained) = Engine::spawn(id, *llama, codec.clone(), self.settings.engine, metrics)?;
-                (Runtime::Generate(LanguageModel { version, engine, codec }), drained)
+                (Runtime::Generate(LanguageModel { version, engine, codec, adapter: None }), drained)
             }
         };
-        Ok((LoadedVersion { version, manifest, runtime }, drained))
+        Ok((LoadedVersion { version, manifest, runtime, _released: None }, drained))
+    }
+
+    /// An adapter version runs on the engine of the base it names, which must be loaded here
+    /// with the manifest digest the adapter was trained on. The engine stays while the adapter
+    /// holds it, even if its base version is unloaded.
+    fn load_adapter(
+        &self,
+        model: &str,
+        version: u64,
+        verified: VerifiedVersion,
+    ) -> Result<(LoadedVersion, oneshot::Receiver<()>)> {
+        let fail =
+            |reason: String| Error::from(lantern_runtime::Error::Load { model: model.to_owned(), version, reason });
+        let base = verified.manifest.base.clone().ok_or_else(|| fail("the adapter names no base".into()))?;
+        let loaded = self.read().get(&base.model).and_then(|m| m.versions.get(&base.version)?.loaded.clone());
+        let base_model = match loaded.as_deref().map(|loaded| &loaded.runtime) {
+            Some(Runtime::Generate(language_model)) => language_model.clone(),
+            Some(_) => {
+                return Err(fail(format!("its base {} version {} is not a language model", base.model, base.version)));
+            }
+            None => return Err(fail(format!("its base {} version {} is not loaded", base.model, base.version))),
+        };
+        let digest = self.repo.manifest_digest(&base.model, base.version)?;
+        if digest != base.manifest_digest {
+            return Err(fail(format!(
+                "its base {} version {} has manifest digest {digest}; the adapter was trained on {}",
+                base.model, base.version, base.manifest_digest
+            )));
+        }
+        let weights = base_model.engine.read_adapter(&verified.files)?;
+        let adapter = Some(Arc::new(ServedAdapter { weights, identity: verified.digest }));
+        let runtime = Runtime::Generate(LanguageModel { version, adapter, ..base_model });
+        let (released, drained) = oneshot::channel();
+        Ok((LoadedVersion { version, manifest: verified.manifest, runtime, _released: Some(released) }, drained))
     }
 }
 

@@ -36,16 +36,20 @@ impl KvShape {
     }
 }
 
-/// The name of a full block's contents: a SHA-256 over every token from the start of the sequence
-/// to the end of the block, so equal digests mean equal keys and values.
+/// The name of a full block's contents: a SHA-256 over what computed it (the `weights` the
+/// sequence runs with beyond the model's own: a LoRA adapter's identity, or nothing) and every
+/// token from the start of the sequence to the end of the block, so equal digests mean equal keys
+/// and values.
 pub type BlockDigest = [u8; 32];
 
-/// Appends the digests of the full blocks of `tokens` that `digests` does not name yet.
-pub fn block_digests(digests: &mut Vec<BlockDigest>, tokens: &[u32], block_size: usize) {
+/// Appends the digests of the full blocks of `tokens` that `digests` does not name yet, for a
+/// sequence run with `weights` (empty for the bare model).
+pub fn block_digests(digests: &mut Vec<BlockDigest>, weights: &[u8], tokens: &[u32], block_size: usize) {
     for block in digests.len()..tokens.len() / block_size {
         let mut hasher = Sha256::new();
-        if let Some(parent) = digests.last() {
-            hasher.update(parent);
+        match digests.last() {
+            Some(parent) => hasher.update(parent),
+            None => hasher.update(weights),
         }
         for token in &tokens[block * block_size..(block + 1) * block_size] {
             hasher.update(token.to_le_bytes());
@@ -383,7 +387,7 @@ mod tests {
         let mut cache = KvCache::with_budget(SHAPE, 2, 32 * 4);
         let tokens = [1, 2, 3, 4, 5];
         let mut digests = Vec::new();
-        block_digests(&mut digests, &tokens, 2);
+        block_digests(&mut digests, &[], &tokens, 2);
         assert_eq!(digests.len(), 2, "only full blocks are named");
         let mut a = BlockTable::default();
         assert!(cache.reserve(&mut a, 5));
@@ -413,12 +417,15 @@ mod tests {
     #[test]
     fn digests_name_the_whole_prefix_not_just_the_block() {
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        block_digests(&mut a, &[1, 2, 3, 4], 2);
-        block_digests(&mut b, &[9, 9, 3, 4], 2);
+        block_digests(&mut a, &[], &[1, 2, 3, 4], 2);
+        block_digests(&mut b, &[], &[9, 9, 3, 4], 2);
         assert_ne!(a[1], b[1], "same block tokens after a different prefix");
         let mut grown = a[..1].to_vec();
-        block_digests(&mut grown, &[1, 2, 3, 4, 5], 2);
+        block_digests(&mut grown, &[], &[1, 2, 3, 4, 5], 2);
         assert_eq!(grown, a, "extending computes only the new blocks");
+        let mut adapted = Vec::new();
+        block_digests(&mut adapted, &[7; 32], &[1, 2, 3, 4], 2);
+        assert!(adapted.iter().zip(&a).all(|(x, y)| x != y), "other weights, other keys and values");
     }
 
     #[test]

@@ -247,6 +247,11 @@ impl Llama {
         &self.config
     }
 
+    /// Where the model's weights are.
+    pub fn device(&self) -> &Device {
+        self.embeddings.device()
+    }
+
     /// The width of the MLP's inner layer.
     pub fn intermediate_size(&self) -> candle_core::Result<usize> {
         match self.layers.first() {
@@ -255,10 +260,11 @@ impl Llama {
         }
     }
 
-    /// Reads the LoRA adapter in `dir` against this model (shapes, targets, layers checked).
-    pub fn read_adapter(&self, dir: &std::path::Path) -> Result<LoraAdapter> {
+    /// Reads the LoRA adapter in a version's `files` against this model (shapes, targets,
+    /// layers checked).
+    pub fn read_adapter(&self, files: &std::collections::BTreeMap<String, Vec<u8>>) -> Result<LoraAdapter> {
         let intermediate = self.intermediate_size().map_err(|e| Error::ModelFile(e.to_string()))?;
-        LoraAdapter::read(dir, &self.config, intermediate, self.embeddings.device())
+        LoraAdapter::from_files(files, &self.config, intermediate, self.device())
     }
 
     /// The shape of this model's KV cache entries.

@@ -16,7 +16,6 @@
 //! reordered here the same way [`super::llama::Llama::from_hf`] reorders the base.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -193,17 +192,21 @@ pub fn projection_shape(config: &Config, intermediate: usize, projection: Projec
 }
 
 impl LoraAdapter {
-    /// Reads the adapter in `dir` for a base of `config` whose MLP is `intermediate` wide.
-    pub fn read(dir: &Path, config: &Config, intermediate: usize, device: &Device) -> Result<Self> {
+    /// Reads the adapter from its version's `files` (by name: [`ADAPTER_CONFIG_FILE`],
+    /// [`ADAPTER_WEIGHTS_FILE`]) for a base of `config` whose MLP is `intermediate` wide.
+    pub fn from_files(
+        files: &BTreeMap<String, Vec<u8>>,
+        config: &Config,
+        intermediate: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let fail = |reason: String| Error::ModelFile(format!("LoRA adapter: {reason}"));
-        let path = dir.join(ADAPTER_CONFIG_FILE);
-        let text = std::fs::read(&path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
-        let adapter: AdapterConfig =
-            serde_json::from_slice(&text).map_err(|e| fail(format!("{ADAPTER_CONFIG_FILE}: {e}")))?;
+        let file = |name: &str| files.get(name).ok_or_else(|| fail(format!("{name} is missing")));
+        let adapter: AdapterConfig = serde_json::from_slice(file(ADAPTER_CONFIG_FILE)?)
+            .map_err(|e| fail(format!("{ADAPTER_CONFIG_FILE}: {e}")))?;
         let targets = adapter.check().map_err(|reason| fail(format!("{ADAPTER_CONFIG_FILE}: {reason}")))?;
-        let path = dir.join(ADAPTER_WEIGHTS_FILE);
-        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu)
-            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        let mut tensors = candle_core::safetensors::load_buffer(file(ADAPTER_WEIGHTS_FILE)?, &Device::Cpu)
+            .map_err(|e| fail(format!("{ADAPTER_WEIGHTS_FILE}: {e}")))?;
         let (rank, scale) = (adapter.r, adapter.scale());
         let mut layers = Vec::with_capacity(config.layers);
         let mut bytes = 0;

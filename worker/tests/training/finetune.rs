@@ -15,6 +15,7 @@ use lantern_runtime::model::LoadedModel;
 use lantern_runtime::model::llama::{Llama, SequenceStep};
 use lantern_runtime::model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LoraAdapter};
 use lantern_runtime::repository::{self, Format, MANIFEST_FILE, Manifest, PublishRequest, Repository};
+use lantern_serve::config::VersionPolicy;
 use lantern_serve::server::{self, ServerOptions};
 use lantern_serve::versions::ServeSettings;
 use lantern_train::config::{LlamaSpec, Precision};
@@ -312,8 +313,10 @@ fn adapters_on_their_base_give_the_merged_logits_alone_and_mixed_in_one_step() {
     trainer::train(&config_of(&job), &AtomicBool::new(false)).unwrap();
     let models = dir.path().join("models");
     let base = llama(&models, "base", 1);
-    let adapters: Vec<LoraAdapter> =
-        [1, 2].iter().map(|&v| base.read_adapter(&version_dir(dir.path(), v)).unwrap()).collect();
+    let adapters: Vec<LoraAdapter> = [1, 2]
+        .iter()
+        .map(|&v| base.read_adapter(&Repository::new(&models).read_verified(TUNED, v).unwrap().files).unwrap())
+        .collect();
     assert_eq!((adapters[0].rank(), adapters[0].targets().len()), (4, 3));
     let merged: Vec<Llama> = [1, 2].iter().map(|&v| llama(&models, TUNED, v)).collect();
 
@@ -388,7 +391,79 @@ fn an_adapter_that_does_not_fit_its_base_is_refused_with_the_reason() {
         (unlisted, "down_proj.lora_A.weight has no place in the base"),
     ];
     for (dir, expected) in cases {
-        let error = base.read_adapter(&dir).unwrap_err().to_string();
+        let files =
+            [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE].map(|f| (f.to_owned(), std::fs::read(dir.join(f)).unwrap()));
+        let error = base.read_adapter(&files.into_iter().collect()).unwrap_err().to_string();
         assert!(error.contains(expected), "{expected:?} not in {error}");
     }
+}
+
+/// What `serve` answers `prompt` with from `model` (greedy, 6 tokens).
+async fn complete(address: std::net::SocketAddr, model: &str, prompt: &str) -> (u16, Value) {
+    let body = json!({"model": model, "prompt": prompt, "max_tokens": 6, "temperature": 0});
+    let response =
+        reqwest::Client::new().post(format!("http://{address}/v1/completions")).json(&body).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_answers_from_adapter_versions_on_their_shared_base_as_the_merged_model_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = tiny_lora_job(dir.path(), 8, 4);
+    // Fast enough that eight steps change greedy answers.
+    job["optimizer"] = json!({"learning_rate": 0.05, "min_learning_rate": 0.05, "weight_decay": 0.0});
+    let config = config_of(&job);
+    tokio::task::spawn_blocking(move || trainer::train(&config, &AtomicBool::new(false)).unwrap()).await.unwrap();
+    let models = dir.path().join("models");
+    assert_eq!(manifest(dir.path(), 2).format, Format::Lora);
+
+    // What each should answer: the runtime's greedy decoding with the adapter on the base.
+    let verified = Repository::new(&models).read_verified("base", 1).unwrap();
+    let LoadedModel::Generate { model: base, codec } =
+        lantern_runtime::model::load("base", 1, &verified, &candle_core::Device::Cpu).unwrap()
+    else {
+        panic!("the base is a language model")
+    };
+    let prompts = ["key 3:", "key 41:", "key 12:"];
+    let expected = |adapter: Option<u64>, prompt: &str| {
+        let files = adapter.map(|v| Repository::new(&models).read_verified(TUNED, v).unwrap().files);
+        let adapter = files.map(|files| base.read_adapter(&files).unwrap());
+        let prompt = greedy::Prompt { tokens: codec.encode(prompt).unwrap(), max_tokens: 6, adapter: adapter.as_ref() };
+        let tokens = greedy::generate(&base, &[prompt], codec.tokenizer().eos()).unwrap();
+        codec.tokenizer().decode(&tokens[0], true).unwrap()
+    };
+
+    let settings = ServeSettings {
+        poll_interval: Duration::from_millis(50),
+        retry_base: Duration::from_millis(50),
+        policy: VersionPolicy::All,
+        ..ServeSettings::default()
+    };
+    let options = ServerOptions { listen: "127.0.0.1:0".parse().unwrap(), ..ServerOptions::default() };
+    let server = server::start(Repository::new(&models), settings, options).await.unwrap();
+    let address = server.local_addr();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for version in [1, 2] {
+        while complete(address, &format!("{TUNED}:{version}"), "key 1:").await.0 != 200 {
+            assert!(Instant::now() < deadline, "adapter version {version} never became available");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The two adapter versions and the bare base, all at once: one engine, mixed steps.
+    let targets = [(format!("{TUNED}:1"), Some(1)), (format!("{TUNED}:2"), Some(2)), ("base".to_owned(), None)];
+    let mut calls = Vec::new();
+    for (model, version) in &targets {
+        for prompt in prompts {
+            calls.push(async move { (complete(address, model, prompt).await, *version, prompt) });
+        }
+    }
+    let mut differs = false;
+    for ((status, answer), version, prompt) in futures::future::join_all(calls).await {
+        assert_eq!(status, 200, "{answer}");
+        let text = answer["choices"][0]["text"].as_str().unwrap().to_owned();
+        assert_eq!(text, expected(version, prompt), "{TUNED} version {version:?} on {prompt:?}");
+        differs |= version.is_some() && text != expected(None, prompt);
+    }
+    assert!(differs, "the adapters change some answer");
+    server.shutdown().await.unwrap();
 }
