@@ -31,7 +31,7 @@ use super::generation::{self, Completion, Options, Prompt, Started};
 use super::limits;
 use super::routing::Target;
 use super::status;
-use super::versions::ModelManager;
+use super::versions::{ListedModel, ModelManager};
 use crate::error::Error;
 use lantern_runtime::llm::chat::Message;
 
@@ -136,13 +136,14 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = std::result::Result<T, ApiError>;
 
-fn model_object(model: String, version: u64) -> Value {
-    json!({"id": model, "object": "model", "created": 0, "owned_by": "lantern", "version": version})
+/// A model as `/v1/models` lists it; an adapter names its base as `parent`, as vLLM does.
+fn model_object(listed: ListedModel) -> Value {
+    let ListedModel { model, version, parent } = listed;
+    json!({"id": model, "object": "model", "created": 0, "owned_by": "lantern", "version": version, "parent": parent})
 }
 
 async fn list_models(State(manager): State<ModelManager>) -> Json<Value> {
-    let data: Vec<Value> =
-        manager.language_models().into_iter().map(|(model, version)| model_object(model, version)).collect();
+    let data: Vec<Value> = manager.language_models().into_iter().map(model_object).collect();
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -150,8 +151,8 @@ async fn retrieve_model(State(manager): State<ModelManager>, Path(id): Path<Stri
     manager
         .language_models()
         .into_iter()
-        .find(|(model, _)| *model == id)
-        .map(|(model, version)| Json(model_object(model, version)))
+        .find(|listed| listed.model == id)
+        .map(|listed| Json(model_object(listed)))
         .ok_or_else(|| Error::ModelNotFound { model: id }.into())
 }
 

@@ -112,6 +112,15 @@ pub struct ModelStatus {
     pub on_disk: Vec<u64>,
 }
 
+/// A model the OpenAI API lists: its newest available version and, for an adapter, the base
+/// model it runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedModel {
+    pub model: String,
+    pub version: u64,
+    pub parent: Option<String>,
+}
+
 /// One row of the repository index (Triton's repository extension).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -641,16 +650,22 @@ impl ModelManager {
         }
     }
 
-    /// Models whose newest available version generates or embeds text, with that version.
-    pub fn language_models(&self) -> Vec<(String, u64)> {
+    /// Models whose newest available version generates or embeds text, with that version (and
+    /// an adapter's base).
+    pub fn language_models(&self) -> Vec<ListedModel> {
         let models = self.inner.read();
         models
             .iter()
             .filter(|(_, state)| state.enabled)
             .filter_map(|(name, state)| {
                 let version = state.newest_available()?;
-                let runtime = &state.loaded(version).runtime;
-                matches!(runtime, Runtime::Generate(_) | Runtime::Embed(_)).then(|| (name.clone(), version))
+                let loaded = state.loaded(version);
+                let parent = loaded.manifest.base.as_ref().map(|base| base.model.clone());
+                matches!(loaded.runtime, Runtime::Generate(_) | Runtime::Embed(_)).then(|| ListedModel {
+                    model: name.clone(),
+                    version,
+                    parent,
+                })
             })
             .collect()
     }

@@ -465,5 +465,40 @@ async fn serve_answers_from_adapter_versions_on_their_shared_base_as_the_merged_
         differs |= version.is_some() && text != expected(None, prompt);
     }
     assert!(differs, "the adapters change some answer");
+    let listed: Value = reqwest::get(format!("http://{address}/v1/models")).await.unwrap().json().await.unwrap();
+    let parent =
+        |id: &str| listed["data"].as_array().unwrap().iter().find(|m| m["id"] == id).unwrap()["parent"].clone();
+    assert_eq!((parent(TUNED), parent("base")), (json!("base"), Value::Null), "{listed}");
+
+    // An adapter trained on another base digest fails with the reason; the others keep serving.
+    let source = dir.path().join("other-base");
+    std::fs::create_dir_all(&source).unwrap();
+    for file in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, MANIFEST_FILE] {
+        std::fs::copy(version_dir(dir.path(), 2).join(file), source.join(file)).unwrap();
+    }
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(source.join(MANIFEST_FILE)).unwrap()).unwrap();
+    manifest["base"]["manifest_digest"] = format!("sha256:{}", "0".repeat(64)).into();
+    std::fs::write(source.join(MANIFEST_FILE), manifest.to_string()).unwrap();
+    let request = PublishRequest { root: &models, model: TUNED, source: &source, version: Some(3), metrics: &[] };
+    repository::publish(&request).unwrap();
+    let reason = loop {
+        let index: Value = reqwest::Client::new()
+            .post(format!("http://{address}/v2/repository/index"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let entry = index.as_array().unwrap().iter().find(|e| e["name"] == TUNED && e["version"] == "3").cloned();
+        if let Some(entry) = entry.filter(|e| e["state"] == "UNAVAILABLE") {
+            break entry["reason"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "version 3 never failed: {index}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reason.contains("the adapter was trained on sha256:0000"), "{reason}");
+    assert_eq!(complete(address, &format!("{TUNED}:3"), "key 1:").await.0, 503);
+    assert_eq!(complete(address, &format!("{TUNED}:1"), "key 1:").await.0, 200);
     server.shutdown().await.unwrap();
 }
