@@ -111,6 +111,11 @@ fn status_to_proto(status: versions::ModelStatus) -> pb::ModelStatus {
                 latency_counts: v.requests.latency_counts,
             }),
             size_bytes: v.size_bytes,
+            base: v.base.map(|base| pb::AdapterBase {
+                model: base.model,
+                version: base.version,
+                manifest_digest: base.manifest_digest,
+            }),
         })
         .collect();
     pb::ModelStatus { model: status.model, versions, on_disk: status.on_disk, unloaded: !status.enabled }

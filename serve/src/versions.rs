@@ -29,7 +29,7 @@ use super::{policy, request_stats};
 use crate::error::{Error, Result};
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::model::{self, LoadedModel, VersionId};
-use lantern_runtime::repository::{Format, Manifest, Repository, VerifiedVersion};
+use lantern_runtime::repository::{BaseVersion, Format, Manifest, Repository, VerifiedVersion};
 
 /// How the manager behaves; filled from the `serve` flags.
 #[derive(Clone, Debug)]
@@ -99,6 +99,8 @@ pub struct VersionStatus {
     pub requests: request_stats::Snapshot,
     /// The size of its files, once it is loaded.
     pub size_bytes: u64,
+    /// For an adapter version, once it is loaded: the base it runs on.
+    pub base: Option<BaseVersion>,
 }
 
 /// What the manager reports about one model.
@@ -502,6 +504,7 @@ impl ModelManager {
                     metrics: entry.loaded.as_ref().map(|l| l.manifest.metrics.clone()).unwrap_or_default(),
                     requests: self.inner.metrics.request_stats().snapshot(name, version),
                     size_bytes: entry.loaded.as_ref().map_or(0, |l| l.manifest.files.iter().map(|f| f.size).sum()),
+                    base: entry.loaded.as_ref().and_then(|l| l.manifest.base.clone()),
                 })
                 .collect();
             ModelStatus {

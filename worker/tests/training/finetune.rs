@@ -9,6 +9,8 @@ use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use lantern_proto::lantern::v1::GetModelStatusRequest;
+use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 use lantern_runtime::llm::greedy;
 use lantern_runtime::llm::kv_cache::{BlockTable, KvCache};
 use lantern_runtime::model::LoadedModel;
@@ -469,6 +471,14 @@ async fn serve_answers_from_adapter_versions_on_their_shared_base_as_the_merged_
     let parent =
         |id: &str| listed["data"].as_array().unwrap().iter().find(|m| m["id"] == id).unwrap()["parent"].clone();
     assert_eq!((parent(TUNED), parent("base")), (json!("base"), Value::Null), "{listed}");
+    let mut status = ModelServiceClient::connect(format!("http://{address}")).await.unwrap();
+    let request = GetModelStatusRequest { model: TUNED.into() };
+    let tuned = status.get_model_status(request).await.unwrap().into_inner().models.remove(0);
+    let base_digest = Repository::new(&models).manifest_digest("base", 1).unwrap();
+    for version in &tuned.versions {
+        let base = version.base.as_ref().expect("an adapter version reports its base");
+        assert_eq!((base.model.as_str(), base.version, &base.manifest_digest), ("base", 1, &base_digest));
+    }
 
     // An adapter trained on another base digest fails with the reason; the others keep serving.
     let source = dir.path().join("other-base");
