@@ -271,6 +271,12 @@ impl VersionView for ModelState {
     }
 }
 
+/// The base an adapter version runs on; `None` for any other version (a merged fine-tune names
+/// its base too, but runs on its own).
+fn adapter_base(manifest: &Manifest) -> Option<&BaseVersion> {
+    manifest.base.as_ref().filter(|_| manifest.format == Format::Lora)
+}
+
 /// Shared handle to the version manager.
 #[derive(Clone)]
 pub struct ModelManager {
@@ -504,7 +510,7 @@ impl ModelManager {
                     metrics: entry.loaded.as_ref().map(|l| l.manifest.metrics.clone()).unwrap_or_default(),
                     requests: self.inner.metrics.request_stats().snapshot(name, version),
                     size_bytes: entry.loaded.as_ref().map_or(0, |l| l.manifest.files.iter().map(|f| f.size).sum()),
-                    base: entry.loaded.as_ref().and_then(|l| l.manifest.base.clone()),
+                    base: entry.loaded.as_ref().and_then(|l| adapter_base(&l.manifest).cloned()),
                 })
                 .collect();
             ModelStatus {
@@ -663,7 +669,7 @@ impl ModelManager {
             .filter_map(|(name, state)| {
                 let version = state.newest_available()?;
                 let loaded = state.loaded(version);
-                let parent = loaded.manifest.base.as_ref().map(|base| base.model.clone());
+                let parent = adapter_base(&loaded.manifest).map(|base| base.model.clone());
                 matches!(loaded.runtime, Runtime::Generate(_) | Runtime::Embed(_)).then(|| ListedModel {
                     model: name.clone(),
                     version,

@@ -21,7 +21,7 @@ use lantern_runtime::compute_threads;
 
 use super::{start, wait_available};
 
-const MODEL: &str = "llm";
+pub const MODEL: &str = "llm";
 const PROMPT_TOKENS: usize = 256;
 const SHORT_PROMPT_TOKENS: usize = 16;
 const NEW_TOKENS: u32 = 128;
@@ -49,21 +49,21 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
         gguf.display(),
         compute_threads::default_threads()
     );
-    generate(client.clone(), prompts.short(0), 4).await?;
+    generate(client.clone(), MODEL.into(), prompts.short(0), 4).await?;
 
     // Three different prompts: a repeated one would come from the prefix cache.
     let mut prefill = Vec::new();
     let mut prompt_tokens = 0;
     for index in 0..3 {
-        let run = generate(client.clone(), prompts.long(index), 1).await?;
+        let run = generate(client.clone(), MODEL.into(), prompts.long(index), 1).await?;
         anyhow::ensure!(run.cached_tokens == 0, "a prefill prompt was cached");
         prompt_tokens = run.prompt_tokens;
         prefill.push(run.prompt_tokens as f64 / run.first_token.as_secs_f64());
     }
     prefill.sort_by(f64::total_cmp);
     println!("  prefill, {prompt_tokens}-token prompt: {:.1} tokens/s (median of 3)", prefill[1]);
-    let cold = generate(client.clone(), prompts.long(3), 1).await?;
-    let cached = generate(client.clone(), prompts.long(3), 1).await?;
+    let cold = generate(client.clone(), MODEL.into(), prompts.long(3), 1).await?;
+    let cached = generate(client.clone(), MODEL.into(), prompts.long(3), 1).await?;
     println!(
         "  the same {prompt_tokens}-token prompt again: TTFT {:.0} ms instead of {:.0} ms ({} tokens from the prefix cache)",
         cached.first_token.as_secs_f64() * 1e3,
@@ -71,14 +71,15 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
         cached.cached_tokens
     );
 
-    let run = generate(client.clone(), prompts.short(0), NEW_TOKENS).await?;
+    let run = generate(client.clone(), MODEL.into(), prompts.short(0), NEW_TOKENS).await?;
     let single = (run.tokens - 1) as f64 / (run.total - run.first_token).as_secs_f64();
     println!("  decode, 1 stream: {single:.1} tokens/s ({} tokens)", run.tokens);
 
     for streams in [4usize, 8, 16] {
         let started = Instant::now();
-        let tasks: Vec<_> =
-            (0..streams).map(|i| tokio::spawn(generate(client.clone(), prompts.short(i), NEW_TOKENS))).collect();
+        let tasks: Vec<_> = (0..streams)
+            .map(|i| tokio::spawn(generate(client.clone(), MODEL.into(), prompts.short(i), NEW_TOKENS)))
+            .collect();
         let mut runs = Vec::with_capacity(streams);
         for task in tasks {
             runs.push(task.await??);
@@ -144,13 +145,13 @@ pub async fn embedding_figures(checkpoint: &Path) -> anyhow::Result<()> {
 }
 
 /// The benchmark's prompts, cut to exact token counts with the model's own tokenizer.
-struct Prompts {
+pub struct Prompts {
     codec: TextCodec,
     ids: Vec<u32>,
 }
 
 impl Prompts {
-    fn new(gguf: &Path) -> anyhow::Result<Self> {
+    pub fn new(gguf: &Path) -> anyhow::Result<Self> {
         let mut file = std::fs::File::open(gguf)?;
         let codec = TextCodec::from_gguf(&gguf_file::Content::read(&mut file)?.metadata)?;
         let text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. ".repeat(40);
@@ -167,28 +168,30 @@ impl Prompts {
     }
 
     /// A short prompt, different for each `index`.
-    fn short(&self, index: usize) -> String {
+    pub fn short(&self, index: usize) -> String {
         let start = index * SHORT_PROMPT_TOKENS + index % 7;
         self.codec.tokenizer().decode(&self.ids[start..start + SHORT_PROMPT_TOKENS], false).unwrap_or_default()
     }
 }
 
 /// What one request measured.
-struct Run {
+pub struct Run {
     prompt_tokens: usize,
     cached_tokens: usize,
-    tokens: usize,
+    pub tokens: usize,
     first_token: Duration,
     total: Duration,
 }
 
-async fn generate(
+/// Streams a greedy generation of `max_tokens` from `model` and measures it.
+pub async fn generate(
     mut client: GenerationServiceClient<Channel>,
+    model: String,
     prompt: String,
     max_tokens: u32,
 ) -> anyhow::Result<Run> {
     let request = pb::GenerateRequest {
-        model_name: MODEL.into(),
+        model_name: model,
         input: Some(Input::Prompt(prompt)),
         max_tokens: Some(max_tokens),
         temperature: Some(0.0),

@@ -10,10 +10,13 @@
 //! 4. Sentence embeddings ([`llm`]): sentences/s at batch 32.
 //! 5. Training ([`train`]): tokens/s with 1 rank × 2 threads and 2 ranks × 1 thread, all-reduce
 //!    bandwidth, checkpoint times. Needs the release `lantern-worker` binary beside this one.
-//! 6. Fine-tuning ([`finetune`], only when asked for: `--sections finetune`, about 10 minutes):
+//! 6. LoRA adapters ([`adapters`], only when asked for: `--sections adapters`): decode with 8
+//!    streams over 1, 4 and 8 adapters beside the bare base, memory per adapter, publish to first
+//!    request.
+//! 7. Fine-tuning ([`finetune`], only when asked for: `--sections finetune`, about 10 minutes):
 //!    SmolLM2 with LoRA and in full, tokens/s and peak memory; writes the batches the PyTorch peer
 //!    trains on.
-//! 7. The soak ([`soak`], only when asked for: `--sections soak`, 2 × `--soak-seconds`): mixed
+//! 8. The soak ([`soak`], only when asked for: `--sections soak`, 2 × `--soak-seconds`): mixed
 //!    valid load with and without attackers, crashes, peak memory and latency side by side.
 
 use std::collections::HashMap;
@@ -39,6 +42,7 @@ use lantern_serve::{dispatch, oip};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+mod adapters;
 mod finetune;
 mod llm;
 mod soak;
@@ -90,6 +94,7 @@ enum Section {
     Embed,
     Train,
     Finetune,
+    Adapters,
     Soak,
 }
 
@@ -115,6 +120,9 @@ fn main() -> anyhow::Result<()> {
         }
         if args.sections.contains(&Section::Train) {
             tokio::task::block_in_place(train::figures)?;
+        }
+        if args.sections.contains(&Section::Adapters) {
+            adapters::figures(&args.gguf).await?;
         }
         if args.sections.contains(&Section::Finetune) {
             tokio::task::block_in_place(|| finetune::figures(&args.gguf))?;
