@@ -173,6 +173,11 @@ struct PublishArgs {
     /// Eval metric to record, `name=value` (repeatable).
     #[arg(long = "metric", value_parser = parse_metric)]
     metrics: Vec<(String, f64)>,
+    /// Publish `--source`, a PEFT adapter directory (`adapter_config.json`,
+    /// `adapter_model.safetensors`), as a LoRA adapter over this base version of the same
+    /// repository, `MODEL:VERSION`.
+    #[arg(long, value_parser = parse_base)]
+    base: Option<(String, u64)>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -215,6 +220,13 @@ struct ProgressArgs {
     token_file: Option<PathBuf>,
 }
 
+/// `MODEL:VERSION`.
+fn parse_base(text: &str) -> Result<(String, u64), String> {
+    let (model, version) = text.split_once(':').ok_or_else(|| format!("{text:?} is not MODEL:VERSION"))?;
+    let version = version.parse().map_err(|e| format!("version {version:?}: {e}"))?;
+    Ok((model.to_owned(), version))
+}
+
 fn parse_metric(text: &str) -> Result<(String, f64), String> {
     let (name, value) = text.split_once('=').ok_or_else(|| format!("expected name=value, got {text:?}"))?;
     let value: f64 = value.parse().map_err(|_| format!("metric {name:?}: {value:?} is not a number"))?;
@@ -240,7 +252,10 @@ fn main() -> anyhow::Result<()> {
                 version: publish.version,
                 metrics: &publish.metrics,
             };
-            let version = repository::publish(&request)?;
+            let version = match &publish.base {
+                Some((model, version)) => repository::publish_adapter(&request, model, *version)?,
+                None => repository::publish(&request)?,
+            };
             println!("published {} version {version} in {}", publish.model, publish.repository.display());
             Ok(())
         }

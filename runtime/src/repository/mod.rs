@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 pub use manifest::{
     Architecture, BaseVersion, FileEntry, Format, MANIFEST_FILE, Manifest, TEXT_INPUT, TEXT_OUTPUT, Task, TensorSpec,
 };
-pub use publish::{PublishRequest, publish};
+pub use publish::{PublishRequest, publish, publish_adapter};
 
 use crate::error::{Error, Result};
 

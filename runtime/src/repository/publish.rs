@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{CWD, RenameFlags};
 use sha2::{Digest, Sha256};
 
-use super::{FileEntry, MANIFEST_FILE, Manifest, validate_model_name};
+use super::{BaseVersion, FileEntry, MANIFEST_FILE, Manifest, Repository, validate_model_name};
 use crate::error::{Error, Result};
+use crate::model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterConfig};
 
 /// What to publish and where.
 #[derive(Clone, Debug)]
@@ -34,15 +35,47 @@ pub struct PublishRequest<'a> {
 /// Publishes `request.source` as a new version and returns its number. Fails without touching the
 /// repository's visible state if anything goes wrong, including when the version already exists.
 pub fn publish(request: &PublishRequest<'_>) -> Result<u64> {
+    let (source_dir, manifest, sources) = read_source(request.source)?;
+    publish_files(request, &source_dir, manifest, &sources)
+}
+
+/// Publishes the PEFT adapter in the directory `request.source` (`adapter_config.json`, checked,
+/// and `adapter_model.safetensors`) as an adapter version over `base_model`'s version
+/// `base_version`, which must be in the same repository: its manifest digest is recorded, and
+/// serving checks it.
+pub fn publish_adapter(request: &PublishRequest<'_>, base_model: &str, base_version: u64) -> Result<u64> {
+    let source = request.source;
+    let config_path = source.join(ADAPTER_CONFIG_FILE);
+    let config = std::fs::read(&config_path)
+        .map_err(|e| Error::invalid(format!("{} is not a PEFT adapter: {e}", config_path.display())))?;
+    let adapter: AdapterConfig =
+        serde_json::from_slice(&config).map_err(|e| Error::invalid(format!("{}: {e}", config_path.display())))?;
+    adapter.check().map_err(|reason| Error::invalid(format!("{}: {reason}", config_path.display())))?;
+    if !source.join(ADAPTER_WEIGHTS_FILE).is_file() {
+        return Err(Error::invalid(format!("{} has no {ADAPTER_WEIGHTS_FILE}", source.display())));
+    }
+    let manifest_digest = Repository::new(request.root)
+        .manifest_digest(base_model, base_version)
+        .map_err(|e| Error::invalid(format!("the base {base_model} version {base_version}: {e}")))?;
+    let base = BaseVersion { model: base_model.to_owned(), version: base_version, manifest_digest };
+    let files = [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE].map(PathBuf::from);
+    publish_files(request, source, Manifest::lora_adapter(base), &files)
+}
+
+fn publish_files(
+    request: &PublishRequest<'_>,
+    source_dir: &Path,
+    mut manifest: Manifest,
+    sources: &[PathBuf],
+) -> Result<u64> {
     validate_model_name(request.model)?;
-    let (source_dir, mut manifest, sources) = read_source(request.source)?;
     manifest.metrics.extend(request.metrics.iter().cloned());
 
     let model_dir = request.root.join(request.model);
     std::fs::create_dir_all(&model_dir).map_err(|e| Error::io(format!("creating {}", model_dir.display()), e))?;
     remove_dead_staging(&model_dir);
     let staging = model_dir.join(format!("{STAGING_PREFIX}{}-{}", std::process::id(), unique_suffix()));
-    let result = stage(&staging, &source_dir, &sources, manifest).and_then(|_lock| {
+    let result = stage(&staging, source_dir, sources, manifest).and_then(|_lock| {
         // The lock is held until the staging directory is renamed into place.
         commit(&staging, &model_dir, request.version)
     });
@@ -94,6 +127,12 @@ fn read_source(source: &Path) -> Result<(PathBuf, Manifest, Vec<PathBuf>)> {
         Ok(bytes) => Manifest::from_json(&bytes, &source_manifest)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.join(HF_CONFIG).is_file() => {
             infer_hf_manifest(&source.join(HF_CONFIG))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.join(ADAPTER_CONFIG_FILE).is_file() => {
+            return Err(Error::invalid(format!(
+                "{} is a PEFT adapter: publish it with the base it adapts (--base MODEL:VERSION)",
+                source.display()
+            )));
         }
         Err(e) => return Err(Error::io(format!("reading {}", source_manifest.display()), e)),
     };

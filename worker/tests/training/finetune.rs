@@ -451,8 +451,29 @@ async fn serve_answers_from_adapter_versions_on_their_shared_base_as_the_merged_
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // The two adapter versions and the bare base, all at once: one engine, mixed steps.
-    let targets = [(format!("{TUNED}:1"), Some(1)), (format!("{TUNED}:2"), Some(2)), ("base".to_owned(), None)];
+    // A PEFT adapter from elsewhere (its two files, no manifest) publishes with its base named.
+    let peft = dir.path().join("peft");
+    std::fs::create_dir_all(&peft).unwrap();
+    for file in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
+        std::fs::copy(version_dir(dir.path(), 1).join(file), peft.join(file)).unwrap();
+    }
+    let request = PublishRequest { root: &models, model: "peft", source: &peft, version: None, metrics: &[] };
+    let refused = repository::publish(&request).unwrap_err().to_string();
+    assert!(refused.contains("is a PEFT adapter: publish it with the base it adapts"), "{refused}");
+    let missing = repository::publish_adapter(&request, "nope", 1).unwrap_err().to_string();
+    assert!(missing.contains("the base nope version 1"), "{missing}");
+    assert_eq!(repository::publish_adapter(&request, "base", 1).unwrap(), 1);
+    while complete(address, "peft", "key 1:").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the PEFT adapter never became available");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The adapter versions and the bare base, all at once: one engine, mixed steps.
+    let targets = [
+        (format!("{TUNED}:1"), Some(1)),
+        (format!("{TUNED}:2"), Some(2)),
+        ("peft".to_owned(), Some(1)),
+        ("base".to_owned(), None),
+    ];
     let mut calls = Vec::new();
     for (model, version) in &targets {
         for prompt in prompts {
