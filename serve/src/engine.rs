@@ -53,12 +53,14 @@ impl Default for EngineSettings {
 }
 
 /// A LoRA adapter read against the engine's model ([`Engine::read_adapter`]), with the identity
-/// its cached KV blocks are kept under (never shared with the bare model or another adapter).
+/// its cached KV blocks are kept under (never shared with the bare model or another adapter) and
+/// the adapter version's own metrics, which its sequences record into.
 #[derive(Debug)]
 pub struct ServedAdapter {
     pub weights: LoraAdapter,
     /// The adapter version's manifest digest (`sha256:…`).
     pub identity: String,
+    pub metrics: GenerationMetrics,
 }
 
 /// One generation request, already tokenized and validated by the caller.
@@ -237,6 +239,12 @@ impl Engine {
 /// its KV blocks are named under.
 fn weights(adapter: &Option<Arc<ServedAdapter>>) -> &[u8] {
     adapter.as_ref().map_or(&[], |adapter| adapter.identity.as_bytes())
+}
+
+/// Where a sequence's own figures go: its adapter version's metrics, or the engine's (the
+/// engine-wide gauges — running, waiting, KV blocks — always carry the engine's labels).
+fn metrics<'a>(engine: &'a GenerationMetrics, adapter: &'a Option<Arc<ServedAdapter>>) -> &'a GenerationMetrics {
+    adapter.as_ref().map_or(engine, |adapter| &adapter.metrics)
 }
 
 /// Refuses what could never run: an empty prompt, more tokens than the context or than the whole
@@ -423,13 +431,15 @@ impl Loop {
             let mut sequence = self.waiting.pop_front().expect("the plan admits only queued sequences; this is a bug");
             self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
             if sequence.started.is_none() {
-                self.metrics.queue_duration.observe((now - sequence.enqueued).as_secs_f64());
+                metrics(&self.metrics, &sequence.adapter)
+                    .queue_duration
+                    .observe((now - sequence.enqueued).as_secs_f64());
                 sequence.started = Some(now);
             }
             let reusable = sequence.reusable_blocks(self.cache.block_size());
             let cached = self.cache.attach(&mut sequence.table, &sequence.digests[..reusable]);
             sequence.cached_prompt = cached.min(sequence.prompt_len);
-            self.metrics.prefix_cache_hits.inc_by(sequence.cached_prompt as u64);
+            metrics(&self.metrics, &sequence.adapter).prefix_cache_hits.inc_by(sequence.cached_prompt as u64);
             self.running.push(sequence);
             chunks.push(chunk);
         }
@@ -437,7 +447,7 @@ impl Loop {
             let mut sequence = self.running.remove(index);
             chunks.remove(index);
             self.cache.release(&mut sequence.table);
-            self.metrics.preemptions.inc();
+            metrics(&self.metrics, &sequence.adapter).preemptions.inc();
             self.shared.waiting.fetch_add(1, Ordering::AcqRel);
             self.waiting.push_front(sequence);
         }
@@ -449,14 +459,14 @@ impl Loop {
     fn run_step(&mut self, chunks: &[usize]) {
         let mut fed = Vec::new();
         let mut steps = Vec::new();
-        let mut prompt_tokens = 0;
         for (index, (sequence, &chunk)) in self.running.iter_mut().zip(chunks).enumerate() {
             let start = sequence.table.len();
             if chunk == 0 || !self.cache.reserve(&mut sequence.table, start + chunk) {
                 continue;
             }
             let logits = start + chunk == sequence.tokens.len();
-            prompt_tokens += chunk.min(sequence.prompt_len.saturating_sub(start));
+            let prompt_tokens = chunk.min(sequence.prompt_len.saturating_sub(start));
+            metrics(&self.metrics, &sequence.adapter).prompt_tokens.inc_by(prompt_tokens as u64);
             if logits {
                 fed.push(index);
             }
@@ -472,7 +482,6 @@ impl Loop {
         }
         let result = self.model.forward(&mut steps, &mut self.cache).and_then(|l| l.to_vec2::<f32>());
         drop(steps);
-        self.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
         let rows = match result {
             Ok(rows) => rows,
             Err(error) => return self.fail_all(error.to_string()),
@@ -502,10 +511,11 @@ impl Loop {
         sequence.tokens.push(token);
         let block_size = self.cache.block_size();
         kv_cache::block_digests(&mut sequence.digests, weights(&sequence.adapter), &sequence.tokens, block_size);
-        self.metrics.generated_tokens.inc();
+        let recorded = metrics(&self.metrics, &sequence.adapter);
+        recorded.generated_tokens.inc();
         match sequence.last_token {
-            Some(last) => self.metrics.inter_token_latency.observe((now - last).as_secs_f64()),
-            None => self.metrics.time_to_first_token.observe((now - sequence.enqueued).as_secs_f64()),
+            Some(last) => recorded.inter_token_latency.observe((now - last).as_secs_f64()),
+            None => recorded.time_to_first_token.observe((now - sequence.enqueued).as_secs_f64()),
         }
         sequence.last_token = Some(now);
         if self.codec.tokenizer().eos().contains(&token) {
@@ -535,7 +545,7 @@ impl Loop {
     fn finish(&mut self, mut sequence: Sequence, reason: FinishReason) {
         self.cache.release(&mut sequence.table);
         let seconds = sequence.enqueued.elapsed().as_secs_f64();
-        self.metrics.duration.observe(seconds);
+        metrics(&self.metrics, &sequence.adapter).duration.observe(seconds);
         let generated = &sequence.tokens[sequence.prompt_len..];
         let generated = match generated.last() {
             Some(last) if self.codec.tokenizer().eos().contains(last) => &generated[..generated.len() - 1],

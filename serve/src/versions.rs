@@ -825,7 +825,8 @@ impl Inner {
             )));
         }
         let weights = base_model.engine.read_adapter(&verified.files)?;
-        let adapter = Some(Arc::new(ServedAdapter { weights, identity: verified.digest }));
+        let metrics = self.metrics.generation(model, version);
+        let adapter = Some(Arc::new(ServedAdapter { weights, identity: verified.digest, metrics }));
         let runtime = Runtime::Generate(LanguageModel { version, adapter, ..base_model });
         let (released, drained) = oneshot::channel();
         Ok((LoadedVersion { version, manifest: verified.manifest, runtime, _released: Some(released) }, drained))

@@ -488,6 +488,15 @@ async fn serve_answers_from_adapter_versions_on_their_shared_base_as_the_merged_
         differs |= version.is_some() && text != expected(None, prompt);
     }
     assert!(differs, "the adapters change some answer");
+    // Each adapter version's tokens are counted under its own labels.
+    let text = reqwest::get(format!("http://{address}/metrics")).await.unwrap().text().await.unwrap();
+    let generated = |model: &str, version: u64| -> f64 {
+        let prefix = format!("lantern_generated_tokens_total{{model=\"{model}\",version=\"{version}\"}} ");
+        text.lines().find_map(|line| line.strip_prefix(&prefix)).map_or(0.0, |v| v.parse().unwrap())
+    };
+    for (model, version) in [(TUNED, 1), (TUNED, 2), ("peft", 1), ("base", 1)] {
+        assert!(generated(model, version) >= 3.0, "{model} {version}: {}", generated(model, version));
+    }
     let listed: Value = reqwest::get(format!("http://{address}/v1/models")).await.unwrap().json().await.unwrap();
     let parent =
         |id: &str| listed["data"].as_array().unwrap().iter().find(|m| m["id"] == id).unwrap()["parent"].clone();
