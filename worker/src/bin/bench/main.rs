@@ -408,8 +408,10 @@ async fn wait_available(server: &RunningServer, model: &str, version: u64) -> an
 async fn wait_state(server: &RunningServer, model: &str, version: u64, state: VersionState) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let status = server.manager().status(Some(model))?;
-        let current = status[0].versions.iter().find(|v| v.version == version).map(|v| (v.state, v.reason.clone()));
+        // A model published a moment ago is unknown until the next repository scan.
+        let status = server.manager().status(Some(model)).unwrap_or_default();
+        let versions = status.first().map(|model| model.versions.as_slice()).unwrap_or_default();
+        let current = versions.iter().find(|v| v.version == version).map(|v| (v.state, v.reason.clone()));
         if current.as_ref().is_some_and(|(s, _)| *s == state) {
             return Ok(());
         }
