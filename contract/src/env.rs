@@ -59,6 +59,8 @@ pub const SHUTDOWN_GRACE_S: &str = "LANTERN_SHUTDOWN_GRACE_S";
 pub const KV_CACHE_MIB: &str = "LANTERN_KV_CACHE_MIB";
 /// Tokens per KV cache block.
 pub const KV_BLOCK_TOKENS: &str = "LANTERN_KV_BLOCK_TOKENS";
+/// The most LoRA adapter versions a worker keeps loaded.
+pub const MAX_ADAPTERS: &str = "LANTERN_MAX_ADAPTERS";
 /// Tokens one engine step computes at most.
 pub const MAX_STEP_TOKENS: &str = "LANTERN_MAX_STEP_TOKENS";
 /// Sequences decoding at once.

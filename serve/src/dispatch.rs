@@ -1,5 +1,5 @@
 //! One dispatch path for every request, whatever its protocol: route it to a version
-//! ([`ModelManager::resolve`]), run it on that version's runtime (the batcher, the embedder or
+//! ([`ModelManager::resolve_waiting`]: a request for an evicted adapter waits for it to load again), run it on that version's runtime (the batcher, the embedder or
 //! the generation engine), and record its outcome exactly once ([`Outcome`]) — success, a refusal
 //! before admission, a full queue, a cancellation or an engine failure alike. The protocol
 //! adapters run requests only through these functions.
@@ -29,7 +29,7 @@ pub async fn infer(
 ) -> Result<InferResponse> {
     let mut outcome = manager.outcome(model);
     let result = async {
-        let loaded = manager.resolve(model, target, routing_key)?;
+        let loaded = manager.resolve_waiting(model, target, routing_key).await?;
         outcome.routed(loaded.version);
         run(&loaded, request).await
     }
@@ -48,7 +48,7 @@ pub async fn embed(
 ) -> Result<Embeddings> {
     let mut outcome = manager.outcome(model);
     let result = async {
-        let loaded = manager.resolve(model, target, routing_key)?;
+        let loaded = manager.resolve_waiting(model, target, routing_key).await?;
         outcome.routed(loaded.version);
         match &loaded.runtime {
             Runtime::Embed(embedder) => embedder.embed(texts).await,
@@ -73,7 +73,7 @@ pub async fn generate(
 ) -> Result<Started> {
     let mut outcome = manager.outcome(model);
     let started = async {
-        let language_model = manager.language_model(model, target, routing_key)?;
+        let language_model = manager.language_model(model, target, routing_key).await?;
         outcome.routed(language_model.version);
         generation::submit(language_model, prompt, options).await
     }

@@ -9,9 +9,15 @@
 //! while older versions keep serving. A request holds an `Arc` of the version it was routed to,
 //! so it finishes there even if the version is unloaded meanwhile; the version's memory goes
 //! when its last request does.
+//!
+//! A LoRA adapter version runs on the engine of its base version rather than on one of its own.
+//! With `max_adapters` set, loading one more adapter evicts the least recently routed one. An
+//! evicted version stays wanted but is loaded again only when a request asks for it
+//! ([`ModelManager::resolve_waiting`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -52,6 +58,9 @@ pub struct ServeSettings {
     pub engine: EngineSettings,
     /// Where every version's model runs (opened once, by [`lantern_runtime::device::DeviceSpec::open`]).
     pub device: Device,
+    /// Most adapter versions loaded at once; beyond it the least recently used is unloaded, and
+    /// loaded again when a request wants it (the request waits). `None`: no limit.
+    pub max_adapters: Option<usize>,
 }
 
 impl Default for ServeSettings {
@@ -66,6 +75,7 @@ impl Default for ServeSettings {
             load_timeout: Duration::from_secs(300),
             engine: EngineSettings::default(),
             device: Device::Cpu,
+            max_adapters: None,
         }
     }
 }
@@ -151,6 +161,15 @@ pub(crate) struct LoadedVersion {
     /// For a version with no thread of its own (an adapter on its base's engine): dropped with
     /// the version's last reference, which tells the drain its requests are done.
     _released: Option<oneshot::Sender<()>>,
+    /// When a request was last routed here, in milliseconds since the manager started (the LRU
+    /// order of adapters).
+    last_used: AtomicU64,
+}
+
+impl LoadedVersion {
+    fn is_adapter(&self) -> bool {
+        self.manifest.format == Format::Lora
+    }
 }
 
 /// What runs a version's requests, by task.
@@ -179,6 +198,8 @@ struct VersionEntry {
     retry_at: Option<Instant>,
     loaded: Option<Arc<LoadedVersion>>,
     drained: Option<oneshot::Receiver<()>>,
+    /// Unloaded to keep within `max_adapters`; loaded again only when a request wants it.
+    evicted: bool,
 }
 
 impl VersionEntry {
@@ -190,9 +211,13 @@ impl VersionEntry {
             retry_at: None,
             loaded: None,
             drained: None,
+            evicted: false,
         }
     }
 }
+
+/// Why an evicted adapter version is not loaded (its END state's reason).
+const EVICTED: &str = "unloaded as the least recently used adapter beyond --max-adapters; a request loads it again";
 
 #[derive(Debug)]
 struct ModelState {
@@ -216,6 +241,7 @@ impl ModelState {
         for &version in &desired {
             let entry = self.versions.entry(version).or_insert_with(VersionEntry::new);
             let due = match entry.state {
+                VersionState::End if entry.evicted => false,
                 VersionState::Start | VersionState::End => true,
                 VersionState::Failed => entry.retry_at.is_none_or(|at| at <= now),
                 VersionState::Loading | VersionState::Available | VersionState::Unloading => false,
@@ -271,6 +297,38 @@ impl VersionView for ModelState {
     }
 }
 
+/// Unloads the least recently used adapter versions until at most `limit` are loaded, never
+/// `keep` (the one that just loaded); returns what to drain.
+fn evict_adapters(
+    models: &mut BTreeMap<String, ModelState>,
+    limit: usize,
+    keep: (&str, u64),
+) -> Vec<(String, u64, Option<oneshot::Receiver<()>>)> {
+    let mut loaded: Vec<(u64, String, u64)> = models
+        .iter()
+        .flat_map(|(name, state)| state.versions.iter().map(move |(&version, entry)| (name, version, entry)))
+        .filter_map(|(name, version, entry)| {
+            let loaded = entry.loaded.as_ref().filter(|l| l.is_adapter() && entry.state == VersionState::Available)?;
+            Some((loaded.last_used.load(Ordering::Relaxed), name.clone(), version))
+        })
+        .collect();
+    let excess = loaded.len().saturating_sub(limit);
+    loaded.sort();
+    loaded
+        .into_iter()
+        .filter(|(_, name, version)| (name.as_str(), *version) != keep)
+        .take(excess)
+        .filter_map(|(_, name, version)| {
+            let entry = models.get_mut(&name)?.versions.get_mut(&version)?;
+            entry.state = VersionState::Unloading;
+            entry.loaded = None;
+            entry.evicted = true;
+            entry.reason = EVICTED.to_owned();
+            Some((name, version, entry.drained.take()))
+        })
+        .collect()
+}
+
 /// The base an adapter version runs on; `None` for any other version (a merged fine-tune names
 /// its base too, but runs on its own).
 fn adapter_base(manifest: &Manifest) -> Option<&BaseVersion> {
@@ -290,13 +348,23 @@ struct Inner {
     wake: Notify,
     changed: watch::Sender<u64>,
     metrics: Arc<Metrics>,
+    /// What `LoadedVersion::last_used` counts from.
+    started: Instant,
 }
 
 impl ModelManager {
     /// A manager over `repo`. Nothing is loaded until the first [`reconcile`](Self::reconcile).
     pub fn new(repo: Repository, settings: ServeSettings, metrics: Arc<Metrics>) -> Self {
         let (changed, _) = watch::channel(0);
-        let inner = Inner { repo, settings, models: RwLock::default(), wake: Notify::new(), changed, metrics };
+        let inner = Inner {
+            repo,
+            settings,
+            models: RwLock::default(),
+            wake: Notify::new(),
+            changed,
+            metrics,
+            started: Instant::now(),
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -404,6 +472,7 @@ impl ModelManager {
         took: Duration,
     ) {
         self.inner.metrics.observe_load(model, version, took.as_secs_f64(), result.is_ok());
+        let mut evictions = Vec::new();
         {
             let mut models = self.inner.write();
             let Some(entry) = models.get_mut(model).and_then(|m| m.versions.get_mut(&version)) else {
@@ -412,12 +481,16 @@ impl ModelManager {
             match result {
                 Ok((loaded, drained)) => {
                     tracing::info!(model = %model, version, seconds = took.as_secs_f64(), "available");
+                    let adapter = loaded.is_adapter();
                     *entry = VersionEntry {
                         state: VersionState::Available,
                         loaded: Some(Arc::new(loaded)),
                         drained: Some(drained),
                         ..VersionEntry::new()
                     };
+                    if adapter && let Some(limit) = self.inner.settings.max_adapters {
+                        evictions = evict_adapters(&mut models, limit, (model, version));
+                    }
                 }
                 Err(error) => {
                     entry.failed_attempts += 1;
@@ -429,6 +502,12 @@ impl ModelManager {
                 }
             }
         }
+        for (model, version, _) in &evictions {
+            tracing::info!(model = %model, version, "evicting the least recently used adapter");
+        }
+        self.execute(
+            evictions.into_iter().map(|(model, version, drained)| (model, Action::Drain(version, drained))).collect(),
+        );
         self.inner.notify_changed();
         // A new version may let an old one go, or a failure may need its retry scheduled.
         self.reconcile_now();
@@ -651,8 +730,13 @@ impl ModelManager {
     }
 
     /// The language-model version `target` routes to; refuses a model that does not generate.
-    pub fn language_model(&self, model: &str, target: &Target, routing_key: Option<&str>) -> Result<LanguageModel> {
-        let loaded = self.resolve(model, target, routing_key)?;
+    pub async fn language_model(
+        &self,
+        model: &str,
+        target: &Target,
+        routing_key: Option<&str>,
+    ) -> Result<LanguageModel> {
+        let loaded = self.resolve_waiting(model, target, routing_key).await?;
         match &loaded.runtime {
             Runtime::Generate(language_model) => Ok(language_model.clone()),
             _ => Err(Error::invalid(format!("model {model:?} version {} does not generate text", loaded.version))),
@@ -688,7 +772,63 @@ impl ModelManager {
     ) -> Result<Arc<LoadedVersion>> {
         let models = self.inner.read();
         let state = models.get(model).ok_or_else(|| Error::ModelNotFound { model: model.to_owned() })?;
-        Self::route_in(model, state, target, routing_key)
+        let loaded = Self::route_in(model, state, target, routing_key)?;
+        loaded.last_used.store(self.inner.now_ms(), Ordering::Relaxed);
+        Ok(loaded)
+    }
+
+    /// Asks for the evicted adapter versions of `model` that `target` may route to to be loaded
+    /// again; true while any such version is on its way back (the caller then waits for it).
+    pub(crate) fn revive(&self, model: &str, target: &Target) -> bool {
+        let mut models = self.inner.write();
+        let Some(state) = models.get_mut(model) else { return false };
+        let labelled = match target {
+            Target::Label(label) => state.config.labels.get(label).copied(),
+            _ => None,
+        };
+        let mut returning = false;
+        for (&version, entry) in &mut state.versions {
+            let wanted = match target {
+                Target::Version(wanted) => version == *wanted,
+                Target::Label(_) => labelled == Some(version),
+                Target::Default => true,
+            };
+            // Evicted, or already asked back by another request and not yet available.
+            let coming_back = entry.reason == EVICTED
+                && matches!(entry.state, VersionState::Unloading | VersionState::End | VersionState::Loading);
+            if wanted && (entry.evicted || coming_back) {
+                entry.evicted = false;
+                returning = true;
+            }
+        }
+        drop(models);
+        if returning {
+            self.reconcile_now();
+        }
+        returning
+    }
+
+    /// Routes like [`Self::resolve`]; a request for an evicted adapter waits (up to the load
+    /// timeout) for it to be loaded again instead of failing.
+    pub(crate) async fn resolve_waiting(
+        &self,
+        model: &str,
+        target: &Target,
+        routing_key: Option<&str>,
+    ) -> Result<Arc<LoadedVersion>> {
+        let mut changes = self.subscribe();
+        let deadline = tokio::time::Instant::now() + self.inner.settings.load_timeout;
+        loop {
+            match self.resolve(model, target, routing_key) {
+                Err(Error::Unavailable { .. }) if self.revive(model, target) => {}
+                other => return other,
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Shutdown("the version manager stopped".into())),
+                Err(_) => return self.resolve(model, target, routing_key),
+            }
+        }
     }
 
     fn route_in(
@@ -763,6 +903,11 @@ impl Inner {
     }
 
     /// Reads, verifies and loads one version, and starts the thread that runs it.
+    /// Milliseconds since the manager started.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn load_version(&self, model: &str, version: u64) -> Result<(LoadedVersion, oneshot::Receiver<()>)> {
         let verified = self.repo.read_verified(model, version)?;
         let fail =
@@ -794,7 +939,7 @@ impl Inner {
                 (Runtime::Generate(LanguageModel { version, engine, codec, adapter: None }), drained)
             }
         };
-        Ok((LoadedVersion { version, manifest, runtime, _released: None }, drained))
+        Ok((LoadedVersion { version, manifest, runtime, _released: None, last_used: AtomicU64::new(0) }, drained))
     }
 
     /// An adapter version runs on the engine of the base it names, which must be loaded here
@@ -829,7 +974,14 @@ impl Inner {
         let adapter = Some(Arc::new(ServedAdapter { weights, identity: verified.digest, metrics }));
         let runtime = Runtime::Generate(LanguageModel { version, adapter, ..base_model });
         let (released, drained) = oneshot::channel();
-        Ok((LoadedVersion { version, manifest: verified.manifest, runtime, _released: Some(released) }, drained))
+        let loaded = LoadedVersion {
+            version,
+            manifest: verified.manifest,
+            runtime,
+            _released: Some(released),
+            last_used: AtomicU64::new(self.now_ms()),
+        };
+        Ok((loaded, drained))
     }
 }
 

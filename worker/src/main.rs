@@ -134,6 +134,10 @@ struct ServeArgs {
     /// KV cache memory per language-model version, in MiB; it bounds the tokens in flight.
     #[arg(long, env = env::KV_CACHE_MIB, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     kv_cache_mib: u64,
+    /// Most LoRA adapter versions loaded at once; beyond it the least recently used is unloaded
+    /// and loaded again when a request wants it (the request waits). Unlimited when unset.
+    #[arg(long, env = env::MAX_ADAPTERS, value_parser = clap::value_parser!(u64).range(1..=1 << 16))]
+    max_adapters: Option<u64>,
     /// Tokens per KV cache block.
     #[arg(long, env = env::KV_BLOCK_TOKENS, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     kv_block_tokens: u64,
@@ -408,6 +412,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             max_waiting: args.max_waiting_sequences as usize,
         },
         device,
+        max_adapters: args.max_adapters.map(|n| n as usize),
         ..ServeSettings::default()
     };
     let descriptor_limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;

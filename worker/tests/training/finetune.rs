@@ -19,7 +19,7 @@ use lantern_runtime::model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, Lo
 use lantern_runtime::repository::{self, Format, MANIFEST_FILE, Manifest, PublishRequest, Repository};
 use lantern_serve::config::VersionPolicy;
 use lantern_serve::server::{self, ServerOptions};
-use lantern_serve::versions::ServeSettings;
+use lantern_serve::versions::{ServeSettings, VersionState};
 use lantern_train::config::{LlamaSpec, Precision};
 use lantern_train::lm::TrainLlama;
 use lantern_train::{EXIT_INVALID, trainer};
@@ -540,5 +540,51 @@ async fn serve_answers_from_adapter_versions_on_their_shared_base_as_the_merged_
     assert!(reason.contains("the adapter was trained on sha256:0000"), "{reason}");
     assert_eq!(complete(address, &format!("{TUNED}:3"), "key 1:").await.0, 503);
     assert_eq!(complete(address, &format!("{TUNED}:1"), "key 1:").await.0, 200);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_max_adapters_the_least_recently_used_unloads_and_a_request_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_of(&tiny_lora_job(dir.path(), 8, 4));
+    tokio::task::spawn_blocking(move || trainer::train(&config, &AtomicBool::new(false)).unwrap()).await.unwrap();
+    let settings = ServeSettings {
+        poll_interval: Duration::from_millis(50),
+        retry_base: Duration::from_millis(50),
+        policy: VersionPolicy::All,
+        max_adapters: Some(1),
+        ..ServeSettings::default()
+    };
+    let options = ServerOptions { listen: "127.0.0.1:0".parse().unwrap(), ..ServerOptions::default() };
+    let server = server::start(Repository::new(dir.path().join("models")), settings, options).await.unwrap();
+    let address = server.local_addr();
+    let loaded = || {
+        let status = server.manager().status(Some(TUNED)).unwrap().remove(0);
+        status
+            .versions
+            .into_iter()
+            .filter(|v| v.state == VersionState::Available)
+            .map(|v| v.version)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while loaded().is_empty() {
+        assert!(Instant::now() < deadline, "no adapter version became available");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each request gets its version, loading it again if it was evicted; one stays loaded.
+    for version in [1, 2, 1, 2] {
+        let (status, answer) = complete(address, &format!("{TUNED}:{version}"), "key 5:").await;
+        assert_eq!(status, 200, "version {version}: {answer}");
+        assert_eq!(loaded(), vec![version]);
+    }
+    let status = server.manager().status(Some(TUNED)).unwrap().remove(0);
+    let evicted = status.versions.iter().find(|v| v.version == 1).unwrap();
+    assert!(evicted.reason.contains("least recently used adapter beyond --max-adapters"), "{evicted:?}");
+    // Both at once: neither fails.
+    let (first, second) = (format!("{TUNED}:1"), format!("{TUNED}:2"));
+    let (one, two) = tokio::join!(complete(address, &first, "key 6:"), complete(address, &second, "key 7:"));
+    assert_eq!((one.0, two.0), (200, 200), "{one:?} {two:?}");
+    assert_eq!(loaded().len(), 1);
     server.shutdown().await.unwrap();
 }
