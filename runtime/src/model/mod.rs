@@ -106,7 +106,7 @@ pub fn load(model: &str, version: u64, verified: &VerifiedVersion, device: &Devi
             Ok(LoadedModel::Embed(Box::new(bert::SentenceEncoder::new(bert, tokenizer, max_tokens))))
         }
         (Architecture::Llama, Format::Lora, _) => Err(fail(format!(
-            "a LoRA adapter of {}; serve a merged version (fine-tune with merge: true)",
+            "a LoRA adapter of {} has no model of its own: it runs on its base's (Llama::read_adapter)",
             manifest.base.as_ref().map_or("a base".to_owned(), |b| format!("{} version {}", b.model, b.version))
         ))),
         (architecture, format, task) => Err(fail(format!(
