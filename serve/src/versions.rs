@@ -350,6 +350,15 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// What `LoadedVersion::last_used` counts from.
     started: Instant,
+    /// Bases loaded for their adapters alone (not served as models here), while any adapter
+    /// holds one.
+    bases: std::sync::Mutex<BTreeMap<(String, u64), std::sync::Weak<PrivateBase>>>,
+}
+
+/// A base version loaded only because adapters run on it; its engine ends with the last of them.
+#[derive(Debug)]
+pub(crate) struct PrivateBase {
+    model: LanguageModel,
 }
 
 impl ModelManager {
@@ -364,6 +373,7 @@ impl ModelManager {
             changed,
             metrics,
             started: Instant::now(),
+            bases: std::sync::Mutex::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -903,6 +913,46 @@ impl Inner {
     }
 
     /// Reads, verifies and loads one version, and starts the thread that runs it.
+    /// The engine an adapter of `base` runs on: the base version's own when it is served here,
+    /// else one loaded for its adapters alone (and kept while any of them holds it, which the
+    /// second value does).
+    fn base_engine(&self, base: &BaseVersion) -> Result<(LanguageModel, Option<Arc<PrivateBase>>)> {
+        let served = self.read().get(&base.model).and_then(|m| m.versions.get(&base.version)?.loaded.clone());
+        match served.as_deref().map(|loaded| &loaded.runtime) {
+            Some(Runtime::Generate(language_model)) => return Ok((language_model.clone(), None)),
+            Some(_) => {
+                return Err(Error::invalid(format!(
+                    "its base {} version {} is not a language model",
+                    base.model, base.version
+                )));
+            }
+            None => {}
+        }
+        let mut bases = self.bases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (base.model.clone(), base.version);
+        if let Some(private) = bases.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok((private.model.clone(), Some(private)));
+        }
+        let verified = self.repo.read_verified(&base.model, base.version)?;
+        let LoadedModel::Generate { model: llama, codec } =
+            model::load(&base.model, base.version, &verified, &self.settings.device)?
+        else {
+            return Err(Error::invalid(format!(
+                "its base {} version {} is not a language model",
+                base.model, base.version
+            )));
+        };
+        let id = VersionId { model: base.model.clone(), version: base.version };
+        let metrics = self.metrics.generation(&base.model, base.version);
+        let (engine, _ends) = Engine::spawn(id, *llama, codec.clone(), self.settings.engine, metrics)?;
+        tracing::info!(model = %base.model, version = base.version, "loaded a base for its adapters");
+        let private =
+            Arc::new(PrivateBase { model: LanguageModel { version: base.version, engine, codec, adapter: None } });
+        bases.retain(|_, weak| weak.strong_count() > 0);
+        bases.insert(key, Arc::downgrade(&private));
+        Ok((private.model.clone(), Some(private)))
+    }
+
     /// Milliseconds since the manager started.
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -942,9 +992,9 @@ impl Inner {
         Ok((LoadedVersion { version, manifest, runtime, _released: None, last_used: AtomicU64::new(0) }, drained))
     }
 
-    /// An adapter version runs on the engine of the base it names, which must be loaded here
-    /// with the manifest digest the adapter was trained on. The engine stays while the adapter
-    /// holds it, even if its base version is unloaded.
+    /// An adapter version runs on the engine of the base it names, whose manifest digest must be
+    /// the one the adapter was trained on. The engine stays while the adapter holds it, even if
+    /// its base version is unloaded.
     fn load_adapter(
         &self,
         model: &str,
@@ -954,24 +1004,21 @@ impl Inner {
         let fail =
             |reason: String| Error::from(lantern_runtime::Error::Load { model: model.to_owned(), version, reason });
         let base = verified.manifest.base.clone().ok_or_else(|| fail("the adapter names no base".into()))?;
-        let loaded = self.read().get(&base.model).and_then(|m| m.versions.get(&base.version)?.loaded.clone());
-        let base_model = match loaded.as_deref().map(|loaded| &loaded.runtime) {
-            Some(Runtime::Generate(language_model)) => language_model.clone(),
-            Some(_) => {
-                return Err(fail(format!("its base {} version {} is not a language model", base.model, base.version)));
-            }
-            None => return Err(fail(format!("its base {} version {} is not loaded", base.model, base.version))),
-        };
-        let digest = self.repo.manifest_digest(&base.model, base.version)?;
+        let digest = self
+            .repo
+            .manifest_digest(&base.model, base.version)
+            .map_err(|e| fail(format!("its base {} version {} cannot be read: {e}", base.model, base.version)))?;
         if digest != base.manifest_digest {
             return Err(fail(format!(
                 "its base {} version {} has manifest digest {digest}; the adapter was trained on {}",
                 base.model, base.version, base.manifest_digest
             )));
         }
+        let (base_model, private) = self.base_engine(&base).map_err(|e| fail(e.to_string()))?;
         let weights = base_model.engine.read_adapter(&verified.files)?;
         let metrics = self.metrics.generation(model, version);
-        let adapter = Some(Arc::new(ServedAdapter { weights, identity: verified.digest, metrics }));
+        let adapter =
+            Some(Arc::new(ServedAdapter { weights, identity: verified.digest, metrics, _holds_base: private }));
         let runtime = Runtime::Generate(LanguageModel { version, adapter, ..base_model });
         let (released, drained) = oneshot::channel();
         let loaded = LoadedVersion {

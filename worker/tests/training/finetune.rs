@@ -544,7 +544,7 @@ async fn serve_answers_from_adapter_versions_on_their_shared_base_as_the_merged_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn beyond_max_adapters_the_least_recently_used_unloads_and_a_request_brings_it_back() {
+async fn adapters_load_their_base_and_beyond_max_adapters_the_least_recently_used_unloads_until_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_of(&tiny_lora_job(dir.path(), 8, 4));
     tokio::task::spawn_blocking(move || trainer::train(&config, &AtomicBool::new(false)).unwrap()).await.unwrap();
@@ -553,6 +553,8 @@ async fn beyond_max_adapters_the_least_recently_used_unloads_and_a_request_bring
         retry_base: Duration::from_millis(50),
         policy: VersionPolicy::All,
         max_adapters: Some(1),
+        // Only the adapters are served: their base loads for them alone.
+        models: [TUNED.to_owned()].into(),
         ..ServeSettings::default()
     };
     let options = ServerOptions { listen: "127.0.0.1:0".parse().unwrap(), ..ServerOptions::default() };
@@ -586,5 +588,6 @@ async fn beyond_max_adapters_the_least_recently_used_unloads_and_a_request_bring
     let (one, two) = tokio::join!(complete(address, &first, "key 6:"), complete(address, &second, "key 7:"));
     assert_eq!((one.0, two.0), (200, 200), "{one:?} {two:?}");
     assert_eq!(loaded().len(), 1);
+    assert_eq!(complete(address, "base", "key 7:").await.0, 404, "the base is not served as a model");
     server.shutdown().await.unwrap();
 }
