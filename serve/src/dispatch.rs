@@ -73,9 +73,15 @@ pub async fn generate(
 ) -> Result<Started> {
     let mut outcome = manager.outcome(model);
     let started = async {
-        let language_model = manager.language_model(model, target, routing_key).await?;
-        outcome.routed(language_model.version);
-        generation::submit(language_model, prompt, options).await
+        let loaded = manager.resolve_waiting(model, target, routing_key).await?;
+        outcome.routed(loaded.version);
+        let Runtime::Generate(language_model) = &loaded.runtime else {
+            return Err(Error::invalid(format!("model {model:?} version {} does not generate text", loaded.version)));
+        };
+        let mut started = generation::submit(language_model.clone(), prompt, options).await?;
+        // The stream keeps its version: it stays UNLOADING until the stream ends.
+        started.events.hold(loaded.clone());
+        Ok(started)
     }
     .await;
     match started {

@@ -61,8 +61,6 @@ pub struct ServedAdapter {
     /// The adapter version's manifest digest (`sha256:…`).
     pub identity: String,
     pub metrics: GenerationMetrics,
-    /// The base loaded for adapters alone, which this adapter keeps loaded.
-    pub(crate) _holds_base: Option<Arc<crate::versions::PrivateBase>>,
 }
 
 /// One generation request, already tokenized and validated by the caller.

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use futures::Stream;
@@ -15,7 +16,7 @@ use super::engine::{Event, EventStream, FinishReason, GenerateRequest, Usage};
 use super::limits;
 use super::metrics::Outcome;
 use super::signature::{self, InferRequest};
-use super::versions::LanguageModel;
+use super::versions::{LanguageModel, LoadedVersion};
 use crate::error::{Error, Result};
 use lantern_runtime::llm::chat::Message;
 use lantern_runtime::llm::sampling::SamplingParams;
@@ -114,11 +115,18 @@ pub struct Started {
 pub struct Events {
     receiver: EventStream,
     outcome: Option<Outcome>,
+    /// The version the stream runs on, kept until the stream is dropped.
+    version: Option<Arc<LoadedVersion>>,
 }
 
 impl Events {
     fn new(receiver: EventStream) -> Self {
-        Self { receiver, outcome: None }
+        Self { receiver, outcome: None, version: None }
+    }
+
+    /// Keeps `version` for as long as the stream lives.
+    pub(crate) fn hold(&mut self, version: Arc<LoadedVersion>) {
+        self.version = Some(version);
     }
 
     /// Records the request's outcome when the generation ends.

@@ -35,7 +35,7 @@ use super::{policy, request_stats};
 use crate::error::{Error, Result};
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::model::{self, LoadedModel, VersionId};
-use lantern_runtime::repository::{BaseVersion, Format, Manifest, Repository, VerifiedVersion};
+use lantern_runtime::repository::{BaseVersion, Format, Manifest, Repository, Task, VerifiedVersion};
 
 /// How the manager behaves; filled from the `serve` flags.
 #[derive(Clone, Debug)]
@@ -158,9 +158,11 @@ pub(crate) struct LoadedVersion {
     pub(crate) version: u64,
     pub(crate) manifest: Manifest,
     pub(crate) runtime: Runtime,
-    /// For a version with no thread of its own (an adapter on its base's engine): dropped with
-    /// the version's last reference, which tells the drain its requests are done.
+    /// For a version on a shared engine (a language model, or an adapter on its base's):
+    /// dropped with the version's last reference, which tells the drain its requests are done.
     _released: Option<oneshot::Sender<()>>,
+    /// That engine, which the version keeps running.
+    _engine: Option<Arc<SharedEngine>>,
     /// When a request was last routed here, in milliseconds since the manager started (the LRU
     /// order of adapters).
     last_used: AtomicU64,
@@ -350,14 +352,15 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// What `LoadedVersion::last_used` counts from.
     started: Instant,
-    /// Bases loaded for their adapters alone (not served as models here), while any adapter
-    /// holds one.
-    bases: std::sync::Mutex<BTreeMap<(String, u64), std::sync::Weak<PrivateBase>>>,
+    /// The engine of every language-model version in memory, by model and version: one per
+    /// version, whether it is served, runs adapters, or both.
+    engines: std::sync::Mutex<BTreeMap<(String, u64), std::sync::Weak<SharedEngine>>>,
 }
 
-/// A base version loaded only because adapters run on it; its engine ends with the last of them.
+/// A language-model version's engine, held by the version while it is served and by every
+/// adapter running on it; the engine ends when the last of them lets go.
 #[derive(Debug)]
-pub(crate) struct PrivateBase {
+pub(crate) struct SharedEngine {
     model: LanguageModel,
 }
 
@@ -373,7 +376,7 @@ impl ModelManager {
             changed,
             metrics,
             started: Instant::now(),
-            bases: std::sync::Mutex::default(),
+            engines: std::sync::Mutex::default(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -739,20 +742,6 @@ impl ModelManager {
         }
     }
 
-    /// The language-model version `target` routes to; refuses a model that does not generate.
-    pub async fn language_model(
-        &self,
-        model: &str,
-        target: &Target,
-        routing_key: Option<&str>,
-    ) -> Result<LanguageModel> {
-        let loaded = self.resolve_waiting(model, target, routing_key).await?;
-        match &loaded.runtime {
-            Runtime::Generate(language_model) => Ok(language_model.clone()),
-            _ => Err(Error::invalid(format!("model {model:?} version {} does not generate text", loaded.version))),
-        }
-    }
-
     /// Models whose newest available version generates or embeds text, with that version (and
     /// an adapter's base).
     pub fn language_models(&self) -> Vec<ListedModel> {
@@ -913,44 +902,30 @@ impl Inner {
     }
 
     /// Reads, verifies and loads one version, and starts the thread that runs it.
-    /// The engine an adapter of `base` runs on: the base version's own when it is served here,
-    /// else one loaded for its adapters alone (and kept while any of them holds it, which the
-    /// second value does).
-    fn base_engine(&self, base: &BaseVersion) -> Result<(LanguageModel, Option<Arc<PrivateBase>>)> {
-        let served = self.read().get(&base.model).and_then(|m| m.versions.get(&base.version)?.loaded.clone());
-        match served.as_deref().map(|loaded| &loaded.runtime) {
-            Some(Runtime::Generate(language_model)) => return Ok((language_model.clone(), None)),
-            Some(_) => {
-                return Err(Error::invalid(format!(
-                    "its base {} version {} is not a language model",
-                    base.model, base.version
-                )));
-            }
-            None => {}
+    /// The engine of `model`'s `version`: the one in memory, or one started on what `load`
+    /// reads. Loads of one engine never overlap, so a version and its adapters share it.
+    fn shared_engine(
+        &self,
+        model: &str,
+        version: u64,
+        load: impl FnOnce() -> Result<LoadedModel>,
+    ) -> Result<Arc<SharedEngine>> {
+        let mut engines = self.engines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (model.to_owned(), version);
+        if let Some(shared) = engines.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(shared);
         }
-        let mut bases = self.bases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (base.model.clone(), base.version);
-        if let Some(private) = bases.get(&key).and_then(std::sync::Weak::upgrade) {
-            return Ok((private.model.clone(), Some(private)));
-        }
-        let verified = self.repo.read_verified(&base.model, base.version)?;
-        let LoadedModel::Generate { model: llama, codec } =
-            model::load(&base.model, base.version, &verified, &self.settings.device)?
-        else {
-            return Err(Error::invalid(format!(
-                "its base {} version {} is not a language model",
-                base.model, base.version
-            )));
+        let LoadedModel::Generate { model: llama, codec } = load()? else {
+            return Err(Error::invalid(format!("{model} version {version} is not a language model")));
         };
-        let id = VersionId { model: base.model.clone(), version: base.version };
-        let metrics = self.metrics.generation(&base.model, base.version);
-        let (engine, _ends) = Engine::spawn(id, *llama, codec.clone(), self.settings.engine, metrics)?;
-        tracing::info!(model = %base.model, version = base.version, "loaded a base for its adapters");
-        let private =
-            Arc::new(PrivateBase { model: LanguageModel { version: base.version, engine, codec, adapter: None } });
-        bases.retain(|_, weak| weak.strong_count() > 0);
-        bases.insert(key, Arc::downgrade(&private));
-        Ok((private.model.clone(), Some(private)))
+        let id = VersionId { model: model.to_owned(), version };
+        let metrics = self.metrics.generation(model, version);
+        // The engine thread ends once every handle is gone; nothing needs to wait for it.
+        let (engine, _ended) = Engine::spawn(id, *llama, codec.clone(), self.settings.engine, metrics)?;
+        let shared = Arc::new(SharedEngine { model: LanguageModel { version, engine, codec, adapter: None } });
+        engines.retain(|_, weak| weak.strong_count() > 0);
+        engines.insert(key, Arc::downgrade(&shared));
+        Ok(shared)
     }
 
     /// Milliseconds since the manager started.
@@ -965,6 +940,12 @@ impl Inner {
         let manifest = verified.manifest.clone();
         if manifest.format == Format::Lora {
             return self.load_adapter(model, version, verified);
+        }
+        if manifest.task == Task::Generate {
+            let device = &self.settings.device;
+            let shared = self.shared_engine(model, version, || Ok(model::load(model, version, &verified, device)?))?;
+            let runtime = Runtime::Generate(shared.model.clone());
+            return Ok(self.loaded_on(version, manifest, runtime, shared));
         }
         let loaded = model::load(model, version, &verified, &self.settings.device)?;
         drop(verified);
@@ -983,18 +964,40 @@ impl Inner {
                 let (embedder, drained) = Embedder::new(id, *encoder, self.metrics.version(model, version));
                 (Runtime::Embed(embedder), drained)
             }
-            LoadedModel::Generate { model: llama, codec } => {
-                let metrics = self.metrics.generation(model, version);
-                let (engine, drained) = Engine::spawn(id, *llama, codec.clone(), self.settings.engine, metrics)?;
-                (Runtime::Generate(LanguageModel { version, engine, codec, adapter: None }), drained)
+            LoadedModel::Generate { .. } => {
+                return Err(fail("a language model loads through its shared engine; this is a bug".into()));
             }
         };
-        Ok((LoadedVersion { version, manifest, runtime, _released: None, last_used: AtomicU64::new(0) }, drained))
+        let loaded =
+            LoadedVersion { version, manifest, runtime, _released: None, _engine: None, last_used: AtomicU64::new(0) };
+        Ok((loaded, drained))
     }
 
-    /// An adapter version runs on the engine of the base it names, whose manifest digest must be
-    /// the one the adapter was trained on. The engine stays while the adapter holds it, even if
-    /// its base version is unloaded.
+    /// A version whose runtime is on `engine`, which it holds; the receiver fires when its last
+    /// request is done.
+    fn loaded_on(
+        &self,
+        version: u64,
+        manifest: Manifest,
+        runtime: Runtime,
+        engine: Arc<SharedEngine>,
+    ) -> (LoadedVersion, oneshot::Receiver<()>) {
+        let (released, drained) = oneshot::channel();
+        let loaded = LoadedVersion {
+            version,
+            manifest,
+            runtime,
+            _released: Some(released),
+            _engine: Some(engine),
+            last_used: AtomicU64::new(self.now_ms()),
+        };
+        (loaded, drained)
+    }
+
+    /// An adapter version runs on the engine of the base it names (the served base version's,
+    /// or one started for its adapters), whose manifest digest must be the one the adapter was
+    /// trained on. The engine stays while the adapter holds it, even if its base version is
+    /// unloaded or never served.
     fn load_adapter(
         &self,
         model: &str,
@@ -1014,21 +1017,20 @@ impl Inner {
                 base.model, base.version, base.manifest_digest
             )));
         }
-        let (base_model, private) = self.base_engine(&base).map_err(|e| fail(e.to_string()))?;
-        let weights = base_model.engine.read_adapter(&verified.files)?;
-        let metrics = self.metrics.generation(model, version);
-        let adapter =
-            Some(Arc::new(ServedAdapter { weights, identity: verified.digest, metrics, _holds_base: private }));
-        let runtime = Runtime::Generate(LanguageModel { version, adapter, ..base_model });
-        let (released, drained) = oneshot::channel();
-        let loaded = LoadedVersion {
-            version,
-            manifest: verified.manifest,
-            runtime,
-            _released: Some(released),
-            last_used: AtomicU64::new(self.now_ms()),
+        let load_base = || {
+            Ok(model::load(
+                &base.model,
+                base.version,
+                &self.repo.read_verified(&base.model, base.version)?,
+                &self.settings.device,
+            )?)
         };
-        Ok((loaded, drained))
+        let engine = self.shared_engine(&base.model, base.version, load_base).map_err(|e| fail(e.to_string()))?;
+        let weights = engine.model.engine.read_adapter(&verified.files)?;
+        let metrics = self.metrics.generation(model, version);
+        let adapter = Some(Arc::new(ServedAdapter { weights, identity: verified.digest, metrics }));
+        let runtime = Runtime::Generate(LanguageModel { version, adapter, ..engine.model.clone() });
+        Ok(self.loaded_on(version, verified.manifest, runtime, engine))
     }
 }
 

@@ -35,7 +35,10 @@ pub const BATCHES_FILE: &str = "target/bench/finetune-batches.json";
 pub fn figures(gguf: &Path) -> anyhow::Result<()> {
     let worker = std::env::current_exe()?.with_file_name("lantern-worker");
     anyhow::ensure!(worker.is_file(), "{} is missing: cargo build --release -p lantern-worker", worker.display());
-    anyhow::ensure!(Path::new(TRAIN_DATA).is_file(), "{TRAIN_DATA} is missing: python3 scripts/make-finetune-data.py tickets");
+    anyhow::ensure!(
+        Path::new(TRAIN_DATA).is_file(),
+        "{TRAIN_DATA} is missing: python3 scripts/make-finetune-data.py tickets"
+    );
     let tokens_per_step = write_batches(gguf)?;
     println!(
         "\nfine-tuning: SmolLM2-135M-Instruct ({}), {BATCH} conversations per step (≤ {SEQUENCE_LENGTH} tokens, {tokens_per_step:.0} tokens on average), f32, {STEPS} steps",
