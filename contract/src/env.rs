@@ -31,6 +31,8 @@ pub const TLS_KEY_FILE: &str = "LANTERN_TLS_KEY_FILE";
 pub const MODELS: &str = "LANTERN_MODELS";
 /// Which versions to serve: `latest:N`, `all` or `specific:1,2`.
 pub const VERSION_POLICY: &str = "LANTERN_VERSION_POLICY";
+/// Per-model version policies overriding [`VERSION_POLICY`], space-separated `MODEL=POLICY`.
+pub const MODEL_POLICIES: &str = "LANTERN_MODEL_POLICIES";
 /// How often the repository is polled for new versions, in milliseconds.
 pub const POLL_INTERVAL_MS: &str = "LANTERN_POLL_INTERVAL_MS";
 /// The first retry delay after a failed load, in milliseconds.

@@ -1,7 +1,8 @@
 //! InferenceServices end to end: the operator runs worker pods on the devcluster behind a
 //! Service; clients reach them over gRPC and HTTP; new versions go out as canaries under live
 //! traffic and are promoted (across an operator crash), or rolled back when they fail their
-//! gates or cannot load.
+//! gates or cannot load. Two LoRA adapters fine-tuned in the cluster on one base are served by
+//! the same pods, each adapter's versions rolled out on their own under live OpenAI traffic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -230,5 +231,270 @@ async fn versions_are_served_canaried_promoted_and_rolled_back() {
             })
         })
         .await;
+    stack.stop().await.unwrap();
+}
+
+/// A tiny llama trained from scratch for two steps: version 1 of `base`, the adapters' base.
+const BASE_JOB: &str = "apiVersion: lantern.dev/v1alpha1
+kind: TrainingJob
+metadata: {name: base}
+spec:
+  replicas: 1
+  model:
+    llama: {hiddenSize: 32, intermediateSize: 64, layers: 2, heads: 4, kvHeads: 2, context: 64}
+  data:
+    addition: {maxOperand: 99, trainExamples: 400, evalExamples: 40}
+  schedule: {steps: 2, globalBatch: 8}
+  seed: 1
+  checkpoint: {everySteps: 2}
+  output:
+    model: base
+    repository: {claimName: models}
+";
+
+/// A one-rank LoRA fine-tune of `base` on `.datasets/NAME/`, publishing adapter versions 1 and 2
+/// of model NAME.
+fn adapter_job(name: &str) -> String {
+    format!(
+        "apiVersion: lantern.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  model:
+    fineTune:
+      base: {{model: base, version: 1}}
+      method:
+        lora: {{rank: 4, alpha: 8, targets: [q_proj, v_proj, down_proj]}}
+      sequenceLength: 32
+  data:
+    jsonl: {{path: .datasets/{name}/train.jsonl, evalPath: .datasets/{name}/eval.jsonl}}
+  optimizer: {{learningRate: 0.01, minLearningRate: 0.001, weightDecay: 0.0}}
+  schedule: {{steps: 8, warmupSteps: 2, globalBatch: 8}}
+  seed: 1
+  checkpoint: {{everySteps: 4}}
+  output:
+    model: {name}
+    repository: {{claimName: models}}
+"
+    )
+}
+
+/// Serves `base` with adapter models `keys` and `codes` from their jobs, each adapter held to
+/// version 1 until its `versionPolicy` line is dropped.
+const ADAPTER_SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
+kind: InferenceService
+metadata: {name: base}
+spec:
+  model: base
+  source:
+    repository: {claimName: models}
+  replicas: 2
+  rollout:
+    steps: [50, 100]
+    stepSeconds: 2
+    analysis:
+      minRequests: 5
+      maxLatencyRatio: 100
+      evalMetric: {name: eval_loss}
+  adapters:
+  - trainingJobRef: {name: keys}
+    versionPolicy: {specific: [1]}
+  - trainingJobRef: {name: codes}
+    versionPolicy: {specific: [1]}
+";
+
+/// Prompt/completion pairs a byte-level model can learn, `answer` giving each key's completion.
+fn write_pairs(path: &std::path::Path, keys: std::ops::Range<u32>, answer: fn(u32) -> String) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let lines: Vec<String> =
+        keys.map(|k| serde_json::json!({"prompt": format!("key {k}:"), "completion": answer(k)}).to_string()).collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+/// One adapter's answers: the versions that answered, in order, and the failed requests.
+struct Answers {
+    model: String,
+    versions: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// OpenAI completions of each adapter through the Service without pause.
+struct AdapterTraffic {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Answers>>,
+}
+
+impl AdapterTraffic {
+    fn start(address: String, models: &[&str]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let models: Vec<String> = models.iter().map(|m| (*m).to_owned()).collect();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut seen: Vec<Answers> =
+                models.iter().map(|m| Answers { model: m.clone(), versions: Vec::new(), errors: Vec::new() }).collect();
+            while !stopping.load(Ordering::Relaxed) {
+                for Answers { model, versions, errors } in &mut seen {
+                    let body = serde_json::json!({"model": model, "prompt": "key 3:", "max_tokens": 2});
+                    let url = format!("http://{address}/v1/completions");
+                    match client.post(url).json(&body).send().await {
+                        Ok(response) if response.status() == 200 => {
+                            let version = response.headers().get("x-lantern-model-version").cloned();
+                            versions.push(version.and_then(|v| Some(v.to_str().ok()?.to_owned())).unwrap_or_default());
+                        }
+                        Ok(response) => {
+                            errors.push(format!("{}: {}", response.status(), response.text().await.unwrap_or_default()))
+                        }
+                        Err(error) => errors.push(error.to_string()),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen
+        });
+        Self { stop, task }
+    }
+
+    /// Stops, returning each adapter's answers.
+    async fn stop(self) -> Vec<Answers> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+fn adapter_status<'a>(service: &'a serde_json::Value, model: &str) -> &'a serde_json::Value {
+    let adapters = service["status"]["adapters"].as_array();
+    adapters.and_then(|a| a.iter().find(|s| s["model"] == model)).unwrap_or(&serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_adapters_on_one_base_roll_out_each_on_its_own() {
+    let stack = Stack::start().await.unwrap();
+    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
+    let applied = stack.apply(BASE_JOB).await.unwrap();
+    assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
+    let datasets = stack.claim_dir("models").join(".datasets");
+    write_pairs(&datasets.join("keys/train.jsonl"), 0..64, |k| format!(" v{}", k * 7 % 100));
+    write_pairs(&datasets.join("keys/eval.jsonl"), 64..72, |k| format!(" v{}", k * 7 % 100));
+    write_pairs(&datasets.join("codes/train.jsonl"), 0..64, |k| format!(" c{}", k * 3 % 50));
+    write_pairs(&datasets.join("codes/eval.jsonl"), 64..72, |k| format!(" c{}", k * 3 % 50));
+    let ended = |j: &serde_json::Value| matches!(j["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    let base = stack.wait_for("tj/base", "the base's training", Duration::from_secs(120), ended).await;
+    assert_eq!(base["status"]["phase"], "Succeeded", "{:#}", base["status"]);
+
+    // Both adapters train to versions 1 and 2; the service serves version 1 of each.
+    for name in ["keys", "codes"] {
+        assert!(stack.apply(&adapter_job(name)).await.unwrap().ok);
+    }
+    for name in ["keys", "codes"] {
+        let job = stack.wait_for(&format!("tj/{name}"), "the fine-tune", Duration::from_secs(180), ended).await;
+        assert_eq!(job["status"]["phase"], "Succeeded", "{:#}", job["status"]);
+    }
+    assert!(stack.apply(ADAPTER_SERVICE).await.unwrap().ok);
+    let both_served = |s: &serde_json::Value| {
+        condition(s, "Ready").0 == "True"
+            && condition(s, "AdaptersReady").0 == "True"
+            && ["keys", "codes"].iter().all(|m| adapter_status(s, m)["stableVersion"] == 1)
+    };
+    let ready = stack.wait_for("isvc/base", "both adapters served", Duration::from_secs(90), both_served).await;
+    assert_eq!(adapter_status(&ready, "keys")["base"], "base:1", "{:#}", ready["status"]);
+    let address = stack.service_address("base").await.unwrap();
+    let models: serde_json::Value =
+        reqwest::get(format!("http://{address}/v1/models")).await.unwrap().json().await.unwrap();
+    let listed: Vec<(&str, &str)> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| Some((m["id"].as_str()?, m["parent"].as_str().unwrap_or_default())))
+        .collect();
+    for adapter in ["keys", "codes"] {
+        assert!(listed.contains(&(adapter, "base")), "{adapter} with its parent in {listed:?}");
+    }
+
+    // keys' version 2 goes out as a canary and is promoted; codes keeps answering from version 1.
+    let traffic = AdapterTraffic::start(address.clone(), &["keys", "codes"]);
+    let unpinned_keys = ADAPTER_SERVICE.replacen(
+        "  - trainingJobRef: {name: keys}\n    versionPolicy: {specific: [1]}\n",
+        "  - trainingJobRef: {name: keys}\n",
+        1,
+    );
+    assert!(stack.apply(&unpinned_keys).await.unwrap().ok);
+    let rollout_of = |model: &'static str, version: u64| {
+        move |s: &serde_json::Value| {
+            let rollout = &adapter_status(s, model)["rollout"];
+            rollout["version"] == version
+                && matches!(rollout["phase"].as_str(), Some("Promoted" | "RolledBack" | "Aborted"))
+        }
+    };
+    let promoted = stack.wait_for("isvc/base", "keys' rollout", Duration::from_secs(60), rollout_of("keys", 2)).await;
+    let keys = adapter_status(&promoted, "keys");
+    assert_eq!(keys["rollout"]["phase"], "Promoted", "{:#}", promoted["status"]);
+    assert_eq!(
+        (keys["stableVersion"].as_u64(), keys["rollout"]["analyses"].as_array().map(Vec::len)),
+        (Some(2), Some(2))
+    );
+    assert_eq!(adapter_status(&promoted, "codes")["stableVersion"], 1);
+    assert!(adapter_status(&promoted, "codes")["rollout"].is_null(), "codes had no rollout");
+
+    // Then codes' own.
+    let unpinned = unpinned_keys.replace("    versionPolicy: {specific: [1]}\n", "");
+    assert!(stack.apply(&unpinned).await.unwrap().ok);
+    let done = stack.wait_for("isvc/base", "codes' rollout", Duration::from_secs(60), rollout_of("codes", 2)).await;
+    assert_eq!(adapter_status(&done, "codes")["rollout"]["phase"], "Promoted", "{:#}", done["status"]);
+    let seen = traffic.stop().await;
+    for Answers { model, versions, errors } in &seen {
+        assert!(
+            errors.is_empty(),
+            "{model}: {} of {} requests failed: {:?}",
+            errors.len(),
+            versions.len() + errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        let (ones, twos) =
+            (versions.iter().filter(|v| *v == "1").count(), versions.iter().filter(|v| *v == "2").count());
+        assert!(
+            ones > 0 && twos > 0 && ones + twos == versions.len(),
+            "{model}: {ones} from 1, {twos} from 2, of {versions:?}"
+        );
+    }
+    // While keys rolled out, codes answered from version 1 alone: its first version 2 answer
+    // came after keys' promotion.
+    let keys_last_one = seen[0].versions.iter().rposition(|v| v == "1").unwrap();
+    let codes_first_two = seen[1].versions.iter().position(|v| v == "2").unwrap();
+    assert!(codes_first_two > keys_last_one, "codes moved before keys' rollout ended");
+
+    // A PEFT-layout adapter from elsewhere, published as codes' version 3 with a worse held-out
+    // loss, is rolled back before it gets traffic; keys is untouched.
+    let peft = tempfile::tempdir().unwrap();
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(stack.claim_dir("models").join("keys/2").join(file), peft.path().join(file)).unwrap();
+    }
+    let worker = lantern_e2e::binary("lantern-worker").unwrap();
+    let publish = tokio::process::Command::new(worker)
+        .args(["publish", "--repository", stack.claim_dir("models").to_str().unwrap(), "--model", "codes"])
+        .args(["--source", peft.path().to_str().unwrap(), "--base", "base:1", "--metric", "eval_loss=99"])
+        .output()
+        .await
+        .unwrap();
+    assert!(publish.status.success(), "{}", String::from_utf8_lossy(&publish.stderr));
+    let regressed =
+        stack.wait_for("isvc/base", "codes' rollback", Duration::from_secs(60), rollout_of("codes", 3)).await;
+    let codes = adapter_status(&regressed, "codes");
+    assert_eq!(
+        (codes["rollout"]["reason"].as_str(), codes["stableVersion"].as_u64()),
+        (Some("EvalMetricRegressed"), Some(2))
+    );
+    assert_eq!(codes["rejectedVersions"], serde_json::json!([3]));
+    assert_eq!(adapter_status(&regressed, "keys")["stableVersion"], 2);
+
+    let events = stack.kubectl(&["get", "events", "--field-selector", "involvedObject.name=base"]).await.unwrap();
+    for message in [
+        "adapter keys: version 2 promoted",
+        "adapter codes: version 2 promoted",
+        "adapter codes: version 3 rolled back",
+    ] {
+        assert!(events.stdout.contains(message), "no {message:?} event:\n{}", events.stdout);
+    }
     stack.stop().await.unwrap();
 }

@@ -68,6 +68,7 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
         "examples/serving/adder.yaml",
         "examples/training/finetune-tickets-job.yaml",
         "examples/serving/tickets.yaml",
+        "examples/serving/adapters.yaml",
     ];
     for example in examples {
         let path = workspace().join(example);
@@ -140,6 +141,18 @@ spec:
         (
             service.replace("replicas: 2", "replicas: 2\n  device: gpu"),
             "spec.device: Unsupported value: \"gpu\": supported values: \"cpu\", \"cuda\"",
+        ),
+        (
+            service.replace("replicas: 2", "replicas: 2\n  adapters: [{model: a, trainingJobRef: {name: a}}]"),
+            "set exactly one of model and trainingJobRef in each adapter",
+        ),
+        (
+            service.replace("replicas: 2", "replicas: 2\n  adapters: [{model: a}, {model: a}]"),
+            "each adapter model is listed once and differs from spec.model",
+        ),
+        (
+            service.replace("replicas: 2", "replicas: 2\n  adapters: [{model: tiny}]"),
+            "each adapter model is listed once and differs from spec.model",
         ),
     ];
     for (manifest, message) in &service_cases {

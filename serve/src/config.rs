@@ -1,6 +1,7 @@
 //! A model's serving config: which versions to keep loaded (the version policy), which labels
 //! name which versions, and how unlabelled traffic splits across versions. The operator replaces
-//! it through `ModelService.SetServingConfig`; `--version-policy` sets the starting policy.
+//! it through `ModelService.SetServingConfig`; `--version-policy` sets the starting policy, and
+//! `--model-policy MODEL=POLICY` one model's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -56,6 +57,24 @@ impl fmt::Display for VersionPolicy {
                 write!(f, "specific:{}", list.join(","))
             }
         }
+    }
+}
+
+/// One model's starting version policy: `MODEL=POLICY`, as `--model-policy` takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelPolicy {
+    pub model: String,
+    pub policy: VersionPolicy,
+}
+
+impl FromStr for ModelPolicy {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (model, policy) =
+            s.split_once('=').ok_or_else(|| Error::invalid(format!("invalid model policy {s:?}: use MODEL=POLICY")))?;
+        lantern_runtime::repository::validate_model_name(model)?;
+        Ok(Self { model: model.to_owned(), policy: policy.parse()? })
     }
 }
 
@@ -137,6 +156,11 @@ mod tests {
         assert_eq!("latest".parse::<VersionPolicy>().unwrap(), VersionPolicy::Latest(1));
         for bad in ["latest:0", "newest", "specific:", "specific:a", "all:2", "specific:0"] {
             assert!(bad.parse::<VersionPolicy>().is_err(), "{bad}");
+        }
+        let tickets = "tickets=specific:2,3".parse::<ModelPolicy>().unwrap();
+        assert_eq!((tickets.model.as_str(), tickets.policy.to_string()), ("tickets", "specific:2,3".to_owned()));
+        for bad in ["tickets", "=latest:1", "tickets=newest", "../x=all"] {
+            assert!(bad.parse::<ModelPolicy>().is_err(), "{bad}");
         }
     }
 

@@ -48,6 +48,8 @@ pub struct ServeSettings {
     pub models: BTreeSet<String>,
     /// The version policy of a model until `SetServingConfig` replaces it.
     pub policy: VersionPolicy,
+    /// Models whose starting policy is not `policy`.
+    pub model_policies: BTreeMap<String, VersionPolicy>,
     /// First retry delay after a failed load; doubles per failure.
     pub retry_base: Duration,
     /// Longest retry delay.
@@ -63,6 +65,13 @@ pub struct ServeSettings {
     pub max_adapters: Option<usize>,
 }
 
+impl ServeSettings {
+    /// `model`'s version policy until `SetServingConfig` replaces it.
+    pub fn starting_policy(&self, model: &str) -> &VersionPolicy {
+        self.model_policies.get(model).unwrap_or(&self.policy)
+    }
+}
+
 impl Default for ServeSettings {
     fn default() -> Self {
         Self {
@@ -70,6 +79,7 @@ impl Default for ServeSettings {
             batch: BatchSettings::default(),
             models: BTreeSet::new(),
             policy: VersionPolicy::default(),
+            model_policies: BTreeMap::new(),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             load_timeout: Duration::from_secs(300),
@@ -425,7 +435,7 @@ impl ModelManager {
                     }
                 };
                 let state = models.entry(name.clone()).or_insert_with(|| ModelState {
-                    config: ServingConfig::with_policy(self.inner.settings.policy.clone()),
+                    config: ServingConfig::with_policy(self.inner.settings.starting_policy(&name).clone()),
                     enabled: true,
                     versions: BTreeMap::new(),
                     on_disk: BTreeSet::new(),

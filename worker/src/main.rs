@@ -19,7 +19,7 @@ use lantern_runtime::model::mlp;
 use lantern_runtime::repository::{self, PublishRequest, Repository};
 use lantern_serve::auth::Credentials;
 use lantern_serve::batcher::BatchSettings;
-use lantern_serve::config::VersionPolicy;
+use lantern_serve::config::{ModelPolicy, VersionPolicy};
 use lantern_serve::connections::{ConnectionLimits, Tls};
 use lantern_serve::engine::EngineSettings;
 use lantern_serve::server::{self, ServerOptions};
@@ -83,6 +83,10 @@ struct ServeArgs {
     /// Version policy until the operator pushes a config: latest[:N], all, specific:V1,V2.
     #[arg(long, env = env::VERSION_POLICY, default_value = "latest:1")]
     version_policy: VersionPolicy,
+    /// One model's version policy until the operator pushes its config, `MODEL=POLICY`
+    /// (repeat, or space-separate in the variable); other models start with --version-policy.
+    #[arg(long = "model-policy", env = env::MODEL_POLICIES, value_delimiter = ' ')]
+    model_policies: Vec<ModelPolicy>,
     /// Repository rescan interval, in milliseconds.
     #[arg(long, env = env::POLL_INTERVAL_MS, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..))]
     poll_interval_ms: u64,
@@ -403,6 +407,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         models: args.models.iter().cloned().collect::<BTreeSet<_>>(),
         policy: args.version_policy,
+        model_policies: args.model_policies.into_iter().map(|p| (p.model, p.policy)).collect(),
         retry_base: Duration::from_millis(args.retry_base_ms),
         engine: EngineSettings {
             kv_cache_bytes: (args.kv_cache_mib as usize) << 20,

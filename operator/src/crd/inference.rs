@@ -35,6 +35,7 @@ use super::{Device, PodOverrides, Repository};
 #[x_kube(validation = Rule::new("!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
 #[x_kube(validation = Rule::new("!has(self.minReplicas) || self.replicas >= self.minReplicas").message("replicas must be at least minReplicas"))]
 #[x_kube(validation = Rule::new("!has(self.maxReplicas) || self.replicas <= self.maxReplicas").message("replicas must be at most maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.adapters) || self.adapters.all(a, !has(a.model) || (a.model != self.model && self.adapters.filter(b, has(b.model) && b.model == a.model).size() == 1))").message("each adapter model is listed once and differs from spec.model"))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceServiceSpec {
     /// The model's name in the repository (and the name clients ask for).
@@ -87,6 +88,34 @@ pub struct InferenceServiceSpec {
     /// (`tls.crt`, `tls.key`). Clients then connect with `https://` (HTTP/1.1 or HTTP/2 by ALPN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// LoRA adapter models served in the same pods on versions of `model` (their base): one
+    /// engine per base version runs every adapter's requests in shared batches. Each adapter
+    /// model rolls out its own versions as canaries, while the others keep serving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub adapters: Vec<AdapterModel>,
+}
+
+/// An adapter model served on the service's base: named, or fed by a fine-tuning TrainingJob.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.model) != has(self.trainingJobRef)").message("set exactly one of model and trainingJobRef in each adapter"))]
+#[serde(rename_all = "camelCase")]
+pub struct AdapterModel {
+    /// The adapter model's name in the repository (and the name clients ask for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"))]
+    pub model: Option<String>,
+    /// A LoRA fine-tuning TrainingJob in the same namespace (`merge` unset or false) publishing
+    /// into the service's repository: its output model is the adapter, each checkpoint a
+    /// candidate version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_job_ref: Option<TrainingJobRef>,
+    /// Which of the adapter's versions become candidates (default: the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_policy: Option<VersionPolicy>,
+    /// How the adapter's new versions go out; the service's `rollout` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 /// Where a service's serving certificate is.
@@ -261,7 +290,8 @@ pub struct InferenceServiceStatus {
     /// Where clients connect: gRPC and HTTP on one port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// `Ready`, `ModelsReady`, `RolloutProgressing`, with reasons such as `ModelLoadFailed`.
+    /// `Ready`, `ModelsReady`, `AdaptersReady`, `RolloutProgressing`, with reasons such as
+    /// `ModelLoadFailed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -274,6 +304,18 @@ pub struct InferenceServiceStatus {
     /// The pods' label selector, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// The base model's versions and rollout.
+    #[serde(flatten)]
+    pub served: ServedVersions,
+    /// Each adapter model's versions and rollout, in the order of `spec.adapters`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<AdapterStatus>,
+}
+
+/// One model's stable and canary versions, its rollout and its versions across the pods.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedVersions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_version: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,6 +332,23 @@ pub struct InferenceServiceStatus {
     /// Each version's state across the pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub versions: Vec<VersionStatus>,
+}
+
+/// An adapter model of the service.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdapterStatus {
+    /// The adapter model (empty while its TrainingJob is not found).
+    #[serde(default)]
+    pub model: String,
+    /// The base its stable version was trained on, as `model:version`, from the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(flatten)]
+    pub served: ServedVersions,
+    /// Why the adapter is not served, when its source cannot be used.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// Where a rollout is.

@@ -1,15 +1,20 @@
 //! The InferenceService controller. Each pass:
-//! 1. finds the model repository (the spec's claim, or the referenced TrainingJob's output);
+//! 1. finds the model repository (the spec's claim, or the referenced TrainingJob's output) and
+//!    the adapter models ([`adapters`](super::adapters): listed, or fine-tuning TrainingJobs'
+//!    outputs);
 //! 2. applies the Service;
-//! 3. asks every running pod's worker for the model's status (`ModelService.GetModelStatus`);
-//! 4. lets [`rollout`](super::rollout) decide the stable version, the canary and the split, and
-//!    pushes that serving config to every worker (a worker ignores a config it already has);
+//! 3. asks every running pod's worker for the status of every model it serves
+//!    (`ModelService.GetModelStatus`);
+//! 4. lets [`rollout`](super::rollout) decide, for the base and for each adapter model on its
+//!    own, the stable version, the canary and the split, and pushes each model's serving config
+//!    to every worker (a worker ignores a config it already has);
 //! 5. creates and deletes pods as [`pods`](super::pods) says;
 //! 6. writes the status and records the rollout's Events.
 //!
 //! The decision reads only the status and the workers, so a restarted operator resumes a
 //! rollout where it stood. New versions on disk are seen by polling the workers.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,10 +35,11 @@ use lantern_telemetry::with_trace_context;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use super::adapters;
 use super::fleet::Fleet;
-use super::objects::{self, MANAGEMENT_PORT, SERVICE_LABEL};
+use super::objects::{self, MANAGEMENT_PORT, PodAdapter, PodModels, SERVICE_LABEL};
 use super::pods::{self, ServingPod};
-use super::rollout::{self, Decision};
+use super::rollout::{self, Settings};
 use super::status::{self, Observed};
 use crate::context::{Context, Error, MANAGER, kube_error, run_controller};
 use crate::crd::{InferenceService, Repository, TrainingJob};
@@ -70,6 +76,26 @@ async fn repository(client: &Client, service: &InferenceService, namespace: &str
     }
 }
 
+/// Each TrainingJob `spec.adapters` references, as read (or why it could not be).
+async fn adapter_jobs(
+    client: &Client,
+    service: &InferenceService,
+    namespace: &str,
+) -> BTreeMap<String, Result<TrainingJob, String>> {
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), namespace);
+    let names = service.spec.adapters.iter().filter_map(|a| a.training_job_ref.as_ref()).map(|r| r.name.clone());
+    let mut found = BTreeMap::new();
+    for name in names {
+        let job = match jobs.get_opt(&name).await {
+            Ok(Some(job)) => Ok(job),
+            Ok(None) => Err(format!("TrainingJob {namespace}/{name} not found")),
+            Err(error) => Err(format!("reading TrainingJob {namespace}/{name}: {error}")),
+        };
+        found.insert(name, job);
+    }
+    found
+}
+
 async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Result<Action, Error> {
     let client = &context.client;
     let namespace = service.namespace().unwrap_or_else(|| "default".to_owned());
@@ -90,6 +116,12 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         .map_err(kube_error("applying the NetworkPolicy"))?;
     let token = credentials::token(client, &namespace, objects::management_secret(&service)).await?;
 
+    let source = repository(client, &service, &namespace).await;
+    let jobs = adapter_jobs(client, &service, &namespace).await;
+    let resolved = adapters::resolve(&service.spec, source.as_ref().ok(), &jobs);
+    let mut served: Vec<&str> = vec![&service.spec.model];
+    served.extend(resolved.iter().filter(|a| a.error.is_none()).map(|a| a.model.as_str()));
+
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let listed = pod_api
         .list(&ListParams::default().labels(&objects::selector(&service)))
@@ -97,52 +129,64 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         .map_err(kube_error("listing the service's pods"))?;
     let pods: Vec<ServingPod> = listed.items.iter().filter_map(ServingPod::from_pod).collect();
     let answering: Vec<&ServingPod> = pods.iter().filter(|p| !p.terminating && p.ip.is_some()).collect();
-    // One connection per pod and pass, for the status and the push alike.
+    // One connection per pod and pass, for the status and the pushes alike.
     let workers = join_all(answering.iter().map(|pod| worker(pod, &token))).await;
-    let asks =
-        answering.iter().zip(&workers).map(|(pod, client)| model_status(pod, client.clone(), &service.spec.model));
-    let reports = join_all(asks).await;
+    let reports =
+        join_all(answering.iter().zip(&workers).map(|(pod, client)| model_statuses(pod, client.clone()))).await;
     // A model unloaded behind the operator's back (RepositoryModelUnload by another holder of
     // the token) is loaded again: the serving config says it is served.
-    let reloads = answering.iter().zip(&workers).zip(&reports).filter_map(|((pod, client), report)| {
-        let unloaded = report.as_ref().is_some_and(|report| report.unloaded);
-        Some((pod, client.clone().filter(|_| unloaded)?))
+    let reloads = answering.iter().zip(&workers).zip(&reports).flat_map(|((pod, client), report)| {
+        let unloaded = report.iter().flatten().filter(|r| r.unloaded && served.contains(&r.model.as_str()));
+        unloaded.filter_map(move |r| Some((pod, client.clone()?, r.model.as_str())))
     });
-    let model = service.spec.model.as_str();
-    for (pod, result) in join_all(reloads.map(|(pod, client)| async move { (pod, reload(client, model).await) })).await
-    {
+    let reloaded =
+        join_all(reloads.map(|(pod, client, model)| async move { (pod, model, reload(client, model).await) }));
+    for (pod, model, result) in reloaded.await {
         match result {
             Ok(()) => {
-                tracing::info!(service = %name, pod = %pod.name, "loaded the model again after an unload the operator did not ask for")
+                tracing::info!(service = %name, pod = %pod.name, model, "loaded a model again after an unload the operator did not ask for")
             }
-            Err(error) => tracing::warn!(service = %name, pod = %pod.name, %error, "loading the unloaded model again"),
+            Err(error) => {
+                tracing::warn!(service = %name, pod = %pod.name, model, %error, "loading an unloaded model again")
+            }
         }
     }
-    let fleet = Fleet::from_reports(&reports.iter().flatten().cloned().collect::<Vec<_>>());
+    let answers: Vec<Vec<ModelStatus>> = reports.iter().flatten().cloned().collect();
+    let fleet = Fleet::of_model(&answers, &service.spec.model);
 
     let previous = service.status.clone().unwrap_or_default();
     let now = Timestamp::now();
-    let decision = rollout::decide(&service.spec, &previous, &fleet, now);
-    if let Some(config) = decision.serving_config() {
-        let reachable = answering.iter().zip(&workers).filter_map(|(pod, client)| Some((pod, client.clone()?)));
-        let model = &service.spec.model;
-        let pushes = reachable.map(|(pod, client)| {
-            let config = config.clone();
-            async move { (pod, push_config(client, model, config).await) }
-        });
-        for (pod, result) in join_all(pushes).await {
-            if let Err(error) = result {
-                tracing::warn!(service = %name, pod = %pod.name, %error, "pushing the serving config");
-            }
+    let decision = rollout::decide(&Settings::of(&service.spec), &previous.served, &fleet, now);
+    let adapter_states = adapters::decide(&resolved, &previous.adapters, &answers, now);
+    let mut configs: Vec<(&str, ServingConfig)> =
+        decision.serving_config().map(|config| (service.spec.model.as_str(), config)).into_iter().collect();
+    for adapter in &adapter_states {
+        if let Some(config) = adapter.decision.as_ref().and_then(|d| d.serving_config()) {
+            configs.push((&adapter.model, config));
+        }
+    }
+    let reachable = answering.iter().zip(&workers).filter_map(|(pod, client)| Some((pod, client.clone()?)));
+    let pushes = reachable.flat_map(|(pod, client)| {
+        configs.iter().map(move |(model, config)| {
+            let (client, config) = (client.clone(), config.clone());
+            async move { (pod, *model, push_config(client, model, config).await) }
+        })
+    });
+    for (pod, model, result) in join_all(pushes).await {
+        if let Err(error) = result {
+            tracing::warn!(service = %name, pod = %pod.name, model, %error, "pushing the serving config");
         }
     }
 
-    let source = repository(client, &service, &namespace).await;
     let mut replicas = 0;
     if let Ok(repository) = &source {
         let image = context.images.for_device(service.spec.device);
         let memory = objects::default_memory_limit(&service, fleet.largest_version_bytes);
-        let revision = objects::revision(&service, repository, image, memory.as_deref());
+        let adapters = adapter_states.iter().filter_map(|adapter| {
+            Some(PodAdapter { model: adapter.model.clone(), policy: adapter.decision.as_ref()?.starting_policy() })
+        });
+        let models = PodModels { policy: decision.starting_policy(), adapters: adapters.collect() };
+        let revision = objects::revision(&service, repository, image, memory.as_deref(), &models.adapters);
         let plan = pods::plan(service.spec.replicas, &revision, &pods);
         for pod in &plan.delete {
             match pod_api.delete(pod, &DeleteParams::default()).await {
@@ -151,9 +195,8 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
                 Err(error) => return Err(kube_error(format!("deleting pod {pod}"))(error)),
             }
         }
-        let policy = initial_policy(&decision);
         for index in &plan.create {
-            let pod = objects::pod(&service, repository, image, &revision, *index, &policy, memory.as_deref());
+            let pod = objects::pod(&service, repository, image, &revision, *index, &models, memory.as_deref());
             pod_api
                 .patch(&objects::pod_name(&service, &revision, *index), &apply, &Patch::Apply(&pod))
                 .await
@@ -162,14 +205,18 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         replicas = pods.iter().filter(|p| !p.terminating && p.revision == revision).count() as u32;
     }
 
-    let serving = answering
-        .iter()
-        .zip(&reports)
-        .filter(|(pod, report)| pod.ready && report.as_ref().zip(decision.stable).is_some_and(|(r, v)| serves(r, v)))
-        .count() as u32;
+    let serves_stable = |report: &Vec<ModelStatus>| {
+        let base = report.iter().find(|r| r.model == service.spec.model);
+        base.zip(decision.stable).is_some_and(|(r, v)| serves(r, v))
+    };
+    let serving =
+        answering.iter().zip(&reports).filter(|(pod, report)| pod.ready && report.as_ref().is_some_and(serves_stable));
+    let serving = serving.count() as u32;
+    let requeue = adapter_states.iter().filter_map(|a| a.decision.as_ref()?.requeue).chain(decision.requeue).min();
     let observed = Observed { replicas, serving, fleet, source_error: source.err() };
-    let next = status::next(&service, &decision, &observed, now);
-    for event in &decision.events {
+    let next = status::next(&service, &decision, &adapter_states, &observed, now);
+    let events = decision.events.iter().cloned().chain(adapter_states.iter().flat_map(|a| a.events()));
+    for event in events {
         context.record_event(service.as_ref(), event.reason, &event.message, event.warning).await;
     }
     if service.status.as_ref() != Some(&next) {
@@ -183,14 +230,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     // Workers are polled for new versions; with no pods there is nothing to poll, and any
     // change to the service or its pods wakes the controller anyway.
     let poll = if pods.is_empty() { IDLE } else { POLL };
-    Ok(Action::requeue(decision.requeue.unwrap_or(poll).min(poll)))
-}
-
-/// The worker's `--version-policy` for a new pod: what the others serve now, until the next
-/// push.
-fn initial_policy(decision: &Decision) -> String {
-    let versions: Vec<String> = decision.stable.iter().chain(&decision.canary).map(u64::to_string).collect();
-    if versions.is_empty() { "latest:1".to_owned() } else { format!("specific:{}", versions.join(",")) }
+    Ok(Action::requeue(requeue.unwrap_or(poll).min(poll)))
 }
 
 fn serves(report: &ModelStatus, version: u64) -> bool {
@@ -220,16 +260,15 @@ async fn reload(connection: Management, model: &str) -> Result<(), String> {
         .map_err(|status| format!("{}: {}", status.code(), status.message()))
 }
 
-/// The pod's view of `model`, if its worker answers in time. A worker that has not scanned the
-/// repository yet answers NOT_FOUND, which counts as no answer.
-async fn model_status(pod: &ServingPod, connection: Option<Management>, model: &str) -> Option<ModelStatus> {
+/// The pod's view of every model it serves, if its worker answers in time.
+async fn model_statuses(pod: &ServingPod, connection: Option<Management>) -> Option<Vec<ModelStatus>> {
     let Some(mut client) = connection.map(ModelServiceClient::new) else {
         tracing::debug!(pod = %pod.name, "worker not reachable");
         return None;
     };
-    let request = with_trace_context(tonic::Request::new(GetModelStatusRequest { model: model.to_owned() }));
+    let request = with_trace_context(tonic::Request::new(GetModelStatusRequest { model: String::new() }));
     match client.get_model_status(request).await {
-        Ok(response) => response.into_inner().models.into_iter().next(),
+        Ok(response) => Some(response.into_inner().models),
         Err(status) => {
             tracing::debug!(pod = %pod.name, %status, "no model status");
             None

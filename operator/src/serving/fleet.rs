@@ -1,5 +1,5 @@
-//! What a service's pods say: each worker's `ModelService.GetModelStatus` answer for the model,
-//! folded into one view per version (pure). The rollout decides on this view, and the status
+//! What a service's pods say: each worker's `ModelService.GetModelStatus` answer for a model
+//! (the base or an adapter), folded into one view per version (pure). The rollout decides on this view, and the status
 //! reports it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,6 +67,8 @@ pub struct VersionView {
     pub message: String,
     /// The manifest's evaluation metrics, from any pod that loaded it.
     pub metrics: BTreeMap<String, f64>,
+    /// An adapter's base as `model:version`, from any pod that knows it.
+    pub base: Option<String>,
     pub requests: Requests,
 }
 
@@ -100,6 +102,9 @@ impl Fleet {
                     }
                     _ => {}
                 }
+                if let (None, Some(base)) = (&view.base, &version.base) {
+                    view.base = Some(format!("{}:{}", base.model, base.version));
+                }
                 if view.metrics.is_empty() {
                     view.metrics = version.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
                 }
@@ -109,6 +114,14 @@ impl Fleet {
             }
         }
         fleet
+    }
+
+    /// Folds `model`'s reports out of each answering pod's report of all its models; a pod
+    /// that does not know the model yet (it has not scanned the repository since) counts as
+    /// not answering.
+    pub fn of_model(pods: &[Vec<ModelStatus>], model: &str) -> Self {
+        let reports: Vec<ModelStatus> = pods.iter().flatten().filter(|r| r.model == model).cloned().collect();
+        Self::from_reports(&reports)
     }
 
     /// The view of `version` (all zero when no pod knows it).

@@ -1,8 +1,9 @@
 //! The InferenceService controller ([`controller`]) and its pure pieces: the objects a service
 //! owns ([`objects`]), which pods to create and delete ([`pods`]), the workers' reports folded
-//! per version ([`fleet`]), the rollout state machine ([`rollout`]) and the next status
-//! ([`status`]).
+//! per version ([`fleet`]), the rollout state machine ([`rollout`]), the adapter models served
+//! beside the base, each rolled out on its own ([`adapters`]), and the next status ([`status`]).
 
+pub mod adapters;
 pub mod controller;
 pub mod fleet;
 pub mod objects;

@@ -2,8 +2,9 @@
 //! to, and the worker pods behind it.
 //!
 //! Pods belong to a *revision*: a hash of everything that needs a new process to change (image,
-//! resources, device, batching and generation limits, scheduling, the repository). Changing versions,
-//! labels or the traffic split changes no pod; it is pushed to the running workers.
+//! resources, device, batching and generation limits, scheduling, the repository, the adapter
+//! models served). Changing versions, labels or the traffic split changes no pod; it is pushed to
+//! the running workers.
 
 use std::collections::BTreeMap;
 use std::hash::Hasher;
@@ -72,10 +73,32 @@ pub fn default_memory_limit(service: &InferenceService, largest_version_bytes: u
     Some(format!("{}Mi", mib.next_power_of_two()))
 }
 
+/// The models a pod serves, each with its version policy until the operator pushes the model's
+/// config: the service's model (the worker's `--version-policy`), then its adapter models
+/// (`--model-policy`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodModels {
+    pub policy: String,
+    pub adapters: Vec<PodAdapter>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodAdapter {
+    pub model: String,
+    pub policy: String,
+}
+
 /// The revision of the pods `service` wants, running `image` (the service's own when set) with
-/// models from `repository` and the default `memory` limit: 10 hex digits of a stable hash
-/// (FNV-1a) of the runtime settings.
-pub fn revision(service: &InferenceService, repository: &Repository, image: &str, memory: Option<&str>) -> String {
+/// models from `repository`, the `adapters` models beside the base and the default `memory`
+/// limit: 10 hex digits of a stable hash (FNV-1a) of the runtime settings. The starting
+/// policies are not part of it.
+pub fn revision(
+    service: &InferenceService,
+    repository: &Repository,
+    image: &str,
+    memory: Option<&str>,
+    adapters: &[PodAdapter],
+) -> String {
     let spec = &service.spec;
     let mut runtime = json!({
         "image": spec.image.as_deref().unwrap_or(image),
@@ -98,6 +121,9 @@ pub fn revision(service: &InferenceService, repository: &Repository, image: &str
     }
     if let Some(memory) = memory {
         runtime["memory"] = json!(memory);
+    }
+    if !adapters.is_empty() {
+        runtime["adapters"] = json!(adapters.iter().map(|a| a.model.as_str()).collect::<Vec<_>>());
     }
     let mut hash = fnv::FnvHasher::default();
     hash.write(runtime.to_string().as_bytes());
@@ -153,8 +179,7 @@ pub fn network_policy(service: &InferenceService, operator_namespace: &str) -> N
     }
 }
 
-/// One worker pod: slot `index` of `revision`, serving the model from `repository` with
-/// `policy` (the worker's `--version-policy`) until the operator pushes its config, with the
+/// One worker pod: slot `index` of `revision`, serving `models` from `repository`, with the
 /// default `memory` limit when the spec gives none.
 pub fn pod(
     service: &InferenceService,
@@ -162,22 +187,29 @@ pub fn pod(
     image: &str,
     revision: &str,
     index: u32,
-    policy: &str,
+    models: &PodModels,
     memory: Option<&str>,
 ) -> Pod {
     let spec = &service.spec;
     let mut labels = service_labels(service);
     labels.insert(REVISION_LABEL.to_owned(), revision.to_owned());
     labels.insert(INDEX_LABEL.to_owned(), index.to_string());
+    let adapters = &models.adapters;
+    let names: Vec<&str> =
+        std::iter::once(spec.model.as_str()).chain(adapters.iter().map(|a| a.model.as_str())).collect();
     let mut env = vec![
         objects::pod_ip_var(),
         env_var(env::LISTEN, format!("$(POD_IP):{SERVING_PORT}")),
         env_var(env::MANAGEMENT_LISTEN, format!("$(POD_IP):{MANAGEMENT_PORT}")),
         env_var(env::MANAGEMENT_TOKEN_FILE, format!("{MANAGEMENT_TOKEN_DIR}/{TOKEN_KEY}")),
         env_var(env::REPOSITORY, REPOSITORY_MOUNT),
-        env_var(env::MODELS, spec.model.as_str()),
-        env_var(env::VERSION_POLICY, policy),
+        env_var(env::MODELS, names.join(",")),
+        env_var(env::VERSION_POLICY, models.policy.as_str()),
     ];
+    if !adapters.is_empty() {
+        let policies: Vec<String> = adapters.iter().map(|a| format!("{}={}", a.model, a.policy)).collect();
+        env.push(env_var(env::MODEL_POLICIES, policies.join(" ")));
+    }
     let batching = spec.batching.clone().unwrap_or_default();
     let generation = spec.generation.clone().unwrap_or_default();
     let settings = [
@@ -272,6 +304,11 @@ mod tests {
     use super::*;
     use crate::serving::test_service;
 
+    /// The base alone, starting with `policy`.
+    fn starting(policy: &str) -> PodModels {
+        PodModels { policy: policy.to_owned(), adapters: Vec::new() }
+    }
+
     fn repository() -> Repository {
         Repository { claim_name: "models".into(), sub_path: Some("team-a".into()) }
     }
@@ -283,7 +320,9 @@ mod tests {
             "resources": {"limits": {"cpu": "2"}},
             "template": {"nodeSelector": {"pool": "cpu"}},
         }));
-        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 1, "specific:3", None)).unwrap();
+        let pod =
+            serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 1, &starting("specific:3"), None))
+                .unwrap();
         assert_eq!(pod["metadata"]["name"], "adder-abc-1");
         assert_eq!(pod["metadata"]["labels"][SERVICE_LABEL], "adder");
         assert_eq!(pod["metadata"]["labels"][REVISION_LABEL], "abc");
@@ -319,7 +358,8 @@ mod tests {
     #[test]
     fn api_keys_from_a_secret_are_mounted_for_the_worker() {
         let service = test_service(json!({"apiKeys": {"name": "team-keys"}}));
-        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 0, "latest:1", None)).unwrap();
+        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 0, &starting("latest:1"), None))
+            .unwrap();
         let volume = &pod["spec"]["volumes"][2];
         assert_eq!(volume["secret"]["secretName"], "team-keys");
         assert_eq!(volume["secret"]["items"][0], json!({"key": "keys", "path": "keys"}));
@@ -343,14 +383,16 @@ mod tests {
         assert_eq!(default_memory_limit(&given, 70 << 20), None, "the user's limit stands");
         let cpu_only = test_service(json!({"resources": {"limits": {"cpu": "2"}}}));
         let pod =
-            serde_json::to_value(pod(&cpu_only, &repository(), "w", "abc", 0, "latest:1", Some("2048Mi"))).unwrap();
+            serde_json::to_value(pod(&cpu_only, &repository(), "w", "abc", 0, &starting("latest:1"), Some("2048Mi")))
+                .unwrap();
         assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"], json!({"cpu": "2", "memory": "2048Mi"}));
     }
 
     #[test]
     fn tls_from_a_secret_is_mounted_and_probed_over_https() {
         let service = test_service(json!({"tls": {"secretName": "adder-cert"}}));
-        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 0, "latest:1", None)).unwrap();
+        let pod = serde_json::to_value(pod(&service, &repository(), "worker:1", "abc", 0, &starting("latest:1"), None))
+            .unwrap();
         assert_eq!(pod["spec"]["volumes"][2]["secret"]["secretName"], "adder-cert");
         let container = &pod["spec"]["containers"][0];
         let env = container["env"].as_array().unwrap();
@@ -358,7 +400,7 @@ mod tests {
         assert!(env.contains(&json!({"name": "LANTERN_TLS_KEY_FILE", "value": "/var/run/lantern/tls/tls.key"})));
         assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
         assert_eq!(url(&service), "https://adder.ml.svc:8500");
-        let revision_of = |service: &InferenceService| revision(service, &repository(), "worker:1", None);
+        let revision_of = |service: &InferenceService| revision(service, &repository(), "worker:1", None, &[]);
         assert_ne!(revision_of(&service), revision_of(&test_service(json!({}))));
     }
 
@@ -380,7 +422,7 @@ mod tests {
     #[test]
     fn only_runtime_settings_change_the_revision() {
         let base = test_service(json!({}));
-        let revision_of = |service: &InferenceService| revision(service, &repository(), "worker:1", None);
+        let revision_of = |service: &InferenceService| revision(service, &repository(), "worker:1", None, &[]);
         let same =
             test_service(json!({"replicas": 5, "rollout": {"steps": [50, 100]}, "versionPolicy": {"specific": [1]}}));
         assert_eq!(revision_of(&base), revision_of(&same));
@@ -397,10 +439,35 @@ mod tests {
         assert_eq!(revision_of(&base), revision_of(&test_service(json!({"device": "cpu"}))), "the default device");
         assert_ne!(
             revision_of(&base),
-            revision(&base, &repository(), "worker:2", None),
+            revision(&base, &repository(), "worker:2", None, &[]),
             "the operator's default image"
         );
-        assert_ne!(revision_of(&base), revision(&base, &repository(), "worker:1", Some("1024Mi")), "a memory limit");
+        assert_ne!(
+            revision_of(&base),
+            revision(&base, &repository(), "worker:1", Some("1024Mi"), &[]),
+            "a memory limit"
+        );
+        let adapter = |policy: &str| PodAdapter { model: "tickets".into(), policy: policy.into() };
+        let with_adapter = revision(&base, &repository(), "worker:1", None, &[adapter("latest:1")]);
+        assert_ne!(revision_of(&base), with_adapter, "an adapter model the workers must serve");
+        let later = revision(&base, &repository(), "worker:1", None, &[adapter("specific:2")]);
+        assert_eq!(with_adapter, later, "its versions are pushed, not a new pod");
+    }
+
+    #[test]
+    fn adapter_models_are_served_beside_the_base_each_with_its_starting_policy() {
+        let service = test_service(json!({}));
+        let adapters = [
+            PodAdapter { model: "tickets".into(), policy: "specific:2,3".into() },
+            PodAdapter { model: "sku".into(), policy: "latest:1".into() },
+        ];
+        let models = PodModels { policy: "specific:1".into(), adapters: adapters.to_vec() };
+        let pod = serde_json::to_value(pod(&service, &repository(), "w", "abc", 0, &models, None));
+        let env = pod.unwrap()["spec"]["containers"][0]["env"].clone();
+        let value = |name: &str| env.as_array().unwrap().iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
+        assert_eq!(value(env::MODELS), Some(json!("adder,tickets,sku")));
+        assert_eq!(value(env::VERSION_POLICY), Some(json!("specific:1")));
+        assert_eq!(value(env::MODEL_POLICIES), Some(json!("tickets=specific:2,3 sku=latest:1")));
     }
 
     #[test]

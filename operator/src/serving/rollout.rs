@@ -27,7 +27,7 @@ use lantern_proto::lantern::v1 as pb;
 
 use super::fleet::{Fleet, Requests};
 use crate::crd::inference::{
-    AnalysisResult, InferenceServiceSpec, InferenceServiceStatus, RolloutPhase, RolloutStatus, Strategy,
+    AnalysisResult, InferenceServiceSpec, Rollout, RolloutPhase, RolloutStatus, ServedVersions, Strategy, VersionPolicy,
 };
 
 pub const DEFAULT_STEPS: [u32; 3] = [10, 50, 100];
@@ -38,9 +38,9 @@ pub const DEFAULT_MIN_REQUESTS: u64 = 20;
 /// How soon to look again while a canary loads or a step waits for requests.
 const POLL: Duration = Duration::from_secs(1);
 
-/// The spec's rollout settings with their defaults filled in.
+/// A model's rollout settings with their defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
-struct Settings {
+pub struct Settings {
     strategy: Strategy,
     steps: Vec<u32>,
     step_seconds: u64,
@@ -56,8 +56,14 @@ struct Settings {
 }
 
 impl Settings {
-    fn of(spec: &InferenceServiceSpec) -> Self {
-        let rollout = spec.rollout.clone().unwrap_or_default();
+    /// The base model's settings.
+    pub fn of(spec: &InferenceServiceSpec) -> Self {
+        Self::from_parts(spec.rollout.as_ref(), spec.version_policy.as_ref())
+    }
+
+    /// The settings of a model rolled out as `rollout` says, its candidates limited by `policy`.
+    pub fn from_parts(rollout: Option<&Rollout>, policy: Option<&VersionPolicy>) -> Self {
+        let rollout = rollout.cloned().unwrap_or_default();
         let analysis = rollout.analysis.unwrap_or_default();
         Self {
             strategy: rollout.strategy.unwrap_or(Strategy::Canary),
@@ -70,11 +76,7 @@ impl Settings {
             pin: rollout.pin,
             promote: rollout.promote,
             abort: rollout.abort,
-            specific: spec
-                .version_policy
-                .as_ref()
-                .and_then(|p| p.specific.as_ref())
-                .map(|versions| versions.iter().copied().collect()),
+            specific: policy.and_then(|p| p.specific.as_ref()).map(|versions| versions.iter().copied().collect()),
         }
     }
 }
@@ -101,14 +103,9 @@ pub struct Decision {
     pub requeue: Option<Duration>,
 }
 
-/// Decides from the spec, the last status and the pods' reports at `now`.
-pub fn decide(
-    spec: &InferenceServiceSpec,
-    previous: &InferenceServiceStatus,
-    fleet: &Fleet,
-    now: Timestamp,
-) -> Decision {
-    let settings = Settings::of(spec);
+/// Decides one model's versions from its settings, its last status and the pods' reports at
+/// `now`.
+pub fn decide(settings: &Settings, previous: &ServedVersions, fleet: &Fleet, now: Timestamp) -> Decision {
     let mut decision = Decision {
         stable: previous.stable_version,
         canary: previous.canary_version,
@@ -167,7 +164,7 @@ pub fn decide(
             let message = format!("the version policy no longer allows version {canary}");
             decision.end_rollout(RolloutPhase::Aborted, "NoLongerCandidate", message, now);
         }
-        (Some(canary), _) => decision.advance(&settings, stable, canary, fleet, now),
+        (Some(canary), _) => decision.advance(settings, stable, canary, fleet, now),
         (None, Some(wanted)) => decision.start(stable, wanted, now),
         (None, None) => {}
     }
@@ -202,6 +199,13 @@ impl Decision {
             labels: labels.into_iter().collect(),
             traffic: traffic.into_iter().collect(),
         })
+    }
+
+    /// The worker's version policy for the model on a new pod: what the others serve now, until
+    /// the next push.
+    pub fn starting_policy(&self) -> String {
+        let versions: Vec<String> = self.stable.iter().chain(&self.canary).map(u64::to_string).collect();
+        if versions.is_empty() { "latest:1".to_owned() } else { format!("specific:{}", versions.join(",")) }
     }
 
     /// The canary of a rollout still loading or progressing.
@@ -430,8 +434,8 @@ mod tests {
         Timestamp::from_second(T0 + seconds).unwrap()
     }
 
-    fn spec(rollout: serde_json::Value) -> InferenceServiceSpec {
-        test_service(serde_json::json!({ "rollout": rollout })).spec
+    fn spec(rollout: serde_json::Value) -> Settings {
+        Settings::of(&test_service(serde_json::json!({ "rollout": rollout })).spec)
     }
 
     /// Two pods that both hold `on_disk` and report `versions` alike.
@@ -442,8 +446,8 @@ mod tests {
         Fleet::from_reports(&[report(on_disk, versions), report(on_disk, versions)])
     }
 
-    fn status(decision: &Decision) -> InferenceServiceStatus {
-        InferenceServiceStatus {
+    fn status(decision: &Decision) -> ServedVersions {
+        ServedVersions {
             stable_version: decision.stable,
             canary_version: decision.canary,
             canary_percent: decision.canary_percent,
@@ -453,8 +457,13 @@ mod tests {
         }
     }
 
-    fn stable(version: u64) -> InferenceServiceStatus {
-        InferenceServiceStatus { stable_version: Some(version), ..Default::default() }
+    fn stable(version: u64) -> ServedVersions {
+        ServedVersions { stable_version: Some(version), ..Default::default() }
+    }
+
+    /// The settings of a service whose version policy lists `versions`.
+    fn listing(versions: &[u64]) -> Settings {
+        Settings::of(&test_service(serde_json::json!({"versionPolicy": {"specific": versions}})).spec)
     }
 
     fn reasons(decision: &Decision) -> Vec<&'static str> {
@@ -462,7 +471,7 @@ mod tests {
     }
 
     /// Runs a canary of version 2 against stable 1 to the start of its first step at `at(10)`.
-    fn first_step(rollout: serde_json::Value) -> (InferenceServiceSpec, Decision) {
+    fn first_step(rollout: serde_json::Value) -> (Settings, Decision) {
         let spec = spec(rollout);
         let loading = decide(&spec, &stable(1), &fleet(&[1, 2], &[(1, Available, 0, 0, [0; 5])]), at(0));
         let loaded = fleet(&[1, 2], &[(1, Available, 0, 0, [0; 5]), (2, Available, 0, 0, [0; 5])]);
@@ -619,7 +628,7 @@ mod tests {
         let stale = fleet(&[1], &[(1, Available, 0, 0, [0; 5]), (2, Available, 0, 0, [0; 5])]);
         let decision = decide(&spec, &status(&step1), &stale, at(11));
         assert_eq!((decision.canary, decision.canary_percent), (Some(2), 10));
-        let dropped = test_service(serde_json::json!({"versionPolicy": {"specific": [1]}})).spec;
+        let dropped = listing(&[1]);
         let decision = decide(&dropped, &status(&step1), &stale, at(11));
         assert_eq!((decision.canary, decision.rollout.unwrap().reason.as_str()), (None, "NoLongerCandidate"));
     }
@@ -644,11 +653,11 @@ mod tests {
 
     #[test]
     fn a_specific_policy_limits_the_candidates() {
-        let policy = test_service(serde_json::json!({"versionPolicy": {"specific": [1, 2]}})).spec;
+        let policy = listing(&[1, 2]);
         let decision = decide(&policy, &stable(1), &fleet(&[1, 2, 3], &[(1, Available, 0, 0, [0; 5])]), at(0));
         assert_eq!(decision.canary, Some(2));
         // Dropping the stable version from the list rolls out the highest listed one, even older.
-        let back = test_service(serde_json::json!({"versionPolicy": {"specific": [1]}})).spec;
+        let back = listing(&[1]);
         let decision = decide(&back, &stable(2), &fleet(&[1, 2, 3], &[(2, Available, 0, 0, [0; 5])]), at(0));
         assert_eq!(decision.canary, Some(1));
     }

@@ -9,17 +9,23 @@
 //!   (`CanaryStep`); false with how the last rollout ended (`Promoted`, `ModelLoadFailed`,
 //!   `EvalMetricRegressed`, `AnalysisFailed`, `Aborted`, `Pinned`, `Superseded`,
 //!   `NoLongerCandidate`), or `NoRollout`.
-//! - `Ready`: `replicas` pods are ready and serve the stable version. False with `ModelsReady`'s
-//!   reason, `PodsNotReady` or `ScaledToZero`.
+//! - `AdaptersReady` (only with `spec.adapters`): every adapter model's stable version serves on
+//!   every answering pod. False with the first unready adapter's reason (`NoVersion`, `Loading`,
+//!   `ModelLoadFailed`, `SourceNotFound`, `SourceInvalid`) and every unready adapter in the
+//!   message. Each adapter's own rollout is in `status.adapters[]`.
+//! - `Ready`: `replicas` pods are ready and serve the base's stable version. False with
+//!   `ModelsReady`'s reason, `PodsNotReady` or `ScaledToZero`. Adapters do not hold it back: a
+//!   base serves while an adapter's first version is still being trained.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+use super::adapters::AdapterState;
 use super::fleet::Fleet;
 use super::objects;
 use super::rollout::Decision;
 use crate::crd::InferenceService;
-use crate::crd::inference::{InferenceServiceStatus, RolloutPhase, VersionStatus};
+use crate::crd::inference::{AdapterStatus, InferenceServiceStatus, RolloutPhase, ServedVersions, VersionStatus};
 use crate::status::condition;
 
 /// What the controller saw this pass.
@@ -34,35 +40,98 @@ pub struct Observed {
     pub source_error: Option<String>,
 }
 
+/// Whether a model's stable version serves on every answering pod, with a reason and a message
+/// (`SourceNotFound` when `source_error` says the model's source cannot be used).
+fn readiness(
+    model: &str,
+    source_error: Option<&(&'static str, String)>,
+    stable: Option<u64>,
+    fleet: &Fleet,
+) -> (bool, &'static str, String) {
+    match (source_error, stable) {
+        (Some((reason, error)), _) => (false, *reason, error.clone()),
+        (None, None) => (false, "NoVersion", format!("no committed version of model {model} in the repository yet")),
+        (None, Some(stable)) => {
+            let view = fleet.version(stable);
+            if view.failed > 0 {
+                let message = format!(
+                    "version {stable} of {model} failed to load on {} of {} pods: {}",
+                    view.failed, fleet.pods, view.message
+                );
+                (false, "ModelLoadFailed", message)
+            } else if fleet.serves_everywhere(stable) {
+                (true, "Available", format!("version {stable} of {model} serves on {} pods", fleet.pods))
+            } else {
+                let message =
+                    format!("version {stable} of {model} serves on {} of {} pods", view.available, fleet.pods);
+                (false, "Loading", message)
+            }
+        }
+    }
+}
+
+/// A model's stable and canary versions, rollout and per-version states after `decision`.
+pub fn served_versions(decision: &Decision, fleet: &Fleet) -> ServedVersions {
+    let versions = fleet
+        .versions
+        .iter()
+        .filter(|(_, v)| v.available + v.loading + v.failed > 0)
+        .map(|(&version, v)| VersionStatus {
+            version,
+            available: v.available,
+            loading: v.loading,
+            failed: v.failed,
+            message: v.message.clone(),
+        })
+        .collect();
+    ServedVersions {
+        stable_version: decision.stable,
+        canary_version: decision.canary,
+        canary_percent: decision.canary_percent,
+        rollout: decision.rollout.clone(),
+        rejected_versions: decision.rejected.clone(),
+        versions,
+    }
+}
+
+/// An adapter model's status: its versions as decided, its base, or why it is not served.
+fn adapter_status(adapter: &AdapterState) -> AdapterStatus {
+    let served = adapter.decision.as_ref().map(|d| served_versions(d, &adapter.fleet)).unwrap_or_default();
+    let base = served.stable_version.and_then(|stable| adapter.fleet.version(stable).base);
+    let message = adapter.error.as_ref().map(|(_, message)| message.clone()).unwrap_or_default();
+    AdapterStatus { model: adapter.model.clone(), base, served, message }
+}
+
+/// The `AdaptersReady` condition's status, reason and message.
+fn adapters_ready(adapters: &[AdapterState]) -> (bool, &'static str, String) {
+    let unready: Vec<(&'static str, String)> = adapters
+        .iter()
+        .map(|a| readiness(&a.model, a.error.as_ref(), a.decision.as_ref().and_then(|d| d.stable), &a.fleet))
+        .filter(|(ready, ..)| !ready)
+        .map(|(_, reason, message)| (reason, message))
+        .collect();
+    match unready.first() {
+        None => (true, "Available", format!("{} adapter models serve on every pod", adapters.len())),
+        Some((reason, _)) => {
+            (false, *reason, unready.iter().map(|(_, message)| message.as_str()).collect::<Vec<_>>().join("; "))
+        }
+    }
+}
+
 /// The status after `decision`.
 pub fn next(
     service: &InferenceService,
     decision: &Decision,
+    adapters: &[AdapterState],
     observed: &Observed,
     now: Timestamp,
 ) -> InferenceServiceStatus {
     let previous = service.status.clone().unwrap_or_default();
     let generation = service.metadata.generation;
     let fleet = &observed.fleet;
-    let model = &service.spec.model;
-    let (models_ready, models_reason, models_message) = match (&observed.source_error, decision.stable) {
-        (Some(error), _) => (false, "SourceNotFound", error.clone()),
-        (None, None) => (false, "NoVersion", format!("no committed version of model {model} in the repository yet")),
-        (None, Some(stable)) => {
-            let view = fleet.version(stable);
-            if view.failed > 0 {
-                let message = format!(
-                    "version {stable} failed to load on {} of {} pods: {}",
-                    view.failed, fleet.pods, view.message
-                );
-                (false, "ModelLoadFailed", message)
-            } else if fleet.serves_everywhere(stable) {
-                (true, "Available", format!("version {stable} serves on {} pods", fleet.pods))
-            } else {
-                (false, "Loading", format!("version {stable} serves on {} of {} pods", view.available, fleet.pods))
-            }
-        }
-    };
+    let source_error = observed.source_error.clone().map(|error| ("SourceNotFound", error));
+    let (models_ready, models_reason, models_message) =
+        readiness(&service.spec.model, source_error.as_ref(), decision.stable, fleet);
     let (rolling, rollout_reason, rollout_message) = match &decision.rollout {
         Some(r) if r.phase == RolloutPhase::Loading => (true, "Loading", r.message.clone()),
         Some(r) if r.phase == RolloutPhase::Progressing => (true, "CanaryStep", r.message.clone()),
@@ -83,23 +152,15 @@ pub fn next(
     let make = |type_: &str, status: bool, reason: &str, message: &str| -> Condition {
         condition(&previous.conditions, type_, status, reason, message, generation, now)
     };
-    let conditions = vec![
+    let mut conditions = vec![
         make("Ready", ready, ready_reason, &ready_message),
         make("ModelsReady", models_ready, models_reason, &models_message),
-        make("RolloutProgressing", rolling, rollout_reason, &rollout_message),
     ];
-    let versions = fleet
-        .versions
-        .iter()
-        .filter(|(_, v)| v.available + v.loading + v.failed > 0)
-        .map(|(&version, v)| VersionStatus {
-            version,
-            available: v.available,
-            loading: v.loading,
-            failed: v.failed,
-            message: v.message.clone(),
-        })
-        .collect();
+    if !adapters.is_empty() {
+        let (ready, reason, message) = adapters_ready(adapters);
+        conditions.push(make("AdaptersReady", ready, reason, &message));
+    }
+    conditions.push(make("RolloutProgressing", rolling, rollout_reason, &rollout_message));
     InferenceServiceStatus {
         url: Some(objects::url(service)),
         conditions,
@@ -107,12 +168,8 @@ pub fn next(
         replicas: observed.replicas,
         ready_replicas: observed.serving,
         selector: Some(objects::selector(service)),
-        stable_version: decision.stable,
-        canary_version: decision.canary,
-        canary_percent: decision.canary_percent,
-        rollout: decision.rollout.clone(),
-        rejected_versions: decision.rejected.clone(),
-        versions,
+        served: served_versions(decision, fleet),
+        adapters: adapters.iter().map(adapter_status).collect(),
     }
 }
 
@@ -149,7 +206,7 @@ mod tests {
         ]);
         let observed = Observed { replicas: 2, serving: 2, fleet, source_error: None };
         let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let status = next(&service, &decision(Some(1)), &observed, now);
+        let status = next(&service, &decision(Some(1)), &[], &observed, now);
         assert_eq!(
             conditions(&status),
             [
@@ -158,12 +215,12 @@ mod tests {
                 ("RolloutProgressing", "False", "NoRollout")
             ]
         );
-        assert_eq!((status.ready_replicas, status.stable_version), (2, Some(1)));
+        assert_eq!((status.ready_replicas, status.served.stable_version), (2, Some(1)));
         assert_eq!(status.selector.as_deref(), Some("lantern.dev/inference-service=adder"));
-        assert_eq!(status.versions, [VersionStatus { version: 1, available: 2, ..Default::default() }]);
+        assert_eq!(status.served.versions, [VersionStatus { version: 1, available: 2, ..Default::default() }]);
 
         let one_pod = Observed { serving: 1, ..observed };
-        let status = next(&service, &decision(Some(1)), &one_pod, now);
+        let status = next(&service, &decision(Some(1)), &[], &one_pod, now);
         assert_eq!(conditions(&status)[0], ("Ready", "False", "PodsNotReady"));
     }
 
@@ -173,13 +230,58 @@ mod tests {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let fleet = Fleet::from_reports(&[report(&[1], &[(1, Failed, 0, 0, [0; 5])])]);
         let observed = Observed { replicas: 1, serving: 0, fleet, source_error: None };
-        let status = next(&service, &decision(Some(1)), &observed, now);
+        let status = next(&service, &decision(Some(1)), &[], &observed, now);
         assert_eq!(conditions(&status)[1], ("ModelsReady", "False", "ModelLoadFailed"));
         assert!(status.conditions[0].message.contains("checksum mismatch"), "{:?}", status.conditions[0]);
         let missing = Observed { source_error: Some("TrainingJob ml/gone not found".into()), ..Observed::default() };
-        let status = next(&service, &decision(None), &missing, now);
+        let status = next(&service, &decision(None), &[], &missing, now);
         assert_eq!(conditions(&status)[0], ("Ready", "False", "SourceNotFound"));
-        let empty = next(&service, &decision(None), &Observed::default(), now);
+        let empty = next(&service, &decision(None), &[], &Observed::default(), now);
         assert_eq!(conditions(&empty)[1], ("ModelsReady", "False", "NoVersion"));
+    }
+
+    #[test]
+    fn adapters_report_their_versions_and_base_and_why_one_is_not_served() {
+        use crate::serving::adapters::{self, AdapterState};
+        let service = test_service(serde_json::json!({"adapters": [{"model": "tickets"}, {"model": "sku"}]}));
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut tickets = report(&[1], &[(1, Available, 0, 0, [0; 5])]);
+        tickets.model = "tickets".into();
+        tickets.versions[0].base = Some(lantern_proto::lantern::v1::AdapterBase {
+            model: "adder".into(),
+            version: 1,
+            manifest_digest: "sha256:00".into(),
+        });
+        let resolved = adapters::resolve(&service.spec, None, &Default::default());
+        let mut states = adapters::decide(&resolved, &[], &[vec![tickets]], now);
+        let fleet = Fleet::from_reports(&[report(&[1], &[(1, Available, 0, 0, [0; 5])])]);
+        let observed = Observed { replicas: 1, serving: 1, fleet, source_error: None };
+        let ready = |states: &[AdapterState]| {
+            let status = next(&service, &decision(Some(1)), states, &observed, now);
+            let adapters_ready = status.conditions.iter().find(|c| c.type_ == "AdaptersReady").cloned().unwrap();
+            (status, adapters_ready)
+        };
+        let (status, condition) = ready(&states);
+        assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "NoVersion"));
+        assert!(condition.message.contains("model sku"), "{}", condition.message);
+        let tickets = &status.adapters[0];
+        assert_eq!((tickets.model.as_str(), tickets.served.stable_version), ("tickets", Some(1)));
+        assert_eq!(tickets.base.as_deref(), Some("adder:1"));
+        assert_eq!(tickets.served.versions[0].available, 1);
+
+        states[1].error = Some(("SourceNotFound", "TrainingJob ml/sku not found".into()));
+        states[1].decision = None;
+        let (status, condition) = ready(&states);
+        assert_eq!(
+            (condition.reason.as_str(), condition.message.as_str()),
+            ("SourceNotFound", "TrainingJob ml/sku not found")
+        );
+        assert_eq!(status.adapters[1].message, "TrainingJob ml/sku not found");
+        assert_eq!(conditions(&status)[0], ("Ready", "True", "Ready"), "the base decides Ready alone");
+
+        states.truncate(1);
+        assert_eq!(ready(&states).1.status, "True");
+        let without = next(&service, &decision(Some(1)), &[], &Observed::default(), now);
+        assert!(!without.conditions.iter().any(|c| c.type_ == "AdaptersReady"), "no adapters, no condition");
     }
 }
