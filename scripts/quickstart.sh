@@ -4,9 +4,13 @@
 # operator rolls each new version out as a canary under live traffic, promoting it or rolling
 # it back on what the workers measure. Needs cargo, kubectl and python3.
 #
-# scripts/quickstart.sh --finetune runs the longer variant (about 25 minutes on two cores): the
+# scripts/quickstart.sh --finetune runs a longer variant (about 25 minutes on two cores): the
 # TrainingJob LoRA-tunes SmolLM2-135M-Instruct on the tickets conversations, and the
 # InferenceService rolls its versions out as canaries gated on their held-out eval_accuracy.
+#
+# scripts/quickstart.sh --adapters: two TrainingJobs LoRA-tune SmolLM2-135M-Instruct for two
+# tasks (tickets, SKU codes) and publish adapter versions; one InferenceService serves the base
+# and both adapters from one pod, and rolls each adapter's versions out as its own canary.
 #
 # Everything runs on this machine: the devcluster's API on a loopback port, pods as local
 # processes. State, logs and the model repository stay in .cache/quickstart afterwards.
@@ -14,15 +18,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 case "${1:-}" in
-  "") name=adder job=examples/training/adder-job.yaml service=examples/serving/adder.yaml ;;
-  --finetune) name=tickets job=examples/training/finetune-tickets-job.yaml service=examples/serving/tickets.yaml ;;
-  *) echo "usage: scripts/quickstart.sh [--finetune]" >&2; exit 2 ;;
+  "")
+    variant=adder job=examples/training/adder-job.yaml service=examples/serving/adder.yaml
+    narrate=(--service adder --job adder)
+    tasks=() ;;
+  --finetune)
+    variant=finetune job=examples/training/finetune-tickets-job.yaml service=examples/serving/tickets.yaml
+    narrate=(--service tickets --job tickets --limit 3000 --ask "tickets=Order 8123 came in pieces.")
+    tasks=(tickets) ;;
+  --adapters)
+    variant=adapters job=examples/training/finetune-adapters-jobs.yaml service=examples/serving/adapters.yaml
+    narrate=(--service smollm2 --job tickets-lora --job sku-lora --limit 3600
+      --ask "tickets-lora=Order 8123 came in pieces." --ask "sku-lora=What is the SKU of the blue desk in size 2?")
+    tasks=(tickets sku) ;;
+  *) echo "usage: scripts/quickstart.sh [--finetune | --adapters]" >&2; exit 2 ;;
 esac
 state=.cache/quickstart
 image=ghcr.io/lantern-dev/worker:0.1.0
 rm -rf "$state" && mkdir -p "$state"
 
-if [ "$name" = tickets ]; then
+# The narration talks to the service with the stock OpenAI client.
+scripts/install-python-clients.sh
+export PYTHONPATH=$PWD/.cache/python/site
+
+if [ "$variant" != adder ]; then
   # Fine-tuning a 135M model wants the optimized build.
   echo "==> building the devcluster, the operator and the worker (cargo build --release --workspace --bins)"
   cargo build --quiet --release --workspace --bins
@@ -31,11 +50,13 @@ if [ "$name" = tickets ]; then
   # The claim `models` (the devcluster keeps a claim's files under its state directory) holds
   # the base as version 1 of smollm2, and the conversations beside the versions.
   claim=$state/cluster/claims/default/models
-  echo "==> lantern-worker publish --model smollm2 --version 1 (the base) and the tickets data into the claim"
+  echo "==> lantern-worker publish --model smollm2 --version 1 (the base) and the ${tasks[*]} data into the claim"
   "$bin/lantern-worker" publish --repository "$claim" --model smollm2 --version 1 \
     --source .cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-  mkdir -p "$claim/.datasets/tickets"
-  cp examples/training/tickets/train.jsonl examples/training/tickets/eval.jsonl "$claim/.datasets/tickets/"
+  for task in "${tasks[@]}"; do
+    mkdir -p "$claim/.datasets/$task"
+    cp "examples/training/$task/train.jsonl" "examples/training/$task/eval.jsonl" "$claim/.datasets/$task/"
+  done
 else
   echo "==> building the devcluster, the operator and the worker (cargo build --workspace --bins)"
   cargo build --quiet --workspace --bins
@@ -69,12 +90,8 @@ pids+=($!)
 echo "==> kubectl apply -f $job -f $service"
 kubectl apply -f "$job" -f "$service"
 
-echo "==> narrating (training progress, the rollout, and what the model answers; Ctrl-C stops)"
-if [ "$name" = tickets ]; then
-  python3 scripts/narrate.py tickets 3000 "Order 8123 came in pieces."
-else
-  python3 scripts/narrate.py adder
-fi
+echo "==> narrating (training progress, the rollouts, and what the models answer; Ctrl-C stops)"
+python3 scripts/narrate.py "${narrate[@]}"
 
 echo "==> kubectl get trainingjobs,inferenceservices"
 kubectl get tj,isvc

@@ -68,6 +68,7 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
         "examples/serving/adder.yaml",
         "examples/training/finetune-tickets-job.yaml",
         "examples/serving/tickets.yaml",
+        "examples/training/finetune-adapters-jobs.yaml",
         "examples/serving/adapters.yaml",
     ];
     for example in examples {
