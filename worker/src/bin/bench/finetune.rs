@@ -44,7 +44,6 @@ pub fn figures(gguf: &Path) -> anyhow::Result<()> {
         "\nfine-tuning: SmolLM2-135M-Instruct ({}), {BATCH} conversations per step (≤ {SEQUENCE_LENGTH} tokens, {tokens_per_step:.0} tokens on average), f32, {STEPS} steps",
         gguf.display()
     );
-    println!("  CPU: {}", cpu_description());
     let dir = tempfile::tempdir()?;
     let eval: Vec<String> =
         std::fs::read_to_string(EVAL_DATA)?.lines().take(EVAL_EXAMPLES).map(str::to_owned).collect();
@@ -163,28 +162,4 @@ impl Run<'_> {
             peak_mib,
         })
     }
-}
-
-/// The CPU's model name and the vector extensions the kernels use.
-fn cpu_description() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split(':').nth(1))
-            .map(str::trim)
-            .unwrap_or("unknown")
-            .to_owned()
-    };
-    let flags = field("flags");
-    let present: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
-        .into_iter()
-        .filter(|flag| flags.split_whitespace().any(|f| f == *flag))
-        .collect();
-    format!(
-        "{}, {} threads, {}",
-        field("model name"),
-        std::thread::available_parallelism().map_or(0, usize::from),
-        present.join(" ")
-    )
 }
