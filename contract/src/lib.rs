@@ -5,7 +5,8 @@
 //!   operator builds as a typed value from the CRD and the worker validates and runs;
 //! - [`env`]: the names of the environment variables the operator sets on worker pods and the
 //!   worker reads (its clap flags name these constants);
-//! - [`device::DeviceSpec`]: where a worker runs its models, as both sides spell it.
+//! - [`device::DeviceSpec`]: where a worker runs its models, as both sides spell it;
+//! - [`exit`]: the exit codes of `train` that the operator acts on.
 //!
 //! Dependencies are serde and thiserror only: the operator links this crate, not the worker's
 //! runtime. Validation that needs the file system or the model repository (files exist, model
@@ -13,6 +14,7 @@
 
 pub mod device;
 pub mod env;
+pub mod exit;
 pub mod job;
 
 /// A setting that cannot be used; `field` is its path in the job file or the variable's name.

@@ -1,5 +1,6 @@
 //! TrainingJobs end to end: the operator runs the ranks as worker pods on the devcluster; they
-//! train, publish versions into the claim, and the job's status follows.
+//! train, publish versions into the claim, and the job's status follows; a job its ranks refuse
+//! fails at once with their reason.
 
 use std::time::Duration;
 
@@ -92,6 +93,24 @@ async fn a_two_rank_job_trains_publishes_versions_and_succeeds() {
     assert!(logs.ok, "{}", logs.stderr);
     let events = stack.kubectl(&["get", "events", "--field-selector", "involvedObject.name=tiny"]).await.unwrap();
     assert!(events.stdout.contains("JobSucceeded"), "{}", events.stdout);
+
+    // A job its ranks refuse (too little data for one batch) fails at once, without restarts.
+    let refused = job("refused", 40, 20).replace("trainExamples: 200", "trainExamples: 4");
+    assert!(stack.apply(&refused).await.unwrap().ok);
+    let failed = stack
+        .wait_for("tj/refused", "the refusal", Duration::from_secs(60), |j| {
+            matches!(j["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+        .await;
+    let status = &failed["status"];
+    let condition = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Failed").unwrap();
+    assert_eq!(
+        (condition["reason"].as_str(), status["restarts"].as_u64()),
+        (Some("InvalidSpec"), Some(0)),
+        "{status:#}"
+    );
+    let message = condition["message"].as_str().unwrap();
+    assert!(message.contains("refused the job: training config: data.addition"), "{message}");
     stack.stop().await.unwrap();
 }
 

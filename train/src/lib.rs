@@ -36,8 +36,4 @@ pub mod progress;
 pub mod token;
 pub mod trainer;
 
-/// Exit code of `train` after a termination request was honoured by saving a state: restarting
-/// resumes from it.
-pub const EXIT_RETRYABLE: i32 = 75;
-/// Exit code of `train` for a job that cannot run as configured; restarting will not help.
-pub const EXIT_INVALID: i32 = 2;
+pub use lantern_contract::exit::{INVALID as EXIT_INVALID, RETRYABLE as EXIT_RETRYABLE};

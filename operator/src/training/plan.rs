@@ -6,6 +6,8 @@
 //!   attempt: all its pods are deleted and, once they are gone, the next attempt starts (resuming
 //!   from the last checkpoint) while restarts stay within `runPolicy.maxRestarts`; then the job
 //!   fails. Waiting for the old pods keeps two rank 0s from writing one state directory.
+//! - A rank that refuses the job as configured (exit code [`exit::INVALID`]: its file, data or
+//!   base cannot be used) fails the job at once (`InvalidSpec`): a restart would refuse it again.
 //! - Suspending deletes the pods; resuming starts a new attempt that does not count as a restart.
 //! - `activeDeadlineSeconds` (from the start) and `startupDeadlineSeconds` (from an attempt's
 //!   pods' creation until all run) fail the job.
@@ -17,6 +19,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
+use lantern_contract::exit;
 use lantern_proto::TERMINATION_PREFIX;
 use lantern_proto::lantern::v1::TrainingProgress;
 use prost::Message as _;
@@ -71,6 +74,8 @@ pub enum PodState {
     Succeeded,
     /// Ended with this exit code (or failed before running), and why.
     Failed(String),
+    /// Refused the job as configured, and why: no restart helps.
+    Refused(String),
 }
 
 impl RankPod {
@@ -87,6 +92,9 @@ impl RankPod {
         let state = match (status.and_then(|s| s.phase.as_deref()), terminated) {
             (Some("Succeeded"), _) => PodState::Succeeded,
             (_, Some(t)) if t.exit_code == 0 => PodState::Succeeded,
+            (_, Some(t)) if t.exit_code == exit::INVALID => {
+                PodState::Refused(said.unwrap_or_else(|| format!("exit code {}", t.exit_code)))
+            }
             (_, Some(t)) => {
                 let reason = t.reason.clone().unwrap_or_else(|| "Error".to_owned());
                 let why = said.map(|s| format!(": {s}")).unwrap_or_default();
@@ -205,6 +213,15 @@ pub fn plan(job: &TrainingJob, recorded: &Recorded, pods: &[RankPod], now: Times
         plan.requeue = Some(left);
     }
 
+    let refused = current.iter().find_map(|p| match &p.state {
+        PodState::Refused(why) => Some((p.rank, &p.name, why)),
+        _ => None,
+    });
+    if let Some((rank, name, why)) = refused {
+        let running = current.iter().copied().filter(|p| matches!(p.state, PodState::Running | PodState::Pending(_)));
+        plan.delete.extend(live_names(running));
+        return fail(plan, "InvalidSpec", format!("rank {rank} ({name}) refused the job: {why}"));
+    }
     if let Some((rank, what)) = failure(recorded, spec.replicas, &current) {
         let max = policy.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS);
         let what = format!("rank {rank} {what}");
@@ -476,5 +493,26 @@ mod tests {
         let crashed = RankPod::from_pod(&pod(1, "loading\nrank 1 failed: out of memory\n".into())).unwrap();
         assert_eq!(crashed.state, PodState::Failed("exit code 1 (Error): rank 1 failed: out of memory".into()));
         assert!(crashed.report.is_none());
+
+        let refused =
+            RankPod::from_pod(&pod(exit::INVALID, "training config: schedule.steps: must be at least 1".into()));
+        assert_eq!(
+            refused.unwrap().state,
+            PodState::Refused("training config: schedule.steps: must be at least 1".into())
+        );
+    }
+
+    #[test]
+    fn a_rank_refusing_the_job_fails_it_at_once_without_a_restart() {
+        let why = "training config: data.jsonl.path: train.jsonl line 2: not JSON";
+        let pods = [pod(0, 0, PodState::Running), pod(0, 1, PodState::Refused(why.into()))];
+        let failed = plan(&job(json!({"maxRestarts": 3})), &recorded(Phase::Running, 0, 0), &pods, now());
+        assert_eq!((failed.phase, failed.reason, failed.restarts), (Phase::Failed, "InvalidSpec", 0));
+        assert_eq!(failed.message, format!("rank 1 (adder-0-rank-1) refused the job: {why}"));
+        assert_eq!(
+            failed.delete,
+            vec!["adder-0-rank-0"],
+            "the running rank is stopped; the refusing pod stays for its log"
+        );
     }
 }

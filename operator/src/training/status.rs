@@ -33,8 +33,11 @@ pub fn next(
     for phase in PHASES {
         let current = phase == plan.phase;
         let existing = previous.conditions.iter().find(|c| c.type_ == phase.as_str());
-        if current {
-            conditions.push(condition(
+        match existing {
+            // A finished job's condition keeps the reason and message it finished with
+            // (`MaxRestartsExceeded`, `InvalidSpec`, …), not the clean-up passes' generic one.
+            Some(kept) if current && phase.finished() && kept.status == "True" => conditions.push(kept.clone()),
+            _ if current => conditions.push(condition(
                 &previous.conditions,
                 phase.as_str(),
                 true,
@@ -42,10 +45,9 @@ pub fn next(
                 &plan.message,
                 generation,
                 now,
-            ));
-        } else if let Some(existing) = existing {
+            )),
             // A phase's condition turning false keeps the reason it had.
-            conditions.push(condition(
+            Some(existing) => conditions.push(condition(
                 &previous.conditions,
                 phase.as_str(),
                 false,
@@ -53,7 +55,8 @@ pub fn next(
                 "",
                 generation,
                 now,
-            ));
+            )),
+            None => {}
         }
     }
     let mut ranks: Vec<RankStatus> = pods
@@ -68,6 +71,7 @@ pub fn next(
                 PodState::Running => "Running".to_owned(),
                 PodState::Succeeded => "Succeeded".to_owned(),
                 PodState::Failed(why) => format!("Failed: {why}"),
+                PodState::Refused(why) => format!("Refused: {why}"),
             },
         })
         .collect();
@@ -202,8 +206,8 @@ mod tests {
         let recorded = Recorded { phase: Some(Phase::Running), ..Recorded::default() };
         let plan = plan::plan(&job, &recorded, &[failed_pod.clone()], t1);
         let second = next(&job, &plan, &[failed_pod], None, t1);
-        let running = second.conditions.iter().find(|c| c.type_ == "Running").unwrap();
-        assert_eq!((running.status.as_str(), running.reason.as_str()), ("False", "JobRunning"));
+        let was_running = second.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+        assert_eq!((was_running.status.as_str(), was_running.reason.as_str()), ("False", "JobRunning"));
         let restarting = second.conditions.iter().find(|c| c.type_ == "Restarting").unwrap();
         assert_eq!((restarting.status.as_str(), restarting.reason.as_str()), ("True", "RankFailed"));
         assert_eq!(second.conditions[0].last_transition_time, Time(t0), "Created did not change");
@@ -212,6 +216,21 @@ mod tests {
         let patch = merge_patch(job.status.as_ref(), &second);
         assert_eq!(patch["status"]["ranks"], serde_json::Value::Null, "cleared, not left as it was");
         assert!(patch["status"].as_object().unwrap().contains_key("ranks"));
+
+        // A rank refuses the job: it fails with the reason, which the clean-up passes keep.
+        job.status = Some(second);
+        let mut refused = running();
+        refused.attempt = 1;
+        refused.state = PodState::Refused("training config: schedule.steps: must be at least 1".into());
+        let recorded = Recorded { phase: Some(Phase::Restarting), attempt: 1, restarts: 1, ..Recorded::default() };
+        let failing = plan::plan(&job, &recorded, &[refused.clone()], t1);
+        job.status = Some(next(&job, &failing, &[refused.clone()], None, t1));
+        let finished = Recorded { phase: Some(Phase::Failed), ..recorded };
+        let later = next(&job, &plan::plan(&job, &finished, &[refused.clone()], t1), &[refused], None, t1);
+        let failed = later.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+        assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("True", "InvalidSpec"));
+        assert!(failed.message.contains("refused the job: training config: schedule.steps"), "{}", failed.message);
+        assert_eq!(later.ranks[0].state, "Refused: training config: schedule.steps: must be at least 1");
     }
 
     #[test]
