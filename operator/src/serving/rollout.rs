@@ -447,14 +447,7 @@ mod tests {
     }
 
     fn status(decision: &Decision) -> ServedVersions {
-        ServedVersions {
-            stable_version: decision.stable,
-            canary_version: decision.canary,
-            canary_percent: decision.canary_percent,
-            rollout: decision.rollout.clone(),
-            rejected_versions: decision.rejected.clone(),
-            ..Default::default()
-        }
+        crate::serving::status::served_versions(decision, &Fleet::default())
     }
 
     fn stable(version: u64) -> ServedVersions {
