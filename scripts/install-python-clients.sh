@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Installs the stock clients users already run into the git-ignored .cache/python/site,
-# idempotently: tritonclient[grpc] (Open Inference Protocol, with grpcio and numpy) and openai.
+# idempotently: tritonclient[grpc] (Open Inference Protocol, with grpcio and numpy), openai, and
+# moto's S3 server with boto3 (the object store remote repositories are tested against).
 # The tests prove wire compatibility with them; the quickstart talks to the service with openai.
-# Use them with PYTHONPATH=.cache/python/site.
+# Use them with PYTHONPATH=.cache/python/site (moto: python3 -m moto.server -H 127.0.0.1 -p PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 site=.cache/python/site
-stamp=$site/.lantern-installed-v2
+stamp=$site/.lantern-installed-v3
 if [ -f "$stamp" ]; then
   exit 0
 fi
 python=$(command -v python3 || command -v python)
 rm -rf "$site"
 mkdir -p "$site"
-"$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$site" 'tritonclient[grpc]>=2.40' 'openai>=1.40'
+"$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$site" 'tritonclient[grpc]>=2.40' 'openai>=1.40' \
+  'moto[server]>=5.1' 'boto3>=1.34'
 touch "$stamp"
-echo "installed tritonclient and openai into $site"
+echo "installed tritonclient, openai, moto and boto3 into $site"

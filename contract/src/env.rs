@@ -9,8 +9,12 @@ pub const LOG: &str = "LANTERN_LOG";
 pub const LOG_JSON: &str = "LANTERN_LOG_JSON";
 /// Threads for the model kernels.
 pub const COMPUTE_THREADS: &str = "LANTERN_COMPUTE_THREADS";
-/// The model repository's directory.
+/// The model repository: a directory, or a URI (`s3://`, `gs://`, `az://`, `http(s)://`).
 pub const REPOSITORY: &str = "LANTERN_REPOSITORY";
+/// The node-local cache that remote repositories' files are downloaded into.
+pub const CACHE_DIR: &str = "LANTERN_CACHE_DIR";
+/// The node-local cache's budget in MiB.
+pub const CACHE_BUDGET_MIB: &str = "LANTERN_CACHE_BUDGET_MIB";
 /// Where models run: `cpu`, `cuda` or `cuda:N`.
 pub const DEVICE: &str = "LANTERN_DEVICE";
 

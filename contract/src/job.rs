@@ -386,8 +386,9 @@ pub struct ClusterSpec {
     /// How long rank 0 keeps answering progress requests after the job succeeds, so that
     /// pollers see its final state.
     pub progress_linger_seconds: f64,
-    /// Where rank 0 writes its final progress as it exits (a pod's `terminationMessagePath`),
-    /// so that the operator learns of the last checkpoint after the process has gone.
+    /// Where a rank writes its termination message as it exits (a pod's
+    /// `terminationMessagePath`): rank 0 its final progress, so that the operator learns of the
+    /// last checkpoint after the process has gone; another rank why it failed, if it did.
     pub termination_log: Option<PathBuf>,
     /// Where this rank trains: `cpu` (default), `cuda` or `cuda:N`.
     pub device: DeviceSpec,

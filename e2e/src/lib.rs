@@ -8,6 +8,8 @@
 //! The binaries come from the same target directory as the test (`cargo nextest run
 //! --workspace` builds them); a missing one is a clear error.
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,6 +35,64 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = profile_dir.join(name);
     anyhow::ensure!(path.is_file(), "{} is not built; run `cargo build --workspace --bins` first", path.display());
     Ok(path)
+}
+
+/// Publishes a fresh MLP (`layers` wide, weights from `seed`) as the next version of `model`
+/// in `repository` (a directory or URI, with `env` for its store), with the lantern-worker CLI
+/// as a user would, recording `metrics` (`name=value`) in its manifest. Returns the version.
+pub async fn publish_mlp(
+    repository: &str,
+    env: &[(&str, String)],
+    model: &str,
+    layers: &str,
+    seed: u64,
+    metrics: &[&str],
+) -> anyhow::Result<u64> {
+    let source = tempfile::tempdir()?;
+    let out = source.path().to_string_lossy().into_owned();
+    let worker = binary("lantern-worker")?;
+    let run = |args: Vec<String>| {
+        let worker = worker.clone();
+        async move {
+            let output = tokio::process::Command::new(&worker)
+                .args(&args)
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .output()
+                .await?;
+            anyhow::ensure!(
+                output.status.success(),
+                "lantern-worker {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            anyhow::Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        }
+    };
+    run(vec![
+        "init-mlp".into(),
+        "--out".into(),
+        out.clone(),
+        "--layers".into(),
+        layers.into(),
+        "--seed".into(),
+        seed.to_string(),
+    ])
+    .await?;
+    let mut args = vec![
+        "publish".into(),
+        "--repository".into(),
+        repository.to_owned(),
+        "--model".into(),
+        model.into(),
+        "--source".into(),
+        out,
+    ];
+    for metric in metrics {
+        args.extend(["--metric".to_owned(), (*metric).to_owned()]);
+    }
+    // "published MODEL version N in REPOSITORY"
+    let said = run(args).await?;
+    let version = said.split_whitespace().skip_while(|w| *w != "version").nth(1);
+    version.and_then(|v| v.parse().ok()).with_context(|| format!("no version in {said:?}"))
 }
 
 /// The workspace's root (for `crds/` and `examples/`).
@@ -237,50 +297,9 @@ impl Stack {
         seed: u64,
         metrics: &[&str],
     ) -> anyhow::Result<u64> {
-        let source = tempfile::tempdir()?;
-        let worker = binary("lantern-worker")?;
-        let run = |args: Vec<String>| {
-            let worker = worker.clone();
-            async move {
-                let output = tokio::process::Command::new(&worker).args(&args).output().await?;
-                anyhow::ensure!(
-                    output.status.success(),
-                    "lantern-worker {args:?}: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-                anyhow::Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-            }
-        };
-        let out = source.path().to_string_lossy().into_owned();
-        run(vec![
-            "init-mlp".into(),
-            "--out".into(),
-            out.clone(),
-            "--layers".into(),
-            layers.into(),
-            "--seed".into(),
-            seed.to_string(),
-        ])
-        .await?;
         let repository = self.claim_dir(claim);
         std::fs::create_dir_all(&repository)?;
-        let mut args = vec![
-            "publish".into(),
-            "--repository".into(),
-            repository.to_string_lossy().into_owned(),
-            "--model".into(),
-            model.into(),
-            "--source".into(),
-            out,
-        ];
-        for metric in metrics {
-            args.extend(["--metric".to_owned(), (*metric).to_owned()]);
-        }
-        run(args).await?;
-        let versions = std::fs::read_dir(repository.join(model))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-            .max();
-        versions.context("the published version is not in the repository")
+        publish_mlp(&repository.to_string_lossy(), &[], model, layers, seed, metrics).await
     }
 
     /// `host:port` of a Service's first port on its cluster IP (the devcluster proxies it).

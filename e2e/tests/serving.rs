@@ -17,6 +17,9 @@ use lantern_proto::inference::{
 use lantern_proto::lantern::v1::GetModelStatusRequest;
 use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 
+#[path = "serving/storage.rs"]
+mod storage;
+
 const SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
 kind: InferenceService
 metadata: {name: adder}

@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, ServicePort, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+    HostPathVolumeSource, KeyToPath, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    PodSpec, ResourceRequirements, SeccompProfile, SecretEnvSource, SecretVolumeSource, SecurityContext, ServicePort,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -98,18 +99,75 @@ pub fn service_port(name: &str, port: u16) -> ServicePort {
     }
 }
 
-/// The pod volume of a model repository claim, and the container's mount of it at
-/// [`REPOSITORY_MOUNT`].
-pub fn repository_volume(repository: &Repository) -> (Volume, VolumeMount) {
-    let claim = PersistentVolumeClaimVolumeSource { claim_name: repository.claim_name.clone(), read_only: None };
-    let volume = Volume { name: "repository".to_owned(), persistent_volume_claim: Some(claim), ..Volume::default() };
-    let mount = VolumeMount {
-        name: "repository".to_owned(),
-        mount_path: REPOSITORY_MOUNT.to_owned(),
-        sub_path: repository.sub_path.clone(),
-        ..VolumeMount::default()
+/// Where worker pods keep a remote repository's files.
+pub const CACHE_MOUNT: &str = "/var/cache/lantern/models";
+
+/// The node cache's budget when the resource does not say.
+pub const DEFAULT_CACHE_MIB: u64 = 20 * 1024;
+
+/// What a worker container needs to reach a model repository.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RepositoryAccess {
+    /// The claim, or the node cache of a remote repository.
+    pub volume: Volume,
+    /// Where the container mounts it: [`REPOSITORY_MOUNT`] or [`CACHE_MOUNT`].
+    pub mount: VolumeMount,
+    /// `LANTERN_REPOSITORY` (the mount or the URI) and the cache's settings.
+    pub env: Vec<EnvVar>,
+    /// The Secret with the store's endpoint and credentials, as environment variables.
+    pub env_from: Vec<EnvFromSource>,
+}
+
+/// A claim mounted at [`REPOSITORY_MOUNT`], or a URI with its Secret's variables and a cache
+/// volume (an emptyDir limited to the budget, or the node's directory) at [`CACHE_MOUNT`].
+pub fn repository_access(repository: &Repository) -> RepositoryAccess {
+    if let Some(claim_name) = &repository.claim_name {
+        let claim = PersistentVolumeClaimVolumeSource { claim_name: claim_name.clone(), read_only: None };
+        let volume =
+            Volume { name: "repository".to_owned(), persistent_volume_claim: Some(claim), ..Volume::default() };
+        let mount = VolumeMount {
+            name: "repository".to_owned(),
+            mount_path: REPOSITORY_MOUNT.to_owned(),
+            sub_path: repository.sub_path.clone(),
+            ..VolumeMount::default()
+        };
+        return RepositoryAccess {
+            volume,
+            mount,
+            env: vec![env_var(env::REPOSITORY, REPOSITORY_MOUNT)],
+            env_from: vec![],
+        };
+    }
+    let cache = repository.cache.clone().unwrap_or_default();
+    let budget = cache.size_mib.unwrap_or(DEFAULT_CACHE_MIB);
+    let volume = match &cache.host_path {
+        Some(path) => Volume {
+            name: "model-cache".to_owned(),
+            host_path: Some(HostPathVolumeSource { path: path.clone(), type_: Some("DirectoryOrCreate".to_owned()) }),
+            ..Volume::default()
+        },
+        None => Volume {
+            name: "model-cache".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource { medium: None, size_limit: Some(Quantity(format!("{budget}Mi"))) }),
+            ..Volume::default()
+        },
     };
-    (volume, mount)
+    let env = vec![
+        env_var(env::REPOSITORY, repository.uri.clone().unwrap_or_default()),
+        env_var(env::CACHE_DIR, CACHE_MOUNT),
+        env_var(env::CACHE_BUDGET_MIB, budget.to_string()),
+    ];
+    let env_from = repository
+        .secret_ref
+        .iter()
+        .map(|secret| EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: secret.name.clone(), optional: Some(false) }),
+            ..EnvFromSource::default()
+        })
+        .collect();
+    let mount =
+        VolumeMount { name: "model-cache".to_owned(), mount_path: CACHE_MOUNT.to_owned(), ..VolumeMount::default() };
+    RepositoryAccess { volume, mount, env, env_from }
 }
 
 /// The user and group workers run as (the images' `nonroot`).

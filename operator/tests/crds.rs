@@ -106,6 +106,10 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
         (JOB.replace("everySteps: 50", "everySteps: 0"), "spec.checkpoint.everySteps: Invalid value: 0"),
         (JOB.replace("model: tiny,", "model: Tiny_Model!,"), "spec.output.model: Invalid value: \"Tiny_Model!\""),
         (JOB.replace("  schedule:", "  schedul:"), "unknown field \"spec.schedul\""),
+        (
+            JOB.replace("{claimName: models}", "{uri: \"s3://models/repo\"}"),
+            "publishing to a repository URI is not supported yet",
+        ),
     ];
     for (manifest, message) in &cases {
         let (ok, _, err) = kubectl(&cluster, &["apply", "-f", "-"], Some(manifest)).await;
@@ -138,6 +142,26 @@ spec:
         (
             service.replace("source: {repository: {claimName: models}}", "source: {}"),
             "set exactly one of source.repository and source.trainingJobRef",
+        ),
+        (
+            service.replace("{claimName: models}", "{claimName: models, uri: \"s3://models/repo\"}"),
+            "set exactly one of repository.claimName and repository.uri",
+        ),
+        (
+            service.replace("{claimName: models}", "{claimName: models, secretRef: {name: s3}}"),
+            "repository.secretRef and repository.cache go with repository.uri",
+        ),
+        (
+            service.replace("{claimName: models}", "{uri: \"s3://models/repo\", subPath: a}"),
+            "repository.subPath goes with repository.claimName",
+        ),
+        (
+            service.replace("{claimName: models}", "{uri: \"ftp://host/models\"}"),
+            "spec.source.repository.uri: Invalid value: \"ftp://host/models\"",
+        ),
+        (
+            service.replace("{claimName: models}", "{uri: \"s3://models/repo\", cache: {sizeMib: 1}}"),
+            "spec.source.repository.cache.sizeMib: Invalid value: 1",
         ),
         (
             service.replace("replicas: 2", "replicas: 2\n  device: gpu"),

@@ -41,6 +41,15 @@ pub enum Error {
         source: candle_core::Error,
     },
 
+    /// A remote repository's store refused or failed a request (missing bucket, credentials,
+    /// a server gone away).
+    #[error("{context}: {source}")]
+    Storage {
+        context: String,
+        #[source]
+        source: object_store::Error,
+    },
+
     /// The device models should run on cannot be used.
     #[error("device {device}: {reason}")]
     Device { device: String, reason: String },
@@ -55,6 +64,11 @@ impl Error {
     /// Wraps a candle error with what was being done.
     pub fn candle(context: impl Into<String>, source: candle_core::Error) -> Self {
         Self::Candle { context: context.into(), source }
+    }
+
+    /// Wraps an object store's error with what was being done.
+    pub fn storage(context: impl Into<String>, source: object_store::Error) -> Self {
+        Self::Storage { context: context.into(), source }
     }
 
     /// An invalid-argument error from anything printable.

@@ -214,7 +214,13 @@ fn a_prompt_longer_than_the_context_is_refused_with_both_numbers() {
 fn minilm() -> Option<(SentenceEncoder, candle_transformers::models::bert::BertModel, tokenizers::Tokenizer)> {
     let dir = lantern_runtime::test_models::minilm_dir()?;
     let repo = tempfile::tempdir().unwrap();
-    let request = PublishRequest { root: repo.path(), model: "minilm", source: &dir, version: None, metrics: &[] };
+    let request = PublishRequest {
+        repository: &Repository::new(repo.path()),
+        model: "minilm",
+        source: &dir,
+        version: None,
+        metrics: &[],
+    };
     let version = repository::publish(&request).unwrap();
     let verified = Repository::new(repo.path()).read_verified("minilm", version).unwrap();
     let LoadedModel::Embed(encoder) = load("minilm", version, &verified, &Device::Cpu).unwrap() else {
@@ -367,8 +373,13 @@ fn an_hf_llama_checkpoint_generates_like_the_candle_reference() {
     let source = tempfile::tempdir().unwrap();
     write_hf_llama(source.path());
     let repo = tempfile::tempdir().unwrap();
-    let request =
-        PublishRequest { root: repo.path(), model: "tiny", source: source.path(), version: None, metrics: &[] };
+    let request = PublishRequest {
+        repository: &Repository::new(repo.path()),
+        model: "tiny",
+        source: source.path(),
+        version: None,
+        metrics: &[],
+    };
     let version = repository::publish(&request).unwrap();
     let verified = Repository::new(repo.path()).read_verified("tiny", version).unwrap();
     assert_eq!(verified.manifest.architecture, lantern_runtime::repository::Architecture::Llama);
@@ -404,7 +415,13 @@ fn an_hf_llama_checkpoint_generates_like_the_candle_reference() {
 fn a_gguf_llama_reads_densely_as_the_hf_checkpoint_it_was_converted_from() {
     let Some(path) = smollm2_path() else { return };
     let repo = tempfile::tempdir().unwrap();
-    let request = PublishRequest { root: repo.path(), model: "smollm2", source: &path, version: None, metrics: &[] };
+    let request = PublishRequest {
+        repository: &Repository::new(repo.path()),
+        model: "smollm2",
+        source: &path,
+        version: None,
+        metrics: &[],
+    };
     let version = repository::publish(&request).unwrap();
     let verified = Repository::new(repo.path()).read_verified("smollm2", version).unwrap();
     let dense = lantern_runtime::model::dense::read(&verified, &Device::Cpu).unwrap();
@@ -442,7 +459,13 @@ fn last_logits(model: &Llama, prompt: &[u32]) -> Vec<f32> {
 fn only_a_llama_reads_as_a_dense_llama() {
     let Some(dir) = lantern_runtime::test_models::minilm_dir() else { return };
     let repo = tempfile::tempdir().unwrap();
-    let request = PublishRequest { root: repo.path(), model: "minilm", source: &dir, version: None, metrics: &[] };
+    let request = PublishRequest {
+        repository: &Repository::new(repo.path()),
+        model: "minilm",
+        source: &dir,
+        version: None,
+        metrics: &[],
+    };
     let version = repository::publish(&request).unwrap();
     let verified = Repository::new(repo.path()).read_verified("minilm", version).unwrap();
     let error = lantern_runtime::model::dense::read(&verified, &Device::Cpu).unwrap_err().to_string();

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use lantern_runtime::repository::FetchReport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,6 +30,13 @@ struct ModelLabels {
 struct VersionLabels {
     model: String,
     version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    model: String,
+    /// `cache` (already in the node cache) or `download`.
+    source: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +76,8 @@ pub struct Metrics {
     load_duration: HistogramFamily<VersionLabels>,
     load_failures: Family<VersionLabels, Counter>,
     loaded_versions: Family<ModelLabels, Gauge>,
+    fetched_files: Family<FetchLabels, Counter>,
+    downloaded_bytes: Family<ModelLabels, Counter>,
     generation: GenerationFamilies,
     stats: RequestStats,
 }
@@ -206,6 +216,18 @@ impl Metrics {
         );
         registry.register("model_load_failures", "Failed model version loads", load_failures.clone());
         registry.register("loaded_versions", "Model versions currently available", loaded_versions.clone());
+        let fetched_files = Family::default();
+        let downloaded_bytes = Family::default();
+        registry.register(
+            "model_files_fetched",
+            "Files of remote versions read for loads, from the node cache or downloaded into it",
+            fetched_files.clone(),
+        );
+        registry.register(
+            "model_downloaded_bytes",
+            "Bytes of remote versions downloaded into the node cache",
+            downloaded_bytes.clone(),
+        );
         let generation = GenerationFamilies::new(&mut registry);
         Self {
             registry,
@@ -216,6 +238,8 @@ impl Metrics {
             load_duration,
             load_failures,
             loaded_versions,
+            fetched_files,
+            downloaded_bytes,
             generation,
             stats: RequestStats::default(),
         }
@@ -288,6 +312,15 @@ impl Metrics {
         if !ok {
             self.load_failures.get_or_create(&labels).inc();
         }
+    }
+
+    /// Records what reading a remote version fetched.
+    pub fn observe_fetch(&self, model: &str, report: &FetchReport) {
+        for (source, files) in [("cache", report.files_cached), ("download", report.files_downloaded)] {
+            let labels = FetchLabels { model: model.to_owned(), source };
+            self.fetched_files.get_or_create(&labels).inc_by(files as u64);
+        }
+        self.downloaded_bytes.get_or_create(&ModelLabels { model: model.to_owned() }).inc_by(report.bytes_downloaded);
     }
 
     /// Sets how many versions of `model` are available.

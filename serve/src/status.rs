@@ -24,6 +24,7 @@ pub fn grpc_code(err: &Error) -> Code {
 fn runtime_code(err: &RuntimeError) -> Code {
     match err {
         RuntimeError::InvalidArgument(_) => Code::InvalidArgument,
+        RuntimeError::Storage { .. } => Code::Unavailable,
         RuntimeError::Manifest { .. }
         | RuntimeError::Io { .. }
         | RuntimeError::Load { .. }

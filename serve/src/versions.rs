@@ -16,7 +16,6 @@
 //! ([`ModelManager::resolve_waiting`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ use super::{policy, request_stats};
 use crate::error::{Error, Result};
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::model::{self, LoadedModel, VersionId};
-use lantern_runtime::repository::{BaseVersion, Format, Manifest, Repository, Task, VerifiedVersion};
+use lantern_runtime::repository::{BaseVersion, Format, Manifest, Pin, Repository, Task, VerifiedVersion};
 
 /// How the manager behaves; filled from the `serve` flags.
 #[derive(Clone, Debug)]
@@ -176,6 +175,8 @@ pub(crate) struct LoadedVersion {
     /// When a request was last routed here, in milliseconds since the manager started (the LRU
     /// order of adapters).
     last_used: AtomicU64,
+    /// Its files in the node cache, kept from eviction while it is loaded (remote repositories).
+    _pins: Vec<Pin>,
 }
 
 impl LoadedVersion {
@@ -520,7 +521,7 @@ impl ModelManager {
                     let delay = self.inner.retry_delay(entry.failed_attempts);
                     tracing::warn!(model = %model, version, %error, retry_in_seconds = delay.as_secs_f64(), "load failed");
                     entry.state = VersionState::Failed;
-                    entry.reason = client_reason(&error.to_string(), self.inner.repo.root());
+                    entry.reason = client_reason(&error.to_string(), &self.inner.repo.location());
                     entry.retry_at = Some(Instant::now() + delay);
                 }
             }
@@ -864,12 +865,11 @@ pub const MAX_UNPUBLISHED_CONFIGS: usize = 256;
 /// A failure reason as clients see it (GetModelStatus, RepositoryIndex, load errors): its first
 /// line only (no backtrace), paths relative to the repository, at most 512 bytes. The log keeps
 /// the whole error.
-pub fn client_reason(reason: &str, repository_root: &Path) -> String {
+pub fn client_reason(reason: &str, root: &str) -> String {
     let first_line = reason.lines().next().unwrap_or_default();
-    let root = repository_root.display().to_string();
     let mut text = match root.is_empty() {
         true => first_line.to_owned(),
-        false => first_line.replace(&format!("{root}/"), "").replace(&root, "<repository>"),
+        false => first_line.replace(&format!("{root}/"), "").replace(root, "<repository>"),
     };
     if text.len() > 512 {
         let cut = (0..=512).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
@@ -944,18 +944,22 @@ impl Inner {
     }
 
     fn load_version(&self, model: &str, version: u64) -> Result<(LoadedVersion, oneshot::Receiver<()>)> {
-        let verified = self.repo.read_verified(model, version)?;
+        let mut verified = self.repo.read_verified(model, version)?;
+        if let Some(report) = &verified.fetch {
+            self.metrics.observe_fetch(model, report);
+        }
+        let pins = std::mem::take(&mut verified.pins);
         let fail =
             |reason: String| Error::from(lantern_runtime::Error::Load { model: model.to_owned(), version, reason });
         let manifest = verified.manifest.clone();
         if manifest.format == Format::Lora {
-            return self.load_adapter(model, version, verified);
+            return self.load_adapter(model, version, verified, pins);
         }
         if manifest.task == Task::Generate {
             let device = &self.settings.device;
             let shared = self.shared_engine(model, version, || Ok(model::load(model, version, &verified, device)?))?;
             let runtime = Runtime::Generate(shared.model.clone());
-            return Ok(self.loaded_on(version, manifest, runtime, shared));
+            return Ok(self.loaded_on(version, manifest, runtime, shared, pins));
         }
         let loaded = model::load(model, version, &verified, &self.settings.device)?;
         drop(verified);
@@ -978,8 +982,15 @@ impl Inner {
                 return Err(fail("a language model loads through its shared engine; this is a bug".into()));
             }
         };
-        let loaded =
-            LoadedVersion { version, manifest, runtime, _released: None, _engine: None, last_used: AtomicU64::new(0) };
+        let loaded = LoadedVersion {
+            version,
+            manifest,
+            runtime,
+            _released: None,
+            _engine: None,
+            last_used: AtomicU64::new(0),
+            _pins: pins,
+        };
         Ok((loaded, drained))
     }
 
@@ -991,6 +1002,7 @@ impl Inner {
         manifest: Manifest,
         runtime: Runtime,
         engine: Arc<SharedEngine>,
+        pins: Vec<Pin>,
     ) -> (LoadedVersion, oneshot::Receiver<()>) {
         let (released, drained) = oneshot::channel();
         let loaded = LoadedVersion {
@@ -1000,6 +1012,7 @@ impl Inner {
             _released: Some(released),
             _engine: Some(engine),
             last_used: AtomicU64::new(self.now_ms()),
+            _pins: pins,
         };
         (loaded, drained)
     }
@@ -1013,6 +1026,7 @@ impl Inner {
         model: &str,
         version: u64,
         verified: VerifiedVersion,
+        pins: Vec<Pin>,
     ) -> Result<(LoadedVersion, oneshot::Receiver<()>)> {
         let fail =
             |reason: String| Error::from(lantern_runtime::Error::Load { model: model.to_owned(), version, reason });
@@ -1040,7 +1054,7 @@ impl Inner {
         let metrics = self.metrics.generation(model, version);
         let adapter = Some(Arc::new(ServedAdapter { weights, identity: verified.digest, metrics }));
         let runtime = Runtime::Generate(LanguageModel { version, adapter, ..engine.model.clone() });
-        Ok(self.loaded_on(version, verified.manifest, runtime, engine))
+        Ok(self.loaded_on(version, verified.manifest, runtime, engine, pins))
     }
 }
 
@@ -1050,7 +1064,7 @@ mod tests {
 
     #[test]
     fn client_reasons_carry_no_host_paths_backtraces_or_bulk() {
-        let root = Path::new("/srv/models");
+        let root = "/srv/models";
         let reason = "reading /srv/models/m/3/model.safetensors: permission denied\n\nStack backtrace:\n  0: candle";
         assert_eq!(client_reason(reason, root), "reading m/3/model.safetensors: permission denied");
         assert_eq!(client_reason("cannot list /srv/models", root), "cannot list <repository>");

@@ -152,13 +152,7 @@ fn import(repository: &Repository, base: &BaseSpec, source: &Path) -> Result<()>
     if repository.versions(&base.model)?.contains(&base.version) {
         return Ok(());
     }
-    let request = PublishRequest {
-        root: repository.root(),
-        model: &base.model,
-        source,
-        version: Some(base.version),
-        metrics: &[],
-    };
+    let request = PublishRequest { repository, model: &base.model, source, version: Some(base.version), metrics: &[] };
     match repository::publish(&request) {
         Ok(version) => {
             tracing::info!(model = %base.model, version, source = %source.display(), "imported the base");

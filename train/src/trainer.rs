@@ -30,7 +30,7 @@ use super::optim::{self, AdamW};
 use super::params::{Params, model_error};
 use super::progress::{Progress, ProgressServer};
 use crate::error::{Error, Result};
-use lantern_runtime::repository::{self, MANIFEST_FILE, Manifest, PublishRequest, Repository};
+use lantern_runtime::repository::{self, PublishRequest, Repository};
 
 /// The metric a published version records its training step under.
 pub const STEP_METRIC: &str = "step";
@@ -184,15 +184,22 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
             Ok(_) => {}
             Err(error) => progress.failed(&error.to_string()),
         }
-        if let Some(path) = &cluster.termination_log
-            && let Err(error) = std::fs::write(path, progress.termination_message())
-        {
-            tracing::warn!(path = %path.display(), %error, "writing the termination message");
-        }
-        if matches!(&result, Ok(outcome) if !outcome.interrupted) {
-            // Rank 0 stops serving as it returns: give pollers a moment to see the end.
-            std::thread::sleep(Duration::from_secs_f64(cluster.progress_linger_seconds));
-        }
+    }
+    // Rank 0's message is its final progress; another rank's is why it failed, the same text
+    // rank 0 would give, so the job reads alike whichever rank the operator sees fail first.
+    let message = match (&progress, &result) {
+        (Some(progress), _) => Some(progress.termination_message()),
+        (None, Err(error)) => Some(error.to_string()),
+        (None, Ok(_)) => None,
+    };
+    if let (Some(path), Some(message)) = (&cluster.termination_log, message)
+        && let Err(error) = std::fs::write(path, message)
+    {
+        tracing::warn!(path = %path.display(), %error, "writing the termination message");
+    }
+    if progress.is_some() && matches!(&result, Ok(outcome) if !outcome.interrupted) {
+        // Rank 0 stops serving as it returns: give pollers a moment to see the end.
+        std::thread::sleep(Duration::from_secs_f64(cluster.progress_linger_seconds));
     }
     result
 }
@@ -421,7 +428,7 @@ impl Job<'_> {
         let staging = tempfile::tempdir().map_err(|e| Error::io("creating a staging directory", e))?;
         self.model.write_version(staging.path())?;
         let request = PublishRequest {
-            root: &output.repository,
+            repository: &Repository::new(&output.repository),
             model: &output.model,
             source: staging.path(),
             version: None,
@@ -441,9 +448,7 @@ pub fn published_steps(root: &Path, model: &str) -> Result<BTreeMap<u64, u64>> {
     let repository = Repository::new(root);
     let mut steps = BTreeMap::new();
     for version in repository.versions(model)? {
-        let path = repository.version_dir(model, version).join(MANIFEST_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        if let Some(&step) = Manifest::from_json(&bytes, &path)?.metrics.get(STEP_METRIC) {
+        if let Some(&step) = repository.manifest(model, version)?.metrics.get(STEP_METRIC) {
             steps.insert(step as u64, version);
         }
     }

@@ -16,7 +16,7 @@ use lantern_contract::env;
 use lantern_runtime::compute_threads;
 use lantern_runtime::device::{self, DeviceSpec};
 use lantern_runtime::model::mlp;
-use lantern_runtime::repository::{self, PublishRequest, Repository};
+use lantern_runtime::repository::{self, CacheSettings, PublishRequest, Repository};
 use lantern_serve::auth::Credentials;
 use lantern_serve::batcher::BatchSettings;
 use lantern_serve::config::{ModelPolicy, VersionPolicy};
@@ -65,11 +65,35 @@ enum Command {
     Progress(ProgressArgs),
 }
 
+/// Where the model repository is, and the node cache a remote one is read through.
+#[derive(clap::Args, Debug)]
+struct RepositoryArgs {
+    /// Model repository: a directory, or `s3://BUCKET/PREFIX`, `gs://…`, `az://CONTAINER/PREFIX`
+    /// or `http(s)://…` (read-only), holding `<model>/<version>/`. Object stores take their
+    /// endpoint and credentials from the standard variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    #[arg(long, env = env::REPOSITORY)]
+    repository: String,
+    /// The node-local cache a remote repository's files are downloaded into, by digest.
+    #[arg(long, env = env::CACHE_DIR, default_value_os_t = std::env::temp_dir().join("lantern-model-cache"))]
+    cache_dir: PathBuf,
+    /// The cache's size budget in MiB: beyond it, the least recently used files no loaded
+    /// version uses are removed.
+    #[arg(long, env = env::CACHE_BUDGET_MIB, default_value_t = 20 * 1024)]
+    cache_budget_mib: u64,
+}
+
+impl RepositoryArgs {
+    fn open(&self) -> anyhow::Result<Repository> {
+        let cache =
+            CacheSettings { dir: self.cache_dir.clone(), budget_bytes: self.cache_budget_mib.saturating_mul(1 << 20) };
+        Ok(Repository::open(&self.repository, &cache)?)
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Model repository root: `<root>/<model>/<version>/`.
-    #[arg(long, env = env::REPOSITORY)]
-    repository: PathBuf,
+    #[command(flatten)]
+    repository: RepositoryArgs,
     /// Address for gRPC and HTTP.
     #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:8500")]
     listen: SocketAddr,
@@ -165,9 +189,8 @@ struct ServeArgs {
 
 #[derive(clap::Args, Debug)]
 struct PublishArgs {
-    /// Model repository root.
-    #[arg(long, env = env::REPOSITORY)]
-    repository: PathBuf,
+    #[command(flatten)]
+    repository: RepositoryArgs,
     /// Model name.
     #[arg(long, env = env::MODEL)]
     model: String,
@@ -253,8 +276,9 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Publish(publish) => {
+            let repository = publish.repository.open()?;
             let request = PublishRequest {
-                root: &publish.repository,
+                repository: &repository,
                 model: &publish.model,
                 source: &publish.source,
                 version: publish.version,
@@ -264,7 +288,7 @@ fn main() -> anyhow::Result<()> {
                 Some((model, version)) => repository::publish_adapter(&request, model, *version)?,
                 None => repository::publish(&request)?,
             };
-            println!("published {} version {version} in {}", publish.model, publish.repository.display());
+            println!("published {} version {version} in {}", publish.model, repository.location());
             Ok(())
         }
         Command::InitMlp(init) => init_mlp(&init),
@@ -442,7 +466,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             _ => None,
         },
     };
-    let server = server::start(Repository::new(&args.repository), settings, options).await?;
+    let server = server::start(args.repository.open()?, settings, options).await?;
     println!("lantern-worker listening on {}", server.local_addr());
     shutdown_signal().await?;
     server.shutdown().await?;

@@ -17,13 +17,64 @@ use serde::{Deserialize, Serialize};
 pub use inference::{InferenceService, InferenceServiceSpec, InferenceServiceStatus};
 pub use training::{TrainingJob, TrainingJobSpec, TrainingJobStatus};
 
-/// A model repository: a PersistentVolumeClaim, or a directory in it.
-#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+/// A model repository: a PersistentVolumeClaim (or a directory in it), or a URI.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.claimName) != has(self.uri)").message("set exactly one of repository.claimName and repository.uri"))]
+#[x_kube(validation = Rule::new("has(self.uri) || !has(self.secretRef) && !has(self.cache)").message("repository.secretRef and repository.cache go with repository.uri"))]
+#[x_kube(validation = Rule::new("has(self.claimName) || !has(self.subPath)").message("repository.subPath goes with repository.claimName"))]
 #[serde(rename_all = "camelCase")]
 pub struct Repository {
-    pub claim_name: String,
+    /// A PersistentVolumeClaim every pod mounts (ReadWriteMany where pods of several nodes
+    /// share it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_name: Option<String>,
+    /// A directory inside the claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_path: Option<String>,
+    /// An object store or HTTP location: `s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX`,
+    /// `az://CONTAINER/PREFIX`, or `http(s)://…` (read-only). Pods read it through a node-local
+    /// cache; endpoint and credentials come from `secretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^(s3|gs|az|https?)://[^/?#@\s]+(/[^?#\s]*)?$"))]
+    pub uri: Option<String>,
+    /// A Secret whose keys become the workers' environment: the store's standard variables
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AZURE_STORAGE_ACCOUNT_NAME`, `GOOGLE_SERVICE_ACCOUNT_KEY`, …). The operator never reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// Where pods keep the files they download.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<RepositoryCache>,
+}
+
+impl Repository {
+    /// A repository in the claim `name`.
+    pub fn claim(name: &str) -> Self {
+        Self { claim_name: Some(name.to_owned()), ..Self::default() }
+    }
+}
+
+/// A Secret in the resource's namespace.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct SecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The node-local cache of a remote repository's files.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryCache {
+    /// The cache's budget in MiB (default 20480): beyond it the least recently used files no
+    /// loaded version needs are removed. An emptyDir cache gets this as its size limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 64))]
+    pub size_mib: Option<u64>,
+    /// A directory on the node (hostPath) instead of the pod's emptyDir, so that pods on a node
+    /// share it and a replaced pod finds its files there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
+    pub host_path: Option<String>,
 }
 
 /// The processor a worker runs its models on.

@@ -100,7 +100,7 @@ fn source(
     if repository.is_some_and(|repository| *repository != job.spec.output.repository) {
         return invalid(format!(
             "TrainingJob {name} publishes into claim {}, not the repository this service reads",
-            job.spec.output.repository.claim_name
+            job.spec.output.repository.claim_name.as_deref().unwrap_or_default()
         ));
     }
     (model, None)
@@ -169,7 +169,7 @@ mod tests {
     }
 
     fn claim(name: &str) -> Repository {
-        Repository { claim_name: name.to_owned(), sub_path: None }
+        Repository::claim(name)
     }
 
     /// An `adder` service with these adapters; the base rollout takes two steps.

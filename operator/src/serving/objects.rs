@@ -21,7 +21,7 @@ use lantern_contract::env;
 
 use crate::crd::{Device, InferenceService, Repository};
 use crate::credentials::{self, TOKEN_KEY};
-use crate::objects::{self, REPOSITORY_MOUNT, env_var, match_labels, owned_metadata, tcp_port};
+use crate::objects::{self, env_var, match_labels, owned_metadata, tcp_port};
 
 /// The serving port of every worker, for gRPC and HTTP alike.
 pub const SERVING_PORT: u16 = 8500;
@@ -202,7 +202,6 @@ pub fn pod(
         env_var(env::LISTEN, format!("$(POD_IP):{SERVING_PORT}")),
         env_var(env::MANAGEMENT_LISTEN, format!("$(POD_IP):{MANAGEMENT_PORT}")),
         env_var(env::MANAGEMENT_TOKEN_FILE, format!("{MANAGEMENT_TOKEN_DIR}/{TOKEN_KEY}")),
-        env_var(env::REPOSITORY, REPOSITORY_MOUNT),
         env_var(env::MODELS, names.join(",")),
         env_var(env::VERSION_POLICY, models.policy.as_str()),
     ];
@@ -222,8 +221,11 @@ pub fn pod(
         (env::MAX_STEP_TOKENS, generation.max_step_tokens.map(u64::from)),
     ];
     env.extend(settings.into_iter().filter_map(|(name, value)| Some(env_var(name, value?.to_string()))));
-    let (repository_volume, mut repository_mount) = objects::repository_volume(repository);
-    repository_mount.read_only = Some(true);
+    let access = objects::repository_access(repository);
+    env.extend(access.env);
+    let mut repository_mount = access.mount;
+    // Serving only reads a claim; a remote repository's cache is written.
+    repository_mount.read_only = repository.claim_name.as_ref().map(|_| true);
     let (token_volume, token_mount) = objects::secret_file_volume(
         "management-token",
         &management_secret_name(service),
@@ -231,7 +233,7 @@ pub fn pod(
         TOKEN_KEY,
         MANAGEMENT_TOKEN_DIR,
     );
-    let mut volumes = vec![repository_volume, token_volume];
+    let mut volumes = vec![access.volume, token_volume];
     let mut mounts = vec![repository_mount, token_mount];
     if let Some(keys) = &spec.api_keys {
         let (volume, mount) = objects::secret_file_volume("api-keys", &keys.name, &keys.key, "keys", API_KEYS_DIR);
@@ -258,6 +260,7 @@ pub fn pod(
         image: Some(spec.image.as_deref().unwrap_or(image).to_owned()),
         args: Some(vec!["serve".to_owned()]),
         env: Some(env),
+        env_from: Some(access.env_from).filter(|e| !e.is_empty()),
         ports: Some(vec![
             objects::container_port("serving", SERVING_PORT),
             objects::container_port("management", MANAGEMENT_PORT),
@@ -310,7 +313,7 @@ mod tests {
     }
 
     fn repository() -> Repository {
-        Repository { claim_name: "models".into(), sub_path: Some("team-a".into()) }
+        Repository { sub_path: Some("team-a".into()), ..Repository::claim("models") }
     }
 
     #[test]
@@ -353,6 +356,57 @@ mod tests {
         assert!(!env.contains_key("LANTERN_API_KEYS_FILE"), "inference is open without apiKeys");
         assert_eq!(pod["spec"]["nodeSelector"]["pool"], "cpu");
         assert_eq!(container["resources"]["limits"]["cpu"], "2");
+    }
+
+    #[test]
+    fn a_remote_repository_is_a_uri_with_its_secret_as_environment_and_a_writable_cache() {
+        let service = test_service(json!({}));
+        let pod_with = |repository: &Repository| {
+            serde_json::to_value(pod(&service, repository, "worker:1", "abc", 0, &starting("latest:1"), None)).unwrap()
+        };
+        let remote: Repository = serde_json::from_value(json!({
+            "uri": "s3://models/repo",
+            "secretRef": {"name": "s3-credentials"},
+            "cache": {"sizeMib": 4096},
+        }))
+        .unwrap();
+        let pod = pod_with(&remote);
+        let container = &pod["spec"]["containers"][0];
+        let env = container["env"].as_array().unwrap();
+        for (name, value) in [
+            (env::REPOSITORY, "s3://models/repo"),
+            (env::CACHE_DIR, "/var/cache/lantern/models"),
+            (env::CACHE_BUDGET_MIB, "4096"),
+        ] {
+            assert!(env.contains(&json!({"name": name, "value": value})), "{name}: {env:?}");
+        }
+        assert_eq!(container["envFrom"], json!([{"secretRef": {"name": "s3-credentials", "optional": false}}]));
+        assert_eq!(pod["spec"]["volumes"][0], json!({"name": "model-cache", "emptyDir": {"sizeLimit": "4096Mi"}}));
+        assert_eq!(
+            container["volumeMounts"][0],
+            json!({"name": "model-cache", "mountPath": "/var/cache/lantern/models"})
+        );
+        // On the node, the cache outlives pods and is shared by them.
+        let on_node = Repository {
+            cache: Some(crate::crd::RepositoryCache {
+                host_path: Some("/var/lib/lantern-cache".into()),
+                size_mib: None,
+            }),
+            ..remote
+        };
+        let pod = pod_with(&on_node);
+        let volume = &pod["spec"]["volumes"][0];
+        assert_eq!(volume["hostPath"], json!({"path": "/var/lib/lantern-cache", "type": "DirectoryOrCreate"}));
+        assert!(
+            pod["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": env::CACHE_BUDGET_MIB, "value": "20480"}))
+        );
+        // A claim is mounted read-only, with no Secret.
+        let pod = pod_with(&repository());
+        assert_eq!(pod["spec"]["containers"][0]["volumeMounts"][0]["readOnly"], true);
+        assert!(pod["spec"]["containers"][0]["envFrom"].is_null());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use lantern_contract::job::JobConfig;
 use crate::context::Error;
 use crate::crd::TrainingJob;
 use crate::credentials::{self, TOKEN_KEY};
-use crate::objects::{self, REPOSITORY_MOUNT, env_var, match_labels, owned_metadata, tcp_port};
+use crate::objects::{self, env_var, match_labels, owned_metadata, tcp_port};
 
 /// The collective (rendezvous and all-reduce) port every rank listens on.
 pub const COLLECTIVE_PORT: u16 = 7070;
@@ -139,14 +139,14 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
         env_var(env::WORLD_SIZE, spec.replicas.to_string()),
         env_var(env::ADDRESS, format!("$(POD_IP):{COLLECTIVE_PORT}")),
         env_var(env::COORDINATOR, format!("$({coordinator}_SERVICE_HOST):{COLLECTIVE_PORT}")),
-        env_var(env::REPOSITORY, REPOSITORY_MOUNT),
         env_var(env::TERMINATION_LOG, TERMINATION_LOG),
         env_var(env::JOB_TOKEN_FILE, format!("{TOKEN_DIR}/{TOKEN_KEY}")),
     ];
     if rank == 0 {
         env.push(env_var(env::PROGRESS_ADDRESS, format!("$(POD_IP):{PROGRESS_PORT}")));
     }
-    let (repository_volume, repository_mount) = objects::repository_volume(&spec.output.repository);
+    let repository = objects::repository_access(&spec.output.repository);
+    env.extend(repository.env);
     let (token_volume, token_mount) =
         objects::secret_file_volume("job-token", &token_secret_name(job), TOKEN_KEY, TOKEN_KEY, TOKEN_DIR);
     let job_file = ConfigMapVolumeSource { name: config_map_name(job), ..ConfigMapVolumeSource::default() };
@@ -155,11 +155,12 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
         image: Some(spec.image.as_deref().unwrap_or(image).to_owned()),
         args: Some(vec!["train".to_owned(), "--config".to_owned(), format!("{CONFIG_DIR}/job.json")]),
         env: Some(env),
+        env_from: Some(repository.env_from).filter(|e| !e.is_empty()),
         ports: Some(vec![
             objects::container_port("collective", COLLECTIVE_PORT),
             objects::container_port("progress", PROGRESS_PORT),
         ]),
-        volume_mounts: Some(vec![repository_mount, objects::read_only_mount("job", CONFIG_DIR), token_mount]),
+        volume_mounts: Some(vec![repository.mount, objects::read_only_mount("job", CONFIG_DIR), token_mount]),
         // Rank 0 leaves its final progress there (the last checkpoint, which no poll may have
         // seen); a rank that fails without writing one leaves the end of its log.
         termination_message_path: Some(TERMINATION_LOG.to_owned()),
@@ -172,7 +173,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
         restart_policy: Some("Never".to_owned()),
         containers: vec![container],
         volumes: Some(vec![
-            repository_volume,
+            repository.volume,
             Volume { name: "job".to_owned(), config_map: Some(job_file), ..Volume::default() },
             token_volume,
         ]),

@@ -1,26 +1,37 @@
-//! The model repository on disk: `<root>/<model>/<version>/` where `<version>` is a positive
-//! integer and the directory holds a [`Manifest`] listing every file with its sha256.
+//! The model repository: `<root>/<model>/<version>/` where `<version>` is a positive integer
+//! and the directory holds a [`Manifest`] listing every file with its sha256.
 //!
-//! Readers ([`Repository`]) ignore dot-directories (publishes in progress) and versions without a
-//! manifest, and verify every digest before a version is handed to a model loader. Writers go
-//! through [`publish`], which makes a version visible atomically.
+//! The root is a [`Location`]: a directory, or a bucket, container or HTTP layout
+//! ([`remote`], read through the node-local [`cache`]). Readers ([`Repository`]) ignore
+//! dot-directories (publishes in progress) and versions without a manifest, and verify every
+//! digest before a version is handed to a model loader. Writers go through [`publish`], which
+//! makes a version visible atomically.
 
+pub mod cache;
+pub mod location;
 pub mod manifest;
 mod publish;
+pub mod remote;
+mod transport;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+pub use cache::{CacheSettings, Pin};
+pub use location::Location;
 pub use manifest::{
     Architecture, BaseVersion, FileEntry, Format, MANIFEST_FILE, Manifest, TEXT_INPUT, TEXT_OUTPUT, Task, TensorSpec,
 };
 pub use publish::{PublishRequest, publish, publish_adapter};
+pub use remote::FetchReport;
 
 use crate::error::{Error, Result};
+use remote::Remote;
 
 /// A version's manifest with the bytes of every file, each verified against its digest.
 #[derive(Debug)]
@@ -29,34 +40,76 @@ pub struct VerifiedVersion {
     /// `sha256:<hex>` of the manifest's bytes as read.
     pub digest: String,
     pub files: BTreeMap<String, Vec<u8>>,
+    /// What reading it from a remote repository fetched; `None` for a directory.
+    pub fetch: Option<FetchReport>,
+    /// Holds the version's node cache entries against eviction for as long as it is kept
+    /// (empty for a directory).
+    pub pins: Vec<Pin>,
 }
 
-/// Read access to a model repository root.
+/// Read access to a model repository.
 #[derive(Clone, Debug)]
 pub struct Repository {
-    root: PathBuf,
+    backend: Backend,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Local(PathBuf),
+    Remote(Arc<Remote>),
 }
 
 impl Repository {
-    /// A repository rooted at `root` (which need not exist yet).
+    /// A repository in the directory `root` (which need not exist yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { backend: Backend::Local(root.into()) }
     }
 
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The repository at `location` (a path or URI, see [`Location`]); a remote one reads
+    /// through the node cache `cache`.
+    pub fn open(location: &str, cache: &CacheSettings) -> Result<Self> {
+        match Location::parse(location)? {
+            Location::Local(root) => Ok(Self::new(root)),
+            Location::Oci { registry, repository } => Err(Error::invalid(format!(
+                "oci://{registry}/{repository}: OCI registries are not supported as a repository yet"
+            ))),
+            remote => Ok(Self { backend: Backend::Remote(Arc::new(Remote::open(remote, cache)?)) }),
+        }
+    }
+
+    /// Where the repository is, as users write it.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Local(root) => root.display().to_string(),
+            Backend::Remote(remote) => remote.location(),
+        }
+    }
+
+    /// The directory of a repository on disk; `None` for a remote one.
+    pub fn local_root(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Local(root) => Some(root),
+            Backend::Remote(_) => None,
+        }
     }
 
     /// Model names: every visible directory under the root.
     pub fn models(&self) -> Result<BTreeSet<String>> {
-        Ok(visible_dirs(&self.root)?.into_iter().filter(|name| validate_model_name(name).is_ok()).collect())
+        let root = match &self.backend {
+            Backend::Local(root) => root,
+            Backend::Remote(remote) => return remote.models(),
+        };
+        Ok(visible_dirs(root)?.into_iter().filter(|name| validate_model_name(name).is_ok()).collect())
     }
 
     /// The published versions of `model`: integer-named, visible directories holding a manifest.
     /// A model directory that does not exist has no versions.
     pub fn versions(&self, model: &str) -> Result<BTreeSet<u64>> {
-        let dir = self.root.join(model);
+        let root = match &self.backend {
+            Backend::Local(root) => root,
+            Backend::Remote(remote) => return remote.versions(model),
+        };
+        let dir = root.join(model);
         if !dir.exists() {
             return Ok(BTreeSet::new());
         }
@@ -67,22 +120,42 @@ impl Repository {
             .collect())
     }
 
-    /// The directory of one version.
-    pub fn version_dir(&self, model: &str, version: u64) -> PathBuf {
-        self.root.join(model).join(version.to_string())
+    /// The directory of one version of a repository on disk; `None` for a remote one.
+    pub fn version_dir(&self, model: &str, version: u64) -> Option<PathBuf> {
+        self.local_root().map(|root| root.join(model).join(version.to_string()))
     }
 
     /// `sha256:<hex>` of a version's `manifest.json`, which pins every file of the version by its
     /// own digest.
     pub fn manifest_digest(&self, model: &str, version: u64) -> Result<String> {
-        let path = self.version_dir(model, version).join(MANIFEST_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        Ok(manifest_digest(&bytes))
+        Ok(manifest_digest(&self.manifest_bytes(model, version)?.1))
+    }
+
+    /// A version's manifest, parsed (its files are not read).
+    pub fn manifest(&self, model: &str, version: u64) -> Result<Manifest> {
+        let (origin, bytes) = self.manifest_bytes(model, version)?;
+        Manifest::from_json(&bytes, &origin)
+    }
+
+    /// Where a version's manifest is, for messages, and its bytes.
+    fn manifest_bytes(&self, model: &str, version: u64) -> Result<(PathBuf, Vec<u8>)> {
+        match &self.backend {
+            Backend::Local(root) => {
+                let path = root.join(model).join(version.to_string()).join(MANIFEST_FILE);
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                Ok((path, bytes))
+            }
+            Backend::Remote(remote) => remote.manifest(model, version),
+        }
     }
 
     /// Reads a version's manifest and every file it lists, verifying sizes and digests.
     pub fn read_verified(&self, model: &str, version: u64) -> Result<VerifiedVersion> {
-        let dir = self.version_dir(model, version);
+        let root = match &self.backend {
+            Backend::Local(root) => root,
+            Backend::Remote(remote) => return remote.read_verified(model, version),
+        };
+        let dir = root.join(model).join(version.to_string());
         let manifest_path = dir.join(MANIFEST_FILE);
         let bytes =
             std::fs::read(&manifest_path).map_err(|e| Error::io(format!("reading {}", manifest_path.display()), e))?;
@@ -97,7 +170,7 @@ impl Repository {
             check_file(entry, &data).map_err(|reason| Error::Load { model: model.into(), version, reason })?;
             files.insert(entry.path.clone(), data);
         }
-        Ok(VerifiedVersion { manifest, digest, files })
+        Ok(VerifiedVersion { manifest, digest, files, fetch: None, pins: Vec::new() })
     }
 }
 

@@ -1,6 +1,8 @@
-//! Atomic publishing of a model version: files are copied into a dot-directory beside the
-//! versions (which readers ignore), hashed while copying, fsynced with the manifest, then renamed
-//! into place in one step. A reader sees either no version or a complete, verifiable one.
+//! Atomic publishing of a model version. In a directory, files are copied into a dot-directory
+//! beside the versions (which readers ignore), hashed while copying, fsynced with the manifest,
+//! then renamed into place in one step; in an object store the version number is claimed, the
+//! files uploaded and the manifest created last (see [`super::remote`]). Either way a reader
+//! sees no version or a complete, verifiable one.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -9,15 +11,15 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{CWD, RenameFlags};
 use sha2::{Digest, Sha256};
 
-use super::{BaseVersion, FileEntry, MANIFEST_FILE, Manifest, Repository, validate_model_name};
+use super::{Backend, BaseVersion, FileEntry, MANIFEST_FILE, Manifest, Repository, validate_model_name};
 use crate::error::{Error, Result};
 use crate::model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterConfig};
 
 /// What to publish and where.
 #[derive(Clone, Debug)]
 pub struct PublishRequest<'a> {
-    /// Repository root.
-    pub root: &'a Path,
+    /// The repository to publish into.
+    pub repository: &'a Repository,
     /// Model name (the directory under the root).
     pub model: &'a str,
     /// A directory holding the model's files and a `manifest.json` without (or with stale)
@@ -54,7 +56,8 @@ pub fn publish_adapter(request: &PublishRequest<'_>, base_model: &str, base_vers
     if !source.join(ADAPTER_WEIGHTS_FILE).is_file() {
         return Err(Error::invalid(format!("{} has no {ADAPTER_WEIGHTS_FILE}", source.display())));
     }
-    let manifest_digest = Repository::new(request.root)
+    let manifest_digest = request
+        .repository
         .manifest_digest(base_model, base_version)
         .map_err(|e| Error::invalid(format!("the base {base_model} version {base_version}: {e}")))?;
     let base = BaseVersion { model: base_model.to_owned(), version: base_version, manifest_digest };
@@ -70,8 +73,13 @@ fn publish_files(
 ) -> Result<u64> {
     validate_model_name(request.model)?;
     manifest.metrics.extend(request.metrics.iter().cloned());
-
-    let model_dir = request.root.join(request.model);
+    let root = match &request.repository.backend {
+        Backend::Local(root) => root,
+        Backend::Remote(remote) => {
+            return remote.publish(request.model, request.version, source_dir, manifest, sources);
+        }
+    };
+    let model_dir = root.join(request.model);
     std::fs::create_dir_all(&model_dir).map_err(|e| Error::io(format!("creating {}", model_dir.display()), e))?;
     remove_dead_staging(&model_dir);
     let staging = model_dir.join(format!("{STAGING_PREFIX}{}-{}", std::process::id(), unique_suffix()));
@@ -290,7 +298,6 @@ fn unique_suffix() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repository::Repository;
 
     fn source_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -306,16 +313,16 @@ mod tests {
         dir
     }
 
-    fn request<'a>(root: &'a Path, source: &'a Path, version: Option<u64>) -> PublishRequest<'a> {
-        PublishRequest { root, model: "m", source, version, metrics: &[] }
+    fn request<'a>(repository: &'a Repository, source: &'a Path, version: Option<u64>) -> PublishRequest<'a> {
+        PublishRequest { repository, model: "m", source, version, metrics: &[] }
     }
 
     #[test]
     fn published_versions_are_numbered_and_verifiable() {
         let root = tempfile::tempdir().unwrap();
         let source = source_dir();
-        assert_eq!(publish(&request(root.path(), source.path(), None)).unwrap(), 1);
-        assert_eq!(publish(&request(root.path(), source.path(), None)).unwrap(), 2);
+        assert_eq!(publish(&request(&Repository::new(root.path()), source.path(), None)).unwrap(), 1);
+        assert_eq!(publish(&request(&Repository::new(root.path()), source.path(), None)).unwrap(), 2);
         let repo = Repository::new(root.path());
         let verified = repo.read_verified("m", 2).unwrap();
         assert_eq!(verified.files["model.safetensors"], b"weights");
@@ -331,12 +338,12 @@ mod tests {
     fn an_existing_version_is_never_overwritten() {
         let root = tempfile::tempdir().unwrap();
         let source = source_dir();
-        publish(&request(root.path(), source.path(), Some(5))).unwrap();
-        let err = publish(&request(root.path(), source.path(), Some(5))).unwrap_err();
+        publish(&request(&Repository::new(root.path()), source.path(), Some(5))).unwrap();
+        let err = publish(&request(&Repository::new(root.path()), source.path(), Some(5))).unwrap_err();
         assert!(err.to_string().contains("already exists"), "{err}");
         // A half-copied directory (no manifest) still reserves its number.
         std::fs::create_dir(root.path().join("m/6")).unwrap();
-        assert_eq!(publish(&request(root.path(), source.path(), None)).unwrap(), 7);
+        assert_eq!(publish(&request(&Repository::new(root.path()), source.path(), None)).unwrap(), 7);
     }
 
     #[test]
@@ -344,7 +351,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let source = source_dir();
         let metrics = [("loss".to_string(), 0.25)];
-        let req = PublishRequest { metrics: &metrics, ..request(root.path(), source.path(), None) };
+        let repository = Repository::new(root.path());
+        let req = PublishRequest { metrics: &metrics, ..request(&repository, source.path(), None) };
         let version = publish(&req).unwrap();
         let verified = Repository::new(root.path()).read_verified("m", version).unwrap();
         assert_eq!(verified.manifest.metrics["loss"], 0.25);
@@ -355,7 +363,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let source = source_dir();
         std::os::unix::fs::symlink("/etc/passwd", source.path().join("extra/passwd")).unwrap();
-        let err = publish(&request(root.path(), source.path(), None)).unwrap_err().to_string();
+        let err = publish(&request(&Repository::new(root.path()), source.path(), None)).unwrap_err().to_string();
         assert!(err.contains("symbolic link") && err.contains("passwd"), "{err}");
         assert!(Repository::new(root.path()).versions("m").unwrap().is_empty());
     }
@@ -371,7 +379,7 @@ mod tests {
         let _held = lock_dir(&live).unwrap();
         // flock locks belong to the open file description: another open is another owner.
         assert!(lock_dir(&live).is_err());
-        publish(&request(root.path(), source_dir().path(), None)).unwrap();
+        publish(&request(&Repository::new(root.path()), source_dir().path(), None)).unwrap();
         assert!(!dead.exists(), "the dead publish's staging directory is still there");
         assert!(live.exists(), "a live publish's staging directory was removed");
     }
@@ -381,7 +389,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let source = tempfile::tempdir().unwrap();
         std::fs::write(source.path().join("w"), b"x").unwrap();
-        let err = publish(&request(root.path(), source.path(), None)).unwrap_err();
+        let err = publish(&request(&Repository::new(root.path()), source.path(), None)).unwrap_err();
         assert!(err.to_string().contains("manifest.json"), "{err}");
         assert!(!root.path().join("m").exists());
     }

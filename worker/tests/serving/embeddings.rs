@@ -4,7 +4,7 @@
 
 use lantern_proto::lantern::v1::embedding_service_client::EmbeddingServiceClient;
 use lantern_proto::lantern::v1::{self as pb, VersionState};
-use lantern_runtime::repository::{self, PublishRequest};
+use lantern_runtime::repository::{self, PublishRequest, Repository};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -15,7 +15,13 @@ const MODEL: &str = "minilm";
 async fn serving_minilm() -> Option<Harness> {
     let dir = lantern_runtime::test_models::minilm_dir()?;
     let harness = Harness::start().await;
-    let request = PublishRequest { root: harness.repo.path(), model: MODEL, source: &dir, version: None, metrics: &[] };
+    let request = PublishRequest {
+        repository: &Repository::new(harness.repo.path()),
+        model: MODEL,
+        source: &dir,
+        version: None,
+        metrics: &[],
+    };
     repository::publish(&request).unwrap();
     harness.server.manager().reconcile_now();
     harness.wait_for(MODEL, 1, VersionState::Available).await;

@@ -10,7 +10,7 @@ use lantern_proto::inference::{InferTensorContents, ModelInferRequest, ModelInfe
 use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 use lantern_proto::lantern::v1::{GetModelStatusRequest, VersionState, VersionStatus};
 use lantern_runtime::model::mlp::{self, Activation};
-use lantern_runtime::repository::{self, PublishRequest};
+use lantern_runtime::repository::{self, PublishRequest, Repository};
 use lantern_serve::batcher::BatchSettings;
 use lantern_serve::server::{self, RunningServer, ServerOptions};
 use lantern_serve::versions::ServeSettings;
@@ -147,7 +147,14 @@ pub fn publish_edited(
     let source = tempfile::tempdir().unwrap();
     write_mlp(source.path(), seed, layers);
     edit(source.path());
-    repository::publish(&PublishRequest { root, model, source: source.path(), version, metrics }).unwrap()
+    repository::publish(&PublishRequest {
+        repository: &Repository::new(root),
+        model,
+        source: source.path(),
+        version,
+        metrics,
+    })
+    .unwrap()
 }
 
 /// Writes an MLP's weights and manifest into `dir`.

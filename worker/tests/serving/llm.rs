@@ -9,7 +9,7 @@ use lantern_proto::lantern::v1::generation_service_client::GenerationServiceClie
 use lantern_proto::lantern::v1::{self as pb, VersionState};
 use lantern_runtime::llm::chat::Message;
 use lantern_runtime::llm::codec::TextCodec;
-use lantern_runtime::repository::{self, PublishRequest};
+use lantern_runtime::repository::{self, PublishRequest, Repository};
 use lantern_serve::engine::EngineSettings;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -34,7 +34,14 @@ pub async fn serving_smollm2(engine: impl FnOnce(&mut EngineSettings)) -> Option
 }
 
 fn publish_gguf(root: &std::path::Path, gguf: &std::path::Path) -> u64 {
-    repository::publish(&PublishRequest { root, model: MODEL, source: gguf, version: None, metrics: &[] }).unwrap()
+    repository::publish(&PublishRequest {
+        repository: &Repository::new(root),
+        model: MODEL,
+        source: gguf,
+        version: None,
+        metrics: &[],
+    })
+    .unwrap()
 }
 
 fn chat_body(question: &str, max_tokens: u64, stream: bool) -> Value {

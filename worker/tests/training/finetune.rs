@@ -43,7 +43,13 @@ fn publish_tiny_base(root: &Path) {
     };
     let source = tempfile::tempdir().unwrap();
     TrainLlama::new(&spec, 3, &candle_core::Device::Cpu).unwrap().write_checkpoint(source.path()).unwrap();
-    let request = PublishRequest { root, model: "base", source: source.path(), version: Some(1), metrics: &[] };
+    let request = PublishRequest {
+        repository: &Repository::new(root),
+        model: "base",
+        source: source.path(),
+        version: Some(1),
+        metrics: &[],
+    };
     repository::publish(&request).unwrap();
 }
 
@@ -77,7 +83,7 @@ fn tiny_lora_job(dir: &Path, steps: u64, every: u64) -> Value {
 }
 
 fn version_dir(dir: &Path, version: u64) -> PathBuf {
-    Repository::new(dir.join("models")).version_dir(TUNED, version)
+    Repository::new(dir.join("models")).version_dir(TUNED, version).unwrap()
 }
 
 fn manifest(dir: &Path, version: u64) -> Manifest {
@@ -138,7 +144,7 @@ fn a_killed_fine_tune_resumes_bit_exact_and_a_deleted_base_spoils_no_version() {
     child.kill().unwrap();
     child.wait().unwrap();
     // The base goes away; the restarted run cannot start without it...
-    let base = Repository::new(resumed.join("models")).version_dir("base", 1);
+    let base = Repository::new(resumed.join("models")).version_dir("base", 1).unwrap();
     let kept = dir.path().join("kept-base");
     std::fs::rename(&base, &kept).unwrap();
     let refused = train_process(&path).output().unwrap();
@@ -157,7 +163,7 @@ fn a_killed_fine_tune_resumes_bit_exact_and_a_deleted_base_spoils_no_version() {
     );
     // Merged versions carry the adapter too: it must match the uninterrupted run's bit for bit.
     let adapter = |root: &Path, version: u64| {
-        std::fs::read(Repository::new(root).version_dir(TUNED, version).join(ADAPTER_WEIGHTS_FILE)).unwrap()
+        std::fs::read(Repository::new(root).version_dir(TUNED, version).unwrap().join(ADAPTER_WEIGHTS_FILE)).unwrap()
     };
     assert_eq!(
         adapter(&resumed.join("models"), published[&steps]),
@@ -176,18 +182,28 @@ fn bad_fine_tuning_jobs_are_refused_before_any_training() {
     let models = dir.path().join("models");
     // A BERT encoder as the base, and a llama without its tokenizer.
     if let Some(minilm) = lantern_runtime::test_models::minilm_dir() {
-        let request =
-            PublishRequest { root: &models, model: "minilm", source: &minilm, version: Some(1), metrics: &[] };
+        let request = PublishRequest {
+            repository: &Repository::new(&models),
+            model: "minilm",
+            source: &minilm,
+            version: Some(1),
+            metrics: &[],
+        };
         repository::publish(&request).unwrap();
     }
     let untokenized = dir.path().join("untokenized");
     std::fs::create_dir_all(&untokenized).unwrap();
     for name in ["config.json", "model.safetensors"] {
-        let from = Repository::new(&models).version_dir("base", 1).join(name);
+        let from = Repository::new(&models).version_dir("base", 1).unwrap().join(name);
         std::fs::copy(from, untokenized.join(name)).unwrap();
     }
-    let request =
-        PublishRequest { root: &models, model: "untokenized", source: &untokenized, version: Some(1), metrics: &[] };
+    let request = PublishRequest {
+        repository: &Repository::new(&models),
+        model: "untokenized",
+        source: &untokenized,
+        version: Some(1),
+        metrics: &[],
+    };
     repository::publish(&request).unwrap();
     let empty_eval = dir.path().join("empty.jsonl");
     std::fs::write(&empty_eval, "\n").unwrap();
@@ -457,7 +473,13 @@ async fn serve_answers_from_adapter_versions_on_their_shared_base_as_the_merged_
     for file in [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE] {
         std::fs::copy(version_dir(dir.path(), 1).join(file), peft.join(file)).unwrap();
     }
-    let request = PublishRequest { root: &models, model: "peft", source: &peft, version: None, metrics: &[] };
+    let request = PublishRequest {
+        repository: &Repository::new(&models),
+        model: "peft",
+        source: &peft,
+        version: None,
+        metrics: &[],
+    };
     let refused = repository::publish(&request).unwrap_err().to_string();
     assert!(refused.contains("is a PEFT adapter: publish it with the base it adapts"), "{refused}");
     let missing = repository::publish_adapter(&request, "nope", 1).unwrap_err().to_string();
@@ -519,7 +541,13 @@ async fn serve_answers_from_adapter_versions_on_their_shared_base_as_the_merged_
     let mut manifest: Value = serde_json::from_slice(&std::fs::read(source.join(MANIFEST_FILE)).unwrap()).unwrap();
     manifest["base"]["manifest_digest"] = format!("sha256:{}", "0".repeat(64)).into();
     std::fs::write(source.join(MANIFEST_FILE), manifest.to_string()).unwrap();
-    let request = PublishRequest { root: &models, model: TUNED, source: &source, version: Some(3), metrics: &[] };
+    let request = PublishRequest {
+        repository: &Repository::new(&models),
+        model: TUNED,
+        source: &source,
+        version: Some(3),
+        metrics: &[],
+    };
     repository::publish(&request).unwrap();
     let reason = loop {
         let index: Value = reqwest::Client::new()

@@ -54,7 +54,7 @@ fn train_process(job: &Path) -> Command {
 
 /// The bytes of a published version's weights.
 fn weights(root: &Path, version: u64) -> Vec<u8> {
-    std::fs::read(Repository::new(root).version_dir(MODEL, version).join("model.safetensors")).unwrap()
+    std::fs::read(Repository::new(root).version_dir(MODEL, version).unwrap().join("model.safetensors")).unwrap()
 }
 
 #[test]
@@ -156,8 +156,8 @@ fn two_ranks_end_with_the_parameters_of_one() {
     let outcomes = train_pair(&addition_job(&pair, 40, 40));
     assert_eq!(outcomes[0].published, vec![1], "rank 0 publishes");
     assert!(outcomes[1].published.is_empty(), "rank 1 does not");
-    let one = tensors(&Repository::new(alone.join("models")).version_dir(MODEL, 1).join("model.safetensors"));
-    let two = tensors(&Repository::new(pair.join("models")).version_dir(MODEL, 1).join("model.safetensors"));
+    let one = tensors(&Repository::new(alone.join("models")).version_dir(MODEL, 1).unwrap().join("model.safetensors"));
+    let two = tensors(&Repository::new(pair.join("models")).version_dir(MODEL, 1).unwrap().join("model.safetensors"));
     assert_close(&one, &two);
 }
 
@@ -313,7 +313,7 @@ async fn a_trained_version_is_served_and_answers_as_the_trainer_computes() {
     let served = answer["choices"][0]["text"].as_str().unwrap().to_owned();
 
     // The trainer's own forward over the published weights, greedy, gives the same text.
-    let version_dir = Repository::new(&root).version_dir(MODEL, 2);
+    let version_dir = Repository::new(&root).version_dir(MODEL, 2).unwrap();
     let spec = LlamaSpec {
         hidden_size: 32,
         intermediate_size: 64,
@@ -350,7 +350,7 @@ fn held_out_accuracy_rises_across_the_published_versions() {
         .unwrap()
         .into_iter()
         .map(|version| {
-            let path = repository.version_dir(MODEL, version).join(MANIFEST_FILE);
+            let path = repository.version_dir(MODEL, version).unwrap().join(MANIFEST_FILE);
             Manifest::from_json(&std::fs::read(&path).unwrap(), &path).unwrap().metrics["eval_accuracy"]
         })
         .collect();

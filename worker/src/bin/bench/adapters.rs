@@ -37,7 +37,7 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
     let config = Config::from_gguf(&gguf_file::Content::read(&mut std::fs::File::open(gguf)?)?.metadata)?;
     let repo = tempfile::tempdir()?;
     repository::publish(&PublishRequest {
-        root: repo.path(),
+        repository: &Repository::new(repo.path()),
         model: MODEL,
         source: gguf,
         version: None,
@@ -156,6 +156,12 @@ fn publish_adapter(root: &Path, name: &str, config: &Config, base: &BaseVersion)
     });
     std::fs::write(source.path().join(ADAPTER_CONFIG_FILE), peft.to_string())?;
     std::fs::write(source.path().join(MANIFEST_FILE), Manifest::lora_adapter(base.clone()).to_json())?;
-    repository::publish(&PublishRequest { root, model: name, source: source.path(), version: Some(1), metrics: &[] })?;
+    repository::publish(&PublishRequest {
+        repository: &Repository::new(root),
+        model: name,
+        source: source.path(),
+        version: Some(1),
+        metrics: &[],
+    })?;
     Ok(bytes)
 }

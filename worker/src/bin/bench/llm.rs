@@ -14,7 +14,7 @@ use lantern_proto::lantern::v1::generate_request::Input;
 use lantern_proto::lantern::v1::generation_service_client::GenerationServiceClient;
 use lantern_proto::lantern::v1::{self as pb};
 use lantern_runtime::llm::codec::TextCodec;
-use lantern_runtime::repository::{self, PublishRequest};
+use lantern_runtime::repository::{self, PublishRequest, Repository};
 use tonic::transport::Channel;
 
 use lantern_runtime::compute_threads;
@@ -35,7 +35,7 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
     let prompts = Prompts::new(gguf)?;
     let repo = tempfile::tempdir()?;
     repository::publish(&PublishRequest {
-        root: repo.path(),
+        repository: &Repository::new(repo.path()),
         model: MODEL,
         source: gguf,
         version: None,
@@ -111,7 +111,13 @@ pub async fn embedding_figures(checkpoint: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let repo = tempfile::tempdir()?;
-    let request = PublishRequest { root: repo.path(), model: "embed", source: checkpoint, version: None, metrics: &[] };
+    let request = PublishRequest {
+        repository: &Repository::new(repo.path()),
+        model: "embed",
+        source: checkpoint,
+        version: None,
+        metrics: &[],
+    };
     repository::publish(&request)?;
     let server = start(repo.path(), Duration::from_secs(2)).await?;
     wait_available(&server, "embed", 1).await?;

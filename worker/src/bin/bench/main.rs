@@ -450,7 +450,13 @@ fn publish_mlp(root: &Path, model: &str, seed: u64, layers: &[usize]) -> anyhow:
     let source = tempfile::tempdir()?;
     let config = mlp::Config { layers: layers.to_vec(), activation: Activation::Relu };
     config.write_initialised(source.path(), seed)?;
-    Ok(repository::publish(&PublishRequest { root, model, source: source.path(), version: None, metrics: &[] })?)
+    Ok(repository::publish(&PublishRequest {
+        repository: &Repository::new(root),
+        model,
+        source: source.path(),
+        version: None,
+        metrics: &[],
+    })?)
 }
 
 fn infer_request(model: &str, rows: usize, width: usize) -> pb::ModelInferRequest {

@@ -28,7 +28,7 @@ use lantern_proto::lantern::v1::embedding_service_client::EmbeddingServiceClient
 use lantern_proto::lantern::v1::generate_request::Input;
 use lantern_proto::lantern::v1::generation_service_client::GenerationServiceClient;
 use lantern_proto::lantern::v1::{self as pb};
-use lantern_runtime::repository::{self, PublishRequest};
+use lantern_runtime::repository::{self, PublishRequest, Repository};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -154,7 +154,13 @@ async fn run(binary: &Path, gguf: &Path, minilm: &Path, duration: Duration, atta
     let root = repo.path().to_owned();
     publish_mlp(&root, MLP, 1, &MLP_LAYERS)?;
     for (model, source) in [(LLM, gguf), (EMBED, minilm)] {
-        repository::publish(&PublishRequest { root: &root, model, source, version: None, metrics: &[] })?;
+        repository::publish(&PublishRequest {
+            repository: &Repository::new(&root),
+            model,
+            source,
+            version: None,
+            metrics: &[],
+        })?;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let address = format!("127.0.0.1:{port}");

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lantern_runtime::repository::{self, PublishRequest};
+use lantern_runtime::repository::{self, PublishRequest, Repository};
 use lantern_train::checkpoint;
 use lantern_train::collective::{Collective, Placement};
 use lantern_train::config::{LlamaSpec, OptimizerSpec, Precision};
@@ -156,7 +156,13 @@ fn checkpoint_times() -> anyhow::Result<(f64, f64)> {
     std::fs::create_dir_all(&source)?;
     model.write_checkpoint(&source)?;
     let root = dir.path().join("models");
-    repository::publish(&PublishRequest { root: &root, model: "bench", source: &source, version: None, metrics: &[] })?;
+    repository::publish(&PublishRequest {
+        repository: &Repository::new(&root),
+        model: "bench",
+        source: &source,
+        version: None,
+        metrics: &[],
+    })?;
     let publish = started.elapsed().as_secs_f64();
     Ok((save, publish))
 }

@@ -1,0 +1,23 @@
+"""What the storage suites do to a bucket, with boto3 as users would: `create BUCKET`,
+`keys BUCKET` (one key per line) and `put BUCKET KEY TEXT`. The endpoint and credentials come
+from the standard AWS_* variables."""
+
+import os
+import sys
+
+import boto3
+
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+command, bucket, *rest = sys.argv[1:]
+if command == "create":
+    s3.create_bucket(Bucket=bucket)
+elif command == "keys":
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    for page in pages:
+        for item in page.get("Contents", []):
+            print(item["Key"])
+elif command == "put":
+    key, text = rest
+    s3.put_object(Bucket=bucket, Key=key, Body=text.encode())
+else:
+    sys.exit(f"unknown command {command}")

@@ -1,0 +1,215 @@
+//! Models in object storage, against a real S3 server on loopback (moto): the `lantern-worker`
+//! binary publishes into a bucket and serves from it through the node cache (a restarted worker
+//! downloads nothing; a version whose objects do not match its manifest is refused while the
+//! served one answers), and an InferenceService reads its versions from the bucket with the
+//! credentials of a Secret, rolls a new one out as a canary, and a replaced pod loads from the
+//! node's cache.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use lantern_e2e::s3::S3Server;
+use lantern_e2e::{Stack, binary, publish_mlp};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::{LAYERS, SERVICE, Traffic, condition, request, rollout_ended};
+
+const REPOSITORY: &str = "s3://models/repo";
+
+/// `lantern-worker serve` from `REPOSITORY` on a free port with `args`; returns the process and
+/// its `http://` address.
+async fn serve(args: &[&str], env: &[(&str, String)]) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(binary("lantern-worker").unwrap())
+        .args(["serve", "--listen", "127.0.0.1:0", "--repository", REPOSITORY])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).await.unwrap();
+    let address = line.trim().rsplit(' ').next().unwrap().to_owned();
+    (child, format!("http://{address}"))
+}
+
+async fn stop(mut child: tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.wait().await.unwrap().success());
+}
+
+/// Runs `lantern-worker ARGS`; returns whether it succeeded and what it printed.
+fn worker(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    let output = std::process::Command::new(binary("lantern-worker").unwrap())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// The value of the metric line that starts with `series`, or 0 when absent.
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// `lantern_model_files_fetched_total` of `model`: (downloaded, from the cache).
+fn fetched(metrics: &str, model: &str) -> (f64, f64) {
+    let series = |source: &str| format!("lantern_model_files_fetched_total{{model=\"{model}\",source=\"{source}\"}}");
+    (metric(metrics, &series("download")), metric(metrics, &series("cache")))
+}
+
+async fn get(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+async fn wait_ready(base: &str, model: &str, version: u64) {
+    let url = format!("{base}/v2/models/{model}/versions/{version}/ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "{model} version {version} never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the repository index gives `version` of `model` a failure reason; returns it.
+async fn failure_reason(base: &str, model: &str, version: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let http = reqwest::Client::new();
+    loop {
+        let index: Value = http.post(format!("{base}/v2/repository/index")).send().await.unwrap().json().await.unwrap();
+        let entry = index.as_array().unwrap().iter().find(|e| e["name"] == model && e["version"] == version);
+        if let Some(reason) = entry.and_then(|e| e["reason"].as_str()).filter(|r| !r.is_empty()) {
+            return reason.to_owned();
+        }
+        assert!(Instant::now() < deadline, "{model} version {version} got no failure reason: {index}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_publishes_to_s3_and_serves_through_the_node_cache_refusing_a_mismatched_version() {
+    let Some(s3) = S3Server::start().unwrap() else { return };
+    let env = s3.env();
+    s3.bucket(&["create", "models"]).unwrap();
+    for expected in [1, 2] {
+        assert_eq!(publish_mlp(REPOSITORY, &env, "iris", "4,8,3", 5, &[]).await.unwrap(), expected);
+    }
+    // A number is published once: the claim on it is a conditional create.
+    let source = tempfile::tempdir().unwrap();
+    let source = source.path().to_str().unwrap();
+    assert!(worker(&["init-mlp", "--layers", "4,8,3", "--out", source], &[]).0);
+    let publish = ["publish", "--repository", REPOSITORY, "--model", "iris", "--source", source];
+    let (ok, said) = worker(&[&publish[..], &["--version", "2"]].concat(), &env);
+    assert!(!ok && said.contains("version 2 already exists"), "{said}");
+    let keys = s3.bucket(&["keys", "models"]).unwrap();
+    for key in
+        ["repo/.models.json", "repo/iris/.versions.json", "repo/iris/2/manifest.json", "repo/iris/2/model.safetensors"]
+    {
+        assert!(keys.lines().any(|k| k == key), "{key} is not in the bucket:\n{keys}");
+    }
+
+    // Served from the bucket, the weights are downloaded into the cache once (versions 1 and 2
+    // have the same file); a restarted worker downloads nothing.
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["--cache-dir", cache.path().to_str().unwrap(), "--poll-interval-ms", "600000"];
+    let (first, base) = serve(&args, &env).await;
+    wait_ready(&base, "iris", 2).await;
+    assert_eq!(fetched(&get(&format!("{base}/metrics")).await, "iris"), (1.0, 0.0));
+    stop(first).await;
+    let (second, base) = serve(&args, &env).await;
+    wait_ready(&base, "iris", 2).await;
+    let metrics = get(&format!("{base}/metrics")).await;
+    assert_eq!(fetched(&metrics, "iris"), (0.0, 1.0), "{metrics}");
+    assert_eq!(metric(&metrics, "lantern_model_downloaded_bytes_total{model=\"iris\"}"), 0.0, "{metrics}");
+
+    // Version 3's weights object is replaced after its publish: its size no longer matches the
+    // manifest, and it is refused though the cache holds bytes of the manifest's digest.
+    assert_eq!(publish_mlp(REPOSITORY, &env, "iris", "4,8,3", 5, &[]).await.unwrap(), 3);
+    s3.bucket(&["put", "models", "repo/iris/3/model.safetensors", "not the published bytes"]).unwrap();
+    let http = reqwest::Client::new();
+    let load = http.post(format!("{base}/v2/repository/models/iris/load")).send().await.unwrap();
+    assert!(load.status().is_success(), "{load:?}");
+    let reason = failure_reason(&base, "iris", "3").await;
+    assert!(reason.contains("iris/3/model.safetensors is 23 bytes in the store, the manifest says"), "{reason}");
+    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let answer: Value =
+        http.post(format!("{base}/v2/models/iris/infer")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["model_version"], "2", "the served version stopped answering: {answer}");
+    stop(second).await;
+
+    // Bad locations get their reason.
+    let (ok, said) =
+        worker(&["publish", "--repository", "s3://nobucket/repo", "--model", "iris", "--source", source], &env);
+    assert!(!ok && said.contains("NoSuchBucket"), "{said}");
+    let (ok, said) =
+        worker(&["publish", "--repository", "ftp://host/repo", "--model", "iris", "--source", source], &env);
+    assert!(!ok && said.contains("unsupported scheme \"ftp\""), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_serves_from_s3_rolls_a_new_version_out_and_a_replaced_pod_loads_from_the_node_cache() {
+    let Some(s3) = S3Server::start().unwrap() else { return };
+    let env = s3.env();
+    s3.bucket(&["create", "models"]).unwrap();
+    let stack = Stack::start().await.unwrap();
+    let variables: String = env.iter().map(|(k, v)| format!("  {k}: \"{v}\"\n")).collect();
+    let secret = format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s3}}\nstringData:\n{variables}");
+    assert!(stack.apply(&secret).await.unwrap().ok);
+    assert_eq!(publish_mlp(REPOSITORY, &env, "adder", LAYERS, 1, &["eval_loss=0.5"]).await.unwrap(), 1);
+    let node_cache = stack.state.path().join("node-cache");
+    let source = format!(
+        "repository: {{uri: \"{REPOSITORY}\", secretRef: {{name: s3}}, cache: {{hostPath: \"{}\"}}}}",
+        node_cache.display()
+    );
+    let applied = stack.apply(&SERVICE.replace("repository: {claimName: models}", &source)).await.unwrap();
+    assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
+    let ready =
+        stack.wait_for("isvc/adder", "Ready", Duration::from_secs(90), |s| condition(s, "Ready").0 == "True").await;
+    assert_eq!(ready["status"]["stableVersion"], 1);
+
+    // A new version in the bucket goes out as a canary under traffic and is promoted.
+    let address = stack.service_address("adder").await.unwrap();
+    let traffic = Traffic::start(address.clone());
+    assert_eq!(publish_mlp(REPOSITORY, &env, "adder", LAYERS, 2, &["eval_loss=0.4"]).await.unwrap(), 2);
+    let promoted =
+        stack.wait_for("isvc/adder", "the promotion", Duration::from_secs(90), |s| rollout_ended(s, 2)).await;
+    let (sent, failed, errors) = traffic.stop().await;
+    assert_eq!(promoted["status"]["rollout"]["phase"], "Promoted", "{:#}", promoted["status"]);
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed during the rollout: {errors:?}");
+    // The node cache holds each version's weights once, by digest, for both pods.
+    let cached = std::fs::read_dir(node_cache.join("sha256")).unwrap().count();
+    assert_eq!(cached, 2, "two versions' weights");
+
+    // A replaced pod loads version 2 from the node's cache: it downloads nothing.
+    let pods = stack.json("pods").await.unwrap();
+    let (name, uid) = (pods["items"][0]["metadata"]["name"].clone(), pods["items"][0]["metadata"]["uid"].clone());
+    assert!(stack.kubectl(&["delete", "pod", name.as_str().unwrap()]).await.unwrap().ok);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let pod_ip = loop {
+        let pods = stack.json("pods").await.unwrap();
+        let replacement = pods["items"].as_array().unwrap().iter().find(|p| {
+            p["metadata"]["name"] == name
+                && p["metadata"]["uid"] != uid
+                && p["status"]["containerStatuses"][0]["ready"] == true
+        });
+        if let Some(ip) = replacement.and_then(|p| p["status"]["podIP"].as_str()) {
+            break ip.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no replacement pod became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let metrics = get(&format!("http://{pod_ip}:8500/metrics")).await;
+    assert_eq!(fetched(&metrics, "adder"), (0.0, 1.0), "{metrics}");
+    let mut client = lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::connect(
+        format!("http://{address}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(client.model_infer(request()).await.unwrap().into_inner().model_version, "2");
+    stack.stop().await.unwrap();
+}

@@ -1,0 +1,469 @@
+//! The node-local cache of remote versions' files, addressed by content: `<dir>/sha256/<hex>`
+//! holds the bytes whose sha256 is `<hex>`, so a file that several versions or adapters share
+//! is stored once per node, whichever pod fetched it.
+//!
+//! - **Verified before any load sees it.** A download streams into `<dir>/partial/<hex>`, hashed
+//!   as it is written; only a file of the manifest's size and digest is renamed into place.
+//!   Every read hashes the bytes again, as a local repository's reads do, so a file damaged on
+//!   disk is fetched anew instead of served.
+//! - **One download per entry per node.** Fetchers take an exclusive `flock` on
+//!   `<dir>/locks/<hex>`; a second pod waits for the first and then finds the file in place.
+//! - **Resumable.** A partial file left by a failed or killed download is hashed and continued
+//!   from its length with a ranged read; failed reads are retried with backoff.
+//! - **LRU under a budget.** Every use sets an entry's modification time; after a download the
+//!   oldest entries go until the cache fits its budget, except those a loaded version pins (a
+//!   shared `flock` on the entry, held for as long as the version is loaded, in any process).
+//! - **A full disk says so**, instead of passing for a download error.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::FlockOperation;
+use sha2::{Digest, Sha256};
+
+use super::{FileEntry, check_file};
+use crate::error::{Error, Result};
+
+/// Where the cache lives and how large it may grow.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    pub dir: PathBuf,
+    /// Bytes of verified files kept; beyond it the least recently used unpinned ones go.
+    pub budget_bytes: u64,
+}
+
+/// How many times a failed download is resumed before the fetch fails.
+const DOWNLOAD_RETRIES: u32 = 3;
+/// The first pause before resuming; it doubles with each retry.
+const RETRY_BASE: Duration = Duration::from_millis(250);
+
+/// The cache in one directory.
+#[derive(Debug)]
+pub struct Cache {
+    dir: PathBuf,
+    budget: u64,
+}
+
+/// How a fetched file came to be in the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// It was there already.
+    Cached,
+    /// This many bytes were downloaded for it (less than its size when a partial file resumed).
+    Downloaded(u64),
+}
+
+/// An entry held in use: eviction leaves it alone while this lives.
+#[derive(Debug)]
+pub struct Pin {
+    _locked: File,
+}
+
+/// Writes the object's bytes from the given offset to its end into the writer.
+pub type Download<'a> = dyn FnMut(u64, &mut dyn Write) -> Result<()> + 'a;
+
+impl Cache {
+    /// The cache in `settings.dir`, created if missing.
+    pub fn open(settings: &CacheSettings) -> Result<Self> {
+        for sub in ["sha256", "partial", "locks"] {
+            let dir = settings.dir.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        Ok(Self { dir: settings.dir.clone(), budget: settings.budget_bytes })
+    }
+
+    /// The verified bytes of the file `entry` names, pinned, from the cache or downloaded into it.
+    pub fn fetch(&self, entry: &FileEntry, download: &mut Download<'_>) -> Result<(Vec<u8>, Pin, Fetched)> {
+        if let Some((bytes, pin)) = self.read_entry(entry)? {
+            return Ok((bytes, pin, Fetched::Cached));
+        }
+        if entry.size > self.budget {
+            return Err(Error::invalid(format!(
+                "{} is {} bytes, more than the model cache's budget of {} bytes",
+                entry.path, entry.size, self.budget
+            )));
+        }
+        let _downloading = self.lock_download(&entry.sha256)?;
+        // Another fetcher may have finished it while this one waited.
+        if let Some((bytes, pin)) = self.read_entry(entry)? {
+            return Ok((bytes, pin, Fetched::Cached));
+        }
+        let downloaded = self.download(entry, download)?;
+        self.evict(&entry.sha256);
+        let (bytes, pin) = self.read_entry(entry)?.ok_or_else(|| {
+            Error::ModelFile(format!("{} vanished from the model cache as it was stored", entry.path))
+        })?;
+        Ok((bytes, pin, Fetched::Downloaded(downloaded)))
+    }
+
+    /// Bytes held in verified entries.
+    pub fn used_bytes(&self) -> u64 {
+        self.entries().iter().map(|e| e.size).sum()
+    }
+
+    fn entry_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("sha256").join(sha256)
+    }
+
+    /// The entry's bytes, pinned and verified, or `None` when it is missing, evicted or damaged
+    /// (a damaged one is removed).
+    fn read_entry(&self, entry: &FileEntry) -> Result<Option<(Vec<u8>, Pin)>> {
+        let path = self.entry_path(&entry.sha256);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
+        };
+        rustix::fs::flock(&file, FlockOperation::LockShared)
+            .map_err(|e| Error::io(format!("locking {}", path.display()), e.into()))?;
+        let metadata = file.metadata().map_err(|e| Error::io(format!("inspecting {}", path.display()), e))?;
+        if rustix::fs::fstat(&file).map(|s| s.st_nlink == 0).unwrap_or(true) {
+            // Evicted between the open and the lock.
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(metadata.len().min(entry.size) as usize);
+        file.read_to_end(&mut bytes).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if let Err(reason) = check_file(entry, &bytes) {
+            tracing::warn!(path = %path.display(), %reason, "removing a damaged model cache entry");
+            let _ = std::fs::remove_file(&path);
+            return Ok(None);
+        }
+        // The modification time orders eviction; failing to set it only makes eviction less fair.
+        let _ = file.set_modified(SystemTime::now());
+        Ok(Some((bytes, Pin { _locked: file })))
+    }
+
+    fn lock_download(&self, sha256: &str) -> Result<File> {
+        let path = self.dir.join("locks").join(sha256);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| self.write_error(&path, e))?;
+        rustix::fs::flock(&file, FlockOperation::LockExclusive)
+            .map_err(|e| Error::io(format!("locking {}", path.display()), e.into()))?;
+        Ok(file)
+    }
+
+    /// Downloads `entry` into its partial file, resuming what is there, and moves it into place
+    /// once its size and digest are right. Returns the bytes downloaded.
+    fn download(&self, entry: &FileEntry, download: &mut Download<'_>) -> Result<u64> {
+        let partial = self.dir.join("partial").join(&entry.sha256);
+        let mut downloaded = 0;
+        let mut retry = 0;
+        loop {
+            let mut writer = self.resume(&partial, entry)?;
+            let start = writer.written;
+            let result = if start < entry.size { download(start, &mut writer) } else { Ok(()) };
+            downloaded += writer.written - start;
+            if let Some(error) = writer.failed.take() {
+                return Err(self.write_error(&partial, error));
+            }
+            match result {
+                Ok(()) => {
+                    let outcome = writer.finish(entry);
+                    if outcome.is_err() {
+                        let _ = std::fs::remove_file(&partial);
+                    }
+                    return outcome.and_then(|()| self.commit(&partial, entry)).map(|()| downloaded);
+                }
+                Err(error) if writer.overflowed => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(Error::ModelFile(format!(
+                        "{} is larger in the store than the manifest's {} bytes: {error}",
+                        entry.path, entry.size
+                    )));
+                }
+                Err(error) if retry < DOWNLOAD_RETRIES => {
+                    let pause = RETRY_BASE * 2u32.pow(retry);
+                    tracing::warn!(file = %entry.path, %error, resume_at = writer.written, ?pause, "download failed; resuming");
+                    std::thread::sleep(pause);
+                    retry += 1;
+                }
+                Err(error) => {
+                    return Err(Error::ModelFile(format!(
+                        "downloading {} failed {} times, last: {error}",
+                        entry.path,
+                        retry + 1
+                    )));
+                }
+            }
+        }
+    }
+
+    /// A writer that continues the partial file, its hash primed with what is already there.
+    fn resume(&self, partial: &Path, entry: &FileEntry) -> Result<Verifying> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(partial)
+            .map_err(|e| self.write_error(partial, e))?;
+        let mut hasher = Sha256::new();
+        let mut written = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| Error::io(format!("reading {}", partial.display()), e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            written += n as u64;
+        }
+        if written > entry.size {
+            file.set_len(0).map_err(|e| self.write_error(partial, e))?;
+            (hasher, written) = (Sha256::new(), 0);
+        }
+        file.seek(SeekFrom::Start(written)).map_err(|e| Error::io(format!("seeking {}", partial.display()), e))?;
+        Ok(Verifying { file, hasher, written, limit: entry.size, overflowed: false, failed: None })
+    }
+
+    fn commit(&self, partial: &Path, entry: &FileEntry) -> Result<()> {
+        let target = self.entry_path(&entry.sha256);
+        std::fs::rename(partial, &target).map_err(|e| self.write_error(&target, e))?;
+        let mut permissions = std::fs::metadata(&target)
+            .map_err(|e| Error::io(format!("inspecting {}", target.display()), e))?
+            .permissions();
+        permissions.set_readonly(true);
+        let _ = std::fs::set_permissions(&target, permissions);
+        Ok(())
+    }
+
+    /// Removes the least recently used entries, except `keep` and pinned ones, until the cache
+    /// fits its budget.
+    fn evict(&self, keep: &str) {
+        let mut entries = self.entries();
+        let mut used: u64 = entries.iter().map(|e| e.size).sum();
+        entries.sort_by_key(|e| e.used);
+        for entry in entries {
+            if used <= self.budget {
+                break;
+            }
+            if entry.name == keep {
+                continue;
+            }
+            let Ok(file) = File::open(&entry.path) else { continue };
+            if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+                continue;
+            }
+            if std::fs::remove_file(&entry.path).is_ok() {
+                tracing::info!(sha256 = %entry.name, bytes = entry.size, "evicted from the model cache");
+                used -= entry.size;
+                let _ = std::fs::remove_file(self.dir.join("locks").join(&entry.name));
+            }
+        }
+        if used > self.budget {
+            tracing::warn!(
+                used,
+                budget = self.budget,
+                "the model cache is over its budget: loaded versions pin the rest"
+            );
+        }
+    }
+
+    fn entries(&self) -> Vec<CacheEntry> {
+        let dir = self.dir.join("sha256");
+        let Ok(listing) = std::fs::read_dir(&dir) else { return Vec::new() };
+        listing
+            .flatten()
+            .filter_map(|e| {
+                let metadata = e.metadata().ok()?;
+                Some(CacheEntry {
+                    name: e.file_name().into_string().ok()?,
+                    path: e.path(),
+                    size: metadata.len(),
+                    used: metadata.modified().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// A write error, saying so when the cache's disk is full.
+    fn write_error(&self, path: &Path, error: std::io::Error) -> Error {
+        if matches!(error.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
+            Error::io(format!("the model cache at {} is full (writing {})", self.dir.display(), path.display()), error)
+        } else {
+            Error::io(format!("writing {}", path.display()), error)
+        }
+    }
+}
+
+struct CacheEntry {
+    name: String,
+    path: PathBuf,
+    size: u64,
+    used: SystemTime,
+}
+
+/// Appends to a partial file, hashing, and refuses to go past the manifest's size.
+struct Verifying {
+    file: File,
+    hasher: Sha256,
+    written: u64,
+    limit: u64,
+    overflowed: bool,
+    /// A local write error (a full disk), kept so it is not mistaken for a download error.
+    failed: Option<std::io::Error>,
+}
+
+impl Write for Verifying {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() as u64 > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::new(ErrorKind::InvalidData, "more bytes than the manifest says"));
+        }
+        if let Err(error) = self.file.write_all(buf) {
+            let kind = error.kind();
+            self.failed = Some(error);
+            return Err(std::io::Error::new(kind, "writing the model cache failed"));
+        }
+        self.hasher.update(buf);
+        self.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Verifying {
+    /// Checks the finished file against its entry and makes it durable.
+    fn finish(self, entry: &FileEntry) -> Result<()> {
+        if self.written != entry.size {
+            return Err(Error::ModelFile(format!(
+                "{} is {} bytes in the store, the manifest says {}",
+                entry.path, self.written, entry.size
+            )));
+        }
+        let digest = hex::encode(self.hasher.finalize());
+        if digest != entry.sha256 {
+            return Err(Error::ModelFile(format!(
+                "digest mismatch for {}: the manifest says sha256 {}, the store has {digest}",
+                entry.path, entry.sha256
+            )));
+        }
+        self.file.sync_all().map_err(|e| Error::io("syncing a model cache entry", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, data: &[u8]) -> FileEntry {
+        FileEntry { path: path.into(), size: data.len() as u64, sha256: hex::encode(Sha256::digest(data)) }
+    }
+
+    fn cache(dir: &Path, budget_bytes: u64) -> Cache {
+        Cache::open(&CacheSettings { dir: dir.to_owned(), budget_bytes }).unwrap()
+    }
+
+    /// A download of `data` that counts its calls and can fail after some bytes.
+    fn serve(
+        data: &[u8],
+        fail_after: Option<usize>,
+        calls: &mut Vec<u64>,
+    ) -> impl FnMut(u64, &mut dyn Write) -> Result<()> {
+        let data = data.to_vec();
+        let mut failing = fail_after;
+        move |offset, out| {
+            calls.push(offset);
+            let rest = &data[offset as usize..];
+            if let Some(n) = failing.take() {
+                out.write_all(&rest[..n]).map_err(|e| Error::io("test", e))?;
+                return Err(Error::ModelFile("connection reset".into()));
+            }
+            out.write_all(rest).map_err(|e| Error::io("test", e))
+        }
+    }
+
+    #[test]
+    fn a_file_is_downloaded_once_then_served_from_the_cache_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20);
+        let data = b"weights".repeat(100);
+        let file = entry("w", &data);
+        let mut calls = Vec::new();
+        let (bytes, _pin, fetched) = cache.fetch(&file, &mut serve(&data, None, &mut calls)).unwrap();
+        assert_eq!((bytes, fetched), (data.clone(), Fetched::Downloaded(700)));
+        let (bytes, _pin, fetched) = cache.fetch(&file, &mut serve(&data, None, &mut calls)).unwrap();
+        assert_eq!((bytes, fetched), (data.clone(), Fetched::Cached));
+        assert_eq!(calls, [0], "one download");
+        // A reopened cache (a restarted pod) still has it.
+        let (_, _, fetched) =
+            self::cache(dir.path(), 1 << 20).fetch(&file, &mut serve(&data, None, &mut calls)).unwrap();
+        assert_eq!(fetched, Fetched::Cached);
+    }
+
+    #[test]
+    fn a_broken_download_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20);
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let mut calls = Vec::new();
+        let (bytes, _pin, fetched) =
+            cache.fetch(&entry("w", &data), &mut serve(&data, Some(1234), &mut calls)).unwrap();
+        assert_eq!((bytes, fetched), (data, Fetched::Downloaded(5000)));
+        assert_eq!(calls, [0, 1234]);
+    }
+
+    #[test]
+    fn wrong_bytes_are_refused_and_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20);
+        let expected = entry("w", b"the published bytes");
+        let mut calls = Vec::new();
+        for (served, reason) in [
+            (&b"the tampered bytes!"[..], "digest mismatch"),
+            (b"short", "is 5 bytes in the store, the manifest says 19"),
+            (b"the published bytes and more", "larger in the store"),
+        ] {
+            let error = cache.fetch(&expected, &mut serve(served, None, &mut calls)).unwrap_err().to_string();
+            assert!(error.contains(reason), "{error}");
+        }
+        assert_eq!(cache.used_bytes(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("partial")).unwrap().count(), 0);
+        // A file damaged on disk is fetched again, not served.
+        let good = b"the published bytes";
+        cache.fetch(&expected, &mut serve(good, None, &mut calls)).unwrap();
+        let path = dir.path().join("sha256").join(&expected.sha256);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        std::fs::write(&path, b"the published bytez").unwrap();
+        let (_, _, fetched) = cache.fetch(&expected, &mut serve(good, None, &mut calls)).unwrap();
+        assert_eq!(fetched, Fetched::Downloaded(19));
+    }
+
+    #[test]
+    fn the_least_recently_used_unpinned_entries_go_to_keep_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 250);
+        let files: Vec<(FileEntry, Vec<u8>)> =
+            (0..4u8).map(|i| vec![i; 100]).map(|data| (entry(&format!("f{}", data[0]), &data), data)).collect();
+        let mut calls = Vec::new();
+        let mut fetch = |i: usize| {
+            std::thread::sleep(Duration::from_millis(10));
+            let (file, data) = &files[i];
+            cache.fetch(file, &mut serve(data, None, &mut calls)).unwrap()
+        };
+        let (_, pinned, _) = fetch(0);
+        drop(fetch(1));
+        // Over budget: 0 is the oldest but pinned, so 1 goes.
+        drop(fetch(2));
+        assert_eq!(cache.used_bytes(), 200);
+        assert_eq!(fetch(2).2, Fetched::Cached);
+        // Unpinned, 0 is the oldest and goes next.
+        drop(pinned);
+        drop(fetch(3));
+        assert_eq!(fetch(3).2, Fetched::Cached);
+        assert_eq!(fetch(2).2, Fetched::Cached);
+        assert_eq!(fetch(0).2, Fetched::Downloaded(100), "0 was evicted once unpinned");
+        assert_eq!(cache.used_bytes(), 200);
+        let error = cache.fetch(&entry("big", &[0; 300]), &mut serve(&[0; 300], None, &mut calls)).unwrap_err();
+        assert!(error.to_string().contains("more than the model cache's budget"), "{error}");
+    }
+}
