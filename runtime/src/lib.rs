@@ -2,7 +2,9 @@
 //! runs, with no protocol, server or cluster code (no tonic, axum or kube). The serving crate
 //! (`lantern-serve`) and the training crate (`lantern-train`) build on it; neither is known here.
 //!
-//! - [`repository`]: the on-disk layout, manifests, digest verification, atomic `publish`.
+//! - [`repository`]: the layout, manifests, digest verification and atomic `publish`, in a
+//!   directory or an object store (S3, GCS, Azure Blob; HTTP read-only) read through a
+//!   node-local content-addressed cache.
 //! - [`device`]: where models run (`cpu`, or `cuda` with the `cuda` feature), and
 //!   [`compute_threads`]: sizing candle's CPU thread pool once per process.
 //! - [`model`]: candle model implementations (one module per architecture: MLP, llama from GGUF
@@ -12,7 +14,9 @@
 //!   chat templates, sampling, stop strings, the paged KV cache and the batching scheduler.
 //! - [`test_models`]: where the real models the tests and the bench use are fetched to.
 //!
-//! Libraries: `sha2` for digests, `tokenizers` and `minijinja` for text, candle for tensors.
+//! Libraries: `sha2` for digests, `tokenizers` and `minijinja` for text, candle for tensors,
+//! `object_store` for the object stores (see `repository::remote`), on hyper and rustls (see
+//! `repository::transport`).
 //!
 //! Decisions worth knowing:
 //! - A version is loaded only after every file's sha256 matches its manifest, and loading reads
