@@ -103,9 +103,10 @@ pub struct FineTuneSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaseSpec {
-    /// The base's repository; defaults to the job's `output.repository`.
+    /// The base's repository, a directory or URI; defaults to the job's `output.repository`.
+    /// A relative one is inside `output.repository`.
     #[serde(default)]
-    pub repository: Option<PathBuf>,
+    pub repository: Option<String>,
     pub model: String,
     pub version: u64,
     /// `sha256:<hex>` of the version's `manifest.json` (which pins every file); a base whose
@@ -120,7 +121,7 @@ pub struct BaseSpec {
 
 impl BaseSpec {
     /// The repository the base is read from.
-    pub fn repository<'a>(&'a self, output: &'a OutputSpec) -> &'a std::path::Path {
+    pub fn repository<'a>(&'a self, output: &'a OutputSpec) -> &'a str {
         self.repository.as_deref().unwrap_or(&output.repository)
     }
 }
@@ -333,8 +334,14 @@ pub struct CheckpointSpec {
     #[serde(default = "default_keep")]
     pub keep: usize,
     /// Where training states go (optimizer moments, step, weights). Every rank reads it on start,
-    /// so ranks on different machines need it on shared storage.
+    /// so ranks on different machines need it on shared storage, or a remote repository: a
+    /// relative `state_dir` with a URI `output.repository` is kept in `output.cache_dir` and
+    /// copied to the same path under the repository's URI ([`CheckpointSpec::state_uri`]).
     pub state_dir: PathBuf,
+    /// Where rank 0 copies each saved state and every rank restores from when `state_dir` holds
+    /// none. Set by [`JobConfig::anchor_to_repository`], never written in a file.
+    #[serde(skip)]
+    pub state_uri: Option<String>,
     /// The most rank 0 may take to save, evaluate and publish a checkpoint: the other ranks wait
     /// this much longer than `cluster.timeout_seconds` in the step after one.
     #[serde(default = "default_checkpoint_timeout")]
@@ -359,10 +366,37 @@ fn default_checkpoint_timeout() -> f64 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
-    /// The model repository checkpoints are published to (`LANTERN_REPOSITORY` overrides).
-    pub repository: PathBuf,
+    /// The model repository checkpoints are published to: a directory, or a URI (`s3://…`,
+    /// `gs://…`, `az://…`) (`LANTERN_REPOSITORY` overrides).
+    pub repository: String,
     /// The model name versions are published under.
     pub model: String,
+    /// With a URI repository: where its files (a fine-tuned base) and the job's training states
+    /// are kept on the node (`LANTERN_CACHE_DIR` overrides; default: under the system's
+    /// temporary directory).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl OutputSpec {
+    /// Whether the repository is a URI rather than a directory.
+    pub fn is_remote(&self) -> bool {
+        is_uri(&self.repository)
+    }
+
+    /// The directory relative paths are anchored in: the repository's, or for a URI the node
+    /// cache's.
+    pub fn local_root(&self) -> PathBuf {
+        match self.is_remote() {
+            false => PathBuf::from(&self.repository),
+            true => self.cache_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("lantern-model-cache")),
+        }
+    }
+}
+
+/// Whether a repository location is a URI (`SCHEME://…`) rather than a path.
+pub fn is_uri(location: &str) -> bool {
+    location.contains("://")
 }
 
 /// This process's place in the job. The environment overrides the file.
@@ -492,9 +526,13 @@ impl JobConfig {
             self.cluster.token_file = Some(path.into());
         }
         if let Some(repository) = var(env::REPOSITORY) {
-            let repository = PathBuf::from(repository);
             let original = std::mem::replace(&mut self.output.repository, repository.clone());
-            self.rebase_data(&original, &repository);
+            if !is_uri(&original) && !is_uri(&repository) {
+                self.rebase_data(Path::new(&original), Path::new(&repository));
+            }
+        }
+        if let Some(dir) = var(env::CACHE_DIR) {
+            self.output.cache_dir = Some(dir.into());
         }
         Ok(())
     }
@@ -519,19 +557,32 @@ impl JobConfig {
     /// Resolves a relative `checkpoint.state_dir`, `model.llama.init_from` and
     /// `model.fine_tune.base.repository` inside `output.repository`, so one job file works
     /// wherever the repository is mounted (the operator writes them so, and sets the repository
-    /// per pod).
+    /// per pod). With a URI repository a relative state directory is kept under the node cache
+    /// and copied to the same path under the URI ([`CheckpointSpec::state_uri`]).
     pub fn anchor_to_repository(&mut self) {
-        let repository = self.output.repository.clone();
+        let root = self.output.local_root();
+        let uri = self.output.is_remote().then(|| self.output.repository.trim_end_matches('/').to_owned());
         if self.checkpoint.state_dir.is_relative() {
-            self.checkpoint.state_dir = repository.join(&self.checkpoint.state_dir);
+            if let Some(uri) = &uri {
+                self.checkpoint.state_uri = Some(format!("{uri}/{}", self.checkpoint.state_dir.display()));
+            }
+            self.checkpoint.state_dir = root.join(&self.checkpoint.state_dir);
         }
-        let relative = match &mut self.model {
-            ModelSpec::Llama(spec) => spec.init_from.as_mut(),
-            ModelSpec::FineTune(spec) => spec.base.repository.as_mut(),
-            ModelSpec::Mlp(_) => None,
-        };
-        if let Some(path) = relative.filter(|p| p.is_relative()) {
-            *path = repository.join(&*path);
+        match &mut self.model {
+            ModelSpec::Llama(spec) => {
+                if let Some(path) = spec.init_from.as_mut().filter(|p| p.is_relative()) {
+                    *path = root.join(&*path);
+                }
+            }
+            ModelSpec::FineTune(spec) => {
+                if let Some(base) = spec.base.repository.as_mut().filter(|r| !is_uri(r) && Path::new(r).is_relative()) {
+                    *base = match &uri {
+                        Some(uri) => format!("{uri}/{base}"),
+                        None => root.join(&*base).to_string_lossy().into_owned(),
+                    };
+                }
+            }
+            ModelSpec::Mlp(_) => {}
         }
     }
 }
@@ -589,6 +640,30 @@ mod tests {
         assert_eq!(config.checkpoint.state_dir, Path::new("/mnt/models/.lantern-training/ml/adder"));
         let ModelSpec::Llama(spec) = &config.model else { panic!("a llama job") };
         assert_eq!(spec.init_from.as_deref(), Some(Path::new("/mnt/models/base/3")));
+    }
+
+    #[test]
+    fn with_a_uri_repository_states_are_kept_in_the_cache_and_copied_under_the_uri() {
+        let mut config = addition_job();
+        config.checkpoint.state_dir = ".lantern-training/ml/adder".into();
+        let env = |name: &str| match name {
+            env::REPOSITORY => Some("s3://models/repo/".to_owned()),
+            env::CACHE_DIR => Some("/var/cache/lantern/models".to_owned()),
+            _ => None,
+        };
+        config.apply_env(env).unwrap();
+        config.anchor_to_repository();
+        assert!(config.output.is_remote());
+        assert_eq!(config.checkpoint.state_dir, Path::new("/var/cache/lantern/models/.lantern-training/ml/adder"));
+        assert_eq!(config.checkpoint.state_uri.as_deref(), Some("s3://models/repo/.lantern-training/ml/adder"));
+        // A directory repository keeps its states in place, copied nowhere.
+        let mut local = addition_job();
+        local.checkpoint.state_dir = "states".into();
+        local.anchor_to_repository();
+        assert_eq!(
+            (local.checkpoint.state_dir, local.checkpoint.state_uri),
+            (Path::new("/tmp/models/states").to_owned(), None)
+        );
     }
 
     #[test]

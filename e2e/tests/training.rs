@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use lantern_e2e::s3::S3Server;
 use lantern_e2e::{MODELS_CLAIM, Stack};
 
 /// A two-rank TrainingJob `name` of a tiny llama on the addition task, with the claim
@@ -146,6 +147,56 @@ async fn a_killed_rank_restarts_the_gang_which_resumes_from_its_checkpoint_and_s
     assert!(steps.windows(2).all(|w| w[0] < w[1]), "steps went back after the restart: {steps:?}");
     let events = stack.kubectl(&["get", "events", "--field-selector", "involvedObject.name=long"]).await.unwrap();
     assert!(events.stdout.contains("RankFailed"), "{}", events.stdout);
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_publishes_to_s3_and_a_gang_restarted_on_fresh_pods_resumes_from_the_bucket() {
+    let Some(s3) = S3Server::start().unwrap() else { return };
+    s3.bucket(&["create", "models"]).unwrap();
+    let stack = Stack::start().await.unwrap();
+    let variables: String = s3.env().iter().map(|(k, v)| format!("  {k}: \"{v}\"\n")).collect();
+    let secret = format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s3}}\nstringData:\n{variables}");
+    assert!(stack.apply(&secret).await.unwrap().ok);
+    let remote = job("remote", 1000, 250)
+        .replace(MODELS_CLAIM, "")
+        .replace("{claimName: models}", "{uri: \"s3://models/repo\", secretRef: {name: s3}}");
+    let applied = stack.apply(&remote).await.unwrap();
+    assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
+    stack
+        .wait_for("tj/remote", "a checkpoint", Duration::from_secs(120), |j| {
+            j["status"]["checkpoints"].as_array().is_some_and(|c| !c.is_empty())
+        })
+        .await;
+    // Rank 1 dies; the new gang's pods start with empty volumes and fetch the state from S3.
+    assert_eq!(kill_processes_whose_command_contains("_remote-0-rank-1_"), 1, "rank 1's process was not found");
+    let done = stack
+        .wait_for("tj/remote", "the end", Duration::from_secs(300), |j| {
+            matches!(j["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        })
+        .await;
+    let status = &done["status"];
+    assert_eq!((status["phase"].as_str(), status["restarts"].as_u64()), (Some("Succeeded"), Some(1)), "{status:#}");
+    let steps: Vec<u64> =
+        status["checkpoints"].as_array().unwrap().iter().map(|c| c["step"].as_u64().unwrap()).collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]) && steps.last() == Some(&1000), "{steps:?}");
+    let logs = stack.kubectl(&["logs", "remote-1-rank-0"]).await.unwrap();
+    assert!(logs.stdout.contains("restored the training state"), "{}", logs.stdout);
+    // Versions and states are in the bucket; the states kept are the newest three.
+    let keys = s3.bucket(&["keys", "models"]).unwrap();
+    for version in 1..=steps.len() {
+        assert!(keys.contains(&format!("repo/remote/{version}/manifest.json")), "version {version}:\n{keys}");
+    }
+    let states: std::collections::BTreeSet<&str> = keys
+        .lines()
+        .filter_map(|k| k.strip_prefix("repo/.lantern-training/default/remote/")?.split('/').next())
+        .filter(|name| name.starts_with("step-"))
+        .collect();
+    assert_eq!(
+        states.into_iter().collect::<Vec<_>>(),
+        ["step-0000000500", "step-0000000750", "step-0000001000"],
+        "{keys}"
+    );
     stack.stop().await.unwrap();
 }
 

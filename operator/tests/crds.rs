@@ -70,6 +70,7 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
         "examples/serving/tickets.yaml",
         "examples/training/finetune-adapters-jobs.yaml",
         "examples/serving/adapters.yaml",
+        "examples/serving/from-s3.yaml",
     ];
     for example in examples {
         let path = workspace().join(example);
@@ -106,10 +107,6 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
         (JOB.replace("everySteps: 50", "everySteps: 0"), "spec.checkpoint.everySteps: Invalid value: 0"),
         (JOB.replace("model: tiny,", "model: Tiny_Model!,"), "spec.output.model: Invalid value: \"Tiny_Model!\""),
         (JOB.replace("  schedule:", "  schedul:"), "unknown field \"spec.schedul\""),
-        (
-            JOB.replace("{claimName: models}", "{uri: \"s3://models/repo\"}"),
-            "publishing to a repository URI is not supported yet",
-        ),
     ];
     for (manifest, message) in &cases {
         let (ok, _, err) = kubectl(&cluster, &["apply", "-f", "-"], Some(manifest)).await;

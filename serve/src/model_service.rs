@@ -116,6 +116,13 @@ fn status_to_proto(status: versions::ModelStatus) -> pb::ModelStatus {
                 version: base.version,
                 manifest_digest: base.manifest_digest,
             }),
+            manifest_digest: v.manifest_digest.unwrap_or_default(),
+            fetch: v.fetch.map(|f| pb::VersionFetch {
+                files_cached: f.files_cached as u32,
+                files_downloaded: f.files_downloaded as u32,
+                bytes_downloaded: f.bytes_downloaded,
+                seconds: f.seconds,
+            }),
         })
         .collect();
     pb::ModelStatus { model: status.model, versions, on_disk: status.on_disk, unloaded: !status.enabled }

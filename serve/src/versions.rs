@@ -34,7 +34,7 @@ use super::{policy, request_stats};
 use crate::error::{Error, Result};
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::model::{self, LoadedModel, VersionId};
-use lantern_runtime::repository::{BaseVersion, Format, Manifest, Pin, Repository, Task, VerifiedVersion};
+use lantern_runtime::repository::{BaseVersion, FetchReport, Format, Manifest, Pin, Repository, Task, VerifiedVersion};
 
 /// How the manager behaves; filled from the `serve` flags.
 #[derive(Clone, Debug)]
@@ -120,6 +120,10 @@ pub struct VersionStatus {
     pub size_bytes: u64,
     /// For an adapter version, once it is loaded: the base it runs on.
     pub base: Option<BaseVersion>,
+    /// `sha256:<hex>` of its manifest, once it is loaded.
+    pub manifest_digest: Option<String>,
+    /// What loading it from a remote repository fetched.
+    pub fetch: Option<FetchReport>,
 }
 
 /// What the manager reports about one model.
@@ -166,6 +170,10 @@ pub struct ModelMetadata {
 pub(crate) struct LoadedVersion {
     pub(crate) version: u64,
     pub(crate) manifest: Manifest,
+    /// `sha256:<hex>` of the manifest.
+    digest: String,
+    /// What reading it from a remote repository fetched.
+    fetch: Option<FetchReport>,
     pub(crate) runtime: Runtime,
     /// For a version on a shared engine (a language model, or an adapter on its base's):
     /// dropped with the version's last reference, which tells the drain its requests are done.
@@ -177,6 +185,14 @@ pub(crate) struct LoadedVersion {
     last_used: AtomicU64,
     /// Its files in the node cache, kept from eviction while it is loaded (remote repositories).
     _pins: Vec<Pin>,
+}
+
+/// Where a loaded version's files came from: its manifest digest, what fetching them from a
+/// remote repository took, and the node cache entries it holds.
+struct Origin {
+    digest: String,
+    fetch: Option<FetchReport>,
+    pins: Vec<Pin>,
 }
 
 impl LoadedVersion {
@@ -614,6 +630,8 @@ impl ModelManager {
                     requests: self.inner.metrics.request_stats().snapshot(name, version),
                     size_bytes: entry.loaded.as_ref().map_or(0, |l| l.manifest.files.iter().map(|f| f.size).sum()),
                     base: entry.loaded.as_ref().and_then(|l| adapter_base(&l.manifest).cloned()),
+                    manifest_digest: entry.loaded.as_ref().map(|l| l.digest.clone()),
+                    fetch: entry.loaded.as_ref().and_then(|l| l.fetch),
                 })
                 .collect();
             ModelStatus {
@@ -949,17 +967,18 @@ impl Inner {
             self.metrics.observe_fetch(model, report);
         }
         let pins = std::mem::take(&mut verified.pins);
+        let origin = Origin { digest: verified.digest.clone(), fetch: verified.fetch, pins };
         let fail =
             |reason: String| Error::from(lantern_runtime::Error::Load { model: model.to_owned(), version, reason });
         let manifest = verified.manifest.clone();
         if manifest.format == Format::Lora {
-            return self.load_adapter(model, version, verified, pins);
+            return self.load_adapter(model, version, verified, origin);
         }
         if manifest.task == Task::Generate {
             let device = &self.settings.device;
             let shared = self.shared_engine(model, version, || Ok(model::load(model, version, &verified, device)?))?;
             let runtime = Runtime::Generate(shared.model.clone());
-            return Ok(self.loaded_on(version, manifest, runtime, shared, pins));
+            return Ok(self.loaded_on(version, manifest, runtime, shared, origin));
         }
         let loaded = model::load(model, version, &verified, &self.settings.device)?;
         drop(verified);
@@ -985,11 +1004,13 @@ impl Inner {
         let loaded = LoadedVersion {
             version,
             manifest,
+            digest: origin.digest,
+            fetch: origin.fetch,
             runtime,
             _released: None,
             _engine: None,
             last_used: AtomicU64::new(0),
-            _pins: pins,
+            _pins: origin.pins,
         };
         Ok((loaded, drained))
     }
@@ -1002,17 +1023,19 @@ impl Inner {
         manifest: Manifest,
         runtime: Runtime,
         engine: Arc<SharedEngine>,
-        pins: Vec<Pin>,
+        origin: Origin,
     ) -> (LoadedVersion, oneshot::Receiver<()>) {
         let (released, drained) = oneshot::channel();
         let loaded = LoadedVersion {
             version,
             manifest,
+            digest: origin.digest,
+            fetch: origin.fetch,
             runtime,
             _released: Some(released),
             _engine: Some(engine),
             last_used: AtomicU64::new(self.now_ms()),
-            _pins: pins,
+            _pins: origin.pins,
         };
         (loaded, drained)
     }
@@ -1026,7 +1049,7 @@ impl Inner {
         model: &str,
         version: u64,
         verified: VerifiedVersion,
-        pins: Vec<Pin>,
+        origin: Origin,
     ) -> Result<(LoadedVersion, oneshot::Receiver<()>)> {
         let fail =
             |reason: String| Error::from(lantern_runtime::Error::Load { model: model.to_owned(), version, reason });
@@ -1054,7 +1077,7 @@ impl Inner {
         let metrics = self.metrics.generation(model, version);
         let adapter = Some(Arc::new(ServedAdapter { weights, identity: verified.digest, metrics }));
         let runtime = Runtime::Generate(LanguageModel { version, adapter, ..engine.model.clone() });
-        Ok(self.loaded_on(version, verified.manifest, runtime, engine, pins))
+        Ok(self.loaded_on(version, verified.manifest, runtime, engine, origin))
     }
 }
 

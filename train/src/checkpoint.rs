@@ -7,6 +7,11 @@
 //! complete state or none; on start [`latest`] takes the newest state whose files match their
 //! digests and skips (with a warning) any that do not. Model versions are published separately,
 //! after the state they come from is safe, so a version never exists without its state.
+//!
+//! With a remote repository the states are also kept in its object store ([`mirror`]): rank 0
+//! uploads each state's files and then its `state.json` (a state without one is incomplete and
+//! never restored), and every rank that finds no state on its node fetches the newest complete
+//! one ([`restore`]), so a gang restarted on other nodes resumes where it stopped.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -15,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use lantern_runtime::repository::ObjectDir;
 
 use crate::error::{Error, Result};
 
@@ -145,6 +152,73 @@ pub fn prune(state_dir: &Path, keep: usize) -> Result<()> {
         std::fs::remove_dir_all(dir).map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
     }
     Ok(())
+}
+
+/// Copies `saved` (and the baseline beside it, if any) under `remote`: its files first, then
+/// `state.json`, which marks the copy complete; then removes remote states beyond the newest
+/// `keep`.
+pub fn mirror(saved: &Saved, remote: &ObjectDir, keep: usize) -> Result<()> {
+    let name = saved.dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    for file in saved.state.files.keys().map(String::as_str).chain([STATE_FILE]) {
+        remote.put(&format!("{name}/{file}"), &saved.dir.join(file))?;
+    }
+    let state_dir = saved.dir.parent().unwrap_or(Path::new("."));
+    if state_dir.join(BASELINE_FILE).is_file() {
+        remote.put(BASELINE_FILE, &state_dir.join(BASELINE_FILE))?;
+    }
+    let names: Vec<String> = remote.subdirs()?.into_iter().filter(|n| n.starts_with(PREFIX)).collect();
+    for old in &names[..names.len().saturating_sub(keep)] {
+        remote.remove(old)?;
+    }
+    tracing::info!(step = saved.state.step, to = %remote.location(), "copied the training state");
+    Ok(())
+}
+
+/// Fetches the newest complete state under `remote` into `state_dir` unless `state_dir` holds a
+/// usable one; returns the step fetched. A remote state whose files are missing or do not match
+/// `state.json` is skipped for the one before it.
+pub fn restore(state_dir: &Path, remote: &ObjectDir) -> Result<Option<u64>> {
+    if latest(state_dir)?.is_some() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(state_dir).map_err(|e| Error::io(format!("creating {}", state_dir.display()), e))?;
+    remote.get(BASELINE_FILE, &state_dir.join(BASELINE_FILE))?;
+    let names: Vec<String> = remote.subdirs()?.into_iter().filter(|n| n.starts_with(PREFIX)).collect();
+    for name in names.iter().rev() {
+        let staging = state_dir.join(format!(".{name}.restore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(format!("creating {}", staging.display()), e))?;
+        let complete = fetch_state(remote, name, &staging)?;
+        let dir = state_dir.join(name);
+        match complete.map(|()| verify(&staging)) {
+            Some(Ok(state)) => {
+                std::fs::rename(&staging, &dir)
+                    .map_err(|e| Error::io(format!("renaming {} into place", staging.display()), e))?;
+                tracing::info!(step = state.step, from = %remote.location(), "restored the training state");
+                return Ok(Some(state.step));
+            }
+            Some(Err(reason)) => tracing::warn!(%name, %reason, "skipping a remote training state that cannot be used"),
+            None => tracing::warn!(%name, "skipping an incomplete remote training state"),
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    Ok(None)
+}
+
+/// Downloads the state `name` into `dir`: `Some(())` when `state.json` and every file it lists
+/// were there.
+fn fetch_state(remote: &ObjectDir, name: &str, dir: &Path) -> Result<Option<()>> {
+    if !remote.get(&format!("{name}/{STATE_FILE}"), &dir.join(STATE_FILE))? {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(dir.join(STATE_FILE)).map_err(|e| Error::io(format!("reading {name}"), e))?;
+    let Ok(state) = serde_json::from_slice::<State>(&bytes) else { return Ok(None) };
+    for file in state.files.keys() {
+        if file.contains('/') || !remote.get(&format!("{name}/{file}"), &dir.join(file))? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(()))
 }
 
 /// State directories, oldest first.

@@ -6,8 +6,19 @@
 use std::path::Path;
 
 pub use lantern_contract::job::*;
+use lantern_runtime::repository::{CacheSettings, Repository};
 
 use crate::error::{Error, Result};
+
+/// The node cache's budget for a job's remote repository reads (a fine-tuned base).
+const CACHE_BUDGET_BYTES: u64 = 64 << 30;
+
+/// The repository at `location` (a directory or URI), read through the job's node cache
+/// (`output.local_root()`) when remote.
+pub fn open_repository(location: &str, output: &OutputSpec) -> Result<Repository> {
+    let cache = CacheSettings { dir: output.local_root(), budget_bytes: CACHE_BUDGET_BYTES };
+    Ok(Repository::open(location, &cache)?)
+}
 
 /// Reads `path` (YAML when it ends in `.yaml` or `.yml`, JSON otherwise), applies the
 /// environment and validates.

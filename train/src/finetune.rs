@@ -50,7 +50,7 @@ impl FineTune {
     /// for the method on `device`.
     pub fn new(spec: &FineTuneSpec, output: &OutputSpec, seed: u64, device: &Device) -> Result<Self> {
         let base = &spec.base;
-        let repository = Repository::new(base.repository(output));
+        let repository = crate::config::open_repository(base.repository(output), output)?;
         if let Some(source) = &base.import_from {
             import(&repository, base, source)?;
         }

@@ -30,7 +30,7 @@ use super::optim::{self, AdamW};
 use super::params::{Params, model_error};
 use super::progress::{Progress, ProgressServer};
 use crate::error::{Error, Result};
-use lantern_runtime::repository::{self, PublishRequest, Repository};
+use lantern_runtime::repository::{self, ObjectDir, PublishRequest, Repository};
 
 /// The metric a published version records its training step under.
 pub const STEP_METRIC: &str = "step";
@@ -214,7 +214,22 @@ fn run(
     let batch_size = config.schedule.global_batch;
     let (model, dataset) = Model::with_data(config)?;
     let optimizer = AdamW::new(config.optimizer.clone(), model.params().decay_mask());
-    let mut job = Job { config, model, dataset, optimizer, progress, published: Vec::new(), baseline: Vec::new() };
+    let repository = crate::config::open_repository(&config.output.repository, &config.output)?;
+    let states = config.checkpoint.state_uri.as_deref().map(ObjectDir::open).transpose()?;
+    if let Some(states) = &states {
+        checkpoint::restore(&config.checkpoint.state_dir, states)?;
+    }
+    let mut job = Job {
+        config,
+        model,
+        dataset,
+        optimizer,
+        progress,
+        repository,
+        states,
+        published: Vec::new(),
+        baseline: Vec::new(),
+    };
     let (mut step, mut loss) = (0, f64::NAN);
     if let Some(saved) = checkpoint::latest(&config.checkpoint.state_dir)? {
         job.model.params().load(&saved.params())?;
@@ -376,6 +391,10 @@ struct Job<'a> {
     dataset: Dataset,
     optimizer: AdamW,
     progress: Option<Arc<Progress>>,
+    /// Where versions are published.
+    repository: Repository,
+    /// Where states are copied, with a remote repository.
+    states: Option<ObjectDir>,
     /// Versions this run published.
     published: Vec<u64>,
     /// The held-out metrics of the model before any training (only a fine-tuned base's are
@@ -399,7 +418,8 @@ impl Job<'_> {
         checkpoint::write_baseline(&self.config.checkpoint.state_dir, &self.baseline)
     }
 
-    /// Saves the training state for `step`, publishes its version, and prunes old states.
+    /// Saves the training state for `step` (and copies it to the remote repository's store),
+    /// publishes its version, and prunes old states.
     fn checkpoint(&mut self, step: u64, loss: f64) -> Result<()> {
         if self.progress.is_none() {
             return Ok(());
@@ -409,6 +429,9 @@ impl Job<'_> {
             self.model.params().save(&dir.join(PARAMS_FILE))?;
             self.optimizer.save(&dir.join(OPTIMIZER_FILE))
         })?;
+        if let Some(states) = &self.states {
+            checkpoint::mirror(&saved, states, self.config.checkpoint.keep)?;
+        }
         self.publish_once(&saved)?;
         checkpoint::prune(state_dir, self.config.checkpoint.keep)
     }
@@ -418,7 +441,7 @@ impl Job<'_> {
     fn publish_once(&mut self, saved: &Saved) -> Result<()> {
         let Some(progress) = &self.progress else { return Ok(()) };
         let output = &self.config.output;
-        if published_steps(&output.repository, &output.model)?.contains_key(&saved.state.step) {
+        if published_steps(&self.repository, &output.model)?.contains_key(&saved.state.step) {
             return Ok(());
         }
         let mut metrics =
@@ -428,14 +451,14 @@ impl Job<'_> {
         let staging = tempfile::tempdir().map_err(|e| Error::io("creating a staging directory", e))?;
         self.model.write_version(staging.path())?;
         let request = PublishRequest {
-            repository: &Repository::new(&output.repository),
+            repository: &self.repository,
             model: &output.model,
             source: staging.path(),
             version: None,
             metrics: &metrics,
         };
         let version = repository::publish(&request)?;
-        let digest = Repository::new(&output.repository).manifest_digest(&output.model, version)?;
+        let digest = self.repository.manifest_digest(&output.model, version)?;
         tracing::info!(model = %output.model, version, step = saved.state.step, ?metrics, %digest, "published a version");
         progress.published(version, &metrics, &digest);
         self.published.push(version);
@@ -444,8 +467,7 @@ impl Job<'_> {
 }
 
 /// The training step each published version of `model` records, and the version.
-pub fn published_steps(root: &Path, model: &str) -> Result<BTreeMap<u64, u64>> {
-    let repository = Repository::new(root);
+pub fn published_steps(repository: &Repository, model: &str) -> Result<BTreeMap<u64, u64>> {
     let mut steps = BTreeMap::new();
     for version in repository.versions(model)? {
         if let Some(&step) = repository.manifest(model, version)?.metrics.get(STEP_METRIC) {

@@ -181,6 +181,11 @@ async fn a_service_serves_from_s3_rolls_a_new_version_out_and_a_replaced_pod_loa
     let (sent, failed, errors) = traffic.stop().await;
     assert_eq!(promoted["status"]["rollout"]["phase"], "Promoted", "{:#}", promoted["status"]);
     assert_eq!(failed, 0, "{failed} of {sent} requests failed during the rollout: {errors:?}");
+    let stable = promoted["status"]["versions"].as_array().unwrap().iter().find(|v| v["version"] == 2).unwrap();
+    assert!(stable["digest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{stable}");
+    // Two pods on one node: the first downloads, the second finds the files in the cache.
+    assert_eq!(stable["fetch"]["fromCache"].as_u64().unwrap() + stable["fetch"]["downloaded"].as_u64().unwrap(), 2);
+    assert!(stable["fetch"]["downloaded"].as_u64().unwrap() >= 1, "{stable}");
     // The node cache holds each version's weights once, by digest, for both pods.
     let cached = std::fs::read_dir(node_cache.join("sha256")).unwrap().count();
     assert_eq!(cached, 2, "two versions' weights");

@@ -423,4 +423,24 @@ pub struct VersionStatus {
     /// The last load error a pod reported.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// `sha256:<hex>` of its manifest, as the pods that loaded it resolved the number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// How its files reached the pods, from a remote repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<FetchStatus>,
+}
+
+/// How a version's files reached the pods that loaded it from a remote repository.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FetchStatus {
+    /// Pods that found every file in their node cache.
+    pub from_cache: u32,
+    /// Pods that downloaded some of them.
+    pub downloaded: u32,
+    /// Bytes those pods downloaded.
+    pub downloaded_bytes: u64,
+    /// The longest fetch, in seconds.
+    pub seconds: f64,
 }

@@ -351,7 +351,6 @@ pub struct ScheduleSpec {
 
 /// The model repository and the model's name in it.
 #[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.repository.claimName)").message("a TrainingJob publishes into a claim (output.repository.claimName); publishing to a repository URI is not supported yet"))]
 pub struct OutputSpec {
     /// The name versions are published under.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"))]

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lantern_proto::lantern::v1::{ModelStatus, RequestStats, VersionState};
 
+use crate::crd::inference::FetchStatus;
+
 /// A version's requests summed over the pods: counts, and the latency histogram.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Requests {
@@ -70,6 +72,10 @@ pub struct VersionView {
     /// An adapter's base as `model:version`, from any pod that knows it.
     pub base: Option<String>,
     pub requests: Requests,
+    /// Its manifest's digest, from any pod that loaded it.
+    pub digest: Option<String>,
+    /// How the pods that loaded it from a remote repository fetched its files.
+    pub fetch: Option<FetchStatus>,
 }
 
 /// Every answering pod's view of the model.
@@ -110,6 +116,18 @@ impl Fleet {
                 }
                 if let Some(stats) = &version.requests {
                     view.requests.add(stats);
+                }
+                if view.digest.is_none() && !version.manifest_digest.is_empty() {
+                    view.digest = Some(version.manifest_digest.clone());
+                }
+                if let Some(fetched) = &version.fetch {
+                    let fetch = view.fetch.get_or_insert_default();
+                    match fetched.files_downloaded {
+                        0 => fetch.from_cache += 1,
+                        _ => fetch.downloaded += 1,
+                    }
+                    fetch.downloaded_bytes += fetched.bytes_downloaded;
+                    fetch.seconds = fetch.seconds.max(fetched.seconds);
                 }
             }
         }
@@ -184,6 +202,25 @@ pub(crate) mod tests {
         assert_eq!(two.message, "checksum mismatch");
         assert!(!fleet.serves_everywhere(2));
         assert!(!Fleet::default().serves_everywhere(1), "no pods serve nothing");
+    }
+
+    #[test]
+    fn a_version_s_digest_and_how_each_pod_fetched_it_are_folded() {
+        use lantern_proto::lantern::v1::VersionFetch;
+        let loaded = |files_downloaded, bytes_downloaded, seconds| {
+            let mut pod = report(&[1], &[(1, VersionState::Available, 0, 0, [0; 5])]);
+            pod.versions[0].manifest_digest = "sha256:abc".into();
+            pod.versions[0].fetch =
+                Some(VersionFetch { files_cached: 2 - files_downloaded, files_downloaded, bytes_downloaded, seconds });
+            pod
+        };
+        let fleet = Fleet::from_reports(&[loaded(2, 500, 1.5), loaded(0, 0, 0.25), loaded(1, 200, 0.5)]);
+        let one = fleet.version(1);
+        assert_eq!(one.digest.as_deref(), Some("sha256:abc"));
+        assert_eq!(one.fetch, Some(FetchStatus { from_cache: 1, downloaded: 2, downloaded_bytes: 700, seconds: 1.5 }));
+        // A directory repository fetches nothing.
+        let local = Fleet::from_reports(&[report(&[1], &[(1, VersionState::Available, 0, 0, [0; 5])])]);
+        assert_eq!(local.version(1).fetch, None);
     }
 
     #[test]

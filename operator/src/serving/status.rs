@@ -82,6 +82,8 @@ pub fn served_versions(decision: &Decision, fleet: &Fleet) -> ServedVersions {
             loading: v.loading,
             failed: v.failed,
             message: v.message.clone(),
+            digest: v.digest.clone(),
+            fetch: v.fetch.clone(),
         })
         .collect();
     ServedVersions {

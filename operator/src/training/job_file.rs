@@ -48,7 +48,10 @@ impl TryFrom<&TrainingJob> for JobConfig {
         let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
         let name = job.metadata.name.as_deref().unwrap_or_default();
         let crd::CheckpointSpec { every_steps, keep, timeout_seconds } = checkpoint;
-        let crd::OutputSpec { model: output_model, repository: _ } = output;
+        let crd::OutputSpec { model: output_model, repository } = output;
+        if repository.uri.is_some() {
+            refuse_claim_paths(model, data)?;
+        }
         Ok(JobConfig {
             model: model_spec(model)?,
             data: data_spec(data)?,
@@ -58,13 +61,39 @@ impl TryFrom<&TrainingJob> for JobConfig {
                 every_steps: *every_steps,
                 keep: keep.map_or(CheckpointSpec::DEFAULT_KEEP, size),
                 state_dir: state_dir(namespace, name).into(),
+                state_uri: None,
                 timeout_seconds: timeout_seconds.map_or(CheckpointSpec::DEFAULT_TIMEOUT_SECONDS, f64::from),
             },
-            output: OutputSpec { repository: REPOSITORY_MOUNT.into(), model: output_model.clone() },
+            // Each pod's LANTERN_REPOSITORY (and LANTERN_CACHE_DIR, for a URI) say where it is.
+            output: OutputSpec { repository: REPOSITORY_MOUNT.into(), model: output_model.clone(), cache_dir: None },
             seed: seed.unwrap_or_default(),
             cluster: ClusterSpec::default(),
         })
     }
+}
+
+/// With a repository URI there is no claim for relative paths to be in: `initFrom` (a version
+/// directory) and relative JSONL paths are refused; absolute ones are in the worker's image or
+/// volumes.
+fn refuse_claim_paths(model: &crd::ModelSpec, data: &crd::DataSpec) -> Result<(), Error> {
+    if model.llama.as_ref().is_some_and(|llama| llama.init_from.is_some()) {
+        return Err(Error::Invalid(
+            "spec.model.llama.initFrom reads a version from a claim; with output.repository.uri fine-tune it \
+             (model.fineTune) instead"
+                .into(),
+        ));
+    }
+    let relative = data
+        .jsonl
+        .as_ref()
+        .and_then(|jsonl| std::iter::once(&jsonl.path).chain(jsonl.eval_path.as_ref()).find(|p| !p.starts_with('/')));
+    if let Some(path) = relative {
+        return Err(Error::Invalid(format!(
+            "spec.data.jsonl: {path:?} is relative, which means inside a claim; with output.repository.uri give \
+             an absolute path in the worker's image or volumes"
+        )));
+    }
+    Ok(())
 }
 
 /// A count from the spec as the job file's size type: lossless on the 64-bit targets Lantern
@@ -281,9 +310,10 @@ mod tests {
                 every_steps: 100,
                 keep: 2,
                 state_dir: ".lantern-training/ml/adder".into(),
+                state_uri: None,
                 timeout_seconds: 30.0,
             },
-            output: OutputSpec { repository: "/var/lib/lantern/models".into(), model: "adder".into() },
+            output: OutputSpec { repository: "/var/lib/lantern/models".into(), model: "adder".into(), cache_dir: None },
             seed: 7,
             cluster: ClusterSpec::default(),
         };
@@ -330,6 +360,22 @@ mod tests {
         both["model"]["mlp"] = json!({"hidden": [4], "activation": "relu"});
         let error = JobConfig::try_from(&crate::training::test_job(both)).unwrap_err().to_string();
         assert_eq!(error, "spec.model: set exactly one of model.llama, model.mlp and model.fineTune");
+    }
+
+    #[test]
+    fn with_a_repository_uri_paths_that_mean_a_claim_are_refused() {
+        let remote = |spec: &mut Value| spec["output"]["repository"] = json!({"uri": "s3://models/repo"});
+        let mut init = every_field();
+        remote(&mut init);
+        let error = JobConfig::try_from(&crate::training::test_job(init.clone())).unwrap_err().to_string();
+        assert!(error.starts_with("spec.model.llama.initFrom reads a version from a claim"), "{error}");
+        init["model"]["llama"].as_object_mut().unwrap().remove("initFrom");
+        assert!(JobConfig::try_from(&crate::training::test_job(init.clone())).is_ok());
+        init["data"] = json!({"jsonl": {"path": "/data/train.jsonl", "evalPath": "eval.jsonl"}});
+        let error = JobConfig::try_from(&crate::training::test_job(init.clone())).unwrap_err().to_string();
+        assert!(error.starts_with("spec.data.jsonl: \"eval.jsonl\" is relative"), "{error}");
+        init["data"]["jsonl"]["evalPath"] = json!("/data/eval.jsonl");
+        assert!(JobConfig::try_from(&crate::training::test_job(init)).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! digest before a version is handed to a model loader. Writers go through [`publish`], which
 //! makes a version visible atomically.
 
+mod bucket;
 pub mod cache;
 pub mod location;
 pub mod manifest;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+pub use bucket::ObjectDir;
 pub use cache::{CacheSettings, Pin};
 pub use location::Location;
 pub use manifest::{

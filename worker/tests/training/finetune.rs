@@ -129,7 +129,7 @@ fn a_killed_fine_tune_resumes_bit_exact_and_a_deleted_base_spoils_no_version() {
     let dir = tempfile::tempdir().unwrap();
     let reference = dir.path().join("reference");
     trainer::train(&config_of(&tiny_lora_job(&reference, steps, every)), &AtomicBool::new(false)).unwrap();
-    let reference_steps = trainer::published_steps(&reference.join("models"), TUNED).unwrap();
+    let reference_steps = trainer::published_steps(&Repository::new(reference.join("models")), TUNED).unwrap();
 
     let resumed = dir.path().join("resumed");
     let mut job = tiny_lora_job(&resumed, steps, every);
@@ -137,7 +137,7 @@ fn a_killed_fine_tune_resumes_bit_exact_and_a_deleted_base_spoils_no_version() {
     let path = write_job(&resumed, &job);
     let mut child = train_process(&path).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while trainer::published_steps(&resumed.join("models"), TUNED).unwrap().is_empty() {
+    while trainer::published_steps(&Repository::new(resumed.join("models")), TUNED).unwrap().is_empty() {
         assert!(Instant::now() < deadline, "no version within two minutes");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -150,13 +150,14 @@ fn a_killed_fine_tune_resumes_bit_exact_and_a_deleted_base_spoils_no_version() {
     let refused = train_process(&path).output().unwrap();
     assert_eq!(refused.status.code(), Some(EXIT_INVALID), "{}", String::from_utf8_lossy(&refused.stderr));
     // ...and the version it published is whole, and loads without it.
-    let first = *trainer::published_steps(&resumed.join("models"), TUNED).unwrap().values().next().unwrap();
+    let first =
+        *trainer::published_steps(&Repository::new(resumed.join("models")), TUNED).unwrap().values().next().unwrap();
     Repository::new(resumed.join("models")).read_verified(TUNED, first).unwrap();
 
     std::fs::rename(&kept, &base).unwrap();
     let restarted = train_process(&path).output().unwrap();
     assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
-    let published = trainer::published_steps(&resumed.join("models"), TUNED).unwrap();
+    let published = trainer::published_steps(&Repository::new(resumed.join("models")), TUNED).unwrap();
     assert_eq!(
         published.keys().copied().collect::<Vec<_>>(),
         (1..=steps / every).map(|i| i * every).collect::<Vec<_>>()

@@ -66,7 +66,7 @@ fn sigterm_saves_a_state_and_the_restarted_run_ends_as_an_uninterrupted_one() {
     let reference = dir.path().join("reference");
     let whole = trainer::train(&config_of(&addition_job(&reference, steps, every)), &AtomicBool::new(false)).unwrap();
     assert_eq!((whole.step, whole.published.len(), whole.interrupted), (steps, all_steps.len(), false));
-    let reference_steps = trainer::published_steps(&reference.join("models"), MODEL).unwrap();
+    let reference_steps = trainer::published_steps(&Repository::new(reference.join("models")), MODEL).unwrap();
     assert_eq!(reference_steps.keys().copied().collect::<Vec<_>>(), all_steps);
 
     let resumed = dir.path().join("resumed");
@@ -74,19 +74,19 @@ fn sigterm_saves_a_state_and_the_restarted_run_ends_as_an_uninterrupted_one() {
     let job = write_job(&resumed, &addition_job(&resumed, steps, every));
     let mut child = train_process(&job).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while trainer::published_steps(&resumed.join("models"), MODEL).unwrap().is_empty() {
+    while trainer::published_steps(&Repository::new(resumed.join("models")), MODEL).unwrap().is_empty() {
         assert!(Instant::now() < deadline, "no version within two minutes");
         std::thread::sleep(Duration::from_millis(10));
     }
     rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(EXIT_RETRYABLE), "SIGTERM is retryable after saving the state");
-    let interrupted = trainer::published_steps(&resumed.join("models"), MODEL).unwrap();
+    let interrupted = trainer::published_steps(&Repository::new(resumed.join("models")), MODEL).unwrap();
     let stopped_at = *interrupted.keys().last().unwrap();
     assert!(stopped_at < steps, "stopped early, at step {stopped_at}, with a version of that step");
 
     let restarted = train_process(&job).output().unwrap();
     assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
-    let steps_published = trainer::published_steps(&resumed.join("models"), MODEL).unwrap();
+    let steps_published = trainer::published_steps(&Repository::new(resumed.join("models")), MODEL).unwrap();
     for step in &all_steps {
         assert!(steps_published.contains_key(step), "no version of step {step}: {steps_published:?}");
     }
@@ -269,7 +269,7 @@ fn a_killed_rank_fails_the_others_and_restarting_all_resumes_without_missing_ver
         let output = rank.wait_with_output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
-    let published = trainer::published_steps(&dir.path().join("models"), MODEL).unwrap();
+    let published = trainer::published_steps(&Repository::new(dir.path().join("models")), MODEL).unwrap();
     let expected: Vec<u64> = (1..=steps / every).map(|i| i * every).collect();
     assert_eq!(published.keys().copied().collect::<Vec<_>>(), expected, "every checkpoint once");
 }
@@ -388,7 +388,7 @@ fn a_full_disk_during_a_checkpoint_leaves_the_last_state_and_version_as_they_wer
 
     let retried = train_process(&job).output().unwrap();
     assert!(retried.status.success(), "{}", String::from_utf8_lossy(&retried.stderr));
-    let steps = trainer::published_steps(&dir.path().join("models"), MODEL).unwrap();
+    let steps = trainer::published_steps(&Repository::new(dir.path().join("models")), MODEL).unwrap();
     assert_eq!(steps.into_iter().collect::<Vec<_>>(), vec![(10, 1), (20, 2)], "resumed from step 10");
 }
 
@@ -415,7 +415,7 @@ fn a_non_finite_loss_stops_the_job_and_keeps_the_last_checkpoint() {
     std::fs::write(&csv, format!("x,y\n{}", rows(1e30))).unwrap();
     let error = trainer::train(&config_of(&job(20)), &AtomicBool::new(false)).unwrap_err().to_string();
     assert!(error.contains("step 10") && error.contains("the loss is inf"), "{error}");
-    let steps = trainer::published_steps(&dir.path().join("models"), "line").unwrap();
+    let steps = trainer::published_steps(&Repository::new(dir.path().join("models")), "line").unwrap();
     assert_eq!(steps.into_iter().collect::<Vec<_>>(), vec![(10, 1)], "the good version stays, nothing new");
     let state = lantern_train::checkpoint::latest(&dir.path().join("state")).unwrap().unwrap();
     assert_eq!(state.state.step, 10);
