@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs the stock clients users already run into the git-ignored .cache/python/site,
 # idempotently: tritonclient[grpc] (Open Inference Protocol, with grpcio and numpy), openai, and
-# moto's S3 server with boto3 (the object store remote repositories are tested against).
+# moto's S3 server with boto3, and azure-storage-blob (the object stores remote repositories are
+# tested against: moto, and azurite from scripts/install-azurite.sh).
 # The tests prove wire compatibility with them; the quickstart talks to the service with openai.
 # Use them with PYTHONPATH=.cache/python/site (moto: python3 -m moto.server -H 127.0.0.1 -p PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 site=.cache/python/site
-stamp=$site/.lantern-installed-v3
+stamp=$site/.lantern-installed-v4
 if [ -f "$stamp" ]; then
   exit 0
 fi
@@ -16,6 +17,6 @@ python=$(command -v python3 || command -v python)
 rm -rf "$site"
 mkdir -p "$site"
 "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$site" 'tritonclient[grpc]>=2.40' 'openai>=1.40' \
-  'moto[server]>=5.1' 'boto3>=1.34'
+  'moto[server]>=5.1' 'boto3>=1.34' 'azure-storage-blob>=12.19'
 touch "$stamp"
-echo "installed tritonclient, openai, moto and boto3 into $site"
+echo "installed tritonclient, openai, moto, boto3 and azure-storage-blob into $site"

@@ -3,10 +3,13 @@
 # - .cache/models: the real models (scripts/fetch-test-models.sh);
 # - .cache/tools/helm: helm, for the chart test (scripts/fetch-helm.sh);
 # - .cache/python/site: the stock clients users already run, so tests prove wire compatibility:
-#   tritonclient[grpc] and openai (scripts/install-python-clients.sh).
+#   tritonclient[grpc] and openai, moto (S3) and azure-storage-blob
+#   (scripts/install-python-clients.sh);
+# - .cache/node: azurite, the Azure Blob emulator (scripts/install-azurite.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/fetch-test-models.sh
 scripts/fetch-helm.sh
 scripts/install-python-clients.sh
+scripts/install-azurite.sh

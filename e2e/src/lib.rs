@@ -8,6 +8,7 @@
 //! The binaries come from the same target directory as the test (`cargo nextest run
 //! --workspace` builds them); a missing one is a clear error.
 
+pub mod azure;
 pub mod s3;
 
 use std::path::{Path, PathBuf};

@@ -1,13 +1,14 @@
-//! Models in object storage, against a real S3 server on loopback (moto): the `lantern-worker`
-//! binary publishes into a bucket and serves from it through the node cache (a restarted worker
-//! downloads nothing; a version whose objects do not match its manifest is refused while the
-//! served one answers), and an InferenceService reads its versions from the bucket with the
-//! credentials of a Secret, rolls a new one out as a canary, and a replaced pod loads from the
-//! node's cache.
+//! Models in object storage, against real servers on loopback (moto for S3, azurite for Azure
+//! Blob): the `lantern-worker` binary publishes into a bucket and serves from it through the
+//! node cache (a restarted worker downloads nothing; a version whose objects do not match its
+//! manifest is refused while the served one answers), and an InferenceService reads its versions
+//! from the bucket with the credentials of a Secret, rolls a new one out as a canary, and a
+//! replaced pod loads from the node's cache.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use lantern_e2e::azure::AzureServer;
 use lantern_e2e::s3::S3Server;
 use lantern_e2e::{Stack, binary, publish_mlp};
 use serde_json::Value;
@@ -17,11 +18,11 @@ use super::{LAYERS, SERVICE, Traffic, condition, request, rollout_ended};
 
 const REPOSITORY: &str = "s3://models/repo";
 
-/// `lantern-worker serve` from `REPOSITORY` on a free port with `args`; returns the process and
+/// `lantern-worker serve` from `repository` on a free port with `args`; returns the process and
 /// its `http://` address.
-async fn serve(args: &[&str], env: &[(&str, String)]) -> (tokio::process::Child, String) {
+async fn serve_from(repository: &str, args: &[&str], env: &[(&str, String)]) -> (tokio::process::Child, String) {
     let mut child = tokio::process::Command::new(binary("lantern-worker").unwrap())
-        .args(["serve", "--listen", "127.0.0.1:0", "--repository", REPOSITORY])
+        .args(["serve", "--listen", "127.0.0.1:0", "--repository", repository])
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
@@ -117,11 +118,11 @@ async fn the_worker_publishes_to_s3_and_serves_through_the_node_cache_refusing_a
     // have the same file); a restarted worker downloads nothing.
     let cache = tempfile::tempdir().unwrap();
     let args = ["--cache-dir", cache.path().to_str().unwrap(), "--poll-interval-ms", "600000"];
-    let (first, base) = serve(&args, &env).await;
+    let (first, base) = serve_from(REPOSITORY, &args, &env).await;
     wait_ready(&base, "iris", 2).await;
     assert_eq!(fetched(&get(&format!("{base}/metrics")).await, "iris"), (1.0, 0.0));
     stop(first).await;
-    let (second, base) = serve(&args, &env).await;
+    let (second, base) = serve_from(REPOSITORY, &args, &env).await;
     wait_ready(&base, "iris", 2).await;
     let metrics = get(&format!("{base}/metrics")).await;
     assert_eq!(fetched(&metrics, "iris"), (0.0, 1.0), "{metrics}");
@@ -149,6 +150,27 @@ async fn the_worker_publishes_to_s3_and_serves_through_the_node_cache_refusing_a
     let (ok, said) =
         worker(&["publish", "--repository", "ftp://host/repo", "--model", "iris", "--source", source], &env);
     assert!(!ok && said.contains("unsupported scheme \"ftp\""), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_publishes_to_azure_blob_and_serves_from_it() {
+    let Some(azure) = AzureServer::start().unwrap() else { return };
+    azure.create_container("models").unwrap();
+    let env = azure.env();
+    let repository = "az://models/repo";
+    assert_eq!(publish_mlp(repository, &env, "iris", "4,8,3", 5, &[]).await.unwrap(), 1);
+    assert_eq!(publish_mlp(repository, &env, "iris", "4,8,3", 6, &[]).await.unwrap(), 2);
+    let source = tempfile::tempdir().unwrap();
+    let source = source.path().to_str().unwrap();
+    assert!(worker(&["init-mlp", "--layers", "4,8,3", "--out", source], &[]).0);
+    let (ok, said) =
+        worker(&["publish", "--repository", repository, "--model", "iris", "--source", source, "--version", "1"], &env);
+    assert!(!ok && said.contains("version 1 already exists"), "{said}");
+    let cache = tempfile::tempdir().unwrap();
+    let (server, base) = serve_from(repository, &["--cache-dir", cache.path().to_str().unwrap()], &env).await;
+    wait_ready(&base, "iris", 2).await;
+    assert_eq!(fetched(&get(&format!("{base}/metrics")).await, "iris"), (1.0, 0.0));
+    stop(server).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

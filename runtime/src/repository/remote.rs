@@ -2,7 +2,7 @@
 //! HTTP(S) layout: the same `<prefix>/<model>/<version>/` keys and manifests as on disk.
 //!
 //! **Publishing is atomic.** A publisher first claims the version number by creating
-//! `<model>/<version>/.claim` conditionally (two publishers can never own one number; an
+//! `<model>/<version>/.claim.json` conditionally (two publishers can never own one number; an
 //! automatic number moves on to the next), then uploads the files (multipart above
 //! [`super::bucket::SINGLE_PUT_MAX`], hashing as it reads so the manifest states what was sent), and creates the
 //! manifest last, conditionally. Readers see a version only through its manifest, so an
@@ -53,7 +53,7 @@ const MODELS_INDEX: &str = ".models.json";
 /// A model's index: its committed versions and their manifest digests.
 const VERSIONS_INDEX: &str = ".versions.json";
 /// The object that claims a version number for one publisher.
-const CLAIM: &str = ".claim";
+const CLAIM: &str = ".claim.json";
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ModelsIndex {
