@@ -5,7 +5,8 @@
 # - .cache/python/site: the stock clients users already run, so tests prove wire compatibility:
 #   tritonclient[grpc] and openai, moto (S3) and azure-storage-blob
 #   (scripts/install-python-clients.sh);
-# - .cache/node: azurite, the Azure Blob emulator (scripts/install-azurite.sh).
+# - .cache/node: azurite, the Azure Blob emulator (scripts/install-azurite.sh);
+# - docker-registry, Debian's OCI registry (scripts/install-docker-registry.sh, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +14,4 @@ scripts/fetch-test-models.sh
 scripts/fetch-helm.sh
 scripts/install-python-clients.sh
 scripts/install-azurite.sh
+scripts/install-docker-registry.sh

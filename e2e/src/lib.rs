@@ -9,6 +9,7 @@
 //! --workspace` builds them); a missing one is a clear error.
 
 pub mod azure;
+pub mod oci;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
@@ -94,6 +95,12 @@ pub async fn publish_mlp(
     let said = run(args).await?;
     let version = said.split_whitespace().skip_while(|w| *w != "version").nth(1);
     version.and_then(|v| v.parse().ok()).with_context(|| format!("no version in {said:?}"))
+}
+
+/// Lower-case hex sha256 of `bytes`, as manifests and registries name content.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The workspace's root (for `crds/` and `examples/`).

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lantern_e2e::s3::S3Server;
-use lantern_e2e::{MODELS_CLAIM, Stack};
+use lantern_e2e::{MODELS_CLAIM, Stack, sha256_hex};
 
 /// A two-rank TrainingJob `name` of a tiny llama on the addition task, with the claim
 /// `models` it publishes into: `steps` steps, a version every `every`, up to 2 gang restarts.
@@ -30,11 +30,6 @@ spec:
     repository: {{claimName: models}}
 "
     )
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,8 +9,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lantern_e2e::azure::AzureServer;
+use lantern_e2e::oci::OciRegistry;
 use lantern_e2e::s3::S3Server;
-use lantern_e2e::{Stack, binary, publish_mlp};
+use lantern_e2e::{Stack, binary, publish_mlp, sha256_hex};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -170,6 +171,64 @@ async fn the_worker_publishes_to_azure_blob_and_serves_from_it() {
     let (server, base) = serve_from(repository, &["--cache-dir", cache.path().to_str().unwrap()], &env).await;
     wait_ready(&base, "iris", 2).await;
     assert_eq!(fetched(&get(&format!("{base}/metrics")).await, "iris"), (1.0, 0.0));
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_publishes_to_an_oci_registry_and_serves_from_it() {
+    let Some(registry) = OciRegistry::start().unwrap() else { return };
+    let repository = format!("oci://{}/lantern", registry.address);
+    assert_eq!(publish_mlp(&repository, &[], "iris", "4,8,3", 5, &[]).await.unwrap(), 1);
+    assert_eq!(publish_mlp(&repository, &[], "iris", "4,8,3", 6, &[]).await.unwrap(), 2);
+    let source = tempfile::tempdir().unwrap();
+    let source = source.path().to_str().unwrap();
+    assert!(worker(&["init-mlp", "--layers", "4,8,3", "--out", source], &[]).0);
+    let (ok, said) =
+        worker(&["publish", "--repository", &repository, "--model", "iris", "--source", source, "--version", "2"], &[]);
+    assert!(!ok && said.contains("version 2 already exists"), "{said}");
+    let cache = tempfile::tempdir().unwrap();
+    let (server, base) = serve_from(&repository, &["--cache-dir", cache.path().to_str().unwrap()], &[]).await;
+    wait_ready(&base, "iris", 2).await;
+    assert_eq!(fetched(&get(&format!("{base}/metrics")).await, "iris"), (1.0, 0.0));
+    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let http = reqwest::Client::new();
+    let answer: Value =
+        http.post(format!("{base}/v2/models/iris/infer")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["model_version"], "2", "{answer}");
+
+    // An image (not a Lantern version) tagged 3 is refused for its media types; 2 keeps serving.
+    let registry_url = format!("http://{}/v2/lantern/iris", registry.address);
+    let config = b"{}";
+    let digest = format!("sha256:{}", sha256_hex(config));
+    let upload = http.post(format!("{registry_url}/blobs/uploads/")).send().await.unwrap();
+    let location = upload.headers()["location"].to_str().unwrap().to_owned();
+    let location =
+        if location.starts_with("http") { location } else { format!("http://{}{location}", registry.address) };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let put = http.put(format!("{location}{separator}digest={digest}")).body(&config[..]).send().await.unwrap();
+    assert_eq!(put.status(), 201);
+    let image = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": config.len()},
+        "layers": [],
+    });
+    let tagged = http
+        .put(format!("{registry_url}/manifests/3"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(image.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tagged.status(), 201);
+    assert!(http.post(format!("{base}/v2/repository/models/iris/load")).send().await.unwrap().status().is_success());
+    let reason = failure_reason(&base, "iris", "3").await;
+    assert!(
+        reason.contains("application/vnd.oci.image.config.v1+json") && reason.contains("is not a Lantern version"),
+        "{reason}"
+    );
+    let answer: Value =
+        http.post(format!("{base}/v2/models/iris/infer")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["model_version"], "2", "{answer}");
     stop(server).await;
 }
 

@@ -31,11 +31,12 @@ pub struct Repository {
     /// A directory inside the claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_path: Option<String>,
-    /// An object store or HTTP location: `s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX`,
-    /// `az://CONTAINER/PREFIX`, or `http(s)://…` (read-only). Pods read it through a node-local
-    /// cache; endpoint and credentials come from `secretRef`.
+    /// An object store, HTTP or OCI location: `s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX`,
+    /// `az://CONTAINER/PREFIX`, `http(s)://…` (read-only) or `oci://REGISTRY/PREFIX` (served
+    /// from; training publishes to object stores). Pods read it through a node-local cache;
+    /// endpoint and credentials come from `secretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^(s3|gs|az|https?)://[^/?#@\s]+(/[^?#\s]*)?$"))]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^(s3|gs|az|https?|oci)://[^/?#@\s]+(/[^?#\s]*)?$"))]
     pub uri: Option<String>,
     /// A Secret whose keys become the workers' environment: the store's standard variables
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`, `AWS_REGION`,

@@ -49,7 +49,13 @@ impl TryFrom<&TrainingJob> for JobConfig {
         let name = job.metadata.name.as_deref().unwrap_or_default();
         let crd::CheckpointSpec { every_steps, keep, timeout_seconds } = checkpoint;
         let crd::OutputSpec { model: output_model, repository } = output;
-        if repository.uri.is_some() {
+        if let Some(uri) = &repository.uri {
+            if uri.starts_with("oci://") || uri.starts_with("http://") || uri.starts_with("https://") {
+                return Err(Error::Invalid(format!(
+                    "spec.output.repository.uri: {uri} can be served from, not trained into: training keeps its \
+                     states in an object store (s3://, gs://, az://)"
+                )));
+            }
             refuse_claim_paths(model, data)?;
         }
         Ok(JobConfig {
@@ -375,7 +381,10 @@ mod tests {
         let error = JobConfig::try_from(&crate::training::test_job(init.clone())).unwrap_err().to_string();
         assert!(error.starts_with("spec.data.jsonl: \"eval.jsonl\" is relative"), "{error}");
         init["data"]["jsonl"]["evalPath"] = json!("/data/eval.jsonl");
-        assert!(JobConfig::try_from(&crate::training::test_job(init)).is_ok());
+        assert!(JobConfig::try_from(&crate::training::test_job(init.clone())).is_ok());
+        init["output"]["repository"] = json!({"uri": "oci://registry.example/lantern"});
+        let error = JobConfig::try_from(&crate::training::test_job(init)).unwrap_err().to_string();
+        assert!(error.contains("can be served from, not trained into"), "{error}");
     }
 
     #[test]

@@ -291,7 +291,7 @@ fn object_store(kind: ObjectStoreKind, bucket: &str) -> Result<Arc<dyn ObjectSto
 pub(super) struct Io(Option<tokio::runtime::Runtime>);
 
 impl Io {
-    fn new() -> Result<Self> {
+    pub(super) fn new() -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("lantern-storage")

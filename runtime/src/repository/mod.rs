@@ -1,8 +1,8 @@
 //! The model repository: `<root>/<model>/<version>/` where `<version>` is a positive integer
 //! and the directory holds a [`Manifest`] listing every file with its sha256.
 //!
-//! The root is a [`Location`]: a directory, or a bucket, container or HTTP layout
-//! ([`remote`], read through the node-local [`cache`]). Readers ([`Repository`]) ignore
+//! The root is a [`Location`]: a directory, a bucket, container or HTTP layout ([`remote`]), or
+//! an OCI registry (`oci`), the last two read through the node-local [`cache`]. Readers ([`Repository`]) ignore
 //! dot-directories (publishes in progress) and versions without a manifest, and verify every
 //! digest before a version is handed to a model loader. Writers go through [`publish`], which
 //! makes a version visible atomically.
@@ -11,6 +11,7 @@ mod bucket;
 pub mod cache;
 pub mod location;
 pub mod manifest;
+mod oci;
 mod publish;
 pub mod remote;
 mod transport;
@@ -33,6 +34,7 @@ pub use publish::{PublishRequest, publish, publish_adapter};
 pub use remote::FetchReport;
 
 use crate::error::{Error, Result};
+use oci::Oci;
 use remote::Remote;
 
 /// A version's manifest with the bytes of every file, each verified against its digest.
@@ -59,6 +61,7 @@ pub struct Repository {
 enum Backend {
     Local(PathBuf),
     Remote(Arc<Remote>),
+    Oci(Arc<Oci>),
 }
 
 impl Repository {
@@ -72,9 +75,9 @@ impl Repository {
     pub fn open(location: &str, cache: &CacheSettings) -> Result<Self> {
         match Location::parse(location)? {
             Location::Local(root) => Ok(Self::new(root)),
-            Location::Oci { registry, repository } => Err(Error::invalid(format!(
-                "oci://{registry}/{repository}: OCI registries are not supported as a repository yet"
-            ))),
+            Location::Oci { registry, repository } => {
+                Ok(Self { backend: Backend::Oci(Arc::new(Oci::open(&registry, &repository, cache)?)) })
+            }
             remote => Ok(Self { backend: Backend::Remote(Arc::new(Remote::open(remote, cache)?)) }),
         }
     }
@@ -84,6 +87,7 @@ impl Repository {
         match &self.backend {
             Backend::Local(root) => root.display().to_string(),
             Backend::Remote(remote) => remote.location(),
+            Backend::Oci(oci) => oci.location(),
         }
     }
 
@@ -91,7 +95,7 @@ impl Repository {
     pub fn local_root(&self) -> Option<&Path> {
         match &self.backend {
             Backend::Local(root) => Some(root),
-            Backend::Remote(_) => None,
+            Backend::Remote(_) | Backend::Oci(_) => None,
         }
     }
 
@@ -100,6 +104,7 @@ impl Repository {
         let root = match &self.backend {
             Backend::Local(root) => root,
             Backend::Remote(remote) => return remote.models(),
+            Backend::Oci(oci) => return oci.models(),
         };
         Ok(visible_dirs(root)?.into_iter().filter(|name| validate_model_name(name).is_ok()).collect())
     }
@@ -110,6 +115,7 @@ impl Repository {
         let root = match &self.backend {
             Backend::Local(root) => root,
             Backend::Remote(remote) => return remote.versions(model),
+            Backend::Oci(oci) => return oci.versions(model),
         };
         let dir = root.join(model);
         if !dir.exists() {
@@ -148,6 +154,7 @@ impl Repository {
                 Ok((path, bytes))
             }
             Backend::Remote(remote) => remote.manifest(model, version),
+            Backend::Oci(oci) => oci.manifest(model, version),
         }
     }
 
@@ -156,6 +163,7 @@ impl Repository {
         let root = match &self.backend {
             Backend::Local(root) => root,
             Backend::Remote(remote) => return remote.read_verified(model, version),
+            Backend::Oci(oci) => return oci.read_verified(model, version),
         };
         let dir = root.join(model).join(version.to_string());
         let manifest_path = dir.join(MANIFEST_FILE);

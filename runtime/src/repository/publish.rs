@@ -78,6 +78,7 @@ fn publish_files(
         Backend::Remote(remote) => {
             return remote.publish(request.model, request.version, source_dir, manifest, sources);
         }
+        Backend::Oci(oci) => return oci.publish(request.model, request.version, source_dir, manifest, sources),
     };
     let model_dir = root.join(request.model);
     std::fs::create_dir_all(&model_dir).map_err(|e| Error::io(format!("creating {}", model_dir.display()), e))?;

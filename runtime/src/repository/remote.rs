@@ -446,7 +446,7 @@ struct VersionObjects {
 }
 
 /// The documented limits on a manifest read from a store.
-fn check_limits(manifest: &Manifest) -> std::result::Result<(), String> {
+pub(super) fn check_limits(manifest: &Manifest) -> std::result::Result<(), String> {
     if manifest.files.is_empty() {
         return Err("the manifest lists no files".into());
     }

@@ -22,7 +22,7 @@ use object_store::{ClientConfigKey, ClientOptions};
 /// How long a TCP (and TLS) connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server may take to answer a request's headers.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Makes [`Transport`]s for the store clients.
 #[derive(Debug, Default)]
@@ -31,31 +31,39 @@ pub struct Connector;
 impl HttpConnector for Connector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
         let allow_http = options.get_config_value(&ClientConfigKey::AllowHttp).is_some_and(|v| v == "true");
-        let provider = rustls::crypto::ring::default_provider();
-        let tls = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider) {
-            Ok(builder) => builder,
-            Err(error) => {
-                tracing::warn!(%error, "no system root certificates: https:// stores will fail to verify");
-                let config =
-                    rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
-                        .with_safe_default_protocol_versions()
-                        .map_err(|e| object_store::Error::Generic { store: "http", source: Box::new(e) })?
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            }
-        };
-        let mut tcp = TcpConnector::new();
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        tcp.enforce_http(false);
-        let tls = match allow_http {
-            true => tls.https_or_http(),
-            false => tls.https_only(),
-        };
-        let connector = tls.enable_http1().wrap_connector(tcp);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let client = https_client(allow_http)
+            .map_err(|e| object_store::Error::Generic { store: "http", source: Box::new(e) })?;
         Ok(HttpClient::new(Transport { client }))
     }
+}
+
+/// A pooled HTTP client with rustls (ring, the system's roots), plain http only if `allow_http`.
+pub(super) fn https_client<B>(allow_http: bool) -> Result<Client<HttpsConnector<TcpConnector>, B>, rustls::Error>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let provider = rustls::crypto::ring::default_provider();
+    let tls = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider) {
+        Ok(builder) => builder,
+        Err(error) => {
+            tracing::warn!(%error, "no system root certificates: https:// stores will fail to verify");
+            let config = rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+        }
+    };
+    let mut tcp = TcpConnector::new();
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    tcp.enforce_http(false);
+    let tls = match allow_http {
+        true => tls.https_or_http(),
+        false => tls.https_only(),
+    };
+    let connector = tls.enable_http1().wrap_connector(tcp);
+    Ok(Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector))
 }
 
 /// One pooled hyper client.

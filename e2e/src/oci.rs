@@ -1,0 +1,64 @@
+//! An OCI registry on loopback for the storage suites: Debian's `docker-registry` (CNCF
+//! distribution 2.8; `scripts/install-docker-registry.sh` installs it), anonymous, on a free port
+//! with its storage in a temporary directory.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// A registry process, stopped on drop.
+pub struct OciRegistry {
+    process: Child,
+    /// `127.0.0.1:PORT`, as an `oci://` URI names it.
+    pub address: String,
+    _data: tempfile::TempDir,
+}
+
+impl OciRegistry {
+    /// Starts the registry, or returns `None` with a loud message where it is not installed.
+    pub fn start() -> anyhow::Result<Option<Self>> {
+        let Ok(binary) = which("docker-registry") else {
+            eprintln!("SKIPPED: docker-registry is not installed; run scripts/setup-test-deps.sh as root");
+            return Ok(None);
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let data = tempfile::tempdir()?;
+        let config = data.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n\
+                 http: {{addr: \"127.0.0.1:{port}\"}}\n",
+                data.path().join("blobs").display()
+            ),
+        )?;
+        let process = Command::new(binary)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting docker-registry")?;
+        let registry = Self { process, address: format!("127.0.0.1:{port}"), _data: data };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "docker-registry did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Some(registry))
+    }
+}
+
+/// `name` on the `PATH`.
+fn which(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").context("no PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file()).context("not found")
+}
+
+impl Drop for OciRegistry {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
