@@ -63,6 +63,21 @@ enum Command {
     /// Print a training job's progress from rank 0's `TrainingService`; with `--watch`, once a
     /// second until the job ends, waiting through restarts.
     Progress(ProgressArgs),
+    /// Fetch a version of a remote repository into the node cache, verified, without loading
+    /// it: warms a node (an init container, a DaemonSet) before its pods need the files.
+    Prefetch(PrefetchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PrefetchArgs {
+    #[command(flatten)]
+    repository: RepositoryArgs,
+    /// Model name.
+    #[arg(long, env = env::MODEL)]
+    model: String,
+    /// Version number; default: the newest.
+    #[arg(long)]
+    version: Option<u64>,
 }
 
 /// Where the model repository is, and the node cache a remote one is read through.
@@ -303,6 +318,22 @@ fn main() -> anyhow::Result<()> {
                 }
             })?;
             std::process::exit(code)
+        }
+        Command::Prefetch(prefetch) => {
+            let repository = prefetch.repository.open()?;
+            let version = match prefetch.version {
+                Some(version) => version,
+                None => *repository
+                    .versions(&prefetch.model)?
+                    .last()
+                    .with_context(|| format!("{} has no version of {}", repository.location(), prefetch.model))?,
+            };
+            let report = repository.prefetch(&prefetch.model, version)?;
+            println!(
+                "prefetched {} version {version}: {} files in the cache, {} downloaded ({} bytes) in {:.3} s",
+                prefetch.model, report.files_cached, report.files_downloaded, report.bytes_downloaded, report.seconds
+            );
+            Ok(())
         }
         Command::Progress(progress) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -128,6 +128,14 @@ async fn the_worker_publishes_to_s3_and_serves_through_the_node_cache_refusing_a
     let metrics = get(&format!("{base}/metrics")).await;
     assert_eq!(fetched(&metrics, "iris"), (0.0, 1.0), "{metrics}");
     assert_eq!(metric(&metrics, "lantern_model_downloaded_bytes_total{model=\"iris\"}"), 0.0, "{metrics}");
+    // `prefetch` warms a node's cache without loading: once downloaded, then found.
+    let warm = tempfile::tempdir().unwrap();
+    let prefetch =
+        ["prefetch", "--repository", REPOSITORY, "--model", "iris", "--cache-dir", warm.path().to_str().unwrap()];
+    let (ok, said) = worker(&prefetch, &env);
+    assert!(ok && said.contains("prefetched iris version 2: 0 files in the cache, 1 downloaded"), "{said}");
+    let (ok, said) = worker(&prefetch, &env);
+    assert!(ok && said.contains("1 files in the cache, 0 downloaded"), "{said}");
 
     // Version 3's weights object is replaced after its publish: its size no longer matches the
     // manifest, and it is refused though the cache holds bytes of the manifest's digest.

@@ -15,6 +15,7 @@
 //!   shared `flock` on the entry, held for as long as the version is loaded, in any process).
 //! - **A full disk says so**, instead of passing for a download error.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -61,6 +62,37 @@ pub struct Pin {
     _locked: File,
 }
 
+impl Pin {
+    /// Holds `file` (locked shared) as used now: its modification time orders eviction, and
+    /// failing to set it only makes eviction less fair.
+    fn used(file: File) -> Self {
+        let _ = file.set_modified(SystemTime::now());
+        Self { _locked: file }
+    }
+}
+
+/// What fetching a version's files produced.
+#[derive(Debug, Default)]
+pub struct FetchedVersion {
+    /// The files' bytes by path, when they were read.
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub pins: Vec<Pin>,
+    pub report: FetchReport,
+}
+
+/// What one load fetched.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FetchReport {
+    pub files_cached: usize,
+    pub files_downloaded: usize,
+    pub bytes_downloaded: u64,
+    pub seconds: f64,
+}
+
+fn vanished(entry: &FileEntry) -> Error {
+    Error::ModelFile(format!("{} vanished from the model cache as it was stored", entry.path))
+}
+
 /// Writes the object's bytes from the given offset to its end into the writer.
 pub type Download<'a> = dyn FnMut(u64, &mut dyn Write) -> Result<()> + 'a;
 
@@ -76,26 +108,69 @@ impl Cache {
 
     /// The verified bytes of the file `entry` names, pinned, from the cache or downloaded into it.
     pub fn fetch(&self, entry: &FileEntry, download: &mut Download<'_>) -> Result<(Vec<u8>, Pin, Fetched)> {
-        if let Some((bytes, pin)) = self.read_entry(entry)? {
+        if let Some(file) = self.open_entry(entry)?
+            && let Some((bytes, pin)) = self.read_entry(entry, file)?
+        {
             return Ok((bytes, pin, Fetched::Cached));
         }
-        if entry.size > self.budget {
-            return Err(Error::invalid(format!(
-                "{} is {} bytes, more than the model cache's budget of {} bytes",
-                entry.path, entry.size, self.budget
-            )));
+        let fetched = self.fill(entry, download)?;
+        let file = self.open_entry(entry)?.ok_or_else(|| vanished(entry))?;
+        let (bytes, pin) = self.read_entry(entry, file)?.ok_or_else(|| vanished(entry))?;
+        Ok((bytes, pin, fetched))
+    }
+
+    /// The file `entry` names, verified and pinned in the cache (downloaded into it if missing),
+    /// without holding its bytes in memory: hashed as it streams from disk.
+    pub fn ensure(&self, entry: &FileEntry, download: &mut Download<'_>) -> Result<(Pin, Fetched)> {
+        if let Some(file) = self.open_entry(entry)?
+            && let Some(pin) = self.verify_entry(entry, file)?
+        {
+            return Ok((pin, Fetched::Cached));
         }
-        let _downloading = self.lock_download(&entry.sha256)?;
-        // Another fetcher may have finished it while this one waited.
-        if let Some((bytes, pin)) = self.read_entry(entry)? {
-            return Ok((bytes, pin, Fetched::Cached));
+        let fetched = self.fill(entry, download)?;
+        let file = self.open_entry(entry)?.ok_or_else(|| vanished(entry))?;
+        let pin = self.verify_entry(entry, file)?.ok_or_else(|| vanished(entry))?;
+        Ok((pin, fetched))
+    }
+
+    /// Fetches every file of a version (the bytes too, if `read`) through `download(index,
+    /// offset, out)`, where `index` is the file's position in `files`; a download's failure
+    /// reason goes through `fail`.
+    pub fn fetch_version(
+        &self,
+        files: &[FileEntry],
+        read: bool,
+        mut download: impl FnMut(usize, u64, &mut dyn Write) -> Result<()>,
+        fail: impl Fn(String) -> Error,
+    ) -> Result<FetchedVersion> {
+        let started = std::time::Instant::now();
+        let reason = |error| match error {
+            Error::ModelFile(why) => fail(why),
+            other => other,
+        };
+        let mut version = FetchedVersion::default();
+        for (index, entry) in files.iter().enumerate() {
+            let mut from = |offset: u64, out: &mut dyn Write| download(index, offset, out);
+            let fetched = if read {
+                let (data, pin, fetched) = self.fetch(entry, &mut from).map_err(reason)?;
+                version.files.insert(entry.path.clone(), data);
+                version.pins.push(pin);
+                fetched
+            } else {
+                let (pin, fetched) = self.ensure(entry, &mut from).map_err(reason)?;
+                version.pins.push(pin);
+                fetched
+            };
+            match fetched {
+                Fetched::Cached => version.report.files_cached += 1,
+                Fetched::Downloaded(n) => {
+                    version.report.files_downloaded += 1;
+                    version.report.bytes_downloaded += n;
+                }
+            }
         }
-        let downloaded = self.download(entry, download)?;
-        self.evict(&entry.sha256);
-        let (bytes, pin) = self.read_entry(entry)?.ok_or_else(|| {
-            Error::ModelFile(format!("{} vanished from the model cache as it was stored", entry.path))
-        })?;
-        Ok((bytes, pin, Fetched::Downloaded(downloaded)))
+        version.report.seconds = started.elapsed().as_secs_f64();
+        Ok(version)
     }
 
     /// Bytes held in verified entries.
@@ -107,32 +182,74 @@ impl Cache {
         self.dir.join("sha256").join(sha256)
     }
 
-    /// The entry's bytes, pinned and verified, or `None` when it is missing, evicted or damaged
-    /// (a damaged one is removed).
-    fn read_entry(&self, entry: &FileEntry) -> Result<Option<(Vec<u8>, Pin)>> {
+    /// Downloads a missing entry (one fetcher per node; another that finished meanwhile makes
+    /// it a hit), then keeps the cache within its budget.
+    fn fill(&self, entry: &FileEntry, download: &mut Download<'_>) -> Result<Fetched> {
+        if entry.size > self.budget {
+            return Err(Error::invalid(format!(
+                "{} is {} bytes, more than the model cache's budget of {} bytes",
+                entry.path, entry.size, self.budget
+            )));
+        }
+        let _downloading = self.lock_download(&entry.sha256)?;
+        if self.open_entry(entry)?.is_some() {
+            return Ok(Fetched::Cached);
+        }
+        let downloaded = self.download(entry, download)?;
+        self.evict(&entry.sha256);
+        Ok(Fetched::Downloaded(downloaded))
+    }
+
+    /// The entry's file, locked shared (so eviction leaves it), or `None` when it is missing or
+    /// was evicted between the open and the lock.
+    fn open_entry(&self, entry: &FileEntry) -> Result<Option<File>> {
         let path = self.entry_path(&entry.sha256);
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
         };
         rustix::fs::flock(&file, FlockOperation::LockShared)
             .map_err(|e| Error::io(format!("locking {}", path.display()), e.into()))?;
-        let metadata = file.metadata().map_err(|e| Error::io(format!("inspecting {}", path.display()), e))?;
         if rustix::fs::fstat(&file).map(|s| s.st_nlink == 0).unwrap_or(true) {
-            // Evicted between the open and the lock.
             return Ok(None);
         }
-        let mut bytes = Vec::with_capacity(metadata.len().min(entry.size) as usize);
-        file.read_to_end(&mut bytes).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Ok(Some(file))
+    }
+
+    /// The entry's bytes and its pin, or `None` (and the entry removed) when they are damaged.
+    fn read_entry(&self, entry: &FileEntry, mut file: File) -> Result<Option<(Vec<u8>, Pin)>> {
+        let path = self.entry_path(&entry.sha256);
+        let mut bytes = Vec::with_capacity(entry.size as usize);
+        (&mut file)
+            .take(entry.size.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         if let Err(reason) = check_file(entry, &bytes) {
-            tracing::warn!(path = %path.display(), %reason, "removing a damaged model cache entry");
-            let _ = std::fs::remove_file(&path);
+            self.remove_damaged(&path, &reason);
             return Ok(None);
         }
-        // The modification time orders eviction; failing to set it only makes eviction less fair.
-        let _ = file.set_modified(SystemTime::now());
-        Ok(Some((bytes, Pin { _locked: file })))
+        Ok(Some((bytes, Pin::used(file))))
+    }
+
+    /// The entry's pin once its bytes hash to its digest as they stream from disk, or `None`
+    /// (and the entry removed) when they do not.
+    fn verify_entry(&self, entry: &FileEntry, mut file: File) -> Result<Option<Pin>> {
+        let path = self.entry_path(&entry.sha256);
+        let mut hasher = Sha256::new();
+        let size = std::io::copy(&mut (&mut file).take(entry.size.saturating_add(1)), &mut hasher)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let digest = hex::encode(hasher.finalize());
+        if size != entry.size || digest != entry.sha256 {
+            self.remove_damaged(&path, &format!("{size} bytes with sha256 {digest}"));
+            return Ok(None);
+        }
+        Ok(Some(Pin::used(file)))
+    }
+
+    fn remove_damaged(&self, path: &Path, reason: &str) {
+        tracing::warn!(path = %path.display(), %reason, "removing a damaged model cache entry");
+        let _ = std::fs::remove_file(path);
     }
 
     fn lock_download(&self, sha256: &str) -> Result<File> {
@@ -398,6 +515,33 @@ mod tests {
         let (_, _, fetched) =
             self::cache(dir.path(), 1 << 20).fetch(&file, &mut serve(&data, None, &mut calls)).unwrap();
         assert_eq!(fetched, Fetched::Cached);
+    }
+
+    #[test]
+    fn ensuring_a_file_stores_and_verifies_it_without_reading_it_into_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path(), 1 << 20);
+        let data = b"weights".repeat(50);
+        let file = entry("w", &data);
+        let mut calls = Vec::new();
+        let (_pin, fetched) = cache.ensure(&file, &mut serve(&data, None, &mut calls)).unwrap();
+        assert_eq!(fetched, Fetched::Downloaded(350));
+        assert_eq!(cache.ensure(&file, &mut serve(&data, None, &mut calls)).unwrap().1, Fetched::Cached);
+        assert_eq!(cache.fetch(&file, &mut serve(&data, None, &mut calls)).unwrap().0, data);
+        assert_eq!(calls, [0], "one download");
+        // Every file of a version, in order, with its report.
+        let files = [entry("a", b"one"), entry("b", b"two!")];
+        let bodies = [&b"one"[..], &b"two!"[..]];
+        let fetched = cache
+            .fetch_version(
+                &files,
+                true,
+                |i, offset, out| out.write_all(&bodies[i][offset as usize..]).map_err(|e| Error::io("test", e)),
+                Error::ModelFile,
+            )
+            .unwrap();
+        assert_eq!((fetched.files["b"].as_slice(), fetched.pins.len()), (&b"two!"[..], 2));
+        assert_eq!((fetched.report.files_downloaded, fetched.report.bytes_downloaded), (2, 7));
     }
 
     #[test]

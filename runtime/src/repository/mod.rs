@@ -25,13 +25,12 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 pub use bucket::ObjectDir;
-pub use cache::{CacheSettings, Pin};
+pub use cache::{CacheSettings, FetchReport, Pin};
 pub use location::Location;
 pub use manifest::{
     Architecture, BaseVersion, FileEntry, Format, MANIFEST_FILE, Manifest, TEXT_INPUT, TEXT_OUTPUT, Task, TensorSpec,
 };
 pub use publish::{PublishRequest, publish, publish_adapter};
-pub use remote::FetchReport;
 
 use crate::error::{Error, Result};
 use oci::Oci;
@@ -155,6 +154,16 @@ impl Repository {
             }
             Backend::Remote(remote) => remote.manifest(model, version),
             Backend::Oci(oci) => oci.manifest(model, version),
+        }
+    }
+
+    /// Fetches a remote version's files into the node cache, verified, without loading them
+    /// (warming a node before its pods need them). A directory holds its files already.
+    pub fn prefetch(&self, model: &str, version: u64) -> Result<FetchReport> {
+        match &self.backend {
+            Backend::Local(_) => Ok(FetchReport::default()),
+            Backend::Remote(remote) => remote.prefetch(model, version),
+            Backend::Oci(oci) => oci.prefetch(model, version),
         }
     }
 

@@ -25,7 +25,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -40,8 +39,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::bucket::{Io, READ_TIMEOUT};
-use super::cache::{Cache, CacheSettings, Fetched};
-use super::remote::{FetchReport, MAX_MANIFEST_BYTES, check_limits};
+use super::cache::{Cache, CacheSettings, FetchReport};
+use super::remote::{MAX_MANIFEST_BYTES, check_limits};
 use super::transport::{RESPONSE_TIMEOUT, https_client};
 use super::{FileEntry, MANIFEST_FILE, Manifest, VerifiedVersion, manifest_digest, parse_version, validate_model_name};
 use crate::error::{Error, Result};
@@ -184,47 +183,46 @@ impl Oci {
 
     /// Reads a version through the node cache, every layer checked against the file it carries.
     pub fn read_verified(&self, model: &str, version: u64) -> Result<VerifiedVersion> {
-        let started = Instant::now();
+        self.fetch(model, version, true)
+    }
+
+    /// Fetches a version's files into the node cache without reading them into memory.
+    pub fn prefetch(&self, model: &str, version: u64) -> Result<FetchReport> {
+        Ok(self.fetch(model, version, false)?.fetch.unwrap_or_default())
+    }
+
+    /// A version's manifest with its files in the cache (and in memory, if `read`).
+    fn fetch(&self, model: &str, version: u64, read: bool) -> Result<VerifiedVersion> {
         let fail = |reason: String| Error::Load { model: model.to_owned(), version, reason };
         let (artifact, bytes) = self.io.block_on(self.artifact(model, version))?;
         let manifest = Manifest::from_json(&bytes, &self.origin(model, version))?;
         check_limits(&manifest).map_err(fail)?;
-        let mut layers = BTreeMap::new();
+        let mut titled = BTreeMap::new();
         for layer in &artifact.layers {
             if layer.media_type != FILE_TYPE {
                 return Err(fail(format!("a layer has the unknown media type {:?}", layer.media_type)));
             }
-            layers.insert(layer.annotations.get(TITLE).cloned().unwrap_or_default(), layer);
+            titled.insert(layer.annotations.get(TITLE).cloned().unwrap_or_default(), layer);
         }
-        let name = self.name(model);
-        let mut report = FetchReport::default();
-        let (mut files, mut pins) = (BTreeMap::new(), Vec::new());
+        let mut layers = Vec::new();
         for entry in &manifest.files {
-            let layer = layers.get(&entry.path).ok_or_else(|| fail(format!("no layer carries {}", entry.path)))?;
+            let layer = titled.get(&entry.path).ok_or_else(|| fail(format!("no layer carries {}", entry.path)))?;
             if layer.digest != format!("sha256:{}", entry.sha256) || layer.size != entry.size {
                 return Err(fail(format!(
                     "the layer of {} is {} ({} bytes), the manifest says sha256:{} ({} bytes)",
                     entry.path, layer.digest, layer.size, entry.sha256, entry.size
                 )));
             }
-            let (data, pin, fetched) = self
-                .cache
-                .fetch(entry, &mut |offset, out| self.io.block_on(self.download(&name, layer, offset, out)))
-                .map_err(|e| match e {
-                    Error::ModelFile(reason) => fail(reason),
-                    other => other,
-                })?;
-            match fetched {
-                Fetched::Cached => report.files_cached += 1,
-                Fetched::Downloaded(n) => {
-                    report.files_downloaded += 1;
-                    report.bytes_downloaded += n;
-                }
-            }
-            files.insert(entry.path.clone(), data);
-            pins.push(pin);
+            layers.push(*layer);
         }
-        report.seconds = started.elapsed().as_secs_f64();
+        let name = self.name(model);
+        let fetched = self.cache.fetch_version(
+            &manifest.files,
+            read,
+            |index, offset, out| self.io.block_on(self.download(&name, layers[index], offset, out)),
+            fail,
+        )?;
+        let (files, pins, report) = (fetched.files, fetched.pins, fetched.report);
         Ok(VerifiedVersion { digest: manifest_digest(&bytes), manifest, files, fetch: Some(report), pins })
     }
 

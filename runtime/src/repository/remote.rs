@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -34,7 +34,7 @@ use object_store::{GetOptions, ObjectStoreExt, PutMode, PutOptions, PutPayload, 
 use serde::{Deserialize, Serialize};
 
 use super::bucket::Bucket;
-use super::cache::{Cache, CacheSettings, Fetched};
+use super::cache::{Cache, CacheSettings, FetchReport};
 use super::location::Location;
 use super::{FileEntry, MANIFEST_FILE, Manifest, VerifiedVersion, manifest_digest, parse_version, validate_model_name};
 use crate::error::{Error, Result};
@@ -64,15 +64,6 @@ struct ModelsIndex {
 struct VersionsIndex {
     /// Version number to `sha256:<hex>` of its manifest.
     versions: BTreeMap<u64, String>,
-}
-
-/// What one load fetched.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct FetchReport {
-    pub files_cached: usize,
-    pub files_downloaded: usize,
-    pub bytes_downloaded: u64,
-    pub seconds: f64,
 }
 
 /// An object-store repository with its node cache.
@@ -140,7 +131,16 @@ impl Remote {
     /// Reads a version through the node cache: every file checked in the store, fetched into
     /// the cache if missing, verified.
     pub fn read_verified(&self, model: &str, version: u64) -> Result<VerifiedVersion> {
-        let started = Instant::now();
+        self.fetch(model, version, true)
+    }
+
+    /// Fetches a version's files into the node cache without reading them into memory.
+    pub fn prefetch(&self, model: &str, version: u64) -> Result<FetchReport> {
+        Ok(self.fetch(model, version, false)?.fetch.unwrap_or_default())
+    }
+
+    /// A version's manifest with its files in the cache (and in memory, if `read`).
+    fn fetch(&self, model: &str, version: u64, read: bool) -> Result<VerifiedVersion> {
         let fail = |reason: String| Error::Load { model: model.to_owned(), version, reason };
         let bytes = self.bucket.io.block_on(self.manifest_bytes(model, version))?;
         let manifest = Manifest::from_json(&bytes, &self.manifest_origin(model, version))?;
@@ -151,30 +151,16 @@ impl Remote {
             .map(|f| self.bucket.key(&[model, &version.to_string(), &f.path]))
             .collect::<Result<_>>()?;
         self.bucket.io.block_on(self.check_objects(&manifest.files, &keys)).map_err(fail)?;
-        let mut report = FetchReport::default();
-        let mut files = BTreeMap::new();
-        let mut pins = Vec::new();
-        for (entry, key) in manifest.files.iter().zip(&keys) {
-            let (data, pin, fetched) = self
-                .cache
-                .fetch(entry, &mut |offset, out| {
-                    self.bucket.io.block_on(self.bucket.download(key, offset, entry.size, out))
-                })
-                .map_err(|e| match e {
-                    Error::ModelFile(reason) => fail(reason),
-                    other => other,
-                })?;
-            match fetched {
-                Fetched::Cached => report.files_cached += 1,
-                Fetched::Downloaded(n) => {
-                    report.files_downloaded += 1;
-                    report.bytes_downloaded += n;
-                }
-            }
-            files.insert(entry.path.clone(), data);
-            pins.push(pin);
-        }
-        report.seconds = started.elapsed().as_secs_f64();
+        let fetched = self.cache.fetch_version(
+            &manifest.files,
+            read,
+            |index, offset, out| {
+                let size = manifest.files[index].size;
+                self.bucket.io.block_on(self.bucket.download(&keys[index], offset, size, out))
+            },
+            fail,
+        )?;
+        let report = fetched.report;
         tracing::info!(
             model,
             version,
@@ -184,6 +170,7 @@ impl Remote {
             seconds = report.seconds,
             "fetched a version"
         );
+        let (files, pins) = (fetched.files, fetched.pins);
         Ok(VerifiedVersion { digest: manifest_digest(&bytes), manifest, files, fetch: Some(report), pins })
     }
 
