@@ -30,6 +30,31 @@ pub fn open(spec: DeviceSpec) -> Result<Device> {
     }
 }
 
+/// The CPU's model name, thread count and the vector extensions the kernels use, as figures
+/// print it beside their numbers.
+pub fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split(':').nth(1))
+            .map(str::trim)
+            .unwrap_or("unknown")
+            .to_owned()
+    };
+    let flags = field("flags");
+    let present: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+        .into_iter()
+        .filter(|flag| flags.split_whitespace().any(|f| f == *flag))
+        .collect();
+    format!(
+        "{}, {} threads, {}",
+        field("model name"),
+        std::thread::available_parallelism().map_or(0, usize::from),
+        present.join(" ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     compute_threads::pin(compute_threads::default_threads());
     // Every section's figures are of this CPU.
-    println!("CPU: {}", cpu_description());
+    println!("CPU: {}", lantern_runtime::device::cpu_description());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         if args.sections.contains(&Section::Serving) {
@@ -134,30 +134,6 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
-}
-
-/// The CPU's model name and the vector extensions the kernels use.
-fn cpu_description() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split(':').nth(1))
-            .map(str::trim)
-            .unwrap_or("unknown")
-            .to_owned()
-    };
-    let flags = field("flags");
-    let present: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
-        .into_iter()
-        .filter(|flag| flags.split_whitespace().any(|f| f == *flag))
-        .collect();
-    format!(
-        "{}, {} threads, {}",
-        field("model name"),
-        std::thread::available_parallelism().map_or(0, usize::from),
-        present.join(" ")
-    )
 }
 
 async fn throughput(args: &Args) -> anyhow::Result<()> {
