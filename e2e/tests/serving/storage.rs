@@ -3,7 +3,7 @@
 //! node cache (a restarted worker downloads nothing; a version whose objects do not match its
 //! manifest is refused while the served one answers), and an InferenceService reads its versions
 //! from the bucket with the credentials of a Secret, rolls a new one out as a canary, and a
-//! replaced pod loads from the node's cache.
+//! replaced pod loads from the node's cache; another serves a version from an OCI registry.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -238,6 +238,32 @@ async fn the_worker_publishes_to_an_oci_registry_and_serves_from_it() {
         http.post(format!("{base}/v2/models/iris/infer")).json(&body).send().await.unwrap().json().await.unwrap();
     assert_eq!(answer["model_version"], "2", "{answer}");
     stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_serves_a_version_from_an_oci_registry() {
+    let Some(registry) = OciRegistry::start().unwrap() else { return };
+    let repository = format!("oci://{}/lantern", registry.address);
+    assert_eq!(publish_mlp(&repository, &[], "adder", LAYERS, 1, &["eval_loss=0.5"]).await.unwrap(), 1);
+    let stack = Stack::start().await.unwrap();
+    let source = format!("repository: {{uri: \"{repository}\"}}");
+    let service = SERVICE.replace("repository: {claimName: models}", &source);
+    let applied = stack.apply(&service).await.unwrap();
+    assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
+    let ready =
+        stack.wait_for("isvc/adder", "Ready", Duration::from_secs(90), |s| condition(s, "Ready").0 == "True").await;
+    assert_eq!(ready["status"]["stableVersion"], 1);
+    let version = ready["status"]["versions"].as_array().unwrap().iter().find(|v| v["version"] == 1).unwrap();
+    // Each pod's own emptyDir cache: each downloaded the version.
+    assert_eq!(version["fetch"]["downloaded"], version["available"], "{version}");
+    let address = stack.service_address("adder").await.unwrap();
+    let mut client = lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::connect(
+        format!("http://{address}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(client.model_infer(request()).await.unwrap().into_inner().model_version, "1");
+    stack.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
