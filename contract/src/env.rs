@@ -15,6 +15,9 @@ pub const REPOSITORY: &str = "LANTERN_REPOSITORY";
 pub const CACHE_DIR: &str = "LANTERN_CACHE_DIR";
 /// The node-local cache's budget in MiB.
 pub const CACHE_BUDGET_MIB: &str = "LANTERN_CACHE_BUDGET_MIB";
+/// The username and password for an `oci://` repository's registry.
+pub const OCI_USERNAME: &str = "LANTERN_OCI_USERNAME";
+pub const OCI_PASSWORD: &str = "LANTERN_OCI_PASSWORD";
 /// Where models run: `cpu`, `cuda` or `cuda:N`.
 pub const DEVICE: &str = "LANTERN_DEVICE";
 

@@ -241,6 +241,29 @@ async fn the_worker_publishes_to_an_oci_registry_and_serves_from_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_worker_logs_in_to_a_registry_that_asks_for_credentials() {
+    let Some(registry) = OciRegistry::start_with_login("lantern", "registry-secret").unwrap() else { return };
+    let repository = format!("oci://{}/lantern", registry.address);
+    let source = tempfile::tempdir().unwrap();
+    let source = source.path().to_str().unwrap();
+    assert!(worker(&["init-mlp", "--layers", "4,8,3", "--out", source], &[]).0);
+    let publish = ["publish", "--repository", &repository, "--model", "iris", "--source", source];
+    let (ok, said) = worker(&publish, &[]);
+    assert!(!ok && said.contains("asks for a username and password: set LANTERN_OCI_USERNAME"), "{said}");
+    let wrong = [("LANTERN_OCI_USERNAME", "lantern".to_owned()), ("LANTERN_OCI_PASSWORD", "wrong".to_owned())];
+    let (ok, said) = worker(&publish, &wrong);
+    assert!(!ok && said.contains("401"), "{said}");
+    let login =
+        [("LANTERN_OCI_USERNAME", "lantern".to_owned()), ("LANTERN_OCI_PASSWORD", "registry-secret".to_owned())];
+    let (ok, said) = worker(&publish, &login);
+    assert!(ok && said.contains("version 1"), "{said}");
+    let cache = tempfile::tempdir().unwrap();
+    let (server, base) = serve_from(&repository, &["--cache-dir", cache.path().to_str().unwrap()], &login).await;
+    wait_ready(&base, "iris", 1).await;
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_service_serves_a_version_from_an_oci_registry() {
     let Some(registry) = OciRegistry::start().unwrap() else { return };
     let repository = format!("oci://{}/lantern", registry.address);

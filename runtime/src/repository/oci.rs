@@ -10,7 +10,11 @@
 //! every reqwest client (the devcluster's probes, the tests) need a process-wide crypto provider
 //! installed first. What a repository needs of the API is small: tags, manifests and blobs by
 //! digest, monolithic blob uploads, and the catalog. Registries are reached over https, or plain
-//! http on loopback (`localhost`, `127.0.0.0/8`, `[::1]`); anonymous access only for now.
+//! http on loopback (`localhost`, `127.0.0.0/8`, `[::1]`). A registry that answers 401 gets
+//! what its challenge asks for: Basic credentials, or a Bearer token from its token service
+//! (asked with the credentials, if any); the credentials come from `LANTERN_OCI_USERNAME` and
+//! `LANTERN_OCI_PASSWORD` (a Secret's keys), and go to no other host (a redirected blob read
+//! gets none).
 //!
 //! **Publishing.** Files are hashed, uploaded unless the registry has the blob already, the
 //! config blob last, then the manifest is put under the version's tag. A tag appears whole or
@@ -26,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use http::{Method, Request, Response, StatusCode, header};
@@ -86,6 +91,15 @@ struct TagList {
     tags: Option<Vec<String>>,
 }
 
+/// A token service's answer (either field, per the distribution token spec).
+#[derive(Debug, Deserialize)]
+struct Token {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 struct Catalog {
     #[serde(default)]
@@ -101,6 +115,10 @@ pub struct Oci {
     registry: String,
     prefix: String,
     cache: Cache,
+    /// The username and password from the environment, if any.
+    credentials: Option<(String, String)>,
+    /// What the registry last asked for, sent with every request to it.
+    authorization: std::sync::Mutex<Option<http::HeaderValue>>,
 }
 
 impl std::fmt::Debug for Oci {
@@ -131,6 +149,10 @@ impl Oci {
             registry: registry.to_owned(),
             prefix: prefix.to_owned(),
             cache: Cache::open(cache)?,
+            credentials: std::env::var(lantern_contract::env::OCI_USERNAME)
+                .ok()
+                .zip(std::env::var(lantern_contract::env::OCI_PASSWORD).ok()),
+            authorization: std::sync::Mutex::default(),
         })
     }
 
@@ -278,9 +300,12 @@ impl Oci {
             if self.exists(&tag, OCI_MANIFEST).await? {
                 return Err(Error::invalid(format!("version {version} already exists in {}/{model}", self.location())));
             }
-            let body = serde_json::to_vec(&artifact).expect("a manifest serializes; this is a bug");
-            let request = self.request(Method::PUT, &tag).header(header::CONTENT_TYPE, OCI_MANIFEST);
-            let response = self.send(request.body(full(Bytes::from(body))).map_err(bad_request)?).await?;
+            let body = Bytes::from(serde_json::to_vec(&artifact).expect("a manifest serializes; this is a bug"));
+            let put = || {
+                let request = self.request(Method::PUT, &tag).header(header::CONTENT_TYPE, OCI_MANIFEST);
+                request.body(full(body.clone())).map_err(bad_request)
+            };
+            let response = self.send(put).await?;
             expect(response, &[StatusCode::CREATED], &format!("putting the manifest of {name}:{version}")).await?;
             Ok(version)
         })
@@ -329,11 +354,14 @@ impl Oci {
     /// Streams blob `descriptor` of `name` from `offset` into `out`.
     async fn download(&self, name: &str, descriptor: &Descriptor, offset: u64, out: &mut dyn Write) -> Result<()> {
         let path = format!("/v2/{name}/blobs/{}", descriptor.digest);
-        let mut request = self.request(Method::GET, &path);
-        if offset > 0 {
-            request = request.header(header::RANGE, format!("bytes={offset}-"));
-        }
-        let mut response = self.send(request.body(empty()).map_err(bad_request)?).await?;
+        let get = || {
+            let mut request = self.request(Method::GET, &path);
+            if offset > 0 {
+                request = request.header(header::RANGE, format!("bytes={offset}-"));
+            }
+            request.body(empty()).map_err(bad_request)
+        };
+        let mut response = self.send(get).await?;
         // Registries on object storage redirect blob reads to the store.
         if response.status().is_redirection()
             && let Some(location) = response.headers().get(header::LOCATION).and_then(|l| l.to_str().ok())
@@ -342,7 +370,8 @@ impl Oci {
             if offset > 0 {
                 redirected = redirected.header(header::RANGE, format!("bytes={offset}-"));
             }
-            response = self.send(redirected.body(empty()).map_err(bad_request)?).await?;
+            // Another host (a presigned URL): none of the registry's credentials go there.
+            response = self.send_once(redirected.body(empty()).map_err(bad_request)?).await?;
         }
         let expected = if offset > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
         if response.status() != expected {
@@ -375,8 +404,8 @@ impl Oci {
         if self.exists(&format!("/v2/{name}/blobs/{digest}"), "*/*").await? {
             return Ok(());
         }
-        let start = self.request(Method::POST, &format!("/v2/{name}/blobs/uploads/"));
-        let response = self.send(start.body(empty()).map_err(bad_request)?).await?;
+        let uploads = format!("/v2/{name}/blobs/uploads/");
+        let response = self.send(|| self.request(Method::POST, &uploads).body(empty()).map_err(bad_request)).await?;
         let response = expect(response, &[StatusCode::ACCEPTED], &format!("starting the upload of {digest}")).await?;
         let location = response
             .headers()
@@ -388,28 +417,32 @@ impl Oci {
             true => format!("{location}{separator}digest={digest}"),
             false => format!("{}{location}{separator}digest={digest}", self.base),
         };
-        let body = match source {
-            BlobSource::Bytes(bytes) => full(bytes),
-            BlobSource::File(path) => {
-                let file = tokio::fs::File::open(path)
-                    .await
-                    .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-                let frames = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map_ok(Frame::data);
-                BodyExt::boxed(StreamBody::new(frames))
-            }
+        let put = || {
+            let body = match &source {
+                BlobSource::Bytes(bytes) => full(bytes.clone()),
+                BlobSource::File(path) => {
+                    let file =
+                        std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+                    let frames = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20)
+                        .map_ok(Frame::data);
+                    BodyExt::boxed(StreamBody::new(frames))
+                }
+            };
+            let request = Request::put(&url)
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::CONTENT_LENGTH, size);
+            request.body(body).map_err(bad_request)
         };
-        let put = Request::put(url)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .header(header::CONTENT_LENGTH, size);
-        let response = self.send(put.body(body).map_err(bad_request)?).await?;
+        let response = self.send(put).await?;
         expect(response, &[StatusCode::CREATED], &format!("uploading {digest}")).await?;
         Ok(())
     }
 
     /// Whether a HEAD of `path` finds something.
     async fn exists(&self, path: &str, accept: &str) -> Result<bool> {
-        let request = self.request(Method::HEAD, path).header(header::ACCEPT, accept);
-        let response = self.send(request.body(empty()).map_err(bad_request)?).await?;
+        let head =
+            || self.request(Method::HEAD, path).header(header::ACCEPT, accept).body(empty()).map_err(bad_request);
+        let response = self.send(head).await?;
         match response.status() {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -419,8 +452,8 @@ impl Oci {
 
     /// A JSON document, bounded; `None` on 404.
     async fn get_json(&self, path: &str, accept: &str) -> Result<Option<Bytes>> {
-        let request = self.request(Method::GET, path).header(header::ACCEPT, accept);
-        let response = self.send(request.body(empty()).map_err(bad_request)?).await?;
+        let get = || self.request(Method::GET, path).header(header::ACCEPT, accept).body(empty()).map_err(bad_request);
+        let response = self.send(get).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -436,7 +469,74 @@ impl Oci {
         Request::builder().method(method).uri(format!("{}{path}", self.base))
     }
 
-    async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>> {
+    /// Sends the request `build` makes with the registry's credentials. On a 401 the challenge
+    /// is answered (Basic with the credentials, or a Bearer token from the challenge's realm,
+    /// asked with them if there are any) and the request made again.
+    async fn send(&self, build: impl Fn() -> Result<Request<Body>>) -> Result<Response<Incoming>> {
+        let response = self.send_once(self.authorized(build()?)).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let challenge = response.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+        let authorization = self.answer(challenge.unwrap_or_default()).await?;
+        *self.authorization.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(authorization);
+        self.send_once(self.authorized(build()?)).await
+    }
+
+    /// `request` with the Authorization the registry last asked for.
+    fn authorized(&self, mut request: Request<Body>) -> Request<Body> {
+        let known = self.authorization.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(value) = known {
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        request
+    }
+
+    /// The Authorization that answers `challenge` (a `WWW-Authenticate` value).
+    async fn answer(&self, challenge: &str) -> Result<http::HeaderValue> {
+        let needs = |what: &str| {
+            Error::invalid(format!(
+                "oci://{} asks for {what}: set {} and {} (from the repository's Secret)",
+                self.registry,
+                lantern_contract::env::OCI_USERNAME,
+                lantern_contract::env::OCI_PASSWORD
+            ))
+        };
+        let basic = self.credentials.as_ref().map(|(user, password)| {
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+        });
+        let (scheme, params) = parse_challenge(challenge);
+        let value = match scheme.to_ascii_lowercase().as_str() {
+            "basic" => basic.ok_or_else(|| needs("a username and password"))?,
+            "bearer" => {
+                let realm = params.get("realm").ok_or_else(|| needs("a token from an unnamed realm"))?;
+                let query: Vec<String> = ["service", "scope"]
+                    .iter()
+                    .filter_map(|key| Some(format!("{key}={}", params.get(*key)?)))
+                    .collect();
+                let separator = if realm.contains('?') { '&' } else { '?' };
+                let mut request = Request::get(format!("{realm}{separator}{}", query.join("&")));
+                if let Some(basic) = &basic {
+                    request = request.header(header::AUTHORIZATION, basic);
+                }
+                let response = self.send_once(request.body(empty()).map_err(bad_request)?).await?;
+                if response.status() == StatusCode::UNAUTHORIZED {
+                    return Err(needs("credentials its token service accepts"));
+                }
+                let response = expect(response, &[StatusCode::OK], &format!("a token from {realm}")).await?;
+                let body = http_body_util::Limited::new(response.into_body(), MAX_JSON_BYTES).collect().await;
+                let body = body.map_err(|e| Error::invalid(format!("a token from {realm}: {e}")))?.to_bytes();
+                let token: Token = parse(&body, "the token service's answer")?;
+                let token =
+                    token.token.or(token.access_token).ok_or_else(|| needs("a token its service did not give"))?;
+                format!("Bearer {token}")
+            }
+            _ => return Err(needs(&format!("authentication of an unknown kind ({challenge:?})"))),
+        };
+        http::HeaderValue::from_str(&value).map_err(|_| needs("credentials that cannot go in a header"))
+    }
+
+    async fn send_once(&self, request: Request<Body>) -> Result<Response<Incoming>> {
         let what = format!("{} {}", request.method(), request.uri().path());
         tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(request))
             .await
@@ -480,6 +580,25 @@ fn bad_request(error: http::Error) -> Error {
     Error::invalid(format!("building a registry request: {error}"))
 }
 
+/// A `WWW-Authenticate` challenge: its scheme and its `key="value"` parameters (quoted values
+/// may hold commas, as scopes do).
+fn parse_challenge(challenge: &str) -> (String, BTreeMap<String, String>) {
+    let (scheme, rest) = challenge.trim().split_once(' ').unwrap_or((challenge.trim(), ""));
+    let mut params = BTreeMap::new();
+    let mut rest = rest.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim().to_owned();
+        let after = after.trim_start();
+        let (value, remaining) = match after.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        params.insert(key, value.to_owned());
+        rest = remaining.trim_start_matches(',').trim();
+    }
+    (scheme.to_owned(), params)
+}
+
 /// A file's size and sha256, read once.
 fn hash_file(path: &Path) -> Result<(u64, String)> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
@@ -492,6 +611,20 @@ fn hash_file(path: &Path) -> Result<(u64, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn challenges_give_their_scheme_and_parameters() {
+        let (scheme, params) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(scheme, "Bearer");
+        assert_eq!(params["realm"], "https://auth.example/token");
+        assert_eq!(params["service"], "registry.example");
+        assert_eq!(params["scope"], "repository:a/b:pull,push");
+        let (scheme, params) = parse_challenge(r#"Basic realm="lantern""#);
+        assert_eq!((scheme.as_str(), params["realm"].as_str()), ("Basic", "lantern"));
+        assert_eq!(parse_challenge("").0, "");
+    }
 
     #[test]
     fn loopback_registries_speak_plain_http() {
