@@ -9,6 +9,7 @@
 //! --workspace` builds them); a missing one is a clear error.
 
 pub mod azure;
+pub mod fault;
 pub mod oci;
 pub mod s3;
 

@@ -162,6 +162,28 @@ async fn the_worker_publishes_to_s3_and_serves_through_the_node_cache_refusing_a
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_download_cut_off_again_and_again_resumes_and_the_version_loads() {
+    let Some(s3) = S3Server::start().unwrap() else { return };
+    s3.bucket(&["create", "models"]).unwrap();
+    // About 1 MB of weights; the proxy cuts every connection after 128 KiB: each cut read resumes
+    // where it stopped (ranged GETs, in the store client and the cache), and the version loads.
+    assert_eq!(publish_mlp(REPOSITORY, &s3.env(), "iris", "4,512,512,3", 5, &[]).await.unwrap(), 1);
+    let upstream = s3.url.trim_start_matches("http://").to_owned();
+    let proxy = lantern_e2e::fault::CuttingProxy::start(&upstream, 128 << 10).await.unwrap();
+    let mut env = s3.env();
+    env.retain(|(key, _)| *key != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", proxy.url.clone()));
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["--cache-dir", cache.path().to_str().unwrap(), "--retry-base-ms", "100"];
+    let (server, base) = serve_from(REPOSITORY, &args, &env).await;
+    wait_ready(&base, "iris", 1).await;
+    let metrics = get(&format!("{base}/metrics")).await;
+    let downloaded = metric(&metrics, "lantern_model_downloaded_bytes_total{model=\"iris\"}");
+    assert!(downloaded > 1e6 && proxy.cuts() >= 8, "{downloaded} bytes downloaded, {} cuts", proxy.cuts());
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_worker_publishes_to_azure_blob_and_serves_from_it() {
     let Some(azure) = AzureServer::start().unwrap() else { return };
     azure.create_container("models").unwrap();
