@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -41,11 +40,7 @@ impl AzureServer {
             .spawn()
             .context("starting azurite")?;
         let server = Self { process, url: format!("http://127.0.0.1:{port}"), _data: data };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "azurite did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::wait_for_port(port, "azurite")?;
         Ok(Some(server))
     }
 

@@ -98,6 +98,16 @@ pub async fn publish_mlp(
     version.and_then(|v| v.parse().ok()).with_context(|| format!("no version in {said:?}"))
 }
 
+/// Waits up to 30 s for a server (`what`) to accept connections on the loopback `port`.
+pub fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{what} did not start on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// Lower-case hex sha256 of `bytes`, as manifests and registries name content.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;

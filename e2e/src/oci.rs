@@ -3,7 +3,6 @@
 //! with its storage in a temporary directory.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -69,11 +68,7 @@ impl OciRegistry {
             .spawn()
             .context("starting docker-registry")?;
         let registry = Self { process, address: format!("127.0.0.1:{port}"), _data: data };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "docker-registry did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::wait_for_port(port, "docker-registry")?;
         Ok(Some(registry))
     }
 }

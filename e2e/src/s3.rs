@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -36,11 +35,7 @@ impl S3Server {
             .spawn()
             .context("starting moto")?;
         let server = Self { process, url: format!("http://127.0.0.1:{port}"), site };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "moto did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::wait_for_port(port, "moto")?;
         Ok(Some(server))
     }
 

@@ -101,6 +101,26 @@ impl Bucket {
         Ok(())
     }
 
+    /// Deletes every object under `prefix` that `keep` does not name; tries them all and
+    /// returns the first failure.
+    pub(super) async fn remove_under(&self, prefix: &Key, keep: impl Fn(&Key) -> bool) -> Result<()> {
+        let objects: Vec<_> = self
+            .store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::storage(format!("listing {}", self.show(prefix)), e))?;
+        let mut first_failure = Ok(());
+        for object in objects.iter().filter(|o| !keep(&o.location)) {
+            if let Err(e) = self.store.delete(&object.location).await
+                && first_failure.is_ok()
+            {
+                first_failure = Err(Error::storage(format!("deleting {}", self.show(&object.location)), e));
+            }
+        }
+        first_failure
+    }
+
     /// Uploads a file, hashing it as it is read; returns its size and sha256.
     pub(super) async fn upload(&self, path: &Path, key: &Key) -> Result<(u64, String)> {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
@@ -208,23 +228,7 @@ impl ObjectDir {
     /// Deletes every object under `relative`.
     pub fn remove(&self, relative: &str) -> Result<()> {
         let prefix = self.bucket.key(&[relative])?;
-        self.bucket.io.block_on(async {
-            let objects: Vec<_> = self
-                .bucket
-                .store
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(|e| Error::storage(format!("listing {}", self.bucket.show(&prefix)), e))?;
-            for object in objects {
-                self.bucket
-                    .store
-                    .delete(&object.location)
-                    .await
-                    .map_err(|e| Error::storage(format!("deleting {}", self.bucket.show(&object.location)), e))?;
-            }
-            Ok(())
-        })
+        self.bucket.io.block_on(self.bucket.remove_under(&prefix, |_| false))
     }
 }
 
@@ -245,43 +249,39 @@ fn object_store(kind: ObjectStoreKind, bucket: &str) -> Result<Arc<dyn ObjectSto
         })
     };
     let failed = |e| Error::storage(format!("configuring {}://{bucket}", kind.scheme()), e);
+    // Every variable of the store's prefix that its builder knows, by its lower-cased name.
+    macro_rules! configured {
+        ($builder:expr, $prefix:literal) => {{
+            let vars = env($prefix);
+            let mut builder =
+                $builder.with_http_connector(Connector).with_client_options(client_options(allow_http(&vars)));
+            for (key, value) in vars {
+                if let Ok(key) = key.parse() {
+                    builder = builder.with_config(key, value);
+                }
+            }
+            builder
+        }};
+    }
     let store: Arc<dyn ObjectStore> = match kind {
-        ObjectStoreKind::S3 => {
-            let vars = env("AWS_");
-            let mut builder = object_store::aws::AmazonS3Builder::new()
-                .with_http_connector(Connector)
-                .with_client_options(client_options(allow_http(&vars)));
-            for (key, value) in vars {
-                if let Ok(key) = key.parse() {
-                    builder = builder.with_config(key, value);
-                }
-            }
-            Arc::new(builder.with_bucket_name(bucket).build().map_err(failed)?)
-        }
-        ObjectStoreKind::Gcs => {
-            let vars = env("GOOGLE_");
-            let mut builder = object_store::gcp::GoogleCloudStorageBuilder::new()
-                .with_http_connector(Connector)
-                .with_client_options(client_options(allow_http(&vars)));
-            for (key, value) in vars {
-                if let Ok(key) = key.parse() {
-                    builder = builder.with_config(key, value);
-                }
-            }
-            Arc::new(builder.with_bucket_name(bucket).build().map_err(failed)?)
-        }
-        ObjectStoreKind::Azure => {
-            let vars = env("AZURE_");
-            let mut builder = object_store::azure::MicrosoftAzureBuilder::new()
-                .with_http_connector(Connector)
-                .with_client_options(client_options(allow_http(&vars)));
-            for (key, value) in vars {
-                if let Ok(key) = key.parse() {
-                    builder = builder.with_config(key, value);
-                }
-            }
-            Arc::new(builder.with_container_name(bucket).build().map_err(failed)?)
-        }
+        ObjectStoreKind::S3 => Arc::new(
+            configured!(object_store::aws::AmazonS3Builder::new(), "AWS_")
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(failed)?,
+        ),
+        ObjectStoreKind::Gcs => Arc::new(
+            configured!(object_store::gcp::GoogleCloudStorageBuilder::new(), "GOOGLE_")
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(failed)?,
+        ),
+        ObjectStoreKind::Azure => Arc::new(
+            configured!(object_store::azure::MicrosoftAzureBuilder::new(), "AZURE_")
+                .with_container_name(bucket)
+                .build()
+                .map_err(failed)?,
+        ),
     };
     Ok(store)
 }

@@ -171,8 +171,8 @@ impl Repository {
     pub fn read_verified(&self, model: &str, version: u64) -> Result<VerifiedVersion> {
         let root = match &self.backend {
             Backend::Local(root) => root,
-            Backend::Remote(remote) => return remote.read_verified(model, version),
-            Backend::Oci(oci) => return oci.read_verified(model, version),
+            Backend::Remote(remote) => return remote.read_verified(model, version).inspect(log_fetch(model, version)),
+            Backend::Oci(oci) => return oci.read_verified(model, version).inspect(log_fetch(model, version)),
         };
         let dir = root.join(model).join(version.to_string());
         let manifest_path = dir.join(MANIFEST_FILE);
@@ -190,6 +190,23 @@ impl Repository {
             files.insert(entry.path.clone(), data);
         }
         Ok(VerifiedVersion { manifest, digest, files, fetch: None, pins: Vec::new() })
+    }
+}
+
+/// Logs what reading a remote version fetched.
+fn log_fetch(model: &str, version: u64) -> impl Fn(&VerifiedVersion) + '_ {
+    move |verified| {
+        if let Some(report) = &verified.fetch {
+            tracing::info!(
+                model,
+                version,
+                cached = report.files_cached,
+                downloaded = report.files_downloaded,
+                bytes = report.bytes_downloaded,
+                seconds = report.seconds,
+                "fetched a version"
+            );
+        }
     }
 }
 

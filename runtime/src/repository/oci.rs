@@ -381,6 +381,8 @@ impl Oci {
                 response.status()
             )));
         }
+        // A registry that sends more than the descriptor says is refused before it sizes anything.
+        let mut remaining = descriptor.size.saturating_sub(offset);
         let mut body = response.into_body();
         loop {
             let frame = tokio::time::timeout(READ_TIMEOUT, body.frame()).await.map_err(|_| {
@@ -393,6 +395,9 @@ impl Oci {
             let Some(frame) = frame else { break };
             let frame = frame.map_err(|e| Error::ModelFile(format!("reading blob {}: {e}", descriptor.digest)))?;
             if let Ok(data) = frame.into_data() {
+                remaining = remaining.checked_sub(data.len() as u64).ok_or_else(|| {
+                    Error::ModelFile(format!("blob {} is larger than its {} bytes", descriptor.digest, descriptor.size))
+                })?;
                 out.write_all(&data).map_err(|e| Error::io(format!("storing blob {}", descriptor.digest), e))?;
             }
         }

@@ -160,17 +160,7 @@ impl Remote {
             },
             fail,
         )?;
-        let report = fetched.report;
-        tracing::info!(
-            model,
-            version,
-            cached = report.files_cached,
-            downloaded = report.files_downloaded,
-            bytes = report.bytes_downloaded,
-            seconds = report.seconds,
-            "fetched a version"
-        );
-        let (files, pins) = (fetched.files, fetched.pins);
+        let (files, pins, report) = (fetched.files, fetched.pins, fetched.report);
         Ok(VerifiedVersion { digest: manifest_digest(&bytes), manifest, files, fetch: Some(report), pins })
     }
 
@@ -407,12 +397,10 @@ impl Remote {
         }
     }
 
+    /// Best effort: the objects of an uncommitted version but its claim.
     async fn remove_version(&self, model: &str, version: u64) {
         let Ok(prefix) = self.bucket.key(&[model, &version.to_string()]) else { return };
-        let objects: Vec<_> = self.bucket.store.list(Some(&prefix)).filter_map(|o| async { o.ok() }).collect().await;
-        for object in objects.iter().filter(|o| o.location.filename() != Some(CLAIM)) {
-            let _ = self.bucket.store.delete(&object.location).await;
-        }
+        let _ = self.bucket.remove_under(&prefix, |key| key.filename() == Some(CLAIM)).await;
     }
 }
 
