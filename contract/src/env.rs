@@ -15,6 +15,10 @@ pub const REPOSITORY: &str = "LANTERN_REPOSITORY";
 pub const CACHE_DIR: &str = "LANTERN_CACHE_DIR";
 /// The node-local cache's budget in MiB.
 pub const CACHE_BUDGET_MIB: &str = "LANTERN_CACHE_BUDGET_MIB";
+/// Seconds a download from a remote repository may go without a byte.
+pub const READ_TIMEOUT_SECONDS: &str = "LANTERN_READ_TIMEOUT_SECONDS";
+/// Ranged reads at once per file downloaded from a remote repository.
+pub const DOWNLOAD_STREAMS: &str = "LANTERN_DOWNLOAD_STREAMS";
 /// The username and password for an `oci://` repository's registry.
 pub const OCI_USERNAME: &str = "LANTERN_OCI_USERNAME";
 pub const OCI_PASSWORD: &str = "LANTERN_OCI_PASSWORD";

@@ -3,6 +3,7 @@
 //! device, token, repository) applied over it by [`JobConfig::apply_env`]. The operator writes
 //! the file from the CRD as this type; the worker's training crate parses, validates and runs it.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -376,6 +377,14 @@ pub struct OutputSpec {
     /// temporary directory).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Published versions kept: after each publish rank 0 removes the model's versions beyond
+    /// the newest `keep_versions`, except `held_versions`. Unset, every version is kept.
+    #[serde(default)]
+    pub keep_versions: Option<usize>,
+    /// Versions retention never removes (served or labelled ones). Under the operator: those
+    /// InferenceServices serve or label, kept current while the job runs.
+    #[serde(default)]
+    pub held_versions: BTreeSet<u64>,
 }
 
 impl OutputSpec {

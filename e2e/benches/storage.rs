@@ -4,7 +4,8 @@
 //! - the SmolLM2 GGUF version from the end of its publish to its first answered completion, from
 //!   a local directory, S3 with a cold node cache, OCI with a cold cache, and S3 with a warm cache
 //!   (the same file published again: its digest is in the cache);
-//! - download throughput (`lantern-worker prefetch`: store → verified cache file) beside `curl`
+//! - download throughput (`lantern-worker prefetch`: store → verified cache file, with one and
+//!   with four ranged reads at once) beside `curl`
 //!   of the same object from the same server;
 //! - peak RSS of `prefetch` on a file 10× the 64 MiB it is allowed, from OCI and from S3.
 
@@ -84,12 +85,14 @@ fn listed(samples: &[f64]) -> String {
     samples.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join(", ")
 }
 
-/// `prefetch` of `model` from `repository` into a fresh cache: (MB/s, peak RSS in MiB).
-async fn prefetch(repository: &str, model: &str, env: &Env) -> anyhow::Result<(f64, f64)> {
+/// `prefetch` of `model` from `repository` into a fresh cache with `streams` ranged reads at
+/// once: (MB/s, peak RSS in MiB).
+async fn prefetch(repository: &str, model: &str, env: &Env, streams: usize) -> anyhow::Result<(f64, f64)> {
     let cache = tempfile::tempdir()?;
     let cache_dir = cache.path().to_str().context("a UTF-8 path")?;
     let mut child = tokio::process::Command::new(binary("lantern-worker")?)
         .args(["prefetch", "--repository", repository, "--model", model, "--cache-dir", cache_dir])
+        .args(["--download-streams", &streams.to_string()])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .spawn()?;
@@ -111,6 +114,14 @@ async fn prefetch(repository: &str, model: &str, env: &Env) -> anyhow::Result<(f
     let bytes: f64 = said.split('(').nth(1).and_then(|r| r.split(' ').next()).context("bytes")?.parse()?;
     let seconds: f64 = said.rsplit(" in ").next().and_then(|r| r.split(' ').next()).context("seconds")?.parse()?;
     Ok((bytes / seconds / 1e6, peak))
+}
+
+fn print_throughput(store: &str, one: f64, four: f64, curl: f64) {
+    println!(
+        "  {store:<4} prefetch, 1 stream {one:7.1} MB/s ({:.2}× curl), 4 streams {four:7.1} MB/s ({:.2}× curl); curl {curl:7.1} MB/s",
+        one / curl,
+        four / curl
+    );
 }
 
 fn status_kib(pid: u32, field: &str) -> Option<f64> {
@@ -197,22 +208,22 @@ async fn main() -> anyhow::Result<()> {
     println!("download throughput, store → verified cache file (prefetch) vs curl to /dev/null:");
     let file = gguf.file_name().and_then(|f| f.to_str()).context("a file name")?;
     let sigv4 = ["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "lantern:lantern-secret"];
-    let (mut ours, mut theirs) = (vec![], vec![]);
+    let (mut one, mut four, mut theirs) = (vec![], vec![], vec![]);
     for _ in 0..RUNS {
-        ours.push(prefetch("s3://bench/repo", "smollm2-0", &s3_env).await?.0);
+        one.push(prefetch("s3://bench/repo", "smollm2-0", &s3_env, 1).await?.0);
+        four.push(prefetch("s3://bench/repo", "smollm2-0", &s3_env, 4).await?.0);
         theirs.push(curl(&format!("{}/bench/repo/smollm2-0/1/{file}", s3.url), &sigv4).await?);
     }
-    let (ours, theirs) = (median(ours), median(theirs));
-    println!("  S3:  prefetch {ours:7.1} MB/s, curl {theirs:7.1} MB/s ({:.2}× curl)", ours / theirs);
+    print_throughput("S3", median(one), median(four), median(theirs));
     let digest = format!("sha256:{}", lantern_e2e::sha256_hex(&std::fs::read(&gguf)?));
     let blob = format!("http://{}/v2/bench/smollm2-0/blobs/{digest}", registry.address);
-    let (mut ours, mut theirs) = (vec![], vec![]);
+    let (mut one, mut four, mut theirs) = (vec![], vec![], vec![]);
     for _ in 0..RUNS {
-        ours.push(prefetch(&oci, "smollm2-0", &none).await?.0);
+        one.push(prefetch(&oci, "smollm2-0", &none, 1).await?.0);
+        four.push(prefetch(&oci, "smollm2-0", &none, 4).await?.0);
         theirs.push(curl(&blob, &[]).await?);
     }
-    let (ours, theirs) = (median(ours), median(theirs));
-    println!("  OCI: prefetch {ours:7.1} MB/s, curl {theirs:7.1} MB/s ({:.2}× curl)", ours / theirs);
+    print_throughput("OCI", median(one), median(four), median(theirs));
 
     let large = tempfile::tempdir()?;
     let large_bytes = (10 * BUDGET_MIB) << 20;
@@ -221,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
     println!("peak RSS of prefetch of a {} MiB file (10× a {BUDGET_MIB} MiB budget):", large_bytes >> 20);
     for (name, repository, env) in [("OCI", oci.as_str(), &none), ("S3", "s3://bench/repo", &s3_env)] {
         run(&["publish", "--repository", repository, "--model", "large", "--source", source], env).await?;
-        let (rate, peak) = prefetch(repository, "large", env).await?;
+        let (rate, peak) = prefetch(repository, "large", env, 4).await?;
         println!("  {name}: {peak:.1} MiB peak RSS ({rate:.1} MB/s)");
     }
     Ok(())

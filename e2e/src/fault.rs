@@ -1,6 +1,7 @@
 //! Faults between a client and a real server: [`CuttingProxy`] forwards TCP connections to a
-//! server on loopback and cuts each one after a number of bytes from the server, as a server
-//! that goes away mid-download does.
+//! server on loopback and, after a number of bytes from the server, cuts each one (as a server
+//! that goes away mid-download does) or holds it open sending nothing more (as a stalled one
+//! does).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,7 +9,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A TCP proxy that closes every connection once `cut_after` bytes came back from the server.
+/// What the proxy does to a connection once its byte limit came back from the server.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Closes it.
+    Cut,
+    /// Keeps it open and forwards nothing more.
+    Stall,
+}
+
+/// A TCP proxy that faults every connection once `limit` bytes came back from the server.
 pub struct CuttingProxy {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
@@ -18,7 +28,7 @@ pub struct CuttingProxy {
 
 impl CuttingProxy {
     /// Proxies to `upstream` (`host:port`) on a free loopback port.
-    pub async fn start(upstream: &str, cut_after: usize) -> anyhow::Result<Self> {
+    pub async fn start(upstream: &str, limit: usize, fault: Fault) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let cuts = Arc::new(AtomicUsize::new(0));
@@ -28,7 +38,7 @@ impl CuttingProxy {
                 let (counter, upstream) = (counter.clone(), upstream.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else { return };
-                    if forward(client, server, cut_after).await {
+                    if forward(client, server, limit, fault).await {
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
                 });
@@ -37,7 +47,7 @@ impl CuttingProxy {
         Ok(Self { url, cuts, task })
     }
 
-    /// Connections cut so far.
+    /// Connections faulted so far.
     pub fn cuts(&self) -> usize {
         self.cuts.load(Ordering::Relaxed)
     }
@@ -50,8 +60,8 @@ impl Drop for CuttingProxy {
 }
 
 /// Copies both ways until either side closes, or `limit` bytes came from the server; whether
-/// it cut the connection.
-async fn forward(client: TcpStream, server: TcpStream, limit: usize) -> bool {
+/// it faulted the connection.
+async fn forward(client: TcpStream, server: TcpStream, limit: usize, fault: Fault) -> bool {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let requests = tokio::spawn(async move {
@@ -73,6 +83,12 @@ async fn forward(client: TcpStream, server: TcpStream, limit: usize) -> bool {
             break true;
         }
     };
+    if cut && matches!(fault, Fault::Stall) {
+        // Held open, silent, until the client gives up and closes it.
+        let _ = requests.await;
+        drop(client_write);
+        return true;
+    }
     requests.abort();
     cut
 }

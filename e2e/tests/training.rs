@@ -155,7 +155,7 @@ async fn a_job_publishes_to_s3_and_a_gang_restarted_on_fresh_pods_resumes_from_t
     assert!(stack.apply(&secret).await.unwrap().ok);
     let remote = job("remote", 1000, 250)
         .replace(MODELS_CLAIM, "")
-        .replace("{claimName: models}", "{uri: \"s3://models/repo\", secretRef: {name: s3}}");
+        .replace("{claimName: models}", "{uri: \"s3://models/repo\", secretRef: {name: s3}}\n    keepVersions: 2");
     let applied = stack.apply(&remote).await.unwrap();
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
     stack
@@ -177,11 +177,23 @@ async fn a_job_publishes_to_s3_and_a_gang_restarted_on_fresh_pods_resumes_from_t
     assert!(steps.windows(2).all(|w| w[0] < w[1]) && steps.last() == Some(&1000), "{steps:?}");
     let logs = stack.kubectl(&["logs", "remote-1-rank-0"]).await.unwrap();
     assert!(logs.stdout.contains("restored the training state"), "{}", logs.stdout);
-    // Versions and states are in the bucket; the states kept are the newest three.
+    // The newest two versions are in the bucket (keepVersions: 2), nothing of the older ones;
+    // the states kept are the newest three.
     let keys = s3.bucket(&["keys", "models"]).unwrap();
-    for version in 1..=steps.len() {
-        assert!(keys.contains(&format!("repo/remote/{version}/manifest.json")), "version {version}:\n{keys}");
+    let newest = steps.len() as u64;
+    for version in 1..=newest {
+        let kept = keys.contains(&format!("repo/remote/{version}/manifest.json"));
+        let any = keys.contains(&format!("repo/remote/{version}/"));
+        assert_eq!((kept, any), (version + 2 > newest, version + 2 > newest), "version {version}:\n{keys}");
     }
+    let removed: Vec<u64> = status["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["removed"] == true)
+        .map(|c| c["version"].as_u64().unwrap())
+        .collect();
+    assert!(removed.contains(&(newest - 2)) && removed.iter().all(|v| v + 2 <= newest), "{status:#}");
     let states: std::collections::BTreeSet<&str> = keys
         .lines()
         .filter_map(|k| k.strip_prefix("repo/.lantern-training/default/remote/")?.split('/').next())

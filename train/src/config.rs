@@ -6,7 +6,7 @@
 use std::path::Path;
 
 pub use lantern_contract::job::*;
-use lantern_runtime::repository::{CacheSettings, Repository};
+use lantern_runtime::repository::{CacheSettings, RemoteSettings, Repository};
 
 use crate::error::{Error, Result};
 
@@ -16,8 +16,8 @@ const CACHE_BUDGET_BYTES: u64 = 64 << 30;
 /// The repository at `location` (a directory or URI), read through the job's node cache
 /// (`output.local_root()`) when remote.
 pub fn open_repository(location: &str, output: &OutputSpec) -> Result<Repository> {
-    let cache = CacheSettings { dir: output.local_root(), budget_bytes: CACHE_BUDGET_BYTES };
-    Ok(Repository::open(location, &cache)?)
+    let cache = CacheSettings::new(output.local_root(), CACHE_BUDGET_BYTES);
+    Ok(Repository::open(location, &RemoteSettings::new(cache))?)
 }
 
 /// Reads `path` (YAML when it ends in `.yaml` or `.yml`, JSON otherwise), applies the

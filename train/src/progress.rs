@@ -3,7 +3,7 @@
 //! throughput, ETA, every published version with its metrics and digest, and every rank's
 //! heartbeat. The final state is also rank 0's termination message.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -54,6 +54,10 @@ struct State {
     baseline: HashMap<String, f64>,
     failure: String,
     heartbeats: Vec<Option<(Instant, u64)>>,
+    /// Versions retention keeps beyond the newest ones: the job file's, then the operator's.
+    held: BTreeSet<u64>,
+    /// Versions retention removed.
+    removed: Vec<u64>,
 }
 
 struct Gauges {
@@ -115,6 +119,8 @@ impl Progress {
             baseline: HashMap::new(),
             failure: String::new(),
             heartbeats: vec![None; world_size],
+            held: BTreeSet::new(),
+            removed: Vec::new(),
         };
         Arc::new(Self { examples, state: Mutex::new(state), registry, gauges })
     }
@@ -164,6 +170,20 @@ impl Progress {
         self.state().baseline = metrics.iter().cloned().collect();
     }
 
+    /// Replaces the versions retention keeps beyond the newest ones.
+    pub fn hold(&self, versions: BTreeSet<u64>) {
+        self.state().held = versions;
+    }
+
+    pub fn held(&self) -> BTreeSet<u64> {
+        self.state().held.clone()
+    }
+
+    /// Records versions retention removed.
+    pub fn removed(&self, versions: &[u64]) {
+        self.state().removed.extend_from_slice(versions);
+    }
+
     pub fn set_phase(&self, phase: TrainingPhase) {
         self.state().phase = phase;
     }
@@ -211,6 +231,7 @@ impl Progress {
             failure: state.failure.clone(),
             published: state.published.clone(),
             baseline: state.baseline.clone(),
+            removed: state.removed.clone(),
         }
     }
 
@@ -225,10 +246,14 @@ impl Progress {
                 "{TERMINATION_PREFIX}{}",
                 base64::engine::general_purpose::STANDARD.encode(snapshot.encode_to_vec())
             );
-            if message.len() <= TERMINATION_LIMIT || snapshot.published.is_empty() {
+            if message.len() <= TERMINATION_LIMIT || snapshot.published.is_empty() && snapshot.removed.is_empty() {
                 return message;
             }
-            snapshot.published.remove(0);
+            if snapshot.removed.is_empty() {
+                snapshot.published.remove(0);
+            } else {
+                snapshot.removed.remove(0);
+            }
         }
     }
 
@@ -341,8 +366,11 @@ struct Service(Arc<Progress>);
 impl TrainingService for Service {
     async fn get_progress(
         &self,
-        _: Request<GetProgressRequest>,
+        request: Request<GetProgressRequest>,
     ) -> std::result::Result<Response<TrainingProgress>, Status> {
+        if let Some(held) = request.into_inner().held {
+            self.0.hold(held.versions.into_iter().collect());
+        }
         Ok(Response::new(self.0.snapshot()))
     }
 }

@@ -30,7 +30,7 @@ use super::optim::{self, AdamW};
 use super::params::{Params, model_error};
 use super::progress::{Progress, ProgressServer};
 use crate::error::{Error, Result};
-use lantern_runtime::repository::{self, ObjectDir, PublishRequest, Repository};
+use lantern_runtime::repository::{self, ObjectDir, PublishRequest, Repository, retention};
 
 /// The metric a published version records its training step under.
 pub const STEP_METRIC: &str = "step";
@@ -165,7 +165,9 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
     let cluster = &config.cluster;
     let progress = (cluster.rank == 0).then(|| {
         let batch = config.schedule.global_batch;
-        Progress::new(&config.output.model, config.schedule.steps, cluster.world_size, batch)
+        let progress = Progress::new(&config.output.model, config.schedule.steps, cluster.world_size, batch);
+        progress.hold(config.output.held_versions.clone());
+        progress
     });
     let token = cluster.token_file.as_deref().map(lantern_proto::auth::read_token_file).transpose()?;
     let _server = match &progress {
@@ -462,6 +464,13 @@ impl Job<'_> {
         tracing::info!(model = %output.model, version, step = saved.state.step, ?metrics, %digest, "published a version");
         progress.published(version, &metrics, &digest);
         self.published.push(version);
+        if let Some(keep) = output.keep_versions {
+            // Retention never fails the job: a removal that fails is retried after the next publish.
+            match retention::retain(&self.repository, &output.model, keep, &progress.held()) {
+                Ok(removed) => progress.removed(&removed),
+                Err(error) => tracing::warn!(%error, "listing versions for retention failed"),
+            }
+        }
         Ok(())
     }
 }

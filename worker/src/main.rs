@@ -16,7 +16,7 @@ use lantern_contract::env;
 use lantern_runtime::compute_threads;
 use lantern_runtime::device::{self, DeviceSpec};
 use lantern_runtime::model::mlp;
-use lantern_runtime::repository::{self, CacheSettings, PublishRequest, Repository};
+use lantern_runtime::repository::{self, CacheSettings, PublishRequest, RemoteSettings, Repository};
 use lantern_serve::auth::Credentials;
 use lantern_serve::batcher::BatchSettings;
 use lantern_serve::config::{ModelPolicy, VersionPolicy};
@@ -95,13 +95,26 @@ struct RepositoryArgs {
     /// version uses are removed.
     #[arg(long, env = env::CACHE_BUDGET_MIB, default_value_t = 20 * 1024)]
     cache_budget_mib: u64,
+    /// Seconds a download from a remote repository may go without a byte before it fails (and
+    /// is retried from where it stopped).
+    #[arg(long, env = env::READ_TIMEOUT_SECONDS, default_value_t = RemoteSettings::DEFAULT_READ_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    read_timeout_seconds: u64,
+    /// Ranged reads at once per file downloaded from a remote repository (parts of 16 MiB; one
+    /// stream reads each file whole).
+    #[arg(long, env = env::DOWNLOAD_STREAMS, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    download_streams: u64,
 }
 
 impl RepositoryArgs {
     fn open(&self) -> anyhow::Result<Repository> {
-        let cache =
-            CacheSettings { dir: self.cache_dir.clone(), budget_bytes: self.cache_budget_mib.saturating_mul(1 << 20) };
-        Ok(Repository::open(&self.repository, &cache)?)
+        let cache = CacheSettings {
+            dir: self.cache_dir.clone(),
+            budget_bytes: self.cache_budget_mib.saturating_mul(1 << 20),
+            streams: self.download_streams as usize,
+        };
+        let settings = RemoteSettings { cache, read_timeout: Duration::from_secs(self.read_timeout_seconds) };
+        Ok(Repository::open(&self.repository, &settings)?)
     }
 }
 
@@ -357,7 +370,7 @@ async fn show_progress(args: ProgressArgs) -> anyhow::Result<i32> {
         let connected = tonic::transport::Endpoint::from_shared(url.clone())?.connect().await;
         let answer = match connected {
             Ok(channel) => TrainingServiceClient::with_interceptor(channel, send_token.clone())
-                .get_progress(GetProgressRequest {})
+                .get_progress(GetProgressRequest::default())
                 .await
                 .map_err(|s| s.message().to_owned()),
             Err(error) => Err(error.to_string()),

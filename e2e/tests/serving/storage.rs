@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lantern_e2e::azure::AzureServer;
+use lantern_e2e::fault::{CuttingProxy, Fault};
 use lantern_e2e::oci::OciRegistry;
 use lantern_e2e::s3::S3Server;
 use lantern_e2e::{Stack, binary, publish_mlp, sha256_hex};
@@ -169,7 +170,7 @@ async fn a_download_cut_off_again_and_again_resumes_and_the_version_loads() {
     // where it stopped (ranged GETs, in the store client and the cache), and the version loads.
     assert_eq!(publish_mlp(REPOSITORY, &s3.env(), "iris", "4,512,512,3", 5, &[]).await.unwrap(), 1);
     let upstream = s3.url.trim_start_matches("http://").to_owned();
-    let proxy = lantern_e2e::fault::CuttingProxy::start(&upstream, 128 << 10).await.unwrap();
+    let proxy = CuttingProxy::start(&upstream, 128 << 10, Fault::Cut).await.unwrap();
     let mut env = s3.env();
     env.retain(|(key, _)| *key != "AWS_ENDPOINT_URL");
     env.push(("AWS_ENDPOINT_URL", proxy.url.clone()));
@@ -180,6 +181,98 @@ async fn a_download_cut_off_again_and_again_resumes_and_the_version_loads() {
     let metrics = get(&format!("{base}/metrics")).await;
     let downloaded = metric(&metrics, "lantern_model_downloaded_bytes_total{model=\"iris\"}");
     assert!(downloaded > 1e6 && proxy.cuts() >= 8, "{downloaded} bytes downloaded, {} cuts", proxy.cuts());
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_store_fails_the_new_version_after_its_read_timeout_and_the_served_one_answers() {
+    let Some(s3) = S3Server::start().unwrap() else { return };
+    s3.bucket(&["create", "models"]).unwrap();
+    // Version 1 is small; version 2 has about 1 MB of weights, and the proxy stops sending on
+    // any connection after 128 KiB, holding it open: each read times out, is retried from where
+    // it stopped, and the version fails with the reason while version 1 keeps answering.
+    assert_eq!(publish_mlp(REPOSITORY, &s3.env(), "iris", "4,8,3", 5, &[]).await.unwrap(), 1);
+    let upstream = s3.url.trim_start_matches("http://").to_owned();
+    let proxy = CuttingProxy::start(&upstream, 128 << 10, Fault::Stall).await.unwrap();
+    let mut env = s3.env();
+    env.retain(|(key, _)| *key != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", proxy.url.clone()));
+    let cache = tempfile::tempdir().unwrap();
+    // Polls come back on pooled connections, which the proxy stalls too once they carried 128 KiB:
+    // slow enough polls stay far below it.
+    let args =
+        ["--cache-dir", cache.path().to_str().unwrap(), "--read-timeout-seconds", "1", "--poll-interval-ms", "500"];
+    let (server, base) = serve_from(REPOSITORY, &args, &env).await;
+    wait_ready(&base, "iris", 1).await;
+    assert_eq!(publish_mlp(REPOSITORY, &s3.env(), "iris", "4,512,512,3", 5, &[]).await.unwrap(), 2);
+    let reason = failure_reason(&base, "iris", "2").await;
+    assert!(reason.contains("failed 4 times, last:") && reason.contains("stalled: no bytes for 1s"), "{reason}");
+    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{base}/v2/models/iris/infer"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["model_version"], "1", "the served version stopped answering: {answer}");
+    stop(server).await;
+}
+
+/// A small tmpfs mounted at a temporary directory, unmounted on drop; `None` where this process
+/// may not mount.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.path().to_str().unwrap()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").args(["-l", self.dir.path().to_str().unwrap()]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_cache_disk_is_reported_as_such_and_the_served_version_answers() {
+    let Some(s3) = S3Server::start().unwrap() else { return };
+    let Some(disk) = SmallDisk::mount("512k") else {
+        eprintln!("SKIPPED: this process may not mount a tmpfs for the cache");
+        return;
+    };
+    s3.bucket(&["create", "models"]).unwrap();
+    let env = s3.env();
+    assert_eq!(publish_mlp(REPOSITORY, &env, "iris", "4,8,3", 5, &[]).await.unwrap(), 1);
+    let args = ["--cache-dir", disk.dir.path().to_str().unwrap(), "--poll-interval-ms", "200"];
+    let (server, base) = serve_from(REPOSITORY, &args, &env).await;
+    wait_ready(&base, "iris", 1).await;
+    // About 1 MB of weights on a 512 KiB disk.
+    assert_eq!(publish_mlp(REPOSITORY, &env, "iris", "4,512,512,3", 5, &[]).await.unwrap(), 2);
+    let reason = failure_reason(&base, "iris", "2").await;
+    assert!(reason.contains(&format!("the model cache at {} is full", disk.dir.path().display())), "{reason}");
+    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{base}/v2/models/iris/infer"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["model_version"], "1", "the served version stopped answering: {answer}");
     stop(server).await;
 }
 

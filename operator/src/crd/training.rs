@@ -351,11 +351,19 @@ pub struct ScheduleSpec {
 
 /// The model repository and the model's name in it.
 #[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct OutputSpec {
     /// The name versions are published under.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"))]
     pub model: String,
     pub repository: Repository,
+    /// Published versions kept: after each publish, the model's versions beyond the newest
+    /// `keepVersions` are removed from the repository, except every version an InferenceService
+    /// in the namespace serves, labels (stable, canary) or lists in its version policy. Unset,
+    /// every version is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_versions: Option<u32>,
 }
 
 #[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -364,7 +372,7 @@ pub struct CheckpointSpec {
     /// A checkpoint (and a published version) every this many steps, and at the end.
     #[schemars(range(min = 1))]
     pub every_steps: u64,
-    /// Training states kept for resuming (published versions are all kept).
+    /// Training states kept for resuming (published versions go by `output.keepVersions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub keep: Option<u32>,
@@ -515,4 +523,7 @@ pub struct Checkpoint {
     /// The manifest's sha256, when rank 0 reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Removed from the repository by the job's retention (`output.keepVersions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }

@@ -1,8 +1,10 @@
 //! The TrainingJob controller: for each job, applies its ConfigMap and coordinator Service,
-//! creates and deletes rank pods as [`plan`](super::plan) says, polls rank 0's progress, and
+//! creates and deletes rank pods as [`plan`](super::plan) says, polls rank 0's progress (telling
+//! it, when the job keeps a bounded number of versions, which ones InferenceServices hold), and
 //! writes the status. Everything it decides from is in the cluster (the job's status and its
 //! pods), so an operator restarted mid-training carries on where the last one stopped.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +15,13 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use lantern_proto::lantern::v1::training_service_client::TrainingServiceClient;
-use lantern_proto::lantern::v1::{GetProgressRequest, TrainingProgress};
+use lantern_proto::lantern::v1::{GetProgressRequest, HeldVersions, TrainingProgress};
 
 use super::objects::{self, JOB_LABEL, PROGRESS_PORT};
 use super::plan::{self, Phase, Plan, RankPod, Recorded};
-use super::status;
+use super::{retention, status};
 use crate::context::{Context, Error, MANAGER, kube_error, run_controller};
-use crate::crd::TrainingJob;
+use crate::crd::{InferenceService, TrainingJob};
 use lantern_proto::auth::SendToken;
 
 use crate::credentials;
@@ -53,9 +55,20 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
     let name = job.name_any();
     let apply = PatchParams::apply(MANAGER).force();
     let recorded = recorded(&job);
+    let held = match job.spec.output.keep_versions {
+        Some(_) if !recorded.phase.is_some_and(Phase::finished) => {
+            let services: Api<InferenceService> = Api::namespaced(client.clone(), &namespace);
+            let listed = services
+                .list(&ListParams::default())
+                .await
+                .map_err(kube_error("listing the namespace's InferenceServices"))?;
+            Some(retention::held_versions(&job, &listed.items))
+        }
+        _ => None,
+    };
     if !recorded.phase.is_some_and(Phase::finished) {
         let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-        let map = objects::config_map(&job)?;
+        let map = objects::config_map(&job, &held.clone().unwrap_or_default())?;
         maps.patch(&objects::config_map_name(&job), &apply, &Patch::Apply(&map))
             .await
             .map_err(kube_error("applying the job's ConfigMap"))?;
@@ -101,7 +114,7 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
     }
 
     let polled = match plan.phase {
-        Phase::Running | Phase::Succeeded => progress(&listed.items, plan.attempt, &token).await,
+        Phase::Running | Phase::Succeeded => progress(&listed.items, plan.attempt, &token, held).await,
         _ => None,
     };
     // Once rank 0 has exited, its termination message holds the final progress.
@@ -129,8 +142,9 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
     })
 }
 
-/// Rank 0's progress report, when its pod runs and answers in time.
-async fn progress(pods: &[Pod], attempt: u32, token: &str) -> Option<TrainingProgress> {
+/// Rank 0's progress report, when its pod runs and answers in time; `held` tells it the
+/// versions its retention keeps.
+async fn progress(pods: &[Pod], attempt: u32, token: &str, held: Option<BTreeSet<u64>>) -> Option<TrainingProgress> {
     let rank0 = pods.iter().find(|p| RankPod::from_pod(p).is_some_and(|r| r.rank == 0 && r.attempt == attempt))?;
     let ip = rank0.status.as_ref()?.pod_ip.clone()?;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{ip}:{PROGRESS_PORT}"))
@@ -138,7 +152,8 @@ async fn progress(pods: &[Pod], attempt: u32, token: &str) -> Option<TrainingPro
         .connect_timeout(PROGRESS_TIMEOUT)
         .timeout(PROGRESS_TIMEOUT);
     let channel = endpoint.connect().await.ok()?;
-    let request = lantern_telemetry::with_trace_context(tonic::Request::new(GetProgressRequest {}));
+    let held = held.map(|versions| HeldVersions { versions: versions.into_iter().collect() });
+    let request = lantern_telemetry::with_trace_context(tonic::Request::new(GetProgressRequest { held }));
     let response = TrainingServiceClient::with_interceptor(channel, SendToken::new(Some(token)).ok()?)
         .get_progress(request)
         .await

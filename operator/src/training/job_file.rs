@@ -7,6 +7,8 @@
 //! Every CRD struct is destructured without `..`: a field added to the CRD does not compile until
 //! it reaches the job file (or is named here as the operator's own).
 
+use std::collections::BTreeSet;
+
 use lantern_contract::job::{
     self, AdditionSpec, BaseSpec, CheckpointSpec, ClusterSpec, CsvSpec, DEFAULT_EVAL_FRACTION, DataSpec,
     FineTuneMethod, FineTuneSpec, JobConfig, JsonlSpec, LlamaSpec, LoraSpec, LoraTarget, MlpSpec, ModelSpec,
@@ -48,7 +50,7 @@ impl TryFrom<&TrainingJob> for JobConfig {
         let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
         let name = job.metadata.name.as_deref().unwrap_or_default();
         let crd::CheckpointSpec { every_steps, keep, timeout_seconds } = checkpoint;
-        let crd::OutputSpec { model: output_model, repository } = output;
+        let crd::OutputSpec { model: output_model, repository, keep_versions } = output;
         if let Some(uri) = &repository.uri {
             if uri.starts_with("oci://") || uri.starts_with("http://") || uri.starts_with("https://") {
                 return Err(Error::Invalid(format!(
@@ -70,8 +72,15 @@ impl TryFrom<&TrainingJob> for JobConfig {
                 state_uri: None,
                 timeout_seconds: timeout_seconds.map_or(CheckpointSpec::DEFAULT_TIMEOUT_SECONDS, f64::from),
             },
-            // Each pod's LANTERN_REPOSITORY (and LANTERN_CACHE_DIR, for a URI) say where it is.
-            output: OutputSpec { repository: REPOSITORY_MOUNT.into(), model: output_model.clone(), cache_dir: None },
+            // Each pod's LANTERN_REPOSITORY (and LANTERN_CACHE_DIR, for a URI) say where it is;
+            // the held versions are the operator's own account (see `objects::config_map`).
+            output: OutputSpec {
+                repository: REPOSITORY_MOUNT.into(),
+                model: output_model.clone(),
+                cache_dir: None,
+                keep_versions: keep_versions.map(size),
+                held_versions: BTreeSet::new(),
+            },
             seed: seed.unwrap_or_default(),
             cluster: ClusterSpec::default(),
         })
@@ -319,7 +328,13 @@ mod tests {
                 state_uri: None,
                 timeout_seconds: 30.0,
             },
-            output: OutputSpec { repository: "/var/lib/lantern/models".into(), model: "adder".into(), cache_dir: None },
+            output: OutputSpec {
+                repository: "/var/lib/lantern/models".into(),
+                model: "adder".into(),
+                cache_dir: None,
+                keep_versions: None,
+                held_versions: BTreeSet::new(),
+            },
             seed: 7,
             cluster: ClusterSpec::default(),
         };

@@ -1,11 +1,12 @@
 //! The TrainingJob controller ([`controller`]) and its pure pieces: the worker job file a job's
 //! ranks read ([`job_file`]), the objects the job owns ([`objects`]), what the job needs next
-//! ([`plan`]) and its next status ([`status`]).
+//! ([`plan`]), the versions its retention keeps ([`retention`]) and its next status ([`status`]).
 
 pub mod controller;
 pub mod job_file;
 pub mod objects;
 pub mod plan;
+pub mod retention;
 pub mod status;
 
 /// The `adder` job of the unit tests, in namespace `ml`: a small llama on the addition task,

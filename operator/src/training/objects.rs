@@ -5,7 +5,7 @@
 //! (`$(ADDER_COORDINATOR_SERVICE_HOST)`), which every cluster sets for a Service that exists
 //! before the pod; no cluster DNS is needed. Each rank listens on its own pod IP.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, Pod, PodSpec, Secret, Service, ServiceSpec, Volume,
@@ -86,10 +86,13 @@ pub fn network_policy(job: &TrainingJob, operator_namespace: &str) -> NetworkPol
     }
 }
 
-/// The ConfigMap holding `job.json`; fails for a spec the CRD's rules should have refused.
-pub fn config_map(job: &TrainingJob) -> Result<ConfigMap, Error> {
-    let file = serde_json::to_string_pretty(&JobConfig::try_from(job)?)
-        .map_err(|e| Error::Invalid(format!("writing the job file: {e}")))?;
+/// The ConfigMap holding `job.json`, with `held` as the versions retention keeps; fails for a
+/// spec the CRD's rules should have refused.
+pub fn config_map(job: &TrainingJob, held: &BTreeSet<u64>) -> Result<ConfigMap, Error> {
+    let mut config = JobConfig::try_from(job)?;
+    config.output.held_versions = held.clone();
+    let file =
+        serde_json::to_string_pretty(&config).map_err(|e| Error::Invalid(format!("writing the job file: {e}")))?;
     Ok(ConfigMap {
         metadata: owned_metadata(job, config_map_name(job), job_labels(job)),
         data: Some(BTreeMap::from([("job.json".to_owned(), file)])),
@@ -252,7 +255,7 @@ mod tests {
         let service = serde_json::to_value(coordinator_service(&job())).unwrap();
         assert_eq!(service["metadata"]["name"], "adder-coordinator");
         assert_eq!(service["spec"]["selector"], json!({JOB_LABEL: "adder", RANK_LABEL: "0"}));
-        let map = config_map(&job()).unwrap();
+        let map = config_map(&job(), &BTreeSet::new()).unwrap();
         let file: serde_json::Value = serde_json::from_str(&map.data.unwrap()["job.json"]).unwrap();
         assert_eq!(file["output"]["model"], "adder");
     }

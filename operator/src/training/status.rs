@@ -115,7 +115,11 @@ pub fn next(
                 step,
                 metrics: published.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 digest: (!published.digest.is_empty()).then(|| published.digest.clone()),
+                removed: false,
             });
+        }
+        for checkpoint in checkpoints.iter_mut().filter(|c| report.removed.contains(&c.version)) {
+            checkpoint.removed = true;
         }
         checkpoints.sort_by_key(|c| c.version);
     }
@@ -199,6 +203,12 @@ mod tests {
         assert_eq!(first.checkpoints[0].step, 100);
         assert_eq!(first.checkpoints[0].metrics["eval_accuracy"], 0.4);
         assert_eq!(first.start_time, Some(Time(t0)));
+        // A version retention removed stays listed, marked.
+        let mut removing = job.clone();
+        removing.status = Some(first.clone());
+        let later = TrainingProgress { removed: vec![2], ..report.clone() };
+        let marked = next(&removing, &plan, &[running()], Some(&later), t0);
+        assert!(marked.checkpoints[0].removed && !first.checkpoints[0].removed);
 
         job.status = Some(first);
         let mut failed_pod = running();

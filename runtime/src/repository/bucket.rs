@@ -15,6 +15,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io::{Read, Write};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use object_store::path::Path as Key;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 
+use super::RemoteSettings;
 use super::location::{Location, ObjectStoreKind};
 use super::transport::Connector;
 use crate::error::{Error, Result};
@@ -34,9 +36,6 @@ pub const SINGLE_PUT_MAX: u64 = 16 << 20;
 const PART_SIZE: usize = 8 << 20;
 /// Parts in flight per multipart upload, which bounds an uploader's memory.
 const PARTS_IN_FLIGHT: usize = 4;
-/// A stalled connection fails after this long without a byte.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A store client at a key prefix.
 pub(super) struct Bucket {
     pub(super) io: Io,
@@ -44,11 +43,14 @@ pub(super) struct Bucket {
     pub(super) location: Location,
     /// Keys' common prefix, without slashes around it (empty for the bucket's root).
     pub(super) prefix: String,
+    /// A download fails after this long without a byte.
+    read_timeout: Duration,
 }
 
 impl Bucket {
-    /// The store at `location` (an object store or HTTP layout).
-    pub(super) fn open(location: Location) -> Result<Self> {
+    /// The store at `location` (an object store or HTTP layout); a download fails after
+    /// `read_timeout` without a byte.
+    pub(super) fn open(location: Location, read_timeout: Duration) -> Result<Self> {
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match &location {
             Location::Object { store, bucket, prefix } => (object_store(*store, bucket)?, prefix.clone()),
             Location::Http { url } => {
@@ -64,7 +66,7 @@ impl Bucket {
                 return Err(Error::invalid(format!("{location} is not an object store or HTTP location")));
             }
         };
-        Ok(Self { io: Io::new()?, store, location, prefix })
+        Ok(Self { io: Io::new()?, store, location, prefix, read_timeout })
     }
 
     /// The key of `parts` under the prefix.
@@ -81,9 +83,9 @@ impl Bucket {
         format!("{}/{relative}", self.location)
     }
 
-    /// Streams the object's bytes from `offset` to `size` into `out`.
-    pub(super) async fn download(&self, key: &Key, offset: u64, size: u64, out: &mut dyn Write) -> Result<()> {
-        let options = GetOptions { range: Some(GetRange::Bounded(offset..size)), ..Default::default() };
+    /// Streams the object's bytes `range` into `out`.
+    pub(super) async fn download(&self, key: &Key, range: Range<u64>, out: &mut dyn Write) -> Result<()> {
+        let options = GetOptions { range: Some(GetRange::Bounded(range)), ..Default::default() };
         let fetched = self
             .store
             .get_opts(key, options)
@@ -91,8 +93,8 @@ impl Bucket {
             .map_err(|e| Error::storage(format!("reading {}", self.show(key)), e))?;
         let mut chunks = fetched.into_stream();
         loop {
-            let next = tokio::time::timeout(READ_TIMEOUT, chunks.next()).await.map_err(|_| {
-                Error::ModelFile(format!("{} stalled: no bytes for {}s", self.show(key), READ_TIMEOUT.as_secs()))
+            let next = tokio::time::timeout(self.read_timeout, chunks.next()).await.map_err(|_| {
+                Error::ModelFile(format!("{} stalled: no bytes for {:?}", self.show(key), self.read_timeout))
             })?;
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| Error::storage(format!("reading {}", self.show(key)), e))?;
@@ -183,7 +185,7 @@ impl ObjectDir {
         if !matches!(location, Location::Object { .. }) {
             return Err(Error::invalid(format!("{location} is not an object store location (s3://, gs://, az://)")));
         }
-        Ok(Self { bucket: Bucket::open(location)? })
+        Ok(Self { bucket: Bucket::open(location, RemoteSettings::DEFAULT_READ_TIMEOUT)? })
     }
 
     /// The prefix's URI.
@@ -210,7 +212,7 @@ impl ObjectDir {
         let mut file =
             std::fs::File::create(&partial).map_err(|e| Error::io(format!("creating {}", partial.display()), e))?;
         if size > 0 {
-            self.bucket.io.block_on(self.bucket.download(&key, 0, size, &mut file))?;
+            self.bucket.io.block_on(self.bucket.download(&key, 0..size, &mut file))?;
         }
         file.sync_all().map_err(|e| Error::io(format!("syncing {}", partial.display()), e))?;
         std::fs::rename(&partial, path).map_err(|e| Error::io(format!("renaming {}", partial.display()), e))?;

@@ -8,8 +8,9 @@
 //!   disk is fetched anew instead of served.
 //! - **One download per entry per node.** Fetchers take an exclusive `flock` on
 //!   `<dir>/locks/<hex>`; a second pod waits for the first and then finds the file in place.
-//! - **Resumable.** A partial file left by a failed or killed download is hashed and continued
-//!   from its length with a ranged read; failed reads are retried with backoff.
+//! - **Parallel, resumable downloads** ([`download`](super::download)): ranged reads in parallel
+//!   parts, hashed in order as they land; a partial file left by a failed or killed download is
+//!   continued from its hashed prefix, and failed reads are retried with backoff.
 //! - **LRU under a budget.** Every use sets an entry's modification time; after a download the
 //!   oldest entries go until the cache fits its budget, except those a loaded version pins (a
 //!   shared `flock` on the entry, held for as long as the version is loaded, in any process).
@@ -17,13 +18,15 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustix::fs::FlockOperation;
 use sha2::{Digest, Sha256};
 
+use super::download::{self, DEFAULT_STREAMS, Download};
 use super::{FileEntry, check_file};
 use crate::error::{Error, Result};
 
@@ -33,18 +36,23 @@ pub struct CacheSettings {
     pub dir: PathBuf,
     /// Bytes of verified files kept; beyond it the least recently used unpinned ones go.
     pub budget_bytes: u64,
+    /// Ranged reads at once per downloaded file.
+    pub streams: usize,
 }
 
-/// How many times a failed download is resumed before the fetch fails.
-const DOWNLOAD_RETRIES: u32 = 3;
-/// The first pause before resuming; it doubles with each retry.
-const RETRY_BASE: Duration = Duration::from_millis(250);
+impl CacheSettings {
+    /// A cache in `dir` under `budget_bytes`, downloading with the default number of streams.
+    pub fn new(dir: PathBuf, budget_bytes: u64) -> Self {
+        Self { dir, budget_bytes, streams: DEFAULT_STREAMS }
+    }
+}
 
 /// The cache in one directory.
 #[derive(Debug)]
 pub struct Cache {
     dir: PathBuf,
     budget: u64,
+    streams: usize,
 }
 
 /// How a fetched file came to be in the cache.
@@ -93,9 +101,6 @@ fn vanished(entry: &FileEntry) -> Error {
     Error::ModelFile(format!("{} vanished from the model cache as it was stored", entry.path))
 }
 
-/// Writes the object's bytes from the given offset to its end into the writer.
-pub type Download<'a> = dyn FnMut(u64, &mut dyn Write) -> Result<()> + 'a;
-
 impl Cache {
     /// The cache in `settings.dir`, created if missing.
     pub fn open(settings: &CacheSettings) -> Result<Self> {
@@ -103,11 +108,11 @@ impl Cache {
             let dir = settings.dir.join(sub);
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        Ok(Self { dir: settings.dir.clone(), budget: settings.budget_bytes })
+        Ok(Self { dir: settings.dir.clone(), budget: settings.budget_bytes, streams: settings.streams.max(1) })
     }
 
     /// The verified bytes of the file `entry` names, pinned, from the cache or downloaded into it.
-    pub fn fetch(&self, entry: &FileEntry, download: &mut Download<'_>) -> Result<(Vec<u8>, Pin, Fetched)> {
+    pub fn fetch(&self, entry: &FileEntry, download: &Download<'_>) -> Result<(Vec<u8>, Pin, Fetched)> {
         if let Some(file) = self.open_entry(entry)?
             && let Some((bytes, pin)) = self.read_entry(entry, file)?
         {
@@ -125,7 +130,7 @@ impl Cache {
 
     /// The file `entry` names, verified and pinned in the cache (downloaded into it if missing),
     /// without holding its bytes in memory: hashed as it streams from disk.
-    pub fn ensure(&self, entry: &FileEntry, download: &mut Download<'_>) -> Result<(Pin, Fetched)> {
+    pub fn ensure(&self, entry: &FileEntry, download: &Download<'_>) -> Result<(Pin, Fetched)> {
         if let Some(file) = self.open_entry(entry)?
             && let Some(pin) = self.verify_entry(entry, file)?
         {
@@ -142,13 +147,13 @@ impl Cache {
     }
 
     /// Fetches every file of a version (the bytes too, if `read`) through `download(index,
-    /// offset, out)`, where `index` is the file's position in `files`; a download's failure
-    /// reason goes through `fail`.
+    /// range, out)`, where `index` is the file's position in `files` (called from several
+    /// threads at once); a download's failure reason goes through `fail`.
     pub fn fetch_version(
         &self,
         files: &[FileEntry],
         read: bool,
-        mut download: impl FnMut(usize, u64, &mut dyn Write) -> Result<()>,
+        download: impl Fn(usize, Range<u64>, &mut dyn Write) -> Result<()> + Sync,
         fail: impl Fn(String) -> Error,
     ) -> Result<FetchedVersion> {
         let started = std::time::Instant::now();
@@ -158,14 +163,14 @@ impl Cache {
         };
         let mut version = FetchedVersion::default();
         for (index, entry) in files.iter().enumerate() {
-            let mut from = |offset: u64, out: &mut dyn Write| download(index, offset, out);
+            let from = |range: Range<u64>, out: &mut dyn Write| download(index, range, out);
             let fetched = if read {
-                let (data, pin, fetched) = self.fetch(entry, &mut from).map_err(reason)?;
+                let (data, pin, fetched) = self.fetch(entry, &from).map_err(reason)?;
                 version.files.insert(entry.path.clone(), data);
                 version.pins.push(pin);
                 fetched
             } else {
-                let (pin, fetched) = self.ensure(entry, &mut from).map_err(reason)?;
+                let (pin, fetched) = self.ensure(entry, &from).map_err(reason)?;
                 version.pins.push(pin);
                 fetched
             };
@@ -192,7 +197,7 @@ impl Cache {
 
     /// Downloads a missing entry (one fetcher per node; another that finished meanwhile makes
     /// it a hit), then keeps the cache within its budget.
-    fn fill(&self, entry: &FileEntry, download: &mut Download<'_>) -> Result<Fetched> {
+    fn fill(&self, entry: &FileEntry, download: &Download<'_>) -> Result<Fetched> {
         if entry.size > self.budget {
             return Err(Error::invalid(format!(
                 "{} is {} bytes, more than the model cache's budget of {} bytes",
@@ -275,7 +280,7 @@ impl Cache {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| self.write_error(&path, e))?;
+            .map_err(|e| write_error(&self.dir, &path, e))?;
         rustix::fs::flock(&file, FlockOperation::LockExclusive)
             .map_err(|e| Error::io(format!("locking {}", path.display()), e.into()))?;
         Ok(file)
@@ -283,81 +288,16 @@ impl Cache {
 
     /// Downloads `entry` into its partial file, resuming what is there, and moves it into place
     /// once its size and digest are right. Returns the bytes downloaded.
-    fn download(&self, entry: &FileEntry, download: &mut Download<'_>) -> Result<u64> {
+    fn download(&self, entry: &FileEntry, download: &Download<'_>) -> Result<u64> {
         let partial = self.dir.join("partial").join(&entry.sha256);
-        let mut downloaded = 0;
-        let mut retry = 0;
-        loop {
-            let mut writer = self.resume(&partial, entry)?;
-            let start = writer.written;
-            let result = if start < entry.size { download(start, &mut writer) } else { Ok(()) };
-            downloaded += writer.written - start;
-            if let Some(error) = writer.failed.take() {
-                return Err(self.write_error(&partial, error));
-            }
-            match result {
-                Ok(()) => {
-                    let outcome = writer.finish(entry);
-                    if outcome.is_err() {
-                        let _ = std::fs::remove_file(&partial);
-                    }
-                    return outcome.and_then(|()| self.commit(&partial, entry)).map(|()| downloaded);
-                }
-                Err(error) if writer.overflowed => {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(Error::ModelFile(format!(
-                        "{} is larger in the store than the manifest's {} bytes: {error}",
-                        entry.path, entry.size
-                    )));
-                }
-                Err(error) if retry < DOWNLOAD_RETRIES => {
-                    let pause = RETRY_BASE * 2u32.pow(retry);
-                    tracing::warn!(file = %entry.path, %error, resume_at = writer.written, ?pause, "download failed; resuming");
-                    std::thread::sleep(pause);
-                    retry += 1;
-                }
-                Err(error) => {
-                    return Err(Error::ModelFile(format!(
-                        "downloading {} failed {} times, last: {error}",
-                        entry.path,
-                        retry + 1
-                    )));
-                }
-            }
-        }
-    }
-
-    /// A writer that continues the partial file, its hash primed with what is already there.
-    fn resume(&self, partial: &Path, entry: &FileEntry) -> Result<Verifying> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(partial)
-            .map_err(|e| self.write_error(partial, e))?;
-        let mut hasher = Sha256::new();
-        let mut written = 0;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf).map_err(|e| Error::io(format!("reading {}", partial.display()), e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            written += n as u64;
-        }
-        if written > entry.size {
-            file.set_len(0).map_err(|e| self.write_error(partial, e))?;
-            (hasher, written) = (Sha256::new(), 0);
-        }
-        file.seek(SeekFrom::Start(written)).map_err(|e| Error::io(format!("seeking {}", partial.display()), e))?;
-        Ok(Verifying { file, hasher, written, limit: entry.size, overflowed: false, failed: None })
+        let downloaded = download::download(&self.dir, &partial, entry, self.streams, download)?;
+        self.commit(&partial, entry)?;
+        Ok(downloaded)
     }
 
     fn commit(&self, partial: &Path, entry: &FileEntry) -> Result<()> {
         let target = self.entry_path(&entry.sha256);
-        std::fs::rename(partial, &target).map_err(|e| self.write_error(&target, e))?;
+        std::fs::rename(partial, &target).map_err(|e| write_error(&self.dir, &target, e))?;
         let mut permissions = std::fs::metadata(&target)
             .map_err(|e| Error::io(format!("inspecting {}", target.display()), e))?
             .permissions();
@@ -414,14 +354,14 @@ impl Cache {
             })
             .collect()
     }
+}
 
-    /// A write error, saying so when the cache's disk is full.
-    fn write_error(&self, path: &Path, error: std::io::Error) -> Error {
-        if matches!(error.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
-            Error::io(format!("the model cache at {} is full (writing {})", self.dir.display(), path.display()), error)
-        } else {
-            Error::io(format!("writing {}", path.display()), error)
-        }
+/// A write error at `path` in the cache at `dir`, saying so when the cache's disk is full.
+pub(super) fn write_error(dir: &Path, path: &Path, error: std::io::Error) -> Error {
+    if matches!(error.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded) {
+        Error::io(format!("the model cache at {} is full (writing {})", dir.display(), path.display()), error)
+    } else {
+        Error::io(format!("writing {}", path.display()), error)
     }
 }
 
@@ -432,62 +372,11 @@ struct CacheEntry {
     used: SystemTime,
 }
 
-/// Appends to a partial file, hashing, and refuses to go past the manifest's size.
-struct Verifying {
-    file: File,
-    hasher: Sha256,
-    written: u64,
-    limit: u64,
-    overflowed: bool,
-    /// A local write error (a full disk), kept so it is not mistaken for a download error.
-    failed: Option<std::io::Error>,
-}
-
-impl Write for Verifying {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.written + buf.len() as u64 > self.limit {
-            self.overflowed = true;
-            return Err(std::io::Error::new(ErrorKind::InvalidData, "more bytes than the manifest says"));
-        }
-        if let Err(error) = self.file.write_all(buf) {
-            let kind = error.kind();
-            self.failed = Some(error);
-            return Err(std::io::Error::new(kind, "writing the model cache failed"));
-        }
-        self.hasher.update(buf);
-        self.written += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Verifying {
-    /// Checks the finished file against its entry. It is not fsynced: an entry a crash left
-    /// damaged fails the hash of its next read from the cache and is fetched again, so the
-    /// cache trades nothing for skipping a flush of every download.
-    fn finish(self, entry: &FileEntry) -> Result<()> {
-        if self.written != entry.size {
-            return Err(Error::ModelFile(format!(
-                "{} is {} bytes in the store, the manifest says {}",
-                entry.path, self.written, entry.size
-            )));
-        }
-        let digest = hex::encode(self.hasher.finalize());
-        if digest != entry.sha256 {
-            return Err(Error::ModelFile(format!(
-                "digest mismatch for {}: the manifest says sha256 {}, the store has {digest}",
-                entry.path, entry.sha256
-            )));
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
     use super::*;
 
     fn entry(path: &str, data: &[u8]) -> FileEntry {
@@ -495,21 +384,22 @@ mod tests {
     }
 
     fn cache(dir: &Path, budget_bytes: u64) -> Cache {
-        Cache::open(&CacheSettings { dir: dir.to_owned(), budget_bytes }).unwrap()
+        Cache::open(&CacheSettings::new(dir.to_owned(), budget_bytes)).unwrap()
     }
 
-    /// A download of `data` that counts its calls and can fail after some bytes.
-    fn serve(
-        data: &[u8],
+    /// A download of `data` that records where each read starts and can fail once after some
+    /// bytes. It sends everything from a range's start, as a store whose object is larger than
+    /// the manifest says would.
+    fn serve<'a>(
+        data: &'a [u8],
         fail_after: Option<usize>,
-        calls: &mut Vec<u64>,
-    ) -> impl FnMut(u64, &mut dyn Write) -> Result<()> {
-        let data = data.to_vec();
-        let mut failing = fail_after;
-        move |offset, out| {
-            calls.push(offset);
-            let rest = &data[offset as usize..];
-            if let Some(n) = failing.take() {
+        calls: &'a Mutex<Vec<u64>>,
+    ) -> impl Fn(Range<u64>, &mut dyn Write) -> Result<()> + Sync + 'a {
+        let failing = Mutex::new(fail_after);
+        move |range, out| {
+            calls.lock().unwrap().push(range.start);
+            let rest = &data[range.start as usize..];
+            if let Some(n) = failing.lock().unwrap().take() {
                 out.write_all(&rest[..n]).map_err(|e| Error::io("test", e))?;
                 return Err(Error::ModelFile("connection reset".into()));
             }
@@ -523,15 +413,14 @@ mod tests {
         let cache = cache(dir.path(), 1 << 20);
         let data = b"weights".repeat(100);
         let file = entry("w", &data);
-        let mut calls = Vec::new();
-        let (bytes, _pin, fetched) = cache.fetch(&file, &mut serve(&data, None, &mut calls)).unwrap();
+        let calls = Mutex::new(Vec::new());
+        let (bytes, _pin, fetched) = cache.fetch(&file, &serve(&data, None, &calls)).unwrap();
         assert_eq!((bytes, fetched), (data.clone(), Fetched::Downloaded(700)));
-        let (bytes, _pin, fetched) = cache.fetch(&file, &mut serve(&data, None, &mut calls)).unwrap();
+        let (bytes, _pin, fetched) = cache.fetch(&file, &serve(&data, None, &calls)).unwrap();
         assert_eq!((bytes, fetched), (data.clone(), Fetched::Cached));
-        assert_eq!(calls, [0], "one download");
+        assert_eq!(*calls.lock().unwrap(), [0], "one download");
         // A reopened cache (a restarted pod) still has it.
-        let (_, _, fetched) =
-            self::cache(dir.path(), 1 << 20).fetch(&file, &mut serve(&data, None, &mut calls)).unwrap();
+        let (_, _, fetched) = self::cache(dir.path(), 1 << 20).fetch(&file, &serve(&data, None, &calls)).unwrap();
         assert_eq!(fetched, Fetched::Cached);
     }
 
@@ -541,12 +430,12 @@ mod tests {
         let cache = cache(dir.path(), 1 << 20);
         let data = b"weights".repeat(50);
         let file = entry("w", &data);
-        let mut calls = Vec::new();
-        let (_pin, fetched) = cache.ensure(&file, &mut serve(&data, None, &mut calls)).unwrap();
+        let calls = Mutex::new(Vec::new());
+        let (_pin, fetched) = cache.ensure(&file, &serve(&data, None, &calls)).unwrap();
         assert_eq!(fetched, Fetched::Downloaded(350));
-        assert_eq!(cache.ensure(&file, &mut serve(&data, None, &mut calls)).unwrap().1, Fetched::Cached);
-        assert_eq!(cache.fetch(&file, &mut serve(&data, None, &mut calls)).unwrap().0, data);
-        assert_eq!(calls, [0], "one download");
+        assert_eq!(cache.ensure(&file, &serve(&data, None, &calls)).unwrap().1, Fetched::Cached);
+        assert_eq!(cache.fetch(&file, &serve(&data, None, &calls)).unwrap().0, data);
+        assert_eq!(*calls.lock().unwrap(), [0], "one download");
         // Every file of a version, in order, with its report.
         let files = [entry("a", b"one"), entry("b", b"two!")];
         let bodies = [&b"one"[..], &b"two!"[..]];
@@ -554,7 +443,9 @@ mod tests {
             .fetch_version(
                 &files,
                 true,
-                |i, offset, out| out.write_all(&bodies[i][offset as usize..]).map_err(|e| Error::io("test", e)),
+                |i, range: Range<u64>, out| {
+                    out.write_all(&bodies[i][range.start as usize..]).map_err(|e| Error::io("test", e))
+                },
                 Error::ModelFile,
             )
             .unwrap();
@@ -567,11 +458,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = cache(dir.path(), 1 << 20);
         let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-        let mut calls = Vec::new();
-        let (bytes, _pin, fetched) =
-            cache.fetch(&entry("w", &data), &mut serve(&data, Some(1234), &mut calls)).unwrap();
+        let calls = Mutex::new(Vec::new());
+        let (bytes, _pin, fetched) = cache.fetch(&entry("w", &data), &serve(&data, Some(1234), &calls)).unwrap();
         assert_eq!((bytes, fetched), (data, Fetched::Downloaded(5000)));
-        assert_eq!(calls, [0, 1234]);
+        assert_eq!(*calls.lock().unwrap(), [0, 1234]);
     }
 
     #[test]
@@ -579,24 +469,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = cache(dir.path(), 1 << 20);
         let expected = entry("w", b"the published bytes");
-        let mut calls = Vec::new();
+        let calls = Mutex::new(Vec::new());
         for (served, reason) in [
             (&b"the tampered bytes!"[..], "digest mismatch"),
             (b"short", "is 5 bytes in the store, the manifest says 19"),
             (b"the published bytes and more", "larger in the store"),
         ] {
-            let error = cache.fetch(&expected, &mut serve(served, None, &mut calls)).unwrap_err().to_string();
+            let error = cache.fetch(&expected, &serve(served, None, &calls)).unwrap_err().to_string();
             assert!(error.contains(reason), "{error}");
         }
         assert_eq!(cache.used_bytes(), 0);
         assert_eq!(std::fs::read_dir(dir.path().join("partial")).unwrap().count(), 0);
         // A file damaged on disk is fetched again, not served.
         let good = b"the published bytes";
-        cache.fetch(&expected, &mut serve(good, None, &mut calls)).unwrap();
+        cache.fetch(&expected, &serve(good, None, &calls)).unwrap();
         let path = dir.path().join("sha256").join(&expected.sha256);
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         std::fs::write(&path, b"the published bytez").unwrap();
-        let (_, _, fetched) = cache.fetch(&expected, &mut serve(good, None, &mut calls)).unwrap();
+        let (_, _, fetched) = cache.fetch(&expected, &serve(good, None, &calls)).unwrap();
         assert_eq!(fetched, Fetched::Downloaded(19));
     }
 
@@ -606,11 +496,11 @@ mod tests {
         let cache = cache(dir.path(), 250);
         let files: Vec<(FileEntry, Vec<u8>)> =
             (0..4u8).map(|i| vec![i; 100]).map(|data| (entry(&format!("f{}", data[0]), &data), data)).collect();
-        let mut calls = Vec::new();
-        let mut fetch = |i: usize| {
+        let calls = Mutex::new(Vec::new());
+        let fetch = |i: usize| {
             std::thread::sleep(Duration::from_millis(10));
             let (file, data) = &files[i];
-            cache.fetch(file, &mut serve(data, None, &mut calls)).unwrap()
+            cache.fetch(file, &serve(data, None, &calls)).unwrap()
         };
         let (_, pinned, _) = fetch(0);
         drop(fetch(1));
@@ -625,7 +515,7 @@ mod tests {
         assert_eq!(fetch(2).2, Fetched::Cached);
         assert_eq!(fetch(0).2, Fetched::Downloaded(100), "0 was evicted once unpinned");
         assert_eq!(cache.used_bytes(), 200);
-        let error = cache.fetch(&entry("big", &[0; 300]), &mut serve(&[0; 300], None, &mut calls)).unwrap_err();
+        let error = cache.fetch(&entry("big", &[0; 300]), &serve(&[0; 300], None, &calls)).unwrap_err();
         assert!(error.to_string().contains("more than the model cache's budget"), "{error}");
     }
 }

@@ -9,11 +9,13 @@
 
 mod bucket;
 pub mod cache;
+mod download;
 pub mod location;
 pub mod manifest;
 mod oci;
 mod publish;
 pub mod remote;
+pub mod retention;
 mod transport;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +23,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -51,6 +54,25 @@ pub struct VerifiedVersion {
 }
 
 /// Read access to a model repository.
+/// How a remote repository is read on this node.
+#[derive(Clone, Debug)]
+pub struct RemoteSettings {
+    pub cache: CacheSettings,
+    /// A download that goes this long without a byte fails, and is retried from where it
+    /// stopped.
+    pub read_timeout: Duration,
+}
+
+impl RemoteSettings {
+    /// The read timeout when none is set.
+    pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Reads through `cache`, with the default read timeout.
+    pub fn new(cache: CacheSettings) -> Self {
+        Self { cache, read_timeout: Self::DEFAULT_READ_TIMEOUT }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Repository {
     backend: Backend,
@@ -69,15 +91,15 @@ impl Repository {
         Self { backend: Backend::Local(root.into()) }
     }
 
-    /// The repository at `location` (a path or URI, see [`Location`]); a remote one reads
-    /// through the node cache `cache`.
-    pub fn open(location: &str, cache: &CacheSettings) -> Result<Self> {
+    /// The repository at `location` (a path or URI, see [`Location`]); a remote one is read
+    /// as `settings` say.
+    pub fn open(location: &str, settings: &RemoteSettings) -> Result<Self> {
         match Location::parse(location)? {
             Location::Local(root) => Ok(Self::new(root)),
             Location::Oci { registry, repository } => {
-                Ok(Self { backend: Backend::Oci(Arc::new(Oci::open(&registry, &repository, cache)?)) })
+                Ok(Self { backend: Backend::Oci(Arc::new(Oci::open(&registry, &repository, settings)?)) })
             }
-            remote => Ok(Self { backend: Backend::Remote(Arc::new(Remote::open(remote, cache)?)) }),
+            remote => Ok(Self { backend: Backend::Remote(Arc::new(Remote::open(remote, settings)?)) }),
         }
     }
 
@@ -125,6 +147,19 @@ impl Repository {
             .filter_map(|name| parse_version(&name))
             .filter(|v| dir.join(v.to_string()).join(MANIFEST_FILE).is_file())
             .collect())
+    }
+
+    /// Removes version `version` of `model`; readers stop seeing it before its files go. Files
+    /// a node cache holds and versions loaded from them are left alone.
+    pub fn remove_version(&self, model: &str, version: u64) -> Result<()> {
+        match &self.backend {
+            Backend::Local(root) => remove_local_version(root, model, version),
+            Backend::Remote(remote) => remote.remove_committed(model, version),
+            Backend::Oci(_) => Err(Error::invalid(format!(
+                "{} is served from, not published into by jobs: remove its tags with the registry's tools",
+                self.location()
+            ))),
+        }
     }
 
     /// The directory of one version of a repository on disk; `None` for a remote one.
@@ -282,6 +317,14 @@ fn parse_version(name: &str) -> Option<u64> {
         return None;
     }
     name.parse().ok().filter(|&v| v > 0)
+}
+
+/// Renames the version's directory out of sight (a dot name), then deletes it.
+fn remove_local_version(root: &Path, model: &str, version: u64) -> Result<()> {
+    let dir = root.join(model).join(version.to_string());
+    let hidden = root.join(model).join(format!(".removing-{version}-{}", std::process::id()));
+    std::fs::rename(&dir, &hidden).map_err(|e| Error::io(format!("moving {} out of sight", dir.display()), e))?;
+    std::fs::remove_dir_all(&hidden).map_err(|e| Error::io(format!("removing {}", hidden.display()), e))
 }
 
 fn visible_dirs(dir: &Path) -> Result<Vec<String>> {

@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -43,11 +44,14 @@ use hyper_util::client::legacy::connect::HttpConnector as TcpConnector;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::bucket::{Io, READ_TIMEOUT};
-use super::cache::{Cache, CacheSettings, FetchReport};
+use super::bucket::Io;
+use super::cache::{Cache, FetchReport};
 use super::remote::{MAX_MANIFEST_BYTES, check_limits};
 use super::transport::{RESPONSE_TIMEOUT, https_client};
-use super::{FileEntry, MANIFEST_FILE, Manifest, VerifiedVersion, manifest_digest, parse_version, validate_model_name};
+use super::{
+    FileEntry, MANIFEST_FILE, Manifest, RemoteSettings, VerifiedVersion, manifest_digest, parse_version,
+    validate_model_name,
+};
 use crate::error::{Error, Result};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -115,6 +119,8 @@ pub struct Oci {
     registry: String,
     prefix: String,
     cache: Cache,
+    /// A download fails after this long without a byte.
+    read_timeout: std::time::Duration,
     /// The username and password from the environment, if any.
     credentials: Option<(String, String)>,
     /// What the registry last asked for, sent with every request to it.
@@ -137,8 +143,8 @@ fn is_loopback(registry: &str) -> bool {
 }
 
 impl Oci {
-    /// The registry repository prefix `registry/prefix`, read through `cache`.
-    pub fn open(registry: &str, prefix: &str, cache: &CacheSettings) -> Result<Self> {
+    /// The registry repository prefix `registry/prefix`, read as `settings` say.
+    pub fn open(registry: &str, prefix: &str, settings: &RemoteSettings) -> Result<Self> {
         let plain = is_loopback(registry);
         let client = https_client(plain).map_err(|e| Error::invalid(format!("TLS for oci://{registry}: {e}")))?;
         let scheme = if plain { "http" } else { "https" };
@@ -148,7 +154,8 @@ impl Oci {
             base: format!("{scheme}://{registry}"),
             registry: registry.to_owned(),
             prefix: prefix.to_owned(),
-            cache: Cache::open(cache)?,
+            cache: Cache::open(&settings.cache)?,
+            read_timeout: settings.read_timeout,
             credentials: std::env::var(lantern_contract::env::OCI_USERNAME)
                 .ok()
                 .zip(std::env::var(lantern_contract::env::OCI_PASSWORD).ok()),
@@ -241,7 +248,7 @@ impl Oci {
         let fetched = self.cache.fetch_version(
             &manifest.files,
             read,
-            |index, offset, out| self.io.block_on(self.download(&name, layers[index], offset, out)),
+            |index, range, out| self.io.block_on(self.download(&name, layers[index], range, out)),
             fail,
         )?;
         let (files, pins, report) = (fetched.files, fetched.pins, fetched.report);
@@ -344,36 +351,38 @@ impl Oci {
             return Err(fail(format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes")));
         }
         let mut config = Vec::new();
-        self.download(&name, &artifact.config, 0, &mut config).await?;
+        self.download(&name, &artifact.config, 0..artifact.config.size, &mut config).await?;
         if manifest_digest(&config) != artifact.config.digest {
             return Err(fail(format!("the config blob does not have its digest {}", artifact.config.digest)));
         }
         Ok((artifact, Bytes::from(config)))
     }
 
-    /// Streams blob `descriptor` of `name` from `offset` into `out`.
-    async fn download(&self, name: &str, descriptor: &Descriptor, offset: u64, out: &mut dyn Write) -> Result<()> {
+    /// Streams the bytes `range` of blob `descriptor` of `name` into `out`.
+    async fn download(
+        &self,
+        name: &str,
+        descriptor: &Descriptor,
+        range: Range<u64>,
+        out: &mut dyn Write,
+    ) -> Result<()> {
         let path = format!("/v2/{name}/blobs/{}", descriptor.digest);
-        let get = || {
-            let mut request = self.request(Method::GET, &path);
-            if offset > 0 {
-                request = request.header(header::RANGE, format!("bytes={offset}-"));
-            }
-            request.body(empty()).map_err(bad_request)
+        let whole = range == (0..descriptor.size);
+        let ranged = |request: http::request::Builder| match whole {
+            true => request,
+            false => request.header(header::RANGE, format!("bytes={}-{}", range.start, range.end.saturating_sub(1))),
         };
+        let get = || ranged(self.request(Method::GET, &path)).body(empty()).map_err(bad_request);
         let mut response = self.send(get).await?;
         // Registries on object storage redirect blob reads to the store.
         if response.status().is_redirection()
             && let Some(location) = response.headers().get(header::LOCATION).and_then(|l| l.to_str().ok())
         {
-            let mut redirected = Request::get(location);
-            if offset > 0 {
-                redirected = redirected.header(header::RANGE, format!("bytes={offset}-"));
-            }
             // Another host (a presigned URL): none of the registry's credentials go there.
-            response = self.send_once(redirected.body(empty()).map_err(bad_request)?).await?;
+            let redirected = ranged(Request::get(location)).body(empty()).map_err(bad_request)?;
+            response = self.send_once(redirected).await?;
         }
-        let expected = if offset > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        let expected = if whole { StatusCode::OK } else { StatusCode::PARTIAL_CONTENT };
         if response.status() != expected {
             return Err(Error::ModelFile(format!(
                 "reading blob {} of {name}: the registry answered {}",
@@ -382,15 +391,11 @@ impl Oci {
             )));
         }
         // A registry that sends more than the descriptor says is refused before it sizes anything.
-        let mut remaining = descriptor.size.saturating_sub(offset);
+        let mut remaining = range.end - range.start;
         let mut body = response.into_body();
         loop {
-            let frame = tokio::time::timeout(READ_TIMEOUT, body.frame()).await.map_err(|_| {
-                Error::ModelFile(format!(
-                    "blob {} stalled: no bytes for {}s",
-                    descriptor.digest,
-                    READ_TIMEOUT.as_secs()
-                ))
+            let frame = tokio::time::timeout(self.read_timeout, body.frame()).await.map_err(|_| {
+                Error::ModelFile(format!("blob {} stalled: no bytes for {:?}", descriptor.digest, self.read_timeout))
             })?;
             let Some(frame) = frame else { break };
             let frame = frame.map_err(|e| Error::ModelFile(format!("reading blob {}: {e}", descriptor.digest)))?;

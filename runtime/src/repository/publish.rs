@@ -297,10 +297,11 @@ fn unique_suffix() -> u128 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn source_dir() -> tempfile::TempDir {
+    /// A tensor model's source directory, with a manifest.
+    pub(in crate::repository) fn source_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let manifest = serde_json::json!({
             "format": "safetensors", "architecture": "mlp", "task": "tensor",

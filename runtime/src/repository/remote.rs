@@ -34,9 +34,12 @@ use object_store::{GetOptions, ObjectStoreExt, PutMode, PutOptions, PutPayload, 
 use serde::{Deserialize, Serialize};
 
 use super::bucket::Bucket;
-use super::cache::{Cache, CacheSettings, FetchReport};
+use super::cache::{Cache, FetchReport};
 use super::location::Location;
-use super::{FileEntry, MANIFEST_FILE, Manifest, VerifiedVersion, manifest_digest, parse_version, validate_model_name};
+use super::{
+    FileEntry, MANIFEST_FILE, Manifest, RemoteSettings, VerifiedVersion, manifest_digest, parse_version,
+    validate_model_name,
+};
 use crate::error::{Error, Result};
 
 /// An uncommitted version whose newest object is older than this is abandoned.
@@ -82,8 +85,9 @@ impl std::fmt::Debug for Remote {
 
 impl Remote {
     /// Opens the store at `location` (an object store or HTTP layout) with its cache.
-    pub fn open(location: Location, cache: &CacheSettings) -> Result<Self> {
-        Ok(Self { bucket: Bucket::open(location)?, cache: Cache::open(cache)?, indexes: Mutex::default() })
+    pub fn open(location: Location, settings: &RemoteSettings) -> Result<Self> {
+        let bucket = Bucket::open(location, settings.read_timeout)?;
+        Ok(Self { bucket, cache: Cache::open(&settings.cache)?, indexes: Mutex::default() })
     }
 
     /// The repository's URI.
@@ -154,10 +158,7 @@ impl Remote {
         let fetched = self.cache.fetch_version(
             &manifest.files,
             read,
-            |index, offset, out| {
-                let size = manifest.files[index].size;
-                self.bucket.io.block_on(self.bucket.download(&keys[index], offset, size, out))
-            },
+            |index, range, out| self.bucket.io.block_on(self.bucket.download(&keys[index], range, out)),
             fail,
         )?;
         let (files, pins, report) = (fetched.files, fetched.pins, fetched.report);
@@ -395,6 +396,23 @@ impl Remote {
                 }
             }
         }
+    }
+
+    /// Removes a committed version: it leaves the model's index, then its manifest goes (no
+    /// reader can load it from here on), then its other objects.
+    pub fn remove_committed(&self, model: &str, version: u64) -> Result<()> {
+        self.bucket.io.block_on(async {
+            self.update_index(&self.bucket.key(&[model, VERSIONS_INDEX])?, |index: &mut VersionsIndex| {
+                index.versions.remove(&version).is_some()
+            })
+            .await?;
+            let manifest = self.bucket.key(&[model, &version.to_string(), MANIFEST_FILE])?;
+            match self.bucket.store.delete(&manifest).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::storage(format!("deleting {}", self.bucket.show(&manifest)), e)),
+            }
+            self.bucket.remove_under(&self.bucket.key(&[model, &version.to_string()])?, |_| false).await
+        })
     }
 
     /// Best effort: the objects of an uncommitted version but its claim.

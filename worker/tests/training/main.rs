@@ -124,7 +124,7 @@ fn watch_progress(address: &str, done: impl Fn(&TrainingProgress) -> bool) -> Tr
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(mut client) = TrainingServiceClient::connect(format!("http://{address}")).await
-                && let Ok(progress) = client.get_progress(GetProgressRequest {}).await
+                && let Ok(progress) = client.get_progress(GetProgressRequest::default()).await
             {
                 let progress = progress.into_inner();
                 if done(&progress) {
@@ -212,10 +212,10 @@ fn with_a_job_token_ranks_train_together_and_callers_without_it_are_refused() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
-            let mut request = tonic::Request::new(GetProgressRequest {});
+            let mut request = tonic::Request::new(GetProgressRequest::default());
             request.metadata_mut().insert("authorization", "Bearer job-s3cret".parse().unwrap());
             if let Ok(progress) = client.get_progress(request).await {
-                break (progress, client.get_progress(GetProgressRequest {}).await);
+                break (progress, client.get_progress(GetProgressRequest::default()).await);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
