@@ -70,6 +70,12 @@ fn ready(object: &serde_json::Value) -> bool {
 #[tokio::test]
 async fn the_chart_installs_leader_elected_operators_that_serve_an_inference_service() {
     let stack = Stack::bare().await.unwrap();
+    // The storage values example sets the operator's node cache defaults.
+    let rendered =
+        helm(&stack, &["template", "lantern", "charts/lantern", "-f", "examples/helm/models-in-s3.yaml"]).await;
+    for arg in ["--model-cache-host-path=/var/lib/lantern/model-cache", "--model-cache-size-mib=51200"] {
+        assert!(rendered.contains(arg), "{arg} is not in the rendered chart:\n{rendered}");
+    }
     let installed = helm(
         &stack,
         &["install", "lantern", "charts/lantern", "-n", NAMESPACE, "--create-namespace", "--wait", "--timeout", "2m"],

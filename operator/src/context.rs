@@ -19,7 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use crate::crd::Device;
+use crate::crd::{Device, RepositoryCache};
 use crate::metrics::Metrics;
 
 /// The field manager of everything the operator applies, and the source of its Events.
@@ -46,6 +46,8 @@ impl WorkerImages {
 pub struct Context {
     pub client: Client,
     pub images: WorkerImages,
+    /// The node cache settings of URI repositories that leave them out.
+    pub cache_defaults: RepositoryCache,
     pub metrics: Arc<Metrics>,
     /// The operator's own namespace (its pods are the only ones NetworkPolicies admit to the
     /// workers' management and progress ports).
@@ -56,10 +58,17 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, images: WorkerImages, namespace: String, watch_namespace: Option<String>) -> Self {
+    pub fn new(
+        client: Client,
+        images: WorkerImages,
+        cache_defaults: RepositoryCache,
+        namespace: String,
+        watch_namespace: Option<String>,
+    ) -> Self {
         Self {
             client,
             images,
+            cache_defaults,
             metrics: Arc::default(),
             namespace,
             watch_namespace,

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{ArgAction, Parser};
 use futures::FutureExt;
 use lantern_operator::context::{Context, WorkerImages};
+use lantern_operator::crd::RepositoryCache;
 use lantern_operator::leader::Election;
 use lantern_operator::{metrics, serving, training};
 
@@ -26,6 +27,13 @@ struct Args {
     /// The CUDA worker image for jobs and services with `device: cuda` that name no image.
     #[arg(long, env = "LANTERN_WORKER_CUDA_IMAGE", default_value = "ghcr.io/lantern-dev/worker:0.1.0-cuda")]
     worker_cuda_image: String,
+    /// The node directory (hostPath) pods cache a URI repository's files in when the resource's
+    /// `repository.cache` names none; unset, each pod gets an emptyDir.
+    #[arg(long, env = "LANTERN_MODEL_CACHE_HOST_PATH", value_parser = absolute_path)]
+    model_cache_host_path: Option<String>,
+    /// The cache budget in MiB when the resource's `repository.cache` gives none (20480 unset).
+    #[arg(long, env = "LANTERN_MODEL_CACHE_SIZE_MIB", value_parser = clap::value_parser!(u64).range(64..))]
+    model_cache_size_mib: Option<u64>,
     /// Logs, and a trace per reconcile.
     #[command(flatten)]
     telemetry: lantern_telemetry::TelemetryArgs,
@@ -61,8 +69,9 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = args.telemetry.init("lantern-operator")?;
     let client = kube::Client::try_default().await?;
     let images = WorkerImages { cpu: args.worker_image.clone(), cuda: args.worker_cuda_image.clone() };
+    let cache = RepositoryCache { size_mib: args.model_cache_size_mib, host_path: args.model_cache_host_path.clone() };
     let own_namespace = client.default_namespace().to_owned();
-    let context = Arc::new(Context::new(client.clone(), images, own_namespace, args.watch_namespace.clone()));
+    let context = Arc::new(Context::new(client.clone(), images, cache, own_namespace, args.watch_namespace.clone()));
 
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await
@@ -96,6 +105,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `host_pid`: unique among the replicas of a Deployment (each pod has its own host name).
+fn absolute_path(value: &str) -> Result<String, String> {
+    match value.starts_with('/') {
+        true => Ok(value.to_owned()),
+        false => Err("a node directory is an absolute path".to_owned()),
+    }
+}
+
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())

@@ -389,6 +389,9 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct SharedEngine {
     model: LanguageModel,
+    /// The node cache's entries of the version the engine runs, kept from eviction while it
+    /// lives (also when only adapters hold it).
+    _pins: Vec<Pin>,
 }
 
 impl ModelManager {
@@ -931,26 +934,28 @@ impl Inner {
 
     /// Reads, verifies and loads one version, and starts the thread that runs it.
     /// The engine of `model`'s `version`: the one in memory, or one started on what `load`
-    /// reads. Loads of one engine never overlap, so a version and its adapters share it.
+    /// reads (with the cache pins of its files). Loads of one engine never overlap, so a
+    /// version and its adapters share it.
     fn shared_engine(
         &self,
         model: &str,
         version: u64,
-        load: impl FnOnce() -> Result<LoadedModel>,
+        load: impl FnOnce() -> Result<(LoadedModel, Vec<Pin>)>,
     ) -> Result<Arc<SharedEngine>> {
         let mut engines = self.engines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = (model.to_owned(), version);
         if let Some(shared) = engines.get(&key).and_then(std::sync::Weak::upgrade) {
             return Ok(shared);
         }
-        let LoadedModel::Generate { model: llama, codec } = load()? else {
+        let (LoadedModel::Generate { model: llama, codec }, pins) = load()? else {
             return Err(Error::invalid(format!("{model} version {version} is not a language model")));
         };
         let id = VersionId { model: model.to_owned(), version };
         let metrics = self.metrics.generation(model, version);
         // The engine thread ends once every handle is gone; nothing needs to wait for it.
         let (engine, _ended) = Engine::spawn(id, *llama, codec.clone(), self.settings.engine, metrics)?;
-        let shared = Arc::new(SharedEngine { model: LanguageModel { version, engine, codec, adapter: None } });
+        let model = LanguageModel { version, engine, codec, adapter: None };
+        let shared = Arc::new(SharedEngine { model, _pins: pins });
         engines.retain(|_, weak| weak.strong_count() > 0);
         engines.insert(key, Arc::downgrade(&shared));
         Ok(shared)
@@ -967,7 +972,7 @@ impl Inner {
             self.metrics.observe_fetch(model, report);
         }
         let pins = std::mem::take(&mut verified.pins);
-        let origin = Origin { digest: verified.digest.clone(), fetch: verified.fetch, pins };
+        let mut origin = Origin { digest: verified.digest.clone(), fetch: verified.fetch, pins };
         let fail =
             |reason: String| Error::from(lantern_runtime::Error::Load { model: model.to_owned(), version, reason });
         let manifest = verified.manifest.clone();
@@ -976,7 +981,10 @@ impl Inner {
         }
         if manifest.task == Task::Generate {
             let device = &self.settings.device;
-            let shared = self.shared_engine(model, version, || Ok(model::load(model, version, &verified, device)?))?;
+            // The engine holds the pins: adapters may keep it after this version unloads.
+            let pins = std::mem::take(&mut origin.pins);
+            let shared =
+                self.shared_engine(model, version, || Ok((model::load(model, version, &verified, device)?, pins)))?;
             let runtime = Runtime::Generate(shared.model.clone());
             return Ok(self.loaded_on(version, manifest, runtime, shared, origin));
         }
@@ -1065,12 +1073,9 @@ impl Inner {
             )));
         }
         let load_base = || {
-            Ok(model::load(
-                &base.model,
-                base.version,
-                &self.repo.read_verified(&base.model, base.version)?,
-                &self.settings.device,
-            )?)
+            let mut verified = self.repo.read_verified(&base.model, base.version)?;
+            let pins = std::mem::take(&mut verified.pins);
+            Ok((model::load(&base.model, base.version, &verified, &self.settings.device)?, pins))
         };
         let engine = self.shared_engine(&base.model, base.version, load_base).map_err(|e| fail(e.to_string()))?;
         let weights = engine.model.engine.read_adapter(&verified.files)?;

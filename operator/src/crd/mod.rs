@@ -53,6 +53,20 @@ impl Repository {
     pub fn claim(name: &str) -> Self {
         Self { claim_name: Some(name.to_owned()), ..Self::default() }
     }
+
+    /// The repository with the operator's cache `defaults` where a URI repository's `cache`
+    /// leaves a setting out.
+    pub fn with_cache_defaults(&self, defaults: &RepositoryCache) -> Self {
+        if self.uri.is_none() {
+            return self.clone();
+        }
+        let own = self.cache.clone().unwrap_or_default();
+        let cache = RepositoryCache {
+            size_mib: own.size_mib.or(defaults.size_mib),
+            host_path: own.host_path.or_else(|| defaults.host_path.clone()),
+        };
+        Self { cache: Some(cache), ..self.clone() }
+    }
 }
 
 /// A Secret in the resource's namespace.

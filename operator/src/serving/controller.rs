@@ -180,6 +180,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
 
     let mut replicas = 0;
     if let Ok(repository) = &source {
+        let repository = &repository.with_cache_defaults(&context.cache_defaults);
         let image = context.images.for_device(service.spec.device);
         let memory = objects::default_memory_limit(&service, fleet.largest_version_bytes);
         let adapters = adapter_states.iter().filter_map(|adapter| {

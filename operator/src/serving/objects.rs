@@ -403,6 +403,19 @@ mod tests {
                 .unwrap()
                 .contains(&json!({"name": env::CACHE_BUDGET_MIB, "value": "20480"}))
         );
+        // The operator's defaults (the chart's modelCache) fill what the resource leaves out.
+        let defaults = crate::crd::RepositoryCache { host_path: Some("/srv/cache".into()), size_mib: Some(512) };
+        let own_size = Repository {
+            cache: Some(crate::crd::RepositoryCache { host_path: None, size_mib: Some(100) }),
+            ..on_node.clone()
+        };
+        let filled = own_size.with_cache_defaults(&defaults).cache.unwrap();
+        assert_eq!((filled.host_path.as_deref(), filled.size_mib), (Some("/srv/cache"), Some(100)));
+        assert_eq!(
+            on_node.with_cache_defaults(&defaults).cache.unwrap().host_path.as_deref(),
+            Some("/var/lib/lantern-cache")
+        );
+        assert_eq!(repository().with_cache_defaults(&defaults), repository(), "a claim has no cache");
         // A claim is mounted read-only, with no Secret.
         let pod = pod_with(&repository());
         assert_eq!(pod["spec"]["containers"][0]["volumeMounts"][0]["readOnly"], true);

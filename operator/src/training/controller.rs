@@ -103,7 +103,8 @@ async fn reconcile(job: Arc<TrainingJob>, context: Arc<Context>) -> Result<Actio
         }
     }
     for rank in &plan.create {
-        let pod = objects::rank_pod(&job, plan.attempt, *rank, context.images.for_device(job.spec.device));
+        let image = context.images.for_device(job.spec.device);
+        let pod = objects::rank_pod(&job, plan.attempt, *rank, image, &context.cache_defaults);
         pods.patch(&objects::pod_name(&job, plan.attempt, *rank), &apply, &Patch::Apply(&pod))
             .await
             .map_err(kube_error(format!("creating rank {rank}'s pod")))?;

@@ -16,7 +16,7 @@ use lantern_contract::env;
 use lantern_contract::job::JobConfig;
 
 use crate::context::Error;
-use crate::crd::TrainingJob;
+use crate::crd::{RepositoryCache, TrainingJob};
 use crate::credentials::{self, TOKEN_KEY};
 use crate::objects::{self, env_var, match_labels, owned_metadata, tcp_port};
 
@@ -130,7 +130,7 @@ fn service_env_prefix(service: &str) -> String {
 const TERMINATION_LOG: &str = "/dev/termination-log";
 
 /// One rank's pod for gang attempt `attempt`, running `image` (the job's own image when set).
-pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod {
+pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str, cache_defaults: &RepositoryCache) -> Pod {
     let spec = &job.spec;
     let mut labels = job_labels(job);
     labels.insert(RANK_LABEL.to_owned(), rank.to_string());
@@ -148,7 +148,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str) -> Pod 
     if rank == 0 {
         env.push(env_var(env::PROGRESS_ADDRESS, format!("$(POD_IP):{PROGRESS_PORT}")));
     }
-    let repository = objects::repository_access(&spec.output.repository);
+    let repository = objects::repository_access(&spec.output.repository.with_cache_defaults(cache_defaults));
     env.extend(repository.env);
     let (token_volume, token_mount) =
         objects::secret_file_volume("job-token", &token_secret_name(job), TOKEN_KEY, TOKEN_KEY, TOKEN_DIR);
@@ -203,7 +203,9 @@ mod tests {
 
     #[test]
     fn each_rank_knows_its_place_and_finds_rank_zero_through_the_service() {
-        let pod = serde_json::to_value(rank_pod(&job(), 1, 0, "ghcr.io/lantern-dev/worker:0.1")).unwrap();
+        let pod =
+            serde_json::to_value(rank_pod(&job(), 1, 0, "ghcr.io/lantern-dev/worker:0.1", &RepositoryCache::default()))
+                .unwrap();
         assert_eq!(pod["metadata"]["name"], "adder-1-rank-0");
         assert_eq!(pod["metadata"]["labels"][RANK_LABEL], "0");
         assert_eq!(pod["metadata"]["ownerReferences"][0]["uid"], "u-1");
@@ -228,7 +230,7 @@ mod tests {
         assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
         assert_eq!(pod["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
 
-        let other = serde_json::to_value(rank_pod(&job(), 1, 1, "img")).unwrap();
+        let other = serde_json::to_value(rank_pod(&job(), 1, 1, "img", &RepositoryCache::default())).unwrap();
         let names: Vec<&str> = other["spec"]["containers"][0]["env"]
             .as_array()
             .unwrap()
