@@ -22,6 +22,9 @@ pub const DOWNLOAD_STREAMS: &str = "LANTERN_DOWNLOAD_STREAMS";
 /// The username and password for an `oci://` repository's registry.
 pub const OCI_USERNAME: &str = "LANTERN_OCI_USERNAME";
 pub const OCI_PASSWORD: &str = "LANTERN_OCI_PASSWORD";
+/// A Docker config file (`.dockerconfigjson`) with the registry's credentials, read when the
+/// username and password are not set.
+pub const OCI_AUTH_FILE: &str = "LANTERN_OCI_AUTH_FILE";
 /// Where models run: `cpu`, `cuda` or `cuda:N`.
 pub const DEVICE: &str = "LANTERN_DEVICE";
 

@@ -116,7 +116,13 @@ pub struct RepositoryAccess {
     pub env: Vec<EnvVar>,
     /// The Secret with the store's endpoint and credentials, as environment variables.
     pub env_from: Vec<EnvFromSource>,
+    /// For an `oci://` repository with a Secret: its `.dockerconfigjson` (if it has one) as the
+    /// file `LANTERN_OCI_AUTH_FILE` names.
+    pub registry_auth: Option<(Volume, VolumeMount)>,
 }
+
+/// Where an `oci://` repository's Docker config file is mounted.
+pub const REGISTRY_AUTH_DIR: &str = "/var/run/secrets/lantern/registry";
 
 /// A claim mounted at [`REPOSITORY_MOUNT`], or a URI with its Secret's variables and a cache
 /// volume (an emptyDir limited to the budget, or the node's directory) at [`CACHE_MOUNT`].
@@ -136,6 +142,7 @@ pub fn repository_access(repository: &Repository) -> RepositoryAccess {
             mount,
             env: vec![env_var(env::REPOSITORY, REPOSITORY_MOUNT)],
             env_from: vec![],
+            registry_auth: None,
         };
     }
     let cache = repository.cache.clone().unwrap_or_default();
@@ -152,11 +159,23 @@ pub fn repository_access(repository: &Repository) -> RepositoryAccess {
             ..Volume::default()
         },
     };
-    let env = vec![
+    let mut env = vec![
         env_var(env::REPOSITORY, repository.uri.clone().unwrap_or_default()),
         env_var(env::CACHE_DIR, CACHE_MOUNT),
         env_var(env::CACHE_BUDGET_MIB, budget.to_string()),
     ];
+    let oci_secret =
+        repository.secret_ref.as_ref().filter(|_| repository.uri.as_ref().is_some_and(|u| u.starts_with("oci://")));
+    let registry_auth = oci_secret.map(|secret| {
+        let (mut volume, mount) =
+            secret_file_volume("registry-auth", &secret.name, ".dockerconfigjson", "config.json", REGISTRY_AUTH_DIR);
+        // An opaque Secret (username and password keys) has no such key: no file, no error.
+        if let Some(source) = volume.secret.as_mut() {
+            source.optional = Some(true);
+        }
+        env.push(env_var(env::OCI_AUTH_FILE, format!("{REGISTRY_AUTH_DIR}/config.json")));
+        (volume, mount)
+    });
     let env_from = repository
         .secret_ref
         .iter()
@@ -167,7 +186,7 @@ pub fn repository_access(repository: &Repository) -> RepositoryAccess {
         .collect();
     let mount =
         VolumeMount { name: "model-cache".to_owned(), mount_path: CACHE_MOUNT.to_owned(), ..VolumeMount::default() };
-    RepositoryAccess { volume, mount, env, env_from }
+    RepositoryAccess { volume, mount, env, env_from, registry_auth }
 }
 
 /// The user and group workers run as (the images' `nonroot`).

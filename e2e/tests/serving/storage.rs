@@ -372,9 +372,24 @@ async fn the_worker_logs_in_to_a_registry_that_asks_for_credentials() {
         [("LANTERN_OCI_USERNAME", "lantern".to_owned()), ("LANTERN_OCI_PASSWORD", "registry-secret".to_owned())];
     let (ok, said) = worker(&publish, &login);
     assert!(ok && said.contains("version 1"), "{said}");
+    // A Docker config file (a dockerconfigjson Secret's key, as the operator mounts it) logs in
+    // too; an entry for another registry does not.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let auth_file = [("LANTERN_OCI_AUTH_FILE", config.path().to_str().unwrap().to_owned())];
+    std::fs::write(
+        config.path(),
+        r#"{"auths": {"other.example": {"username": "lantern", "password": "registry-secret"}}}"#,
+    )
+    .unwrap();
+    let (ok, said) = worker(&publish, &auth_file);
+    assert!(!ok && said.contains("or give LANTERN_OCI_AUTH_FILE a Docker config file"), "{said}");
+    let entry = serde_json::json!({"auths": {format!("http://{}", registry.address): {"auth": "bGFudGVybjpyZWdpc3RyeS1zZWNyZXQ="}}});
+    std::fs::write(config.path(), entry.to_string()).unwrap();
+    let (ok, said) = worker(&publish, &auth_file);
+    assert!(ok && said.contains("version 2"), "{said}");
     let cache = tempfile::tempdir().unwrap();
-    let (server, base) = serve_from(&repository, &["--cache-dir", cache.path().to_str().unwrap()], &login).await;
-    wait_ready(&base, "iris", 1).await;
+    let (server, base) = serve_from(&repository, &["--cache-dir", cache.path().to_str().unwrap()], &auth_file).await;
+    wait_ready(&base, "iris", 2).await;
     stop(server).await;
 }
 

@@ -235,6 +235,10 @@ pub fn pod(
     );
     let mut volumes = vec![access.volume, token_volume];
     let mut mounts = vec![repository_mount, token_mount];
+    if let Some((volume, mount)) = access.registry_auth {
+        volumes.push(volume);
+        mounts.push(mount);
+    }
     if let Some(keys) = &spec.api_keys {
         let (volume, mount) = objects::secret_file_volume("api-keys", &keys.name, &keys.key, "keys", API_KEYS_DIR);
         volumes.push(volume);
@@ -403,6 +407,18 @@ mod tests {
                 .unwrap()
                 .contains(&json!({"name": env::CACHE_BUDGET_MIB, "value": "20480"}))
         );
+        // A registry's Secret may be a dockerconfigjson one: its key is mounted, optionally.
+        let registry = Repository { uri: Some("oci://ghcr.io/acme/models".into()), ..on_node.clone() };
+        let pod = pod_with(&Repository { secret_ref: Some(crate::crd::SecretRef { name: "pull".into() }), ..registry });
+        let volume = pod["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "registry-auth").unwrap();
+        assert_eq!(
+            volume["secret"],
+            json!({"secretName": "pull", "items": [{"key": ".dockerconfigjson", "path": "config.json"}], "optional": true})
+        );
+        let container = &pod["spec"]["containers"][0];
+        let auth_file = json!({"name": env::OCI_AUTH_FILE, "value": "/var/run/secrets/lantern/registry/config.json"});
+        assert!(container["env"].as_array().unwrap().contains(&auth_file));
+        assert!(container["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "registry-auth"));
         // The operator's defaults (the chart's modelCache) fill what the resource leaves out.
         let defaults = crate::crd::RepositoryCache { host_path: Some("/srv/cache".into()), size_mib: Some(512) };
         let own_size = Repository {

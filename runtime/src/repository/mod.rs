@@ -14,6 +14,7 @@ pub mod location;
 pub mod manifest;
 mod oci;
 mod publish;
+mod registry_auth;
 pub mod remote;
 pub mod retention;
 mod transport;

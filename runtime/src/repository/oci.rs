@@ -13,8 +13,8 @@
 //! http on loopback (`localhost`, `127.0.0.0/8`, `[::1]`). A registry that answers 401 gets
 //! what its challenge asks for: Basic credentials, or a Bearer token from its token service
 //! (asked with the credentials, if any); the credentials come from `LANTERN_OCI_USERNAME` and
-//! `LANTERN_OCI_PASSWORD` (a Secret's keys), and go to no other host (a redirected blob read
-//! gets none).
+//! `LANTERN_OCI_PASSWORD` or a Docker config file ([`registry_auth`](super::registry_auth)),
+//! and go to no other host (a redirected blob read gets none).
 //!
 //! **Publishing.** Files are hashed, uploaded unless the registry has the blob already, the
 //! config blob last, then the manifest is put under the version's tag. A tag appears whole or
@@ -46,6 +46,7 @@ use sha2::{Digest, Sha256};
 
 use super::bucket::Io;
 use super::cache::{Cache, FetchReport};
+use super::registry_auth;
 use super::remote::{MAX_MANIFEST_BYTES, check_limits};
 use super::transport::{RESPONSE_TIMEOUT, https_client};
 use super::{
@@ -156,9 +157,7 @@ impl Oci {
             prefix: prefix.to_owned(),
             cache: Cache::open(&settings.cache)?,
             read_timeout: settings.read_timeout,
-            credentials: std::env::var(lantern_contract::env::OCI_USERNAME)
-                .ok()
-                .zip(std::env::var(lantern_contract::env::OCI_PASSWORD).ok()),
+            credentials: registry_auth::credentials(registry)?,
             authorization: std::sync::Mutex::default(),
         })
     }
@@ -506,10 +505,12 @@ impl Oci {
     async fn answer(&self, challenge: &str) -> Result<http::HeaderValue> {
         let needs = |what: &str| {
             Error::invalid(format!(
-                "oci://{} asks for {what}: set {} and {} (from the repository's Secret)",
+                "oci://{} asks for {what}: set {} and {}, or give {} a Docker config file with its \
+                 credentials (from the repository's Secret)",
                 self.registry,
                 lantern_contract::env::OCI_USERNAME,
-                lantern_contract::env::OCI_PASSWORD
+                lantern_contract::env::OCI_PASSWORD,
+                lantern_contract::env::OCI_AUTH_FILE
             ))
         };
         let basic = self.credentials.as_ref().map(|(user, password)| {
