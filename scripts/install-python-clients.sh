@@ -2,15 +2,16 @@
 # Installs the stock clients users already run into the git-ignored .cache/python/site,
 # idempotently: tritonclient[grpc] (Open Inference Protocol, with grpcio and numpy), openai, and
 # moto's S3 server with boto3, and azure-storage-blob (the object stores remote repositories are
-# tested against: moto, and azurite from scripts/install-azurite.sh), and bcrypt (the password
-# file of the registry that tests credentials).
+# tested against: moto, and azurite from scripts/install-azurite.sh), bcrypt (the password
+# file of the registry that tests credentials) and cryptography (the certificate and signed
+# tokens of the registry's token service, e2e/oci_token_server.py).
 # The tests prove wire compatibility with them; the quickstart talks to the service with openai.
 # Use them with PYTHONPATH=.cache/python/site (moto: python3 -m moto.server -H 127.0.0.1 -p PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 site=.cache/python/site
-stamp=$site/.lantern-installed-v5
+stamp=$site/.lantern-installed-v6
 if [ -f "$stamp" ]; then
   exit 0
 fi
@@ -18,6 +19,6 @@ python=$(command -v python3 || command -v python)
 rm -rf "$site"
 mkdir -p "$site"
 "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$site" 'tritonclient[grpc]>=2.40' 'openai>=1.40' \
-  'moto[server]>=5.1' 'boto3>=1.34' 'azure-storage-blob>=12.19' 'bcrypt>=4'
+  'moto[server]>=5.1' 'boto3>=1.34' 'azure-storage-blob>=12.19' 'bcrypt>=4' 'cryptography>=42'
 touch "$stamp"
-echo "installed tritonclient, openai, moto, boto3, azure-storage-blob and bcrypt into $site"
+echo "installed tritonclient, openai, moto, boto3, azure-storage-blob, bcrypt and cryptography into $site"

@@ -4,6 +4,8 @@
 //! manifest is refused while the served one answers), and an InferenceService reads its versions
 //! from the bucket with the credentials of a Secret, rolls a new one out as a canary, and a
 //! replaced pod loads from the node's cache; another serves a version from an OCI registry.
+//! Faults: a store that cuts or stalls connections, a full cache disk; registry logins by
+//! password, Docker config file and Bearer token.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -390,6 +392,30 @@ async fn the_worker_logs_in_to_a_registry_that_asks_for_credentials() {
     let cache = tempfile::tempdir().unwrap();
     let (server, base) = serve_from(&repository, &["--cache-dir", cache.path().to_str().unwrap()], &auth_file).await;
     wait_ready(&base, "iris", 2).await;
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_gets_bearer_tokens_from_a_registrys_token_service() {
+    let Some(registry) = OciRegistry::start_with_token_service("lantern", "token-secret").unwrap() else { return };
+    let repository = format!("oci://{}/lantern", registry.address);
+    let source = tempfile::tempdir().unwrap();
+    let source = source.path().to_str().unwrap();
+    assert!(worker(&["init-mlp", "--layers", "4,8,3", "--out", source], &[]).0);
+    let publish = ["publish", "--repository", &repository, "--model", "iris", "--source", source];
+    // The registry sends every client to its token service, which refuses unknown callers.
+    for env in
+        [vec![], vec![("LANTERN_OCI_USERNAME", "lantern".to_owned()), ("LANTERN_OCI_PASSWORD", "wrong".to_owned())]]
+    {
+        let (ok, said) = worker(&publish, &env);
+        assert!(!ok && said.contains("asks for credentials its token service accepts"), "{said}");
+    }
+    let login = [("LANTERN_OCI_USERNAME", "lantern".to_owned()), ("LANTERN_OCI_PASSWORD", "token-secret".to_owned())];
+    let (ok, said) = worker(&publish, &login);
+    assert!(ok && said.contains("version 1"), "{said}");
+    let cache = tempfile::tempdir().unwrap();
+    let (server, base) = serve_from(&repository, &["--cache-dir", cache.path().to_str().unwrap()], &login).await;
+    wait_ready(&base, "iris", 1).await;
     stop(server).await;
 }
 
