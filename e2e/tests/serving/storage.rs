@@ -165,6 +165,28 @@ async fn the_worker_publishes_to_s3_and_serves_through_the_node_cache_refusing_a
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_static_http_layout_serves_read_only() {
+    let Some(s3) = S3Server::start().unwrap() else { return };
+    s3.bucket(&["create", "models"]).unwrap();
+    // A layout published into a bucket, then read as plain files over HTTP (a public bucket, or
+    // any static server holding the same files): its index objects name the versions.
+    assert_eq!(publish_mlp(REPOSITORY, &s3.env(), "iris", "4,8,3", 5, &[]).await.unwrap(), 1);
+    assert_eq!(publish_mlp(REPOSITORY, &s3.env(), "iris", "4,8,3", 6, &[]).await.unwrap(), 2);
+    s3.bucket(&["public", "models"]).unwrap();
+    let repository = format!("{}/models/repo", s3.url);
+    let cache = tempfile::tempdir().unwrap();
+    let (server, base) = serve_from(&repository, &["--cache-dir", cache.path().to_str().unwrap()], &[]).await;
+    wait_ready(&base, "iris", 2).await;
+    assert_eq!(fetched(&get(&format!("{base}/metrics")).await, "iris"), (1.0, 0.0));
+    stop(server).await;
+    let source = tempfile::tempdir().unwrap();
+    let source = source.path().to_str().unwrap();
+    assert!(worker(&["init-mlp", "--layers", "4,8,3", "--out", source], &[]).0);
+    let (ok, said) = worker(&["publish", "--repository", &repository, "--model", "iris", "--source", source], &[]);
+    assert!(!ok && said.contains("is read-only"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_download_cut_off_again_and_again_resumes_and_the_version_loads() {
     let Some(s3) = S3Server::start().unwrap() else { return };
     s3.bucket(&["create", "models"]).unwrap();
@@ -297,6 +319,14 @@ async fn the_worker_publishes_to_azure_blob_and_serves_from_it() {
     wait_ready(&base, "iris", 2).await;
     assert_eq!(fetched(&get(&format!("{base}/metrics")).await, "iris"), (1.0, 0.0));
     stop(server).await;
+    // Azurite checks request signatures: a wrong account key is refused with the store's 403.
+    let mut wrong = env.clone();
+    wrong.push(("AZURE_STORAGE_ACCOUNT_KEY", "d3Jvbmcga2V5IGZvciB0aGUgZW11bGF0b3I=".into()));
+    let (ok, said) = worker(
+        &["prefetch", "--repository", repository, "--model", "iris", "--cache-dir", cache.path().to_str().unwrap()],
+        &wrong,
+    );
+    assert!(!ok && said.contains("403"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
