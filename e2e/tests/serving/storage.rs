@@ -540,5 +540,11 @@ async fn a_service_serves_from_s3_rolls_a_new_version_out_and_a_replaced_pod_loa
     .await
     .unwrap();
     assert_eq!(client.model_infer(request()).await.unwrap().into_inner().model_version, "2");
+    // The Secret's key is in no status, Event or worker log.
+    let mut seen = vec![stack.json("isvc").await.unwrap().to_string(), stack.json("events").await.unwrap().to_string()];
+    for pod in stack.json("pods").await.unwrap()["items"].as_array().unwrap() {
+        seen.push(stack.kubectl(&["logs", pod["metadata"]["name"].as_str().unwrap()]).await.unwrap().stdout);
+    }
+    assert!(seen.iter().all(|text| !text.contains("lantern-secret")), "the Secret's key leaked");
     stack.stop().await.unwrap();
 }
