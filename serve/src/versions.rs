@@ -1002,7 +1002,8 @@ impl Inner {
                 (Runtime::Tensor { batcher, out_width }, drained)
             }
             LoadedModel::Embed(encoder) => {
-                let (embedder, drained) = Embedder::new(id, *encoder, self.metrics.version(model, version));
+                let metrics = self.metrics.version(model, version);
+                let (embedder, drained) = Embedder::spawn(id, *encoder, self.settings.batch, metrics)?;
                 (Runtime::Embed(embedder), drained)
             }
             LoadedModel::Generate { .. } => {

@@ -94,6 +94,52 @@ async fn the_three_apis_return_the_same_unit_embeddings() {
     assert_eq!(floats(&answer["outputs"][0]["data"])[384..], openai[1][..]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_share_forward_passes_and_get_what_each_would_alone() {
+    let Some(harness) = serving_minilm().await else { return };
+    let texts: Vec<String> =
+        (0..24).map(|i| format!("Sentence number {i} is about {}.", ["cats", "stocks", "rain"][i % 3])).collect();
+    let embed = |text: String| {
+        let harness = &harness;
+        async move {
+            let body: Value = post_json(harness, "/v1/embeddings", &json!({"model": MODEL, "input": text}))
+                .await
+                .json()
+                .await
+                .unwrap();
+            floats(&body["data"][0]["embedding"])
+        }
+    };
+    let mut alone = Vec::new();
+    for text in &texts {
+        alone.push(embed(text.clone()).await);
+    }
+    let metrics = || async {
+        let text = reqwest::get(format!("{}/metrics", harness.url())).await.unwrap().text().await.unwrap();
+        let value = |series: &str| -> f64 {
+            text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+        };
+        (
+            value(r#"lantern_batch_size_rows_sum{model="minilm",version="1"}"#),
+            value(r#"lantern_batch_size_rows_count{model="minilm",version="1"}"#),
+        )
+    };
+    let (rows_before, passes_before) = metrics().await;
+    assert_eq!(rows_before, passes_before, "one text per pass when requests come one at a time");
+    let together = futures::future::join_all(texts.iter().cloned().map(embed)).await;
+    for (i, (shared, own)) in together.iter().zip(&alone).enumerate() {
+        let gap = shared.iter().zip(own).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(gap < 1e-5, "text {i} differs by {gap} in a shared pass");
+    }
+    let (rows, passes) = metrics().await;
+    assert_eq!(rows - rows_before, texts.len() as f64);
+    assert!(
+        passes - passes_before < texts.len() as f64,
+        "24 concurrent requests took {} passes",
+        passes - passes_before
+    );
+}
+
 #[tokio::test]
 async fn bad_embedding_requests_get_precise_errors() {
     let Some(harness) = serving_minilm().await else { return };

@@ -141,11 +141,33 @@ pub async fn embedding_figures(checkpoint: &Path) -> anyhow::Result<()> {
         rates.push(EMBED_BATCH as f64 / started.elapsed().as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
+    // The same sentences as concurrent one-sentence requests, which the server batches together.
+    let mut concurrent = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let calls: Vec<_> = request
+            .texts
+            .iter()
+            .map(|text| {
+                let mut client = client.clone();
+                let one = pb::EmbedRequest { texts: vec![text.clone()], ..request.clone() };
+                tokio::spawn(async move { client.embed(one).await })
+            })
+            .collect();
+        for call in calls {
+            anyhow::ensure!(call.await??.into_inner().embeddings.len() == 1, "wrong number of embeddings");
+        }
+        concurrent.push(EMBED_BATCH as f64 / started.elapsed().as_secs_f64());
+    }
+    concurrent.sort_by(f64::total_cmp);
     println!(
-        "\nembeddings {} through gRPC Embed ({} threads)\n  batch of {EMBED_BATCH} sentences: {:.1} sentences/s (median of 5)",
+        "\nembeddings {} through gRPC Embed ({} threads), medians of 5\n  one request of {EMBED_BATCH} sentences: {:.1} sentences/s\n  \
+         {EMBED_BATCH} concurrent one-sentence requests: {:.1} sentences/s ({:.2}x the one request)",
         checkpoint.display(),
         compute_threads::default_threads(),
-        rates[2]
+        rates[2],
+        concurrent[2],
+        concurrent[2] / rates[2]
     );
     Ok(())
 }
