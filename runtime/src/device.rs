@@ -43,7 +43,7 @@ pub fn cpu_description() -> String {
             .to_owned()
     };
     let flags = field("flags");
-    let present: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    let present: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"]
         .into_iter()
         .filter(|flag| flags.split_whitespace().any(|f| f == *flag))
         .collect();

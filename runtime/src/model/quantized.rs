@@ -4,8 +4,9 @@
 //! Why a kernel of our own: candle 0.11's Q4_1 × Q8_1 dot product is scalar and computes each
 //! (input row, weight row) pair on its own, so decoding several sequences together costs as much
 //! as decoding them one after another. [`Q4_1Matrix`] walks each weight row once per step and
-//! uses it for every input row while it is in L1 (one `vpmaddubsw` per block on AVX2, a
-//! vectorized portable loop elsewhere), and splits the weight rows across threads. The arithmetic
+//! uses it for every input row while it is in L1 (one `vpdpbusd` per block where the CPU has
+//! AVX-512 VNNI, checked at run time; `vpmaddubsw` and `vpmaddwd` on AVX2; a vectorized portable
+//! loop elsewhere), and splits the weight rows across threads. The arithmetic
 //! is ggml's: input rows quantized to Q8_1 per 32-value block, exact integer dot products, then
 //! `Σ sum · d_w · d_x + Σ m_w · s_x`. Like ggml's own AVX2 path (and unlike candle's scalar one)
 //! the products accumulate in eight vector lanes summed once per row, so results differ from
@@ -126,8 +127,10 @@ impl Q4_1Matrix {
     /// `out` as `[N][input rows]`. Each (weight row, input row) pair accumulates in its own
     /// vector lanes plus a scalar chain for the minimum terms, summed once at the end; the `N`
     /// rows are independent chains the CPU overlaps. Nothing depends on the other input rows,
-    /// so a row's result is the same in any batch.
-    fn dot_rows<const N: usize>(&self, first: usize, quantized: &[Q8_1Block], out: &mut [f32]) {
+    /// so a row's result is the same in any batch. `VNNI` picks the block instruction (see
+    /// [`lanes`]); always inlined, so the choice is made once per task.
+    #[inline(always)]
+    fn dot_rows<const N: usize, const VNNI: bool>(&self, first: usize, quantized: &[Q8_1Block], out: &mut [f32]) {
         let blocks_per_row = self.columns / BLOCK;
         let inputs = quantized.len() / blocks_per_row;
         for (input, x_row) in quantized.chunks_exact(blocks_per_row).enumerate() {
@@ -136,7 +139,7 @@ impl Q4_1Matrix {
             for (b, x) in x_row.iter().enumerate() {
                 for r in 0..N {
                     let block = (first + r) * blocks_per_row + b;
-                    products[r] = products[r].add_block(&self.nibbles[block], &x.qs, self.scales[block] * x.d);
+                    products[r] = products[r].add_block::<VNNI>(&self.nibbles[block], &x.qs, self.scales[block] * x.d);
                     minimums[r] = self.minimums[block].mul_add(x.s, minimums[r]);
                 }
             }
@@ -146,21 +149,23 @@ impl Q4_1Matrix {
         }
     }
 
-    /// `[rows, columns]` f32 input times the transposed weights: `[rows, self.rows]`.
+    /// `[rows, columns]` f32 input times the transposed weights: `[rows, self.rows]`, with the
+    /// best block instruction this CPU has.
     fn matmul(&self, input: &[f32], rows: usize) -> Vec<f32> {
+        self.matmul_with(input, rows, lanes::has_vnni())
+    }
+
+    /// [`Self::matmul`] with AVX-512 VNNI's block instruction or without it (the same integers,
+    /// so the same results).
+    fn matmul_with(&self, input: &[f32], rows: usize, vnni: bool) -> Vec<f32> {
         let quantized: Vec<Q8_1Block> = input.chunks_exact(BLOCK).map(quantize_q8_1).collect();
         // Computed transposed ([weight row][input row]) so each task writes one contiguous slab.
         let mut transposed = vec![0.0f32; self.rows * rows];
         transposed.par_chunks_mut(ROWS_PER_TASK * rows).enumerate().for_each(|(task, out)| {
             let first_row = task * ROWS_PER_TASK;
-            for (group, out) in out.chunks_mut(INTERLEAVE * rows).enumerate() {
-                let row = first_row + group * INTERLEAVE;
-                match out.len() / rows {
-                    INTERLEAVE => self.dot_rows::<INTERLEAVE>(row, &quantized, out),
-                    tail => {
-                        (0..tail).for_each(|i| self.dot_rows::<1>(row + i, &quantized, &mut out[i * rows..][..rows]))
-                    }
-                }
+            match vnni {
+                true => lanes::with_vnni(|| self.task::<true>(first_row, &quantized, out, rows)),
+                false => self.task::<false>(first_row, &quantized, out, rows),
             }
         });
         let mut output = vec![0.0f32; rows * self.rows];
@@ -170,6 +175,21 @@ impl Q4_1Matrix {
             }
         }
         output
+    }
+
+    /// One parallel task: the weight rows from `first_row` that `out` holds, in groups of
+    /// [`INTERLEAVE`].
+    #[inline(always)]
+    fn task<const VNNI: bool>(&self, first_row: usize, quantized: &[Q8_1Block], out: &mut [f32], rows: usize) {
+        for (group, out) in out.chunks_mut(INTERLEAVE * rows).enumerate() {
+            let row = first_row + group * INTERLEAVE;
+            match out.len() / rows {
+                INTERLEAVE => self.dot_rows::<INTERLEAVE, VNNI>(row, quantized, out),
+                tail => {
+                    (0..tail).for_each(|i| self.dot_rows::<1, VNNI>(row + i, quantized, &mut out[i * rows..][..rows]))
+                }
+            }
+        }
     }
 }
 
@@ -190,13 +210,20 @@ mod lanes {
             Self(bytemuck::cast([0.0f32; 8]))
         }
 
-        pub fn add_block(self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
+        /// Adds one block: with `vpdpbusd` when `VNNI` (called only inside [`with_vnni`]),
+        /// else with `vpmaddubsw` and `vpmaddwd`; the same eight integer groups either way.
+        #[inline(always)]
+        pub fn add_block<const VNNI: bool>(self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
             #[allow(unsafe_code)]
             // SAFETY: this module exists only when the whole build targets AVX2 and FMA (the `cfg`
-            // above, set by `-C target-cpu=x86-64-v3` in .cargo/config.toml), so every
-            // instruction is available.
+            // above, set by `-C target-cpu=x86-64-v3` in .cargo/config.toml), so every AVX2
+            // instruction is available; the VNNI form runs only inside `with_vnni`, which is
+            // entered only where `has_vnni` found the CPU has AVX-512 VNNI and VL.
             unsafe {
-                Self(add_block(self.0, nibbles, values, scale))
+                Self(match VNNI {
+                    true => add_block_vnni(self.0, nibbles, values, scale),
+                    false => add_block(self.0, nibbles, values, scale),
+                })
             }
         }
 
@@ -205,18 +232,59 @@ mod lanes {
         }
     }
 
+    /// Whether this CPU has AVX-512 VNNI with 256-bit forms (VL), checked once.
+    pub fn has_vnni() -> bool {
+        static VNNI: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+            std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl")
+        });
+        *VNNI
+    }
+
+    /// Runs `work` compiled with AVX-512 VNNI enabled (the kernel inlined into it uses
+    /// `vpdpbusd`). Only call it where [`has_vnni`] is true.
+    pub fn with_vnni<R>(work: impl FnOnce() -> R) -> R {
+        #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+        fn enabled<R>(work: impl FnOnce() -> R) -> R {
+            work()
+        }
+        assert!(has_vnni(), "the VNNI kernel runs only where the CPU has it; this is a bug");
+        #[allow(unsafe_code)]
+        // SAFETY: checked just above: the CPU has every feature `enabled` is compiled with.
+        unsafe {
+            enabled(work)
+        }
+    }
+
+    /// The block's 32 unsigned weights (at most 15) and signed values as u8 and i8 vectors.
+    #[inline(always)]
+    fn operands(nibbles: &[u8; 16], values: &[i8; BLOCK]) -> (__m256i, __m256i) {
+        #[allow(unsafe_code)]
+        // SAFETY: the whole build targets AVX2 (see `Lanes::add_block`).
+        unsafe {
+            let packed: __m128i = bytemuck::cast(*nibbles);
+            let mask = _mm_set1_epi8(0x0F);
+            let low = _mm_and_si128(packed, mask);
+            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
+            (_mm256_set_m128i(high, low), bytemuck::cast::<[i8; BLOCK], __m256i>(*values))
+        }
+    }
+
     /// `vpmaddubsw` multiplies all 32 unsigned weights (at most 15) by the signed values with
     /// pairwise sums (at most 15 · 127 · 2, so nothing saturates); `vpmaddwd` sums pairs again
     /// into the eight groups, which are scaled into the accumulator.
     #[target_feature(enable = "avx2,fma")]
     fn add_block(acc: __m256, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> __m256 {
-        let packed: __m128i = bytemuck::cast(*nibbles);
-        let mask = _mm_set1_epi8(0x0F);
-        let low = _mm_and_si128(packed, mask);
-        let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
-        let weights = _mm256_set_m128i(high, low);
-        let pairs = _mm256_maddubs_epi16(weights, bytemuck::cast::<[i8; BLOCK], __m256i>(*values));
+        let (weights, values) = operands(nibbles, values);
+        let pairs = _mm256_maddubs_epi16(weights, values);
         let groups = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(groups), _mm256_set1_ps(scale), acc)
+    }
+
+    /// The same eight groups in one `vpdpbusd`, which sums four u8 × i8 products per lane.
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    fn add_block_vnni(acc: __m256, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> __m256 {
+        let (weights, values) = operands(nibbles, values);
+        let groups = _mm256_dpbusd_epi32(_mm256_setzero_si256(), weights, values);
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(groups), _mm256_set1_ps(scale), acc)
     }
 }
@@ -234,7 +302,7 @@ mod lanes {
             Self([0.0; 8])
         }
 
-        pub fn add_block(mut self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
+        pub fn add_block<const VNNI: bool>(mut self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
             let mut weights = [0i8; BLOCK];
             for j in 0..16 {
                 weights[j] = (nibbles[j] & 0x0F) as i8;
@@ -250,6 +318,15 @@ mod lanes {
         pub fn sum(self) -> f32 {
             super::pairwise_sum(self.0)
         }
+    }
+
+    /// No VNNI form without the AVX2 build.
+    pub fn has_vnni() -> bool {
+        false
+    }
+
+    pub fn with_vnni<R>(work: impl FnOnce() -> R) -> R {
+        work()
     }
 }
 
@@ -307,6 +384,14 @@ mod tests {
         for (row, expected) in batched.iter().enumerate() {
             let alone = ours.forward(&x.narrow(0, row, 1).unwrap()).unwrap().to_vec2::<f32>().unwrap();
             assert_eq!(&alone[0], expected, "row {row} alone and in a batch of 8");
+        }
+        // AVX-512 VNNI, where the CPU has it, gives the AVX2 path's results bit for bit.
+        let QLinear::Q4_1(matrix) = &ours else { unreachable!() };
+        let input = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let avx2 = matrix.matmul_with(&input, 8, false);
+        assert_eq!(avx2, batched.concat());
+        if lanes::has_vnni() {
+            assert_eq!(matrix.matmul_with(&input, 8, true), avx2);
         }
     }
 
