@@ -1,17 +1,20 @@
-//! Linear layers over GGUF weights (or dense ones). Q4_1 on the CPU runs on our own kernel; every
-//! other type, and every type on a GPU, on candle's `QMatMul`.
+//! Linear layers over GGUF weights (or dense ones). Q4_1 and Q8_0 on the CPU run on our own
+//! kernel; every other type, and every type on a GPU, on candle's `QMatMul`.
 //!
-//! Why a kernel of our own: candle 0.11's Q4_1 × Q8_1 dot product is scalar and computes each
-//! (input row, weight row) pair on its own, so decoding several sequences together costs as much
-//! as decoding them one after another. [`Q4_1Matrix`] walks each weight row once per step and
-//! uses it for every input row while it is in L1 (one `vpdpbusd` per block where the CPU has
-//! AVX-512 VNNI, checked at run time; `vpmaddubsw` and `vpmaddwd` on AVX2; a vectorized portable
-//! loop elsewhere), and splits the weight rows across threads. The arithmetic
-//! is ggml's: input rows quantized to Q8_1 per 32-value block, exact integer dot products, then
-//! `Σ sum · d_w · d_x + Σ m_w · s_x`. Like ggml's own AVX2 path (and unlike candle's scalar one)
-//! the products accumulate in eight vector lanes summed once per row, so results differ from
-//! candle's by float rounding only; every (weight row, input row) result is computed the same way
-//! whatever else is in the batch, which keeps batched decoding bit-identical to decoding alone.
+//! Why a kernel of our own: candle 0.11's Q4_1 × Q8_1 dot product is scalar, and its Q8_0 one
+//! computes each (input row, weight row) pair on its own, so decoding several sequences together
+//! costs as much as decoding them one after another (SmolLM2's tied output layer is Q8_0: 15% of
+//! a decode profile went to candle's per-pair Q8_0 dot). [`KernelMatrix`] walks each weight row
+//! once per step and uses it for every input row while it is in L1 (one `vpdpbusd` per block
+//! where the CPU has AVX-512 VNNI, checked at run time; `vpmaddubsw` and `vpmaddwd` on AVX2; a
+//! vectorized portable loop elsewhere), and splits the weight rows across threads. The
+//! arithmetic is ggml's: input rows quantized to Q8_1 per 32-value block, exact integer dot
+//! products, then `Σ sum · d_w · d_x (+ Σ m_w · s_x for Q4_1's minimums)`; Q8_0's signed weights
+//! go through the unsigned × signed instructions as magnitudes, their signs moved to the values.
+//! Like ggml's own AVX2 path (and unlike candle's scalar one) the products accumulate in eight
+//! vector lanes summed once per row, so results differ from candle's by float rounding only;
+//! every (weight row, input row) result is computed the same way whatever else is in the batch,
+//! which keeps batched decoding bit-identical to decoding alone.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
@@ -21,8 +24,6 @@ use rayon::prelude::*;
 
 /// Values per quantization block.
 const BLOCK: usize = 32;
-/// Bytes of one Q4_1 block in GGUF: `d` (f16), `m` (f16), 16 bytes of nibbles.
-const Q4_1_BYTES: usize = 20;
 /// Weight rows per parallel work item.
 const ROWS_PER_TASK: usize = 16;
 /// Weight rows computed together so their dependent float chains overlap.
@@ -31,16 +32,18 @@ const INTERLEAVE: usize = 4;
 /// A linear layer `y = x · Wᵀ` over quantized weights `[out, in]`.
 #[derive(Debug)]
 pub enum QLinear {
-    Q4_1(Q4_1Matrix),
+    Q4_1(KernelMatrix<Q4_1Block>),
+    Q8_0(KernelMatrix<Q8_0Block>),
     Other(QMatMul),
 }
 
 impl QLinear {
-    /// Chooses the implementation for `weights`' type and device: our kernel for Q4_1 on the
-    /// CPU, candle's everywhere else (its CUDA kernels on a GPU).
+    /// Chooses the implementation for `weights`' type and device: our kernel for Q4_1 and Q8_0
+    /// on the CPU, candle's everywhere else (its CUDA kernels on a GPU).
     pub fn new(weights: QTensor) -> candle_core::Result<Self> {
         match weights.dtype() {
-            GgmlDType::Q4_1 if weights.device().is_cpu() => Ok(Self::Q4_1(Q4_1Matrix::new(&weights)?)),
+            GgmlDType::Q4_1 if weights.device().is_cpu() => Ok(Self::Q4_1(KernelMatrix::new(&weights)?)),
+            GgmlDType::Q8_0 if weights.device().is_cpu() => Ok(Self::Q8_0(KernelMatrix::new(&weights)?)),
             _ => Ok(Self::Other(QMatMul::from_qtensor(weights)?)),
         }
     }
@@ -54,6 +57,7 @@ impl QLinear {
     pub fn shape(&self) -> candle_core::Result<(usize, usize)> {
         match self {
             Self::Q4_1(matrix) => Ok((matrix.rows, matrix.columns)),
+            Self::Q8_0(matrix) => Ok((matrix.rows, matrix.columns)),
             Self::Other(QMatMul::QTensor(weights)) => weights.shape().dims2(),
             Self::Other(QMatMul::Tensor(weights) | QMatMul::TensorF16(weights)) => weights.dims2(),
         }
@@ -63,20 +67,80 @@ impl QLinear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Q4_1(matrix) => matrix.forward(x),
+            Self::Q8_0(matrix) => matrix.forward(x),
             Self::Other(matmul) => matmul.forward(x),
         }
     }
 }
 
-/// Q4_1 weights unpacked for the kernel: per block its scale and minimum as f32 and its 16
-/// bytes of nibbles (value `j` in the low nibble of byte `j`, value `j + 16` in the high one).
+/// A GGUF weight format the kernel runs: how a block is stored, and its products with an
+/// input block.
+pub trait WeightBlock: Copy + std::fmt::Debug + Send + Sync {
+    const DTYPE: GgmlDType;
+    /// Bytes of one block in GGUF.
+    const BYTES: usize;
+    /// Whether blocks carry a minimum (`value = d · q + m`), which adds `m · s_x` per block.
+    const HAS_MINIMUM: bool;
+    /// The block at `bytes`: its scale, its minimum (0 without one) and its values.
+    fn parse(bytes: &[u8]) -> (f32, f32, Self);
+    /// Adds the block's integer products with `values`, times `scale`, to `lanes`.
+    fn add_to<const VNNI: bool>(&self, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes;
+}
+
+fn half(bytes: &[u8]) -> f32 {
+    f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
+}
+
+/// Q4_1's 16 bytes of nibbles: value `j` in the low nibble of byte `j`, value `j + 16` in the
+/// high one; GGUF stores `d` (f16), `m` (f16), then the nibbles.
+#[derive(Clone, Copy, Debug)]
+pub struct Q4_1Block([u8; 16]);
+
+impl WeightBlock for Q4_1Block {
+    const DTYPE: GgmlDType = GgmlDType::Q4_1;
+    const BYTES: usize = 20;
+    const HAS_MINIMUM: bool = true;
+
+    fn parse(bytes: &[u8]) -> (f32, f32, Self) {
+        let nibbles = bytes[4..20].try_into().expect("a Q4_1 block holds 16 bytes of nibbles; this is a bug");
+        (half(&bytes[0..2]), half(&bytes[2..4]), Self(nibbles))
+    }
+
+    #[inline(always)]
+    fn add_to<const VNNI: bool>(&self, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes {
+        lanes.add_q4_1::<VNNI>(&self.0, values, scale)
+    }
+}
+
+/// Q8_0's 32 signed values; GGUF stores `d` (f16), then the values.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8_0Block([i8; BLOCK]);
+
+impl WeightBlock for Q8_0Block {
+    const DTYPE: GgmlDType = GgmlDType::Q8_0;
+    const BYTES: usize = 34;
+    const HAS_MINIMUM: bool = false;
+
+    fn parse(bytes: &[u8]) -> (f32, f32, Self) {
+        let values: [u8; BLOCK] = bytes[2..34].try_into().expect("a Q8_0 block holds 32 values; this is a bug");
+        (half(&bytes[0..2]), 0.0, Self(bytemuck::cast(values)))
+    }
+
+    #[inline(always)]
+    fn add_to<const VNNI: bool>(&self, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes {
+        lanes.add_q8_0::<VNNI>(&self.0, values, scale)
+    }
+}
+
+/// Weights unpacked for the kernel: per block its scale (and minimum, for formats with one) as
+/// f32 and its values.
 #[derive(Debug)]
-pub struct Q4_1Matrix {
+pub struct KernelMatrix<B: WeightBlock> {
     rows: usize,
     columns: usize,
     scales: Vec<f32>,
     minimums: Vec<f32>,
-    nibbles: Vec<[u8; 16]>,
+    blocks: Vec<B>,
 }
 
 /// One input row block quantized to Q8_1: scale, scale × sum of the values, 32 signed values.
@@ -87,29 +151,32 @@ struct Q8_1Block {
     qs: [i8; BLOCK],
 }
 
-impl Q4_1Matrix {
+impl<B: WeightBlock> KernelMatrix<B> {
     fn new(weights: &QTensor) -> candle_core::Result<Self> {
+        let kind = B::DTYPE;
         let (rows, columns) = weights.shape().dims2()?;
         if columns % BLOCK != 0 {
-            candle_core::bail!("Q4_1 weights need a multiple of {BLOCK} columns, got {columns}");
+            candle_core::bail!("{kind:?} weights need a multiple of {BLOCK} columns, got {columns}");
         }
         let data = weights.data()?;
         let blocks = rows * columns / BLOCK;
-        if data.len() != blocks * Q4_1_BYTES {
-            candle_core::bail!("Q4_1 weights of {rows}x{columns} hold {} bytes", data.len());
+        if data.len() != blocks * B::BYTES {
+            candle_core::bail!("{kind:?} weights of {rows}x{columns} hold {} bytes", data.len());
         }
-        let half = |bytes: &[u8]| f16::from_le_bytes([bytes[0], bytes[1]]).to_f32();
         let mut matrix = Self {
             rows,
             columns,
             scales: Vec::with_capacity(blocks),
-            minimums: Vec::with_capacity(blocks),
-            nibbles: Vec::with_capacity(blocks),
+            minimums: Vec::with_capacity(if B::HAS_MINIMUM { blocks } else { 0 }),
+            blocks: Vec::with_capacity(blocks),
         };
-        for block in data.chunks_exact(Q4_1_BYTES) {
-            matrix.scales.push(half(&block[0..2]));
-            matrix.minimums.push(half(&block[2..4]));
-            matrix.nibbles.push(block[4..].try_into().expect("a Q4_1 block holds 16 bytes of nibbles; this is a bug"));
+        for bytes in data.chunks_exact(B::BYTES) {
+            let (scale, minimum, block) = B::parse(bytes);
+            matrix.scales.push(scale);
+            if B::HAS_MINIMUM {
+                matrix.minimums.push(minimum);
+            }
+            matrix.blocks.push(block);
         }
         Ok(matrix)
     }
@@ -117,7 +184,7 @@ impl Q4_1Matrix {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (rows, columns) = x.dims2()?;
         if columns != self.columns {
-            candle_core::bail!("input of width {columns} for Q4_1 weights of width {}", self.columns);
+            candle_core::bail!("input of width {columns} for {:?} weights of width {}", B::DTYPE, self.columns);
         }
         let input = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Tensor::from_vec(self.matmul(&input, rows), (rows, self.rows), x.device())
@@ -139,8 +206,10 @@ impl Q4_1Matrix {
             for (b, x) in x_row.iter().enumerate() {
                 for r in 0..N {
                     let block = (first + r) * blocks_per_row + b;
-                    products[r] = products[r].add_block::<VNNI>(&self.nibbles[block], &x.qs, self.scales[block] * x.d);
-                    minimums[r] = self.minimums[block].mul_add(x.s, minimums[r]);
+                    products[r] = self.blocks[block].add_to::<VNNI>(products[r], &x.qs, self.scales[block] * x.d);
+                    if B::HAS_MINIMUM {
+                        minimums[r] = self.minimums[block].mul_add(x.s, minimums[r]);
+                    }
                 }
             }
             for r in 0..N {
@@ -194,8 +263,8 @@ impl Q4_1Matrix {
 }
 
 /// Eight f32 partial sums of one (weight row, input row) product. Each block adds its exact
-/// integer products, summed in eight groups of four (weights `4i..4i + 4` of the block's 32 in
-/// nibble order: the low nibbles, then the high ones), times the block's combined scale.
+/// integer products, summed in eight groups of four (weights `4i..4i + 4` of the block's 32, for
+/// Q4_1 in nibble order: the low nibbles, then the high ones), times the block's combined scale.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod lanes {
     use std::arch::x86_64::*;
@@ -210,10 +279,24 @@ mod lanes {
             Self(bytemuck::cast([0.0f32; 8]))
         }
 
-        /// Adds one block: with `vpdpbusd` when `VNNI` (called only inside [`with_vnni`]),
-        /// else with `vpmaddubsw` and `vpmaddwd`; the same eight integer groups either way.
+        /// Adds a Q4_1 block: its nibbles are the unsigned operand as they are.
         #[inline(always)]
-        pub fn add_block<const VNNI: bool>(self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
+        pub fn add_q4_1<const VNNI: bool>(self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
+            self.add::<VNNI>(nibble_operands(nibbles, values), scale)
+        }
+
+        /// Adds a Q8_0 block: the weights' magnitudes are the unsigned operand, their signs
+        /// move to the values (`|w| · sign(w) x = w x`; at most 128 · 127 · 2 per pair).
+        #[inline(always)]
+        pub fn add_q8_0<const VNNI: bool>(self, weights: &[i8; BLOCK], values: &[i8; BLOCK], scale: f32) -> Self {
+            self.add::<VNNI>(signed_operands(weights, values), scale)
+        }
+
+        /// Adds one block's unsigned × signed products: with `vpdpbusd` when `VNNI` (called
+        /// only inside [`with_vnni`]), else with `vpmaddubsw` and `vpmaddwd`; the same eight
+        /// integer groups either way.
+        #[inline(always)]
+        fn add<const VNNI: bool>(self, (weights, values): (__m256i, __m256i), scale: f32) -> Self {
             #[allow(unsafe_code)]
             // SAFETY: this module exists only when the whole build targets AVX2 and FMA (the `cfg`
             // above, set by `-C target-cpu=x86-64-v3` in .cargo/config.toml), so every AVX2
@@ -221,8 +304,8 @@ mod lanes {
             // entered only where `has_vnni` found the CPU has AVX-512 VNNI and VL.
             unsafe {
                 Self(match VNNI {
-                    true => add_block_vnni(self.0, nibbles, values, scale),
-                    false => add_block(self.0, nibbles, values, scale),
+                    true => groups_vnni(self.0, weights, values, scale),
+                    false => groups(self.0, weights, values, scale),
                 })
             }
         }
@@ -255,11 +338,11 @@ mod lanes {
         }
     }
 
-    /// The block's 32 unsigned weights (at most 15) and signed values as u8 and i8 vectors.
+    /// A Q4_1 block's 32 unsigned weights (at most 15) and the signed values.
     #[inline(always)]
-    fn operands(nibbles: &[u8; 16], values: &[i8; BLOCK]) -> (__m256i, __m256i) {
+    fn nibble_operands(nibbles: &[u8; 16], values: &[i8; BLOCK]) -> (__m256i, __m256i) {
         #[allow(unsafe_code)]
-        // SAFETY: the whole build targets AVX2 (see `Lanes::add_block`).
+        // SAFETY: the whole build targets AVX2 (see `Lanes::add`).
         unsafe {
             let packed: __m128i = bytemuck::cast(*nibbles);
             let mask = _mm_set1_epi8(0x0F);
@@ -269,12 +352,23 @@ mod lanes {
         }
     }
 
-    /// `vpmaddubsw` multiplies all 32 unsigned weights (at most 15) by the signed values with
-    /// pairwise sums (at most 15 · 127 · 2, so nothing saturates); `vpmaddwd` sums pairs again
-    /// into the eight groups, which are scaled into the accumulator.
+    /// A Q8_0 block's weight magnitudes, and the values with the weights' signs.
+    #[inline(always)]
+    fn signed_operands(weights: &[i8; BLOCK], values: &[i8; BLOCK]) -> (__m256i, __m256i) {
+        #[allow(unsafe_code)]
+        // SAFETY: the whole build targets AVX2 (see `Lanes::add`).
+        unsafe {
+            let weights = bytemuck::cast::<[i8; BLOCK], __m256i>(*weights);
+            let values = bytemuck::cast::<[i8; BLOCK], __m256i>(*values);
+            (_mm256_sign_epi8(weights, weights), _mm256_sign_epi8(values, weights))
+        }
+    }
+
+    /// `vpmaddubsw` multiplies the 32 unsigned weights by the signed values with pairwise sums
+    /// (small enough that nothing saturates, see the callers); `vpmaddwd` sums pairs again into
+    /// the eight groups, which are scaled into the accumulator.
     #[target_feature(enable = "avx2,fma")]
-    fn add_block(acc: __m256, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> __m256 {
-        let (weights, values) = operands(nibbles, values);
+    fn groups(acc: __m256, weights: __m256i, values: __m256i, scale: f32) -> __m256 {
         let pairs = _mm256_maddubs_epi16(weights, values);
         let groups = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(groups), _mm256_set1_ps(scale), acc)
@@ -282,8 +376,7 @@ mod lanes {
 
     /// The same eight groups in one `vpdpbusd`, which sums four u8 × i8 products per lane.
     #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    fn add_block_vnni(acc: __m256, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> __m256 {
-        let (weights, values) = operands(nibbles, values);
+    fn groups_vnni(acc: __m256, weights: __m256i, values: __m256i, scale: f32) -> __m256 {
         let groups = _mm256_dpbusd_epi32(_mm256_setzero_si256(), weights, values);
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(groups), _mm256_set1_ps(scale), acc)
     }
@@ -302,12 +395,16 @@ mod lanes {
             Self([0.0; 8])
         }
 
-        pub fn add_block<const VNNI: bool>(mut self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
+        pub fn add_q4_1<const VNNI: bool>(self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
             let mut weights = [0i8; BLOCK];
             for j in 0..16 {
                 weights[j] = (nibbles[j] & 0x0F) as i8;
                 weights[j + 16] = (nibbles[j] >> 4) as i8;
             }
+            self.add_q8_0::<VNNI>(&weights, values, scale)
+        }
+
+        pub fn add_q8_0<const VNNI: bool>(mut self, weights: &[i8; BLOCK], values: &[i8; BLOCK], scale: f32) -> Self {
             for (lane, (w, x)) in self.0.iter_mut().zip(weights.chunks_exact(4).zip(values.chunks_exact(4))) {
                 let group: i32 = w.iter().zip(x).map(|(&p, &q)| i32::from(p) * i32::from(q)).sum();
                 *lane = (group as f32).mul_add(scale, *lane);
@@ -365,13 +462,14 @@ mod tests {
         (0..count as u32).map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
     }
 
-    #[test]
-    fn the_q4_1_kernel_agrees_with_candle_and_a_row_ignores_its_batch() {
+    /// Ours against candle's `QMatMul` on the same quantized weights; then each row alone, and
+    /// the AVX2 and VNNI forms, bit for bit.
+    fn agrees_with_candle<B: WeightBlock>(matrix: impl Fn(&QLinear) -> Option<&KernelMatrix<B>>) {
         let (out, width) = (37, 128);
         let weights = Tensor::from_vec(values(out * width, 7), (out, width), &Device::Cpu).unwrap();
-        let quantize = || QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
+        let quantize = || QTensor::quantize(&weights, B::DTYPE).unwrap();
         let ours = QLinear::new(quantize()).unwrap();
-        assert!(matches!(ours, QLinear::Q4_1(_)));
+        let kernel = matrix(&ours).expect("our kernel runs this type");
         let candle = QMatMul::from_qtensor(quantize()).unwrap();
         let x = Tensor::from_vec(values(8 * width, 3), (8, width), &Device::Cpu).unwrap();
         let batched = ours.forward(&x).unwrap().to_vec2::<f32>().unwrap();
@@ -386,19 +484,34 @@ mod tests {
             assert_eq!(&alone[0], expected, "row {row} alone and in a batch of 8");
         }
         // AVX-512 VNNI, where the CPU has it, gives the AVX2 path's results bit for bit.
-        let QLinear::Q4_1(matrix) = &ours else { unreachable!() };
         let input = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let avx2 = matrix.matmul_with(&input, 8, false);
+        let avx2 = kernel.matmul_with(&input, 8, false);
         assert_eq!(avx2, batched.concat());
         if lanes::has_vnni() {
-            assert_eq!(matrix.matmul_with(&input, 8, true), avx2);
+            assert_eq!(kernel.matmul_with(&input, 8, true), avx2);
         }
+    }
+
+    #[test]
+    fn the_q4_1_kernel_agrees_with_candle_and_a_row_ignores_its_batch() {
+        agrees_with_candle::<Q4_1Block>(|linear| match linear {
+            QLinear::Q4_1(matrix) => Some(matrix),
+            _ => None,
+        });
+    }
+
+    #[test]
+    fn the_q8_0_kernel_agrees_with_candle_and_a_row_ignores_its_batch() {
+        agrees_with_candle::<Q8_0Block>(|linear| match linear {
+            QLinear::Q8_0(matrix) => Some(matrix),
+            _ => None,
+        });
     }
 
     #[test]
     fn other_types_use_candle() {
         let weights = Tensor::from_vec(values(32 * 64, 1), (32, 64), &Device::Cpu).unwrap();
-        let quantized = QTensor::quantize(&weights, GgmlDType::Q8_0).unwrap();
+        let quantized = QTensor::quantize(&weights, GgmlDType::Q4_0).unwrap();
         assert!(matches!(QLinear::new(quantized).unwrap(), QLinear::Other(_)));
     }
 }
