@@ -360,6 +360,9 @@ pub fn describe(progress: &TrainingProgress) -> String {
     line
 }
 
+/// The most versions a progress request may hold from retention.
+const MAX_HELD_VERSIONS: usize = 100_000;
+
 struct Service(Arc<Progress>);
 
 #[tonic::async_trait]
@@ -369,6 +372,12 @@ impl TrainingService for Service {
         request: Request<GetProgressRequest>,
     ) -> std::result::Result<Response<TrainingProgress>, Status> {
         if let Some(held) = request.into_inner().held {
+            if held.versions.len() > MAX_HELD_VERSIONS {
+                return Err(Status::invalid_argument(format!(
+                    "{} held versions; at most {MAX_HELD_VERSIONS} can be held",
+                    held.versions.len()
+                )));
+            }
             self.0.hold(held.versions.into_iter().collect());
         }
         Ok(Response::new(self.0.snapshot()))
@@ -378,6 +387,23 @@ impl TrainingService for Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_operator_s_held_versions_replace_rank_0_s_and_too_many_are_refused() {
+        let progress = Progress::new("adder", 100, 1, 8);
+        progress.hold([1].into());
+        let service = Service(progress.clone());
+        let ask = |versions: Vec<u64>| {
+            Request::new(GetProgressRequest { held: Some(lantern_proto::lantern::v1::HeldVersions { versions }) })
+        };
+        service.get_progress(Request::new(GetProgressRequest::default())).await.unwrap();
+        assert_eq!(progress.held(), [1].into(), "a poll without a set leaves it");
+        service.get_progress(ask(vec![3, 5, 3])).await.unwrap();
+        assert_eq!(progress.held(), [3, 5].into());
+        let refused = service.get_progress(ask(vec![7; MAX_HELD_VERSIONS + 1])).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(progress.held(), [3, 5].into(), "a refused set changes nothing");
+    }
 
     #[test]
     fn the_snapshot_follows_the_job_and_counts_heartbeats() {

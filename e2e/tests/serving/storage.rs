@@ -96,6 +96,25 @@ async fn failure_reason(base: &str, model: &str, version: &str) -> String {
     }
 }
 
+/// The version of `iris` that answers an inference through `base`.
+async fn answering_version(base: &str) -> String {
+    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let url = format!("{base}/v2/models/iris/infer");
+    let answer: Value = reqwest::Client::new().post(url).json(&body).send().await.unwrap().json().await.unwrap();
+    answer["model_version"].as_str().unwrap_or_else(|| panic!("no answer: {answer}")).to_owned()
+}
+
+/// A proxy in front of `s3` that faults every connection after 128 KiB, and the environment
+/// that sends the store client through it.
+async fn through_proxy(s3: &S3Server, fault: Fault) -> (CuttingProxy, Vec<(&'static str, String)>) {
+    let upstream = s3.url.trim_start_matches("http://").to_owned();
+    let proxy = CuttingProxy::start(&upstream, 128 << 10, fault).await.unwrap();
+    let mut env = s3.env();
+    env.retain(|(key, _)| *key != "AWS_ENDPOINT_URL");
+    env.push(("AWS_ENDPOINT_URL", proxy.url.clone()));
+    (proxy, env)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_worker_publishes_to_s3_and_serves_through_the_node_cache_refusing_a_mismatched_version() {
     let Some(s3) = S3Server::start().unwrap() else { return };
@@ -149,10 +168,7 @@ async fn the_worker_publishes_to_s3_and_serves_through_the_node_cache_refusing_a
     assert!(load.status().is_success(), "{load:?}");
     let reason = failure_reason(&base, "iris", "3").await;
     assert!(reason.contains("iris/3/model.safetensors is 23 bytes in the store, the manifest says"), "{reason}");
-    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
-    let answer: Value =
-        http.post(format!("{base}/v2/models/iris/infer")).json(&body).send().await.unwrap().json().await.unwrap();
-    assert_eq!(answer["model_version"], "2", "the served version stopped answering: {answer}");
+    assert_eq!(answering_version(&base).await, "2", "the served version stopped answering");
     stop(second).await;
 
     // Bad locations get their reason.
@@ -193,11 +209,7 @@ async fn a_download_cut_off_again_and_again_resumes_and_the_version_loads() {
     // About 1 MB of weights; the proxy cuts every connection after 128 KiB: each cut read resumes
     // where it stopped (ranged GETs, in the store client and the cache), and the version loads.
     assert_eq!(publish_mlp(REPOSITORY, &s3.env(), "iris", "4,512,512,3", 5, &[]).await.unwrap(), 1);
-    let upstream = s3.url.trim_start_matches("http://").to_owned();
-    let proxy = CuttingProxy::start(&upstream, 128 << 10, Fault::Cut).await.unwrap();
-    let mut env = s3.env();
-    env.retain(|(key, _)| *key != "AWS_ENDPOINT_URL");
-    env.push(("AWS_ENDPOINT_URL", proxy.url.clone()));
+    let (proxy, env) = through_proxy(&s3, Fault::Cut).await;
     let cache = tempfile::tempdir().unwrap();
     let args = ["--cache-dir", cache.path().to_str().unwrap(), "--retry-base-ms", "100"];
     let (server, base) = serve_from(REPOSITORY, &args, &env).await;
@@ -216,11 +228,7 @@ async fn a_stalled_store_fails_the_new_version_after_its_read_timeout_and_the_se
     // any connection after 128 KiB, holding it open: each read times out, is retried from where
     // it stopped, and the version fails with the reason while version 1 keeps answering.
     assert_eq!(publish_mlp(REPOSITORY, &s3.env(), "iris", "4,8,3", 5, &[]).await.unwrap(), 1);
-    let upstream = s3.url.trim_start_matches("http://").to_owned();
-    let proxy = CuttingProxy::start(&upstream, 128 << 10, Fault::Stall).await.unwrap();
-    let mut env = s3.env();
-    env.retain(|(key, _)| *key != "AWS_ENDPOINT_URL");
-    env.push(("AWS_ENDPOINT_URL", proxy.url.clone()));
+    let (_proxy, env) = through_proxy(&s3, Fault::Stall).await;
     let cache = tempfile::tempdir().unwrap();
     // Polls come back on pooled connections, which the proxy stalls too once they carried 128 KiB:
     // slow enough polls stay far below it.
@@ -231,17 +239,7 @@ async fn a_stalled_store_fails_the_new_version_after_its_read_timeout_and_the_se
     assert_eq!(publish_mlp(REPOSITORY, &s3.env(), "iris", "4,512,512,3", 5, &[]).await.unwrap(), 2);
     let reason = failure_reason(&base, "iris", "2").await;
     assert!(reason.contains("failed 4 times, last:") && reason.contains("stalled: no bytes for 1s"), "{reason}");
-    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{base}/v2/models/iris/infer"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["model_version"], "1", "the served version stopped answering: {answer}");
+    assert_eq!(answering_version(&base).await, "1", "the served version stopped answering");
     stop(server).await;
 }
 
@@ -286,17 +284,7 @@ async fn a_full_cache_disk_is_reported_as_such_and_the_served_version_answers() 
     assert_eq!(publish_mlp(REPOSITORY, &env, "iris", "4,512,512,3", 5, &[]).await.unwrap(), 2);
     let reason = failure_reason(&base, "iris", "2").await;
     assert!(reason.contains(&format!("the model cache at {} is full", disk.dir.path().display())), "{reason}");
-    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{base}/v2/models/iris/infer"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["model_version"], "1", "the served version stopped answering: {answer}");
+    assert_eq!(answering_version(&base).await, "1", "the served version stopped answering");
     stop(server).await;
 }
 
@@ -345,11 +333,8 @@ async fn the_worker_publishes_to_an_oci_registry_and_serves_from_it() {
     let (server, base) = serve_from(&repository, &["--cache-dir", cache.path().to_str().unwrap()], &[]).await;
     wait_ready(&base, "iris", 2).await;
     assert_eq!(fetched(&get(&format!("{base}/metrics")).await, "iris"), (1.0, 0.0));
-    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    assert_eq!(answering_version(&base).await, "2");
     let http = reqwest::Client::new();
-    let answer: Value =
-        http.post(format!("{base}/v2/models/iris/infer")).json(&body).send().await.unwrap().json().await.unwrap();
-    assert_eq!(answer["model_version"], "2", "{answer}");
 
     // An image (not a Lantern version) tagged 3 is refused for its media types; 2 keeps serving.
     let registry_url = format!("http://{}/v2/lantern/iris", registry.address);
@@ -381,9 +366,7 @@ async fn the_worker_publishes_to_an_oci_registry_and_serves_from_it() {
         reason.contains("application/vnd.oci.image.config.v1+json") && reason.contains("is not a Lantern version"),
         "{reason}"
     );
-    let answer: Value =
-        http.post(format!("{base}/v2/models/iris/infer")).json(&body).send().await.unwrap().json().await.unwrap();
-    assert_eq!(answer["model_version"], "2", "{answer}");
+    assert_eq!(answering_version(&base).await, "2");
     stop(server).await;
 }
 

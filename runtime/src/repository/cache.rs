@@ -27,7 +27,7 @@ use rustix::fs::FlockOperation;
 use sha2::{Digest, Sha256};
 
 use super::download::{self, DEFAULT_STREAMS, Download};
-use super::{FileEntry, check_file};
+use super::{FileEntry, Manifest, VerifiedVersion, check_file, manifest_digest};
 use crate::error::{Error, Result};
 
 /// Where the cache lives and how large it may grow.
@@ -86,6 +86,14 @@ pub struct FetchedVersion {
     pub files: BTreeMap<String, Vec<u8>>,
     pub pins: Vec<Pin>,
     pub report: FetchReport,
+}
+
+impl FetchedVersion {
+    /// The version these files belong to: `manifest`, read as `manifest_bytes`.
+    pub fn into_verified(self, manifest: Manifest, manifest_bytes: &[u8]) -> VerifiedVersion {
+        let digest = manifest_digest(manifest_bytes);
+        VerifiedVersion { manifest, digest, files: self.files, fetch: Some(self.report), pins: self.pins }
+    }
 }
 
 /// What one load fetched.

@@ -160,8 +160,15 @@ enum PartFailure {
     Write(std::io::Error),
     /// Reading from the store failed every try.
     Failed { tries: u32, last: Error },
-    /// Stopped because another part failed.
+}
+
+/// How a part ended.
+#[derive(Debug)]
+enum Outcome {
+    Landed,
+    /// Stopped because another part failed (or hashing did).
     Stopped,
+    Failed(PartFailure),
 }
 
 /// The parts of one download and how each went, shared by the threads that fetch them.
@@ -169,7 +176,7 @@ struct Transfer<'a> {
     file: &'a File,
     parts: Vec<Range<u64>>,
     next: AtomicUsize,
-    outcomes: Mutex<Vec<Option<std::result::Result<(), PartFailure>>>>,
+    outcomes: Mutex<Vec<Option<Outcome>>>,
     /// Each part's bytes on disk so far, from its start.
     landed: Vec<AtomicU64>,
     /// Signalled when a part ends.
@@ -200,7 +207,7 @@ impl<'a> Transfer<'a> {
                 return;
             }
             let outcome = self.fetch_part(index, download);
-            if outcome.is_err() {
+            if !matches!(outcome, Outcome::Landed) {
                 self.stop.store(true, Ordering::Relaxed);
             }
             self.outcomes.lock().unwrap_or_else(PoisonError::into_inner)[index] = Some(outcome);
@@ -208,27 +215,27 @@ impl<'a> Transfer<'a> {
         }
     }
 
-    fn fetch_part(&self, index: usize, download: &Download<'_>) -> std::result::Result<(), PartFailure> {
+    fn fetch_part(&self, index: usize, download: &Download<'_>) -> Outcome {
         let range = self.parts[index].clone();
         let mut writer = PartWriter { transfer: self, index, at: range.start, overflowed: false, failed: None };
         let mut retry = 0;
         loop {
             let result = download(writer.at..range.end, &mut writer);
             if let Some(error) = writer.failed.take() {
-                return Err(PartFailure::Write(error));
+                return Outcome::Failed(PartFailure::Write(error));
             }
             match result {
-                Err(error) if writer.overflowed => return Err(PartFailure::Overflow(error)),
-                _ if writer.at == range.end => return Ok(()),
-                Ok(()) => return Err(PartFailure::Short(writer.at)),
-                Err(_) if self.stop.load(Ordering::Relaxed) => return Err(PartFailure::Stopped),
+                Err(error) if writer.overflowed => return Outcome::Failed(PartFailure::Overflow(error)),
+                _ if writer.at == range.end => return Outcome::Landed,
+                Ok(()) => return Outcome::Failed(PartFailure::Short(writer.at)),
+                Err(_) if self.stop.load(Ordering::Relaxed) => return Outcome::Stopped,
                 Err(error) if retry < RETRIES => {
                     let pause = RETRY_BASE * 2u32.pow(retry);
                     tracing::warn!(%error, resume_at = writer.at, ?pause, "a download part failed; resuming");
                     std::thread::sleep(pause);
                     retry += 1;
                 }
-                Err(last) => return Err(PartFailure::Failed { tries: retry + 1, last }),
+                Err(last) => return Outcome::Failed(PartFailure::Failed { tries: retry + 1, last }),
             }
         }
     }
@@ -249,10 +256,10 @@ impl<'a> Transfer<'a> {
                 }
                 let outcomes = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
                 match &outcomes[index] {
-                    Some(Ok(())) if hashed == range.end => break,
+                    Some(Outcome::Landed) if hashed == range.end => break,
                     // Its last bytes landed after the look above.
-                    Some(Ok(())) => continue,
-                    Some(Err(_)) => {
+                    Some(Outcome::Landed) => continue,
+                    Some(Outcome::Stopped | Outcome::Failed(_)) => {
                         let _ = write_record(record, hashed);
                         return Ok(());
                     }
@@ -267,9 +274,11 @@ impl<'a> Transfer<'a> {
 
     /// The first part's failure that is not a stop another part caused.
     fn failure(&self) -> std::result::Result<(), PartFailure> {
-        let mut outcomes = std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(PoisonError::into_inner));
-        let mut failures = outcomes.iter_mut().filter_map(|o| o.take()?.err());
-        let first = failures.find(|f| !matches!(f, PartFailure::Stopped));
+        let outcomes = std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(PoisonError::into_inner));
+        let first = outcomes.into_iter().find_map(|outcome| match outcome {
+            Some(Outcome::Failed(failure)) => Some(failure),
+            _ => None,
+        });
         first.map_or(Ok(()), Err)
     }
 }
@@ -297,7 +306,6 @@ fn refuse_or_keep(cache_dir: &Path, partial: &Path, entry: &FileEntry, failure: 
         PartFailure::Failed { tries, last } => {
             Error::ModelFile(format!("downloading {} failed {tries} times, last: {last}", entry.path))
         }
-        PartFailure::Stopped => Error::ModelFile(format!("downloading {} stopped", entry.path)),
     }
 }
 

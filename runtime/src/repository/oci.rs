@@ -250,8 +250,7 @@ impl Oci {
             |index, range, out| self.io.block_on(self.download(&name, layers[index], range, out)),
             fail,
         )?;
-        let (files, pins, report) = (fetched.files, fetched.pins, fetched.report);
-        Ok(VerifiedVersion { digest: manifest_digest(&bytes), manifest, files, fetch: Some(report), pins })
+        Ok(fetched.into_verified(manifest, &bytes))
     }
 
     /// Publishes the files `sources` (relative to `dir`) with `manifest` as `model`'s version

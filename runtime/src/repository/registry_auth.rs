@@ -6,6 +6,8 @@
 //! as `host[:port]`, with or without a scheme and path.
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
 
 use base64::Engine as _;
 use lantern_contract::env;
@@ -37,16 +39,26 @@ pub(super) fn credentials(registry: &str) -> Result<Option<(String, String)>> {
         return Ok(from_env);
     }
     let Ok(path) = std::env::var(env::OCI_AUTH_FILE) else { return Ok(None) };
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        // The operator mounts the Secret's key optionally: an opaque Secret leaves no file.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("reading {} ({path})", env::OCI_AUTH_FILE), e)),
-    };
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(Error::invalid(format!("{path} is larger than {MAX_CONFIG_BYTES} bytes")));
-    }
+    let Some(bytes) = read_config(Path::new(&path))? else { return Ok(None) };
     from_docker_config(&bytes, registry).map_err(|reason| Error::invalid(format!("{path}: {reason}")))
+}
+
+/// The config file's bytes, read no further than [`MAX_CONFIG_BYTES`]; `None` when there is no
+/// file (the operator mounts the Secret's key optionally: an opaque Secret leaves none).
+fn read_config(path: &Path) -> Result<Option<Vec<u8>>> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("opening {} ({})", env::OCI_AUTH_FILE, path.display()), e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(format!("reading {} ({})", env::OCI_AUTH_FILE, path.display()), e))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::invalid(format!("{} is larger than {MAX_CONFIG_BYTES} bytes", path.display())));
+    }
+    Ok(Some(bytes))
 }
 
 /// The credentials a Docker config file gives `registry`.
@@ -93,5 +105,16 @@ mod tests {
         assert_eq!(found("registry.example"), Ok(None), "another port is another registry");
         assert!(found("broken.example").unwrap_err().contains("not base64"));
         assert!(from_docker_config(b"{\"auths\": []}", "ghcr.io").unwrap_err().contains("not a Docker config file"));
+    }
+
+    #[test]
+    fn a_config_file_is_read_no_further_than_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_config(&dir.path().join("absent")).unwrap(), None);
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, vec![b' '; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        assert!(read_config(&path).unwrap_err().to_string().contains("is larger than 1048576 bytes"));
+        std::fs::write(&path, b"{}").unwrap();
+        assert_eq!(read_config(&path).unwrap().as_deref(), Some(&b"{}"[..]));
     }
 }

@@ -161,8 +161,7 @@ impl Remote {
             |index, range, out| self.bucket.io.block_on(self.bucket.download(&keys[index], range, out)),
             fail,
         )?;
-        let (files, pins, report) = (fetched.files, fetched.pins, fetched.report);
-        Ok(VerifiedVersion { digest: manifest_digest(&bytes), manifest, files, fetch: Some(report), pins })
+        Ok(fetched.into_verified(manifest, &bytes))
     }
 
     /// Publishes the files `sources` (relative to `dir`) with `manifest` as a version of
