@@ -91,6 +91,24 @@ impl Traffic {
     }
 }
 
+/// Waits until the service is Ready on the pods that stay: the first pods start without a
+/// memory limit and are replaced once a loaded version sizes it, so Ready alone may still be
+/// on pods about to go.
+async fn settled(stack: &Stack) -> serde_json::Value {
+    let limit = Duration::from_secs(90);
+    let wanted = |s: &serde_json::Value| condition(s, "Ready").0 == "True" && s["status"]["replicas"] == 2;
+    let ready = stack.wait_for("isvc/adder", "Ready on the wanted revision", limit, wanted).await;
+    let staying = |pod: &serde_json::Value| {
+        pod["spec"]["containers"][0]["resources"]["limits"]["memory"].is_string()
+            && pod["status"]["containerStatuses"][0]["ready"] == true
+    };
+    let only_staying = |pods: &serde_json::Value| {
+        pods["items"].as_array().is_some_and(|pods| pods.len() == 2 && pods.iter().all(staying))
+    };
+    stack.wait_for("pods", "only the pods with a memory limit, ready", limit, only_staying).await;
+    ready
+}
+
 fn condition<'a>(service: &'a serde_json::Value, type_: &str) -> (&'a str, &'a str, &'a str) {
     let found = service["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == type_));
     let field = |name: &str| found.and_then(|c| c[name].as_str()).unwrap_or_default();
@@ -119,8 +137,7 @@ async fn versions_are_served_canaried_promoted_and_rolled_back() {
     let applied = stack.apply(SERVICE).await.unwrap();
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
 
-    let ready =
-        stack.wait_for("isvc/adder", "Ready", Duration::from_secs(90), |s| condition(s, "Ready").0 == "True").await;
+    let ready = settled(&stack).await;
     assert_eq!(ready["status"]["stableVersion"], 1);
     assert_eq!(ready["status"]["readyReplicas"], 2);
     assert_eq!(ready["status"]["url"], "http://adder.default.svc:8500");

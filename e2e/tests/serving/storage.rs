@@ -18,7 +18,7 @@ use lantern_e2e::{Stack, binary, publish_mlp, sha256_hex};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{LAYERS, SERVICE, Traffic, condition, request, rollout_ended};
+use super::{LAYERS, SERVICE, Traffic, condition, request, rollout_ended, settled};
 
 const REPOSITORY: &str = "s3://models/repo";
 
@@ -475,8 +475,7 @@ async fn a_service_serves_from_s3_rolls_a_new_version_out_and_a_replaced_pod_loa
     );
     let applied = stack.apply(&SERVICE.replace("repository: {claimName: models}", &source)).await.unwrap();
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
-    let ready =
-        stack.wait_for("isvc/adder", "Ready", Duration::from_secs(90), |s| condition(s, "Ready").0 == "True").await;
+    let ready = settled(&stack).await;
     assert_eq!(ready["status"]["stableVersion"], 1);
 
     // A new version in the bucket goes out as a canary under traffic and is promoted.

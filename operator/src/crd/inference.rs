@@ -310,6 +310,10 @@ pub struct InferenceServiceStatus {
     /// Each adapter model's versions and rollout, in the order of `spec.adapters`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adapters: Vec<AdapterStatus>,
+    /// The largest version the pods have reported loading, in bytes, which sizes the default
+    /// memory limit. It only grows: a pass in which no pod answers changes no pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_bytes: Option<u64>,
 }
 
 /// One model's stable and canary versions, its rollout and its versions across the pods.

@@ -155,6 +155,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     let fleet = Fleet::of_model(&answers, &service.spec.model);
 
     let previous = service.status.clone().unwrap_or_default();
+    let model_bytes = objects::model_bytes(previous.model_bytes, &fleet);
     let now = Timestamp::now();
     let decision = rollout::decide(&Settings::of(&service.spec), &previous.served, &fleet, now);
     let adapter_states = adapters::decide(&resolved, &previous.adapters, &answers, now);
@@ -182,7 +183,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     if let Ok(repository) = &source {
         let repository = &repository.with_cache_defaults(&context.cache_defaults);
         let image = context.images.for_device(service.spec.device);
-        let memory = objects::default_memory_limit(&service, fleet.largest_version_bytes);
+        let memory = objects::default_memory_limit(&service, model_bytes);
         let adapters = adapter_states.iter().filter_map(|adapter| {
             Some(PodAdapter { model: adapter.model.clone(), policy: adapter.decision.as_ref()?.starting_policy() })
         });
@@ -214,7 +215,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         answering.iter().zip(&reports).filter(|(pod, report)| pod.ready && report.as_ref().is_some_and(serves_stable));
     let serving = serving.count() as u32;
     let requeue = adapter_states.iter().filter_map(|a| a.decision.as_ref()?.requeue).chain(decision.requeue).min();
-    let observed = Observed { replicas, serving, fleet, source_error: source.err() };
+    let observed = Observed { replicas, serving, fleet, model_bytes, source_error: source.err() };
     let next = status::next(&service, &decision, &adapter_states, &observed, now);
     let events = decision.events.iter().cloned().chain(adapter_states.iter().flat_map(|a| a.events()));
     for event in events {

@@ -19,6 +19,7 @@ use serde_json::json;
 
 use lantern_contract::env;
 
+use super::fleet::Fleet;
 use crate::crd::{Device, InferenceService, Repository};
 use crate::credentials::{self, TOKEN_KEY};
 use crate::objects::{self, env_var, match_labels, owned_metadata, tcp_port};
@@ -71,6 +72,13 @@ pub fn default_memory_limit(service: &InferenceService, largest_version_bytes: u
     let kv_mib = service.spec.generation.as_ref().and_then(|g| g.kv_cache_mib).unwrap_or(256);
     let mib = 2 * largest_version_bytes.div_ceil(1 << 20) + 2 * u64::from(kv_mib) + 512;
     Some(format!("{}Mi", mib.next_power_of_two()))
+}
+
+/// The size that sizes the default memory limit: the largest version the pods report now or
+/// reported before (`previous`, from the status), so that a pass in which no pod answers, or
+/// only pods still loading answer, does not drop the limit and replace every pod.
+pub fn model_bytes(previous: Option<u64>, fleet: &Fleet) -> u64 {
+    previous.unwrap_or(0).max(fleet.largest_version_bytes)
 }
 
 /// The models a pod serves, each with its version policy until the operator pushes the model's
@@ -469,6 +477,16 @@ mod tests {
             serde_json::to_value(pod(&cpu_only, &repository(), "w", "abc", 0, &starting("latest:1"), Some("2048Mi")))
                 .unwrap();
         assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"], json!({"cpu": "2", "memory": "2048Mi"}));
+    }
+
+    #[test]
+    fn the_size_behind_the_memory_limit_survives_a_pass_with_no_sizes_and_only_grows() {
+        let fleet = |bytes| Fleet { largest_version_bytes: bytes, ..Fleet::default() };
+        assert_eq!(model_bytes(None, &fleet(0)), 0, "nothing loaded yet");
+        assert_eq!(model_bytes(None, &fleet(70 << 20)), 70 << 20);
+        assert_eq!(model_bytes(Some(70 << 20), &fleet(0)), 70 << 20, "no pod answered, or none has loaded");
+        assert_eq!(model_bytes(Some(70 << 20), &fleet(50 << 20)), 70 << 20);
+        assert_eq!(model_bytes(Some(70 << 20), &fleet(90 << 20)), 90 << 20, "a larger version");
     }
 
     #[test]

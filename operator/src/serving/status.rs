@@ -36,6 +36,8 @@ pub struct Observed {
     /// Ready pods whose worker serves the stable version.
     pub serving: u32,
     pub fleet: Fleet,
+    /// The largest version the pods have reported loading so far ([`objects::model_bytes`]).
+    pub model_bytes: u64,
     /// Why the model's source cannot be used, if it cannot.
     pub source_error: Option<String>,
 }
@@ -172,6 +174,7 @@ pub fn next(
         selector: Some(objects::selector(service)),
         served: served_versions(decision, fleet),
         adapters: adapters.iter().map(adapter_status).collect(),
+        model_bytes: (observed.model_bytes > 0).then_some(observed.model_bytes),
     }
 }
 
@@ -206,7 +209,7 @@ mod tests {
             report(&[1], &[(1, Available, 0, 0, [0; 5])]),
             report(&[1], &[(1, Available, 0, 0, [0; 5])]),
         ]);
-        let observed = Observed { replicas: 2, serving: 2, fleet, source_error: None };
+        let observed = Observed { replicas: 2, serving: 2, fleet, model_bytes: 0, source_error: None };
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let status = next(&service, &decision(Some(1)), &[], &observed, now);
         assert_eq!(
@@ -231,7 +234,7 @@ mod tests {
         let service = test_service(serde_json::json!({}));
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let fleet = Fleet::from_reports(&[report(&[1], &[(1, Failed, 0, 0, [0; 5])])]);
-        let observed = Observed { replicas: 1, serving: 0, fleet, source_error: None };
+        let observed = Observed { replicas: 1, serving: 0, fleet, model_bytes: 0, source_error: None };
         let status = next(&service, &decision(Some(1)), &[], &observed, now);
         assert_eq!(conditions(&status)[1], ("ModelsReady", "False", "ModelLoadFailed"));
         assert!(status.conditions[0].message.contains("checksum mismatch"), "{:?}", status.conditions[0]);
@@ -257,7 +260,7 @@ mod tests {
         let resolved = adapters::resolve(&service.spec, None, &Default::default());
         let mut states = adapters::decide(&resolved, &[], &[vec![tickets]], now);
         let fleet = Fleet::from_reports(&[report(&[1], &[(1, Available, 0, 0, [0; 5])])]);
-        let observed = Observed { replicas: 1, serving: 1, fleet, source_error: None };
+        let observed = Observed { replicas: 1, serving: 1, fleet, model_bytes: 0, source_error: None };
         let ready = |states: &[AdapterState]| {
             let status = next(&service, &decision(Some(1)), states, &observed, now);
             let adapters_ready = status.conditions.iter().find(|c| c.type_ == "AdaptersReady").cloned().unwrap();
