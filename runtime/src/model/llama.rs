@@ -1,8 +1,9 @@
 //! The llama architecture (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU) with
 //! weights from GGUF, quantized or not, and a forward pass that runs several sequences in one
 //! step: every linear layer multiplies the tokens of all sequences together (one read of the
-//! weights per step, which is what makes batched decoding faster than one stream at a time), while
-//! attention runs per sequence against that sequence's own KV cache.
+//! weights per step, which is what makes batched decoding faster than one stream at a time; the
+//! projections that read one input in one pass of the kernel), while attention runs per sequence
+//! against that sequence's own KV cache.
 //!
 //! GGUF tensor names follow llama.cpp (`token_embd`, `blk.{i}.attn_q`, …, `output_norm`,
 //! `output`, tied to `token_embd` when absent); rotary embeddings are the interleaved form GGUF
@@ -301,14 +302,9 @@ impl Llama {
         let adapters = AdapterRows::new(steps.iter().map(|s| (s.adapter, s.tokens.len())), device)?;
         let kv_row = kv_heads * head_dim;
         for (index, layer) in self.layers.iter().enumerate() {
-            let project = |projection, weights: &QLinear, x: &Tensor| match adapters.is_empty() {
-                true => weights.forward(x),
-                false => adapters.adapt(index, projection, x, weights.forward(x)?),
-            };
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.config.rms_eps as f32)?;
-            let mut q = project(Projection::Q, &layer.wq, &h)?.flatten_all()?.to_vec1::<f32>()?;
-            let mut k = project(Projection::K, &layer.wk, &h)?.flatten_all()?.to_vec1::<f32>()?;
-            let v = project(Projection::V, &layer.wv, &h)?.flatten_all()?.to_vec1::<f32>()?;
+            let qkv = [(Projection::Q, &layer.wq), (Projection::K, &layer.wk), (Projection::V, &layer.wv)];
+            let [mut q, mut k, v] = project(&adapters, index, qkv, &h)?;
             self.rotate(&mut q, heads, &rows);
             self.rotate(&mut k, kv_heads, &rows);
             let mut offset = 0;
@@ -320,11 +316,15 @@ impl Llama {
             let tables: Vec<&BlockTable> = steps.iter().map(|s| &*s.table).collect();
             let attended = cache.attend(index, &tables, &rows, &q, heads);
             let attended = Tensor::from_vec(attended, (rows.len(), heads * head_dim), device)?;
-            x = (x + project(Projection::O, &layer.wo, &attended)?)?;
+            let [o] = project(&adapters, index, [(Projection::O, &layer.wo)], &attended)?;
+            x = (x + Tensor::from_vec(o, (rows.len(), self.config.hidden_size), device)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.config.rms_eps as f32)?;
-            let gate = candle_nn::ops::silu(&project(Projection::Gate, &layer.w_gate, &h)?)?;
-            let gated = (gate * project(Projection::Up, &layer.w_up, &h)?)?;
-            x = (x + project(Projection::Down, &layer.w_down, &gated)?)?;
+            let gate_up = [(Projection::Gate, &layer.w_gate), (Projection::Up, &layer.w_up)];
+            let [mut gated, up] = project(&adapters, index, gate_up, &h)?;
+            swiglu(&mut gated, &up);
+            let gated = Tensor::from_vec(gated, (rows.len(), up.len() / rows.len()), device)?;
+            let [down] = project(&adapters, index, [(Projection::Down, &layer.w_down)], &gated)?;
+            x = (x + Tensor::from_vec(down, (rows.len(), self.config.hidden_size), device)?)?;
         }
         let mut last_rows = Vec::with_capacity(steps.len());
         let mut offset = 0;
@@ -357,6 +357,33 @@ impl Llama {
                 }
             }
         }
+    }
+}
+
+/// `x` (`[rows, in]`) through the layer's `projections` that read it, in one pass of the
+/// kernel, each `[rows, out]` row-major with each adapter's update on its own rows.
+fn project<const N: usize>(
+    adapters: &AdapterRows<'_>,
+    layer: usize,
+    projections: [(Projection, &QLinear); N],
+    x: &Tensor,
+) -> candle_core::Result<[Vec<f32>; N]> {
+    let mut outputs = QLinear::forward_all(projections.map(|(_, weights)| weights), x)?;
+    if !adapters.is_empty() {
+        let rows = x.dim(0)?;
+        for (output, (projection, _)) in outputs.iter_mut().zip(projections) {
+            let width = output.len() / rows.max(1);
+            let base = Tensor::from_vec(std::mem::take(output), (rows, width), x.device())?;
+            *output = adapters.adapt(layer, projection, x, base)?.flatten_all()?.to_vec1()?;
+        }
+    }
+    Ok(outputs)
+}
+
+/// SwiGLU in place: `gate ← silu(gate) · up`, with candle's `silu` (`v / (1 + e^-v)`).
+fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
     }
 }
 

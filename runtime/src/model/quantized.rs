@@ -5,9 +5,13 @@
 //! computes each (input row, weight row) pair on its own, so decoding several sequences together
 //! costs as much as decoding them one after another (SmolLM2's tied output layer is Q8_0: 15% of
 //! a decode profile went to candle's per-pair Q8_0 dot). [`KernelMatrix`] walks each weight row
-//! once per step and uses it for every input row while it is in L1 (one `vpdpbusd` per block
+//! once per step and uses it for every input row while it is in L1, in tiles of four weight rows
+//! by two input rows so each block is unpacked once for both (one `vpdpbusd` per block and pair
 //! where the CPU has AVX-512 VNNI, checked at run time; `vpmaddubsw` and `vpmaddwd` on AVX2; a
-//! vectorized portable loop elsewhere), and splits the weight rows across threads. The
+//! vectorized portable loop elsewhere), and splits the weight rows across threads. Layers that
+//! read the same input ([`QLinear::forward_all`]: a block's q/k/v, its gate and up) quantize it
+//! once and share one parallel pass, so a decode step waits for the threads four times per
+//! block instead of seven. The
 //! arithmetic is ggml's: input rows quantized to Q8_1 per 32-value block, exact integer dot
 //! products, then `Σ sum · d_w · d_x (+ Σ m_w · s_x for Q4_1's minimums)`; Q8_0's signed weights
 //! go through the unsigned × signed instructions as magnitudes, their signs moved to the values.
@@ -28,6 +32,9 @@ const BLOCK: usize = 32;
 const ROWS_PER_TASK: usize = 16;
 /// Weight rows computed together so their dependent float chains overlap.
 const INTERLEAVE: usize = 4;
+/// Input rows computed together, so each weight block is unpacked once for all of them (4 × 2
+/// accumulators, the values and a weight block fit AVX2's 16 vector registers).
+const INPUTS_TOGETHER: usize = 2;
 
 /// A linear layer `y = x · Wᵀ` over quantized weights `[out, in]`.
 #[derive(Debug)]
@@ -71,6 +78,31 @@ impl QLinear {
             Self::Other(matmul) => matmul.forward(x),
         }
     }
+
+    /// `x` (`[rows, in]`) through several layers that read it, each result `[rows, out]`
+    /// row-major and bit for bit what [`Self::forward`] gives. Layers all on our kernel with one
+    /// block type run in one parallel pass (the input quantized once, one wait for the threads
+    /// instead of one per layer: a decode step's projections are small); others one by one.
+    pub fn forward_all<const N: usize>(layers: [&QLinear; N], x: &Tensor) -> candle_core::Result<[Vec<f32>; N]> {
+        let results = if let Some(matrices) = kernels(&layers, |l| if let Self::Q4_1(m) = l { Some(m) } else { None }) {
+            KernelMatrix::forward_all(&matrices, x)?
+        } else if let Some(matrices) = kernels(&layers, |l| if let Self::Q8_0(m) = l { Some(m) } else { None }) {
+            KernelMatrix::forward_all(&matrices, x)?
+        } else {
+            let each = layers.iter().map(|layer| layer.forward(x)?.flatten_all()?.to_vec1::<f32>());
+            each.collect::<candle_core::Result<Vec<_>>>()?
+        };
+        let mut results = results.into_iter();
+        Ok(std::array::from_fn(|_| results.next().unwrap_or_default()))
+    }
+}
+
+/// Every layer's matrix, if each is one `pick` finds.
+fn kernels<'a, B: WeightBlock>(
+    layers: &[&'a QLinear],
+    pick: impl Fn(&'a QLinear) -> Option<&'a KernelMatrix<B>>,
+) -> Option<Vec<&'a KernelMatrix<B>>> {
+    layers.iter().map(|layer| pick(layer)).collect()
 }
 
 /// A GGUF weight format the kernel runs: how a block is stored, and its products with an
@@ -81,10 +113,13 @@ pub trait WeightBlock: Copy + std::fmt::Debug + Send + Sync {
     const BYTES: usize;
     /// Whether blocks carry a minimum (`value = d · q + m`), which adds `m · s_x` per block.
     const HAS_MINIMUM: bool;
+    /// The block's weights unpacked for the block instruction, once for every input row.
+    type Operand: Copy;
     /// The block at `bytes`: its scale, its minimum (0 without one) and its values.
     fn parse(bytes: &[u8]) -> (f32, f32, Self);
+    fn operand(&self) -> Self::Operand;
     /// Adds the block's integer products with `values`, times `scale`, to `lanes`.
-    fn add_to<const VNNI: bool>(&self, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes;
+    fn add_to<const VNNI: bool>(weights: Self::Operand, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes;
 }
 
 fn half(bytes: &[u8]) -> f32 {
@@ -100,6 +135,7 @@ impl WeightBlock for Q4_1Block {
     const DTYPE: GgmlDType = GgmlDType::Q4_1;
     const BYTES: usize = 20;
     const HAS_MINIMUM: bool = true;
+    type Operand = lanes::Nibbles;
 
     fn parse(bytes: &[u8]) -> (f32, f32, Self) {
         let nibbles = bytes[4..20].try_into().expect("a Q4_1 block holds 16 bytes of nibbles; this is a bug");
@@ -107,8 +143,13 @@ impl WeightBlock for Q4_1Block {
     }
 
     #[inline(always)]
-    fn add_to<const VNNI: bool>(&self, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes {
-        lanes.add_q4_1::<VNNI>(&self.0, values, scale)
+    fn operand(&self) -> lanes::Nibbles {
+        lanes::Nibbles::unpack(&self.0)
+    }
+
+    #[inline(always)]
+    fn add_to<const VNNI: bool>(weights: lanes::Nibbles, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes {
+        lanes.add_q4_1::<VNNI>(weights, values, scale)
     }
 }
 
@@ -120,6 +161,7 @@ impl WeightBlock for Q8_0Block {
     const DTYPE: GgmlDType = GgmlDType::Q8_0;
     const BYTES: usize = 34;
     const HAS_MINIMUM: bool = false;
+    type Operand = lanes::Signed;
 
     fn parse(bytes: &[u8]) -> (f32, f32, Self) {
         let values: [u8; BLOCK] = bytes[2..34].try_into().expect("a Q8_0 block holds 32 values; this is a bug");
@@ -127,8 +169,13 @@ impl WeightBlock for Q8_0Block {
     }
 
     #[inline(always)]
-    fn add_to<const VNNI: bool>(&self, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes {
-        lanes.add_q8_0::<VNNI>(&self.0, values, scale)
+    fn operand(&self) -> lanes::Signed {
+        lanes::Signed::unpack(&self.0)
+    }
+
+    #[inline(always)]
+    fn add_to<const VNNI: bool>(weights: lanes::Signed, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes {
+        lanes.add_q8_0::<VNNI>(weights, values, scale)
     }
 }
 
@@ -182,68 +229,113 @@ impl<B: WeightBlock> KernelMatrix<B> {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let [output] = Self::forward_all(&[self], x)?.try_into().unwrap_or_default();
+        Tensor::from_vec(output, (x.dim(0)?, self.rows), x.device())
+    }
+
+    /// `x` through each of `matrices`, `[rows, matrix rows]` each, in one parallel pass.
+    fn forward_all(matrices: &[&Self], x: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
         let (rows, columns) = x.dims2()?;
-        if columns != self.columns {
-            candle_core::bail!("input of width {columns} for {:?} weights of width {}", B::DTYPE, self.columns);
+        if let Some(matrix) = matrices.iter().find(|m| m.columns != columns) {
+            candle_core::bail!("input of width {columns} for {:?} weights of width {}", B::DTYPE, matrix.columns);
         }
         let input = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Tensor::from_vec(self.matmul(&input, rows), (rows, self.rows), x.device())
+        Ok(Self::matmul_all(matrices, &input, rows, lanes::has_vnni()))
     }
 
     /// `N` consecutive weight rows from `first` against every quantized input row, written to
-    /// `out` as `[N][input rows]`. Each (weight row, input row) pair accumulates in its own
-    /// vector lanes plus a scalar chain for the minimum terms, summed once at the end; the `N`
-    /// rows are independent chains the CPU overlaps. Nothing depends on the other input rows,
-    /// so a row's result is the same in any batch. `VNNI` picks the block instruction (see
-    /// [`lanes`]); always inlined, so the choice is made once per task.
+    /// `out` as `[N][input rows]`, in tiles of [`INPUTS_TOGETHER`] input rows (then one at a
+    /// time for the rest). `VNNI` picks the block instruction (see [`lanes`]); always inlined,
+    /// so the choice is made once per task.
     #[inline(always)]
     fn dot_rows<const N: usize, const VNNI: bool>(&self, first: usize, quantized: &[Q8_1Block], out: &mut [f32]) {
         let blocks_per_row = self.columns / BLOCK;
         let inputs = quantized.len() / blocks_per_row;
-        for (input, x_row) in quantized.chunks_exact(blocks_per_row).enumerate() {
-            let mut products = [Lanes::zero(); N];
-            let mut minimums = [0.0f32; N];
-            for (b, x) in x_row.iter().enumerate() {
-                for r in 0..N {
-                    let block = (first + r) * blocks_per_row + b;
-                    products[r] = self.blocks[block].add_to::<VNNI>(products[r], &x.qs, self.scales[block] * x.d);
+        let tiles = quantized.chunks_exact(INPUTS_TOGETHER * blocks_per_row);
+        let rest = tiles.remainder();
+        let mut store = |input: usize, sums: &[[f32; N]]| {
+            for (m, sums) in sums.iter().enumerate() {
+                for (r, &sum) in sums.iter().enumerate() {
+                    out[r * inputs + input + m] = sum;
+                }
+            }
+        };
+        for (tile, x) in tiles.enumerate() {
+            let rows = std::array::from_fn(|m| &x[m * blocks_per_row..][..blocks_per_row]);
+            store(tile * INPUTS_TOGETHER, &self.dot_tile::<N, INPUTS_TOGETHER, VNNI>(first, rows));
+        }
+        for (i, x) in rest.chunks_exact(blocks_per_row).enumerate() {
+            store(inputs - rest.len() / blocks_per_row + i, &self.dot_tile::<N, 1, VNNI>(first, [x]));
+        }
+    }
+
+    /// `N` weight rows from `first` against `M` input rows: `[input][weight row]`. Each block of
+    /// a weight row is unpacked once for the `M` inputs. Each (weight row, input row) pair
+    /// accumulates in its own vector lanes plus a scalar chain for the minimum terms, summed
+    /// once at the end, the same operations in the same order whatever the tile, so a row's
+    /// result is the same in any batch; the `N × M` chains are independent, and the CPU
+    /// overlaps them.
+    #[inline(always)]
+    fn dot_tile<const N: usize, const M: usize, const VNNI: bool>(
+        &self,
+        first: usize,
+        x_rows: [&[Q8_1Block]; M],
+    ) -> [[f32; N]; M] {
+        let blocks_per_row = self.columns / BLOCK;
+        let row = |r: usize| (first + r) * blocks_per_row..(first + r + 1) * blocks_per_row;
+        let blocks: [&[B]; N] = std::array::from_fn(|r| &self.blocks[row(r)]);
+        let scales: [&[f32]; N] = std::array::from_fn(|r| &self.scales[row(r)]);
+        let minimums: [&[f32]; N] = std::array::from_fn(|r| if B::HAS_MINIMUM { &self.minimums[row(r)] } else { &[] });
+        let mut products = [[Lanes::zero(); M]; N];
+        let mut minimum_sums = [[0.0f32; M]; N];
+        for b in 0..blocks_per_row {
+            for r in 0..N {
+                let weights = blocks[r][b].operand();
+                for m in 0..M {
+                    let x = &x_rows[m][b];
+                    products[r][m] = B::add_to::<VNNI>(weights, products[r][m], &x.qs, scales[r][b] * x.d);
                     if B::HAS_MINIMUM {
-                        minimums[r] = self.minimums[block].mul_add(x.s, minimums[r]);
+                        minimum_sums[r][m] = minimums[r][b].mul_add(x.s, minimum_sums[r][m]);
                     }
                 }
             }
-            for r in 0..N {
-                out[r * inputs + input] = products[r].sum() + minimums[r];
-            }
         }
+        std::array::from_fn(|m| std::array::from_fn(|r| products[r][m].sum() + minimum_sums[r][m]))
     }
 
-    /// `[rows, columns]` f32 input times the transposed weights: `[rows, self.rows]`, with the
-    /// best block instruction this CPU has.
-    fn matmul(&self, input: &[f32], rows: usize) -> Vec<f32> {
-        self.matmul_with(input, rows, lanes::has_vnni())
-    }
-
-    /// [`Self::matmul`] with AVX-512 VNNI's block instruction or without it (the same integers,
-    /// so the same results).
-    fn matmul_with(&self, input: &[f32], rows: usize, vnni: bool) -> Vec<f32> {
+    /// `[rows, columns]` f32 input times each matrix's transposed weights: `[rows, matrix
+    /// rows]` each, with AVX-512 VNNI's block instruction or without it (the same integers, so
+    /// the same results). The input is quantized once; the weight rows of all the matrices are
+    /// split across the threads in one pass.
+    fn matmul_all(matrices: &[&Self], input: &[f32], rows: usize, vnni: bool) -> Vec<Vec<f32>> {
+        if rows == 0 {
+            return vec![Vec::new(); matrices.len()];
+        }
         let quantized: Vec<Q8_1Block> = input.chunks_exact(BLOCK).map(quantize_q8_1).collect();
         // Computed transposed ([weight row][input row]) so each task writes one contiguous slab.
-        let mut transposed = vec![0.0f32; self.rows * rows];
-        transposed.par_chunks_mut(ROWS_PER_TASK * rows).enumerate().for_each(|(task, out)| {
-            let first_row = task * ROWS_PER_TASK;
-            match vnni {
-                true => lanes::with_vnni(|| self.task::<true>(first_row, &quantized, out, rows)),
-                false => self.task::<false>(first_row, &quantized, out, rows),
-            }
+        let mut transposed: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0.0f32; m.rows * rows]).collect();
+        let tasks: Vec<(&Self, usize, &mut [f32])> = matrices
+            .iter()
+            .zip(&mut transposed)
+            .flat_map(|(&matrix, out)| {
+                let slabs = out.chunks_mut(ROWS_PER_TASK * rows).enumerate();
+                slabs.map(move |(task, out)| (matrix, task * ROWS_PER_TASK, out))
+            })
+            .collect();
+        tasks.into_par_iter().for_each(|(matrix, first_row, out)| match vnni {
+            true => lanes::with_vnni(|| matrix.task::<true>(first_row, &quantized, out, rows)),
+            false => matrix.task::<false>(first_row, &quantized, out, rows),
         });
-        let mut output = vec![0.0f32; rows * self.rows];
-        for (row, values) in transposed.chunks_exact(rows).enumerate() {
-            for (input_row, &value) in values.iter().enumerate() {
-                output[input_row * self.rows + row] = value;
+        let untransposed = matrices.iter().zip(transposed).map(|(matrix, transposed)| {
+            let mut output = vec![0.0f32; rows * matrix.rows];
+            for (row, values) in transposed.chunks_exact(rows).enumerate() {
+                for (input_row, &value) in values.iter().enumerate() {
+                    output[input_row * matrix.rows + row] = value;
+                }
             }
-        }
-        output
+            output
+        });
+        untransposed.collect()
     }
 
     /// One parallel task: the weight rows from `first_row` that `out` holds, in groups of
@@ -281,15 +373,18 @@ mod lanes {
 
         /// Adds a Q4_1 block: its nibbles are the unsigned operand as they are.
         #[inline(always)]
-        pub fn add_q4_1<const VNNI: bool>(self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
-            self.add::<VNNI>(nibble_operands(nibbles, values), scale)
+        pub fn add_q4_1<const VNNI: bool>(self, weights: Nibbles, values: &[i8; BLOCK], scale: f32) -> Self {
+            self.add::<VNNI>((weights.0, load(values)), scale)
         }
 
         /// Adds a Q8_0 block: the weights' magnitudes are the unsigned operand, their signs
         /// move to the values (`|w| · sign(w) x = w x`; at most 128 · 127 · 2 per pair).
         #[inline(always)]
-        pub fn add_q8_0<const VNNI: bool>(self, weights: &[i8; BLOCK], values: &[i8; BLOCK], scale: f32) -> Self {
-            self.add::<VNNI>(signed_operands(weights, values), scale)
+        pub fn add_q8_0<const VNNI: bool>(self, weights: Signed, values: &[i8; BLOCK], scale: f32) -> Self {
+            #[allow(unsafe_code)]
+            // SAFETY: the whole build targets AVX2 (see `Lanes::add`).
+            let values = unsafe { _mm256_sign_epi8(load(values), weights.signs) };
+            self.add::<VNNI>((weights.magnitudes, values), scale)
         }
 
         /// Adds one block's unsigned × signed products: with `vpdpbusd` when `VNNI` (called
@@ -338,30 +433,46 @@ mod lanes {
         }
     }
 
-    /// A Q4_1 block's 32 unsigned weights (at most 15) and the signed values.
-    #[inline(always)]
-    fn nibble_operands(nibbles: &[u8; 16], values: &[i8; BLOCK]) -> (__m256i, __m256i) {
-        #[allow(unsafe_code)]
-        // SAFETY: the whole build targets AVX2 (see `Lanes::add`).
-        unsafe {
-            let packed: __m128i = bytemuck::cast(*nibbles);
-            let mask = _mm_set1_epi8(0x0F);
-            let low = _mm_and_si128(packed, mask);
-            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
-            (_mm256_set_m128i(high, low), bytemuck::cast::<[i8; BLOCK], __m256i>(*values))
+    /// A Q4_1 block's 32 unsigned weights (at most 15), in nibble order.
+    #[derive(Clone, Copy)]
+    pub struct Nibbles(__m256i);
+
+    impl Nibbles {
+        #[inline(always)]
+        pub fn unpack(nibbles: &[u8; 16]) -> Self {
+            #[allow(unsafe_code)]
+            // SAFETY: the whole build targets AVX2 (see `Lanes::add`).
+            unsafe {
+                let packed: __m128i = bytemuck::cast(*nibbles);
+                let mask = _mm_set1_epi8(0x0F);
+                let low = _mm_and_si128(packed, mask);
+                let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
+                Self(_mm256_set_m128i(high, low))
+            }
         }
     }
 
-    /// A Q8_0 block's weight magnitudes, and the values with the weights' signs.
-    #[inline(always)]
-    fn signed_operands(weights: &[i8; BLOCK], values: &[i8; BLOCK]) -> (__m256i, __m256i) {
-        #[allow(unsafe_code)]
-        // SAFETY: the whole build targets AVX2 (see `Lanes::add`).
-        unsafe {
-            let weights = bytemuck::cast::<[i8; BLOCK], __m256i>(*weights);
-            let values = bytemuck::cast::<[i8; BLOCK], __m256i>(*values);
-            (_mm256_sign_epi8(weights, weights), _mm256_sign_epi8(values, weights))
+    /// A Q8_0 block's weight magnitudes, and the weights whose signs the values take.
+    #[derive(Clone, Copy)]
+    pub struct Signed {
+        magnitudes: __m256i,
+        signs: __m256i,
+    }
+
+    impl Signed {
+        #[inline(always)]
+        pub fn unpack(weights: &[i8; BLOCK]) -> Self {
+            let signs = load(weights);
+            #[allow(unsafe_code)]
+            // SAFETY: the whole build targets AVX2 (see `Lanes::add`).
+            let magnitudes = unsafe { _mm256_sign_epi8(signs, signs) };
+            Self { magnitudes, signs }
         }
+    }
+
+    #[inline(always)]
+    fn load(values: &[i8; BLOCK]) -> __m256i {
+        bytemuck::cast(*values)
     }
 
     /// `vpmaddubsw` multiplies the 32 unsigned weights by the signed values with pairwise sums
@@ -395,16 +506,15 @@ mod lanes {
             Self([0.0; 8])
         }
 
-        pub fn add_q4_1<const VNNI: bool>(self, nibbles: &[u8; 16], values: &[i8; BLOCK], scale: f32) -> Self {
-            let mut weights = [0i8; BLOCK];
-            for j in 0..16 {
-                weights[j] = (nibbles[j] & 0x0F) as i8;
-                weights[j + 16] = (nibbles[j] >> 4) as i8;
-            }
-            self.add_q8_0::<VNNI>(&weights, values, scale)
+        pub fn add_q4_1<const VNNI: bool>(self, weights: Nibbles, values: &[i8; BLOCK], scale: f32) -> Self {
+            self.add(&weights.0, values, scale)
         }
 
-        pub fn add_q8_0<const VNNI: bool>(mut self, weights: &[i8; BLOCK], values: &[i8; BLOCK], scale: f32) -> Self {
+        pub fn add_q8_0<const VNNI: bool>(self, weights: Signed, values: &[i8; BLOCK], scale: f32) -> Self {
+            self.add(&weights.0, values, scale)
+        }
+
+        fn add(mut self, weights: &[i8; BLOCK], values: &[i8; BLOCK], scale: f32) -> Self {
             for (lane, (w, x)) in self.0.iter_mut().zip(weights.chunks_exact(4).zip(values.chunks_exact(4))) {
                 let group: i32 = w.iter().zip(x).map(|(&p, &q)| i32::from(p) * i32::from(q)).sum();
                 *lane = (group as f32).mul_add(scale, *lane);
@@ -414,6 +524,31 @@ mod lanes {
 
         pub fn sum(self) -> f32 {
             super::pairwise_sum(self.0)
+        }
+    }
+
+    /// A Q4_1 block's 32 weights, in nibble order.
+    #[derive(Clone, Copy)]
+    pub struct Nibbles([i8; BLOCK]);
+
+    impl Nibbles {
+        pub fn unpack(nibbles: &[u8; 16]) -> Self {
+            let mut weights = [0i8; BLOCK];
+            for j in 0..16 {
+                weights[j] = (nibbles[j] & 0x0F) as i8;
+                weights[j + 16] = (nibbles[j] >> 4) as i8;
+            }
+            Self(weights)
+        }
+    }
+
+    /// A Q8_0 block's 32 weights.
+    #[derive(Clone, Copy)]
+    pub struct Signed([i8; BLOCK]);
+
+    impl Signed {
+        pub fn unpack(weights: &[i8; BLOCK]) -> Self {
+            Self(*weights)
         }
     }
 
@@ -471,7 +606,8 @@ mod tests {
         let ours = QLinear::new(quantize()).unwrap();
         let kernel = matrix(&ours).expect("our kernel runs this type");
         let candle = QMatMul::from_qtensor(quantize()).unwrap();
-        let x = Tensor::from_vec(values(8 * width, 3), (8, width), &Device::Cpu).unwrap();
+        // Seven rows: tiles of `INPUTS_TOGETHER` and a row left over.
+        let x = Tensor::from_vec(values(7 * width, 3), (7, width), &Device::Cpu).unwrap();
         let batched = ours.forward(&x).unwrap().to_vec2::<f32>().unwrap();
         // The same integer products; only the order of the float sums differs from candle's.
         for (got, expected) in
@@ -481,14 +617,14 @@ mod tests {
         }
         for (row, expected) in batched.iter().enumerate() {
             let alone = ours.forward(&x.narrow(0, row, 1).unwrap()).unwrap().to_vec2::<f32>().unwrap();
-            assert_eq!(&alone[0], expected, "row {row} alone and in a batch of 8");
+            assert_eq!(&alone[0], expected, "row {row} alone and in a batch of 7");
         }
         // AVX-512 VNNI, where the CPU has it, gives the AVX2 path's results bit for bit.
         let input = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let avx2 = kernel.matmul_with(&input, 8, false);
+        let [avx2] = KernelMatrix::matmul_all(&[kernel], &input, 7, false).try_into().unwrap();
         assert_eq!(avx2, batched.concat());
         if lanes::has_vnni() {
-            assert_eq!(kernel.matmul_with(&input, 8, true), avx2);
+            assert_eq!(KernelMatrix::matmul_all(&[kernel], &input, 7, true), [avx2]);
         }
     }
 
@@ -506,6 +642,22 @@ mod tests {
             QLinear::Q8_0(matrix) => Some(matrix),
             _ => None,
         });
+    }
+
+    #[test]
+    fn layers_over_one_input_in_one_pass_give_what_each_gives_alone() {
+        let linear = |out: usize, seed, dtype| {
+            let weights = Tensor::from_vec(values(out * 64, seed), (out, 64), &Device::Cpu).unwrap();
+            QLinear::new(QTensor::quantize(&weights, dtype).unwrap()).unwrap()
+        };
+        let x = Tensor::from_vec(values(5 * 64, 3), (5, 64), &Device::Cpu).unwrap();
+        let alone = |layer: &QLinear| layer.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (q, k, v) =
+            (linear(40, 1, GgmlDType::Q4_1), linear(24, 2, GgmlDType::Q4_1), linear(24, 4, GgmlDType::Q4_1));
+        assert_eq!(QLinear::forward_all([&q, &k, &v], &x).unwrap(), [alone(&q), alone(&k), alone(&v)]);
+        // Mixed types go one by one, with the same results.
+        let (eight, zero) = (linear(16, 5, GgmlDType::Q8_0), linear(32, 6, GgmlDType::Q4_0));
+        assert_eq!(QLinear::forward_all([&q, &eight, &zero], &x).unwrap(), [alone(&q), alone(&eight), alone(&zero)]);
     }
 
     #[test]
