@@ -281,6 +281,11 @@ impl Llama {
     /// adapter's low-rank update over its own rows. A refused step (context exceeded, no room
     /// reserved) leaves every cache as it was.
     pub fn forward(&self, steps: &mut [SequenceStep<'_>], cache: &mut KvCache) -> candle_core::Result<Tensor> {
+        crate::compute_threads::on_pool(|| self.forward_here(steps, cache))
+    }
+
+    /// [`Self::forward`] on the calling thread.
+    fn forward_here(&self, steps: &mut [SequenceStep<'_>], cache: &mut KvCache) -> candle_core::Result<Tensor> {
         let device = self.embeddings.device();
         let Config { heads, kv_heads, head_dim, context_length, vocab_size, .. } = self.config;
         let mut rows = Vec::new();
