@@ -9,14 +9,17 @@
 # - PyTorch training the same byte-level llama with the same step as `bench --sections train`;
 # - PyTorch + transformers + peft fine-tuning SmolLM2 (read from its GGUF) on the token batches
 #   `bench --sections finetune` wrote, LoRA and full.
-# Each is installed once into the git-ignored .cache/peers. Run this right after
-# `target/release/bench --sections llm,embed,train,finetune` so both sides' figures come from one
-# sitting.
+# Each is installed once into the git-ignored .cache/peers. Ours come first, from a release
+# build of `bench` (`SECTIONS`, default llm,embed; train or finetune for those peers, the latter
+# writing the batches its peer trains on), so both sides' figures come from one sitting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/fetch-test-models.sh
 threads=${THREADS:-2}
+cargo build --release --quiet --workspace --bins
+target/release/bench --sections "${SECTIONS:-llm,embed}"
+echo
 
 # install_peer NAME REQUIREMENT...: pip-installs the requirements into .cache/peers/NAME once
 # (again when the requirements or the CMAKE_ARGS they build with change).

@@ -93,17 +93,20 @@ impl Traffic {
 
 /// Waits until the service is Ready on the pods that stay: the first pods start without a
 /// memory limit and are replaced once a loaded version sizes it, so Ready alone may still be
-/// on pods about to go.
-async fn settled(stack: &Stack) -> serde_json::Value {
+/// on pods about to go (and traffic through the Service would meet them going).
+async fn settled(stack: &Stack, service: &str) -> serde_json::Value {
     let limit = Duration::from_secs(90);
     let wanted = |s: &serde_json::Value| condition(s, "Ready").0 == "True" && s["status"]["replicas"] == 2;
-    let ready = stack.wait_for("isvc/adder", "Ready on the wanted revision", limit, wanted).await;
+    let ready = stack.wait_for(&format!("isvc/{service}"), "Ready on the wanted revision", limit, wanted).await;
     let staying = |pod: &serde_json::Value| {
         pod["spec"]["containers"][0]["resources"]["limits"]["memory"].is_string()
             && pod["status"]["containerStatuses"][0]["ready"] == true
     };
     let only_staying = |pods: &serde_json::Value| {
-        pods["items"].as_array().is_some_and(|pods| pods.len() == 2 && pods.iter().all(staying))
+        let items = pods["items"].as_array().into_iter().flatten();
+        let serving: Vec<_> =
+            items.filter(|p| p["metadata"]["labels"]["lantern.dev/inference-service"] == service).collect();
+        serving.len() == 2 && serving.into_iter().all(staying)
     };
     stack.wait_for("pods", "only the pods with a memory limit, ready", limit, only_staying).await;
     ready
@@ -137,7 +140,7 @@ async fn versions_are_served_canaried_promoted_and_rolled_back() {
     let applied = stack.apply(SERVICE).await.unwrap();
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
 
-    let ready = settled(&stack).await;
+    let ready = settled(&stack, "adder").await;
     assert_eq!(ready["status"]["stableVersion"], 1);
     assert_eq!(ready["status"]["readyReplicas"], 2);
     assert_eq!(ready["status"]["url"], "http://adder.default.svc:8500");
@@ -418,6 +421,7 @@ async fn two_adapters_on_one_base_roll_out_each_on_its_own() {
             && ["keys", "codes"].iter().all(|m| adapter_status(s, m)["stableVersion"] == 1)
     };
     let ready = stack.wait_for("isvc/base", "both adapters served", Duration::from_secs(90), both_served).await;
+    settled(&stack, "base").await;
     assert_eq!(adapter_status(&ready, "keys")["base"], "base:1", "{:#}", ready["status"]);
     let address = stack.service_address("base").await.unwrap();
     let models: serde_json::Value =

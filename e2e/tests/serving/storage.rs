@@ -475,7 +475,7 @@ async fn a_service_serves_from_s3_rolls_a_new_version_out_and_a_replaced_pod_loa
     );
     let applied = stack.apply(&SERVICE.replace("repository: {claimName: models}", &source)).await.unwrap();
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
-    let ready = settled(&stack).await;
+    let ready = settled(&stack, "adder").await;
     assert_eq!(ready["status"]["stableVersion"], 1);
 
     // A new version in the bucket goes out as a canary under traffic and is promoted.
