@@ -316,29 +316,47 @@ impl KvCache {
         let scale = 1.0 / (head_dim as f32).sqrt();
         let (keys, values) = (&self.keys[layer], &self.values[layer]);
         let mut out = vec![0.0f32; rows.len() * heads * head_dim];
-        out.par_chunks_mut(head_dim).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (item, out)| {
-            let (row, head) = (item / heads, item % heads);
+        // One item per (row, KV head): the query heads that share a KV head are consecutive, and
+        // each key and value row is read once for all of them. Each head's arithmetic is what
+        // it would be alone.
+        let items = out.par_chunks_mut(group * head_dim).enumerate();
+        items.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(scores, totals), (item, out)| {
+            let (row, kv_head) = (item / kv_heads, item % kv_heads);
             let QueryRow { sequence, position } = rows[row];
             let table = tables[sequence];
-            let kv_head = head / group;
-            let query = &queries[item * head_dim..(item + 1) * head_dim];
+            let first_query = (row * heads + kv_head * group) * head_dim;
+            let queries = &queries[first_query..first_query + group * head_dim];
             let at = |t: usize| {
                 let block = table.blocks[t / self.block_size] as usize;
                 ((block * kv_heads + kv_head) * self.block_size + t % self.block_size) * head_dim
             };
+            let length = position + 1;
+            // `scores` holds each head's scores in turn: `[group][length]`.
             scores.clear();
-            scores.extend((0..=position).map(|t| dot(query, &keys[at(t)..at(t) + head_dim]) * scale));
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                total += *score;
+            scores.resize(group * length, 0.0);
+            for t in 0..length {
+                let key = &keys[at(t)..at(t) + head_dim];
+                for (h, query) in queries.chunks_exact(head_dim).enumerate() {
+                    scores[h * length + t] = dot(query, key) * scale;
+                }
+            }
+            totals.clear();
+            totals.resize(group, 0.0);
+            for (total, scores) in totals.iter_mut().zip(scores.chunks_exact_mut(length)) {
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for score in scores.iter_mut() {
+                    *score = (*score - max).exp();
+                    *total += *score;
+                }
             }
             out.fill(0.0);
-            for (t, &weight) in scores.iter().enumerate() {
-                let weight = weight / total;
-                for (o, &v) in out.iter_mut().zip(&values[at(t)..at(t) + head_dim]) {
-                    *o = weight.mul_add(v, *o);
+            for t in 0..length {
+                let value = &values[at(t)..at(t) + head_dim];
+                for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
+                    let weight = scores[h * length + t] / totals[h];
+                    for (o, &v) in out.iter_mut().zip(value) {
+                        *o = weight.mul_add(v, *o);
+                    }
                 }
             }
         });

@@ -322,10 +322,9 @@ impl<B: WeightBlock> KernelMatrix<B> {
                 slabs.map(move |(task, out)| (matrix, task * ROWS_PER_TASK, out))
             })
             .collect();
-        tasks.into_par_iter().for_each(|(matrix, first_row, out)| match vnni {
-            true => lanes::with_vnni(|| matrix.task::<true>(first_row, &quantized, out, rows)),
-            false => matrix.task::<false>(first_row, &quantized, out, rows),
-        });
+        tasks
+            .into_par_iter()
+            .for_each(|(matrix, first_row, out)| matrix.run_task(vnni, first_row, &quantized, out, rows));
         let untransposed = matrices.iter().zip(transposed).map(|(matrix, transposed)| {
             let mut output = vec![0.0f32; rows * matrix.rows];
             for (row, values) in transposed.chunks_exact(rows).enumerate() {
@@ -336,6 +335,33 @@ impl<B: WeightBlock> KernelMatrix<B> {
             output
         });
         untransposed.collect()
+    }
+
+    /// One parallel task with AVX-512 VNNI's block instruction or without it.
+    #[cfg_attr(
+        not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")),
+        allow(unused_variables)
+    )]
+    fn run_task(&self, vnni: bool, first_row: usize, quantized: &[Q8_1Block], out: &mut [f32], rows: usize) {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+        if vnni {
+            assert!(lanes::has_vnni(), "the VNNI kernel runs only where the CPU has it; this is a bug");
+            #[allow(unsafe_code)]
+            // SAFETY: checked just above: the CPU has every feature `task_vnni` is compiled with.
+            return unsafe { self.task_vnni(first_row, quantized, out, rows) };
+        }
+        self.task::<false>(first_row, quantized, out, rows)
+    }
+
+    /// [`Self::task`] compiled with AVX-512 VNNI: the whole loop lives in this function, which
+    /// has the feature, so `vpdpbusd` is inlined into it whatever the optimizer decides about
+    /// the callers (a closure entered through a feature-enabled wrapper was not always inlined
+    /// into it, and a workspace build once called the block function once per pair, at a
+    /// third of the speed).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    fn task_vnni(&self, first_row: usize, quantized: &[Q8_1Block], out: &mut [f32], rows: usize) {
+        self.task::<true>(first_row, quantized, out, rows)
     }
 
     /// One parallel task: the weight rows from `first_row` that `out` holds, in groups of
@@ -387,15 +413,15 @@ mod lanes {
             self.add::<VNNI>((weights.magnitudes, values), scale)
         }
 
-        /// Adds one block's unsigned × signed products: with `vpdpbusd` when `VNNI` (called
-        /// only inside [`with_vnni`]), else with `vpmaddubsw` and `vpmaddwd`; the same eight
-        /// integer groups either way.
+        /// Adds one block's unsigned × signed products: with `vpdpbusd` when `VNNI` (inlined
+        /// only into `KernelMatrix::task_vnni`), else with `vpmaddubsw` and `vpmaddwd`; the
+        /// same eight integer groups either way.
         #[inline(always)]
         fn add<const VNNI: bool>(self, (weights, values): (__m256i, __m256i), scale: f32) -> Self {
             #[allow(unsafe_code)]
             // SAFETY: this module exists only when the whole build targets AVX2 and FMA (the `cfg`
             // above, set by `-C target-cpu=x86-64-v3` in .cargo/config.toml), so every AVX2
-            // instruction is available; the VNNI form runs only inside `with_vnni`, which is
+            // instruction is available; the VNNI form runs only inside `task_vnni`, which is
             // entered only where `has_vnni` found the CPU has AVX-512 VNNI and VL.
             unsafe {
                 Self(match VNNI {
@@ -416,21 +442,6 @@ mod lanes {
             std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl")
         });
         *VNNI
-    }
-
-    /// Runs `work` compiled with AVX-512 VNNI enabled (the kernel inlined into it uses
-    /// `vpdpbusd`). Only call it where [`has_vnni`] is true.
-    pub fn with_vnni<R>(work: impl FnOnce() -> R) -> R {
-        #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-        fn enabled<R>(work: impl FnOnce() -> R) -> R {
-            work()
-        }
-        assert!(has_vnni(), "the VNNI kernel runs only where the CPU has it; this is a bug");
-        #[allow(unsafe_code)]
-        // SAFETY: checked just above: the CPU has every feature `enabled` is compiled with.
-        unsafe {
-            enabled(work)
-        }
     }
 
     /// A Q4_1 block's 32 unsigned weights (at most 15), in nibble order.
@@ -486,10 +497,16 @@ mod lanes {
     }
 
     /// The same eight groups in one `vpdpbusd`, which sums four u8 × i8 products per lane.
-    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    /// Always inlined, into `task_vnni`, which has the feature; its caller must be there.
+    #[inline(always)]
     fn groups_vnni(acc: __m256, weights: __m256i, values: __m256i, scale: f32) -> __m256 {
-        let groups = _mm256_dpbusd_epi32(_mm256_setzero_si256(), weights, values);
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(groups), _mm256_set1_ps(scale), acc)
+        #[allow(unsafe_code)]
+        // SAFETY: reached only from `KernelMatrix::task_vnni` (see `Lanes::add`), entered only
+        // where the CPU has AVX-512 VNNI and VL.
+        unsafe {
+            let groups = _mm256_dpbusd_epi32(_mm256_setzero_si256(), weights, values);
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(groups), _mm256_set1_ps(scale), acc)
+        }
     }
 }
 
@@ -555,10 +572,6 @@ mod lanes {
     /// No VNNI form without the AVX2 build.
     pub fn has_vnni() -> bool {
         false
-    }
-
-    pub fn with_vnni<R>(work: impl FnOnce() -> R) -> R {
-        work()
     }
 }
 
