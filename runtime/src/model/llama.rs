@@ -327,7 +327,7 @@ impl Llama {
             let gate_up = [(Projection::Gate, &layer.w_gate), (Projection::Up, &layer.w_up)];
             let [mut gated, up] = project(&adapters, index, gate_up, &h)?;
             swiglu(&mut gated, &up);
-            let gated = Tensor::from_vec(gated, (rows.len(), up.len() / rows.len()), device)?;
+            let gated = Tensor::from_vec(gated, (rows.len(), up.len() / rows.len().max(1)), device)?;
             let [down] = project(&adapters, index, [(Projection::Down, &layer.w_down)], &gated)?;
             x = (x + Tensor::from_vec(down, (rows.len(), self.config.hidden_size), device)?)?;
         }
