@@ -96,8 +96,10 @@ impl Traffic {
 /// on pods about to go (and traffic through the Service would meet them going).
 async fn settled(stack: &Stack, service: &str) -> serde_json::Value {
     let limit = Duration::from_secs(90);
-    let wanted = |s: &serde_json::Value| condition(s, "Ready").0 == "True" && s["status"]["replicas"] == 2;
+    let wanted =
+        |s: &serde_json::Value| condition(s, "Ready").0 == "True" && s["status"]["replicas"] == s["spec"]["replicas"];
     let ready = stack.wait_for(&format!("isvc/{service}"), "Ready on the wanted revision", limit, wanted).await;
+    let replicas = ready["spec"]["replicas"].as_u64().unwrap() as usize;
     let staying = |pod: &serde_json::Value| {
         pod["spec"]["containers"][0]["resources"]["limits"]["memory"].is_string()
             && pod["status"]["containerStatuses"][0]["ready"] == true
@@ -106,7 +108,7 @@ async fn settled(stack: &Stack, service: &str) -> serde_json::Value {
         let items = pods["items"].as_array().into_iter().flatten();
         let serving: Vec<_> =
             items.filter(|p| p["metadata"]["labels"]["lantern.dev/inference-service"] == service).collect();
-        serving.len() == 2 && serving.into_iter().all(staying)
+        serving.len() == replicas && serving.into_iter().all(staying)
     };
     stack.wait_for("pods", "only the pods with a memory limit, ready", limit, only_staying).await;
     ready

@@ -102,6 +102,6 @@ def batched(sequences):
 for sequences in (1, 4, 8, 16):
     rate = batched(sequences)
     print(
-        f"llama.cpp batched decode, {sequences:>2} sequences x {NEW_TOKENS} tokens: {rate:.1f} tokens/s in total "
+        f"llama.cpp batched decode, {sequences:>2} sequence(s) x {NEW_TOKENS} tokens: {rate:.1f} tokens/s in total "
         f"({rate / single:.2f}x its 1 stream)"
     )
