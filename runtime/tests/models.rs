@@ -145,37 +145,50 @@ fn generate_together(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize, chu
     outputs
 }
 
+/// Ours against candle's `quantized_llama` on the same file, step by step along candle's greedy
+/// path (both fed the same tokens): logits within 0.5 of candle's on average and 2.0 at worst,
+/// candle's choice within 0.5 of our best. Both quantize activations to 8 bits, where a float
+/// rounding difference flips a quantized value, so logits differ by a few tenths (measured:
+/// ≤ 0.4 on average, ≤ 1.4 at worst) and near-ties may order differently (the first token here
+/// is one); a kernel reading the wrong values is off by whole units (measured: 12 on average).
 #[test]
-fn llama_greedy_output_matches_the_candle_reference() {
+fn llama_logits_track_the_candle_reference() {
     let Some(path) = smollm2_path() else { return };
     let (tokenizer, metadata) = smollm2().unwrap();
     let prompt = chat_prompt(&tokenizer, &metadata, "What is the capital of France?");
-    let ours = generate_together(&load_llama(&path), std::slice::from_ref(&prompt), 12, usize::MAX).remove(0);
+    let model = load_llama(&path);
+    let mut cache = cache_for(&model);
+    let mut table = BlockTable::default();
 
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut reference =
         candle_transformers::models::quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
             .unwrap();
-    let mut expected = Vec::new();
-    let mut input = prompt.clone();
-    let mut position = 0;
+    let (mut input, mut position, mut path_taken) = (prompt.clone(), 0, Vec::new());
     for _ in 0..12 {
-        let logits = reference
+        let theirs = reference
             .forward(&Tensor::new(input.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), position)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
             .unwrap();
-        let token = greedy(&logits)[0];
+        let needed = table.len() + input.len();
+        assert!(cache.reserve(&mut table, needed));
+        let step = SequenceStep { tokens: &input, table: &mut table, logits: true, adapter: None };
+        let ours = model.forward(&mut [step], &mut cache).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let differences = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs());
+        let (worst, mean) = (differences.clone().fold(0.0f32, f32::max), differences.sum::<f32>() / ours.len() as f32);
+        let token = greedy(&Tensor::new(theirs.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap())[0];
+        let below_best = ours.iter().copied().fold(f32::NEG_INFINITY, f32::max) - ours[token as usize];
+        let text = tokenizer.decode(&path_taken, false);
+        assert!(mean < 0.5 && worst < 2.0, "after {text:?}: logits {mean} from candle's on average, {worst} at worst");
+        assert!(below_best < 0.5, "after {text:?}: candle's token {token} is {below_best} below our best");
         position += input.len();
-        expected.push(token);
+        path_taken.push(token);
         input = vec![token];
     }
-    assert_eq!(
-        ours,
-        expected,
-        "ours {:?} vs reference {:?}",
-        tokenizer.decode(&ours, false),
-        tokenizer.decode(&expected, false)
-    );
 }
 
 #[test]

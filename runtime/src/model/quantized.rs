@@ -4,43 +4,50 @@
 //! Why a kernel of our own: candle 0.11's Q4_1 × Q8_1 dot product is scalar, and its Q8_0 one
 //! computes each (input row, weight row) pair on its own, so decoding several sequences together
 //! costs as much as decoding them one after another (SmolLM2's tied output layer is Q8_0: 15% of
-//! a decode profile went to candle's per-pair Q8_0 dot). [`KernelMatrix`] walks each weight row
-//! once per step and uses it for every input row while it is in L1, in tiles of four weight rows
-//! by two input rows so each block is unpacked once for both (one `vpdpbusd` per block and pair
-//! where the CPU has AVX-512 VNNI, checked at run time; `vpmaddubsw` and `vpmaddwd` on AVX2; a
-//! vectorized portable loop elsewhere), and splits the weight rows across threads. Layers that
-//! read the same input ([`QLinear::forward_all`]: a block's q/k/v, its gate and up) quantize it
-//! once and share one parallel pass, so a decode step waits for the threads four times per
-//! block instead of seven. The
-//! arithmetic is ggml's: input rows quantized to Q8_1 per 32-value block, exact integer dot
-//! products, then `Σ sum · d_w · d_x (+ Σ m_w · s_x for Q4_1's minimums)`; Q8_0's signed weights
-//! go through the unsigned × signed instructions as magnitudes, their signs moved to the values.
-//! Like ggml's own AVX2 path (and unlike candle's scalar one) the products accumulate in eight
-//! vector lanes summed once per row, so results differ from candle's by float rounding only;
-//! every (weight row, input row) result is computed the same way whatever else is in the batch,
-//! which keeps batched decoding bit-identical to decoding alone.
+//! a decode profile went to candle's per-pair Q8_0 dot).
+//!
+//! [`KernelMatrix`] repacks the weights when it loads them: the blocks of [`GROUP`] consecutive
+//! rows are interleaved four values at a time, so one 256-bit register holds four values of each
+//! of eight rows and one instruction (`vpdpbusd` where the CPU has AVX-512 VNNI, checked at run
+//! time; `vpmaddubsw` and `vpmaddwd` on AVX2; a vectorized portable loop elsewhere) multiplies
+//! eight rows by four input values. A block then ends with one conversion and one fused
+//! multiply-add for all eight rows, where a row at a time paid them per row; each group's
+//! weights are loaded and unpacked once for [`INPUTS_TOGETHER`] input rows, and the groups are
+//! split across threads. Layers that read the same input ([`QLinear::forward_all`]: a block's
+//! q/k/v, its gate and up) quantize it once and share one parallel pass, so a decode step waits
+//! for the threads four times per block instead of seven.
+//!
+//! The arithmetic is ggml's: input rows quantized to Q8_1 per 32-value block, exact integer dot
+//! products per block, then `Σ sum · d_w · d_x (+ Σ m_w · s_x for Q4_1's minimums)`, accumulated
+//! block by block in that order; Q8_0's signed weights go through the unsigned × signed
+//! instructions with the input shifted by 128 (VNNI; the shift's `128 · Σ w` is subtracted up
+//! front) or as magnitudes with their signs moved to the values (AVX2), the same integers either
+//! way. Results differ from candle's by float rounding only, and every (weight row, input row)
+//! result is computed the same way whatever else is in the batch and whichever instruction set
+//! runs it, which keeps batched decoding bit-identical to decoding alone.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Module, Tensor};
 use half::f16;
-use lanes::Lanes;
+use lanes::{Lanes, Sums};
 use rayon::prelude::*;
 
 /// Values per quantization block.
 const BLOCK: usize = 32;
-/// Weight rows per parallel work item.
-const ROWS_PER_TASK: usize = 16;
-/// Weight rows computed together so their dependent float chains overlap.
-const INTERLEAVE: usize = 4;
-/// Input rows computed together, so each weight block is unpacked once for all of them (4 × 2
-/// accumulators, the values and a weight block fit AVX2's 16 vector registers).
-const INPUTS_TOGETHER: usize = 2;
+/// Weight rows stored interleaved and computed together (eight 32-bit lanes of a 256-bit
+/// register, one per row).
+const GROUP: usize = 8;
+/// Row groups per parallel work item.
+const GROUPS_PER_TASK: usize = 2;
+/// Input rows computed together, so each group's weights are loaded and unpacked once for all
+/// of them (their accumulators and a chunk of weights fit AVX2's 16 vector registers).
+const INPUTS_TOGETHER: usize = 4;
 
 /// A linear layer `y = x · Wᵀ` over quantized weights `[out, in]`.
 #[derive(Debug)]
 pub enum QLinear {
-    Q4_1(KernelMatrix<Q4_1Block>),
-    Q8_0(KernelMatrix<Q8_0Block>),
+    Q4_1(KernelMatrix<Q4_1Group>),
+    Q8_0(KernelMatrix<Q8_0Group>),
     Other(QMatMul),
 }
 
@@ -105,97 +112,106 @@ fn kernels<'a, B: WeightBlock>(
     layers.iter().map(|layer| pick(layer)).collect()
 }
 
-/// A GGUF weight format the kernel runs: how a block is stored, and its products with an
-/// input block.
+/// A GGUF weight format the kernel runs: how a block is stored, how a group of rows' blocks is
+/// interleaved, and their products with an input block.
 pub trait WeightBlock: Copy + std::fmt::Debug + Send + Sync {
     const DTYPE: GgmlDType;
     /// Bytes of one block in GGUF.
     const BYTES: usize;
     /// Whether blocks carry a minimum (`value = d · q + m`), which adds `m · s_x` per block.
     const HAS_MINIMUM: bool;
-    /// The block's weights unpacked for the block instruction, once for every input row.
-    type Operand: Copy;
-    /// The block at `bytes`: its scale, its minimum (0 without one) and its values.
-    fn parse(bytes: &[u8]) -> (f32, f32, Self);
-    fn operand(&self) -> Self::Operand;
-    /// Adds the block's integer products with `values`, times `scale`, to `lanes`.
-    fn add_to<const VNNI: bool>(weights: Self::Operand, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes;
+    /// The scale and the minimum (0 without one) of the block at `bytes`.
+    fn header(bytes: &[u8]) -> (f32, f32);
+    /// One block of each of [`GROUP`] rows (their GGUF bytes), interleaved.
+    fn interleave(blocks: [&[u8]; GROUP]) -> Self;
+    /// The exact integer products of the group's rows with each of `M` input blocks: lane `r`
+    /// of result `m` is row `r` times input `m`. `VNNI` picks the block instruction (see
+    /// [`lanes`]); always inlined, so the choice is made once per task.
+    fn products<const VNNI: bool, const M: usize>(&self, x: [&Q8_1Block; M]) -> [Sums; M];
 }
 
 fn half(bytes: &[u8]) -> f32 {
     f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
 }
 
-/// Q4_1's 16 bytes of nibbles: value `j` in the low nibble of byte `j`, value `j + 16` in the
-/// high one; GGUF stores `d` (f16), `m` (f16), then the nibbles.
+/// One Q4_1 block of each of eight rows. GGUF stores `d` (f16), `m` (f16), then 16 bytes of
+/// nibbles (value `i` in the low nibble of byte `i`, value `i + 16` in the high one); chunk `j`
+/// here holds each row's bytes `4j..4j + 4`, row `r` at `4r`: its low nibbles are values
+/// `4j..4j + 4`, its high ones values `16 + 4j..`.
 #[derive(Clone, Copy, Debug)]
-pub struct Q4_1Block([u8; 16]);
+pub struct Q4_1Group([[u8; 4 * GROUP]; 4]);
 
-impl WeightBlock for Q4_1Block {
+impl WeightBlock for Q4_1Group {
     const DTYPE: GgmlDType = GgmlDType::Q4_1;
     const BYTES: usize = 20;
     const HAS_MINIMUM: bool = true;
-    type Operand = lanes::Nibbles;
 
-    fn parse(bytes: &[u8]) -> (f32, f32, Self) {
-        let nibbles = bytes[4..20].try_into().expect("a Q4_1 block holds 16 bytes of nibbles; this is a bug");
-        (half(&bytes[0..2]), half(&bytes[2..4]), Self(nibbles))
+    fn header(bytes: &[u8]) -> (f32, f32) {
+        (half(&bytes[0..2]), half(&bytes[2..4]))
+    }
+
+    fn interleave(blocks: [&[u8]; GROUP]) -> Self {
+        Self(std::array::from_fn(|j| std::array::from_fn(|i| blocks[i / 4][4 + 4 * j + i % 4])))
     }
 
     #[inline(always)]
-    fn operand(&self) -> lanes::Nibbles {
-        lanes::Nibbles::unpack(&self.0)
-    }
-
-    #[inline(always)]
-    fn add_to<const VNNI: bool>(weights: lanes::Nibbles, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes {
-        lanes.add_q4_1::<VNNI>(weights, values, scale)
+    fn products<const VNNI: bool, const M: usize>(&self, x: [&Q8_1Block; M]) -> [Sums; M] {
+        lanes::q4_1_products::<VNNI, M>(&self.0, x)
     }
 }
 
-/// Q8_0's 32 signed values; GGUF stores `d` (f16), then the values.
+/// One Q8_0 block of each of eight rows. GGUF stores `d` (f16), then 32 signed values; chunk
+/// `j` here holds each row's values `4j..4j + 4`, row `r` at `4r`.
 #[derive(Clone, Copy, Debug)]
-pub struct Q8_0Block([i8; BLOCK]);
+pub struct Q8_0Group {
+    values: [[i8; 4 * GROUP]; BLOCK / 4],
+    /// `-128 · Σ w` per row: what shifting the input by 128 adds to its products.
+    offsets: [i32; GROUP],
+}
 
-impl WeightBlock for Q8_0Block {
+impl WeightBlock for Q8_0Group {
     const DTYPE: GgmlDType = GgmlDType::Q8_0;
     const BYTES: usize = 34;
     const HAS_MINIMUM: bool = false;
-    type Operand = lanes::Signed;
 
-    fn parse(bytes: &[u8]) -> (f32, f32, Self) {
-        let values: [u8; BLOCK] = bytes[2..34].try_into().expect("a Q8_0 block holds 32 values; this is a bug");
-        (half(&bytes[0..2]), 0.0, Self(bytemuck::cast(values)))
+    fn header(bytes: &[u8]) -> (f32, f32) {
+        (half(&bytes[0..2]), 0.0)
+    }
+
+    fn interleave(blocks: [&[u8]; GROUP]) -> Self {
+        let value = |row: usize, i: usize| blocks[row][2 + i] as i8;
+        Self {
+            values: std::array::from_fn(|j| std::array::from_fn(|i| value(i / 4, 4 * j + i % 4))),
+            offsets: std::array::from_fn(|row| -128 * (0..BLOCK).map(|i| i32::from(value(row, i))).sum::<i32>()),
+        }
     }
 
     #[inline(always)]
-    fn operand(&self) -> lanes::Signed {
-        lanes::Signed::unpack(&self.0)
-    }
-
-    #[inline(always)]
-    fn add_to<const VNNI: bool>(weights: lanes::Signed, lanes: Lanes, values: &[i8; BLOCK], scale: f32) -> Lanes {
-        lanes.add_q8_0::<VNNI>(weights, values, scale)
+    fn products<const VNNI: bool, const M: usize>(&self, x: [&Q8_1Block; M]) -> [Sums; M] {
+        lanes::q8_0_products::<VNNI, M>(&self.values, &self.offsets, x)
     }
 }
 
-/// Weights unpacked for the kernel: per block its scale (and minimum, for formats with one) as
-/// f32 and its values.
+/// Weights repacked for the kernel: per (group of [`GROUP`] rows, block) the rows' scales (and
+/// minimums, for formats with one) as f32 and their values interleaved. A last group short of
+/// rows is padded with zero blocks, whose results are dropped.
 #[derive(Debug)]
 pub struct KernelMatrix<B: WeightBlock> {
     rows: usize,
     columns: usize,
-    scales: Vec<f32>,
-    minimums: Vec<f32>,
+    scales: Vec<[f32; GROUP]>,
+    minimums: Vec<[f32; GROUP]>,
     blocks: Vec<B>,
 }
 
-/// One input row block quantized to Q8_1: scale, scale × sum of the values, 32 signed values.
+/// One input row block quantized to Q8_1: scale, scale × sum of the values, the 32 signed
+/// values four to a word, and the same values plus 128 as unsigned bytes (for Q8_0 on VNNI).
 #[derive(Clone, Copy, Debug)]
-struct Q8_1Block {
+pub struct Q8_1Block {
     d: f32,
     s: f32,
-    qs: [i8; BLOCK],
+    words: [i32; BLOCK / 4],
+    shifted: [i32; BLOCK / 4],
 }
 
 impl<B: WeightBlock> KernelMatrix<B> {
@@ -206,24 +222,33 @@ impl<B: WeightBlock> KernelMatrix<B> {
             candle_core::bail!("{kind:?} weights need a multiple of {BLOCK} columns, got {columns}");
         }
         let data = weights.data()?;
-        let blocks = rows * columns / BLOCK;
-        if data.len() != blocks * B::BYTES {
+        let blocks_per_row = columns / BLOCK;
+        if data.len() != rows * blocks_per_row * B::BYTES {
             candle_core::bail!("{kind:?} weights of {rows}x{columns} hold {} bytes", data.len());
         }
+        let padding = vec![0u8; B::BYTES];
+        let block = |row: usize, b: usize| match row < rows {
+            true => &data[(row * blocks_per_row + b) * B::BYTES..][..B::BYTES],
+            false => padding.as_slice(),
+        };
+        let entries = rows.div_ceil(GROUP) * blocks_per_row;
         let mut matrix = Self {
             rows,
             columns,
-            scales: Vec::with_capacity(blocks),
-            minimums: Vec::with_capacity(if B::HAS_MINIMUM { blocks } else { 0 }),
-            blocks: Vec::with_capacity(blocks),
+            scales: Vec::with_capacity(entries),
+            minimums: Vec::with_capacity(if B::HAS_MINIMUM { entries } else { 0 }),
+            blocks: Vec::with_capacity(entries),
         };
-        for bytes in data.chunks_exact(B::BYTES) {
-            let (scale, minimum, block) = B::parse(bytes);
-            matrix.scales.push(scale);
-            if B::HAS_MINIMUM {
-                matrix.minimums.push(minimum);
+        for group in 0..rows.div_ceil(GROUP) {
+            for b in 0..blocks_per_row {
+                let blocks: [&[u8]; GROUP] = std::array::from_fn(|r| block(group * GROUP + r, b));
+                let headers = blocks.map(B::header);
+                matrix.scales.push(headers.map(|(scale, _)| scale));
+                if B::HAS_MINIMUM {
+                    matrix.minimums.push(headers.map(|(_, minimum)| minimum));
+                }
+                matrix.blocks.push(B::interleave(blocks));
             }
-            matrix.blocks.push(block);
         }
         Ok(matrix)
     }
@@ -243,98 +268,66 @@ impl<B: WeightBlock> KernelMatrix<B> {
         Ok(Self::matmul_all(matrices, &input, rows, lanes::has_vnni()))
     }
 
-    /// `N` consecutive weight rows from `first` against every quantized input row, written to
-    /// `out` as `[N][input rows]`, in tiles of [`INPUTS_TOGETHER`] input rows (then one at a
-    /// time for the rest). `VNNI` picks the block instruction (see [`lanes`]); always inlined,
-    /// so the choice is made once per task.
-    #[inline(always)]
-    fn dot_rows<const N: usize, const VNNI: bool>(&self, first: usize, quantized: &[Q8_1Block], out: &mut [f32]) {
-        let blocks_per_row = self.columns / BLOCK;
-        let inputs = quantized.len() / blocks_per_row;
-        let tiles = quantized.chunks_exact(INPUTS_TOGETHER * blocks_per_row);
-        let rest = tiles.remainder();
-        let mut store = |input: usize, sums: &[[f32; N]]| {
-            for (m, sums) in sums.iter().enumerate() {
-                for (r, &sum) in sums.iter().enumerate() {
-                    out[r * inputs + input + m] = sum;
-                }
-            }
-        };
-        for (tile, x) in tiles.enumerate() {
-            let rows = std::array::from_fn(|m| &x[m * blocks_per_row..][..blocks_per_row]);
-            store(tile * INPUTS_TOGETHER, &self.dot_tile::<N, INPUTS_TOGETHER, VNNI>(first, rows));
-        }
-        for (i, x) in rest.chunks_exact(blocks_per_row).enumerate() {
-            store(inputs - rest.len() / blocks_per_row + i, &self.dot_tile::<N, 1, VNNI>(first, [x]));
-        }
+    /// The row groups, padding included.
+    fn groups(&self) -> usize {
+        self.rows.div_ceil(GROUP)
     }
 
-    /// `N` weight rows from `first` against `M` input rows: `[input][weight row]`. Each block of
-    /// a weight row is unpacked once for the `M` inputs. Each (weight row, input row) pair
-    /// accumulates in its own vector lanes plus a scalar chain for the minimum terms, summed
-    /// once at the end, the same operations in the same order whatever the tile, so a row's
-    /// result is the same in any batch; the `N × M` chains are independent, and the CPU
-    /// overlaps them.
+    /// A group's rows against `M` input rows: `[input][row of the group]`. Each (weight row,
+    /// input row) pair accumulates block by block in its own lane, the same operations in the
+    /// same order whatever the tile, so a row's result is the same in any batch.
     #[inline(always)]
-    fn dot_tile<const N: usize, const M: usize, const VNNI: bool>(
-        &self,
-        first: usize,
-        x_rows: [&[Q8_1Block]; M],
-    ) -> [[f32; N]; M] {
+    fn tile<const M: usize, const VNNI: bool>(&self, group: usize, x_rows: [&[Q8_1Block]; M]) -> [[f32; GROUP]; M] {
         let blocks_per_row = self.columns / BLOCK;
-        let row = |r: usize| (first + r) * blocks_per_row..(first + r + 1) * blocks_per_row;
-        let blocks: [&[B]; N] = std::array::from_fn(|r| &self.blocks[row(r)]);
-        let scales: [&[f32]; N] = std::array::from_fn(|r| &self.scales[row(r)]);
-        let minimums: [&[f32]; N] = std::array::from_fn(|r| if B::HAS_MINIMUM { &self.minimums[row(r)] } else { &[] });
-        let mut products = [[Lanes::zero(); M]; N];
-        let mut minimum_sums = [[0.0f32; M]; N];
+        let first = group * blocks_per_row;
+        let mut accumulators = [Lanes::zero(); M];
         for b in 0..blocks_per_row {
-            for r in 0..N {
-                let weights = blocks[r][b].operand();
-                for m in 0..M {
-                    let x = &x_rows[m][b];
-                    products[r][m] = B::add_to::<VNNI>(weights, products[r][m], &x.qs, scales[r][b] * x.d);
-                    if B::HAS_MINIMUM {
-                        minimum_sums[r][m] = minimums[r][b].mul_add(x.s, minimum_sums[r][m]);
-                    }
+            let x = x_rows.map(|row| &row[b]);
+            let sums = self.blocks[first + b].products::<VNNI, M>(x);
+            for m in 0..M {
+                accumulators[m] = accumulators[m].add_products(sums[m], &self.scales[first + b], x[m].d);
+                if B::HAS_MINIMUM {
+                    accumulators[m] = accumulators[m].add_minimums(&self.minimums[first + b], x[m].s);
                 }
             }
         }
-        std::array::from_fn(|m| std::array::from_fn(|r| products[r][m].sum() + minimum_sums[r][m]))
+        accumulators.map(Lanes::to_array)
     }
 
     /// `[rows, columns]` f32 input times each matrix's transposed weights: `[rows, matrix
     /// rows]` each, with AVX-512 VNNI's block instruction or without it (the same integers, so
-    /// the same results). The input is quantized once; the weight rows of all the matrices are
+    /// the same results). The input is quantized once; the row groups of all the matrices are
     /// split across the threads in one pass.
     fn matmul_all(matrices: &[&Self], input: &[f32], rows: usize, vnni: bool) -> Vec<Vec<f32>> {
         if rows == 0 {
             return vec![Vec::new(); matrices.len()];
         }
         let quantized: Vec<Q8_1Block> = input.chunks_exact(BLOCK).map(quantize_q8_1).collect();
-        // Computed transposed ([weight row][input row]) so each task writes one contiguous slab.
-        let mut transposed: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0.0f32; m.rows * rows]).collect();
+        // Computed as [group][input row][row of the group], so each task writes one contiguous slab.
+        let mut grouped: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0.0f32; m.groups() * GROUP * rows]).collect();
         let tasks: Vec<(&Self, usize, &mut [f32])> = matrices
             .iter()
-            .zip(&mut transposed)
+            .zip(&mut grouped)
             .flat_map(|(&matrix, out)| {
-                let slabs = out.chunks_mut(ROWS_PER_TASK * rows).enumerate();
-                slabs.map(move |(task, out)| (matrix, task * ROWS_PER_TASK, out))
+                let slabs = out.chunks_mut(GROUPS_PER_TASK * GROUP * rows).enumerate();
+                slabs.map(move |(task, out)| (matrix, task * GROUPS_PER_TASK, out))
             })
             .collect();
         tasks
             .into_par_iter()
-            .for_each(|(matrix, first_row, out)| matrix.run_task(vnni, first_row, &quantized, out, rows));
-        let untransposed = matrices.iter().zip(transposed).map(|(matrix, transposed)| {
+            .for_each(|(matrix, first_group, out)| matrix.run_task(vnni, first_group, &quantized, out, rows));
+        let ungrouped = matrices.iter().zip(grouped).map(|(matrix, grouped)| {
             let mut output = vec![0.0f32; rows * matrix.rows];
-            for (row, values) in transposed.chunks_exact(rows).enumerate() {
-                for (input_row, &value) in values.iter().enumerate() {
-                    output[input_row * matrix.rows + row] = value;
+            for (group, values) in grouped.chunks_exact(GROUP * rows).enumerate() {
+                let first = group * GROUP;
+                for (input_row, lanes) in values.chunks_exact(GROUP).enumerate() {
+                    let kept = (matrix.rows - first).min(GROUP);
+                    output[input_row * matrix.rows + first..][..kept].copy_from_slice(&lanes[..kept]);
                 }
             }
             output
         });
-        untransposed.collect()
+        ungrouped.collect()
     }
 
     /// One parallel task with AVX-512 VNNI's block instruction or without it.
@@ -342,15 +335,15 @@ impl<B: WeightBlock> KernelMatrix<B> {
         not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")),
         allow(unused_variables)
     )]
-    fn run_task(&self, vnni: bool, first_row: usize, quantized: &[Q8_1Block], out: &mut [f32], rows: usize) {
+    fn run_task(&self, vnni: bool, first_group: usize, quantized: &[Q8_1Block], out: &mut [f32], rows: usize) {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
         if vnni {
             assert!(lanes::has_vnni(), "the VNNI kernel runs only where the CPU has it; this is a bug");
             #[allow(unsafe_code)]
             // SAFETY: checked just above: the CPU has every feature `task_vnni` is compiled with.
-            return unsafe { self.task_vnni(first_row, quantized, out, rows) };
+            return unsafe { self.task_vnni(first_group, quantized, out, rows) };
         }
-        self.task::<false>(first_row, quantized, out, rows)
+        self.task::<false>(first_group, quantized, out, rows)
     }
 
     /// [`Self::task`] compiled with AVX-512 VNNI: the whole loop lives in this function, which
@@ -360,79 +353,77 @@ impl<B: WeightBlock> KernelMatrix<B> {
     /// third of the speed).
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
     #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    fn task_vnni(&self, first_row: usize, quantized: &[Q8_1Block], out: &mut [f32], rows: usize) {
-        self.task::<true>(first_row, quantized, out, rows)
+    fn task_vnni(&self, first_group: usize, quantized: &[Q8_1Block], out: &mut [f32], rows: usize) {
+        self.task::<true>(first_group, quantized, out, rows)
     }
 
-    /// One parallel task: the weight rows from `first_row` that `out` holds, in groups of
-    /// [`INTERLEAVE`].
+    /// One parallel task: the row groups from `first_group` that `out` holds, each against the
+    /// input rows in tiles of [`INPUTS_TOGETHER`] (then one at a time for the rest).
     #[inline(always)]
-    fn task<const VNNI: bool>(&self, first_row: usize, quantized: &[Q8_1Block], out: &mut [f32], rows: usize) {
-        for (group, out) in out.chunks_mut(INTERLEAVE * rows).enumerate() {
-            let row = first_row + group * INTERLEAVE;
-            match out.len() / rows {
-                INTERLEAVE => self.dot_rows::<INTERLEAVE, VNNI>(row, quantized, out),
-                tail => {
-                    (0..tail).for_each(|i| self.dot_rows::<1, VNNI>(row + i, quantized, &mut out[i * rows..][..rows]))
-                }
+    fn task<const VNNI: bool>(&self, first_group: usize, quantized: &[Q8_1Block], out: &mut [f32], rows: usize) {
+        let blocks_per_row = self.columns / BLOCK;
+        for (g, out) in out.chunks_exact_mut(GROUP * rows).enumerate() {
+            let group = first_group + g;
+            let tiles = quantized.chunks_exact(INPUTS_TOGETHER * blocks_per_row);
+            let rest = tiles.remainder();
+            let (tiled, single) = out.split_at_mut((rows / INPUTS_TOGETHER) * INPUTS_TOGETHER * GROUP);
+            for (x, out) in tiles.zip(tiled.chunks_exact_mut(INPUTS_TOGETHER * GROUP)) {
+                let x_rows = std::array::from_fn(|m| &x[m * blocks_per_row..][..blocks_per_row]);
+                out.copy_from_slice(self.tile::<INPUTS_TOGETHER, VNNI>(group, x_rows).as_flattened());
+            }
+            for (x, out) in rest.chunks_exact(blocks_per_row).zip(single.chunks_exact_mut(GROUP)) {
+                out.copy_from_slice(self.tile::<1, VNNI>(group, [x]).as_flattened());
             }
         }
     }
 }
 
-/// Eight f32 partial sums of one (weight row, input row) product. Each block adds its exact
-/// integer products, summed in eight groups of four (weights `4i..4i + 4` of the block's 32, for
-/// Q4_1 in nibble order: the low nibbles, then the high ones), times the block's combined scale.
+/// Eight f32 accumulators, one per row of a group, and the integer products of a block.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
 mod lanes {
     use std::arch::x86_64::*;
 
-    use super::BLOCK;
+    use super::{BLOCK, GROUP, Q8_1Block};
 
     #[derive(Clone, Copy)]
     pub struct Lanes(__m256);
 
+    /// One block's exact integer products, one lane per row of the group.
+    #[derive(Clone, Copy)]
+    pub struct Sums(__m256i);
+
+    // SAFETY (every `unsafe` block in this module): the module exists only when the whole build
+    // targets AVX2 and FMA (the `cfg` above, set by `-C target-cpu=x86-64-v3` in
+    // .cargo/config.toml), so every AVX2 instruction is available; the VNNI forms run only
+    // inside `KernelMatrix::task_vnni`, which is entered only where `has_vnni` found the CPU has
+    // AVX-512 VNNI and VL; loads and stores go through `bytemuck` on values of the vector's size.
+
     impl Lanes {
         pub fn zero() -> Self {
-            Self(bytemuck::cast([0.0f32; 8]))
+            Self(bytemuck::cast([0.0f32; GROUP]))
         }
 
-        /// Adds a Q4_1 block: its nibbles are the unsigned operand as they are.
+        /// Adds `sums · scales · d` lane by lane (the product of the scales first).
         #[inline(always)]
-        pub fn add_q4_1<const VNNI: bool>(self, weights: Nibbles, values: &[i8; BLOCK], scale: f32) -> Self {
-            self.add::<VNNI>((weights.0, load(values)), scale)
-        }
-
-        /// Adds a Q8_0 block: the weights' magnitudes are the unsigned operand, their signs
-        /// move to the values (`|w| · sign(w) x = w x`; at most 128 · 127 · 2 per pair).
-        #[inline(always)]
-        pub fn add_q8_0<const VNNI: bool>(self, weights: Signed, values: &[i8; BLOCK], scale: f32) -> Self {
+        pub fn add_products(self, sums: Sums, scales: &[f32; GROUP], d: f32) -> Self {
             #[allow(unsafe_code)]
-            // SAFETY: the whole build targets AVX2 (see `Lanes::add`).
-            let values = unsafe { _mm256_sign_epi8(load(values), weights.signs) };
-            self.add::<VNNI>((weights.magnitudes, values), scale)
-        }
-
-        /// Adds one block's unsigned × signed products: with `vpdpbusd` when `VNNI` (inlined
-        /// only into `KernelMatrix::task_vnni`), else with `vpmaddubsw` and `vpmaddwd`; the
-        /// same eight integer groups either way.
-        #[inline(always)]
-        fn add<const VNNI: bool>(self, (weights, values): (__m256i, __m256i), scale: f32) -> Self {
-            #[allow(unsafe_code)]
-            // SAFETY: this module exists only when the whole build targets AVX2 and FMA (the `cfg`
-            // above, set by `-C target-cpu=x86-64-v3` in .cargo/config.toml), so every AVX2
-            // instruction is available; the VNNI form runs only inside `task_vnni`, which is
-            // entered only where `has_vnni` found the CPU has AVX-512 VNNI and VL.
             unsafe {
-                Self(match VNNI {
-                    true => groups_vnni(self.0, weights, values, scale),
-                    false => groups(self.0, weights, values, scale),
-                })
+                let scales = _mm256_mul_ps(bytemuck::cast(*scales), _mm256_set1_ps(d));
+                Self(_mm256_fmadd_ps(_mm256_cvtepi32_ps(sums.0), scales, self.0))
             }
         }
 
-        pub fn sum(self) -> f32 {
-            super::pairwise_sum(bytemuck::cast(self.0))
+        /// Adds `minimums · s` lane by lane.
+        #[inline(always)]
+        pub fn add_minimums(self, minimums: &[f32; GROUP], s: f32) -> Self {
+            #[allow(unsafe_code)]
+            unsafe {
+                Self(_mm256_fmadd_ps(bytemuck::cast(*minimums), _mm256_set1_ps(s), self.0))
+            }
+        }
+
+        pub fn to_array(self) -> [f32; GROUP] {
+            bytemuck::cast(self.0)
         }
     }
 
@@ -444,68 +435,77 @@ mod lanes {
         *VNNI
     }
 
-    /// A Q4_1 block's 32 unsigned weights (at most 15), in nibble order.
-    #[derive(Clone, Copy)]
-    pub struct Nibbles(__m256i);
-
-    impl Nibbles {
-        #[inline(always)]
-        pub fn unpack(nibbles: &[u8; 16]) -> Self {
-            #[allow(unsafe_code)]
-            // SAFETY: the whole build targets AVX2 (see `Lanes::add`).
-            unsafe {
-                let packed: __m128i = bytemuck::cast(*nibbles);
-                let mask = _mm_set1_epi8(0x0F);
-                let low = _mm_and_si128(packed, mask);
-                let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
-                Self(_mm256_set_m128i(high, low))
+    /// Q4_1: each chunk's nibbles, masked and shifted, are the unsigned operand; the input's
+    /// matching four values, broadcast, the signed one. With VNNI one `vpdpbusd` per chunk half
+    /// and input; on AVX2 `vpmaddubsw` pairs summed as 16-bit integers over the block (at most
+    /// 8 · 2 · 15 · 127 = 30,480, no saturation), then `vpmaddwd` into the lanes.
+    #[inline(always)]
+    pub fn q4_1_products<const VNNI: bool, const M: usize>(
+        chunks: &[[u8; 4 * GROUP]; 4],
+        x: [&Q8_1Block; M],
+    ) -> [Sums; M] {
+        #[allow(unsafe_code)]
+        unsafe {
+            let mask = _mm256_set1_epi8(0x0F);
+            let mut sums = [_mm256_setzero_si256(); M];
+            for (j, chunk) in chunks.iter().enumerate() {
+                let packed: __m256i = bytemuck::cast(*chunk);
+                let low = _mm256_and_si256(packed, mask);
+                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
+                for m in 0..M {
+                    let (low_values, high_values) =
+                        (_mm256_set1_epi32(x[m].words[j]), _mm256_set1_epi32(x[m].words[4 + j]));
+                    sums[m] = match VNNI {
+                        true => _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(sums[m], low, low_values), high, high_values),
+                        false => _mm256_add_epi16(
+                            sums[m],
+                            _mm256_add_epi16(
+                                _mm256_maddubs_epi16(low, low_values),
+                                _mm256_maddubs_epi16(high, high_values),
+                            ),
+                        ),
+                    };
+                }
+            }
+            match VNNI {
+                true => sums.map(Sums),
+                false => sums.map(|pairs| Sums(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))),
             }
         }
     }
 
-    /// A Q8_0 block's weight magnitudes, and the weights whose signs the values take.
-    #[derive(Clone, Copy)]
-    pub struct Signed {
-        magnitudes: __m256i,
-        signs: __m256i,
-    }
-
-    impl Signed {
-        #[inline(always)]
-        pub fn unpack(weights: &[i8; BLOCK]) -> Self {
-            let signs = load(weights);
-            #[allow(unsafe_code)]
-            // SAFETY: the whole build targets AVX2 (see `Lanes::add`).
-            let magnitudes = unsafe { _mm256_sign_epi8(signs, signs) };
-            Self { magnitudes, signs }
-        }
-    }
-
+    /// Q8_0: with VNNI the input plus 128 (unsigned) times the signed weights, starting from
+    /// `offsets` (`-128 · Σ w`); on AVX2 the weights' magnitudes times the values with the
+    /// weights' signs (`|w| · sign(w) x = w x`; at most 128 · 127 · 2 per pair). The same
+    /// integers.
     #[inline(always)]
-    fn load(values: &[i8; BLOCK]) -> __m256i {
-        bytemuck::cast(*values)
-    }
-
-    /// `vpmaddubsw` multiplies the 32 unsigned weights by the signed values with pairwise sums
-    /// (small enough that nothing saturates, see the callers); `vpmaddwd` sums pairs again into
-    /// the eight groups, which are scaled into the accumulator.
-    #[target_feature(enable = "avx2,fma")]
-    fn groups(acc: __m256, weights: __m256i, values: __m256i, scale: f32) -> __m256 {
-        let pairs = _mm256_maddubs_epi16(weights, values);
-        let groups = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(groups), _mm256_set1_ps(scale), acc)
-    }
-
-    /// The same eight groups in one `vpdpbusd`, which sums four u8 × i8 products per lane.
-    /// Always inlined, into `task_vnni`, which has the feature; its caller must be there.
-    #[inline(always)]
-    fn groups_vnni(acc: __m256, weights: __m256i, values: __m256i, scale: f32) -> __m256 {
+    pub fn q8_0_products<const VNNI: bool, const M: usize>(
+        chunks: &[[i8; 4 * GROUP]; BLOCK / 4],
+        offsets: &[i32; GROUP],
+        x: [&Q8_1Block; M],
+    ) -> [Sums; M] {
         #[allow(unsafe_code)]
-        // SAFETY: reached only from `KernelMatrix::task_vnni` (see `Lanes::add`), entered only
-        // where the CPU has AVX-512 VNNI and VL.
         unsafe {
-            let groups = _mm256_dpbusd_epi32(_mm256_setzero_si256(), weights, values);
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(groups), _mm256_set1_ps(scale), acc)
+            let start = match VNNI {
+                true => bytemuck::cast(*offsets),
+                false => _mm256_setzero_si256(),
+            };
+            let mut sums = [start; M];
+            for (j, chunk) in chunks.iter().enumerate() {
+                let weights: __m256i = bytemuck::cast(*chunk);
+                let magnitudes = _mm256_sign_epi8(weights, weights);
+                for m in 0..M {
+                    sums[m] = match VNNI {
+                        true => _mm256_dpbusd_epi32(sums[m], _mm256_set1_epi32(x[m].shifted[j]), weights),
+                        false => {
+                            let values = _mm256_sign_epi8(_mm256_set1_epi32(x[m].words[j]), weights);
+                            let pairs = _mm256_maddubs_epi16(magnitudes, values);
+                            _mm256_add_epi32(sums[m], _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+                        }
+                    };
+                }
+            }
+            sums.map(Sums)
         }
     }
 }
@@ -513,59 +513,36 @@ mod lanes {
 /// The portable form of the same arithmetic, in the same order; the compiler vectorizes it.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
 mod lanes {
-    use super::BLOCK;
+    use super::{BLOCK, GROUP, Q8_1Block};
 
     #[derive(Clone, Copy)]
-    pub struct Lanes([f32; 8]);
+    pub struct Lanes([f32; GROUP]);
+
+    /// One block's exact integer products, one lane per row of the group.
+    #[derive(Clone, Copy)]
+    pub struct Sums([i32; GROUP]);
 
     impl Lanes {
         pub fn zero() -> Self {
-            Self([0.0; 8])
+            Self([0.0; GROUP])
         }
 
-        pub fn add_q4_1<const VNNI: bool>(self, weights: Nibbles, values: &[i8; BLOCK], scale: f32) -> Self {
-            self.add(&weights.0, values, scale)
-        }
-
-        pub fn add_q8_0<const VNNI: bool>(self, weights: Signed, values: &[i8; BLOCK], scale: f32) -> Self {
-            self.add(&weights.0, values, scale)
-        }
-
-        fn add(mut self, weights: &[i8; BLOCK], values: &[i8; BLOCK], scale: f32) -> Self {
-            for (lane, (w, x)) in self.0.iter_mut().zip(weights.chunks_exact(4).zip(values.chunks_exact(4))) {
-                let group: i32 = w.iter().zip(x).map(|(&p, &q)| i32::from(p) * i32::from(q)).sum();
-                *lane = (group as f32).mul_add(scale, *lane);
+        pub fn add_products(mut self, sums: Sums, scales: &[f32; GROUP], d: f32) -> Self {
+            for ((lane, &sum), &scale) in self.0.iter_mut().zip(&sums.0).zip(scales) {
+                *lane = (sum as f32).mul_add(scale * d, *lane);
             }
             self
         }
 
-        pub fn sum(self) -> f32 {
-            super::pairwise_sum(self.0)
-        }
-    }
-
-    /// A Q4_1 block's 32 weights, in nibble order.
-    #[derive(Clone, Copy)]
-    pub struct Nibbles([i8; BLOCK]);
-
-    impl Nibbles {
-        pub fn unpack(nibbles: &[u8; 16]) -> Self {
-            let mut weights = [0i8; BLOCK];
-            for j in 0..16 {
-                weights[j] = (nibbles[j] & 0x0F) as i8;
-                weights[j + 16] = (nibbles[j] >> 4) as i8;
+        pub fn add_minimums(mut self, minimums: &[f32; GROUP], s: f32) -> Self {
+            for (lane, &minimum) in self.0.iter_mut().zip(minimums) {
+                *lane = minimum.mul_add(s, *lane);
             }
-            Self(weights)
+            self
         }
-    }
 
-    /// A Q8_0 block's 32 weights.
-    #[derive(Clone, Copy)]
-    pub struct Signed([i8; BLOCK]);
-
-    impl Signed {
-        pub fn unpack(weights: &[i8; BLOCK]) -> Self {
-            Self(*weights)
+        pub fn to_array(self) -> [f32; GROUP] {
+            self.0
         }
     }
 
@@ -573,13 +550,48 @@ mod lanes {
     pub fn has_vnni() -> bool {
         false
     }
-}
 
-/// The eight lanes summed as a tree, the order a vector horizontal sum uses.
-fn pairwise_sum(lanes: [f32; 8]) -> f32 {
-    let quads = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
-    let pairs = [quads[0] + quads[2], quads[1] + quads[3]];
-    pairs[0] + pairs[1]
+    fn values(x: &Q8_1Block) -> [i8; BLOCK] {
+        bytemuck::cast(x.words)
+    }
+
+    pub fn q4_1_products<const VNNI: bool, const M: usize>(
+        chunks: &[[u8; 4 * GROUP]; 4],
+        x: [&Q8_1Block; M],
+    ) -> [Sums; M] {
+        x.map(|x| {
+            let values = values(x);
+            Sums(std::array::from_fn(|row| {
+                let mut sum = 0i32;
+                for (j, chunk) in chunks.iter().enumerate() {
+                    for (k, &byte) in chunk[4 * row..][..4].iter().enumerate() {
+                        sum += i32::from(byte & 0x0F) * i32::from(values[4 * j + k]);
+                        sum += i32::from(byte >> 4) * i32::from(values[16 + 4 * j + k]);
+                    }
+                }
+                sum
+            }))
+        })
+    }
+
+    pub fn q8_0_products<const VNNI: bool, const M: usize>(
+        chunks: &[[i8; 4 * GROUP]; BLOCK / 4],
+        offsets: &[i32; GROUP],
+        x: [&Q8_1Block; M],
+    ) -> [Sums; M] {
+        x.map(|x| {
+            let shifted: [u8; BLOCK] = bytemuck::cast(x.shifted);
+            Sums(std::array::from_fn(|row| {
+                let mut sum = offsets[row];
+                for (j, chunk) in chunks.iter().enumerate() {
+                    for (k, &weight) in chunk[4 * row..][..4].iter().enumerate() {
+                        sum += i32::from(weight) * i32::from(shifted[4 * j + k]);
+                    }
+                }
+                sum
+            }))
+        })
+    }
 }
 
 /// ggml's `quantize_row_q8_1` for one block, with its rounding: the scale and the sum go through
@@ -596,7 +608,12 @@ fn quantize_q8_1(values: &[f32]) -> Q8_1Block {
     }
     let d = f16::from_f32(d);
     let s = f16::from_f32(f16::from_f32(sum as f32).to_f32() * d.to_f32());
-    Q8_1Block { d: d.to_f32(), s: s.to_f32(), qs }
+    Q8_1Block {
+        d: d.to_f32(),
+        s: s.to_f32(),
+        words: bytemuck::cast(qs),
+        shifted: bytemuck::cast(qs.map(|q| (q as u8) ^ 0x80)),
+    }
 }
 
 #[cfg(test)]
@@ -643,7 +660,7 @@ mod tests {
 
     #[test]
     fn the_q4_1_kernel_agrees_with_candle_and_a_row_ignores_its_batch() {
-        agrees_with_candle::<Q4_1Block>(|linear| match linear {
+        agrees_with_candle::<Q4_1Group>(|linear| match linear {
             QLinear::Q4_1(matrix) => Some(matrix),
             _ => None,
         });
@@ -651,7 +668,7 @@ mod tests {
 
     #[test]
     fn the_q8_0_kernel_agrees_with_candle_and_a_row_ignores_its_batch() {
-        agrees_with_candle::<Q8_0Block>(|linear| match linear {
+        agrees_with_candle::<Q8_0Group>(|linear| match linear {
             QLinear::Q8_0(matrix) => Some(matrix),
             _ => None,
         });
