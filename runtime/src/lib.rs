@@ -13,6 +13,7 @@
 //! - [`llm`]: language-model building blocks: tokenizers (from `tokenizer.json` or GGUF metadata),
 //!   chat templates, sampling, stop strings, the paged KV cache and the batching scheduler.
 //! - [`test_models`]: where the real models the tests and the bench use are fetched to.
+//! - [`vector_math`]: element-wise functions (`exp`, `erf`) the compiler vectorizes.
 //!
 //! Libraries: `sha2` for digests, `tokenizers` and `minijinja` for text, candle for tensors,
 //! `object_store` for the object stores (see `repository::remote`), on hyper and rustls (see
@@ -34,5 +35,6 @@ pub mod model;
 pub mod repository;
 pub mod tensor;
 pub mod test_models;
+pub mod vector_math;
 
 pub use error::{Error, Result};

@@ -317,43 +317,38 @@ impl KvCache {
         let (keys, values) = (&self.keys[layer], &self.values[layer]);
         let mut out = vec![0.0f32; rows.len() * heads * head_dim];
         // One item per (row, KV head): the query heads that share a KV head are consecutive, and
-        // each key and value row is read once for all of them. Each head's arithmetic is what
-        // it would be alone.
+        // each key and value row is read once for all of them, walked block by block (no
+        // division per position). Each head's arithmetic is what it would be alone; the softmax
+        // uses the vectorized `exp` and divides each weight by the total once, before the sum.
         let items = out.par_chunks_mut(group * head_dim).enumerate();
-        items.for_each_init(<(Vec<f32>, Vec<f32>)>::default, |(scores, totals), (item, out)| {
+        items.for_each_init(Vec::<f32>::new, |scores, (item, out)| {
             let (row, kv_head) = (item / kv_heads, item % kv_heads);
             let QueryRow { sequence, position } = rows[row];
+            let length = position + 1;
             let table = tables[sequence];
             let first_query = (row * heads + kv_head * group) * head_dim;
             let queries = &queries[first_query..first_query + group * head_dim];
-            let at = |t: usize| {
-                let block = table.blocks[t / self.block_size] as usize;
-                ((block * kv_heads + kv_head) * self.block_size + t % self.block_size) * head_dim
-            };
-            let length = position + 1;
-            // `scores` holds each head's scores in turn: `[group][length]`.
+            // `scores` holds each head's scores in turn: `[group][length]`, then its weights.
             scores.clear();
             scores.resize(group * length, 0.0);
-            for t in 0..length {
-                let key = &keys[at(t)..at(t) + head_dim];
+            for (t, key) in self.head_rows(keys, table, kv_head, length).enumerate() {
                 for (h, query) in queries.chunks_exact(head_dim).enumerate() {
                     scores[h * length + t] = dot(query, key) * scale;
                 }
             }
-            totals.clear();
-            totals.resize(group, 0.0);
-            for (total, scores) in totals.iter_mut().zip(scores.chunks_exact_mut(length)) {
+            for scores in scores.chunks_exact_mut(length) {
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut total = 0.0;
                 for score in scores.iter_mut() {
-                    *score = (*score - max).exp();
-                    *total += *score;
+                    *score = crate::vector_math::exp(*score - max);
+                    total += *score;
                 }
+                scores.iter_mut().for_each(|score| *score /= total);
             }
             out.fill(0.0);
-            for t in 0..length {
-                let value = &values[at(t)..at(t) + head_dim];
+            for (t, value) in self.head_rows(values, table, kv_head, length).enumerate() {
                 for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
-                    let weight = scores[h * length + t] / totals[h];
+                    let weight = scores[h * length + t];
                     for (o, &v) in out.iter_mut().zip(value) {
                         *o = weight.mul_add(v, *o);
                     }
@@ -361,6 +356,25 @@ impl KvCache {
             }
         });
         out
+    }
+
+    /// One KV head's rows of `cache` (a layer's keys or values) for positions `0..length` of
+    /// `table`'s sequence, in position order: contiguous within each block.
+    fn head_rows<'a>(
+        &self,
+        cache: &'a [f32],
+        table: &'a BlockTable,
+        kv_head: usize,
+        length: usize,
+    ) -> impl Iterator<Item = &'a [f32]> + Clone + 'a {
+        let KvShape { kv_heads, head_dim, .. } = self.shape;
+        let block_size = self.block_size;
+        let blocks = table.blocks[..length.div_ceil(block_size)].iter().enumerate();
+        blocks.flat_map(move |(i, &block)| {
+            let first = (block as usize * kv_heads + kv_head) * block_size * head_dim;
+            let count = (length - i * block_size).min(block_size);
+            cache[first..first + count * head_dim].chunks_exact(head_dim)
+        })
     }
 }
 

@@ -180,37 +180,16 @@ impl Bert {
 }
 
 /// Exact GELU, `x · Φ(x) = x/2 · (1 + erf(x/√2))`, split across the threads. candle's
-/// `gelu_erf` calls libm's scalar `erff` per value (10.6% of an embedding profile); [`erf`] here
-/// is a rational function the compiler vectorizes.
+/// `gelu_erf` calls libm's scalar `erff` per value (10.6% of an embedding profile);
+/// [`crate::vector_math::erf`] is a rational function the compiler vectorizes.
 fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     let mut values = x.flatten_all()?.to_vec1::<f32>()?;
     values.par_chunks_mut(4096).for_each(|chunk| {
         for v in chunk {
-            *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+            *v = 0.5 * *v * (1.0 + crate::vector_math::erf(*v * std::f32::consts::FRAC_1_SQRT_2));
         }
     });
     Tensor::from_vec(values, x.shape(), x.device())
-}
-
-/// `erf(x) ≈ x · P(x²) / Q(x²)` on `[-4, 4]` (degree 6 over 5, fitted for this by reweighted
-/// least squares: at most 3.3e-7 from the exact value in f32; `Q ≥ 1`, so no poles), and ±1
-/// beyond, where `1 − erf(4) = 1.5e-8`.
-fn erf(x: f32) -> f32 {
-    const P: [f32; 7] = [
-        std::f32::consts::FRAC_2_SQRT_PI, // erf's slope at 0
-        0.184_709_15,
-        0.054_333_72,
-        0.003_839_656,
-        0.000_382_747_6,
-        4.781_990_4e-6,
-        -1.367_397_5e-8,
-    ];
-    const Q: [f32; 6] = [1.0, 0.497_027_75, 0.113_826_95, 0.015_453_95, 0.001_309_681_1, 6.402_325_4e-5];
-    let x = x.clamp(-4.0, 4.0);
-    let z = x * x;
-    let p = P.iter().rev().fold(0.0f32, |sum, &c| sum.mul_add(z, c));
-    let q = Q.iter().rev().fold(0.0f32, |sum, &c| sum.mul_add(z, c));
-    x * p / q
 }
 
 /// A sentence encoder: the tokenizer, its length limit and the model.

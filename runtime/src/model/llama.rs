@@ -385,10 +385,11 @@ fn project<const N: usize>(
     Ok(outputs)
 }
 
-/// SwiGLU in place: `gate ← silu(gate) · up`, with candle's `silu` (`v / (1 + e^-v)`).
+/// SwiGLU in place: `gate ← silu(gate) · up`, with candle's form of `silu` (`v / (1 + e^-v)`)
+/// and a vectorized `exp`.
 fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        *g = *g / (1.0 + crate::vector_math::exp(-*g)) * u;
     }
 }
 
