@@ -146,11 +146,12 @@ fn generate_together(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize, chu
 }
 
 /// Ours against candle's `quantized_llama` on the same file, step by step along candle's greedy
-/// path (both fed the same tokens): logits within 0.5 of candle's on average and 2.0 at worst,
-/// candle's choice within 0.5 of our best. Both quantize activations to 8 bits, where a float
-/// rounding difference flips a quantized value, so logits differ by a few tenths (measured:
-/// ≤ 0.4 on average, ≤ 1.4 at worst) and near-ties may order differently (the first token here
-/// is one); a kernel reading the wrong values is off by whole units (measured: 12 on average).
+/// path (both fed the same tokens): logits, centred (a common shift changes no probability),
+/// within 0.4 of candle's on average and 2.5 at worst, and candle's choice within 0.5 of our
+/// best. Both quantize activations to 8 bits, where a float rounding difference flips a
+/// quantized value, so logits differ by tenths (measured: ≤ 0.24 on average, ≤ 1.44 at worst)
+/// and near-ties may order differently; a kernel reading the wrong values is off by whole units
+/// (measured: 12 on average).
 #[test]
 fn llama_logits_track_the_candle_reference() {
     let Some(path) = smollm2_path() else { return };
@@ -178,12 +179,14 @@ fn llama_logits_track_the_candle_reference() {
         assert!(cache.reserve(&mut table, needed));
         let step = SequenceStep { tokens: &input, table: &mut table, logits: true, adapter: None };
         let ours = model.forward(&mut [step], &mut cache).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let differences = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs());
+        // Shifting every logit by one amount changes no probability: compare them centred.
+        let shift = ours.iter().zip(&theirs).map(|(a, b)| a - b).sum::<f32>() / ours.len() as f32;
+        let differences = ours.iter().zip(&theirs).map(|(a, b)| (a - b - shift).abs());
         let (worst, mean) = (differences.clone().fold(0.0f32, f32::max), differences.sum::<f32>() / ours.len() as f32);
         let token = greedy(&Tensor::new(theirs.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap())[0];
         let below_best = ours.iter().copied().fold(f32::NEG_INFINITY, f32::max) - ours[token as usize];
         let text = tokenizer.decode(&path_taken, false);
-        assert!(mean < 0.5 && worst < 2.0, "after {text:?}: logits {mean} from candle's on average, {worst} at worst");
+        assert!(mean < 0.4 && worst < 2.5, "after {text:?}: logits {mean} from candle's on average, {worst} at worst");
         assert!(below_best < 0.5, "after {text:?}: candle's token {token} is {below_best} below our best");
         position += input.len();
         path_taken.push(token);

@@ -3,7 +3,9 @@
 //! step: every linear layer multiplies the tokens of all sequences together (one read of the
 //! weights per step, which is what makes batched decoding faster than one stream at a time; the
 //! projections that read one input in one pass of the kernel), while attention runs per sequence
-//! against that sequence's own KV cache.
+//! against that sequence's own KV cache. The step keeps its residual stream in one buffer:
+//! RMSNorm, rotary embeddings, SwiGLU and the residual adds work on the step's own vectors,
+//! with no tensor allocated per operation.
 //!
 //! GGUF tensor names follow llama.cpp (`token_embd`, `blk.{i}.attn_q`, …, `output_norm`,
 //! `output`, tied to `token_embd` when absent); rotary embeddings are the interleaved form GGUF
@@ -129,12 +131,12 @@ fn invalid(reason: String) -> Error {
 }
 
 struct Layer {
-    attn_norm: Tensor,
+    attn_norm: Vec<f32>,
     wq: QLinear,
     wk: QLinear,
     wv: QLinear,
     wo: QLinear,
-    ffn_norm: Tensor,
+    ffn_norm: Vec<f32>,
     w_gate: QLinear,
     w_up: QLinear,
     w_down: QLinear,
@@ -145,7 +147,7 @@ pub struct Llama {
     config: Config,
     embeddings: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Vec<f32>,
     output: QLinear,
     /// Rotary tables, `[context, head_dim / 2]` row-major.
     cos: Vec<f32>,
@@ -174,10 +176,13 @@ impl Llama {
         let dense = |qtensor: &candle_core::quantized::QTensor, name: &str| {
             qtensor.dequantize(device).map_err(|e| invalid(format!("tensor {name}: {e}")))
         };
+        let vector = |qtensor: &candle_core::quantized::QTensor, name: &str| {
+            dense(qtensor, name)?.to_vec1::<f32>().map_err(|e| invalid(format!("tensor {name}: {e}")))
+        };
         let matmul = |qtensor, name: &str| QLinear::new(qtensor).map_err(|e| invalid(format!("tensor {name}: {e}")));
         let token_embd = tensor("token_embd.weight")?;
         let embeddings = dense(&token_embd, "token_embd.weight")?;
-        let norm = dense(&tensor("output_norm.weight")?, "output_norm.weight")?;
+        let norm = vector(&tensor("output_norm.weight")?, "output_norm.weight")?;
         let output = match content.tensor_infos.contains_key("output.weight") {
             true => matmul(tensor("output.weight")?, "output.weight")?,
             false => matmul(token_embd, "token_embd.weight")?,
@@ -190,8 +195,8 @@ impl Llama {
             };
             let (wq, wk, wv, wo) = (linear("attn_q")?, linear("attn_k")?, linear("attn_v")?, linear("attn_output")?);
             let (w_gate, w_up, w_down) = (linear("ffn_gate")?, linear("ffn_up")?, linear("ffn_down")?);
-            let attn_norm = dense(&tensor(&format!("blk.{i}.attn_norm.weight"))?, "attn_norm")?;
-            let ffn_norm = dense(&tensor(&format!("blk.{i}.ffn_norm.weight"))?, "ffn_norm")?;
+            let attn_norm = vector(&tensor(&format!("blk.{i}.attn_norm.weight"))?, "attn_norm")?;
+            let ffn_norm = vector(&tensor(&format!("blk.{i}.ffn_norm.weight"))?, "ffn_norm")?;
             layers.push(Layer { attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down });
         }
         let (cos, sin) = rotary_tables(&config, device).map_err(|e| invalid(e.to_string()))?;
@@ -207,6 +212,9 @@ impl Llama {
         let fail = |e: candle_core::Error| Error::ModelFile(format!("llama safetensors: {e}"));
         let Config { hidden_size, heads, kv_heads, head_dim, .. } = config;
         let dense = |vb: &VarBuilder<'_>, name: &str, shape: (usize, usize)| vb.get(shape, name).map_err(fail);
+        let vector = |vb: &VarBuilder<'_>, name: &str| {
+            vb.get(hidden_size, name).and_then(|v| v.to_dtype(DType::F32)?.to_vec1::<f32>()).map_err(fail)
+        };
         let interleaved = |w: Tensor, heads: usize| -> Result<Tensor> {
             let rows = w.dim(0).map_err(fail)?;
             let permuted = w
@@ -217,7 +225,7 @@ impl Llama {
         };
         let model = vb.pp("model");
         let embeddings = dense(&model, "embed_tokens.weight", (hf.vocab_size, hidden_size))?;
-        let norm = model.get(hidden_size, "norm.weight").map_err(fail)?;
+        let norm = vector(&model, "norm.weight")?;
         let output = match hf.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
             true => embeddings.clone(),
             false => dense(&vb, "lm_head.weight", (hf.vocab_size, hidden_size))?,
@@ -228,12 +236,12 @@ impl Llama {
             let linear = |name: &str, shape| dense(&layer, &format!("{name}.weight"), shape);
             let (q, kv) = (heads * head_dim, kv_heads * head_dim);
             layers.push(Layer {
-                attn_norm: layer.get(hidden_size, "input_layernorm.weight").map_err(fail)?,
+                attn_norm: vector(&layer, "input_layernorm.weight")?,
                 wq: QLinear::dense(interleaved(linear("self_attn.q_proj", (q, hidden_size))?, heads)?),
                 wk: QLinear::dense(interleaved(linear("self_attn.k_proj", (kv, hidden_size))?, kv_heads)?),
                 wv: QLinear::dense(linear("self_attn.v_proj", (kv, hidden_size))?),
                 wo: QLinear::dense(linear("self_attn.o_proj", (hidden_size, q))?),
-                ffn_norm: layer.get(hidden_size, "post_attention_layernorm.weight").map_err(fail)?,
+                ffn_norm: vector(&layer, "post_attention_layernorm.weight")?,
                 w_gate: QLinear::dense(linear("mlp.gate_proj", (hf.intermediate_size, hidden_size))?),
                 w_up: QLinear::dense(linear("mlp.up_proj", (hf.intermediate_size, hidden_size))?),
                 w_down: QLinear::dense(linear("mlp.down_proj", (hidden_size, hf.intermediate_size))?),
@@ -303,13 +311,16 @@ impl Llama {
             rows.extend((start..start + n).map(|position| QueryRow { sequence, position }));
         }
         let all: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
-        let mut x = self.embeddings.index_select(&Tensor::new(all.as_slice(), device)?, 0)?;
+        // The residual stream, `[rows, hidden]`, updated in place; `h` holds each normalized copy.
+        let mut x = self.embeddings.index_select(&Tensor::new(all.as_slice(), device)?, 0)?.flatten_all()?.to_vec1()?;
+        let mut h = Vec::with_capacity(x.len());
         let adapters = AdapterRows::new(steps.iter().map(|s| (s.adapter, s.tokens.len())), device)?;
         let kv_row = kv_heads * head_dim;
+        let eps = self.config.rms_eps as f32;
         for (index, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.config.rms_eps as f32)?;
+            rms_norm(&x, &layer.attn_norm, eps, &mut h);
             let qkv = [(Projection::Q, &layer.wq), (Projection::K, &layer.wk), (Projection::V, &layer.wv)];
-            let [mut q, mut k, v] = project(&adapters, index, qkv, &h)?;
+            let [mut q, mut k, v] = project(&adapters, index, qkv, &h, device)?;
             self.rotate(&mut q, heads, &rows);
             self.rotate(&mut k, kv_heads, &rows);
             let mut offset = 0;
@@ -320,32 +331,29 @@ impl Llama {
             }
             let tables: Vec<&BlockTable> = steps.iter().map(|s| &*s.table).collect();
             let attended = cache.attend(index, &tables, &rows, &q, heads);
-            let attended = Tensor::from_vec(attended, (rows.len(), heads * head_dim), device)?;
-            let [o] = project(&adapters, index, [(Projection::O, &layer.wo)], &attended)?;
-            x = (x + Tensor::from_vec(o, (rows.len(), self.config.hidden_size), device)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.config.rms_eps as f32)?;
+            let [o] = project(&adapters, index, [(Projection::O, &layer.wo)], &attended, device)?;
+            add(&mut x, &o);
+            rms_norm(&x, &layer.ffn_norm, eps, &mut h);
             let gate_up = [(Projection::Gate, &layer.w_gate), (Projection::Up, &layer.w_up)];
-            let [mut gated, up] = project(&adapters, index, gate_up, &h)?;
+            let [mut gated, up] = project(&adapters, index, gate_up, &h, device)?;
             swiglu(&mut gated, &up);
-            let gated = Tensor::from_vec(gated, (rows.len(), up.len() / rows.len().max(1)), device)?;
-            let [down] = project(&adapters, index, [(Projection::Down, &layer.w_down)], &gated)?;
-            x = (x + Tensor::from_vec(down, (rows.len(), self.config.hidden_size), device)?)?;
+            let [down] = project(&adapters, index, [(Projection::Down, &layer.w_down)], &gated, device)?;
+            add(&mut x, &down);
         }
-        let mut last_rows = Vec::with_capacity(steps.len());
+        let hidden = self.config.hidden_size;
+        let mut last = Vec::with_capacity(steps.len() * hidden);
         let mut offset = 0;
         for step in steps.iter_mut() {
             offset += step.tokens.len();
             if step.logits {
-                last_rows.push((offset - 1) as u32);
+                last.extend_from_slice(&x[(offset - 1) * hidden..offset * hidden]);
             }
             cache.advance(step.table, step.tokens.len());
         }
-        if last_rows.is_empty() {
-            return Tensor::zeros((0, vocab_size), DType::F32, device);
-        }
-        let last = x.index_select(&Tensor::new(last_rows.as_slice(), device)?, 0)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, self.config.rms_eps as f32)?;
-        self.output.forward(&last)
+        let asking = last.len() / hidden.max(1);
+        rms_norm(&last, &self.norm, eps, &mut h);
+        let [logits] = QLinear::forward_all([&self.output], &h, asking, device)?;
+        Tensor::from_vec(logits, (asking, vocab_size), device)
     }
 
     /// Applies the interleaved rotary embedding in place to `x`, `[rows, heads * head_dim]`.
@@ -365,24 +373,50 @@ impl Llama {
     }
 }
 
-/// `x` (`[rows, in]`) through the layer's `projections` that read it, in one pass of the
-/// kernel, each `[rows, out]` row-major with each adapter's update on its own rows.
+/// `x` (`[rows, in]` row-major) through the layer's `projections` that read it, in one pass of
+/// the kernel, each `[rows, out]` row-major with each adapter's update on its own rows.
 fn project<const N: usize>(
     adapters: &AdapterRows<'_>,
     layer: usize,
     projections: [(Projection, &QLinear); N],
-    x: &Tensor,
+    x: &[f32],
+    device: &Device,
 ) -> candle_core::Result<[Vec<f32>; N]> {
-    let mut outputs = QLinear::forward_all(projections.map(|(_, weights)| weights), x)?;
+    let width = projections[0].1.shape()?.1;
+    let rows = x.len() / width.max(1);
+    let mut outputs = QLinear::forward_all(projections.map(|(_, weights)| weights), x, rows, device)?;
     if !adapters.is_empty() {
-        let rows = x.dim(0)?;
+        let x = Tensor::from_slice(x, (rows, width), device)?;
         for (output, (projection, _)) in outputs.iter_mut().zip(projections) {
             let width = output.len() / rows.max(1);
-            let base = Tensor::from_vec(std::mem::take(output), (rows, width), x.device())?;
-            *output = adapters.adapt(layer, projection, x, base)?.flatten_all()?.to_vec1()?;
+            let base = Tensor::from_vec(std::mem::take(output), (rows, width), device)?;
+            *output = adapters.adapt(layer, projection, &x, base)?.flatten_all()?.to_vec1()?;
         }
     }
     Ok(outputs)
+}
+
+/// RMSNorm of each row of `x` (`[rows, weight.len()]`) into `out`: `v / √(mean(v²) + ε) · w`,
+/// the mean of the squares summed in eight lanes so it vectorizes.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
+    out.clear();
+    for row in x.chunks_exact(weight.len().max(1)) {
+        let mut lanes = [0.0f32; 8];
+        let chunks = row.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+        for chunk in chunks {
+            for (lane, v) in lanes.iter_mut().zip(chunk) {
+                *lane = v.mul_add(*v, *lane);
+            }
+        }
+        let scale = 1.0 / ((lanes.iter().sum::<f32>() + tail) / row.len() as f32 + eps).sqrt();
+        out.extend(row.iter().zip(weight).map(|(v, w)| v * scale * w));
+    }
+}
+
+/// `x += y`, element by element (a residual connection).
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 }
 
 /// SwiGLU in place: `gate ← silu(gate) · up`, with candle's form of `silu` (`v / (1 + e^-v)`)
@@ -404,4 +438,23 @@ fn rotary_tables(config: &Config, device: &Device) -> candle_core::Result<(Vec<f
         .reshape((config.context_length, 1))?;
     let angles = positions.matmul(&inverse)?;
     Ok((angles.cos()?.flatten_all()?.to_vec1()?, angles.sin()?.flatten_all()?.to_vec1()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_agrees_with_candles() {
+        let (rows, width) = (3, 37);
+        let x: Vec<f32> = (0..rows * width).map(|i| ((i * 7919) % 201) as f32 / 50.0 - 2.0).collect();
+        let weight: Vec<f32> = (0..width).map(|i| 0.5 + i as f32 / 40.0).collect();
+        let mut ours = Vec::new();
+        rms_norm(&x, &weight, 1e-5, &mut ours);
+        let tensor = |values: &[f32], shape: &[usize]| Tensor::from_slice(values, shape, &Device::Cpu).unwrap();
+        let candle = candle_nn::ops::rms_norm(&tensor(&x, &[rows, width]), &tensor(&weight, &[width]), 1e-5).unwrap();
+        for (a, b) in ours.iter().zip(candle.flatten_all().unwrap().to_vec1::<f32>().unwrap()) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs candle's {b}");
+        }
+    }
 }

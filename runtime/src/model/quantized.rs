@@ -86,17 +86,27 @@ impl QLinear {
         }
     }
 
-    /// `x` (`[rows, in]`) through several layers that read it, each result `[rows, out]`
+    /// `x` (`[rows, in]` row-major) through several layers that read it, each result `[rows, out]`
     /// row-major and bit for bit what [`Self::forward`] gives. Layers all on our kernel with one
     /// block type run in one parallel pass (the input quantized once, one wait for the threads
-    /// instead of one per layer: a decode step's projections are small); others one by one.
-    pub fn forward_all<const N: usize>(layers: [&QLinear; N], x: &Tensor) -> candle_core::Result<[Vec<f32>; N]> {
+    /// instead of one per layer: a decode step's projections are small), reading `x` where it
+    /// is; others one by one, on a tensor of it on `device`.
+    pub fn forward_all<const N: usize>(
+        layers: [&QLinear; N],
+        x: &[f32],
+        rows: usize,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<[Vec<f32>; N]> {
+        if rows == 0 {
+            return Ok(std::array::from_fn(|_| Vec::new()));
+        }
         let results = if let Some(matrices) = kernels(&layers, |l| if let Self::Q4_1(m) = l { Some(m) } else { None }) {
-            KernelMatrix::forward_all(&matrices, x)?
+            KernelMatrix::forward_all(&matrices, x, rows)?
         } else if let Some(matrices) = kernels(&layers, |l| if let Self::Q8_0(m) = l { Some(m) } else { None }) {
-            KernelMatrix::forward_all(&matrices, x)?
+            KernelMatrix::forward_all(&matrices, x, rows)?
         } else {
-            let each = layers.iter().map(|layer| layer.forward(x)?.flatten_all()?.to_vec1::<f32>());
+            let x = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), device)?;
+            let each = layers.iter().map(|layer| layer.forward(&x)?.flatten_all()?.to_vec1::<f32>());
             each.collect::<candle_core::Result<Vec<_>>>()?
         };
         let mut results = results.into_iter();
@@ -254,18 +264,24 @@ impl<B: WeightBlock> KernelMatrix<B> {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let [output] = Self::forward_all(&[self], x)?.try_into().unwrap_or_default();
-        Tensor::from_vec(output, (x.dim(0)?, self.rows), x.device())
+        let rows = x.dim(0)?;
+        let input = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let [output] = Self::forward_all(&[self], &input, rows)?.try_into().unwrap_or_default();
+        Tensor::from_vec(output, (rows, self.rows), x.device())
     }
 
-    /// `x` through each of `matrices`, `[rows, matrix rows]` each, in one parallel pass.
-    fn forward_all(matrices: &[&Self], x: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
-        let (rows, columns) = x.dims2()?;
-        if let Some(matrix) = matrices.iter().find(|m| m.columns != columns) {
-            candle_core::bail!("input of width {columns} for {:?} weights of width {}", B::DTYPE, matrix.columns);
+    /// `x` (`[rows, columns]` row-major) through each of `matrices`, `[rows, matrix rows]` each,
+    /// in one parallel pass.
+    fn forward_all(matrices: &[&Self], x: &[f32], rows: usize) -> candle_core::Result<Vec<Vec<f32>>> {
+        if let Some(matrix) = matrices.iter().find(|m| x.len() != rows * m.columns) {
+            candle_core::bail!(
+                "{} input values for {rows} rows of {:?} weights of width {}",
+                x.len(),
+                B::DTYPE,
+                matrix.columns
+            );
         }
-        let input = x.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(Self::matmul_all(matrices, &input, rows, lanes::has_vnni()))
+        Ok(Self::matmul_all(matrices, x, rows, lanes::has_vnni()))
     }
 
     /// The row groups, padding included.
@@ -685,14 +701,16 @@ mod tests {
             let weights = Tensor::from_vec(values(out * 64, seed), (out, 64), &Device::Cpu).unwrap();
             QLinear::new(QTensor::quantize(&weights, dtype).unwrap()).unwrap()
         };
-        let x = Tensor::from_vec(values(5 * 64, 3), (5, 64), &Device::Cpu).unwrap();
+        let input = values(5 * 64, 3);
+        let x = Tensor::from_slice(&input, (5, 64), &Device::Cpu).unwrap();
         let alone = |layer: &QLinear| layer.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let all = |layers| QLinear::forward_all(layers, &input, 5, &Device::Cpu).unwrap();
         let (q, k, v) =
             (linear(40, 1, GgmlDType::Q4_1), linear(24, 2, GgmlDType::Q4_1), linear(24, 4, GgmlDType::Q4_1));
-        assert_eq!(QLinear::forward_all([&q, &k, &v], &x).unwrap(), [alone(&q), alone(&k), alone(&v)]);
+        assert_eq!(all([&q, &k, &v]), [alone(&q), alone(&k), alone(&v)]);
         // Mixed types go one by one, with the same results.
         let (eight, zero) = (linear(16, 5, GgmlDType::Q8_0), linear(32, 6, GgmlDType::Q4_0));
-        assert_eq!(QLinear::forward_all([&q, &eight, &zero], &x).unwrap(), [alone(&q), alone(&eight), alone(&zero)]);
+        assert_eq!(all([&q, &eight, &zero]), [alone(&q), alone(&eight), alone(&zero)]);
     }
 
     #[test]
