@@ -1,5 +1,6 @@
 //! Choosing the next token from logits: greedy, or temperature sampling narrowed by top-k and
-//! top-p, after a repetition penalty; seeded for reproducibility. Pure over plain slices.
+//! top-p, after a repetition penalty; seeded for reproducibility. Pure over plain slices, and
+//! in place: no copy or sort of the whole vocabulary per token (see [`nucleus`]).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -77,39 +78,79 @@ impl Sampler {
         if self.params.temperature == 0.0 || self.params.top_k == Some(1) {
             return argmax(logits);
         }
-        let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if let Some(k) = self.params.top_k {
-            candidates.truncate(k);
-        }
-        // Softmax at the temperature, stable against large logits.
-        let max = candidates[0].1;
+        // The weights `e^((logit − max) / T)` in place of the logits: the softmax, unnormalized.
+        let max = logits[argmax(logits) as usize];
         let mut total = 0.0f64;
-        for (_, logit) in candidates.iter_mut() {
-            *logit = ((*logit - max) / self.params.temperature).exp();
-            total += f64::from(*logit);
+        for weight in logits.iter_mut() {
+            *weight = crate::vector_math::exp((*weight - max) / self.params.temperature);
+            total += f64::from(*weight);
         }
-        // Nucleus: the shortest prefix whose probability reaches top_p.
-        let mut kept = 0.0f64;
-        let mut keep = candidates.len();
-        for (i, &(_, weight)) in candidates.iter().enumerate() {
-            kept += f64::from(weight) / total;
-            if kept >= f64::from(self.params.top_p) {
-                keep = i + 1;
-                break;
-            }
-        }
-        candidates.truncate(keep);
-        let mass: f64 = candidates.iter().map(|&(_, w)| f64::from(w)).sum();
+        let candidates = match (self.params.top_k, self.params.top_p) {
+            // The whole distribution: drawn straight from the weights, in token order.
+            (None, p) if p >= 1.0 => return self.draw(logits.iter().enumerate().map(|(t, &w)| (t as u32, w)), total),
+            (top_k, top_p) => nucleus(logits, total, top_k, top_p),
+        };
+        let mass = candidates.iter().map(|&(_, w)| f64::from(w)).sum();
+        self.draw(candidates.into_iter(), mass)
+    }
+
+    /// A token from `(token, weight)` pairs whose weights add up to `mass`.
+    fn draw(&mut self, candidates: impl Iterator<Item = (u32, f32)>, mass: f64) -> u32 {
         let mut point = self.rng.random::<f64>() * mass;
-        for &(token, weight) in &candidates {
+        let mut last = 0;
+        for (token, weight) in candidates {
             point -= f64::from(weight);
             if point <= 0.0 {
                 return token;
             }
+            if weight > 0.0 {
+                last = token;
+            }
         }
-        candidates[candidates.len() - 1].0
+        last
     }
+}
+
+/// The candidates top-k and top-p keep, most likely first, from the softmax `weights` (adding up
+/// to `total`). Only the tokens within a factor of 10⁻⁴ of the most likely are gathered and
+/// sorted, not the whole vocabulary; where they do not hold the `top_k` tokens or the nucleus
+/// (a flat distribution, `top_p` near 1), every token is.
+fn nucleus(weights: &[f32], total: f64, top_k: Option<usize>, top_p: f32) -> Vec<(u32, f32)> {
+    match narrowed(weights, total, top_k, top_p, 1e-4) {
+        (candidates, true) => candidates,
+        (_, false) => narrowed(weights, total, top_k, top_p, 0.0).0,
+    }
+}
+
+/// [`nucleus`] over the tokens whose weight is at least `cutoff`, and whether those held what
+/// top-k and top-p keep (always, for a cutoff of 0).
+fn narrowed(weights: &[f32], total: f64, top_k: Option<usize>, top_p: f32, cutoff: f32) -> (Vec<(u32, f32)>, bool) {
+    let mut candidates: Vec<(u32, f32)> =
+        weights.iter().enumerate().filter(|&(_, &w)| w >= cutoff).map(|(t, &w)| (t as u32, w)).collect();
+    let everything = cutoff == 0.0;
+    candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+    let mut total = total;
+    if let Some(k) = top_k {
+        if candidates.len() < k && !everything {
+            return (candidates, false);
+        }
+        candidates.truncate(k);
+        total = candidates.iter().map(|&(_, w)| f64::from(w)).sum();
+    }
+    // Nucleus: the shortest prefix whose probability reaches top_p.
+    let mut kept = 0.0f64;
+    let reached = candidates.iter().position(|&(_, weight)| {
+        kept += f64::from(weight) / total;
+        kept >= f64::from(top_p)
+    });
+    match reached {
+        Some(last) => candidates.truncate(last + 1),
+        // Not reached among the gathered tokens: the rest may belong to the nucleus.
+        None if !everything && top_k.is_none() => return (candidates, false),
+        // Within the top k, or over every token: short only by rounding; all are kept.
+        None => {}
+    }
+    (candidates, true)
 }
 
 /// The index of the largest logit (the first one on ties).
@@ -181,6 +222,20 @@ mod tests {
         let nucleus = SamplingParams { temperature: 1.0, top_p: 0.01, seed: Some(3), ..SamplingParams::default() };
         let mut s = sampler(nucleus);
         assert!((0..200).all(|_| s.sample(&mut logits(), &[]) == 1));
+    }
+
+    #[test]
+    fn the_gathered_candidates_are_what_sorting_every_token_keeps() {
+        // A peaked distribution (most tokens far below the cutoff) and a flat one (none are).
+        for spread in [40.0f32, 0.001] {
+            let weights: Vec<f32> =
+                (0..5_000).map(|i| (-spread * ((i * 7_919) % 5_000) as f32 / 5_000.0).exp()).collect();
+            let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+            for (top_k, top_p) in [(None, 0.5), (None, 0.999), (Some(3), 1.0), (Some(3), 0.5), (Some(4_000), 0.9)] {
+                let every_token = narrowed(&weights, total, top_k, top_p, 0.0).0;
+                assert_eq!(nucleus(&weights, total, top_k, top_p), every_token, "{spread} {top_k:?} {top_p}");
+            }
+        }
     }
 
     #[test]
