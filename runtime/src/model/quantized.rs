@@ -12,7 +12,8 @@
 //! time; `vpmaddubsw` and `vpmaddwd` on AVX2; a vectorized portable loop elsewhere) multiplies
 //! eight rows by four input values. A block then ends with one conversion and one fused
 //! multiply-add for all eight rows, where a row at a time paid them per row; each group's
-//! weights are loaded and unpacked once for [`INPUTS_TOGETHER`] input rows, and the groups are
+//! weights are loaded and unpacked once for [`INPUTS_TOGETHER`] input rows ([`WIDE_TILE`] with
+//! VNNI), and the groups are
 //! split across threads. Layers that read the same input ([`QLinear::forward_all`]: a block's
 //! q/k/v, its gate and up) quantize it once and share one parallel pass, so a decode step waits
 //! for the threads four times per block instead of seven.
@@ -42,6 +43,8 @@ const GROUPS_PER_TASK: usize = 2;
 /// Input rows computed together, so each group's weights are loaded and unpacked once for all
 /// of them (their accumulators and a chunk of weights fit AVX2's 16 vector registers).
 const INPUTS_TOGETHER: usize = 4;
+/// Input rows computed together where AVX-512's 32 vector registers hold their accumulators.
+const WIDE_TILE: usize = 8;
 
 /// A linear layer `y = x · Wᵀ` over quantized weights `[out, in]`.
 #[derive(Debug)]
@@ -374,23 +377,37 @@ impl<B: WeightBlock> KernelMatrix<B> {
     }
 
     /// One parallel task: the row groups from `first_group` that `out` holds, each against the
-    /// input rows in tiles of [`INPUTS_TOGETHER`] (then one at a time for the rest).
+    /// input rows in tiles of [`WIDE_TILE`] (with VNNI, whose AVX-512 encoding has 32 vector
+    /// registers), then of [`INPUTS_TOGETHER`], then one at a time for the rest.
     #[inline(always)]
     fn task<const VNNI: bool>(&self, first_group: usize, quantized: &[Q8_1Block], out: &mut [f32], rows: usize) {
-        let blocks_per_row = self.columns / BLOCK;
         for (g, out) in out.chunks_exact_mut(GROUP * rows).enumerate() {
             let group = first_group + g;
-            let tiles = quantized.chunks_exact(INPUTS_TOGETHER * blocks_per_row);
-            let rest = tiles.remainder();
-            let (tiled, single) = out.split_at_mut((rows / INPUTS_TOGETHER) * INPUTS_TOGETHER * GROUP);
-            for (x, out) in tiles.zip(tiled.chunks_exact_mut(INPUTS_TOGETHER * GROUP)) {
-                let x_rows = std::array::from_fn(|m| &x[m * blocks_per_row..][..blocks_per_row]);
-                out.copy_from_slice(self.tile::<INPUTS_TOGETHER, VNNI>(group, x_rows).as_flattened());
-            }
-            for (x, out) in rest.chunks_exact(blocks_per_row).zip(single.chunks_exact_mut(GROUP)) {
-                out.copy_from_slice(self.tile::<1, VNNI>(group, [x]).as_flattened());
-            }
+            let done = if VNNI { self.tiles::<WIDE_TILE, VNNI>(group, quantized, out, 0) } else { 0 };
+            let done = self.tiles::<INPUTS_TOGETHER, VNNI>(group, quantized, out, done);
+            self.tiles::<1, VNNI>(group, quantized, out, done);
         }
+    }
+
+    /// The group against the input rows from `first` in tiles of `M` while a whole tile is
+    /// left, into `out` (`[input row][row of the group]`); returns the first row not done.
+    #[inline(always)]
+    fn tiles<const M: usize, const VNNI: bool>(
+        &self,
+        group: usize,
+        quantized: &[Q8_1Block],
+        out: &mut [f32],
+        first: usize,
+    ) -> usize {
+        let blocks_per_row = self.columns / BLOCK;
+        let rows = quantized.len() / blocks_per_row;
+        let mut input = first;
+        while input + M <= rows {
+            let x_rows = std::array::from_fn(|m| &quantized[(input + m) * blocks_per_row..][..blocks_per_row]);
+            out[input * GROUP..][..M * GROUP].copy_from_slice(self.tile::<M, VNNI>(group, x_rows).as_flattened());
+            input += M;
+        }
+        input
     }
 }
 
@@ -628,7 +645,11 @@ fn quantize_q8_1(values: &[f32]) -> Q8_1Block {
     let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
     let (mut qs, mut shifted) = ([0i8; BLOCK], [0u8; BLOCK]);
     for ((q, shifted), &v) in qs.iter_mut().zip(&mut shifted).zip(values) {
-        *q = (v * inverse).round() as i8;
+        // An integer in [-127, 127], read from the bits of itself plus 1.5 · 2²³ (exact there),
+        // which the compiler vectorizes; a float-to-integer cast it does value by value. NaN: 0.
+        let rounded = (v * inverse).round();
+        let bits = (rounded + 12_582_912.0).to_bits() as i32 - 0x4B40_0000;
+        *q = if rounded.is_nan() { 0 } else { bits as i8 };
         *shifted = (*q as u8) ^ 0x80;
     }
     let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
@@ -657,8 +678,8 @@ mod tests {
         let ours = QLinear::new(quantize()).unwrap();
         let kernel = matrix(&ours).expect("our kernel runs this type");
         let candle = QMatMul::from_qtensor(quantize()).unwrap();
-        // Seven rows: tiles of `INPUTS_TOGETHER` and a row left over.
-        let x = Tensor::from_vec(values(7 * width, 3), (7, width), &Device::Cpu).unwrap();
+        // Thirteen rows: tiles of every size (8 + 4 + 1 with VNNI, 4 + 4 + 4 + 1 without).
+        let x = Tensor::from_vec(values(13 * width, 3), (13, width), &Device::Cpu).unwrap();
         let batched = ours.forward(&x).unwrap().to_vec2::<f32>().unwrap();
         // The same integer products; only the order of the float sums differs from candle's.
         for (got, expected) in
@@ -668,14 +689,14 @@ mod tests {
         }
         for (row, expected) in batched.iter().enumerate() {
             let alone = ours.forward(&x.narrow(0, row, 1).unwrap()).unwrap().to_vec2::<f32>().unwrap();
-            assert_eq!(&alone[0], expected, "row {row} alone and in a batch of 7");
+            assert_eq!(&alone[0], expected, "row {row} alone and in a batch of 13");
         }
         // AVX-512 VNNI, where the CPU has it, gives the AVX2 path's results bit for bit.
         let input = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let [avx2] = KernelMatrix::matmul_all(&[kernel], &input, 7, false).try_into().unwrap();
+        let [avx2] = KernelMatrix::matmul_all(&[kernel], &input, 13, false).try_into().unwrap();
         assert_eq!(avx2, batched.concat());
         if lanes::has_vnni() {
-            assert_eq!(KernelMatrix::matmul_all(&[kernel], &input, 7, true), [avx2]);
+            assert_eq!(KernelMatrix::matmul_all(&[kernel], &input, 13, true), [avx2]);
         }
     }
 
@@ -711,6 +732,21 @@ mod tests {
         // Mixed types go one by one, with the same results.
         let (eight, zero) = (linear(16, 5, GgmlDType::Q8_0), linear(32, 6, GgmlDType::Q4_0));
         assert_eq!(all([&q, &eight, &zero]), [alone(&q), alone(&eight), alone(&zero)]);
+    }
+
+    #[test]
+    fn input_blocks_round_half_away_from_zero_and_read_nan_as_zero() {
+        for seed in 0..50 {
+            let mut block = values(BLOCK, seed);
+            block[3] = 63.5 / 127.0; // exactly half-way once scaled (the maximum is 1)
+            block[5] = 1.0;
+            block[7] = f32::NAN;
+            let quantized = quantize_q8_1(&block);
+            let inverse = 1.0 / (1.0f32 / 127.0);
+            let expected: [i8; BLOCK] = std::array::from_fn(|i| (block[i] * inverse).round() as i8);
+            assert_eq!(bytemuck::cast::<_, [i8; BLOCK]>(quantized.words), expected);
+            assert_eq!(expected[7], 0);
+        }
     }
 
     #[test]
