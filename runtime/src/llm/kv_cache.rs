@@ -105,8 +105,10 @@ pub struct QueryRow {
 pub struct KvCache {
     shape: KvShape,
     block_size: usize,
-    /// Per layer: `[blocks, kv_heads, block_size, head_dim]`.
+    /// Per layer: `[blocks, kv_heads, head_dim, block_size]`, transposed within a block so a
+    /// query scores [`KEYS`] positions with vertical multiply-adds.
     keys: Vec<Vec<f32>>,
+    /// Per layer: `[blocks, kv_heads, block_size, head_dim]`.
     values: Vec<Vec<f32>>,
     /// Blocks holding nothing reusable.
     free: Vec<u32>,
@@ -286,10 +288,13 @@ impl KvCache {
             let block = table.blocks[position / self.block_size] as usize;
             let slot = position % self.block_size;
             for head in 0..kv_heads {
-                let at = ((block * kv_heads + head) * self.block_size + slot) * head_dim;
+                let first = (block * kv_heads + head) * self.block_size * head_dim;
                 let from = head * head_dim..(head + 1) * head_dim;
-                self.keys[layer][at..at + head_dim].copy_from_slice(&k[from.clone()]);
-                self.values[layer][at..at + head_dim].copy_from_slice(&v[from]);
+                // Keys transposed within the block (`[head_dim][block_size]`), values as rows.
+                for (d, &key) in k[from.clone()].iter().enumerate() {
+                    self.keys[layer][first + d * self.block_size + slot] = key;
+                }
+                self.values[layer][first + slot * head_dim..][..head_dim].copy_from_slice(&v[from]);
             }
         }
     }
@@ -331,9 +336,10 @@ impl KvCache {
             // `scores` holds each head's scores in turn: `[group][length]`, then its weights.
             scores.clear();
             scores.resize(group * length, 0.0);
-            for (t, key) in self.head_rows(keys, table, kv_head, length).enumerate() {
+            for (i, (keys, count)) in self.head_blocks(keys, table, kv_head, length).enumerate() {
                 for (h, query) in queries.chunks_exact(head_dim).enumerate() {
-                    scores[h * length + t] = dot(query, key) * scale;
+                    let scores = &mut scores[h * length + i * self.block_size..][..count];
+                    block_scores(query, keys, self.block_size, scale, scores);
                 }
             }
             for scores in scores.chunks_exact_mut(length) {
@@ -346,7 +352,10 @@ impl KvCache {
                 scores.iter_mut().for_each(|score| *score /= total);
             }
             out.fill(0.0);
-            for (t, value) in self.head_rows(values, table, kv_head, length).enumerate() {
+            let value_rows = self.head_blocks(values, table, kv_head, length);
+            for (t, value) in
+                value_rows.flat_map(|(rows, count)| rows[..count * head_dim].chunks_exact(head_dim)).enumerate()
+            {
                 for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
                     let weight = scores[h * length + t];
                     for (o, &v) in out.iter_mut().zip(value) {
@@ -358,37 +367,72 @@ impl KvCache {
         out
     }
 
-    /// One KV head's rows of `cache` (a layer's keys or values) for positions `0..length` of
-    /// `table`'s sequence, in position order: contiguous within each block.
-    fn head_rows<'a>(
+    /// One KV head's blocks of `cache` (a layer's keys or values) covering positions
+    /// `0..length` of `table`'s sequence, in order: each block's whole storage
+    /// (`block_size · head_dim` values) and how many of its positions are in range.
+    fn head_blocks<'a>(
         &self,
         cache: &'a [f32],
         table: &'a BlockTable,
         kv_head: usize,
         length: usize,
-    ) -> impl Iterator<Item = &'a [f32]> + Clone + 'a {
+    ) -> impl Iterator<Item = (&'a [f32], usize)> + 'a {
         let KvShape { kv_heads, head_dim, .. } = self.shape;
         let block_size = self.block_size;
         let blocks = table.blocks[..length.div_ceil(block_size)].iter().enumerate();
-        blocks.flat_map(move |(i, &block)| {
+        blocks.map(move |(i, &block)| {
             let first = (block as usize * kv_heads + kv_head) * block_size * head_dim;
-            let count = (length - i * block_size).min(block_size);
-            cache[first..first + count * head_dim].chunks_exact(head_dim)
+            (&cache[first..first + block_size * head_dim], (length - i * block_size).min(block_size))
         })
     }
 }
 
-/// Dot product with eight independent accumulators, so it vectorizes.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for i in 0..8 {
-            lanes[i] = x[i].mul_add(y[i], lanes[i]);
+/// Keys scored together: one vector register of f32.
+const KEYS: usize = 8;
+
+/// `scores[s] = query · key_s · scale` for the first `scores.len()` keys of a block stored
+/// transposed (`keys[d · block_size + s]`). [`KEYS`] keys at a time, each `d` adding
+/// `query[d] · keys[d][s..s + KEYS]` (vertical fused multiply-adds, no horizontal sum per key)
+/// into one of four partial sums so the chains overlap; a chunk reaching past the positions in
+/// range reads the block's other slots and drops their scores. Slots left where the block size
+/// is not a multiple of [`KEYS`] are scored one by one, in the same order of operations.
+fn block_scores(query: &[f32], keys: &[f32], block_size: usize, scale: f32, scores: &mut [f32]) {
+    let score = |sums: [[f32; KEYS]; 4], k: usize| ((sums[0][k] + sums[1][k]) + (sums[2][k] + sums[3][k])) * scale;
+    let mut slot = 0;
+    while slot < scores.len() && slot + KEYS <= block_size {
+        let mut sums = [[0.0f32; KEYS]; 4];
+        let add = |sum: &mut [f32; KEYS], q: f32, d: usize| {
+            let column: &[f32; KEYS] =
+                keys[d * block_size + slot..][..KEYS].try_into().expect("a chunk holds KEYS keys; this is a bug");
+            for k in 0..KEYS {
+                sum[k] = q.mul_add(column[k], sum[k]);
+            }
+        };
+        let quads = query.chunks_exact(4);
+        let rest = quads.remainder();
+        for (c, quad) in quads.enumerate() {
+            let [s0, s1, s2, s3] = &mut sums;
+            add(s0, quad[0], 4 * c);
+            add(s1, quad[1], 4 * c + 1);
+            add(s2, quad[2], 4 * c + 2);
+            add(s3, quad[3], 4 * c + 3);
         }
+        for (p, &q) in rest.iter().enumerate() {
+            add(&mut sums[p], q, query.len() - rest.len() + p);
+        }
+        let kept = (scores.len() - slot).min(KEYS);
+        for (k, out) in scores[slot..slot + kept].iter_mut().enumerate() {
+            *out = score(sums, k);
+        }
+        slot += KEYS;
     }
-    lanes.iter().sum::<f32>() + tail
+    for (s, out) in scores.iter_mut().enumerate().skip(slot) {
+        let mut sums = [[0.0f32; KEYS]; 4];
+        for (d, &q) in query.iter().enumerate() {
+            sums[d % 4][0] = q.mul_add(keys[d * block_size + s], sums[d % 4][0]);
+        }
+        *out = score(sums, 0);
+    }
 }
 
 #[cfg(test)]
@@ -476,10 +520,18 @@ mod tests {
     }
 
     #[test]
-    fn dot_matches_the_plain_sum() {
-        let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
-        let b: Vec<f32> = (0..19).map(|i| (i % 3) as f32).collect();
-        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert_eq!(dot(&a, &b), plain);
+    fn block_scores_are_the_scaled_dot_products_in_any_block_size() {
+        let head_dim = 6;
+        let query: Vec<f32> = (0..head_dim).map(|d| d as f32 - 2.5).collect();
+        for (block_size, count) in [(16, 16), (16, 5), (11, 11), (3, 2)] {
+            let key = |s: usize, d: usize| ((s * 7 + d * 3) % 5) as f32 - 2.0;
+            let transposed: Vec<f32> =
+                (0..head_dim * block_size).map(|i| key(i % block_size, i / block_size)).collect();
+            let mut scores = vec![0.0; count];
+            block_scores(&query, &transposed, block_size, 0.5, &mut scores);
+            let expected: Vec<f32> =
+                (0..count).map(|s| (0..head_dim).map(|d| query[d] * key(s, d)).sum::<f32>() * 0.5).collect();
+            assert_eq!(scores, expected, "block size {block_size}, {count} keys");
+        }
     }
 }
