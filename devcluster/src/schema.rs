@@ -65,8 +65,9 @@ fn walk_object(
     let additional = schema.get("additionalProperties").filter(|a| a.is_object());
     // Prune.
     if !preserves_unknown(schema) && additional.is_none() && schema["additionalProperties"] != true {
-        let unknown: Vec<String> =
+        let mut unknown: Vec<String> =
             fields.keys().filter(|k| properties.is_none_or(|p| !p.contains_key(*k))).cloned().collect();
+        unknown.sort();
         for field in unknown {
             fields.remove(&field);
             findings.unknown.push(join(path, &field));
@@ -90,8 +91,10 @@ fn walk_object(
             });
         }
     }
-    // Children.
-    for (name, value) in fields.iter_mut() {
+    // Children, by name (the apiserver's order, whatever order the object's keys came in).
+    let mut children: Vec<(&String, &mut Value)> = fields.iter_mut().collect();
+    children.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, value) in children {
         let child = properties.and_then(|p| p.get(name)).or(additional);
         if let Some(child) = child {
             walk(child, value, old.and_then(|o| o.get(name)), &join(path, name), findings);

@@ -11,11 +11,15 @@
 //!   or HF checkpoints, BERT sentence embeddings), the Q4_1/Q8_0 kernel, and the loader.
 //! - [`tensor`]: protocol-neutral tensors and datatype conversions.
 //! - [`llm`]: language-model building blocks: tokenizers (from `tokenizer.json` or GGUF metadata),
-//!   chat templates, sampling, stop strings, the paged KV cache and the batching scheduler.
+//!   chat templates, sampling, constrained decoding, stop strings, the paged KV cache and the
+//!   batching scheduler.
 //! - [`test_models`]: where the real models the tests and the bench use are fetched to.
 //! - [`vector_math`]: element-wise functions (`exp`, `erf`) the compiler vectorizes.
 //!
-//! Libraries: `sha2` for digests, `tokenizers` and `minijinja` for text, candle for tensors,
+//! Libraries: `sha2` for digests, `tokenizers` and `minijinja` for text, `llguidance` for
+//! constrained decoding (JSON schemas as token masks; the engine vLLM and llama.cpp use, and it
+//! turns on serde_json's `preserve_order` for the whole workspace: JSON objects keep their keys
+//! in the order written), candle for tensors,
 //! `object_store` for the object stores (see `repository::remote`), on hyper and rustls (see
 //! `repository::transport`).
 //!

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use lantern_runtime::llm::chat::{ChatTemplate, Message};
+use lantern_runtime::llm::grammar::Grammars;
 use lantern_runtime::llm::kv_cache::{BlockTable, KvCache};
 use lantern_runtime::llm::sampling;
 use lantern_runtime::llm::tokenizer::Tokenizer;
@@ -60,6 +61,57 @@ fn smollm2_special_tokens_match_whole_and_nothing_is_prepended() {
     assert_eq!(hello.len(), 1);
     assert_eq!(tokenizer.decode(&hello, false).unwrap(), "Hello");
     assert_eq!(tokenizer.decode(&ids, true).unwrap(), "user\nHi");
+}
+
+#[test]
+fn smollm2_token_bytes_spell_the_text_and_mark_special_tokens() {
+    let Some((tokenizer, _)) = smollm2() else { return };
+    let ids = tokenizer.encode("Héllo 🦀").unwrap();
+    let spelled: Vec<u8> = ids.iter().flat_map(|&id| tokenizer.token_bytes(id).unwrap().to_vec()).collect();
+    assert_eq!(String::from_utf8(spelled).unwrap(), "Héllo 🦀", "the crab's bytes span tokens");
+    assert_eq!(tokenizer.token_bytes(2).unwrap(), b"<|im_end|>");
+    assert_eq!(tokenizer.spellings().unwrap()[2][0], lantern_runtime::llm::tokenizer::SPECIAL_TOKEN_MARKER);
+}
+
+#[test]
+fn a_json_schema_masks_every_token_that_cannot_continue_a_matching_text() {
+    let Some((tokenizer, _)) = smollm2() else { return };
+    let grammars = Grammars::new(&tokenizer).unwrap();
+    let schema = serde_json::json!({
+        "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"], "additionalProperties": false,
+    });
+    let mut constraint = grammars.json_schema(&schema).unwrap();
+    let vocab = tokenizer.vocab_size() + 64; // logits may be wider than the vocabulary
+    let allowed = |constraint: &mut lantern_runtime::llm::grammar::Constraint| -> Vec<bool> {
+        let mut logits = vec![0.0f32; vocab];
+        constraint.mask(&mut logits).unwrap();
+        logits.iter().map(|l| l.is_finite()).collect()
+    };
+    // The compact form, token by token: each one allowed, and no token past the vocabulary.
+    for id in tokenizer.encode(r#"{"name": "Ann", "age": 42}"#).unwrap() {
+        let allowed = allowed(&mut constraint);
+        assert!(allowed[id as usize], "token {id} ({:?}) was masked", tokenizer.decode(&[id], false));
+        assert!(!allowed[tokenizer.vocab_size()..].iter().any(|&a| a));
+        constraint.accept(id).unwrap();
+    }
+    let end = allowed(&mut constraint);
+    assert!(end[2], "the end-of-sequence token may end a complete object");
+    assert_eq!(end.iter().filter(|&&a| a).count(), 1, "and nothing else may follow it");
+
+    let mut fresh = grammars.json_schema(&schema).unwrap();
+    let first = allowed(&mut fresh);
+    for text in ["[", "x", " ", "\"age"] {
+        let id = tokenizer.encode(text).unwrap()[0];
+        assert!(!first[id as usize], "{text:?} cannot start the object");
+    }
+    for (schema, refusal) in [
+        (serde_json::json!({"type": "object", "not": {"required": ["a"]}}), "Unimplemented keys: [\"not\"]"),
+        (serde_json::json!(true), "must be an object"),
+    ] {
+        let err = grammars.json_schema(&schema).unwrap_err().to_string();
+        assert!(err.contains(refusal), "{err}");
+    }
 }
 
 #[test]

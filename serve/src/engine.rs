@@ -22,8 +22,9 @@ use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use super::metrics::GenerationMetrics;
 use crate::error::{Error, Result};
 use lantern_runtime::llm::codec::TextCodec;
+use lantern_runtime::llm::grammar::Constraint;
 use lantern_runtime::llm::kv_cache::{self, BlockDigest, BlockTable, KvCache};
-use lantern_runtime::llm::sampling::{Sampler, SamplingParams};
+use lantern_runtime::llm::sampling::{Logprobs, Sampled, Sampler, SamplingParams};
 use lantern_runtime::llm::scheduler::{self, Limits, Running};
 use lantern_runtime::llm::stop::StopMatcher;
 use lantern_runtime::llm::tokenizer::TextStream;
@@ -69,9 +70,19 @@ pub struct GenerateRequest {
     pub prompt: Vec<u32>,
     /// The adapter the request runs with; `None`: the bare model.
     pub adapter: Option<Arc<ServedAdapter>>,
+    /// Sequences generated from the prompt (OpenAI's `n`, at least 1): the prompt is prefilled
+    /// once and its KV blocks shared ([`KvCache::fork`]); each is a choice with its own events.
+    pub choices: usize,
     /// Most tokens to generate.
     pub max_tokens: usize,
+    /// End-of-sequence tokens are masked until this many tokens are generated.
+    pub min_tokens: usize,
+    /// End-of-sequence tokens are never sampled: generation runs to `max_tokens` or a stop string.
+    pub ignore_eos: bool,
     pub sampling: SamplingParams,
+    /// The grammar every choice's text must match (a JSON schema), applied as a mask before each
+    /// token; the choice ends where the grammar is complete.
+    pub constraint: Option<Constraint>,
     /// Strings that end generation; they are not part of the output.
     pub stop: Vec<String>,
 }
@@ -103,18 +114,23 @@ pub struct Usage {
     pub completion_tokens: usize,
 }
 
-/// What a caller receives, in order: tokens, then exactly one `Finished` or `Failed`.
+/// What a caller receives: for each choice, in order, its tokens then its `Finished`; choices
+/// interleave. A `Failed` ends the whole request.
 #[derive(Debug)]
 pub enum Event {
-    /// A generated token and the text it adds (empty while a character or a possible stop string
-    /// is incomplete, and for the end-of-sequence token, which is sent so token ids and usage
-    /// agree).
+    /// A generated token of choice `choice` and the text it adds (empty while a character or a
+    /// possible stop string is incomplete, and for the end-of-sequence token, which is sent so
+    /// token ids and usage agree), with its log-probabilities when they were asked for (never for
+    /// the end-of-sequence token, which adds no text).
     Token {
+        choice: usize,
         id: u32,
         text: String,
+        logprobs: Option<Logprobs>,
     },
-    /// The end: the last text held back, why it ended and the token counts.
+    /// The end of choice `choice`: the last text held back, why it ended and its token counts.
     Finished {
+        choice: usize,
         text: String,
         reason: FinishReason,
         usage: Usage,
@@ -247,8 +263,8 @@ fn metrics<'a>(engine: &'a GenerationMetrics, adapter: &'a Option<Arc<ServedAdap
     adapter.as_ref().map_or(engine, |adapter| &adapter.metrics)
 }
 
-/// Refuses what could never run: an empty prompt, more tokens than the context or than the whole
-/// KV cache holds. The messages give the numbers.
+/// Refuses what could never run: an empty prompt, no choices, more tokens than the context or
+/// than the whole KV cache holds (for every choice together). The messages give the numbers.
 fn check_fits(request: &GenerateRequest, context: usize, capacity: usize) -> Result<()> {
     let prompt = request.prompt.len();
     if prompt == 0 {
@@ -256,6 +272,15 @@ fn check_fits(request: &GenerateRequest, context: usize, capacity: usize) -> Res
     }
     if request.max_tokens == 0 {
         return Err(Error::invalid("max_tokens must be at least 1"));
+    }
+    if request.choices == 0 {
+        return Err(Error::invalid("n must be at least 1"));
+    }
+    if request.min_tokens > request.max_tokens {
+        return Err(Error::invalid(format!(
+            "min_tokens ({}) is more than max_tokens ({})",
+            request.min_tokens, request.max_tokens
+        )));
     }
     if prompt >= context {
         return Err(Error::invalid(format!(
@@ -272,22 +297,32 @@ fn check_fits(request: &GenerateRequest, context: usize, capacity: usize) -> Res
             context - prompt
         )));
     }
-    if prompt > capacity || request.max_tokens > capacity - prompt {
+    // Each choice may need its whole length at once (a preempted one re-prefills its prompt).
+    // `prompt + max_tokens ≤ context` here, so only the product can overflow.
+    let choice = prompt + request.max_tokens;
+    if choice.checked_mul(request.choices).is_none_or(|all| all > capacity) {
         return Err(Error::invalid(format!(
-            "the prompt ({prompt} tokens) plus max_tokens ({}) needs more than the KV cache of \
-             {capacity} tokens; lower max_tokens or give the worker a larger --kv-cache-mib",
-            request.max_tokens
+            "{} choice(s) of the prompt ({prompt} tokens) plus max_tokens ({}) need more than the \
+             KV cache of {capacity} tokens; lower n or max_tokens or give the worker a larger --kv-cache-mib",
+            request.choices, request.max_tokens
         )));
     }
     Ok(())
 }
 
-/// One request inside the engine.
+/// One choice of a request inside the engine.
 struct Sequence {
+    /// Which of its request's choices this is.
+    choice: usize,
+    /// Choices still to fork from this one once its prompt is in (the first choice's, until then).
+    forks: usize,
     /// Prompt then generated tokens.
     tokens: Vec<u32>,
     prompt_len: usize,
     max_tokens: usize,
+    min_tokens: usize,
+    ignore_eos: bool,
+    constraint: Option<Constraint>,
     table: BlockTable,
     /// The digests of the full blocks of `tokens`.
     digests: Vec<BlockDigest>,
@@ -306,10 +341,15 @@ struct Sequence {
 impl Sequence {
     fn new(request: GenerateRequest, events: tokio_mpsc::UnboundedSender<Event>) -> Self {
         Self {
+            choice: 0,
+            forks: request.choices - 1,
             sampler: Sampler::new(request.sampling),
             prompt_len: request.prompt.len(),
             tokens: request.prompt,
             max_tokens: request.max_tokens,
+            min_tokens: request.min_tokens,
+            ignore_eos: request.ignore_eos,
+            constraint: request.constraint,
             table: BlockTable::default(),
             digests: Vec::new(),
             adapter: request.adapter,
@@ -321,6 +361,38 @@ impl Sequence {
             started: None,
             last_token: None,
         }
+    }
+
+    /// Choice `choice` of this one's request, over `table` (this one's prompt, forked), before
+    /// this one has generated anything.
+    fn fork(&self, choice: usize, table: BlockTable) -> Self {
+        debug_assert_eq!(self.generated(), 0, "forks are made after the prompt; this is a bug");
+        Self {
+            choice,
+            forks: 0,
+            tokens: self.tokens.clone(),
+            prompt_len: self.prompt_len,
+            max_tokens: self.max_tokens,
+            min_tokens: self.min_tokens,
+            ignore_eos: self.ignore_eos,
+            constraint: self.constraint.clone(),
+            table,
+            digests: self.digests.clone(),
+            adapter: self.adapter.clone(),
+            cached_prompt: self.cached_prompt,
+            sampler: self.sampler.sibling(choice),
+            stop: self.stop.clone(),
+            text: TextStream::default(),
+            events: self.events.clone(),
+            enqueued: self.enqueued,
+            started: self.started,
+            last_token: None,
+        }
+    }
+
+    /// Whether the end-of-sequence tokens are masked for the next token.
+    fn eos_masked(&self) -> bool {
+        self.ignore_eos || self.generated() < self.min_tokens
     }
 
     fn generated(&self) -> usize {
@@ -490,22 +562,82 @@ impl Loop {
             self.cache.publish(&mut sequence.table, &sequence.digests);
         }
         let mut finished = Vec::new();
-        for (index, mut logits) in fed.into_iter().zip(rows) {
-            let sequence = &mut self.running[index];
-            let token = sequence.sampler.sample(&mut logits, &sequence.tokens);
-            if let Some(reason) = self.accept(index, token) {
-                finished.push((index, reason));
+        for (index, logits) in fed.into_iter().zip(rows) {
+            let forks = self.fork(index);
+            let mut each = forks.map(|fork| (fork, logits.clone())).collect::<Vec<_>>();
+            each.push((index, logits));
+            for (index, logits) in each {
+                let ended = match self.sample(index, logits) {
+                    Ok(sampled) => self.accept(index, sampled).map(Ok),
+                    Err(error) => Some(Err(error)),
+                };
+                finished.extend(ended.map(|end| (index, end)));
             }
         }
-        for &(index, reason) in finished.iter().rev() {
-            let sequence = self.running.remove(index);
-            self.finish(sequence, reason);
+        finished.sort_unstable_by_key(|&(index, _)| index);
+        for (index, end) in finished.into_iter().rev() {
+            let mut sequence = self.running.remove(index);
+            match end {
+                Ok(reason) => self.finish(sequence, reason),
+                Err(error) => {
+                    self.cache.release(&mut sequence.table);
+                    let _ = sequence.events.send(Event::Failed(error));
+                }
+            }
         }
+    }
+
+    /// Makes the choices still to fork from running sequence `index`, now that its prompt is in:
+    /// each shares its KV blocks and runs from the next step; one for which no block is free goes
+    /// to the front of the queue instead, to prefill again (from the prefix cache where it can).
+    /// Returns the indices of those now running.
+    fn fork(&mut self, index: usize) -> std::ops::Range<usize> {
+        let parent = &mut self.running[index];
+        let forks = std::mem::take(&mut parent.forks);
+        let first = self.running.len();
+        for choice in 1..=forks {
+            let parent = &self.running[index];
+            match self.cache.fork(&parent.table) {
+                Some(table) => {
+                    let sequence = parent.fork(choice, table);
+                    self.running.push(sequence);
+                }
+                None => {
+                    let sequence = parent.fork(choice, BlockTable::default());
+                    self.shared.waiting.fetch_add(1, Ordering::AcqRel);
+                    self.waiting.push_front(sequence);
+                }
+            }
+        }
+        first..self.running.len()
+    }
+
+    /// Samples the next token of running sequence `index` from its `logits`, masked by its
+    /// grammar and, where it may not end yet, without the end-of-sequence tokens.
+    fn sample(&mut self, index: usize, mut logits: Vec<f32>) -> Result<Sampled> {
+        let sequence = &mut self.running[index];
+        if let Some(constraint) = &mut sequence.constraint {
+            constraint.mask(&mut logits)?;
+        }
+        if sequence.eos_masked() {
+            for &eos in self.codec.tokenizer().eos() {
+                if let Some(logit) = logits.get_mut(eos as usize) {
+                    *logit = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let (prompt, output) = sequence.tokens.split_at(sequence.prompt_len);
+        let sampled = sequence.sampler.sample(&mut logits, prompt, output);
+        if let Some(constraint) = &mut sequence.constraint {
+            constraint.accept(sampled.token)?;
+        }
+        Ok(sampled)
     }
 
     /// Appends a sampled token to sequence `index` and sends it; returns why the sequence ends, if
     /// it does.
-    fn accept(&mut self, index: usize, token: u32) -> Option<FinishReason> {
+    fn accept(&mut self, index: usize, sampled: Sampled) -> Option<FinishReason> {
+        let Sampled { token, logprobs } = sampled;
         let now = Instant::now();
         let sequence = &mut self.running[index];
         sequence.tokens.push(token);
@@ -520,7 +652,12 @@ impl Loop {
         sequence.last_token = Some(now);
         if self.codec.tokenizer().eos().contains(&token) {
             // Counted in usage like any generated token; it adds no text.
-            let _ = sequence.events.send(Event::Token { id: token, text: String::new() });
+            let _ = sequence.events.send(Event::Token {
+                choice: sequence.choice,
+                id: token,
+                text: String::new(),
+                logprobs: None,
+            });
             return Some(FinishReason::Stop);
         }
         let delta = match sequence.text.next(self.codec.tokenizer(), &sequence.tokens[sequence.prompt_len..]) {
@@ -531,8 +668,9 @@ impl Loop {
             }
         };
         let release = sequence.stop.push(&delta);
-        let _ = sequence.events.send(Event::Token { id: token, text: release.text });
-        if release.stopped {
+        let _ = sequence.events.send(Event::Token { choice: sequence.choice, id: token, text: release.text, logprobs });
+        let complete = sequence.constraint.as_ref().is_some_and(Constraint::is_finished);
+        if release.stopped || complete {
             Some(FinishReason::Stop)
         } else if sequence.generated() >= sequence.max_tokens || sequence.tokens.len() >= self.shared.context_length {
             Some(FinishReason::Length)
@@ -557,7 +695,8 @@ impl Loop {
             true => (release.text, FinishReason::Stop),
             false => (release.text + &sequence.stop.finish(), reason),
         };
-        let _ = sequence.events.send(Event::Finished { text, reason, usage: sequence.usage() });
+        let _ =
+            sequence.events.send(Event::Finished { choice: sequence.choice, text, reason, usage: sequence.usage() });
     }
 
     /// A step failed (a bug or a corrupt model): every running sequence gets the error and its
@@ -592,8 +731,12 @@ mod tests {
         GenerateRequest {
             prompt: vec![7; prompt],
             adapter: None,
+            choices: 1,
             max_tokens,
+            min_tokens: 0,
+            ignore_eos: false,
             sampling: SamplingParams::greedy(),
+            constraint: None,
             stop: Vec::new(),
         }
     }
@@ -618,5 +761,17 @@ mod tests {
             assert!(err.contains("leaves 90"), "{err}");
         }
         assert!(check_fits(&request(50, usize::MAX), 100, 40).is_err());
+    }
+
+    #[test]
+    fn every_choice_must_fit_the_kv_cache_and_min_tokens_within_max_tokens() {
+        let choices = |n| GenerateRequest { choices: n, ..request(10, 20) };
+        assert!(check_fits(&choices(4), 100, 120).is_ok());
+        let over = check_fits(&choices(5), 100, 120).unwrap_err().to_string();
+        assert!(over.contains("5 choice(s)") && over.contains("KV cache of 120 tokens"), "{over}");
+        assert!(check_fits(&choices(usize::MAX), 100, 120).is_err(), "no overflow");
+        assert!(check_fits(&choices(0), 100, 120).unwrap_err().to_string().contains("n must"));
+        let min = GenerateRequest { min_tokens: 21, ..request(10, 20) };
+        assert!(check_fits(&min, 100, 1000).unwrap_err().to_string().contains("min_tokens"));
     }
 }

@@ -57,6 +57,7 @@ impl GenerationService for GenerationServiceImpl {
             repetition_penalty: request.repetition_penalty,
             seed: request.seed,
             stop: request.stop,
+            ..Options::default()
         };
         let started =
             dispatch::generate(&self.manager, &request.model_name, &target, routing_key.as_deref(), prompt, options)
@@ -69,10 +70,11 @@ impl GenerationService for GenerationServiceImpl {
 
 fn response_from_event(version: u64, event: Event) -> Result<pb::GenerateResponse, Status> {
     Ok(match event {
-        Event::Token { id, text } => {
+        // One choice, without log-probabilities: the proto asks for neither.
+        Event::Token { id, text, .. } => {
             pb::GenerateResponse { model_version: version, token_ids: vec![id], text, ..Default::default() }
         }
-        Event::Finished { text, reason, usage } => pb::GenerateResponse {
+        Event::Finished { text, reason, usage, .. } => pb::GenerateResponse {
             model_version: version,
             text,
             finish_reason: finish_reason_to_proto(reason) as i32,

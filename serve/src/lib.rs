@@ -6,7 +6,8 @@
 //! here trains.
 //!
 //! Layout:
-//! - decisions, pure and unit-tested: [`config`], [`policy`], [`routing`], [`signature`], and the
+//! - decisions, pure and unit-tested: [`config`], [`policy`], [`routing`], [`signature`],
+//!   [`tools`] (OpenAI tool calling: checked, instructed, constrained, read back), and the
 //!   per-request bounds in [`limits`];
 //! - state and work: [`versions`] (lifecycle, routing, loading), [`dispatch`] (every request
 //!   routed, run and counted once), [`batcher`] (tensor models), [`engine`] (continuous batching
@@ -51,6 +52,7 @@ pub mod routing;
 pub mod server;
 pub mod signature;
 pub mod status;
+pub mod tools;
 pub mod versions;
 
 use lantern_runtime::repository::Manifest;

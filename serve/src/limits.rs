@@ -16,6 +16,9 @@ pub const MAX_EMBEDDING_TEXTS: usize = 2048;
 pub const EMBEDDING_BATCH_TEXTS: usize = 32;
 /// Most messages in one chat.
 pub const MAX_CHAT_MESSAGES: usize = 4096;
+/// Most choices one generation request may ask for (`n`, `best_of`; OpenAI allows 128). Each is
+/// a sequence in the engine, so they are also bounded by the KV cache.
+pub const MAX_CHOICES: u64 = 128;
 
 /// Refuses more, or longer, stop strings than the limits allow: each one is searched for after
 /// every generated token, so their total size is work per token for the whole batch.
@@ -39,6 +42,17 @@ pub fn check_embedding_texts(count: usize) -> Result<()> {
             "input has {count} texts; at most {MAX_EMBEDDING_TEXTS} can be embedded in one request"
         ))),
         false => Ok(()),
+    }
+}
+
+/// Refuses `n` or `best_of` of 0 or above [`MAX_CHOICES`].
+pub fn check_choices(name: &str, count: u64) -> Result<()> {
+    match count {
+        0 => Err(Error::invalid(format!("{name} must be at least 1"))),
+        count if count > MAX_CHOICES => {
+            Err(Error::invalid(format!("{name} is {count}; at most {MAX_CHOICES} choices may be asked for")))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -9,7 +9,9 @@
 //! header. Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the
 //! status from the shared table; a full queue is 429 with `Retry-After`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -27,13 +29,16 @@ use serde_json::{Value, json};
 use super::ROUTING_KEY_HEADER;
 use super::dispatch;
 use super::engine::{Event, Usage};
-use super::generation::{self, Completion, Options, Prompt, Started};
+use super::generation::{self, Completion, Options, Prompt, Structure};
 use super::limits;
 use super::routing::Target;
 use super::status;
+use super::tools::{ToolCall, Tools};
 use super::versions::{ListedModel, ModelManager};
 use crate::error::Error;
-use lantern_runtime::llm::chat::Message;
+use lantern_runtime::llm::chat::{self, Message};
+use lantern_runtime::llm::codec::TextCodec;
+use lantern_runtime::llm::sampling::Logprobs;
 
 /// Response header naming the version that served the request.
 pub const MODEL_VERSION_HEADER: &str = "x-lantern-model-version";
@@ -200,19 +205,73 @@ struct Common {
     stop: Option<OneOrMany>,
     #[serde(default)]
     n: Option<u64>,
+    /// Completions: generate this many and answer with the `n` most likely.
+    #[serde(default)]
+    best_of: Option<u64>,
+    #[serde(default)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    frequency_penalty: Option<f32>,
+    /// Token id (as a string) → bias.
+    #[serde(default)]
+    logit_bias: Option<BTreeMap<String, f32>>,
+    /// Chat: a boolean; completions: how many alternatives to report per token.
+    #[serde(default)]
+    logprobs: Option<Value>,
+    /// Chat: how many alternatives to report per token (with `logprobs: true`).
+    #[serde(default)]
+    top_logprobs: Option<u64>,
+    /// vLLM's extensions: end-of-sequence masked until this many tokens, or always.
+    #[serde(default)]
+    min_tokens: Option<u64>,
+    #[serde(default)]
+    ignore_eos: Option<bool>,
+    #[serde(default)]
+    response_format: Option<ResponseFormat>,
     /// Everything else the request carried.
     #[serde(flatten)]
     other: serde_json::Map<String, Value>,
+}
+
+/// OpenAI's `response_format`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// Its other fields are accepted and change nothing: `name` and `description` label the format,
+/// and the schema is enforced whether `strict` or not (stricter than asked, never looser).
+impl ResponseFormat {
+    /// What the output is held to; `None` for plain text.
+    fn structure(&self) -> Option<Structure> {
+        match self {
+            Self::Text => None,
+            Self::JsonObject => Some(Structure::JsonObject),
+            Self::JsonSchema { json_schema } => Some(match &json_schema.schema {
+                Some(schema) => Structure::JsonSchema(schema.clone()),
+                None => Structure::JsonObject,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonSchemaFormat {
+    #[serde(default)]
+    schema: Option<Value>,
 }
 
 /// Parameters accepted and not acted on, because acting on them changes nothing here: `user`
 /// identifies the caller to OpenAI's abuse monitoring.
 const IGNORED_PARAMETERS: &[&str] = &["user"];
 
-/// Refuses, naming it, any parameter this server does not implement (`logprobs`, `tools`,
-/// `response_format`, penalties, …), unless it asks for what the server does anyway — `null`,
-/// `false`, `0`, or an empty string, list or object, as clients send for defaults — so a
-/// client never gets an answer that silently ignored what it asked for.
+/// Refuses, naming it, any parameter this server does not implement (`tools`, `suffix`, …),
+/// unless it asks for what the server does anyway — `null`, `false`, `0`, or an empty string,
+/// list or object, as clients send for defaults — so a client never gets an answer that silently
+/// ignored what it asked for.
 fn refuse_unsupported(other: &serde_json::Map<String, Value>) -> ApiResult<()> {
     let asks_for_default = |key: &str, value: &Value| match value {
         Value::Null => true,
@@ -220,7 +279,7 @@ fn refuse_unsupported(other: &serde_json::Map<String, Value>) -> ApiResult<()> {
         Value::Number(n) => n.as_f64() == Some(0.0),
         Value::String(s) => s.is_empty() || (key == "tool_choice" && s == "none"),
         Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty() || (key == "response_format" && o.get("type") == Some(&json!("text"))),
+        Value::Object(o) => o.is_empty(),
     };
     match other.iter().find(|(key, value)| !IGNORED_PARAMETERS.contains(&key.as_str()) && !asks_for_default(key, value))
     {
@@ -237,14 +296,46 @@ struct StreamOptions {
 
 #[derive(Debug, Deserialize)]
 struct CompletionRequest {
-    prompt: OneOrMany,
+    prompt: CompletionPrompt,
+    /// The prompt's text before each choice's.
+    #[serde(default)]
+    echo: bool,
+    #[serde(default)]
+    suffix: Option<String>,
     #[serde(flatten)]
     common: Common,
+}
+
+/// A completions `prompt`: text, token ids, or a list of either, each generated for on its own.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CompletionPrompt {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+impl CompletionPrompt {
+    fn into_prompts(self) -> Vec<Prompt> {
+        match self {
+            Self::Text(text) => vec![Prompt::Text(text)],
+            Self::Tokens(tokens) => vec![Prompt::Tokens(tokens)],
+            Self::Texts(texts) => texts.into_iter().map(Prompt::Text).collect(),
+            Self::TokenLists(lists) => lists.into_iter().map(Prompt::Tokens).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 struct ChatRequest {
     messages: Vec<ChatMessage>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     common: Common,
 }
@@ -252,10 +343,32 @@ struct ChatRequest {
 #[derive(Debug, Deserialize)]
 struct ChatMessage {
     role: String,
-    content: ChatContent,
-    /// Fields of a message this server does not implement (`name`, `tool_calls`, …).
+    /// Absent or null in an assistant message that made tool calls.
+    #[serde(default)]
+    content: Option<ChatContent>,
+    /// An assistant message's calls, as OpenAI returned them.
+    #[serde(default)]
+    tool_calls: Option<Vec<AssistantCall>>,
+    /// Which call a tool message answers: required of one, as OpenAI requires it; the model
+    /// reads the answers in the order of the calls.
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    /// Fields of a message this server does not implement (`name`, …).
     #[serde(flatten)]
     other: serde_json::Map<String, Value>,
+}
+
+/// One call in an assistant message of the history.
+#[derive(Debug, Deserialize)]
+struct AssistantCall {
+    function: CalledFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct CalledFunction {
+    name: String,
+    /// JSON text, as OpenAI sends it.
+    arguments: String,
 }
 
 /// A message's content: a string, or a list of parts of which only text is understood.
@@ -277,9 +390,25 @@ struct ContentPart {
 impl ChatMessage {
     fn into_message(self) -> ApiResult<Message> {
         refuse_unsupported(&self.other)?;
+        if self.role == "tool" && self.tool_call_id.is_none() {
+            return Err(invalid_param("messages", "a tool message needs the tool_call_id it answers".into()));
+        }
+        if let Some(calls) = self.tool_calls.filter(|calls| !calls.is_empty()) {
+            // The calls as the model was told to write them ([`Tools::instructions`]).
+            let calls = calls
+                .into_iter()
+                .map(|call| {
+                    let arguments: Value = serde_json::from_str(&call.function.arguments)
+                        .map_err(|e| invalid_param("messages", format!("tool call arguments are not JSON: {e}")))?;
+                    Ok(json!({"name": call.function.name, "arguments": arguments}))
+                })
+                .collect::<ApiResult<Vec<Value>>>()?;
+            return Ok(Message::new(self.role, Value::Array(calls).to_string()));
+        }
         let content = match self.content {
-            ChatContent::Text(text) => text,
-            ChatContent::Parts(parts) => {
+            None => return Err(invalid_param("messages", format!("a {:?} message needs content", self.role))),
+            Some(ChatContent::Text(text)) => text,
+            Some(ChatContent::Parts(parts)) => {
                 let mut text = String::new();
                 for part in parts {
                     if part.kind != "text" {
@@ -297,26 +426,90 @@ impl ChatMessage {
 }
 
 impl Common {
-    fn options(&self) -> ApiResult<Options> {
+    fn options(&self, kind: Kind) -> ApiResult<Options> {
         refuse_unsupported(&self.other)?;
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(Error::invalid("only n = 1 is supported").into());
-        }
         let top_k = match self.top_k {
             None | Some(0) | Some(-1) => None,
             Some(k) if k > 0 => Some(k as u64),
             Some(k) => return Err(Error::invalid(format!("top_k must be positive, 0 or -1, got {k}")).into()),
         };
+        let n = self.n.unwrap_or(1);
+        limits::check_choices("n", n)?;
+        let best_of = self.best_of.unwrap_or(n);
+        limits::check_choices("best_of", best_of)?;
+        if best_of < n {
+            return Err(invalid_param("best_of", format!("best_of ({best_of}) must be at least n ({n})")));
+        }
+        if best_of > n && self.stream {
+            return Err(invalid_param("best_of", "best_of greater than n cannot be streamed".into()));
+        }
+        let logit_bias = match &self.logit_bias {
+            None => Vec::new(),
+            Some(biases) => biases
+                .iter()
+                .map(|(token, &bias)| match token.parse::<u32>() {
+                    Ok(token) => Ok((token, bias)),
+                    Err(_) => Err(invalid_param("logit_bias", format!("logit_bias keys are token ids, got {token:?}"))),
+                })
+                .collect::<ApiResult<_>>()?,
+        };
+        let structure = self.response_format.as_ref().and_then(ResponseFormat::structure);
         Ok(Options {
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
             temperature: self.temperature,
             top_p: self.top_p,
             top_k,
             repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias,
+            logprobs: self.logprobs(kind)?,
             seed: self.seed,
             stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
+            choices: Some(best_of),
+            min_tokens: self.min_tokens,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            structure,
         })
     }
+
+    /// The alternatives to report per token, if log-probabilities are asked for: chat's
+    /// `logprobs: true` with `top_logprobs`, or completions' `logprobs: k`.
+    fn logprobs(&self, kind: Kind) -> ApiResult<Option<u64>> {
+        let logprobs = self.logprobs.as_ref().filter(|v| !v.is_null());
+        match kind {
+            Kind::Chat => {
+                let asked = match logprobs {
+                    None => false,
+                    Some(Value::Bool(asked)) => *asked,
+                    Some(other) => {
+                        return Err(invalid_param("logprobs", format!("logprobs must be a boolean, got {other}")));
+                    }
+                };
+                match (asked, self.top_logprobs) {
+                    (true, top) => Ok(Some(top.unwrap_or(0))),
+                    (false, None | Some(0)) => Ok(None),
+                    (false, Some(_)) => Err(invalid_param("top_logprobs", "top_logprobs needs logprobs: true".into())),
+                }
+            }
+            Kind::Completion => {
+                if self.top_logprobs.is_some() {
+                    return Err(invalid_param("top_logprobs", "completions take logprobs: k, not top_logprobs".into()));
+                }
+                match logprobs {
+                    None => Ok(None),
+                    Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+                        invalid_param("logprobs", format!("logprobs must be a non-negative integer, got {value}"))
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// A 400 naming the parameter at fault.
+fn invalid_param(param: &str, message: String) -> ApiError {
+    ApiError { status: StatusCode::BAD_REQUEST, message, param: Some(param.to_owned()) }
 }
 
 /// Parses a JSON body, answering malformed JSON and invalid UTF-8 with a 400 that says where.
@@ -338,35 +531,99 @@ pub struct GenerationRequest {
     pub kind: Kind,
     /// As sent: a name, optionally with `:version` or `:label`.
     pub model: String,
-    pub prompt: Prompt,
+    /// One generation each (a completions request may batch prompts; a chat is one).
+    pub prompts: Vec<Prompt>,
     pub options: Options,
+    /// Choices answered: `n` of the `options.choices` generated (`best_of`).
+    pub n: usize,
+    /// Whether the client asked for log-probabilities (`best_of` asks for them itself).
+    pub logprobs: bool,
+    /// The functions the model may call (chat).
+    pub tools: Option<Tools>,
+    /// Each choice's text starts with its prompt's (completions).
+    pub echo: bool,
     pub stream: bool,
     pub include_usage: bool,
 }
 
 impl GenerationRequest {
-    fn new(kind: Kind, common: Common, prompt: Prompt) -> ApiResult<Self> {
-        let options = common.options()?;
+    fn new(kind: Kind, common: Common, prompts: Vec<Prompt>) -> ApiResult<Self> {
+        let mut options = common.options(kind)?;
+        let per_prompt = options.choices.unwrap_or(1);
+        let choices = per_prompt.saturating_mul(prompts.len() as u64);
+        if choices > limits::MAX_CHOICES {
+            let message = format!(
+                "{} prompts of {per_prompt} choices each make {choices} choices; at most {} are allowed",
+                prompts.len(),
+                limits::MAX_CHOICES
+            );
+            return Err(invalid_param("prompt", message));
+        }
+        let n = common.n.unwrap_or(1) as usize;
+        let logprobs = options.logprobs.is_some();
+        if options.choices.is_some_and(|choices| choices as usize > n) {
+            // best_of ranks choices by their log-probabilities.
+            options.logprobs.get_or_insert(0);
+        }
         let include_usage = common.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        Ok(Self { kind, model: common.model, prompt, options, stream: common.stream, include_usage })
+        let stream = common.stream;
+        let (model, tools, echo) = (common.model, None, false);
+        Ok(Self { kind, model, prompts, options, n, logprobs, tools, echo, stream, include_usage })
     }
 }
 
 /// Parses and checks a `/v1/completions` body.
 pub fn parse_completion(body: &[u8]) -> ApiResult<GenerationRequest> {
     let request: CompletionRequest = parse_json(body)?;
-    let prompt = match request.prompt.into_vec().as_mut_slice() {
-        [one] => Prompt::Text(std::mem::take(one)),
-        _ => return Err(Error::invalid("prompt must be one string (batched prompts are not supported)").into()),
-    };
-    GenerationRequest::new(Kind::Completion, request.common, prompt)
+    if request.suffix.as_ref().is_some_and(|suffix| !suffix.is_empty()) {
+        return Err(invalid_param(
+            "suffix",
+            "suffix needs a fill-in-the-middle model; this server's language models have no fill-in-the-middle tokens"
+                .into(),
+        ));
+    }
+    let prompts = request.prompt.into_prompts();
+    if prompts.is_empty() {
+        return Err(invalid_param("prompt", "prompt lists no prompt".into()));
+    }
+    let mut generation = GenerationRequest::new(Kind::Completion, request.common, prompts)?;
+    if request.echo && generation.logprobs {
+        return Err(invalid_param(
+            "echo",
+            "echo with logprobs is not supported: the prompt's log-probabilities are not computed".into(),
+        ));
+    }
+    generation.echo = request.echo;
+    Ok(generation)
 }
 
 /// Parses and checks a `/v1/chat/completions` body.
 pub fn parse_chat(body: &[u8]) -> ApiResult<GenerationRequest> {
     let request: ChatRequest = parse_json(body)?;
     let messages = request.messages.into_iter().map(ChatMessage::into_message).collect::<ApiResult<Vec<_>>>()?;
-    GenerationRequest::new(Kind::Chat, request.common, Prompt::Chat(messages))
+    let tools = Tools::parse(request.tools.as_ref(), request.tool_choice.as_ref(), request.parallel_tool_calls)
+        .map_err(|e| invalid_param("tools", e.to_string()))?;
+    let Some(tools) = tools else {
+        let structure = request.common.response_format.as_ref().and_then(ResponseFormat::structure);
+        let messages = match structure {
+            Some(structure) => chat::instruct(messages, &structure.instructions()),
+            None => messages,
+        };
+        return GenerationRequest::new(Kind::Chat, request.common, vec![Prompt::Chat(messages)]);
+    };
+    let prompt = Prompt::Chat(tools.instruct(messages));
+    let mut generation = GenerationRequest::new(Kind::Chat, request.common, vec![prompt])?;
+    if let Some(schema) = tools.constraint() {
+        if generation.options.structure.is_some() {
+            return Err(invalid_param(
+                "response_format",
+                "response_format cannot be combined with required tool calls".into(),
+            ));
+        }
+        generation.options.structure = Some(Structure::JsonSchema(schema));
+    }
+    generation.tools = Some(tools);
+    Ok(generation)
 }
 
 /// An embeddings request, parsed and checked.
@@ -475,90 +732,280 @@ async fn chat_completions(
 }
 
 async fn respond(manager: &ModelManager, headers: &HeaderMap, request: GenerationRequest) -> ApiResult<Response> {
-    let (model, target) = parse_model(&request.model)?;
+    let GenerationRequest { kind, model: name, prompts, options, n, logprobs, tools, echo, stream, include_usage } =
+        request;
+    let (model, target) = parse_model(&name)?;
     let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
-    let mut started = dispatch::generate(manager, model, &target, routing_key, request.prompt, request.options).await?;
-    let meta = ChunkMeta::new(request.kind, request.model.clone());
-    let version = HeaderValue::from(started.version);
-    let mut response = if request.stream {
-        Sse::new(sse_stream(meta, started, request.include_usage)).into_response()
-    } else {
-        let completion = generation::collect(&mut started.events).await?;
-        Json(meta.whole(&completion)).into_response()
+    let echoed: Vec<Option<Prompt>> = prompts.iter().map(|prompt| echo.then(|| prompt.clone())).collect();
+    let mut started = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
+        started.push(dispatch::generate(manager, model, &target, routing_key, prompt, options.clone()).await?);
+    }
+    let (codec, version, per_prompt) = match started.first() {
+        Some(first) => (first.codec.clone(), first.version, first.events.choices()),
+        None => return Err(invalid_param("prompt", "prompt lists no prompt".into())),
     };
-    response.headers_mut().insert(MODEL_VERSION_HEADER, version);
+    let echoes = echoed.iter().map(|prompt| echo_text(&codec, prompt.as_ref())).collect::<ApiResult<Vec<_>>>()?;
+    let meta = ChunkMeta::new(kind, name.clone(), codec, logprobs, tools);
+    let mut response =
+        if stream {
+            // Every prompt's choices in one stream, numbered prompt by prompt.
+            let events =
+                stream::select_all(started.into_iter().enumerate().map(|(index, started)| {
+                    started.events.map(move |event| renumber(event, index * per_prompt)).boxed()
+                }));
+            Sse::new(sse_stream(meta, events, per_prompt, echoes, include_usage)).into_response()
+        } else {
+            let (mut completions, mut usages) = (Vec::new(), Vec::new());
+            for (mut started, echo) in started.into_iter().zip(&echoes) {
+                let choices = generation::collect(&mut started.events).await?;
+                usages.extend(choices.iter().map(|c| c.usage));
+                let mut choices = match choices.len() > n {
+                    true => generation::best_of(choices, n),
+                    false => choices,
+                };
+                choices.iter_mut().for_each(|choice| choice.text.insert_str(0, echo));
+                completions.extend(choices);
+            }
+            Json(meta.whole(&completions, request_usage(&usages, per_prompt))).into_response()
+        };
+    response.headers_mut().insert(MODEL_VERSION_HEADER, HeaderValue::from(version));
     Ok(response)
 }
 
-/// What every chunk and body of one response repeats.
+/// The text `echo` puts before a choice: the prompt's, spelled from its tokens where it came as
+/// tokens; empty without echo.
+fn echo_text(codec: &TextCodec, prompt: Option<&Prompt>) -> ApiResult<String> {
+    Ok(match prompt {
+        None | Some(Prompt::Chat(_)) => String::new(),
+        Some(Prompt::Text(text)) => text.clone(),
+        Some(Prompt::Tokens(tokens)) => codec.tokenizer().decode(tokens, false).map_err(Error::from)?,
+    })
+}
+
+/// `event` with its choice moved past the `offset` choices of the prompts before its own.
+fn renumber(event: Event, offset: usize) -> Event {
+    match event {
+        Event::Token { choice, id, text, logprobs } => Event::Token { choice: choice + offset, id, text, logprobs },
+        Event::Finished { choice, text, reason, usage } => {
+            Event::Finished { choice: choice + offset, text, reason, usage }
+        }
+        failed @ Event::Failed(_) => failed,
+    }
+}
+
+/// A request's usage from its choices' (`per_prompt` choices for each prompt, in order): each
+/// prompt once, every generated token (those of `best_of` choices not returned included, as
+/// OpenAI counts them).
+fn request_usage(choices: &[Usage], per_prompt: usize) -> Usage {
+    let prompts = choices.chunks(per_prompt.max(1)).map(|prompt| {
+        prompt.iter().fold(Usage::default(), |total, choice| Usage {
+            prompt_tokens: choice.prompt_tokens,
+            cached_tokens: total.cached_tokens.max(choice.cached_tokens),
+            completion_tokens: total.completion_tokens + choice.completion_tokens,
+        })
+    });
+    prompts.fold(Usage::default(), |total, prompt| Usage {
+        prompt_tokens: total.prompt_tokens + prompt.prompt_tokens,
+        cached_tokens: total.cached_tokens + prompt.cached_tokens,
+        completion_tokens: total.completion_tokens + prompt.completion_tokens,
+    })
+}
+
+/// What every chunk and body of one response repeats, and how it spells tokens.
 #[derive(Clone, Debug)]
 struct ChunkMeta {
     kind: Kind,
     id: String,
     created: u64,
     model: String,
+    codec: Arc<TextCodec>,
+    /// Whether log-probabilities are reported.
+    logprobs: bool,
+    /// The functions offered: each choice's text is read for calls, and streamed whole at its
+    /// end (as calls or as the answer).
+    tools: Option<Tools>,
 }
 
+/// What one streamed chunk carries for its choice.
+enum Delta<'a> {
+    /// The chat role announcement that opens a choice.
+    Role,
+    /// Text and the log-probabilities of the tokens behind it; `offset` is where the first of
+    /// those tokens starts in the choice's text (completions' `text_offset`).
+    Text {
+        text: &'a str,
+        tokens: &'a [(u32, Logprobs)],
+        offset: usize,
+    },
+    /// Chat: the tool calls a choice made.
+    Calls(&'a [ToolCall]),
+    Finish(&'a str),
+}
+
+/// The value OpenAI writes for a log-probability of −∞ (a token that could not be drawn).
+const LOWEST_LOGPROB: f32 = -9999.0;
+
 impl ChunkMeta {
-    fn new(kind: Kind, model: String) -> Self {
+    fn new(kind: Kind, model: String, codec: Arc<TextCodec>, logprobs: bool, tools: Option<Tools>) -> Self {
         let prefix = match kind {
             Kind::Completion => "cmpl",
             Kind::Chat => "chatcmpl",
         };
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-        Self { kind, id: format!("{prefix}-{:032x}", rand::random::<u128>()), created, model }
+        let id = format!("{prefix}-{:032x}", rand::random::<u128>());
+        Self { kind, id, created, model, codec, logprobs, tools }
+    }
+
+    /// The calls a choice's whole text makes, where tools were offered and it makes any.
+    fn calls(&self, text: &str) -> Option<Vec<ToolCall>> {
+        self.tools.as_ref()?.read_calls(text)
+    }
+
+    fn object(&self, streamed: bool) -> &'static str {
+        match (self.kind, streamed) {
+            (Kind::Completion, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        }
     }
 
     /// The non-streaming body.
-    fn whole(&self, completion: &Completion) -> Value {
-        let reason = completion.reason.as_str();
-        let (object, choice) = match self.kind {
-            Kind::Completion => (
-                "text_completion",
-                json!({"index": 0, "text": completion.text, "logprobs": null, "finish_reason": reason}),
-            ),
-            Kind::Chat => (
-                "chat.completion",
-                json!({"index": 0, "message": {"role": "assistant", "content": completion.text}, "logprobs": null, "finish_reason": reason}),
-            ),
-        };
+    fn whole(&self, completions: &[Completion], usage: Usage) -> Value {
+        let choices: Vec<Value> = completions
+            .iter()
+            .enumerate()
+            .map(|(index, completion)| {
+                let reason = completion.reason.as_str();
+                let (text, tokens) = (&completion.text, &completion.logprobs);
+                match (self.kind, self.calls(text)) {
+                    (Kind::Completion, _) => json!({
+                        "index": index, "text": text, "logprobs": self.completion_logprobs(tokens, 0),
+                        "finish_reason": reason,
+                    }),
+                    (Kind::Chat, None) => json!({
+                        "index": index, "message": {"role": "assistant", "content": text},
+                        "logprobs": self.chat_logprobs(tokens), "finish_reason": reason,
+                    }),
+                    (Kind::Chat, Some(calls)) => json!({
+                        "index": index, "message": {"role": "assistant", "content": null, "tool_calls": tool_calls_json(&calls)},
+                        "logprobs": self.chat_logprobs(tokens), "finish_reason": "tool_calls",
+                    }),
+                }
+            })
+            .collect();
         json!({
-            "id": self.id, "object": object, "created": self.created, "model": self.model,
-            "choices": [choice], "usage": usage_json(completion.usage),
+            "id": self.id, "object": self.object(false), "created": self.created, "model": self.model,
+            "choices": choices, "usage": usage_json(usage),
         })
     }
 
-    /// One streamed chunk: a text delta (`Some`) or the role announcement (chat only, `None`),
-    /// with the finish reason on the last one.
-    fn chunk(&self, text: Option<&str>, finish_reason: Option<&str>) -> Value {
-        let (object, choice) = match self.kind {
-            Kind::Completion => (
-                "text_completion",
-                json!({"index": 0, "text": text.unwrap_or_default(), "logprobs": null, "finish_reason": finish_reason}),
-            ),
-            Kind::Chat => {
-                let delta = match (text, finish_reason) {
-                    (None, None) => json!({"role": "assistant", "content": ""}),
-                    (Some(text), _) if !text.is_empty() => json!({"content": text}),
-                    _ => json!({}),
-                };
-                (
-                    "chat.completion.chunk",
-                    json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}),
-                )
+    /// One streamed chunk for choice `index`.
+    fn chunk(&self, index: usize, delta: Delta<'_>) -> Value {
+        let choice = match (self.kind, delta) {
+            (Kind::Completion, Delta::Text { text, tokens, offset }) => {
+                json!({"index": index, "text": text, "logprobs": self.completion_logprobs(tokens, offset), "finish_reason": null})
+            }
+            (Kind::Completion, Delta::Finish(reason)) => {
+                json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason})
+            }
+            (Kind::Completion, Delta::Role | Delta::Calls(_)) => {
+                json!({"index": index, "text": "", "logprobs": null, "finish_reason": null})
+            }
+            (Kind::Chat, Delta::Calls(calls)) => json!({
+                "index": index, "delta": {"tool_calls": tool_calls_json(calls)}, "logprobs": null, "finish_reason": null,
+            }),
+            (Kind::Chat, Delta::Role) => json!({
+                "index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null,
+            }),
+            (Kind::Chat, Delta::Text { text, tokens, .. }) => {
+                let delta = if text.is_empty() { json!({}) } else { json!({"content": text}) };
+                json!({"index": index, "delta": delta, "logprobs": self.chat_logprobs(tokens), "finish_reason": null})
+            }
+            (Kind::Chat, Delta::Finish(reason)) => {
+                json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason})
             }
         };
-        json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]})
+        json!({"id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice]})
     }
 
     /// The extra last chunk carrying usage (`stream_options.include_usage`).
     fn usage_chunk(&self, usage: Usage) -> Value {
-        let object = match self.kind {
-            Kind::Completion => "text_completion",
-            Kind::Chat => "chat.completion.chunk",
-        };
-        json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [], "usage": usage_json(usage)})
+        json!({
+            "id": self.id, "object": self.object(true), "created": self.created, "model": self.model,
+            "choices": [], "usage": usage_json(usage),
+        })
     }
+
+    /// A token's text (lossy where it ends inside a UTF-8 character) and its bytes.
+    fn spelling(&self, id: u32) -> (String, Vec<u8>) {
+        let bytes = self.codec.tokenizer().token_bytes(id).unwrap_or_default().to_vec();
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    }
+
+    /// Chat's `logprobs`: `{"content": [{token, logprob, bytes, top_logprobs}]}`; `null` when
+    /// not asked for.
+    fn chat_logprobs(&self, tokens: &[(u32, Logprobs)]) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let entry = |id: u32, logprob: f32| {
+            let (token, bytes) = self.spelling(id);
+            json!({"token": token, "logprob": logprob.max(LOWEST_LOGPROB), "bytes": bytes})
+        };
+        let content: Vec<Value> = tokens
+            .iter()
+            .map(|(id, logprobs)| {
+                let mut value = entry(*id, logprobs.logprob);
+                value["top_logprobs"] = logprobs.top.iter().map(|&(t, logprob)| entry(t, logprob)).collect();
+                value
+            })
+            .collect();
+        json!({"content": content, "refusal": null})
+    }
+
+    /// Completions' `logprobs`: parallel lists of tokens, their log-probabilities, the top
+    /// alternatives and each token's offset in the text (the first at `offset`); `null` when not
+    /// asked for.
+    fn completion_logprobs(&self, tokens: &[(u32, Logprobs)], offset: usize) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let (mut spelled, mut token_logprobs, mut top_logprobs, mut text_offset) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut at = offset;
+        for (id, logprobs) in tokens {
+            let (token, _) = self.spelling(*id);
+            text_offset.push(at);
+            at += token.chars().count();
+            spelled.push(token);
+            token_logprobs.push(logprobs.logprob.max(LOWEST_LOGPROB));
+            let top: serde_json::Map<String, Value> = logprobs
+                .top
+                .iter()
+                .map(|&(t, logprob)| (self.spelling(t).0, json!(logprob.max(LOWEST_LOGPROB))))
+                .collect();
+            top_logprobs.push(top);
+        }
+        json!({"tokens": spelled, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": text_offset})
+    }
+
+    /// Characters the spellings of `tokens` take, for the next chunk's text offset.
+    fn spelled_chars(&self, tokens: &[(u32, Logprobs)]) -> usize {
+        tokens.iter().map(|(id, _)| self.spelling(*id).0.chars().count()).sum()
+    }
+}
+
+/// Calls as OpenAI writes them, each with a new id and its index in the answer (the streamed
+/// form; the whole body's clients ignore the index).
+fn tool_calls_json(calls: &[ToolCall]) -> Value {
+    let calls = calls.iter().enumerate().map(|(index, call)| {
+        json!({
+            "index": index, "id": format!("call_{:024x}", rand::random::<u128>() >> 32), "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        })
+    });
+    Value::Array(calls.collect())
 }
 
 fn usage_json(usage: Usage) -> Value {
@@ -570,29 +1017,89 @@ fn usage_json(usage: Usage) -> Value {
     })
 }
 
-/// The SSE events of one generation. Dropping the stream (the client went away) drops the
-/// engine's channel, which frees the sequence.
+/// Where a streamed response stands: choices finished, their usage so far, each choice's text
+/// offset (completions' logprobs), and where tools were offered, each choice's text and logprobs
+/// held until its end.
+struct StreamState {
+    finished: usize,
+    usage: Vec<Usage>,
+    offsets: Vec<usize>,
+    held: Vec<(String, Vec<(u32, Logprobs)>)>,
+}
+
+/// The SSE events of a generation's `events` (`per_prompt` choices for each of the prompts
+/// `echoes` has a text for): a chat's role chunks or the echoed prompts, every choice's chunks as
+/// its tokens arrive, then (after the last choice's finish) the usage chunk if asked for and
+/// `[DONE]`. Dropping the stream (the client went away) drops the engine's channels, which frees
+/// the sequences.
 fn sse_stream(
     meta: ChunkMeta,
-    started: Started,
+    events: impl Stream<Item = Event> + Send + 'static,
+    per_prompt: usize,
+    echoes: Vec<String>,
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
     let data = |value: Value| SseEvent::default().data(value.to_string());
-    let opening = (meta.kind == Kind::Chat).then(|| data(meta.chunk(None, None)));
-    let body = started.events.flat_map(move |event| {
+    let choices = per_prompt * echoes.len();
+    let opening: Vec<SseEvent> = (0..choices)
+        .filter_map(|index| match meta.kind {
+            Kind::Chat => Some(meta.chunk(index, Delta::Role)),
+            Kind::Completion => {
+                let text = &echoes[index / per_prompt];
+                (!text.is_empty()).then(|| meta.chunk(index, Delta::Text { text, tokens: &[], offset: 0 }))
+            }
+        })
+        .map(data)
+        .collect();
+    let state = StreamState {
+        finished: 0,
+        usage: vec![Usage::default(); choices],
+        offsets: vec![0; choices],
+        held: vec![Default::default(); choices],
+    };
+    let body = events.scan(state, move |state, event| {
         let events: Vec<SseEvent> = match event {
-            Event::Token { text, .. } if text.is_empty() => Vec::new(),
-            Event::Token { text, .. } => vec![data(meta.chunk(Some(&text), None))],
-            Event::Finished { text, reason, usage } => {
+            Event::Token { choice, id, text, logprobs } => {
+                let tokens: Vec<(u32, Logprobs)> =
+                    logprobs.filter(|_| meta.logprobs).map(|l| (id, l)).into_iter().collect();
+                if meta.tools.is_some() {
+                    let held = &mut state.held[choice];
+                    held.0.push_str(&text);
+                    held.1.extend(tokens);
+                    Vec::new()
+                } else if text.is_empty() && tokens.is_empty() {
+                    Vec::new()
+                } else {
+                    let offset = state.offsets[choice];
+                    state.offsets[choice] += meta.spelled_chars(&tokens);
+                    vec![data(meta.chunk(choice, Delta::Text { text: &text, tokens: &tokens, offset }))]
+                }
+            }
+            Event::Finished { choice, text, reason, usage } => {
+                let (mut held, tokens) = std::mem::take(&mut state.held[choice]);
+                held.push_str(&text);
                 let mut events = Vec::new();
-                if !text.is_empty() {
-                    events.push(data(meta.chunk(Some(&text), None)));
+                let mut reason = reason.as_str();
+                match meta.calls(&held) {
+                    Some(calls) => {
+                        events.push(data(meta.chunk(choice, Delta::Calls(&calls))));
+                        reason = "tool_calls";
+                    }
+                    None if !held.is_empty() || !tokens.is_empty() => {
+                        let offset = state.offsets[choice];
+                        events.push(data(meta.chunk(choice, Delta::Text { text: &held, tokens: &tokens, offset })));
+                    }
+                    None => {}
                 }
-                events.push(data(meta.chunk(None, Some(reason.as_str()))));
-                if include_usage {
-                    events.push(data(meta.usage_chunk(usage)));
+                events.push(data(meta.chunk(choice, Delta::Finish(reason))));
+                state.finished += 1;
+                state.usage[choice] = usage;
+                if state.finished == choices {
+                    if include_usage {
+                        events.push(data(meta.usage_chunk(request_usage(&state.usage, per_prompt))));
+                    }
+                    events.push(SseEvent::default().data("[DONE]"));
                 }
-                events.push(SseEvent::default().data("[DONE]"));
                 events
             }
             Event::Failed(error) => {
@@ -602,9 +1109,9 @@ fn sse_stream(
                 )]
             }
         };
-        stream::iter(events)
+        std::future::ready(Some(stream::iter(events)))
     });
-    stream::iter(opening).chain(body).map(Ok)
+    stream::iter(opening).chain(body.flatten()).map(Ok)
 }
 
 #[cfg(test)]
@@ -647,29 +1154,85 @@ mod tests {
             body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             serde_json::from_value(body).unwrap()
         };
-        assert!(common(json!({"n": 2})).options().unwrap_err().message.contains("n = 1"));
-        assert!(common(json!({"top_k": -5})).options().unwrap_err().message.contains("top_k"));
-        let options = common(json!({"max_tokens": 5, "max_completion_tokens": 7, "stop": "x"})).options().unwrap();
+        let refused = |extra: Value, kind: Kind| common(extra).options(kind).unwrap_err();
+        assert!(refused(json!({"top_k": -5}), Kind::Chat).message.contains("top_k"));
+        assert!(refused(json!({"n": 0}), Kind::Chat).message.contains("n must be at least 1"));
+        assert!(refused(json!({"n": 129}), Kind::Chat).message.contains("at most 128"));
+        assert_eq!(refused(json!({"n": 3, "best_of": 2}), Kind::Completion).param.as_deref(), Some("best_of"));
+        let streamed = refused(json!({"best_of": 2, "stream": true}), Kind::Completion);
+        assert!(streamed.message.contains("cannot be streamed"), "{}", streamed.message);
+        assert_eq!(refused(json!({"logit_bias": {"x": 1}}), Kind::Chat).param.as_deref(), Some("logit_bias"));
+        assert_eq!(refused(json!({"top_logprobs": 2}), Kind::Chat).param.as_deref(), Some("top_logprobs"));
+        assert_eq!(refused(json!({"logprobs": 2}), Kind::Chat).param.as_deref(), Some("logprobs"));
+        assert_eq!(refused(json!({"logprobs": true}), Kind::Completion).param.as_deref(), Some("logprobs"));
+        let options =
+            common(json!({"max_tokens": 5, "max_completion_tokens": 7, "stop": "x"})).options(Kind::Chat).unwrap();
         assert_eq!((options.max_tokens, options.stop), (Some(7), vec!["x".to_owned()]));
+    }
+
+    #[test]
+    fn openai_parameters_become_engine_options() {
+        let common = |body: Value| -> Common { serde_json::from_value(body).unwrap() };
+        let chat = common(json!({
+            "model": "m", "n": 2, "logprobs": true, "top_logprobs": 3, "presence_penalty": 0.5,
+            "frequency_penalty": -0.5, "logit_bias": {"42": -100}, "min_tokens": 4, "ignore_eos": true,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "integer"}}},
+        }))
+        .options(Kind::Chat)
+        .unwrap();
+        assert_eq!((chat.choices, chat.logprobs, chat.min_tokens, chat.ignore_eos), (Some(2), Some(3), Some(4), true));
+        assert_eq!((chat.presence_penalty, chat.frequency_penalty), (Some(0.5), Some(-0.5)));
+        assert_eq!(chat.logit_bias, vec![(42, -100.0)]);
+        assert_eq!(chat.structure, Some(Structure::JsonSchema(json!({"type": "integer"}))));
+        let completion =
+            common(json!({"model": "m", "logprobs": 2, "best_of": 3, "response_format": {"type": "json_object"}}))
+                .options(Kind::Completion)
+                .unwrap();
+        assert_eq!((completion.choices, completion.logprobs), (Some(3), Some(2)));
+        assert_eq!(completion.structure, Some(Structure::JsonObject));
+        let plain = common(json!({"model": "m", "logprobs": false, "response_format": {"type": "text"}}));
+        let plain = plain.options(Kind::Chat).unwrap();
+        assert_eq!((plain.logprobs, plain.structure), (None, None));
+    }
+
+    #[test]
+    fn best_of_asks_the_engine_for_logprobs_but_reports_them_only_when_asked() {
+        let request = |body: Value| {
+            GenerationRequest::new(
+                Kind::Completion,
+                serde_json::from_value(body).unwrap(),
+                vec![Prompt::Text("x".into())],
+            )
+            .unwrap()
+        };
+        let ranked = request(json!({"model": "m", "n": 1, "best_of": 3}));
+        assert_eq!(
+            (ranked.n, ranked.options.choices, ranked.options.logprobs, ranked.logprobs),
+            (1, Some(3), Some(0), false)
+        );
+        let shown = request(json!({"model": "m", "best_of": 2, "logprobs": 1}));
+        assert_eq!((shown.options.logprobs, shown.logprobs), (Some(1), true));
+    }
+
+    #[test]
+    fn usage_counts_each_prompt_once_and_every_choice() {
+        let choice = |prompt_tokens, completion_tokens| Usage { prompt_tokens, cached_tokens: 8, completion_tokens };
+        let one = request_usage(&[choice(10, 3), choice(10, 4)], 2);
+        assert_eq!(one, Usage { prompt_tokens: 10, cached_tokens: 8, completion_tokens: 7 });
+        let two = request_usage(&[choice(10, 3), choice(10, 4), choice(5, 1), choice(5, 2)], 2);
+        assert_eq!(two, Usage { prompt_tokens: 15, cached_tokens: 16, completion_tokens: 10 });
     }
 
     #[test]
     fn parameters_the_engine_does_not_implement_are_refused_by_name_unless_they_ask_for_the_default() {
         let refused = |body: Value| -> Option<String> {
             let common: Common = serde_json::from_value(body).unwrap();
-            common.options().err().and_then(|e| e.param)
+            common.options(Kind::Chat).err().and_then(|e| e.param)
         };
         for (param, value) in [
-            ("logprobs", json!(true)),
-            ("top_logprobs", json!(3)),
             ("echo", json!(true)),
-            ("response_format", json!({"type": "json_object"})),
             ("tools", json!([{"type": "function"}])),
             ("tool_choice", json!("auto")),
-            ("logit_bias", json!({"50256": -100})),
-            ("presence_penalty", json!(0.5)),
-            ("frequency_penalty", json!(-1)),
-            ("best_of", json!(2)),
             ("suffix", json!("end")),
             ("no_such_thing", json!(1)),
         ] {

@@ -21,6 +21,16 @@ impl Message {
     }
 }
 
+/// `messages` with `text` told to the model first: appended to the opening system message, or
+/// as a system message of its own where the chat does not open with one.
+pub fn instruct(mut messages: Vec<Message>, text: &str) -> Vec<Message> {
+    match messages.first_mut() {
+        Some(first) if first.role == "system" => first.content = format!("{}\n\n{text}", first.content),
+        _ => messages.insert(0, Message::new("system", text)),
+    }
+    messages
+}
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -85,6 +95,14 @@ mod tests {
         let text = template.render(&[Message::new("user", " hi ")], true, "<s>", "</s>").unwrap();
         assert_eq!(text, "<user>hi</s><assistant>");
         assert!(template.render(&[], true, "", "").is_err());
+    }
+
+    #[test]
+    fn instructions_join_the_system_message_or_open_the_chat() {
+        let joined = instruct(vec![Message::new("system", "Be brief."), Message::new("user", "Hi")], "Use JSON.");
+        assert_eq!(joined, [Message::new("system", "Be brief.\n\nUse JSON."), Message::new("user", "Hi")]);
+        let opened = instruct(vec![Message::new("user", "Hi")], "Use JSON.");
+        assert_eq!(opened, [Message::new("system", "Use JSON."), Message::new("user", "Hi")]);
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! model's files ([`TextCodec::from_gguf`], [`TextCodec::from_hf`]).
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file;
 
 use super::chat::{ChatTemplate, Message};
+use super::grammar::Grammars;
 use super::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 
@@ -18,6 +20,8 @@ pub struct TextCodec {
     chat: Option<ChatTemplate>,
     bos: String,
     eos: String,
+    /// The schema compiler for this vocabulary, built on first use ([`Self::grammars`]).
+    grammars: OnceLock<std::result::Result<Grammars, String>>,
 }
 
 impl TextCodec {
@@ -71,7 +75,14 @@ impl TextCodec {
 
     fn new(tokenizer: Tokenizer, chat: Option<ChatTemplate>, bos: String, eos: String) -> Self {
         let longest_token_bytes = tokenizer.longest_token_bytes();
-        Self { tokenizer, longest_token_bytes, chat, bos, eos }
+        Self { tokenizer, longest_token_bytes, chat, bos, eos, grammars: OnceLock::new() }
+    }
+
+    /// The compiler of JSON schemas into token masks for this vocabulary, built on first use
+    /// (it takes a moment); the reason it cannot be built for this model, if so.
+    pub fn grammars(&self) -> Result<&Grammars> {
+        let grammars = self.grammars.get_or_init(|| Grammars::new(&self.tokenizer).map_err(|e| e.to_string()));
+        grammars.as_ref().map_err(|reason| Error::invalid(reason.clone()))
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -262,6 +262,37 @@ impl KvCache {
         table.len
     }
 
+    /// A table for a sequence forked from `table`'s (the other choices of an `n` > 1 request,
+    /// after the prompt): its full blocks shared — a sequence only writes past its full blocks —
+    /// and its partial last block copied into a block of the fork's own. `None` when no block is
+    /// free for that copy.
+    pub fn fork(&mut self, table: &BlockTable) -> Option<BlockTable> {
+        let full = table.len / self.block_size;
+        let partial = !table.len.is_multiple_of(self.block_size);
+        if partial && self.free_blocks() == 0 {
+            return None;
+        }
+        let mut fork = BlockTable {
+            blocks: table.blocks[..full].to_vec(),
+            len: full * self.block_size,
+            published: table.published.min(full),
+        };
+        for &block in &fork.blocks {
+            self.holders[block as usize] += 1;
+        }
+        if partial {
+            let reserved = self.reserve(&mut fork, table.len);
+            debug_assert!(reserved, "a free block was counted; this is a bug");
+            let span = self.shape.kv_heads * self.block_size * self.shape.head_dim;
+            let (from, to) = (table.blocks[full] as usize * span, fork.blocks[full] as usize * span);
+            for layer in self.keys.iter_mut().chain(self.values.iter_mut()) {
+                layer.copy_within(from..from + span, to);
+            }
+            fork.len = table.len;
+        }
+        Some(fork)
+    }
+
     /// Offers `table`'s newly full blocks to the prefix index under their `digests` (those of the
     /// sequence's tokens). A block whose contents are already cached elsewhere stays private.
     pub fn publish(&mut self, table: &mut BlockTable, digests: &[BlockDigest]) {
@@ -517,6 +548,43 @@ mod tests {
         let rows: Vec<QueryRow> = (0..3).map(|position| QueryRow { sequence: 0, position }).collect();
         let out = cache.attend(0, &[&table], &rows, &[0.5; 6], 1);
         assert_eq!(out, vec![1.0, 10.0, 1.5, 15.0, 2.0, 20.0]);
+    }
+
+    #[test]
+    fn a_fork_shares_full_blocks_and_copies_the_partial_one() {
+        // Four 2-token blocks; a 3-token sequence holds one full block and one partial.
+        let mut cache = KvCache::with_budget(SHAPE, 2, 32 * 4);
+        let mut parent = BlockTable::default();
+        assert!(cache.reserve(&mut parent, 3));
+        let rows = [1.0, 10.0, 2.0, 20.0, 3.0, 30.0];
+        cache.write(0, &parent, &rows, &rows);
+        cache.advance(&mut parent, 3);
+        let mut fork = cache.fork(&parent).unwrap();
+        assert_eq!((fork.len(), fork.blocks(), cache.free_blocks()), (3, 2, 1), "one new block, for the copy");
+        assert_eq!(fork.blocks[0], parent.blocks[0]);
+        // Each writes its own fourth token; neither sees the other's.
+        for (table, value) in [(&mut parent, 5.0), (&mut fork, 4.0)] {
+            assert!(cache.reserve(table, 4));
+            cache.write(0, table, &[value, 10.0 * value], &[value, 10.0 * value]);
+            cache.advance(table, 1);
+        }
+        let rows = [QueryRow { sequence: 0, position: 3 }, QueryRow { sequence: 1, position: 3 }];
+        let out = cache.attend(0, &[&parent, &fork], &rows, &[0.0; 4], 1);
+        // Zero queries: each row averages its own sequence's four values.
+        assert_eq!(out, vec![11.0 / 4.0, 110.0 / 4.0, 10.0 / 4.0, 100.0 / 4.0]);
+        let mut whole = cache.fork(&parent).unwrap();
+        assert_eq!(cache.free_blocks(), 1, "a fork at a block boundary copies nothing");
+        for table in [&mut parent, &mut fork, &mut whole] {
+            cache.release(table);
+        }
+        assert_eq!(cache.free_blocks(), 4);
+
+        let mut small = KvCache::with_budget(SHAPE, 2, 32 * 2);
+        let mut parent = BlockTable::default();
+        assert!(small.reserve(&mut parent, 3));
+        small.advance(&mut parent, 3);
+        assert!(small.fork(&parent).is_none(), "no block is free for the copy");
+        assert_eq!(small.free_blocks(), 0, "a failed fork takes nothing");
     }
 
     #[test]

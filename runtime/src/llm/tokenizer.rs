@@ -9,6 +9,7 @@
 //! before the first word (`add_space_prefix` is honoured only when true).
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file;
 use tokenizers::models::bpe::BPE;
@@ -18,6 +19,10 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, PreTokenizerWrapper};
 
 use crate::error::{Error, Result};
+
+/// The byte that marks a special token's spelling ([`Tokenizer::spellings`]): never part of
+/// UTF-8 text.
+pub const SPECIAL_TOKEN_MARKER: u8 = llguidance::toktrie::TokTrie::SPECIAL_TOKEN_MARKER;
 
 /// GGUF token type of control tokens (`<|im_start|>`, `<|endoftext|>`).
 const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -31,6 +36,8 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Vec<u32>,
     add_bos: bool,
+    /// The bytes each token spells, read on first use ([`Self::spellings`]).
+    spellings: OnceLock<std::result::Result<Vec<Vec<u8>>, String>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -51,7 +58,7 @@ impl Tokenizer {
             tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| invalid_tokenizer(format!("tokenizer.json: {e}")))?;
         inner.with_truncation(None).map_err(|e| invalid_tokenizer(format!("tokenizer.json: {e}")))?.with_padding(None);
         let eos = eos.iter().filter_map(|t| inner.token_to_id(t)).collect();
-        Ok(Self { inner, bos: None, eos, add_bos: false })
+        Ok(Self { inner, bos: None, eos, add_bos: false, spellings: OnceLock::new() })
     }
 
     /// Rebuilds the tokenizer described by a GGUF file's metadata.
@@ -115,6 +122,7 @@ impl Tokenizer {
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
             add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(false),
+            spellings: OnceLock::new(),
         })
     }
 
@@ -169,6 +177,26 @@ impl Tokenizer {
     /// given number of tokens can hold.
     pub fn longest_token_bytes(&self) -> usize {
         self.inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1)
+    }
+
+    /// The bytes every token spells, by id: a byte-level token's own bytes (part of a UTF-8
+    /// character, possibly), a special token's text after [`SPECIAL_TOKEN_MARKER`]. Recovered
+    /// from the `tokenizer.json` form by llguidance (the same reading its token trie needs), on
+    /// first use; refused for a tokenizer that is neither byte-level nor byte-fallback.
+    pub fn spellings(&self) -> Result<&[Vec<u8>]> {
+        let spellings = self.spellings.get_or_init(|| {
+            let json: serde_json::Value = serde_json::from_str(&self.to_json().map_err(|e| e.to_string())?)
+                .map_err(|e| format!("the tokenizer's JSON form: {e}"))?;
+            llguidance::token_bytes_from_tokenizer_json(&json).map_err(|e| e.to_string())
+        });
+        spellings.as_deref().map_err(|reason| invalid_tokenizer(format!("cannot read the tokens' bytes: {reason}")))
+    }
+
+    /// The bytes token `id` spells (a special token's text), as OpenAI's `logprobs` report them;
+    /// empty for an id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Result<&[u8]> {
+        let spelling = self.spellings()?.get(id as usize).map_or(&[][..], Vec::as_slice);
+        Ok(spelling.strip_prefix(&[SPECIAL_TOKEN_MARKER]).unwrap_or(spelling))
     }
 
     /// Vocabulary size, special tokens included.

@@ -267,6 +267,57 @@ async fn grpc_generate_and_oip_bytes_give_the_completions_text() {
 }
 
 #[tokio::test]
+async fn completions_take_token_ids_and_lists_of_prompts_and_echo_them() {
+    let Some(harness) = serving_smollm2(|_| {}).await else { return };
+    let greedy = |prompt: Value, extra: Value| {
+        let mut body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 6, "temperature": 0});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let text: Value =
+        post_json(&harness, "/v1/completions", &greedy(json!("The sky is"), json!({}))).await.json().await.unwrap();
+    let expected = text["choices"][0]["text"].as_str().unwrap().to_owned();
+    let prompt_tokens = text["usage"]["prompt_tokens"].as_u64().unwrap();
+    // The same prompt as its token ids (SmolLM2 adds no BOS), alone and in a list with text.
+    let ids = smollm2_tokenizer().encode("The sky is").unwrap();
+    let tokens: Value =
+        post_json(&harness, "/v1/completions", &greedy(json!(ids), json!({}))).await.json().await.unwrap();
+    assert_eq!(tokens["choices"][0]["text"], expected.as_str());
+    let listed = greedy(json!(["The sky is", "Water is"]), json!({"n": 2, "echo": true, "stream": true}));
+    let events = sse_events(post_json(&harness, "/v1/completions", &listed).await).await;
+    let mut texts = vec![String::new(); 4];
+    let mut usage = Value::Null;
+    for event in events.iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        for choice in chunk["choices"].as_array().unwrap() {
+            texts[choice["index"].as_u64().unwrap() as usize].push_str(choice["text"].as_str().unwrap());
+        }
+        usage = chunk.get("usage").cloned().unwrap_or(usage);
+    }
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(texts[..2], [format!("The sky is{expected}"), format!("The sky is{expected}")], "{texts:?}");
+    assert!(texts[2].starts_with("Water is") && texts[2] == texts[3], "{texts:?}");
+    let whole = greedy(json!([ids, ids]), json!({"stream_options": null}));
+    let whole: Value = post_json(&harness, "/v1/completions", &whole).await.json().await.unwrap();
+    assert_eq!(whole["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(whole["choices"][1]["index"], 1);
+    assert_eq!(whole["usage"]["prompt_tokens"].as_u64(), Some(2 * prompt_tokens), "each prompt counted once");
+    assert_eq!(usage, Value::Null, "no usage chunk unasked");
+    let outside = greedy(json!([1, 99_999]), json!({}));
+    let response = post_json(&harness, "/v1/completions", &outside).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("outside this model's vocabulary"), "{error}");
+}
+
+/// SmolLM2's own tokenizer, read from the GGUF file.
+pub fn smollm2_tokenizer() -> lantern_runtime::llm::tokenizer::Tokenizer {
+    let path = lantern_runtime::test_models::smollm2_path().unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut std::fs::File::open(path).unwrap()).unwrap();
+    lantern_runtime::llm::tokenizer::Tokenizer::from_gguf(&content.metadata).unwrap()
+}
+
+#[tokio::test]
 async fn a_client_that_disconnects_mid_stream_frees_its_kv_blocks_at_once() {
     let Some(harness) = serving_smollm2(|_| {}).await else { return };
     let survivor = spawn_chat_stream(&harness, "Count to ten.", 24);
@@ -322,29 +373,41 @@ async fn bad_generation_requests_get_precise_errors_and_streams_keep_going() {
         (json!({"model": MODEL, "prompt": "Hi", "top_p": 1.5}), 400, "top_p"),
         (json!({"model": MODEL, "prompt": ""}), 400, "prompt is empty"),
         (json!({"model": "nope", "prompt": "Hi"}), 404, "nope"),
-        (json!({"model": MODEL, "prompt": "Hi", "n": 3}), 400, "n = 1"),
+        (json!({"model": MODEL, "prompt": "Hi", "n": 0}), 400, "n must be at least 1"),
+        (json!({"model": MODEL, "prompt": "Hi", "n": 100, "max_tokens": 100}), 400, "100 choice(s)"),
+        (json!({"model": MODEL, "prompt": "Hi", "logprobs": 21}), 400, "at most 20"),
+        (json!({"model": MODEL, "prompt": "Hi", "logit_bias": {"999999": 5}}), 400, "outside this model's vocabulary"),
+        (json!({"model": MODEL, "prompt": "Hi", "presence_penalty": 2.5}), 400, "between -2 and 2"),
+        (json!({"model": MODEL, "prompt": "Hi", "best_of": 2, "stream": true}), 400, "cannot be streamed"),
         (json!({"prompt": "Hi"}), 400, "model"),
         // Near the integer limit: refused, not wrapped into a small number (which froze the engine).
         (json!({"model": MODEL, "prompt": "Once", "max_tokens": u64::MAX}), 400, "leaves"),
         (json!({"model": MODEL, "prompt": "Once", "max_tokens": u64::MAX - 3}), 400, "leaves"),
         (json!({"model": MODEL, "prompt": "Hi", "stop": vec!["x"; 1000]}), 400, "at most 16"),
-        (json!({"model": MODEL, "prompt": "Hi", "logprobs": 2}), 400, "\"logprobs\""),
-        (json!({"model": MODEL, "prompt": "Hi", "presence_penalty": 0.5}), 400, "presence_penalty"),
+        (json!({"model": MODEL, "prompt": "Hi", "suffix": "!"}), 400, "fill-in-the-middle"),
+        (json!({"model": MODEL, "prompt": "Hi", "echo": true, "logprobs": 1}), 400, "echo with logprobs"),
+        (json!({"model": MODEL, "prompt": []}), 400, "prompt is empty"),
+        (json!({"model": MODEL, "prompt": vec!["a"; 65], "n": 2}), 400, "at most 128"),
         (json!({"model": MODEL, "prompt": "x".repeat(5 << 20)}), 413, "length limit"),
     ];
     assert_openai_errors(&harness, "/v1/completions", cases.to_vec()).await;
+    let hi = json!([{"role": "user", "content": "Hi"}]);
+    let schema = |schema: Value| json!({"type": "json_schema", "json_schema": {"name": "s", "schema": schema}});
     let chat_cases = [
+        (json!({"model": MODEL, "messages": hi, "tools": [{"type": "function"}]}), 400, "has no name"),
         (
-            json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]}),
+            json!({"model": MODEL, "messages": hi, "tools": [{"type": "function", "function": {"name": "f", "parameters": [1]}}]}),
             400,
-            "tools",
+            "parameters must be a JSON schema",
         ),
         (
-            json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "response_format": {"type": "json_object"}}),
+            json!({"model": MODEL, "messages": hi, "response_format": schema(json!({"type": "object", "not": {"required": ["a"]}}))}),
             400,
-            "response_format",
+            "Unimplemented keys: [\"not\"]",
         ),
-        (json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "logprobs": true}), 400, "logprobs"),
+        (json!({"model": MODEL, "messages": hi, "response_format": {"type": "xml"}}), 400, "unknown variant `xml`"),
+        (json!({"model": MODEL, "messages": hi, "logprobs": true, "top_logprobs": 21}), 400, "at most 20"),
+        (json!({"model": MODEL, "messages": hi, "top_logprobs": 2}), 400, "needs logprobs: true"),
     ];
     assert_openai_errors(&harness, "/v1/chat/completions", chat_cases.to_vec()).await;
     let model: Value =

@@ -51,10 +51,11 @@ async fn tritonclient_talks_to_the_worker_unchanged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openai_library_chats_with_the_worker_streamed_and_not() {
+async fn the_openai_library_chats_with_the_worker_with_every_parameter_honoured() {
     let Some(site) = python_site("openai") else { return };
     let Some(harness) = crate::llm::serving_smollm2(|_| {}).await else { return };
-    let args = vec![harness.server.local_addr().to_string(), crate::llm::MODEL.to_owned()];
+    let eos = crate::llm::smollm2_tokenizer().eos()[0];
+    let args = vec![harness.server.local_addr().to_string(), crate::llm::MODEL.to_owned(), eos.to_string()];
     let report: serde_json::Value = serde_json::from_str(&run_python(site, "openai_check.py", args).await).unwrap();
     assert!(!report["whole"].as_str().unwrap().is_empty(), "{report}");
     assert_eq!(report["streamed"], report["whole"], "greedy: the stream spells the same answer");
@@ -62,4 +63,61 @@ async fn the_openai_library_chats_with_the_worker_streamed_and_not() {
     assert_eq!(report["whole_usage"], report["stream_usage"]);
     assert_eq!(report["completion_tokens"], 4);
     assert_eq!(report["models"], serde_json::json!([crate::llm::MODEL]));
+
+    // Greedy: each chosen token is its own most likely alternative, and the tokens spell the text.
+    let logprobs = report["logprobs"].as_array().unwrap();
+    assert!(!logprobs.is_empty() && logprobs.len() <= 4, "{report}");
+    let mut spelled = Vec::new();
+    for entry in logprobs {
+        let top = entry["top"].as_array().unwrap();
+        assert_eq!(top.len(), 2, "{entry}");
+        assert_eq!(top[0][0], entry["token"], "{entry}");
+        assert_eq!(top[0][1], entry["logprob"], "{entry}");
+        let logprob = entry["logprob"].as_f64().unwrap();
+        assert!(logprob <= 0.0 && top[1][1].as_f64().unwrap() <= logprob, "{entry}");
+        spelled.extend(entry["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8));
+    }
+    assert_eq!(String::from_utf8_lossy(&spelled), report["logprobs_text"].as_str().unwrap());
+    let streamed: Vec<serde_json::Value> =
+        logprobs.iter().map(|e| serde_json::json!([e["token"], e["logprob"]])).collect();
+    assert_eq!(report["streamed_logprobs"], serde_json::json!(streamed), "streamed logprobs are the same");
+    let legacy = &report["legacy"];
+    assert_eq!(legacy["tokens"].as_array().unwrap().len(), 3, "{legacy}");
+    assert_eq!(legacy["text_offset"][0], 0, "{legacy}");
+    assert!(legacy["top_logprobs"].as_array().unwrap().iter().all(|top| top.as_object().unwrap().len() == 2));
+
+    // n choices, each indexed, whole and streamed; best_of answers one choice and counts all.
+    let many = report["many"].as_array().unwrap();
+    assert_eq!(many.iter().map(|c| c[0].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2], "{report}");
+    assert!(report["many_usage"].as_u64().unwrap() > 6, "three choices' tokens: {report}");
+    assert_eq!(report["many_streamed"].as_object().unwrap().len(), 2, "{report}");
+    assert_eq!(report["best"][1], serde_json::Value::Null, "best_of's logprobs are not reported unasked");
+    assert!(report["best"][2].as_u64().unwrap() > 4, "{report}");
+
+    // Structured output is JSON matching the schema.
+    let person: serde_json::Value = serde_json::from_str(report["structured"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {report}"));
+    let fields: Vec<&String> = person.as_object().unwrap().keys().collect();
+    assert_eq!(fields, ["name", "age"], "{person}");
+    assert!(person["name"].is_string() && person["age"].is_i64(), "{person}");
+    assert!(report["json_object"].as_str().unwrap().starts_with('{'), "{report}");
+
+    // Required and named tool calls are calls of the function with arguments matching its schema.
+    let called = &report["called"];
+    assert_eq!((&called[0], &called[1], &called[2]), (&"tool_calls".into(), &"function".into(), &"get_weather".into()));
+    assert!(called[4].as_str().unwrap().starts_with("call_"), "{called}");
+    let streamed = &report["streamed_call"];
+    assert_eq!((&streamed[0], &streamed[1]), (&"tool_calls".into(), &"get_weather".into()), "{streamed}");
+    for arguments in [&called[3], &streamed[2]] {
+        let arguments: serde_json::Value = serde_json::from_str(arguments.as_str().unwrap()).unwrap();
+        assert!(arguments["city"].is_string() && arguments.as_object().unwrap().len() == 1, "{arguments}");
+    }
+    assert!(["stop", "length", "tool_calls"].contains(&report["answered"].as_str().unwrap()), "{report}");
+
+    // The biased end-of-sequence token ends the answer at once, after min_tokens, or never.
+    assert_eq!(report["ends_now"], serde_json::json!(["stop", 1]));
+    assert_eq!(report["ends_later"], serde_json::json!(["stop", 4]));
+    assert_eq!(report["never_ends"], serde_json::json!(["length", 5]));
+    let [plain, penalized] = [&report["repeating"][0], &report["repeating"][1]];
+    assert_ne!(plain, penalized, "penalties steer away from what was generated: {report}");
 }
