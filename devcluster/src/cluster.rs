@@ -21,6 +21,8 @@ pub struct Cluster {
     pub service_range: crate::network::Range,
     /// Held while a Service's cluster IP is chosen and stored, so that no two get the same.
     pub(crate) service_ips: Mutex<()>,
+    /// Lists read page by page (`limit`, `continue`).
+    pub pages: crate::api::pages::Pages,
 }
 
 impl Cluster {
@@ -32,6 +34,7 @@ impl Cluster {
             state_dir,
             service_range,
             service_ips: Mutex::new(()),
+            pages: Default::default(),
         });
         let namespaces = cluster.registry.find("", "v1", "namespaces").expect("namespaces are built in");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {

@@ -21,7 +21,7 @@ pub struct PrinterColumn {
     pub description: String,
 }
 
-/// Where a CRD's scale subresource reads and writes.
+/// Where a scale subresource reads and writes: a CRD's declared paths, or a Deployment's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScalePaths {
     pub spec_replicas: String,
@@ -173,7 +173,12 @@ fn builtin_type(group: &str, version: &str, builtin: &Builtin) -> ResourceType {
             Vec::new()
         },
         status,
-        scale: None,
+        // `kubectl scale deployment` and clients' `*_scale` calls: a Scale over `spec.replicas`.
+        scale: matches!(plural, "deployments" | "replicasets").then(|| ScalePaths {
+            spec_replicas: ".spec.replicas".into(),
+            status_replicas: ".status.replicas".into(),
+            label_selector: Some(".spec.selector".into()),
+        }),
         log: plural == "pods",
         schema: None,
         columns: Vec::new(),

@@ -330,3 +330,37 @@ async fn concurrent_patches_without_a_resource_version_all_land() {
     assert_eq!(shared.data.unwrap_or_default().len(), 100);
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_paged_list_is_one_consistent_snapshot_and_a_watch_can_ask_for_table_rows() {
+    let (cluster, client, _state) = start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for name in ["a", "b", "c"] {
+        maps.create(&PostParams::default(), &config_map(name, &[("set", "x")], &[])).await.unwrap();
+    }
+    let first = maps.list(&ListParams::default().labels("set=x").limit(2)).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert_eq!(first.metadata.remaining_item_count, Some(1));
+    let token = first.metadata.continue_.clone().unwrap();
+    // Written after the first page: not in the second, which comes from the same reading.
+    maps.create(&PostParams::default(), &config_map("d", &[("set", "x")], &[])).await.unwrap();
+    let second = maps.list(&ListParams::default().labels("set=x").limit(2).continue_token(&token)).await.unwrap();
+    let names: Vec<String> = second.items.iter().filter_map(|m| m.metadata.name.clone()).collect();
+    assert_eq!(names, ["c"]);
+    assert_eq!(second.metadata.continue_, None);
+    assert_eq!(second.metadata.resource_version, first.metadata.resource_version);
+    let gone = maps.list(&ListParams::default().labels("set=x").limit(2).continue_token(&token)).await.unwrap_err();
+    assert_eq!(error_code(gone), (410, "Expired".into()), "a used-up token is expired");
+
+    // A watch asked for tables sends each object as a one-row table with its columns.
+    let url = format!("{}/api/v1/namespaces/default/configmaps?watch=true&labelSelector=set%3Dx", cluster.url());
+    let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    let mut response = reqwest::Client::new().get(url).header("accept", table).send().await.unwrap();
+    let chunk = response.chunk().await.unwrap().unwrap();
+    let first_line = std::str::from_utf8(&chunk).unwrap().lines().next().unwrap().to_owned();
+    let event: serde_json::Value = serde_json::from_str(&first_line).unwrap();
+    assert_eq!((event["type"].as_str(), event["object"]["kind"].as_str()), (Some("ADDED"), Some("Table")), "{event}");
+    assert_eq!(event["object"]["rows"].as_array().unwrap().len(), 1);
+    assert!(!event["object"]["columnDefinitions"].as_array().unwrap().is_empty());
+    cluster.stop().await.unwrap();
+}

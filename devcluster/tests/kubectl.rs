@@ -319,6 +319,31 @@ async fn deployments_roll_out_with_kubectl_and_imperative_creates_work() {
     assert!(ok && out.contains("secret/token created"), "{out}{err}");
     let (_, out, _) = kubectl(&cluster, &["get", "secret", "token", "-o", "jsonpath={.data.key}"]).await;
     assert_eq!(out, "czNjcmV0");
+
+    // The scale subresource, answers to `auth`, trailing-slash discovery and paged lists.
+    let (ok, out, err) = kubectl(&cluster, &["scale", "deployment", "web", "--replicas=3"]).await;
+    assert!(ok && out.contains("deployment.apps/web scaled"), "{out}{err}");
+    let (_, scale, _) =
+        kubectl(&cluster, &["get", "--raw", "/apis/apps/v1/namespaces/default/deployments/web/scale"]).await;
+    let scale: serde_json::Value = serde_json::from_str(&scale).unwrap();
+    assert_eq!((scale["kind"].as_str(), scale["spec"]["replicas"].as_i64()), (Some("Scale"), Some(3)), "{scale}");
+    assert_eq!(scale["status"]["selector"], "app=web");
+    let (ok, out, err) = kubectl(&cluster, &["auth", "can-i", "delete", "deployments"]).await;
+    assert!(ok && out.trim() == "yes", "{out}{err}");
+    let (ok, out, err) = kubectl(&cluster, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]).await;
+    assert!(ok && out == "lantern-devcluster", "{out}{err}");
+    for path in ["/api/", "/apis/", "/version/", "/api/v1/"] {
+        let (ok, out, err) = kubectl(&cluster, &["get", "--raw", path]).await;
+        assert!(ok && out.starts_with('{'), "{path}: {out}{err}");
+    }
+    for _ in 0..100 {
+        if kubectl(&cluster, &["get", "pods", "-l", "app=web", "-o", "name"]).await.1.lines().count() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (ok, out, err) = kubectl(&cluster, &["get", "pods", "-l", "app=web", "-o", "name", "--chunk-size=1"]).await;
+    assert!(ok && out.lines().count() == 3, "pages of one pod each, all three: {out}{err}");
     let (ok, _, err) = kubectl(&cluster, &["delete", "deployment", "web"]).await;
     assert!(ok, "{err}");
     cluster.stop().await.unwrap();

@@ -7,8 +7,10 @@ pub mod gc;
 mod logs;
 mod openapi;
 mod ownership;
+pub mod pages;
 mod patch;
 mod protobuf;
+mod reviews;
 mod scale;
 mod table;
 mod watch;
@@ -33,9 +35,13 @@ use crate::store::{Expect, ObjectKey, StoreError, resource_version};
 
 pub fn router(cluster: Arc<Cluster>) -> Router {
     Router::new()
+        // With and without the trailing slash the official Python client's discovery adds.
         .route("/version", get(|| async { Json(discovery::version()) }))
+        .route("/version/", get(|| async { Json(discovery::version()) }))
         .route("/api", get(|| async { Json(discovery::core_versions()) }))
+        .route("/api/", get(|| async { Json(discovery::core_versions()) }))
         .route("/apis", get(|State(c): State<Arc<Cluster>>| async move { Json(discovery::groups(&c.registry)) }))
+        .route("/apis/", get(|State(c): State<Arc<Cluster>>| async move { Json(discovery::groups(&c.registry)) }))
         .route("/openapi/v3", get(|State(c): State<Arc<Cluster>>| async move { Json(openapi::root(&c.registry)) }))
         .route("/openapi/v3/{*path}", get(openapi_document))
         .route("/healthz", get(|| async { "ok" }))
@@ -99,6 +105,10 @@ pub struct Params {
     follow: Option<bool>,
     tail_lines: Option<i64>,
     limit_bytes: Option<u64>,
+    /// A list's page size, and the token of the page to read (`continue`).
+    limit: Option<usize>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
 }
 
 /// Either discovery under a group-version or a resource path.
@@ -141,6 +151,10 @@ async fn handle(
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Err(ApiError::no_route(uri.path())),
     };
+    if let Some(kind) = reviews::kind(group, version, rest) {
+        let question = (!is_protobuf(headers)).then(|| parse_body(headers, &body));
+        return reviews::answer(group, kind, method, question);
+    }
     if rest.is_empty() {
         return discovery::resources(&cluster.registry, group, version)
             .map(|r| Json(r).into_response())
@@ -152,7 +166,9 @@ async fn handle(
     }
     let watching = params.watch.as_deref().is_some_and(|w| w == "true" || w == "1");
     match (method.clone(), &target.name, watching) {
-        (Method::GET, None, true) => watch::serve(cluster.clone(), &target.rtype, target.namespace.clone(), params),
+        (Method::GET, None, true) => {
+            watch::serve(cluster.clone(), &target.rtype, target.namespace.clone(), params, as_table(headers))
+        }
         (Method::GET, None, false) => {
             let listed = list(cluster, &target, params)?;
             match as_table(headers) {
@@ -236,6 +252,12 @@ fn as_table(headers: &HeaderMap) -> bool {
     headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(table::wanted)
 }
 
+/// Whether the request body is protobuf.
+fn is_protobuf(headers: &HeaderMap) -> bool {
+    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    content_type.split(';').next().unwrap_or_default().trim() == protobuf::MEDIA_TYPE
+}
+
 /// A JSON, YAML or (for ConfigMaps and Secrets) protobuf request body.
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let content_type =
@@ -273,17 +295,41 @@ fn selectors(params: &Params) -> ApiResult<(LabelSelector, FieldSelector)> {
 
 fn list(cluster: &Cluster, target: &Target, params: &Params) -> ApiResult<Value> {
     let (labels, fields) = selectors(params)?;
-    let (objects, revision) = cluster.store.list(&target.rtype.key(), target.namespace.as_deref());
-    let items: Vec<Value> = objects
-        .into_iter()
-        .map(|(_, object)| with_type(&target.rtype, object))
-        .filter(|o| labels.matches(o) && fields.matches(o))
-        .collect();
+    // What a continue token may be used for: the same resource, namespace and selectors.
+    let query = format!(
+        "{:?} {:?} {:?} {:?}",
+        target.rtype.key(),
+        target.namespace,
+        params.label_selector,
+        params.field_selector
+    );
+    let now = std::time::Instant::now();
+    let limit = params.limit.filter(|&limit| limit > 0);
+    let page = match &params.continue_token {
+        Some(token) => cluster.pages.next(&query, token, limit, now)?,
+        None => {
+            let (objects, revision) = cluster.store.list(&target.rtype.key(), target.namespace.as_deref());
+            let items: Vec<Value> = objects
+                .into_iter()
+                .map(|(_, object)| with_type(&target.rtype, object))
+                .filter(|o| labels.matches(o) && fields.matches(o))
+                .collect();
+            match limit {
+                Some(limit) => cluster.pages.first(&query, items, revision, limit, now),
+                None => pages::Page { items, revision, next: None },
+            }
+        }
+    };
+    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+    if let Some((token, remaining)) = page.next {
+        metadata["continue"] = token.into();
+        metadata["remainingItemCount"] = remaining.into();
+    }
     Ok(json!({
         "kind": format!("{}List", target.rtype.kind),
         "apiVersion": target.rtype.api_version(),
-        "metadata": {"resourceVersion": revision.to_string()},
-        "items": items,
+        "metadata": metadata,
+        "items": page.items,
     }))
 }
 

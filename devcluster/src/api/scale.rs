@@ -1,6 +1,7 @@
-//! The `scale` subresource of a CRD that declares one: an `autoscaling/v1` `Scale` read from and
-//! written to the paths the CRD names (`specReplicasPath`, `statusReplicasPath`,
-//! `labelSelectorPath`), so `kubectl scale` and HPA-style clients work.
+//! The `scale` subresource of Deployments, ReplicaSets and a CRD that declares one: an
+//! `autoscaling/v1` `Scale` read from and written to `spec.replicas` or the paths the CRD names
+//! (`specReplicasPath`, `statusReplicasPath`, `labelSelectorPath`), so `kubectl scale` and
+//! HPA-style clients work.
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
@@ -76,9 +77,37 @@ fn scale_of(object: &Value, paths: &ScalePaths) -> Value {
         "status": {"replicas": json_path(object, &paths.status_replicas).unwrap_or(json!(0))},
     });
     if let Some(selector) = paths.label_selector.as_deref().and_then(|p| json_path(object, p)) {
-        scale["status"]["selector"] = selector;
+        scale["status"]["selector"] = selector_string(selector);
     }
     scale
+}
+
+/// A Scale's `status.selector`: a string as the CRD keeps it, or a Deployment's `LabelSelector`
+/// written the way the apiserver writes it (`app=web,tier=front`, then `key in (a,b)`,
+/// `key notin (a)`, `key`, `!key`).
+fn selector_string(selector: Value) -> Value {
+    if selector.is_string() {
+        return selector;
+    }
+    let mut terms: Vec<String> = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+        .collect();
+    terms.sort();
+    for expression in selector["matchExpressions"].as_array().into_iter().flatten() {
+        let key = expression["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> =
+            expression["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        terms.push(match expression["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "DoesNotExist" => format!("!{key}"),
+            _ => key.to_owned(),
+        });
+    }
+    Value::String(terms.join(","))
 }
 
 /// Sets `.a.b.c` in `object`, creating the objects on the way.
@@ -110,6 +139,12 @@ mod tests {
         let scale = scale_of(&object, &paths);
         assert_eq!((scale["spec"]["replicas"].as_i64(), scale["status"]["replicas"].as_i64()), (Some(2), Some(1)));
         assert_eq!(scale["status"]["selector"], "job=j");
+        let deployment = json!({"spec": {"replicas": 3, "selector": {
+            "matchLabels": {"tier": "front", "app": "web"},
+            "matchExpressions": [{"key": "env", "operator": "In", "values": ["a", "b"]}, {"key": "old", "operator": "DoesNotExist"}],
+        }}});
+        let paths = ScalePaths { label_selector: Some(".spec.selector".into()), ..paths.clone() };
+        assert_eq!(scale_of(&deployment, &paths)["status"]["selector"], "app=web,tier=front,env in (a,b),!old");
         set_path(&mut object, ".spec.workers", json!(5));
         set_path(&mut object, ".spec.nested.count", json!(1));
         assert_eq!(

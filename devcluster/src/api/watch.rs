@@ -3,7 +3,8 @@
 //! replayed (410 Gone when the history no longer has them). Label and field selectors apply to
 //! both the object before and after a change, so an object that stops matching is seen DELETED
 //! and one that starts matching ADDED. Bookmarks, when allowed, carry the current revision; the
-//! stream ends after `timeoutSeconds`.
+//! stream ends after `timeoutSeconds`. A watch that accepts `as=Table` gets each object as a
+//! one-row table with its columns, as the apiserver sends `kubectl get -w`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +26,15 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How often a watch that allows bookmarks gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Which changes a watch passes on.
+/// Which changes a watch passes on, and how.
 struct Filter {
     rtype: ResourceType,
     namespace: Option<String>,
     labels: LabelSelector,
     fields: FieldSelector,
+    /// Each event's object as a one-row `Table` (`kubectl get -w` asks so, to keep its columns),
+    /// embedding the object as `includeObject` says.
+    table: Option<Option<String>>,
 }
 
 impl Filter {
@@ -55,7 +59,19 @@ impl Filter {
             (ChangeKind::Deleted, _, true) => ChangeKind::Deleted,
             _ => return None,
         };
-        Some(json!({"type": kind.as_str(), "object": with_type(&self.rtype, change.object.clone())}))
+        Some(self.event_of(kind.as_str(), with_type(&self.rtype, change.object.clone())))
+    }
+
+    /// An event of `kind` for `object`, as a table row where the watch asked for tables.
+    fn event_of(&self, kind: &str, object: Value) -> Value {
+        let object = match &self.table {
+            None => object,
+            Some(include) => {
+                let revision = object["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned();
+                super::table::render(&self.rtype, &[object], &revision, include.as_deref(), jiff::Timestamp::now())
+            }
+        };
+        json!({"type": kind, "object": object})
     }
 }
 
@@ -65,9 +81,11 @@ pub fn serve(
     rtype: &ResourceType,
     namespace: Option<String>,
     params: &Params,
+    as_table: bool,
 ) -> ApiResult<Response> {
     let (labels, fields) = selectors(params)?;
-    let filter = Filter { rtype: rtype.clone(), namespace, labels, fields };
+    let table = as_table.then(|| params.include_object.clone());
+    let filter = Filter { rtype: rtype.clone(), namespace, labels, fields, table };
     let requested = params.resource_version.as_deref().unwrap_or_default();
     let mut initial = Vec::new();
     let from = match requested {
@@ -76,7 +94,7 @@ pub fn serve(
             for (_, object) in objects {
                 let object = with_type(rtype, object);
                 if filter.matches(&object) {
-                    initial.push(json!({"type": "ADDED", "object": object}));
+                    initial.push(filter.event_of("ADDED", object));
                 }
             }
             revision
