@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the stock clients users already run into the git-ignored .cache/python/site,
-# idempotently: tritonclient[grpc] (Open Inference Protocol, with grpcio and numpy), openai, and
+# idempotently: tritonclient[grpc] (Open Inference Protocol, with grpcio and numpy), openai, the
+# kserve SDK (its REST client sends binary tensor data; its gRPC client string parameters), the
+# official kubernetes client (the devcluster's conformance), and
 # moto's S3 server with boto3, and azure-storage-blob (the object stores remote repositories are
 # tested against: moto, and azurite from scripts/install-azurite.sh), bcrypt (the password
 # file of the registry that tests credentials) and cryptography (the certificate and signed
@@ -11,14 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 site=.cache/python/site
-stamp=$site/.lantern-installed-v6
+stamp=$site/.lantern-installed-v7
 if [ -f "$stamp" ]; then
   exit 0
 fi
 python=$(command -v python3 || command -v python)
 rm -rf "$site"
 mkdir -p "$site"
-"$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$site" 'tritonclient[grpc]>=2.40' 'openai>=1.40' \
+"$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$site" 'tritonclient[grpc]>=2.40' 'openai>=1.40' 'kserve>=0.15' 'kubernetes>=30' \
   'moto[server]>=5.1' 'boto3>=1.34' 'azure-storage-blob>=12.19' 'bcrypt>=4' 'cryptography>=42'
 touch "$stamp"
-echo "installed tritonclient, openai, moto, boto3, azure-storage-blob, bcrypt and cryptography into $site"
+echo "installed tritonclient, openai, kserve, kubernetes, moto, boto3, azure-storage-blob, bcrypt and cryptography into $site"

@@ -42,7 +42,11 @@ pub fn prepare_create(rtype: &ResourceType, namespace: Option<&str>, mut body: V
     if rtype.status
         && let Some(object) = body.as_object_mut()
     {
-        object.remove("status");
+        // A built-in kind's status is a struct, written `{}` until its controller fills it in.
+        match rtype.builtin {
+            true => object.insert("status".into(), json!({})),
+            false => object.remove("status"),
+        };
     }
     validate_name(rtype, &body)?;
     Ok(body)

@@ -93,8 +93,8 @@ async fn status_is_a_separate_subresource_and_finalizers_hold_deletion() {
     }))
     .unwrap();
     let created = services.create(&PostParams::default(), &service).await.unwrap();
-    assert!(created.status.is_none(), "a create does not set the status");
     let ingress = |s: Service| s.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).map(|i| i[0].ip.clone());
+    assert_eq!(ingress(created), None, "a create does not set the status");
     let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.5"}]}}});
     services.patch_status("s", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
     let spec_patch =

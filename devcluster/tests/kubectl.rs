@@ -348,3 +348,34 @@ async fn deployments_roll_out_with_kubectl_and_imperative_creates_work() {
     assert!(ok, "{err}");
     cluster.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_official_python_client_discovers_scales_pages_and_asks_for_access() {
+    let site = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/python/site");
+    if !site.join("kubernetes").is_dir() {
+        eprintln!(
+            "SKIPPED: the kubernetes client is not installed; run scripts/setup-test-deps.sh (the test command does)"
+        );
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let cluster = DevCluster::start(Options::new(state.path()).image("busybox", "/bin/sh")).await.unwrap();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kubernetes_check.py");
+    let kubeconfig = cluster.kubeconfig().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3").arg(script).arg(kubeconfig).env("PYTHONPATH", site).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the kubernetes client failed:\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["versions"], serde_json::json!(["v1"]));
+    assert!(report["groups"].as_array().unwrap().contains(&"apps".into()), "{report}");
+    assert!(report["version"].as_str().unwrap().starts_with("v1."), "{report}");
+    assert_eq!(report["created_status"], true, "a created Deployment carries status");
+    assert_eq!(report["scale"], serde_json::json!([3, "app=py"]));
+    assert_eq!(report["pages"], serde_json::json!([["page-a", "page-b"], ["page-c"]]));
+    assert_eq!(report["allowed"], true);
+    cluster.stop().await.unwrap();
+}

@@ -60,7 +60,7 @@ use lantern_runtime::repository::Manifest;
 /// Name in server metadata.
 pub const SERVER_NAME: &str = "lantern";
 /// OIP extensions this server implements.
-pub const SERVER_EXTENSIONS: &[&str] = &["model_repository"];
+pub const SERVER_EXTENSIONS: &[&str] = &["model_repository", "binary_tensor_data"];
 /// Header (gRPC metadata or HTTP) carrying a sticky routing key.
 pub const ROUTING_KEY_HEADER: &str = "x-lantern-routing-key";
 /// Request parameter carrying a sticky routing key, as an alternative to the header.

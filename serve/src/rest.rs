@@ -202,12 +202,39 @@ struct JsonTensor {
     name: String,
     shape: Vec<i64>,
     datatype: String,
+    /// Absent where the tensor travels as binary data.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     data: Value,
+    /// `binary_data_size`: the tensor's bytes follow the JSON header.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    parameters: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
 struct JsonRequestedOutput {
     name: String,
+    /// `binary_data: true` asks for the output as binary data.
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+}
+
+/// The header of the binary tensor data extension: the JSON part's length; the tensors' bytes
+/// follow it in the body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+/// The request parameter that asks for every output as binary data.
+const BINARY_DATA_OUTPUT: &str = "binary_data_output";
+
+/// Which outputs a request wants as binary data.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BinaryOutputs {
+    all: bool,
+    named: Vec<String>,
+}
+
+impl BinaryOutputs {
+    fn wants(&self, name: &str) -> bool {
+        self.all || self.named.iter().any(|n| n == name)
+    }
 }
 
 async fn model_infer(
@@ -215,7 +242,7 @@ async fn model_infer(
     Path(model): Path<String>,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     infer(&app, model, "", &headers, body?).await
 }
 
@@ -224,44 +251,140 @@ async fn version_infer(
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     infer(&app, model, &version, &headers, body?).await
 }
 
-/// Decodes a JSON infer body (`{"id", "inputs", "outputs", "parameters"}`) into its `id` and
-/// the protocol-neutral request, every tensor checked against its shape and datatype.
-pub fn decode_infer_body(body: &[u8]) -> Result<(Option<String>, InferRequest)> {
-    let body: JsonInferRequest =
-        serde_json::from_slice(body).map_err(|e| Error::invalid(format!("invalid request body: {e}")))?;
-    let inputs = body.inputs.into_iter().map(tensor_from_json).collect::<Result<_>>()?;
+/// A decoded infer body: its `id`, the protocol-neutral request, and which outputs go back as
+/// binary data.
+pub type DecodedBody = (Option<String>, InferRequest, BinaryOutputs);
+
+/// Decodes an infer body (`{"id", "inputs", "outputs", "parameters"}`) into the
+/// protocol-neutral request, every tensor checked against its shape and datatype. With
+/// `header_length` (the binary tensor data extension's header) the JSON is that many leading
+/// bytes, and each input that declares `binary_data_size` takes that many of the bytes after
+/// it, in order; the sizes must add up to exactly what follows.
+pub fn decode_infer_body(body: &[u8], header_length: Option<usize>) -> Result<DecodedBody> {
+    let (header, mut binary) = match header_length {
+        None => (body, &[][..]),
+        Some(length) if length <= body.len() => body.split_at(length),
+        Some(length) => {
+            return Err(Error::invalid(format!("{HEADER_LENGTH} is {length} but the body has {} bytes", body.len())));
+        }
+    };
+    let mut body: JsonInferRequest =
+        serde_json::from_slice(header).map_err(|e| Error::invalid(format!("invalid request body: {e}")))?;
+    let mut inputs = Vec::with_capacity(body.inputs.len());
+    for input in body.inputs {
+        let size = match input.parameters.get("binary_data_size") {
+            None => None,
+            Some(size) => Some(size.as_u64().ok_or_else(|| {
+                Error::invalid(format!("input {:?}: binary_data_size must be a byte count, got {size}", input.name))
+            })?),
+        };
+        inputs.push(match size {
+            None => tensor_from_json(input)?,
+            Some(_) if header_length.is_none() => {
+                return Err(Error::invalid(format!(
+                    "input {:?} declares binary_data_size but the request has no {HEADER_LENGTH} header",
+                    input.name
+                )));
+            }
+            Some(size) => {
+                let size = usize::try_from(size).ok().filter(|&s| s <= binary.len()).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "input {:?} declares binary_data_size {size} but {} bytes of binary data remain",
+                        input.name,
+                        binary.len()
+                    ))
+                })?;
+                let (bytes, rest) = binary.split_at(size);
+                binary = rest;
+                tensor_from_binary(input, bytes)?
+            }
+        });
+    }
+    if !binary.is_empty() {
+        return Err(Error::invalid(format!("{} bytes of binary data belong to no input", binary.len())));
+    }
+    let all = match body.parameters.remove(BINARY_DATA_OUTPUT) {
+        None => false,
+        Some(Value::Bool(all)) => all,
+        Some(other) => return Err(Error::invalid(format!("{BINARY_DATA_OUTPUT} must be a boolean, got {other}"))),
+    };
+    let named = body.outputs.iter().filter(|o| o.parameters.get("binary_data") == Some(&Value::Bool(true)));
+    let binary_outputs = BinaryOutputs { all, named: named.map(|o| o.name.clone()).collect() };
     let outputs = body.outputs.into_iter().map(|o| o.name).collect();
-    Ok((body.id, InferRequest { inputs, outputs, parameters: body.parameters }))
+    Ok((body.id, InferRequest { inputs, outputs, parameters: body.parameters }, binary_outputs))
+}
+
+/// The value of the binary data extension's header, if the request has one.
+fn header_length(headers: &HeaderMap) -> Result<Option<usize>> {
+    let Some(value) = headers.get(HEADER_LENGTH) else { return Ok(None) };
+    let length = value.to_str().ok().and_then(|v| v.trim().parse().ok());
+    length.map(Some).ok_or_else(|| Error::invalid(format!("{HEADER_LENGTH} must be a byte count, got {value:?}")))
 }
 
 /// [`decode_infer_body`] on the blocking pool: a body of many megabytes takes a while, and must
 /// not hold up the runtime's threads (health checks included).
-async fn parse_infer_body(body: Bytes) -> ApiResult<(Option<String>, InferRequest)> {
-    let parsed = tokio::task::spawn_blocking(move || decode_infer_body(&body));
+async fn parse_infer_body(body: Bytes, header_length: Option<usize>) -> ApiResult<DecodedBody> {
+    let parsed = tokio::task::spawn_blocking(move || decode_infer_body(&body, header_length));
     Ok(parsed.await.map_err(|e| Error::Shutdown(format!("parsing the request body failed: {e}")))??)
 }
 
-async fn infer(
-    app: &AppState,
-    model: String,
-    version: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
+async fn infer(app: &AppState, model: String, version: &str, headers: &HeaderMap, body: Bytes) -> ApiResult<Response> {
     let target = Target::parse(version)?;
     let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
-    let (id, request) = parse_infer_body(body).await?;
+    let (id, request, binary_outputs) = parse_infer_body(body, header_length(headers)?).await?;
     let response = dispatch::infer(&app.manager, &model, &target, routing_key, request).await?;
-    let outputs: Vec<JsonTensor> = response.outputs.into_iter().map(tensor_to_json).collect();
+    let mut binary = Vec::new();
+    let outputs: Vec<JsonTensor> = response
+        .outputs
+        .into_iter()
+        .map(|tensor| match binary_outputs.wants(&tensor.name) {
+            true => {
+                let bytes = tensor.to_raw();
+                let parameters = serde_json::Map::from_iter([("binary_data_size".to_owned(), json!(bytes.len()))]);
+                binary.extend(bytes);
+                let datatype = tensor.datatype.as_str().into();
+                JsonTensor { name: tensor.name, shape: tensor.shape, datatype, data: Value::Null, parameters }
+            }
+            false => tensor_to_json(tensor),
+        })
+        .collect();
     let mut answer = json!({"model_name": model, "model_version": response.version.to_string(), "outputs": outputs});
     if let Some(id) = id {
         answer["id"] = id.into();
     }
-    Ok(Json(answer))
+    if binary.is_empty() {
+        return Ok(Json(answer).into_response());
+    }
+    let mut body = answer.to_string().into_bytes();
+    let length = body.len();
+    body.extend(binary);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (HEADER_LENGTH.parse().expect("a valid header name"), length.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// A tensor whose values came as binary data: little-endian, row-major, BYTES elements each
+/// after its 4-byte length (the same layout as gRPC's `raw_input_contents`).
+fn tensor_from_binary(tensor: JsonTensor, bytes: &[u8]) -> Result<Tensor> {
+    let name = tensor.name;
+    let datatype: DataType = tensor
+        .datatype
+        .parse()
+        .map_err(|_| Error::invalid(format!("input {name:?} has unknown datatype {:?}", tensor.datatype)))?;
+    if !tensor.data.is_null() {
+        return Err(Error::invalid(format!("input {name:?} has both data and binary_data_size; send one")));
+    }
+    let values = lantern_runtime::tensor::decode_raw(&name, datatype, &tensor.shape, bytes)?;
+    Ok(Tensor::new(name, datatype, tensor.shape, values)?)
 }
 
 /// Parses a JSON tensor; `data` may be flat or nested row-major.
@@ -336,7 +459,8 @@ fn tensor_to_json(tensor: Tensor) -> JsonTensor {
         Values::F64(v) => json!(v),
         Values::Bytes(v) => json!(v.iter().map(|b| String::from_utf8_lossy(b)).collect::<Vec<_>>()),
     };
-    JsonTensor { name: tensor.name, shape: tensor.shape, datatype: tensor.datatype.as_str().into(), data }
+    let datatype = tensor.datatype.as_str().into();
+    JsonTensor { name: tensor.name, shape: tensor.shape, datatype, data, parameters: Default::default() }
 }
 
 #[cfg(test)]
@@ -344,7 +468,46 @@ mod tests {
     use super::*;
 
     fn parse(datatype: &str, shape: Vec<i64>, data: Value) -> Result<Tensor> {
-        tensor_from_json(JsonTensor { name: "x".into(), shape, datatype: datatype.into(), data })
+        tensor_from_json(JsonTensor {
+            name: "x".into(),
+            shape,
+            datatype: datatype.into(),
+            data,
+            parameters: Default::default(),
+        })
+    }
+
+    #[test]
+    fn binary_inputs_take_their_declared_bytes_in_order_and_the_sizes_must_add_up() {
+        let header = json!({
+            "inputs": [
+                {"name": "a", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+                {"name": "b", "shape": [1], "datatype": "INT32", "data": [7]},
+                {"name": "c", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}},
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": true}}],
+            "parameters": {"binary_data_output": false, "temperature": 0.5},
+        })
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend(1.5f32.to_le_bytes());
+        body.extend((-2.0f32).to_le_bytes());
+        body.extend(2u32.to_le_bytes());
+        body.extend(b"hi");
+        let (_, request, binary) = decode_infer_body(&body, Some(header.len())).unwrap();
+        assert_eq!(request.inputs[0].values, Values::F32(vec![1.5, -2.0]));
+        assert_eq!(request.inputs[1].values, Values::Int(vec![7]));
+        assert_eq!(request.inputs[2].values, Values::Bytes(vec![b"hi".to_vec()]));
+        assert!(binary.wants("y") && !binary.wants("z"));
+        assert!(!request.parameters.contains_key(BINARY_DATA_OUTPUT) && request.parameters.contains_key("temperature"));
+
+        let refused = |body: &[u8], length: Option<usize>| decode_infer_body(body, length).unwrap_err().to_string();
+        assert!(refused(&body[..body.len() - 1], Some(header.len())).contains("binary_data_size 6 but 5 bytes"));
+        let mut longer = body.clone();
+        longer.push(0);
+        assert!(refused(&longer, Some(header.len())).contains("1 bytes of binary data belong to no input"));
+        assert!(refused(&body, Some(body.len() + 1)).contains("but the body has"));
+        assert!(refused(header.as_bytes(), None).contains("no inference-header-content-length header"));
     }
 
     #[test]

@@ -152,7 +152,7 @@ async fn handle(
         _ => return Err(ApiError::no_route(uri.path())),
     };
     if let Some(kind) = reviews::kind(group, version, rest) {
-        let question = (!is_protobuf(headers)).then(|| parse_body(headers, &body));
+        let question = (!protobuf::is_protobuf(&body)).then(|| parse_body(headers, &body));
         return reviews::answer(group, kind, method, question);
     }
     if rest.is_empty() {
@@ -250,12 +250,6 @@ fn resolve(registry: &Registry, group: &str, version: &str, rest: &[&str]) -> Op
 /// Whether the client asks for server-side printing.
 fn as_table(headers: &HeaderMap) -> bool {
     headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(table::wanted)
-}
-
-/// Whether the request body is protobuf.
-fn is_protobuf(headers: &HeaderMap) -> bool {
-    let content_type = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    content_type.split(';').next().unwrap_or_default().trim() == protobuf::MEDIA_TYPE
 }
 
 /// A JSON, YAML or (for ConfigMaps and Secrets) protobuf request body.

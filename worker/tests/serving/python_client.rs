@@ -1,6 +1,6 @@
 //! Wire compatibility with the stock clients users already run, installed by
-//! `scripts/setup-test-deps.sh`: tritonclient's gRPC client (Open Inference Protocol) and the
-//! OpenAI Python library.
+//! `scripts/setup-test-deps.sh`: tritonclient's gRPC client (Open Inference Protocol), the KServe
+//! SDK (REST with binary tensor data, gRPC) and the OpenAI Python library.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -120,4 +120,31 @@ async fn the_openai_library_chats_with_the_worker_with_every_parameter_honoured(
     assert_eq!(report["never_ends"], serde_json::json!(["length", 5]));
     let [plain, penalized] = [&report["repeating"][0], &report["repeating"][1]];
     assert_ne!(plain, penalized, "penalties steer away from what was generated: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kserve_sdk_sends_binary_tensor_data_and_string_parameters() {
+    let Some(site) = python_site("kserve") else { return };
+    let Some(harness) = crate::llm::serving_smollm2(|_| {}).await else { return };
+    harness.publish("m", 1);
+    harness.wait_for("m", 1, VersionState::Available).await;
+    let args = vec![harness.server.local_addr().to_string(), "m".to_owned(), crate::llm::MODEL.to_owned()];
+    let report: serde_json::Value = serde_json::from_str(&run_python(site, "kserve_check.py", args).await).unwrap();
+    assert_eq!(report["binary"], report["json"], "binary data in and out reads as JSON does: {report}");
+    assert_eq!(report["binary"].as_array().unwrap().len(), 2, "{report}");
+    assert!(report["binary_header"].as_str().is_some_and(|n| n.parse::<usize>().is_ok()), "{report}");
+    let body =
+        serde_json::json!({"model": crate::llm::MODEL, "prompt": "The sky is", "max_tokens": 4, "temperature": 0});
+    let completion: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v1/completions", harness.url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected = &completion["choices"][0]["text"];
+    assert_eq!(&report["grpc_text"][0], expected, "the temperature string was read as 0: {report}");
+    assert_eq!(&report["rest_text"][0], expected, "{report}");
 }
