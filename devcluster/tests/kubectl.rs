@@ -320,6 +320,19 @@ async fn deployments_roll_out_with_kubectl_and_imperative_creates_work() {
     let (_, out, _) = kubectl(&cluster, &["get", "secret", "token", "-o", "jsonpath={.data.key}"]).await;
     assert_eq!(out, "czNjcmV0");
 
+    // kubectl's generator sends the Deployment in protobuf; it runs like an applied one.
+    let create = ["create", "deployment", "sleeper", "--image=shell", "--replicas=1", "--", "sleep", "300"];
+    let (ok, out, err) = kubectl(&cluster, &create).await;
+    assert!(ok && out.contains("deployment.apps/sleeper created"), "{out}{err}");
+    let (ok, out, err) = kubectl(&cluster, &["rollout", "status", "deployment/sleeper", "--timeout=30s"]).await;
+    assert!(ok && out.contains("successfully rolled out"), "{out}{err}");
+    let (_, command, _) = kubectl(
+        &cluster,
+        &["get", "deployment", "sleeper", "-o", "jsonpath={.spec.template.spec.containers[0].command}"],
+    )
+    .await;
+    assert_eq!(command, r#"["sleep","300"]"#);
+
     // The scale subresource, answers to `auth`, trailing-slash discovery and paged lists.
     let (ok, out, err) = kubectl(&cluster, &["scale", "deployment", "web", "--replicas=3"]).await;
     assert!(ok && out.contains("deployment.apps/web scaled"), "{out}{err}");

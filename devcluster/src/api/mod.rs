@@ -10,6 +10,7 @@ mod ownership;
 pub mod pages;
 mod patch;
 mod protobuf;
+mod protobuf_deployment;
 mod reviews;
 mod scale;
 mod table;

@@ -1,5 +1,5 @@
-//! Protobuf request bodies (`application/vnd.kubernetes.protobuf`) for ConfigMaps, Secrets and
-//! DeleteOptions. client-go's typed clients send these, among them Helm's release storage (a
+//! Protobuf request bodies (`application/vnd.kubernetes.protobuf`) for ConfigMaps, Secrets,
+//! Deployments ([`super::protobuf_deployment`]: `kubectl create deployment`) and DeleteOptions. client-go's typed clients send these, among them Helm's release storage (a
 //! Secret per release, purged with a DELETE) and `kubectl create configmap|secret`. The body is the magic `k8s\0` and a
 //! `runtime.Unknown` envelope whose `raw` bytes are the object; it is turned into the JSON the
 //! rest of the API works on. Answers are always JSON, which those clients also accept.
@@ -34,27 +34,27 @@ struct TypeMeta {
 
 /// The client-settable part of `ObjectMeta`; the server's own fields are ignored as on JSON.
 #[derive(Clone, PartialEq, Message)]
-struct ObjectMeta {
+pub(super) struct ObjectMeta {
     #[prost(string, optional, tag = "1")]
-    name: Option<String>,
+    pub(super) name: Option<String>,
     #[prost(string, optional, tag = "2")]
-    generate_name: Option<String>,
+    pub(super) generate_name: Option<String>,
     #[prost(string, optional, tag = "3")]
-    namespace: Option<String>,
+    pub(super) namespace: Option<String>,
     #[prost(string, optional, tag = "6")]
-    resource_version: Option<String>,
+    pub(super) resource_version: Option<String>,
     #[prost(map = "string, string", tag = "11")]
-    labels: HashMap<String, String>,
+    pub(super) labels: HashMap<String, String>,
     #[prost(map = "string, string", tag = "12")]
-    annotations: HashMap<String, String>,
+    pub(super) annotations: HashMap<String, String>,
     #[prost(message, repeated, tag = "13")]
-    owner_references: Vec<OwnerReference>,
+    pub(super) owner_references: Vec<OwnerReference>,
     #[prost(string, repeated, tag = "14")]
-    finalizers: Vec<String>,
+    pub(super) finalizers: Vec<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
-struct OwnerReference {
+pub(super) struct OwnerReference {
     #[prost(string, optional, tag = "1")]
     kind: Option<String>,
     #[prost(string, optional, tag = "3")]
@@ -163,6 +163,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             }
             object
         }
+        ("apps/v1", "Deployment") => super::protobuf_deployment::decode(&raw, bad)?,
         (_, "DeleteOptions") => {
             let options = DeleteOptions::decode(raw.as_slice()).map_err(|e| bad(e.to_string()))?;
             let mut object = json!({});
@@ -186,7 +187,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         }
         _ => {
             return Err(ApiError::unsupported_media_type(&format!(
-                "{MEDIA_TYPE} for {api_version} {kind} (protobuf is understood for ConfigMaps, Secrets and DeleteOptions only; send JSON)"
+                "{MEDIA_TYPE} for {api_version} {kind} (protobuf is understood for ConfigMaps, Secrets, Deployments and DeleteOptions only; send JSON)"
             )));
         }
     };
@@ -195,7 +196,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     Ok(object)
 }
 
-fn metadata(meta: ObjectMeta) -> Value {
+pub(super) fn metadata(meta: ObjectMeta) -> Value {
     let mut out = Map::new();
     let mut text = |field: &str, value: Option<String>| {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
