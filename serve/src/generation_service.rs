@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::ROUTING_KEY_HEADER;
 use super::dispatch;
 use super::engine::{Event, FinishReason, Usage};
-use super::generation::{Options, Prompt};
+use super::generation::{Options, Prompt, Structure};
 use super::routing::Target;
 use super::versions::ModelManager;
 use crate::error::Error;
@@ -49,6 +49,13 @@ impl GenerationService for GenerationServiceImpl {
             }
             None => return Err(Error::invalid("set either prompt or chat").into()),
         };
+        let structure = match &request.json_schema {
+            None => None,
+            Some(schema) => Some(Structure::JsonSchema(
+                serde_json::from_str(schema)
+                    .map_err(|e| Error::invalid(format!("json_schema is not valid JSON: {e}")))?,
+            )),
+        };
         let options = Options {
             max_tokens: request.max_tokens.map(u64::from),
             temperature: request.temperature,
@@ -57,6 +64,7 @@ impl GenerationService for GenerationServiceImpl {
             repetition_penalty: request.repetition_penalty,
             seed: request.seed,
             stop: request.stop,
+            structure,
             ..Options::default()
         };
         let started =

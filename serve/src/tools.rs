@@ -13,11 +13,9 @@
 
 use serde_json::{Value, json};
 
+use super::limits;
 use crate::error::{Error, Result};
 use lantern_runtime::llm::chat::{self, Message};
-
-/// Most tools one request may list.
-pub const MAX_TOOLS: usize = 128;
 
 /// The functions a request offers and how it wants them used.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,8 +62,12 @@ impl Tools {
             Some(Value::Array(listed)) => listed.as_slice(),
             Some(other) => return Err(Error::invalid(format!("tools must be a list, got {other}"))),
         };
-        if listed.len() > MAX_TOOLS {
-            return Err(Error::invalid(format!("tools lists {} tools; at most {MAX_TOOLS} are allowed", listed.len())));
+        if listed.len() > limits::MAX_TOOLS {
+            return Err(Error::invalid(format!(
+                "tools lists {} tools; at most {} are allowed",
+                listed.len(),
+                limits::MAX_TOOLS
+            )));
         }
         let functions =
             listed.iter().enumerate().map(|(i, tool)| Function::parse(i, tool)).collect::<Result<Vec<_>>>()?;

@@ -257,6 +257,26 @@ async fn grpc_generate_and_oip_bytes_give_the_completions_text() {
     assert_eq!(last.usage.unwrap().completion_tokens as usize, ids);
     assert_ne!(last.finish_reason, pb::FinishReason::Unspecified as i32);
 
+    // Held to a JSON schema over gRPC as well; a schema that is not JSON is INVALID_ARGUMENT.
+    let schema = r#"{"type": "object", "properties": {"colours": {"type": "array", "items": {"type": "string"}, "maxItems": 3}}, "required": ["colours"], "additionalProperties": false}"#;
+    let constrained = pb::GenerateRequest {
+        model_name: MODEL.into(),
+        input: Some(Input::Prompt(prompt.into())),
+        max_tokens: Some(48),
+        temperature: Some(0.0),
+        json_schema: Some(schema.into()),
+        ..Default::default()
+    };
+    let mut stream = client.generate(constrained.clone()).await.unwrap().into_inner();
+    let mut json = String::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        json.push_str(&message.text);
+    }
+    let value: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    assert!(value["colours"].is_array(), "{value}");
+    let broken = pb::GenerateRequest { json_schema: Some("{".into()), ..constrained };
+    assert_eq!(client.generate(broken).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
     let infer = json!({
         "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": [prompt]}],
         "parameters": {"max_tokens": 10, "temperature": 0, "stop": "\n\n"},

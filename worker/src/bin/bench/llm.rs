@@ -2,8 +2,8 @@
 //! the published GGUF, greedy. Prefill from the time to first token of a 256-token prompt (and
 //! of the same prompt again, from the prefix cache);
 //! single-stream decode from the gaps between tokens; aggregate output tokens/s and TTFT
-//! percentiles with 4, 8 and 16 streams started together. Embeddings: gRPC `Embed` with batches
-//! of 32 sentences.
+//! percentiles with 4, 8 and 16 streams started together; the same at 1 and 8 streams held to a
+//! JSON schema, against unconstrained. Embeddings: gRPC `Embed` with batches of 32 sentences.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -96,6 +96,48 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
             tokens as f64 / wall / single,
             percentile(0.5),
             percentile(0.99),
+        );
+    }
+    structured_figures(&client, &prompts).await
+}
+
+/// What a JSON-schema constraint costs: 1 and 8 streams held to a schema of one long string (at
+/// least 400 characters, so the text runs as long as unconstrained text), against the same
+/// streams unconstrained, back to back; after one constrained request, which builds the
+/// vocabulary's token trie once for the version. Decode rate: output tokens after the first over
+/// the time after the first token.
+async fn structured_figures(client: &GenerationServiceClient<Channel>, prompts: &Prompts) -> anyhow::Result<()> {
+    let schema = r#"{"type": "string", "minLength": 400}"#;
+    let held = |i: usize| {
+        let mut request = request(MODEL.into(), prompts.short(i), NEW_TOKENS);
+        request.json_schema = Some(schema.to_owned());
+        request
+    };
+    stream_run(client.clone(), held(0)).await?;
+    for streams in [1usize, 8] {
+        let mut rates = Vec::new();
+        for constrained in [false, true] {
+            let tasks: Vec<_> = (0..streams)
+                .map(|i| {
+                    let request =
+                        if constrained { held(i) } else { request(MODEL.into(), prompts.short(i), NEW_TOKENS) };
+                    tokio::spawn(stream_run(client.clone(), request))
+                })
+                .collect();
+            let mut runs = Vec::with_capacity(streams);
+            for task in tasks {
+                runs.push(task.await??);
+            }
+            let tokens: usize = runs.iter().map(|r| r.tokens - 1).sum();
+            let first = runs.iter().map(|r| r.first_token).min().unwrap_or_default();
+            let last = runs.iter().map(|r| r.total).max().unwrap_or_default();
+            rates.push((tokens + runs.len(), tokens as f64 / (last - first).as_secs_f64()));
+        }
+        let [(_, free), (constrained_tokens, constrained)] = [rates[0], rates[1]];
+        println!(
+            "  structured output (json_schema), {streams} stream(s): decode {constrained:.1} tokens/s \
+             ({constrained_tokens} tokens) against {free:.1} unconstrained ({:.2}x)",
+            constrained / free
         );
     }
     Ok(())
@@ -213,18 +255,27 @@ pub struct Run {
 
 /// Streams a greedy generation of `max_tokens` from `model` and measures it.
 pub async fn generate(
-    mut client: GenerationServiceClient<Channel>,
+    client: GenerationServiceClient<Channel>,
     model: String,
     prompt: String,
     max_tokens: u32,
 ) -> anyhow::Result<Run> {
-    let request = pb::GenerateRequest {
+    stream_run(client, request(model, prompt, max_tokens)).await
+}
+
+/// A greedy generation request.
+fn request(model: String, prompt: String, max_tokens: u32) -> pb::GenerateRequest {
+    pb::GenerateRequest {
         model_name: model,
         input: Some(Input::Prompt(prompt)),
         max_tokens: Some(max_tokens),
         temperature: Some(0.0),
         ..Default::default()
-    };
+    }
+}
+
+/// Streams `request` and measures it.
+async fn stream_run(mut client: GenerationServiceClient<Channel>, request: pb::GenerateRequest) -> anyhow::Result<Run> {
     let started = Instant::now();
     let mut stream = client.generate(request).await?.into_inner();
     let (mut first_token, mut tokens, mut usage) = (None, 0, None);
