@@ -16,6 +16,8 @@ pub const MAX_EMBEDDING_TEXTS: usize = 2048;
 pub const EMBEDDING_BATCH_TEXTS: usize = 32;
 /// Most messages in one chat.
 pub const MAX_CHAT_MESSAGES: usize = 4096;
+/// Most `logit_bias` entries one request may give: each is applied to every token's logits.
+pub const MAX_LOGIT_BIAS: usize = 1024;
 /// Most tools (functions) one chat request may offer.
 pub const MAX_TOOLS: usize = 128;
 /// Most choices one generation request may ask for (`n`, `best_of`; OpenAI allows 128). Each is

@@ -445,6 +445,11 @@ impl Common {
         }
         let logit_bias = match &self.logit_bias {
             None => Vec::new(),
+            Some(biases) if biases.len() > limits::MAX_LOGIT_BIAS => {
+                let message =
+                    format!("logit_bias has {} entries; at most {} are allowed", biases.len(), limits::MAX_LOGIT_BIAS);
+                return Err(invalid_param("logit_bias", message));
+            }
             Some(biases) => biases
                 .iter()
                 .map(|(token, &bias)| match token.parse::<u32>() {
@@ -1162,6 +1167,8 @@ mod tests {
         let streamed = refused(json!({"best_of": 2, "stream": true}), Kind::Completion);
         assert!(streamed.message.contains("cannot be streamed"), "{}", streamed.message);
         assert_eq!(refused(json!({"logit_bias": {"x": 1}}), Kind::Chat).param.as_deref(), Some("logit_bias"));
+        let many: serde_json::Map<String, Value> = (0..1025).map(|i| (i.to_string(), json!(1))).collect();
+        assert!(refused(json!({"logit_bias": many}), Kind::Chat).message.contains("at most 1024"));
         assert_eq!(refused(json!({"top_logprobs": 2}), Kind::Chat).param.as_deref(), Some("top_logprobs"));
         assert_eq!(refused(json!({"logprobs": 2}), Kind::Chat).param.as_deref(), Some("logprobs"));
         assert_eq!(refused(json!({"logprobs": true}), Kind::Completion).param.as_deref(), Some("logprobs"));

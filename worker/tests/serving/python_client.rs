@@ -135,15 +135,8 @@ async fn the_kserve_sdk_sends_binary_tensor_data_and_string_parameters() {
     assert!(report["binary_header"].as_str().is_some_and(|n| n.parse::<usize>().is_ok()), "{report}");
     let body =
         serde_json::json!({"model": crate::llm::MODEL, "prompt": "The sky is", "max_tokens": 4, "temperature": 0});
-    let completion: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/v1/completions", harness.url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let completion: serde_json::Value =
+        crate::fixtures::post_json(&harness, "/v1/completions", &body).await.json().await.unwrap();
     let expected = &completion["choices"][0]["text"];
     assert_eq!(&report["grpc_text"][0], expected, "the temperature string was read as 0: {report}");
     assert_eq!(&report["rest_text"][0], expected, "{report}");
