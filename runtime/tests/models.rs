@@ -11,7 +11,7 @@ use lantern_runtime::llm::grammar::Grammars;
 use lantern_runtime::llm::kv_cache::{BlockTable, KvCache};
 use lantern_runtime::llm::sampling;
 use lantern_runtime::llm::tokenizer::Tokenizer;
-use lantern_runtime::model::bert::SentenceEncoder;
+use lantern_runtime::model::bert::{EncoderInput, SentenceEncoder};
 use lantern_runtime::model::llama::{Llama, SequenceStep};
 use lantern_runtime::model::{LoadedModel, load};
 use lantern_runtime::repository::{self, PublishRequest, Repository};
@@ -345,6 +345,10 @@ fn minilm_embeddings_match_the_candle_reference_alone_and_batched() {
         }
         assert!((cosine(embedding, embedding) - 1.0).abs() < 1e-5, "unit length");
     }
+    // The same texts as the tokenizer's ids, special tokens included, embed the same.
+    let ids = texts.iter().map(|t| tokenizer.encode(t.as_str(), true).unwrap().get_ids().to_vec()).collect();
+    let sequences = encoder.sequences(&EncoderInput::Tokens(ids)).unwrap();
+    assert_eq!(encoder.embed(&sequences).unwrap(), batched);
 }
 
 #[test]
@@ -371,6 +375,11 @@ fn minilm_refuses_empty_and_overlong_inputs_with_the_numbers() {
     assert!(empty.contains("input 1 is empty"), "{empty}");
     let long = encoder.encode(&["word ".repeat(300)]).unwrap_err().to_string();
     assert!(long.contains("302 tokens") && long.contains("at most 256"), "{long}");
+    let tokens = |ids: Vec<Vec<u32>>| encoder.sequences(&EncoderInput::Tokens(ids)).unwrap_err().to_string();
+    assert!(tokens(vec![vec![101, 102], vec![]]).contains("input 1 is empty"));
+    let outside = tokens(vec![vec![101, 30_522, 102]]);
+    assert!(outside.contains("token 30522") && outside.contains("30522 tokens"), "{outside}");
+    assert!(tokens(vec![vec![101; 257]]).contains("257 tokens"));
 }
 
 /// Deterministic values in `[-scale, scale]`.

@@ -10,6 +10,7 @@ use super::routing::Target;
 use super::signature::{self, InferRequest};
 use super::versions::{LoadedVersion, ModelManager, Runtime};
 use crate::error::{Error, Result};
+use lantern_runtime::model::bert::EncoderInput;
 use lantern_runtime::tensor::Tensor;
 
 /// The answer to an inference request, with the version that produced it.
@@ -38,20 +39,20 @@ pub async fn infer(
     result
 }
 
-/// Embeds `texts` with the version `target` routes to; refuses a model that does not embed.
+/// Embeds `input` with the version `target` routes to; refuses a model that does not embed.
 pub async fn embed(
     manager: &ModelManager,
     model: &str,
     target: &Target,
     routing_key: Option<&str>,
-    texts: Vec<String>,
+    input: EncoderInput,
 ) -> Result<Embeddings> {
     let mut outcome = manager.outcome(model);
     let result = async {
         let loaded = manager.resolve_waiting(model, target, routing_key).await?;
         outcome.routed(loaded.version);
         match &loaded.runtime {
-            Runtime::Embed(embedder) => embedder.embed(texts).await,
+            Runtime::Embed(embedder) => embedder.embed(input).await,
             _ => Err(Error::invalid(format!("model {model:?} version {} does not embed text", loaded.version))),
         }
     }
@@ -108,7 +109,7 @@ async fn run(loaded: &LoadedVersion, request: InferRequest) -> Result<InferRespo
         Runtime::Generate(language_model) => generation::infer_text(language_model, &loaded.manifest, &request).await?,
         Runtime::Embed(embedder) => {
             let texts = signature::texts(&loaded.manifest, &request)?;
-            let embeddings = embedder.embed(texts).await?;
+            let embeddings = embedder.embed(EncoderInput::Texts(texts)).await?;
             let rows = embeddings.vectors.len() as i64;
             let values = embeddings.vectors.concat();
             Tensor::f32(loaded.manifest.outputs[0].name.clone(), vec![rows, embedder.dimension() as i64], values)

@@ -1,5 +1,6 @@
 //! Runs a version's sentence encoder for the requests routed to it, batching texts across
-//! requests. A request's texts are tokenized (and refused) on the blocking pool, then queued
+//! requests. A request's texts are tokenized, or its token ids checked, (and refused) on the
+//! blocking pool, then queued
 //! (full → `RESOURCE_EXHAUSTED`) for one thread that owns the encoder. Each pass takes up to
 //! [`limits::EMBEDDING_BATCH_TEXTS`] waiting texts, one from each waiting request in turn (so a
 //! large request does not hold back small ones that arrive behind it), waiting at most the
@@ -21,7 +22,7 @@ use super::limits;
 use super::metrics::VersionMetrics;
 use crate::error::{Error, Result};
 use lantern_runtime::model::VersionId;
-use lantern_runtime::model::bert::SentenceEncoder;
+use lantern_runtime::model::bert::{EncoderInput, SentenceEncoder};
 
 /// Embeddings of a request's texts.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,12 +97,12 @@ impl Embedder {
         self.shared.dimension
     }
 
-    /// Embeds `texts` (validated by the encoder), in passes shared with other requests.
-    pub async fn embed(&self, texts: Vec<String>) -> Result<Embeddings> {
-        limits::check_embedding_texts(texts.len())?;
+    /// Embeds `input` (validated by the encoder), in passes shared with other requests.
+    pub async fn embed(&self, input: EncoderInput) -> Result<Embeddings> {
+        limits::check_embedding_texts(input.len())?;
         let shared = self.shared.clone();
         let sequences = tokio::task::spawn_blocking(move || {
-            shared.encoder.read().unwrap_or_else(PoisonError::into_inner).tokenize(&texts)
+            shared.encoder.read().unwrap_or_else(PoisonError::into_inner).sequences(&input)
         })
         .await
         .map_err(|e| self.gone(&e.to_string()))??;

@@ -9,6 +9,7 @@ use super::ROUTING_KEY_HEADER;
 use super::dispatch;
 use super::routing::Target;
 use super::versions::ModelManager;
+use lantern_runtime::model::bert::EncoderInput;
 
 /// The `EmbeddingService` over a [`ModelManager`].
 #[derive(Clone)]
@@ -30,8 +31,14 @@ impl EmbeddingService for EmbeddingServiceImpl {
         let request = request.into_inner();
         let routing_key = Some(request.routing_key).filter(|k| !k.is_empty()).or(header_key);
         let target = Target::parse(&request.model_version)?;
-        let embeddings =
-            dispatch::embed(&self.manager, &request.model_name, &target, routing_key.as_deref(), request.texts).await?;
+        let embeddings = dispatch::embed(
+            &self.manager,
+            &request.model_name,
+            &target,
+            routing_key.as_deref(),
+            EncoderInput::Texts(request.texts),
+        )
+        .await?;
         Ok(Response::new(pb::EmbedResponse {
             model_version: embeddings.version,
             embeddings: embeddings.vectors.into_iter().map(|values| pb::Embedding { values }).collect(),

@@ -254,6 +254,7 @@ impl Stream for Events {
 /// runtime's threads.
 pub(crate) async fn submit(language_model: LanguageModel, prompt: Prompt, options: Options) -> Result<Started> {
     limits::check_stop_strings(&options.stop)?;
+    limits::check_choices("n", options.choices.unwrap_or(1))?;
     let sampling = options.sampling(language_model.codec.tokenizer().vocab_size())?;
     let engine = &language_model.engine;
     let prompt_bytes = match &prompt {

@@ -65,6 +65,7 @@ impl GenerationService for GenerationServiceImpl {
             seed: request.seed,
             stop: request.stop,
             structure,
+            choices: request.n.map(u64::from),
             ..Options::default()
         };
         let started =
@@ -78,19 +79,29 @@ impl GenerationService for GenerationServiceImpl {
 
 fn response_from_event(version: u64, event: Event) -> Result<pb::GenerateResponse, Status> {
     Ok(match event {
-        // One choice, without log-probabilities: the proto asks for neither.
-        Event::Token { id, text, .. } => {
-            pb::GenerateResponse { model_version: version, token_ids: vec![id], text, ..Default::default() }
-        }
-        Event::Finished { text, reason, usage, .. } => pb::GenerateResponse {
+        // Without log-probabilities: the proto does not ask for them.
+        Event::Token { choice, id, text, .. } => pb::GenerateResponse {
+            model_version: version,
+            token_ids: vec![id],
+            text,
+            choice: choice_to_proto(choice),
+            ..Default::default()
+        },
+        Event::Finished { choice, text, reason, usage } => pb::GenerateResponse {
             model_version: version,
             text,
+            choice: choice_to_proto(choice),
             finish_reason: finish_reason_to_proto(reason) as i32,
             usage: Some(usage_to_proto(usage)),
             ..Default::default()
         },
         Event::Failed(error) => return Err(error.into()),
     })
+}
+
+/// Choices are bounded by `limits::MAX_CHOICES`, far below `u32::MAX`.
+fn choice_to_proto(choice: usize) -> u32 {
+    u32::try_from(choice).unwrap_or(u32::MAX)
 }
 
 fn finish_reason_to_proto(reason: FinishReason) -> pb::FinishReason {

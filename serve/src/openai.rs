@@ -39,6 +39,7 @@ use crate::error::Error;
 use lantern_runtime::llm::chat::{self, Message};
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::llm::sampling::Logprobs;
+use lantern_runtime::model::bert::EncoderInput;
 
 /// Response header naming the version that served the request.
 pub const MODEL_VERSION_HEADER: &str = "x-lantern-model-version";
@@ -296,7 +297,7 @@ struct StreamOptions {
 
 #[derive(Debug, Deserialize)]
 struct CompletionRequest {
-    prompt: CompletionPrompt,
+    prompt: TextsOrTokens,
     /// The prompt's text before each choice's.
     #[serde(default)]
     echo: bool,
@@ -306,23 +307,38 @@ struct CompletionRequest {
     common: Common,
 }
 
-/// A completions `prompt`: text, token ids, or a list of either, each generated for on its own.
+/// A completions `prompt` or an embeddings `input`: text, token ids, or a list of either, each
+/// generated for or embedded on its own.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum CompletionPrompt {
+#[serde(
+    untagged,
+    expecting = "prompt (completions) or input (embeddings) to be text, a list of texts, token ids or a list of token-id lists"
+)]
+enum TextsOrTokens {
     Text(String),
     Tokens(Vec<u32>),
     Texts(Vec<String>),
     TokenLists(Vec<Vec<u32>>),
 }
 
-impl CompletionPrompt {
+impl TextsOrTokens {
     fn into_prompts(self) -> Vec<Prompt> {
         match self {
             Self::Text(text) => vec![Prompt::Text(text)],
             Self::Tokens(tokens) => vec![Prompt::Tokens(tokens)],
             Self::Texts(texts) => texts.into_iter().map(Prompt::Text).collect(),
             Self::TokenLists(lists) => lists.into_iter().map(Prompt::Tokens).collect(),
+        }
+    }
+
+    fn into_encoder_input(self) -> EncoderInput {
+        match self {
+            Self::Text(text) => EncoderInput::Texts(vec![text]),
+            // `[]` is an empty list, not one empty sequence.
+            Self::Tokens(tokens) if tokens.is_empty() => EncoderInput::Tokens(Vec::new()),
+            Self::Tokens(tokens) => EncoderInput::Tokens(vec![tokens]),
+            Self::Texts(texts) => EncoderInput::Texts(texts),
+            Self::TokenLists(lists) => EncoderInput::Tokens(lists),
         }
     }
 }
@@ -635,7 +651,7 @@ pub fn parse_chat(body: &[u8]) -> ApiResult<GenerationRequest> {
 #[derive(Debug)]
 pub struct EmbeddingsCall {
     pub model: String,
-    pub texts: Vec<String>,
+    pub input: EncoderInput,
     /// `encoding_format: "base64"`.
     pub base64: bool,
 }
@@ -653,9 +669,9 @@ pub fn parse_embeddings(body: &[u8]) -> ApiResult<EmbeddingsCall> {
             );
         }
     };
-    let texts = request.input.into_vec();
-    limits::check_embedding_texts(texts.len())?;
-    Ok(EmbeddingsCall { model: request.model, texts, base64 })
+    let input = request.input.into_encoder_input();
+    limits::check_embedding_texts(input.len())?;
+    Ok(EmbeddingsCall { model: request.model, input, base64 })
 }
 
 /// `name` or `name:version-or-label`.
@@ -669,7 +685,7 @@ fn parse_model(model: &str) -> std::result::Result<(&str, Target), Error> {
 #[derive(Debug, Deserialize)]
 struct EmbeddingsRequest {
     model: String,
-    input: OneOrMany,
+    input: TextsOrTokens,
     #[serde(default)]
     encoding_format: Option<String>,
     /// `dimensions` and anything else this server does not implement.
@@ -686,7 +702,7 @@ async fn embeddings(
     let base64 = request.base64;
     let (model, target) = parse_model(&request.model)?;
     let routing_key = headers.get(ROUTING_KEY_HEADER).and_then(|v| v.to_str().ok());
-    let embeddings = dispatch::embed(&manager, model, &target, routing_key, request.texts).await?;
+    let embeddings = dispatch::embed(&manager, model, &target, routing_key, request.input).await?;
     let data: Vec<Value> = embeddings
         .vectors
         .iter()

@@ -192,6 +192,29 @@ fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(values, x.shape(), x.device())
 }
 
+/// What a [`SentenceEncoder`] is asked to embed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EncoderInput {
+    /// Texts, tokenized with the model's special tokens.
+    Texts(Vec<String>),
+    /// Token ids, embedded as given (as from the model's tokenizer, special tokens included).
+    Tokens(Vec<Vec<u32>>),
+}
+
+impl EncoderInput {
+    /// How many inputs: one embedding each.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Texts(texts) => texts.len(),
+            Self::Tokens(sequences) => sequences.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A sentence encoder: the tokenizer, its length limit and the model.
 pub struct SentenceEncoder {
     bert: Bert,
@@ -211,26 +234,43 @@ impl SentenceEncoder {
         self.bert.config.hidden_size
     }
 
-    /// Token ids of `texts`, each with the special tokens the model expects. Refuses an empty
-    /// list, an empty text and a text over the length limit, naming which one.
-    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
-        if texts.is_empty() {
-            return Err(Error::invalid("no input text to embed"));
+    /// The token sequences `input` asks to embed: texts tokenized with the special tokens the
+    /// model expects, token ids as given. Refuses an empty list, an empty input, a token id
+    /// outside the vocabulary and an input over the length limit, naming which one.
+    pub fn sequences(&self, input: &EncoderInput) -> Result<Vec<Vec<u32>>> {
+        if input.is_empty() {
+            return Err(Error::invalid("no input to embed"));
         }
-        let mut sequences = Vec::with_capacity(texts.len());
-        for (index, text) in texts.iter().enumerate() {
-            if text.is_empty() {
-                return Err(Error::invalid(format!("input {index} is empty")));
+        let sequences = match input {
+            EncoderInput::Texts(texts) => texts
+                .iter()
+                .enumerate()
+                .map(|(index, text)| match text.is_empty() {
+                    true => Err(Error::invalid(format!("input {index} is empty"))),
+                    false => self.tokenizer.encode_with_special_tokens(text),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            EncoderInput::Tokens(sequences) => {
+                let vocab = self.bert.config.vocab_size;
+                for (index, ids) in sequences.iter().enumerate() {
+                    if ids.is_empty() {
+                        return Err(Error::invalid(format!("input {index} is empty")));
+                    }
+                    if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                        return Err(Error::invalid(format!(
+                            "input {index} has token {id}, outside this model's vocabulary of {vocab} tokens"
+                        )));
+                    }
+                }
+                sequences.clone()
             }
-            let ids = self.tokenizer.encode_with_special_tokens(text)?;
-            if ids.len() > self.max_tokens {
-                return Err(Error::invalid(format!(
-                    "input {index} has {} tokens; this model embeds at most {}",
-                    ids.len(),
-                    self.max_tokens
-                )));
-            }
-            sequences.push(ids);
+        };
+        if let Some((index, ids)) = sequences.iter().enumerate().find(|(_, ids)| ids.len() > self.max_tokens) {
+            return Err(Error::invalid(format!(
+                "input {index} has {} tokens; this model embeds at most {}",
+                ids.len(),
+                self.max_tokens
+            )));
         }
         Ok(sequences)
     }
@@ -242,7 +282,7 @@ impl SentenceEncoder {
 
     /// Unit-length embeddings of `texts` and the number of tokens they took, as one batch.
     pub fn encode(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, usize)> {
-        let sequences = self.tokenize(texts)?;
+        let sequences = self.sequences(&EncoderInput::Texts(texts.to_vec()))?;
         let tokens = sequences.iter().map(Vec::len).sum();
         Ok((self.embed(&sequences)?, tokens))
     }

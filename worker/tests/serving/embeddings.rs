@@ -77,6 +77,20 @@ async fn the_three_apis_return_the_same_unit_embeddings() {
             .unwrap();
     assert_eq!(decode_base64(base64["data"][0]["embedding"].as_str().unwrap()), openai[0]);
 
+    // Token ids, as the model's tokenizer spells "hello" ([CLS] hello [SEP]), one list or several.
+    let harness = &harness;
+    let embed = |input: Value| async move {
+        let body: Value =
+            post_json(harness, "/v1/embeddings", &json!({"model": MODEL, "input": input})).await.json().await.unwrap();
+        (floats(&body["data"][0]["embedding"]), body["usage"]["prompt_tokens"].clone(), body["data"].clone())
+    };
+    let (from_text, text_tokens, _) = embed(json!("hello")).await;
+    let (from_ids, id_tokens, _) = embed(json!([101, 7592, 102])).await;
+    let (_, _, lists) = embed(json!([[101, 7592, 102], [101, 102]])).await;
+    assert_eq!((from_ids.clone(), id_tokens), (from_text, text_tokens));
+    assert_eq!(floats(&lists[0]["embedding"]), from_ids);
+    assert_eq!(lists.as_array().unwrap().len(), 2);
+
     let mut client = EmbeddingServiceClient::connect(harness.url()).await.unwrap();
     let request =
         pb::EmbedRequest { model_name: MODEL.into(), texts: texts.map(String::from).to_vec(), ..Default::default() };
@@ -88,7 +102,7 @@ async fn the_three_apis_return_the_same_unit_embeddings() {
     }
 
     let infer = json!({"inputs": [{"name": "text_input", "shape": [2], "datatype": "BYTES", "data": texts}]});
-    let answer: Value = post_json(&harness, &format!("/v2/models/{MODEL}/infer"), &infer).await.json().await.unwrap();
+    let answer: Value = post_json(harness, &format!("/v2/models/{MODEL}/infer"), &infer).await.json().await.unwrap();
     assert_eq!(answer["outputs"][0]["name"], "embedding", "{answer}");
     assert_eq!(answer["outputs"][0]["shape"], json!([2, 384]));
     assert_eq!(floats(&answer["outputs"][0]["data"])[384..], openai[1][..]);
@@ -146,6 +160,10 @@ async fn bad_embedding_requests_get_precise_errors() {
     let cases = [
         (json!({"model": MODEL, "input": []}), 400, "no input"),
         (json!({"model": MODEL, "input": ["fine", ""]}), 400, "input 1 is empty"),
+        (json!({"model": MODEL, "input": [[101, 102], []]}), 400, "input 1 is empty"),
+        (json!({"model": MODEL, "input": [101, 40000, 102]}), 400, "token 40000"),
+        (json!({"model": MODEL, "input": [vec![101; 300]]}), 400, "at most 256"),
+        (json!({"model": MODEL, "input": [101, -1]}), 400, "input"),
         (json!({"model": MODEL, "input": "word ".repeat(300)}), 400, "at most 256"),
         (json!({"model": MODEL, "input": "x", "encoding_format": "int8"}), 400, "encoding_format"),
         (json!({"model": "nope", "input": "x"}), 404, "nope"),

@@ -274,8 +274,30 @@ async fn grpc_generate_and_oip_bytes_give_the_completions_text() {
     }
     let value: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
     assert!(value["colours"].is_array(), "{value}");
-    let broken = pb::GenerateRequest { json_schema: Some("{".into()), ..constrained };
+    let broken = pb::GenerateRequest { json_schema: Some("{".into()), ..constrained.clone() };
     assert_eq!(client.generate(broken).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    // n choices from one prefill, each with its own text, finish_reason and usage; greedy, so
+    // all three the same.
+    let three = pb::GenerateRequest { n: Some(3), json_schema: None, max_tokens: Some(10), ..constrained };
+    let mut stream = client.generate(three.clone()).await.unwrap().into_inner();
+    let (mut texts, mut finished) = (vec![String::new(); 3], vec![None; 3]);
+    while let Some(message) = stream.message().await.unwrap() {
+        let choice = message.choice as usize;
+        assert!(finished[choice].is_none(), "choice {choice} went on after its end");
+        texts[choice].push_str(&message.text);
+        if let Some(usage) = message.usage {
+            finished[choice] = Some((message.finish_reason, usage.prompt_tokens));
+        }
+    }
+    assert!(!texts[0].is_empty() && texts.iter().all(|t| *t == texts[0]), "{texts:?}");
+    let prompt_tokens = finished[0].unwrap().1;
+    assert!(finished.iter().all(|f| f.is_some_and(|(_, p)| p == prompt_tokens)), "{finished:?}");
+    for n in [0, 129] {
+        let refused = client.generate(pb::GenerateRequest { n: Some(n), ..three.clone() }).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "n = {n}");
+        assert!(refused.message().starts_with("n "), "{}", refused.message());
+    }
 
     let infer = json!({
         "inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": [prompt]}],

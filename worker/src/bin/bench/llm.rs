@@ -3,7 +3,8 @@
 //! of the same prompt again, from the prefix cache);
 //! single-stream decode from the gaps between tokens; aggregate output tokens/s and TTFT
 //! percentiles with 4, 8 and 16 streams started together; the same at 1 and 8 streams held to a
-//! JSON schema, against unconstrained. Embeddings: gRPC `Embed` with batches of 32 sentences.
+//! JSON schema, against unconstrained; `n = 4` against four separate requests of one prompt.
+//! Embeddings: gRPC `Embed` with batches of 32 sentences.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -98,7 +99,8 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
             percentile(0.99),
         );
     }
-    structured_figures(&client, &prompts).await
+    structured_figures(&client, &prompts).await?;
+    choices_figures(&client, &prompts).await
 }
 
 /// What a JSON-schema constraint costs: 1 and 8 streams held to a schema of one long string (at
@@ -140,6 +142,44 @@ async fn structured_figures(client: &GenerationServiceClient<Channel>, prompts: 
             constrained / free
         );
     }
+    Ok(())
+}
+
+/// What `n = 4` saves against four separate requests of the same prompt, both sampled
+/// (temperature 0.8) for `NEW_TOKENS` tokens per choice on a 256-token prompt no earlier request
+/// left in the prefix cache: the tokens prefilled, the time to the first token and the output
+/// tokens/s of the whole.
+async fn choices_figures(client: &GenerationServiceClient<Channel>, prompts: &Prompts) -> anyhow::Result<()> {
+    const CHOICES: u32 = 4;
+    let sampled = |index: usize, n: Option<u32>| pb::GenerateRequest {
+        temperature: Some(0.8),
+        seed: Some(7),
+        n,
+        ..request(MODEL.into(), prompts.long(index), NEW_TOKENS)
+    };
+    let started = Instant::now();
+    let one = stream_run(client.clone(), sampled(10, Some(CHOICES))).await?;
+    let one_wall = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CHOICES).map(|_| tokio::spawn(stream_run(client.clone(), sampled(11, None)))).collect();
+    let mut runs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        runs.push(task.await??);
+    }
+    let separate_wall = started.elapsed().as_secs_f64();
+    let separate_prefilled: usize = runs.iter().map(|r| r.prompt_tokens - r.cached_tokens).sum();
+    let separate_tokens: usize = runs.iter().map(|r| r.tokens).sum();
+    let first = runs.iter().map(|r| r.first_token).max().unwrap_or_default();
+    println!(
+        "  n = {CHOICES}: {} prompt tokens prefilled, TTFT {:.0} ms, {:.1} tokens/s in total ({} tokens); \
+         {CHOICES} separate requests: {separate_prefilled} prefilled, TTFT up to {:.0} ms, {:.1} tokens/s",
+        one.prompt_tokens - one.cached_tokens,
+        one.first_token.as_secs_f64() * 1e3,
+        one.tokens as f64 / one_wall,
+        one.tokens,
+        first.as_secs_f64() * 1e3,
+        separate_tokens as f64 / separate_wall,
+    );
     Ok(())
 }
 
@@ -274,7 +314,7 @@ fn request(model: String, prompt: String, max_tokens: u32) -> pb::GenerateReques
     }
 }
 
-/// Streams `request` and measures it.
+/// Streams `request` and measures it: tokens of every choice, usage from the last message.
 async fn stream_run(mut client: GenerationServiceClient<Channel>, request: pb::GenerateRequest) -> anyhow::Result<Run> {
     let started = Instant::now();
     let mut stream = client.generate(request).await?.into_inner();
