@@ -12,7 +12,7 @@ use lantern_runtime::llm::kv_cache::{BlockTable, KvCache};
 use lantern_runtime::llm::sampling;
 use lantern_runtime::llm::tokenizer::Tokenizer;
 use lantern_runtime::model::bert::{EncoderInput, SentenceEncoder};
-use lantern_runtime::model::llama::{Llama, SequenceStep};
+use lantern_runtime::model::llama::{Llama, Logits, SequenceStep};
 use lantern_runtime::model::{LoadedModel, load};
 use lantern_runtime::repository::{self, PublishRequest, Repository};
 
@@ -176,8 +176,11 @@ fn generate_together(model: &Llama, prompts: &[Vec<u32>], new_tokens: usize, chu
             }
             let tokens = &input[..input.len().min(chunk)];
             assert!(cache.reserve(table, table.len() + tokens.len()));
-            let logits = tokens.len() == input.len();
-            if logits {
+            let logits = match tokens.len() == input.len() {
+                true => Logits::Last,
+                false => Logits::None,
+            };
+            if logits == Logits::Last {
                 asking.push(i);
             }
             steps.push(SequenceStep { tokens, table, logits, adapter: None });
@@ -229,7 +232,7 @@ fn llama_logits_track_the_candle_reference() {
             .unwrap();
         let needed = table.len() + input.len();
         assert!(cache.reserve(&mut table, needed));
-        let step = SequenceStep { tokens: &input, table: &mut table, logits: true, adapter: None };
+        let step = SequenceStep { tokens: &input, table: &mut table, logits: Logits::Last, adapter: None };
         let ours = model.forward(&mut [step], &mut cache).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         // Shifting every logit by one amount changes no probability: compare them centred.
         let shift = ours.iter().zip(&theirs).map(|(a, b)| a - b).sum::<f32>() / ours.len() as f32;
@@ -265,6 +268,38 @@ fn batched_decoding_matches_each_sequence_alone() {
 }
 
 #[test]
+fn every_logit_row_of_a_prompt_equals_feeding_it_token_by_token() {
+    let Some(path) = smollm2_path() else { return };
+    let (tokenizer, metadata) = smollm2().unwrap();
+    let model = load_llama(&path);
+    let prompt = chat_prompt(&tokenizer, &metadata, "Name a colour.");
+    let mut cache = cache_for(&model);
+    let (mut every, mut one_by_one) = (BlockTable::default(), BlockTable::default());
+    assert!(cache.reserve(&mut every, prompt.len()) && cache.reserve(&mut one_by_one, prompt.len()));
+    // Beside another sequence asking only for its last row, so rows are told apart by sequence.
+    let beside = [7u32, 8, 9];
+    let mut other = BlockTable::default();
+    assert!(cache.reserve(&mut other, beside.len()));
+    let steps = &mut [
+        SequenceStep { tokens: &beside, table: &mut other, logits: Logits::Last, adapter: None },
+        SequenceStep { tokens: &prompt, table: &mut every, logits: Logits::Every, adapter: None },
+    ];
+    let rows = model.forward(steps, &mut cache).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(rows.len(), 1 + prompt.len());
+    for (position, token) in prompt.iter().enumerate() {
+        let step = SequenceStep {
+            tokens: std::slice::from_ref(token),
+            table: &mut one_by_one,
+            logits: Logits::Last,
+            adapter: None,
+        };
+        let alone = model.forward(&mut [step], &mut cache).unwrap().to_vec2::<f32>().unwrap().remove(0);
+        let worst = alone.iter().zip(&rows[1 + position]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "position {position}: rows differ by up to {worst}");
+    }
+}
+
+#[test]
 fn a_prompt_longer_than_the_context_is_refused_with_both_numbers() {
     let Some(path) = smollm2_path() else { return };
     let model = load_llama(&path);
@@ -272,7 +307,7 @@ fn a_prompt_longer_than_the_context_is_refused_with_both_numbers() {
     let tokens = vec![1u32; context + 1];
     let mut cache = cache_for(&model);
     let mut table = BlockTable::default();
-    let step = SequenceStep { tokens: &tokens, table: &mut table, logits: true, adapter: None };
+    let step = SequenceStep { tokens: &tokens, table: &mut table, logits: Logits::Last, adapter: None };
     let err = model.forward(&mut [step], &mut cache).unwrap_err().to_string();
     assert!(err.contains(&(context + 1).to_string()) && err.contains(&context.to_string()), "{err}");
     assert!(table.is_empty(), "a refused step must not touch the cache");
@@ -528,7 +563,7 @@ fn last_logits(model: &Llama, prompt: &[u32]) -> Vec<f32> {
     let mut cache = cache_for(model);
     let mut table = BlockTable::default();
     assert!(cache.reserve(&mut table, prompt.len()));
-    let step = SequenceStep { tokens: prompt, table: &mut table, logits: true, adapter: None };
+    let step = SequenceStep { tokens: prompt, table: &mut table, logits: Logits::Last, adapter: None };
     model.forward(&mut [step], &mut cache).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 

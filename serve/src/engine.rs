@@ -24,12 +24,12 @@ use crate::error::{Error, Result};
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::llm::grammar::Constraint;
 use lantern_runtime::llm::kv_cache::{self, BlockDigest, BlockTable, KvCache};
-use lantern_runtime::llm::sampling::{Logprobs, Sampled, Sampler, SamplingParams};
+use lantern_runtime::llm::sampling::{self, Logprobs, Sampled, Sampler, SamplingParams};
 use lantern_runtime::llm::scheduler::{self, Limits, Running};
 use lantern_runtime::llm::stop::StopMatcher;
 use lantern_runtime::llm::tokenizer::TextStream;
 use lantern_runtime::model::VersionId;
-use lantern_runtime::model::llama::{Config, Llama, SequenceStep};
+use lantern_runtime::model::llama::{Config, Llama, Logits, SequenceStep};
 use lantern_runtime::model::lora::LoraAdapter;
 
 /// Engine knobs, per model version.
@@ -85,6 +85,9 @@ pub struct GenerateRequest {
     pub constraint: Option<Constraint>,
     /// Strings that end generation; they are not part of the output.
     pub stop: Vec<String>,
+    /// Score the prompt with this many alternatives per token: [`Event::Prompt`], before any
+    /// choice's first token. Its prefill then takes nothing from the prefix cache.
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// Why a sequence ended (OpenAI's `finish_reason`).
@@ -118,6 +121,11 @@ pub struct Usage {
 /// interleave. A `Failed` ends the whole request.
 #[derive(Debug)]
 pub enum Event {
+    /// The prompt scored (asked for with `prompt_logprobs`); `choice` is the request's first (0).
+    Prompt {
+        choice: usize,
+        scored: ScoredPrompt,
+    },
     /// A generated token of choice `choice` and the text it adds (empty while a character or a
     /// possible stop string is incomplete, and for the end-of-sequence token, which is sent so
     /// token ids and usage agree), with its log-probabilities when they were asked for (never for
@@ -136,6 +144,14 @@ pub enum Event {
         usage: Usage,
     },
     Failed(Error),
+}
+
+/// A prompt scored by the model: its tokens and the log-probabilities of each after the ones
+/// before it (the first token has none: `logprobs` is one shorter than `tokens`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoredPrompt {
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<Logprobs>,
 }
 
 /// The receiving end of one request's events. Dropping it cancels the request.
@@ -329,6 +345,8 @@ struct Sequence {
     adapter: Option<Arc<ServedAdapter>>,
     /// Prompt tokens attached from the prefix cache when it was last admitted.
     cached_prompt: usize,
+    /// The prompt's scores so far, while they are wanted and not yet sent.
+    prompt_scores: Option<PromptScores>,
     sampler: Sampler,
     stop: StopMatcher,
     text: TextStream,
@@ -354,6 +372,9 @@ impl Sequence {
             digests: Vec::new(),
             adapter: request.adapter,
             cached_prompt: 0,
+            prompt_scores: request
+                .prompt_logprobs
+                .map(|alternatives| PromptScores { alternatives, logprobs: Vec::new() }),
             stop: StopMatcher::new(request.stop),
             text: TextStream::default(),
             events,
@@ -380,6 +401,8 @@ impl Sequence {
             digests: self.digests.clone(),
             adapter: self.adapter.clone(),
             cached_prompt: self.cached_prompt,
+            // The first choice sends the prompt's scores.
+            prompt_scores: None,
             sampler: self.sampler.sibling(choice),
             stop: self.stop.clone(),
             text: TextStream::default(),
@@ -408,10 +431,31 @@ impl Sequence {
     }
 
     /// The leading full blocks that may come from the prefix cache, named in `digests`: the last
-    /// token always runs through the model, since its logits are needed.
+    /// token always runs through the model, since its logits are needed, and a prompt being
+    /// scored runs through whole.
     fn reusable_blocks(&mut self, block_size: usize) -> usize {
         kv_cache::block_digests(&mut self.digests, weights(&self.adapter), &self.tokens, block_size);
-        (self.tokens.len() - 1) / block_size
+        match self.prompt_scores {
+            Some(_) => 0,
+            None => (self.tokens.len() - 1) / block_size,
+        }
+    }
+
+    /// Scores the prompt tokens that `rows` (the logits after each token fed from position
+    /// `start`) predict and that are not scored yet; once the prompt is all in, sends the scores.
+    fn score_prompt(&mut self, start: usize, rows: &mut [Vec<f32>]) {
+        let Some(scores) = &mut self.prompt_scores else { return };
+        for (position, row) in (start..).zip(rows.iter_mut()) {
+            if position + 1 < self.prompt_len && position == scores.logprobs.len() {
+                scores.logprobs.push(sampling::score(row, self.tokens[position + 1], scores.alternatives));
+            }
+        }
+        if start + rows.len() >= self.prompt_len {
+            let logprobs = std::mem::take(&mut scores.logprobs);
+            self.prompt_scores = None;
+            let scored = ScoredPrompt { tokens: self.tokens[..self.prompt_len].to_vec(), logprobs };
+            let _ = self.events.send(Event::Prompt { choice: self.choice, scored });
+        }
     }
 
     /// How the scheduler sees this queued sequence, given what the cache holds of its prefix.
@@ -421,6 +465,15 @@ impl Sequence {
         let cached = hit.blocks * cache.block_size();
         Running { cached, pending: self.tokens.len() - cached, blocks: hit.blocks - hit.idle }
     }
+}
+
+/// A prompt's scores, gathered as it is prefilled.
+#[derive(Debug)]
+struct PromptScores {
+    /// Alternatives reported per token.
+    alternatives: usize,
+    /// One per prompt token after the first, in order.
+    logprobs: Vec<Logprobs>,
 }
 
 /// The engine thread's state.
@@ -526,9 +579,10 @@ impl Loop {
         self.run_step(&chunks);
     }
 
-    /// Feeds `chunks[i]` tokens of running sequence `i`, then samples for every sequence whose
-    /// pending tokens are all in.
+    /// Feeds `chunks[i]` tokens of running sequence `i`, scores the prompt tokens of those
+    /// scoring theirs, then samples for every sequence whose pending tokens are all in.
     fn run_step(&mut self, chunks: &[usize]) {
+        // (sequence, first position fed, rows of logits it gets, whether the last is sampled from)
         let mut fed = Vec::new();
         let mut steps = Vec::new();
         for (index, (sequence, &chunk)) in self.running.iter_mut().zip(chunks).enumerate() {
@@ -536,11 +590,18 @@ impl Loop {
             if chunk == 0 || !self.cache.reserve(&mut sequence.table, start + chunk) {
                 continue;
             }
-            let logits = start + chunk == sequence.tokens.len();
+            let complete = start + chunk == sequence.tokens.len();
+            let logits = match (sequence.prompt_scores.is_some(), complete) {
+                (true, _) => Logits::Every,
+                (false, true) => Logits::Last,
+                (false, false) => Logits::None,
+            };
             let prompt_tokens = chunk.min(sequence.prompt_len.saturating_sub(start));
             metrics(&self.metrics, &sequence.adapter).prompt_tokens.inc_by(prompt_tokens as u64);
-            if logits {
-                fed.push(index);
+            match logits {
+                Logits::Every => fed.push((index, start, chunk, complete)),
+                Logits::Last => fed.push((index, start + chunk - 1, 1, true)),
+                Logits::None => {}
             }
             steps.push(SequenceStep {
                 tokens: &sequence.tokens[start..start + chunk],
@@ -562,7 +623,11 @@ impl Loop {
             self.cache.publish(&mut sequence.table, &sequence.digests);
         }
         let mut finished = Vec::new();
-        for (index, logits) in fed.into_iter().zip(rows) {
+        let mut rows = rows.into_iter();
+        for (index, start, count, complete) in fed {
+            let mut asked: Vec<Vec<f32>> = rows.by_ref().take(count).collect();
+            self.running[index].score_prompt(start, &mut asked);
+            let Some(logits) = asked.pop().filter(|_| complete) else { continue };
             let forks = self.fork(index);
             let mut each = forks.map(|fork| (fork, logits.clone())).collect::<Vec<_>>();
             each.push((index, logits));
@@ -738,6 +803,7 @@ mod tests {
             sampling: SamplingParams::greedy(),
             constraint: None,
             stop: Vec::new(),
+            prompt_logprobs: None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, ready};
 
 use futures::Stream;
 
-use super::engine::{Event, EventStream, FinishReason, GenerateRequest, Usage};
+use super::engine::{Event, EventStream, FinishReason, GenerateRequest, ScoredPrompt, Usage};
 use super::limits;
 use super::metrics::Outcome;
 use super::signature::{self, InferRequest};
@@ -20,7 +20,7 @@ use super::versions::{LanguageModel, LoadedVersion};
 use crate::error::{Error, Result};
 use lantern_runtime::llm::chat::Message;
 use lantern_runtime::llm::codec::TextCodec;
-use lantern_runtime::llm::sampling::{Logprobs, SamplingParams};
+use lantern_runtime::llm::sampling::{Logprobs, MAX_TOP_LOGPROBS, SamplingParams};
 use lantern_runtime::repository::{Manifest, TEXT_INPUT};
 use lantern_runtime::tensor::{DataType, Tensor, Values};
 
@@ -49,6 +49,9 @@ pub struct Options {
     pub logit_bias: Vec<(u32, f32)>,
     /// Report log-probabilities with this many alternatives per token.
     pub logprobs: Option<u64>,
+    /// Score the prompt, with this many alternatives per token (completions' `echo` with
+    /// `logprobs`).
+    pub prompt_logprobs: Option<u64>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     /// Choices generated (default 1).
@@ -217,7 +220,7 @@ impl Events {
         }
         let event = ready!(self.receiver.poll_recv(cx));
         let ended = match &event {
-            Some(Event::Token { .. }) => None,
+            Some(Event::Prompt { .. } | Event::Token { .. }) => None,
             Some(Event::Finished { .. }) => {
                 self.unfinished -= 1;
                 (self.unfinished == 0).then_some(Ok(()))
@@ -255,6 +258,9 @@ impl Stream for Events {
 pub(crate) async fn submit(language_model: LanguageModel, prompt: Prompt, options: Options) -> Result<Started> {
     limits::check_stop_strings(&options.stop)?;
     limits::check_choices("n", options.choices.unwrap_or(1))?;
+    if let Some(k) = options.prompt_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS as u64) {
+        return Err(Error::invalid(format!("at most {MAX_TOP_LOGPROBS} prompt logprobs may be asked for, got {k}")));
+    }
     let sampling = options.sampling(language_model.codec.tokenizer().vocab_size())?;
     let engine = &language_model.engine;
     let prompt_bytes = match &prompt {
@@ -309,6 +315,7 @@ pub(crate) async fn submit(language_model: LanguageModel, prompt: Prompt, option
         sampling,
         constraint,
         stop: options.stop,
+        prompt_logprobs: options.prompt_logprobs.map(size),
     };
     let events = engine.submit(request)?;
     Ok(Started {
@@ -329,6 +336,8 @@ pub struct Completion {
     pub logprobs: Vec<(u32, Logprobs)>,
     pub reason: FinishReason,
     pub usage: Usage,
+    /// The prompt scored, where that was asked for.
+    pub prompt: Option<ScoredPrompt>,
 }
 
 impl Completion {
@@ -346,10 +355,12 @@ pub async fn collect(events: &mut Events) -> Result<Vec<Completion>> {
         logprobs: Vec::new(),
         reason: FinishReason::Stop,
         usage: Usage::default(),
+        prompt: None,
     };
     let mut choices = vec![empty; events.choices()];
     loop {
         match events.recv().await {
+            Some(Event::Prompt { scored, .. }) => choices.iter_mut().for_each(|c| c.prompt = Some(scored.clone())),
             Some(Event::Token { choice, id, text, logprobs }) => {
                 let completion = &mut choices[choice];
                 completion.token_ids.push(id);

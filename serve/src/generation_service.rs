@@ -72,13 +72,15 @@ impl GenerationService for GenerationServiceImpl {
             dispatch::generate(&self.manager, &request.model_name, &target, routing_key.as_deref(), prompt, options)
                 .await?;
         let version = started.version;
-        let stream = started.events.map(move |event| response_from_event(version, event));
+        let stream = started.events.filter_map(move |event| std::future::ready(response_from_event(version, event)));
         Ok(Response::new(Box::pin(stream)))
     }
 }
 
-fn response_from_event(version: u64, event: Event) -> Result<pb::GenerateResponse, Status> {
-    Ok(match event {
+/// The message for `event`; none for a scored prompt, which nothing in the proto asks for.
+fn response_from_event(version: u64, event: Event) -> Option<Result<pb::GenerateResponse, Status>> {
+    Some(Ok(match event {
+        Event::Prompt { .. } => return None,
         // Without log-probabilities: the proto does not ask for them.
         Event::Token { choice, id, text, .. } => pb::GenerateResponse {
             model_version: version,
@@ -95,8 +97,8 @@ fn response_from_event(version: u64, event: Event) -> Result<pb::GenerateRespons
             usage: Some(usage_to_proto(usage)),
             ..Default::default()
         },
-        Event::Failed(error) => return Err(error.into()),
-    })
+        Event::Failed(error) => return Some(Err(error.into())),
+    }))
 }
 
 /// Choices are bounded by `limits::MAX_CHOICES`, far below `u32::MAX`.

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 use super::ROUTING_KEY_HEADER;
 use super::dispatch;
-use super::engine::{Event, Usage};
+use super::engine::{Event, ScoredPrompt, Usage};
 use super::generation::{self, Completion, Options, Prompt, Structure};
 use super::limits;
 use super::routing::Target;
@@ -491,6 +491,7 @@ impl Common {
             min_tokens: self.min_tokens,
             ignore_eos: self.ignore_eos.unwrap_or(false),
             structure,
+            prompt_logprobs: None,
         })
     }
 
@@ -609,10 +610,8 @@ pub fn parse_completion(body: &[u8]) -> ApiResult<GenerationRequest> {
     }
     let mut generation = GenerationRequest::new(Kind::Completion, request.common, prompts)?;
     if request.echo && generation.logprobs {
-        return Err(invalid_param(
-            "echo",
-            "echo with logprobs is not supported: the prompt's log-probabilities are not computed".into(),
-        ));
+        // The echoed prompt's tokens come with their log-probabilities too.
+        generation.options.prompt_logprobs = generation.options.logprobs;
     }
     generation.echo = request.echo;
     Ok(generation)
@@ -811,6 +810,7 @@ fn renumber(event: Event, offset: usize) -> Event {
         Event::Finished { choice, text, reason, usage } => {
             Event::Finished { choice: choice + offset, text, reason, usage }
         }
+        Event::Prompt { choice, scored } => Event::Prompt { choice: choice + offset, scored },
         failed @ Event::Failed(_) => failed,
     }
 }
@@ -843,8 +843,8 @@ struct ChunkMeta {
     codec: Arc<TextCodec>,
     /// Whether log-probabilities are reported.
     logprobs: bool,
-    /// The functions offered: each choice's text is read for calls, and streamed whole at its
-    /// end (as calls or as the answer).
+    /// The functions offered: each choice's text is read for calls, and held until its end (then
+    /// sent as calls or as the answer) unless it starts as an answer in words.
     tools: Option<Tools>,
 }
 
@@ -858,6 +858,11 @@ enum Delta<'a> {
         text: &'a str,
         tokens: &'a [(u32, Logprobs)],
         offset: usize,
+    },
+    /// Completions: the echoed prompt with its scores, which open a choice.
+    Echo {
+        text: &'a str,
+        prompt: &'a ScoredPrompt,
     },
     /// Chat: the tool calls a choice made.
     Calls(&'a [ToolCall]),
@@ -901,7 +906,8 @@ impl ChunkMeta {
                 let (text, tokens) = (&completion.text, &completion.logprobs);
                 match (self.kind, self.calls(text)) {
                     (Kind::Completion, _) => json!({
-                        "index": index, "text": text, "logprobs": self.completion_logprobs(tokens, 0),
+                        "index": index, "text": text,
+                        "logprobs": self.completion_logprobs(completion.prompt.as_ref(), tokens, 0),
                         "finish_reason": reason,
                     }),
                     (Kind::Chat, None) => json!({
@@ -925,7 +931,10 @@ impl ChunkMeta {
     fn chunk(&self, index: usize, delta: Delta<'_>) -> Value {
         let choice = match (self.kind, delta) {
             (Kind::Completion, Delta::Text { text, tokens, offset }) => {
-                json!({"index": index, "text": text, "logprobs": self.completion_logprobs(tokens, offset), "finish_reason": null})
+                json!({"index": index, "text": text, "logprobs": self.completion_logprobs(None, tokens, offset), "finish_reason": null})
+            }
+            (_, Delta::Echo { text, prompt }) => {
+                json!({"index": index, "text": text, "logprobs": self.completion_logprobs(Some(prompt), &[], 0), "finish_reason": null})
             }
             (Kind::Completion, Delta::Finish(reason)) => {
                 json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason})
@@ -985,35 +994,46 @@ impl ChunkMeta {
         json!({"content": content, "refusal": null})
     }
 
-    /// Completions' `logprobs`: parallel lists of tokens, their log-probabilities, the top
-    /// alternatives and each token's offset in the text (the first at `offset`); `null` when not
-    /// asked for.
-    fn completion_logprobs(&self, tokens: &[(u32, Logprobs)], offset: usize) -> Value {
+    /// Completions' `logprobs`: parallel lists of tokens (an echoed `prompt`'s, then the
+    /// generated), their log-probabilities, the top alternatives and each token's offset in the
+    /// text (the first at `offset`); `null` for the prompt's first token, which has none, and in
+    /// place of the whole when not asked for.
+    fn completion_logprobs(&self, prompt: Option<&ScoredPrompt>, tokens: &[(u32, Logprobs)], offset: usize) -> Value {
         if !self.logprobs {
             return Value::Null;
         }
+        let prompt = prompt.map(|prompt| {
+            let scores = std::iter::once(None).chain(prompt.logprobs.iter().map(Some));
+            prompt.tokens.iter().copied().zip(scores)
+        });
+        let generated = tokens.iter().map(|(id, logprobs)| (*id, Some(logprobs)));
         let (mut spelled, mut token_logprobs, mut top_logprobs, mut text_offset) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut at = offset;
-        for (id, logprobs) in tokens {
-            let (token, _) = self.spelling(*id);
+        for (id, logprobs) in prompt.into_iter().flatten().chain(generated) {
+            let (token, _) = self.spelling(id);
             text_offset.push(at);
             at += token.chars().count();
             spelled.push(token);
-            token_logprobs.push(logprobs.logprob.max(LOWEST_LOGPROB));
+            let Some(logprobs) = logprobs else {
+                token_logprobs.push(Value::Null);
+                top_logprobs.push(Value::Null);
+                continue;
+            };
+            token_logprobs.push(json!(logprobs.logprob.max(LOWEST_LOGPROB)));
             let top: serde_json::Map<String, Value> = logprobs
                 .top
                 .iter()
                 .map(|&(t, logprob)| (self.spelling(t).0, json!(logprob.max(LOWEST_LOGPROB))))
                 .collect();
-            top_logprobs.push(top);
+            top_logprobs.push(Value::Object(top));
         }
         json!({"tokens": spelled, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": text_offset})
     }
 
     /// Characters the spellings of `tokens` take, for the next chunk's text offset.
-    fn spelled_chars(&self, tokens: &[(u32, Logprobs)]) -> usize {
-        tokens.iter().map(|(id, _)| self.spelling(*id).0.chars().count()).sum()
+    fn spelled_chars(&self, tokens: impl Iterator<Item = u32>) -> usize {
+        tokens.map(|id| self.spelling(id).0.chars().count()).sum()
     }
 }
 
@@ -1040,12 +1060,14 @@ fn usage_json(usage: Usage) -> Value {
 
 /// Where a streamed response stands: choices finished, their usage so far, each choice's text
 /// offset (completions' logprobs), and where tools were offered, each choice's text and logprobs
-/// held until its end.
+/// held until its end or until it is plainly an answer in words.
 struct StreamState {
     finished: usize,
     usage: Vec<Usage>,
     offsets: Vec<usize>,
     held: Vec<(String, Vec<(u32, Logprobs)>)>,
+    /// Choices known to answer in words, not calls: streamed as their tokens come.
+    answering: Vec<bool>,
 }
 
 /// The SSE events of a generation's `events` (`per_prompt` choices for each of the prompts
@@ -1065,6 +1087,8 @@ fn sse_stream(
     let opening: Vec<SseEvent> = (0..choices)
         .filter_map(|index| match meta.kind {
             Kind::Chat => Some(meta.chunk(index, Delta::Role)),
+            // With logprobs, the echo waits for the prompt's scores.
+            Kind::Completion if meta.logprobs => None,
             Kind::Completion => {
                 let text = &echoes[index / per_prompt];
                 (!text.is_empty()).then(|| meta.chunk(index, Delta::Text { text, tokens: &[], offset: 0 }))
@@ -1077,22 +1101,36 @@ fn sse_stream(
         usage: vec![Usage::default(); choices],
         offsets: vec![0; choices],
         held: vec![Default::default(); choices],
+        answering: vec![false; choices],
     };
     let body = events.scan(state, move |state, event| {
         let events: Vec<SseEvent> = match event {
+            Event::Prompt { choice, scored } => (choice..choice + per_prompt)
+                .map(|index| {
+                    state.offsets[index] = meta.spelled_chars(scored.tokens.iter().copied());
+                    data(meta.chunk(index, Delta::Echo { text: &echoes[index / per_prompt], prompt: &scored }))
+                })
+                .collect(),
             Event::Token { choice, id, text, logprobs } => {
-                let tokens: Vec<(u32, Logprobs)> =
+                let mut tokens: Vec<(u32, Logprobs)> =
                     logprobs.filter(|_| meta.logprobs).map(|l| (id, l)).into_iter().collect();
-                if meta.tools.is_some() {
+                let mut text = text;
+                if meta.tools.is_some() && !state.answering[choice] {
                     let held = &mut state.held[choice];
                     held.0.push_str(&text);
                     held.1.extend(tokens);
-                    Vec::new()
-                } else if text.is_empty() && tokens.is_empty() {
+                    // Held until the text cannot be calls; then what was held goes out at once.
+                    state.answering[choice] = Tools::could_be_calls(&held.0) == Some(false);
+                    (text, tokens) = match state.answering[choice] {
+                        true => std::mem::take(held),
+                        false => Default::default(),
+                    };
+                }
+                if text.is_empty() && tokens.is_empty() {
                     Vec::new()
                 } else {
                     let offset = state.offsets[choice];
-                    state.offsets[choice] += meta.spelled_chars(&tokens);
+                    state.offsets[choice] += meta.spelled_chars(tokens.iter().map(|&(id, _)| id));
                     vec![data(meta.chunk(choice, Delta::Text { text: &text, tokens: &tokens, offset }))]
                 }
             }
@@ -1101,7 +1139,7 @@ fn sse_stream(
                 held.push_str(&text);
                 let mut events = Vec::new();
                 let mut reason = reason.as_str();
-                match meta.calls(&held) {
+                match meta.calls(&held).filter(|_| !state.answering[choice]) {
                     Some(calls) => {
                         events.push(data(meta.chunk(choice, Delta::Calls(&calls))));
                         reason = "tool_calls";

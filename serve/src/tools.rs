@@ -186,6 +186,20 @@ impl Tools {
         (!calls.is_empty()).then_some(calls)
     }
 
+    /// Whether a choice whose text starts with `prefix` may still turn out to be calls
+    /// ([`Self::read_calls`]): `None` while that cannot be told (only whitespace, or the start of
+    /// a `<tool_call>` tag), `Some(false)` once it is an answer in words, which can then be
+    /// streamed as it comes.
+    pub fn could_be_calls(prefix: &str) -> Option<bool> {
+        const TAG: &str = "<tool_call>";
+        let text = prefix.trim_start();
+        match text.chars().next()? {
+            '[' | '{' => Some(true),
+            _ if text.len() < TAG.len() && TAG.starts_with(text) => None,
+            _ => Some(text.starts_with(TAG)),
+        }
+    }
+
     /// The functions the model may call: the named one alone, or all.
     fn offered(&self) -> impl Iterator<Item = &Function> {
         self.functions.iter().filter(|f| match &self.choice {
@@ -274,6 +288,22 @@ mod tests {
         for answer in ["It is sunny.", r#"[{"name": "unlisted", "arguments": {}}]"#, r#"[{"name": "get_time"}]"#, "[]"]
         {
             assert_eq!(tools.read_calls(answer), None, "{answer}");
+        }
+    }
+
+    #[test]
+    fn an_answer_in_words_is_told_from_calls_by_its_first_characters() {
+        for (prefix, could) in [
+            ("", None),
+            (" \n", None),
+            ("<tool", None),
+            (" [", Some(true)),
+            ("{\"name\"", Some(true)),
+            ("<tool_call>{", Some(true)),
+            ("It is", Some(false)),
+            ("<b>", Some(false)),
+        ] {
+            assert_eq!(Tools::could_be_calls(prefix), could, "{prefix:?}");
         }
     }
 

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use super::kv_cache::{BlockTable, KvCache};
 use super::sampling;
-use crate::model::llama::{Llama, SequenceStep};
+use crate::model::llama::{Llama, Logits, SequenceStep};
 use crate::model::lora::LoraAdapter;
 
 /// Tokens per KV block.
@@ -50,7 +50,7 @@ pub fn generate(model: &Llama, prompts: &[Prompt<'_>], stop: &[u32]) -> candle_c
         let mut steps: Vec<SequenceStep<'_>> = Vec::with_capacity(active.len());
         for ((input, table), prompt) in pending.iter().zip(tables.iter_mut()).zip(prompts) {
             if let Some(tokens) = input {
-                steps.push(SequenceStep { tokens, table, logits: true, adapter: prompt.adapter });
+                steps.push(SequenceStep { tokens, table, logits: Logits::Last, adapter: prompt.adapter });
             }
         }
         let logits: Tensor = model.forward(&mut steps, &mut cache)?;

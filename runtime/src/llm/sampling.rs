@@ -178,10 +178,7 @@ impl Sampler {
                 self.draw(candidates.into_iter(), mass)
             }
         };
-        let logprobs = self.params.logprobs.map(|k| Logprobs {
-            logprob: log_probability(logits[token as usize], total),
-            top: most_likely(logits, k).into_iter().map(|(t, w)| (t, log_probability(w, total))).collect(),
-        });
+        let logprobs = self.params.logprobs.map(|k| logprobs(logits, total, token, k));
         Sampled { token, logprobs }
     }
 
@@ -198,6 +195,23 @@ impl Sampler {
             }
         }
         last
+    }
+}
+
+/// How likely the model finds `token` after the tokens before it, with the `k` most likely
+/// alternatives: the log-softmax of its own `logits`, at temperature 1 with nothing added (how a
+/// prompt token is scored). `logits` end up holding the softmax weights.
+pub fn score(logits: &mut [f32], token: u32, k: usize) -> Logprobs {
+    let total = softmax_weights(logits, 1.0);
+    logprobs(logits, total, token, k)
+}
+
+/// `token`'s log-probability and the `k` most likely tokens' from softmax `weights` adding up to
+/// `total`.
+fn logprobs(weights: &[f32], total: f64, token: u32, k: usize) -> Logprobs {
+    Logprobs {
+        logprob: log_probability(weights[token as usize], total),
+        top: most_likely(weights, k).into_iter().map(|(t, w)| (t, log_probability(w, total))).collect(),
     }
 }
 
@@ -448,6 +462,14 @@ mod tests {
         let chosen_only = SamplingParams { logprobs: Some(0), ..SamplingParams::greedy() };
         assert_eq!(sampler(chosen_only).sample(&mut logits(), &[], &[]).logprobs.unwrap().top, vec![]);
         assert_eq!(sampler(SamplingParams::greedy()).sample(&mut logits(), &[], &[]).logprobs, None);
+    }
+
+    #[test]
+    fn a_scored_token_gets_the_plain_log_softmax() {
+        let total: f64 = logits().iter().map(|&l| f64::from(l).exp()).sum();
+        let scored = score(&mut logits(), 3, 2);
+        assert!((f64::from(scored.logprob) - (-1.0 - total.ln())).abs() < 1e-5, "{scored:?}");
+        assert_eq!(scored.top.iter().map(|&(t, _)| t).collect::<Vec<_>>(), [1, 2]);
     }
 
     #[test]

@@ -160,11 +160,21 @@ pub struct SequenceStep<'a> {
     pub tokens: &'a [u32],
     /// The sequence's blocks; they must have room for `tokens` ([`KvCache::reserve`]).
     pub table: &'a mut BlockTable,
-    /// Whether the logits after the last token are wanted (not for a prompt chunk that does not
-    /// end the prompt).
-    pub logits: bool,
+    /// Which logits the step returns for the sequence.
+    pub logits: Logits,
     /// The LoRA adapter the sequence runs with, read against this model; `None`: the bare model.
     pub adapter: Option<&'a LoraAdapter>,
+}
+
+/// The logits a sequence wants from a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None: a prompt chunk that does not end the prompt.
+    None,
+    /// After its last token, to sample the next.
+    Last,
+    /// After each of its tokens, to score a prompt (one row per token).
+    Every,
 }
 
 impl Llama {
@@ -282,8 +292,7 @@ impl Llama {
     }
 
     /// Runs one step for several sequences: appends each sequence's `tokens` to its cache and
-    /// returns the logits after the last token of each sequence that asked for them,
-    /// `[asking sequences, vocab]`. Every row is computed independently of the others, so the
+    /// returns the logits each asked for ([`Logits`]), in order, `[rows, vocab]`. Every row is computed independently of the others, so the
     /// result for a sequence does not depend on what else is in the step — nor on the adapters
     /// the other sequences use: each projection runs the base over every row, then each
     /// adapter's low-rank update over its own rows. A refused step (context exceeded, no room
@@ -341,17 +350,21 @@ impl Llama {
             add(&mut x, &down);
         }
         let hidden = self.config.hidden_size;
-        let mut last = Vec::with_capacity(steps.len() * hidden);
+        let mut asked = Vec::with_capacity(steps.len() * hidden);
         let mut offset = 0;
         for step in steps.iter_mut() {
-            offset += step.tokens.len();
-            if step.logits {
-                last.extend_from_slice(&x[(offset - 1) * hidden..offset * hidden]);
-            }
-            cache.advance(step.table, step.tokens.len());
+            let n = step.tokens.len();
+            let first = match step.logits {
+                Logits::None => offset + n,
+                Logits::Last => offset + n - 1,
+                Logits::Every => offset,
+            };
+            asked.extend_from_slice(&x[first * hidden..(offset + n) * hidden]);
+            offset += n;
+            cache.advance(step.table, n);
         }
-        let asking = last.len() / hidden.max(1);
-        rms_norm(&last, &self.norm, eps, &mut h);
+        let asking = asked.len() / hidden.max(1);
+        rms_norm(&asked, &self.norm, eps, &mut h);
         let [logits] = QLinear::forward_all([&self.output], &h, asking, device)?;
         Tensor::from_vec(logits, (asking, vocab_size), device)
     }

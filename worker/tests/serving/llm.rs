@@ -352,6 +352,61 @@ async fn completions_take_token_ids_and_lists_of_prompts_and_echo_them() {
     assert!(error["error"]["message"].as_str().unwrap().contains("outside this model's vocabulary"), "{error}");
 }
 
+#[tokio::test]
+async fn echo_with_logprobs_scores_the_prompt_as_sampling_scores_the_same_token() {
+    let Some(harness) = serving_smollm2(|settings| settings.max_step_tokens = 5).await else { return };
+    let completion = |prompt: Value, extra: Value| {
+        let mut body = json!({"model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 2});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // The greedy next token after a prompt, with its log-probability as sampled.
+    let mut ids = smollm2_tokenizer().encode("The capital of France is the city of").unwrap();
+    let next: Value =
+        post_json(&harness, "/v1/completions", &completion(json!(ids), json!({}))).await.json().await.unwrap();
+    let sampled = next["choices"][0]["logprobs"]["token_logprobs"][0].as_f64().unwrap();
+    let next_text = next["choices"][0]["text"].as_str().unwrap().to_owned();
+    ids.push(smollm2_tokenizer().encode(&next_text).unwrap()[0]);
+
+    // Scored as part of a prompt (prefilled in 5-token chunks), it gets the same value; twice,
+    // the second time with the prompt's blocks in the prefix cache.
+    let echo = completion(json!(ids), json!({"echo": true}));
+    for _ in 0..2 {
+        let scored: Value = post_json(&harness, "/v1/completions", &echo).await.json().await.unwrap();
+        let logprobs = &scored["choices"][0]["logprobs"];
+        let values = logprobs["token_logprobs"].as_array().unwrap();
+        assert_eq!(values.len(), ids.len() + 1, "{scored}");
+        assert!(values[0].is_null() && logprobs["top_logprobs"][0].is_null(), "{scored}");
+        let last = values[ids.len() - 1].as_f64().unwrap();
+        assert!((last - sampled).abs() < 1e-2, "scored {last}, sampled {sampled}");
+        assert_eq!(logprobs["top_logprobs"][1].as_object().unwrap().len(), 2, "{scored}");
+        let offsets: Vec<u64> =
+            logprobs["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+        assert!(offsets[0] == 0 && offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    }
+
+    // Streamed, with two choices: each opens with the echoed prompt and its scores.
+    let events = sse_events(
+        post_json(&harness, "/v1/completions", &completion(json!(ids), json!({"echo": true, "stream": true, "n": 2})))
+            .await,
+    )
+    .await;
+    let mut opened = [false; 2];
+    for event in events.iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        for choice in chunk["choices"].as_array().unwrap() {
+            let index = choice["index"].as_u64().unwrap() as usize;
+            if !opened[index] {
+                opened[index] = true;
+                assert_eq!(choice["logprobs"]["tokens"].as_array().unwrap().len(), ids.len(), "{chunk}");
+                assert!(choice["logprobs"]["token_logprobs"][0].is_null(), "{chunk}");
+                assert!(choice["text"].as_str().unwrap().starts_with("The capital of France"), "{chunk}");
+            }
+        }
+    }
+    assert_eq!(opened, [true, true]);
+}
+
 /// SmolLM2's own tokenizer, read from the GGUF file.
 pub fn smollm2_tokenizer() -> lantern_runtime::llm::tokenizer::Tokenizer {
     let path = lantern_runtime::test_models::smollm2_path().unwrap();
@@ -427,7 +482,6 @@ async fn bad_generation_requests_get_precise_errors_and_streams_keep_going() {
         (json!({"model": MODEL, "prompt": "Once", "max_tokens": u64::MAX - 3}), 400, "leaves"),
         (json!({"model": MODEL, "prompt": "Hi", "stop": vec!["x"; 1000]}), 400, "at most 16"),
         (json!({"model": MODEL, "prompt": "Hi", "suffix": "!"}), 400, "fill-in-the-middle"),
-        (json!({"model": MODEL, "prompt": "Hi", "echo": true, "logprobs": 1}), 400, "echo with logprobs"),
         (json!({"model": MODEL, "prompt": []}), 400, "prompt is empty"),
         (json!({"model": MODEL, "prompt": vec!["a"; 65], "n": 2}), 400, "at most 128"),
         (json!({"model": MODEL, "prompt": "x".repeat(5 << 20)}), 413, "length limit"),

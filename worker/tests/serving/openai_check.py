@@ -37,6 +37,10 @@ for chunk in client.chat.completions.create(
         if choice.logprobs is not None and choice.logprobs.content:
             streamed_logprobs += [[e.token, e.logprob] for e in choice.logprobs.content]
 legacy = client.completions.create(model=model, prompt="The sky is", max_tokens=3, temperature=0, logprobs=2)
+# How eval harnesses score a text (lm-evaluation-harness's loglikelihood): the prompt echoed with
+# its own log-probabilities.
+scored = client.completions.create(
+    model=model, prompt="The sky is blue", max_tokens=1, temperature=0, logprobs=1, echo=True)
 
 # Several choices from one prompt, and the most likely of several.
 many = client.chat.completions.create(model=model, messages=messages, max_tokens=6, temperature=1, n=3, seed=7)
@@ -91,6 +95,12 @@ history = ask + [
     {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_celsius": 21}'},
 ]
 answered = client.chat.completions.create(model=model, messages=history, tools=weather, max_tokens=16, temperature=0)
+# The same, streamed: an answer in words comes as it is generated, not at the end.
+answer_pieces = []
+for chunk in client.chat.completions.create(
+    model=model, messages=history, tools=weather, max_tokens=16, temperature=0, stream=True,
+):
+    answer_pieces += [c.delta.content for c in chunk.choices if c.delta.content]
 
 # End-of-sequence pushed to the front: the answer ends at once, unless min_tokens or ignore_eos.
 ending = {"logit_bias": {eos: 100}, "max_tokens": 5, "temperature": 0}
@@ -125,6 +135,13 @@ print(json.dumps({
         "text_offset": legacy.choices[0].logprobs.text_offset,
         "text": legacy.choices[0].text,
     },
+    "scored": {
+        "text": scored.choices[0].text,
+        "tokens": scored.choices[0].logprobs.tokens,
+        "token_logprobs": scored.choices[0].logprobs.token_logprobs,
+        "text_offset": scored.choices[0].logprobs.text_offset,
+        "prompt_tokens": scored.usage.prompt_tokens,
+    },
     "many": [[c.index, c.message.content] for c in many.choices],
     "many_usage": many.usage.completion_tokens,
     "many_streamed": many_streamed,
@@ -138,4 +155,5 @@ print(json.dumps({
     "called": [called.choices[0].finish_reason, call.type, call.function.name, call.function.arguments, call.id],
     "streamed_call": [streamed_call_finish, streamed_call.get("name"), streamed_call["arguments"]],
     "answered": answered.choices[0].finish_reason,
+    "answer": [answered.choices[0].message.content, answer_pieces],
 }))

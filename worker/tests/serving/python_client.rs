@@ -85,6 +85,16 @@ async fn the_openai_library_chats_with_the_worker_with_every_parameter_honoured(
     assert_eq!(legacy["tokens"].as_array().unwrap().len(), 3, "{legacy}");
     assert_eq!(legacy["text_offset"][0], 0, "{legacy}");
     assert!(legacy["top_logprobs"].as_array().unwrap().iter().all(|top| top.as_object().unwrap().len() == 2));
+    // echo with logprobs: every prompt token then the generated one, the first without a score.
+    let scored = &report["scored"];
+    let prompt_tokens = scored["prompt_tokens"].as_u64().unwrap() as usize;
+    let tokens: Vec<&str> = scored["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(tokens.len(), prompt_tokens + 1, "{scored}");
+    assert_eq!(tokens[..prompt_tokens].concat(), "The sky is blue", "{scored}");
+    assert!(scored["text"].as_str().unwrap().starts_with("The sky is blue"), "{scored}");
+    let logprobs = scored["token_logprobs"].as_array().unwrap();
+    assert!(logprobs[0].is_null() && logprobs[1..].iter().all(|l| l.as_f64().unwrap() <= 0.0), "{scored}");
+    assert_eq!(scored["text_offset"][prompt_tokens], "The sky is blue".len(), "{scored}");
 
     // n choices, each indexed, whole and streamed; best_of answers one choice and counts all.
     let many = report["many"].as_array().unwrap();
@@ -113,6 +123,11 @@ async fn the_openai_library_chats_with_the_worker_with_every_parameter_honoured(
         assert!(arguments["city"].is_string() && arguments.as_object().unwrap().len() == 1, "{arguments}");
     }
     assert!(["stop", "length", "tool_calls"].contains(&report["answered"].as_str().unwrap()), "{report}");
+    if report["answered"] != "tool_calls" {
+        let pieces: Vec<&str> = report["answer"][1].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        assert_eq!(pieces.concat(), report["answer"][0].as_str().unwrap(), "{report}");
+        assert!(pieces.len() > 1, "an answer in words is streamed as it comes: {pieces:?}");
+    }
 
     // The biased end-of-sequence token ends the answer at once, after min_tokens, or never.
     assert_eq!(report["ends_now"], serde_json::json!(["stop", 1]));

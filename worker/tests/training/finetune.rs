@@ -14,7 +14,7 @@ use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 use lantern_runtime::llm::greedy;
 use lantern_runtime::llm::kv_cache::{BlockTable, KvCache};
 use lantern_runtime::model::LoadedModel;
-use lantern_runtime::model::llama::{Llama, SequenceStep};
+use lantern_runtime::model::llama::{Llama, Logits, SequenceStep};
 use lantern_runtime::model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LoraAdapter};
 use lantern_runtime::repository::{self, Format, MANIFEST_FILE, Manifest, PublishRequest, Repository};
 use lantern_serve::config::VersionPolicy;
@@ -307,7 +307,7 @@ fn prefill(model: &Llama, prompts: &[(&[u32], Option<&LoraAdapter>)]) -> Vec<Vec
     let mut steps: Vec<SequenceStep<'_>> = prompts
         .iter()
         .zip(&mut tables)
-        .map(|(&(tokens, adapter), table)| SequenceStep { tokens, table, logits: true, adapter })
+        .map(|(&(tokens, adapter), table)| SequenceStep { tokens, table, logits: Logits::Last, adapter })
         .collect();
     model.forward(&mut steps, &mut cache).unwrap().to_vec2().unwrap()
 }

@@ -147,8 +147,8 @@ async fn structured_figures(client: &GenerationServiceClient<Channel>, prompts: 
 
 /// What `n = 4` saves against four separate requests of the same prompt, both sampled
 /// (temperature 0.8) for `NEW_TOKENS` tokens per choice on a 256-token prompt no earlier request
-/// left in the prefix cache: the tokens prefilled, the time to the first token and the output
-/// tokens/s of the whole.
+/// left in the prefix cache: the tokens prefilled, the time to the last stream's first token
+/// and the decode rate after the first.
 async fn choices_figures(client: &GenerationServiceClient<Channel>, prompts: &Prompts) -> anyhow::Result<()> {
     const CHOICES: u32 = 4;
     let sampled = |index: usize, n: Option<u32>| pb::GenerateRequest {
@@ -157,29 +157,28 @@ async fn choices_figures(client: &GenerationServiceClient<Channel>, prompts: &Pr
         n,
         ..request(MODEL.into(), prompts.long(index), NEW_TOKENS)
     };
-    let started = Instant::now();
+    // Prompt tokens prefilled, the last first token, output tokens, and the decode rate after
+    // the first token, of runs started together.
+    let summary = |runs: &[Run]| {
+        let prefilled: usize = runs.iter().map(|r| r.prompt_tokens - r.cached_tokens).sum();
+        let tokens: usize = runs.iter().map(|r| r.tokens).sum();
+        let first = runs.iter().map(|r| r.first_token).min().unwrap_or_default();
+        let last_first = runs.iter().map(|r| r.first_token).max().unwrap_or_default();
+        let end = runs.iter().map(|r| r.total).max().unwrap_or_default();
+        let decode = (tokens - CHOICES as usize) as f64 / (end - first).as_secs_f64();
+        format!(
+            "{prefilled} prompt tokens prefilled, TTFT {:.0} ms, decode {decode:.1} tokens/s ({tokens} tokens)",
+            last_first.as_secs_f64() * 1e3
+        )
+    };
     let one = stream_run(client.clone(), sampled(10, Some(CHOICES))).await?;
-    let one_wall = started.elapsed().as_secs_f64();
-    let started = Instant::now();
     let tasks: Vec<_> = (0..CHOICES).map(|_| tokio::spawn(stream_run(client.clone(), sampled(11, None)))).collect();
-    let mut runs = Vec::with_capacity(tasks.len());
+    let mut separate = Vec::with_capacity(tasks.len());
     for task in tasks {
-        runs.push(task.await??);
+        separate.push(task.await??);
     }
-    let separate_wall = started.elapsed().as_secs_f64();
-    let separate_prefilled: usize = runs.iter().map(|r| r.prompt_tokens - r.cached_tokens).sum();
-    let separate_tokens: usize = runs.iter().map(|r| r.tokens).sum();
-    let first = runs.iter().map(|r| r.first_token).max().unwrap_or_default();
-    println!(
-        "  n = {CHOICES}: {} prompt tokens prefilled, TTFT {:.0} ms, {:.1} tokens/s in total ({} tokens); \
-         {CHOICES} separate requests: {separate_prefilled} prefilled, TTFT up to {:.0} ms, {:.1} tokens/s",
-        one.prompt_tokens - one.cached_tokens,
-        one.first_token.as_secs_f64() * 1e3,
-        one.tokens as f64 / one_wall,
-        one.tokens,
-        first.as_secs_f64() * 1e3,
-        separate_tokens as f64 / separate_wall,
-    );
+    println!("  n = {CHOICES}: {}", summary(std::slice::from_ref(&one)));
+    println!("  {CHOICES} separate requests of one prompt: {}", summary(&separate));
     Ok(())
 }
 
