@@ -98,7 +98,7 @@ async fn settled(stack: &Stack, service: &str) -> serde_json::Value {
     let limit = Duration::from_secs(90);
     let wanted =
         |s: &serde_json::Value| condition(s, "Ready").0 == "True" && s["status"]["replicas"] == s["spec"]["replicas"];
-    let ready = stack.wait_for(&format!("isvc/{service}"), "Ready on the wanted revision", limit, wanted).await;
+    let ready = stack.wait_for(&format!("isvc/{service}"), "Ready on the wanted revision", limit, &wanted).await;
     let replicas = ready["spec"]["replicas"].as_u64().unwrap() as usize;
     let staying = |pod: &serde_json::Value| {
         pod["spec"]["containers"][0]["resources"]["limits"]["memory"].is_string()
@@ -111,7 +111,9 @@ async fn settled(stack: &Stack, service: &str) -> serde_json::Value {
         serving.len() == replicas && serving.into_iter().all(staying)
     };
     stack.wait_for("pods", "only the pods with a memory limit, ready", limit, only_staying).await;
-    ready
+    // The status read above may still count pods that were on their way out.
+    let counted = |s: &serde_json::Value| wanted(s) && s["status"]["readyReplicas"] == replicas;
+    stack.wait_for(&format!("isvc/{service}"), "ready replicas counting only the staying pods", limit, counted).await
 }
 
 fn condition<'a>(service: &'a serde_json::Value, type_: &str) -> (&'a str, &'a str, &'a str) {

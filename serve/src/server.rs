@@ -286,9 +286,7 @@ async fn at_capacity(headers: http::HeaderMap) -> axum::response::Response {
 /// Opens a server span per request (gRPC and HTTP alike) that continues the caller's trace when
 /// the request carries W3C `traceparent`/`tracestate` headers.
 async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(request.headers()))
-    });
+    let parent = lantern_telemetry::caller_context(request.headers());
     let span = tracing::info_span!(
         "request",
         otel.name = %request.uri().path(),
@@ -299,18 +297,6 @@ async fn trace_request(request: axum::extract::Request, next: axum::middleware::
         tracing::debug!(%error, "cannot continue the caller's trace");
     }
     next.run(request).instrument(span).await
-}
-
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
-
-impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
 }
 
 /// Keeps the gRPC health status in step with readiness, so Kubernetes gRPC probes see it.

@@ -7,7 +7,8 @@
 //!   flattens into its own; [`TelemetryArgs::init`] installs the subscriber, and the returned
 //!   [`Telemetry`] flushes spans when dropped.
 //! - [`with_trace_context`] writes the current span's context into an outgoing gRPC request, so the callee's
-//!   spans join the caller's trace.
+//!   spans join the caller's trace; [`inject_context`] does the same for any HTTP request's
+//!   headers, and [`caller_context`] reads the context a caller's headers carry.
 //! - `collector` (feature `collector`): a real OTLP collector on loopback, for tests.
 
 #[cfg(feature = "collector")]
@@ -116,6 +117,42 @@ pub fn with_trace_context<T>(mut request: tonic::Request<T>) -> tonic::Request<T
         propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
     });
     request
+}
+
+/// The trace context W3C `traceparent`/`tracestate` headers carry (an empty one without them).
+pub fn caller_context(headers: &http::HeaderMap) -> opentelemetry::Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
+}
+
+/// Writes the current span's trace context into `headers`, replacing what was there.
+pub fn inject_context(headers: &mut http::HeaderMap) {
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(headers));
+    });
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let name = http::HeaderName::from_bytes(key.as_bytes());
+        if let (Ok(name), Ok(value)) = (name, http::HeaderValue::from_str(&value)) {
+            self.0.insert(name, value);
+        }
+    }
 }
 
 struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);

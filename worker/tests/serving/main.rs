@@ -10,4 +10,5 @@ mod lifecycle;
 mod llm;
 mod python_client;
 mod rest;
+mod router;
 mod routing;

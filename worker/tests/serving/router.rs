@@ -1,0 +1,157 @@
+//! The router in front of real workers: one gRPC channel's requests spread over every pod, HTTP
+//! and streams pass through unchanged, requests wait for a pod while there is none, and a pod
+//! that refuses connections is skipped.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use lantern_router::proxy::HoldSettings;
+use lantern_router::server::{self, Options};
+use serde_json::{Value, json};
+
+use super::fixtures::{Harness, infer_request, output_values};
+
+/// A router on ephemeral loopback ports with a short hold.
+async fn router(hold: Duration) -> server::Running {
+    let options = Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        hold: HoldSettings { timeout: hold, max_held: 8 },
+        shutdown_grace: Duration::from_secs(2),
+        ..Options::default()
+    };
+    server::start(options).await.unwrap()
+}
+
+/// `lantern_requests_total` of model `m` v1 answered OK by a worker.
+async fn served(harness: &Harness) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", harness.url())).await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with(r#"lantern_requests_total{model="m",version="1",code="OK"}"#));
+    line.and_then(|l| l.rsplit(' ').next()).map_or(0, |n| n.parse().unwrap())
+}
+
+async fn stats(router: &server::Running) -> Value {
+    reqwest::get(format!("http://{}/stats", router.admin_addr())).await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_grpc_channel_spreads_its_requests_over_every_pod() {
+    let pods = [
+        Harness::serving_one_version().await,
+        Harness::serving_one_version().await,
+        Harness::serving_one_version().await,
+    ];
+    let router = router(Duration::from_secs(1)).await;
+    router.pool().set(pods.iter().map(|p| p.server.local_addr()).collect());
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", router.local_addr())).await.unwrap();
+    let expected =
+        output_values(&pods[0].grpc().await.model_infer(infer_request("m", "", 2)).await.unwrap().into_inner());
+    // One at a time, then 60 at once, all on the one channel (one HTTP/2 connection).
+    for _ in 0..60 {
+        let answer = client.model_infer(infer_request("m", "", 2)).await.unwrap().into_inner();
+        assert_eq!(output_values(&answer), expected);
+    }
+    let together = (0..60).map(|_| {
+        let mut client = client.clone();
+        async move { client.model_infer(infer_request("m", "", 2)).await.map(|r| r.into_inner()) }
+    });
+    for answer in futures::future::join_all(together).await {
+        assert_eq!(output_values(&answer.unwrap()), expected);
+    }
+    let mut counts = Vec::new();
+    for (index, pod) in pods.iter().enumerate() {
+        // The first pod also answered the direct request above.
+        counts.push(served(pod).await - u64::from(index == 0));
+    }
+    assert_eq!(counts.iter().sum::<u64>(), 120, "{counts:?}");
+    assert!(counts.iter().all(|&n| (36..=44).contains(&n)), "each pod within 10% of a third: {counts:?}");
+    let metrics = reqwest::get(format!("http://{}/metrics", router.admin_addr())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("lantern_router_ready_pods 3"), "{metrics}");
+    assert_eq!(stats(&router).await["in_flight"], 0, "every request counted out at its end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_errors_and_headers_pass_through_unchanged() {
+    let pod = Harness::serving_one_version().await;
+    let router = router(Duration::from_secs(1)).await;
+    router.pool().set(vec![pod.server.local_addr()]);
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", router.local_addr());
+    let infer =
+        json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.0, 0.1, 0.2, 0.3]}]});
+    let through = http.post(url("/v2/models/m/infer")).json(&infer).send().await.unwrap();
+    assert_eq!(through.status(), 200);
+    assert_eq!(through.headers()["content-type"], "application/json");
+    let direct: Value = post(&pod.url(), "/v2/models/m/infer", &infer).await;
+    assert_eq!(through.json::<Value>().await.unwrap()["outputs"], direct["outputs"]);
+    // The worker's own refusals, codes and messages, reach the caller as the worker said them.
+    let missing = http.post(url("/v2/models/nope/infer")).json(&infer).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let mut grpc = GrpcInferenceServiceClient::connect(url("")).await.unwrap();
+    let status = grpc.model_infer(infer_request("nope", "", 1)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(status.message().contains("nope"), "{}", status.message());
+    let pinned = grpc.model_infer(infer_request("m", "7", 1)).await.unwrap_err();
+    assert_eq!(pinned.code(), tonic::Code::NotFound, "the version reaches the worker unchanged");
+}
+
+async fn post(base: &str, path: &str, body: &Value) -> Value {
+    reqwest::Client::new().post(format!("{base}{path}")).json(body).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_waits_for_a_pod_and_a_pod_that_refuses_connections_is_skipped() {
+    let pod = Harness::serving_one_version().await;
+    let router = router(Duration::from_secs(10)).await;
+    let url = format!("http://{}", router.local_addr());
+    // No pod yet: the request is held until one is ready, then answered.
+    let waiting = tokio::spawn(async move {
+        let mut client = GrpcInferenceServiceClient::connect(url).await.unwrap();
+        client.model_infer(infer_request("m", "", 1)).await.map(|r| r.into_inner())
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stats(&router).await["held"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the request was not held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A closed port beside the real pod: its requests are retried on the real one.
+    let closed: SocketAddr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    router.pool().set(vec![closed, pod.server.local_addr()]);
+    assert!(!output_values(&waiting.await.unwrap().unwrap()).is_empty());
+    assert_eq!(stats(&router).await["held"], 0);
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", router.local_addr())).await.unwrap();
+    for _ in 0..10 {
+        client.model_infer(infer_request("m", "", 1)).await.unwrap();
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", router.admin_addr())).await.unwrap().text().await.unwrap();
+    // Once it failed, the closed port is passed over: one retry, not one per request.
+    let retries = metrics.lines().find(|l| l.starts_with(r#"lantern_router_retries_total{reason="connect"}"#));
+    assert!(retries.is_some_and(|l| l.ends_with(" 1") || l.ends_with(" 2")), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_no_pod_a_request_gets_unavailable_after_the_hold_in_its_own_protocol() {
+    let router = router(Duration::from_millis(300)).await;
+    let url = format!("http://{}", router.local_addr());
+    let mut client = GrpcInferenceServiceClient::connect(url.clone()).await.unwrap();
+    let status = client.model_infer(infer_request("m", "", 1)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("no pod became ready"), "{}", status.message());
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("no pod"), "{body}");
+    let metrics = reqwest::get(format!("http://{}/metrics", router.admin_addr())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("lantern_router_hold_timeouts_total 2"), "{metrics}");
+    assert!(metrics.contains("lantern_router_held 0"), "{metrics}");
+}
