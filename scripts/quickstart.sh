@@ -35,6 +35,7 @@ case "${1:-}" in
 esac
 state=.cache/quickstart
 image=ghcr.io/lantern-dev/worker:0.1.0
+router_image=ghcr.io/lantern-dev/router:0.1.0
 rm -rf "$state" && mkdir -p "$state"
 
 # The narration talks to the service with the stock OpenAI client.
@@ -73,7 +74,7 @@ trap 'exit 130' INT TERM
 
 echo "==> starting the devcluster (logs: $state/devcluster.log; pods' logs under $state/cluster/pods)"
 "$bin/lantern-devcluster" up --state-dir "$state/cluster" --listen 127.0.0.1:0 \
-  --image "$image=$bin/lantern-worker" --back-off-seconds 2 >/dev/null 2>"$state/devcluster.log" &
+  --image "$image=$bin/lantern-worker" --image "$router_image=$bin/lantern-router" --back-off-seconds 2 >/dev/null 2>"$state/devcluster.log" &
 pids+=($!)
 export KUBECONFIG=$PWD/$state/cluster/kubeconfig
 for _ in $(seq 100); do [ -s "$KUBECONFIG" ] && break; sleep 0.1; done
@@ -84,7 +85,7 @@ kubectl apply -f crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=30s >/dev/null
 
 echo "==> starting lantern-operator (logs: $state/operator.log)"
-"$bin/lantern-operator" --worker-image "$image" --metrics-address 127.0.0.1:0 >"$state/operator.log" 2>&1 &
+"$bin/lantern-operator" --worker-image "$image" --router-image "$router_image" --metrics-address 127.0.0.1:0 >"$state/operator.log" 2>&1 &
 pids+=($!)
 
 echo "==> kubectl apply -f $job -f $service"

@@ -1,5 +1,6 @@
 //! `lantern-e2e`: what the end-to-end suites share. [`Stack::start`] brings up the devcluster
-//! (its kubelet running the worker image as the built `lantern-worker`), applies the CRDs, and
+//! (its kubelet running the worker and router images as the built `lantern-worker` and
+//! `lantern-router`), applies the CRDs, and
 //! starts the built `lantern-operator` as a process against it, the way a user's cluster runs
 //! them. The suites then drive it with the real kubectl. [`Stack::bare`] is the devcluster
 //! alone (the operator image mapped to the built `lantern-operator`), for installing the Helm
@@ -30,6 +31,10 @@ spec:
 
 /// The worker image the operator runs by default, mapped to the built `lantern-worker`.
 pub const WORKER_IMAGE: &str = "ghcr.io/lantern-dev/worker:0.1.0";
+
+/// The router image the operator puts in front of every InferenceService, mapped to the built
+/// `lantern-router`.
+pub const ROUTER_IMAGE: &str = "ghcr.io/lantern-dev/router:0.1.0";
 
 /// A binary built beside this test executable (`target/<profile>/<name>`).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -147,7 +152,8 @@ impl Operator {
         let log = state.join(format!("{identity}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let child = tokio::process::Command::new(binary("lantern-operator")?)
-            .args(["--worker-image", WORKER_IMAGE, "--metrics-address", "127.0.0.1:0", "--identity", identity])
+            .args(["--worker-image", WORKER_IMAGE, "--router-image", ROUTER_IMAGE])
+            .args(["--metrics-address", "127.0.0.1:0", "--identity", identity])
             .env("KUBECONFIG", cluster.kubeconfig())
             .env("LANTERN_LOG", "lantern_operator=debug,info")
             .envs(env.iter().copied())
@@ -231,6 +237,7 @@ impl Stack {
         let state = tempfile::tempdir().context("creating the state directory")?;
         let mut options = Options::new(state.path())
             .image(WORKER_IMAGE, binary("lantern-worker")?)
+            .image(ROUTER_IMAGE, binary("lantern-router")?)
             .image(OPERATOR_IMAGE, binary("lantern-operator")?);
         options.kubelet.back_off = Duration::from_secs(1);
         let cluster = DevCluster::start(options).await?;

@@ -224,7 +224,9 @@ async fn versions_are_served_canaried_promoted_and_rolled_back() {
         .await
         .unwrap();
     assert!(token.ok && token.stdout.len() == 64, "{}{}", token.stdout, token.stderr);
-    let pod_ip = stack.field("pods", ".items[0].status.podIP").await.unwrap();
+    let workers =
+        ["get", "pods", "-l", "lantern.dev/inference-service=adder", "-o", "jsonpath={.items[0].status.podIP}"];
+    let pod_ip = stack.kubectl(&workers).await.unwrap().stdout;
     let mut management = GrpcInferenceServiceClient::connect(format!("http://{pod_ip}:8501")).await.unwrap();
     let unload = || RepositoryModelUnloadRequest { model_name: "adder".into(), ..Default::default() };
     assert_eq!(management.repository_model_unload(unload()).await.unwrap_err().code(), tonic::Code::Unauthenticated);
@@ -281,6 +283,54 @@ spec:
 
 /// A one-rank LoRA fine-tune of `base` on `.datasets/NAME/`, publishing adapter versions 1 and 2
 /// of model NAME.
+/// `lantern_requests_total` of `model` v1 answered OK, read from a worker's `/metrics`.
+async fn served(pod_ip: &str, model: &str) -> u64 {
+    let text = reqwest::get(format!("http://{pod_ip}:8500/metrics")).await.unwrap().text().await.unwrap();
+    let prefix = format!("lantern_requests_total{{model=\"{model}\",version=\"1\",code=\"OK\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_grpc_channel_is_balanced_over_three_pods_by_the_router() {
+    let stack = Stack::start().await.unwrap();
+    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
+    stack.publish_mlp("models", "adder", LAYERS, 1, &[]).await.unwrap();
+    let three = SERVICE.replace("replicas: 2", "replicas: 3");
+    assert!(stack.apply(&three).await.unwrap().ok);
+    settled(&stack, "adder").await;
+    let router = stack.json("deployment/adder-router").await.unwrap();
+    assert_eq!(router["spec"]["template"]["spec"]["serviceAccountName"], "adder-router");
+    let binding = stack.json("rolebinding/adder-router").await.unwrap();
+    assert_eq!(binding["roleRef"]["name"], "lantern-router");
+
+    // One channel, so one connection through the Service: without the router every request
+    // would reach one pod.
+    let address = stack.service_address("adder").await.unwrap();
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{address}")).await.unwrap();
+    for _ in 0..45 {
+        assert_eq!(client.model_infer(request()).await.unwrap().into_inner().model_version, "1");
+    }
+    let together = (0..45).map(|_| {
+        let mut client = client.clone();
+        async move { client.model_infer(request()).await }
+    });
+    assert!(futures::future::join_all(together).await.iter().all(Result::is_ok));
+    let pods = stack.json("pods").await.unwrap();
+    let ips = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["lantern.dev/inference-service"] == "adder");
+    let mut counts = Vec::new();
+    for pod in ips {
+        counts.push(served(pod["status"]["podIP"].as_str().unwrap(), "adder").await);
+    }
+    assert_eq!(counts.len(), 3);
+    assert_eq!(counts.iter().sum::<u64>(), 90, "{counts:?}");
+    assert!(counts.iter().all(|&n| (27..=33).contains(&n)), "each pod within 10% of a third: {counts:?}");
+    stack.stop().await.unwrap();
+}
+
 fn adapter_job(name: &str) -> String {
     format!(
         "apiVersion: lantern.dev/v1alpha1

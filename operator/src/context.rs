@@ -42,10 +42,19 @@ impl WorkerImages {
     }
 }
 
+/// The router every InferenceService gets ([`crate::serving::router`]).
+#[derive(Clone, Debug)]
+pub struct RouterSettings {
+    pub image: String,
+    /// The chart's ClusterRole that lets the router watch pods, bound in each service's namespace.
+    pub cluster_role: String,
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
     pub images: WorkerImages,
+    pub router: RouterSettings,
     /// The node cache settings of URI repositories that leave them out.
     pub cache_defaults: RepositoryCache,
     pub metrics: Arc<Metrics>,
@@ -61,6 +70,7 @@ impl Context {
     pub fn new(
         client: Client,
         images: WorkerImages,
+        router: RouterSettings,
         cache_defaults: RepositoryCache,
         namespace: String,
         watch_namespace: Option<String>,
@@ -68,6 +78,7 @@ impl Context {
         Self {
             client,
             images,
+            router,
             cache_defaults,
             metrics: Arc::default(),
             namespace,

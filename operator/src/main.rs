@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
 use futures::FutureExt;
-use lantern_operator::context::{Context, WorkerImages};
+use lantern_operator::context::{Context, RouterSettings, WorkerImages};
 use lantern_operator::crd::RepositoryCache;
 use lantern_operator::leader::Election;
 use lantern_operator::{metrics, serving, training};
@@ -27,6 +27,12 @@ struct Args {
     /// The CUDA worker image for jobs and services with `device: cuda` that name no image.
     #[arg(long, env = "LANTERN_WORKER_CUDA_IMAGE", default_value = "ghcr.io/lantern-dev/worker:0.1.0-cuda")]
     worker_cuda_image: String,
+    /// The image of the router in front of every InferenceService (`lantern-router`).
+    #[arg(long, env = "LANTERN_ROUTER_IMAGE", default_value = "ghcr.io/lantern-dev/router:0.1.0")]
+    router_image: String,
+    /// The ClusterRole that lets a router watch pods (the chart's), bound per service.
+    #[arg(long, env = "LANTERN_ROUTER_CLUSTER_ROLE", default_value = "lantern-router")]
+    router_cluster_role: String,
     /// The node directory (hostPath) pods cache a URI repository's files in when the resource's
     /// `repository.cache` names none; unset, each pod gets an emptyDir.
     #[arg(long, env = "LANTERN_MODEL_CACHE_HOST_PATH", value_parser = absolute_path)]
@@ -71,7 +77,9 @@ async fn main() -> anyhow::Result<()> {
     let images = WorkerImages { cpu: args.worker_image.clone(), cuda: args.worker_cuda_image.clone() };
     let cache = RepositoryCache { size_mib: args.model_cache_size_mib, host_path: args.model_cache_host_path.clone() };
     let own_namespace = client.default_namespace().to_owned();
-    let context = Arc::new(Context::new(client.clone(), images, cache, own_namespace, args.watch_namespace.clone()));
+    let router = RouterSettings { image: args.router_image.clone(), cluster_role: args.router_cluster_role.clone() };
+    let context =
+        Arc::new(Context::new(client.clone(), images, router, cache, own_namespace, args.watch_namespace.clone()));
 
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await

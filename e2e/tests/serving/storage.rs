@@ -498,7 +498,9 @@ async fn a_service_serves_from_s3_rolls_a_new_version_out_and_a_replaced_pod_loa
 
     // A replaced pod loads version 2 from the node's cache: it downloads nothing.
     let pods = stack.json("pods").await.unwrap();
-    let (name, uid) = (pods["items"][0]["metadata"]["name"].clone(), pods["items"][0]["metadata"]["uid"].clone());
+    let is_worker = |p: &&serde_json::Value| p["metadata"]["labels"]["lantern.dev/inference-service"] == "adder";
+    let worker = pods["items"].as_array().unwrap().iter().find(is_worker).unwrap();
+    let (name, uid) = (worker["metadata"]["name"].clone(), worker["metadata"]["uid"].clone());
     assert!(stack.kubectl(&["delete", "pod", name.as_str().unwrap()]).await.unwrap().ok);
     let deadline = Instant::now() + Duration::from_secs(90);
     let pod_ip = loop {

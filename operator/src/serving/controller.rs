@@ -2,7 +2,7 @@
 //! 1. finds the model repository (the spec's claim, or the referenced TrainingJob's output) and
 //!    the adapter models ([`adapters`](super::adapters): listed, or fine-tuning TrainingJobs'
 //!    outputs);
-//! 2. applies the Service;
+//! 2. applies the Service and the router behind it ([`router`](super::router));
 //! 3. asks every running pod's worker for the status of every model it serves
 //!    (`ModelService.GetModelStatus`);
 //! 4. lets [`rollout`](super::rollout) decide, for the base and for each adapter model on its
@@ -20,8 +20,10 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
@@ -40,8 +42,9 @@ use super::fleet::Fleet;
 use super::objects::{self, MANAGEMENT_PORT, PodAdapter, PodModels, SERVICE_LABEL};
 use super::pods::{self, ServingPod};
 use super::rollout::{self, Settings};
+use super::router;
 use super::status::{self, Observed};
-use crate::context::{Context, Error, MANAGER, kube_error, run_controller};
+use crate::context::{Context, Error, MANAGER, RouterSettings, kube_error, run_controller};
 use crate::crd::{InferenceService, Repository, TrainingJob};
 use lantern_proto::auth::SendToken;
 
@@ -114,6 +117,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         .patch(&name, &apply, &Patch::Apply(&objects::network_policy(&service, &context.namespace)))
         .await
         .map_err(kube_error("applying the NetworkPolicy"))?;
+    let router_ready = apply_router(client, &service, &namespace, &context.router, &apply).await?;
     let token = credentials::token(client, &namespace, objects::management_secret(&service)).await?;
 
     let source = repository(client, &service, &namespace).await;
@@ -215,7 +219,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         answering.iter().zip(&reports).filter(|(pod, report)| pod.ready && report.as_ref().is_some_and(serves_stable));
     let serving = serving.count() as u32;
     let requeue = adapter_states.iter().filter_map(|a| a.decision.as_ref()?.requeue).chain(decision.requeue).min();
-    let observed = Observed { replicas, serving, fleet, model_bytes, source_error: source.err() };
+    let observed = Observed { replicas, serving, fleet, model_bytes, source_error: source.err(), router_ready };
     let next = status::next(&service, &decision, &adapter_states, &observed, now);
     let events = decision.events.iter().cloned().chain(adapter_states.iter().flat_map(|a| a.events()));
     for event in events {
@@ -233,6 +237,42 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     // change to the service or its pods wakes the controller anyway.
     let poll = if pods.is_empty() { IDLE } else { POLL };
     Ok(Action::requeue(requeue.unwrap_or(poll).min(poll)))
+}
+
+/// The router's account, its binding and its Deployment; for a service without a router, no
+/// Deployment (one left from before is deleted). Returns whether the way in is ready: the router
+/// has an available pod, or there is no router.
+async fn apply_router(
+    client: &Client,
+    service: &InferenceService,
+    namespace: &str,
+    settings: &RouterSettings,
+    apply: &PatchParams,
+) -> Result<bool, Error> {
+    let name = router::router_name(service);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    if !router::routed(service) {
+        return match deployments.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(true),
+            Err(error) => Err(kube_error("deleting the router")(error)),
+        };
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    accounts
+        .patch(&name, apply, &Patch::Apply(&router::service_account(service)))
+        .await
+        .map_err(kube_error("applying the router's ServiceAccount"))?;
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), namespace);
+    bindings
+        .patch(&name, apply, &Patch::Apply(&router::role_binding(service, &settings.cluster_role)))
+        .await
+        .map_err(kube_error("applying the router's RoleBinding"))?;
+    let applied = deployments
+        .patch(&name, apply, &Patch::Apply(&router::deployment(service, &settings.image)))
+        .await
+        .map_err(kube_error("applying the router's Deployment"))?;
+    Ok(applied.status.and_then(|s| s.available_replicas).is_some_and(|n| n > 0))
 }
 
 fn serves(report: &ModelStatus, version: u64) -> bool {

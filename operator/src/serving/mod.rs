@@ -1,7 +1,8 @@
 //! The InferenceService controller ([`controller`]) and its pure pieces: the objects a service
 //! owns ([`objects`]), which pods to create and delete ([`pods`]), the workers' reports folded
 //! per version ([`fleet`]), the rollout state machine ([`rollout`]), the adapter models served
-//! beside the base, each rolled out on its own ([`adapters`]), and the next status ([`status`]).
+//! beside the base, each rolled out on its own ([`adapters`]), the router in front of the pods
+//! ([`router`]), and the next status ([`status`]).
 
 pub mod adapters;
 pub mod controller;
@@ -9,6 +10,7 @@ pub mod fleet;
 pub mod objects;
 pub mod pods;
 pub mod rollout;
+pub mod router;
 pub mod status;
 
 /// The `adder` service of the unit tests, in namespace `ml`, serving from claim `models`;

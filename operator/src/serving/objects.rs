@@ -143,12 +143,13 @@ pub fn pod_name(service: &InferenceService, revision: &str, index: u32) -> Strin
     format!("{}-{revision}-{index}", name(service))
 }
 
-/// The Service in front of the ready pods.
+/// The Service clients connect to: in front of the router's pods, or of the ready worker pods
+/// where there is no router ([`super::router::routed`]).
 pub fn service(service: &InferenceService) -> Service {
     Service {
         metadata: owned_metadata(service, name(service).to_owned(), service_labels(service)),
         spec: Some(ServiceSpec {
-            selector: Some(BTreeMap::from([(SERVICE_LABEL.to_owned(), name(service).to_owned())])),
+            selector: Some(super::router::service_selector(service)),
             ports: Some(vec![objects::service_port("serving", SERVING_PORT)]),
             ..ServiceSpec::default()
         }),
@@ -572,9 +573,12 @@ mod tests {
     }
 
     #[test]
-    fn the_service_selects_every_pod_of_the_inference_service() {
+    fn the_service_selects_the_router_or_without_one_every_worker_pod() {
         let service = serde_json::to_value(super::service(&test_service(json!({})))).unwrap();
-        assert_eq!(service["spec"]["selector"][SERVICE_LABEL], "adder");
+        assert_eq!(service["spec"]["selector"], json!({super::super::router::ROUTER_LABEL: "adder"}));
+        let tls = test_service(json!({"tls": {"secretName": "adder-tls"}}));
+        let direct = serde_json::to_value(super::service(&tls)).unwrap();
+        assert_eq!(direct["spec"]["selector"], json!({SERVICE_LABEL: "adder"}));
         assert_eq!(service["spec"]["ports"][0]["port"], 8500);
         assert_eq!(url(&test_service(json!({}))), "http://adder.ml.svc:8500");
     }

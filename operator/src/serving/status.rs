@@ -40,6 +40,8 @@ pub struct Observed {
     pub model_bytes: u64,
     /// Why the model's source cannot be used, if it cannot.
     pub source_error: Option<String>,
+    /// Whether the clients' way in works: the router has a ready pod (always, without a router).
+    pub router_ready: bool,
 }
 
 /// Whether a model's stable version serves on every answering pod, with a reason and a message
@@ -149,6 +151,8 @@ pub fn next(
         (false, models_reason, models_message.clone())
     } else if observed.serving < wanted {
         (false, "PodsNotReady", format!("{} of {wanted} pods ready", observed.serving))
+    } else if !observed.router_ready {
+        (false, "RouterNotReady", "the router in front of the pods has no ready pod".to_owned())
     } else {
         let stable = decision.stable.unwrap_or_default();
         (true, "Ready", format!("version {stable} serves on {wanted} pods"))
@@ -209,7 +213,8 @@ mod tests {
             report(&[1], &[(1, Available, 0, 0, [0; 5])]),
             report(&[1], &[(1, Available, 0, 0, [0; 5])]),
         ]);
-        let observed = Observed { replicas: 2, serving: 2, fleet, model_bytes: 0, source_error: None };
+        let observed =
+            Observed { replicas: 2, serving: 2, fleet, model_bytes: 0, source_error: None, router_ready: true };
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let status = next(&service, &decision(Some(1)), &[], &observed, now);
         assert_eq!(
@@ -224,7 +229,10 @@ mod tests {
         assert_eq!(status.selector.as_deref(), Some("lantern.dev/inference-service=adder"));
         assert_eq!(status.served.versions, [VersionStatus { version: 1, available: 2, ..Default::default() }]);
 
-        let one_pod = Observed { serving: 1, ..observed };
+        let no_router = Observed { router_ready: false, ..observed };
+        let status = next(&service, &decision(Some(1)), &[], &no_router, now);
+        assert_eq!(conditions(&status)[0], ("Ready", "False", "RouterNotReady"));
+        let one_pod = Observed { serving: 1, router_ready: true, ..no_router };
         let status = next(&service, &decision(Some(1)), &[], &one_pod, now);
         assert_eq!(conditions(&status)[0], ("Ready", "False", "PodsNotReady"));
     }
@@ -234,7 +242,8 @@ mod tests {
         let service = test_service(serde_json::json!({}));
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let fleet = Fleet::from_reports(&[report(&[1], &[(1, Failed, 0, 0, [0; 5])])]);
-        let observed = Observed { replicas: 1, serving: 0, fleet, model_bytes: 0, source_error: None };
+        let observed =
+            Observed { replicas: 1, serving: 0, fleet, model_bytes: 0, source_error: None, router_ready: true };
         let status = next(&service, &decision(Some(1)), &[], &observed, now);
         assert_eq!(conditions(&status)[1], ("ModelsReady", "False", "ModelLoadFailed"));
         assert!(status.conditions[0].message.contains("checksum mismatch"), "{:?}", status.conditions[0]);
@@ -260,7 +269,8 @@ mod tests {
         let resolved = adapters::resolve(&service.spec, None, &Default::default());
         let mut states = adapters::decide(&resolved, &[], &[vec![tickets]], now);
         let fleet = Fleet::from_reports(&[report(&[1], &[(1, Available, 0, 0, [0; 5])])]);
-        let observed = Observed { replicas: 1, serving: 1, fleet, model_bytes: 0, source_error: None };
+        let observed =
+            Observed { replicas: 1, serving: 1, fleet, model_bytes: 0, source_error: None, router_ready: true };
         let ready = |states: &[AdapterState]| {
             let status = next(&service, &decision(Some(1)), states, &observed, now);
             let adapters_ready = status.conditions.iter().find(|c| c.type_ == "AdaptersReady").cloned().unwrap();
