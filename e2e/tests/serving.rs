@@ -331,6 +331,97 @@ async fn one_grpc_channel_is_balanced_over_three_pods_by_the_router() {
     stack.stop().await.unwrap();
 }
 
+/// `SERVICE` autoscaled between `min` and `max` replicas from `replicas`, on short windows.
+fn autoscaled(replicas: u32, min: u32, max: u32) -> String {
+    SERVICE.replace(
+        "replicas: 2",
+        &format!(
+            "replicas: {replicas}\n  minReplicas: {min}\n  maxReplicas: {max}\n  autoscaling: {{targetInFlight: 2, \
+         stableWindowSeconds: 6, panicWindowSeconds: 3, scaleDownDelaySeconds: 3, idleSecondsBeforeZero: 6}}"
+        ),
+    )
+}
+
+/// Sends requests from `clients` closed loops on one channel until `stop` is set; returns how
+/// many failed.
+fn load(address: String, clients: usize, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let client = GrpcInferenceServiceClient::connect(format!("http://{address}")).await.unwrap();
+        let loops = (0..clients).map(|_| {
+            let (mut client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut failed = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    failed += u64::from(client.model_infer(request()).await.is_err());
+                }
+                failed
+            })
+        });
+        let mut failed = 0;
+        for task in futures::future::join_all(loops).await {
+            failed += task.unwrap();
+        }
+        failed
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_autoscales_the_service_up_and_a_quiet_period_back_down() {
+    let stack = Stack::start().await.unwrap();
+    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
+    stack.publish_mlp("models", "adder", LAYERS, 1, &[]).await.unwrap();
+    let applied = stack.apply(&autoscaled(1, 1, 3)).await.unwrap();
+    assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
+    settled(&stack, "adder").await;
+    let address = stack.service_address("adder").await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(address, 16, stop.clone());
+    let limit = Duration::from_secs(90);
+    let up = stack.wait_for("isvc/adder", "scaled up to 3", limit, |s| s["spec"]["replicas"] == 3).await;
+    assert!(up["status"]["autoscaler"]["averageInFlight"].as_f64().unwrap() > 2.0, "{:#}", up["status"]);
+    settled(&stack, "adder").await;
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(traffic.await.unwrap(), 0, "no request failed while pods were added");
+    let down = stack.wait_for("isvc/adder", "scaled back down to 1", limit, |s| s["spec"]["replicas"] == 1).await;
+    assert_eq!(down["status"]["autoscaler"]["mode"], "Stable");
+    let events = stack.kubectl(&["get", "events", "--field-selector", "reason=Scaled"]).await.unwrap();
+    assert!(events.stdout.contains("replicas 1 → ") && events.stdout.contains("→ 1"), "{}", events.stdout);
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_scaled_to_zero_holds_its_first_request_until_a_pod_answers_it() {
+    let stack = Stack::start().await.unwrap();
+    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
+    stack.publish_mlp("models", "adder", LAYERS, 1, &[]).await.unwrap();
+    let applied = stack.apply(&autoscaled(0, 0, 2)).await.unwrap();
+    assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
+    // Idle, it is at zero: no worker pod, only the router.
+    let limit = Duration::from_secs(90);
+    stack
+        .wait_for("deployment/adder-router", "the router ready", limit, |d| d["status"]["availableReplicas"] == 1)
+        .await;
+    let no_workers = |pods: &serde_json::Value| {
+        let items = pods["items"].as_array().into_iter().flatten();
+        !items.into_iter().any(|p| p["metadata"]["labels"]["lantern.dev/inference-service"] == "adder")
+    };
+    stack.wait_for("isvc/adder", "scaled to zero", limit, |s| s["spec"]["replicas"] == 0).await;
+    stack.wait_for("pods", "no worker pod", limit, no_workers).await;
+
+    // The first request waits at the router while a pod starts and loads the model.
+    let address = stack.service_address("adder").await.unwrap();
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{address}")).await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = client.model_infer(request()).await.unwrap().into_inner();
+    assert_eq!(answer.model_version, "1");
+    eprintln!("scale from zero: the first request answered after {:?}", started.elapsed());
+    let scaled = stack.json("isvc/adder").await.unwrap();
+    assert_eq!(scaled["spec"]["replicas"], 1);
+    // Idle again, it goes back to zero.
+    stack.wait_for("isvc/adder", "back to zero", limit, |s| s["spec"]["replicas"] == 0).await;
+    stack.stop().await.unwrap();
+}
+
 fn adapter_job(name: &str) -> String {
     format!(
         "apiVersion: lantern.dev/v1alpha1

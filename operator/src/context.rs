@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::crd::{Device, RepositoryCache};
 use crate::metrics::Metrics;
+use crate::serving::autoscale::{self, Scaler};
 
 /// The field manager of everything the operator applies, and the source of its Events.
 pub const MANAGER: &str = "lantern-operator";
@@ -64,6 +65,10 @@ pub struct Context {
     /// The one namespace watched, for a namespace-scoped install; `None` watches them all.
     pub watch_namespace: Option<String>,
     written: Mutex<HashMap<String, String>>,
+    /// Each autoscaled service's windows, by its uid.
+    scalers: Mutex<HashMap<String, Scaler>>,
+    /// The autoscaler's clock.
+    started: Instant,
 }
 
 impl Context {
@@ -84,7 +89,17 @@ impl Context {
             namespace,
             watch_namespace,
             written: Mutex::new(HashMap::new()),
+            scalers: Mutex::new(HashMap::new()),
+            started: Instant::now(),
         }
+    }
+
+    /// Feeds the load the routers of the service `uid` carry now to its autoscaler and returns
+    /// the decision, given `current` replicas.
+    pub fn autoscale(&self, uid: &str, settings: &autoscale::Settings, load: f64, current: u32) -> autoscale::Decision {
+        let now = self.started.elapsed().as_secs_f64();
+        let mut scalers = self.scalers.lock().unwrap_or_else(|p| p.into_inner());
+        scalers.entry(uid.to_owned()).or_default().decide(settings, now, load, current)
     }
 
     /// An `Api` over the watched namespace, or every namespace.

@@ -57,6 +57,12 @@ pub struct InferenceServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_replicas: Option<u32>,
+    /// The built-in autoscaler: `replicas` follows the requests in flight per pod (those the
+    /// router holds while no pod is ready included), between `minReplicas` (default 1; 0 scales
+    /// an idle service to zero) and `maxReplicas` (default 1000). Unset, `replicas` is left to
+    /// the user, or to an HPA or KEDA on the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
     /// Each pod's resources (`cpu`, `memory`, `nvidia.com/gpu`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -94,6 +100,38 @@ pub struct InferenceServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub adapters: Vec<AdapterModel>,
+}
+
+/// How the built-in autoscaler follows the load (Knative's KPA in shape).
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Requests in flight one pod should carry (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub target_in_flight: Option<u32>,
+    /// Seconds the load is averaged over for steady decisions (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 3600))]
+    pub stable_window_seconds: Option<u32>,
+    /// Seconds the load is averaged over to catch a burst (default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600))]
+    pub panic_window_seconds: Option<u32>,
+    /// A burst that asks for this percentage of the current pods scales at once and holds off
+    /// scaling down for a stable window (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 110, max = 1000))]
+    pub panic_threshold_percent: Option<u32>,
+    /// Seconds fewer pods must be wanted before there are fewer (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 3600))]
+    pub scale_down_delay_seconds: Option<u32>,
+    /// With `minReplicas: 0`: seconds without any request before the service goes to zero
+    /// (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub idle_seconds_before_zero: Option<u32>,
 }
 
 /// An adapter model served on the service's base: named, or fed by a fine-tuning TrainingJob.
@@ -314,6 +352,21 @@ pub struct InferenceServiceStatus {
     /// memory limit. It only grows: a pass in which no pod answers changes no pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_bytes: Option<u64>,
+    /// What the built-in autoscaler saw and wanted at its last look (with `spec.autoscaling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// The built-in autoscaler's last look.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// Requests in flight at the routers (held ones included), averaged over the stable window.
+    pub average_in_flight: f64,
+    /// The replicas the load asks for.
+    pub desired_replicas: u32,
+    /// `Stable`, or `Panic` while a burst is being caught.
+    pub mode: String,
 }
 
 /// One model's stable and canary versions, its rollout and its versions across the pods.

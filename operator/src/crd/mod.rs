@@ -14,7 +14,7 @@ use kube::{CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use inference::{InferenceService, InferenceServiceSpec, InferenceServiceStatus};
+pub use inference::{Autoscaling, InferenceService, InferenceServiceSpec, InferenceServiceStatus};
 pub use training::{TrainingJob, TrainingJobSpec, TrainingJobStatus};
 
 /// A model repository: a PersistentVolumeClaim (or a directory in it), or a URI.

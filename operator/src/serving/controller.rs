@@ -38,6 +38,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::adapters;
+use super::autoscale;
 use super::fleet::Fleet;
 use super::objects::{self, MANAGEMENT_PORT, PodAdapter, PodModels, SERVICE_LABEL};
 use super::pods::{self, ServingPod};
@@ -183,6 +184,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         }
     }
 
+    let (wanted, autoscaler) = autoscale(&context, &api, &pod_api, &service).await?;
     let mut replicas = 0;
     if let Ok(repository) = &source {
         let repository = &repository.with_cache_defaults(&context.cache_defaults);
@@ -193,7 +195,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         });
         let models = PodModels { policy: decision.starting_policy(), adapters: adapters.collect() };
         let revision = objects::revision(&service, repository, image, memory.as_deref(), &models.adapters);
-        let plan = pods::plan(service.spec.replicas, &revision, &pods);
+        let plan = pods::plan(wanted, &revision, &pods);
         for pod in &plan.delete {
             match pod_api.delete(pod, &DeleteParams::default()).await {
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -219,7 +221,8 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         answering.iter().zip(&reports).filter(|(pod, report)| pod.ready && report.as_ref().is_some_and(serves_stable));
     let serving = serving.count() as u32;
     let requeue = adapter_states.iter().filter_map(|a| a.decision.as_ref()?.requeue).chain(decision.requeue).min();
-    let observed = Observed { replicas, serving, fleet, model_bytes, source_error: source.err(), router_ready };
+    let observed =
+        Observed { replicas, serving, fleet, model_bytes, source_error: source.err(), router_ready, autoscaler };
     let next = status::next(&service, &decision, &adapter_states, &observed, now);
     let events = decision.events.iter().cloned().chain(adapter_states.iter().flat_map(|a| a.events()));
     for event in events {
@@ -234,9 +237,61 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         context.wrote(&written);
     }
     // Workers are polled for new versions; with no pods there is nothing to poll, and any
-    // change to the service or its pods wakes the controller anyway.
-    let poll = if pods.is_empty() { IDLE } else { POLL };
+    // change to the service or its pods wakes the controller anyway — but an autoscaled service
+    // at zero is watched for requests waiting at its router.
+    let autoscaled = autoscale::Settings::of(&service.spec).is_some();
+    let poll = if pods.is_empty() && !autoscaled { IDLE } else { POLL };
     Ok(Action::requeue(requeue.unwrap_or(poll).min(poll)))
+}
+
+/// The replicas the service wants now: the autoscaler's decision from its routers' load, written
+/// through the scale subresource when it changes (with an Event), or `spec.replicas` as it is
+/// without `spec.autoscaling`, a router, or a router that answers.
+async fn autoscale(
+    context: &Context,
+    api: &Api<InferenceService>,
+    pod_api: &Api<Pod>,
+    service: &InferenceService,
+) -> Result<(u32, Option<autoscale::Decision>), Error> {
+    let current = service.spec.replicas;
+    let Some(settings) = autoscale::Settings::of(&service.spec).filter(|_| router::routed(service)) else {
+        return Ok((current, None));
+    };
+    let Some(load) = router_load(pod_api, service).await else { return Ok((current, None)) };
+    let decision = context.autoscale(&service.uid().unwrap_or_default(), &settings, load, current);
+    if decision.replicas != current {
+        let scale = serde_json::json!({"spec": {"replicas": decision.replicas}});
+        api.patch_scale(&service.name_any(), &PatchParams::default(), &Patch::Merge(&scale))
+            .await
+            .map_err(kube_error("scaling the service"))?;
+        let mode = if decision.panicking { "a burst" } else { "the load" };
+        let message = format!(
+            "replicas {current} → {}: {mode}, {:.1} requests in flight on average against {} per pod",
+            decision.replicas, decision.stable_load, settings.target
+        );
+        context.record_event(service, "Scaled", &message, false).await;
+    }
+    Ok((decision.replicas, Some(decision)))
+}
+
+/// Requests in flight at the service's ready router pods, held ones included; `None` when no
+/// router answered (the autoscaler then keeps the replicas as they are).
+async fn router_load(pod_api: &Api<Pod>, service: &InferenceService) -> Option<f64> {
+    let selector = format!("{}={}", router::ROUTER_LABEL, service.name_any());
+    let pods = pod_api.list(&ListParams::default().labels(&selector)).await.ok()?;
+    let ips = pods.items.iter().filter_map(|pod| pod.status.as_ref()?.pod_ip.clone());
+    let http = reqwest::Client::builder().timeout(WORKER_TIMEOUT).build().ok()?;
+    let stats = join_all(ips.map(|ip| {
+        let http = http.clone();
+        async move {
+            let url = format!("http://{ip}:{}/stats", router::ADMIN_PORT);
+            let stats: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+            Some(stats["held"].as_f64()? + stats["in_flight"].as_f64()?)
+        }
+    }))
+    .await;
+    let answered: Vec<f64> = stats.into_iter().flatten().collect();
+    (!answered.is_empty()).then(|| answered.iter().sum())
 }
 
 /// The router's account, its binding and its Deployment; for a service without a router, no

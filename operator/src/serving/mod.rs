@@ -1,10 +1,11 @@
 //! The InferenceService controller ([`controller`]) and its pure pieces: the objects a service
-//! owns ([`objects`]), which pods to create and delete ([`pods`]), the workers' reports folded
+//! owns ([`objects`]), the replicas the load asks for ([`autoscale`]), which pods to create and delete ([`pods`]), the workers' reports folded
 //! per version ([`fleet`]), the rollout state machine ([`rollout`]), the adapter models served
 //! beside the base, each rolled out on its own ([`adapters`]), the router in front of the pods
 //! ([`router`]), and the next status ([`status`]).
 
 pub mod adapters;
+pub mod autoscale;
 pub mod controller;
 pub mod fleet;
 pub mod objects;

@@ -21,11 +21,14 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::adapters::AdapterState;
+use super::autoscale;
 use super::fleet::Fleet;
 use super::objects;
 use super::rollout::Decision;
 use crate::crd::InferenceService;
-use crate::crd::inference::{AdapterStatus, InferenceServiceStatus, RolloutPhase, ServedVersions, VersionStatus};
+use crate::crd::inference::{
+    AdapterStatus, AutoscalerStatus, InferenceServiceStatus, RolloutPhase, ServedVersions, VersionStatus,
+};
 use crate::status::condition;
 
 /// What the controller saw this pass.
@@ -42,6 +45,8 @@ pub struct Observed {
     pub source_error: Option<String>,
     /// Whether the clients' way in works: the router has a ready pod (always, without a router).
     pub router_ready: bool,
+    /// The autoscaler's decision this pass, if it decided.
+    pub autoscaler: Option<autoscale::Decision>,
 }
 
 /// Whether a model's stable version serves on every answering pod, with a reason and a message
@@ -179,6 +184,12 @@ pub fn next(
         served: served_versions(decision, fleet),
         adapters: adapters.iter().map(adapter_status).collect(),
         model_bytes: (observed.model_bytes > 0).then_some(observed.model_bytes),
+        autoscaler: observed.autoscaler.map(|decision| AutoscalerStatus {
+            // Two decimals: a status that changes in the fourth digit is written every pass.
+            average_in_flight: (decision.stable_load * 100.0).round() / 100.0,
+            desired_replicas: decision.replicas,
+            mode: if decision.panicking { "Panic" } else { "Stable" }.to_owned(),
+        }),
     }
 }
 
@@ -213,8 +224,15 @@ mod tests {
             report(&[1], &[(1, Available, 0, 0, [0; 5])]),
             report(&[1], &[(1, Available, 0, 0, [0; 5])]),
         ]);
-        let observed =
-            Observed { replicas: 2, serving: 2, fleet, model_bytes: 0, source_error: None, router_ready: true };
+        let observed = Observed {
+            replicas: 2,
+            serving: 2,
+            fleet,
+            model_bytes: 0,
+            source_error: None,
+            router_ready: true,
+            autoscaler: None,
+        };
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let status = next(&service, &decision(Some(1)), &[], &observed, now);
         assert_eq!(
@@ -242,8 +260,15 @@ mod tests {
         let service = test_service(serde_json::json!({}));
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let fleet = Fleet::from_reports(&[report(&[1], &[(1, Failed, 0, 0, [0; 5])])]);
-        let observed =
-            Observed { replicas: 1, serving: 0, fleet, model_bytes: 0, source_error: None, router_ready: true };
+        let observed = Observed {
+            replicas: 1,
+            serving: 0,
+            fleet,
+            model_bytes: 0,
+            source_error: None,
+            router_ready: true,
+            autoscaler: None,
+        };
         let status = next(&service, &decision(Some(1)), &[], &observed, now);
         assert_eq!(conditions(&status)[1], ("ModelsReady", "False", "ModelLoadFailed"));
         assert!(status.conditions[0].message.contains("checksum mismatch"), "{:?}", status.conditions[0]);
@@ -269,8 +294,15 @@ mod tests {
         let resolved = adapters::resolve(&service.spec, None, &Default::default());
         let mut states = adapters::decide(&resolved, &[], &[vec![tickets]], now);
         let fleet = Fleet::from_reports(&[report(&[1], &[(1, Available, 0, 0, [0; 5])])]);
-        let observed =
-            Observed { replicas: 1, serving: 1, fleet, model_bytes: 0, source_error: None, router_ready: true };
+        let observed = Observed {
+            replicas: 1,
+            serving: 1,
+            fleet,
+            model_bytes: 0,
+            source_error: None,
+            router_ready: true,
+            autoscaler: None,
+        };
         let ready = |states: &[AdapterState]| {
             let status = next(&service, &decision(Some(1)), states, &observed, now);
             let adapters_ready = status.conditions.iter().find(|c| c.type_ == "AdaptersReady").cloned().unwrap();
