@@ -18,6 +18,8 @@
 //!    trains on.
 //! 8. The soak ([`soak`], only when asked for: `--sections soak`, 2 × `--soak-seconds`): mixed
 //!    valid load with and without attackers, crashes, peak memory and latency side by side.
+//! 9. The router ([`router`], only when asked for: `--sections router`): its overhead against
+//!    straight to a pod, and one channel's balance over three pods.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,6 +47,7 @@ use tonic::{Request, Response, Status};
 mod adapters;
 mod finetune;
 mod llm;
+mod router;
 mod soak;
 mod train;
 
@@ -96,6 +99,7 @@ enum Section {
     Finetune,
     Adapters,
     Soak,
+    Router,
 }
 
 const SMALL_MLP: [usize; 3] = [16, 64, 8];
@@ -128,6 +132,9 @@ fn main() -> anyhow::Result<()> {
         }
         if args.sections.contains(&Section::Finetune) {
             tokio::task::block_in_place(|| finetune::figures(&args.gguf))?;
+        }
+        if args.sections.contains(&Section::Router) {
+            router::figures(&args).await?;
         }
         if args.sections.contains(&Section::Soak) {
             soak::figures(&args.gguf, &args.minilm, args.soak_seconds).await?;
