@@ -155,3 +155,62 @@ async fn with_no_pod_a_request_gets_unavailable_after_the_hold_in_its_own_protoc
     assert!(metrics.contains("lantern_router_hold_timeouts_total 2"), "{metrics}");
     assert!(metrics.contains("lantern_router_held 0"), "{metrics}");
 }
+
+/// `lantern_router_routed_total` of each pod that was sent a request, from the router's metrics.
+async fn routed(router: &server::Running) -> std::collections::BTreeMap<String, u64> {
+    let text = reqwest::get(format!("http://{}/metrics", router.admin_addr())).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("lantern_router_routed_total{pod=\""))
+        .filter_map(|l| l.split_once("\"} ").map(|(pod, n)| (pod.to_owned(), n.parse().unwrap())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_sharing_a_prompt_prefix_go_to_one_pod_and_others_spread() {
+    let pods = [
+        Harness::serving_one_version().await,
+        Harness::serving_one_version().await,
+        Harness::serving_one_version().await,
+    ];
+    let router = router(Duration::from_secs(1)).await;
+    router.pool().set(pods.iter().map(|p| p.server.local_addr()).collect());
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/chat/completions", router.local_addr());
+    let system = "You answer questions about the weather in one short sentence. ".repeat(5);
+    // The worker refuses these (m is no language model), but they are routed all the same.
+    for question in 0..30 {
+        let body = json!({"model": "m", "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": format!("Question {question}?")}]});
+        let answer = http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(answer.status(), 400, "the worker's own answer comes back");
+    }
+    let shared = routed(&router).await;
+    assert_eq!(shared.values().copied().collect::<Vec<_>>(), [30], "one shared prefix, one pod: {shared:?}");
+    for prompt in 0..60 {
+        let body = json!({"model": "m", "prompt": format!("{prompt} is a different prompt")});
+        http.post(format!("http://{}/v1/completions", router.local_addr())).json(&body).send().await.unwrap();
+    }
+    let after = routed(&router).await;
+    let spread: Vec<u64> = after.iter().map(|(pod, n)| n - shared.get(pod).copied().unwrap_or(0)).collect();
+    assert!(spread.len() == 3 && spread.iter().all(|&n| n >= 8), "different prefixes spread over the pods: {spread:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_that_leaves_while_held_is_dropped_from_the_wait() {
+    let router = router(Duration::from_secs(30)).await;
+    let url = format!("http://{}", router.local_addr());
+    let waiting = tokio::spawn(async move {
+        let mut client = GrpcInferenceServiceClient::connect(url).await.unwrap();
+        client.model_infer(infer_request("m", "", 1)).await
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stats(&router).await["held"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the request was not held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    waiting.abort();
+    while stats(&router).await["held"] != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the caller left but its request is still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
