@@ -13,6 +13,7 @@ pub mod azure;
 pub mod fault;
 pub mod oci;
 pub mod s3;
+pub mod traffic;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

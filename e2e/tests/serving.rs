@@ -5,9 +5,10 @@
 //! the same pods, each adapter's versions rolled out on their own under live OpenAI traffic.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use lantern_e2e::traffic::Traffic;
 use lantern_e2e::{MODELS_CLAIM, Stack};
 use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use lantern_proto::inference::model_infer_request::InferInputTensor;
@@ -50,44 +51,6 @@ fn request() -> ModelInferRequest {
             ..Default::default()
         }],
         ..Default::default()
-    }
-}
-
-/// Requests sent without pause through the Service, counting the ones that failed.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<Vec<String>>,
-}
-
-impl Traffic {
-    fn start(address: String) -> Self {
-        let (stop, sent, failed) =
-            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (stopping, counting, failing) = (stop.clone(), sent.clone(), failed.clone());
-        let task = tokio::spawn(async move {
-            let mut errors = Vec::new();
-            let mut client = GrpcInferenceServiceClient::connect(format!("http://{address}")).await.unwrap();
-            while !stopping.load(Ordering::Relaxed) {
-                counting.fetch_add(1, Ordering::Relaxed);
-                if let Err(status) = client.model_infer(request()).await {
-                    failing.fetch_add(1, Ordering::Relaxed);
-                    errors.push(status.to_string());
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            errors
-        });
-        Self { stop, sent, failed, task }
-    }
-
-    /// Stops, returning (sent, failed, the first errors).
-    async fn stop(self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut errors = self.task.await.unwrap();
-        errors.truncate(5);
-        (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), errors)
     }
 }
 
@@ -162,7 +125,7 @@ async fn versions_are_served_canaried_promoted_and_rolled_back() {
     assert_eq!(http.json::<serde_json::Value>().await.unwrap()["model_version"], "1");
 
     // A better version goes out as a canary under traffic and is promoted, losing no request.
-    let traffic = Traffic::start(address.clone());
+    let traffic = Traffic::start(address.clone(), request(), 1, Duration::from_millis(10));
     stack.publish_mlp("models", "adder", LAYERS, 2, &["eval_loss=0.4"]).await.unwrap();
     let canary = stack
         .wait_for("isvc/adder", "a canary step", Duration::from_secs(60), |s| s["status"]["canaryPercent"] == 50)
@@ -342,29 +305,6 @@ fn autoscaled(replicas: u32, min: u32, max: u32) -> String {
     )
 }
 
-/// Sends requests from `clients` closed loops on one channel until `stop` is set; returns how
-/// many failed.
-fn load(address: String, clients: usize, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let client = GrpcInferenceServiceClient::connect(format!("http://{address}")).await.unwrap();
-        let loops = (0..clients).map(|_| {
-            let (mut client, stop) = (client.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut failed = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    failed += u64::from(client.model_infer(request()).await.is_err());
-                }
-                failed
-            })
-        });
-        let mut failed = 0;
-        for task in futures::future::join_all(loops).await {
-            failed += task.unwrap();
-        }
-        failed
-    })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_autoscales_the_service_up_and_a_quiet_period_back_down() {
     let stack = Stack::start().await.unwrap();
@@ -374,14 +314,13 @@ async fn a_burst_autoscales_the_service_up_and_a_quiet_period_back_down() {
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
     settled(&stack, "adder").await;
     let address = stack.service_address("adder").await.unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load(address, 16, stop.clone());
+    let traffic = Traffic::start(address, request(), 16, Duration::ZERO);
     let limit = Duration::from_secs(90);
     let up = stack.wait_for("isvc/adder", "scaled up to 3", limit, |s| s["spec"]["replicas"] == 3).await;
     assert!(up["status"]["autoscaler"]["averageInFlight"].as_f64().unwrap() > 2.0, "{:#}", up["status"]);
     settled(&stack, "adder").await;
-    stop.store(true, Ordering::Relaxed);
-    assert_eq!(traffic.await.unwrap(), 0, "no request failed while pods were added");
+    let (sent, failed, errors) = traffic.stop().await;
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed while pods were added: {errors:?}");
     let down = stack.wait_for("isvc/adder", "scaled back down to 1", limit, |s| s["spec"]["replicas"] == 1).await;
     assert_eq!(down["status"]["autoscaler"]["mode"], "Stable");
     let events = stack.kubectl(&["get", "events", "--field-selector", "reason=Scaled"]).await.unwrap();

@@ -18,7 +18,8 @@ use lantern_e2e::{Stack, binary, publish_mlp, sha256_hex};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{LAYERS, SERVICE, Traffic, condition, request, rollout_ended, settled};
+use super::{LAYERS, SERVICE, condition, request, rollout_ended, settled};
+use lantern_e2e::traffic::Traffic;
 
 const REPOSITORY: &str = "s3://models/repo";
 
@@ -480,7 +481,7 @@ async fn a_service_serves_from_s3_rolls_a_new_version_out_and_a_replaced_pod_loa
 
     // A new version in the bucket goes out as a canary under traffic and is promoted.
     let address = stack.service_address("adder").await.unwrap();
-    let traffic = Traffic::start(address.clone());
+    let traffic = Traffic::start(address.clone(), request(), 1, Duration::from_millis(10));
     assert_eq!(publish_mlp(REPOSITORY, &env, "adder", LAYERS, 2, &["eval_loss=0.4"]).await.unwrap(), 2);
     let promoted =
         stack.wait_for("isvc/adder", "the promotion", Duration::from_secs(90), |s| rollout_ended(s, 2)).await;
