@@ -279,12 +279,13 @@ async fn autoscale(
 async fn router_load(pod_api: &Api<Pod>, service: &InferenceService) -> Option<f64> {
     let selector = format!("{}={}", router::ROUTER_LABEL, service.name_any());
     let pods = pod_api.list(&ListParams::default().labels(&selector)).await.ok()?;
-    let ips = pods.items.iter().filter_map(|pod| pod.status.as_ref()?.pod_ip.clone());
+    let addresses =
+        pods.items.iter().filter_map(|pod| pod_address(pod.status.as_ref()?.pod_ip.as_deref()?, router::ADMIN_PORT));
     let http = reqwest::Client::builder().timeout(WORKER_TIMEOUT).build().ok()?;
-    let stats = join_all(ips.map(|ip| {
+    let stats = join_all(addresses.map(|address| {
         let http = http.clone();
         async move {
-            let url = format!("http://{ip}:{}/stats", router::ADMIN_PORT);
+            let url = format!("http://{address}/stats");
             let stats: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
             Some(stats["held"].as_f64()? + stats["in_flight"].as_f64()?)
         }
@@ -292,6 +293,11 @@ async fn router_load(pod_api: &Api<Pod>, service: &InferenceService) -> Option<f
     .await;
     let answered: Vec<f64> = stats.into_iter().flatten().collect();
     (!answered.is_empty()).then(|| answered.iter().sum())
+}
+
+/// A pod's `ip` and `port` as a URL writes them (an IPv6 address in brackets).
+fn pod_address(ip: &str, port: u16) -> Option<std::net::SocketAddr> {
+    Some(std::net::SocketAddr::new(ip.parse().ok()?, port))
 }
 
 /// The router's account, its binding and its Deployment; for a service without a router, no
@@ -338,7 +344,7 @@ type Management = InterceptedService<Channel, SendToken>;
 
 /// A connection to the pod's management port that sends the token.
 async fn worker(pod: &ServingPod, token: &str) -> Option<Management> {
-    let endpoint = Endpoint::from_shared(format!("http://{}:{MANAGEMENT_PORT}", pod.ip.as_deref()?))
+    let endpoint = Endpoint::from_shared(format!("http://{}", pod_address(pod.ip.as_deref()?, MANAGEMENT_PORT)?))
         .ok()?
         .connect_timeout(WORKER_TIMEOUT)
         .timeout(WORKER_TIMEOUT);
@@ -381,4 +387,16 @@ async fn push_config(connection: Management, model: &str, config: ServingConfig)
         .await
         .map(|_| ())
         .map_err(|status| format!("{}: {}", status.code(), status.message()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_addresses_are_written_as_urls_want_them() {
+        assert_eq!(pod_address("10.0.0.7", 8502).unwrap().to_string(), "10.0.0.7:8502");
+        assert_eq!(pod_address("fd00::7", 8501).unwrap().to_string(), "[fd00::7]:8501");
+        assert_eq!(pod_address("not an ip", 8501), None);
+    }
 }
