@@ -27,14 +27,30 @@ pub fn keyed(path: &str) -> bool {
 
 const GENERATE_PATH: &str = "/lantern.v1.GenerationService/Generate";
 
-/// The affinity key of a request to `path` with `body`; `None` where it has none.
-pub fn key(path: &str, body: &[u8]) -> Option<u64> {
+/// What a language-model request's body says: the model it names (without a `:version` or
+/// `:label` suffix) and its affinity key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keyed {
+    pub model: String,
+    pub key: u64,
+}
+
+/// The model and affinity key of a request to `path` with `body`; `None` where it has none.
+pub fn key(path: &str, body: &[u8]) -> Option<Keyed> {
     let (model, prompt) = match path {
         "/v1/completions" | "/v1/chat/completions" => openai_prompt(body)?,
         GENERATE_PATH => generate_prompt(body)?,
         _ => return None,
     };
-    Some(hash(&[model.as_bytes(), prefix(&prompt)]))
+    let key = hash(&[model.as_bytes(), prefix(&prompt)]);
+    let model = model.split_once(':').map_or(model.as_str(), |(name, _)| name).to_owned();
+    Some(Keyed { model, key })
+}
+
+/// The model an OIP REST path names (`/v2/models/{name}…`).
+pub fn path_model(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/models/")?;
+    Some(rest.split('/').next().unwrap_or(rest)).filter(|name| !name.is_empty())
 }
 
 /// At most [`PREFIX_BYTES`] of `prompt`.
@@ -110,6 +126,7 @@ mod tests {
         let a = key("/v1/chat/completions", chat("Why is the sky blue?").as_bytes());
         let b = key("/v1/chat/completions", chat("Name a colour.").as_bytes());
         assert!(a.is_some() && a == b);
+        assert_eq!(a.as_ref().unwrap().model, "smollm2");
         let other_model = chat("Why is the sky blue?").replace("smollm2", "smollm2-sql");
         assert_ne!(key("/v1/chat/completions", other_model.as_bytes()), a, "an adapter is a model of its own");
         let short = |prompt: &str| {
@@ -128,6 +145,8 @@ mod tests {
         let http = serde_json::json!({"model": "smollm2", "prompt": "The sky is"}).to_string();
         assert_eq!(key(GENERATE_PATH, &framed(&request)), key("/v1/completions", http.as_bytes()));
         assert!(key(GENERATE_PATH, &framed(&request)).is_some());
+        let labelled = serde_json::json!({"model": "smollm2:canary", "prompt": "The sky is"}).to_string();
+        assert_eq!(key("/v1/completions", labelled.as_bytes()).unwrap().model, "smollm2");
     }
 
     #[test]
@@ -143,5 +162,9 @@ mod tests {
             assert_eq!(key(path, body), None, "{path} {body:?}");
         }
         assert!(keyed(GENERATE_PATH) && keyed("/v1/completions") && !keyed("/v1/embeddings"));
+        assert_eq!(path_model("/v2/models/adder/versions/2/infer"), Some("adder"));
+        assert_eq!(path_model("/v2/models/adder"), Some("adder"));
+        assert_eq!(path_model("/v2/models/"), None);
+        assert_eq!(path_model("/v2/health/ready"), None);
     }
 }

@@ -32,6 +32,10 @@ struct Args {
     /// A fixed pod address instead of discovery; repeat for several.
     #[arg(long, required_unless_present = "selector")]
     backend: Vec<SocketAddr>,
+    /// The models the pods serve, comma-separated: a request naming another gets 404 /
+    /// NOT_FOUND from the router where it can read the name. Unset: every name goes to a pod.
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
     /// Longest a request waits for a ready pod while there is none, in seconds.
     #[arg(long, default_value_t = 60)]
     hold_seconds: u64,
@@ -54,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         admin_listen: args.admin_listen,
         hold: HoldSettings { timeout: Duration::from_secs(args.hold_seconds), max_held: args.max_held },
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        models: args.models.clone().map(|models| models.into_iter().collect()),
         ..Options::default()
     };
     let running = server::start(options).await.context("binding the router's ports")?;

@@ -11,12 +11,20 @@
 //! to the hold time for one, at most `max_held` at once; then 503 / `UNAVAILABLE` with
 //! `Retry-After`. A caller that goes away while held is dropped from the wait.
 //!
+//! Unknown models: given the models the service serves (`--models`, which the operator passes
+//! for a service without API keys — with keys, the worker's 401 comes first), a request naming
+//! another in an OIP REST path or a language-model body gets the worker's own 404 /
+//! `NOT_FOUND` from the router, without a pod hop. Other requests (gRPC `ModelInfer`, whose
+//! body is not read) reach a pod, which answers the same.
+//!
 //! Headers pass through unchanged (the routing key, `model:version` labels, credentials), but
 //! for the hop-by-hop ones, which HTTP/2 forbids, and `traceparent`, which names the router's
 //! span so the worker's spans join the caller's trace through it.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,6 +67,8 @@ pub struct Proxy {
     pool: Pool,
     hold: HoldSettings,
     metrics: Metrics,
+    /// The models the pods serve; `None`: not known, every name goes to a pod.
+    models: Option<Arc<BTreeSet<String>>>,
 }
 
 /// Why the router answered a request itself.
@@ -72,11 +82,22 @@ enum Refusal {
     Failed(String),
     /// The caller's body could not be read.
     Body(String),
+    /// The request names a model the service does not serve.
+    UnknownModel(String),
 }
 
 impl Proxy {
-    pub fn new(pool: Pool, hold: HoldSettings, metrics: Metrics) -> Self {
-        Self { pool, hold, metrics }
+    /// `models`: the names the pods serve, when known.
+    pub fn new(pool: Pool, hold: HoldSettings, metrics: Metrics, models: Option<BTreeSet<String>>) -> Self {
+        Self { pool, hold, metrics, models: models.map(Arc::new) }
+    }
+
+    /// Refuses a request that names a model the pods do not serve.
+    fn check_model(&self, model: Option<&str>) -> Result<(), Refusal> {
+        match (&self.models, model) {
+            (Some(models), Some(model)) if !models.contains(model) => Err(Refusal::UnknownModel(model.to_owned())),
+            _ => Ok(()),
+        }
     }
 
     /// Forwards `request` and answers with the pod's response, or the router's own refusal in the
@@ -94,10 +115,13 @@ impl Proxy {
 
     async fn forward(&self, request: Request<Incoming>) -> Result<Response<ResponseBody>, Refusal> {
         let (mut parts, body) = request.into_parts();
-        let (body, key) = match affinity::keyed(parts.uri.path()) {
+        self.check_model(affinity::path_model(parts.uri.path()))?;
+        let (body, keyed) = match affinity::keyed(parts.uri.path()) {
             true => read_key(parts.uri.path(), body).await?,
             false => (body.map_err(BoxError::from).boxed_unsync(), None),
         };
+        self.check_model(keyed.as_ref().map(|k| k.model.as_str()))?;
+        let key = keyed.map(|k| k.key);
         strip_hop_by_hop(&mut parts.headers);
         lantern_telemetry::inject_context(&mut parts.headers);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
@@ -157,7 +181,7 @@ impl Proxy {
 
 /// Reads a language-model request's body (up to [`KEY_BODY_LIMIT`]) for its affinity key, and
 /// gives back a body that sends the same frames.
-async fn read_key(path: &str, mut body: Incoming) -> Result<(RequestBody, Option<u64>), Refusal> {
+async fn read_key(path: &str, mut body: Incoming) -> Result<(RequestBody, Option<affinity::Keyed>), Refusal> {
     let mut frames: Vec<Frame<Bytes>> = Vec::new();
     let mut data = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -238,6 +262,10 @@ impl Refusal {
                 false,
             ),
             Refusal::Body(error) => (StatusCode::BAD_REQUEST, 3, format!("reading the request: {error}"), false),
+            // The worker's own words for it.
+            Refusal::UnknownModel(model) => {
+                (StatusCode::NOT_FOUND, 5, format!("model {model:?} is not served here"), false)
+            }
         };
         tracing::warn!(%status, %message, "the router answered the request itself");
         let mut response = if grpc {
@@ -250,10 +278,14 @@ impl Refusal {
             }
             response
         } else {
+            // The worker's error shapes: OpenAI's under `/v1`, KServe's elsewhere.
+            let kind = match status {
+                StatusCode::NOT_FOUND => "not_found_error",
+                StatusCode::BAD_REQUEST => "invalid_request_error",
+                _ => "server_error",
+            };
             let body = match openai {
-                true => {
-                    serde_json::json!({"error": {"message": message, "type": "unavailable", "code": status.as_u16()}})
-                }
+                true => serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
                 false => serde_json::json!({"error": message}),
             };
             let mut response =

@@ -2,6 +2,7 @@
 //! by side) and the admin port ([`crate::admin`]). Shutdown stops accepting, lets the requests
 //! in flight finish within the grace period, then drops what is left.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,9 @@ pub struct Options {
     pub header_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// The models the pods serve, if known: a request naming another is answered 404 /
+    /// `NOT_FOUND` by the router itself where it can read the name.
+    pub models: Option<BTreeSet<String>>,
 }
 
 impl Default for Options {
@@ -41,6 +45,7 @@ impl Default for Options {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            models: None,
         }
     }
 }
@@ -87,7 +92,7 @@ pub async fn start(options: Options) -> std::io::Result<Running> {
     let (addr, admin_addr) = (listener.local_addr()?, admin_listener.local_addr()?);
     let metrics = Metrics::default();
     let pool = Pool::new(metrics.clone());
-    let proxy = Proxy::new(pool.clone(), options.hold, metrics.clone());
+    let proxy = Proxy::new(pool.clone(), options.hold, metrics.clone(), options.models.clone());
     tokio::spawn(admin::serve(admin_listener, pool.clone(), metrics.clone()));
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(serve(listener, proxy, options, stopped));

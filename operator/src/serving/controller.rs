@@ -118,7 +118,6 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         .patch(&name, &apply, &Patch::Apply(&objects::network_policy(&service, &context.namespace)))
         .await
         .map_err(kube_error("applying the NetworkPolicy"))?;
-    let router_ready = apply_router(client, &service, &namespace, &context.router, &apply).await?;
     let token = credentials::token(client, &namespace, objects::management_secret(&service)).await?;
 
     let source = repository(client, &service, &namespace).await;
@@ -126,6 +125,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     let resolved = adapters::resolve(&service.spec, source.as_ref().ok(), &jobs);
     let mut served: Vec<&str> = vec![&service.spec.model];
     served.extend(resolved.iter().filter(|a| a.error.is_none()).map(|a| a.model.as_str()));
+    let router_ready = apply_router(client, &service, &namespace, &context.router, &served, &apply).await?;
 
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let listed = pod_api
@@ -300,7 +300,8 @@ fn pod_address(ip: &str, port: u16) -> Option<std::net::SocketAddr> {
     Some(std::net::SocketAddr::new(ip.parse().ok()?, port))
 }
 
-/// The router's account, its binding and its Deployment; for a service without a router, no
+/// The router's account, its binding and its Deployment (told the `models` served); for a
+/// service without a router, no
 /// Deployment (one left from before is deleted). Returns whether the way in is ready: the router
 /// has an available pod, or there is no router.
 async fn apply_router(
@@ -308,6 +309,7 @@ async fn apply_router(
     service: &InferenceService,
     namespace: &str,
     settings: &RouterSettings,
+    models: &[&str],
     apply: &PatchParams,
 ) -> Result<bool, Error> {
     let name = router::router_name(service);
@@ -330,7 +332,7 @@ async fn apply_router(
         .await
         .map_err(kube_error("applying the router's RoleBinding"))?;
     let applied = deployments
-        .patch(&name, apply, &Patch::Apply(&router::deployment(service, &settings.image)))
+        .patch(&name, apply, &Patch::Apply(&router::deployment(service, &settings.image, models)))
         .await
         .map_err(kube_error("applying the router's Deployment"))?;
     Ok(applied.status.and_then(|s| s.available_replicas).is_some_and(|n| n > 0))

@@ -97,11 +97,13 @@ fn field_var(name: &str, path: &str) -> EnvVar {
 
 /// The router pods, running `image`: they listen on the serving port like a worker, find the
 /// service's worker pods by its label selector, and are ready as soon as they serve (a request
-/// that comes before any worker is ready is held, not refused). A rolling update starts the new
-/// pod before the old one goes.
-pub fn deployment(service: &InferenceService, image: &str) -> Deployment {
+/// that comes before any worker is ready is held, not refused). Without API keys they are told
+/// the `models` the workers serve, so a request for another is refused without a pod hop (with
+/// keys, the worker's 401 must come first). A rolling update starts the new pod before the old
+/// one goes.
+pub fn deployment(service: &InferenceService, image: &str, models: &[&str]) -> Deployment {
     let labels = router_labels(service);
-    let args = [
+    let mut args = vec![
         "--listen".to_owned(),
         format!("$(POD_IP):{SERVING_PORT}"),
         "--admin-listen".to_owned(),
@@ -111,11 +113,14 @@ pub fn deployment(service: &InferenceService, image: &str) -> Deployment {
         "--pod-port".to_owned(),
         SERVING_PORT.to_string(),
     ];
+    if service.spec.api_keys.is_none() {
+        args.extend(["--models".to_owned(), models.join(",")]);
+    }
     let quantity = |q: &str| Quantity(q.to_owned());
     let container = Container {
         name: "router".to_owned(),
         image: Some(image.to_owned()),
-        args: Some(args.to_vec()),
+        args: Some(args),
         env: Some(vec![objects::pod_ip_var(), field_var("POD_NAMESPACE", "metadata.namespace")]),
         ports: Some(vec![
             objects::container_port("serving", SERVING_PORT),
@@ -180,7 +185,9 @@ mod tests {
     #[test]
     fn the_router_finds_the_workers_by_their_label_and_the_service_finds_the_router() {
         let service = test_service(serde_json::json!({}));
-        let deployment = serde_json::to_value(deployment(&service, "ghcr.io/lantern-dev/router:0.1.0")).unwrap();
+        let deployment =
+            serde_json::to_value(deployment(&service, "ghcr.io/lantern-dev/router:0.1.0", &["adder", "adder-sql"]))
+                .unwrap();
         let pod = &deployment["spec"]["template"];
         assert_eq!(pod["metadata"]["labels"][ROUTER_LABEL], "adder");
         assert!(pod["metadata"]["labels"].get(SERVICE_LABEL).is_none(), "router pods are not worker pods");
@@ -189,6 +196,11 @@ mod tests {
         let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         assert_eq!(args[4..6], ["--selector", "lantern.dev/inference-service=adder"]);
         assert_eq!(args[1], "$(POD_IP):8500");
+        assert_eq!(args[8..], ["--models", "adder,adder-sql"]);
+        let keyed = test_service(serde_json::json!({"apiKeys": {"name": "keys", "key": "keys"}}));
+        let keyed = serde_json::to_value(super::deployment(&keyed, "router", &["adder"])).unwrap();
+        let args = keyed["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap().clone();
+        assert!(!args.contains(&serde_json::json!("--models")), "with API keys the worker answers first");
         assert_eq!(pod["spec"]["serviceAccountName"], "adder-router");
         assert_eq!(pod["spec"]["automountServiceAccountToken"], true);
         assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);

@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use lantern_proto::lantern::v1::GenerateRequest;
+use lantern_proto::lantern::v1::generate_request::Input;
+use lantern_proto::lantern::v1::generation_service_client::GenerationServiceClient;
 use lantern_router::proxy::HoldSettings;
 use lantern_router::server::{self, Options};
 use serde_json::{Value, json};
@@ -213,4 +216,39 @@ async fn a_caller_that_leaves_while_held_is_dropped_from_the_wait() {
         assert!(tokio::time::Instant::now() < deadline, "the caller left but its request is still held");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_the_service_does_not_serve_is_refused_as_the_worker_would_without_a_pod() {
+    let pod = Harness::serving_one_version().await;
+    let options = Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        hold: HoldSettings { timeout: Duration::from_millis(200), max_held: 8 },
+        models: Some(["m".to_owned()].into()),
+        ..Options::default()
+    };
+    // No pod at all: an unknown model is refused at once, not held.
+    let router = server::start(options).await.unwrap();
+    let url = |path: &str| format!("http://{}{path}", router.local_addr());
+    let infer =
+        json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.0, 0.1, 0.2, 0.3]}]});
+    let from_router = reqwest::Client::new().post(url("/v2/models/nope/infer")).json(&infer).send().await.unwrap();
+    assert_eq!(from_router.status(), 404);
+    let from_router: Value = from_router.json().await.unwrap();
+    let from_worker: Value = post(&pod.url(), "/v2/models/nope/infer", &infer).await;
+    assert_eq!(from_router, from_worker, "the worker's own answer");
+    let chat = json!({"model": "nope:canary", "messages": [{"role": "user", "content": "Hi"}]});
+    let openai = reqwest::Client::new().post(url("/v1/chat/completions")).json(&chat).send().await.unwrap();
+    assert_eq!(openai.status(), 404);
+    let openai: Value = openai.json().await.unwrap();
+    assert_eq!(openai["error"]["type"], "not_found_error", "{openai}");
+    let mut generate = GenerationServiceClient::connect(url("")).await.unwrap();
+    let request =
+        GenerateRequest { model_name: "nope".into(), input: Some(Input::Prompt("Hi".into())), ..Default::default() };
+    assert_eq!(generate.generate(request).await.unwrap_err().code(), tonic::Code::NotFound);
+    // The served model goes on to a pod (here: held, then refused for want of one).
+    let served = reqwest::Client::new().post(url("/v2/models/m/infer")).json(&infer).send().await.unwrap();
+    assert_eq!(served.status(), 503);
+    assert_eq!(stats(&router).await["held"], 0);
 }
