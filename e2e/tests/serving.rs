@@ -314,7 +314,7 @@ async fn a_burst_autoscales_the_service_up_and_a_quiet_period_back_down() {
     assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
     settled(&stack, "adder").await;
     let address = stack.service_address("adder").await.unwrap();
-    let traffic = Traffic::start(address, request(), 16, Duration::ZERO);
+    let traffic = Traffic::start(address.clone(), request(), 16, Duration::ZERO);
     let limit = Duration::from_secs(90);
     // The scale is written before the status of the same pass: wait for both.
     let three = |s: &serde_json::Value| s["spec"]["replicas"] == 3 && s["status"]["autoscaler"]["desiredReplicas"] == 3;
@@ -322,9 +322,14 @@ async fn a_burst_autoscales_the_service_up_and_a_quiet_period_back_down() {
     settled(&stack, "adder").await;
     let (sent, failed, errors) = traffic.stop().await;
     assert_eq!(failed, 0, "{failed} of {sent} requests failed while pods were added: {errors:?}");
+    // A trickle goes on while the pods it no longer needs are removed: none of it is lost.
+    let trickle = Traffic::start(address, request(), 1, Duration::from_millis(50));
     let one = |s: &serde_json::Value| s["spec"]["replicas"] == 1 && s["status"]["autoscaler"]["desiredReplicas"] == 1;
     let down = stack.wait_for("isvc/adder", "scaled back down to 1", limit, one).await;
     assert_eq!(down["status"]["autoscaler"]["mode"], "Stable");
+    settled(&stack, "adder").await;
+    let (sent, failed, errors) = trickle.stop().await;
+    assert!(sent > 0 && failed == 0, "{failed} of {sent} requests failed while pods were removed: {errors:?}");
     let events = stack.kubectl(&["get", "events", "--field-selector", "reason=Scaled"]).await.unwrap();
     assert!(events.stdout.contains("replicas 1 → ") && events.stdout.contains("→ 1"), "{}", events.stdout);
     stack.stop().await.unwrap();
