@@ -55,6 +55,9 @@ use crate::credentials;
 const POLL: Duration = Duration::from_secs(3);
 /// How often a service without pods is looked at again (a resync, in case a watch missed something).
 const IDLE: Duration = Duration::from_secs(300);
+/// How often an autoscaled service at zero is looked at: a request held at its router waits for
+/// this look before a pod is started.
+const AT_ZERO: Duration = Duration::from_secs(1);
 /// How long a worker has to answer.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -240,7 +243,11 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     // change to the service or its pods wakes the controller anyway — but an autoscaled service
     // at zero is watched for requests waiting at its router.
     let autoscaled = autoscale::Settings::of(&service.spec).is_some();
-    let poll = if pods.is_empty() && !autoscaled { IDLE } else { POLL };
+    let poll = match (wanted, autoscaled) {
+        (0, true) => AT_ZERO,
+        _ if pods.is_empty() && !autoscaled => IDLE,
+        _ => POLL,
+    };
     Ok(Action::requeue(requeue.unwrap_or(poll).min(poll)))
 }
 
