@@ -6,11 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use lantern_e2e::traffic::Traffic;
+use lantern_e2e::traffic::{Traffic, mlp_request};
 use lantern_e2e::{MODELS_CLAIM, Stack};
+use lantern_proto::inference::ModelInferRequest;
 use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use lantern_proto::inference::model_infer_request::InferInputTensor;
-use lantern_proto::inference::{InferTensorContents, ModelInferRequest};
 
 const SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
 kind: InferenceService
@@ -26,17 +25,7 @@ spec:
 ";
 
 fn request() -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: "steps".into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 2],
-            contents: Some(InferTensorContents { fp32_contents: vec![1.0, 2.0], ..Default::default() }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    mlp_request("steps")
 }
 
 /// (seconds since `start`, spec.replicas, ready replicas) whenever either changes, for `seconds`.

@@ -5,8 +5,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use lantern_proto::inference::ModelInferRequest;
 use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use lantern_proto::inference::model_infer_request::InferInputTensor;
+use lantern_proto::inference::{InferTensorContents, ModelInferRequest};
+
+/// One row `[1.0, 2.0]` for `model`, an MLP with two inputs (the suites' `2,8,1`).
+pub fn mlp_request(model: &str) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 2],
+            contents: Some(InferTensorContents { fp32_contents: vec![1.0, 2.0], ..Default::default() }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
 
 /// `clients` loops sending a request, each waiting `pause` after every answer.
 pub struct Traffic {

@@ -8,13 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lantern_e2e::traffic::Traffic;
+use lantern_e2e::traffic::{Traffic, mlp_request};
 use lantern_e2e::{MODELS_CLAIM, Stack};
 use lantern_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use lantern_proto::inference::model_infer_request::InferInputTensor;
-use lantern_proto::inference::{
-    InferTensorContents, ModelInferRequest, ModelReadyRequest, RepositoryModelUnloadRequest,
-};
+use lantern_proto::inference::{ModelInferRequest, ModelReadyRequest, RepositoryModelUnloadRequest};
 use lantern_proto::lantern::v1::GetModelStatusRequest;
 use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 
@@ -41,17 +38,7 @@ spec:
 const LAYERS: &str = "2,8,1";
 
 fn request() -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: "adder".into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 2],
-            contents: Some(InferTensorContents { fp32_contents: vec![1.0, 2.0], ..Default::default() }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    mlp_request("adder")
 }
 
 /// Waits until the service is Ready on the pods that stay: the first pods start without a

@@ -33,12 +33,12 @@ pub async fn serve(listener: TcpListener, pool: Pool, metrics: Metrics) {
 
 /// `/stats`: what the autoscaler reads.
 pub fn stats(pool: &Pool, metrics: &Metrics) -> serde_json::Value {
-    let pods: Vec<serde_json::Value> = pool
-        .pods()
+    let pods = pool.pods();
+    let in_flight: usize = pods.iter().map(|pod| pod.in_flight()).sum();
+    let pods: Vec<serde_json::Value> = pods
         .iter()
         .map(|pod| serde_json::json!({"address": pod.addr.to_string(), "in_flight": pod.in_flight()}))
         .collect();
-    let in_flight: usize = pool.pods().iter().map(|pod| pod.in_flight()).sum();
     serde_json::json!({"held": metrics.held(), "in_flight": in_flight, "pods": pods})
 }
 

@@ -76,23 +76,18 @@ impl Ring {
     }
 }
 
-/// FNV-1a over `parts`, each followed by a separator byte so that ("ab", "c") and ("a", "bc")
-/// differ.
+/// SipHash-1-3 with the standard library's fixed keys over `parts`, each followed by a separator
+/// byte so that ("ab", "c") and ("a", "bc") differ: well mixed over the whole ring, and the same
+/// in every replica of one router build, which is what keeps a key on one pod whichever router
+/// a request meets.
 pub fn hash(parts: &[&[u8]]) -> u64 {
     use std::hash::Hasher;
-    let mut hasher = fnv::FnvHasher::default();
+    let mut hasher = std::hash::DefaultHasher::new();
     for part in parts {
         hasher.write(part);
         hasher.write_u8(0xff);
     }
-    // FNV-1a's high bits mix poorly for short inputs; a final avalanche spreads points and keys
-    // over the whole ring (the finalizer of MurmurHash3).
-    let mut h = hasher.finish();
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    hasher.finish()
 }
 
 #[cfg(test)]

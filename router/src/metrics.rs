@@ -104,10 +104,15 @@ impl Metrics {
         self.0.retries.get_or_create(&RetryLabels { reason: reason.label() }).inc();
     }
 
-    /// Counts a request as held until the returned guard is dropped.
-    pub(crate) fn hold(&self) -> Held {
-        self.0.held.inc();
-        Held(self.clone())
+    /// Counts a request as held until the returned guard is dropped; `None`, counting nothing,
+    /// when `max` are held already (the count and the check are one atomic step).
+    pub(crate) fn hold(&self, max: usize) -> Option<Held> {
+        let before = self.0.held.inc();
+        if usize::try_from(before).unwrap_or(usize::MAX) >= max {
+            self.0.held.dec();
+            return None;
+        }
+        Some(Held(self.clone()))
     }
 
     pub(crate) fn hold_timed_out(&self) {
@@ -138,5 +143,21 @@ pub(crate) struct Held(Metrics);
 impl Drop for Held {
     fn drop(&mut self) {
         self.0.0.held.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_more_than_the_maximum_are_held_and_a_leaving_one_frees_its_place() {
+        let metrics = Metrics::default();
+        let first = metrics.hold(2).unwrap();
+        let _second = metrics.hold(2).unwrap();
+        assert!(metrics.hold(2).is_none());
+        assert_eq!(metrics.held(), 2, "a refused request is not counted");
+        drop(first);
+        assert!(metrics.hold(2).is_some());
     }
 }

@@ -164,13 +164,12 @@ impl Proxy {
 
     /// Waits for a ready pod, counted as held; refuses when too many wait or none comes.
     async fn hold(&self) -> Result<(), Refusal> {
-        if usize::try_from(self.metrics.held()).unwrap_or(usize::MAX) >= self.hold.max_held {
+        let Some(_held) = self.metrics.hold(self.hold.max_held) else {
             return Err(Refusal::NoPod(format!(
                 "no pod is ready and {} requests already wait for one",
                 self.hold.max_held
             )));
-        }
-        let _held = self.metrics.hold();
+        };
         if self.pool.wait_for_pods(self.hold.timeout).await {
             return Ok(());
         }

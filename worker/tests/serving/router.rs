@@ -27,6 +27,18 @@ async fn router(hold: Duration) -> server::Running {
     server::start(options).await.unwrap()
 }
 
+/// Three workers serving `m` v1, and a router in front of them.
+async fn three_pods_behind_a_router() -> ([Harness; 3], server::Running) {
+    let pods = [
+        Harness::serving_one_version().await,
+        Harness::serving_one_version().await,
+        Harness::serving_one_version().await,
+    ];
+    let router = router(Duration::from_secs(1)).await;
+    router.pool().set(pods.iter().map(|p| p.server.local_addr()).collect());
+    (pods, router)
+}
+
 /// `lantern_requests_total` of model `m` v1 answered OK by a worker.
 async fn served(harness: &Harness) -> u64 {
     let text = reqwest::get(format!("{}/metrics", harness.url())).await.unwrap().text().await.unwrap();
@@ -40,13 +52,7 @@ async fn stats(router: &server::Running) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_grpc_channel_spreads_its_requests_over_every_pod() {
-    let pods = [
-        Harness::serving_one_version().await,
-        Harness::serving_one_version().await,
-        Harness::serving_one_version().await,
-    ];
-    let router = router(Duration::from_secs(1)).await;
-    router.pool().set(pods.iter().map(|p| p.server.local_addr()).collect());
+    let (pods, router) = three_pods_behind_a_router().await;
     let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", router.local_addr())).await.unwrap();
     let expected =
         output_values(&pods[0].grpc().await.model_infer(infer_request("m", "", 2)).await.unwrap().into_inner());
@@ -170,13 +176,7 @@ async fn routed(router: &server::Running) -> std::collections::BTreeMap<String, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_sharing_a_prompt_prefix_go_to_one_pod_and_others_spread() {
-    let pods = [
-        Harness::serving_one_version().await,
-        Harness::serving_one_version().await,
-        Harness::serving_one_version().await,
-    ];
-    let router = router(Duration::from_secs(1)).await;
-    router.pool().set(pods.iter().map(|p| p.server.local_addr()).collect());
+    let (_pods, router) = three_pods_behind_a_router().await;
     let http = reqwest::Client::new();
     let url = format!("http://{}/v1/chat/completions", router.local_addr());
     let system = "You answer questions about the weather in one short sentence. ".repeat(5);
