@@ -46,9 +46,40 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs the lantern-worker CLI with `args` and `env`, as a user would; its stdout.
+async fn worker_cli(args: &[String], env: &[(&str, String)]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(binary("lantern-worker")?)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await?;
+    anyhow::ensure!(output.status.success(), "lantern-worker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Publishes `source` (a model file or directory, `extra` the further `publish` flags) as the
+/// next version of `model` in `repository` (a directory or URI, with `env` for its store), with
+/// the lantern-worker CLI. Returns the version.
+pub async fn publish(
+    repository: &str,
+    env: &[(&str, String)],
+    model: &str,
+    source: &Path,
+    extra: &[&str],
+) -> anyhow::Result<u64> {
+    let mut args: Vec<String> =
+        ["publish", "--repository", repository, "--model", model, "--source"].map(str::to_owned).into();
+    args.push(source.to_string_lossy().into_owned());
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    // "published MODEL version N in REPOSITORY"
+    let said = worker_cli(&args, env).await?;
+    let version = said.split_whitespace().skip_while(|w| *w != "version").nth(1);
+    version.and_then(|v| v.parse().ok()).with_context(|| format!("no version in {said:?}"))
+}
+
 /// Publishes a fresh MLP (`layers` wide, weights from `seed`) as the next version of `model`
-/// in `repository` (a directory or URI, with `env` for its store), with the lantern-worker CLI
-/// as a user would, recording `metrics` (`name=value`) in its manifest. Returns the version.
+/// in `repository` (a directory or URI, with `env` for its store), recording `metrics`
+/// (`name=value`) in its manifest. Returns the version.
 pub async fn publish_mlp(
     repository: &str,
     env: &[(&str, String)],
@@ -58,50 +89,11 @@ pub async fn publish_mlp(
     metrics: &[&str],
 ) -> anyhow::Result<u64> {
     let source = tempfile::tempdir()?;
-    let out = source.path().to_string_lossy().into_owned();
-    let worker = binary("lantern-worker")?;
-    let run = |args: Vec<String>| {
-        let worker = worker.clone();
-        async move {
-            let output = tokio::process::Command::new(&worker)
-                .args(&args)
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                .output()
-                .await?;
-            anyhow::ensure!(
-                output.status.success(),
-                "lantern-worker {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            anyhow::Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        }
-    };
-    run(vec![
-        "init-mlp".into(),
-        "--out".into(),
-        out.clone(),
-        "--layers".into(),
-        layers.into(),
-        "--seed".into(),
-        seed.to_string(),
-    ])
-    .await?;
-    let mut args = vec![
-        "publish".into(),
-        "--repository".into(),
-        repository.to_owned(),
-        "--model".into(),
-        model.into(),
-        "--source".into(),
-        out,
-    ];
-    for metric in metrics {
-        args.extend(["--metric".to_owned(), (*metric).to_owned()]);
-    }
-    // "published MODEL version N in REPOSITORY"
-    let said = run(args).await?;
-    let version = said.split_whitespace().skip_while(|w| *w != "version").nth(1);
-    version.and_then(|v| v.parse().ok()).with_context(|| format!("no version in {said:?}"))
+    let init = ["init-mlp", "--out", &source.path().to_string_lossy(), "--layers", layers, "--seed", &seed.to_string()]
+        .map(str::to_owned);
+    worker_cli(&init, env).await?;
+    let flags: Vec<&str> = metrics.iter().flat_map(|metric| ["--metric", metric]).collect();
+    publish(repository, env, model, source.path(), &flags).await
 }
 
 /// Waits up to 30 s for a server (`what`) to accept connections on the loopback `port`.
@@ -327,6 +319,14 @@ impl Stack {
         let repository = self.claim_dir(claim);
         std::fs::create_dir_all(&repository)?;
         publish_mlp(&repository.to_string_lossy(), &[], model, layers, seed, metrics).await
+    }
+
+    /// Publishes `source` (`extra` the further `publish` flags) as the next version of `model` in
+    /// claim `claim`. Returns the version.
+    pub async fn publish(&self, claim: &str, model: &str, source: &Path, extra: &[&str]) -> anyhow::Result<u64> {
+        let repository = self.claim_dir(claim);
+        std::fs::create_dir_all(&repository)?;
+        publish(&repository.to_string_lossy(), &[], model, source, extra).await
     }
 
     /// `host:port` of a Service's first port on its cluster IP (the devcluster proxies it).

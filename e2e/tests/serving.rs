@@ -2,7 +2,9 @@
 //! Service; clients reach them over gRPC and HTTP; new versions go out as canaries under live
 //! traffic and are promoted (across an operator crash), or rolled back when they fail their
 //! gates or cannot load. Two LoRA adapters fine-tuned in the cluster on one base are served by
-//! the same pods, each adapter's versions rolled out on their own under live OpenAI traffic.
+//! the same pods, each adapter's versions rolled out on their own under live OpenAI traffic. The
+//! router balances one gRPC channel over the pods; the autoscaler follows a burst up and down
+//! and a service at zero holds its first request; a stream in flight outlives its pod's deletion.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -355,6 +357,82 @@ async fn a_service_scaled_to_zero_holds_its_first_request_until_a_pod_answers_it
     stack.stop().await.unwrap();
 }
 
+/// SmolLM2 as model `chat` on one pod, through its router.
+const CHAT_SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: chat
+  source:
+    repository: {claimName: models}
+  replicas: 1
+";
+
+/// Whether a worker pod of `service` has been asked to stop (deleted, still draining).
+fn terminating(pods: &serde_json::Value, service: &str) -> bool {
+    let items = pods["items"].as_array().into_iter().flatten();
+    let mut workers = items.filter(|p| p["metadata"]["labels"]["lantern.dev/inference-service"] == service);
+    workers.any(|p| p["metadata"]["deletionTimestamp"].is_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_in_flight_finishes_while_its_pod_is_scaled_away() {
+    let gguf = lantern_e2e::workspace().join(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.is_file(), "{} is not fetched: run scripts/setup-test-deps.sh", gguf.display());
+    let stack = Stack::start().await.unwrap();
+    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
+    assert_eq!(stack.publish("models", "chat", &gguf, &[]).await.unwrap(), 1);
+    assert!(stack.apply(CHAT_SERVICE).await.unwrap().ok);
+    settled(&stack, "chat").await;
+    let address = stack.service_address("chat").await.unwrap();
+
+    // A long greedy completion streams through the router; each event is timed as it comes.
+    let body = serde_json::json!({
+        "model": "chat", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 300, "temperature": 0, "stream": true,
+    });
+    let mut response =
+        reqwest::Client::new().post(format!("http://{address}/v1/completions")).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(async move {
+        let mut first = Some(first_tx);
+        let mut events: Vec<(std::time::Instant, String)> = Vec::new();
+        let mut buffer = String::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                let data = event.lines().filter_map(|line| line.strip_prefix("data: "));
+                events.extend(data.map(|d| (std::time::Instant::now(), d.to_owned())));
+                if let Some(first) = first.take() {
+                    let _ = first.send(());
+                }
+            }
+        }
+        events
+    });
+
+    // Once it has started, the service is scaled to zero: its only pod is deleted while the
+    // stream runs, and drains.
+    first_rx.await.unwrap();
+    let scaled = stack.kubectl(&["patch", "isvc", "chat", "--type", "merge", "-p", r#"{"spec":{"replicas":0}}"#]);
+    assert!(scaled.await.unwrap().ok);
+    stack.wait_for("pods", "the pod terminating", Duration::from_secs(30), |p| terminating(p, "chat")).await;
+    let asked_to_stop = std::time::Instant::now();
+    let events = reader.await.unwrap();
+    let after = events.iter().filter(|(at, _)| *at > asked_to_stop).count();
+    let chunks: Vec<serde_json::Value> =
+        events.iter().filter(|(_, e)| e != "[DONE]").map(|(_, e)| serde_json::from_str(e).unwrap()).collect();
+    eprintln!("{} events, {after} of them after the pod was asked to stop", events.len());
+    assert!(after > 1, "the stream ended before its pod was asked to stop; make it longer");
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "length", "{:?}", chunks.last());
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert!(text.contains("7, 8"), "{text:?}");
+    stack.wait_for("pods", "the pod gone", Duration::from_secs(30), |p| !terminating(p, "chat")).await;
+    stack.stop().await.unwrap();
+}
+
 fn adapter_job(name: &str) -> String {
     format!(
         "apiVersion: lantern.dev/v1alpha1
@@ -572,14 +650,8 @@ async fn two_adapters_on_one_base_roll_out_each_on_its_own() {
     for file in ["adapter_config.json", "adapter_model.safetensors"] {
         std::fs::copy(stack.claim_dir("models").join("keys/2").join(file), peft.path().join(file)).unwrap();
     }
-    let worker = lantern_e2e::binary("lantern-worker").unwrap();
-    let publish = tokio::process::Command::new(worker)
-        .args(["publish", "--repository", stack.claim_dir("models").to_str().unwrap(), "--model", "codes"])
-        .args(["--source", peft.path().to_str().unwrap(), "--base", "base:1", "--metric", "eval_loss=99"])
-        .output()
-        .await
-        .unwrap();
-    assert!(publish.status.success(), "{}", String::from_utf8_lossy(&publish.stderr));
+    let published = stack.publish("models", "codes", peft.path(), &["--base", "base:1", "--metric", "eval_loss=99"]);
+    assert_eq!(published.await.unwrap(), 3);
     let regressed =
         stack.wait_for("isvc/base", "codes' rollback", Duration::from_secs(60), rollout_of("codes", 3)).await;
     let codes = adapter_status(&regressed, "codes");
