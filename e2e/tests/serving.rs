@@ -375,28 +375,23 @@ fn terminating(pods: &serde_json::Value, service: &str) -> bool {
     workers.any(|p| p["metadata"]["deletionTimestamp"].is_string())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_in_flight_finishes_while_its_pod_is_scaled_away() {
-    let gguf = lantern_e2e::workspace().join(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(gguf.is_file(), "{} is not fetched: run scripts/setup-test-deps.sh", gguf.display());
-    let stack = Stack::start().await.unwrap();
-    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
-    assert_eq!(stack.publish("models", "chat", &gguf, &[]).await.unwrap(), 1);
-    assert!(stack.apply(CHAT_SERVICE).await.unwrap().ok);
-    settled(&stack, "chat").await;
-    let address = stack.service_address("chat").await.unwrap();
-
-    // A long greedy completion streams through the router; each event is timed as it comes.
+/// A greedy completion of `max_tokens` from `chat` streamed through `address` in the
+/// background: fires the first receiver at its first event, and resolves to its events (the SSE
+/// `data:` payloads), each with the time it came.
+fn stream_completion(
+    address: &str,
+    max_tokens: u32,
+) -> (tokio::sync::oneshot::Receiver<()>, tokio::task::JoinHandle<Vec<(std::time::Instant, String)>>) {
     let body = serde_json::json!({
-        "model": "chat", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 300, "temperature": 0, "stream": true,
+        "model": "chat", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": max_tokens, "temperature": 0, "stream": true,
     });
-    let mut response =
-        reqwest::Client::new().post(format!("http://{address}/v1/completions")).json(&body).send().await.unwrap();
-    assert_eq!(response.status(), 200);
+    let request = reqwest::Client::new().post(format!("http://{address}/v1/completions")).json(&body);
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
     let reader = tokio::spawn(async move {
+        let mut response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
         let mut first = Some(first_tx);
-        let mut events: Vec<(std::time::Instant, String)> = Vec::new();
+        let mut events = Vec::new();
         let mut buffer = String::new();
         while let Some(chunk) = response.chunk().await.unwrap() {
             buffer.push_str(std::str::from_utf8(&chunk).unwrap());
@@ -411,10 +406,30 @@ async fn a_stream_in_flight_finishes_while_its_pod_is_scaled_away() {
         }
         events
     });
+    (first_rx, reader)
+}
 
+/// SmolLM2's GGUF published as `chat` version 1 in the stack's `models` claim.
+async fn publish_smollm2(stack: &Stack) {
+    let gguf = lantern_e2e::workspace().join(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.is_file(), "{} is not fetched: run scripts/setup-test-deps.sh", gguf.display());
+    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
+    assert_eq!(stack.publish("models", "chat", &gguf, &[]).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_in_flight_finishes_while_its_pod_is_scaled_away() {
+    let stack = Stack::start().await.unwrap();
+    publish_smollm2(&stack).await;
+    assert!(stack.apply(CHAT_SERVICE).await.unwrap().ok);
+    settled(&stack, "chat").await;
+    let address = stack.service_address("chat").await.unwrap();
+
+    // A long greedy completion streams through the router; each event is timed as it comes.
+    let (started, reader) = stream_completion(&address, 300);
     // Once it has started, the service is scaled to zero: its only pod is deleted while the
     // stream runs, and drains.
-    first_rx.await.unwrap();
+    started.await.unwrap();
     let scaled = stack.kubectl(&["patch", "isvc", "chat", "--type", "merge", "-p", r#"{"spec":{"replicas":0}}"#]);
     assert!(scaled.await.unwrap().ok);
     stack.wait_for("pods", "the pod terminating", Duration::from_secs(30), |p| terminating(p, "chat")).await;
@@ -430,6 +445,37 @@ async fn a_stream_in_flight_finishes_while_its_pod_is_scaled_away() {
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
     assert!(text.contains("7, 8"), "{text:?}");
     stack.wait_for("pods", "the pod gone", Duration::from_secs(30), |p| !terminating(p, "chat")).await;
+    stack.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_language_model_scales_on_the_kv_cache_its_streams_hold() {
+    let stack = Stack::start().await.unwrap();
+    publish_smollm2(&stack).await;
+    // A small cache, and a target of 30% of it per pod.
+    let service = CHAT_SERVICE.replace(
+        "replicas: 1\n",
+        "replicas: 1\n  minReplicas: 1\n  maxReplicas: 2\n  generation: {kvCacheMib: 16}\n  autoscaling: \
+         {targetKvCachePercent: 30, stableWindowSeconds: 9, panicWindowSeconds: 3, scaleDownDelaySeconds: 3}\n",
+    );
+    let applied = stack.apply(&service).await.unwrap();
+    assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
+    settled(&stack, "chat").await;
+    let address = stack.service_address("chat").await.unwrap();
+
+    // Four long streams: few requests, much cache.
+    let streams: Vec<_> = (0..4).map(|_| stream_completion(&address, 300).1).collect();
+    let limit = Duration::from_secs(90);
+    let two = |s: &serde_json::Value| s["spec"]["replicas"] == 2;
+    let scaled = stack.wait_for("isvc/chat", "scaled up to 2 on the cache", limit, two).await;
+    assert!(scaled["status"]["autoscaler"]["averageKvCachePods"].is_number(), "{:#}", scaled["status"]);
+    for stream in streams {
+        assert_eq!(stream.await.unwrap().last().unwrap().1, "[DONE]");
+    }
+    // Their cache released, one pod is enough again.
+    stack.wait_for("isvc/chat", "scaled back to 1", limit, |s| s["spec"]["replicas"] == 1).await;
+    let events = stack.kubectl(&["get", "events", "--field-selector", "reason=Scaled"]).await.unwrap();
+    assert!(events.stdout.contains("pods' worth of KV cache held"), "{}", events.stdout);
     stack.stop().await.unwrap();
 }
 

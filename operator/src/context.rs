@@ -94,9 +94,15 @@ impl Context {
         }
     }
 
-    /// Feeds the load the routers of the service `uid` carry now to its autoscaler and returns
-    /// the decision, given `current` replicas.
-    pub fn autoscale(&self, uid: &str, settings: &autoscale::Settings, load: f64, current: u32) -> autoscale::Decision {
+    /// Feeds the load the pods of the service `uid` carry now to its autoscaler and returns the
+    /// decision, given `current` replicas.
+    pub fn autoscale(
+        &self,
+        uid: &str,
+        settings: &autoscale::Settings,
+        load: autoscale::Load,
+        current: u32,
+    ) -> autoscale::Decision {
         let now = self.started.elapsed().as_secs_f64();
         let mut scalers = self.scalers.lock().unwrap_or_else(|p| p.into_inner());
         scalers.entry(uid.to_owned()).or_default().decide(settings, now, load, current)

@@ -463,7 +463,7 @@ impl Sequence {
         let reusable = self.reusable_blocks(cache.block_size());
         let hit = cache.lookup(&self.digests[..reusable]);
         let cached = hit.blocks * cache.block_size();
-        Running { cached, pending: self.tokens.len() - cached, blocks: hit.blocks - hit.idle }
+        Running { cached, pending: self.tokens.len() - cached, blocks: hit.blocks - hit.idle, exclusive: 0 }
     }
 }
 
@@ -539,7 +539,12 @@ impl Loop {
         let view: Vec<Running> = self
             .running
             .iter()
-            .map(|s| Running { cached: s.table.len(), pending: s.pending(), blocks: s.table.blocks() })
+            .map(|s| Running {
+                cached: s.table.len(),
+                pending: s.pending(),
+                blocks: s.table.blocks(),
+                exclusive: self.cache.exclusive_blocks(&s.table),
+            })
             .collect();
         let cache = &self.cache;
         let queue: Vec<Running> = self.waiting.iter_mut().map(|s| s.queued(cache)).collect();

@@ -173,6 +173,18 @@ pub struct GenerationMetrics {
     pub prefix_cache_hits: Counter,
 }
 
+/// A generation engine's gauges at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineLoad {
+    /// Sequences in the continuous batch.
+    pub running: u64,
+    /// Requests waiting to start.
+    pub waiting: u64,
+    /// KV cache blocks held by sequences, and in all.
+    pub kv_blocks_used: u64,
+    pub kv_blocks_total: u64,
+}
+
 /// The per-version handles the batching thread records into.
 #[derive(Clone, Debug)]
 pub struct VersionMetrics {
@@ -280,6 +292,21 @@ impl Metrics {
             preemptions: f.preemptions.get_or_create(&labels).clone(),
             prefix_cache_hits: f.prefix_cache_hits.get_or_create(&labels).clone(),
         }
+    }
+
+    /// What one version's generation engine last published, or `None` when the version has
+    /// none (not a language model, or not loaded yet). Read without creating a series.
+    pub fn engine_load(&self, model: &str, version: u64) -> Option<EngineLoad> {
+        let labels = version_labels(model, Some(version));
+        let f = &self.generation;
+        let gauge = |family: &Family<VersionLabels, Gauge>| family.get(&labels).map(|g| g.get().max(0) as u64);
+        let (used, free) = (gauge(&f.kv_blocks_used)?, gauge(&f.kv_blocks_free)?);
+        Some(EngineLoad {
+            running: gauge(&f.running)?,
+            waiting: gauge(&f.waiting)?,
+            kv_blocks_used: used,
+            kv_blocks_total: used + free,
+        })
     }
 
     /// Records one finished request. `version` is `None` when routing failed. Only

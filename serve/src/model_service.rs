@@ -123,6 +123,12 @@ fn status_to_proto(status: versions::ModelStatus) -> pb::ModelStatus {
                 bytes_downloaded: f.bytes_downloaded,
                 seconds: f.seconds,
             }),
+            engine: v.engine.map(|e| pb::EngineLoad {
+                running_sequences: e.running as u32,
+                waiting_sequences: e.waiting as u32,
+                kv_cache_blocks_used: e.kv_blocks_used,
+                kv_cache_blocks_total: e.kv_blocks_total,
+            }),
         })
         .collect();
     pb::ModelStatus { model: status.model, versions, on_disk: status.on_disk, unloaded: !status.enabled }

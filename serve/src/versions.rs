@@ -27,7 +27,7 @@ use super::batcher::{BatchSettings, Batcher};
 use super::config::{ServingConfig, VersionPolicy};
 use super::embedder::Embedder;
 use super::engine::{Engine, EngineSettings, ServedAdapter};
-use super::metrics::{Metrics, Outcome};
+use super::metrics::{EngineLoad, Metrics, Outcome};
 use super::routing::{self, Target, VersionView};
 use super::signature;
 use super::{policy, request_stats};
@@ -124,6 +124,8 @@ pub struct VersionStatus {
     pub manifest_digest: Option<String>,
     /// What loading it from a remote repository fetched.
     pub fetch: Option<FetchReport>,
+    /// A language-model version's engine load, while it is available.
+    pub engine: Option<EngineLoad>,
 }
 
 /// What the manager reports about one model.
@@ -635,6 +637,9 @@ impl ModelManager {
                     base: entry.loaded.as_ref().and_then(|l| adapter_base(&l.manifest).cloned()),
                     manifest_digest: entry.loaded.as_ref().map(|l| l.digest.clone()),
                     fetch: entry.loaded.as_ref().and_then(|l| l.fetch),
+                    engine: (entry.state == VersionState::Available)
+                        .then(|| self.inner.metrics.engine_load(name, version))
+                        .flatten(),
                 })
                 .collect();
             ModelStatus {

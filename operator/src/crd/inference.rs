@@ -106,10 +106,21 @@ pub struct InferenceServiceSpec {
 #[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Autoscaling {
-    /// Requests in flight one pod should carry (default 8).
+    /// Requests in flight one pod should carry, counted at the router (held ones included).
+    /// With no target set, 8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub target_in_flight: Option<u32>,
+    /// Language models: generation requests one pod's engine should have waiting to start (its
+    /// queue depth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub target_waiting_sequences: Option<u32>,
+    /// Language models: the percentage of one pod's KV cache its sequences should hold (the
+    /// tokens in flight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_kv_cache_percent: Option<u32>,
     /// Seconds the load is averaged over for steady decisions (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 3600))]
@@ -363,6 +374,13 @@ pub struct InferenceServiceStatus {
 pub struct AutoscalerStatus {
     /// Requests in flight at the routers (held ones included), averaged over the stable window.
     pub average_in_flight: f64,
+    /// With `targetWaitingSequences`: requests waiting in the engines, averaged likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_waiting_sequences: Option<f64>,
+    /// With `targetKvCachePercent`: the KV cache held, in pods' worth (1.5: one and a half pods'
+    /// caches), averaged likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_kv_cache_pods: Option<f64>,
     /// The replicas the load asks for.
     pub desired_replicas: u32,
     /// `Stable`, or `Panic` while a burst is being caught.

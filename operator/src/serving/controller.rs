@@ -187,7 +187,8 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
         }
     }
 
-    let (wanted, autoscaler) = autoscale(&context, &api, &pod_api, &service).await?;
+    let engines = autoscale::Load::engines(&answers, &service.spec.model);
+    let (wanted, autoscaler) = autoscale(&context, &api, &pod_api, &service, engines).await?;
     let mut replicas = 0;
     if let Ok(repository) = &source {
         let repository = &repository.with_cache_defaults(&context.cache_defaults);
@@ -251,20 +252,23 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     Ok(Action::requeue(requeue.unwrap_or(poll).min(poll)))
 }
 
-/// The replicas the service wants now: the autoscaler's decision from its routers' load, written
-/// through the scale subresource when it changes (with an Event), or `spec.replicas` as it is
-/// without `spec.autoscaling`, a router, or a router that answers.
+/// The replicas the service wants now: the autoscaler's decision from its routers' load and
+/// its `engines`' (the workers' reports this pass), written through the scale subresource when
+/// it changes (with an Event), or `spec.replicas` as it is without `spec.autoscaling`, a router,
+/// or a router that answers.
 async fn autoscale(
     context: &Context,
     api: &Api<InferenceService>,
     pod_api: &Api<Pod>,
     service: &InferenceService,
-) -> Result<(u32, Option<autoscale::Decision>), Error> {
+    engines: autoscale::Load,
+) -> Result<(u32, Option<(autoscale::Targets, autoscale::Decision)>), Error> {
     let current = service.spec.replicas;
     let Some(settings) = autoscale::Settings::of(&service.spec).filter(|_| router::routed(service)) else {
         return Ok((current, None));
     };
-    let Some(load) = router_load(pod_api, service).await else { return Ok((current, None)) };
+    let Some(in_flight) = router_load(pod_api, service).await else { return Ok((current, None)) };
+    let load = autoscale::Load { in_flight, ..engines };
     let decision = context.autoscale(&service.uid().unwrap_or_default(), &settings, load, current);
     if decision.replicas != current {
         let scale = serde_json::json!({"spec": {"replicas": decision.replicas}});
@@ -273,12 +277,13 @@ async fn autoscale(
             .map_err(kube_error("scaling the service"))?;
         let mode = if decision.panicking { "a burst" } else { "the load" };
         let message = format!(
-            "replicas {current} → {}: {mode}, {:.1} requests in flight on average against {} per pod",
-            decision.replicas, decision.stable_load, settings.target
+            "replicas {current} → {}: {mode}, {}",
+            decision.replicas,
+            settings.targets.describe(&decision.stable)
         );
         context.record_event(service, "Scaled", &message, false).await;
     }
-    Ok((decision.replicas, Some(decision)))
+    Ok((decision.replicas, Some((settings.targets, decision))))
 }
 
 /// Requests in flight at the service's ready router pods, held ones included; `None` when no

@@ -45,8 +45,8 @@ pub struct Observed {
     pub source_error: Option<String>,
     /// Whether the clients' way in works: the router has a ready pod (always, without a router).
     pub router_ready: bool,
-    /// The autoscaler's decision this pass, if it decided.
-    pub autoscaler: Option<autoscale::Decision>,
+    /// The autoscaler's targets and its decision this pass, if it decided.
+    pub autoscaler: Option<(autoscale::Targets, autoscale::Decision)>,
 }
 
 /// Whether a model's stable version serves on every answering pod, with a reason and a message
@@ -184,11 +184,16 @@ pub fn next(
         served: served_versions(decision, fleet),
         adapters: adapters.iter().map(adapter_status).collect(),
         model_bytes: (observed.model_bytes > 0).then_some(observed.model_bytes),
-        autoscaler: observed.autoscaler.map(|decision| AutoscalerStatus {
+        autoscaler: observed.autoscaler.map(|(targets, decision)| {
             // Two decimals: a status that changes in the fourth digit is written every pass.
-            average_in_flight: (decision.stable_load * 100.0).round() / 100.0,
-            desired_replicas: decision.replicas,
-            mode: if decision.panicking { "Panic" } else { "Stable" }.to_owned(),
+            let rounded = |value: f64| (value * 100.0).round() / 100.0;
+            AutoscalerStatus {
+                average_in_flight: rounded(decision.stable.in_flight),
+                average_waiting_sequences: targets.waiting.map(|_| rounded(decision.stable.waiting)),
+                average_kv_cache_pods: targets.kv_cache.map(|_| rounded(decision.stable.kv_cache)),
+                desired_replicas: decision.replicas,
+                mode: if decision.panicking { "Panic" } else { "Stable" }.to_owned(),
+            }
         }),
     }
 }

@@ -168,6 +168,11 @@ impl KvCache {
         self.total
     }
 
+    /// Blocks of `table` that no other sequence holds: what releasing it frees.
+    pub fn exclusive_blocks(&self, table: &BlockTable) -> usize {
+        table.blocks.iter().filter(|&&block| self.holders[block as usize] == 1).count()
+    }
+
     /// Blocks no sequence holds, cached ones included.
     pub fn free_blocks(&self) -> usize {
         self.free.len() + self.idle.len()
@@ -505,6 +510,7 @@ mod tests {
         let mut b = BlockTable::default();
         assert_eq!(cache.attach(&mut b, &digests[..1]), 2, "one shared block of two tokens");
         assert_eq!(cache.free_blocks(), 1, "sharing takes no block");
+        assert_eq!((cache.exclusive_blocks(&a), cache.exclusive_blocks(&b)), (2, 0), "a shares its first block");
         cache.release(&mut a);
         assert_eq!(cache.free_blocks(), 3, "a's private tail is free, its second block cached but free");
         assert_eq!(cache.lookup(&digests), PrefixHit { blocks: 2, idle: 1 });

@@ -9,6 +9,9 @@
 //!    sequences (preemption by recomputation: a victim goes back to the front of the queue and
 //!    re-prefills its tokens later). Only younger sequences are taken from, and only when that
 //!    makes enough room, so the oldest always progresses; otherwise the sequence sits the step out.
+//!    A victim frees only the blocks no other sequence holds: a block it shares (a prefix, or
+//!    the tokens of a sequence it re-prefilled from) stays held, and counting it would preempt
+//!    for room that never comes.
 //! 3. Waiting requests are admitted first-come first-served while there are sequence slots, step
 //!    tokens and free blocks for their whole prompt plus one token; the head of the queue is never
 //!    overtaken. A request whose prompt prefix is in the cache counts only the blocks it does not
@@ -24,6 +27,8 @@ pub struct Running {
     /// KV blocks held (for a waiting request: cached prefix blocks that another sequence holds,
     /// which cost no free block).
     pub blocks: usize,
+    /// Of those, blocks no other sequence holds: what preempting it frees (0 while waiting).
+    pub exclusive: usize,
 }
 
 /// The limits of one step.
@@ -67,14 +72,14 @@ pub fn plan(running: &[Running], waiting: &[Running], limits: &Limits) -> Plan {
         let chunk = sequence.pending.min(tokens_left);
         let need = blocks_for(sequence.cached + chunk).saturating_sub(sequence.blocks);
         let reclaimable: usize =
-            (i + 1..running.len()).filter(|&j| !preempted[j]).map(|j| running[j].blocks + taking[j]).sum();
+            (i + 1..running.len()).filter(|&j| !preempted[j]).map(|j| running[j].exclusive + taking[j]).sum();
         if need > free + reclaimable {
             continue;
         }
         while need > free {
             let Some(victim) = (i + 1..running.len()).rev().find(|&j| !preempted[j]) else { break };
             preempted[victim] = true;
-            free += running[victim].blocks + taking[victim];
+            free += running[victim].exclusive + taking[victim];
             tokens_left += chunks[victim];
             chunks[victim] = 0;
             taking[victim] = 0;
@@ -108,16 +113,16 @@ mod tests {
     const LIMITS: Limits = Limits { block_size: 4, free_blocks: 100, max_step_tokens: 16, max_running: 8 };
 
     fn decoding(cached: usize) -> Running {
-        Running { cached, pending: 1, blocks: cached.div_ceil(4) }
+        Running { cached, pending: 1, blocks: cached.div_ceil(4), exclusive: cached.div_ceil(4) }
     }
 
     fn queued(pending: usize) -> Running {
-        Running { cached: 0, pending, blocks: 0 }
+        Running { cached: 0, pending, blocks: 0, exclusive: 0 }
     }
 
     #[test]
     fn decodes_go_first_and_a_long_prompt_is_fed_in_chunks() {
-        let prefill = Running { cached: 0, pending: 40, blocks: 0 };
+        let prefill = Running { cached: 0, pending: 40, blocks: 0, exclusive: 0 };
         let plan = plan(&[prefill, decoding(5), decoding(9)], &[], &LIMITS);
         assert_eq!(plan.chunks, vec![14, 1, 1]);
         assert!(plan.preempt.is_empty());
@@ -140,7 +145,7 @@ mod tests {
     fn a_cached_prefix_held_by_another_sequence_costs_no_blocks() {
         let few_blocks = Limits { free_blocks: 2, ..LIMITS };
         // 20 prompt tokens need 6 blocks with the first sampled one; 16 are cached in 4 blocks.
-        let shared = Running { cached: 16, pending: 4, blocks: 4 };
+        let shared = Running { cached: 16, pending: 4, blocks: 4, exclusive: 0 };
         assert_eq!(plan(&[], &[shared], &few_blocks).admit, vec![4]);
         let idle = Running { blocks: 0, ..shared };
         assert!(plan(&[], &[idle], &few_blocks).admit.is_empty(), "idle cached blocks come out of the free ones");
@@ -156,6 +161,22 @@ mod tests {
     }
 
     #[test]
+    fn blocks_a_victim_shares_are_not_counted_as_room() {
+        let full = Limits { free_blocks: 0, ..LIMITS };
+        // The younger sequence re-prefilled the older one's tokens: 2 of its 3 blocks are the
+        // older one's too, so preempting it frees 1 block.
+        let shared = Running { exclusive: 1, ..decoding(12) };
+        let plan = plan(&[decoding(8), shared], &[], &full);
+        assert_eq!((plan.chunks, plan.preempt), (vec![1, 0], vec![1]), "one block is room enough");
+        // A prefill of 8 tokens needs 2 blocks: the one exclusive block is not enough, so
+        // nothing is preempted for nothing.
+        let prefill = Running { cached: 0, pending: 8, blocks: 0, exclusive: 0 };
+        let plan = super::plan(&[prefill, Running { exclusive: 1, ..decoding(11) }], &[], &full);
+        assert!(plan.preempt.is_empty(), "{plan:?}");
+        assert_eq!(plan.chunks, vec![0, 1]);
+    }
+
+    #[test]
     fn the_youngest_sequence_waits_when_it_has_nobody_to_take_from() {
         let full = Limits { free_blocks: 0, ..LIMITS };
         let plan = plan(&[decoding(6), decoding(8)], &[], &full);
@@ -167,7 +188,7 @@ mod tests {
     fn a_preempted_sequence_gives_back_what_it_was_planned_to_take() {
         // The older prefill needs 4 blocks; the decode (planned first) took the only free one.
         let limits = Limits { free_blocks: 1, ..LIMITS };
-        let prefill = Running { cached: 0, pending: 16, blocks: 0 };
+        let prefill = Running { cached: 0, pending: 16, blocks: 0, exclusive: 0 };
         let plan = plan(&[prefill, decoding(12)], &[], &limits);
         assert_eq!(plan.preempt, vec![1]);
         // The chunk was sized before the decode gave its step token back.

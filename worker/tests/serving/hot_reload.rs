@@ -46,7 +46,9 @@ async fn new_version_goes_live_under_concurrent_load_without_failed_requests() {
     }
     assert!(total > 100, "only {total} requests were sent");
     assert!(served_by_v2.load(Ordering::Relaxed) > 0, "version 2 never served");
-    assert_eq!(harness.version_status("m", 2).await.unwrap().state, VersionState::Available as i32);
+    let status = harness.version_status("m", 2).await.unwrap();
+    assert_eq!(status.state, VersionState::Available as i32);
+    assert_eq!(status.engine, None, "a tensor model has no generation engine to report");
 }
 
 #[tokio::test]

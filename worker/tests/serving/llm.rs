@@ -421,13 +421,43 @@ async fn a_client_that_disconnects_mid_stream_frees_its_kv_blocks_at_once() {
     let leaver = post_json(&harness, "/v1/chat/completions", &chat_body("Tell me a long story.", 200, true)).await;
     wait_metric(&harness, "generated_tokens_total", |tokens| tokens >= 4.0).await;
     assert!(metric(&harness, "kv_cache_blocks_used").await > 0.0);
+    // GetModelStatus reports the engine's load (what the operator's autoscaler reads).
+    let engine = harness.version_status(MODEL, 1).await.unwrap().engine.unwrap();
+    assert!(engine.running_sequences >= 1 && engine.kv_cache_blocks_used > 0, "{engine:?}");
+    assert!(engine.kv_cache_blocks_used < engine.kv_cache_blocks_total, "{engine:?}");
     drop(leaver);
     let events = survivor.await.unwrap();
     assert_eq!(events.last().unwrap(), "[DONE]", "the other stream is undisturbed");
     wait_metric(&harness, "kv_cache_blocks_used", |blocks| blocks == 0.0).await;
     assert_eq!(metric(&harness, "running_sequences").await, 0.0);
+    let engine = harness.version_status(MODEL, 1).await.unwrap().engine.unwrap();
+    assert_eq!((engine.running_sequences, engine.waiting_sequences, engine.kv_cache_blocks_used), (0, 0, 0));
     let generated = metric(&harness, "generated_tokens_total").await;
     assert!(generated < 24.0 + 200.0, "the cancelled stream stopped generating ({generated} tokens)");
+}
+
+#[tokio::test]
+async fn identical_streams_that_outgrow_the_cache_together_all_finish() {
+    // 16 MiB holds 22 blocks of 16 tokens: one 300-token completion fits, four at once do not.
+    // Greedy and from one prompt, they write the same tokens, so a preempted one re-prefills
+    // onto the blocks of those still running: preempting it frees only what it holds alone.
+    let Some(harness) = serving_smollm2(|engine| engine.kv_cache_bytes = 16 << 20).await else { return };
+    let body = json!({"model": MODEL, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 300, "temperature": 0, "stream": true});
+    let streams: Vec<_> = (0..4)
+        .map(|_| {
+            let request = reqwest::Client::new().post(format!("{}/v1/completions", harness.url())).json(&body);
+            tokio::spawn(async move { sse_events(request.send().await.unwrap()).await })
+        })
+        .collect();
+    let all = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(streams)).await;
+    let all = all.expect("the streams stalled: the engine preempted for room that never came");
+    for events in all {
+        let events = events.unwrap();
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+    }
+    assert!(metric(&harness, "preemptions_total").await > 0.0, "the cache was never short");
 }
 
 #[tokio::test]
