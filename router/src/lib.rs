@@ -14,6 +14,8 @@
 //! - [`proxy`]: forwarding, retries of requests that never left, holding requests while no pod
 //!   is ready (scale from zero), refusals in the caller's protocol.
 //! - [`discovery`]: the pods from the Kubernetes API (a label selector) or a fixed list.
+//! - [`server`]: the listeners; with [`server::Tls`] the serving port speaks TLS with the
+//!   service's certificate and the pods are reached over TLS, trusting that same certificate.
 //! - [`metrics`] and [`admin`]: `/metrics`, `/healthz` and `/stats` (what the operator's
 //!   autoscaler reads: requests held and in flight) on a port of their own, so no path of the
 //!   workers' is shadowed.

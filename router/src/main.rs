@@ -42,6 +42,13 @@ struct Args {
     /// Most requests waiting for a ready pod at once.
     #[arg(long, default_value_t = 1024)]
     max_held: usize,
+    /// PEM certificate chain for TLS on --listen (a Kubernetes TLS Secret's `tls.crt`); the pods
+    /// are then reached over TLS and must present the same certificate.
+    #[arg(long, requires = "tls_key_file")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key for TLS on --listen (`tls.key`).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<std::path::PathBuf>,
     /// How long shutdown waits for requests in flight, in seconds.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_seconds: u64,
@@ -53,12 +60,17 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = args.telemetry.init("lantern-router")?;
+    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some(server::Tls::from_pem_files(cert, key).context("setting up TLS")?),
+        _ => None,
+    };
     let options = Options {
         listen: args.listen,
         admin_listen: args.admin_listen,
         hold: HoldSettings { timeout: Duration::from_secs(args.hold_seconds), max_held: args.max_held },
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         models: args.models.clone().map(|models| models.into_iter().collect()),
+        tls,
         ..Options::default()
     };
     let running = server::start(options).await.context("binding the router's ports")?;

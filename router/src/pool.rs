@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use lantern_tls::PinnedConnector;
 use tokio::sync::watch;
 
 use super::balance::{self, Ring};
@@ -34,12 +35,15 @@ pub struct Pod {
     /// Until when it is passed over, after a failed connection.
     ejected_until: std::sync::Mutex<Option<Instant>>,
     connection: tokio::sync::Mutex<Option<SendRequest<RequestBody>>>,
+    /// TLS to the pod, or h2c without.
+    tls: Option<PinnedConnector>,
 }
 
 impl Pod {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, tls: Option<PinnedConnector>) -> Self {
         Self {
             addr,
+            tls,
             in_flight: AtomicUsize::new(0),
             routed: AtomicU64::new(0),
             ejected_until: std::sync::Mutex::new(None),
@@ -55,8 +59,9 @@ impl Pod {
         self.ejected_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some_and(|until| now < until)
     }
 
-    /// A sender on the pod's connection, connecting (h2c, prior knowledge) when there is none or
-    /// it has closed. An error means nothing was sent; the pod is then passed over for a while.
+    /// A sender on the pod's connection, connecting (h2c with prior knowledge, or HTTP/2 over
+    /// TLS) when there is none or it has closed. An error means nothing was sent; the pod is then
+    /// passed over for a while.
     pub async fn sender(&self) -> std::io::Result<SendRequest<RequestBody>> {
         let result = self.connect().await;
         let mut ejected = self.ejected_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -69,17 +74,17 @@ impl Pod {
         if let Some(sender) = connection.as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
+        let opened = async {
+            let stream = tokio::net::TcpStream::connect(self.addr).await?;
+            stream.set_nodelay(true)?;
+            match &self.tls {
+                None => http2(stream).await,
+                Some(tls) => http2(tls.connect(self.addr.ip(), stream).await?).await,
+            }
+        };
+        let (sender, driver) = tokio::time::timeout(CONNECT_TIMEOUT, opened)
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out"))??;
-        stream.set_nodelay(true)?;
-        let (sender, driver) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .adaptive_window(true)
-            .keep_alive_interval(Duration::from_secs(20))
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(error) = driver.await {
@@ -89,6 +94,28 @@ impl Pod {
         *connection = Some(sender.clone());
         Ok(sender)
     }
+}
+
+/// The connection being established and its driver.
+type Handshake = (
+    SendRequest<RequestBody>,
+    hyper::client::conn::http2::Connection<TokioIo<Box<dyn Io>>, RequestBody, TokioExecutor>,
+);
+
+/// A byte stream to a pod: TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// An HTTP/2 client connection over `stream`.
+async fn http2(stream: impl Io) -> std::io::Result<Handshake> {
+    let stream: Box<dyn Io> = Box::new(stream);
+    hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .keep_alive_interval(Duration::from_secs(20))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)
 }
 
 /// A request counted against its pod until dropped.
@@ -125,14 +152,16 @@ struct Ready {
 #[derive(Clone, Debug)]
 pub struct Pool {
     ready: Arc<RwLock<Ready>>,
+    /// TLS to the pods, or h2c without.
+    tls: Option<PinnedConnector>,
     /// How many pods are ready, for requests held until there is one.
     count: watch::Sender<usize>,
     metrics: Metrics,
 }
 
 impl Pool {
-    pub fn new(metrics: Metrics) -> Self {
-        Self { ready: Arc::default(), count: watch::Sender::new(0), metrics }
+    pub fn new(metrics: Metrics, tls: Option<PinnedConnector>) -> Self {
+        Self { ready: Arc::default(), tls, count: watch::Sender::new(0), metrics }
     }
 
     /// Makes `addrs` the ready pods; pods that stay keep their connection and their count.
@@ -146,7 +175,12 @@ impl Pool {
         let pods: Vec<Arc<Pod>> = addrs
             .iter()
             .map(|&addr| {
-                ready.pods.iter().find(|p| p.addr == addr).cloned().unwrap_or_else(|| Arc::new(Pod::new(addr)))
+                ready
+                    .pods
+                    .iter()
+                    .find(|p| p.addr == addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Pod::new(addr, self.tls.clone())))
             })
             .collect();
         let names: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();

@@ -1,6 +1,7 @@
 //! The router's two listeners: the serving port (every request proxied, HTTP/1.1 and h2c side
-//! by side) and the admin port ([`crate::admin`]). Shutdown stops accepting, lets the requests
-//! in flight finish within the grace period, then drops what is left.
+//! by side, or both over TLS with [`Tls`]) and the admin port ([`crate::admin`]). Shutdown stops
+//! accepting, lets the requests in flight finish within the grace period, then drops what is
+//! left.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -34,6 +35,31 @@ pub struct Options {
     /// The models the pods serve, if known: a request naming another is answered 404 /
     /// `NOT_FOUND` by the router itself where it can read the name.
     pub models: Option<BTreeSet<String>>,
+    /// TLS on the serving port and to the pods.
+    pub tls: Option<Tls>,
+}
+
+/// TLS for a service whose pods serve it: clients get the service's certificate from the router,
+/// and the router reaches the pods over TLS too, trusting the same certificate (pinned: the
+/// pods serve the service's Secret, and no certificate names a pod's IP). The traffic stays
+/// encrypted from the client to the pod.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: lantern_tls::TlsAcceptor,
+    pub connector: lantern_tls::PinnedConnector,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl Tls {
+    /// From a Kubernetes TLS Secret's `tls.crt` and `tls.key`.
+    pub fn from_pem_files(cert: &std::path::Path, key: &std::path::Path) -> Result<Self, lantern_tls::Error> {
+        Ok(Self { acceptor: lantern_tls::acceptor(cert, key)?, connector: lantern_tls::pinned_connector(cert)? })
+    }
 }
 
 impl Default for Options {
@@ -46,6 +72,7 @@ impl Default for Options {
             header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             models: None,
+            tls: None,
         }
     }
 }
@@ -91,7 +118,7 @@ pub async fn start(options: Options) -> std::io::Result<Running> {
     let admin_listener = TcpListener::bind(options.admin_listen).await?;
     let (addr, admin_addr) = (listener.local_addr()?, admin_listener.local_addr()?);
     let metrics = Metrics::default();
-    let pool = Pool::new(metrics.clone());
+    let pool = Pool::new(metrics.clone(), options.tls.as_ref().map(|tls| tls.connector.clone()));
     let proxy = Proxy::new(pool.clone(), options.hold, metrics.clone(), options.models.clone());
     tokio::spawn(admin::serve(admin_listener, pool.clone(), metrics.clone()));
     let (stop, stopped) = oneshot::channel();
@@ -125,9 +152,20 @@ async fn serve(listener: TcpListener, proxy: Proxy, options: Options, mut stoppe
             let proxy = proxy.clone();
             async move { proxy.handle(request).await }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), options.tls.clone());
+        let header_timeout = options.header_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let served = match tls {
+                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+                    }
+                    Ok(Err(error)) => Err(error.into()),
+                    Err(_) => Err("the TLS handshake timed out".into()),
+                },
+            };
+            if let Err(error) = served {
                 tracing::debug!(%peer, %error, "client connection ended with an error");
             }
             drop(permit);

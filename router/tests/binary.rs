@@ -1,6 +1,6 @@
 //! The `lantern-router` binary as the operator runs it: flags parsed, both ports bound, the
-//! admin port answering, a request to a pod that refuses connections refused in turn, and a
-//! clean exit on SIGTERM. (The e2e suites run this binary in router pods; building it here is
+//! admin port answering, a request to a pod that refuses connections refused in turn, a clean
+//! exit on SIGTERM, and a TLS key that does not fit refused at start. (The e2e suites run this binary in router pods; building it here is
 //! what puts it beside them.)
 
 use std::io::{Read, Write};
@@ -73,4 +73,21 @@ fn the_binary_serves_its_ports_refuses_for_a_dead_pod_and_exits_cleanly_on_sigte
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_key_that_does_not_fit_its_certificate_stops_the_router_with_the_reason() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tls/fixtures");
+    let output = Command::new(env!("CARGO_BIN_EXE_lantern-router"))
+        .args(["--listen", &free_port().to_string(), "--admin-listen", &free_port().to_string()])
+        .args(["--backend", &free_port().to_string()])
+        .arg("--tls-cert-file")
+        .arg(fixtures.join("cert.pem"))
+        .arg("--tls-key-file")
+        .arg(fixtures.join("other-key.pem"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("setting up TLS") && said.contains("the certificate and key do not fit"), "{said}");
 }

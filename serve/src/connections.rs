@@ -16,8 +16,7 @@
 //!   the repository scan and model loads always find descriptors.
 //!
 //! - **TLS** ([`Tls`], optional): the handshake runs in the connection's own task within
-//!   `header_timeout`, with ALPN offering `h2` and `http/1.1`; rustls with the ring provider (the
-//!   crates the operator's Kubernetes client already builds).
+//!   `header_timeout`, with ALPN offering `h2` and `http/1.1` (`lantern-tls`).
 //!
 //! hyper-util's connection builder serves HTTP/1.1 and HTTP/2 (h2c without TLS) on the same
 //! port, as `axum::serve` does; this loop replaces `axum::serve` because that offers neither
@@ -43,11 +42,9 @@ use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tower_service::Service;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// How many connections the server holds and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +91,7 @@ impl ConnectionLimits {
 /// A certificate and key to serve TLS with.
 #[derive(Clone)]
 pub struct Tls {
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: lantern_tls::TlsAcceptor,
 }
 
 impl std::fmt::Debug for Tls {
@@ -107,24 +104,7 @@ impl Tls {
     /// Reads a PEM certificate chain and its PEM private key (PKCS#8, PKCS#1 or SEC1), as a
     /// Kubernetes TLS Secret holds them (`tls.crt`, `tls.key`).
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self> {
-        let fail = |what: String| Error::Startup(format!("TLS: {what}"));
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
-            .map_err(|e| fail(format!("reading the certificates in {}: {e}", cert.display())))?;
-        if chain.is_empty() {
-            return Err(fail(format!("{} holds no certificate", cert.display())));
-        }
-        let key = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| fail(format!("reading the private key in {}: {e}", key.display())))?;
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .map_err(|e| fail(format!("the certificate and key do not fit: {e}")))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Self { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)) })
+        Ok(Self { acceptor: lantern_tls::acceptor(cert, key)? })
     }
 }
 

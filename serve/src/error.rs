@@ -47,6 +47,10 @@ pub enum Error {
     #[error("starting the server: {0}")]
     Startup(String),
 
+    /// The serving port's certificate or key cannot be used.
+    #[error("TLS on the serving port")]
+    Tls(#[from] lantern_tls::Error),
+
     /// A credentials file cannot be used.
     #[error(transparent)]
     Token(#[from] lantern_proto::auth::TokenError),

@@ -15,7 +15,7 @@ pub fn grpc_code(err: &Error) -> Code {
         Error::Unavailable { .. } | Error::Shutdown(_) => Code::Unavailable,
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::QueueFull { .. } | Error::LimitExceeded(_) => Code::ResourceExhausted,
-        Error::Inference { .. } | Error::Startup(_) | Error::Token(_) => Code::Internal,
+        Error::Inference { .. } | Error::Startup(_) | Error::Tls(_) | Error::Token(_) => Code::Internal,
         Error::Runtime(err) => runtime_code(err),
     }
 }

@@ -254,8 +254,8 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
 
 /// The replicas the service wants now: the autoscaler's decision from its routers' load and
 /// its `engines`' (the workers' reports this pass), written through the scale subresource when
-/// it changes (with an Event), or `spec.replicas` as it is without `spec.autoscaling`, a router,
-/// or a router that answers.
+/// it changes (with an Event), or `spec.replicas` as it is without `spec.autoscaling` or a router
+/// that answers.
 async fn autoscale(
     context: &Context,
     api: &Api<InferenceService>,
@@ -264,7 +264,7 @@ async fn autoscale(
     engines: autoscale::Load,
 ) -> Result<(u32, Option<(autoscale::Targets, autoscale::Decision)>), Error> {
     let current = service.spec.replicas;
-    let Some(settings) = autoscale::Settings::of(&service.spec).filter(|_| router::routed(service)) else {
+    let Some(settings) = autoscale::Settings::of(&service.spec) else {
         return Ok((current, None));
     };
     let Some(in_flight) = router_load(pod_api, service).await else { return Ok((current, None)) };
@@ -312,10 +312,8 @@ fn pod_address(ip: &str, port: u16) -> Option<std::net::SocketAddr> {
     Some(std::net::SocketAddr::new(ip.parse().ok()?, port))
 }
 
-/// The router's account, its binding and its Deployment (told the `models` served); for a
-/// service without a router, no
-/// Deployment (one left from before is deleted). Returns whether the way in is ready: the router
-/// has an available pod, or there is no router.
+/// The router's account, its binding and its Deployment (told the `models` served). Returns
+/// whether the way in is ready: the router has an available pod.
 async fn apply_router(
     client: &Client,
     service: &InferenceService,
@@ -326,13 +324,6 @@ async fn apply_router(
 ) -> Result<bool, Error> {
     let name = router::router_name(service);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    if !router::routed(service) {
-        return match deployments.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(true),
-            Err(error) => Err(kube_error("deleting the router")(error)),
-        };
-    }
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     accounts
         .patch(&name, apply, &Patch::Apply(&router::service_account(service)))

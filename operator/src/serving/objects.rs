@@ -11,6 +11,7 @@ use std::hash::Hasher;
 
 use k8s_openapi::api::core::v1::{
     Container, HTTPGetAction, Pod, PodSpec, Probe, Secret, SecretVolumeSource, Service, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -30,8 +31,10 @@ pub const SERVING_PORT: u16 = 8500;
 pub const MANAGEMENT_PORT: u16 = 8501;
 /// Where a worker finds its management token.
 const MANAGEMENT_TOKEN_DIR: &str = "/var/run/lantern/management";
-/// Where a worker finds its serving certificate.
+/// Where a worker or router finds the service's certificate and key ([`tls_volume`]).
 const TLS_DIR: &str = "/var/run/lantern/tls";
+pub const TLS_CERT_FILE: &str = "/var/run/lantern/tls/tls.crt";
+pub const TLS_KEY_FILE: &str = "/var/run/lantern/tls/tls.key";
 /// Where a worker finds the API keys.
 const API_KEYS_DIR: &str = "/var/run/lantern/api-keys";
 
@@ -51,6 +54,15 @@ fn service_labels(service: &InferenceService) -> BTreeMap<String, String> {
 /// The label selector of the service's pods (for the scale subresource and the Service).
 pub fn selector(service: &InferenceService) -> String {
     format!("{SERVICE_LABEL}={}", name(service))
+}
+
+/// The service's TLS Secret as a volume and its mount at [`TLS_CERT_FILE`] and [`TLS_KEY_FILE`],
+/// for a service with `tls`.
+pub fn tls_volume(service: &InferenceService) -> Option<(Volume, VolumeMount)> {
+    let tls = service.spec.tls.as_ref()?;
+    let certificate = SecretVolumeSource { secret_name: Some(tls.secret_name.clone()), ..Default::default() };
+    let volume = Volume { name: "tls".to_owned(), secret: Some(certificate), ..Volume::default() };
+    Some((volume, objects::read_only_mount("tls", TLS_DIR)))
 }
 
 /// Where clients in the cluster connect.
@@ -143,8 +155,7 @@ pub fn pod_name(service: &InferenceService, revision: &str, index: u32) -> Strin
     format!("{}-{revision}-{index}", name(service))
 }
 
-/// The Service clients connect to: in front of the router's pods, or of the ready worker pods
-/// where there is no router ([`super::router::routed`]).
+/// The Service clients connect to, in front of the router's pods.
 pub fn service(service: &InferenceService) -> Service {
     Service {
         metadata: owned_metadata(service, name(service).to_owned(), service_labels(service)),
@@ -254,12 +265,11 @@ pub fn pod(
         mounts.push(mount);
         env.push(env_var(env::API_KEYS_FILE, format!("{API_KEYS_DIR}/keys")));
     }
-    if let Some(tls) = &spec.tls {
-        let certificate = SecretVolumeSource { secret_name: Some(tls.secret_name.clone()), ..Default::default() };
-        volumes.push(Volume { name: "tls".to_owned(), secret: Some(certificate), ..Volume::default() });
-        mounts.push(objects::read_only_mount("tls", TLS_DIR));
-        env.push(env_var(env::TLS_CERT_FILE, format!("{TLS_DIR}/tls.crt")));
-        env.push(env_var(env::TLS_KEY_FILE, format!("{TLS_DIR}/tls.key")));
+    if let Some((volume, mount)) = tls_volume(service) {
+        volumes.push(volume);
+        mounts.push(mount);
+        env.push(env_var(env::TLS_CERT_FILE, TLS_CERT_FILE));
+        env.push(env_var(env::TLS_KEY_FILE, TLS_KEY_FILE));
     }
     let scheme = if spec.tls.is_some() { "HTTPS" } else { "HTTP" };
     let http_get = |path: String| HTTPGetAction {
@@ -573,13 +583,14 @@ mod tests {
     }
 
     #[test]
-    fn the_service_selects_the_router_or_without_one_every_worker_pod() {
+    fn the_service_selects_the_router_with_or_without_tls() {
         let service = serde_json::to_value(super::service(&test_service(json!({})))).unwrap();
         assert_eq!(service["spec"]["selector"], json!({super::super::router::ROUTER_LABEL: "adder"}));
         let tls = test_service(json!({"tls": {"secretName": "adder-tls"}}));
-        let direct = serde_json::to_value(super::service(&tls)).unwrap();
-        assert_eq!(direct["spec"]["selector"], json!({SERVICE_LABEL: "adder"}));
+        let routed = serde_json::to_value(super::service(&tls)).unwrap();
+        assert_eq!(routed["spec"]["selector"], json!({super::super::router::ROUTER_LABEL: "adder"}));
         assert_eq!(service["spec"]["ports"][0]["port"], 8500);
         assert_eq!(url(&test_service(json!({}))), "http://adder.ml.svc:8500");
+        assert_eq!(url(&tls), "https://adder.ml.svc:8500");
     }
 }

@@ -5,8 +5,8 @@
 //! Helm chart's, `--router-cluster-role`).
 //!
 //! One router per InferenceService: its load and failures stay its service's own, and it scales
-//! with it. A service with TLS keeps its Service on the worker pods: the router does not
-//! terminate TLS yet.
+//! with it. A service with TLS has its Secret mounted in the router too: the router serves the
+//! certificate to clients and reaches the pods over TLS, trusting that same certificate.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::objects::{SERVICE_LABEL, SERVING_PORT, selector};
+use super::objects::{SERVING_PORT, TLS_CERT_FILE, TLS_KEY_FILE, selector, tls_volume};
 use crate::crd::InferenceService;
 use crate::objects::{self, match_labels, owned_metadata};
 
@@ -38,11 +38,6 @@ pub fn router_name(service: &InferenceService) -> String {
     format!("{}-router", name(service))
 }
 
-/// Whether the service is served through a router: not with TLS (see the module docs).
-pub fn routed(service: &InferenceService) -> bool {
-    service.spec.tls.is_none()
-}
-
 fn router_labels(service: &InferenceService) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "lantern-router".to_owned()),
@@ -51,12 +46,9 @@ fn router_labels(service: &InferenceService) -> BTreeMap<String, String> {
     ])
 }
 
-/// The pods the service's Service sends to: the router's, or the workers' without one.
+/// The pods the service's Service sends to: the router's.
 pub fn service_selector(service: &InferenceService) -> BTreeMap<String, String> {
-    match routed(service) {
-        true => BTreeMap::from([(ROUTER_LABEL.to_owned(), name(service).to_owned())]),
-        false => BTreeMap::from([(SERVICE_LABEL.to_owned(), name(service).to_owned())]),
-    }
+    BTreeMap::from([(ROUTER_LABEL.to_owned(), name(service).to_owned())])
 }
 
 /// The router pods' identity.
@@ -116,6 +108,10 @@ pub fn deployment(service: &InferenceService, image: &str, models: &[&str]) -> D
     if service.spec.api_keys.is_none() {
         args.extend(["--models".to_owned(), models.join(",")]);
     }
+    let tls = tls_volume(service);
+    if tls.is_some() {
+        args.extend(["--tls-cert-file", TLS_CERT_FILE, "--tls-key-file", TLS_KEY_FILE].map(str::to_owned));
+    }
     let quantity = |q: &str| Quantity(q.to_owned());
     let container = Container {
         name: "router".to_owned(),
@@ -144,10 +140,12 @@ pub fn deployment(service: &InferenceService, image: &str, models: &[&str]) -> D
             ..ResourceRequirements::default()
         }),
         security_context: Some(objects::worker_security_context()),
+        volume_mounts: tls.as_ref().map(|(_, mount)| vec![mount.clone()]),
         ..Container::default()
     };
     let mut pod_spec = PodSpec {
         containers: vec![container],
+        volumes: tls.map(|(volume, _)| vec![volume]),
         service_account_name: Some(router_name(service)),
         // Held requests and streams in flight get the router's 30 s grace.
         termination_grace_period_seconds: Some(35),
@@ -180,6 +178,7 @@ pub fn deployment(service: &InferenceService, image: &str, models: &[&str]) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serving::objects::SERVICE_LABEL;
     use crate::serving::test_service;
 
     #[test]
@@ -222,9 +221,18 @@ mod tests {
     }
 
     #[test]
-    fn a_service_with_tls_keeps_its_service_on_the_workers() {
+    fn with_tls_the_router_mounts_the_services_secret_and_serves_it() {
         let service = test_service(serde_json::json!({"tls": {"secretName": "adder-tls"}}));
-        assert!(!routed(&service));
-        assert_eq!(service_selector(&service), BTreeMap::from([(SERVICE_LABEL.to_owned(), "adder".to_owned())]));
+        let deployment = serde_json::to_value(deployment(&service, "router", &["adder"])).unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["volumes"], serde_json::json!([{"name": "tls", "secret": {"secretName": "adder-tls"}}]));
+        let container = &pod["containers"][0];
+        assert_eq!(container["volumeMounts"][0]["mountPath"], "/var/run/lantern/tls");
+        let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert_eq!(
+            args[args.len() - 4..],
+            ["--tls-cert-file", "/var/run/lantern/tls/tls.crt", "--tls-key-file", "/var/run/lantern/tls/tls.key"]
+        );
+        assert_eq!(service_selector(&service), BTreeMap::from([(ROUTER_LABEL.to_owned(), "adder".to_owned())]));
     }
 }

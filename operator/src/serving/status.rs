@@ -43,7 +43,7 @@ pub struct Observed {
     pub model_bytes: u64,
     /// Why the model's source cannot be used, if it cannot.
     pub source_error: Option<String>,
-    /// Whether the clients' way in works: the router has a ready pod (always, without a router).
+    /// Whether the clients' way in works: the router has a ready pod.
     pub router_ready: bool,
     /// The autoscaler's targets and its decision this pass, if it decided.
     pub autoscaler: Option<(autoscale::Targets, autoscale::Decision)>,

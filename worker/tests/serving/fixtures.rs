@@ -12,6 +12,7 @@ use lantern_proto::lantern::v1::{GetModelStatusRequest, VersionState, VersionSta
 use lantern_runtime::model::mlp::{self, Activation};
 use lantern_runtime::repository::{self, PublishRequest, Repository};
 use lantern_serve::batcher::BatchSettings;
+use lantern_serve::routing::Target;
 use lantern_serve::server::{self, RunningServer, ServerOptions};
 use lantern_serve::versions::ServeSettings;
 use tempfile::TempDir;
@@ -203,4 +204,23 @@ pub async fn assert_openai_errors(harness: &Harness, path: &str, cases: Vec<(ser
         let message = error["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{message:?} should say {needle:?}");
     }
+}
+
+/// A server with model `m` v1 published, started with `options` changed by `change`, and
+/// waited on through its version manager (management may need a token the harness does not
+/// send, and the port may speak TLS).
+pub async fn serving_with(change: impl FnOnce(&mut lantern_serve::server::ServerOptions)) -> Harness {
+    let mut options = local_options();
+    change(&mut options);
+    let harness = Harness::start_with(fast_settings(), options, |root| {
+        publish_mlp(root, "m", 1, &[IN, 8, 3]);
+    })
+    .await;
+    for _ in 0..400 {
+        if harness.server.manager().is_ready("m", &Target::Default).unwrap_or(false) {
+            return harness;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("model m never became ready");
 }

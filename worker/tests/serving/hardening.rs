@@ -9,33 +9,13 @@ use lantern_proto::inference::{ModelInferRequest, RepositoryModelUnloadRequest};
 use lantern_proto::lantern::v1::{GetModelStatusRequest, VersionState};
 use lantern_serve::auth::Credentials;
 use lantern_serve::connections::ConnectionLimits;
-use lantern_serve::routing::Target;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-use crate::fixtures::{Harness, IN, fast_settings, infer_request, local_options, publish_mlp};
-
-/// A server with model `m` v1 published, started with `options` changed by `change`, and
-/// waited on through its version manager (management may need a token the harness does not
-/// send, and the port may speak TLS).
-async fn serving_with(change: impl FnOnce(&mut lantern_serve::server::ServerOptions)) -> Harness {
-    let mut options = local_options();
-    change(&mut options);
-    let harness = Harness::start_with(fast_settings(), options, |root| {
-        publish_mlp(root, "m", 1, &[IN, 8, 3]);
-    })
-    .await;
-    for _ in 0..400 {
-        if harness.server.manager().is_ready("m", &Target::Default).unwrap_or(false) {
-            return harness;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("model m never became ready");
-}
+use crate::fixtures::{Harness, IN, infer_request, serving_with};
 
 async fn still_serves(harness: &Harness) {
     let mut client = harness.grpc().await;
@@ -265,7 +245,7 @@ async fn with_tls_the_serving_port_speaks_https_with_alpn_and_refuses_plain_http
     use std::sync::Arc;
     use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
 
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tls/fixtures");
     let tls =
         lantern_serve::connections::Tls::from_pem_files(&fixtures.join("cert.pem"), &fixtures.join("key.pem")).unwrap();
     let harness = serving_with(|options| options.tls = Some(tls)).await;

@@ -1,6 +1,7 @@
 //! The router in front of real workers: one gRPC channel's requests spread over every pod, HTTP
-//! and streams pass through unchanged, requests wait for a pod while there is none, and a pod
-//! that refuses connections is skipped.
+//! and streams pass through unchanged, requests wait for a pod while there is none, a pod that
+//! refuses connections is skipped, and with TLS the router serves the service's certificate and
+//! reaches the pods over TLS, refusing a pod that presents another.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,18 +14,22 @@ use lantern_router::proxy::HoldSettings;
 use lantern_router::server::{self, Options};
 use serde_json::{Value, json};
 
-use super::fixtures::{Harness, infer_request, output_values};
+use super::fixtures::{Harness, IN, infer_request, output_values, serving_with};
 
-/// A router on ephemeral loopback ports with a short hold.
-async fn router(hold: Duration) -> server::Running {
-    let options = Options {
+/// A router's options on ephemeral loopback ports with a short hold.
+fn router_options(hold: Duration) -> Options {
+    Options {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         hold: HoldSettings { timeout: hold, max_held: 8 },
         shutdown_grace: Duration::from_secs(2),
         ..Options::default()
-    };
-    server::start(options).await.unwrap()
+    }
+}
+
+/// A router on ephemeral loopback ports with a short hold.
+async fn router(hold: Duration) -> server::Running {
+    server::start(router_options(hold)).await.unwrap()
 }
 
 /// Three workers serving `m` v1, and a router in front of them.
@@ -251,4 +256,71 @@ async fn a_model_the_service_does_not_serve_is_refused_as_the_worker_would_witho
     let served = reqwest::Client::new().post(url("/v2/models/m/infer")).json(&infer).send().await.unwrap();
     assert_eq!(served.status(), 503);
     assert_eq!(stats(&router).await["held"], 0);
+}
+
+/// A file of the test certificates (`tls/fixtures`).
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tls/fixtures").join(name)
+}
+
+/// A worker serving `m` v1 over TLS with the certificate `cert` and its `key`.
+async fn tls_pod(cert: &str, key: &str) -> Harness {
+    let tls = lantern_serve::connections::Tls::from_pem_files(&fixture(cert), &fixture(key)).unwrap();
+    serving_with(|options| options.tls = Some(tls)).await
+}
+
+/// One REST inference over HTTP/1.1 and TLS to `addr`, trusting only the test CA, for the name
+/// `localhost`: the whole answer.
+async fn infer_over_tls(addr: SocketAddr) -> String {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(fixture("ca.pem")).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let body = json!({"inputs": [{"name": "input", "shape": [1, IN], "datatype": "FP32", "data": [1, 2, 3, 4]}]});
+    let body = body.to_string();
+    let request = format!(
+        "POST /v2/models/m/infer HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_tls_the_router_serves_the_certificate_and_reaches_the_pods_over_tls() {
+    let pods = [tls_pod("cert.pem", "key.pem").await, tls_pod("cert.pem", "key.pem").await];
+    let tls = server::Tls::from_pem_files(&fixture("cert.pem"), &fixture("key.pem")).unwrap();
+    let router = server::start(Options { tls: Some(tls), ..router_options(Duration::from_secs(1)) }).await.unwrap();
+    router.pool().set(pods.iter().map(|p| p.server.local_addr()).collect());
+    for _ in 0..20 {
+        let answer = infer_over_tls(router.local_addr()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let routed = routed(&router).await;
+    assert_eq!(routed.values().sum::<u64>(), 20, "{routed:?}");
+    assert_eq!(routed.len(), 2, "both pods answered over TLS: {routed:?}");
+    // Plain HTTP on the router's TLS port gets no HTTP answer.
+    let plain = reqwest::get(format!("http://{}/v2/health/live", router.local_addr())).await;
+    assert!(plain.is_err(), "{plain:?}");
+
+    // A pod that presents another certificate is not trusted: nothing is sent to it, and the
+    // request is refused as when no pod can be reached.
+    let impostor = tls_pod("other.pem", "other-key.pem").await;
+    router.pool().set(vec![impostor.server.local_addr()]);
+    let answer = infer_over_tls(router.local_addr()).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after"), "{answer}");
 }
