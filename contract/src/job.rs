@@ -76,6 +76,29 @@ pub enum Precision {
     Bf16,
 }
 
+/// The GGUF type a quantization writes a llama's matrices in (its norms stay f32): 8-bit blocks
+/// with one scale, or 4-bit blocks with a scale (and a minimum for `q4_1`), 32 values a block, as
+/// llama.cpp defines them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GgufType {
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    #[serde(rename = "q4_1")]
+    Q4_1,
+}
+
+impl fmt::Display for GgufType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Q8_0 => "Q8_0",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+        })
+    }
+}
+
 impl LlamaSpec {
     pub fn kv_heads(&self) -> usize {
         self.kv_heads.unwrap_or(self.heads)

@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{GgmlDType, gguf_file};
 use candle_core::{Device, Tensor};
+use lantern_contract::job::GgufType;
 use lantern_runtime::llm::chat::{ChatTemplate, Message};
 use lantern_runtime::llm::grammar::Grammars;
 use lantern_runtime::llm::kv_cache::{BlockTable, KvCache};
@@ -357,8 +358,10 @@ fn reference_embedding(
     pooled.iter().map(|v| v / norm).collect()
 }
 
+/// The cosine of the angle between `a` and `b`.
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(x, y)| x * y).sum::<f32>();
+    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt())
 }
 
 #[test]
@@ -622,4 +625,174 @@ fn a_gguf_codec_written_as_hf_files_reads_back_the_same() {
     assert_eq!(back.encode_chat(&messages).unwrap(), codec.encode_chat(&messages).unwrap());
     assert_eq!(back.encode("naïve café 123").unwrap(), codec.encode("naïve café 123").unwrap());
     assert_eq!(back.tokenizer().eos(), codec.tokenizer().eos());
+}
+
+/// Publishes `source` (a GGUF file or HF directory) as model `name` in `repo` and reads it as
+/// dense tensors.
+fn read_dense(
+    repo: &std::path::Path,
+    name: &str,
+    source: &std::path::Path,
+) -> lantern_runtime::model::dense::DenseLlama {
+    let request =
+        PublishRequest { repository: &Repository::new(repo), model: name, source, version: None, metrics: &[] };
+    let version = repository::publish(&request).unwrap();
+    let verified = Repository::new(repo).read_verified(name, version).unwrap();
+    lantern_runtime::model::dense::read(&verified, &Device::Cpu).unwrap()
+}
+
+/// `dense` written as GGUF in `ty`: the file's bytes.
+fn quantized(dense: &lantern_runtime::model::dense::DenseLlama, ty: GgufType) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    dense.write_gguf(ty, &mut out).unwrap();
+    out.into_inner()
+}
+
+fn llama_from_bytes(bytes: &[u8]) -> (Llama, gguf_file::Content) {
+    let mut reader = std::io::Cursor::new(bytes);
+    let content = gguf_file::Content::read(&mut reader).unwrap();
+    (Llama::from_gguf(&content, &mut reader, &Device::Cpu).unwrap(), content)
+}
+
+#[test]
+fn smollm2_written_as_q8_0_keeps_its_tokenizer_and_template_and_predicts_alike() {
+    let Some(path) = smollm2_path() else { return };
+    let repo = tempfile::tempdir().unwrap();
+    let dense = read_dense(repo.path(), "smollm2", &path);
+    let bytes = quantized(&dense, GgufType::Q8_0);
+    let (written, content) = llama_from_bytes(&bytes);
+    let source = smollm2_metadata().unwrap();
+    for key in [
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.chat_template",
+        "llama.context_length",
+        "llama.attention.head_count_kv",
+    ] {
+        assert_eq!(format!("{:?}", content.metadata.get(key)), format!("{:?}", source.get(key)), "{key}");
+    }
+    let mut source_file = std::fs::File::open(&path).unwrap();
+    let source_tensors = gguf_file::Content::read(&mut source_file).unwrap().tensor_infos;
+    let names = |infos: &HashMap<String, gguf_file::TensorInfo>| {
+        let mut names: Vec<String> = infos.keys().cloned().collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&content.tensor_infos), names(&source_tensors));
+    for (name, info) in &content.tensor_infos {
+        let expected = if name.ends_with("norm.weight") { GgmlDType::F32 } else { GgmlDType::Q8_0 };
+        assert_eq!(info.ggml_dtype, expected, "{name}");
+        assert_eq!(info.shape, source_tensors[name].shape, "{name}");
+    }
+
+    // It reads as the same text interface.
+    let (tokenizer, metadata) = smollm2().unwrap();
+    let prompt = chat_prompt(&tokenizer, &metadata, "What is the capital of France?");
+    let rewritten = Tokenizer::from_gguf(&content.metadata).unwrap();
+    assert_eq!(chat_prompt(&rewritten, &content.metadata, "What is the capital of France?"), prompt);
+    // Along a text, Q8_0 of the dequantized weights predicts what they predict in f32: close
+    // logits at every position (the Q4_1 source is a little closer still: its weights are
+    // exactly those values, which Q8_0 rounds again) and the same next token nearly everywhere.
+    let vb = candle_nn::VarBuilder::from_tensors(dense.tensors.clone(), candle_core::DType::F32, &Device::Cpu);
+    let f32_weights = Llama::from_hf(vb, &dense.config).unwrap();
+    let text =
+        tokenizer.encode("The capital of France is Paris, and the river that runs through it is the Seine.").unwrap();
+    let (exact, eight, four) =
+        (every_logits(&f32_weights, &text), every_logits(&written, &text), every_logits(&load_llama(&path), &text));
+    let mean_cosine =
+        |rows: &[Vec<f32>]| rows.iter().zip(&exact).map(|(a, b)| cosine(a, b)).sum::<f32>() / rows.len() as f32;
+    let (q8, q4) = (mean_cosine(&eight), mean_cosine(&four));
+    assert!(q8 > 0.99 && q4 > 0.99, "mean logits cosine to the f32 weights: Q8_0 {q8}, Q4_1 {q4}");
+    let agree = eight.iter().zip(&exact).filter(|(a, b)| sampling::argmax(a) == sampling::argmax(b)).count();
+    assert!(agree * 10 >= text.len() * 9, "the same next token at {agree} of {} positions", text.len());
+}
+
+/// The logits after each token of `tokens`.
+fn every_logits(model: &Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = cache_for(model);
+    let mut table = BlockTable::default();
+    assert!(cache.reserve(&mut table, tokens.len()));
+    let step = SequenceStep { tokens, table: &mut table, logits: Logits::Every, adapter: None };
+    model.forward(&mut [step], &mut cache).unwrap().to_vec2::<f32>().unwrap()
+}
+
+#[test]
+fn an_hf_checkpoint_written_in_each_type_tracks_its_f32_logits_and_shrinks() {
+    if smollm2_path().is_none() {
+        return;
+    }
+    let (source, repo) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_hf_llama(source.path());
+    let dense = read_dense(repo.path(), "tiny", source.path());
+    let vb = candle_nn::VarBuilder::from_tensors(dense.tensors.clone(), candle_core::DType::F32, &Device::Cpu);
+    let reference = Llama::from_hf(vb, &dense.config).unwrap();
+    let prompt = dense.codec.encode_chat(&[Message::new("user", "Hello there")]).unwrap();
+    let expected = last_logits(&reference, &prompt);
+    let mut sizes = Vec::new();
+    for (ty, at_least) in [(GgufType::Q8_0, 0.999), (GgufType::Q4_1, 0.95), (GgufType::Q4_0, 0.95)] {
+        let bytes = quantized(&dense, ty);
+        let (model, content) = llama_from_bytes(&bytes);
+        let cosine = cosine(&last_logits(&model, &prompt), &expected);
+        eprintln!("{ty}: {} bytes, logits cosine {cosine}", bytes.len());
+        assert!(cosine > at_least, "{ty}: cosine {cosine}");
+        let codec = lantern_runtime::llm::codec::TextCodec::from_gguf(&content.metadata).unwrap();
+        assert_eq!(codec.encode_chat(&[Message::new("user", "Hello there")]).unwrap(), prompt, "{ty}");
+        sizes.push(bytes.len());
+    }
+    assert!(sizes[2] < sizes[1] && sizes[1] < sizes[0], "Q4_0 < Q4_1 < Q8_0: {sizes:?}");
+}
+
+#[test]
+fn a_matrix_that_is_not_whole_blocks_is_refused_by_name() {
+    if smollm2_path().is_none() {
+        return;
+    }
+    let (source, repo) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_hf_llama(source.path());
+    let mut dense = read_dense(repo.path(), "tiny", source.path());
+    let odd = Tensor::zeros((64, 100), candle_core::DType::F32, &Device::Cpu).unwrap();
+    dense.tensors.insert("model.layers.1.mlp.down_proj.weight".to_owned(), odd);
+    let mut out = std::io::Cursor::new(Vec::new());
+    let error = dense.write_gguf(GgufType::Q4_0, &mut out).unwrap_err().to_string();
+    assert!(error.contains("blk.1.ffn_down.weight has rows of 100 values"), "{error}");
+    assert!(out.into_inner().is_empty(), "nothing is written before every tensor is quantized");
+}
+
+#[test]
+fn a_written_gguf_file_reads_the_same_in_llama_cpps_own_reader() {
+    let site = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/python/site");
+    if smollm2_path().is_none() || !site.join("gguf").is_dir() {
+        eprintln!("SKIPPED: the gguf package or SmolLM2 is missing; run scripts/setup-test-deps.sh");
+        return;
+    }
+    let (source, repo) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write_hf_llama(source.path());
+    let dense = read_dense(repo.path(), "tiny", source.path());
+    let file = repo.path().join("tiny.Q4_0.gguf");
+    std::fs::write(&file, quantized(&dense, GgufType::Q4_0)).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gguf_check.py");
+    let output =
+        std::process::Command::new("python3").arg(script).arg(&file).env("PYTHONPATH", &site).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let ours = gguf_file::Content::read(&mut std::fs::File::open(&file).unwrap()).unwrap();
+    assert_eq!(theirs["tensors"].as_object().unwrap().len(), ours.tensor_infos.len());
+    for (name, info) in &ours.tensor_infos {
+        let tensor = &theirs["tensors"][name];
+        assert_eq!(tensor["dims"], serde_json::json!(info.shape.dims()), "{name}");
+        assert_eq!(tensor["type"], format!("{:?}", info.ggml_dtype).to_uppercase(), "{name}");
+    }
+    let metadata = &theirs["metadata"];
+    assert_eq!(metadata["general.architecture"], "llama");
+    assert_eq!(metadata["llama.block_count"], 2);
+    assert_eq!(metadata["llama.attention.head_count_kv"], 2);
+    assert_eq!(metadata["tokenizer.ggml.model"], "gpt2");
+    assert_eq!(metadata["tokenizer.ggml.tokens"], 49152, "the vocabulary, counted");
+    assert!(metadata["tokenizer.chat_template"].as_str().unwrap().contains("<|im_start|>"));
 }

@@ -100,6 +100,22 @@ impl TextCodec {
         Ok((self.tokenizer.to_json()?, config.to_string()))
     }
 
+    /// The codec as GGUF metadata: the tokenizer's ([`Tokenizer::gguf_metadata`]) and
+    /// `tokenizer.chat_template`, which [`Self::from_gguf`] reads back as this codec.
+    pub fn gguf_metadata(&self) -> Result<Vec<(String, gguf_file::Value)>> {
+        let mut metadata = self.tokenizer.gguf_metadata()?;
+        // An HF tokenizer names its BOS and EOS tokens in `tokenizer_config.json`, not itself.
+        for (key, token) in [("tokenizer.ggml.bos_token_id", &self.bos), ("tokenizer.ggml.eos_token_id", &self.eos)] {
+            if let Some(id) = self.tokenizer.token_id(token).filter(|_| !metadata.iter().any(|(k, _)| k == key)) {
+                metadata.push((key.to_owned(), gguf_file::Value::U32(id)));
+            }
+        }
+        if let Some(chat) = &self.chat {
+            metadata.push(("tokenizer.chat_template".to_owned(), gguf_file::Value::String(chat.source().to_owned())));
+        }
+        Ok(metadata)
+    }
+
     /// The most bytes of text one token spells ([`Tokenizer::longest_token_bytes`]).
     pub fn longest_token_bytes(&self) -> usize {
         self.longest_token_bytes

@@ -163,6 +163,75 @@ impl Tokenizer {
         self.inner.to_string(false).map_err(|e| invalid_tokenizer(format!("serializing: {e}")))
     }
 
+    /// The tokenizer as GGUF metadata (`tokenizer.ggml.*`), which [`Self::from_gguf`] reads back
+    /// as this tokenizer: byte-level BPE only (`gpt2`; `smollm` when digits are split one by one
+    /// first), the vocabulary in id order with special tokens typed as control tokens.
+    pub fn gguf_metadata(&self) -> Result<Vec<(String, gguf_file::Value)>> {
+        use gguf_file::Value;
+        let json: serde_json::Value =
+            serde_json::from_str(&self.to_json()?).map_err(|e| invalid_tokenizer(format!("its JSON form: {e}")))?;
+        let model = &json["model"];
+        if model["type"] != "BPE" {
+            return Err(invalid_tokenizer(format!(
+                "a {} tokenizer cannot be written as GGUF (only byte-level BPE)",
+                model["type"].as_str().unwrap_or("model-less")
+            )));
+        }
+        let pre = pre_tokenizer_name(&json["pre_tokenizer"])?;
+        let mut tokens: Vec<Option<String>> = vec![None; self.vocab_size()];
+        let vocab = model["vocab"].as_object().into_iter().flatten();
+        let added = json["added_tokens"].as_array().into_iter().flatten().map(|t| (&t["content"], &t["id"]));
+        for (token, id) in
+            vocab.map(|(token, id)| (token.as_str(), id)).chain(added.map(|(t, id)| (t.as_str().unwrap_or(""), id)))
+        {
+            let slot = id.as_u64().and_then(|id| tokens.get_mut(id as usize));
+            let slot =
+                slot.ok_or_else(|| invalid_tokenizer(format!("token {token:?} has no id within the vocabulary")))?;
+            *slot = Some(token.to_owned());
+        }
+        let tokens = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(id, token)| token.ok_or_else(|| invalid_tokenizer(format!("no token has id {id}"))))
+            .collect::<Result<Vec<String>>>()?;
+        let special: std::collections::HashSet<&str> = json["added_tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["special"] == true)
+            .filter_map(|t| t["content"].as_str())
+            .collect();
+        let token_types: Vec<Value> = tokens
+            .iter()
+            .map(|t| Value::I32(if special.contains(t.as_str()) { TOKEN_TYPE_CONTROL } else { 1 }))
+            .collect();
+        // A merge is written "a b", or as the pair ["a", "b"] by newer versions.
+        let merges = model["merges"].as_array().into_iter().flatten().map(|merge| match merge {
+            serde_json::Value::String(merge) => Ok(merge.clone()),
+            serde_json::Value::Array(pair) if pair.len() == 2 => {
+                Ok(format!("{} {}", pair[0].as_str().unwrap_or_default(), pair[1].as_str().unwrap_or_default()))
+            }
+            other => Err(invalid_tokenizer(format!("malformed merge {other}"))),
+        });
+        let merges = merges.collect::<Result<Vec<String>>>()?;
+        let strings = |items: Vec<String>| Value::Array(items.into_iter().map(Value::String).collect());
+        let mut metadata = vec![
+            ("tokenizer.ggml.model".to_owned(), Value::String("gpt2".to_owned())),
+            ("tokenizer.ggml.pre".to_owned(), Value::String(pre.to_owned())),
+            ("tokenizer.ggml.tokens".to_owned(), strings(tokens)),
+            ("tokenizer.ggml.token_type".to_owned(), Value::Array(token_types)),
+            ("tokenizer.ggml.merges".to_owned(), strings(merges)),
+            ("tokenizer.ggml.add_bos_token".to_owned(), Value::Bool(self.add_bos)),
+        ];
+        if let Some(bos) = self.bos {
+            metadata.push(("tokenizer.ggml.bos_token_id".to_owned(), Value::U32(bos)));
+        }
+        if let Some(&eos) = self.eos.first() {
+            metadata.push(("tokenizer.ggml.eos_token_id".to_owned(), Value::U32(eos)));
+        }
+        Ok(metadata)
+    }
+
     /// The id of a token, if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -248,6 +317,20 @@ fn string_array<'a>(metadata: &'a HashMap<String, gguf_file::Value>, key: &str) 
         .to_vec()
         .and_then(|items| items.iter().map(gguf_file::Value::to_string).collect::<candle_core::Result<Vec<_>>>())
         .map_err(|e| invalid_tokenizer(format!("{key}: {e}")))
+}
+
+/// `tokenizer.ggml.pre` for a `tokenizer.json` pre-tokenizer: the GPT-2 byte-level split
+/// (`gpt2`), after one that splits every digit (`smollm`), as [`Tokenizer::from_gguf`] builds
+/// them.
+fn pre_tokenizer_name(pre: &serde_json::Value) -> Result<&'static str> {
+    let byte_level = |p: &serde_json::Value| p["type"] == "ByteLevel" && p["add_prefix_space"] != true;
+    let digits = |p: &serde_json::Value| p["type"] == "Digits" && p["individual_digits"] == true;
+    let steps = pre["pretokenizers"].as_array().map(Vec::as_slice).unwrap_or_default();
+    match steps {
+        _ if byte_level(pre) => Ok("gpt2"),
+        [first, second] if pre["type"] == "Sequence" && digits(first) && byte_level(second) => Ok("smollm"),
+        _ => Err(invalid_tokenizer(format!("the pre-tokenizer {pre} has no GGUF name (gpt2 and smollm are known)"))),
+    }
 }
 
 fn invalid_tokenizer(reason: String) -> Error {

@@ -1,15 +1,20 @@
 //! A llama version as dense f32 tensors under HF names, whatever its files store: GGUF (quantized
 //! weights dequantized) or HF safetensors (f32, f16 or bf16). Fine-tuning starts from this; the
-//! serving side's own loaders ([`super::load`]) keep quantized weights quantized.
+//! serving side's own loaders ([`super::load`]) keep quantized weights quantized. Quantization
+//! writes it back as GGUF in a chosen type ([`DenseLlama::write_gguf`], with candle's quantizer
+//! and GGUF writer).
 //!
 //! GGUF orders each head's query and key rows for the interleaved rotary form (llama.cpp permutes
 //! them when converting from HF); they are put back in HF's half-split order here, so the tensors
 //! are exactly an HF checkpoint's and a merged fine-tune is written as one.
 
 use std::collections::HashMap;
+use std::io::{Seek, Write};
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use lantern_contract::job::GgufType;
 
 use super::llama::{Config, HfConfig};
 use crate::error::{Error, Result};
@@ -122,6 +127,16 @@ fn hf_config(content: &gguf_file::Content) -> Result<HfConfig> {
     })
 }
 
+/// Each head's query or key rows from HF's half-split order (all first halves of the rotated
+/// dimension pairs, then all second halves) to the interleaved order (each pair side by side)
+/// that GGUF files and this runtime's forward pass use: the permutation llama.cpp applies when
+/// converting to GGUF. [`half_split`] undoes it.
+pub(crate) fn interleaved(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, columns) = w.dims2()?;
+    let head_dim = rows / heads;
+    w.reshape((heads, 2, head_dim / 2, columns))?.transpose(1, 2)?.reshape((rows, columns))
+}
+
 /// Each head's rows from the interleaved order (pairs of rotated dimensions side by side) back
 /// to the half-split order (all first halves, then all second halves).
 fn half_split(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
@@ -150,6 +165,88 @@ fn from_hf(verified: &VerifiedVersion, device: &Device) -> Result<DenseLlama> {
 }
 
 impl DenseLlama {
+    /// Writes the model as a GGUF llama file, as llama.cpp's converter and quantizer would: the
+    /// `llama.*` hyper-parameters, the codec's tokenizer and chat template
+    /// ([`TextCodec::gguf_metadata`]), every matrix in `ty` (the embeddings and the output
+    /// included: llama.cpp's `--pure`) with its query and key rows in the interleaved order, and
+    /// the norms in f32. A matrix whose rows are not a whole number of `ty`'s blocks is refused,
+    /// named, before anything is written.
+    pub fn write_gguf<W: Write + Seek>(&self, ty: GgufType, out: &mut W) -> Result<()> {
+        let c = &self.config;
+        let llama = c.to_config()?;
+        let dtype = match ty {
+            GgufType::Q8_0 => GgmlDType::Q8_0,
+            GgufType::Q4_0 => GgmlDType::Q4_0,
+            GgufType::Q4_1 => GgmlDType::Q4_1,
+        };
+        let tensor =
+            |name: &str| self.tensors.get(name).ok_or_else(|| Error::ModelFile(format!("the weights have no {name}")));
+        let candle = |name: &str| {
+            let context = format!("quantizing {name}");
+            move |source| Error::Candle { context, source }
+        };
+        let matrix = |name: &str, w: &Tensor| -> Result<QTensor> {
+            let columns = w.dim(1).map_err(candle(name))?;
+            if columns % dtype.block_size() != 0 {
+                return Err(Error::ModelFile(format!(
+                    "{name} has rows of {columns} values, not a whole number of {ty}'s {}-value blocks",
+                    dtype.block_size()
+                )));
+            }
+            QTensor::quantize(w, dtype).map_err(candle(name))
+        };
+        let vector = |name: &str, w: &Tensor| QTensor::quantize(w, GgmlDType::F32).map_err(candle(name));
+        let mut tensors = vec![
+            ("token_embd.weight".to_owned(), matrix("token_embd", tensor("model.embed_tokens.weight")?)?),
+            ("output_norm.weight".to_owned(), vector("output_norm", tensor("model.norm.weight")?)?),
+        ];
+        if !c.tie_word_embeddings {
+            tensors.push(("output.weight".to_owned(), matrix("output", tensor("lm_head.weight")?)?));
+        }
+        for i in 0..c.num_hidden_layers {
+            for (gguf, hf) in LAYER_TENSORS {
+                let name = format!("blk.{i}.{gguf}.weight");
+                let w = tensor(&format!("model.layers.{i}.{hf}.weight"))?;
+                let written = match *gguf {
+                    "attn_norm" | "ffn_norm" => vector(&name, w)?,
+                    "attn_q" => matrix(&name, &interleaved(w, llama.heads).map_err(candle(&name))?)?,
+                    "attn_k" => matrix(&name, &interleaved(w, llama.kv_heads).map_err(candle(&name))?)?,
+                    _ => matrix(&name, w)?,
+                };
+                tensors.push((name, written));
+            }
+        }
+        let u32_of = |n: usize| Value::U32(n as u32);
+        let mut metadata = vec![
+            ("general.architecture".to_owned(), Value::String("llama".to_owned())),
+            // llama.cpp's `general.file_type` of a file mostly in one type.
+            (
+                "general.file_type".to_owned(),
+                Value::U32(match ty {
+                    GgufType::Q4_0 => 2,
+                    GgufType::Q4_1 => 3,
+                    GgufType::Q8_0 => 7,
+                }),
+            ),
+            ("general.quantization_version".to_owned(), Value::U32(2)),
+            ("llama.vocab_size".to_owned(), u32_of(c.vocab_size)),
+            ("llama.context_length".to_owned(), u32_of(c.max_position_embeddings)),
+            ("llama.embedding_length".to_owned(), u32_of(c.hidden_size)),
+            ("llama.block_count".to_owned(), u32_of(c.num_hidden_layers)),
+            ("llama.feed_forward_length".to_owned(), u32_of(c.intermediate_size)),
+            ("llama.attention.head_count".to_owned(), u32_of(llama.heads)),
+            ("llama.attention.head_count_kv".to_owned(), u32_of(llama.kv_heads)),
+            ("llama.rope.dimension_count".to_owned(), u32_of(llama.head_dim)),
+            ("llama.rope.freq_base".to_owned(), Value::F32(c.rope_theta)),
+            ("llama.attention.layer_norm_rms_epsilon".to_owned(), Value::F32(c.rms_norm_eps as f32)),
+        ];
+        metadata.extend(self.codec.gguf_metadata()?);
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(out, &metadata, &tensors)
+            .map_err(|e| Error::Candle { context: "writing the GGUF file".into(), source: e })
+    }
+
     /// Every tensor the config needs is there with its shape, and the tokenizer covers the
     /// vocabulary's ids.
     fn check(&self) -> Result<()> {

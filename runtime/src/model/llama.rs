@@ -225,14 +225,7 @@ impl Llama {
         let vector = |vb: &VarBuilder<'_>, name: &str| {
             vb.get(hidden_size, name).and_then(|v| v.to_dtype(DType::F32)?.to_vec1::<f32>()).map_err(fail)
         };
-        let interleaved = |w: Tensor, heads: usize| -> Result<Tensor> {
-            let rows = w.dim(0).map_err(fail)?;
-            let permuted = w
-                .reshape((heads, 2, head_dim / 2, hidden_size))
-                .and_then(|w| w.transpose(1, 2))
-                .and_then(|w| w.reshape((rows, hidden_size)));
-            permuted.map_err(fail)
-        };
+        let interleaved = |w: Tensor, heads: usize| super::dense::interleaved(&w, heads).map_err(fail);
         let model = vb.pp("model");
         let embeddings = dense(&model, "embed_tokens.weight", (hf.vocab_size, hidden_size))?;
         let norm = vector(&model, "norm.weight")?;
