@@ -1,5 +1,4 @@
-//! The fine-tuning side of a job: the base version read from the model repository (imported into
-//! it first when the job says where from) and verified by digest, the model prepared for the
+//! The fine-tuning side of a job: the base version ([`super::base`]), the model prepared for the
 //! method, held-out evaluation, and what each checkpoint publishes.
 //!
 //! Evaluation measures the held-out loss (over the answer tokens only) and its perplexity, and the
@@ -11,19 +10,18 @@
 //! A checkpoint publishes, under LoRA, an adapter version (PEFT's `adapter_model.safetensors` and
 //! `adapter_config.json`, the manifest naming the base and its manifest digest); with `merge` —
 //! and always under full fine-tuning — the version is a whole HF checkpoint that serving loads as
-//! an ordinary llama (with the adapter files beside it under LoRA). The base is read into memory
-//! once at the start, so removing it from the repository later cannot touch published versions.
+//! an ordinary llama (with the adapter files beside it under LoRA).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use lantern_runtime::llm::greedy::{self, Prompt};
-use lantern_runtime::model::dense;
 use lantern_runtime::model::llama::Llama;
-use lantern_runtime::repository::{self, BaseVersion, MANIFEST_FILE, Manifest, PublishRequest, Repository};
+use lantern_runtime::repository::{BaseVersion, MANIFEST_FILE, Manifest};
 
-use super::config::{BaseSpec, FineTuneMethod, FineTuneSpec, OutputSpec};
+use super::base;
+use super::config::{FineTuneMethod, FineTuneSpec, OutputSpec};
 use super::data::{Question, Sequence};
 use super::jsonl;
 use super::lm::{Pass, TrainLlama};
@@ -49,28 +47,8 @@ impl FineTune {
     /// Reads and verifies the base `spec` names (importing it first when asked) and prepares it
     /// for the method on `device`.
     pub fn new(spec: &FineTuneSpec, output: &OutputSpec, seed: u64, device: &Device) -> Result<Self> {
-        let base = &spec.base;
-        let repository = crate::config::open_repository(base.repository(output), output)?;
-        if let Some(source) = &base.import_from {
-            import(&repository, base, source)?;
-        }
-        let field = "model.fine_tune.base";
-        let verified = repository
-            .read_verified(&base.model, base.version)
-            .map_err(|e| Error::config(field, format!("{} version {}: {e}", base.model, base.version)))?;
-        if let Some(expected) = base.digest.as_deref().filter(|&expected| expected != verified.digest) {
-            return Err(Error::config(
-                "model.fine_tune.base.digest",
-                format!(
-                    "{} version {} has manifest digest {}, the job pins {expected}",
-                    base.model, base.version, verified.digest
-                ),
-            ));
-        }
-        let reference =
-            BaseVersion { model: base.model.clone(), version: base.version, manifest_digest: verified.digest.clone() };
-        let dense = dense::read(&verified, &Device::Cpu)
-            .map_err(|e| Error::config(field, format!("{} version {}: {e}", base.model, base.version)))?;
+        let repository = crate::config::open_repository(spec.base.repository(output), output)?;
+        let (reference, _, dense) = base::read(&repository, &spec.base, "model.fine_tune.base")?;
         let limit = dense.config.max_position_embeddings;
         if spec.sequence_length > limit {
             return Err(Error::config(
@@ -142,23 +120,5 @@ impl FineTune {
         };
         let path = dir.join(MANIFEST_FILE);
         std::fs::write(&path, manifest.to_json()).map_err(|e| Error::io(format!("writing {}", path.display()), e))
-    }
-}
-
-/// Publishes `source` as the base's version unless the repository holds it already. Several
-/// ranks may race here: publishing an existing version fails without a trace, and the winner's
-/// version is then read like any other.
-fn import(repository: &Repository, base: &BaseSpec, source: &Path) -> Result<()> {
-    if repository.versions(&base.model)?.contains(&base.version) {
-        return Ok(());
-    }
-    let request = PublishRequest { repository, model: &base.model, source, version: Some(base.version), metrics: &[] };
-    match repository::publish(&request) {
-        Ok(version) => {
-            tracing::info!(model = %base.model, version, source = %source.display(), "imported the base");
-            Ok(())
-        }
-        Err(_) if repository.versions(&base.model)?.contains(&base.version) => Ok(()),
-        Err(e) => Err(Error::config("model.fine_tune.base.import_from", format!("{}: {e}", source.display()))),
     }
 }

@@ -10,8 +10,10 @@
 //!   Lines, templated and tokenized by the base's own codec, the loss masked to the answers.
 //! - [`lm`]: the trainable llama decoder: from scratch over bytes (with the byte-level tokenizer
 //!   it ships with), or a pretrained base fine-tuned in full or with LoRA adapters.
-//! - [`finetune`]: the base read and verified from the repository, held-out evaluation (loss,
-//!   perplexity, exact-match accuracy of greedy answers) and the versions a fine-tune publishes.
+//! - [`base`]: a pretrained version a job starts from, read and verified from the repository.
+//! - [`finetune`]: held-out evaluation (loss, perplexity, exact-match accuracy of greedy answers)
+//!   and the versions a fine-tune publishes.
+//! - [`quantize`]: a llama version written as GGUF in a smaller type and published as a version.
 //! - [`params`]: named parameters seen as one flat vector by the optimizer.
 //! - [`optim`]: AdamW, the warm-up + cosine schedule and gradient clipping.
 //! - [`mlp`]: the serving core's MLP, trained as is.
@@ -21,6 +23,7 @@
 //!   endpoints.
 //! - [`trainer`]: the loop, checkpoints and publishing.
 
+pub mod base;
 pub mod checkpoint;
 pub mod collective;
 pub mod config;
@@ -33,6 +36,7 @@ pub mod mlp;
 pub mod optim;
 pub mod params;
 pub mod progress;
+pub mod quantize;
 pub mod token;
 pub mod trainer;
 

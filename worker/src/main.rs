@@ -54,6 +54,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Publish a directory (model files plus manifest.json) as the next version of a model.
     Publish(PublishArgs),
+    /// Write a llama version (HF or GGUF) again as GGUF with its matrices in a smaller type, and
+    /// publish that as the next version of `--into` (default: the same model).
+    Quantize(QuantizeArgs),
     /// Write a freshly initialised MLP (weights and manifest) into a directory, ready to publish.
     InitMlp(InitMlpArgs),
     /// Train a model as the job file describes, publishing every checkpoint as a version. Exits 0
@@ -240,6 +243,32 @@ struct PublishArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct QuantizeArgs {
+    #[command(flatten)]
+    repository: RepositoryArgs,
+    /// The source model.
+    #[arg(long, env = env::MODEL)]
+    model: String,
+    /// The source version.
+    #[arg(long)]
+    version: u64,
+    /// `sha256:<hex>` the source's manifest must have.
+    #[arg(long)]
+    digest: Option<String>,
+    /// The GGUF type of the matrices: q8_0, q4_0 or q4_1.
+    #[arg(long = "type", value_parser = parse_gguf_type)]
+    ty: config::GgufType,
+    /// The model the quantized version is published as; default: the source model.
+    #[arg(long)]
+    into: Option<String>,
+}
+
+fn parse_gguf_type(value: &str) -> Result<config::GgufType, String> {
+    serde_json::from_value(serde_json::Value::String(value.to_owned()))
+        .map_err(|_| format!("{value:?} is not a GGUF type this writer supports (q8_0, q4_0, q4_1)"))
+}
+
+#[derive(clap::Args, Debug)]
 struct InitMlpArgs {
     /// Directory to write `model.safetensors` and `manifest.json` into (created if missing).
     #[arg(long)]
@@ -317,6 +346,30 @@ fn main() -> anyhow::Result<()> {
                 None => repository::publish(&request)?,
             };
             println!("published {} version {version} in {}", publish.model, repository.location());
+            Ok(())
+        }
+        Command::Quantize(quantize) => {
+            let repository = quantize.repository.open()?;
+            let spec = config::BaseSpec {
+                repository: None,
+                model: quantize.model.clone(),
+                version: quantize.version,
+                digest: quantize.digest.clone(),
+                import_from: None,
+            };
+            let source = train::quantize::Source::read(&repository, &spec, "--model")?;
+            let into = quantize.into.as_deref().unwrap_or(&quantize.model);
+            let done = source.publish(quantize.ty, &repository, into, &[])?;
+            println!(
+                "published {into} version {} in {}: {} of {} version {}, {} bytes, {:.2}x the source",
+                done.version,
+                repository.location(),
+                quantize.ty,
+                quantize.model,
+                quantize.version,
+                done.bytes,
+                done.size_ratio()
+            );
             Ok(())
         }
         Command::InitMlp(init) => init_mlp(&init),

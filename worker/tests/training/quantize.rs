@@ -1,0 +1,80 @@
+//! `lantern-worker quantize`: SmolLM2 written again as GGUF in smaller types and published as
+//! versions that name their source, load as language models, and are refused for a source that
+//! is not a llama, a digest that does not match, or a type the writer does not support.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use lantern_runtime::model::{LoadedModel, load};
+use lantern_runtime::repository::{self, PublishRequest, Repository};
+
+/// `lantern-worker quantize` on the repository `repo` with `args`.
+fn quantize(repo: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lantern-worker"))
+        .args(["quantize", "--repository", repo.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn publish(repo: &Path, model: &str, source: &Path) -> u64 {
+    let request = PublishRequest { repository: &Repository::new(repo), model, source, version: None, metrics: &[] };
+    repository::publish(&request).unwrap()
+}
+
+#[test]
+fn a_version_quantized_by_the_cli_names_its_source_and_loads_as_a_language_model() {
+    let Some(gguf) = lantern_runtime::test_models::smollm2_path() else { return };
+    let repo = tempfile::tempdir().unwrap();
+    publish(repo.path(), "smollm2", &gguf);
+    let repository = Repository::new(repo.path());
+    let digest = repository.manifest_digest("smollm2", 1).unwrap();
+    let source_bytes = std::fs::metadata(&gguf).unwrap().len() as f64;
+
+    for (ty, name) in [("q8_0", "Q8_0"), ("q4_0", "Q4_0")] {
+        let output = quantize(
+            repo.path(),
+            &["--model", "smollm2", "--version", "1", "--type", ty, "--digest", &digest, "--into", "small"],
+        );
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{said}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(said.contains(&format!(": {name} of smollm2 version 1,")), "{said}");
+        let version = repository.versions("small").unwrap().into_iter().max().unwrap();
+        let manifest = repository.manifest("small", version).unwrap();
+        let base = manifest.base.as_ref().unwrap();
+        assert_eq!((base.model.as_str(), base.version, base.manifest_digest.as_str()), ("smollm2", 1, digest.as_str()));
+        assert_eq!(manifest.config["quantization"], name);
+        let bytes = manifest.files.iter().map(|f| f.size).sum::<u64>() as f64;
+        assert!((manifest.metrics["size_ratio"] - bytes / source_bytes).abs() < 1e-9, "{:?}", manifest.metrics);
+        let verified = repository.read_verified("small", version).unwrap();
+        let LoadedModel::Generate { codec, .. } = load("small", version, &verified, &Device::Cpu).unwrap() else {
+            panic!("{name} loads as a language model");
+        };
+        assert_eq!(codec.tokenizer().token_id("<|im_end|>"), Some(2));
+    }
+    // Q4_0 (4.5 bits a weight) is smaller than its Q4_1 source (5), Q8_0 (8.5) larger.
+    let ratio = |version| repository.manifest("small", version).unwrap().metrics["size_ratio"];
+    assert!(ratio(1) > 1.0 && ratio(2) < 1.0, "Q8_0 {}, Q4_0 {}", ratio(1), ratio(2));
+}
+
+#[test]
+fn a_source_that_is_not_a_llama_a_wrong_digest_and_an_unknown_type_are_refused() {
+    let Some(minilm) = lantern_runtime::test_models::minilm_dir() else { return };
+    let repo = tempfile::tempdir().unwrap();
+    publish(repo.path(), "minilm", &minilm);
+    let refused = |args: &[&str], needle: &str| {
+        let output = quantize(repo.path(), args);
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && said.contains(needle), "{args:?}: {said}");
+    };
+    refused(&["--model", "minilm", "--version", "1", "--type", "q8_0"], "not llama");
+    let digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    refused(&["--model", "minilm", "--version", "1", "--type", "q8_0", "--digest", digest], "the job pins sha256:0000");
+    refused(&["--model", "minilm", "--version", "9", "--type", "q8_0"], "minilm version 9");
+    refused(
+        &["--model", "minilm", "--version", "1", "--type", "q5_k"],
+        "\"q5_k\" is not a GGUF type this writer supports",
+    );
+    assert_eq!(Repository::new(repo.path()).versions("minilm").unwrap(), [1].into(), "nothing was published");
+}
