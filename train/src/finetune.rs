@@ -16,22 +16,19 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use lantern_runtime::llm::greedy::{self, Prompt};
 use lantern_runtime::model::llama::Llama;
 use lantern_runtime::repository::{BaseVersion, MANIFEST_FILE, Manifest};
 
 use super::base;
 use super::config::{FineTuneMethod, FineTuneSpec, OutputSpec};
 use super::data::{Question, Sequence};
-use super::jsonl;
+use super::heldout;
 use super::lm::{Pass, TrainLlama};
 use super::params::model_error;
 use crate::error::{Error, Result};
 
 /// Held-out sequences per forward pass when measuring the loss.
 const EVAL_CHUNK: usize = 8;
-/// Held-out questions answered together.
-const ANSWER_CHUNK: usize = 32;
 /// Prefix of the base's own metrics in every version's manifest.
 pub const BASELINE_PREFIX: &str = "baseline_";
 
@@ -77,24 +74,10 @@ impl FineTune {
                 self.model.loss(chunk, 1.0 / targets as f64, Pass::Evaluation).and_then(|l| l.to_scalar::<f32>());
             loss += f64::from(chunk_loss.map_err(model_error)?);
         }
-        let served = self.served()?;
-        let codec = self.model.codec();
-        let mut right = 0;
-        for chunk in questions.chunks(ANSWER_CHUNK) {
-            let prompts: Vec<Prompt<'_>> = chunk
-                .iter()
-                .map(|q| Prompt { tokens: q.prompt.clone(), max_tokens: q.max_tokens, adapter: None })
-                .collect();
-            let answers = greedy::generate(&served, &prompts, codec.tokenizer().eos()).map_err(model_error)?;
-            for (question, answer) in chunk.iter().zip(answers) {
-                let text = codec.tokenizer().decode(&answer, true)?;
-                right += usize::from(jsonl::exact_match(&text, &question.reference));
-            }
-        }
         Ok(vec![
             ("eval_loss".to_owned(), loss),
             ("eval_perplexity".to_owned(), loss.exp()),
-            ("eval_accuracy".to_owned(), right as f64 / questions.len().max(1) as f64),
+            heldout::accuracy(&self.served()?, self.model.codec(), questions)?,
         ])
     }
 

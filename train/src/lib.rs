@@ -11,8 +11,9 @@
 //! - [`lm`]: the trainable llama decoder: from scratch over bytes (with the byte-level tokenizer
 //!   it ships with), or a pretrained base fine-tuned in full or with LoRA adapters.
 //! - [`base`]: a pretrained version a job starts from, read and verified from the repository.
-//! - [`finetune`]: held-out evaluation (loss, perplexity, exact-match accuracy of greedy answers)
-//!   and the versions a fine-tune publishes.
+//! - [`finetune`]: held-out evaluation of a fine-tune and the versions it publishes.
+//! - [`heldout`]: held-out metrics of a language model as serving runs it (loss, perplexity,
+//!   exact-match accuracy of greedy answers).
 //! - [`quantize`]: a llama version written as GGUF in a smaller type and published as a version.
 //! - [`params`]: named parameters seen as one flat vector by the optimizer.
 //! - [`optim`]: AdamW, the warm-up + cosine schedule and gradient clipping.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod finetune;
+pub mod heldout;
 pub mod jsonl;
 pub mod lm;
 pub mod mlp;

@@ -14,8 +14,17 @@ use super::config::GgufType;
 use lantern_runtime::model::dense::DenseLlama;
 use lantern_runtime::repository::{self, BaseVersion, MANIFEST_FILE, Manifest, PublishRequest, Repository};
 
+use candle_core::Device;
+use candle_core::quantized::gguf_file;
+use lantern_runtime::llm::codec::TextCodec;
+use lantern_runtime::model::LoadedModel;
+use lantern_runtime::model::llama::Llama;
+
 use super::base;
-use super::config::BaseSpec;
+use super::config::{BaseSpec, JsonlSpec, Overlong};
+use super::data::{Question, Sequence};
+use super::finetune::BASELINE_PREFIX;
+use super::{heldout, jsonl};
 use crate::error::{Error, Result};
 
 /// The file a quantized version holds.
@@ -38,6 +47,34 @@ impl Quantized {
     }
 }
 
+/// Held-out examples a quantization is measured on, tokenized with the source's codec.
+pub struct Heldout {
+    pub sequences: Vec<Sequence>,
+    pub questions: Vec<Question>,
+}
+
+impl Heldout {
+    /// Every example of the JSONL file `path` (chat or prompt/completion, as fine-tuning reads
+    /// them), for `source`'s context.
+    pub fn read(path: &std::path::Path, source: &Source) -> Result<Self> {
+        let spec = JsonlSpec {
+            path: path.to_owned(),
+            eval_path: Some(path.to_owned()),
+            eval_fraction: 0.0,
+            overlong: Overlong::Refuse,
+        };
+        let examples = jsonl::load(&spec, source.dense.config.max_position_embeddings, &source.dense.codec)?;
+        Ok(Self { sequences: examples.held_out, questions: examples.questions })
+    }
+
+    /// `eval_loss`, `eval_perplexity` and `eval_accuracy` of `model`.
+    fn measure(&self, model: &Llama, codec: &TextCodec) -> Result<Vec<(String, f64)>> {
+        let mut metrics = heldout::loss(model, &self.sequences)?;
+        metrics.push(heldout::accuracy(model, codec, &self.questions)?);
+        Ok(metrics)
+    }
+}
+
 /// A source read for quantizing.
 pub struct Source {
     pub reference: BaseVersion,
@@ -53,13 +90,15 @@ impl Source {
     }
 
     /// Writes the source as GGUF in `ty` and publishes it as the next version of `model` in
-    /// `repository`, with `metrics` and the size ratio.
+    /// `repository`, with the size ratio and, given `heldout`, the held-out metrics of the
+    /// quantized file and (prefixed `baseline_`) of the source, each measured as serving loads
+    /// it.
     pub fn publish(
         &self,
         ty: GgufType,
         repository: &Repository,
         model: &str,
-        metrics: &[(String, f64)],
+        heldout: Option<&Heldout>,
     ) -> Result<Quantized> {
         let staging = tempfile::tempdir().map_err(|e| Error::io("creating a staging directory", e))?;
         let path = staging.path().join(GGUF_FILE);
@@ -78,8 +117,25 @@ impl Source {
         std::fs::write(&manifest_path, manifest.to_json())
             .map_err(|e| Error::io(format!("writing {}", manifest_path.display()), e))?;
         let mut quantized = Quantized { version: 0, source: self.reference.clone(), bytes, source_bytes: self.bytes };
-        let mut recorded = metrics.to_vec();
-        recorded.push(("size_ratio".to_owned(), quantized.size_ratio()));
+        let mut recorded = vec![("size_ratio".to_owned(), quantized.size_ratio())];
+        if let Some(heldout) = heldout {
+            // The written file, loaded as serving loads a GGUF version.
+            let written = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let mut reader = std::io::Cursor::new(written.as_slice());
+            let content =
+                gguf_file::Content::read(&mut reader).map_err(|e| Error::candle("reading the written GGUF file", e))?;
+            let codec = TextCodec::from_gguf(&content.metadata)?;
+            let quantized_model = Llama::from_gguf(&content, &mut reader, &Device::Cpu)?;
+            recorded.extend(heldout.measure(&quantized_model, &codec)?);
+            let source = repository.read_verified(&self.reference.model, self.reference.version)?;
+            let LoadedModel::Generate { model: source_model, codec } =
+                lantern_runtime::model::load(&self.reference.model, self.reference.version, &source, &Device::Cpu)?
+            else {
+                return Err(Error::config("(quantize)", "the source does not load as a language model"));
+            };
+            let baseline = heldout.measure(&source_model, &codec)?;
+            recorded.extend(baseline.into_iter().map(|(name, value)| (format!("{BASELINE_PREFIX}{name}"), value)));
+        }
         let request = PublishRequest { repository, model, source: staging.path(), version: None, metrics: &recorded };
         quantized.version = repository::publish(&request)?;
         tracing::info!(

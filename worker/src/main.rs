@@ -261,6 +261,10 @@ struct QuantizeArgs {
     /// The model the quantized version is published as; default: the source model.
     #[arg(long)]
     into: Option<String>,
+    /// Held-out examples (JSONL: chat conversations or prompt/completion pairs) to measure the
+    /// quantized file and the source on, recorded as `eval_*` and `baseline_eval_*` metrics.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
 }
 
 fn parse_gguf_type(value: &str) -> Result<config::GgufType, String> {
@@ -359,7 +363,9 @@ fn main() -> anyhow::Result<()> {
             };
             let source = train::quantize::Source::read(&repository, &spec, "--model")?;
             let into = quantize.into.as_deref().unwrap_or(&quantize.model);
-            let done = source.publish(quantize.ty, &repository, into, &[])?;
+            let heldout =
+                quantize.eval_data.as_deref().map(|path| train::quantize::Heldout::read(path, &source)).transpose()?;
+            let done = source.publish(quantize.ty, &repository, into, heldout.as_ref())?;
             println!(
                 "published {into} version {} in {}: {} of {} version {}, {} bytes, {:.2}x the source",
                 done.version,

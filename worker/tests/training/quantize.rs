@@ -53,6 +53,25 @@ fn a_version_quantized_by_the_cli_names_its_source_and_loads_as_a_language_model
         };
         assert_eq!(codec.tokenizer().token_id("<|im_end|>"), Some(2));
     }
+    // With held-out data, both the quantized file and the source are measured as served.
+    let data = repo.path().join("heldout.jsonl");
+    let lines = [
+        r#"{"messages": [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "The capital of France is Paris."}]}"#,
+        r#"{"prompt": "1, 2, 3, 4,", "completion": " 5, 6"}"#,
+    ];
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let args = ["--model", "smollm2", "--version", "1", "--type", "q8_0", "--into", "measured"];
+    let output = quantize(repo.path(), &[&args[..], &["--eval-data", data.to_str().unwrap()]].concat());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let metrics = repository.manifest("measured", 1).unwrap().metrics;
+    for name in ["eval_loss", "eval_perplexity", "eval_accuracy"] {
+        let (ours, source) = (metrics[name], metrics[&format!("baseline_{name}")]);
+        assert!(ours.is_finite() && source.is_finite(), "{metrics:?}");
+        if name == "eval_loss" {
+            assert!(ours > 0.0 && (ours - source).abs() < 0.25 * source, "Q8_0 {ours} against its source {source}");
+        }
+    }
+
     // Q4_0 (4.5 bits a weight) is smaller than its Q4_1 source (5), Q8_0 (8.5) larger.
     let ratio = |version| repository.manifest("small", version).unwrap().metrics["size_ratio"];
     assert!(ratio(1) > 1.0 && ratio(2) < 1.0, "Q8_0 {}, Q4_0 {}", ratio(1), ratio(2));
