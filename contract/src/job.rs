@@ -22,8 +22,12 @@ pub struct JobConfig {
     pub data: DataSpec,
     #[serde(default)]
     pub optimizer: OptimizerSpec,
-    pub schedule: ScheduleSpec,
-    pub checkpoint: CheckpointSpec,
+    /// How long to train; every task but `quantize` needs it, and `quantize` refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+    /// How often to save and publish; as `schedule`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSpec>,
     pub output: OutputSpec,
     /// Seeds the initial weights and the data order.
     #[serde(default)]
@@ -42,6 +46,20 @@ pub enum ModelSpec {
     Mlp(MlpSpec),
     /// A pretrained llama from the model repository, fine-tuned on JSONL conversations.
     FineTune(FineTuneSpec),
+    /// A llama version written as GGUF in a smaller type and published as one version,
+    /// measured on the held-out part of JSONL data beside its source. Nothing is trained.
+    Quantize(QuantizeSpec),
+}
+
+/// Post-training quantization of a version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeSpec {
+    /// The version quantized: HF safetensors, or a GGUF of a higher precision.
+    pub source: BaseSpec,
+    /// The GGUF type its matrices are written in.
+    #[serde(rename = "type")]
+    pub ty: GgufType,
 }
 
 /// A llama decoder's size. The vocabulary is the 256 bytes plus an end-of-text token.
@@ -586,35 +604,39 @@ impl JobConfig {
         }
     }
 
-    /// Resolves a relative `checkpoint.state_dir`, `model.llama.init_from` and
-    /// `model.fine_tune.base.repository` inside `output.repository`, so one job file works
+    /// Resolves a relative `checkpoint.state_dir`, `model.llama.init_from`,
+    /// `model.fine_tune.base.repository` and `model.quantize.source.repository` inside
+    /// `output.repository`, so one job file works
     /// wherever the repository is mounted (the operator writes them so, and sets the repository
     /// per pod). With a URI repository a relative state directory is kept under the node cache
     /// and copied to the same path under the URI ([`CheckpointSpec::state_uri`]).
     pub fn anchor_to_repository(&mut self) {
         let root = self.output.local_root();
         let uri = self.output.is_remote().then(|| self.output.repository.trim_end_matches('/').to_owned());
-        if self.checkpoint.state_dir.is_relative() {
+        if let Some(checkpoint) = self.checkpoint.as_mut().filter(|c| c.state_dir.is_relative()) {
             if let Some(uri) = &uri {
-                self.checkpoint.state_uri = Some(format!("{uri}/{}", self.checkpoint.state_dir.display()));
+                checkpoint.state_uri = Some(format!("{uri}/{}", checkpoint.state_dir.display()));
             }
-            self.checkpoint.state_dir = root.join(&self.checkpoint.state_dir);
+            checkpoint.state_dir = root.join(&checkpoint.state_dir);
         }
-        match &mut self.model {
+        let base = match &mut self.model {
             ModelSpec::Llama(spec) => {
                 if let Some(path) = spec.init_from.as_mut().filter(|p| p.is_relative()) {
                     *path = root.join(&*path);
                 }
+                None
             }
-            ModelSpec::FineTune(spec) => {
-                if let Some(base) = spec.base.repository.as_mut().filter(|r| !is_uri(r) && Path::new(r).is_relative()) {
-                    *base = match &uri {
-                        Some(uri) => format!("{uri}/{base}"),
-                        None => root.join(&*base).to_string_lossy().into_owned(),
-                    };
-                }
-            }
-            ModelSpec::Mlp(_) => {}
+            ModelSpec::FineTune(spec) => Some(&mut spec.base),
+            ModelSpec::Quantize(spec) => Some(&mut spec.source),
+            ModelSpec::Mlp(_) => None,
+        };
+        if let Some(repository) =
+            base.and_then(|b| b.repository.as_mut()).filter(|r| !is_uri(r) && Path::new(r).is_relative())
+        {
+            *repository = match &uri {
+                Some(uri) => format!("{uri}/{repository}"),
+                None => root.join(&*repository).to_string_lossy().into_owned(),
+            };
         }
     }
 }
@@ -664,12 +686,12 @@ mod tests {
     #[test]
     fn relative_state_and_init_paths_are_inside_the_repository() {
         let mut config = addition_job();
-        config.checkpoint.state_dir = ".lantern-training/ml/adder".into();
+        config.checkpoint.as_mut().unwrap().state_dir = ".lantern-training/ml/adder".into();
         let ModelSpec::Llama(spec) = &mut config.model else { panic!("a llama job") };
         spec.init_from = Some("base/3".into());
         config.apply_env(|name| (name == env::REPOSITORY).then(|| "/mnt/models".to_owned())).unwrap();
         config.anchor_to_repository();
-        assert_eq!(config.checkpoint.state_dir, Path::new("/mnt/models/.lantern-training/ml/adder"));
+        assert_eq!(config.checkpoint.as_ref().unwrap().state_dir, Path::new("/mnt/models/.lantern-training/ml/adder"));
         let ModelSpec::Llama(spec) = &config.model else { panic!("a llama job") };
         assert_eq!(spec.init_from.as_deref(), Some(Path::new("/mnt/models/base/3")));
     }
@@ -677,7 +699,7 @@ mod tests {
     #[test]
     fn with_a_uri_repository_states_are_kept_in_the_cache_and_copied_under_the_uri() {
         let mut config = addition_job();
-        config.checkpoint.state_dir = ".lantern-training/ml/adder".into();
+        config.checkpoint.as_mut().unwrap().state_dir = ".lantern-training/ml/adder".into();
         let env = |name: &str| match name {
             env::REPOSITORY => Some("s3://models/repo/".to_owned()),
             env::CACHE_DIR => Some("/var/cache/lantern/models".to_owned()),
@@ -686,16 +708,20 @@ mod tests {
         config.apply_env(env).unwrap();
         config.anchor_to_repository();
         assert!(config.output.is_remote());
-        assert_eq!(config.checkpoint.state_dir, Path::new("/var/cache/lantern/models/.lantern-training/ml/adder"));
-        assert_eq!(config.checkpoint.state_uri.as_deref(), Some("s3://models/repo/.lantern-training/ml/adder"));
+        assert_eq!(
+            config.checkpoint.as_ref().unwrap().state_dir,
+            Path::new("/var/cache/lantern/models/.lantern-training/ml/adder")
+        );
+        assert_eq!(
+            config.checkpoint.as_ref().unwrap().state_uri.as_deref(),
+            Some("s3://models/repo/.lantern-training/ml/adder")
+        );
         // A directory repository keeps its states in place, copied nowhere.
         let mut local = addition_job();
-        local.checkpoint.state_dir = "states".into();
+        local.checkpoint.as_mut().unwrap().state_dir = "states".into();
         local.anchor_to_repository();
-        assert_eq!(
-            (local.checkpoint.state_dir, local.checkpoint.state_uri),
-            (Path::new("/tmp/models/states").to_owned(), None)
-        );
+        let checkpoint = local.checkpoint.unwrap();
+        assert_eq!((checkpoint.state_dir, checkpoint.state_uri), (Path::new("/tmp/models/states").to_owned(), None));
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub fn validate(config: &JobConfig) -> Result<()> {
     match &config.model {
         ModelSpec::Llama(spec) => validate_llama(spec)?,
         ModelSpec::FineTune(spec) => validate_fine_tune(spec)?,
+        ModelSpec::Quantize(spec) => validate_base("model.quantize.source", &spec.source)?,
         ModelSpec::Mlp(spec) => {
             if spec.hidden.contains(&0) {
                 return Err(Error::config("model.mlp.hidden", "layer widths must be at least 1"));
@@ -55,7 +56,7 @@ pub fn validate(config: &JobConfig) -> Result<()> {
     }
     match (&config.model, &config.data) {
         (ModelSpec::Llama(_), DataSpec::Addition(_) | DataSpec::Text(_))
-        | (ModelSpec::FineTune(_), DataSpec::Jsonl(_))
+        | (ModelSpec::FineTune(_) | ModelSpec::Quantize(_), DataSpec::Jsonl(_))
         | (ModelSpec::Mlp(_), DataSpec::Csv(_)) => {}
         (ModelSpec::Llama(_), DataSpec::Csv(_) | DataSpec::Jsonl(_)) => {
             return Err(Error::config(
@@ -64,29 +65,12 @@ pub fn validate(config: &JobConfig) -> Result<()> {
             ));
         }
         (ModelSpec::FineTune(_), _) => return Err(Error::config("data", "a fine_tune model trains on jsonl data")),
+        (ModelSpec::Quantize(_), _) => {
+            return Err(Error::config("data", "a quantize job is measured on jsonl data (its held-out part)"));
+        }
         (ModelSpec::Mlp(_), _) => return Err(Error::config("data", "an mlp trains on csv data")),
     }
     validate_data(&config.data)?;
-    let optimizer = &config.optimizer;
-    positive("optimizer.learning_rate", optimizer.learning_rate)?;
-    if !(0.0..=optimizer.learning_rate).contains(&optimizer.min_learning_rate) {
-        return Err(Error::config("optimizer.min_learning_rate", "must be between 0 and learning_rate"));
-    }
-    for (field, beta) in [("optimizer.beta1", optimizer.beta1), ("optimizer.beta2", optimizer.beta2)] {
-        if !(0.0..1.0).contains(&beta) {
-            return Err(Error::config(field, format!("{beta} is not in [0, 1)")));
-        }
-    }
-    positive("optimizer.epsilon", optimizer.epsilon)?;
-    non_negative("optimizer.weight_decay", optimizer.weight_decay)?;
-    non_negative("optimizer.grad_clip", optimizer.grad_clip)?;
-    let schedule = &config.schedule;
-    if schedule.steps == 0 {
-        return Err(Error::config("schedule.steps", "must be at least 1"));
-    }
-    if schedule.warmup_steps >= schedule.steps {
-        return Err(Error::config("schedule.warmup_steps", "must be fewer than schedule.steps"));
-    }
     let cluster = &config.cluster;
     if cluster.world_size == 0 {
         return Err(Error::config("cluster.world_size", "must be at least 1"));
@@ -106,21 +90,65 @@ pub fn validate(config: &JobConfig) -> Result<()> {
     positive("cluster.timeout_seconds", cluster.timeout_seconds)?;
     positive("cluster.rendezvous_timeout_seconds", cluster.rendezvous_timeout_seconds)?;
     non_negative("cluster.progress_linger_seconds", cluster.progress_linger_seconds)?;
-    non_negative("checkpoint.timeout_seconds", config.checkpoint.timeout_seconds)?;
+    lantern_runtime::repository::validate_model_name(&config.output.model)
+        .map_err(|e| Error::config("output.model", e.to_string()))?;
+    match (&config.model, &config.schedule, &config.checkpoint) {
+        (ModelSpec::Quantize(_), None, None) => {
+            // Nothing is trained: a setting for training would be ignored, so it is refused.
+            if config.optimizer != OptimizerSpec::default() {
+                return Err(Error::config("optimizer", "a quantize job trains nothing"));
+            }
+            if cluster.world_size != 1 {
+                return Err(Error::config("cluster.world_size", "a quantize job runs on one rank"));
+            }
+            Ok(())
+        }
+        (ModelSpec::Quantize(_), Some(_), _) => Err(Error::config("schedule", "a quantize job trains nothing")),
+        (ModelSpec::Quantize(_), _, Some(_)) => Err(Error::config("checkpoint", "a quantize job trains nothing")),
+        (_, Some(schedule), Some(checkpoint)) => validate_training(&config.optimizer, schedule, checkpoint, cluster),
+        (_, None, _) => Err(Error::config("schedule", "a training job needs its steps and batch")),
+        (_, _, None) => Err(Error::config("checkpoint", "a training job needs its checkpoint settings")),
+    }
+}
+
+/// The settings of a job that trains.
+fn validate_training(
+    optimizer: &OptimizerSpec,
+    schedule: &ScheduleSpec,
+    checkpoint: &CheckpointSpec,
+    cluster: &ClusterSpec,
+) -> Result<()> {
+    positive("optimizer.learning_rate", optimizer.learning_rate)?;
+    if !(0.0..=optimizer.learning_rate).contains(&optimizer.min_learning_rate) {
+        return Err(Error::config("optimizer.min_learning_rate", "must be between 0 and learning_rate"));
+    }
+    for (field, beta) in [("optimizer.beta1", optimizer.beta1), ("optimizer.beta2", optimizer.beta2)] {
+        if !(0.0..1.0).contains(&beta) {
+            return Err(Error::config(field, format!("{beta} is not in [0, 1)")));
+        }
+    }
+    positive("optimizer.epsilon", optimizer.epsilon)?;
+    non_negative("optimizer.weight_decay", optimizer.weight_decay)?;
+    non_negative("optimizer.grad_clip", optimizer.grad_clip)?;
+    if schedule.steps == 0 {
+        return Err(Error::config("schedule.steps", "must be at least 1"));
+    }
+    if schedule.warmup_steps >= schedule.steps {
+        return Err(Error::config("schedule.warmup_steps", "must be fewer than schedule.steps"));
+    }
+    non_negative("checkpoint.timeout_seconds", checkpoint.timeout_seconds)?;
     if schedule.global_batch == 0 || !schedule.global_batch.is_multiple_of(cluster.world_size) {
         return Err(Error::config(
             "schedule.global_batch",
             format!("{} must be a positive multiple of the world size {}", schedule.global_batch, cluster.world_size),
         ));
     }
-    if config.checkpoint.every_steps == 0 {
+    if checkpoint.every_steps == 0 {
         return Err(Error::config("checkpoint.every_steps", "must be at least 1"));
     }
-    if config.checkpoint.keep == 0 {
+    if checkpoint.keep == 0 {
         return Err(Error::config("checkpoint.keep", "must keep at least 1 training state"));
     }
-    lantern_runtime::repository::validate_model_name(&config.output.model)
-        .map_err(|e| Error::config("output.model", e.to_string()))?;
     Ok(())
 }
 
@@ -201,27 +229,29 @@ fn validate_llama(spec: &LlamaSpec) -> Result<()> {
     Ok(())
 }
 
-fn validate_fine_tune(spec: &FineTuneSpec) -> Result<()> {
-    let base = &spec.base;
+/// A version a job reads (`field`: where the job names it).
+fn validate_base(field: &str, base: &BaseSpec) -> Result<()> {
     lantern_runtime::repository::validate_model_name(&base.model)
-        .map_err(|e| Error::config("model.fine_tune.base.model", e.to_string()))?;
+        .map_err(|e| Error::config(format!("{field}.model"), e.to_string()))?;
     if base.version == 0 {
-        return Err(Error::config("model.fine_tune.base.version", "versions start at 1"));
+        return Err(Error::config(format!("{field}.version"), "versions start at 1"));
     }
     if let Some(digest) = &base.digest {
         let hex = digest.strip_prefix("sha256:").unwrap_or_default();
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::config(
-                "model.fine_tune.base.digest",
-                format!("{digest:?} is not sha256:<64 hex digits>"),
-            ));
+            return Err(Error::config(format!("{field}.digest"), format!("{digest:?} is not sha256:<64 hex digits>")));
         }
     }
     if let Some(path) = &base.import_from
         && !path.exists()
     {
-        return Err(Error::config("model.fine_tune.base.import_from", format!("{} does not exist", path.display())));
+        return Err(Error::config(format!("{field}.import_from"), format!("{} does not exist", path.display())));
     }
+    Ok(())
+}
+
+fn validate_fine_tune(spec: &FineTuneSpec) -> Result<()> {
+    validate_base("model.fine_tune.base", &spec.base)?;
     if spec.sequence_length < 2 {
         return Err(Error::config("model.fine_tune.sequence_length", "must be at least 2 tokens"));
     }

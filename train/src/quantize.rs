@@ -21,9 +21,11 @@ use lantern_runtime::model::LoadedModel;
 use lantern_runtime::model::llama::Llama;
 
 use super::base;
-use super::config::{BaseSpec, JsonlSpec, Overlong};
+use super::config::{BaseSpec, DataSpec, JobConfig, JsonlSpec, Overlong, QuantizeSpec};
 use super::data::{Question, Sequence};
 use super::finetune::BASELINE_PREFIX;
+use super::progress::Progress;
+use super::trainer::Outcome;
 use super::{heldout, jsonl};
 use crate::error::{Error, Result};
 
@@ -34,6 +36,10 @@ pub const GGUF_FILE: &str = "model.gguf";
 #[derive(Clone, Debug, PartialEq)]
 pub struct Quantized {
     pub version: u64,
+    /// `sha256:<hex>` of its manifest.
+    pub digest: String,
+    /// What its manifest records: the size ratio and any held-out metrics.
+    pub metrics: Vec<(String, f64)>,
     pub source: BaseVersion,
     /// The new version's size, and its source's, in bytes of files.
     pub bytes: u64,
@@ -63,7 +69,13 @@ impl Heldout {
             eval_fraction: 0.0,
             overlong: Overlong::Refuse,
         };
-        let examples = jsonl::load(&spec, source.dense.config.max_position_embeddings, &source.dense.codec)?;
+        Self::of_data(&spec, source)
+    }
+
+    /// The held-out part of `spec`'s examples: its `eval_path`, or the last `eval_fraction` of
+    /// `path` — what a fine-tune on the same data holds out.
+    pub fn of_data(spec: &JsonlSpec, source: &Source) -> Result<Self> {
+        let examples = jsonl::load(spec, source.dense.config.max_position_embeddings, &source.dense.codec)?;
         Ok(Self { sequences: examples.held_out, questions: examples.questions })
     }
 
@@ -80,13 +92,15 @@ pub struct Source {
     pub reference: BaseVersion,
     pub bytes: u64,
     pub dense: DenseLlama,
+    /// The repository it is in, where it is loaded again as serving loads it to be measured.
+    repository: Repository,
 }
 
 impl Source {
-    /// Reads and verifies the version `spec` names (`field` names it in errors).
+    /// Reads and verifies the version `spec` names in `repository` (`field` names it in errors).
     pub fn read(repository: &Repository, spec: &BaseSpec, field: &str) -> Result<Self> {
         let (reference, bytes, dense) = base::read(repository, spec, field)?;
-        Ok(Self { reference, bytes, dense })
+        Ok(Self { reference, bytes, dense, repository: repository.clone() })
     }
 
     /// Writes the source as GGUF in `ty` and publishes it as the next version of `model` in
@@ -116,8 +130,8 @@ impl Source {
         let manifest_path = staging.path().join(MANIFEST_FILE);
         std::fs::write(&manifest_path, manifest.to_json())
             .map_err(|e| Error::io(format!("writing {}", manifest_path.display()), e))?;
-        let mut quantized = Quantized { version: 0, source: self.reference.clone(), bytes, source_bytes: self.bytes };
-        let mut recorded = vec![("size_ratio".to_owned(), quantized.size_ratio())];
+        let size_ratio = bytes as f64 / self.bytes.max(1) as f64;
+        let mut recorded = vec![("size_ratio".to_owned(), size_ratio)];
         if let Some(heldout) = heldout {
             // The written file, loaded as serving loads a GGUF version.
             let written = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
@@ -127,7 +141,7 @@ impl Source {
             let codec = TextCodec::from_gguf(&content.metadata)?;
             let quantized_model = Llama::from_gguf(&content, &mut reader, &Device::Cpu)?;
             recorded.extend(heldout.measure(&quantized_model, &codec)?);
-            let source = repository.read_verified(&self.reference.model, self.reference.version)?;
+            let source = self.repository.read_verified(&self.reference.model, self.reference.version)?;
             let LoadedModel::Generate { model: source_model, codec } =
                 lantern_runtime::model::load(&self.reference.model, self.reference.version, &source, &Device::Cpu)?
             else {
@@ -137,7 +151,15 @@ impl Source {
             recorded.extend(baseline.into_iter().map(|(name, value)| (format!("{BASELINE_PREFIX}{name}"), value)));
         }
         let request = PublishRequest { repository, model, source: staging.path(), version: None, metrics: &recorded };
-        quantized.version = repository::publish(&request)?;
+        let version = repository::publish(&request)?;
+        let quantized = Quantized {
+            version,
+            digest: repository.manifest_digest(model, version)?,
+            metrics: recorded.clone(),
+            source: self.reference.clone(),
+            bytes,
+            source_bytes: self.bytes,
+        };
         tracing::info!(
             model,
             version = quantized.version,
@@ -149,4 +171,34 @@ impl Source {
         );
         Ok(quantized)
     }
+}
+
+/// Runs a quantize job: reads and verifies the source, writes and measures the quantized file
+/// and the source on the held-out part of the job's JSONL data, publishes the version as the
+/// next of `output.model`, and reports it in rank 0's `progress` as a training job reports a
+/// checkpoint.
+pub fn run(config: &JobConfig, spec: &QuantizeSpec, progress: Option<&Progress>) -> Result<Outcome> {
+    let started = std::time::Instant::now();
+    let output = &config.output;
+    let DataSpec::Jsonl(data) = &config.data else {
+        return Err(Error::config("data", "a quantize job is measured on jsonl data (its held-out part)"));
+    };
+    let source_repository = crate::config::open_repository(spec.source.repository(output), output)?;
+    let source = Source::read(&source_repository, &spec.source, "model.quantize.source")?;
+    let heldout = Heldout::of_data(data, &source)?;
+    let repository = crate::config::open_repository(&output.repository, output)?;
+    let done = source.publish(spec.ty, &repository, &output.model, Some(&heldout))?;
+    if let Some(progress) = progress {
+        progress.published(done.version, &done.metrics, &done.digest);
+    }
+    Ok(Outcome {
+        step: 1,
+        loss: f64::NAN,
+        published: vec![done.version],
+        interrupted: false,
+        trained_steps: 0,
+        tokens: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        checkpoint_seconds: 0.0,
+    })
 }

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::checkpoint::{self, OPTIMIZER_FILE, PARAMS_FILE, Saved};
 use super::collective::{Collective, Placement};
-use super::config::{DataSpec, JobConfig, ModelSpec};
+use super::config::{CheckpointSpec, DataSpec, JobConfig, ModelSpec, ScheduleSpec};
 use super::data::{self, Batch, Dataset, HeldOut, Order, Sequence};
 use super::finetune::{BASELINE_PREFIX, FineTune};
 use super::lm::{Pass, TrainLlama};
@@ -29,6 +29,7 @@ use super::mlp::TrainMlp;
 use super::optim::{self, AdamW};
 use super::params::{Params, model_error};
 use super::progress::{Progress, ProgressServer};
+use super::quantize;
 use crate::error::{Error, Result};
 use lantern_runtime::repository::{self, ObjectDir, PublishRequest, Repository, retention};
 
@@ -75,9 +76,9 @@ enum Model {
 impl Model {
     /// The model `config` describes, on the rank's device, and the data it trains on (a
     /// fine-tuned base's tokenizer and template read the data).
-    fn with_data(config: &JobConfig) -> Result<(Self, Dataset)> {
+    fn with_data(config: &JobConfig, schedule: &ScheduleSpec) -> Result<(Self, Dataset)> {
         let device = lantern_runtime::device::open(config.cluster.device)?;
-        let (batch, seed) = (config.schedule.global_batch, config.seed);
+        let (batch, seed) = (schedule.global_batch, config.seed);
         let data = |codec| Dataset::load(&config.data, sequence_length(config), batch, seed, codec);
         match (&config.model, &config.data) {
             (ModelSpec::Llama(spec), _) => {
@@ -95,6 +96,7 @@ impl Model {
                 Ok((Self::Mlp(mlp), dataset))
             }
             (ModelSpec::Mlp(_), _) => Err(Error::config("data", "an mlp trains on csv data")),
+            (ModelSpec::Quantize(_), _) => Err(Error::config("model", "a quantize job trains nothing")),
         }
     }
 
@@ -164,8 +166,9 @@ impl Model {
 pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
     let cluster = &config.cluster;
     let progress = (cluster.rank == 0).then(|| {
-        let batch = config.schedule.global_batch;
-        let progress = Progress::new(&config.output.model, config.schedule.steps, cluster.world_size, batch);
+        // A quantize job is one step that publishes one version.
+        let (steps, batch) = config.schedule.as_ref().map_or((1, 0), |s| (s.steps, s.global_batch));
+        let progress = Progress::new(&config.output.model, steps, cluster.world_size, batch);
         progress.hold(config.output.held_versions.clone());
         progress
     });
@@ -179,7 +182,10 @@ pub fn train(config: &JobConfig, interrupt: &AtomicBool) -> Result<Outcome> {
         }
         None => None,
     };
-    let result = run(config, interrupt, progress.clone(), token);
+    let result = match &config.model {
+        ModelSpec::Quantize(spec) => quantize::run(config, spec, progress.as_deref()),
+        _ => run(config, interrupt, progress.clone(), token),
+    };
     if let Some(progress) = &progress {
         match &result {
             Ok(outcome) if !outcome.interrupted => progress.set_phase(TrainingPhase::Succeeded),
@@ -213,16 +219,20 @@ fn run(
     token: Option<String>,
 ) -> Result<Outcome> {
     let cluster = &config.cluster;
-    let batch_size = config.schedule.global_batch;
-    let (model, dataset) = Model::with_data(config)?;
+    let (Some(schedule), Some(checkpoint_spec)) = (&config.schedule, &config.checkpoint) else {
+        return Err(Error::config("schedule", "a training job needs its schedule and checkpoint settings"));
+    };
+    let batch_size = schedule.global_batch;
+    let (model, dataset) = Model::with_data(config, schedule)?;
     let optimizer = AdamW::new(config.optimizer.clone(), model.params().decay_mask());
     let repository = crate::config::open_repository(&config.output.repository, &config.output)?;
-    let states = config.checkpoint.state_uri.as_deref().map(ObjectDir::open).transpose()?;
+    let states = checkpoint_spec.state_uri.as_deref().map(ObjectDir::open).transpose()?;
     if let Some(states) = &states {
-        checkpoint::restore(&config.checkpoint.state_dir, states)?;
+        checkpoint::restore(&checkpoint_spec.state_dir, states)?;
     }
     let mut job = Job {
         config,
+        checkpoint_spec,
         model,
         dataset,
         optimizer,
@@ -233,12 +243,12 @@ fn run(
         baseline: Vec::new(),
     };
     let (mut step, mut loss) = (0, f64::NAN);
-    if let Some(saved) = checkpoint::latest(&config.checkpoint.state_dir)? {
+    if let Some(saved) = checkpoint::latest(&checkpoint_spec.state_dir)? {
         job.model.params().load(&saved.params())?;
         job.optimizer.load(&saved.optimizer(), saved.state.step)?;
         (step, loss) = (saved.state.step, saved.state.loss);
         tracing::info!(step, dir = %saved.dir.display(), "resuming from a saved training state");
-        job.baseline = checkpoint::read_baseline(&config.checkpoint.state_dir)?;
+        job.baseline = checkpoint::read_baseline(&checkpoint_spec.state_dir)?;
         if let Some(progress) = &job.progress {
             progress.baseline(&job.baseline);
         }
@@ -267,7 +277,7 @@ fn run(
         seconds: started.elapsed().as_secs_f64(),
         checkpoint_seconds,
     };
-    while step < config.schedule.steps {
+    while step < schedule.steps {
         let share = Share {
             batch: job.dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size)),
             positions: data::share(step, batch_size, cluster.rank, cluster.world_size).map(|p| p as u64).collect(),
@@ -279,7 +289,7 @@ fn run(
         // The loss and the stop flag ride along, averaged with the gradients.
         gradients.extend([local_loss as f32, f32::from(u8::from(interrupt.load(Ordering::Relaxed)))]);
         if let Some(collective) = collective.as_mut() {
-            collective.all_reduce_mean(&mut gradients, step, collective_timeout(config, step))?;
+            collective.all_reduce_mean(&mut gradients, step, collective_timeout(config, checkpoint_spec, step))?;
         }
         let stop = gradients.pop().is_some_and(|flag| flag > 0.0);
         let step_loss = f64::from(gradients.pop().expect("the loss rides with the gradients; this is a bug"));
@@ -299,7 +309,7 @@ fn run(
         }
         optim::clip(&mut gradients, config.optimizer.grad_clip);
         let mut values = job.model.params().read_flat()?;
-        job.optimizer.update(&mut values, &gradients, optim::learning_rate(&config.optimizer, &config.schedule, step));
+        job.optimizer.update(&mut values, &gradients, optim::learning_rate(&config.optimizer, schedule, step));
         job.model.params().write_flat(&values)?;
         step += 1;
         loss = step_loss;
@@ -307,7 +317,7 @@ fn run(
             progress.step_done(step, loss, order.epoch_of(step - 1, batch_size), tokens);
         }
         trained_tokens += tokens as u64;
-        if step % config.checkpoint.every_steps == 0 || step == config.schedule.steps {
+        if step % checkpoint_spec.every_steps == 0 || step == schedule.steps {
             tracing::info!(step, loss, "checkpoint");
             let started = std::time::Instant::now();
             job.checkpoint(step, loss)?;
@@ -322,17 +332,17 @@ fn sequence_length(config: &JobConfig) -> usize {
     match &config.model {
         ModelSpec::Llama(spec) => spec.context,
         ModelSpec::FineTune(spec) => spec.sequence_length,
-        ModelSpec::Mlp(_) => 0,
+        ModelSpec::Mlp(_) | ModelSpec::Quantize(_) => 0,
     }
 }
 
 /// How long a rank waits for its neighbour in the all-reduce of `step`. Right after a checkpoint
 /// rank 0 has been saving, evaluating and publishing while the others went on to this step, so
 /// they wait for that as well.
-fn collective_timeout(config: &JobConfig, step: u64) -> Duration {
-    let after_checkpoint = step > 0 && step.is_multiple_of(config.checkpoint.every_steps);
+fn collective_timeout(config: &JobConfig, checkpoint: &CheckpointSpec, step: u64) -> Duration {
+    let after_checkpoint = step > 0 && step.is_multiple_of(checkpoint.every_steps);
     let seconds = match after_checkpoint {
-        true => config.cluster.timeout_seconds + config.checkpoint.timeout_seconds,
+        true => config.cluster.timeout_seconds + checkpoint.timeout_seconds,
         false => config.cluster.timeout_seconds,
     };
     Duration::from_secs_f64(seconds)
@@ -389,6 +399,8 @@ fn stopped(step: u64, error: candle_core::Error) -> Error {
 /// publishes versions.
 struct Job<'a> {
     config: &'a JobConfig,
+    /// The job's checkpoint settings (a training job has them).
+    checkpoint_spec: &'a CheckpointSpec,
     model: Model,
     dataset: Dataset,
     optimizer: AdamW,
@@ -417,7 +429,7 @@ impl Job<'_> {
         if let Some(progress) = &self.progress {
             progress.baseline(&self.baseline);
         }
-        checkpoint::write_baseline(&self.config.checkpoint.state_dir, &self.baseline)
+        checkpoint::write_baseline(&self.checkpoint_spec.state_dir, &self.baseline)
     }
 
     /// Saves the training state for `step` (and copies it to the remote repository's store),
@@ -426,16 +438,16 @@ impl Job<'_> {
         if self.progress.is_none() {
             return Ok(());
         }
-        let state_dir = &self.config.checkpoint.state_dir;
+        let state_dir = &self.checkpoint_spec.state_dir;
         let saved = checkpoint::save(state_dir, step, loss, |dir| {
             self.model.params().save(&dir.join(PARAMS_FILE))?;
             self.optimizer.save(&dir.join(OPTIMIZER_FILE))
         })?;
         if let Some(states) = &self.states {
-            checkpoint::mirror(&saved, states, self.config.checkpoint.keep)?;
+            checkpoint::mirror(&saved, states, self.checkpoint_spec.keep)?;
         }
         self.publish_once(&saved)?;
-        checkpoint::prune(state_dir, self.config.checkpoint.keep)
+        checkpoint::prune(state_dir, self.checkpoint_spec.keep)
     }
 
     /// Publishes the model (holding `saved`'s weights) as the next version, with the training
@@ -505,7 +517,9 @@ mod tests {
         )
         .unwrap();
         config.cluster.timeout_seconds = 5.0;
-        let waits: Vec<u64> = [0, 9, 10, 11, 20].map(|step| collective_timeout(&config, step).as_secs()).to_vec();
+        let checkpoint = config.checkpoint.clone().unwrap();
+        let waits: Vec<u64> =
+            [0, 9, 10, 11, 20].map(|step| collective_timeout(&config, &checkpoint, step).as_secs()).to_vec();
         assert_eq!(waits, vec![5, 5, 305, 5, 305]);
     }
 }

@@ -64,14 +64,14 @@ impl TryFrom<&TrainingJob> for JobConfig {
             model: model_spec(model)?,
             data: data_spec(data)?,
             optimizer: optimizer.as_ref().map(optimizer_spec).unwrap_or_default(),
-            schedule: schedule_spec(schedule),
-            checkpoint: CheckpointSpec {
+            schedule: Some(schedule_spec(schedule)),
+            checkpoint: Some(CheckpointSpec {
                 every_steps: *every_steps,
                 keep: keep.map_or(CheckpointSpec::DEFAULT_KEEP, size),
                 state_dir: state_dir(namespace, name).into(),
                 state_uri: None,
                 timeout_seconds: timeout_seconds.map_or(CheckpointSpec::DEFAULT_TIMEOUT_SECONDS, f64::from),
-            },
+            }),
             // Each pod's LANTERN_REPOSITORY (and LANTERN_CACHE_DIR, for a URI) say where it is;
             // the held versions are the operator's own account (see `objects::config_map`).
             output: OutputSpec {
@@ -320,14 +320,14 @@ mod tests {
                 weight_decay: 0.05,
                 grad_clip: 2.0,
             },
-            schedule: ScheduleSpec { steps: 1000, warmup_steps: 20, global_batch: 32 },
-            checkpoint: CheckpointSpec {
+            schedule: Some(ScheduleSpec { steps: 1000, warmup_steps: 20, global_batch: 32 }),
+            checkpoint: Some(CheckpointSpec {
                 every_steps: 100,
                 keep: 2,
                 state_dir: ".lantern-training/ml/adder".into(),
                 state_uri: None,
                 timeout_seconds: 30.0,
-            },
+            }),
             output: OutputSpec {
                 repository: "/var/lib/lantern/models".into(),
                 model: "adder".into(),
@@ -365,9 +365,12 @@ mod tests {
     fn unset_fields_get_the_workers_defaults() {
         let config = JobConfig::try_from(&crate::training::test_job(json!({}))).unwrap();
         assert_eq!(config.optimizer, OptimizerSpec::default());
-        assert_eq!((config.seed, config.schedule.warmup_steps), (0, 0));
-        assert_eq!(config.checkpoint.keep, CheckpointSpec::DEFAULT_KEEP);
-        assert_eq!(config.checkpoint.timeout_seconds, CheckpointSpec::DEFAULT_TIMEOUT_SECONDS);
+        assert_eq!((config.seed, config.schedule.as_ref().unwrap().warmup_steps), (0, 0));
+        let checkpoint = config.checkpoint.as_ref().unwrap();
+        assert_eq!(
+            (checkpoint.keep, checkpoint.timeout_seconds),
+            (CheckpointSpec::DEFAULT_KEEP, CheckpointSpec::DEFAULT_TIMEOUT_SECONDS)
+        );
         let ModelSpec::Llama(llama) = &config.model else { panic!("a llama job") };
         assert_eq!((llama.kv_heads, llama.init_from.as_ref(), llama.precision), (None, None, job::Precision::F32));
         // The file the ConfigMap holds parses back to the same value.

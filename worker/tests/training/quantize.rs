@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use base64::Engine;
 use candle_core::Device;
 use lantern_runtime::model::{LoadedModel, load};
 use lantern_runtime::repository::{self, PublishRequest, Repository};
@@ -96,4 +97,90 @@ fn a_source_that_is_not_a_llama_a_wrong_digest_and_an_unknown_type_are_refused()
         "\"q5_k\" is not a GGUF type this writer supports",
     );
     assert_eq!(Repository::new(repo.path()).versions("minilm").unwrap(), [1].into(), "nothing was published");
+}
+
+/// A quantize job file for SmolLM2 (imported from the test models) into `dir`, measured on the
+/// last two of four tickets conversations (the held-out half, as a fine-tune would split them).
+fn quantize_job(dir: &Path, gguf: &Path) -> serde_json::Value {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/training/tickets/eval.jsonl");
+    let four: Vec<String> = std::fs::read_to_string(examples).unwrap().lines().take(4).map(str::to_owned).collect();
+    let data = dir.join("tickets.jsonl");
+    std::fs::write(&data, four.join("\n")).unwrap();
+    serde_json::json!({
+        "model": {"quantize": {"source": {"model": "smollm2", "version": 1, "import_from": gguf}, "type": "q4_1"}},
+        "data": {"jsonl": {"path": data, "eval_fraction": 0.5}},
+        "output": {"repository": dir.join("models"), "model": "smollm2-q4_1"},
+    })
+}
+
+fn run_job(dir: &Path, job: &serde_json::Value) -> Output {
+    let path = dir.join("job.json");
+    std::fs::write(&path, job.to_string()).unwrap();
+    let termination = dir.join("termination-log");
+    Command::new(env!("CARGO_BIN_EXE_lantern-worker"))
+        .args(["train", "--config"])
+        .arg(&path)
+        .env("LANTERN_TERMINATION_LOG", &termination)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_quantize_job_publishes_one_measured_version_and_reports_it_as_its_progress() {
+    let Some(gguf) = lantern_runtime::test_models::smollm2_path() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_job(dir.path(), &quantize_job(dir.path(), &gguf));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let repository = Repository::new(dir.path().join("models"));
+    let manifest = repository.manifest("smollm2-q4_1", 1).unwrap();
+    assert_eq!(manifest.config["quantization"], "Q4_1");
+    assert_eq!(manifest.base.as_ref().unwrap().manifest_digest, repository.manifest_digest("smollm2", 1).unwrap());
+    for name in ["size_ratio", "eval_loss", "eval_accuracy", "baseline_eval_loss", "baseline_eval_accuracy"] {
+        assert!(manifest.metrics[name].is_finite(), "{name} in {:?}", manifest.metrics);
+    }
+    // The termination message the operator reads: the published version with its metrics.
+    let message = std::fs::read_to_string(dir.path().join("termination-log")).unwrap();
+    let encoded = message.strip_prefix(lantern_proto::TERMINATION_PREFIX).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+    let progress = <lantern_proto::lantern::v1::TrainingProgress as prost::Message>::decode(bytes.as_slice()).unwrap();
+    assert_eq!(progress.phase(), lantern_proto::lantern::v1::TrainingPhase::Succeeded);
+    let published = &progress.published[0];
+    assert_eq!(
+        (published.version, published.digest.as_str()),
+        (1, repository.manifest_digest("smollm2-q4_1", 1).unwrap().as_str())
+    );
+    assert_eq!(published.metrics["eval_loss"], manifest.metrics["eval_loss"]);
+}
+
+#[test]
+fn a_quantize_job_refuses_training_settings_other_data_and_several_ranks() {
+    let Some(gguf) = lantern_runtime::test_models::smollm2_path() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = quantize_job(dir.path(), &gguf);
+    let with = |key: &str, value: serde_json::Value| {
+        let mut job = job.clone();
+        job[key] = value;
+        job
+    };
+    let mut ranks = job.clone();
+    ranks["cluster"] = serde_json::json!({"world_size": 2, "coordinator": "127.0.0.1:1"});
+    for (job, needle) in [
+        (
+            with("schedule", serde_json::json!({"steps": 10, "global_batch": 8})),
+            "schedule: a quantize job trains nothing",
+        ),
+        (with("optimizer", serde_json::json!({"learning_rate": 0.1})), "optimizer: a quantize job trains nothing"),
+        (
+            with("data", serde_json::json!({"text": {"paths": [gguf]}})),
+            "data: a quantize job is measured on jsonl data",
+        ),
+        (ranks, "cluster.world_size: a quantize job runs on one rank"),
+    ] {
+        let output = run_job(dir.path(), &job);
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(lantern_train::EXIT_INVALID), "{said}");
+        assert!(said.contains(needle), "{needle} not in {said}");
+    }
+    assert!(!dir.path().join("models").exists(), "nothing was published");
 }
