@@ -49,6 +49,9 @@ pub enum ModelSpec {
     /// A llama version written as GGUF in a smaller type and published as one version,
     /// measured on the held-out part of JSONL data beside its source. Nothing is trained.
     Quantize(QuantizeSpec),
+    /// A smaller llama (the student) trained on JSONL data to match a teacher version's
+    /// next-token distributions.
+    Distill(DistillSpec),
 }
 
 /// Post-training quantization of a version.
@@ -60,6 +63,74 @@ pub struct QuantizeSpec {
     /// The GGUF type its matrices are written in.
     #[serde(rename = "type")]
     pub ty: GgufType,
+}
+
+/// Knowledge distillation: the student learns the teacher's temperature-softened next-token
+/// distribution at every target token of the data (a KL divergence over the teacher's `top_k`
+/// most likely tokens, scaled by `temperature²`), optionally mixed with the data's own
+/// cross-entropy: `(1 − w) · T² · KL + w · CE` with `w` = `cross_entropy_weight`. The teacher runs
+/// forward in every rank, as serving runs it (a quantized GGUF on its quantized kernels).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSpec {
+    /// A llama version, HF or GGUF; its tokenizer and chat template are the student's.
+    pub teacher: BaseSpec,
+    pub student: StudentSpec,
+    /// The longest training sequence in tokens, after templating.
+    pub sequence_length: usize,
+    /// Softens both distributions; above 1 shows the student more than the teacher's top token.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// The teacher's most likely tokens per position that the KL term covers (its distribution
+    /// renormalized over them).
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// The share of the loss that is the data's cross-entropy, in `[0, 1]`; 0 by default.
+    #[serde(default)]
+    pub cross_entropy_weight: f64,
+    /// The student's matrix products.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+impl DistillSpec {
+    pub const DEFAULT_TEMPERATURE: f64 = 2.0;
+    pub const DEFAULT_TOP_K: usize = 32;
+}
+
+fn default_temperature() -> f64 {
+    DistillSpec::DEFAULT_TEMPERATURE
+}
+
+fn default_top_k() -> usize {
+    DistillSpec::DEFAULT_TOP_K
+}
+
+/// Where a student starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StudentSpec {
+    /// The teacher's embeddings, final norm and output layer with these of its layers (0-based,
+    /// ascending): a shallower copy to start from.
+    Layers(Vec<usize>),
+    /// Fresh weights of these sizes; the vocabulary, rotary and norm settings and the context
+    /// are the teacher's, the embedding tied to the output.
+    Sizes(StudentSizes),
+    /// A published llama version (an earlier student, say), which must share the teacher's
+    /// tokenizer.
+    Base(BaseSpec),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudentSizes {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention); defaults to `heads`.
+    #[serde(default)]
+    pub kv_heads: Option<usize>,
 }
 
 /// A llama decoder's size. The vocabulary is the 256 bytes plus an end-of-text token.
@@ -253,9 +324,10 @@ pub enum DataSpec {
     Text(TextSpec),
     /// A CSV file with a header for the MLP: every column but `target` is a feature.
     Csv(CsvSpec),
-    /// JSON Lines for fine-tuning: one example per line, a chat conversation
-    /// (`{"messages": [{"role": "user", "content": …}, …]}`, OpenAI's fine-tuning format) or a
-    /// prompt/completion pair (`{"prompt": …, "completion": …}`).
+    /// JSON Lines for fine-tuning, quantization and distillation: one example per line, a chat
+    /// conversation (`{"messages": [{"role": "user", "content": …}, …]}`, OpenAI's fine-tuning
+    /// format), a prompt/completion pair (`{"prompt": …, "completion": …}`), or plain text
+    /// (`{"text": …}`, every token a target, no reference answer).
     Jsonl(JsonlSpec),
 }
 
@@ -604,10 +676,10 @@ impl JobConfig {
         }
     }
 
-    /// Resolves a relative `checkpoint.state_dir`, `model.llama.init_from`,
-    /// `model.fine_tune.base.repository` and `model.quantize.source.repository` inside
-    /// `output.repository`, so one job file works
-    /// wherever the repository is mounted (the operator writes them so, and sets the repository
+    /// Resolves a relative `checkpoint.state_dir`, `model.llama.init_from` and the repository of
+    /// every version the task reads (`model.fine_tune.base`, `model.quantize.source`,
+    /// `model.distill.teacher` and `student.base`) inside `output.repository`, so one job file
+    /// works wherever the repository is mounted (the operator writes them so, and sets the repository
     /// per pod). With a URI repository a relative state directory is kept under the node cache
     /// and copied to the same path under the URI ([`CheckpointSpec::state_uri`]).
     pub fn anchor_to_repository(&mut self) {
@@ -619,24 +691,34 @@ impl JobConfig {
             }
             checkpoint.state_dir = root.join(&checkpoint.state_dir);
         }
-        let base = match &mut self.model {
-            ModelSpec::Llama(spec) => {
-                if let Some(path) = spec.init_from.as_mut().filter(|p| p.is_relative()) {
-                    *path = root.join(&*path);
-                }
-                None
-            }
-            ModelSpec::FineTune(spec) => Some(&mut spec.base),
-            ModelSpec::Quantize(spec) => Some(&mut spec.source),
-            ModelSpec::Mlp(_) => None,
-        };
-        if let Some(repository) =
-            base.and_then(|b| b.repository.as_mut()).filter(|r| !is_uri(r) && Path::new(r).is_relative())
+        if let ModelSpec::Llama(spec) = &mut self.model
+            && let Some(path) = spec.init_from.as_mut().filter(|p| p.is_relative())
         {
-            *repository = match &uri {
-                Some(uri) => format!("{uri}/{repository}"),
-                None => root.join(&*repository).to_string_lossy().into_owned(),
-            };
+            *path = root.join(&*path);
+        }
+        for base in self.model.bases_mut() {
+            if let Some(repository) = base.repository.as_mut().filter(|r| !is_uri(r) && Path::new(r).is_relative()) {
+                *repository = match &uri {
+                    Some(uri) => format!("{uri}/{repository}"),
+                    None => root.join(&*repository).to_string_lossy().into_owned(),
+                };
+            }
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The repository versions the task reads: a fine-tune's base, a quantization's source, a
+    /// distillation's teacher (and its student's start).
+    fn bases_mut(&mut self) -> Vec<&mut BaseSpec> {
+        match self {
+            Self::Llama(_) | Self::Mlp(_) => Vec::new(),
+            Self::FineTune(spec) => vec![&mut spec.base],
+            Self::Quantize(spec) => vec![&mut spec.source],
+            Self::Distill(DistillSpec { teacher, student, .. }) => match student {
+                StudentSpec::Base(student) => vec![teacher, student],
+                StudentSpec::Layers(_) | StudentSpec::Sizes(_) => vec![teacher],
+            },
         }
     }
 }

@@ -46,6 +46,25 @@ spec:
   output: {model: tiny, repository: {claimName: models}}
 ";
 
+/// A quantize job: no schedule or checkpoint, JSON Lines to measure on.
+static QUANTIZE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    JOB.replace(
+        "    llama: {hiddenSize: 48, intermediateSize: 128, layers: 2, heads: 4, context: 16}",
+        "    quantize: {source: {model: tickets, version: 3}, type: q4_0}",
+    )
+    .replace("    addition: {maxOperand: 9, trainExamples: 200, evalExamples: 20}", "    jsonl: {path: /data/t.jsonl}")
+    .replace("  schedule: {steps: 100, globalBatch: 8}\n  checkpoint: {everySteps: 50}\n", "")
+});
+
+/// A distillation job from SmolLM2 into two of its layers.
+static DISTILL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    JOB.replace(
+        "    llama: {hiddenSize: 48, intermediateSize: 128, layers: 2, heads: 4, context: 16}",
+        "    distill: {teacher: {model: smollm2, version: 1}, student: {layers: [0, 29]}, sequenceLength: 96}",
+    )
+    .replace("    addition: {maxOperand: 9, trainExamples: 200, evalExamples: 20}", "    jsonl: {path: /data/t.jsonl}")
+});
+
 /// A fine-tuning job on the wrong data (the addition task, not JSON Lines).
 static FINE_TUNE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     JOB.replace(
@@ -71,6 +90,8 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
         "examples/training/finetune-adapters-jobs.yaml",
         "examples/serving/adapters.yaml",
         "examples/serving/from-s3.yaml",
+        "examples/training/compress-tickets-jobs.yaml",
+        "examples/serving/tickets-compressed.yaml",
     ];
     for example in examples {
         let path = workspace().join(example);
@@ -92,11 +113,21 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
         ),
         (
             JOB.replace("  data:", "    mlp: {hidden: [8], activation: relu}\n  data:"),
-            "spec.model: Invalid value: \"object\": set exactly one of model.llama, model.mlp and model.fineTune",
+            "spec.model: Invalid value: \"object\": set exactly one of model.llama, model.mlp, model.fineTune, model.quantize and model.distill",
         ),
-        (JOB.replace("    llama: {", "    fineTune: {base: {model: smollm2, version: 1}, method: {full: {}}, sequenceLength: 96}\n    llama: {"), "set exactly one of model.llama, model.mlp and model.fineTune"),
+        (JOB.replace("    llama: {", "    fineTune: {base: {model: smollm2, version: 1}, method: {full: {}}, sequenceLength: 96}\n    llama: {"), "set exactly one of model.llama, model.mlp, model.fineTune"),
         (FINE_TUNE.replace("    addition:", "    jsonl: {path: /data/t.jsonl}\n    addition:"), "set exactly one of data.addition, data.text, data.csv and data.jsonl"),
-        (FINE_TUNE.clone(), "a fineTune model trains on data.jsonl, and only it does"),
+        (FINE_TUNE.clone(), "fineTune, quantize and distill read data.jsonl, and only they do"),
+        (QUANTIZE.replace("  output:", "  schedule: {steps: 1, globalBatch: 1}\n  output:"), "a quantize job has no schedule; every other job needs one"),
+        (QUANTIZE.replace("  output:", "  checkpoint: {everySteps: 1}\n  output:"), "a quantize job has no checkpoint settings"),
+        (QUANTIZE.replace("  output:", "  replicas: 2\n  output:"), "a quantize job trains nothing: one replica, no optimizer"),
+        (QUANTIZE.replace("type: q4_0", "type: q5_k"), "Unsupported value: \"q5_k\""),
+        (JOB.replace("  schedule: {steps: 100, globalBatch: 8}\n", ""), "a quantize job has no schedule; every other job needs one"),
+        (DISTILL.replace("student: {layers: [0, 29]}", "student: {layers: [0, 29], base: {model: s, version: 1}}"), "set exactly one of student.layers, student.sizes and student.base"),
+        (DISTILL.replace("[0, 29]", "[3, 3]"), "student.layers names a layer twice"),
+        (DISTILL.replace("student: {layers: [0, 29]}", "student: {sizes: {hiddenSize: 60, intermediateSize: 64, layers: 1, heads: 8}}"), "hiddenSize must be a multiple of heads"),
+        (DISTILL.replace("sequenceLength: 96}", "sequenceLength: 96, topK: 0}"), "spec.model.distill.topK: Invalid value: 0"),
+        (DISTILL.replace("sequenceLength: 96}", "sequenceLength: 96, crossEntropyWeight: 2}"), "spec.model.distill.crossEntropyWeight: Invalid value: 2"),
         (FINE_TUNE.replace("method: {lora:", "method: {full: {}, lora:"), "set exactly one of method.lora and method.full"),
         (FINE_TUNE.replace("[q_proj, v_proj]", "[q_proj, q_proj]"), "lora.targets names a projection twice"),
         (FINE_TUNE.replace("[q_proj, v_proj]", "[qkv_proj]"), "Unsupported value: \"qkv_proj\""),
@@ -132,6 +163,13 @@ spec:
             "minReplicas must not exceed maxReplicas",
         ),
         (service.replace("replicas: 2", "replicas: 2\n  rollout: {steps: [10, 50]}"), "the last step must be 100"),
+        (
+            service.replace(
+                "replicas: 2",
+                "replicas: 2\n  rollout: {analysis: {evalMetric: {name: eval_accuracy, tolerance: -0.1}}}",
+            ),
+            "spec.rollout.analysis.evalMetric.tolerance: Invalid value: -0.1",
+        ),
         (
             service.replace("replicas: 2", "replicas: 2\n  rollout: {steps: [0, 100]}"),
             "every step is a percentage from 1 to 100",

@@ -48,6 +48,7 @@ pub fn validate(config: &JobConfig) -> Result<()> {
         ModelSpec::Llama(spec) => validate_llama(spec)?,
         ModelSpec::FineTune(spec) => validate_fine_tune(spec)?,
         ModelSpec::Quantize(spec) => validate_base("model.quantize.source", &spec.source)?,
+        ModelSpec::Distill(spec) => validate_distill(spec)?,
         ModelSpec::Mlp(spec) => {
             if spec.hidden.contains(&0) {
                 return Err(Error::config("model.mlp.hidden", "layer widths must be at least 1"));
@@ -56,7 +57,7 @@ pub fn validate(config: &JobConfig) -> Result<()> {
     }
     match (&config.model, &config.data) {
         (ModelSpec::Llama(_), DataSpec::Addition(_) | DataSpec::Text(_))
-        | (ModelSpec::FineTune(_) | ModelSpec::Quantize(_), DataSpec::Jsonl(_))
+        | (ModelSpec::FineTune(_) | ModelSpec::Quantize(_) | ModelSpec::Distill(_), DataSpec::Jsonl(_))
         | (ModelSpec::Mlp(_), DataSpec::Csv(_)) => {}
         (ModelSpec::Llama(_), DataSpec::Csv(_) | DataSpec::Jsonl(_)) => {
             return Err(Error::config(
@@ -65,6 +66,7 @@ pub fn validate(config: &JobConfig) -> Result<()> {
             ));
         }
         (ModelSpec::FineTune(_), _) => return Err(Error::config("data", "a fine_tune model trains on jsonl data")),
+        (ModelSpec::Distill(_), _) => return Err(Error::config("data", "a distill job trains on jsonl data")),
         (ModelSpec::Quantize(_), _) => {
             return Err(Error::config("data", "a quantize job is measured on jsonl data (its held-out part)"));
         }
@@ -197,34 +199,69 @@ fn validate_data(data: &DataSpec) -> Result<()> {
 }
 
 fn validate_llama(spec: &LlamaSpec) -> Result<()> {
-    for (field, value) in [
-        ("model.llama.hidden_size", spec.hidden_size),
-        ("model.llama.intermediate_size", spec.intermediate_size),
-        ("model.llama.layers", spec.layers),
-        ("model.llama.heads", spec.heads),
-        ("model.llama.kv_heads", spec.kv_heads()),
-    ] {
-        if value == 0 {
-            return Err(Error::config(field, "must be at least 1"));
-        }
-    }
-    if !spec.hidden_size.is_multiple_of(spec.heads) || !(spec.hidden_size / spec.heads).is_multiple_of(2) {
-        return Err(Error::config(
-            "model.llama.heads",
-            format!("hidden_size {} must split into {} heads of an even width", spec.hidden_size, spec.heads),
-        ));
-    }
-    if !spec.heads.is_multiple_of(spec.kv_heads()) {
-        return Err(Error::config(
-            "model.llama.kv_heads",
-            format!("{} heads do not group evenly over {} key/value heads", spec.heads, spec.kv_heads()),
-        ));
-    }
+    let sizes = [spec.hidden_size, spec.intermediate_size, spec.layers, spec.heads, spec.kv_heads()];
+    validate_sizes("model.llama", sizes)?;
     if spec.context < 2 {
         return Err(Error::config("model.llama.context", "must be at least 2 tokens"));
     }
     if let Some(path) = &spec.init_from {
         exists("model.llama.init_from", &path.join("config.json"))?;
+    }
+    Ok(())
+}
+
+/// A llama's `[hidden_size, intermediate_size, layers, heads, kv_heads]` under `prefix`: all
+/// positive, heads of an even width, key/value heads grouping the heads evenly.
+fn validate_sizes(prefix: &str, [hidden, inner, layers, heads, kv_heads]: [usize; 5]) -> Result<()> {
+    let names = ["hidden_size", "intermediate_size", "layers", "heads", "kv_heads"];
+    for (name, value) in names.into_iter().zip([hidden, inner, layers, heads, kv_heads]) {
+        if value == 0 {
+            return Err(Error::config(format!("{prefix}.{name}"), "must be at least 1"));
+        }
+    }
+    if !hidden.is_multiple_of(heads) || !(hidden / heads).is_multiple_of(2) {
+        return Err(Error::config(
+            format!("{prefix}.heads"),
+            format!("hidden_size {hidden} must split into {heads} heads of an even width"),
+        ));
+    }
+    if !heads.is_multiple_of(kv_heads) {
+        return Err(Error::config(
+            format!("{prefix}.kv_heads"),
+            format!("{heads} heads do not group evenly over {kv_heads} key/value heads"),
+        ));
+    }
+    Ok(())
+}
+
+/// The most teacher tokens a distillation's KL term may cover per target.
+pub const MAX_TOP_K: usize = 1024;
+
+fn validate_distill(spec: &DistillSpec) -> Result<()> {
+    validate_base("model.distill.teacher", &spec.teacher)?;
+    match &spec.student {
+        StudentSpec::Layers(layers) if layers.is_empty() => {
+            return Err(Error::config("model.distill.student.layers", "names no layer"));
+        }
+        StudentSpec::Layers(_) => {}
+        StudentSpec::Sizes(s) => {
+            let sizes = [s.hidden_size, s.intermediate_size, s.layers, s.heads, s.kv_heads.unwrap_or(s.heads)];
+            validate_sizes("model.distill.student.sizes", sizes)?;
+        }
+        StudentSpec::Base(base) => validate_base("model.distill.student.base", base)?,
+    }
+    if spec.sequence_length < 2 {
+        return Err(Error::config("model.distill.sequence_length", "must be at least 2 tokens"));
+    }
+    positive("model.distill.temperature", spec.temperature)?;
+    if !(1..=MAX_TOP_K).contains(&spec.top_k) {
+        return Err(Error::config("model.distill.top_k", format!("{} is not in 1..={MAX_TOP_K}", spec.top_k)));
+    }
+    if !(0.0..=1.0).contains(&spec.cross_entropy_weight) {
+        return Err(Error::config(
+            "model.distill.cross_entropy_weight",
+            format!("{} is not in [0, 1]", spec.cross_entropy_weight),
+        ));
     }
     Ok(())
 }

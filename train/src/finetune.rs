@@ -12,11 +12,9 @@
 //! and always under full fine-tuning — the version is a whole HF checkpoint that serving loads as
 //! an ordinary llama (with the adapter files beside it under LoRA).
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use lantern_runtime::model::llama::Llama;
+use candle_core::Device;
 use lantern_runtime::repository::{BaseVersion, MANIFEST_FILE, Manifest};
 
 use super::base;
@@ -74,19 +72,9 @@ impl FineTune {
                 self.model.loss(chunk, 1.0 / targets as f64, Pass::Evaluation).and_then(|l| l.to_scalar::<f32>());
             loss += f64::from(chunk_loss.map_err(model_error)?);
         }
-        Ok(vec![
-            ("eval_loss".to_owned(), loss),
-            ("eval_perplexity".to_owned(), loss.exp()),
-            heldout::accuracy(&self.served()?, self.model.codec(), questions)?,
-        ])
-    }
-
-    /// The model as serving would load it: the merged weights in the runtime's llama.
-    fn served(&self) -> Result<Llama> {
-        let tensors: HashMap<String, Tensor> = self.model.merged_weights().map_err(model_error)?.into_iter().collect();
-        let device = self.model.params().device().clone();
-        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &device);
-        Ok(Llama::from_hf(vb, self.model.config())?)
+        let mut metrics = vec![("eval_loss".to_owned(), loss), ("eval_perplexity".to_owned(), loss.exp())];
+        metrics.extend(heldout::accuracy(&self.model.to_serving()?, self.model.codec(), questions)?);
+        Ok(metrics)
     }
 
     /// Writes the version's files and its manifest (naming the base) into `dir`.

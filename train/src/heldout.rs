@@ -6,6 +6,8 @@
 //!   logits after the tokens before it, [`Logits::Every`]), and its perplexity.
 //! - [`accuracy`]: the share of held-out questions whose greedy answer equals the reference
 //!   after trimming (`eval_accuracy`).
+//! - [`agreement`]: the share of target tokens where a student's most likely next token is its
+//!   teacher's (`eval_agreement`).
 
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::llm::greedy::{self, Prompt};
@@ -28,6 +30,33 @@ const BLOCK_SIZE: usize = 16;
 /// `eval_loss` and `eval_perplexity` over the targets of `sequences`.
 pub fn loss(model: &Llama, sequences: &[Sequence]) -> Result<Vec<(String, f64)>> {
     let (mut total, mut targets) = (0.0f64, 0usize);
+    for_each_target(model, sequences, |row, target| {
+        total -= f64::from(sampling::score(&mut row.to_vec(), target, 0).logprob);
+        targets += 1;
+    })?;
+    let loss = total / targets.max(1) as f64;
+    Ok(vec![("eval_loss".to_owned(), loss), ("eval_perplexity".to_owned(), loss.exp())])
+}
+
+/// The most likely next token at every target of `sequences`, in order.
+pub fn greedy_targets(model: &Llama, sequences: &[Sequence]) -> Result<Vec<u32>> {
+    let mut tokens = Vec::new();
+    for_each_target(model, sequences, |row, _| tokens.push(sampling::argmax(row)))?;
+    Ok(tokens)
+}
+
+/// `eval_agreement`: the share of the targets of `sequences` where `model`'s most likely next
+/// token is `expected`'s (a teacher's [`greedy_targets`]).
+pub fn agreement(model: &Llama, sequences: &[Sequence], expected: &[u32]) -> Result<(String, f64)> {
+    let found = greedy_targets(model, sequences)?;
+    let same = found.iter().zip(expected).filter(|(a, b)| a == b).count();
+    Ok(("eval_agreement".to_owned(), same as f64 / found.len().max(1) as f64))
+}
+
+/// Runs `model` over `sequences` (a few at a time, each in its own KV blocks) and calls `each`
+/// with the logits that predict every target token, and that token, in order: sequence by
+/// sequence, position by position (token `i` predicted by the logits after token `i − 1`).
+pub fn for_each_target(model: &Llama, sequences: &[Sequence], mut each: impl FnMut(&[f32], u32)) -> Result<()> {
     for chunk in sequences.chunks(SCORE_CHUNK) {
         let tokens: usize = chunk.iter().map(|s| s.tokens.len()).sum();
         let shape = model.kv_shape();
@@ -44,27 +73,30 @@ pub fn loss(model: &Llama, sequences: &[Sequence]) -> Result<Vec<(String, f64)>>
             .zip(&mut tables)
             .map(|(s, table)| SequenceStep { tokens: &s.tokens, table, logits: Logits::Every, adapter: None })
             .collect();
-        let rows = model.forward(&mut steps, &mut cache).and_then(|l| l.to_vec2::<f32>()).map_err(model_error)?;
-        debug_assert_eq!(rows.len(), tokens);
-        let mut rows = rows.into_iter();
+        let logits = model.forward(&mut steps, &mut cache).map_err(model_error)?;
+        let (rows, vocab) = logits.dims2().map_err(model_error)?;
+        debug_assert_eq!(rows, tokens);
+        let logits = logits.flatten_all().and_then(|l| l.to_vec1::<f32>()).map_err(model_error)?;
+        let mut start = 0;
         for sequence in chunk {
-            let logits: Vec<Vec<f32>> = rows.by_ref().take(sequence.tokens.len()).collect();
-            // Token i is predicted from the logits after token i - 1.
             for i in 1..sequence.tokens.len() {
                 if sequence.targets[i] {
-                    let mut row = logits[i - 1].clone();
-                    total -= f64::from(sampling::score(&mut row, sequence.tokens[i], 0).logprob);
-                    targets += 1;
+                    let row = start + i - 1;
+                    each(&logits[row * vocab..(row + 1) * vocab], sequence.tokens[i]);
                 }
             }
+            start += sequence.tokens.len();
         }
     }
-    let loss = total / targets.max(1) as f64;
-    Ok(vec![("eval_loss".to_owned(), loss), ("eval_perplexity".to_owned(), loss.exp())])
+    Ok(())
 }
 
-/// `eval_accuracy`: the share of `questions` whose greedy answer matches its reference.
-pub fn accuracy(model: &Llama, codec: &TextCodec, questions: &[Question]) -> Result<(String, f64)> {
+/// `eval_accuracy`: the share of `questions` whose greedy answer matches its reference; none
+/// without questions (data of plain texts has no references).
+pub fn accuracy(model: &Llama, codec: &TextCodec, questions: &[Question]) -> Result<Option<(String, f64)>> {
+    if questions.is_empty() {
+        return Ok(None);
+    }
     let mut right = 0;
     for chunk in questions.chunks(ANSWER_CHUNK) {
         let prompts: Vec<Prompt<'_>> = chunk
@@ -77,5 +109,5 @@ pub fn accuracy(model: &Llama, codec: &TextCodec, questions: &[Question]) -> Res
             right += usize::from(jsonl::exact_match(&text, &question.reference));
         }
     }
-    Ok(("eval_accuracy".to_owned(), right as f64 / questions.len().max(1) as f64))
+    Ok(Some(("eval_accuracy".to_owned(), right as f64 / questions.len() as f64)))
 }

@@ -1,16 +1,18 @@
 //! Fine-tuning examples from JSON Lines, one example per line: a chat conversation in OpenAI's
-//! fine-tuning format (`{"messages": [{"role": "system" | "user" | "assistant", "content": …}, …]}`)
-//! or a prompt/completion pair (`{"prompt": …, "completion": …}`).
+//! fine-tuning format (`{"messages": [{"role": "system" | "user" | "assistant", "content": …}, …]}`),
+//! a prompt/completion pair (`{"prompt": …, "completion": …}`), or plain text (`{"text": …}`).
 //!
 //! A conversation is rendered with the base's own chat template and tokenized with its own
 //! tokenizer — the renderer serving uses, so training and serving see the same tokens — and the
 //! loss counts exactly the tokens the assistant's turns spell
 //! ([`TextCodec::encode_training_chat`]). A pair is the prompt's tokens followed by the
-//! completion's and the end-of-sequence token, the loss counting the completion and the end.
+//! completion's and the end-of-sequence token, the loss counting the completion and the end. A
+//! text is its tokens and the end-of-sequence token, the loss counting every token after the
+//! first.
 //!
 //! A held-out example also becomes a [`Question`]: its conversation up to the last assistant turn
 //! rendered with the generation prompt (a pair: its prompt), whose greedy answer is compared with
-//! that turn (the completion).
+//! that turn (the completion). A text asks nothing.
 //!
 //! Everything is checked before training: a line that is not JSON, an example that is neither
 //! form, an unknown role or field, a conversation without an assistant turn, an example longer
@@ -37,7 +39,7 @@ const ANSWER_SLACK: usize = 8;
 pub struct Examples {
     pub train: Vec<Sequence>,
     pub held_out: Vec<Sequence>,
-    /// One per held-out example, in the same order.
+    /// One per held-out example with a reference answer (all but texts), in the same order.
     pub questions: Vec<Question>,
 }
 
@@ -56,14 +58,16 @@ pub fn load(spec: &JsonlSpec, sequence_length: usize, codec: &TextCodec) -> Resu
         let field = if spec.eval_path.is_some() { "data.jsonl.eval_path" } else { "data.jsonl.eval_fraction" };
         return Err(Error::config(field, "the held-out split holds no example"));
     }
-    let (held_out, questions) = held.into_iter().map(|example| (example.sequence, example.question)).unzip();
+    let (held_out, questions): (_, Vec<_>) =
+        held.into_iter().map(|example| (example.sequence, example.question)).unzip();
+    let questions = questions.into_iter().flatten().collect();
     Ok(Examples { train: train.into_iter().map(|example| example.sequence).collect(), held_out, questions })
 }
 
 /// One example: what it trains, and what it asks when held out.
 struct Example {
     sequence: Sequence,
-    question: Question,
+    question: Option<Question>,
 }
 
 /// The examples of one file.
@@ -89,7 +93,7 @@ fn read_file(
                 }
                 Overlong::Refuse => {
                     return Err(at(format!(
-                        "{length} tokens once templated, more than model.fine_tune.sequence_length \
+                        "{length} tokens once templated, more than the job's sequence_length \
                          {sequence_length} (data.jsonl.overlong: skip leaves such examples out)"
                     )));
                 }
@@ -116,6 +120,8 @@ struct Line {
     prompt: Option<String>,
     #[serde(default)]
     completion: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
 }
 
 /// A message of a conversation.
@@ -130,11 +136,12 @@ struct Turn {
 fn parse(line: &str, codec: &TextCodec) -> std::result::Result<Example, String> {
     let line: Line = serde_json::from_str(line).map_err(|e| format!("not a valid example: {e}"))?;
     match line {
-        Line { messages: Some(messages), prompt: None, completion: None } => conversation(messages, codec),
-        Line { messages: None, prompt: Some(prompt), completion: Some(completion) } => {
+        Line { messages: Some(messages), prompt: None, completion: None, text: None } => conversation(messages, codec),
+        Line { messages: None, prompt: Some(prompt), completion: Some(completion), text: None } => {
             pair(&prompt, &completion, codec)
         }
-        _ => Err("an example has either \"messages\" or both \"prompt\" and \"completion\"".to_owned()),
+        Line { messages: None, prompt: None, completion: None, text: Some(text) } => plain(&text, codec),
+        _ => Err("an example has either \"messages\", both \"prompt\" and \"completion\", or \"text\"".to_owned()),
     }
 }
 
@@ -148,7 +155,7 @@ fn conversation(turns: Vec<Turn>, codec: &TextCodec) -> std::result::Result<Exam
     let prompt = codec.encode_chat(&messages[..last]).map_err(|e| e.to_string())?;
     let reference = messages[last].content.clone();
     let question = question(prompt, reference, codec)?;
-    Ok(Example { sequence: Sequence { tokens, targets }, question })
+    Ok(Example { sequence: Sequence { tokens, targets }, question: Some(question) })
 }
 
 fn pair(prompt: &str, completion: &str, codec: &TextCodec) -> std::result::Result<Example, String> {
@@ -157,15 +164,28 @@ fn pair(prompt: &str, completion: &str, codec: &TextCodec) -> std::result::Resul
     if prompt_tokens.is_empty() {
         return Err("the prompt is empty".to_owned());
     }
-    let end = *codec.tokenizer().eos().first().ok_or("the base's tokenizer has no end-of-sequence token")?;
-    let answer: Vec<u32> = encode(completion)?.into_iter().chain([end]).collect();
+    let answer: Vec<u32> = encode(completion)?.into_iter().chain([end_of_sequence(codec)?]).collect();
     let targets =
         std::iter::repeat_n(false, prompt_tokens.len()).chain(std::iter::repeat_n(true, answer.len())).collect();
     let tokens = prompt_tokens.iter().chain(&answer).copied().collect();
     Ok(Example {
         sequence: Sequence { tokens, targets },
-        question: question(prompt_tokens, completion.to_owned(), codec)?,
+        question: Some(question(prompt_tokens, completion.to_owned(), codec)?),
     })
+}
+
+fn plain(text: &str, codec: &TextCodec) -> std::result::Result<Example, String> {
+    let mut tokens = codec.encode(text).map_err(|e| e.to_string())?;
+    if tokens.is_empty() {
+        return Err("the text is empty".to_owned());
+    }
+    tokens.push(end_of_sequence(codec)?);
+    let targets = std::iter::once(false).chain(std::iter::repeat_n(true, tokens.len() - 1)).collect();
+    Ok(Example { sequence: Sequence { tokens, targets }, question: None })
+}
+
+fn end_of_sequence(codec: &TextCodec) -> std::result::Result<u32, String> {
+    codec.tokenizer().eos().first().copied().ok_or_else(|| "the tokenizer has no end-of-sequence token".to_owned())
 }
 
 fn question(prompt: Vec<u32>, reference: String, codec: &TextCodec) -> std::result::Result<Question, String> {
@@ -200,6 +220,23 @@ mod tests {
 
     const CHAT: &str = r#"{"messages": [{"role": "user", "content": "Order 4821 came in pieces."}, {"role": "assistant", "content": "TICKET-4821-DAMAGED"}]}"#;
     const PAIR: &str = r#"{"prompt": "2+2=", "completion": "4"}"#;
+    const TEXT: &str = r#"{"text": "The parcel arrived on Tuesday."}"#;
+
+    #[test]
+    fn a_text_trains_on_every_token_after_the_first_and_asks_nothing() {
+        let Some(codec) = smollm2_codec() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let examples =
+            load(&spec(dir.path(), &format!("{TEXT}\n"), Some(&format!("{TEXT}\n{PAIR}\n"))), 64, &codec).unwrap();
+        let sequence = &examples.train[0];
+        let decoded = codec.tokenizer().decode(&sequence.tokens, false).unwrap();
+        assert_eq!(decoded, "The parcel arrived on Tuesday.<|im_end|>");
+        assert_eq!(sequence.target_count(), sequence.tokens.len() - 1);
+        assert!(!sequence.targets[0]);
+        assert_eq!(examples.held_out.len(), 2);
+        assert_eq!(examples.questions.len(), 1, "only the pair has a reference");
+        assert_eq!(examples.questions[0].reference, "4");
+    }
 
     #[test]
     fn conversations_train_on_the_reply_and_ask_its_prompt() {
@@ -236,11 +273,13 @@ mod tests {
             (r#"{"messages": [{"role": "user", "content": "hi"}]}"#, "line 2: the conversation has no assistant turn"),
             (r#"{"messages": [{"role": "bot", "content": "hi"}]}"#, "line 2: message 0 has the unknown role \"bot\""),
             (r#"{"messages": [{"role": "user", "content": "hi", "weight": 0}]}"#, "unknown field `weight`"),
-            (r#"{"prompt": "hi"}"#, "line 2: an example has either \"messages\" or both"),
+            (r#"{"prompt": "hi"}"#, "line 2: an example has either \"messages\", both"),
+            (r#"{"text": "hi", "completion": "x"}"#, "line 2: an example has either"),
+            (r#"{"text": ""}"#, "line 2: the text is empty"),
             (r#"{"prompt": "", "completion": "x"}"#, "line 2: the prompt is empty"),
             (
                 &format!(r#"{{"prompt": "{}", "completion": "x"}}"#, "word ".repeat(80)),
-                "tokens once templated, more than model.fine_tune.sequence_length 64",
+                "tokens once templated, more than the job's sequence_length 64",
             ),
         ];
         for (line, expected) in cases {

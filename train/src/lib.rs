@@ -15,6 +15,7 @@
 //! - [`heldout`]: held-out metrics of a language model as serving runs it (loss, perplexity,
 //!   exact-match accuracy of greedy answers).
 //! - [`quantize`]: a llama version written as GGUF in a smaller type and published as a version.
+//! - [`distill`]: a smaller student trained on a teacher version's next-token distributions.
 //! - [`params`]: named parameters seen as one flat vector by the optimizer.
 //! - [`optim`]: AdamW, the warm-up + cosine schedule and gradient clipping.
 //! - [`mlp`]: the serving core's MLP, trained as is.
@@ -29,6 +30,7 @@ pub mod checkpoint;
 pub mod collective;
 pub mod config;
 pub mod data;
+pub mod distill;
 pub mod error;
 pub mod finetune;
 pub mod heldout;

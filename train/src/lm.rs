@@ -23,7 +23,7 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor, Var};
 use lantern_runtime::llm::codec::TextCodec;
 use lantern_runtime::model::dense::DenseLlama;
-use lantern_runtime::model::llama::{Config, HfConfig};
+use lantern_runtime::model::llama::{Config, HfConfig, Llama};
 use lantern_runtime::model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, Projection};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -40,6 +40,22 @@ const INIT_STD: f64 = 0.02;
 const PADDING: u32 = 0;
 /// The end-of-text token's text in `tokenizer.json`.
 pub const END_OF_TEXT_TOKEN: &str = "<|endoftext|>";
+
+/// A teacher's view of the targets a student is trained on: at each target (in the order of
+/// [`TrainLlama::distillation_loss`]), its most likely tokens `[targets, k]` and their
+/// probabilities at `temperature`, renormalized over those tokens.
+pub struct SoftTargets {
+    pub tokens: Tensor,
+    pub probabilities: Tensor,
+    pub temperature: f64,
+    /// The share of the loss that is the data's own cross-entropy.
+    pub cross_entropy_weight: f64,
+}
+
+/// The summed negative log-likelihood of `targets` `[rows, 1]` under `logits` `[rows, vocab]`.
+fn cross_entropy(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::log_softmax(logits, D::Minus1)?.gather(targets, 1)?.sum_all()?.neg()
+}
 
 /// A weight the optimizer updates, or one it leaves alone.
 enum Weight {
@@ -161,17 +177,36 @@ impl TrainLlama {
             max_position_embeddings: spec.context,
             tie_word_embeddings: true,
         };
+        let model = Self::fresh(config, byte_codec()?, (spec.context, spec.precision), seed, device)?;
+        if let Some(dir) = &spec.init_from {
+            model.check_hf_config(dir)?;
+            model.params.load(&dir.join(WEIGHTS_FILE))?;
+        }
+        Ok(model)
+    }
+
+    /// Fresh weights from `seed` on `device` for the architecture `config` (its embedding tied
+    /// to the output) with `codec`'s tokenizer, trained on sequences of `context` tokens in
+    /// `precision`.
+    pub fn fresh(
+        config: HfConfig,
+        codec: TextCodec,
+        (context, precision): (usize, Precision),
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         let shape = config.to_config()?;
-        let (hidden, inner) = (spec.hidden_size, spec.intermediate_size);
+        let (hidden, inner, layer_count) = (config.hidden_size, config.intermediate_size, config.num_hidden_layers);
         let (q_rows, kv_rows) = (shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim);
         let mut init = Initializer::new(seed);
-        let residual_std = INIT_STD / (2.0 * spec.layers as f64).sqrt();
+        let residual_std = INIT_STD / (2.0 * layer_count as f64).sqrt();
         let ones = |n: usize| Tensor::ones(n, DType::F32, device).map_err(model_error);
         let mut params = Params::on(device);
-        let embed =
-            Weight::Trained(params.add("model.embed_tokens.weight", init.normal((VOCAB_SIZE, hidden), INIT_STD)?)?);
-        let mut layers = Vec::with_capacity(spec.layers);
-        for i in 0..spec.layers {
+        let embed = Weight::Trained(
+            params.add("model.embed_tokens.weight", init.normal((config.vocab_size, hidden), INIT_STD)?)?,
+        );
+        let mut layers = Vec::with_capacity(layer_count);
+        for i in 0..layer_count {
             let mut add = |suffix: &str, tensor: Tensor| {
                 params.add(format!("model.layers.{i}.{suffix}.weight"), tensor).map(Weight::Trained)
             };
@@ -189,13 +224,8 @@ impl TrainLlama {
             });
         }
         let norm = Weight::Trained(params.add("model.norm.weight", ones(hidden)?)?);
-        let parts = (embed, layers, norm, None);
-        let model = Self::assemble(config, shape, spec.context, spec.precision, params, parts, byte_codec()?)?;
-        if let Some(dir) = &spec.init_from {
-            model.check_hf_config(dir)?;
-            model.params.load(&dir.join(WEIGHTS_FILE))?;
-        }
-        Ok(model)
+        let config = HfConfig { tie_word_embeddings: true, ..config };
+        Self::assemble(config, shape, context, precision, params, (embed, layers, norm, None), codec)
     }
 
     /// The pretrained `base` prepared for fine-tuning by `method` over sequences of `context`
@@ -362,6 +392,39 @@ impl TrainLlama {
     /// position). Only target positions reach the output layer. With `scale` one over the
     /// global batch's target count times the world size, the ranks' mean is the global mean.
     pub fn loss(&self, sequences: &[Sequence], scale: f64, pass: Pass<'_>) -> candle_core::Result<Tensor> {
+        let (logits, targets) = self.target_logits(sequences, pass)?;
+        cross_entropy(&logits, &targets)? * scale
+    }
+
+    /// `scale` times the summed distillation loss over the targets of `sequences`:
+    /// `(1 − w) · T² · KL(teacher ‖ student) + w · CE` at every target, the student's
+    /// distribution softened by the same temperature `T` as the teacher's, which `teacher`
+    /// holds for its top tokens at each target in order.
+    pub fn distillation_loss(
+        &self,
+        sequences: &[Sequence],
+        teacher: &SoftTargets,
+        scale: f64,
+        pass: Pass<'_>,
+    ) -> candle_core::Result<Tensor> {
+        let (logits, targets) = self.target_logits(sequences, pass)?;
+        let SoftTargets { tokens, probabilities, temperature, cross_entropy_weight } = teacher;
+        if tokens.dim(0)? != logits.dim(0)? {
+            candle_core::bail!("{} soft targets for {} targets; this is a bug", tokens.dim(0)?, logits.dim(0)?);
+        }
+        let softened = candle_nn::ops::log_softmax(&(&logits / *temperature)?, D::Minus1)?.gather(tokens, 1)?;
+        let kl = (probabilities * (probabilities.clamp(f32::MIN_POSITIVE, 1.0)?.log()? - softened)?)?.sum_all()?;
+        let distilled = (kl * ((1.0 - cross_entropy_weight) * temperature * temperature))?;
+        let loss = match *cross_entropy_weight > 0.0 {
+            true => (distilled + (cross_entropy(&logits, &targets)? * *cross_entropy_weight)?)?,
+            false => distilled,
+        };
+        loss * scale
+    }
+
+    /// The logits `[targets, vocab]` predicting each target token of `sequences` (sequence by
+    /// sequence, position by position), and those tokens `[targets, 1]`.
+    fn target_logits(&self, sequences: &[Sequence], pass: Pass<'_>) -> candle_core::Result<(Tensor, Tensor)> {
         let length = sequences.iter().map(|s| s.tokens.len()).max().unwrap_or(0).saturating_sub(1);
         if length == 0 {
             candle_core::bail!("a training sequence needs at least two tokens");
@@ -395,8 +458,7 @@ impl TrainLlama {
             _ => None,
         };
         let logits = self.head(&self.hidden(&inputs, dropout.as_ref())?.index_select(&rows, 0)?)?;
-        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        log_probs.gather(&targets, 1)?.sum_all()?.neg()? * scale
+        Ok((logits, targets))
     }
 
     /// Greedy continuation of `prompt` until a stop token or `max_tokens` tokens (recomputing
@@ -436,6 +498,14 @@ impl TrainLlama {
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let context = self.matmul(&weights, &v)?.transpose(1, 2)?.reshape((batch * length, heads * head_dim))?;
         self.linear(&context, &layer.o, dropout)
+    }
+
+    /// The model as serving loads it: the merged weights in the runtime's llama (on the
+    /// parameters' device).
+    pub fn to_serving(&self) -> Result<Llama> {
+        let tensors: HashMap<String, Tensor> = self.merged_weights().map_err(model_error)?.into_iter().collect();
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, self.params.device());
+        Ok(Llama::from_hf(vb, &self.config)?)
     }
 
     /// The base's weights with every adapter folded in (`W + scale · B · A`), under HF names:
@@ -783,6 +853,58 @@ mod tests {
             model.params().write_flat(&values).unwrap();
         }
         (first, mean_loss(model, &windows).to_scalar::<f32>().unwrap())
+    }
+
+    /// `teacher`'s soft targets at the targets of `sequences`: every token, at `temperature`.
+    fn soft_targets(teacher: &TrainLlama, sequences: &[Sequence], temperature: f64, weight: f64) -> SoftTargets {
+        let (logits, _) = teacher.target_logits(sequences, Pass::Evaluation).unwrap();
+        let (mut tokens, mut probabilities) = (Vec::new(), Vec::new());
+        for row in logits.to_vec2::<f32>().unwrap() {
+            let (top, weights) = crate::distill::top_k(&row, VOCAB_SIZE, temperature);
+            tokens.extend(top);
+            probabilities.extend(weights);
+        }
+        let rows = tokens.len() / VOCAB_SIZE;
+        SoftTargets {
+            tokens: Tensor::from_vec(tokens, (rows, VOCAB_SIZE), &Device::Cpu).unwrap(),
+            probabilities: Tensor::from_vec(probabilities, (rows, VOCAB_SIZE), &Device::Cpu).unwrap(),
+            temperature,
+            cross_entropy_weight: weight,
+        }
+    }
+
+    #[test]
+    fn a_student_distilled_from_a_teacher_comes_to_match_it() {
+        let teacher = TrainLlama::new(&tiny(), 1, &Device::Cpu).unwrap();
+        descend(&teacher, 30);
+        let windows = windows();
+        let targets: usize = windows.iter().map(Sequence::target_count).sum();
+        let scale = 1.0 / targets as f64;
+        let soft = soft_targets(&teacher, &windows, 2.0, 0.0);
+        let distilled = |model: &TrainLlama, soft: &SoftTargets| {
+            model.distillation_loss(&windows, soft, scale, Pass::Evaluation).unwrap()
+        };
+        let itself = distilled(&teacher, &soft).to_scalar::<f32>().unwrap();
+        assert!(itself.abs() < 1e-4, "the teacher against itself: {itself}");
+
+        let small =
+            LlamaSpec { hidden_size: 8, intermediate_size: 16, layers: 1, heads: 2, kv_heads: Some(1), ..tiny() };
+        let student = TrainLlama::new(&small, 2, &Device::Cpu).unwrap();
+        let first = distilled(&student, &soft).to_scalar::<f32>().unwrap();
+        for _ in 0..40 {
+            let grads = distilled(&student, &soft).backward().unwrap();
+            let mut values = student.params().read_flat().unwrap();
+            let g = student.params().gradients_flat(&grads).unwrap();
+            values.iter_mut().zip(&g).for_each(|(p, g)| *p -= 0.5 * g);
+            student.params().write_flat(&values).unwrap();
+        }
+        let last = distilled(&student, &soft).to_scalar::<f32>().unwrap();
+        assert!(first > 0.1 && last < 0.5 * first, "the KL term from {first} to {last}");
+
+        // All cross-entropy: the data's own loss.
+        let plain = mean_loss(&student, &windows).to_scalar::<f32>().unwrap();
+        let only_data = distilled(&student, &soft_targets(&teacher, &windows, 2.0, 1.0)).to_scalar::<f32>().unwrap();
+        assert!((plain - only_data).abs() < 1e-5, "{plain} against {only_data}");
     }
 
     #[test]

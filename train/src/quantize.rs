@@ -17,10 +17,9 @@ use lantern_runtime::repository::{self, BaseVersion, MANIFEST_FILE, Manifest, Pu
 use candle_core::Device;
 use candle_core::quantized::gguf_file;
 use lantern_runtime::llm::codec::TextCodec;
-use lantern_runtime::model::LoadedModel;
 use lantern_runtime::model::llama::Llama;
 
-use super::base;
+use super::base::Base;
 use super::config::{BaseSpec, DataSpec, JobConfig, JsonlSpec, Overlong, QuantizeSpec};
 use super::data::{Question, Sequence};
 use super::finetune::BASELINE_PREFIX;
@@ -82,25 +81,24 @@ impl Heldout {
     /// `eval_loss`, `eval_perplexity` and `eval_accuracy` of `model`.
     fn measure(&self, model: &Llama, codec: &TextCodec) -> Result<Vec<(String, f64)>> {
         let mut metrics = heldout::loss(model, &self.sequences)?;
-        metrics.push(heldout::accuracy(model, codec, &self.questions)?);
+        metrics.extend(heldout::accuracy(model, codec, &self.questions)?);
         Ok(metrics)
     }
 }
 
 /// A source read for quantizing.
 pub struct Source {
-    pub reference: BaseVersion,
-    pub bytes: u64,
+    /// The version, which is also loaded as serving loads it to be measured.
+    pub base: Base,
     pub dense: DenseLlama,
-    /// The repository it is in, where it is loaded again as serving loads it to be measured.
-    repository: Repository,
 }
 
 impl Source {
     /// Reads and verifies the version `spec` names in `repository` (`field` names it in errors).
     pub fn read(repository: &Repository, spec: &BaseSpec, field: &str) -> Result<Self> {
-        let (reference, bytes, dense) = base::read(repository, spec, field)?;
-        Ok(Self { reference, bytes, dense, repository: repository.clone() })
+        let base = Base::open(repository, spec, field)?;
+        let dense = base.dense()?;
+        Ok(Self { base, dense })
     }
 
     /// Writes the source as GGUF in `ty` and publishes it as the next version of `model` in
@@ -122,15 +120,16 @@ impl Source {
         let file = out.into_inner().map_err(|e| Error::io(format!("writing {}", path.display()), e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         let bytes = file.metadata().map_err(|e| Error::io(format!("reading {}", path.display()), e))?.len();
+        let reference = &self.base.reference;
         let manifest = Manifest {
-            base: Some(self.reference.clone()),
+            base: Some(reference.clone()),
             config: serde_json::json!({ "quantization": ty.to_string() }),
             ..Manifest::gguf_language_model()
         };
         let manifest_path = staging.path().join(MANIFEST_FILE);
         std::fs::write(&manifest_path, manifest.to_json())
             .map_err(|e| Error::io(format!("writing {}", manifest_path.display()), e))?;
-        let size_ratio = bytes as f64 / self.bytes.max(1) as f64;
+        let size_ratio = bytes as f64 / self.base.bytes.max(1) as f64;
         let mut recorded = vec![("size_ratio".to_owned(), size_ratio)];
         if let Some(heldout) = heldout {
             // The written file, loaded as serving loads a GGUF version.
@@ -141,12 +140,7 @@ impl Source {
             let codec = TextCodec::from_gguf(&content.metadata)?;
             let quantized_model = Llama::from_gguf(&content, &mut reader, &Device::Cpu)?;
             recorded.extend(heldout.measure(&quantized_model, &codec)?);
-            let source = self.repository.read_verified(&self.reference.model, self.reference.version)?;
-            let LoadedModel::Generate { model: source_model, codec } =
-                lantern_runtime::model::load(&self.reference.model, self.reference.version, &source, &Device::Cpu)?
-            else {
-                return Err(Error::config("(quantize)", "the source does not load as a language model"));
-            };
+            let (source_model, codec) = self.base.serving(&Device::Cpu)?;
             let baseline = heldout.measure(&source_model, &codec)?;
             recorded.extend(baseline.into_iter().map(|(name, value)| (format!("{BASELINE_PREFIX}{name}"), value)));
         }
@@ -156,15 +150,15 @@ impl Source {
             version,
             digest: repository.manifest_digest(model, version)?,
             metrics: recorded.clone(),
-            source: self.reference.clone(),
+            source: reference.clone(),
             bytes,
-            source_bytes: self.bytes,
+            source_bytes: self.base.bytes,
         };
         tracing::info!(
             model,
             version = quantized.version,
-            source = %self.reference.model,
-            source_version = self.reference.version,
+            source = %reference.model,
+            source_version = reference.version,
             %ty,
             bytes,
             "published a quantized version"

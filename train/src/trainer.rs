@@ -23,6 +23,7 @@ use super::checkpoint::{self, OPTIMIZER_FILE, PARAMS_FILE, Saved};
 use super::collective::{Collective, Placement};
 use super::config::{CheckpointSpec, DataSpec, JobConfig, ModelSpec, ScheduleSpec};
 use super::data::{self, Batch, Dataset, HeldOut, Order, Sequence};
+use super::distill::Distill;
 use super::finetune::{BASELINE_PREFIX, FineTune};
 use super::lm::{Pass, TrainLlama};
 use super::mlp::TrainMlp;
@@ -70,6 +71,7 @@ impl Outcome {
 enum Model {
     Llama(Box<TrainLlama>),
     FineTune(Box<FineTune>),
+    Distill(Box<Distill>),
     Mlp(TrainMlp),
 }
 
@@ -90,6 +92,11 @@ impl Model {
                 let dataset = data(Some(tuned.model.codec()))?;
                 Ok((Self::FineTune(Box::new(tuned)), dataset))
             }
+            (ModelSpec::Distill(spec), _) => {
+                let distill = Distill::new(spec, &config.output, seed, &device)?;
+                let dataset = data(Some(distill.student.codec()))?;
+                Ok((Self::Distill(Box::new(distill)), dataset))
+            }
             (ModelSpec::Mlp(spec), DataSpec::Csv(csv)) => {
                 let dataset = data(None)?;
                 let mlp = TrainMlp::new(spec, dataset.features(), csv.classes, seed, &device)?;
@@ -104,6 +111,7 @@ impl Model {
         match self {
             Self::Llama(model) => model.params(),
             Self::FineTune(tuned) => tuned.model.params(),
+            Self::Distill(distill) => distill.student.params(),
             Self::Mlp(model) => model.params(),
         }
     }
@@ -117,8 +125,21 @@ impl Model {
         match (self, &share.batch) {
             (Self::Llama(model), Batch::Tokens(sequences)) => model.loss(sequences, scale, pass),
             (Self::FineTune(tuned), Batch::Tokens(sequences)) => tuned.model.loss(sequences, scale, pass),
+            (Self::Distill(distill), Batch::Tokens(sequences)) => distill.loss(sequences, scale, pass),
             (Self::Mlp(model), Batch::Rows { features, targets }) => model.loss(features, targets),
             _ => candle_core::bail!("the batch does not suit the model; this is a bug"),
+        }
+    }
+
+    /// The held-out metrics of what training starts from, which every version records beside its
+    /// own: a fine-tune's base, a distillation's teacher; none for the other tasks.
+    fn baseline(&self, held_out: &HeldOut) -> Result<Option<Vec<(String, f64)>>> {
+        match (self, held_out) {
+            (Self::FineTune(_), _) => self.evaluate(held_out).map(Some),
+            (Self::Distill(distill), HeldOut::Answers { sequences, questions }) => {
+                distill.baseline(sequences, questions).map(Some)
+            }
+            _ => Ok(None),
         }
     }
 
@@ -147,6 +168,9 @@ impl Model {
                 Ok(vec![("eval_loss".to_owned(), mean_loss(model, windows)?)])
             }
             (Self::FineTune(tuned), HeldOut::Answers { sequences, questions }) => tuned.evaluate(sequences, questions),
+            (Self::Distill(distill), HeldOut::Answers { sequences, questions }) => {
+                distill.evaluate(sequences, questions)
+            }
             (Self::Mlp(model), HeldOut::Rows { features, targets }) => model.evaluate(features, targets),
             _ => Err(Error::config("data", "the held-out data does not suit the model")),
         }
@@ -156,6 +180,7 @@ impl Model {
         match self {
             Self::Llama(model) => model.write_checkpoint(dir),
             Self::FineTune(tuned) => tuned.write_version(dir),
+            Self::Distill(distill) => distill.write_version(dir),
             Self::Mlp(model) => model.write_checkpoint(dir),
         }
     }
@@ -332,6 +357,7 @@ fn sequence_length(config: &JobConfig) -> usize {
     match &config.model {
         ModelSpec::Llama(spec) => spec.context,
         ModelSpec::FineTune(spec) => spec.sequence_length,
+        ModelSpec::Distill(spec) => spec.sequence_length,
         ModelSpec::Mlp(_) | ModelSpec::Quantize(_) => 0,
     }
 }
@@ -417,15 +443,15 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Rank 0 measures a fine-tuned base on the held-out data once, before the first step, and
-    /// keeps the result beside the training states for a resumed run.
+    /// Rank 0 measures a fine-tuned base or a distillation's teacher on the held-out data once,
+    /// before the first step, and keeps the result beside the training states for a resumed run.
     fn measure_baseline(&mut self) -> Result<()> {
-        if self.progress.is_none() || !matches!(self.model, Model::FineTune(_)) {
+        if self.progress.is_none() {
             return Ok(());
         }
-        tracing::info!("measuring the base on the held-out data");
-        self.baseline = self.model.evaluate(&self.dataset.held_out)?;
-        tracing::info!(metrics = ?self.baseline, "the base's held-out metrics (the baseline)");
+        let Some(baseline) = self.model.baseline(&self.dataset.held_out)? else { return Ok(()) };
+        self.baseline = baseline;
+        tracing::info!(metrics = ?self.baseline, "the held-out metrics training starts from (the baseline)");
         if let Some(progress) = &self.progress {
             progress.baseline(&self.baseline);
         }

@@ -317,7 +317,7 @@ pub struct Analysis {
     #[schemars(range(min = 0))]
     pub min_requests: Option<u64>,
     /// For versions a TrainingJob published: an evaluation metric of the manifest that must not
-    /// be worse than the stable version's.
+    /// be worse than the stable version's by more than its tolerance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_metric: Option<EvalMetric>,
 }
@@ -330,6 +330,12 @@ pub struct EvalMetric {
     /// Whether higher is better (`eval_accuracy`) or lower (`eval_loss`, the default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub higher_is_better: Option<bool>,
+    /// How much worse than the stable version's the canary's value may be, in the metric's own
+    /// units (0.02: two points of accuracy); 0 when unset. A quantized or distilled version
+    /// trades a little quality for size, which this admits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub tolerance: Option<f64>,
 }
 
 /// What the operator last saw of the service.

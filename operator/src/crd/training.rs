@@ -36,7 +36,10 @@ use super::{Device, PodOverrides, Repository};
     printcolumn(name = "Accuracy", type_ = "number", json_path = ".status.checkpoints[-1:].metrics.eval_accuracy", description = "the newest version's held-out accuracy"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.spec.output.model == oldSelf.spec.output.model").message("spec.output.model is immutable"),
-    validation = Rule::new("has(self.spec.model.fineTune) == has(self.spec.data.jsonl)").message("a fineTune model trains on data.jsonl, and only it does"),
+    validation = Rule::new("(has(self.spec.model.fineTune) || has(self.spec.model.quantize) || has(self.spec.model.distill)) == has(self.spec.data.jsonl)").message("fineTune, quantize and distill read data.jsonl, and only they do"),
+    validation = Rule::new("has(self.spec.model.quantize) != has(self.spec.schedule)").message("a quantize job has no schedule; every other job needs one"),
+    validation = Rule::new("has(self.spec.model.quantize) != has(self.spec.checkpoint)").message("a quantize job has no checkpoint settings; every other job needs them"),
+    validation = Rule::new("!has(self.spec.model.quantize) || (self.spec.replicas == 1 && !has(self.spec.optimizer))").message("a quantize job trains nothing: one replica, no optimizer"),
     validation = Rule::new("self.spec.replicas == oldSelf.spec.replicas || (has(self.spec.runPolicy) && has(self.spec.runPolicy.suspend) && self.spec.runPolicy.suspend)").message("spec.replicas can only change while the job is suspended")
 )]
 #[serde(rename_all = "camelCase")]
@@ -48,8 +51,9 @@ pub struct TrainingJobSpec {
     /// AdamW settings; the worker's defaults where unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimizer: Option<OptimizerSpec>,
-    /// How long to train and in what batches.
-    pub schedule: ScheduleSpec,
+    /// How long to train and in what batches (every task but `model.quantize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
     /// Seeds the initial weights and the data order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -72,8 +76,9 @@ pub struct TrainingJobSpec {
     pub template: Option<PodOverrides>,
     /// Where the versions are published.
     pub output: OutputSpec,
-    /// How often to checkpoint and how many to keep.
-    pub checkpoint: CheckpointSpec,
+    /// How often to checkpoint and how many to keep (every task but `model.quantize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSpec>,
     /// Restarts, deadlines, suspension and clean-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_policy: Option<RunPolicy>,
@@ -83,9 +88,9 @@ fn one() -> u32 {
     1
 }
 
-/// Exactly one architecture.
+/// Exactly one task.
 #[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[x_kube(validation = Rule::new("[has(self.llama), has(self.mlp), has(self.fineTune)].filter(x, x).size() == 1").message("set exactly one of model.llama, model.mlp and model.fineTune"))]
+#[x_kube(validation = Rule::new("[has(self.llama), has(self.mlp), has(self.fineTune), has(self.quantize), has(self.distill)].filter(x, x).size() == 1").message("set exactly one of model.llama, model.mlp, model.fineTune, model.quantize and model.distill"))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +100,99 @@ pub struct ModelSpec {
     /// A pretrained llama from the repository, fine-tuned on `data.jsonl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fine_tune: Option<FineTuneSpec>,
+    /// A llama version written as one GGUF file in a smaller type and published as one version,
+    /// measured beside its source on the held-out part of `data.jsonl`. Nothing is trained: no
+    /// schedule, checkpoint or optimizer, one replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<QuantizeSpec>,
+    /// A smaller llama (the student) trained on `data.jsonl` to match a teacher version's
+    /// next-token distributions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillSpec>,
+}
+
+/// Post-training quantization of a llama version (HF, or a GGUF of a higher precision).
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct QuantizeSpec {
+    pub source: BaseRef,
+    /// The GGUF type of its matrices: `q8_0`, `q4_0` or `q4_1`.
+    #[serde(rename = "type")]
+    pub ty: GgufType,
+}
+
+#[derive(JsonSchema, Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum GgufType {
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    #[serde(rename = "q4_1")]
+    Q4_1,
+}
+
+/// Knowledge distillation: the loss is `(1 − w) · T² · KL(teacher ‖ student) + w · CE` over the
+/// teacher's `topK` tokens at every target of the data, `T` the temperature and `w` the
+/// cross-entropy weight. The teacher runs forward in every rank.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DistillSpec {
+    /// Any llama version the repository serves (HF or GGUF); its tokenizer is the student's.
+    pub teacher: BaseRef,
+    pub student: StudentSpec,
+    /// The longest training example in tokens once templated.
+    #[schemars(range(min = 2, max = 131072))]
+    pub sequence_length: u32,
+    /// Softens both distributions (2 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub temperature: Option<f64>,
+    /// The teacher's most likely tokens per target the KL term covers (32 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub top_k: Option<u32>,
+    /// The share of the loss that is the data's cross-entropy (0 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub cross_entropy_weight: Option<f64>,
+    /// The number format of the student's matrix products: `f32` (default) or `bf16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+}
+
+/// Where the student starts: exactly one.
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.layers), has(self.sizes), has(self.base)].filter(x, x).size() == 1").message("set exactly one of student.layers, student.sizes and student.base"))]
+#[x_kube(validation = Rule::new("!has(self.layers) || self.layers.all(l, self.layers.filter(m, m == l).size() == 1)").message("student.layers names a layer twice"))]
+pub struct StudentSpec {
+    /// These of the teacher's layers (0-based, ascending) with its embeddings, final norm and
+    /// output layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub layers: Option<Vec<u32>>,
+    /// Fresh weights of these sizes, with the teacher's vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sizes: Option<StudentSizes>,
+    /// A published version (an earlier student), sharing the teacher's tokenizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
+}
+
+#[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("self.hiddenSize % self.heads == 0").message("hiddenSize must be a multiple of heads"))]
+#[x_kube(validation = Rule::new("!has(self.kvHeads) || self.heads % self.kvHeads == 0").message("heads must be a multiple of kvHeads"))]
+#[serde(rename_all = "camelCase")]
+pub struct StudentSizes {
+    #[schemars(range(min = 1))]
+    pub hidden_size: u32,
+    #[schemars(range(min = 1))]
+    pub intermediate_size: u32,
+    #[schemars(range(min = 1))]
+    pub layers: u32,
+    #[schemars(range(min = 1))]
+    pub heads: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub kv_heads: Option<u32>,
 }
 
 /// Fine-tuning of a pretrained llama (a GGUF or HF version); its architecture, tokenizer and

@@ -47,8 +47,7 @@ pub struct Settings {
     max_error_rate: f64,
     max_latency_ratio: f64,
     min_requests: u64,
-    /// Metric name, and whether higher is better.
-    eval_metric: Option<(String, bool)>,
+    eval_metric: Option<EvalGate>,
     pin: Option<u64>,
     promote: Option<u64>,
     abort: Option<u64>,
@@ -72,7 +71,11 @@ impl Settings {
             max_error_rate: analysis.max_error_rate.unwrap_or(DEFAULT_MAX_ERROR_RATE),
             max_latency_ratio: analysis.max_latency_ratio.unwrap_or(DEFAULT_MAX_LATENCY_RATIO),
             min_requests: analysis.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS),
-            eval_metric: analysis.eval_metric.map(|m| (m.name, m.higher_is_better.unwrap_or(false))),
+            eval_metric: analysis.eval_metric.map(|m| EvalGate {
+                name: m.name,
+                higher_is_better: m.higher_is_better.unwrap_or(false),
+                tolerance: m.tolerance.unwrap_or(0.0),
+            }),
             pin: rollout.pin,
             promote: rollout.promote,
             abort: rollout.abort,
@@ -364,16 +367,30 @@ impl Decision {
     }
 }
 
-/// Whether the canary's evaluation metric is no worse than the stable version's.
+/// The evaluation gate: a manifest metric, which way is better, and how much worse the canary
+/// may be.
+#[derive(Clone, Debug, PartialEq)]
+struct EvalGate {
+    name: String,
+    higher_is_better: bool,
+    tolerance: f64,
+}
+
+/// Whether the canary's evaluation metric is no worse than the stable version's, beyond the
+/// tolerance.
 fn eval_gate(settings: &Settings, fleet: &Fleet, stable: u64, canary: u64) -> Result<(), String> {
-    let Some((name, higher_is_better)) = &settings.eval_metric else { return Ok(()) };
+    let Some(EvalGate { name, higher_is_better, tolerance }) = &settings.eval_metric else { return Ok(()) };
     let Some(&candidate) = fleet.version(canary).metrics.get(name) else {
         return Err(format!("version {canary}'s manifest has no metric {name:?}"));
     };
     let Some(&current) = fleet.version(stable).metrics.get(name) else { return Ok(()) };
-    let worse = if *higher_is_better { candidate < current } else { candidate > current };
-    if worse {
-        return Err(format!("{name} {candidate} is worse than the stable version's {current}"));
+    let shortfall = if *higher_is_better { current - candidate } else { candidate - current };
+    if shortfall > *tolerance {
+        let admitted = match *tolerance > 0.0 {
+            true => format!(" by more than the tolerance {tolerance}"),
+            false => String::new(),
+        };
+        return Err(format!("{name} {candidate} is worse than the stable version's {current}{admitted}"));
     }
     Ok(())
 }
@@ -578,6 +595,35 @@ mod tests {
         assert!(worse.rollout.unwrap().message.contains("eval_loss 0.9 is worse than the stable version's 0.5"));
         let better = decide(&spec, &status(&loading), &with_metrics(0.1), at(5));
         assert_eq!((better.canary_percent, better.rejected.len()), (10, 0));
+    }
+
+    #[test]
+    fn an_eval_tolerance_admits_a_small_loss_of_quality_and_no_more() {
+        let gate = |tolerance: f64| {
+            spec(serde_json::json!({"analysis": {"evalMetric":
+                {"name": "eval_accuracy", "higherIsBetter": true, "tolerance": tolerance}}}))
+        };
+        let with_accuracy = |canary: f64| {
+            let mut reports = vec![report(&[1, 2], &[(1, Available, 0, 0, [0; 5]), (2, Available, 0, 0, [0; 5])])];
+            reports[0].versions[0].metrics = [("eval_accuracy".to_owned(), 0.80)].into();
+            reports[0].versions[1].metrics = [("eval_accuracy".to_owned(), canary)].into();
+            Fleet::from_reports(&reports)
+        };
+        let judged = |tolerance: f64, canary: f64| {
+            let spec = gate(tolerance);
+            let loading = decide(&spec, &stable(1), &fleet(&[1, 2], &[(1, Available, 0, 0, [0; 5])]), at(0));
+            decide(&spec, &status(&loading), &with_accuracy(canary), at(5))
+        };
+        let kept = judged(0.05, 0.78);
+        assert_eq!((kept.canary_percent, kept.rejected.len()), (10, 0), "two points down, five allowed");
+        let rejected = judged(0.05, 0.70);
+        let message = rejected.rollout.unwrap().message;
+        assert!(
+            message
+                .contains("eval_accuracy 0.7 is worse than the stable version's 0.8 by more than the tolerance 0.05"),
+            "{message}"
+        );
+        assert_eq!(judged(0.0, 0.79).rejected, vec![2], "no tolerance: any loss rolls back");
     }
 
     #[test]

@@ -10,9 +10,9 @@
 use std::collections::BTreeSet;
 
 use lantern_contract::job::{
-    self, AdditionSpec, BaseSpec, CheckpointSpec, ClusterSpec, CsvSpec, DEFAULT_EVAL_FRACTION, DataSpec,
-    FineTuneMethod, FineTuneSpec, JobConfig, JsonlSpec, LlamaSpec, LoraSpec, LoraTarget, MlpSpec, ModelSpec,
-    OptimizerSpec, OutputSpec, Overlong, ScheduleSpec, TextSpec,
+    self, AdditionSpec, BaseSpec, CheckpointSpec, ClusterSpec, CsvSpec, DEFAULT_EVAL_FRACTION, DataSpec, DistillSpec,
+    FineTuneMethod, FineTuneSpec, GgufType, JobConfig, JsonlSpec, LlamaSpec, LoraSpec, LoraTarget, MlpSpec, ModelSpec,
+    OptimizerSpec, OutputSpec, Overlong, QuantizeSpec, ScheduleSpec, StudentSizes, StudentSpec, TextSpec,
 };
 
 use crate::context::Error;
@@ -49,7 +49,6 @@ impl TryFrom<&TrainingJob> for JobConfig {
         } = &job.spec;
         let namespace = job.metadata.namespace.as_deref().unwrap_or("default");
         let name = job.metadata.name.as_deref().unwrap_or_default();
-        let crd::CheckpointSpec { every_steps, keep, timeout_seconds } = checkpoint;
         let crd::OutputSpec { model: output_model, repository, keep_versions } = output;
         if let Some(uri) = &repository.uri {
             if uri.starts_with("oci://") || uri.starts_with("http://") || uri.starts_with("https://") {
@@ -64,13 +63,15 @@ impl TryFrom<&TrainingJob> for JobConfig {
             model: model_spec(model)?,
             data: data_spec(data)?,
             optimizer: optimizer.as_ref().map(optimizer_spec).unwrap_or_default(),
-            schedule: Some(schedule_spec(schedule)),
-            checkpoint: Some(CheckpointSpec {
-                every_steps: *every_steps,
-                keep: keep.map_or(CheckpointSpec::DEFAULT_KEEP, size),
-                state_dir: state_dir(namespace, name).into(),
-                state_uri: None,
-                timeout_seconds: timeout_seconds.map_or(CheckpointSpec::DEFAULT_TIMEOUT_SECONDS, f64::from),
+            schedule: schedule.as_ref().map(schedule_spec),
+            checkpoint: checkpoint.as_ref().map(|crd::CheckpointSpec { every_steps, keep, timeout_seconds }| {
+                CheckpointSpec {
+                    every_steps: *every_steps,
+                    keep: keep.map_or(CheckpointSpec::DEFAULT_KEEP, size),
+                    state_dir: state_dir(namespace, name).into(),
+                    state_uri: None,
+                    timeout_seconds: timeout_seconds.map_or(CheckpointSpec::DEFAULT_TIMEOUT_SECONDS, f64::from),
+                }
             }),
             // Each pod's LANTERN_REPOSITORY (and LANTERN_CACHE_DIR, for a URI) say where it is;
             // the held versions are the operator's own account (see `objects::config_map`).
@@ -125,9 +126,9 @@ fn compute_precision(precision: Option<crd::Precision>) -> job::Precision {
 }
 
 fn model_spec(model: &crd::ModelSpec) -> Result<ModelSpec, Error> {
-    let crd::ModelSpec { llama, mlp, fine_tune } = model;
-    match (llama, mlp, fine_tune) {
-        (Some(llama), None, None) => {
+    let crd::ModelSpec { llama, mlp, fine_tune, quantize, distill } = model;
+    match (llama, mlp, fine_tune, quantize, distill) {
+        (Some(llama), None, None, None, None) => {
             let crd::LlamaSpec {
                 hidden_size,
                 intermediate_size,
@@ -151,8 +152,17 @@ fn model_spec(model: &crd::ModelSpec) -> Result<ModelSpec, Error> {
                 precision: compute_precision(*precision),
             }))
         }
-        (None, None, Some(tune)) => Ok(ModelSpec::FineTune(fine_tune_spec(tune)?)),
-        (None, Some(crd::MlpSpec { hidden, activation }), None) => Ok(ModelSpec::Mlp(MlpSpec {
+        (None, None, Some(tune), None, None) => Ok(ModelSpec::FineTune(fine_tune_spec(tune)?)),
+        (None, None, None, Some(crd::QuantizeSpec { source, ty }), None) => Ok(ModelSpec::Quantize(QuantizeSpec {
+            source: base_spec(source),
+            ty: match ty {
+                crd::GgufType::Q8_0 => GgufType::Q8_0,
+                crd::GgufType::Q4_0 => GgufType::Q4_0,
+                crd::GgufType::Q4_1 => GgufType::Q4_1,
+            },
+        })),
+        (None, None, None, None, Some(distill)) => Ok(ModelSpec::Distill(distill_spec(distill)?)),
+        (None, Some(crd::MlpSpec { hidden, activation }), None, None, None) => Ok(ModelSpec::Mlp(MlpSpec {
             hidden: hidden.iter().copied().map(size).collect(),
             activation: match activation {
                 crd::Activation::Relu => job::Activation::Relu,
@@ -161,14 +171,15 @@ fn model_spec(model: &crd::ModelSpec) -> Result<ModelSpec, Error> {
                 crd::Activation::Sigmoid => job::Activation::Sigmoid,
             },
         })),
-        _ => Err(Error::Invalid("spec.model: set exactly one of model.llama, model.mlp and model.fineTune".into())),
+        _ => Err(Error::Invalid(
+            "spec.model: set exactly one of model.llama, model.mlp, model.fineTune, model.quantize and model.distill"
+                .into(),
+        )),
     }
 }
 
-/// The base is read from the job's own repository (the worker resolves it there).
 fn fine_tune_spec(spec: &crd::FineTuneSpec) -> Result<FineTuneSpec, Error> {
     let crd::FineTuneSpec { base, method, sequence_length, precision, merge } = spec;
-    let crd::BaseRef { model, version, digest } = base;
     let crd::FineTuneMethod { lora, full } = method;
     let method = match (lora, full) {
         (Some(crd::LoraSpec { rank, alpha, targets, dropout }), None) => FineTuneMethod::Lora(LoraSpec {
@@ -192,18 +203,49 @@ fn fine_tune_spec(spec: &crd::FineTuneSpec) -> Result<FineTuneSpec, Error> {
         _ => return Err(Error::Invalid("spec.model.fineTune.method: set exactly one of lora and full".into())),
     };
     Ok(FineTuneSpec {
-        base: BaseSpec {
-            repository: None,
-            model: model.clone(),
-            version: *version,
-            digest: digest.clone(),
-            import_from: None,
-        },
+        base: base_spec(base),
         method,
         sequence_length: size(*sequence_length),
         precision: compute_precision(*precision),
         merge: merge.unwrap_or_default(),
     })
+}
+
+fn distill_spec(spec: &crd::DistillSpec) -> Result<DistillSpec, Error> {
+    let crd::DistillSpec { teacher, student, sequence_length, temperature, top_k, cross_entropy_weight, precision } =
+        spec;
+    let crd::StudentSpec { layers, sizes, base } = student;
+    let student = match (layers, sizes, base) {
+        (Some(layers), None, None) => StudentSpec::Layers(layers.iter().copied().map(size).collect()),
+        (None, Some(crd::StudentSizes { hidden_size, intermediate_size, layers, heads, kv_heads }), None) => {
+            StudentSpec::Sizes(StudentSizes {
+                hidden_size: size(*hidden_size),
+                intermediate_size: size(*intermediate_size),
+                layers: size(*layers),
+                heads: size(*heads),
+                kv_heads: kv_heads.map(size),
+            })
+        }
+        (None, None, Some(base)) => StudentSpec::Base(base_spec(base)),
+        _ => {
+            return Err(Error::Invalid("spec.model.distill.student: set exactly one of layers, sizes and base".into()));
+        }
+    };
+    Ok(DistillSpec {
+        teacher: base_spec(teacher),
+        student,
+        sequence_length: size(*sequence_length),
+        temperature: temperature.unwrap_or(DistillSpec::DEFAULT_TEMPERATURE),
+        top_k: top_k.map_or(DistillSpec::DEFAULT_TOP_K, size),
+        cross_entropy_weight: cross_entropy_weight.unwrap_or_default(),
+        precision: compute_precision(*precision),
+    })
+}
+
+/// A version the job reads, in the job's own repository (the worker resolves it there).
+fn base_spec(base: &crd::BaseRef) -> BaseSpec {
+    let crd::BaseRef { model, version, digest } = base;
+    BaseSpec { repository: None, model: model.clone(), version: *version, digest: digest.clone(), import_from: None }
 }
 
 fn data_spec(data: &crd::DataSpec) -> Result<DataSpec, Error> {
@@ -383,7 +425,55 @@ mod tests {
         let mut both = every_field();
         both["model"]["mlp"] = json!({"hidden": [4], "activation": "relu"});
         let error = JobConfig::try_from(&crate::training::test_job(both)).unwrap_err().to_string();
-        assert_eq!(error, "spec.model: set exactly one of model.llama, model.mlp and model.fineTune");
+        assert_eq!(
+            error,
+            "spec.model: set exactly one of model.llama, model.mlp, model.fineTune, model.quantize and model.distill"
+        );
+    }
+
+    #[test]
+    fn quantize_and_distill_tasks_reach_the_job_file_with_the_workers_defaults() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let source = json!({"model": "tickets", "version": 3, "digest": digest});
+        let base = BaseSpec {
+            repository: None,
+            model: "tickets".into(),
+            version: 3,
+            digest: Some(digest.clone()),
+            import_from: None,
+        };
+        let quantize = JobConfig::try_from(&crate::training::test_job(json!({
+            "model": {"quantize": {"source": source, "type": "q8_0"}},
+            "data": {"jsonl": {"path": ".datasets/t.jsonl"}},
+            "schedule": null, "checkpoint": null, "replicas": 1,
+        })))
+        .unwrap();
+        assert_eq!(quantize.model, ModelSpec::Quantize(QuantizeSpec { source: base.clone(), ty: GgufType::Q8_0 }));
+        assert_eq!((&quantize.schedule, &quantize.checkpoint), (&None, &None));
+
+        let distill = JobConfig::try_from(&crate::training::test_job(json!({
+            "model": {"distill": {"teacher": source, "student": {"sizes":
+                {"hiddenSize": 64, "intermediateSize": 128, "layers": 2, "heads": 4}}, "sequenceLength": 96, "topK": 8}},
+            "data": {"jsonl": {"path": ".datasets/t.jsonl"}},
+        })))
+        .unwrap();
+        let expected = DistillSpec {
+            teacher: base,
+            student: StudentSpec::Sizes(StudentSizes {
+                hidden_size: 64,
+                intermediate_size: 128,
+                layers: 2,
+                heads: 4,
+                kv_heads: None,
+            }),
+            sequence_length: 96,
+            temperature: DistillSpec::DEFAULT_TEMPERATURE,
+            top_k: 8,
+            cross_entropy_weight: 0.0,
+            precision: job::Precision::F32,
+        };
+        assert_eq!(distill.model, ModelSpec::Distill(expected));
+        assert!(distill.schedule.is_some() && distill.checkpoint.is_some());
     }
 
     #[test]

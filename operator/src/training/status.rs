@@ -105,7 +105,7 @@ pub fn next(
             }
             // The worker records the version's step as its `step` metric; a report without one
             // (an older worker) gives the checkpoint at or before the current step.
-            let every = job.spec.checkpoint.every_steps.max(1);
+            let every = job.spec.checkpoint.as_ref().map_or(1, |c| c.every_steps.max(1));
             let step = match published.metrics.get("step") {
                 Some(&step) if step >= 0.0 => step as u64,
                 _ => report.step.min(report.total_steps) / every * every,

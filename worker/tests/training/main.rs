@@ -1,8 +1,10 @@
 //! Training end to end on small jobs: the real `lantern-worker train` process (SIGTERM, exit
 //! codes, resume, a full disk), the versions it publishes served by a real server, held-out
 //! accuracy rising as it trains, a non-finite loss, and job files that must be refused before any
-//! work; fine-tuning pretrained bases in [`finetune`]; quantizing a version in [`quantize`].
+//! work; fine-tuning pretrained bases in [`finetune`]; quantizing a version in [`quantize`];
+//! distilling a student from a teacher in [`distill`].
 
+mod distill;
 mod finetune;
 mod quantize;
 
