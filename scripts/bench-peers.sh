@@ -8,7 +8,8 @@
 #   about 5.6 GB, unused on the CPU), on all-MiniLM-L6-v2;
 # - PyTorch training the same byte-level llama with the same step as `bench --sections train`;
 # - PyTorch + transformers + peft fine-tuning SmolLM2 (read from its GGUF) on the token batches
-#   `bench --sections finetune` wrote, LoRA and full.
+#   `bench --sections finetune` wrote, LoRA and full;
+# - llama.cpp on the GGUF files `bench --sections compress` wrote (prefill and one stream each).
 # Each is installed once into the git-ignored .cache/peers. Ours come first, from a release
 # build of `bench` (`SECTIONS`, default llm,embed; train or finetune for those peers, the latter
 # writing the batches its peer trains on), so both sides' figures come from one sitting.
@@ -53,6 +54,13 @@ CMAKE_ARGS="-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TES
   install_peer llama-cpp 'llama-cpp-python==0.3.36'
 PYTHONPATH=.cache/peers/llama-cpp python3 scripts/peers/llama_cpp_bench.py \
   .cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$threads"
+# The compression peer: llama.cpp on the very files `bench --sections compress` wrote.
+if [[ ,${SECTIONS:-}, == *,compress,* ]]; then
+  for file in target/bench/compress/*.gguf; do
+    echo "$file:"
+    PYTHONPATH=.cache/peers/llama-cpp python3 scripts/peers/llama_cpp_bench.py "$file" "$threads" single
+  done
+fi
 
 install_peer torch 'torch==2.15.0' 'transformers==5.23.0' 'peft==0.21.2' 'gguf==0.19.0'
 PYTHONPATH=.cache/peers/torch HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error \

@@ -223,3 +223,124 @@ fn kill_processes_whose_command_contains(needle: &str) -> usize {
     }
     killed
 }
+
+/// A TrainingJob `name` that makes `chat` smaller from SmolLM2 (`smollm2` version 1): `task` is
+/// its `model` section; every job is measured on the same held-out examples.
+fn compress_job(name: &str, task: &str, training: &str) -> String {
+    format!(
+        "apiVersion: lantern.dev/v1alpha1
+kind: TrainingJob
+metadata: {{name: {name}}}
+spec:
+  model:
+    {task}
+  data:
+    jsonl: {{path: .datasets/chat/train.jsonl, evalPath: .datasets/chat/eval.jsonl}}
+{training}  output:
+    model: chat
+    repository: {{claimName: models}}
+"
+    )
+}
+
+/// Serves `chat`, a canary kept only while its held-out loss is within 0.5 of the stable
+/// version's.
+const CHAT_SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
+kind: InferenceService
+metadata: {name: chat}
+spec:
+  model: chat
+  source:
+    repository: {claimName: models}
+  replicas: 1
+  rollout:
+    steps: [50, 100]
+    stepSeconds: 2
+    analysis:
+      minRequests: 3
+      maxLatencyRatio: 100
+      evalMetric: {name: eval_loss, tolerance: 0.5}
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quantized_and_distilled_versions_are_kept_or_rolled_back_by_the_eval_gate() {
+    let stack = Stack::start().await.unwrap();
+    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
+    let gguf = lantern_e2e::workspace().join(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.is_file(), "{} is not fetched: run scripts/setup-test-deps.sh", gguf.display());
+    assert_eq!(stack.publish("models", "smollm2", &gguf, &[]).await.unwrap(), 1);
+    let data = stack.claim_dir("models").join(".datasets/chat");
+    std::fs::create_dir_all(&data).unwrap();
+    let tickets = lantern_e2e::workspace().join("examples/training/tickets/train.jsonl");
+    let four: Vec<String> = std::fs::read_to_string(tickets).unwrap().lines().take(4).map(str::to_owned).collect();
+    std::fs::write(data.join("train.jsonl"), four.join("\n")).unwrap();
+    let held_out = [
+        r#"{"messages": [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "The capital of France is Paris."}]}"#,
+        r#"{"prompt": "1, 2, 3, 4,", "completion": " 5, 6"}"#,
+    ];
+    std::fs::write(data.join("eval.jsonl"), held_out.join("\n")).unwrap();
+    let ended = |j: &serde_json::Value| matches!(j["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    let run = |name: &'static str, task: &'static str, training: &'static str| {
+        let stack = &stack;
+        async move {
+            let applied = stack.apply(&compress_job(name, task, training)).await.unwrap();
+            assert!(applied.ok, "{}{}", applied.stdout, applied.stderr);
+            let done = stack.wait_for(&format!("tj/{name}"), "the job", Duration::from_secs(240), ended).await;
+            assert_eq!(done["status"]["phase"], "Succeeded", "{:#}\n{}", done["status"], stack.operator_log());
+            done["status"]["checkpoints"].as_array().unwrap().last().unwrap()["metrics"].clone()
+        }
+    };
+
+    // Q8_0 is the first version of `chat`, served as stable.
+    let q8 = run("q8", "quantize: {source: {model: smollm2, version: 1}, type: q8_0}", "").await;
+    assert!(q8["size_ratio"].as_f64().unwrap() > 1.0, "{q8}");
+    assert!(q8["baseline_eval_loss"].is_number() && q8["eval_accuracy"].is_number(), "{q8}");
+    assert!(stack.apply(CHAT_SERVICE).await.unwrap().ok);
+    let stable = |version: u64| move |s: &serde_json::Value| s["status"]["stableVersion"] == version;
+    stack.wait_for("isvc/chat", "version 1 stable", Duration::from_secs(90), stable(1)).await;
+
+    // Requests through the service all along: a canary step is judged on the ones it served.
+    let address = stack.service_address("chat").await.unwrap();
+    let traffic = tokio::spawn(async move {
+        let body = serde_json::json!({"model": "chat", "prompt": "Hello", "max_tokens": 1});
+        loop {
+            let _ = reqwest::Client::new().post(format!("http://{address}/v1/completions")).json(&body).send().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    // Q4_0 loses a little held-out loss, within the tolerance: it is rolled out and promoted.
+    let q4 = run("q4", "quantize: {source: {model: smollm2, version: 1}, type: q4_0}", "").await;
+    let (q8_loss, q4_loss) = (q8["eval_loss"].as_f64().unwrap(), q4["eval_loss"].as_f64().unwrap());
+    assert!(q4_loss - q8_loss < 0.5, "Q4_0 {q4_loss} against Q8_0 {q8_loss}: the tolerance no longer fits");
+    let rollout = |version: u64| {
+        move |s: &serde_json::Value| {
+            let rollout = &s["status"]["rollout"];
+            rollout["version"] == version && matches!(rollout["phase"].as_str(), Some("Promoted" | "RolledBack"))
+        }
+    };
+    let kept = stack.wait_for("isvc/chat", "version 2's rollout", Duration::from_secs(90), rollout(2)).await;
+    assert_eq!(kept["status"]["rollout"]["phase"], "Promoted", "{:#}", kept["status"]);
+
+    // A student of two of SmolLM2's layers, two steps in, is far worse: rolled back before any
+    // traffic, Q4_0 stays stable.
+    let student = run(
+        "student",
+        "distill: {teacher: {model: smollm2, version: 1}, student: {layers: [0, 29]}, sequenceLength: 256, topK: 16}",
+        "  schedule: {steps: 2, globalBatch: 2}\n  checkpoint: {everySteps: 2}\n",
+    )
+    .await;
+    let agreement = student["eval_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agreement) && student["parameter_ratio"].as_f64().unwrap() < 0.35, "{student}");
+    let rejected = stack.wait_for("isvc/chat", "the student's rollout", Duration::from_secs(90), rollout(3)).await;
+    let status = &rejected["status"];
+    assert_eq!(
+        (status["rollout"]["phase"].as_str(), status["rollout"]["reason"].as_str(), status["stableVersion"].as_u64()),
+        (Some("RolledBack"), Some("EvalMetricRegressed"), Some(2)),
+        "{status:#}"
+    );
+    let message = status["rollout"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("by more than the tolerance 0.5"), "{message}");
+    traffic.abort();
+    stack.stop().await.unwrap();
+}

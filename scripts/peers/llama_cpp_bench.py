@@ -1,12 +1,13 @@
 """llama.cpp's figures on the same GGUF, for comparison with `bench --sections llm`.
 
-Usage: llama_cpp_bench.py MODEL.gguf THREADS. Prints prefill tokens/s for a 256-token prompt
+Usage: llama_cpp_bench.py MODEL.gguf THREADS [single]. Prints prefill tokens/s for a 256-token prompt
 (median of 3), single-stream greedy decode tokens/s for 128 tokens, and batched greedy decode
 with 1, 4, 8 and 16 sequences: every sequence's 16-token prompt in one `llama_decode` batch, then one
 batch per step holding each sequence's next token, 128 tokens per sequence, total output tokens
 over the wall time (prompts included), as Lantern's bench counts its concurrent streams. The
 batched figure uses llama-cpp-python's low-level API (`llama_batch_init`, `llama_decode`,
-`llama_get_logits_ith`), since its `Llama` class decodes one sequence.
+`llama_get_logits_ith`), since its `Llama` class decodes one sequence. With `single`, only
+prefill and the single stream (the compression figures, per quantized file).
 """
 import statistics
 import sys
@@ -21,6 +22,7 @@ SHORT_PROMPT_TOKENS = 16
 NEW_TOKENS = 128
 
 path, threads = sys.argv[1], int(sys.argv[2])
+single_only = sys.argv[3:] == ["single"]
 llm = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
 text = "The quick brown fox jumps over the lazy dog while the river runs to the sea. " * 40
 ids = llm.tokenize(text.encode(), add_bos=False, special=False)
@@ -99,7 +101,7 @@ def batched(sequences):
     return produced / wall
 
 
-for sequences in (1, 4, 8, 16):
+for sequences in () if single_only else (1, 4, 8, 16):
     rate = batched(sequences)
     print(
         f"llama.cpp batched decode, {sequences:>2} sequence(s) x {NEW_TOKENS} tokens: {rate:.1f} tokens/s in total "

@@ -21,12 +21,12 @@ use lantern_train::data::{Batch, Dataset, Order};
 use serde_json::json;
 
 /// Sequences per step (over all ranks), the longest templated sequence, steps timed.
-const BATCH: usize = 8;
-const SEQUENCE_LENGTH: usize = 96;
-const STEPS: u64 = 8;
+pub const BATCH: usize = 8;
+pub const SEQUENCE_LENGTH: usize = 96;
+pub const STEPS: u64 = 8;
 const SEED: u64 = 1;
-const TRAIN_DATA: &str = "examples/training/tickets/train.jsonl";
-const EVAL_DATA: &str = "examples/training/tickets/eval.jsonl";
+pub const TRAIN_DATA: &str = "examples/training/tickets/train.jsonl";
+pub const EVAL_DATA: &str = "examples/training/tickets/eval.jsonl";
 /// Held-out conversations each run evaluates (at the start and at its one checkpoint); few, as
 /// evaluation is not what is measured.
 const EVAL_EXAMPLES: usize = 2;
@@ -45,15 +45,14 @@ pub fn figures(gguf: &Path) -> anyhow::Result<()> {
         gguf.display()
     );
     let dir = tempfile::tempdir()?;
-    let eval: Vec<String> =
-        std::fs::read_to_string(EVAL_DATA)?.lines().take(EVAL_EXAMPLES).map(str::to_owned).collect();
-    let eval_path = dir.path().join("eval.jsonl");
-    std::fs::write(&eval_path, eval.join("\n") + "\n")?;
+    let eval_path = held_out(dir.path(), EVAL_EXAMPLES)?;
     let lora = json!({"lora": {"rank": 8, "alpha": 16, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}});
+    let base = json!({"model": "smollm2", "version": 1, "import_from": std::env::current_dir()?.join(gguf)});
     for (name, method) in [("LoRA r8 q/k/v/o", lora), ("full", json!("full"))] {
+        let model = json!({"fine_tune": {"base": base, "method": method, "sequence_length": SEQUENCE_LENGTH}});
         for (ranks, threads) in [(1, 2), (2, 1)] {
-            let run = Run { worker: &worker, gguf, eval: &eval_path, method: &method, ranks, threads };
-            let measured = run.measure()?;
+            let run = Run { worker: &worker, model: &model, eval: &eval_path, ranks, threads };
+            let measured = run.measure(None)?;
             println!(
                 "  {name}, {ranks} rank(s) x {threads} thread(s): {:.0} tokens/s ({:.3} steps/s), peak memory {} MiB per rank",
                 measured.tokens_per_second, measured.steps_per_second, measured.peak_mib
@@ -62,6 +61,14 @@ pub fn figures(gguf: &Path) -> anyhow::Result<()> {
     }
     println!("  (the peer: scripts/bench-peers.sh trains PyTorch + peft on {BATCHES_FILE})");
     Ok(())
+}
+
+/// The first `count` held-out conversations, written into `dir`.
+pub fn held_out(dir: &Path, count: usize) -> anyhow::Result<std::path::PathBuf> {
+    let eval: Vec<String> = std::fs::read_to_string(EVAL_DATA)?.lines().take(count).map(str::to_owned).collect();
+    let path = dir.join("eval.jsonl");
+    std::fs::write(&path, eval.join("\n") + "\n")?;
+    Ok(path)
 }
 
 /// The tokens of every step's global batch, as the trainer reads them: written for the peer.
@@ -92,36 +99,36 @@ fn write_batches(gguf: &Path) -> anyhow::Result<f64> {
     Ok(read as f64 / STEPS as f64)
 }
 
-struct Run<'a> {
-    worker: &'a Path,
-    gguf: &'a Path,
-    eval: &'a Path,
-    method: &'a serde_json::Value,
-    ranks: usize,
-    threads: usize,
+/// One `lantern-worker train` run of `STEPS` steps of `BATCH` tickets conversations, one
+/// checkpoint at the end: the job file's `model` section, the held-out file, the ranks and each
+/// one's threads.
+pub struct Run<'a> {
+    pub worker: &'a Path,
+    pub model: &'a serde_json::Value,
+    pub eval: &'a Path,
+    pub ranks: usize,
+    pub threads: usize,
 }
 
-struct Measured {
-    tokens_per_second: f64,
-    steps_per_second: f64,
-    peak_mib: u64,
+pub struct Measured {
+    pub tokens_per_second: f64,
+    pub steps_per_second: f64,
+    pub peak_mib: u64,
 }
 
 impl Run<'_> {
-    fn measure(&self) -> anyhow::Result<Measured> {
+    /// Runs the job and reads rank 0's summary; with `keep`, its repository stays there.
+    pub fn measure(&self, keep: Option<&Path>) -> anyhow::Result<Measured> {
         let dir = tempfile::tempdir()?;
         let cwd = std::env::current_dir()?;
+        let repository = keep.map_or_else(|| dir.path().join("models"), Path::to_owned);
         let job = json!({
-            "model": {"fine_tune": {
-                "base": {"model": "smollm2", "version": 1, "import_from": cwd.join(self.gguf)},
-                "method": self.method,
-                "sequence_length": SEQUENCE_LENGTH,
-            }},
+            "model": self.model,
             "data": {"jsonl": {"path": cwd.join(TRAIN_DATA), "eval_path": self.eval}},
             "optimizer": {"learning_rate": 0.002, "weight_decay": 0.0},
             "schedule": {"steps": STEPS, "warmup_steps": 2, "global_batch": BATCH},
             "checkpoint": {"every_steps": STEPS, "state_dir": dir.path().join("state")},
-            "output": {"repository": dir.path().join("models"), "model": "bench"},
+            "output": {"repository": repository, "model": "bench"},
             "seed": SEED,
         });
         let path = dir.path().join("job.json");
@@ -136,7 +143,7 @@ impl Run<'_> {
         let stdout = String::from_utf8_lossy(&output.stdout);
         anyhow::ensure!(
             output.status.success(),
-            "fine-tuning failed after {:.0} s: {stdout}{}",
+            "training failed after {:.0} s: {stdout}{}",
             started.elapsed().as_secs_f64(),
             String::from_utf8_lossy(&output.stderr)
         );

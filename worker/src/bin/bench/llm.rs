@@ -25,7 +25,7 @@ use super::{start, wait_available};
 pub const MODEL: &str = "llm";
 const PROMPT_TOKENS: usize = 256;
 const SHORT_PROMPT_TOKENS: usize = 16;
-const NEW_TOKENS: u32 = 128;
+pub const NEW_TOKENS: u32 = 128;
 
 /// Prints the figures, or says why not when the model is missing.
 pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
@@ -59,7 +59,7 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
         let run = generate(client.clone(), MODEL.into(), prompts.long(index), 1).await?;
         anyhow::ensure!(run.cached_tokens == 0, "a prefill prompt was cached");
         prompt_tokens = run.prompt_tokens;
-        prefill.push(run.prompt_tokens as f64 / run.first_token.as_secs_f64());
+        prefill.push(run.prefill_rate());
     }
     prefill.sort_by(f64::total_cmp);
     println!("  prefill, {prompt_tokens}-token prompt: {:.1} tokens/s (median of 3)", prefill[1]);
@@ -73,7 +73,7 @@ pub async fn figures(gguf: &Path) -> anyhow::Result<()> {
     );
 
     let run = generate(client.clone(), MODEL.into(), prompts.short(0), NEW_TOKENS).await?;
-    let single = (run.tokens - 1) as f64 / (run.total - run.first_token).as_secs_f64();
+    let single = run.decode_rate();
     println!("  decode, 1 stream: {single:.1} tokens/s ({} tokens)", run.tokens);
 
     for streams in [4usize, 8, 16] {
@@ -271,25 +271,42 @@ impl Prompts {
 
     /// A prompt of about `PROMPT_TOKENS` tokens, different for each `index` and from every short
     /// prompt's start (which the warm-up leaves in the prefix cache).
-    fn long(&self, index: usize) -> String {
+    pub fn long(&self, index: usize) -> String {
         let start = 1 + index;
         self.codec.tokenizer().decode(&self.ids[start..start + PROMPT_TOKENS], false).unwrap_or_default()
     }
 
     /// A short prompt, different for each `index`.
     pub fn short(&self, index: usize) -> String {
+        self.codec.tokenizer().decode(self.short_ids(index), false).unwrap_or_default()
+    }
+
+    /// The tokens of [`Prompts::short`].
+    pub fn short_ids(&self, index: usize) -> &[u32] {
         let start = index * SHORT_PROMPT_TOKENS + index % 7;
-        self.codec.tokenizer().decode(&self.ids[start..start + SHORT_PROMPT_TOKENS], false).unwrap_or_default()
+        &self.ids[start..start + SHORT_PROMPT_TOKENS]
     }
 }
 
 /// What one request measured.
 pub struct Run {
-    prompt_tokens: usize,
+    pub prompt_tokens: usize,
     cached_tokens: usize,
     pub tokens: usize,
-    first_token: Duration,
-    total: Duration,
+    pub first_token: Duration,
+    pub total: Duration,
+}
+
+impl Run {
+    /// Prompt tokens per second until the first token.
+    pub fn prefill_rate(&self) -> f64 {
+        self.prompt_tokens as f64 / self.first_token.as_secs_f64()
+    }
+
+    /// Output tokens after the first per second after the first.
+    pub fn decode_rate(&self) -> f64 {
+        (self.tokens - 1) as f64 / (self.total - self.first_token).as_secs_f64()
+    }
 }
 
 /// Streams a greedy generation of `max_tokens` from `model` and measures it.

@@ -20,6 +20,9 @@
 //!    valid load with and without attackers, crashes, peak memory and latency side by side.
 //! 9. The router ([`router`], only when asked for: `--sections router`): its overhead against
 //!    straight to a pod, and one channel's balance over three pods.
+//! 10. Compression ([`compress`], only when asked for: `--sections compress`): SmolLM2 quantized
+//!     to each type beside its source (size, prefill, decode, held-out loss), and distilled into
+//!     a student (training throughput, decode against the teacher's).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,6 +48,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 mod adapters;
+mod compress;
 mod finetune;
 mod llm;
 mod router;
@@ -100,6 +104,7 @@ enum Section {
     Adapters,
     Soak,
     Router,
+    Compress,
 }
 
 const SMALL_MLP: [usize; 3] = [16, 64, 8];
@@ -132,6 +137,9 @@ fn main() -> anyhow::Result<()> {
         }
         if args.sections.contains(&Section::Finetune) {
             tokio::task::block_in_place(|| finetune::figures(&args.gguf))?;
+        }
+        if args.sections.contains(&Section::Compress) {
+            compress::figures(&args.gguf).await?;
         }
         if args.sections.contains(&Section::Router) {
             router::figures(&args).await?;
