@@ -12,6 +12,12 @@
 # tasks (tickets, SKU codes) and publish adapter versions; one InferenceService serves the base
 # and both adapters from one pod, and rolls each adapter's versions out as its own canary.
 #
+# scripts/quickstart.sh --compress: the --finetune variant, then the tickets model made smaller
+# (examples/training/compress-tickets-jobs.yaml): quantized to Q8_0, then to Q4_0, then distilled
+# into 10 of its 30 layers, each a new version of `tickets` that the InferenceService
+# (examples/serving/tickets-compressed.yaml) keeps or rolls back on its held-out eval_accuracy,
+# within a tolerance of 0.05 (about 50 minutes on two cores).
+#
 # Everything runs on this machine: the devcluster's API on a loopback port, pods as local
 # processes. State, logs and the model repository stay in .cache/quickstart afterwards.
 set -euo pipefail
@@ -26,12 +32,16 @@ case "${1:-}" in
     variant=finetune job=examples/training/finetune-tickets-job.yaml service=examples/serving/tickets.yaml
     narrate=(--service tickets --job tickets --limit 3000 --ask "tickets=Order 8123 came in pieces.")
     tasks=(tickets) ;;
+  --compress)
+    variant=compress job=examples/training/finetune-tickets-job.yaml service=examples/serving/tickets-compressed.yaml
+    narrate=(--service tickets --job tickets --limit 3000 --ask "tickets=Order 8123 came in pieces.")
+    tasks=(tickets) ;;
   --adapters)
     variant=adapters job=examples/training/finetune-adapters-jobs.yaml service=examples/serving/adapters.yaml
     narrate=(--service smollm2 --job tickets-lora --job sku-lora --limit 3600
       --ask "tickets-lora=Order 8123 came in pieces." --ask "sku-lora=What is the SKU of the blue desk in size 2?")
     tasks=(tickets sku) ;;
-  *) echo "usage: scripts/quickstart.sh [--finetune | --adapters]" >&2; exit 2 ;;
+  *) echo "usage: scripts/quickstart.sh [--finetune | --compress | --adapters]" >&2; exit 2 ;;
 esac
 state=.cache/quickstart
 image=ghcr.io/lantern-dev/worker:0.1.0
@@ -93,6 +103,18 @@ kubectl apply -f "$job" -f "$service"
 
 echo "==> narrating (training progress, the rollouts, and what the models answer; Ctrl-C stops)"
 python3 scripts/narrate.py "${narrate[@]}"
+
+if [ "$variant" = compress ]; then
+  for part in q8 q4 student; do
+    echo "==> kubectl apply -f examples/training/compress-tickets-jobs.yaml -l example.lantern.dev/part=$part"
+    kubectl apply -f examples/training/compress-tickets-jobs.yaml -l "example.lantern.dev/part=$part"
+    python3 scripts/narrate.py --service tickets --job "tickets-$part" --limit 3000 --ask "tickets=Order 8123 came in pieces."
+  done
+  echo "==> each version's held-out metrics (kubectl get tj -o custom-columns)"
+  kubectl get tj -o custom-columns='JOB:.metadata.name,VERSION:.status.checkpoints[-1:].version,ACCURACY:.status.checkpoints[-1:].metrics.eval_accuracy,LOSS:.status.checkpoints[-1:].metrics.eval_loss,SIZE:.status.checkpoints[-1:].metrics.size_ratio,PARAMETERS:.status.checkpoints[-1:].metrics.parameter_ratio'
+  echo "==> the service's versions (stable, rejected)"
+  kubectl get isvc tickets -o jsonpath='stable {.status.stableVersion}, rejected {.status.rejectedVersions}{"\n"}'
+fi
 
 echo "==> kubectl get trainingjobs,inferenceservices"
 kubectl get tj,isvc

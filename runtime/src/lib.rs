@@ -8,7 +8,7 @@
 //! - [`device`]: where models run (`cpu`, or `cuda` with the `cuda` feature), and
 //!   [`compute_threads`]: sizing candle's CPU thread pool once per process.
 //! - [`model`]: candle model implementations (one module per architecture: MLP, llama from GGUF
-//!   or HF checkpoints, BERT sentence embeddings), the Q4_1/Q8_0 kernel, and the loader.
+//!   or HF checkpoints, BERT sentence embeddings), the Q4_0/Q4_1/Q8_0 kernel, and the loader.
 //! - [`tensor`]: protocol-neutral tensors and datatype conversions.
 //! - [`llm`]: language-model building blocks: tokenizers (from `tokenizer.json` or GGUF metadata),
 //!   chat templates, sampling, constrained decoding, stop strings, the paged KV cache and the
@@ -27,7 +27,7 @@
 //! - A version is loaded only after every file's sha256 matches its manifest, and loading reads
 //!   no file through a symbolic link.
 //! - A language model's greedy output does not depend on what else runs in the batch or on the
-//!   prefix cache: every row of a step is computed independently, the Q4_1/Q8_0 kernel included.
+//!   prefix cache: every row of a step is computed independently, the Q4_0/Q4_1/Q8_0 kernel included.
 //! - Models run on the CPU, or on an NVIDIA GPU in a build with the `cuda` feature; the paged KV
 //!   cache stays in host memory either way.
 

@@ -477,11 +477,14 @@ impl Job<'_> {
     }
 
     /// Publishes the model (holding `saved`'s weights) as the next version, with the training
-    /// loss, the held-out metrics and the step, unless a version of that step exists already.
+    /// loss, the held-out metrics and the step, unless this job published a version of that step
+    /// already (other jobs' versions of the model do not count: a distillation may publish into
+    /// the model its teacher was fine-tuned as).
     fn publish_once(&mut self, saved: &Saved) -> Result<()> {
         let Some(progress) = &self.progress else { return Ok(()) };
         let output = &self.config.output;
-        if published_steps(&self.repository, &output.model)?.contains_key(&saved.state.step) {
+        let job = job_name(self.checkpoint_spec);
+        if job_steps(&self.repository, &output.model, Some(&job))?.contains_key(&saved.state.step) {
             return Ok(());
         }
         let mut metrics =
@@ -490,6 +493,7 @@ impl Job<'_> {
         metrics.extend(self.baseline.iter().map(|(name, value)| (format!("{BASELINE_PREFIX}{name}"), *value)));
         let staging = tempfile::tempdir().map_err(|e| Error::io("creating a staging directory", e))?;
         self.model.write_version(staging.path())?;
+        stamp_job(staging.path(), job)?;
         let request = PublishRequest {
             repository: &self.repository,
             model: &output.model,
@@ -515,13 +519,35 @@ impl Job<'_> {
 
 /// The training step each published version of `model` records, and the version.
 pub fn published_steps(repository: &Repository, model: &str) -> Result<BTreeMap<u64, u64>> {
+    job_steps(repository, model, None)
+}
+
+/// As [`published_steps`], of the versions `job` published when given.
+fn job_steps(repository: &Repository, model: &str, job: Option<&str>) -> Result<BTreeMap<u64, u64>> {
     let mut steps = BTreeMap::new();
     for version in repository.versions(model)? {
-        if let Some(&step) = repository.manifest(model, version)?.metrics.get(STEP_METRIC) {
+        let manifest = repository.manifest(model, version)?;
+        if let Some(&step) =
+            manifest.metrics.get(STEP_METRIC).filter(|_| job.is_none() || manifest.job.as_deref() == job)
+        {
             steps.insert(step as u64, version);
         }
     }
     Ok(steps)
+}
+
+/// A job's name in the manifests it publishes: where its states are kept, which no other job
+/// shares.
+fn job_name(checkpoint: &CheckpointSpec) -> String {
+    checkpoint.state_uri.clone().unwrap_or_else(|| checkpoint.state_dir.display().to_string())
+}
+
+/// Records `job` in the manifest of the version a model wrote into `dir` (written out when the
+/// model's files imply it).
+fn stamp_job(dir: &Path, job: String) -> Result<()> {
+    let manifest = repository::Manifest { job: Some(job), ..repository::source_manifest(dir)? };
+    let path = dir.join(repository::MANIFEST_FILE);
+    std::fs::write(&path, manifest.to_json()).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 #[cfg(test)]

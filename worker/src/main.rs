@@ -481,6 +481,7 @@ async fn run_train(args: TrainArgs) -> anyhow::Result<i32> {
             return Ok(train::EXIT_INVALID);
         }
     };
+    let quantize = matches!(config.model, config::ModelSpec::Quantize(_));
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
     let mut training = tokio::task::spawn_blocking(move || trainer::train(&config, &flag));
@@ -493,6 +494,15 @@ async fn run_train(args: TrainArgs) -> anyhow::Result<i32> {
         }
     };
     match result.context("the training thread panicked")? {
+        Ok(outcome) if quantize => {
+            println!(
+                "quantized in {:.2} s; peak memory {} MiB; published versions {:?}",
+                outcome.seconds,
+                peak_memory_mib(),
+                outcome.published
+            );
+            Ok(0)
+        }
         Ok(outcome) => {
             let (steps_per_second, tokens_per_second) = outcome.rates();
             println!(

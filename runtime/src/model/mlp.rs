@@ -77,6 +77,7 @@ impl Config {
             outputs: vec![spec(OUTPUT, self.out_features())],
             metrics: Default::default(),
             base: None,
+            job: None,
             files: Vec::new(),
         }
     }

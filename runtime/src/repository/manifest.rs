@@ -83,9 +83,14 @@ pub struct Manifest {
     /// Evaluation metrics recorded by whoever produced the version (loss, accuracy, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
-    /// The version this one was fine-tuned from (an adapter's base, a merged model's origin).
+    /// The version this one was made from (an adapter's base, a merged model's origin, a
+    /// quantization's source, a distilled student's teacher).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseVersion>,
+    /// The training job that published it, by its state directory (or state URI): how a resumed
+    /// job tells its own versions from other jobs' versions of the same model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// Every file of the version. Filled in by `publish`; required when loading.
     #[serde(default)]
     pub files: Vec<FileEntry>,
@@ -153,6 +158,7 @@ impl Manifest {
             outputs: vec![output],
             metrics: BTreeMap::new(),
             base: None,
+            job: None,
             files: Vec::new(),
         }
     }

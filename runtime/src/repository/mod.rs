@@ -34,7 +34,7 @@ pub use location::Location;
 pub use manifest::{
     Architecture, BaseVersion, FileEntry, Format, MANIFEST_FILE, Manifest, TEXT_INPUT, TEXT_OUTPUT, Task, TensorSpec,
 };
-pub use publish::{PublishRequest, publish, publish_adapter};
+pub use publish::{PublishRequest, publish, publish_adapter, source_manifest};
 
 use crate::error::{Error, Result};
 use oci::Oci;

@@ -131,25 +131,31 @@ fn read_source(source: &Path) -> Result<(PathBuf, Manifest, Vec<PathBuf>)> {
         let name = source.file_name().map(PathBuf::from).expect("a file path has a file name; this is a bug");
         return Ok((dir, Manifest::gguf_language_model(), vec![name]));
     }
-    let source_manifest = source.join(MANIFEST_FILE);
-    let manifest = match std::fs::read(&source_manifest) {
-        Ok(bytes) => Manifest::from_json(&bytes, &source_manifest)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.join(HF_CONFIG).is_file() => {
-            infer_hf_manifest(&source.join(HF_CONFIG))?
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.join(ADAPTER_CONFIG_FILE).is_file() => {
-            return Err(Error::invalid(format!(
-                "{} is a PEFT adapter: publish it with the base it adapts (--base MODEL:VERSION)",
-                source.display()
-            )));
-        }
-        Err(e) => return Err(Error::io(format!("reading {}", source_manifest.display()), e)),
-    };
+    let manifest = source_manifest(source)?;
     let files = list_files(source)?;
     if files.is_empty() {
         return Err(Error::invalid(format!("{} holds no model files besides the manifest", source.display())));
     }
     Ok((source.to_owned(), manifest, files))
+}
+
+/// The manifest a directory publishes with: its `manifest.json`, or the one an HF checkpoint's
+/// `config.json` implies. A PEFT adapter without a manifest is refused: it needs its base.
+pub fn source_manifest(source: &Path) -> Result<Manifest> {
+    let path = source.join(MANIFEST_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => Manifest::from_json(&bytes, &path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.join(HF_CONFIG).is_file() => {
+            infer_hf_manifest(&source.join(HF_CONFIG))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.join(ADAPTER_CONFIG_FILE).is_file() => {
+            Err(Error::invalid(format!(
+                "{} is a PEFT adapter: publish it with the base it adapts (--base MODEL:VERSION)",
+                source.display()
+            )))
+        }
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
 }
 
 /// An HF checkpoint's configuration file.

@@ -102,6 +102,21 @@ fn sigterm_saves_a_state_and_the_restarted_run_ends_as_an_uninterrupted_one() {
     );
 }
 
+#[test]
+fn a_second_job_into_the_same_model_publishes_its_own_versions_of_the_same_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = addition_job(dir.path(), 10, 10);
+    let mut second = first.clone();
+    second["checkpoint"]["state_dir"] = json!(dir.path().join("other-state"));
+    second["seed"] = json!(6);
+    let train = |job: &Value| trainer::train(&config_of(job), &AtomicBool::new(false)).unwrap().published;
+    assert_eq!(train(&first), vec![1]);
+    assert_eq!(train(&second), vec![2], "step 10 of another job is not this job's step 10");
+    assert_eq!(train(&first), Vec::<u64>::new(), "run again, the job finds its own version of step 10");
+    let manifest = Repository::new(dir.path().join("models")).manifest(MODEL, 2).unwrap();
+    assert_eq!(manifest.job.as_deref(), Some(dir.path().join("other-state").to_str().unwrap()));
+}
+
 /// A free loopback port for rank 0.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
