@@ -11,7 +11,8 @@ use lantern_runtime::repository::Repository;
 use lantern_train::EXIT_INVALID;
 use serde_json::{Value, json};
 
-use super::{train_process, write_job};
+use super::finetune::{publish_tiny_base, write_pairs};
+use super::{assert_close, tensors, train_pair, train_process, write_job};
 
 /// A distillation job in `dir` from SmolLM2 (imported from the test models) into a student of
 /// its first and last layers, on four tickets conversations (two held out), two steps.
@@ -63,6 +64,46 @@ fn a_student_cut_from_smollm2_learns_from_it_and_publishes_a_version_measured_ag
         panic!("the student loads as a language model");
     };
     assert_eq!(codec.tokenizer().token_id("<|im_end|>"), Some(2), "the teacher's tokenizer");
+}
+
+/// A distillation in `dir` of a tiny byte-level teacher (`base` version 1) into a smaller fresh
+/// student, on key/value pairs.
+fn tiny_distill_job(dir: &Path) -> Value {
+    std::fs::create_dir_all(dir).unwrap();
+    publish_tiny_base(&dir.join("models"));
+    write_pairs(&dir.join("train.jsonl"), 0..32);
+    write_pairs(&dir.join("eval.jsonl"), 32..36);
+    json!({
+        "model": {"distill": {
+            "teacher": {"model": "base", "version": 1},
+            "student": {"sizes": {"hidden_size": 16, "intermediate_size": 32, "layers": 1, "heads": 2}},
+            "sequence_length": 32,
+            "top_k": 8,
+            "cross_entropy_weight": 0.5,
+        }},
+        "data": {"jsonl": {"path": dir.join("train.jsonl"), "eval_path": dir.join("eval.jsonl")}},
+        "optimizer": {"learning_rate": 0.01, "weight_decay": 0.0},
+        "schedule": {"steps": 6, "global_batch": 8},
+        "checkpoint": {"every_steps": 6, "state_dir": dir.join("state")},
+        "output": {"repository": dir.join("models"), "model": "student"},
+        "seed": 2,
+    })
+}
+
+#[test]
+fn two_ranks_distil_the_student_one_rank_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("alone");
+    let job = tiny_distill_job(&alone);
+    let outcome = lantern_train::trainer::train(&super::config_of(&job), &std::sync::atomic::AtomicBool::new(false));
+    assert_eq!(outcome.unwrap().published, vec![1]);
+    let pair = dir.path().join("pair");
+    let outcomes = train_pair(&tiny_distill_job(&pair));
+    assert_eq!((outcomes[0].published.as_slice(), outcomes[1].published.as_slice()), (&[1][..], &[][..]));
+    let weights = |root: &Path| {
+        tensors(&Repository::new(root.join("models")).version_dir("student", 1).unwrap().join("model.safetensors"))
+    };
+    assert_close(&weights(&alone), &weights(&pair));
 }
 
 #[test]

@@ -30,7 +30,7 @@ use super::{assert_close, config_of, tensors, train_pair, train_process, write_j
 const TUNED: &str = "tuned";
 
 /// A byte-level llama with random weights, published as `base` version 1 of `root`.
-fn publish_tiny_base(root: &Path) {
+pub(super) fn publish_tiny_base(root: &Path) {
     let spec = LlamaSpec {
         hidden_size: 32,
         intermediate_size: 64,
@@ -54,7 +54,7 @@ fn publish_tiny_base(root: &Path) {
 }
 
 /// Prompt/completion pairs a byte-level model can learn: a key and its fixed answer.
-fn write_pairs(path: &Path, keys: std::ops::Range<u32>) {
+pub(super) fn write_pairs(path: &Path, keys: std::ops::Range<u32>) {
     let lines: Vec<String> = keys
         .map(|k| json!({"prompt": format!("key {k}:"), "completion": format!(" v{}", k * 7 % 100)}).to_string())
         .collect();
