@@ -1,6 +1,7 @@
 //! `lantern-worker quantize`: SmolLM2 written again as GGUF in smaller types and published as
 //! versions that name their source, load as language models, and are refused for a source that
-//! is not a llama, a digest that does not match, or a type the writer does not support.
+//! is not a llama, a digest that does not match, or a type the writer does not support; a run
+//! killed at any moment leaves no partial version.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -97,6 +98,33 @@ fn a_source_that_is_not_a_llama_a_wrong_digest_and_an_unknown_type_are_refused()
         "\"q5_k\" is not a GGUF type this writer supports",
     );
     assert_eq!(Repository::new(repo.path()).versions("minilm").unwrap(), [1].into(), "nothing was published");
+}
+
+#[test]
+fn a_quantization_killed_at_any_moment_leaves_no_version_or_a_whole_one() {
+    let Some(gguf) = lantern_runtime::test_models::smollm2_path() else { return };
+    let repo = tempfile::tempdir().unwrap();
+    publish(repo.path(), "smollm2", &gguf);
+    let repository = Repository::new(repo.path());
+    let mut killed = 0;
+    // From mid-read to mid-write to done, depending on the machine.
+    for (run, delay_ms) in [100u64, 400, 800, 1500, 3000].into_iter().enumerate() {
+        let into = format!("small-{run}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lantern-worker"))
+            .args(["quantize", "--repository", repo.path().to_str().unwrap()])
+            .args(["--model", "smollm2", "--version", "1", "--type", "q8_0", "--into", &into])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        killed += usize::from(!child.wait().unwrap().success());
+        for version in repository.versions(&into).unwrap_or_default() {
+            repository.read_verified(&into, version).expect("a visible version is whole");
+        }
+    }
+    assert!(killed > 0, "every run finished before its kill: nothing was interrupted");
 }
 
 /// A quantize job file for SmolLM2 (imported from the test models) into `dir`, measured on the
