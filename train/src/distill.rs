@@ -29,7 +29,7 @@ use lantern_runtime::model::llama::{HfConfig, Llama};
 use lantern_runtime::repository::{BaseVersion, MANIFEST_FILE, Manifest};
 
 use super::base::Base;
-use super::config::{DistillSpec, FineTuneMethod, OutputSpec, StudentSizes, StudentSpec};
+use super::config::{BaseSpec, DistillSpec, FineTuneMethod, OutputSpec, StudentSizes, StudentSpec};
 use super::data::{Question, Sequence};
 use super::heldout;
 use super::lm::{Pass, SoftTargets, TrainLlama};
@@ -53,7 +53,7 @@ impl Distill {
     /// Reads and verifies the teacher (and a student version) `spec` names, loads the teacher
     /// for its forward passes and prepares the student, on `device`.
     pub fn new(spec: &DistillSpec, output: &OutputSpec, seed: u64, device: &Device) -> Result<Self> {
-        let open = |base: &super::config::BaseSpec, field: &str| {
+        let open = |base: &BaseSpec, field: &str| {
             Base::open(&crate::config::open_repository(base.repository(output), output)?, base, field)
         };
         let teacher = open(&spec.teacher, "model.distill.teacher")?;
