@@ -16,7 +16,7 @@
 # (examples/training/compress-tickets-jobs.yaml): quantized to Q8_0, then to Q4_0, then distilled
 # into 10 of its 30 layers, each a new version of `tickets` that the InferenceService
 # (examples/serving/tickets-compressed.yaml) keeps or rolls back on its held-out eval_accuracy,
-# within a tolerance of 0.05 (about 50 minutes on two cores).
+# within a tolerance of 0.05 (over an hour on two cores).
 #
 # Everything runs on this machine: the devcluster's API on a loopback port, pods as local
 # processes. State, logs and the model repository stay in .cache/quickstart afterwards.
