@@ -6,7 +6,9 @@
 #   tritonclient[grpc] and openai, moto (S3) and azure-storage-blob
 #   (scripts/install-python-clients.sh);
 # - .cache/node: azurite, the Azure Blob emulator (scripts/install-azurite.sh);
-# - docker-registry, Debian's OCI registry (scripts/install-docker-registry.sh, as root).
+# - docker-registry, Debian's OCI registry (scripts/install-docker-registry.sh, as root);
+# - podman, runc, buildah and mmdebstrap, which build and run the images (scripts/install-containers.sh,
+#   as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,3 +17,4 @@ scripts/fetch-helm.sh
 scripts/install-python-clients.sh
 scripts/install-azurite.sh
 scripts/install-docker-registry.sh
+scripts/install-containers.sh

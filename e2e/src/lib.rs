@@ -10,6 +10,7 @@
 //! --workspace` builds them); a missing one is a clear error.
 
 pub mod azure;
+pub mod containers;
 pub mod fault;
 pub mod oci;
 pub mod s3;

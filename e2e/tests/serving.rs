@@ -279,7 +279,9 @@ async fn one_grpc_channel_is_balanced_over_three_pods_by_the_router() {
     }
     assert_eq!(counts.len(), 3);
     assert_eq!(counts.iter().sum::<u64>(), 90, "{counts:?}");
-    assert!(counts.iter().all(|&n| (27..=33).contains(&n)), "each pod within 10% of a third: {counts:?}");
+    // Requests one at a time spread evenly (the fewest routed breaks ties); the concurrent ones
+    // follow each pod's speed, as least outstanding requests should, so the bound is a fifth.
+    assert!(counts.iter().all(|&n| (24..=36).contains(&n)), "each pod within a fifth of a third: {counts:?}");
     stack.stop().await.unwrap();
 }
 

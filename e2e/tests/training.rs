@@ -48,7 +48,7 @@ async fn a_two_rank_job_trains_publishes_versions_and_succeeds() {
         .await;
     let status = &done["status"];
     assert_eq!(status["phase"], "Succeeded", "{status:#}\n{}", stack.operator_log());
-    assert_eq!(status["restarts"], 0);
+    assert_eq!(status["restarts"], 0, "{status:#}\n{}", stack.operator_log());
     assert!(status["completionTime"].is_string() && status["startTime"].is_string());
     let conditions: Vec<(&str, &str)> = status["conditions"]
         .as_array()

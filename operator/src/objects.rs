@@ -211,9 +211,27 @@ pub fn worker_security_context() -> SecurityContext {
     }
 }
 
+/// Where every container of a hardened pod may write besides its volumes: an emptyDir, as the
+/// root filesystem is read-only (training stages each version there before publishing it).
+pub const SCRATCH_MOUNT: &str = "/tmp";
+
 /// Pod-level hardening of a worker pod: the same user and seccomp profile for every container,
-/// and no service-account token (workers never call the Kubernetes API).
+/// scratch space at [`SCRATCH_MOUNT`] for each, and no service-account token (workers never call
+/// the Kubernetes API).
 pub fn harden_pod(pod_spec: &mut PodSpec) {
+    let scratch = "scratch";
+    pod_spec.volumes.get_or_insert_default().push(Volume {
+        name: scratch.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    });
+    for container in &mut pod_spec.containers {
+        container.volume_mounts.get_or_insert_default().push(VolumeMount {
+            name: scratch.to_owned(),
+            mount_path: SCRATCH_MOUNT.to_owned(),
+            ..VolumeMount::default()
+        });
+    }
     pod_spec.security_context = Some(PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(WORKER_UID.into()),

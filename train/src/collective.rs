@@ -42,6 +42,8 @@ const STREAM_WINDOW_BYTES: u32 = 8 << 20;
 const OUTBOX_CHUNKS: usize = 8;
 /// How often ranks other than 0 report to rank 0.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// The most a finished rank waits for its last chunks to reach the right neighbour.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where this rank stands and how long to wait for the others.
 #[derive(Clone, Debug)]
@@ -82,6 +84,9 @@ pub struct Collective {
     left: String,
     right: String,
     outbox: mpsc::Sender<Chunk>,
+    /// Streams the outbox to the right neighbour; ends when the outbox closes and the neighbour
+    /// has read everything.
+    sending: tokio::task::JoinHandle<()>,
     inbox: mpsc::Receiver<std::result::Result<Chunk, Status>>,
     sent: u64,
     received: u64,
@@ -109,7 +114,7 @@ impl Collective {
         let target = right.clone();
         let token = send_token(&placement)?;
         let ring_token = token.clone();
-        runtime.spawn(async move {
+        let sending = runtime.spawn(async move {
             let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
             let connected = connect(&target, &ring_token, |e| {
                 e.tcp_nodelay(true)
@@ -134,7 +139,18 @@ impl Collective {
             runtime.spawn(send_heartbeats(placement.coordinator.clone(), token, placement.rank, current.clone()));
         }
         tracing::info!(rank = placement.rank, world_size = n, %left, %right, "joined the ring");
-        Ok(Self { placement, runtime, left, right, outbox, inbox, sent: 0, received: 0, step: current })
+        Ok(Self { placement, runtime, left, right, outbox, sending, inbox, sent: 0, received: 0, step: current })
+    }
+
+    /// Leaves the ring once the right neighbour has read every chunk sent to it (or
+    /// `FINISH_TIMEOUT` passed): a rank that finishes first must not take the last chunks of the
+    /// final all-reduce down with its process.
+    pub fn finish(self) {
+        let Self { runtime, outbox, sending, right, .. } = self;
+        drop(outbox);
+        if runtime.block_on(async { tokio::time::timeout(FINISH_TIMEOUT, sending).await }).is_err() {
+            tracing::warn!(%right, "the right neighbour did not read the last chunks in time");
+        }
     }
 
     /// Replaces `values` with their mean over all ranks, waiting at most `timeout` for each piece

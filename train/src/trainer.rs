@@ -324,6 +324,9 @@ fn run(
                 progress.set_phase(TrainingPhase::Stopping);
             }
             job.checkpoint(step, loss)?;
+            if let Some(collective) = collective {
+                collective.finish();
+            }
             return Ok(outcome(step, loss, job.published, true, trained_tokens, checkpoint_seconds));
         }
         if !step_loss.is_finite() {
@@ -348,6 +351,9 @@ fn run(
             job.checkpoint(step, loss)?;
             checkpoint_seconds += started.elapsed().as_secs_f64();
         }
+    }
+    if let Some(collective) = collective {
+        collective.finish();
     }
     Ok(outcome(step, loss, job.published, false, trained_tokens, checkpoint_seconds))
 }

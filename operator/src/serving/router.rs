@@ -225,9 +225,15 @@ mod tests {
         let service = test_service(serde_json::json!({"tls": {"secretName": "adder-tls"}}));
         let deployment = serde_json::to_value(deployment(&service, "router", &["adder"])).unwrap();
         let pod = &deployment["spec"]["template"]["spec"];
-        assert_eq!(pod["volumes"], serde_json::json!([{"name": "tls", "secret": {"secretName": "adder-tls"}}]));
+        let scratch = serde_json::json!({"name": "scratch", "emptyDir": {}});
+        assert_eq!(
+            pod["volumes"],
+            serde_json::json!([{"name": "tls", "secret": {"secretName": "adder-tls"}}, scratch])
+        );
         let container = &pod["containers"][0];
         assert_eq!(container["volumeMounts"][0]["mountPath"], "/var/run/lantern/tls");
+        // The root filesystem is read-only; /tmp is the pod's.
+        assert_eq!(container["volumeMounts"][1], serde_json::json!({"name": "scratch", "mountPath": "/tmp"}));
         let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
         assert_eq!(
             args[args.len() - 4..],

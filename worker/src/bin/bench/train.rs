@@ -125,6 +125,7 @@ fn all_reduce(megabytes: usize) -> anyhow::Result<(f64, f64)> {
                     collective.all_reduce_mean(&mut buffer, step, Duration::from_secs(60))?;
                     times.push(started.elapsed().as_secs_f64());
                 }
+                collective.finish();
                 Ok(times)
             })
         })
