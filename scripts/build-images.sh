@@ -14,6 +14,9 @@
 #   scripts/build-images.sh --binaries DIR     binaries already built in DIR (the tests pass
 #                                              target/debug)
 #   scripts/build-images.sh --rebuild-base     make the base again
+#   scripts/build-images.sh --test-image       also localhost/lantern/test-busybox:bookworm,
+#                                              Debian's static busybox running as root, which
+#                                              the container tests use as a shell
 # Prints each image's reference and size. Needs podman, buildah and mmdebstrap
 # (scripts/install-containers.sh).
 set -euo pipefail
@@ -21,10 +24,12 @@ cd "$(dirname "$0")/.."
 
 binaries=""
 rebuild_base=false
+test_image=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --binaries) binaries="$2"; shift 2 ;;
     --rebuild-base) rebuild_base=true; shift ;;
+    --test-image) test_image=true; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -63,6 +68,15 @@ if $rebuild_base || ! podman image exists "$base"; then
   podman import --quiet --change "USER=$uid:$uid" --change "WORKDIR=/home/nonroot" \
     "$work/base.tar" "$base" >/dev/null
   echo "$base $(podman image inspect --format '{{.Size}}' "$base" | numfmt --to=si)B"
+fi
+
+test_busybox=localhost/lantern/test-busybox:bookworm
+if $test_image && { $rebuild_base || ! podman image exists "$test_busybox"; }; then
+  mmdebstrap --quiet --variant=extract --include=busybox-static \
+    --extract-hook='chroot "$1" /bin/busybox --install -s /bin' bookworm "$work/busybox.tar"
+  tar --delete -f "$work/busybox.tar" ./etc/apt ./var/lib/apt ./var/lib/dpkg ./var/cache/apt ./var/log
+  podman import --quiet "$work/busybox.tar" "$test_busybox" >/dev/null
+  echo "$test_busybox $(podman image inspect --format '{{.Size}}' "$test_busybox" | numfmt --to=si)B"
 fi
 
 if [ -z "$binaries" ]; then

@@ -19,11 +19,23 @@
 # within a tolerance of 0.05 (over an hour on two cores).
 #
 # Everything runs on this machine: the devcluster's API on a loopback port, pods as local
-# processes. State, logs and the model repository stay in .cache/quickstart afterwards.
+# processes. With --containers (before or after the variant), the pods run in containers
+# instead: scripts/build-images.sh builds the worker and router images from the same binaries,
+# and the devcluster runs them with podman under the pod security the operator writes
+# (`lantern-devcluster up --runtime podman`; needs root and scripts/install-containers.sh).
+# State, logs and the model repository stay in .cache/quickstart afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-case "${1:-}" in
+containers=false
+variant_flag=""
+for arg in "$@"; do
+  case "$arg" in
+    --containers) containers=true ;;
+    *) variant_flag="$arg" ;;
+  esac
+done
+case "$variant_flag" in
   "")
     variant=adder job=examples/training/adder-job.yaml service=examples/serving/adder.yaml
     narrate=(--service adder --job adder)
@@ -41,7 +53,7 @@ case "${1:-}" in
     narrate=(--service smollm2 --job tickets-lora --job sku-lora --limit 3600
       --ask "tickets-lora=Order 8123 came in pieces." --ask "sku-lora=What is the SKU of the blue desk in size 2?")
     tasks=(tickets sku) ;;
-  *) echo "usage: scripts/quickstart.sh [--finetune | --compress | --adapters]" >&2; exit 2 ;;
+  *) echo "usage: scripts/quickstart.sh [--finetune | --compress | --adapters] [--containers]" >&2; exit 2 ;;
 esac
 state=.cache/quickstart
 image=ghcr.io/lantern-dev/worker:0.1.0
@@ -82,9 +94,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+if $containers; then
+  scripts/install-containers.sh
+  echo "==> scripts/build-images.sh --binaries $bin (the images the pods run)"
+  scripts/build-images.sh --binaries "$bin"
+  pods=(--runtime podman)
+else
+  pods=(--image "$image=$bin/lantern-worker" --image "$router_image=$bin/lantern-router")
+fi
 echo "==> starting the devcluster (logs: $state/devcluster.log; pods' logs under $state/cluster/pods)"
 "$bin/lantern-devcluster" up --state-dir "$state/cluster" --listen 127.0.0.1:0 \
-  --image "$image=$bin/lantern-worker" --image "$router_image=$bin/lantern-router" --back-off-seconds 2 >/dev/null 2>"$state/devcluster.log" &
+  "${pods[@]}" --back-off-seconds 2 >/dev/null 2>"$state/devcluster.log" &
 pids+=($!)
 export KUBECONFIG=$PWD/$state/cluster/kubeconfig
 for _ in $(seq 100); do [ -s "$KUBECONFIG" ] && break; sleep 0.1; done

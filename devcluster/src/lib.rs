@@ -50,7 +50,7 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// A loopback address; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// How pods run: the image map and CrashLoopBackOff.
+    /// How pods run: processes (the image map) or podman, and CrashLoopBackOff.
     pub kubelet: kubelet::Config,
 }
 
@@ -62,6 +62,12 @@ impl Options {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             kubelet: kubelet::Config::default(),
         }
+    }
+
+    /// Runs pods with `runtime`.
+    pub fn runtime(mut self, runtime: kubelet::Runtime) -> Self {
+        self.kubelet.runtime = runtime;
+        self
     }
 
     /// Runs `image` as `executable`.

@@ -27,6 +27,10 @@ enum Command {
         /// matches exactly or by its repository, tag left off.
         #[arg(long = "image", value_parser = kubelet::parse_image)]
         images: Vec<(String, PathBuf)>,
+        /// What runs pods: `processes` (images mapped to executables with --image) or `podman`
+        /// (images from podman's local storage, under their pod security).
+        #[arg(long, value_enum, default_value = "processes", env = "LANTERN_DEVCLUSTER_RUNTIME")]
+        runtime: kubelet::Runtime,
         /// The first CrashLoopBackOff delay, doubling to 300 s.
         #[arg(long, default_value_t = 10.0)]
         back_off_seconds: f64,
@@ -40,8 +44,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Command::Up { state_dir, listen, images, back_off_seconds } = Args::parse().command;
+    let Command::Up { state_dir, listen, images, runtime, back_off_seconds } = Args::parse().command;
     let mut options = Options { listen, ..Options::new(state_dir) };
+    options.kubelet.runtime = runtime;
     options.kubelet.images.extend(images);
     options.kubelet.back_off = std::time::Duration::try_from_secs_f64(back_off_seconds)?;
     let cluster = DevCluster::start(options).await?;

@@ -395,6 +395,8 @@ async fn grpc_probes_ask_the_standard_health_service() {
         args: Vec::new(),
         env: Vec::new(),
         dir: std::env::temp_dir(),
+        container: None,
+        memory_cgroup: None,
     };
     let target = probe::Target { ip: "127.0.0.1".parse().unwrap(), ports: vec![("grpc".into(), port)], launch };
     assert_eq!(probe::check(&json!({"grpc": {"port": port}}), &target).await, Ok(()));

@@ -17,18 +17,27 @@ use crate::{binary, workspace};
 /// The user every Lantern image runs as (the operator's `runAsUser`).
 pub const IMAGE_USER: u32 = 65532;
 
-/// Builds the worker, operator and router images from the binaries this test was built with;
-/// false (after saying SKIPPED and why) where podman, buildah or mmdebstrap is missing.
+/// Debian's static busybox, running as root: a shell for the tests' own pods.
+pub const TEST_BUSYBOX: &str = "localhost/lantern/test-busybox:bookworm";
+
+/// Builds the worker, operator and router images from the binaries this test was built with,
+/// and [`TEST_BUSYBOX`]; false (after saying SKIPPED and why) where podman, buildah or
+/// mmdebstrap is missing, or this is not root.
 pub async fn build_images() -> anyhow::Result<bool> {
     let missing: Vec<&str> = ["podman", "buildah", "mmdebstrap"].into_iter().filter(|tool| !on_path(tool)).collect();
     if !missing.is_empty() {
         eprintln!("SKIPPED: {} missing (scripts/install-containers.sh installs them)", missing.join(", "));
         return Ok(false);
     }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: the container tests run as root (they give volumes to the images' user)");
+        return Ok(false);
+    }
     let binaries = binary("lantern-worker")?.parent().context("the binaries' directory")?.to_owned();
     let output = tokio::process::Command::new(workspace().join("scripts/build-images.sh"))
         .arg("--binaries")
         .arg(&binaries)
+        .arg("--test-image")
         .output()
         .await
         .context("running scripts/build-images.sh")?;

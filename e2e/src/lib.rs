@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use lantern_devcluster::kubelet::Runtime;
 use lantern_devcluster::{DevCluster, Kubectl, Options};
 
 /// The PersistentVolumeClaim `models` the suites publish into and serve from.
@@ -217,22 +218,43 @@ impl Stack {
 
     /// As [`Stack::start`], with `env` added to the operator's environment.
     pub async fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let mut stack = Self::bare().await?;
-        let crds = workspace().join("crds");
-        let applied = stack.kubectl(&["apply", "-f", crds.to_str().context("a UTF-8 path")?]).await?;
-        anyhow::ensure!(applied.ok, "applying the CRDs: {}{}", applied.stdout, applied.stderr);
-        stack.operator = Some(Operator::start(&stack.cluster, stack.state.path(), OPERATOR_IDENTITY, env)?);
-        Ok(stack)
+        Self::bare().await?.with_operator(env).await
     }
 
     /// The devcluster alone, its kubelet running the worker and operator images as the built
     /// binaries: nothing applied, no operator started (for installing the chart).
     pub async fn bare() -> anyhow::Result<Self> {
-        let state = tempfile::tempdir().context("creating the state directory")?;
-        let mut options = Options::new(state.path())
+        let options = Options::new(PathBuf::new())
             .image(WORKER_IMAGE, binary("lantern-worker")?)
             .image(ROUTER_IMAGE, binary("lantern-router")?)
             .image(OPERATOR_IMAGE, binary("lantern-operator")?);
+        Self::on(options).await
+    }
+
+    /// As [`Stack::start`], with every pod in a container from its image in podman's storage
+    /// ([`containers::build_images`] builds them); the operator still runs as a process.
+    pub async fn in_containers() -> anyhow::Result<Self> {
+        Self::bare_in_containers().await?.with_operator(&[]).await
+    }
+
+    /// The devcluster alone, every pod in a container: nothing applied, no operator started.
+    pub async fn bare_in_containers() -> anyhow::Result<Self> {
+        Self::on(Options::new(PathBuf::new()).runtime(Runtime::Podman)).await
+    }
+
+    /// The CRDs applied and the operator started, with `env` added to its environment.
+    async fn with_operator(mut self, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let crds = workspace().join("crds");
+        let applied = self.kubectl(&["apply", "-f", crds.to_str().context("a UTF-8 path")?]).await?;
+        anyhow::ensure!(applied.ok, "applying the CRDs: {}{}", applied.stdout, applied.stderr);
+        self.operator = Some(Operator::start(&self.cluster, self.state.path(), OPERATOR_IDENTITY, env)?);
+        Ok(self)
+    }
+
+    /// The devcluster as `options` say, in a fresh state directory, with a 1 s back-off.
+    async fn on(mut options: Options) -> anyhow::Result<Self> {
+        let state = tempfile::tempdir().context("creating the state directory")?;
+        options.state_dir = state.path().to_owned();
         options.kubelet.back_off = Duration::from_secs(1);
         let cluster = DevCluster::start(options).await?;
         Ok(Self { cluster, operator: None, state })
@@ -249,6 +271,27 @@ impl Stack {
         self.operator().kill().await?;
         self.operator = Some(Operator::start(&self.cluster, self.state.path(), OPERATOR_IDENTITY, &[])?);
         Ok(())
+    }
+
+    /// Runs the helm that `scripts/fetch-helm.sh` installs, in the workspace, against this
+    /// cluster, with its caches and configuration in the state directory; its stdout.
+    pub async fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
+        let binary = workspace().join(".cache/tools/helm");
+        anyhow::ensure!(binary.is_file(), "{} is missing: run scripts/setup-test-deps.sh", binary.display());
+        let home = self.state.path().join("helm");
+        let output = tokio::process::Command::new(&binary)
+            .args(args)
+            .current_dir(workspace())
+            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .output()
+            .await
+            .context("running helm")?;
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        anyhow::ensure!(output.status.success(), "helm {args:?} failed:\n{stdout}\n{stderr}");
+        Ok(stdout.into_owned())
     }
 
     pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Kubectl> {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use lantern_e2e::{MODELS_CLAIM, Stack, workspace};
+use lantern_e2e::{MODELS_CLAIM, Stack};
 
 const NAMESPACE: &str = "lantern-system";
 
@@ -19,27 +19,6 @@ spec:
     repository: {claimName: models}
   replicas: 1
 ";
-
-/// Runs the helm that `scripts/fetch-helm.sh` installs, against the stack's cluster, with its
-/// caches and configuration in the stack's state directory.
-async fn helm(stack: &Stack, args: &[&str]) -> String {
-    let binary = workspace().join(".cache/tools/helm");
-    assert!(binary.is_file(), "{} is missing: run scripts/setup-test-deps.sh", binary.display());
-    let home = stack.state.path().join("helm");
-    let output = tokio::process::Command::new(&binary)
-        .args(args)
-        .current_dir(workspace())
-        .env("KUBECONFIG", stack.cluster.kubeconfig())
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .await
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "helm {args:?} failed:\n{stdout}\n{stderr}");
-    stdout.into_owned()
-}
 
 /// `kubectl get ARGS -n lantern-system -o json`.
 async fn get(stack: &Stack, args: &[&str]) -> serde_json::Value {
@@ -72,15 +51,24 @@ async fn the_chart_installs_leader_elected_operators_that_serve_an_inference_ser
     let stack = Stack::bare().await.unwrap();
     // The storage values example sets the operator's node cache defaults.
     let rendered =
-        helm(&stack, &["template", "lantern", "charts/lantern", "-f", "examples/helm/models-in-s3.yaml"]).await;
+        stack.helm(&["template", "lantern", "charts/lantern", "-f", "examples/helm/models-in-s3.yaml"]).await.unwrap();
     for arg in ["--model-cache-host-path=/var/lib/lantern/model-cache", "--model-cache-size-mib=51200"] {
         assert!(rendered.contains(arg), "{arg} is not in the rendered chart:\n{rendered}");
     }
-    let installed = helm(
-        &stack,
-        &["install", "lantern", "charts/lantern", "-n", NAMESPACE, "--create-namespace", "--wait", "--timeout", "2m"],
-    )
-    .await;
+    let installed = stack
+        .helm(&[
+            "install",
+            "lantern",
+            "charts/lantern",
+            "-n",
+            NAMESPACE,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "2m",
+        ])
+        .await
+        .unwrap();
     assert!(installed.contains("STATUS: deployed"), "{installed}");
 
     let pods = operator_pods(&stack).await;
@@ -138,7 +126,7 @@ async fn the_chart_installs_leader_elected_operators_that_serve_an_inference_ser
     }
 
     // Uninstalling removes the operator; the CRDs (helm never deletes crds/) and the service stay.
-    helm(&stack, &["uninstall", "lantern", "-n", NAMESPACE, "--wait", "--timeout", "1m"]).await;
+    stack.helm(&["uninstall", "lantern", "-n", NAMESPACE, "--wait", "--timeout", "1m"]).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !operator_pods(&stack).await.is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "the operator pods outlived the release");

@@ -7,7 +7,9 @@
 //!   does, and on deletion stops them gracefully (SIGTERM, the grace period, SIGKILL) before it
 //!   removes the pod.
 //! - Images map to local executables through [`Config::images`]; an image not in the map leaves
-//!   its container waiting with `ErrImagePull`.
+//!   its container waiting with `ErrImagePull` (`ErrImageNeverPull` under `imagePullPolicy:
+//!   Never`). Under [`Runtime::Podman`] containers run from their images instead ([`podman`]),
+//!   and an image missing from podman's storage leaves them waiting the same way.
 //! - [`env`] builds each container's environment, [`process`] runs it with its output in a log
 //!   file per run (what `kubectl logs` and `--previous` read).
 //! - [`bind_claims`] binds PersistentVolumeClaims, each to a directory of its own.
@@ -15,6 +17,7 @@
 pub mod env;
 pub mod lifecycle;
 mod pod;
+pub mod podman;
 pub mod probe;
 pub mod process;
 pub mod volumes;
@@ -33,11 +36,25 @@ use crate::network::Range;
 use crate::node::NODE_NAME;
 use crate::store::{ChangeKind, Expect, ObjectKey, ResourceKey, resource_version};
 
+/// What runs a pod's containers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Runtime {
+    /// Each container is a process on this machine, its image mapped to an executable
+    /// ([`Config::images`]): fast, and what the suites use.
+    #[default]
+    Processes,
+    /// Each container runs from its image in podman's local storage, under its pod security
+    /// ([`podman`]).
+    Podman,
+}
+
 /// How pods run.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Image → the executable it stands for. A reference matches exactly, or by its repository
-    /// with the tag or digest left off (`ghcr.io/x/worker` matches `ghcr.io/x/worker:0.1`).
+    pub runtime: Runtime,
+    /// Image → the executable it stands for, under [`Runtime::Processes`]. A reference matches
+    /// exactly, or by its repository with the tag or digest left off (`ghcr.io/x/worker` matches
+    /// `ghcr.io/x/worker:0.1`).
     pub images: BTreeMap<String, PathBuf>,
     /// The first CrashLoopBackOff delay; it doubles with each restart.
     pub back_off: Duration,
@@ -47,7 +64,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { images: BTreeMap::new(), back_off: Duration::from_secs(10), max_back_off: Duration::from_secs(300) }
+        Self {
+            runtime: Runtime::Processes,
+            images: BTreeMap::new(),
+            back_off: Duration::from_secs(10),
+            max_back_off: Duration::from_secs(300),
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use super::env::{self, Sources, Vars};
 use super::lifecycle::{self, Progress};
 use super::probe::{self, Probe, Settings, Verdict};
 use super::process::{Exit, Launch, Process};
-use super::{Context, IpLease, volumes};
+use super::{Context, IpLease, Runtime, podman, volumes};
 use crate::node::{self, NODE_NAME};
 use crate::objects;
 use crate::store::{Expect, ObjectKey, ResourceKey, Store, StoreError, resource_version};
@@ -31,6 +31,8 @@ const BACK_OFF_RESET: Duration = Duration::from_secs(600);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long a pod waits before it retries volumes or a container's configuration.
 const CONFIG_RETRY: Duration = Duration::from_secs(1);
+/// Where a container in podman finds the devcluster's kubeconfig.
+const KUBECONFIG_MOUNT: &str = "/var/run/devcluster/kubeconfig";
 
 /// Runs the pod at `key` until it is removed, or until the kubelet stops.
 pub(super) async fn run(
@@ -95,7 +97,7 @@ struct Terminated {
     message: String,
     started: String,
     finished: String,
-    pid: Option<i32>,
+    container_id: Option<String>,
 }
 
 impl Terminated {
@@ -112,8 +114,8 @@ impl Terminated {
         if !self.message.is_empty() {
             state["message"] = json!(self.message);
         }
-        if let Some(pid) = self.pid {
-            state["containerID"] = json!(container_id(pid));
+        if let Some(id) = &self.container_id {
+            state["containerID"] = json!(id);
         }
         json!({"terminated": state})
     }
@@ -122,10 +124,6 @@ impl Terminated {
 /// Where the container writes its termination message (`/dev/termination-log` by default).
 fn termination_message_path(spec: &Value) -> &str {
     spec["terminationMessagePath"].as_str().filter(|p| !p.is_empty()).unwrap_or("/dev/termination-log")
-}
-
-fn container_id(pid: i32) -> String {
-    format!("devcluster://{pid}")
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -237,8 +235,13 @@ impl Container {
             "state": state,
             "lastState": self.last.as_ref().map_or(json!({}), Terminated::to_json),
         });
-        if let Some(pid) = self.process.as_ref().and_then(Process::pid) {
-            status["containerID"] = json!(container_id(pid));
+        // The running container's, else the one whose end is reported, as the kubelet does.
+        let ended = match &self.state {
+            State::Terminated(terminated) => terminated.container_id.clone(),
+            _ => None,
+        };
+        if let Some(id) = self.process.as_ref().and_then(Process::container_id).or(ended) {
+            status["containerID"] = json!(id);
         }
         status
     }
@@ -266,8 +269,9 @@ impl Shared<'_> {
         record_event(self.context, self.pod, Some(container), warning, reason, message);
     }
 
-    /// The container's command line, environment and working directory.
-    fn launch(&self, container: &Container, executable: &Path) -> Result<Launch, String> {
+    /// The container's variables, and its mounts (`mountPath`, host path) with the termination
+    /// message file (fresh for each run) among them, longest path first.
+    fn resolve(&self, container: &Container) -> Result<(Vars, Vec<(String, PathBuf)>), String> {
         let namespace = self.pod["metadata"]["namespace"].as_str().unwrap_or_default();
         let sources = StoreSources { store: &self.context.cluster.store, namespace };
         let services: Vec<Value> = self
@@ -285,11 +289,29 @@ impl Shared<'_> {
         };
         let vars = env::resolve(self.pod, &container.spec, base, &sources)?;
         let mut mounts = volumes::mounts(&container.spec, self.volumes)?;
-        // The termination message file, fresh for each run, at the path the container expects.
         let termination = node::termination_path(self.dir, &container.name);
         volumes::create_file(&termination)?;
         mounts.push((termination_message_path(&container.spec).to_owned(), termination));
         mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        Ok((vars, mounts))
+    }
+
+    /// Whether the pod's containers get the API's credentials (here, the devcluster's
+    /// kubeconfig, in place of a service-account token: the API is plain HTTP, which in-cluster
+    /// clients refuse; kubectl, client-go and kube-rs read a kubeconfig first).
+    fn kubeconfig(&self) -> Option<PathBuf> {
+        (self.pod["spec"]["automountServiceAccountToken"] != false)
+            .then(|| crate::kubeconfig_path(&self.context.state_dir))
+    }
+
+    fn pod_name(&self) -> &str {
+        self.pod["metadata"]["name"].as_str().unwrap_or_default()
+    }
+
+    /// The container as a process: its command line, environment and working directory, with
+    /// every mount path rewritten to its directory.
+    fn launch(&self, container: &Container, executable: &Path) -> Result<Launch, String> {
+        let (vars, mounts) = self.resolve(container)?;
         let words = |field: &str| -> Vec<String> {
             let list = container.spec[field].as_array().cloned().unwrap_or_default();
             list.iter()
@@ -305,15 +327,11 @@ impl Shared<'_> {
         let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
         let image_dir = executable.parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default();
         environment.push(("PATH".into(), format!("{image_dir}:{host_path}")));
-        environment.push(("HOSTNAME".into(), self.pod["metadata"]["name"].as_str().unwrap_or_default().to_owned()));
+        environment.push(("HOSTNAME".into(), self.pod_name().to_owned()));
         if let Ok(home) = std::env::var("HOME") {
             environment.push(("HOME".into(), home));
         }
-        // In place of a mounted service-account token (the API is plain HTTP, which in-cluster
-        // clients refuse), the devcluster's kubeconfig: kubectl, client-go and kube-rs read it
-        // before trying in-cluster configuration.
-        if self.pod["spec"]["automountServiceAccountToken"] != false {
-            let kubeconfig = crate::kubeconfig_path(&self.context.state_dir);
+        if let Some(kubeconfig) = self.kubeconfig() {
             environment.push(("KUBECONFIG".into(), kubeconfig.to_string_lossy().into_owned()));
         }
         for (name, value) in vars.iter() {
@@ -328,7 +346,62 @@ impl Shared<'_> {
             None => self.dir.join("root"),
         };
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating the working directory {}: {e}", dir.display()))?;
-        Ok(Launch { program, args, env: environment, dir })
+        Ok(Launch { program, args, env: environment, dir, container: None, memory_cgroup: None })
+    }
+
+    /// The container in podman: `podman run` of its image, whose user is `image_user`, with its
+    /// volumes, environment and pod security ([`podman::run_args`]).
+    fn launch_in_container(&self, container: &Container, image_user: &str) -> Result<Launch, String> {
+        let (vars, volumes) = self.resolve(container)?;
+        let mut mounts = podman::mounts(&container.spec, volumes);
+        // The container's user writes its termination message.
+        let termination = node::termination_path(self.dir, &container.name);
+        std::fs::set_permissions(&termination, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .map_err(|e| format!("opening {} to the container: {e}", termination.display()))?;
+        let words = |field: &str| -> Vec<String> {
+            let list = container.spec[field].as_array().cloned().unwrap_or_default();
+            list.iter().map(|w| env::expand(w.as_str().unwrap_or_default(), &vars)).collect()
+        };
+        let mut environment = vec![("HOSTNAME".to_owned(), self.pod_name().to_owned())];
+        if let Some(kubeconfig) = self.kubeconfig() {
+            mounts.push(podman::Mount { path: KUBECONFIG_MOUNT.to_owned(), host: kubeconfig, read_only: true });
+            environment.push(("KUBECONFIG".to_owned(), KUBECONFIG_MOUNT.to_owned()));
+        }
+        for (name, value) in vars.iter() {
+            environment.retain(|(n, _)| n != name);
+            environment.push((name.to_owned(), value.to_owned()));
+        }
+        let uid = self.pod["metadata"]["uid"].as_str().unwrap_or_default();
+        let name = format!("devcluster-{}-{}-{}", &uid[..uid.len().min(8)], container.name, container.runs);
+        let memory_cgroup = match podman::memory_limit(&container.spec)? {
+            Some(bytes) => podman::memory_cgroup(&name, bytes)?,
+            None => None,
+        };
+        let run = podman::Run {
+            name: &name,
+            pod: self.pod,
+            container: &container.spec,
+            image_user,
+            env: &environment,
+            mounts: &mounts,
+            command: &words("command"),
+            args: &words("args"),
+            memory_cgroup: memory_cgroup.as_deref(),
+        };
+        let mut args: Vec<String> = ["--runtime", "runc", "run"].map(str::to_owned).into();
+        args.extend(podman::run_args(&run)?);
+        // podman itself runs with the kubelet's own PATH and HOME.
+        let host = ["PATH", "HOME"].into_iter().filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)));
+        let dir = self.dir.join("root");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        Ok(Launch {
+            program: "podman".to_owned(),
+            args,
+            env: host.collect(),
+            dir,
+            container: Some(name),
+            memory_cgroup,
+        })
     }
 }
 
@@ -368,22 +441,27 @@ impl Container {
 
     fn start(&mut self, shared: &Shared<'_>, now: Instant) {
         let image = self.spec["image"].as_str().unwrap_or_default();
-        let Some(executable) = shared.context.config.executable(image) else {
-            let reason = match matches!(&self.state, State::Waiting { reason, .. } if reason == "ErrImagePull") {
-                true => "ImagePullBackOff",
-                false => "ErrImagePull",
-            };
-            let message = format!(
-                "image {image:?} is not in the devcluster's image map (add it with --image {image}=EXECUTABLE)"
-            );
-            if reason == "ErrImagePull" {
-                shared.event(self, true, "Failed", &format!("Failed to pull image \"{image}\": {message}"));
-            }
-            self.state = State::waiting(reason, message);
-            self.not_before = now + self.back_off(shared);
-            return;
+        let launch = match shared.context.config.runtime {
+            Runtime::Processes => match shared.context.config.executable(image) {
+                Some(executable) => shared.launch(self, executable),
+                None => {
+                    let why = format!(
+                        "image {image:?} is not in the devcluster's image map (add it with --image {image}=EXECUTABLE)"
+                    );
+                    return self.image_missing(shared, now, &why);
+                }
+            },
+            Runtime::Podman => match podman::image_user(image) {
+                Ok(user) => shared.launch_in_container(self, &user),
+                Err(said) => {
+                    let why = format!(
+                        "image {image:?} is not in podman's local storage and the devcluster pulls from no registry (scripts/build-images.sh builds Lantern's): {said}"
+                    );
+                    return self.image_missing(shared, now, &why);
+                }
+            },
         };
-        let launch = match shared.launch(self, executable) {
+        let launch = match launch {
             Ok(launch) => launch,
             Err(message) => {
                 if !matches!(&self.state, State::Waiting { message: m, .. } if *m == message) {
@@ -431,11 +509,35 @@ impl Container {
                     message,
                     started: started.clone(),
                     finished: started,
-                    pid: None,
+                    container_id: None,
                 };
                 self.finish(shared, terminated, now);
             }
         }
+    }
+
+    /// The image cannot be had: `ErrImageNeverPull` under `imagePullPolicy: Never`, else
+    /// `ErrImagePull` and then `ImagePullBackOff`, as the kubelet reports them.
+    fn image_missing(&mut self, shared: &Shared<'_>, now: Instant, why: &str) {
+        let image = self.spec["image"].as_str().unwrap_or_default();
+        if self.spec["imagePullPolicy"] == "Never" {
+            let message = format!("Container image \"{image}\" is not present with pull policy of Never");
+            if !matches!(&self.state, State::Waiting { reason, .. } if reason == "ErrImageNeverPull") {
+                shared.event(self, true, "ErrImageNeverPull", &format!("{message}: {why}"));
+            }
+            self.state = State::waiting("ErrImageNeverPull", message);
+            self.not_before = now + CONFIG_RETRY;
+            return;
+        }
+        let reason = match matches!(&self.state, State::Waiting { reason, .. } if reason == "ErrImagePull") {
+            true => "ImagePullBackOff",
+            false => "ErrImagePull",
+        };
+        if reason == "ErrImagePull" {
+            shared.event(self, true, "Failed", &format!("Failed to pull image \"{image}\": {why}"));
+        }
+        self.state = State::waiting(reason, why);
+        self.not_before = now + self.back_off(shared);
     }
 
     fn back_off(&mut self, shared: &Shared<'_>) -> Duration {
@@ -454,11 +556,16 @@ impl Container {
         let terminated = Terminated {
             code,
             signal: exit.signal,
-            reason: if code == 0 { "Completed" } else { "Error" }.to_owned(),
+            reason: match (code, exit.oom_killed) {
+                (_, true) => "OOMKilled",
+                (0, false) => "Completed",
+                _ => "Error",
+            }
+            .to_owned(),
             message: self.termination_message(shared, code),
             started,
             finished: objects::now(),
-            pid: self.process.as_ref().and_then(Process::pid),
+            container_id: self.process.as_ref().and_then(Process::container_id),
         };
         // Dropping the process kills what is left of its group.
         self.process = None;
@@ -675,7 +782,14 @@ impl PodRun {
             let layout = volumes::Layout { pod_dir: &self.dir, claims_dir: &node::claims_dir(&self.context.state_dir) };
             let namespace = self.key.namespace.clone();
             let sources = StoreSources { store: &self.context.cluster.store, namespace: &namespace };
-            match volumes::prepare(&view, &layout, &sources) {
+            let prepared = volumes::prepare(&view, &layout, &sources).and_then(|prepared| {
+                let group = view["spec"]["securityContext"]["fsGroup"].as_u64().and_then(|g| u32::try_from(g).ok());
+                if let (Runtime::Podman, Some(group)) = (self.context.config.runtime, group) {
+                    volumes::give_to_group(&view, &prepared, group)?;
+                }
+                Ok(prepared)
+            });
+            match prepared {
                 Ok(prepared) => self.volumes = Some(prepared),
                 Err(message) => {
                     if self.volume_error.as_ref() != Some(&message) {

@@ -220,7 +220,16 @@ async fn grpc_health(grpc: &Value, target: &Target) -> Result<(), String> {
 async fn exec(command: &[Value], target: &Target) -> Result<(), String> {
     let words: Vec<String> = command.iter().filter_map(|w| w.as_str().map(str::to_owned)).collect();
     let (program, args) = words.split_first().ok_or("the exec probe has an empty command")?;
-    let output = tokio::process::Command::new(program)
+    let mut command = match &target.launch.container {
+        // In the container, as `podman exec` runs it.
+        Some(container) => {
+            let mut command = tokio::process::Command::new("podman");
+            command.args(["--runtime", "runc", "exec", container.as_str(), program]);
+            command
+        }
+        None => tokio::process::Command::new(program),
+    };
+    let output = command
         .args(args)
         .env_clear()
         .envs(target.launch.env.iter().map(|(k, v)| (k, v)))

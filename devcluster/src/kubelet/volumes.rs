@@ -70,6 +70,44 @@ fn create(dir: &Path) -> Result<PathBuf, String> {
     Ok(dir.to_owned())
 }
 
+/// Gives the pod's volumes (hostPath ones aside) to its `fsGroup` as the kubelet does when
+/// containers run as another user: the group owns every file, which it may read and write, and
+/// new files in its directories inherit it.
+pub fn give_to_group(pod: &Value, prepared: &[(String, PathBuf)], group: u32) -> Result<(), String> {
+    let host_paths: Vec<&str> = pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["hostPath"].is_object())
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for (_, dir) in prepared.iter().filter(|(name, _)| !host_paths.contains(&name.as_str())) {
+        chgrp_tree(dir, group).map_err(|e| format!("giving {} to group {group}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn chgrp_tree(path: &Path, group: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::symlink_metadata(path)?;
+    if metadata.file_type().is_symlink() {
+        return Ok(());
+    }
+    rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(group)))?;
+    let mode = metadata.permissions().mode();
+    let wanted = match metadata.is_dir() {
+        true => mode | 0o2070,
+        false => mode | 0o060,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))?;
+    if metadata.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chgrp_tree(&entry?.path(), group)?;
+        }
+    }
+    Ok(())
+}
+
 /// An empty file at `path` (its directory made), replacing what was there.
 pub fn create_file(path: &Path) -> Result<(), String> {
     if let Some(dir) = path.parent() {
