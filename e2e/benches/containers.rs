@@ -60,10 +60,15 @@ async fn start_times(stack: &Stack) -> anyhow::Result<f64> {
     Ok(seconds[RUNS / 2])
 }
 
+/// The CPU's model and the vector extensions it has.
 fn cpu() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = info.lines().find_map(|l| l.strip_prefix("model name")).unwrap_or(": unknown");
-    model.trim_start_matches([' ', '\t', ':']).to_owned()
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).unwrap_or(": unknown");
+    let model = field("model name").trim_start_matches([' ', '\t', ':']);
+    let flags: Vec<&str> = field("flags").split_whitespace().collect();
+    let vector: Vec<&str> =
+        ["avx2", "avx512f", "avx512_vnni", "amx_tile"].into_iter().filter(|f| flags.contains(f)).collect();
+    format!("{model} ({})", vector.join(" "))
 }
 
 #[tokio::main]
@@ -71,9 +76,12 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(build_images().await?, "podman, buildah or mmdebstrap is missing");
     println!("{}, {} cores", cpu(), std::thread::available_parallelism()?);
     let sizes = std::process::Command::new("podman")
-        .args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}", "--filter", "reference=*lantern*"])
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}"])
         .output()?;
-    print!("images:\n{}", String::from_utf8_lossy(&sizes.stdout));
+    println!("images:");
+    for line in String::from_utf8_lossy(&sizes.stdout).lines().filter(|l| l.contains("lantern")) {
+        println!("  {line}");
+    }
 
     let processes = Stack::bare().await?;
     let process_seconds = start_times(&processes).await?;

@@ -20,6 +20,8 @@
 //! - [`optim`]: AdamW, the warm-up + cosine schedule and gradient clipping.
 //! - [`mlp`]: the serving core's MLP, trained as is.
 //! - [`checkpoint`]: training states (weights, moments, step), atomic and verified.
+//! - [`curves`]: the loss, learning rate, gradient norm, tokens/s and held-out metrics per step as
+//!   TensorBoard event files, kept with the states and carried by every version.
 //! - [`collective`]: rendezvous at rank 0 and the ring all-reduce over gRPC.
 //! - [`progress`]: rank 0's `TrainingService` and `/metrics`; [`token`]: the job's token on both
 //!   endpoints.
@@ -29,6 +31,7 @@ pub mod base;
 pub mod checkpoint;
 pub mod collective;
 pub mod config;
+pub mod curves;
 pub mod data;
 pub mod distill;
 pub mod error;

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use super::checkpoint::{self, OPTIMIZER_FILE, PARAMS_FILE, Saved};
 use super::collective::{Collective, Placement};
 use super::config::{CheckpointSpec, DataSpec, JobConfig, ModelSpec, ScheduleSpec};
+use super::curves::{self, Curves, Point};
 use super::data::{self, Batch, Dataset, HeldOut, Order, Sequence};
 use super::distill::Distill;
 use super::finetune::{BASELINE_PREFIX, FineTune};
@@ -266,9 +267,15 @@ fn run(
         states,
         published: Vec::new(),
         baseline: Vec::new(),
+        curves: None,
     };
     let (mut step, mut loss) = (0, f64::NAN);
-    if let Some(saved) = checkpoint::latest(&checkpoint_spec.state_dir)? {
+    let latest = checkpoint::latest(&checkpoint_spec.state_dir)?;
+    if job.progress.is_some() {
+        let resumed_at = latest.as_ref().map_or(0, |saved| saved.state.step);
+        job.curves = Some(Curves::resume(&checkpoint_spec.state_dir, resumed_at)?);
+    }
+    if let Some(saved) = latest {
         job.model.params().load(&saved.params())?;
         job.optimizer.load(&saved.optimizer(), saved.state.step)?;
         (step, loss) = (saved.state.step, saved.state.loss);
@@ -303,6 +310,7 @@ fn run(
         checkpoint_seconds,
     };
     while step < schedule.steps {
+        let step_started = std::time::Instant::now();
         let share = Share {
             batch: job.dataset.gather(&order.batch(step, batch_size, cluster.rank, cluster.world_size)),
             positions: data::share(step, batch_size, cluster.rank, cluster.world_size).map(|p| p as u64).collect(),
@@ -335,12 +343,25 @@ fn run(
                 reason: format!("the loss is {step_loss}; the last saved state and its version are kept"),
             });
         }
-        optim::clip(&mut gradients, config.optimizer.grad_clip);
+        let gradient_norm = optim::clip(&mut gradients, config.optimizer.grad_clip);
         let mut values = job.model.params().read_flat()?;
-        job.optimizer.update(&mut values, &gradients, optim::learning_rate(&config.optimizer, schedule, step));
+        let learning_rate = optim::learning_rate(&config.optimizer, schedule, step);
+        job.optimizer.update(&mut values, &gradients, learning_rate);
         job.model.params().write_flat(&values)?;
         step += 1;
         loss = step_loss;
+        if let Some(curves) = job.curves.as_mut() {
+            let mut scalars = vec![
+                (curves::LOSS.to_owned(), step_loss as f32),
+                (curves::LEARNING_RATE.to_owned(), learning_rate as f32),
+                (curves::GRADIENT_NORM.to_owned(), gradient_norm as f32),
+            ];
+            if tokens > 0 {
+                let rate = tokens as f64 / step_started.elapsed().as_secs_f64();
+                scalars.push((curves::TOKENS_PER_SECOND.to_owned(), rate as f32));
+            }
+            curves.append(&Point::now(step, scalars))?;
+        }
         if let Some(progress) = &job.progress {
             progress.step_done(step, loss, order.epoch_of(step - 1, batch_size), tokens);
         }
@@ -446,6 +467,8 @@ struct Job<'a> {
     /// The held-out metrics of the model before any training (only a fine-tuned base's are
     /// measured), recorded in every version's manifest with [`BASELINE_PREFIX`].
     baseline: Vec<(String, f64)>,
+    /// Rank 0's training curves, which every version carries up to its step.
+    curves: Option<Curves>,
 }
 
 impl Job<'_> {
@@ -499,6 +522,10 @@ impl Job<'_> {
         metrics.extend(self.baseline.iter().map(|(name, value)| (format!("{BASELINE_PREFIX}{name}"), *value)));
         let staging = tempfile::tempdir().map_err(|e| Error::io("creating a staging directory", e))?;
         self.model.write_version(staging.path())?;
+        if let Some(curves) = self.curves.as_mut() {
+            curves.append(&Point::held_out(saved.state.step, &metrics))?;
+            curves.write_version(staging.path(), saved.state.step)?;
+        }
         stamp_job(staging.path(), job)?;
         let request = PublishRequest {
             repository: &self.repository,

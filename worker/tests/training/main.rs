@@ -4,6 +4,7 @@
 //! work; fine-tuning pretrained bases in [`finetune`]; quantizing a version in [`quantize`];
 //! distilling a student from a teacher in [`distill`].
 
+mod curves;
 mod distill;
 mod finetune;
 mod quantize;
@@ -100,6 +101,16 @@ fn sigterm_saves_a_state_and_the_restarted_run_ends_as_an_uninterrupted_one() {
         weights(&reference.join("models"), reference_steps[&steps]),
         "resuming from the saved state reproduces the uninterrupted run bit for bit"
     );
+    // The last version's curves hold every step once: the steps past the saved state that the
+    // first run trained are the second run's, not both.
+    let last = resumed.join("models").join(MODEL).join(steps_published[&steps].to_string());
+    let points = lantern_train::curves::read(&lantern_train::curves::file_in(&last)).unwrap();
+    let loss_steps: Vec<u64> = points
+        .iter()
+        .filter(|p| p.scalars.iter().any(|(tag, _)| tag == lantern_train::curves::LOSS))
+        .map(|p| p.step)
+        .collect();
+    assert_eq!(loss_steps, (1..=steps).collect::<Vec<_>>());
 }
 
 #[test]
@@ -401,7 +412,7 @@ fn a_full_disk_during_a_checkpoint_leaves_the_last_state_and_version_as_they_wer
         names.sort();
         names
     };
-    assert_eq!(listing(dir.path().join("state")), vec!["step-0000000010"], "no partial state");
+    assert_eq!(listing(dir.path().join("state")), vec!["curves", "step-0000000010"], "no partial state");
     assert_eq!(listing(dir.path().join("models").join(MODEL)), vec!["1"], "no partial version");
 
     let retried = train_process(&job).output().unwrap();
