@@ -29,6 +29,7 @@ use super::{Device, PodOverrides, Repository};
     printcolumn(name = "State", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Step", type_ = "integer", json_path = ".status.progress.step"),
+    printcolumn(name = "Percent", type_ = "integer", json_path = ".status.progress.percent", description = "percent of the steps done"),
     printcolumn(name = "Loss", type_ = "number", json_path = ".status.progress.loss"),
     printcolumn(name = "Versions", type_ = "integer", json_path = ".status.publishedVersions"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts"),
@@ -555,6 +556,23 @@ pub struct TrainingJobStatus {
     /// (`eval_loss`, `eval_accuracy`, …), to compare each checkpoint's metrics with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub baseline: BTreeMap<String, f64>,
+    /// A short history of the progress as the operator saw it, oldest first: at most
+    /// [`HISTORY_POINTS`], spread over the whole run (the versions carry every step's curves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryPoint>,
+}
+
+/// The most points `status.history` keeps.
+pub const HISTORY_POINTS: usize = 64;
+
+/// One point of `status.history`.
+#[derive(KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPoint {
+    pub step: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    pub tokens_per_second: f64,
 }
 
 /// The job's phase, as `status.phase` and the condition of the same name say it.
@@ -599,9 +617,13 @@ pub struct RankStatus {
 pub struct Progress {
     pub step: u64,
     pub total_steps: u64,
-    /// The last step's mean training loss, once there is one.
+    /// Percent of the steps done (rounded down).
+    #[serde(default)]
+    pub percent: u32,
+    /// The last step's mean training loss, once there is one, to 4 significant digits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// Training tokens per second, to 4 significant digits.
     pub tokens_per_second: f64,
     /// Seconds to the last step at the current rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,7 +12,7 @@ use lantern_proto::lantern::v1::{PublishedVersion, TrainingProgress};
 
 use super::plan::{Phase, Plan, PodState, RankPod};
 use crate::crd::TrainingJob;
-use crate::crd::training::{Checkpoint, Progress, RankStatus, TrainingJobStatus};
+use crate::crd::training::{Checkpoint, HISTORY_POINTS, HistoryPoint, Progress, RankStatus, TrainingJobStatus};
 use crate::status::condition;
 
 const PHASES: [Phase; 5] = [Phase::Running, Phase::Restarting, Phase::Succeeded, Phase::Failed, Phase::Suspended];
@@ -81,6 +81,7 @@ pub fn next(
     let mut checkpoints = previous.checkpoints.clone();
     let mut progress = previous.progress.clone();
     let mut baseline = previous.baseline.clone();
+    let mut history = previous.history.clone();
     if let Some(report) = report {
         let moved = progress.as_ref().is_none_or(|p| p.step != report.step);
         let updated = match (moved, &progress) {
@@ -91,14 +92,20 @@ pub fn next(
             baseline = report.baseline.iter().map(|(name, value)| (name.clone(), *value)).collect();
         }
         let finite = |x: f64| x.is_finite().then_some(x);
+        let (loss, tokens_per_second) =
+            (finite(report.loss).map(rounded), rounded(finite(report.tokens_per_second).unwrap_or(0.0)));
         progress = Some(Progress {
             step: report.step,
             total_steps: report.total_steps,
-            loss: finite(report.loss),
-            tokens_per_second: finite(report.tokens_per_second).unwrap_or(0.0),
+            percent: percent(report.step, report.total_steps),
+            loss,
+            tokens_per_second,
             eta_seconds: finite(report.eta_seconds).filter(|s| *s >= 0.0).map(|s| s as u64),
             updated,
         });
+        if moved {
+            record(&mut history, HistoryPoint { step: report.step, loss, tokens_per_second });
+        }
         for published in published_versions(report) {
             if checkpoints.iter().any(|c| c.version == published.version) {
                 continue;
@@ -136,6 +143,40 @@ pub fn next(
         published_versions: checkpoints.len() as u32,
         checkpoints,
         baseline,
+        history,
+    }
+}
+
+/// `x` to 4 significant digits, as the status shows figures.
+fn rounded(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi(3 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
+/// Percent of `total` steps done at `step`, rounded down.
+fn percent(step: u64, total: u64) -> u32 {
+    match total {
+        0 => 0,
+        _ => (step.min(total) * 100 / total) as u32,
+    }
+}
+
+/// Appends `point`, and once the history is full keeps every other point (the first and the
+/// newest always), so it spans the whole run at a coarser grain.
+fn record(history: &mut Vec<HistoryPoint>, point: HistoryPoint) {
+    history.retain(|p| p.step < point.step);
+    history.push(point);
+    if history.len() > HISTORY_POINTS {
+        let newest = history.pop().expect("the history is not empty");
+        let mut index = 0;
+        history.retain(|_| {
+            index += 1;
+            index % 2 == 1
+        });
+        history.push(newest);
     }
 }
 
@@ -268,5 +309,34 @@ mod tests {
             status.checkpoints.iter().map(|c| (c.version, c.step, c.digest.as_deref())).collect();
         assert_eq!(recorded, [(1, 100, Some("sha256:01")), (2, 200, Some("sha256:02")), (3, 300, Some("sha256:03"))]);
         assert_eq!(status.published_versions, 3);
+    }
+
+    #[test]
+    fn progress_shows_rounded_figures_a_percentage_and_a_history_spread_over_the_run() {
+        let t0: Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let mut job = job();
+        let recorded = Recorded { phase: Some(Phase::Running), ..Recorded::default() };
+        let plan = plan::plan(&job, &recorded, &[running()], t0);
+        for step in 1..=1000u64 {
+            let report = TrainingProgress {
+                step,
+                total_steps: 1000,
+                loss: 0.8281069993972778 + 1.0 / step as f64,
+                tokens_per_second: 4259.61,
+                ..Default::default()
+            };
+            job.status = Some(next(&job, &plan, &[running()], Some(&report), t0));
+            // A poll that finds the step where it was adds nothing.
+            job.status = Some(next(&job, &plan, &[running()], Some(&report), t0));
+        }
+        let status = job.status.unwrap();
+        let progress = status.progress.unwrap();
+        assert_eq!((progress.percent, progress.loss, progress.tokens_per_second), (100, Some(0.8291), 4260.0));
+        let history = &status.history;
+        assert!(history.len() <= HISTORY_POINTS && history.len() > HISTORY_POINTS / 2, "{}", history.len());
+        assert_eq!((history[0].step, history.last().unwrap().step), (1, 1000));
+        assert!(history.windows(2).all(|w| w[0].step < w[1].step));
+        assert_eq!((percent(333, 1000), percent(5, 0), percent(20, 10)), (33, 0, 100));
+        assert_eq!((rounded(0.000123456), rounded(-98765.4), rounded(0.0)), (0.0001235, -98770.0, 0.0));
     }
 }
