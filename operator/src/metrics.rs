@@ -7,9 +7,14 @@
 //! - `lantern_operator_reconcile_duration_seconds{kind}`: how long each took;
 //! - `lantern_operator_events_total{kind, reason}`: the Events the operator recorded (rollouts
 //!   promoted or rolled back, gang restarts, …);
-//! - `lantern_operator_leader`: 1 while this replica holds the Lease.
+//! - `lantern_operator_leader`: 1 while this replica holds the Lease;
+//! - `lantern_operator_traffic_percent{namespace, service, model, version, role}`: the percent
+//!   of requests each served version gets, `role` `stable` or `canary` (what dashboards show
+//!   stable beside canary with).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::State;
@@ -39,6 +44,25 @@ struct EventLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrafficLabels {
+    namespace: String,
+    service: String,
+    model: String,
+    version: String,
+    role: &'static str,
+}
+
+/// One version's share of a service's requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub model: String,
+    pub version: u64,
+    /// `stable` or `canary`.
+    pub role: &'static str,
+    pub percent: u32,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn reconcile_histogram() -> Histogram {
@@ -53,6 +77,9 @@ pub struct Metrics {
     reconcile_duration: HistogramFamily<KindLabels>,
     events: Family<EventLabels, Counter>,
     leader: Gauge,
+    traffic: Family<TrafficLabels, Gauge>,
+    /// The traffic series each service set last, to drop those of versions it no longer serves.
+    traffic_of: Mutex<HashMap<(String, String), Vec<TrafficLabels>>>,
     ready: AtomicBool,
 }
 
@@ -67,7 +94,22 @@ impl Default for Metrics {
         registry.register("events", "Events recorded, by kind of object and reason", events.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Self { registry, reconciles, reconcile_duration, events, leader, ready: AtomicBool::new(false) }
+        let traffic = Family::<TrafficLabels, Gauge>::default();
+        registry.register(
+            "traffic_percent",
+            "Percent of a service's requests each served version gets, by role (stable, canary)",
+            traffic.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            events,
+            leader,
+            traffic,
+            traffic_of: Mutex::default(),
+            ready: AtomicBool::new(false),
+        }
     }
 }
 
@@ -80,6 +122,29 @@ impl Metrics {
 
     pub fn observe_event(&self, kind: &'static str, reason: &str) {
         self.events.get_or_create(&EventLabels { kind, reason: reason.to_owned() }).inc();
+    }
+
+    /// The traffic split of `service` in `namespace` now, replacing the one it had.
+    pub fn set_traffic(&self, namespace: &str, service: &str, shares: &[Share]) {
+        let labels: Vec<TrafficLabels> = shares
+            .iter()
+            .map(|share| TrafficLabels {
+                namespace: namespace.to_owned(),
+                service: service.to_owned(),
+                model: share.model.clone(),
+                version: share.version.to_string(),
+                role: share.role,
+            })
+            .collect();
+        let mut previous = self.traffic_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (namespace.to_owned(), service.to_owned());
+        for gone in previous.get(&key).into_iter().flatten().filter(|l| !labels.contains(l)) {
+            self.traffic.remove(gone);
+        }
+        for (label, share) in labels.iter().zip(shares) {
+            self.traffic.get_or_create(label).set(i64::from(share.percent));
+        }
+        previous.insert(key, labels);
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -147,5 +212,21 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_services_traffic_split_replaces_the_one_before() {
+        let metrics = Metrics::default();
+        let share = |version, role, percent| Share { model: "m".into(), version, role, percent };
+        metrics.set_traffic("ns", "svc", &[share(1, "stable", 90), share(2, "canary", 10)]);
+        metrics.set_traffic("ns", "svc", &[share(2, "stable", 100)]);
+        let text = metrics.encode();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("lantern_operator_traffic_percent{")).collect();
+        assert_eq!(
+            series,
+            [
+                r#"lantern_operator_traffic_percent{namespace="ns",service="svc",model="m",version="2",role="stable"} 100"#
+            ]
+        );
     }
 }

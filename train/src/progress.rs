@@ -14,6 +14,8 @@ use lantern_proto::lantern::v1::training_service_server::{TrainingService, Train
 use lantern_proto::lantern::v1::{
     GetProgressRequest, PublishedVersion, RankHeartbeat, TrainingPhase, TrainingProgress,
 };
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use prost::Message as _;
@@ -65,9 +67,17 @@ struct Gauges {
     total_steps: Gauge,
     epoch: Gauge,
     loss: FloatGauge,
+    learning_rate: FloatGauge,
     examples_per_second: FloatGauge,
     tokens_per_second: FloatGauge,
     published_version: Gauge,
+    /// The newest version's held-out metrics, by name (`eval_loss`, `eval_accuracy`, …).
+    published_metrics: Family<MetricLabel, FloatGauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MetricLabel {
+    metric: String,
 }
 
 impl Progress {
@@ -81,14 +91,17 @@ impl Progress {
             total_steps: Gauge::default(),
             epoch: Gauge::default(),
             loss: FloatGauge::default(),
+            learning_rate: FloatGauge::default(),
             examples_per_second: FloatGauge::default(),
             tokens_per_second: FloatGauge::default(),
             published_version: Gauge::default(),
+            published_metrics: Family::default(),
         };
         registry.register("step", "Optimizer steps completed", gauges.step.clone());
         registry.register("total_steps", "Optimizer steps in the job", gauges.total_steps.clone());
         registry.register("epoch", "Passes over the training data begun", gauges.epoch.clone());
         registry.register("loss", "Mean training loss of the last step over all ranks", gauges.loss.clone());
+        registry.register("learning_rate", "The learning rate of the last step", gauges.learning_rate.clone());
         registry.register(
             "examples_per_second",
             "Examples per second over all ranks since this run started",
@@ -103,6 +116,11 @@ impl Progress {
             "published_version",
             "The newest version this job published",
             gauges.published_version.clone(),
+        );
+        registry.register(
+            "published_metric",
+            "The newest version's held-out metrics, by metric",
+            gauges.published_metrics.clone(),
         );
         gauges.total_steps.set(total_steps as i64);
         let state = State {
@@ -139,9 +157,10 @@ impl Progress {
         self.gauges.step.set(step as i64);
     }
 
-    /// Step `step` finished with mean loss `loss` in `epoch`, having read `tokens` tokens over
-    /// all ranks (padding excluded; 0 for tabular data).
-    pub fn step_done(&self, step: u64, loss: f64, epoch: u64, tokens: usize) {
+    /// Step `step` finished with mean loss `loss` at `learning_rate` in `epoch`, having read
+    /// `tokens` tokens over all ranks (padding excluded; 0 for tabular data).
+    pub fn step_done(&self, step: u64, loss: f64, learning_rate: f64, epoch: u64, tokens: usize) {
+        self.gauges.learning_rate.set(learning_rate);
         let mut state = self.state();
         state.tokens += tokens as u64;
         (state.step, state.loss, state.epoch) = (step, loss, epoch);
@@ -161,6 +180,9 @@ impl Progress {
         state.last_version = version;
         state.last_metrics = metrics.iter().cloned().collect();
         let metrics = state.last_metrics.clone();
+        for (name, value) in metrics.iter().filter(|(name, _)| name.starts_with("eval_")) {
+            self.gauges.published_metrics.get_or_create(&MetricLabel { metric: name.clone() }).set(*value);
+        }
         state.published.push(PublishedVersion { version, metrics, digest: digest.to_owned() });
         self.gauges.published_version.set(version as i64);
     }
@@ -411,7 +433,7 @@ mod tests {
         assert_eq!(progress.snapshot().phase(), TrainingPhase::Starting);
         progress.training_from(10);
         std::thread::sleep(std::time::Duration::from_millis(20));
-        progress.step_done(12, 1.5, 0, 2 * 128);
+        progress.step_done(12, 1.5, 0.01, 0, 2 * 128);
         progress.published(3, &[("eval_accuracy".to_owned(), 0.5)], "sha256:ab");
         let snapshot = progress.snapshot();
         assert_eq!((snapshot.step, snapshot.total_steps, snapshot.loss), (12, 100, 1.5));
@@ -427,6 +449,11 @@ mod tests {
         let text = progress.encode_metrics();
         assert!(text.contains("lantern_training_step{model=\"adder\"} 12"), "{text}");
         assert!(text.contains("lantern_training_published_version{model=\"adder\"} 3"), "{text}");
+        assert!(text.contains("lantern_training_learning_rate{model=\"adder\"} 0.01"), "{text}");
+        assert!(
+            text.contains("lantern_training_published_metric{model=\"adder\",metric=\"eval_accuracy\"} 0.5"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -434,7 +461,7 @@ mod tests {
         let progress = Progress::new("adder", 100, 2, 8);
         assert_eq!(describe(&progress.snapshot()), "starting step 0/100 epoch 0 loss NaN | rank 1 not heard from");
         progress.training_from(0);
-        progress.step_done(40, 1.25, 2, 40 * 128);
+        progress.step_done(40, 1.25, 0.01, 2, 40 * 128);
         progress.published(3, &[("step".to_owned(), 40.0), ("eval_accuracy".to_owned(), 0.5)], "sha256:ab");
         progress.heartbeat(1, 39);
         let line = describe(&progress.snapshot());

@@ -363,7 +363,7 @@ fn run(
             curves.append(&Point::now(step, scalars))?;
         }
         if let Some(progress) = &job.progress {
-            progress.step_done(step, loss, order.epoch_of(step - 1, batch_size), tokens);
+            progress.step_done(step, loss, learning_rate, order.epoch_of(step - 1, batch_size), tokens);
         }
         trained_tokens += tokens as u64;
         if step % checkpoint_spec.every_steps == 0 || step == schedule.steps {

@@ -228,6 +228,7 @@ async fn reconcile(service: Arc<InferenceService>, context: Arc<Context>) -> Res
     let observed =
         Observed { replicas, serving, fleet, model_bytes, source_error: source.err(), router_ready, autoscaler };
     let next = status::next(&service, &decision, &adapter_states, &observed, now);
+    context.metrics.set_traffic(&namespace, &name, &status::traffic(&next, &service.spec.model));
     let events = decision.events.iter().cloned().chain(adapter_states.iter().flat_map(|a| a.events()));
     for event in events {
         context.record_event(service.as_ref(), event.reason, &event.message, event.warning).await;

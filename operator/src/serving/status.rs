@@ -29,6 +29,7 @@ use crate::crd::InferenceService;
 use crate::crd::inference::{
     AdapterStatus, AutoscalerStatus, InferenceServiceStatus, RolloutPhase, ServedVersions, VersionStatus,
 };
+use crate::metrics::Share;
 use crate::status::condition;
 
 /// What the controller saw this pass.
@@ -198,6 +199,30 @@ pub fn next(
     }
 }
 
+/// Each served version's share of the requests: the base model's and every adapter's stable
+/// and canary versions, for `lantern_operator_traffic_percent`.
+pub fn traffic(status: &InferenceServiceStatus, model: &str) -> Vec<Share> {
+    let models =
+        std::iter::once((model, &status.served)).chain(status.adapters.iter().map(|a| (a.model.as_str(), &a.served)));
+    models
+        .flat_map(|(model, served)| {
+            let canary = served.canary_version.map(|version| Share {
+                model: model.to_owned(),
+                version,
+                role: "canary",
+                percent: served.canary_percent,
+            });
+            let stable = served.stable_version.map(|version| Share {
+                model: model.to_owned(),
+                version,
+                role: "stable",
+                percent: 100 - canary.as_ref().map_or(0, |c| c.percent.min(100)),
+            });
+            stable.into_iter().chain(canary)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use lantern_proto::lantern::v1::VersionState::{Available, Failed};
@@ -335,5 +360,30 @@ mod tests {
         assert_eq!(ready(&states).1.status, "True");
         let without = next(&service, &decision(Some(1)), &[], &Observed::default(), now);
         assert!(!without.conditions.iter().any(|c| c.type_ == "AdaptersReady"), "no adapters, no condition");
+    }
+
+    #[test]
+    fn the_traffic_split_names_stable_and_canary_of_the_base_and_each_adapter() {
+        let served = |stable, canary, canary_percent| ServedVersions {
+            stable_version: stable,
+            canary_version: canary,
+            canary_percent,
+            ..ServedVersions::default()
+        };
+        let status = InferenceServiceStatus {
+            served: served(Some(1), Some(2), 10),
+            adapters: vec![AdapterStatus {
+                model: "tickets".into(),
+                served: served(Some(4), None, 0),
+                ..Default::default()
+            }],
+            ..InferenceServiceStatus::default()
+        };
+        let shares: Vec<(String, u64, &str, u32)> =
+            traffic(&status, "base").into_iter().map(|s| (s.model, s.version, s.role, s.percent)).collect();
+        assert_eq!(
+            shares,
+            [("base".into(), 1, "stable", 90), ("base".into(), 2, "canary", 10), ("tickets".into(), 4, "stable", 100)]
+        );
     }
 }
