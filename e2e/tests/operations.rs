@@ -106,3 +106,140 @@ async fn one_replica_leads_a_standby_takes_over_and_a_leader_that_loses_its_leas
     assert!(standby.log().contains("lost the leader Lease (now held by intruder)"), "{}", standby.log());
     stack.stop().await.unwrap();
 }
+
+/// The metric names a query selects: every vector and range selector's.
+fn selected_metrics(expr: &str) -> Vec<String> {
+    struct Names(Vec<String>);
+    impl promql_parser::util::ExprVisitor for Names {
+        type Error = std::convert::Infallible;
+        fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, Self::Error> {
+            use promql_parser::parser::Expr;
+            let selector = match expr {
+                Expr::VectorSelector(selector) => Some(selector),
+                Expr::MatrixSelector(matrix) => Some(&matrix.vs),
+                _ => None,
+            };
+            self.0.extend(selector.and_then(|s| s.name.clone()));
+            Ok(true)
+        }
+    }
+    // Grafana's variables, as a query would have them filled in.
+    let filled = expr.replace("$__rate_interval", "5m").replace("$model", ".*");
+    let parsed = promql_parser::parser::parse(&filled).unwrap_or_else(|e| panic!("{expr}: {e}"));
+    let mut names = Names(Vec::new());
+    promql_parser::util::walk_expr(&mut names, &parsed).unwrap();
+    names.0
+}
+
+/// The metric names of every series in a Prometheus text exposition.
+fn exported(text: &str) -> std::collections::BTreeSet<String> {
+    let series = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
+    series.filter_map(|l| l.split(['{', ' ']).next().map(str::to_owned)).collect()
+}
+
+async fn metrics_of(address: &str) -> String {
+    reqwest::get(format!("http://{address}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// Every metric a dashboard's query names is one that a worker serving a tensor model and a
+/// language model (with a failed load among its versions), a training rank 0 and the operator
+/// export, scraped from the real processes: renaming a metric fails here.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_metric_the_dashboards_query_is_exported_by_a_running_process() {
+    let worker = lantern_e2e::binary("lantern-worker").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repository = dir.path().join("models");
+    let root = repository.to_str().unwrap();
+    lantern_e2e::publish_mlp(root, &[], "adder", "2,8,1", 1, &[]).await.unwrap();
+    lantern_e2e::publish_mlp(root, &[], "broken", "2,8,1", 1, &[]).await.unwrap();
+    std::fs::write(repository.join("broken/1/model.safetensors"), b"not what the manifest says").unwrap();
+    let gguf = lantern_e2e::workspace().join(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    lantern_e2e::publish(root, &[], "chat", &gguf, &[]).await.unwrap();
+
+    // A worker serving them, asked once of each model.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let serving = format!("127.0.0.1:{port}");
+    let _server = tokio::process::Command::new(&worker)
+        .args(["serve", "--repository", root, "--listen", &serving])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !client.get(format!("http://{serving}/v2/models/chat/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never served chat");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tensor =
+        serde_json::json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]});
+    let answered = client.post(format!("http://{serving}/v2/models/adder/infer")).json(&tensor).send().await.unwrap();
+    assert_eq!(answered.status(), 200);
+    let text = serde_json::json!({"model": "chat", "prompt": "1, 2, 3,", "max_tokens": 3});
+    let answered = client.post(format!("http://{serving}/v1/completions")).json(&text).send().await.unwrap();
+    assert_eq!(answered.status(), 200);
+    let mut names = exported(&metrics_of(&serving).await);
+
+    // A training job's rank 0, once it has published a version.
+    let job = serde_json::json!({
+        "model": {"llama": {"hidden_size": 16, "intermediate_size": 32, "layers": 1, "heads": 2, "context": 16}},
+        "data": {"addition": {"max_operand": 9, "train_examples": 200, "eval_examples": 10}},
+        "schedule": {"steps": 100000, "global_batch": 8},
+        "checkpoint": {"every_steps": 5, "state_dir": dir.path().join("state")},
+        "output": {"repository": dir.path().join("trained"), "model": "adder"},
+    });
+    std::fs::write(dir.path().join("job.json"), job.to_string()).unwrap();
+    let progress =
+        format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let _training = tokio::process::Command::new(&worker)
+        .args(["train", "--config"])
+        .arg(dir.path().join("job.json"))
+        .env("LANTERN_PROGRESS_ADDRESS", &progress)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let training = loop {
+        let text = reqwest::get(format!("http://{progress}/metrics")).await;
+        if let Ok(text) = text {
+            let text = text.text().await.unwrap();
+            if text.contains("lantern_training_published_metric{") {
+                break text;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rank 0 never published a version");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    names.extend(exported(&training));
+
+    // The operator, having served an InferenceService (so it split traffic and recorded Events).
+    let mut stack = Stack::start().await.unwrap();
+    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
+    stack.publish_mlp("models", "idle", "2,8,1", 1, &[]).await.unwrap();
+    assert!(stack.apply(&SERVICE.replace("replicas: 0", "replicas: 1")).await.unwrap().ok);
+    let ready =
+        |s: &serde_json::Value| s["status"]["served"]["stableVersion"] == 1 || s["status"]["stableVersion"] == 1;
+    stack.wait_for("isvc/idle", "a stable version", Duration::from_secs(60), ready).await;
+    let address = stack.operator().metrics_address().await.unwrap();
+    let mut operator = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !operator.contains("lantern_operator_traffic_percent{") {
+        assert!(tokio::time::Instant::now() < deadline, "the operator never exported the traffic split:\n{operator}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        operator = metrics_of(&address).await;
+    }
+    names.extend(exported(&operator));
+
+    let mut queried = std::collections::BTreeSet::new();
+    for (file, dashboard) in lantern_dashboards::all() {
+        for expr in lantern_dashboards::grafana::expressions(&dashboard) {
+            for metric in selected_metrics(&expr) {
+                assert!(names.contains(&metric), "{file} queries {metric} ({expr}), which nothing exports: {names:?}");
+                queried.insert(metric);
+            }
+        }
+    }
+    for metric in ["lantern_time_to_first_token_seconds_bucket", "lantern_training_loss", "lantern_operator_leader"] {
+        assert!(queried.contains(metric), "the selectors were read: {queried:?}");
+    }
+    stack.stop().await.unwrap();
+}
