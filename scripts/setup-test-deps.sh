@@ -8,7 +8,9 @@
 # - .cache/node: azurite, the Azure Blob emulator (scripts/install-azurite.sh);
 # - docker-registry, Debian's OCI registry (scripts/install-docker-registry.sh, as root);
 # - podman, runc, buildah and mmdebstrap, which build and run the images (scripts/install-containers.sh,
-#   as root).
+#   as root);
+# - promtool, Debian's prometheus, which lints the /metrics expositions and unit-tests the chart's
+#   alert rules (scripts/install-promtool.sh, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +20,4 @@ scripts/install-python-clients.sh
 scripts/install-azurite.sh
 scripts/install-docker-registry.sh
 scripts/install-containers.sh
+scripts/install-promtool.sh

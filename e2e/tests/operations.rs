@@ -137,15 +137,36 @@ fn exported(text: &str) -> std::collections::BTreeSet<String> {
     series.filter_map(|l| l.split(['{', ' ']).next().map(str::to_owned)).collect()
 }
 
+/// `promtool check metrics` (Debian's prometheus, `scripts/install-promtool.sh`) finds nothing
+/// to say of `what`'s exposition; SKIPPED without promtool.
+fn lint(what: &str, text: &str) {
+    use std::io::Write;
+    let Ok(mut promtool) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIPPED: promtool is not installed (scripts/install-promtool.sh)");
+        return;
+    };
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && said.trim().is_empty(), "promtool check metrics on {what}:\n{said}");
+}
+
 async fn metrics_of(address: &str) -> String {
     reqwest::get(format!("http://{address}/metrics")).await.unwrap().text().await.unwrap()
 }
 
 /// Every metric a dashboard's query names is one that a worker serving a tensor model and a
 /// language model (with a failed load among its versions), a training rank 0 and the operator
-/// export, scraped from the real processes: renaming a metric fails here.
+/// export, scraped from the real processes: renaming a metric fails here. promtool finds each
+/// exposition well-formed.
 #[tokio::test(flavor = "multi_thread")]
-async fn every_metric_the_dashboards_query_is_exported_by_a_running_process() {
+async fn every_metric_the_dashboards_query_is_exported_by_a_running_process_and_promtool_passes_them() {
     let worker = lantern_e2e::binary("lantern-worker").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repository = dir.path().join("models");
@@ -177,7 +198,9 @@ async fn every_metric_the_dashboards_query_is_exported_by_a_running_process() {
     let text = serde_json::json!({"model": "chat", "prompt": "1, 2, 3,", "max_tokens": 3});
     let answered = client.post(format!("http://{serving}/v1/completions")).json(&text).send().await.unwrap();
     assert_eq!(answered.status(), 200);
-    let mut names = exported(&metrics_of(&serving).await);
+    let worker_text = metrics_of(&serving).await;
+    lint("the worker", &worker_text);
+    let mut names = exported(&worker_text);
 
     // A training job's rank 0, once it has published a version.
     let job = serde_json::json!({
@@ -209,6 +232,7 @@ async fn every_metric_the_dashboards_query_is_exported_by_a_running_process() {
         assert!(tokio::time::Instant::now() < deadline, "rank 0 never published a version");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    lint("training rank 0", &training);
     names.extend(exported(&training));
 
     // The operator, having served an InferenceService (so it split traffic and recorded Events).
@@ -227,6 +251,7 @@ async fn every_metric_the_dashboards_query_is_exported_by_a_running_process() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         operator = metrics_of(&address).await;
     }
+    lint("the operator", &operator);
     names.extend(exported(&operator));
 
     let mut queried = std::collections::BTreeSet::new();

@@ -179,8 +179,10 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
-async fn encoded(State(metrics): State<std::sync::Arc<Metrics>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.encode())
+async fn encoded(State(metrics): State<std::sync::Arc<Metrics>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = lantern_telemetry::exposition::negotiate(accept, metrics.encode());
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 async fn readiness(State(metrics): State<std::sync::Arc<Metrics>>) -> impl IntoResponse {

@@ -43,8 +43,12 @@ pub fn stats(pool: &Pool, metrics: &Metrics) -> serde_json::Value {
 }
 
 fn answer(request: &Request<Incoming>, pool: &Pool, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let (status, content_type, body) = match request.uri().path() {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.encode()),
+        "/metrics" => {
+            let (content_type, body) = lantern_telemetry::exposition::negotiate(accept, metrics.encode());
+            (StatusCode::OK, content_type, body)
+        }
         "/healthz" => (StatusCode::OK, "text/plain", "ok".to_owned()),
         "/stats" => (StatusCode::OK, "application/json", stats(pool, metrics).to_string()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found".to_owned()),

@@ -182,8 +182,10 @@ async fn repository_unload(State(app): State<AppState>, Path(model): Path<String
     Ok(Json(json!({})))
 }
 
-async fn metrics_text(State(app): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.encode()).into_response()
+async fn metrics_text(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = lantern_telemetry::exposition::negotiate(accept, app.metrics.encode());
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,10 +9,13 @@
 //! - [`with_trace_context`] writes the current span's context into an outgoing gRPC request, so the callee's
 //!   spans join the caller's trace; [`inject_context`] does the same for any HTTP request's
 //!   headers, and [`caller_context`] reads the context a caller's headers carry.
+//! - [`exposition`]: `/metrics` in OpenMetrics or the Prometheus text format, as the scraper
+//!   asks.
 //! - `collector` (feature `collector`): a real OTLP collector on loopback, for tests.
 
 #[cfg(feature = "collector")]
 pub mod collector;
+pub mod exposition;
 
 use std::io::IsTerminal;
 

@@ -328,7 +328,15 @@ impl ProgressServer {
         let mut router = tonic::service::Routes::new(TrainingServiceServer::new(Service(progress)))
             .add_service(reflection)
             .into_axum_router()
-            .route("/metrics", axum::routing::get(move || async move { metrics.encode_metrics() }));
+            .route(
+                "/metrics",
+                axum::routing::get(move |headers: axum::http::HeaderMap| async move {
+                    let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok());
+                    let (content_type, body) =
+                        lantern_telemetry::exposition::negotiate(accept, metrics.encode_metrics());
+                    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
+                }),
+            );
         if let Some(token) = token {
             let token = Arc::new(Token::new(token));
             router = router.layer(axum::middleware::from_fn_with_state(token, require_token));
