@@ -107,6 +107,50 @@ async fn one_replica_leads_a_standby_takes_over_and_a_leader_that_loses_its_leas
     stack.stop().await.unwrap();
 }
 
+/// The chart's alert rules: (alert, expression).
+fn alert_rules() -> Vec<(String, String)> {
+    let path = lantern_e2e::workspace().join("charts/lantern/rules/lantern.rules.yaml");
+    let rules: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let groups = rules["groups"].as_array().unwrap().iter();
+    let rules = groups.flat_map(|g| g["rules"].as_array().unwrap().iter());
+    rules.map(|r| (r["alert"].as_str().unwrap().to_owned(), r["expr"].as_str().unwrap().to_owned())).collect()
+}
+
+/// The chart's alert rules fire and resolve as their runbooks say (promtool's unit tests on the
+/// series each describes), each has its runbook in the README, and the chart's PrometheusRule
+/// holds exactly those rules.
+#[tokio::test]
+async fn the_alert_rules_fire_and_resolve_as_their_runbooks_say_and_the_chart_ships_them() {
+    let rules_dir = lantern_e2e::workspace().join("charts/lantern/rules");
+    let readme = std::fs::read_to_string(lantern_e2e::workspace().join("README.md")).unwrap();
+    let rules = alert_rules();
+    assert!(rules.len() >= 9, "{rules:?}");
+    for (alert, _) in &rules {
+        assert!(readme.contains(&format!("\n### {alert}\n")), "no runbook section for {alert} in the README");
+    }
+    let stack = Stack::bare().await.unwrap();
+    let rendered =
+        stack.helm(&["template", "lantern", "charts/lantern", "--set", "monitoring.prometheusRule.enabled=true"]).await;
+    let rendered = rendered.unwrap();
+    let rule = rendered.split("\n---").find(|doc| doc.contains("kind: PrometheusRule")).expect("a PrometheusRule");
+    let rule: serde_json::Value = serde_saphyr::from_str(rule).unwrap();
+    let file: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(rules_dir.join("lantern.rules.yaml")).unwrap()).unwrap();
+    assert_eq!(rule["spec"], file, "the PrometheusRule holds the rules file");
+    stack.stop().await.unwrap();
+
+    let Ok(output) = std::process::Command::new("promtool")
+        .args(["test", "rules", "lantern.rules.test.yaml"])
+        .current_dir(&rules_dir)
+        .output()
+    else {
+        eprintln!("SKIPPED: promtool is not installed (scripts/install-promtool.sh)");
+        return;
+    };
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "promtool test rules:\n{said}");
+}
+
 /// The metric names a query selects: every vector and range selector's.
 fn selected_metrics(expr: &str) -> Vec<String> {
     struct Names(Vec<String>);
@@ -254,16 +298,26 @@ async fn every_metric_the_dashboards_query_is_exported_by_a_running_process_and_
     lint("the operator", &operator);
     names.extend(exported(&operator));
 
+    let mut queries: Vec<(String, String)> = lantern_dashboards::all()
+        .into_iter()
+        .flat_map(|(file, dashboard)| {
+            lantern_dashboards::grafana::expressions(&dashboard).into_iter().map(move |e| (file.to_owned(), e))
+        })
+        .collect();
+    queries.extend(alert_rules().into_iter().map(|(alert, expr)| (format!("alert {alert}"), expr)));
     let mut queried = std::collections::BTreeSet::new();
-    for (file, dashboard) in lantern_dashboards::all() {
-        for expr in lantern_dashboards::grafana::expressions(&dashboard) {
-            for metric in selected_metrics(&expr) {
-                assert!(names.contains(&metric), "{file} queries {metric} ({expr}), which nothing exports: {names:?}");
-                queried.insert(metric);
-            }
+    for (source, expr) in queries {
+        for metric in selected_metrics(&expr) {
+            assert!(names.contains(&metric), "{source} queries {metric} ({expr}), which nothing exports: {names:?}");
+            queried.insert(metric);
         }
     }
-    for metric in ["lantern_time_to_first_token_seconds_bucket", "lantern_training_loss", "lantern_operator_leader"] {
+    for metric in [
+        "lantern_time_to_first_token_seconds_bucket",
+        "lantern_training_loss",
+        "lantern_operator_leader",
+        "lantern_model_load_failures_total",
+    ] {
         assert!(queried.contains(metric), "the selectors were read: {queried:?}");
     }
     stack.stop().await.unwrap();
