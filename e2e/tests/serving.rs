@@ -17,6 +17,8 @@ use lantern_proto::inference::{ModelInferRequest, ModelReadyRequest, RepositoryM
 use lantern_proto::lantern::v1::GetModelStatusRequest;
 use lantern_proto::lantern::v1::model_service_client::ModelServiceClient;
 
+#[path = "serving/cli.rs"]
+mod cli;
 #[path = "serving/storage.rs"]
 mod storage;
 

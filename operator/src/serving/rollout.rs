@@ -104,11 +104,45 @@ pub struct Decision {
     pub events: Vec<Event>,
     /// When the rollout wants another look (a step ends, a canary loads).
     pub requeue: Option<Duration>,
+    /// How `spec.rollout.promote` and `abort` stand: `Ok` with what they did (none set: `None`),
+    /// `Err` when one names a version that is not the canary (refused, nothing changes).
+    pub manual: Option<Result<String, String>>,
 }
 
 /// Decides one model's versions from its settings, its last status and the pods' reports at
 /// `now`.
 pub fn decide(settings: &Settings, previous: &ServedVersions, fleet: &Fleet, now: Timestamp) -> Decision {
+    let mut decision = versions(settings, previous, fleet, now);
+    decision.manual = manual(settings, previous, &decision);
+    decision
+}
+
+/// Whether the manual overrides name the canary they act on. A version they already promoted
+/// (now stable) or rolled back (now rejected) is fine: the field may stay set.
+fn manual(settings: &Settings, previous: &ServedVersions, decision: &Decision) -> Option<Result<String, String>> {
+    let canary = previous.canary_version;
+    let which = |canary: Option<u64>| match canary {
+        Some(canary) => format!("the canary is version {canary}"),
+        None => "there is no canary".to_owned(),
+    };
+    let promote = settings.promote.map(|version| match version {
+        _ if canary == Some(version) || decision.stable == Some(version) => Ok(format!("version {version} promoted")),
+        _ => Err(format!("spec.rollout.promote names version {version}, which is not the canary ({})", which(canary))),
+    });
+    let abort = settings.abort.map(|version| match version {
+        _ if canary == Some(version) || decision.rejected.contains(&version) => {
+            Ok(format!("version {version} rolled back"))
+        }
+        _ => Err(format!("spec.rollout.abort names version {version}, which is not the canary ({})", which(canary))),
+    });
+    match (promote, abort) {
+        (Some(Err(refused)), _) | (_, Some(Err(refused))) => Some(Err(refused)),
+        (Some(Ok(done)), _) | (None, Some(Ok(done))) => Some(Ok(done)),
+        (None, None) => None,
+    }
+}
+
+fn versions(settings: &Settings, previous: &ServedVersions, fleet: &Fleet, now: Timestamp) -> Decision {
     let mut decision = Decision {
         stable: previous.stable_version,
         canary: previous.canary_version,
@@ -117,6 +151,7 @@ pub fn decide(settings: &Settings, previous: &ServedVersions, fleet: &Fleet, now
         rejected: previous.rejected_versions.clone(),
         events: Vec::new(),
         requeue: None,
+        manual: None,
     };
     if let Some(pinned) = settings.pin {
         decision.pin(pinned, now);
@@ -646,6 +681,14 @@ mod tests {
         assert_eq!(aborted.rollout.unwrap().reason, "Aborted");
         let other = decide(&spec(serde_json::json!({"promote": 7})), &status(&step1), &served, at(11));
         assert_eq!(other.canary, Some(2), "promote names another version: no effect");
+        assert_eq!(
+            other.manual,
+            Some(Err("spec.rollout.promote names version 7, which is not the canary (the canary is version 2)".into()))
+        );
+        assert_eq!(promoted.manual, Some(Ok("version 2 promoted".into())));
+        // Left set after it promoted, the field is no refusal.
+        let after = decide(&spec(serde_json::json!({"promote": 2})), &status(&promoted), &served, at(12));
+        assert_eq!(after.manual, Some(Ok("version 2 promoted".into())));
     }
 
     #[test]

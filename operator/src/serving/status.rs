@@ -13,6 +13,9 @@
 //!   every answering pod. False with the first unready adapter's reason (`NoVersion`, `Loading`,
 //!   `ModelLoadFailed`, `SourceNotFound`, `SourceInvalid`) and every unready adapter in the
 //!   message. Each adapter's own rollout is in `status.adapters[]`.
+//! - `ManualOverride` (only while `spec.rollout.promote` or `abort` is set): true (`Applied`)
+//!   once it acted on the canary it names, false (`NotTheCanary`) when it names a version that
+//!   is not the canary, which changes nothing.
 //! - `Ready`: `replicas` pods are ready and serve the base's stable version. False with
 //!   `ModelsReady`'s reason, `PodsNotReady` or `ScaledToZero`. Adapters do not hold it back: a
 //!   base serves while an adapter's first version is still being trained.
@@ -175,6 +178,11 @@ pub fn next(
         conditions.push(make("AdaptersReady", ready, reason, &message));
     }
     conditions.push(make("RolloutProgressing", rolling, rollout_reason, &rollout_message));
+    match &decision.manual {
+        Some(Ok(done)) => conditions.push(make("ManualOverride", true, "Applied", done)),
+        Some(Err(refused)) => conditions.push(make("ManualOverride", false, "NotTheCanary", refused)),
+        None => {}
+    }
     InferenceServiceStatus {
         url: Some(objects::url(service)),
         conditions,
@@ -240,6 +248,7 @@ mod tests {
             rejected: vec![],
             events: vec![],
             requeue: None,
+            manual: None,
         }
     }
 
