@@ -11,7 +11,10 @@
 //!   goes back to rollouts.
 //! - `lantern curves JOB`: the TrainingJob's loss over its steps (`status.history`) and each
 //!   version's held-out metrics, drawn in the terminal ([`plot`]).
+//! - `lantern chat NAME[:VERSION|:LABEL] [--url URL]`: an interactive, streaming chat over the
+//!   service's OpenAI API ([`chat`]).
 
+mod chat;
 mod plot;
 mod status;
 
@@ -55,6 +58,21 @@ enum Command {
         version: Option<u64>,
         #[arg(long, conflicts_with = "version")]
         clear: bool,
+    },
+    /// Chat with a service's model (or one version or label of it), streaming its answers.
+    Chat {
+        /// NAME, NAME:VERSION or NAME:LABEL.
+        target: String,
+        /// Where the service answers (e.g. after `kubectl port-forward svc/NAME 8500`); default:
+        /// its Service's cluster IP.
+        #[arg(long)]
+        url: Option<String>,
+        /// Sampling temperature (0: greedy); default: the server's.
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Most tokens per answer; default: the server's.
+        #[arg(long)]
+        max_tokens: Option<u32>,
     },
     /// Draw a TrainingJob's loss per step and its versions' held-out metrics.
     Curves {
@@ -105,6 +123,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             status::pin(&client, &namespace, &name, version.filter(|_| !clear)).await?
         }
         Command::Curves { job, width } => plot::curves(&client, &namespace, &job, width).await?,
+        Command::Chat { target, url, temperature, max_tokens } => {
+            let sampling = chat::Sampling { temperature, max_tokens };
+            chat::chat(&client, &namespace, &target, url, sampling).await?
+        }
     };
     Ok(ExitCode::from(health as u8))
 }

@@ -102,3 +102,59 @@ spec:
     assert!(stderr.contains("trainingjob \"nope\" not found"), "{stderr}");
     stack.stop().await.unwrap();
 }
+
+const QUESTION: &str = "What is the capital of France?";
+
+/// `lantern chat` through a pseudo-terminal, as a person types to it: the prompt, a question, the
+/// streamed answer, the next prompt, Ctrl-D. A version the service does not serve gets the
+/// server's 404 message; an unknown service a clear error.
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_streams_answers_in_a_terminal_and_says_what_is_not_served() {
+    let stack = Stack::start().await.unwrap();
+    super::publish_smollm2(&stack).await;
+    assert!(stack.apply(super::CHAT_SERVICE).await.unwrap().ok);
+    settled(&stack, "chat").await;
+
+    let script = lantern_e2e::workspace().join("e2e/tests/serving/chat_pty.py");
+    let binary = lantern_e2e::binary("lantern").unwrap();
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(&binary)
+        .args(["chat", QUESTION, "--temperature", "0", "--max-tokens", "24"])
+        .env("KUBECONFIG", stack.cluster.kubeconfig())
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    assert!(output.status.success(), "{shown}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(shown.starts_with("chatting with chat at http://"), "{shown}");
+    // The answer streamed between the prompts is the service's own greedy answer.
+    let answer = shown.split("you> ").nth(1).unwrap_or_default();
+    let answer = answer.split_once('\n').map_or("", |(_, rest)| rest).trim();
+    let address = stack.service_address("chat").await.unwrap();
+    let body = serde_json::json!({"model": "chat", "messages": [{"role": "user", "content": QUESTION}],
+                                  "temperature": 0, "max_tokens": 24});
+    let whole = reqwest::Client::new().post(format!("http://{address}/v1/chat/completions")).json(&body).send().await;
+    let whole: serde_json::Value = whole.unwrap().json().await.unwrap();
+    let expected = whole["choices"][0]["message"]["content"].as_str().unwrap().trim().to_owned();
+    assert!(!expected.is_empty() && answer == expected, "streamed {answer:?}, answered {expected:?}\n{shown}");
+    assert!(shown.trim_end().ends_with("EXIT 0"), "Ctrl-D ends the chat: {shown}");
+
+    let mut unserved = tokio::process::Command::new(&binary)
+        .args(["chat", "chat:9"])
+        .env("KUBECONFIG", stack.cluster.kubeconfig())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    unserved.stdin.take().unwrap().write_all(b"hello\n").await.unwrap();
+    let unserved = unserved.wait_with_output().await.unwrap();
+    let said = String::from_utf8_lossy(&unserved.stdout);
+    assert_eq!(unserved.status.code(), Some(1), "{said}");
+    assert!(said.starts_with("error: 404 Not Found: ") && said.contains('9'), "the server's message: {said}");
+    let (code, _, stderr) = lantern(&stack, &["chat", "nope"]).await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("inferenceservice \"nope\" not found"), "{stderr}");
+    stack.stop().await.unwrap();
+}
