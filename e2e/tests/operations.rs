@@ -118,7 +118,7 @@ fn alert_rules() -> Vec<(String, String)> {
 
 /// The chart's alert rules fire and resolve as their runbooks say (promtool's unit tests on the
 /// series each describes), each has its runbook in the README, and the chart's PrometheusRule
-/// holds exactly those rules.
+/// holds exactly those rules; its dashboard ConfigMaps hold the generated dashboards.
 #[tokio::test]
 async fn the_alert_rules_fire_and_resolve_as_their_runbooks_say_and_the_chart_ships_them() {
     let rules_dir = lantern_e2e::workspace().join("charts/lantern/rules");
@@ -137,6 +137,22 @@ async fn the_alert_rules_fire_and_resolve_as_their_runbooks_say_and_the_chart_sh
     let file: serde_json::Value =
         serde_saphyr::from_str(&std::fs::read_to_string(rules_dir.join("lantern.rules.yaml")).unwrap()).unwrap();
     assert_eq!(rule["spec"], file, "the PrometheusRule holds the rules file");
+    // The dashboards, as ConfigMaps Grafana's sidecar picks up by its default label.
+    let rendered =
+        stack.helm(&["template", "lantern", "charts/lantern", "--set", "monitoring.dashboards.enabled=true"]).await;
+    let rendered = rendered.unwrap();
+    let maps: Vec<serde_json::Value> = rendered
+        .split("\n---")
+        .filter(|doc| doc.contains("kind: ConfigMap"))
+        .map(|doc| serde_saphyr::from_str(doc).unwrap())
+        .collect();
+    for (file, dashboard) in lantern_dashboards::all() {
+        let shipped =
+            maps.iter().find(|m| m["data"][file].is_string()).unwrap_or_else(|| panic!("no ConfigMap holds {file}"));
+        assert_eq!(shipped["metadata"]["labels"]["grafana_dashboard"], "1");
+        let json: serde_json::Value = serde_json::from_str(shipped["data"][file].as_str().unwrap()).unwrap();
+        assert_eq!(json, dashboard, "{file} as the chart ships it");
+    }
     stack.stop().await.unwrap();
 
     let Ok(output) = std::process::Command::new("promtool")
