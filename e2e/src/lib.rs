@@ -32,6 +32,31 @@ spec:
   resources: {requests: {storage: 1Gi}}
 ";
 
+/// An InferenceService `name` serving the model of the same name from the claim `models` on
+/// `replicas` pods, everything else left to the defaults.
+pub fn claim_service(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: lantern.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: {name}}}
+spec:
+  model: {name}
+  source:
+    repository: {{claimName: models}}
+  replicas: {replicas}
+"
+    )
+}
+
+/// Whether `object`'s `Ready` condition is true.
+pub fn ready(object: &serde_json::Value) -> bool {
+    object["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
 /// The worker image the operator runs by default, mapped to the built `lantern-worker`.
 pub const WORKER_IMAGE: &str = "ghcr.io/lantern-dev/worker:0.1.0";
 

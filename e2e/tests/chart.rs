@@ -6,19 +6,9 @@
 
 use std::time::Duration;
 
-use lantern_e2e::{MODELS_CLAIM, Stack};
+use lantern_e2e::{MODELS_CLAIM, Stack, claim_service, ready};
 
 const NAMESPACE: &str = "lantern-system";
-
-const SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
-kind: InferenceService
-metadata: {name: charted}
-spec:
-  model: charted
-  source:
-    repository: {claimName: models}
-  replicas: 1
-";
 
 /// `kubectl get ARGS -n lantern-system -o json`.
 async fn get(stack: &Stack, args: &[&str]) -> serde_json::Value {
@@ -36,14 +26,6 @@ async fn lease_holder(stack: &Stack) -> String {
     let run = stack.kubectl(&["get", "lease/lantern-operator", "-n", NAMESPACE, "-o", "json"]).await.unwrap();
     let lease: serde_json::Value = serde_json::from_str(&run.stdout).unwrap_or_default();
     lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_owned()
-}
-
-fn ready(object: &serde_json::Value) -> bool {
-    object["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 #[tokio::test]
@@ -90,7 +72,7 @@ async fn the_chart_installs_leader_elected_operators_that_serve_an_inference_ser
     // The operator in its pod serves a model: pods, Service, status.
     stack.publish_mlp("models", "charted", "2,8,1", 1, &[]).await.unwrap();
     assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
-    assert!(stack.apply(SERVICE).await.unwrap().ok);
+    assert!(stack.apply(&claim_service("charted", 1)).await.unwrap().ok);
     stack.wait_for("inferenceservice/charted", "Ready", Duration::from_secs(60), ready).await;
 
     // The leader's pod goes (a node drain, an eviction): it releases the Lease on SIGTERM, and

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use lantern_e2e::containers::{Container, IMAGE_USER, Mount, build_images, give_to_image_user};
-use lantern_e2e::{MODELS_CLAIM, OPERATOR_IMAGE, Stack, WORKER_IMAGE, publish, publish_mlp, workspace};
+use lantern_e2e::{
+    MODELS_CLAIM, OPERATOR_IMAGE, Stack, WORKER_IMAGE, claim_service, publish, publish_mlp, ready, workspace,
+};
 use serde_json::json;
 
 /// Where the operator mounts the model repository in worker pods.
@@ -484,23 +486,7 @@ async fn the_chart_runs_in_containers_under_its_pod_security_and_serves_a_model(
 
     assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
     stack.publish_mlp("models", "charted", "2,8,1", 1, &[]).await.unwrap();
-    let service = "apiVersion: lantern.dev/v1alpha1
-kind: InferenceService
-metadata: {name: charted}
-spec:
-  model: charted
-  source:
-    repository: {claimName: models}
-  replicas: 1
-";
-    assert!(stack.apply(service).await.unwrap().ok);
-    let ready = |s: &serde_json::Value| {
-        s["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    };
+    assert!(stack.apply(&claim_service("charted", 1)).await.unwrap().ok);
     stack.wait_for("inferenceservice/charted", "Ready", Duration::from_secs(120), ready).await;
     let address = stack.service_address("charted").await.unwrap();
     let body = json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]});

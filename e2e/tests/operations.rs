@@ -4,18 +4,8 @@
 
 use std::time::Duration;
 
-use lantern_e2e::{MODELS_CLAIM, OPERATOR_IDENTITY, Operator, Stack};
+use lantern_e2e::{MODELS_CLAIM, OPERATOR_IDENTITY, Operator, Stack, claim_service};
 use lantern_telemetry::collector::Collector;
-
-const SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
-kind: InferenceService
-metadata: {name: idle}
-spec:
-  model: idle
-  source:
-    repository: {claimName: models}
-  replicas: 0
-";
 
 /// A short Lease, so that the test sees a renewal and a takeover in seconds.
 const LEASE: (&str, &str) = ("LANTERN_LEASE_DURATION_SECONDS", "6");
@@ -59,7 +49,7 @@ async fn one_replica_leads_a_standby_takes_over_and_a_leader_that_loses_its_leas
     let mut standby = Operator::start(&stack.cluster, stack.state.path(), "standby", &[LEASE]).unwrap();
 
     assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
-    assert!(stack.apply(SERVICE).await.unwrap().ok);
+    assert!(stack.apply(&claim_service("idle", 0)).await.unwrap().ok);
     observed_generation(&stack, 1).await;
     // Re-applying the unchanged Service on every pass changes nothing (no reconcile loop).
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -299,7 +289,7 @@ async fn every_metric_the_dashboards_query_is_exported_by_a_running_process_and_
     let mut stack = Stack::start().await.unwrap();
     assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
     stack.publish_mlp("models", "idle", "2,8,1", 1, &[]).await.unwrap();
-    assert!(stack.apply(&SERVICE.replace("replicas: 0", "replicas: 1")).await.unwrap().ok);
+    assert!(stack.apply(&claim_service("idle", 1)).await.unwrap().ok);
     let ready =
         |s: &serde_json::Value| s["status"]["served"]["stableVersion"] == 1 || s["status"]["stableVersion"] == 1;
     stack.wait_for("isvc/idle", "a stable version", Duration::from_secs(60), ready).await;

@@ -362,15 +362,9 @@ async fn a_service_scaled_to_zero_holds_its_first_request_until_a_pod_answers_it
 }
 
 /// SmolLM2 as model `chat` on one pod, through its router.
-const CHAT_SERVICE: &str = "apiVersion: lantern.dev/v1alpha1
-kind: InferenceService
-metadata: {name: chat}
-spec:
-  model: chat
-  source:
-    repository: {claimName: models}
-  replicas: 1
-";
+fn chat_service() -> String {
+    lantern_e2e::claim_service("chat", 1)
+}
 
 /// Whether a worker pod of `service` has been asked to stop (deleted, still draining).
 fn terminating(pods: &serde_json::Value, service: &str) -> bool {
@@ -425,7 +419,7 @@ async fn publish_smollm2(stack: &Stack) {
 async fn a_stream_in_flight_finishes_while_its_pod_is_scaled_away() {
     let stack = Stack::start().await.unwrap();
     publish_smollm2(&stack).await;
-    assert!(stack.apply(CHAT_SERVICE).await.unwrap().ok);
+    assert!(stack.apply(&chat_service()).await.unwrap().ok);
     settled(&stack, "chat").await;
     let address = stack.service_address("chat").await.unwrap();
 
@@ -457,7 +451,7 @@ async fn a_language_model_scales_on_the_kv_cache_its_streams_hold() {
     let stack = Stack::start().await.unwrap();
     publish_smollm2(&stack).await;
     // A small cache, and a target of 30% of it per pod.
-    let service = CHAT_SERVICE.replace(
+    let service = chat_service().replace(
         "replicas: 1\n",
         "replicas: 1\n  minReplicas: 1\n  maxReplicas: 2\n  generation: {kvCacheMib: 16}\n  autoscaling: \
          {targetKvCachePercent: 30, stableWindowSeconds: 9, panicWindowSeconds: 3, scaleDownDelaySeconds: 3}\n",

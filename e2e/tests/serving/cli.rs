@@ -112,7 +112,7 @@ const QUESTION: &str = "What is the capital of France?";
 async fn chat_streams_answers_in_a_terminal_and_says_what_is_not_served() {
     let stack = Stack::start().await.unwrap();
     super::publish_smollm2(&stack).await;
-    assert!(stack.apply(super::CHAT_SERVICE).await.unwrap().ok);
+    assert!(stack.apply(&super::chat_service()).await.unwrap().ok);
     settled(&stack, "chat").await;
 
     let script = lantern_e2e::workspace().join("e2e/tests/serving/chat_pty.py");
