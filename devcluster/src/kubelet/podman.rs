@@ -20,18 +20,26 @@ use serde_json::Value;
 
 use super::env::parse_quantity;
 
-/// `podman` with the runtime every call uses.
-pub fn podman() -> Command {
-    let mut command = Command::new("podman");
-    command.args(["--runtime", "runc"]);
-    command
+/// Runs `podman ARGS` with the runtime every call uses, to its end. The kubelet's pod tasks call
+/// it from the async runtime: on a multi-threaded one the wait is announced
+/// ([`tokio::task::block_in_place`]), so the API server and the other pods' tasks go on
+/// meanwhile on other threads.
+pub fn podman(args: &[&str]) -> std::io::Result<std::process::Output> {
+    waiting(|| Command::new("podman").args(["--runtime", "runc"]).args(args).output())
+}
+
+/// Runs `work`, which waits on something outside the process, as [`podman`] says.
+fn waiting<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
 /// The user an image runs as (`Config.User`; empty means root), or why it cannot be run.
 pub fn image_user(image: &str) -> Result<String, String> {
-    let output = podman()
-        .args(["image", "inspect", "--format", "{{.Config.User}}", image])
-        .output()
+    let output = podman(&["image", "inspect", "--format", "{{.Config.User}}", image])
         .map_err(|e| format!("running podman: {e}"))?;
     match output.status.success() {
         true => Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned()),
@@ -41,7 +49,7 @@ pub fn image_user(image: &str) -> Result<String, String> {
 
 /// Whether the container `name` was killed for going over its memory limit.
 pub fn oom_killed(name: &str) -> bool {
-    let output = podman().args(["inspect", "--format", "{{.State.OOMKilled}}", name]).output();
+    let output = podman(&["inspect", "--format", "{{.State.OOMKilled}}", name]);
     output.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
 }
 
@@ -82,6 +90,10 @@ pub fn limit_hit(cgroup: &std::path::Path) -> bool {
 /// Removes a [`memory_cgroup`] once nothing runs in it, with the cgroups podman made beneath it
 /// (the container's, conmon's).
 pub fn remove_memory_cgroup(cgroup: &std::path::Path) {
+    waiting(|| remove_cgroup_tree(cgroup));
+}
+
+fn remove_cgroup_tree(cgroup: &std::path::Path) {
     // They go as their processes end; retried while those linger.
     for _ in 0..40 {
         let children = std::fs::read_dir(cgroup).into_iter().flatten().flatten();

@@ -133,7 +133,7 @@ impl Drop for Process {
     fn drop(&mut self) {
         if let Some(container) = self.container.take() {
             let remove = ["rm", "--force", "--time", "0", &container];
-            if let Err(error) = super::podman::podman().args(remove).output() {
+            if let Err(error) = super::podman::podman(&remove) {
                 tracing::warn!(%error, container, "removing a container");
             }
         }
