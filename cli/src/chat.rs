@@ -18,7 +18,7 @@ use crate::status::Health;
 const SERVING_PORT: u16 = 8500;
 
 /// `NAME[:VERSION|:LABEL]` → (the service's name, what follows the colon).
-fn split(target: &str) -> (&str, Option<&str>) {
+pub fn split(target: &str) -> (&str, Option<&str>) {
     match target.split_once(':') {
         Some((name, choice)) if !choice.is_empty() => (name, Some(choice)),
         _ => (target.trim_end_matches(':'), None),

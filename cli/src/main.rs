@@ -1,6 +1,10 @@
 //! `lantern`: the everyday flows from a terminal, with the user's kubeconfig (kube-rs). Installed
 //! on the `PATH` as `kubectl-lantern` (a link), it is also the kubectl plugin `kubectl lantern`.
 //!
+//! - `lantern finetune --base MODEL[:VERSION] --data FILE.jsonl [--eval FILE] [method flags]`:
+//!   checks the data, puts it in a ConfigMap the job owns, creates the TrainingJob and follows it
+//!   with a progress bar and a line per published version ([`finetune`]). Exit code 0 succeeded,
+//!   1 failed, 2 an error (a bad data file: nothing created), 3 detached (Ctrl-C, `--detach`).
 //! - `lantern status NAME [--watch] [--timeout 10m]`: an InferenceService's versions, traffic
 //!   split, rollout step and the gate's verdicts; with `--watch`, every change until the rollout
 //!   settles. The exit code is the outcome, as Argo Rollouts' `status` gives it ([`Health`]).
@@ -15,6 +19,7 @@
 //!   service's OpenAI API ([`chat`]).
 
 mod chat;
+mod finetune;
 mod plot;
 mod status;
 
@@ -35,6 +40,9 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Fine-tune a served model on a JSONL file and follow the job. Exit code: 0 succeeded, 1
+    /// failed, 2 an error, 3 detached (Ctrl-C or --detach; the job goes on).
+    Finetune(finetune::Options),
     /// Versions, traffic split, rollout step and verdicts of an InferenceService. Exit code: 0
     /// healthy, 1 degraded (the last rollout rolled back, or not Ready), 2 an error, 3 still
     /// rolling out (without --watch, or when --timeout passed).
@@ -111,19 +119,45 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// The kubeconfig's client, and the namespace: `--namespace` or the context's.
+async fn connect(namespace: Option<String>) -> anyhow::Result<(kube::Client, String)> {
     let client =
         kube::Client::try_default().await.map_err(|e| anyhow::anyhow!("connecting with the kubeconfig: {e}"))?;
-    let namespace = args.namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    Ok((client, namespace))
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let namespace = args.namespace;
     let health = match args.command {
-        Command::Status { name, watch, timeout } => status::status(&client, &namespace, &name, watch, timeout).await?,
-        Command::Promote { name, version } => status::steer(&client, &namespace, &name, "promote", version).await?,
-        Command::Abort { name, version } => status::steer(&client, &namespace, &name, "abort", version).await?,
+        Command::Finetune(options) => {
+            // The data is checked before the cluster is reached: a bad file creates nothing.
+            let data = finetune::read_data(&options)?;
+            let (client, namespace) = connect(namespace).await?;
+            finetune::finetune(&client, &namespace, &options, data).await?
+        }
+        Command::Status { name, watch, timeout } => {
+            let (client, namespace) = connect(namespace).await?;
+            status::status(&client, &namespace, &name, watch, timeout).await?
+        }
+        Command::Promote { name, version } => {
+            let (client, namespace) = connect(namespace).await?;
+            status::steer(&client, &namespace, &name, "promote", version).await?
+        }
+        Command::Abort { name, version } => {
+            let (client, namespace) = connect(namespace).await?;
+            status::steer(&client, &namespace, &name, "abort", version).await?
+        }
         Command::Pin { name, version, clear } => {
+            let (client, namespace) = connect(namespace).await?;
             status::pin(&client, &namespace, &name, version.filter(|_| !clear)).await?
         }
-        Command::Curves { job, width } => plot::curves(&client, &namespace, &job, width).await?,
+        Command::Curves { job, width } => {
+            let (client, namespace) = connect(namespace).await?;
+            plot::curves(&client, &namespace, &job, width).await?
+        }
         Command::Chat { target, url, temperature, max_tokens } => {
+            let (client, namespace) = connect(namespace).await?;
             let sampling = chat::Sampling { temperature, max_tokens };
             chat::chat(&client, &namespace, &target, url, sampling).await?
         }

@@ -6,14 +6,17 @@
 //! - [`env`]: the names of the environment variables the operator sets on worker pods and the
 //!   worker reads (its clap flags name these constants);
 //! - [`device::DeviceSpec`]: where a worker runs its models, as both sides spell it;
-//! - [`exit`]: the exit codes of `train` that the operator acts on.
+//! - [`exit`]: the exit codes of `train` that the operator acts on;
+//! - [`examples`]: the shape of a fine-tuning JSONL file, which the `lantern` CLI checks before it
+//!   creates a job and the worker checks before it tokenizes.
 //!
-//! Dependencies are serde and thiserror only: the operator links this crate, not the worker's
-//! runtime. Validation that needs the file system or the model repository (files exist, model
+//! Dependencies are serde, serde_json and thiserror only: the operator and the CLI link this
+//! crate, not the worker's runtime. Validation that needs the file system or the model repository (files exist, model
 //! names are valid) belongs to the worker's training crate.
 
 pub mod device;
 pub mod env;
+pub mod examples;
 pub mod exit;
 pub mod job;
 

@@ -14,23 +14,22 @@
 //! rendered with the generation prompt (a pair: its prompt), whose greedy answer is compared with
 //! that turn (the completion). A text asks nothing.
 //!
-//! Everything is checked before training: a line that is not JSON, an example that is neither
-//! form, an unknown role or field, a conversation without an assistant turn, an example longer
+//! Everything is checked before training: the shape of each line as the contract states it
+//! ([`lantern_contract::examples`]: JSON, one form, known roles and fields, an assistant turn,
+//! a prompt or text that is not empty — the check the `lantern` CLI runs too), an example longer
 //! than the sequence length (refused, or left out and counted under `overlong: skip`; never
 //! truncated), an empty held-out split. Each error names the field, the file and the line.
 
 use std::path::Path;
 
+use lantern_contract::examples;
 use lantern_runtime::llm::chat::Message;
 use lantern_runtime::llm::codec::TextCodec;
-use serde::Deserialize;
 
 use super::config::{JsonlSpec, Overlong};
 use super::data::{Question, Sequence};
 use crate::error::{Error, Result};
 
-/// Roles a conversation's messages may have.
-const ROLES: [&str; 3] = ["system", "user", "assistant"];
 /// Tokens a held-out answer may take beyond its reference's.
 const ANSWER_SLACK: usize = 8;
 
@@ -81,8 +80,8 @@ fn read_file(
     let text = std::fs::read_to_string(path).map_err(|e| Error::config(field, format!("{}: {e}", path.display())))?;
     let mut examples = Vec::new();
     let mut skipped = 0;
-    for (index, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
-        let at = |reason: String| Error::config(field, format!("{} line {}: {reason}", path.display(), index + 1));
+    for (number, line) in examples::lines(&text) {
+        let at = |reason: String| Error::config(field, format!("{} line {number}: {reason}", path.display()));
         let example = parse(line, codec).map_err(at)?;
         let length = example.sequence.tokens.len();
         if length > sequence_length {
@@ -110,46 +109,18 @@ fn read_file(
     Ok(examples)
 }
 
-/// A line of either form.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    #[serde(default)]
-    messages: Option<Vec<Turn>>,
-    #[serde(default)]
-    prompt: Option<String>,
-    #[serde(default)]
-    completion: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-}
-
-/// A message of a conversation.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Turn {
-    role: String,
-    content: String,
-}
-
-/// One line's example.
+/// One line's example: its shape checked by the contract ([`examples::parse`]), then rendered and
+/// tokenized.
 fn parse(line: &str, codec: &TextCodec) -> std::result::Result<Example, String> {
-    let line: Line = serde_json::from_str(line).map_err(|e| format!("not a valid example: {e}"))?;
-    match line {
-        Line { messages: Some(messages), prompt: None, completion: None, text: None } => conversation(messages, codec),
-        Line { messages: None, prompt: Some(prompt), completion: Some(completion), text: None } => {
-            pair(&prompt, &completion, codec)
-        }
-        Line { messages: None, prompt: None, completion: None, text: Some(text) } => plain(&text, codec),
-        _ => Err("an example has either \"messages\", both \"prompt\" and \"completion\", or \"text\"".to_owned()),
+    match examples::parse(line)? {
+        examples::Example::Conversation(turns) => conversation(turns, codec),
+        examples::Example::Pair { prompt, completion } => pair(&prompt, &completion, codec),
+        examples::Example::Text(text) => plain(&text, codec),
     }
 }
 
-fn conversation(turns: Vec<Turn>, codec: &TextCodec) -> std::result::Result<Example, String> {
+fn conversation(turns: Vec<examples::Turn>, codec: &TextCodec) -> std::result::Result<Example, String> {
     let messages: Vec<Message> = turns.into_iter().map(|turn| Message::new(turn.role, turn.content)).collect();
-    if let Some((index, message)) = messages.iter().enumerate().find(|(_, m)| !ROLES.contains(&m.role.as_str())) {
-        return Err(format!("message {index} has the unknown role {:?} (expected {})", message.role, ROLES.join(", ")));
-    }
     let last = messages.iter().rposition(|m| m.role == "assistant").ok_or("the conversation has no assistant turn")?;
     let (tokens, targets) = codec.encode_training_chat(&messages).map_err(|e| e.to_string())?;
     let prompt = codec.encode_chat(&messages[..last]).map_err(|e| e.to_string())?;
@@ -161,9 +132,6 @@ fn conversation(turns: Vec<Turn>, codec: &TextCodec) -> std::result::Result<Exam
 fn pair(prompt: &str, completion: &str, codec: &TextCodec) -> std::result::Result<Example, String> {
     let encode = |text: &str| codec.encode(text).map_err(|e| e.to_string());
     let prompt_tokens = encode(prompt)?;
-    if prompt_tokens.is_empty() {
-        return Err("the prompt is empty".to_owned());
-    }
     let answer: Vec<u32> = encode(completion)?.into_iter().chain([end_of_sequence(codec)?]).collect();
     let targets =
         std::iter::repeat_n(false, prompt_tokens.len()).chain(std::iter::repeat_n(true, answer.len())).collect();
@@ -176,9 +144,6 @@ fn pair(prompt: &str, completion: &str, codec: &TextCodec) -> std::result::Resul
 
 fn plain(text: &str, codec: &TextCodec) -> std::result::Result<Example, String> {
     let mut tokens = codec.encode(text).map_err(|e| e.to_string())?;
-    if tokens.is_empty() {
-        return Err("the text is empty".to_owned());
-    }
     tokens.push(end_of_sequence(codec)?);
     let targets = std::iter::once(false).chain(std::iter::repeat_n(true, tokens.len() - 1)).collect();
     Ok(Example { sequence: Sequence { tokens, targets }, question: None })

@@ -349,16 +349,24 @@ pub struct DataSpec {
     /// A CSV file with a header for the MLP: every column but the target is a feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csv: Option<CsvSpec>,
-    /// JSON Lines for fine-tuning: chat conversations (`{"messages": [...]}`) or
-    /// prompt/completion pairs. A relative path is inside the model repository's volume
-    /// (`.datasets/tickets/train.jsonl`), an absolute one inside the worker's pod.
+    /// JSON Lines for fine-tuning: chat conversations (`{"messages": [...]}`),
+    /// prompt/completion pairs or texts. A relative path is inside the model repository's volume
+    /// (`.datasets/tickets/train.jsonl`), an absolute one inside the worker's pod; with
+    /// `configMap`, the paths are keys of that ConfigMap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jsonl: Option<JsonlSpec>,
 }
 
 #[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.configMap) || (!self.path.contains('/') && (!has(self.evalPath) || !self.evalPath.contains('/')))").message("with data.jsonl.configMap, path and evalPath are keys of the ConfigMap"))]
 #[serde(rename_all = "camelCase")]
 pub struct JsonlSpec {
+    /// A ConfigMap in the job's namespace holding the files (at most 1 MiB in all), mounted
+    /// read-only in every rank: what `lantern finetune` creates for a small data set. Its keys
+    /// are `path` and `evalPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: Option<String>,
     pub path: String,
     /// Held-out examples; the last `evalFraction` of `path`'s when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,6 +18,7 @@ use lantern_contract::job::{
 use crate::context::Error;
 use crate::crd::training::{self as crd, TrainingJob};
 use crate::objects::REPOSITORY_MOUNT;
+use crate::training::objects::DATA_MOUNT;
 
 /// The training state directory, relative to the repository: a dot-directory, which servers of
 /// the repository ignore. It outlives the pods, so every gang restart resumes from it.
@@ -90,7 +91,7 @@ impl TryFrom<&TrainingJob> for JobConfig {
 
 /// With a repository URI there is no claim for relative paths to be in: `initFrom` (a version
 /// directory) and relative JSONL paths are refused; absolute ones are in the worker's image or
-/// volumes.
+/// volumes, keys of a `configMap` in its mount.
 fn refuse_claim_paths(model: &crd::ModelSpec, data: &crd::DataSpec) -> Result<(), Error> {
     if model.llama.as_ref().is_some_and(|llama| llama.init_from.is_some()) {
         return Err(Error::Invalid(
@@ -99,10 +100,10 @@ fn refuse_claim_paths(model: &crd::ModelSpec, data: &crd::DataSpec) -> Result<()
                 .into(),
         ));
     }
-    let relative = data
-        .jsonl
-        .as_ref()
-        .and_then(|jsonl| std::iter::once(&jsonl.path).chain(jsonl.eval_path.as_ref()).find(|p| !p.starts_with('/')));
+    let relative =
+        data.jsonl.as_ref().filter(|jsonl| jsonl.config_map.is_none()).and_then(|jsonl| {
+            std::iter::once(&jsonl.path).chain(jsonl.eval_path.as_ref()).find(|p| !p.starts_with('/'))
+        });
     if let Some(path) = relative {
         return Err(Error::Invalid(format!(
             "spec.data.jsonl: {path:?} is relative, which means inside a claim; with output.repository.uri give \
@@ -268,10 +269,14 @@ fn data_spec(data: &crd::DataSpec) -> Result<DataSpec, Error> {
             classes: classes.map(size),
             eval_fraction: eval_fraction.unwrap_or(DEFAULT_EVAL_FRACTION),
         })),
-        (None, None, None, Some(crd::JsonlSpec { path, eval_path, eval_fraction, overlong })) => {
+        (None, None, None, Some(crd::JsonlSpec { config_map, path, eval_path, eval_fraction, overlong })) => {
+            let place = |path: &str| match config_map {
+                Some(_) => std::path::Path::new(DATA_MOUNT).join(path),
+                None => in_volume(path),
+            };
             Ok(DataSpec::Jsonl(JsonlSpec {
-                path: in_volume(path),
-                eval_path: eval_path.as_deref().map(in_volume),
+                path: place(path),
+                eval_path: eval_path.as_deref().map(place),
                 eval_fraction: eval_fraction.unwrap_or(DEFAULT_EVAL_FRACTION),
                 overlong: match overlong {
                     None | Some(crd::Overlong::Refuse) => Overlong::Refuse,
@@ -490,6 +495,9 @@ mod tests {
         assert!(error.starts_with("spec.data.jsonl: \"eval.jsonl\" is relative"), "{error}");
         init["data"]["jsonl"]["evalPath"] = json!("/data/eval.jsonl");
         assert!(JobConfig::try_from(&crate::training::test_job(init.clone())).is_ok());
+        // Keys of a ConfigMap are in its mount, not in a claim.
+        init["data"] = json!({"jsonl": {"configMap": "tickets-data", "path": "train.jsonl"}});
+        assert!(JobConfig::try_from(&crate::training::test_job(init.clone())).is_ok());
         init["output"]["repository"] = json!({"uri": "oci://registry.example/lantern"});
         let error = JobConfig::try_from(&crate::training::test_job(init)).unwrap_err().to_string();
         assert!(error.contains("can be served from, not trained into"), "{error}");
@@ -532,6 +540,13 @@ mod tests {
             overlong: Overlong::Skip,
         };
         assert_eq!(config.data, DataSpec::Jsonl(expected));
+        tune["data"] = json!({"jsonl": {"configMap": "tickets-data", "path": "train.jsonl", "evalPath": "eval.jsonl"}});
+        let DataSpec::Jsonl(placed) = JobConfig::try_from(&crate::training::test_job(tune.clone())).unwrap().data
+        else {
+            panic!("jsonl data")
+        };
+        assert_eq!(placed.path, std::path::Path::new("/var/lib/lantern/data/train.jsonl"));
+        assert_eq!(placed.eval_path.as_deref(), Some(std::path::Path::new("/var/lib/lantern/data/eval.jsonl")));
         tune["model"]["fineTune"]["method"] = json!({"full": {}});
         let config = JobConfig::try_from(&crate::training::test_job(tune)).unwrap();
         let ModelSpec::FineTune(spec) = &config.model else { panic!("a fine-tuning job") };

@@ -28,6 +28,8 @@ pub const PROGRESS_PORT: u16 = 7071;
 const CONFIG_DIR: &str = "/etc/lantern";
 /// Where every rank finds the job's token.
 const TOKEN_DIR: &str = "/var/run/lantern/job";
+/// Where the ConfigMap of `data.jsonl.configMap` is mounted; its keys are files there.
+pub const DATA_MOUNT: &str = "/var/lib/lantern/data";
 
 pub const JOB_LABEL: &str = "lantern.dev/training-job";
 pub const RANK_LABEL: &str = "lantern.dev/rank";
@@ -153,6 +155,17 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str, cache_d
     let (token_volume, token_mount) =
         objects::secret_file_volume("job-token", &token_secret_name(job), TOKEN_KEY, TOKEN_KEY, TOKEN_DIR);
     let job_file = ConfigMapVolumeSource { name: config_map_name(job), ..ConfigMapVolumeSource::default() };
+    let mut volumes = vec![
+        repository.volume,
+        Volume { name: "job".to_owned(), config_map: Some(job_file), ..Volume::default() },
+        token_volume,
+    ];
+    let mut volume_mounts = vec![repository.mount, objects::read_only_mount("job", CONFIG_DIR), token_mount];
+    if let Some(data) = spec.data.jsonl.as_ref().and_then(|jsonl| jsonl.config_map.clone()) {
+        let source = ConfigMapVolumeSource { name: data, ..ConfigMapVolumeSource::default() };
+        volumes.push(Volume { name: "data".to_owned(), config_map: Some(source), ..Volume::default() });
+        volume_mounts.push(objects::read_only_mount("data", DATA_MOUNT));
+    }
     let mut container = Container {
         name: "worker".to_owned(),
         image: Some(spec.image.as_deref().unwrap_or(image).to_owned()),
@@ -163,7 +176,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str, cache_d
             objects::container_port("collective", COLLECTIVE_PORT),
             objects::container_port("progress", PROGRESS_PORT),
         ]),
-        volume_mounts: Some(vec![repository.mount, objects::read_only_mount("job", CONFIG_DIR), token_mount]),
+        volume_mounts: Some(volume_mounts),
         // Rank 0 leaves its final progress there (the last checkpoint, which no poll may have
         // seen); a rank that fails without writing one leaves the end of its log.
         termination_message_path: Some(TERMINATION_LOG.to_owned()),
@@ -175,11 +188,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str, cache_d
     let mut pod_spec = PodSpec {
         restart_policy: Some("Never".to_owned()),
         containers: vec![container],
-        volumes: Some(vec![
-            repository.volume,
-            Volume { name: "job".to_owned(), config_map: Some(job_file), ..Volume::default() },
-            token_volume,
-        ]),
+        volumes: Some(volumes),
         ..PodSpec::default()
     };
     objects::harden_pod(&mut pod_spec);
@@ -238,6 +247,26 @@ mod tests {
             .filter_map(|e| e["name"].as_str())
             .collect();
         assert!(!names.contains(&"LANTERN_PROGRESS_ADDRESS"), "only rank 0 serves progress");
+    }
+
+    #[test]
+    fn a_data_config_map_is_mounted_read_only_in_every_rank() {
+        let tune = crate::training::test_job(json!({
+            "model": {"fineTune": {"base": {"model": "smollm2", "version": 1}, "method": {"full": {}}, "sequenceLength": 64}},
+            "data": {"jsonl": {"configMap": "tickets-data", "path": "train.jsonl"}},
+        }));
+        for rank in [0, 1] {
+            let pod = serde_json::to_value(rank_pod(&tune, 0, rank, "img", &RepositoryCache::default())).unwrap();
+            assert_eq!(pod["spec"]["volumes"][3], json!({"name": "data", "configMap": {"name": "tickets-data"}}));
+            let mount = &pod["spec"]["containers"][0]["volumeMounts"][3];
+            assert_eq!(*mount, json!({"name": "data", "mountPath": DATA_MOUNT, "readOnly": true}));
+        }
+        let plain = serde_json::to_value(rank_pod(&job(), 0, 0, "img", &RepositoryCache::default())).unwrap();
+        assert_eq!(
+            plain["spec"]["volumes"].as_array().unwrap().len(),
+            4,
+            "the repository, job, token and scratch volumes only"
+        );
     }
 
     #[test]
