@@ -11,7 +11,7 @@
 //! 4. The job is watched: a progress bar (step, loss, tokens/s, ETA), a line per published
 //!    version with its held-out metrics, and the exit code of the outcome (0 succeeded, 1 failed,
 //!    3 detached). Ctrl-C detaches and leaves the job running. Without a terminal on stderr the
-//!    bar is replaced by a line per change.
+//!    bar is replaced by a line per step reported.
 //!
 //! [`job`], [`progress_line`] and [`version_line`] are pure; the rest talks to the API server.
 
@@ -343,22 +343,25 @@ fn outcome(phase: Option<Phase>) -> Option<Health> {
 
 /// Follows the job until it finishes or Ctrl-C detaches.
 async fn watch(jobs: Api<TrainingJob>, name: &str) -> anyhow::Result<Health> {
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{spinner} [{bar:32}] {percent:>3}%  {msg}")
-            .map_err(|e| anyhow::anyhow!("the progress bar's template: {e}"))?
-            .progress_chars("=> "),
-    );
+    let template = |text: &str| {
+        ProgressStyle::with_template(text).map_err(|e| anyhow::anyhow!("the progress bar's template {text:?}: {e}"))
+    };
+    // A spinner until the first step is known, then the bar.
+    let bar = ProgressBar::new(0).with_style(template("{spinner} {msg}")?);
+    let moving = template("{spinner} [{bar:32}] {percent:>3}%  {msg}")?.progress_chars("=> ");
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     // Lines go to stdout with the bar (on stderr) lifted meanwhile.
     let say = |line: String| bar.suspend(|| println!("{line}"));
     let mut changes = std::pin::pin!(watcher::watch_object(jobs, name).boxed());
+    // One listener for the whole watch, so that no Ctrl-C falls between two.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     let mut printed = 0;
-    let (mut last_phase, mut last_line) = (None, String::new());
+    let (mut last_phase, mut last_step) = (None, None);
     let mut baseline_shown = false;
     loop {
         let change = tokio::select! {
             change = changes.next() => change,
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut interrupted => {
                 bar.abandon();
                 say(format!(
                     "detached: trainingjob {name} goes on; follow it with `lantern curves {name}` or \
@@ -370,12 +373,6 @@ async fn watch(jobs: Api<TrainingJob>, name: &str) -> anyhow::Result<Health> {
         let Some(change) = change else { anyhow::bail!("the watch of trainingjob {name:?} ended") };
         let Some(job) = change? else { anyhow::bail!("trainingjob {name:?} was deleted") };
         let status = job.status.unwrap_or_default();
-        if status.phase != last_phase {
-            let phase = status.phase.map_or("Pending", Phase::as_str);
-            let why = status.conditions.iter().rev().find(|c| c.type_ == phase).map(|c| c.message.as_str());
-            say(format!("{phase}{}", why.filter(|m| !m.is_empty()).map_or(String::new(), |m| format!(": {m}"))));
-            last_phase = status.phase;
-        }
         if !baseline_shown && !status.baseline.is_empty() {
             let metrics: Vec<String> = status.baseline.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
             say(format!("the base on the held-out data: {}", metrics.join(", ")));
@@ -386,15 +383,25 @@ async fn watch(jobs: Api<TrainingJob>, name: &str) -> anyhow::Result<Health> {
         }
         printed = printed.max(status.checkpoints.len());
         if let Some(progress) = &status.progress {
+            if bar.length() == Some(0) {
+                bar.set_style(moving.clone());
+            }
             bar.set_length(progress.total_steps);
             bar.set_position(progress.step);
         }
-        let line = progress_line(&status);
-        if bar.is_hidden() && line != last_line {
-            say(line.clone());
+        // Without a terminal, a line per step reported (not per rate update).
+        let step = status.progress.as_ref().map(|p| p.step);
+        if bar.is_hidden() && step != last_step {
+            say(progress_line(&status));
         }
-        bar.set_message(line.clone());
-        last_line = line;
+        bar.set_message(progress_line(&status));
+        last_step = step;
+        if status.phase != last_phase {
+            let phase = status.phase.map_or("Pending", Phase::as_str);
+            let why = status.conditions.iter().rev().find(|c| c.type_ == phase).map(|c| c.message.as_str());
+            say(format!("{phase}{}", why.filter(|m| !m.is_empty()).map_or(String::new(), |m| format!(": {m}"))));
+            last_phase = status.phase;
+        }
         if let Some(health) = outcome(status.phase) {
             bar.finish();
             return Ok(health);

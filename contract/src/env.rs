@@ -106,3 +106,6 @@ pub const PROGRESS_ADDRESS: &str = "LANTERN_PROGRESS_ADDRESS";
 pub const TERMINATION_LOG: &str = "LANTERN_TERMINATION_LOG";
 /// The file holding the job's token.
 pub const JOB_TOKEN_FILE: &str = "LANTERN_JOB_TOKEN_FILE";
+/// Where this pod sees the job's data ConfigMap (`data.jsonl.configMap`) that the job file places
+/// at [`crate::job::DATA_MOUNT`].
+pub const DATA_DIR: &str = "LANTERN_DATA_DIR";

@@ -365,6 +365,10 @@ pub struct CsvSpec {
     pub eval_fraction: f64,
 }
 
+/// Where the operator mounts a job's data ConfigMap (`data.jsonl.configMap`) in every rank; the
+/// job file names its files there.
+pub const DATA_MOUNT: &str = "/var/lib/lantern/data";
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSpec {
@@ -656,12 +660,16 @@ impl JobConfig {
         if let Some(dir) = var(env::CACHE_DIR) {
             self.output.cache_dir = Some(dir.into());
         }
+        if let Some(dir) = var(env::DATA_DIR) {
+            self.rebase_data(Path::new(DATA_MOUNT), Path::new(&dir));
+        }
         Ok(())
     }
 
-    /// Moves every data file the file places under the repository `from` to the same place
-    /// under `to`: data kept in the repository's volume follows the volume wherever a pod sees
-    /// it mounted (the operator writes such paths under its mount point).
+    /// Moves every data file the file places under the volume `from` to the same place under
+    /// `to`: data kept in the repository's volume or in the job's data ConfigMap follows the
+    /// volume wherever a pod sees it mounted (the operator writes such paths under its mount
+    /// point).
     fn rebase_data(&mut self, from: &Path, to: &Path) {
         let paths: Vec<&mut PathBuf> = match &mut self.data {
             DataSpec::Addition(_) => Vec::new(),
@@ -820,6 +828,18 @@ mod tests {
         let DataSpec::Jsonl(spec) = &config.data else { panic!("jsonl data") };
         assert_eq!(spec.path, Path::new("/srv/claims/models/.datasets/tickets/train.jsonl"));
         assert_eq!(spec.eval_path.as_deref(), Some(Path::new("/data/eval.jsonl")), "outside it: as written");
+
+        // A data ConfigMap's files follow its mount the same way.
+        config.data = DataSpec::Jsonl(JsonlSpec {
+            path: Path::new(DATA_MOUNT).join("train.jsonl"),
+            eval_path: Some(Path::new(DATA_MOUNT).join("eval.jsonl")),
+            eval_fraction: DEFAULT_EVAL_FRACTION,
+            overlong: Overlong::Refuse,
+        });
+        config.apply_env(|name| (name == env::DATA_DIR).then(|| "/pods/p/volumes/data".to_owned())).unwrap();
+        let DataSpec::Jsonl(spec) = &config.data else { panic!("jsonl data") };
+        assert_eq!(spec.path, Path::new("/pods/p/volumes/data/train.jsonl"));
+        assert_eq!(spec.eval_path.as_deref(), Some(Path::new("/pods/p/volumes/data/eval.jsonl")));
     }
 
     #[test]

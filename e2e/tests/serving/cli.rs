@@ -1,14 +1,33 @@
 //! The `lantern` CLI against the devcluster, as a user runs it with the kubeconfig: `status` with
 //! its exit codes (healthy, still rolling out, an unknown name), `promote` refused for a version
 //! that is not the canary (the operator's condition printed, the field cleared) and then
-//! promoting the canary, `status --watch` until the rollout settles, `pin`, and a TrainingJob's
-//! `curves`.
+//! promoting the canary, `status --watch` until the rollout settles, `pin`, a TrainingJob's
+//! `curves`, `chat` and `finetune` in a terminal.
 
 use std::time::Duration;
 
 use lantern_e2e::{MODELS_CLAIM, Stack};
 
 use super::{LAYERS, SERVICE, settled};
+
+/// `lantern ARGS` run in a pseudo-terminal and driven by `steps` (`expect:TEXT`, `send:TEXT`;
+/// `pty_expect.py`): what the terminal showed, ending with `EXIT <code>`.
+async fn in_terminal(stack: &Stack, steps: &[&str], args: &[&str]) -> String {
+    let script = lantern_e2e::workspace().join("e2e/tests/serving/pty_expect.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(steps)
+        .arg("--")
+        .arg(lantern_e2e::binary("lantern").unwrap())
+        .args(args)
+        .env("KUBECONFIG", stack.cluster.kubeconfig())
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    assert!(output.status.success(), "{shown}{}", String::from_utf8_lossy(&output.stderr));
+    shown
+}
 
 /// `lantern ARGS` against the stack: (exit code, stdout, stderr).
 async fn lantern(stack: &Stack, args: &[&str]) -> (i32, String, String) {
@@ -115,18 +134,10 @@ async fn chat_streams_answers_in_a_terminal_and_says_what_is_not_served() {
     assert!(stack.apply(&super::chat_service()).await.unwrap().ok);
     settled(&stack, "chat").await;
 
-    let script = lantern_e2e::workspace().join("e2e/tests/serving/chat_pty.py");
     let binary = lantern_e2e::binary("lantern").unwrap();
-    let output = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(&binary)
-        .args(["chat", QUESTION, "--temperature", "0", "--max-tokens", "24"])
-        .env("KUBECONFIG", stack.cluster.kubeconfig())
-        .output()
-        .await
-        .unwrap();
-    let shown = String::from_utf8_lossy(&output.stdout).replace('\r', "");
-    assert!(output.status.success(), "{shown}{}", String::from_utf8_lossy(&output.stderr));
+    let question = format!("send:{QUESTION}\\n");
+    let steps = ["expect:you> ", question.as_str(), "expect:you> ", "send:\\x04"];
+    let shown = in_terminal(&stack, &steps, &["chat", "chat", "--temperature", "0", "--max-tokens", "24"]).await;
     assert!(shown.starts_with("chatting with chat at http://"), "{shown}");
     // The answer streamed between the prompts is the service's own greedy answer.
     let answer = shown.split("you> ").nth(1).unwrap_or_default();
@@ -156,5 +167,91 @@ async fn chat_streams_answers_in_a_terminal_and_says_what_is_not_served() {
     let (code, _, stderr) = lantern(&stack, &["chat", "nope"]).await;
     assert_eq!(code, 2);
     assert!(stderr.contains("inferenceservice \"nope\" not found"), "{stderr}");
+    stack.stop().await.unwrap();
+}
+
+/// `lantern finetune` on a served base (a tiny llama): a bad file and an unknown base create
+/// nothing; in a terminal the job's progress shows and Ctrl-C detaches while the job goes on and
+/// succeeds; without a terminal a run prints its versions and exits 0, and a job the worker
+/// refuses exits 1 with the reason. The data's ConfigMap goes with its job.
+#[tokio::test(flavor = "multi_thread")]
+async fn finetune_checks_the_data_follows_the_job_and_detaches_on_ctrl_c() {
+    let stack = Stack::start().await.unwrap();
+    assert!(stack.apply(MODELS_CLAIM).await.unwrap().ok);
+    assert!(stack.apply(super::BASE_JOB).await.unwrap().ok);
+    let ended = |j: &serde_json::Value| matches!(j["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    let base = stack.wait_for("tj/base", "the base's training", Duration::from_secs(120), ended).await;
+    assert_eq!(base["status"]["phase"], "Succeeded", "{:#}", base["status"]);
+    assert!(stack.apply(&lantern_e2e::claim_service("base", 1)).await.unwrap().ok);
+    settled(&stack, "base").await;
+    let data = tempfile::tempdir().unwrap();
+    let file = |name: &str| data.path().join(name).to_str().unwrap().to_owned();
+    super::write_pairs(&data.path().join("train.jsonl"), 0..64, |k| format!(" v{}", k * 7 % 100));
+    super::write_pairs(&data.path().join("eval.jsonl"), 64..72, |k| format!(" v{}", k * 7 % 100));
+    std::fs::write(data.path().join("bad.jsonl"), "{\"prompt\": \"a\", \"completion\": \"b\"}\n{\"messages\": []}\n")
+        .unwrap();
+
+    let (code, _, stderr) = lantern(&stack, &["finetune", "--base", "base", "--data", &file("bad.jsonl")]).await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("bad.jsonl line 2: the conversation has no assistant turn"), "{stderr}");
+    let (code, _, stderr) = lantern(&stack, &["finetune", "--base", "nope", "--data", &file("train.jsonl")]).await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no InferenceService in namespace \"default\" serves model \"nope\""), "{stderr}");
+    let jobs = stack.json("trainingjobs").await.unwrap();
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 1, "only the base's job: {jobs:#}");
+    let data_maps = |maps: &serde_json::Value| {
+        let items = maps["items"].as_array().cloned().unwrap_or_default();
+        items
+            .into_iter()
+            .filter(|m| m["metadata"]["name"].as_str().is_some_and(|n| n.contains("-data-")))
+            .collect::<Vec<_>>()
+    };
+    assert!(data_maps(&stack.json("configmaps").await.unwrap()).is_empty());
+
+    // In a terminal: the bar moves, Ctrl-C detaches, the job goes on to the end.
+    let train = file("train.jsonl");
+    let eval = file("eval.jsonl");
+    let flags = |name: &'static str, steps: &'static str, every: &'static str| {
+        let mut flags = vec!["finetune", "--base", "base", "--output", "base", "--full", "--name", name];
+        flags.extend(["--data", train.as_str(), "--eval", eval.as_str(), "--sequence-length", "32"]);
+        flags.extend(["--steps", steps, "--checkpoint-every", every, "--learning-rate", "0.01"]);
+        flags
+    };
+    let shown =
+        in_terminal(&stack, &["expect:/300", "send:\\x03", "expect:detached"], &flags("tune", "300", "100")).await;
+    assert!(shown.contains("64 examples (64 prompt/completion pairs)"), "{shown}");
+    assert!(shown.contains("trainingjob default/tune created: fine-tunes base:1 on configmap tune-data-"), "{shown}");
+    assert!(shown.contains("detached: trainingjob tune goes on"), "{shown}");
+    assert!(shown.trim_end().ends_with("EXIT 3"), "detached: {shown}");
+    let job = stack.wait_for("tj/tune", "the detached job's end", Duration::from_secs(240), ended).await;
+    assert_eq!(job["status"]["phase"], "Succeeded", "{:#}", job["status"]);
+    let maps = data_maps(&stack.json("configmaps").await.unwrap());
+    assert_eq!(maps.len(), 1);
+    assert_eq!(maps[0]["metadata"]["ownerReferences"][0]["uid"], job["metadata"]["uid"], "the job owns its data");
+    let keys: Vec<&String> = maps[0]["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["eval.jsonl", "train.jsonl"]);
+
+    // Without a terminal: a line per change and per version, and the outcome as the exit code.
+    let (code, stdout, stderr) = lantern(&stack, &flags("again", "8", "4")).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("the base on the held-out data: eval_"), "{stdout}");
+    for step in [4, 8] {
+        let published = format!(" at step {step}: eval_");
+        assert!(stdout.lines().any(|l| l.starts_with("published base version ") && l.contains(&published)), "{stdout}");
+    }
+    assert!(stdout.contains("step 8/8"), "{stdout}");
+    assert!(stdout.lines().last().is_some_and(|l| l.starts_with("Succeeded")), "the outcome last: {stdout}");
+    let mut refused = flags("short", "8", "4");
+    *refused.iter_mut().find(|f| **f == "32").unwrap() = "4";
+    let (code, stdout, _) = lantern(&stack, &refused).await;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("Failed: ") && stdout.contains("sequence_length 4"), "{stdout}");
+
+    // The data goes with its job.
+    assert!(stack.kubectl(&["delete", "tj", "tune"]).await.unwrap().ok);
+    let gone = |maps: &serde_json::Value| {
+        data_maps(maps).iter().all(|m| !m["metadata"]["name"].as_str().unwrap().starts_with("tune-"))
+    };
+    stack.wait_for("configmaps", "the deleted job's data", Duration::from_secs(60), gone).await;
     stack.stop().await.unwrap();
 }

@@ -10,15 +10,15 @@
 use std::collections::BTreeSet;
 
 use lantern_contract::job::{
-    self, AdditionSpec, BaseSpec, CheckpointSpec, ClusterSpec, CsvSpec, DEFAULT_EVAL_FRACTION, DataSpec, DistillSpec,
-    FineTuneMethod, FineTuneSpec, GgufType, JobConfig, JsonlSpec, LlamaSpec, LoraSpec, LoraTarget, MlpSpec, ModelSpec,
-    OptimizerSpec, OutputSpec, Overlong, QuantizeSpec, ScheduleSpec, StudentSizes, StudentSpec, TextSpec,
+    self, AdditionSpec, BaseSpec, CheckpointSpec, ClusterSpec, CsvSpec, DATA_MOUNT, DEFAULT_EVAL_FRACTION, DataSpec,
+    DistillSpec, FineTuneMethod, FineTuneSpec, GgufType, JobConfig, JsonlSpec, LlamaSpec, LoraSpec, LoraTarget,
+    MlpSpec, ModelSpec, OptimizerSpec, OutputSpec, Overlong, QuantizeSpec, ScheduleSpec, StudentSizes, StudentSpec,
+    TextSpec,
 };
 
 use crate::context::Error;
 use crate::crd::training::{self as crd, TrainingJob};
 use crate::objects::REPOSITORY_MOUNT;
-use crate::training::objects::DATA_MOUNT;
 
 /// The training state directory, relative to the repository: a dot-directory, which servers of
 /// the repository ignore. It outlives the pods, so every gang restart resumes from it.

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec};
 
 use lantern_contract::env;
-use lantern_contract::job::JobConfig;
+use lantern_contract::job::{DATA_MOUNT, JobConfig};
 
 use crate::context::Error;
 use crate::crd::{RepositoryCache, TrainingJob};
@@ -28,8 +28,6 @@ pub const PROGRESS_PORT: u16 = 7071;
 const CONFIG_DIR: &str = "/etc/lantern";
 /// Where every rank finds the job's token.
 const TOKEN_DIR: &str = "/var/run/lantern/job";
-/// Where the ConfigMap of `data.jsonl.configMap` is mounted; its keys are files there.
-pub const DATA_MOUNT: &str = "/var/lib/lantern/data";
 
 pub const JOB_LABEL: &str = "lantern.dev/training-job";
 pub const RANK_LABEL: &str = "lantern.dev/rank";
@@ -165,6 +163,7 @@ pub fn rank_pod(job: &TrainingJob, attempt: u32, rank: u32, image: &str, cache_d
         let source = ConfigMapVolumeSource { name: data, ..ConfigMapVolumeSource::default() };
         volumes.push(Volume { name: "data".to_owned(), config_map: Some(source), ..Volume::default() });
         volume_mounts.push(objects::read_only_mount("data", DATA_MOUNT));
+        env.push(env_var(env::DATA_DIR, DATA_MOUNT));
     }
     let mut container = Container {
         name: "worker".to_owned(),
@@ -260,6 +259,8 @@ mod tests {
             assert_eq!(pod["spec"]["volumes"][3], json!({"name": "data", "configMap": {"name": "tickets-data"}}));
             let mount = &pod["spec"]["containers"][0]["volumeMounts"][3];
             assert_eq!(*mount, json!({"name": "data", "mountPath": DATA_MOUNT, "readOnly": true}));
+            let env = pod["spec"]["containers"][0]["env"].as_array().unwrap();
+            assert!(env.contains(&json!({"name": env::DATA_DIR, "value": DATA_MOUNT})), "{env:?}");
         }
         let plain = serde_json::to_value(rank_pod(&job(), 0, 0, "img", &RepositoryCache::default())).unwrap();
         assert_eq!(
