@@ -365,6 +365,18 @@ pub struct CsvSpec {
     pub eval_fraction: f64,
 }
 
+impl DataSpec {
+    /// The files the examples are read from (none for built-in data).
+    pub fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        match self {
+            Self::Addition(_) => Vec::new(),
+            Self::Text(spec) => spec.paths.iter_mut().collect(),
+            Self::Csv(spec) => vec![&mut spec.path],
+            Self::Jsonl(spec) => std::iter::once(&mut spec.path).chain(spec.eval_path.as_mut()).collect(),
+        }
+    }
+}
+
 /// Where the operator mounts a job's data ConfigMap (`data.jsonl.configMap`) in every rank; the
 /// job file names its files there.
 pub const DATA_MOUNT: &str = "/var/lib/lantern/data";
@@ -671,13 +683,7 @@ impl JobConfig {
     /// volume wherever a pod sees it mounted (the operator writes such paths under its mount
     /// point).
     fn rebase_data(&mut self, from: &Path, to: &Path) {
-        let paths: Vec<&mut PathBuf> = match &mut self.data {
-            DataSpec::Addition(_) => Vec::new(),
-            DataSpec::Text(spec) => spec.paths.iter_mut().collect(),
-            DataSpec::Csv(spec) => vec![&mut spec.path],
-            DataSpec::Jsonl(spec) => std::iter::once(&mut spec.path).chain(spec.eval_path.as_mut()).collect(),
-        };
-        for path in paths {
+        for path in self.data.paths_mut() {
             if let Ok(inside) = path.strip_prefix(from) {
                 *path = to.join(inside);
             }

@@ -2,8 +2,8 @@
 //! code, latency, time to first token and between tokens, tokens/s, queue depth, KV-cache and
 //! prefix-cache use, batch sizes, loads, and stable beside canary with the rollouts' steps and
 //! verdicts as annotations), **training** (step, loss, learning rate, tokens/s, the newest
-//! version's held-out metrics, restarts) and **operator** (reconcile rate and latency,
-//! leadership, Events).
+//! version's held-out metrics, restarts) and **operator** (reconcile rate and latency, the work
+//! queue as reconciles in flight and retries, leadership, Events).
 //!
 //! `cargo run -p lantern-dashboards --bin dashgen` writes them to `charts/lantern/dashboards/`,
 //! which the chart ships as ConfigMaps for Grafana's dashboard sidecar; a test fails when the
@@ -250,6 +250,18 @@ pub fn operator() -> Value {
                 query(
                     "histogram_quantile(0.99, sum by (kind, le) (rate(lantern_operator_reconcile_duration_seconds_bucket[$__rate_interval])))",
                     "p99 {{kind}}",
+                ),
+            ],
+        },
+        Panel {
+            title: "Work queue",
+            description: "Reconciles running now, and the errors each retried after 5 s (kube-rs exposes no queue depth)",
+            unit: "short",
+            queries: vec![
+                query("sum by (kind) (lantern_operator_reconciles_in_flight)", "in flight {{kind}}"),
+                query(
+                    "sum by (kind) (rate(lantern_operator_reconciles_total{result=\"error\"}[$__rate_interval]))",
+                    "retries/s {{kind}}",
                 ),
             ],
         },

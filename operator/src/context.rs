@@ -193,6 +193,7 @@ pub async fn run_controller<K, R, F>(
             k8s.namespace = %object.namespace().unwrap_or_default(),
             k8s.name = %object.name_any(),
         );
+        context.metrics.start_reconcile(kind);
         let timer = ReconcileTimer { metrics: context.metrics.clone(), kind, started: Instant::now(), success: false };
         let work = reconcile(object, context);
         async move {

@@ -5,6 +5,9 @@
 //! Series:
 //! - `lantern_operator_reconciles_total{kind, result}`: reconciles by kind and `success`/`error`;
 //! - `lantern_operator_reconcile_duration_seconds{kind}`: how long each took;
+//! - `lantern_operator_reconciles_in_flight{kind}`: reconciles running now — with the error
+//!   rate (each error is retried after 5 s), what the work-queue panel shows, since kube-rs's
+//!   controller exposes no queue depth of its own;
 //! - `lantern_operator_events_total{kind, reason}`: the Events the operator recorded (rollouts
 //!   promoted or rolled back, gang restarts, …);
 //! - `lantern_operator_leader`: 1 while this replica holds the Lease;
@@ -75,6 +78,7 @@ pub struct Metrics {
     registry: Registry,
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_duration: HistogramFamily<KindLabels>,
+    in_flight: Family<KindLabels, Gauge>,
     events: Family<EventLabels, Counter>,
     leader: Gauge,
     traffic: Family<TrafficLabels, Gauge>,
@@ -90,6 +94,8 @@ impl Default for Metrics {
         registry.register("reconciles", "Reconciles by kind and result", reconciles.clone());
         let reconcile_duration = HistogramFamily::<KindLabels>::new_with_constructor(reconcile_histogram as fn() -> _);
         registry.register("reconcile_duration_seconds", "Time per reconcile", reconcile_duration.clone());
+        let in_flight = Family::<KindLabels, Gauge>::default();
+        registry.register("reconciles_in_flight", "Reconciles running now, by kind", in_flight.clone());
         let events = Family::<EventLabels, Counter>::default();
         registry.register("events", "Events recorded, by kind of object and reason", events.clone());
         let leader = Gauge::default();
@@ -104,6 +110,7 @@ impl Default for Metrics {
             registry,
             reconciles,
             reconcile_duration,
+            in_flight,
             events,
             leader,
             traffic,
@@ -114,7 +121,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A reconcile of `kind` starts; [`Metrics::observe_reconcile`] ends it.
+    pub fn start_reconcile(&self, kind: &'static str) {
+        self.in_flight.get_or_create(&KindLabels { kind }).inc();
+    }
+
     pub fn observe_reconcile(&self, kind: &'static str, success: bool, seconds: f64) {
+        self.in_flight.get_or_create(&KindLabels { kind }).dec();
         let result = if success { "success" } else { "error" };
         self.reconciles.get_or_create(&ReconcileLabels { kind, result }).inc();
         self.reconcile_duration.get_or_create(&KindLabels { kind }).observe(seconds);
@@ -200,6 +213,10 @@ mod tests {
     #[test]
     fn reconciles_events_and_leadership_are_counted_by_their_labels() {
         let metrics = Metrics::default();
+        for _ in 0..2 {
+            metrics.start_reconcile("InferenceService");
+        }
+        metrics.start_reconcile("TrainingJob");
         metrics.observe_reconcile("InferenceService", true, 0.004);
         metrics.observe_reconcile("InferenceService", false, 0.2);
         metrics.observe_event("InferenceService", "Promoted");
@@ -209,6 +226,8 @@ mod tests {
             r#"lantern_operator_reconciles_total{kind="InferenceService",result="success"} 1"#,
             r#"lantern_operator_reconciles_total{kind="InferenceService",result="error"} 1"#,
             r#"lantern_operator_reconcile_duration_seconds_count{kind="InferenceService"} 2"#,
+            r#"lantern_operator_reconciles_in_flight{kind="InferenceService"} 0"#,
+            r#"lantern_operator_reconciles_in_flight{kind="TrainingJob"} 1"#,
             r#"lantern_operator_events_total{kind="InferenceService",reason="Promoted"} 1"#,
             "lantern_operator_leader 1",
         ] {

@@ -416,17 +416,30 @@ fn placement(config: &JobConfig, token: Option<String>) -> Placement {
 }
 
 /// A digest of everything that must be equal on every rank: model, data, optimizer, schedule,
-/// seed and output model.
+/// seed and output model. The data files count by their contents, not their paths: each pod may
+/// see its volumes elsewhere (a ConfigMap's files are the pod's own), and two files at one path
+/// that differ must not train together.
 fn job_identity(config: &JobConfig) -> String {
-    let shared = serde_json::json!([
-        config.model,
-        config.data,
-        config.optimizer,
-        config.schedule,
-        config.seed,
-        config.output.model
-    ]);
+    let mut data = config.data.clone();
+    for path in data.paths_mut() {
+        *path = file_digest(path).into();
+    }
+    let shared =
+        serde_json::json!([config.model, data, config.optimizer, config.schedule, config.seed, config.output.model]);
     hex::encode(&Sha256::digest(shared.to_string().as_bytes())[..8])
+}
+
+/// `sha256:<hex>` of a file's bytes, or why it cannot be read (which the data's loading reports).
+fn file_digest(path: &Path) -> String {
+    let hashed = std::fs::File::open(path).and_then(|mut file| {
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher)?;
+        Ok(hasher.finalize())
+    });
+    match hashed {
+        Ok(digest) => format!("sha256:{}", hex::encode(digest)),
+        Err(error) => format!("unreadable: {error}"),
+    }
 }
 
 /// This rank's share of a step: its examples and their places in the global reading order.
@@ -606,5 +619,28 @@ mod tests {
         let waits: Vec<u64> =
             [0, 9, 10, 11, 20].map(|step| collective_timeout(&config, &checkpoint, step).as_secs()).to_vec();
         assert_eq!(waits, vec![5, 5, 305, 5, 305]);
+    }
+
+    #[test]
+    fn ranks_agree_on_data_by_its_contents_wherever_each_sees_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = |path: &Path| {
+            let text = serde_json::json!({
+                "model": {"mlp": {"hidden": [4], "activation": "tanh"}},
+                "data": {"csv": {"path": path, "target": "y"}},
+                "schedule": {"steps": 100, "global_batch": 4},
+                "output": {"repository": "/models", "model": "m"},
+            });
+            job_identity(&crate::config::from_json(text.to_string().as_bytes()).unwrap())
+        };
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let (here, there) = (write("a.csv", "x,y\n1,2\n"), write("b.csv", "x,y\n1,2\n"));
+        assert_eq!(job(&here), job(&there), "the same rows under two pods' paths");
+        let other = write("c.csv", "x,y\n1,3\n");
+        assert_ne!(job(&here), job(&other), "other rows");
     }
 }

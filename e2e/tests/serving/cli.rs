@@ -231,8 +231,11 @@ async fn finetune_checks_the_data_follows_the_job_and_detaches_on_ctrl_c() {
     let keys: Vec<&String> = maps[0]["data"].as_object().unwrap().keys().collect();
     assert_eq!(keys, ["eval.jsonl", "train.jsonl"]);
 
-    // Without a terminal: a line per change and per version, and the outcome as the exit code.
-    let (code, stdout, stderr) = lantern(&stack, &flags("again", "8", "4")).await;
+    // Without a terminal: a line per change and per version, and the outcome as the exit code;
+    // two ranks, each reading the data from its own pod's ConfigMap volume.
+    let mut again = flags("again", "8", "4");
+    again.extend(["--replicas", "2"]);
+    let (code, stdout, stderr) = lantern(&stack, &again).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("the base on the held-out data: eval_"), "{stdout}");
     for step in [4, 8] {
