@@ -205,7 +205,11 @@ async fn versions_are_served_canaried_promoted_and_rolled_back() {
     let policy = stack.json("networkpolicy/adder").await.unwrap();
     assert_eq!(policy["spec"]["ingress"][1]["ports"][0]["port"], 8501);
 
-    // Deleting the service deletes its pods and Service.
+    // Deleting the service deletes its pods and Service, and the operator's series of its
+    // traffic split.
+    let metrics = format!("http://{}/metrics", stack.operator().metrics_address().await.unwrap());
+    let split = || async { reqwest::get(&metrics).await.unwrap().text().await.unwrap().contains("service=\"adder\"") };
+    assert!(split().await, "the split is exported while the service serves");
     assert!(stack.kubectl(&["delete", "isvc", "adder"]).await.unwrap().ok);
     stack
         .wait_for("pods", "the pods' deletion", Duration::from_secs(60), |pods| {
@@ -214,6 +218,15 @@ async fn versions_are_served_canaried_promoted_and_rolled_back() {
             })
         })
         .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while split().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deleted service's traffic series stay:\n{}",
+            stack.operator_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stack.stop().await.unwrap();
 }
 

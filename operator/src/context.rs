@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -203,15 +203,26 @@ pub async fn run_controller<K, R, F>(
         }
         .instrument(span)
     };
+    let metrics = context.metrics.clone();
     Controller::new(objects, watcher::Config::default())
         .owns(pods, owned.clone())
         .owns(services, owned)
         .graceful_shutdown_on(shutdown)
         .run(observed, error_policy::<K>, context)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(kind = %K::kind(&()), object = %object.name, "reconciled"),
-                Err(error) => tracing::warn!(kind = %K::kind(&()), %error, "reconciling"),
+        .for_each(|result| {
+            let metrics = metrics.clone();
+            async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(kind = %K::kind(&()), object = %object.name, "reconciled"),
+                    // A deleted object's owned pods and Services, going too, still ask for it:
+                    // its series go with it.
+                    Err(controller::Error::ObjectNotFound(object)) => {
+                        let namespace = object.namespace.as_deref().unwrap_or_default();
+                        metrics.forget(kind_name::<K>(), namespace, &object.name);
+                        tracing::debug!(kind = %K::kind(&()), object = %object.name, "gone");
+                    }
+                    Err(error) => tracing::warn!(kind = %K::kind(&()), %error, "reconciling"),
+                }
             }
         })
         .await;

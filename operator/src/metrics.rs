@@ -13,7 +13,8 @@
 //! - `lantern_operator_leader`: 1 while this replica holds the Lease;
 //! - `lantern_operator_traffic_percent{namespace, service, model, version, role}`: the percent
 //!   of requests each served version gets, `role` `stable` or `canary` (what dashboards show
-//!   stable beside canary with).
+//!   stable beside canary with); a deleted service's series go when the controller learns of it
+//!   (its owned pods' deletions ask for it, and it is not found).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -160,6 +161,18 @@ impl Metrics {
         previous.insert(key, labels);
     }
 
+    /// Drops the series of the `kind` object `namespace`/`name`, which was deleted: an
+    /// InferenceService's traffic split.
+    pub fn forget(&self, kind: &str, namespace: &str, name: &str) {
+        if kind != "InferenceService" {
+            return;
+        }
+        let mut previous = self.traffic_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in previous.remove(&(namespace.to_owned(), name.to_owned())).into_iter().flatten() {
+            self.traffic.remove(&gone);
+        }
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
@@ -249,5 +262,10 @@ mod tests {
                 r#"lantern_operator_traffic_percent{namespace="ns",service="svc",model="m",version="2",role="stable"} 100"#
             ]
         );
+        let traffic = |metrics: &Metrics| metrics.encode().matches("lantern_operator_traffic_percent{").count();
+        metrics.forget("TrainingJob", "ns", "svc");
+        assert_eq!(traffic(&metrics), 1, "a job of the same name is another object");
+        metrics.forget("InferenceService", "ns", "svc");
+        assert_eq!(traffic(&metrics), 0, "a deleted service's split goes with it");
     }
 }

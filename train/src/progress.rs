@@ -48,6 +48,9 @@ struct State {
     loss: f64,
     /// When and at which step this run's training began (for throughput and ETA).
     timing: Option<(Instant, u64)>,
+    /// When the latest step of this run finished: rates are measured up to it, so that they
+    /// hold still between steps and while a checkpoint is evaluated and published.
+    last_step_at: Option<Instant>,
     /// Tokens the model read (padding excluded) since then.
     tokens: u64,
     last_version: u64,
@@ -130,6 +133,7 @@ impl Progress {
             epoch: 0,
             loss: f64::NAN,
             timing: None,
+            last_step_at: None,
             tokens: 0,
             last_version: 0,
             last_metrics: HashMap::new(),
@@ -153,6 +157,7 @@ impl Progress {
         state.phase = TrainingPhase::Training;
         state.step = step;
         state.timing = Some((Instant::now(), step));
+        state.last_step_at = None;
         state.tokens = 0;
         self.gauges.step.set(step as i64);
     }
@@ -163,6 +168,7 @@ impl Progress {
         self.gauges.learning_rate.set(learning_rate);
         let mut state = self.state();
         state.tokens += tokens as u64;
+        state.last_step_at = Some(Instant::now());
         (state.step, state.loss, state.epoch) = (step, loss, epoch);
         if let Some(slot) = state.heartbeats.first_mut() {
             *slot = Some((Instant::now(), step));
@@ -287,11 +293,11 @@ impl Progress {
     }
 }
 
-/// Examples, tokens and steps per second since this run began training, for steps of
-/// `examples` examples.
+/// Examples, tokens and steps per second from the start of this run's training to its latest
+/// step, for steps of `examples` examples.
 fn rates(state: &State, examples: usize) -> (f64, f64, f64) {
-    let Some((since, first_step)) = state.timing else { return (0.0, 0.0, 0.0) };
-    let elapsed = since.elapsed().as_secs_f64();
+    let (Some((since, first_step)), Some(last)) = (state.timing, state.last_step_at) else { return (0.0, 0.0, 0.0) };
+    let elapsed = last.duration_since(since).as_secs_f64();
     if elapsed <= 0.0 {
         return (0.0, 0.0, 0.0);
     }
@@ -449,6 +455,13 @@ mod tests {
             snapshot.examples_per_second > 0.0 && snapshot.tokens_per_second == 16.0 * snapshot.examples_per_second
         );
         assert!(snapshot.eta_seconds > 0.0);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let later = progress.snapshot();
+        assert_eq!(
+            (later.tokens_per_second, later.eta_seconds),
+            (snapshot.tokens_per_second, snapshot.eta_seconds),
+            "the rates hold still between steps"
+        );
         assert_eq!(snapshot.last_published_version, 3);
         assert_eq!(snapshot.ranks[0].step, 12);
         assert_eq!(snapshot.ranks[1].age_seconds, -1.0, "no heartbeat from rank 1 yet");

@@ -208,7 +208,8 @@ async fn finetune_checks_the_data_follows_the_job_and_detaches_on_ctrl_c() {
     };
     assert!(data_maps(&stack.json("configmaps").await.unwrap()).is_empty());
 
-    // In a terminal: the bar moves, Ctrl-C detaches, the job goes on to the end.
+    // In a terminal: the bar moves, Ctrl-C detaches, the job goes on to the end (long enough,
+    // at a few hundred tiny steps a second, to be still running when Ctrl-C comes).
     let train = file("train.jsonl");
     let eval = file("eval.jsonl");
     let flags = |name: &'static str, steps: &'static str, every: &'static str| {
@@ -218,7 +219,7 @@ async fn finetune_checks_the_data_follows_the_job_and_detaches_on_ctrl_c() {
         flags
     };
     let shown =
-        in_terminal(&stack, &["expect:/300", "send:\\x03", "expect:detached"], &flags("tune", "300", "100")).await;
+        in_terminal(&stack, &["expect:/2000", "send:\\x03", "expect:detached"], &flags("tune", "2000", "1000")).await;
     assert!(shown.contains("64 examples (64 prompt/completion pairs)"), "{shown}");
     assert!(shown.contains("trainingjob default/tune created: fine-tunes base:1 on configmap tune-data-"), "{shown}");
     assert!(shown.contains("detached: trainingjob tune goes on"), "{shown}");
