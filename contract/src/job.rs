@@ -165,9 +165,10 @@ pub enum Precision {
     Bf16,
 }
 
-/// The GGUF type a quantization writes a llama's matrices in (its norms stay f32): 8-bit blocks
-/// with one scale, or 4-bit blocks with a scale (and a minimum for `q4_1`), 32 values a block, as
-/// llama.cpp defines them.
+/// The GGUF type a quantization writes a llama's matrices in (its norms stay f32), as llama.cpp
+/// defines them: 8-bit blocks with one scale, or 4-bit blocks with a scale (and a minimum for
+/// `q4_1`), 32 values a block; or the k-quants `q4_k`, `q5_k`, `q6_k` (llama.cpp's `Q4_K_M` is
+/// mostly `q4_k`), which work on super-blocks of 256 values with a scale per 16 or 32 of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GgufType {
     #[serde(rename = "q8_0")]
@@ -176,15 +177,45 @@ pub enum GgufType {
     Q4_0,
     #[serde(rename = "q4_1")]
     Q4_1,
+    #[serde(rename = "q4_k")]
+    Q4K,
+    #[serde(rename = "q5_k")]
+    Q5K,
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
+impl GgufType {
+    pub const ALL: [Self; 6] = [Self::Q8_0, Self::Q4_0, Self::Q4_1, Self::Q4K, Self::Q5K, Self::Q6K];
+
+    /// As the job file and the command line spell it: `q4_k`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
+            Self::Q4_1 => "q4_1",
+            Self::Q4K => "q4_k",
+            Self::Q5K => "q5_k",
+            Self::Q6K => "q6_k",
+        }
+    }
+}
+
+impl FromStr for GgufType {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|t| t.name() == text).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|t| t.name()).collect();
+            format!("{text:?} is not a GGUF type this writer supports ({})", names.join(", "))
+        })
+    }
+}
+
+/// As GGUF and llama.cpp name it: `Q4_K`.
 impl fmt::Display for GgufType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Q8_0 => "Q8_0",
-            Self::Q4_0 => "Q4_0",
-            Self::Q4_1 => "Q4_1",
-        })
+        f.write_str(&self.name().to_uppercase())
     }
 }
 
@@ -855,5 +886,15 @@ mod tests {
             assert_eq!(serde_json::to_value(activation).unwrap(), activation.name());
         }
         assert!("swish".parse::<Activation>().unwrap_err().contains("relu, gelu, tanh, sigmoid"));
+    }
+
+    #[test]
+    fn gguf_types_parse_by_their_serialized_names_and_display_as_gguf_names_them() {
+        for ty in GgufType::ALL {
+            assert_eq!(ty.name().parse::<GgufType>(), Ok(ty));
+            assert_eq!(serde_json::to_value(ty).unwrap(), ty.name());
+        }
+        assert_eq!(GgufType::Q4K.to_string(), "Q4_K");
+        assert!("q2_k".parse::<GgufType>().unwrap_err().contains("q8_0, q4_0, q4_1, q4_k, q5_k, q6_k"));
     }
 }

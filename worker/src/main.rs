@@ -255,8 +255,8 @@ struct QuantizeArgs {
     /// `sha256:<hex>` the source's manifest must have.
     #[arg(long)]
     digest: Option<String>,
-    /// The GGUF type of the matrices: q8_0, q4_0 or q4_1.
-    #[arg(long = "type", value_parser = parse_gguf_type)]
+    /// The GGUF type of the matrices: q8_0, q4_0, q4_1, q4_k, q5_k or q6_k.
+    #[arg(long = "type")]
     ty: config::GgufType,
     /// The model the quantized version is published as; default: the source model.
     #[arg(long)]
@@ -265,11 +265,6 @@ struct QuantizeArgs {
     /// quantized file and the source on, recorded as `eval_*` and `baseline_eval_*` metrics.
     #[arg(long)]
     eval_data: Option<PathBuf>,
-}
-
-fn parse_gguf_type(value: &str) -> Result<config::GgufType, String> {
-    serde_json::from_value(serde_json::Value::String(value.to_owned()))
-        .map_err(|_| format!("{value:?} is not a GGUF type this writer supports (q8_0, q4_0, q4_1)"))
 }
 
 #[derive(clap::Args, Debug)]

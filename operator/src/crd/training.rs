@@ -116,7 +116,9 @@ pub struct ModelSpec {
 #[derive(KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct QuantizeSpec {
     pub source: BaseRef,
-    /// The GGUF type of its matrices: `q8_0`, `q4_0` or `q4_1`.
+    /// The GGUF type of its matrices: `q8_0`, `q4_0`, `q4_1`, or a k-quant `q4_k`, `q5_k`, `q6_k`
+    /// (a matrix whose rows are not a whole number of 256-value super-blocks in llama.cpp's
+    /// fallback type: `q5_0`, `q5_1`, `q8_0`).
     #[serde(rename = "type")]
     pub ty: GgufType,
 }
@@ -129,6 +131,12 @@ pub enum GgufType {
     Q4_0,
     #[serde(rename = "q4_1")]
     Q4_1,
+    #[serde(rename = "q4_k")]
+    Q4K,
+    #[serde(rename = "q5_k")]
+    Q5K,
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
 /// Knowledge distillation: the loss is `(1 − w) · T² · KL(teacher ‖ student) + w · CE` over the

@@ -164,21 +164,39 @@ fn from_hf(verified: &VerifiedVersion, device: &Device) -> Result<DenseLlama> {
     Ok(DenseLlama { config, tensors, codec })
 }
 
+/// The type a matrix with rows of `columns` values is written in for `ty`: `ty` itself, or, for a
+/// k-quant whose 256-value super-blocks do not divide the rows, llama.cpp's fallback (`Q4_K` →
+/// `Q5_0`, `Q5_K` → `Q5_1`, `Q6_K` → `Q8_0`, 32-value blocks). Rows that no block of either
+/// divides are refused, saying why.
+pub fn matrix_type(ty: GgufType, columns: usize) -> std::result::Result<GgmlDType, String> {
+    let (primary, fallback) = match ty {
+        GgufType::Q8_0 => (GgmlDType::Q8_0, None),
+        GgufType::Q4_0 => (GgmlDType::Q4_0, None),
+        GgufType::Q4_1 => (GgmlDType::Q4_1, None),
+        GgufType::Q4K => (GgmlDType::Q4K, Some(GgmlDType::Q5_0)),
+        GgufType::Q5K => (GgmlDType::Q5K, Some(GgmlDType::Q5_1)),
+        GgufType::Q6K => (GgmlDType::Q6K, Some(GgmlDType::Q8_0)),
+    };
+    std::iter::once(primary).chain(fallback).find(|t| columns.is_multiple_of(t.block_size())).ok_or_else(|| {
+        format!(
+            "has rows of {columns} values, not a whole number of {ty}'s {}-value blocks{}",
+            primary.block_size(),
+            fallback.map_or(String::new(), |f| format!(" nor of its fallback {f:?}'s {}", f.block_size()))
+        )
+    })
+}
+
 impl DenseLlama {
     /// Writes the model as a GGUF llama file, as llama.cpp's converter and quantizer would: the
     /// `llama.*` hyper-parameters, the codec's tokenizer and chat template
     /// ([`TextCodec::gguf_metadata`]), every matrix in `ty` (the embeddings and the output
-    /// included: llama.cpp's `--pure`) with its query and key rows in the interleaved order, and
-    /// the norms in f32. A matrix whose rows are not a whole number of `ty`'s blocks is refused,
-    /// named, before anything is written.
+    /// included: llama.cpp's `--pure`; a k-quant matrix whose rows its super-blocks do not divide
+    /// in llama.cpp's fallback type, [`matrix_type`]) with its query and key rows in the
+    /// interleaved order, and the norms in f32. A matrix no block divides is refused, named,
+    /// before anything is written.
     pub fn write_gguf<W: Write + Seek>(&self, ty: GgufType, out: &mut W) -> Result<()> {
         let c = &self.config;
         let llama = c.to_config()?;
-        let dtype = match ty {
-            GgufType::Q8_0 => GgmlDType::Q8_0,
-            GgufType::Q4_0 => GgmlDType::Q4_0,
-            GgufType::Q4_1 => GgmlDType::Q4_1,
-        };
         let tensor =
             |name: &str| self.tensors.get(name).ok_or_else(|| Error::ModelFile(format!("the weights have no {name}")));
         let candle = |name: &str| {
@@ -187,12 +205,7 @@ impl DenseLlama {
         };
         let matrix = |name: &str, w: &Tensor| -> Result<QTensor> {
             let columns = w.dim(1).map_err(candle(name))?;
-            if columns % dtype.block_size() != 0 {
-                return Err(Error::ModelFile(format!(
-                    "{name} has rows of {columns} values, not a whole number of {ty}'s {}-value blocks",
-                    dtype.block_size()
-                )));
-            }
+            let dtype = matrix_type(ty, columns).map_err(|why| Error::ModelFile(format!("{name} {why}")))?;
             QTensor::quantize(w, dtype).map_err(candle(name))
         };
         let vector = |name: &str, w: &Tensor| QTensor::quantize(w, GgmlDType::F32).map_err(candle(name));
@@ -219,13 +232,17 @@ impl DenseLlama {
         let u32_of = |n: usize| Value::U32(n as u32);
         let mut metadata = vec![
             ("general.architecture".to_owned(), Value::String("llama".to_owned())),
-            // llama.cpp's `general.file_type` of a file mostly in one type.
+            // llama.cpp's `general.file_type` of a file mostly in one type (a k-quant with no
+            // mix of its own is llama.cpp's `_S` variant, or Q6_K).
             (
                 "general.file_type".to_owned(),
                 Value::U32(match ty {
                     GgufType::Q4_0 => 2,
                     GgufType::Q4_1 => 3,
                     GgufType::Q8_0 => 7,
+                    GgufType::Q4K => 14,
+                    GgufType::Q5K => 16,
+                    GgufType::Q6K => 18,
                 }),
             ),
             ("general.quantization_version".to_owned(), Value::U32(2)),
@@ -292,5 +309,28 @@ impl DenseLlama {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_quants_fall_back_as_llama_cpp_does_where_their_super_blocks_do_not_divide_the_rows() {
+        assert_eq!(matrix_type(GgufType::Q4K, 1536), Ok(GgmlDType::Q4K));
+        assert_eq!(matrix_type(GgufType::Q4K, 576), Ok(GgmlDType::Q5_0));
+        assert_eq!(matrix_type(GgufType::Q5K, 576), Ok(GgmlDType::Q5_1));
+        assert_eq!(matrix_type(GgufType::Q6K, 576), Ok(GgmlDType::Q8_0));
+        assert_eq!(matrix_type(GgufType::Q6K, 512), Ok(GgmlDType::Q6K));
+        assert_eq!(matrix_type(GgufType::Q4_1, 64), Ok(GgmlDType::Q4_1));
+        assert_eq!(
+            matrix_type(GgufType::Q4K, 100).unwrap_err(),
+            "has rows of 100 values, not a whole number of Q4_K's 256-value blocks nor of its fallback Q5_0's 32"
+        );
+        assert_eq!(
+            matrix_type(GgufType::Q8_0, 48).unwrap_err(),
+            "has rows of 48 values, not a whole number of Q8_0's 32-value blocks"
+        );
     }
 }

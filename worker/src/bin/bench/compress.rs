@@ -1,7 +1,8 @@
 //! Compression figures (`--sections compress`, about 10 minutes):
 //!
 //! - Quantization: SmolLM2-135M-Instruct (the Q4_1 GGUF the serving figures use, llama.cpp's mix
-//!   of types) written again by Lantern as Q8_0, Q4_0 and pure Q4_1, in one table with the
+//!   of types) written again by Lantern as Q8_0, Q4_0, pure Q4_1 and Q4_K (with llama.cpp's Q5_0
+//!   fallback for rows of 576 values), in one table with the
 //!   source: file size, prefill (a 256-token prompt, median of 3) and single-stream decode
 //!   (128 tokens) through a running worker's gRPC `Generate`, greedy, and held-out loss and
 //!   exact-match accuracy on tickets conversations, each file loaded as serving loads it. The
@@ -109,7 +110,7 @@ fn quantize(repository: &Repository, eval: &Path) -> anyhow::Result<Vec<Row>> {
     let heldout = Heldout::read(eval, &source)?;
     std::fs::create_dir_all(WRITTEN_DIR)?;
     let mut rows = Vec::new();
-    for ty in [GgufType::Q8_0, GgufType::Q4_0, GgufType::Q4_1] {
+    for ty in [GgufType::Q8_0, GgufType::Q4_0, GgufType::Q4_1, GgufType::Q4K] {
         let model = ty.to_string().to_lowercase();
         let done = source.publish(ty, repository, &model, Some(&heldout))?;
         let metric = |name: &str| done.metrics.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
