@@ -121,7 +121,7 @@ async fn the_crds_serve_the_examples_and_refuse_bad_manifests_with_clear_message
         (QUANTIZE.replace("  output:", "  schedule: {steps: 1, globalBatch: 1}\n  output:"), "a quantize job has no schedule; every other job needs one"),
         (QUANTIZE.replace("  output:", "  checkpoint: {everySteps: 1}\n  output:"), "a quantize job has no checkpoint settings"),
         (QUANTIZE.replace("  output:", "  replicas: 2\n  output:"), "a quantize job trains nothing: one replica, no optimizer"),
-        (QUANTIZE.replace("type: q4_0", "type: q5_k"), "Unsupported value: \"q5_k\""),
+        (QUANTIZE.replace("type: q4_0", "type: q2_k"), "Unsupported value: \"q2_k\""),
         (JOB.replace("  schedule: {steps: 100, globalBatch: 8}\n", ""), "a quantize job has no schedule; every other job needs one"),
         (DISTILL.replace("student: {layers: [0, 29]}", "student: {layers: [0, 29], base: {model: s, version: 1}}"), "set exactly one of student.layers, student.sizes and student.base"),
         (DISTILL.replace("[0, 29]", "[3, 3]"), "student.layers names a layer twice"),
