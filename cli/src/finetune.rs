@@ -32,7 +32,7 @@ use lantern_operator::crd::{InferenceService, Repository, TrainingJob};
 use crate::status::Health;
 
 /// The most data a ConfigMap holds.
-const CONFIG_MAP_BYTES: usize = 1 << 20;
+const CONFIG_MAP_BYTES: u64 = 1 << 20;
 /// The ConfigMap keys the files go under.
 const TRAIN_KEY: &str = "train.jsonl";
 const EVAL_KEY: &str = "eval.jsonl";
@@ -112,20 +112,26 @@ pub struct Data {
 /// Reads and checks `options`' data files, printing what each holds: before any cluster call, so
 /// that a bad file creates nothing.
 pub fn read_data(options: &Options) -> anyhow::Result<Data> {
-    let mut files = BTreeMap::new();
-    for (key, path) in std::iter::once((TRAIN_KEY, &options.data)).chain(options.eval.as_ref().map(|e| (EVAL_KEY, e))) {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let counts = examples::check(&text).map_err(|e| anyhow::anyhow!("{} {e}", path.display()))?;
-        println!("{}: {}", path.display(), describe(&counts));
-        files.insert(key.to_owned(), text);
+    let paths: Vec<(&str, &PathBuf)> =
+        std::iter::once((TRAIN_KEY, &options.data)).chain(options.eval.as_ref().map(|e| (EVAL_KEY, e))).collect();
+    // Sized before anything is read: a file too big for a ConfigMap is never loaded.
+    let mut bytes = 0;
+    for (_, path) in &paths {
+        bytes += std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.len();
     }
-    let bytes: usize = files.values().map(String::len).sum();
     anyhow::ensure!(
         bytes <= CONFIG_MAP_BYTES,
         "the data is {} KiB, more than the 1024 KiB a ConfigMap holds: copy it into the repository (for example \
          .datasets/NAME/train.jsonl in its claim) and write a TrainingJob with data.jsonl.path",
         bytes.div_ceil(1024)
     );
+    let mut files = BTreeMap::new();
+    for (key, path) in paths {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let counts = examples::check(&text).map_err(|e| anyhow::anyhow!("{} {e}", path.display()))?;
+        println!("{}: {}", path.display(), describe(&counts));
+        files.insert(key.to_owned(), text);
+    }
     Ok(Data { files })
 }
 

@@ -73,4 +73,5 @@ fn data_beyond_what_a_config_map_holds_is_refused() {
     let (code, stdout, stderr) = lantern(&["finetune", "--base", "chat", "--data", "big.jsonl"], dir.path());
     assert_eq!(code, 2, "{stdout}{stderr}");
     assert!(stderr.contains("more than the 1024 KiB a ConfigMap holds"), "{stderr}");
+    assert!(stdout.is_empty(), "refused by its size before it is read: {stdout}");
 }

@@ -193,8 +193,7 @@ pub async fn run_controller<K, R, F>(
             k8s.namespace = %object.namespace().unwrap_or_default(),
             k8s.name = %object.name_any(),
         );
-        context.metrics.start_reconcile(kind);
-        let timer = ReconcileTimer { metrics: context.metrics.clone(), kind, started: Instant::now(), success: false };
+        let timer = ReconcileTimer::start(context.metrics.clone(), kind);
         let work = reconcile(object, context);
         async move {
             let result = work.await;
@@ -238,6 +237,12 @@ struct ReconcileTimer {
 }
 
 impl ReconcileTimer {
+    /// Counts a reconcile of `kind` in flight until the timer is dropped.
+    fn start(metrics: Arc<Metrics>, kind: &'static str) -> Self {
+        metrics.start_reconcile(kind);
+        Self { metrics, kind, started: Instant::now(), success: false }
+    }
+
     fn finish(mut self, success: bool) {
         self.success = success;
     }

@@ -167,10 +167,9 @@ impl Metrics {
         if kind != "InferenceService" {
             return;
         }
+        self.set_traffic(namespace, name, &[]);
         let mut previous = self.traffic_of.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for gone in previous.remove(&(namespace.to_owned(), name.to_owned())).into_iter().flatten() {
-            self.traffic.remove(&gone);
-        }
+        previous.remove(&(namespace.to_owned(), name.to_owned()));
     }
 
     pub fn set_leader(&self, leader: bool) {
